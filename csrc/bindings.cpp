@@ -1,0 +1,184 @@
+// segfast._C: the pybind11 module. It does not link libtorch: Python passes
+// raw data pointers, element strides, dtype codes (csrc/common/dtypes.h) and,
+// for CUDA, the stream, all as ints. segfast/ops/* validate everything first.
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "common/region.h"
+
+namespace py = pybind11;
+using segfast::region::Problem;
+
+namespace segfast {
+namespace region {
+void region_stats_cpu(const Problem& pr, int64_t P, void* out, int64_t num_threads);
+void region_grad_cpu(const Problem& pr, const void* g, void* dx, int64_t dxsN, int64_t dxsC,
+                     int64_t dxsS, int64_t num_threads);
+int openmp_max_threads();
+#ifdef SEGFAST_WITH_CUDA
+void region_stats_cuda(const Problem& pr, int64_t P, void* out, uintptr_t stream);
+void region_grad_cuda(const Problem& pr, const void* g, void* dx, int64_t dxsN, int64_t dxsC,
+                      int64_t dxsS, uintptr_t stream);
+#endif
+}  // namespace region
+}  // namespace segfast
+
+namespace {
+
+Problem make_problem(uintptr_t x_ptr, int64_t x_dtype, int64_t xsN, int64_t xsC, int64_t xsS,
+                     uintptr_t t_ptr, int64_t t_dtype, int64_t t_is_label, int64_t tsN,
+                     int64_t tsC, int64_t tsS, int64_t N, int64_t C, int64_t S, int64_t act,
+                     int64_t label_offset, int64_t has_ignore, double ignore_value) {
+  using namespace segfast;
+  if (x_dtype != kFloat32 && x_dtype != kFloat16 && x_dtype != kBFloat16 && x_dtype != kFloat64)
+    throw std::invalid_argument("segfast._C: x_dtype must be a float dtype code (0-3)");
+  if (t_is_label) {
+    if (t_dtype != kUInt8 && t_dtype != kInt32 && t_dtype != kInt64)
+      throw std::invalid_argument("segfast._C: label targets must be uint8/int32/int64 (4-6)");
+  } else if (!(dtype_is_float(int(t_dtype)) || t_dtype == kUInt8 || t_dtype == kBool)) {
+    throw std::invalid_argument("segfast._C: dense targets must be float/uint8/bool");
+  }
+  if (act < 0 || act > 2) throw std::invalid_argument("segfast._C: act must be 0, 1 or 2");
+  if (N < 0 || C < 0 || S < 0) throw std::invalid_argument("segfast._C: negative size");
+  Problem pr;
+  pr.x = reinterpret_cast<const void*>(x_ptr);
+  pr.x_dtype = int(x_dtype);
+  pr.xsN = xsN; pr.xsC = xsC; pr.xsS = xsS;
+  pr.t = reinterpret_cast<const void*>(t_ptr);
+  pr.t_dtype = int(t_dtype);
+  pr.t_is_label = t_is_label != 0;
+  pr.tsN = tsN; pr.tsC = tsC; pr.tsS = tsS;
+  pr.N = N; pr.C = C; pr.S = S;
+  pr.act = int(act);
+  pr.label_offset = label_offset;
+  pr.has_ignore = has_ignore != 0;
+  pr.ignore_value = ignore_value;
+  return pr;
+}
+
+#define SEGFAST_PROBLEM_ARGS                                                                  \
+  uintptr_t x_ptr, int64_t x_dtype, int64_t xsN, int64_t xsC, int64_t xsS, uintptr_t t_ptr,  \
+      int64_t t_dtype, int64_t t_is_label, int64_t tsN, int64_t tsC, int64_t tsS, int64_t N, \
+      int64_t C, int64_t S
+#define SEGFAST_PROBLEM_PASS                                                                   \
+  x_ptr, x_dtype, xsN, xsC, xsS, t_ptr, t_dtype, t_is_label, tsN, tsC, tsS, N, C, S, act, \
+      label_offset, has_ignore, ignore_value
+
+void stats_cpu(SEGFAST_PROBLEM_ARGS, int64_t P, int64_t act, int64_t label_offset,
+               int64_t has_ignore, double ignore_value, uintptr_t out_ptr, int64_t num_threads) {
+  const Problem pr = make_problem(SEGFAST_PROBLEM_PASS);
+  py::gil_scoped_release nogil;
+  segfast::region::region_stats_cpu(pr, P, reinterpret_cast<void*>(out_ptr), num_threads);
+}
+
+void grad_cpu(SEGFAST_PROBLEM_ARGS, int64_t act, int64_t label_offset, int64_t has_ignore,
+              double ignore_value, uintptr_t g_ptr, uintptr_t dx_ptr, int64_t dxsN, int64_t dxsC,
+              int64_t dxsS, int64_t num_threads) {
+  const Problem pr = make_problem(SEGFAST_PROBLEM_PASS);
+  py::gil_scoped_release nogil;
+  segfast::region::region_grad_cpu(pr, reinterpret_cast<const void*>(g_ptr),
+                                   reinterpret_cast<void*>(dx_ptr), dxsN, dxsC, dxsS,
+                                   num_threads);
+}
+
+#ifndef SEGFAST_WITH_CUDA
+[[noreturn]] void no_cuda() {
+  throw std::runtime_error(
+      "segfast._C was built without CUDA kernels (no nvcc at build time, or SEGFAST_CUDA=OFF)");
+}
+#endif
+
+void stats_cuda(SEGFAST_PROBLEM_ARGS, int64_t P, int64_t act, int64_t label_offset,
+                int64_t has_ignore, double ignore_value, uintptr_t out_ptr, uintptr_t stream) {
+  const Problem pr = make_problem(SEGFAST_PROBLEM_PASS);
+#ifdef SEGFAST_WITH_CUDA
+  py::gil_scoped_release nogil;
+  segfast::region::region_stats_cuda(pr, P, reinterpret_cast<void*>(out_ptr), stream);
+#else
+  (void)pr; (void)P; (void)out_ptr; (void)stream;
+  no_cuda();
+#endif
+}
+
+void grad_cuda(SEGFAST_PROBLEM_ARGS, int64_t act, int64_t label_offset, int64_t has_ignore,
+               double ignore_value, uintptr_t g_ptr, uintptr_t dx_ptr, int64_t dxsN, int64_t dxsC,
+               int64_t dxsS, uintptr_t stream) {
+  const Problem pr = make_problem(SEGFAST_PROBLEM_PASS);
+#ifdef SEGFAST_WITH_CUDA
+  py::gil_scoped_release nogil;
+  segfast::region::region_grad_cuda(pr, reinterpret_cast<const void*>(g_ptr),
+                                    reinterpret_cast<void*>(dx_ptr), dxsN, dxsC, dxsS, stream);
+#else
+  (void)pr; (void)g_ptr; (void)dx_ptr; (void)dxsN; (void)dxsC; (void)dxsS; (void)stream;
+  no_cuda();
+#endif
+}
+
+std::vector<std::string> cuda_archs() {
+  std::vector<std::string> out;
+#if defined(SEGFAST_WITH_CUDA) && defined(SEGFAST_CUDA_ARCHS)
+  const std::string s = SEGFAST_CUDA_ARCHS;
+  size_t b = 0;
+  while (b <= s.size()) {
+    size_t e = s.find_first_of(";, ", b);
+    if (e == std::string::npos) e = s.size();
+    if (e > b) out.push_back(s.substr(b, e - b));
+    b = e + 1;
+  }
+#endif
+  return out;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "segfast compiled kernels (CPU/OpenMP and, when built, CUDA); no libtorch";
+
+  m.def("has_cuda", []() {
+#ifdef SEGFAST_WITH_CUDA
+    return true;
+#else
+    return false;
+#endif
+  }, "True if the CUDA kernels were compiled in.");
+  m.def("cuda_archs", &cuda_archs,
+        "CUDA architectures compiled in (CMAKE_CUDA_ARCHITECTURES entries); [] without CUDA.");
+  m.def("openmp_max_threads", &segfast::region::openmp_max_threads,
+        "omp_get_max_threads() in the extension's OpenMP runtime.");
+
+  const char* stats_doc =
+      "Partial region sums: out [N, P, C, 7] contiguous (float64 if x is float64 else float32); "
+      "chunk j of P covers pixels [j*L, min((j+1)*L, S)), L = ceil(S/P).";
+  const char* grad_doc =
+      "dLoss/dx from g = dLoss/dStats [N, C, 7] contiguous (accumulation dtype); dx has x's "
+      "dtype and strides dxsN, dxsC, dxsS.";
+
+  m.def("region_stats_cpu", &stats_cpu, stats_doc, py::arg("x_ptr"), py::arg("x_dtype"),
+        py::arg("xsN"), py::arg("xsC"), py::arg("xsS"), py::arg("t_ptr"), py::arg("t_dtype"),
+        py::arg("t_is_label"), py::arg("tsN"), py::arg("tsC"), py::arg("tsS"), py::arg("N"),
+        py::arg("C"), py::arg("S"), py::arg("P"), py::arg("act"), py::arg("label_offset"),
+        py::arg("has_ignore"), py::arg("ignore_value"), py::arg("out_ptr"),
+        py::arg("num_threads"));
+  m.def("region_grad_cpu", &grad_cpu, grad_doc, py::arg("x_ptr"), py::arg("x_dtype"),
+        py::arg("xsN"), py::arg("xsC"), py::arg("xsS"), py::arg("t_ptr"), py::arg("t_dtype"),
+        py::arg("t_is_label"), py::arg("tsN"), py::arg("tsC"), py::arg("tsS"), py::arg("N"),
+        py::arg("C"), py::arg("S"), py::arg("act"), py::arg("label_offset"),
+        py::arg("has_ignore"), py::arg("ignore_value"), py::arg("g_ptr"), py::arg("dx_ptr"),
+        py::arg("dxsN"), py::arg("dxsC"), py::arg("dxsS"), py::arg("num_threads"));
+  m.def("region_stats_cuda", &stats_cuda, stats_doc, py::arg("x_ptr"), py::arg("x_dtype"),
+        py::arg("xsN"), py::arg("xsC"), py::arg("xsS"), py::arg("t_ptr"), py::arg("t_dtype"),
+        py::arg("t_is_label"), py::arg("tsN"), py::arg("tsC"), py::arg("tsS"), py::arg("N"),
+        py::arg("C"), py::arg("S"), py::arg("P"), py::arg("act"), py::arg("label_offset"),
+        py::arg("has_ignore"), py::arg("ignore_value"), py::arg("out_ptr"), py::arg("stream"));
+  m.def("region_grad_cuda", &grad_cuda, grad_doc, py::arg("x_ptr"), py::arg("x_dtype"),
+        py::arg("xsN"), py::arg("xsC"), py::arg("xsS"), py::arg("t_ptr"), py::arg("t_dtype"),
+        py::arg("t_is_label"), py::arg("tsN"), py::arg("tsC"), py::arg("tsS"), py::arg("N"),
+        py::arg("C"), py::arg("S"), py::arg("act"), py::arg("label_offset"),
+        py::arg("has_ignore"), py::arg("ignore_value"), py::arg("g_ptr"), py::arg("dx_ptr"),
+        py::arg("dxsN"), py::arg("dxsC"), py::arg("dxsS"), py::arg("stream"));
+}

@@ -1,0 +1,145 @@
+// Region family (Dice / IoU / Tversky ...): math shared by the CPU and CUDA
+// kernels. Everything here is __host__ __device__ (SEGFAST_HD) so the CPU
+// build compiles it as plain C++ and the CPU tests exercise it.
+//
+// Per (image n, class c) plane the kernels compute the K = 7 sums, in order
+//   I = sum v*p*t, P = sum v*p, T = sum v*t, V = sum v,
+//   PP = sum v*p^2, TT = sum v*t^2, M = sum v*min(p, t)
+// with p = act(x) and (t, v) decoded from the target (see region_target).
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+
+#include "dtypes.h"
+
+namespace segfast {
+namespace region {
+
+constexpr int K = 7;
+enum Stat : int { kI = 0, kP = 1, kT = 2, kV = 3, kPP = 4, kTT = 5, kM = 6 };
+enum Act : int { kIdentity = 0, kSigmoid = 1, kSoftmax = 2 };
+
+// Everything a region kernel needs to read x and the target. Strides are in
+// elements; any stride (0, negative, non-contiguous) is allowed.
+struct Problem {
+  const void* x;
+  int x_dtype;
+  int64_t xsN, xsC, xsS;
+  const void* t;
+  int t_dtype;
+  bool t_is_label;
+  int64_t tsN, tsC, tsS;  // labels: tsC unused
+  int64_t N, C, S;
+  int act;
+  int64_t label_offset;
+  bool has_ignore;
+  double ignore_value;
+};
+
+// ---- exp / activations ------------------------------------------------------
+
+// exp(x) for float, vectorisable (no branches, no libm call): Cephes-style
+// range reduction x = n*ln2 + r, |r| <= ln2/2, degree-6 polynomial (~1-2 ulp).
+// x is clamped to [-87, 88]: exp(-87) ~ 1.6e-38 stands in for smaller values
+// (below float's normal range), which is harmless for softmax / sigmoid.
+SEGFAST_HD float fast_expf(float x) {
+  x = x < -87.0f ? -87.0f : x;
+  x = x > 88.0f ? 88.0f : x;
+  // round(x / ln2) to nearest even with the 1.5*2^23 trick (no floorf call)
+  const float magic = 12582912.0f;
+  float t = x * 1.44269504088896341f + magic;
+  const int32_t n = int32_t(f32_bits(t)) - int32_t(0x4B400000);
+  const float fn = t - magic;
+  float r = x - fn * 0.693359375f;
+  r = r - fn * -2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  const float y = p * (r * r) + r + 1.0f;
+  const float scale = bits_f32(uint32_t(n + 127) << 23);
+  return y * scale;
+}
+
+SEGFAST_HD float exp_t(float x) {
+#if defined(__CUDA_ARCH__)
+  return expf(x);
+#else
+  return fast_expf(x);
+#endif
+}
+SEGFAST_HD double exp_t(double x) { return exp(x); }
+
+// Numerically stable sigmoid: e = exp(-|x|) never overflows.
+template <typename T>
+SEGFAST_HD T sigmoid(T x) {
+  const T ax = x < T(0) ? -x : x;
+  const T e = exp_t(-ax);
+  const T inv = T(1) / (T(1) + e);
+  return x >= T(0) ? inv : e * inv;
+}
+
+// ---- target decoding ------------------------------------------------------------
+
+// Label pixel -> the class it marks, or -1 for "no class" (ignored pixel, or a
+// label outside [label_offset, label_offset + C)); *valid gets v.
+SEGFAST_HD int64_t decode_label(int64_t label, int64_t C, int64_t label_offset,
+                                bool has_ignore, double ignore_value, bool* valid) {
+  const bool ign = has_ignore && label == int64_t(ignore_value);
+  *valid = !ign;
+  const int64_t c = label - label_offset;
+  return (ign || c < 0 || c >= C) ? int64_t(-1) : c;
+}
+
+// Dense target value -> (t, v); t = 0 where v = 0. The comparison is done in
+// the compute type T (float, or double for float64 x), as torch compares a
+// float32 tensor with a Python float.
+template <typename T>
+SEGFAST_HD void decode_dense(T value, bool has_ignore, double ignore_value, T* t, T* v) {
+  const bool ign = has_ignore && value == T(ignore_value);
+  *v = ign ? T(0) : T(1);
+  *t = ign ? T(0) : value;
+}
+
+// ---- gradient ----------------------------------------------------------------------
+
+// d min(p, t) / dp, torch.minimum's subgradient.
+template <typename T>
+SEGFAST_HD T min_grad(T p, T t) {
+  return p < t ? T(1) : (p == t ? T(0.5) : T(0));
+}
+
+// dLoss/dp for one element, g = the plane's 7 values of dLoss/dStats.
+template <typename T, typename G>
+SEGFAST_HD T dloss_dp(T p, T t, T v, const G* g) {
+  return v * (T(g[kI]) * t + T(g[kP]) + T(2) * T(g[kPP]) * p + T(g[kM]) * min_grad(p, t));
+}
+
+// The 7 contributions of one element, added into acc[0..6].
+template <typename T, typename A>
+SEGFAST_HD void accumulate(A* acc, T p, T t, T v) {
+  const T vp = v * p;
+  acc[kI] += vp * t;
+  acc[kP] += vp;
+  acc[kT] += v * t;
+  acc[kV] += v;
+  acc[kPP] += vp * p;
+  acc[kTT] += v * t * t;
+  acc[kM] += v * (p < t ? p : t);
+}
+
+// Chunk j of P over S pixels: [begin, end), possibly empty.
+SEGFAST_HD void chunk_range(int64_t S, int64_t P, int64_t j, int64_t* begin, int64_t* end) {
+  const int64_t L = (S + P - 1) / P;
+  int64_t b = j * L, e = b + L;
+  if (b > S) b = S;
+  if (e > S) e = S;
+  *begin = b;
+  *end = e;
+}
+
+}  // namespace region
+}  // namespace segfast

@@ -1,0 +1,231 @@
+// Region family, CUDA kernels. Same math as the CPU kernels
+// (csrc/common/region.h); see segfast/ops/region.py for the calling side.
+//
+// stats: grid (chunk j, image n). A block walks its chunk in tiles of kTile
+//   pixels. Phase 1 (all threads, one pixel each): decode labels and, for
+//   softmax, the per-pixel max and 1/sum over the C classes (a loop, any C)
+//   into shared memory. Phase 2: warp w owns classes w, w + nwarps, ...; its
+//   lanes run over the tile's pixels, accumulate the 7 sums in registers,
+//   reduce with warp shuffles, and lane 0 adds them into the block's own slot
+//   of the [N, P, C, 7] partial buffer. Each slot has exactly one writer and
+//   a fixed order of additions: deterministic, no atomics.
+// grad: one thread per pixel; grid (pixel block, image). Loops over C: once
+//   for the softmax max/sum, once for sum_k p_k a_k (softmax), once to write.
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+
+#include "../common/region.h"
+
+namespace segfast {
+namespace region {
+namespace {
+
+constexpr int kTile = 1024;        // pixels per stats tile (shared memory: ~12 KiB)
+constexpr int kGradThreads = 256;  // threads (pixels) per grad block
+constexpr int kMaxGridY = 65535;
+
+template <typename T>
+__device__ __forceinline__ T load_x(const Problem& pr, int64_t n, int64_t c, int64_t s) {
+  T v;
+  load_as(pr.x, pr.x_dtype, n * pr.xsN + c * pr.xsC + s * pr.xsS, v);
+  return v;
+}
+
+template <typename T>
+__device__ __forceinline__ void softmax_stats(const Problem& pr, int64_t n, int64_t s, T* m_out,
+                                              T* inv_out) {
+  T m = load_x<T>(pr, n, 0, s);
+  for (int64_t c = 1; c < pr.C; ++c) {
+    const T v = load_x<T>(pr, n, c, s);
+    m = v > m ? v : m;
+  }
+  T sum = T(0);
+  for (int64_t c = 0; c < pr.C; ++c) sum += exp_t(load_x<T>(pr, n, c, s) - m);
+  *m_out = m;
+  *inv_out = T(1) / sum;
+}
+
+template <typename T>
+__device__ __forceinline__ T activate(const Problem& pr, T x, T m, T inv) {
+  if (pr.act == kSigmoid) return sigmoid(x);
+  if (pr.act == kSoftmax) return exp_t(x - m) * inv;
+  return x;
+}
+
+template <typename T>
+__device__ __forceinline__ void dense_tv(const Problem& pr, int64_t n, int64_t c, int64_t s,
+                                         T* t, T* v) {
+  T raw;
+  load_as(pr.t, pr.t_dtype, n * pr.tsN + c * pr.tsC + s * pr.tsS, raw);
+  decode_dense(raw, pr.has_ignore, pr.ignore_value, t, v);
+}
+
+template <typename A>
+__device__ __forceinline__ A warp_sum(A v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+template <typename T, typename A>
+__global__ void stats_kernel(const Problem pr, const int64_t P, A* __restrict__ out) {
+  __shared__ T sm_m[kTile];
+  __shared__ T sm_inv[kTile];
+  __shared__ T sm_v[kTile];
+  __shared__ int32_t sm_lab[kTile];
+
+  const int64_t C = pr.C;
+  const int64_t j = blockIdx.x;
+  const int lane = threadIdx.x & 31;
+  const int warp = threadIdx.x >> 5;
+  const int nwarps = blockDim.x >> 5;
+
+  for (int64_t n = blockIdx.y; n < pr.N; n += gridDim.y) {
+    int64_t b, e;
+    chunk_range(pr.S, P, j, &b, &e);
+    A* __restrict__ o = out + (n * P + j) * C * K;
+    if (b >= e) {
+      for (int64_t i = threadIdx.x; i < C * K; i += blockDim.x) o[i] = A(0);
+      continue;
+    }
+    for (int64_t s0 = b; s0 < e; s0 += kTile) {
+      const int len = int(e - s0 < kTile ? e - s0 : kTile);
+      // phase 1: per-pixel data shared by all classes
+      for (int i = threadIdx.x; i < len; i += blockDim.x) {
+        const int64_t s = s0 + i;
+        if (pr.t_is_label) {
+          bool valid;
+          const int64_t lab = load_i64(pr.t, pr.t_dtype, n * pr.tsN + s * pr.tsS);
+          sm_lab[i] = int32_t(decode_label(lab, C, pr.label_offset, pr.has_ignore,
+                                           pr.ignore_value, &valid));
+          sm_v[i] = valid ? T(1) : T(0);
+        }
+        if (pr.act == kSoftmax) softmax_stats<T>(pr, n, s, &sm_m[i], &sm_inv[i]);
+      }
+      __syncthreads();
+      // phase 2: one warp per class
+      for (int64_t c = warp; c < C; c += nwarps) {
+        A acc[K];
+#pragma unroll
+        for (int k = 0; k < K; ++k) acc[k] = A(0);
+        for (int i = lane; i < len; i += 32) {
+          const int64_t s = s0 + i;
+          const T x = load_x<T>(pr, n, c, s);
+          const T p = pr.act == kSoftmax ? exp_t(x - sm_m[i]) * sm_inv[i]
+                                         : activate<T>(pr, x, T(0), T(1));
+          T t, v;
+          if (pr.t_is_label) {
+            v = sm_v[i];
+            t = sm_lab[i] == int32_t(c) ? T(1) : T(0);
+          } else {
+            dense_tv<T>(pr, n, c, s, &t, &v);
+          }
+          accumulate<T, A>(acc, p, t, v);
+        }
+#pragma unroll
+        for (int k = 0; k < K; ++k) acc[k] = warp_sum(acc[k]);
+        if (lane == 0) {
+          A* oc = o + c * K;
+          if (s0 == b) {
+#pragma unroll
+            for (int k = 0; k < K; ++k) oc[k] = acc[k];
+          } else {
+#pragma unroll
+            for (int k = 0; k < K; ++k) oc[k] += acc[k];
+          }
+        }
+      }
+      __syncthreads();  // shared memory is rewritten by the next tile
+    }
+  }
+}
+
+template <typename T, typename G>
+__global__ void grad_kernel(const Problem pr, const G* __restrict__ g, void* __restrict__ dx,
+                            const int64_t dxsN, const int64_t dxsC, const int64_t dxsS) {
+  const int64_t s = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (s >= pr.S) return;
+  const int64_t C = pr.C;
+  for (int64_t n = blockIdx.y; n < pr.N; n += gridDim.y) {
+    int64_t cls = -1;
+    T vlab = T(1);
+    if (pr.t_is_label) {
+      bool valid;
+      const int64_t lab = load_i64(pr.t, pr.t_dtype, n * pr.tsN + s * pr.tsS);
+      cls = decode_label(lab, C, pr.label_offset, pr.has_ignore, pr.ignore_value, &valid);
+      vlab = valid ? T(1) : T(0);
+    }
+    T m = T(0), inv = T(1);
+    if (pr.act == kSoftmax) softmax_stats<T>(pr, n, s, &m, &inv);
+    const G* gn = g + n * C * K;
+    T dot = T(0);
+    if (pr.act == kSoftmax) {
+      for (int64_t c = 0; c < C; ++c) {
+        const T p = exp_t(load_x<T>(pr, n, c, s) - m) * inv;
+        T t, v;
+        if (pr.t_is_label) { t = cls == c ? T(1) : T(0); v = vlab; }
+        else dense_tv<T>(pr, n, c, s, &t, &v);
+        dot += p * dloss_dp<T, G>(p, t, v, gn + c * K);
+      }
+    }
+    for (int64_t c = 0; c < C; ++c) {
+      const T p = activate<T>(pr, load_x<T>(pr, n, c, s), m, inv);
+      T t, v;
+      if (pr.t_is_label) { t = cls == c ? T(1) : T(0); v = vlab; }
+      else dense_tv<T>(pr, n, c, s, &t, &v);
+      const T a = dloss_dp<T, G>(p, t, v, gn + c * K);
+      T d;
+      if (pr.act == kSoftmax) d = p * (a - dot);
+      else if (pr.act == kSigmoid) d = a * p * (T(1) - p);
+      else d = a;
+      store_as(dx, pr.x_dtype, n * dxsN + c * dxsC + s * dxsS, d);
+    }
+  }
+}
+
+void check_launch(const char* what) {
+  const cudaError_t err = cudaGetLastError();
+  if (err != cudaSuccess)
+    throw std::runtime_error(std::string("segfast: ") + what + " launch failed: " +
+                             cudaGetErrorString(err));
+}
+
+unsigned grid_y(int64_t N) { return unsigned(N < kMaxGridY ? N : kMaxGridY); }
+
+}  // namespace
+
+void region_stats_cuda(const Problem& pr, int64_t P, void* out, uintptr_t stream) {
+  if (pr.N <= 0 || P <= 0 || pr.C <= 0) return;
+  if (P > int64_t(0x7fffffff)) throw std::invalid_argument("segfast: P too large");
+  const int warps = int(pr.C < 8 ? pr.C : 8);
+  const dim3 grid(unsigned(P), grid_y(pr.N));
+  const dim3 block(32 * warps);
+  cudaStream_t st = reinterpret_cast<cudaStream_t>(stream);
+  if (pr.x_dtype == kFloat64)
+    stats_kernel<double, double><<<grid, block, 0, st>>>(pr, P, static_cast<double*>(out));
+  else
+    stats_kernel<float, float><<<grid, block, 0, st>>>(pr, P, static_cast<float*>(out));
+  check_launch("region_stats_cuda");
+}
+
+void region_grad_cuda(const Problem& pr, const void* g, void* dx, int64_t dxsN, int64_t dxsC,
+                      int64_t dxsS, uintptr_t stream) {
+  if (pr.N <= 0 || pr.C <= 0 || pr.S <= 0) return;
+  const int64_t blocks = (pr.S + kGradThreads - 1) / kGradThreads;
+  if (blocks > int64_t(0x7fffffff)) throw std::invalid_argument("segfast: S too large");
+  const dim3 grid(unsigned(blocks), grid_y(pr.N));
+  cudaStream_t st = reinterpret_cast<cudaStream_t>(stream);
+  if (pr.x_dtype == kFloat64)
+    grad_kernel<double, double><<<grid, kGradThreads, 0, st>>>(
+        pr, static_cast<const double*>(g), dx, dxsN, dxsC, dxsS);
+  else
+    grad_kernel<float, float><<<grid, kGradThreads, 0, st>>>(
+        pr, static_cast<const float*>(g), dx, dxsN, dxsC, dxsS);
+  check_launch("region_grad_cuda");
+}
+
+}  // namespace region
+}  // namespace segfast
