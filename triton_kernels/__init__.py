@@ -1,0 +1,1 @@
+"""Triton kernels of segfast, installed as segfast.triton_kernels."""

@@ -1,0 +1,468 @@
+"""Triton kernels of the region family (Dice / IoU / Tversky ...).
+
+Installed as ``segfast.triton_kernels.region``. Imports only triton, torch and
+the standard library, and imports cleanly without a GPU.
+
+Two streaming kernels, the same ABI as the C++ and CUDA backends:
+
+* ``launch_stats`` writes per-chunk partial sums ``out[N, P, C, 7]`` (float32,
+  contiguous) of the K=7 per-plane sums, in this order::
+
+      I = sum v*p*t   P = sum v*p   T = sum v*t   V = sum v
+      PP = sum v*p^2  TT = sum v*t^2  M = sum v*min(p, t)
+
+  Chunk j of an image covers pixels [j*L, min((j+1)*L, S)), L = ceil(S/P).
+  One program per (image, chunk); no atomics, so the result is deterministic.
+  The caller reduces with ``out.sum(1)``.
+
+* ``launch_grad`` writes dLoss/dx (x's dtype, any strides) from
+  g = dLoss/dStats [N, C, 7] (float32, contiguous):
+  dL/dp_c = v_c * (g_I*t_c + g_P + 2*g_PP*p_c + g_M*h(p_c, t_c)),
+  h = 1 if p < t, 0.5 if p == t, 0 if p > t; then through the activation.
+
+Activation codes: 0 identity, 1 sigmoid, 2 softmax over C.
+
+Two code paths per kernel, chosen by the constexpr SINGLE_C:
+
+* C <= MAX_SINGLE_C: all classes sit in one [BLOCK_C, BLOCK_S] register tile
+  (BLOCK_C = next power of two >= C); stats keeps 7 tile-shaped fp32
+  accumulators and reduces them once at the end.
+* larger C: loop over class chunks of BLOCK_C. Softmax first runs an online
+  max / sum-of-exp pass over all classes of the pixel block. The stats kernel
+  then adds each chunk's partial sums into its own (L2-resident) out row,
+  separated by barriers; the grad kernel with softmax needs a third pass for
+  sum_k p_k a_k. So large-C softmax reads x 2x (stats) / 3x (grad); these
+  re-reads hit L2 only if BLOCK_S * C * itemsize per program is small.
+
+Offsets are 64-bit (image index, class index, pixel index are cast to int64
+before multiplying by strides).
+
+GPU tuning left to do (untested on hardware; correctness verified in the
+Triton interpreter only): TILE / num_warps per path, MAX_SINGLE_C, the
+class-chunk BLOCK_C of the looped path, exp vs exp2, and an autotune key on
+(C, dtype, stride-1 axis).
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+ACT_IDENTITY, ACT_SIGMOID, ACT_SOFTMAX = 0, 1, 2
+K = 7
+
+# Register tile (classes x pixels) of one program. Bandwidth-bound streaming:
+# 2048 elements with 8 warps = 8 elements per thread per tile-shaped value.
+TILE = 2048
+# Largest C handled by a single class tile; above it the class loop is used.
+MAX_SINGLE_C = 32
+# Class-chunk size of the looped path (C > MAX_SINGLE_C).
+LOOP_BLOCK_C = 16
+STATS_WARPS = 8
+GRAD_WARPS = 8
+
+
+# --------------------------------------------------------------------------
+# device helpers
+# --------------------------------------------------------------------------
+
+@triton.jit
+def _load_target_tile(t_ptr, n64, c64, s64, stn, stc, sts, mask,
+                      T_IS_LABEL: tl.constexpr, HAS_IGNORE: tl.constexpr,
+                      lab, label_offset, ign_f):
+    """-> (t, v) fp32 tiles [BLOCK_C, BLOCK_S]; t is already zero where v == 0.
+
+    For labels ``lab`` ([BLOCK_S] int64, pre-loaded) is used and t_ptr is not
+    read; ``mask`` must already contain the per-pixel valid mask.
+    """
+    if T_IS_LABEL:
+        vb = mask
+        tb = (lab[None, :] == (c64[:, None] + label_offset)) & vb
+        t = tb.to(tl.float32)
+    else:
+        tv = tl.load(t_ptr + n64 * stn + c64[:, None] * stc + s64[None, :] * sts,
+                     mask=mask, other=0).to(tl.float32)
+        if HAS_IGNORE:
+            vb = mask & (tv != ign_f)
+        else:
+            vb = mask
+        t = tl.where(vb, tv, 0.0)
+    return t, vb.to(tl.float32)
+
+
+@triton.jit
+def _load_labels(t_ptr, n64, s64, stn, sts, smask,
+                 T_IS_LABEL: tl.constexpr, HAS_IGNORE: tl.constexpr, ign_i):
+    """-> (lab int64 [BLOCK_S], per-pixel valid mask [BLOCK_S])."""
+    if T_IS_LABEL:
+        lab = tl.load(t_ptr + n64 * stn + s64 * sts, mask=smask, other=0).to(tl.int64)
+        if HAS_IGNORE:
+            pvalid = smask & (lab != ign_i)
+        else:
+            pvalid = smask
+    else:
+        lab = s64 * 0
+        pvalid = smask
+    return lab, pvalid
+
+
+@triton.jit
+def _dldp(p, t, v, gI, gP, gPP, gM):
+    """a = dL/dp (fp32 tile); g* are [BLOCK_C] vectors."""
+    h = tl.where(p < t, 1.0, tl.where(p == t, 0.5, 0.0))
+    return v * (gI[:, None] * t + gP[:, None] + 2.0 * gPP[:, None] * p + gM[:, None] * h)
+
+
+# --------------------------------------------------------------------------
+# stats
+# --------------------------------------------------------------------------
+
+@triton.jit
+def _region_stats_kernel(
+    x_ptr, t_ptr, out_ptr,
+    C, S, P, L,
+    sxn, sxc, sxs,
+    stn, stc, sts,
+    label_offset, ign_i, ign_f,
+    ACT: tl.constexpr, T_IS_LABEL: tl.constexpr, HAS_IGNORE: tl.constexpr,
+    SINGLE_C: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr,
+):
+    pid = tl.program_id(0).to(tl.int64)
+    n64 = pid // P
+    j64 = pid % P
+    start = j64 * L
+    end = tl.minimum(start + L, S)
+    x_base = x_ptr + n64 * sxn
+    row = out_ptr + pid * C * 7  # out[n, j] is row n*P + j of [N*P, C, 7]
+    ar_c = tl.arange(0, BLOCK_C)
+    ar_s = tl.arange(0, BLOCK_S)
+
+    if SINGLE_C:
+        c64 = ar_c.to(tl.int64)
+        cmask = c64 < C
+        aI = tl.zeros([BLOCK_C, BLOCK_S], tl.float32)
+        aP = tl.zeros([BLOCK_C, BLOCK_S], tl.float32)
+        aT = tl.zeros([BLOCK_C, BLOCK_S], tl.float32)
+        aV = tl.zeros([BLOCK_C, BLOCK_S], tl.float32)
+        aPP = tl.zeros([BLOCK_C, BLOCK_S], tl.float32)
+        aTT = tl.zeros([BLOCK_C, BLOCK_S], tl.float32)
+        aM = tl.zeros([BLOCK_C, BLOCK_S], tl.float32)
+        for s0 in range(start, end, BLOCK_S):
+            s64 = s0 + ar_s.to(tl.int64)
+            smask = s64 < end
+            mask = cmask[:, None] & smask[None, :]
+            x = tl.load(x_base + c64[:, None] * sxc + s64[None, :] * sxs,
+                        mask=mask, other=0).to(tl.float32)
+            if ACT == 2:
+                xm = tl.where(cmask[:, None], x, float("-inf"))
+                m = tl.max(xm, axis=0)
+                e = tl.exp(xm - m[None, :])
+                p = e * (1.0 / tl.sum(e, axis=0))[None, :]
+            elif ACT == 1:
+                p = tl.sigmoid(x)
+            else:
+                p = x
+            lab, pvalid = _load_labels(t_ptr, n64, s64, stn, sts, smask,
+                                       T_IS_LABEL, HAS_IGNORE, ign_i)
+            t, v = _load_target_tile(t_ptr, n64, c64, s64, stn, stc, sts,
+                                     cmask[:, None] & pvalid[None, :],
+                                     T_IS_LABEL, HAS_IGNORE, lab, label_offset, ign_f)
+            pv = p * v
+            aI += pv * t
+            aP += pv
+            aT += t
+            aV += v
+            aPP += pv * p
+            aTT += t * t
+            aM += tl.minimum(p, t) * v
+        o = row + c64 * 7
+        tl.store(o + 0, tl.sum(aI, axis=1), mask=cmask)
+        tl.store(o + 1, tl.sum(aP, axis=1), mask=cmask)
+        tl.store(o + 2, tl.sum(aT, axis=1), mask=cmask)
+        tl.store(o + 3, tl.sum(aV, axis=1), mask=cmask)
+        tl.store(o + 4, tl.sum(aPP, axis=1), mask=cmask)
+        tl.store(o + 5, tl.sum(aTT, axis=1), mask=cmask)
+        tl.store(o + 6, tl.sum(aM, axis=1), mask=cmask)
+    else:
+        # Zero this program's out row, then accumulate into it chunk by chunk.
+        zero = tl.zeros([BLOCK_C], tl.float32)
+        for c0 in range(0, C, BLOCK_C):
+            c64 = c0 + ar_c.to(tl.int64)
+            cmask = c64 < C
+            o = row + c64 * 7
+            for k in tl.static_range(7):
+                tl.store(o + k, zero, mask=cmask)
+        tl.debug_barrier()
+        for s0 in range(start, end, BLOCK_S):
+            s64 = s0 + ar_s.to(tl.int64)
+            smask = s64 < end
+            lab, pvalid = _load_labels(t_ptr, n64, s64, stn, sts, smask,
+                                       T_IS_LABEL, HAS_IGNORE, ign_i)
+            if ACT == 2:
+                m = tl.full([BLOCK_S], float("-inf"), tl.float32)
+                lsum = tl.zeros([BLOCK_S], tl.float32)
+                for c0 in range(0, C, BLOCK_C):
+                    c64 = c0 + ar_c.to(tl.int64)
+                    cmask = c64 < C
+                    x = tl.load(x_base + c64[:, None] * sxc + s64[None, :] * sxs,
+                                mask=cmask[:, None] & smask[None, :], other=0).to(tl.float32)
+                    xm = tl.where(cmask[:, None], x, float("-inf"))
+                    m_new = tl.maximum(m, tl.max(xm, axis=0))
+                    lsum = lsum * tl.exp(m - m_new) + tl.sum(tl.exp(xm - m_new[None, :]), axis=0)
+                    m = m_new
+                rl = 1.0 / lsum
+            for c0 in range(0, C, BLOCK_C):
+                c64 = c0 + ar_c.to(tl.int64)
+                cmask = c64 < C
+                mask = cmask[:, None] & smask[None, :]
+                x = tl.load(x_base + c64[:, None] * sxc + s64[None, :] * sxs,
+                            mask=mask, other=0).to(tl.float32)
+                if ACT == 2:
+                    p = tl.exp(x - m[None, :]) * rl[None, :]
+                elif ACT == 1:
+                    p = tl.sigmoid(x)
+                else:
+                    p = x
+                t, v = _load_target_tile(t_ptr, n64, c64, s64, stn, stc, sts,
+                                         cmask[:, None] & pvalid[None, :],
+                                         T_IS_LABEL, HAS_IGNORE, lab, label_offset, ign_f)
+                pv = p * v
+                o = row + c64 * 7
+                tl.store(o + 0, tl.load(o + 0, mask=cmask, other=0) + tl.sum(pv * t, axis=1), mask=cmask)
+                tl.store(o + 1, tl.load(o + 1, mask=cmask, other=0) + tl.sum(pv, axis=1), mask=cmask)
+                tl.store(o + 2, tl.load(o + 2, mask=cmask, other=0) + tl.sum(t, axis=1), mask=cmask)
+                tl.store(o + 3, tl.load(o + 3, mask=cmask, other=0) + tl.sum(v, axis=1), mask=cmask)
+                tl.store(o + 4, tl.load(o + 4, mask=cmask, other=0) + tl.sum(pv * p, axis=1), mask=cmask)
+                tl.store(o + 5, tl.load(o + 5, mask=cmask, other=0) + tl.sum(t * t, axis=1), mask=cmask)
+                tl.store(o + 6, tl.load(o + 6, mask=cmask, other=0)
+                         + tl.sum(tl.minimum(p, t) * v, axis=1), mask=cmask)
+            # The threads that load a row element next time need not be the
+            # ones that stored it: order the read-modify-writes.
+            tl.debug_barrier()
+
+
+# --------------------------------------------------------------------------
+# grad
+# --------------------------------------------------------------------------
+
+@triton.jit
+def _region_grad_kernel(
+    x_ptr, t_ptr, g_ptr, dx_ptr,
+    C, S, NBLK,
+    sxn, sxc, sxs,
+    stn, stc, sts,
+    sdn, sdc, sds,
+    label_offset, ign_i, ign_f,
+    ACT: tl.constexpr, T_IS_LABEL: tl.constexpr, HAS_IGNORE: tl.constexpr,
+    SINGLE_C: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr,
+):
+    pid = tl.program_id(0).to(tl.int64)
+    n64 = pid // NBLK
+    b64 = pid % NBLK
+    s64 = b64 * BLOCK_S + tl.arange(0, BLOCK_S).to(tl.int64)
+    smask = s64 < S
+    x_base = x_ptr + n64 * sxn
+    dx_base = dx_ptr + n64 * sdn
+    g_base = g_ptr + n64 * C * 7
+    ar_c = tl.arange(0, BLOCK_C)
+    lab, pvalid = _load_labels(t_ptr, n64, s64, stn, sts, smask,
+                               T_IS_LABEL, HAS_IGNORE, ign_i)
+
+    if SINGLE_C:
+        c64 = ar_c.to(tl.int64)
+        cmask = c64 < C
+        mask = cmask[:, None] & smask[None, :]
+        x = tl.load(x_base + c64[:, None] * sxc + s64[None, :] * sxs,
+                    mask=mask, other=0).to(tl.float32)
+        if ACT == 2:
+            xm = tl.where(cmask[:, None], x, float("-inf"))
+            m = tl.max(xm, axis=0)
+            e = tl.exp(xm - m[None, :])
+            p = e * (1.0 / tl.sum(e, axis=0))[None, :]
+        elif ACT == 1:
+            p = tl.sigmoid(x)
+        else:
+            p = x
+        t, v = _load_target_tile(t_ptr, n64, c64, s64, stn, stc, sts,
+                                 cmask[:, None] & pvalid[None, :],
+                                 T_IS_LABEL, HAS_IGNORE, lab, label_offset, ign_f)
+        gc = g_base + c64 * 7
+        gI = tl.load(gc + 0, mask=cmask, other=0)
+        gP = tl.load(gc + 1, mask=cmask, other=0)
+        gPP = tl.load(gc + 4, mask=cmask, other=0)
+        gM = tl.load(gc + 6, mask=cmask, other=0)
+        a = _dldp(p, t, v, gI, gP, gPP, gM)
+        if ACT == 2:
+            dx = p * (a - tl.sum(p * a, axis=0)[None, :])
+        elif ACT == 1:
+            dx = a * p * (1.0 - p)
+        else:
+            dx = a
+        tl.store(dx_base + c64[:, None] * sdc + s64[None, :] * sds,
+                 dx.to(dx_ptr.dtype.element_ty), mask=mask)
+    else:
+        if ACT == 2:
+            # pass 1: online max / sum of exp over all classes
+            m = tl.full([BLOCK_S], float("-inf"), tl.float32)
+            lsum = tl.zeros([BLOCK_S], tl.float32)
+            for c0 in range(0, C, BLOCK_C):
+                c64 = c0 + ar_c.to(tl.int64)
+                cmask = c64 < C
+                x = tl.load(x_base + c64[:, None] * sxc + s64[None, :] * sxs,
+                            mask=cmask[:, None] & smask[None, :], other=0).to(tl.float32)
+                xm = tl.where(cmask[:, None], x, float("-inf"))
+                m_new = tl.maximum(m, tl.max(xm, axis=0))
+                lsum = lsum * tl.exp(m - m_new) + tl.sum(tl.exp(xm - m_new[None, :]), axis=0)
+                m = m_new
+            rl = 1.0 / lsum
+            # pass 2: dot = sum_k p_k a_k
+            dot = tl.zeros([BLOCK_S], tl.float32)
+            for c0 in range(0, C, BLOCK_C):
+                c64 = c0 + ar_c.to(tl.int64)
+                cmask = c64 < C
+                mask = cmask[:, None] & smask[None, :]
+                x = tl.load(x_base + c64[:, None] * sxc + s64[None, :] * sxs,
+                            mask=mask, other=0).to(tl.float32)
+                p = tl.exp(x - m[None, :]) * rl[None, :]
+                t, v = _load_target_tile(t_ptr, n64, c64, s64, stn, stc, sts,
+                                         cmask[:, None] & pvalid[None, :],
+                                         T_IS_LABEL, HAS_IGNORE, lab, label_offset, ign_f)
+                gc = g_base + c64 * 7
+                gI = tl.load(gc + 0, mask=cmask, other=0)
+                gP = tl.load(gc + 1, mask=cmask, other=0)
+                gPP = tl.load(gc + 4, mask=cmask, other=0)
+                gM = tl.load(gc + 6, mask=cmask, other=0)
+                a = _dldp(p, t, v, gI, gP, gPP, gM)
+                dot += tl.sum(tl.where(mask, p * a, 0.0), axis=0)
+        # last pass: write dx
+        for c0 in range(0, C, BLOCK_C):
+            c64 = c0 + ar_c.to(tl.int64)
+            cmask = c64 < C
+            mask = cmask[:, None] & smask[None, :]
+            x = tl.load(x_base + c64[:, None] * sxc + s64[None, :] * sxs,
+                        mask=mask, other=0).to(tl.float32)
+            if ACT == 2:
+                p = tl.exp(x - m[None, :]) * rl[None, :]
+            elif ACT == 1:
+                p = tl.sigmoid(x)
+            else:
+                p = x
+            t, v = _load_target_tile(t_ptr, n64, c64, s64, stn, stc, sts,
+                                     cmask[:, None] & pvalid[None, :],
+                                     T_IS_LABEL, HAS_IGNORE, lab, label_offset, ign_f)
+            gc = g_base + c64 * 7
+            gI = tl.load(gc + 0, mask=cmask, other=0)
+            gP = tl.load(gc + 1, mask=cmask, other=0)
+            gPP = tl.load(gc + 4, mask=cmask, other=0)
+            gM = tl.load(gc + 6, mask=cmask, other=0)
+            a = _dldp(p, t, v, gI, gP, gPP, gM)
+            if ACT == 2:
+                dx = p * (a - dot[None, :])
+            elif ACT == 1:
+                dx = a * p * (1.0 - p)
+            else:
+                dx = a
+            tl.store(dx_base + c64[:, None] * sdc + s64[None, :] * sds,
+                     dx.to(dx_ptr.dtype.element_ty), mask=mask)
+
+
+# --------------------------------------------------------------------------
+# launchers
+# --------------------------------------------------------------------------
+
+def _wrap(kernel):
+    import torch
+    return torch.library.wrap_triton(kernel)
+
+
+def _blocks(C: int, block_s, block_c):
+    """-> (SINGLE_C, BLOCK_C, BLOCK_S)."""
+    if block_c is None:
+        if C <= MAX_SINGLE_C:
+            block_c = triton.next_power_of_2(max(C, 1))
+        else:
+            block_c = LOOP_BLOCK_C
+    single = C <= block_c
+    if block_s is None:
+        block_s = max(TILE // block_c, 16)
+    return single, block_c, block_s
+
+
+def _target_args(t, t_is_label: bool, has_ignore: bool, ignore_value: float):
+    """-> (t, (stn, stc, sts), has_ignore, ign_i, ign_f)."""
+    import torch
+    if t.dtype == torch.bool:
+        t = t.view(torch.uint8)
+    ign_f = float(ignore_value) if has_ignore else 0.0
+    ign_i = 0
+    if t_is_label:
+        strides = (t.stride(0), 0, t.stride(1))
+        if has_ignore:
+            iv = float(ignore_value)
+            if iv.is_integer() and -2**63 <= iv < 2**63:
+                ign_i = int(iv)
+            else:  # no integer label can equal it
+                has_ignore = False
+    else:
+        strides = (t.stride(0), t.stride(1), t.stride(2))
+    return t, strides, has_ignore, ign_i, ign_f
+
+
+def default_chunks(N: int, C: int, S: int, sm_count: int = 132, waves: int = 4) -> int:
+    """A reasonable P for ``launch_stats``: about ``waves`` programs per SM over
+    the whole grid (N * P programs), but at least 4 pixel blocks per chunk so
+    each program streams a while. (To tune on GPU.)"""
+    _, _, block_s = _blocks(C, None, None)
+    max_p = max(1, -(-S // (4 * block_s)))
+    want = max(1, -(-waves * sm_count // max(N, 1)))
+    return int(min(want, max_p))
+
+
+def launch_stats(x, t, t_is_label: bool, out, N: int, C: int, S: int, P: int,
+                 act: int, label_offset: int, has_ignore: bool, ignore_value: float,
+                 *, block_s: int | None = None, block_c: int | None = None) -> None:
+    """Partial sums into ``out`` (float32, contiguous [N, P, C, 7]); see module doc.
+
+    x: [N, C, S] (any strides); t: [N, S] labels if ``t_is_label`` else
+    [N, C, S] dense. ``block_s`` / ``block_c`` override the tile (tests, tuning).
+    """
+    if N * P * C == 0:
+        return
+    t, (stn, stc, sts), has_ignore, ign_i, ign_f = _target_args(t, t_is_label, has_ignore,
+                                                                ignore_value)
+    single, BLOCK_C, BLOCK_S = _blocks(C, block_s, block_c)
+    L = -(-S // P)
+    _wrap(_region_stats_kernel)[(N * P,)](
+        x, t, out,
+        C, S, P, L,
+        x.stride(0), x.stride(1), x.stride(2),
+        stn, stc, sts,
+        int(label_offset), ign_i, ign_f,
+        ACT=int(act), T_IS_LABEL=bool(t_is_label), HAS_IGNORE=bool(has_ignore),
+        SINGLE_C=single, BLOCK_C=BLOCK_C, BLOCK_S=BLOCK_S,
+        num_warps=STATS_WARPS,
+    )
+
+
+def launch_grad(x, t, t_is_label: bool, g, dx, N: int, C: int, S: int,
+                act: int, label_offset: int, has_ignore: bool, ignore_value: float,
+                *, block_s: int | None = None, block_c: int | None = None) -> None:
+    """dLoss/dx into ``dx`` ([N, C, S], x's dtype, any strides) from g = dLoss/dStats
+    (float32, contiguous [N, C, 7]); see module doc."""
+    if N * C * S == 0:
+        return
+    t, (stn, stc, sts), has_ignore, ign_i, ign_f = _target_args(t, t_is_label, has_ignore,
+                                                                ignore_value)
+    single, BLOCK_C, BLOCK_S = _blocks(C, block_s, block_c)
+    nblk = -(-S // BLOCK_S)
+    _wrap(_region_grad_kernel)[(N * nblk,)](
+        x, t, g, dx,
+        C, S, nblk,
+        x.stride(0), x.stride(1), x.stride(2),
+        stn, stc, sts,
+        dx.stride(0), dx.stride(1), dx.stride(2),
+        int(label_offset), ign_i, ign_f,
+        ACT=int(act), T_IS_LABEL=bool(t_is_label), HAS_IGNORE=bool(has_ignore),
+        SINGLE_C=single, BLOCK_C=BLOCK_C, BLOCK_S=BLOCK_S,
+        num_warps=GRAD_WARPS,
+    )
