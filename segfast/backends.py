@@ -1,0 +1,165 @@
+"""Which backends are built and usable here, and how one is chosen.
+
+Choice order: the ``backend=`` argument, else the ``SEGFAST_BACKEND``
+environment variable, else the default for the tensor's device. A backend
+that is not available, or does not fit the device, is an error: never a
+silent fallback.
+
+segfast._C does not link libtorch. Kernels receive raw data pointers,
+element strides, the dtype codes below and (on GPU) the CUDA stream, all as
+Python ints; the Python layer validates everything before a pointer is
+handed down.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import os
+
+import torch
+
+BACKENDS = ("triton", "cuda", "cpu", "torch")
+
+# Must match csrc/common/dtypes.h.
+DTYPE_CODES = {
+    torch.float32: 0,
+    torch.float16: 1,
+    torch.bfloat16: 2,
+    torch.float64: 3,
+    torch.uint8: 4,
+    torch.int32: 5,
+    torch.int64: 6,
+    torch.bool: 7,
+}
+
+try:  # the compiled extension; absent only in a source tree that was never built
+    from . import _C  # type: ignore[attr-defined]
+
+    _C_ERROR = None
+except ImportError as e:  # pragma: no cover - exercised only on broken installs
+    _C = None
+    _C_ERROR = e
+
+
+def dtype_code(t: torch.Tensor) -> int:
+    return DTYPE_CODES[t.dtype]
+
+
+def cpu_threads() -> int:
+    """OpenMP threads the cpu backend uses: the same count torch uses."""
+    return max(1, torch.get_num_threads())
+
+
+def cuda_compiled() -> bool:
+    return _C is not None and bool(_C.has_cuda())
+
+
+def cuda_archs() -> list[str]:
+    return list(_C.cuda_archs()) if cuda_compiled() else []
+
+
+@functools.lru_cache(maxsize=None)
+def _triton_import_error() -> str | None:
+    try:
+        importlib.import_module("triton")
+        importlib.import_module("segfast.triton_kernels")
+    except Exception as e:  # ImportError, or a broken triton install
+        return f"{type(e).__name__}: {e}"
+    return None
+
+
+def triton_interpret() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def unavailable_reason(backend: str, device: torch.device) -> str | None:
+    """Why ``backend`` cannot run on ``device`` here, or None if it can."""
+    if backend not in BACKENDS:
+        return f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}"
+    if backend == "torch":
+        return None
+    if backend == "cpu":
+        if _C is None:
+            return f"segfast._C is not built ({_C_ERROR})"
+        if device.type != "cpu":
+            return f"backend 'cpu' runs on CPU tensors, got a tensor on {device}"
+        return None
+    if backend == "cuda":
+        if not cuda_compiled():
+            return "segfast._C was built without CUDA kernels (no nvcc at build time, or SEGFAST_CUDA=OFF)"
+        if device.type != "cuda":
+            return f"backend 'cuda' runs on CUDA tensors, got a tensor on {device}"
+        return None
+    # triton
+    err = _triton_import_error()
+    if err is not None:
+        return f"triton is not importable ({err})"
+    if device.type == "cuda":
+        return None
+    if device.type == "cpu" and triton_interpret():
+        return None
+    return (
+        f"backend 'triton' runs on CUDA tensors (or on CPU tensors with TRITON_INTERPRET=1), "
+        f"got a tensor on {device}"
+    )
+
+
+def default_backend(device: torch.device) -> str:
+    if device.type == "cuda":
+        return "triton" if unavailable_reason("triton", device) is None else (
+            "cuda" if cuda_compiled() else "torch")
+    if device.type == "cpu" and _C is not None:
+        return "cpu"
+    return "torch"
+
+
+def choose(backend: str | None, device: torch.device) -> str:
+    """Resolve the backend for tensors on ``device`` (see module docstring)."""
+    if backend is None:
+        backend = os.environ.get("SEGFAST_BACKEND") or None
+    if backend is None:
+        return default_backend(device)
+    backend = backend.lower()
+    reason = unavailable_reason(backend, device)
+    if reason is not None:
+        raise RuntimeError(f"segfast: backend {backend!r} is not available: {reason}")
+    return backend
+
+
+def available(device: torch.device | str = "cpu") -> list[str]:
+    device = torch.device(device)
+    return [b for b in BACKENDS if unavailable_reason(b, device) is None]
+
+
+def cuda_stream(device: torch.device) -> int:
+    return torch.cuda.current_stream(device).cuda_stream
+
+
+def info() -> dict:
+    """What is built and usable here (also ``python -m segfast info``)."""
+    from . import __version__
+
+    try:
+        import triton
+
+        triton_version = triton.__version__
+    except Exception:
+        triton_version = None
+    gpu = torch.cuda.is_available()
+    out = {
+        "segfast": __version__,
+        "torch": torch.__version__,
+        "triton": triton_version,
+        "extension": "built" if _C is not None else f"missing ({_C_ERROR})",
+        "cuda_kernels_compiled": cuda_compiled(),
+        "cuda_archs": cuda_archs(),
+        "openmp_threads": cpu_threads(),
+        "gpu_visible": gpu,
+        "gpu_name": torch.cuda.get_device_name() if gpu else None,
+        "backends_cpu": available("cpu"),
+        "backends_cuda": available("cuda") if gpu else [],
+        "default_backend": default_backend(torch.device("cuda" if gpu else "cpu")),
+        "triton_interpret": triton_interpret(),
+    }
+    return out

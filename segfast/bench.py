@@ -1,0 +1,284 @@
+"""segfast-bench: forward+backward of each loss on every backend usable here,
+against the eager reference and the peer library (MONAI), in one run.
+
+    segfast-bench                      # the device present, a table
+    segfast-bench --json out.json      # also write the rows as JSON
+    python -m segfast.bench --device cpu --repeat 20
+
+Columns: median and interquartile range of the wall time (ms), speed-up over
+the eager reference and over MONAI (measured in the same run), achieved GB/s
+for the bytes the two kernel passes must move (stats: read logits and
+targets; grad: read them again and write the gradient), and peak extra
+memory in MB beyond the inputs (CUDA: the caching allocator's peak; CPU: the
+process's peak resident set, with glibc told to return large blocks at once).
+
+bench/bench_region.py runs the same cases under pytest-benchmark.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import dataclasses
+import json
+import os
+import statistics
+import sys
+import time
+from typing import Callable, Optional
+
+import torch
+
+from . import backends
+from . import functional as F
+from .reference import region as ref
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    op: str
+    shape: tuple
+    dtype: torch.dtype
+    label_dtype: torch.dtype
+
+    @property
+    def name(self):
+        return f"{self.op}[{'x'.join(map(str, self.shape))},{str(self.dtype)[6:]}]"
+
+
+REGION_OPS = ("dice", "jaccard", "tversky", "generalized_dice")
+_FN = {"dice": F.dice_loss, "jaccard": F.jaccard_loss, "tversky": F.tversky_loss,
+       "generalized_dice": F.generalized_dice_loss}
+
+
+def cases(device: torch.device, quick: bool = False) -> list[Case]:
+    if device.type == "cuda":
+        shape, dtype, lab = (16, 21, 512, 512), torch.bfloat16, torch.uint8
+    else:
+        shape, dtype, lab = (8, 21, 128, 128), torch.float32, torch.int64
+    ops = ("dice",) if quick else REGION_OPS
+    return [Case(op, shape, dtype, lab) for op in ops]
+
+
+def make_inputs(case: Case, device: torch.device, seed: int = 0):
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    x = torch.randn(case.shape, generator=g).to(device=device, dtype=case.dtype).requires_grad_(True)
+    n, c, *spatial = case.shape
+    # Piecewise-constant labels (blocks), like real masks rather than noise.
+    coarse = torch.randint(0, c, (n, *[max(1, s // 16) for s in spatial]), generator=g)
+    y = torch.nn.functional.interpolate(coarse[:, None].float(), size=spatial, mode="nearest")[:, 0]
+    return x, y.to(device=device, dtype=case.label_dtype)
+
+
+def _monai_runner(case: Case):
+    try:
+        import monai.losses as ml
+    except Exception:
+        return None
+    cls = {"dice": ml.DiceLoss, "generalized_dice": ml.GeneralizedDiceLoss,
+           "tversky": ml.TverskyLoss}.get(case.op)
+    if cls is None:
+        return None
+    loss = cls(softmax=True, to_onehot_y=True)
+    return lambda x, y: loss(x, y.unsqueeze(1).long())
+
+
+def runners(case: Case, device: torch.device) -> dict[str, Callable]:
+    """name -> loss(x, y); 'reference' is the eager baseline, 'monai' the peer."""
+    out = {}
+    for b in backends.available(device):
+        if b == "torch":
+            continue
+        out[b] = (lambda b: lambda x, y: _FN[case.op](x, y, backend=b))(b)
+    out["reference"] = lambda x, y: ref.region_loss(x, y, kind=case.op)
+    monai = _monai_runner(case)
+    if monai is not None:
+        out["monai"] = monai
+    return out
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def fwd_bwd(loss_fn, x, y):
+    """One training-style call; the gradient is dropped afterwards, so memory
+    measured around the call includes it."""
+    def step():
+        loss_fn(x, y).backward()
+        x.grad = None
+    return step
+
+
+def time_fn(fn: Callable[[], None], device: torch.device, repeat: int = 10, warmup: int = 2,
+            min_time: float = 0.0) -> list[float]:
+    """Wall times in seconds of ``repeat`` calls (at least ``min_time`` in all)."""
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    times = []
+    start_all = time.perf_counter()
+    while len(times) < repeat or time.perf_counter() - start_all < min_time:
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def _rss_bytes(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def _malloc_returns_large_blocks():
+    """Large blocks in their own mmap, freed at once: RSS then tracks live memory."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD = 1 MiB (also stops glibc raising it)
+        libc.mallopt(-1, 0)  # M_TRIM_THRESHOLD
+    except OSError:
+        pass
+
+
+def peak_extra_bytes(fn: Callable[[], None], device: torch.device) -> Optional[int]:
+    """Peak memory ``fn`` needs beyond what is live before it (None where unknown).
+
+    CUDA: the caching allocator's peak. CPU: the process's peak resident set
+    (reset through /proc/self/clear_refs), with glibc told to give large
+    blocks back at once so that RSS follows live memory; that setting slows
+    later allocations, so on CPU call this only in a process of its own
+    (``peak_extra_mb`` does).
+    """
+    if device.type == "cuda":
+        fn()
+        _sync(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        fn()
+        _sync(device)
+        return torch.cuda.max_memory_allocated(device) - base
+    if not os.path.exists("/proc/self/clear_refs"):
+        return None
+    _malloc_returns_large_blocks()
+    fn()  # first call: lazy initialisations do not count
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # reset the peak resident set (VmHWM) to the current one
+    except OSError:
+        return None
+    base = _rss_bytes("VmRSS")
+    fn()
+    return max(0, _rss_bytes("VmHWM") - base)
+
+
+def peak_extra_mb(case: Case, device: torch.device, names) -> dict:
+    """name -> peak extra MB of one forward+backward (see peak_extra_bytes)."""
+    if device.type == "cpu":  # in a fresh process: the probe changes malloc's behaviour
+        import subprocess
+
+        arg = json.dumps(dict(op=case.op, shape=list(case.shape), dtype=str(case.dtype)[6:],
+                              labels=str(case.label_dtype)[6:], names=list(names)))
+        out = subprocess.run([sys.executable, "-m", "segfast.bench", "--memory-probe", arg],
+                             capture_output=True, text=True)
+        if out.returncode != 0:
+            print(out.stderr, file=sys.stderr)
+            return {}
+        return json.loads(out.stdout.strip().splitlines()[-1])
+    return _probe(case, device, names)
+
+
+def _probe(case: Case, device: torch.device, names) -> dict:
+    x, y = make_inputs(case, device)
+    run = runners(case, device)
+    out = {}
+    for name in names:
+        b = peak_extra_bytes(fwd_bwd(run[name], x, y), device)
+        out[name] = None if b is None else b / 2**20
+    return out
+
+
+def kernel_bytes(case: Case) -> int:
+    """Bytes the two kernel passes must move: 2 reads of logits and labels, 1 write."""
+    n = 1
+    for s in case.shape:
+        n *= s
+    px = n // case.shape[1]
+    xb = n * torch.finfo(case.dtype).bits // 8
+    tb = px * torch.iinfo(case.label_dtype).bits // 8
+    return 2 * (xb + tb) + xb
+
+
+def measure(case: Case, device: torch.device, repeat: int = 10, memory: bool = True) -> list[dict]:
+    x, y = make_inputs(case, device)
+    rows = []
+    run = runners(case, device)
+    for name, loss_fn in run.items():
+        times = time_fn(fwd_bwd(loss_fn, x, y), device, repeat=repeat)
+        q = statistics.quantiles(times, n=4) if len(times) > 1 else [times[0]] * 3
+        rows.append(dict(op=case.op, shape=list(case.shape), dtype=str(case.dtype)[6:],
+                         labels=str(case.label_dtype)[6:], backend=name, device=str(device),
+                         median_ms=1e3 * statistics.median(times), iqr_ms=1e3 * (q[2] - q[0]),
+                         logits_mb=x.numel() * x.element_size() / 2**20))
+    peaks = peak_extra_mb(case, device, list(run)) if memory else {}
+    for r in rows:
+        r["peak_extra_mb"] = peaks.get(r["backend"])
+    base = {r["backend"]: r["median_ms"] for r in rows}
+    for r in rows:
+        r["speedup_vs_reference"] = base["reference"] / r["median_ms"]
+        r["speedup_vs_monai"] = base["monai"] / r["median_ms"] if "monai" in base else None
+        r["gbps"] = kernel_bytes(case) / (r["median_ms"] * 1e-3) / 1e9 if r["backend"] in backends.BACKENDS else None
+    return rows
+
+
+def format_table(rows: list[dict]) -> str:
+    cols = [("op", "{}"), ("shape", "{}"), ("dtype", "{}"), ("backend", "{}"), ("median_ms", "{:.2f}"),
+            ("iqr_ms", "{:.2f}"), ("speedup_vs_reference", "{:.2f}x"), ("speedup_vs_monai", "{:.2f}x"),
+            ("gbps", "{:.1f}"), ("peak_extra_mb", "{:.1f}")]
+    head = ["op", "shape", "dtype", "backend", "median ms", "IQR ms", "vs ref", "vs MONAI", "GB/s", "peak MB"]
+    table = [head]
+    for r in rows:
+        table.append([("-" if r[k] is None else fmt.format("x".join(map(str, r[k])) if k == "shape" else r[k]))
+                      for k, fmt in cols])
+    widths = [max(len(row[i]) for row in table) for i in range(len(head))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in table]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="segfast-bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if visible)")
+    p.add_argument("--repeat", type=int, default=10, help="timed calls per row (median reported)")
+    p.add_argument("--quick", action="store_true", help="Dice only")
+    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory pass")
+    p.add_argument("--json", default=None, help="also write the rows to this JSON file")
+    p.add_argument("--memory-probe", default=None, help=argparse.SUPPRESS)  # internal, see peak_extra_mb
+    args = p.parse_args(argv)
+    if args.memory_probe:
+        d = json.loads(args.memory_probe)
+        case = Case(d["op"], tuple(d["shape"]), getattr(torch, d["dtype"]), getattr(torch, d["labels"]))
+        print(json.dumps(_probe(case, torch.device("cpu"), d["names"])))
+        return 0
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    info = backends.info()
+    print(f"segfast {info['segfast']}  torch {info['torch']}  device {device}"
+          + (f" ({info['gpu_name']})" if device.type == "cuda" else f" ({torch.get_num_threads()} threads)"))
+    rows = []
+    for case in cases(device, quick=args.quick):
+        rows += measure(case, device, repeat=args.repeat, memory=not args.no_memory)
+        print(f"  measured {case.name}", file=sys.stderr)
+    print(format_table(rows))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(dict(info=info, date=time.strftime("%Y-%m-%d"), rows=rows), f, indent=1)
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,334 @@
+"""Region losses (Dice, soft IoU, Tversky, generalized Dice): the two kernels
+as torch.library ops, input validation, and the formulas on the sums.
+
+Kernels (see ../shared/DESIGN.md): ``region_stats`` reads logits and targets
+once and returns the K=7 per-plane sums (reference/region.py STATS order);
+``region_grad`` reads them again with dLoss/dStats and writes dLoss/dLogits.
+Everything in between is PyTorch on the small [N, C, 7] tensor, so autograd
+gives dLoss/dStats and a new loss is a new formula, not a new kernel.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from .. import backends
+from ..reference import region as ref
+
+K = ref.K
+ACT = {"identity": ref.ACT_IDENTITY, "sigmoid": ref.ACT_SIGMOID, "softmax": ref.ACT_SOFTMAX}
+MODES = ("binary", "multiclass", "multilabel")
+_FLOATS = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+_LABELS = (torch.uint8, torch.int32, torch.int64)
+
+
+def _acc_dtype(x: Tensor) -> torch.dtype:
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def _num_chunks(N: int, S: int, device: torch.device) -> int:
+    """How many pixel chunks per image the stats kernels split S into.
+
+    Enough (image, chunk) work items to fill the machine, never chunks
+    smaller than one block of pixels.
+    """
+    if device.type == "cuda":
+        workers = 4 * torch.cuda.get_device_properties(device).multi_processor_count
+        min_chunk = 4096
+    else:
+        workers = 4 * backends.cpu_threads()
+        min_chunk = 2048
+    return max(1, min(math.ceil(workers / max(N, 1)), math.ceil(S / min_chunk)))
+
+
+def _target_args(t: Tensor, is_label: bool):
+    if t.dtype == torch.bool:
+        t = t.view(torch.uint8)
+    if is_label:  # [N, S]
+        return t, (t.stride(0), 0, t.stride(1))
+    return t, tuple(t.stride())
+
+
+# ---------------------------------------------------------------- C++ / CUDA
+
+
+def _launch_stats_ext(x, t, is_label, act, label_offset, ignore_value, backend):
+    N, C, S = x.shape
+    P = _num_chunks(N, S, x.device)
+    out = torch.empty((N, P, C, K), dtype=_acc_dtype(x), device=x.device)
+    t, ts = _target_args(t, is_label)
+    args = (x.data_ptr(), backends.dtype_code(x), *x.stride(),
+            t.data_ptr(), backends.dtype_code(t), int(is_label), *ts,
+            N, C, S, P, act, label_offset, int(ignore_value is not None),
+            float(ignore_value if ignore_value is not None else 0.0), out.data_ptr())
+    if backend == "cpu":
+        backends._C.region_stats_cpu(*args, backends.cpu_threads())
+    else:
+        with torch.cuda.device(x.device):
+            backends._C.region_stats_cuda(*args, backends.cuda_stream(x.device))
+    return out.sum(1)
+
+
+def _launch_grad_ext(x, t, g, is_label, act, label_offset, ignore_value, backend):
+    N, C, S = x.shape
+    dx = torch.empty_like(x)
+    g = g.to(_acc_dtype(x)).contiguous()
+    t, ts = _target_args(t, is_label)
+    args = (x.data_ptr(), backends.dtype_code(x), *x.stride(),
+            t.data_ptr(), backends.dtype_code(t), int(is_label), *ts,
+            N, C, S, act, label_offset, int(ignore_value is not None),
+            float(ignore_value if ignore_value is not None else 0.0),
+            g.data_ptr(), dx.data_ptr(), *dx.stride())
+    if backend == "cpu":
+        backends._C.region_grad_cpu(*args, backends.cpu_threads())
+    else:
+        with torch.cuda.device(x.device):
+            backends._C.region_grad_cuda(*args, backends.cuda_stream(x.device))
+    return dx
+
+
+@torch.library.custom_op("segfast::region_stats", mutates_args=())
+def region_stats_op(x: Tensor, target: Tensor, is_label: bool, act: int, label_offset: int,
+                    ignore_value: Optional[float], backend: str) -> Tensor:
+    """Per-plane sums [N, C, 7] with the C++ (``cpu``) or CUDA (``cuda``) kernels."""
+    if x.numel() == 0:
+        return x.new_zeros((x.shape[0], x.shape[1], K), dtype=_acc_dtype(x))
+    return _launch_stats_ext(x, target, is_label, act, label_offset, ignore_value, backend)
+
+
+@torch.library.custom_op("segfast::region_grad", mutates_args=())
+def region_grad_op(x: Tensor, target: Tensor, g: Tensor, is_label: bool, act: int,
+                   label_offset: int, ignore_value: Optional[float], backend: str) -> Tensor:
+    """dLoss/dx [N, C, S] from dLoss/dStats ``g`` [N, C, 7]."""
+    if x.numel() == 0:
+        return torch.zeros_like(x)
+    return _launch_grad_ext(x, target, g, is_label, act, label_offset, ignore_value, backend)
+
+
+# ---------------------------------------------------------------- fake + autograd
+
+
+@region_stats_op.register_fake
+def _(x, target, is_label, act, label_offset, ignore_value, backend):
+    return x.new_empty((x.shape[0], x.shape[1], K), dtype=_acc_dtype(x))
+
+
+@region_grad_op.register_fake
+def _(x, target, g, is_label, act, label_offset, ignore_value, backend):
+    return torch.empty_like(x)
+
+
+def _setup(ctx, inputs, output):
+    x, target, is_label, act, label_offset, ignore_value = inputs[:6]
+    ctx.save_for_backward(x, target)
+    ctx.args = (is_label, act, label_offset, ignore_value) + tuple(inputs[6:])
+
+
+def _backward_ext(ctx, grad):
+    x, target = ctx.saved_tensors
+    dx = region_grad_op(x, target, grad, *ctx.args)
+    return dx, None, None, None, None, None, None
+
+
+region_stats_op.register_autograd(_backward_ext, setup_context=_setup)
+
+
+# ---------------------------------------------------------------- Triton
+
+# Registered only where Triton is installed (it is optional at run time);
+# backends.choose() refuses backend="triton" elsewhere.
+HAVE_TRITON = importlib.util.find_spec("triton") is not None
+
+if HAVE_TRITON:
+
+    @torch.library.triton_op("segfast::region_stats_triton", mutates_args=())
+    def region_stats_triton_op(x: Tensor, target: Tensor, is_label: bool, act: int,
+                               label_offset: int, ignore_value: Optional[float]) -> Tensor:
+        """Per-plane sums [N, C, 7] with the Triton kernels."""
+        from ..triton_kernels import region as tk
+
+        N, C, S = x.shape
+        P = _num_chunks(N, S, x.device)
+        out = torch.empty((N, P, C, K), dtype=torch.float32, device=x.device)
+        if x.numel() != 0:
+            t, _ = _target_args(target, is_label)
+            tk.launch_stats(x, t, is_label, out, N, C, S, P, act, label_offset,
+                            ignore_value is not None, float(ignore_value or 0.0))
+        else:
+            out.zero_()
+        return out.sum(1).to(_acc_dtype(x))
+
+
+    @torch.library.triton_op("segfast::region_grad_triton", mutates_args=())
+    def region_grad_triton_op(x: Tensor, target: Tensor, g: Tensor, is_label: bool, act: int,
+                              label_offset: int, ignore_value: Optional[float]) -> Tensor:
+        from ..triton_kernels import region as tk
+
+        N, C, S = x.shape
+        dx = torch.empty_like(x)
+        if x.numel() != 0:
+            t, _ = _target_args(target, is_label)
+            tk.launch_grad(x, t, is_label, g.float().contiguous(), dx, N, C, S, act, label_offset,
+                           ignore_value is not None, float(ignore_value or 0.0))
+        return dx
+
+
+    def _backward_triton(ctx, grad):
+        x, target = ctx.saved_tensors
+        dx = region_grad_triton_op(x, target, grad, *ctx.args)
+        return dx, None, None, None, None, None
+
+    region_stats_triton_op.register_autograd(_backward_triton, setup_context=_setup)
+
+
+def plane_stats(x: Tensor, target: Tensor, is_label: bool, act: int, label_offset: int,
+                ignore_value: Optional[float], backend: str) -> Tensor:
+    """Dispatch the stats kernel; x [N, C, S], target [N, S] or [N, C, S]."""
+    if backend == "torch":
+        return ref.region_stats(x, target, is_label, act, label_offset, ignore_value)
+    if backend == "triton":
+        return region_stats_triton_op(x, target, is_label, act, label_offset, ignore_value)
+    return region_stats_op(x, target, is_label, act, label_offset, ignore_value, backend)
+
+
+# ---------------------------------------------------------------- validation
+
+
+def prepare(input: Tensor, target: Tensor, mode: str, from_logits: bool,
+            ignore_index, backend: Optional[str]):
+    """Validate and canonicalise for a ``mode``; see ``canonical``."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    _check_input(input, target)
+    C = input.shape[1]
+    if mode == "binary" and C != 1:
+        raise ValueError(f"mode='binary' needs input with 1 channel, got C={C} (use 'multilabel' or 'multiclass')")
+    if mode == "multiclass" and C < 2:
+        raise ValueError("mode='multiclass' needs C >= 2 channels (softmax over one channel is constant); "
+                         "use mode='binary'")
+    act = ACT["softmax" if mode == "multiclass" else "sigmoid"] if from_logits else ACT["identity"]
+    return canonical(input, target, act=act, binary=mode == "binary",
+                     ignore_index=ignore_index, backend=backend)
+
+
+def _check_input(input, target) -> None:
+    if not isinstance(input, Tensor) or not isinstance(target, Tensor):
+        raise TypeError("input and target must be tensors")
+    if input.dtype not in _FLOATS:
+        raise TypeError(f"input must be float32/float16/bfloat16/float64, got {input.dtype}")
+    if input.dim() < 3:
+        raise ValueError("input must be (N, C, *spatial) with at least one spatial dim, "
+                         f"got shape {tuple(input.shape)}")
+    if target.device != input.device:
+        raise ValueError(f"target is on {target.device} but input is on {input.device}")
+
+
+def canonical(input: Tensor, target: Tensor, *, act: int, binary: bool = False,
+              ignore_index=None, backend: Optional[str] = None):
+    """-> (x [N,C,S], t, is_label, act, label_offset, ignore_value, backend).
+
+    Float/bool targets are dense [N, C, *] (or [N, *] when C = 1); integer
+    targets are class indices [N, *] or [N, 1, *], in [0, C) (in {0, 1} when
+    ``binary``) unless equal to ``ignore_index``. Every error a user can
+    trigger is raised here, before a kernel runs.
+    """
+    _check_input(input, target)
+    N, C = input.shape[:2]
+    spatial = tuple(input.shape[2:])
+    if ignore_index is not None and (isinstance(ignore_index, bool) or not isinstance(ignore_index, (int, float))):
+        raise TypeError(f"ignore_index must be a number or None, got {ignore_index!r}")
+    floating = target.dtype in _FLOATS or target.dtype == torch.bool
+    if not floating and target.dtype not in _LABELS:
+        raise TypeError(f"class-index targets must be uint8/int32/int64, got {target.dtype}")
+    shape = tuple(target.shape)
+    if floating:
+        if C == 1 and shape == (N, *spatial):
+            target = target.unsqueeze(1)
+        elif shape != (N, C, *spatial):
+            raise ValueError(f"dense target must have the input's shape {(N, C, *spatial)}, got {shape}")
+        t = target.flatten(2)
+    else:
+        if shape == (N, 1, *spatial):
+            target = target.squeeze(1)
+        elif shape != (N, *spatial):
+            raise ValueError(f"class-index target must be (N, *spatial) or (N, 1, *spatial) = "
+                             f"{(N, *spatial)}, got {shape}")
+        t = target.flatten(1)
+        if not torch.compiler.is_compiling() and t.numel():
+            _check_labels(t, 2 if binary else C, ignore_index)
+    backend = backends.choose(backend, input.device)
+    ignore = None if ignore_index is None else float(ignore_index)
+    return input.flatten(2), t, not floating, act, int(binary), ignore, backend
+
+
+def _check_labels(t: Tensor, n: int, ignore_index) -> None:
+    lo, hi = torch.aminmax(t if ignore_index is None else torch.where(t == ignore_index, 0, t))
+    lo, hi = int(lo), int(hi)
+    if lo < 0 or hi >= n:
+        bad = lo if lo < 0 else hi
+        raise ValueError(f"target has label {bad} outside [0, {n})"
+                         + ("" if ignore_index is None else f" that is not ignore_index={ignore_index}"))
+
+
+def check_weight(weight, C: int, device) -> Optional[Tensor]:
+    if weight is None:
+        return None
+    w = torch.as_tensor(weight, dtype=torch.float32, device=device).reshape(-1)
+    if w.numel() == 1:
+        w = w.expand(C)
+    if w.numel() != C:
+        raise ValueError(f"weight must have one entry per class ({C}), got {w.numel()}")
+    if not torch.compiler.is_compiling() and bool((w < 0).any()):
+        raise ValueError("weight entries must be >= 0")
+    return w
+
+
+def check_reduction(reduction: str) -> None:
+    if reduction not in ("mean", "sum", "none"):
+        raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+
+
+# ---------------------------------------------------------------- formulas on the sums
+
+
+def tp_fp_fn(stats: Tensor, squared: bool = False, soft: bool = False):
+    """True positives, false positives, false negatives from the sums.
+
+    ``squared`` uses Σp² and Σt² as the cardinalities (MONAI's squared_pred);
+    ``soft`` uses Σmin(p, t) as the intersection, which equals Σp·t for hard
+    targets and is the soft-label form of MONAI (soft_label=True) and of
+    segmentation_models_pytorch >= 0.5.
+    """
+    I, P, T, V, PP, TT, M = stats.unbind(-1)
+    tp = M if soft else I
+    return tp, (PP if squared else P) - tp, (TT if squared else T) - tp
+
+
+def safe_ratio(num: Tensor, den: Tensor) -> Tensor:
+    """num/den, and 1 where den == 0: an empty (or fully ignored) plane with no
+    smoothing has nothing to find and predicts nothing, so it scores 1."""
+    ok = den > 0
+    return torch.where(ok, num / torch.where(ok, den, torch.ones_like(den)), torch.ones_like(num))
+
+
+def sync(stats: Tensor, process_group=None) -> Tensor:
+    """All-reduce (sum) the sums across processes, differentiably.
+
+    The backward all-reduces the gradient too: each rank's loss is the same
+    global loss, so the gradient on a rank's logits is the world-size sum of
+    the per-rank losses' gradients, and DistributedDataParallel's averaging
+    of parameter gradients then gives exactly the single-process gradient on
+    the concatenated batch.
+    """
+    import torch.distributed as dist
+    import torch.distributed.nn.functional as dnnf
+
+    if not (dist.is_available() and dist.is_initialized()):
+        raise RuntimeError("sync_stats=True needs an initialised torch.distributed process group")
+    group = process_group if process_group is not None else dist.group.WORLD
+    return dnnf.all_reduce(stats, op=dist.ReduceOp.SUM, group=group)
