@@ -1,0 +1,266 @@
+"""Parity of the Triton region kernels (segfast.triton_kernels.region) with
+the eager reference segfast.reference.region, kernel by kernel.
+
+Without a GPU the kernels run on CPU tensors in the Triton interpreter;
+conftest.py sets TRITON_INTERPRET=1 before triton is first imported.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+triton = pytest.importorskip("triton")
+import triton.language as tl  # noqa: E402
+from triton.runtime.interpreter import InterpretedFunction  # noqa: E402
+
+from segfast.reference import region as ref  # noqa: E402
+from segfast.triton_kernels import region as R  # noqa: E402
+
+CUDA = torch.cuda.is_available()
+DEVICE = "cuda" if CUDA else "cpu"
+needs_run = pytest.mark.skipif(
+    not CUDA and not isinstance(tl.zeros, InterpretedFunction),
+    reason="triton was imported before TRITON_INTERPRET=1 was set")
+
+# per-dtype tolerances: (rtol, atol relative to max |reference|)
+TOL = {
+    torch.float32: (1e-5, 1e-6),
+    torch.float64: (1e-5, 1e-6),
+    torch.float16: (2e-3, 1e-3),
+    torch.bfloat16: (1e-2, 8e-3),
+}
+STATS_TOL = {  # stats are fp32 sums of the exactly representable inputs
+    torch.float32: (1e-5, 1e-6),
+    torch.float64: (1e-5, 1e-6),
+    torch.float16: (1e-5, 1e-6),
+    torch.bfloat16: (1e-5, 1e-6),
+}
+
+
+def _close(got, want, rtol, atol_rel, what):
+    want = want.to(torch.float64)
+    got = got.to(torch.float64)
+    atol = atol_rel * max(want.abs().max().item(), 1e-3)
+    assert torch.isfinite(got).all(), f"{what}: non-finite values (unwritten output?)"
+    torch.testing.assert_close(got, want, rtol=rtol, atol=atol, msg=lambda m: f"{what}: {m}")
+
+
+def make_x(N, C, S, act, dtype, layout="contiguous", gen=None):
+    """x as [N, C, S] with the requested memory layout (base cast, then viewed)."""
+    def rnd(*shape):
+        v = torch.randn(*shape, generator=gen, dtype=torch.float64) * 2
+        return (torch.sigmoid(v) if act == 0 else v).to(dtype)
+    if layout == "contiguous":
+        return rnd(N, C, S)
+    if layout == "slice":  # strided along S
+        return rnd(N, C, 2 * S)[..., ::2]
+    if layout == "channels_last":  # stride(1) == 1
+        return rnd(N, S, C).permute(0, 2, 1)
+    if layout == "sliced_c":  # every other class, and an offset image
+        return rnd(N + 1, 2 * C, S)[1:, ::2]
+    raise ValueError(layout)
+
+
+def make_labels(N, C, S, dtype, ignore, label_offset=0, gen=None):
+    lab = torch.randint(0, C, (N, S), generator=gen) + label_offset
+    if ignore is not None:
+        lab[torch.rand(N, S, generator=gen) < 0.2] = ignore
+    return lab.to(dtype)
+
+
+def make_dense(N, C, S, dtype, ignore, kind="soft", gen=None):
+    if kind == "soft":
+        t = torch.rand(N, C, S, generator=gen, dtype=torch.float64)
+    else:  # one-hot
+        t = torch.nn.functional.one_hot(torch.randint(0, C, (N, S), generator=gen), C)
+        t = t.permute(0, 2, 1).to(torch.float64)
+    if ignore is not None:
+        t[torch.rand(N, C, S, generator=gen) < 0.2] = ignore
+    return t.to(dtype)
+
+
+def run_and_check(x, t, is_label, act, P, label_offset=0, ignore=None, block_s=None,
+                  block_c=None, dx_layout="like"):
+    N, C, S = x.shape
+    dev = DEVICE
+    xd, td = x.to(dev), t.to(dev)
+    has_ignore = ignore is not None
+    ig = float(ignore) if has_ignore else 0.0
+
+    # stats: fill with NaN so an unwritten element fails the check
+    out = torch.full((N, P, C, 7), float("nan"), device=dev)
+    R.launch_stats(xd, td, is_label, out, N, C, S, P, act, label_offset, has_ignore, ig,
+                   block_s=block_s, block_c=block_c)
+    want = ref.region_stats(x.double(), t, is_label, act, label_offset,
+                            ignore if has_ignore else None)
+    rt, at = STATS_TOL[x.dtype]
+    _close(out.sum(1).cpu(), want, rt, at, "stats")
+    # chunk partials, checked against the reference on each chunk
+    L = -(-S // P)
+    for j in range(P):
+        lo, hi = min(j * L, S), min((j + 1) * L, S)
+        tj = t[:, lo:hi] if is_label else t[:, :, lo:hi]
+        wj = ref.region_stats(x[:, :, lo:hi].double(), tj, is_label, act, label_offset,
+                              ignore if has_ignore else None)
+        _close(out[:, j].cpu(), wj, rt, at, f"stats chunk {j}")
+
+    # grad with a random (not all-ones) dLoss/dStats
+    gen = torch.Generator().manual_seed(123)
+    g = torch.randn(N, C, 7, generator=gen, dtype=torch.float32)
+    if dx_layout == "like":
+        dx = torch.full_like(xd, float("nan"))
+    else:  # transposed layout, independent of x's
+        dx = torch.full((N, S, C), float("nan"), dtype=x.dtype, device=dev).permute(0, 2, 1)
+    R.launch_grad(xd, td, is_label, g.to(dev), dx, N, C, S, act, label_offset, has_ignore, ig,
+                  block_s=block_s, block_c=block_c)
+    xr = x.double().requires_grad_()
+    s = ref.region_stats(xr, t, is_label, act, label_offset, ignore if has_ignore else None)
+    (gx,) = torch.autograd.grad((s * g.double()).sum(), xr)
+    assert dx.dtype == x.dtype
+    rt, at = TOL[x.dtype]
+    _close(dx.cpu(), gx, rt, at, "grad")
+
+
+N, S = 2, 7 * 13  # odd S
+
+
+@needs_run
+@pytest.mark.parametrize("C", [1, 2, 5, 37])
+@pytest.mark.parametrize("act", [0, 1, 2])
+def test_labels_act_C(act, C):
+    gen = torch.Generator().manual_seed(C * 10 + act)
+    x = make_x(N, C, S, act, torch.float32, gen=gen)
+    t = make_labels(N, C, S, torch.int64, 255, gen=gen)
+    run_and_check(x, t, True, act, P=3, ignore=255)
+
+
+@needs_run
+@pytest.mark.parametrize("case", [
+    dict(C=5, act=2, dtype=torch.uint8, ignore=None, P=1),
+    dict(C=5, act=2, dtype=torch.uint8, ignore=255, P=1),
+    dict(C=5, act=1, dtype=torch.int64, ignore=-1, P=3),
+    dict(C=4, act=2, dtype=torch.int32, ignore=0, P=3, label_offset=1),  # labels 1..C, 0 void
+    dict(C=3, act=0, dtype=torch.int64, ignore=None, P=100),  # P > S: empty chunks
+])
+def test_label_variants(case):
+    gen = torch.Generator().manual_seed(7)
+    C, act = case["C"], case["act"]
+    off = case.get("label_offset", 0)
+    x = make_x(N, C, S, act, torch.float32, gen=gen)
+    t = make_labels(N, C, S, case["dtype"], case["ignore"], label_offset=off, gen=gen)
+    run_and_check(x, t, True, act, P=case["P"], label_offset=off, ignore=case["ignore"])
+
+
+@needs_run
+@pytest.mark.parametrize("C", [2, 5, 37])
+@pytest.mark.parametrize("act", [0, 1, 2])
+@pytest.mark.parametrize("ignore", [None, -1.0])
+def test_dense_soft(act, C, ignore):
+    gen = torch.Generator().manual_seed(C * 100 + act)
+    x = make_x(N, C, S, act, torch.float32, gen=gen)
+    t = make_dense(N, C, S, torch.float32, ignore, gen=gen)
+    run_and_check(x, t, False, act, P=3, ignore=ignore)
+
+
+@needs_run
+@pytest.mark.parametrize("tdtype", [torch.uint8, torch.bool, torch.float16, torch.bfloat16,
+                                    torch.float64])
+def test_dense_target_dtypes(tdtype):
+    gen = torch.Generator().manual_seed(11)
+    C, act = 4, 2
+    x = make_x(N, C, S, act, torch.float32, gen=gen)
+    if tdtype in (torch.uint8, torch.bool):
+        t = make_dense(N, C, S, torch.float64, None, kind="onehot", gen=gen).to(tdtype)
+    else:
+        t = make_dense(N, C, S, tdtype, -1.0, gen=gen)
+    ignore = None if tdtype in (torch.uint8, torch.bool) else -1.0
+    run_and_check(x, t, False, act, P=2, ignore=ignore)
+
+
+@needs_run
+def test_identity_ties():
+    """p == t exactly: h = 1/2, like torch.minimum's backward."""
+    gen = torch.Generator().manual_seed(3)
+    C = 3
+    t = make_dense(N, C, S, torch.float64, None, kind="onehot", gen=gen).float()
+    x = make_x(N, C, S, 0, torch.float32, gen=gen)
+    tie = torch.rand(N, C, S, generator=gen) < 0.3
+    x = torch.where(tie, t, x)
+    x[0, 0, :5] = 0.25
+    t[0, 0, :5] = 0.25
+    run_and_check(x, t, False, 0, P=2)
+
+
+@needs_run
+@pytest.mark.parametrize("act", [0, 1, 2])
+def test_large_C_class_loop(act):
+    """C > MAX_SINGLE_C: looped classes, with several pixel blocks per chunk."""
+    C = 70
+    assert C > R.MAX_SINGLE_C
+    gen = torch.Generator().manual_seed(70 + act)
+    x = make_x(N, C, S, act, torch.float32, layout="channels_last", gen=gen)
+    t = make_labels(N, C, S, torch.uint8, 255, gen=gen)
+    run_and_check(x, t, True, act, P=2, ignore=255, block_s=16)
+    if act == 2:
+        td = make_dense(N, C, S, torch.float32, -1.0, gen=gen)
+        run_and_check(x, td, False, act, P=1, ignore=-1.0, block_s=32)
+
+
+@needs_run
+@pytest.mark.parametrize("layout", ["slice", "channels_last", "sliced_c"])
+@pytest.mark.parametrize("act", [1, 2])
+def test_noncontiguous(layout, act):
+    gen = torch.Generator().manual_seed(5)
+    C = 5
+    x = make_x(N, C, S, act, torch.float32, layout=layout, gen=gen)
+    assert not x.is_contiguous()
+    t = make_labels(N + 1, C, 2 * S, torch.int64, 255, gen=gen)[1:, ::2]  # strided labels
+    run_and_check(x, t, True, act, P=3, ignore=255, dx_layout="transposed")
+    td = make_dense(N, C, S, torch.float32, None, gen=gen).permute(0, 2, 1).contiguous()
+    td = td.permute(0, 2, 1)  # channels_last-like dense target
+    run_and_check(x, td, False, act, P=1)
+
+
+@needs_run
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("act", [1, 2])
+def test_low_precision(dtype, act):
+    gen = torch.Generator().manual_seed(9)
+    C = 5
+    x = make_x(N, C, S, act, dtype, gen=gen)
+    t = make_labels(N, C, S, torch.int64, 255, gen=gen)
+    run_and_check(x, t, True, act, P=3, ignore=255)
+    td = make_dense(N, C, S, dtype, -1.0, gen=gen)
+    run_and_check(x, td, False, act, P=1, ignore=-1.0)
+
+
+@needs_run
+@pytest.mark.parametrize("P", [1, 3, 40])
+def test_chunks_multi_block(P):
+    """Small BLOCK_S: several loop iterations per chunk (P=1, 3) and P larger than
+    the number of blocks, with empty chunks (P=40: L=3, chunks 31.. empty)."""
+    gen = torch.Generator().manual_seed(P)
+    C = 5
+    x = make_x(N, C, S, 2, torch.float32, gen=gen)
+    t = make_labels(N, C, S, torch.int64, 255, gen=gen)
+    run_and_check(x, t, True, 2, P=P, ignore=255, block_s=16)
+
+
+@needs_run
+def test_through_triton_op():
+    """The launchers work inside a torch.library.triton_op (eager)."""
+    from torch.library import triton_op
+
+    @triton_op("segfast_test_triton_region::stats", mutates_args={})
+    def stats_op(x: torch.Tensor, t: torch.Tensor, P: int) -> torch.Tensor:
+        N, C, S = x.shape
+        out = torch.empty((N, P, C, 7), device=x.device, dtype=torch.float32)
+        R.launch_stats(x, t, True, out, N, C, S, P, 2, 0, True, 255.0)
+        return out.sum(1)
+
+    gen = torch.Generator().manual_seed(1)
+    x = make_x(N, 3, S, 2, torch.float32, gen=gen)
+    t = make_labels(N, 3, S, torch.int64, 255, gen=gen)
+    got = stats_op(x.to(DEVICE), t.to(DEVICE), 2)
+    _close(got.cpu(), ref.region_stats(x.double(), t, True, 2, 0, 255), 1e-5, 1e-6, "triton_op")
