@@ -113,6 +113,46 @@ def _dldp(p, t, v, gI, gP, gPP, gM):
     return v * (gI[:, None] * t + gP[:, None] + 2.0 * gPP[:, None] * p + gM[:, None] * h)
 
 
+@triton.jit
+def _act(x, m, rl, ACT: tl.constexpr):
+    """Probabilities of a logit tile; for softmax m and rl are the pixels'
+    max and 1/sum(exp(x - m))."""
+    if ACT == 2:
+        p = tl.exp(x - m[None, :]) * rl[None, :]
+    elif ACT == 1:
+        p = tl.sigmoid(x)
+    else:
+        p = x
+    return p
+
+
+@triton.jit
+def _dldp_tile(p, g_base, c64, cmask, t_ptr, n64, s64, stn, stc, sts, pvalid, lab,
+               label_offset, ign_f, T_IS_LABEL: tl.constexpr, HAS_IGNORE: tl.constexpr):
+    """dL/dp of one [BLOCK_C, BLOCK_S] class tile: targets and g read here."""
+    t, v = _load_target_tile(t_ptr, n64, c64, s64, stn, stc, sts,
+                             cmask[:, None] & pvalid[None, :],
+                             T_IS_LABEL, HAS_IGNORE, lab, label_offset, ign_f)
+    gc = g_base + c64 * 7
+    gI = tl.load(gc + 0, mask=cmask, other=0)
+    gP = tl.load(gc + 1, mask=cmask, other=0)
+    gPP = tl.load(gc + 4, mask=cmask, other=0)
+    gM = tl.load(gc + 6, mask=cmask, other=0)
+    return _dldp(p, t, v, gI, gP, gPP, gM)
+
+
+@triton.jit
+def _dx(p, a, dot, ACT: tl.constexpr):
+    """dL/dx from dL/dp through the activation (dot = sum_k p_k a_k for softmax)."""
+    if ACT == 2:
+        d = p * (a - dot[None, :])
+    elif ACT == 1:
+        d = a * p * (1.0 - p)
+    else:
+        d = a
+    return d
+
+
 # --------------------------------------------------------------------------
 # stats
 # --------------------------------------------------------------------------
@@ -274,30 +314,16 @@ def _region_grad_kernel(
         mask = cmask[:, None] & smask[None, :]
         x = tl.load(x_base + c64[:, None] * sxc + s64[None, :] * sxs,
                     mask=mask, other=0).to(tl.float32)
+        m = tl.zeros([BLOCK_S], tl.float32)
+        rl = tl.full([BLOCK_S], 1.0, tl.float32)
         if ACT == 2:
             xm = tl.where(cmask[:, None], x, float("-inf"))
             m = tl.max(xm, axis=0)
-            e = tl.exp(xm - m[None, :])
-            p = e * (1.0 / tl.sum(e, axis=0))[None, :]
-        elif ACT == 1:
-            p = tl.sigmoid(x)
-        else:
-            p = x
-        t, v = _load_target_tile(t_ptr, n64, c64, s64, stn, stc, sts,
-                                 cmask[:, None] & pvalid[None, :],
-                                 T_IS_LABEL, HAS_IGNORE, lab, label_offset, ign_f)
-        gc = g_base + c64 * 7
-        gI = tl.load(gc + 0, mask=cmask, other=0)
-        gP = tl.load(gc + 1, mask=cmask, other=0)
-        gPP = tl.load(gc + 4, mask=cmask, other=0)
-        gM = tl.load(gc + 6, mask=cmask, other=0)
-        a = _dldp(p, t, v, gI, gP, gPP, gM)
-        if ACT == 2:
-            dx = p * (a - tl.sum(p * a, axis=0)[None, :])
-        elif ACT == 1:
-            dx = a * p * (1.0 - p)
-        else:
-            dx = a
+            rl = 1.0 / tl.sum(tl.exp(xm - m[None, :]), axis=0)
+        p = tl.where(cmask[:, None], _act(x, m, rl, ACT), 0.0)
+        a = _dldp_tile(p, g_base, c64, cmask, t_ptr, n64, s64, stn, stc, sts, pvalid, lab,
+                       label_offset, ign_f, T_IS_LABEL, HAS_IGNORE)
+        dx = _dx(p, a, tl.sum(p * a, axis=0), ACT)
         tl.store(dx_base + c64[:, None] * sdc + s64[None, :] * sds,
                  dx.to(dx_ptr.dtype.element_ty), mask=mask)
     else:
@@ -323,16 +349,9 @@ def _region_grad_kernel(
                 mask = cmask[:, None] & smask[None, :]
                 x = tl.load(x_base + c64[:, None] * sxc + s64[None, :] * sxs,
                             mask=mask, other=0).to(tl.float32)
-                p = tl.exp(x - m[None, :]) * rl[None, :]
-                t, v = _load_target_tile(t_ptr, n64, c64, s64, stn, stc, sts,
-                                         cmask[:, None] & pvalid[None, :],
-                                         T_IS_LABEL, HAS_IGNORE, lab, label_offset, ign_f)
-                gc = g_base + c64 * 7
-                gI = tl.load(gc + 0, mask=cmask, other=0)
-                gP = tl.load(gc + 1, mask=cmask, other=0)
-                gPP = tl.load(gc + 4, mask=cmask, other=0)
-                gM = tl.load(gc + 6, mask=cmask, other=0)
-                a = _dldp(p, t, v, gI, gP, gPP, gM)
+                p = _act(x, m, rl, ACT)
+                a = _dldp_tile(p, g_base, c64, cmask, t_ptr, n64, s64, stn, stc, sts, pvalid, lab,
+                               label_offset, ign_f, T_IS_LABEL, HAS_IGNORE)
                 dot += tl.sum(tl.where(mask, p * a, 0.0), axis=0)
         # last pass: write dx
         for c0 in range(0, C, BLOCK_C):
@@ -341,27 +360,14 @@ def _region_grad_kernel(
             mask = cmask[:, None] & smask[None, :]
             x = tl.load(x_base + c64[:, None] * sxc + s64[None, :] * sxs,
                         mask=mask, other=0).to(tl.float32)
-            if ACT == 2:
-                p = tl.exp(x - m[None, :]) * rl[None, :]
-            elif ACT == 1:
-                p = tl.sigmoid(x)
-            else:
-                p = x
-            t, v = _load_target_tile(t_ptr, n64, c64, s64, stn, stc, sts,
-                                     cmask[:, None] & pvalid[None, :],
-                                     T_IS_LABEL, HAS_IGNORE, lab, label_offset, ign_f)
-            gc = g_base + c64 * 7
-            gI = tl.load(gc + 0, mask=cmask, other=0)
-            gP = tl.load(gc + 1, mask=cmask, other=0)
-            gPP = tl.load(gc + 4, mask=cmask, other=0)
-            gM = tl.load(gc + 6, mask=cmask, other=0)
-            a = _dldp(p, t, v, gI, gP, gPP, gM)
-            if ACT == 2:
-                dx = p * (a - dot[None, :])
-            elif ACT == 1:
-                dx = a * p * (1.0 - p)
-            else:
-                dx = a
+            if ACT != 2:  # m, rl, dot are only used by softmax
+                m = tl.zeros([BLOCK_S], tl.float32)
+                rl = m
+                dot = m
+            p = _act(x, m, rl, ACT)
+            a = _dldp_tile(p, g_base, c64, cmask, t_ptr, n64, s64, stn, stc, sts, pvalid, lab,
+                           label_offset, ign_f, T_IS_LABEL, HAS_IGNORE)
+            dx = _dx(p, a, dot, ACT)
             tl.store(dx_base + c64[:, None] * sdc + s64[None, :] * sds,
                      dx.to(dx_ptr.dtype.element_ty), mask=mask)
 
