@@ -68,7 +68,7 @@ def assert_close(a, b, dtype, what=""):
     part scales with max|b| (a softmax gradient p·(a - Σp·a) cancels: eager
     PyTorch in float32 makes the same absolute error)."""
     t = tol(dtype)
-    t["atol"] *= max(1.0, float(b.abs().max())) if b.numel() else 1.0
+    t["atol"] *= max(1.0, float(b.detach().abs().max())) if b.numel() else 1.0
     torch.testing.assert_close(a.double(), b.double(), **t, msg=lambda m: f"{what}: {m}")
 
 
@@ -321,3 +321,36 @@ def test_empty_batch():
         loss.backward()
         assert loss.item() == 0 and x.grad.shape == x.shape
     assert F.dice_loss(x, t, reduction="none").shape == (0, 3)
+
+
+# ------------------------------------------------------------------ properties
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(N=st.integers(1, 3), C=st.integers(1, 7), spatial=st.lists(st.integers(1, 9), min_size=1, max_size=3),
+       mode=st.sampled_from(["multiclass", "multilabel", "binary"]), ignore=st.booleans(),
+       soft=st.booleans(), batch=st.booleans(), seed=st.integers(0, 2**31 - 1))
+def test_property_cpu_equals_reference(N, C, spatial, mode, ignore, soft, batch, seed):
+    """Any shape, mode and target kind: the cpu backend's loss and gradient equal the reference's."""
+    if "cpu" not in BACKENDS:
+        return
+    C = 1 if mode == "binary" else max(C, 2)
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(N, C, *spatial, generator=g, dtype=torch.float64) * 4
+    if soft and mode != "multiclass":
+        t = torch.rand(N, C, *spatial, generator=g, dtype=torch.float64)
+    else:
+        t = torch.randint(0, 2 if mode == "binary" else C, (N, *spatial), generator=g)
+    ignore_index = None
+    if ignore:
+        ignore_index = -1
+        t[torch.rand(t.shape, generator=g) < 0.3] = -1
+    kw = dict(mode=mode, ignore_index=ignore_index, batch=batch, reduction="none")
+    go = torch.rand(C if batch else (N, C), generator=torch.Generator().manual_seed(seed)) + 0.1
+    want, want_dx = ref_loss("dice", x, t, go, **kw)
+    got, dx = run_loss("dice", x, t, "cpu", go, **kw)
+    assert_close(got, want, torch.float64)
+    assert_close(dx, want_dx, torch.float64)
