@@ -142,6 +142,24 @@ def _dldp_tile(p, g_base, c64, cmask, t_ptr, n64, s64, stn, stc, sts, pvalid, la
 
 
 @triton.jit
+def _softmax_max_rsum(x_base, s64, smask, C, sxc, sxs, BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr):
+    """Online pass over all classes of a pixel block: (max, 1/sum(exp(x - max)))."""
+    ar_c = tl.arange(0, BLOCK_C)
+    m = tl.full([BLOCK_S], float("-inf"), tl.float32)
+    lsum = tl.zeros([BLOCK_S], tl.float32)
+    for c0 in range(0, C, BLOCK_C):
+        c64 = c0 + ar_c.to(tl.int64)
+        cmask = c64 < C
+        x = tl.load(x_base + c64[:, None] * sxc + s64[None, :] * sxs,
+                    mask=cmask[:, None] & smask[None, :], other=0).to(tl.float32)
+        xm = tl.where(cmask[:, None], x, float("-inf"))
+        m_new = tl.maximum(m, tl.max(xm, axis=0))
+        lsum = lsum * tl.exp(m - m_new) + tl.sum(tl.exp(xm - m_new[None, :]), axis=0)
+        m = m_new
+    return m, 1.0 / lsum
+
+
+@triton.jit
 def _dx(p, a, dot, ACT: tl.constexpr):
     """dL/dx from dL/dp through the activation (dot = sum_k p_k a_k for softmax)."""
     if ACT == 2:
@@ -239,18 +257,7 @@ def _region_stats_kernel(
             lab, pvalid = _load_labels(t_ptr, n64, s64, stn, sts, smask,
                                        T_IS_LABEL, HAS_IGNORE, ign_i)
             if ACT == 2:
-                m = tl.full([BLOCK_S], float("-inf"), tl.float32)
-                lsum = tl.zeros([BLOCK_S], tl.float32)
-                for c0 in range(0, C, BLOCK_C):
-                    c64 = c0 + ar_c.to(tl.int64)
-                    cmask = c64 < C
-                    x = tl.load(x_base + c64[:, None] * sxc + s64[None, :] * sxs,
-                                mask=cmask[:, None] & smask[None, :], other=0).to(tl.float32)
-                    xm = tl.where(cmask[:, None], x, float("-inf"))
-                    m_new = tl.maximum(m, tl.max(xm, axis=0))
-                    lsum = lsum * tl.exp(m - m_new) + tl.sum(tl.exp(xm - m_new[None, :]), axis=0)
-                    m = m_new
-                rl = 1.0 / lsum
+                m, rl = _softmax_max_rsum(x_base, s64, smask, C, sxc, sxs, BLOCK_C, BLOCK_S)
             for c0 in range(0, C, BLOCK_C):
                 c64 = c0 + ar_c.to(tl.int64)
                 cmask = c64 < C
@@ -329,18 +336,7 @@ def _region_grad_kernel(
     else:
         if ACT == 2:
             # pass 1: online max / sum of exp over all classes
-            m = tl.full([BLOCK_S], float("-inf"), tl.float32)
-            lsum = tl.zeros([BLOCK_S], tl.float32)
-            for c0 in range(0, C, BLOCK_C):
-                c64 = c0 + ar_c.to(tl.int64)
-                cmask = c64 < C
-                x = tl.load(x_base + c64[:, None] * sxc + s64[None, :] * sxs,
-                            mask=cmask[:, None] & smask[None, :], other=0).to(tl.float32)
-                xm = tl.where(cmask[:, None], x, float("-inf"))
-                m_new = tl.maximum(m, tl.max(xm, axis=0))
-                lsum = lsum * tl.exp(m - m_new) + tl.sum(tl.exp(xm - m_new[None, :]), axis=0)
-                m = m_new
-            rl = 1.0 / lsum
+            m, rl = _softmax_max_rsum(x_base, s64, smask, C, sxc, sxs, BLOCK_C, BLOCK_S)
             # pass 2: dot = sum_k p_k a_k
             dot = tl.zeros([BLOCK_S], tl.float32)
             for c0 in range(0, C, BLOCK_C):
