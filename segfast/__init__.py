@@ -43,9 +43,9 @@ def _refuse_shadowed_source_tree():
 _refuse_shadowed_source_tree()
 
 from . import backends  # noqa: E402
-from .functional import (dice_loss, generalized_dice_loss, jaccard_loss, region_stats,
+from .functional import (dice_loss, generalized_dice_loss, jaccard_loss, region_stats,  # noqa: E402
                          tversky_loss)
-from .losses import DiceLoss, GeneralizedDiceLoss, JaccardLoss, TverskyLoss
+from .losses import DiceLoss, GeneralizedDiceLoss, JaccardLoss, TverskyLoss  # noqa: E402
 
 
 def info(print_out: bool = True) -> dict:

@@ -11,7 +11,6 @@ gives dLoss/dStats and a new loss is a new formula, not a new kernel.
 from __future__ import annotations
 
 import importlib.util
-import math
 from typing import Optional
 
 import torch
@@ -19,39 +18,12 @@ from torch import Tensor
 
 from .. import backends
 from ..reference import region as ref
+from ._common import (acc_dtype, canonical, check_input, check_reduction, check_weight,  # noqa: F401
+                      num_chunks, target_args)
 
 K = ref.K
 ACT = {"identity": ref.ACT_IDENTITY, "sigmoid": ref.ACT_SIGMOID, "softmax": ref.ACT_SOFTMAX}
 MODES = ("binary", "multiclass", "multilabel")
-_FLOATS = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
-_LABELS = (torch.uint8, torch.int32, torch.int64)
-
-
-def _acc_dtype(x: Tensor) -> torch.dtype:
-    return torch.float64 if x.dtype == torch.float64 else torch.float32
-
-
-def _num_chunks(N: int, S: int, device: torch.device) -> int:
-    """How many pixel chunks per image the stats kernels split S into.
-
-    Enough (image, chunk) work items to fill the machine, never chunks
-    smaller than one block of pixels.
-    """
-    if device.type == "cuda":
-        workers = 4 * torch.cuda.get_device_properties(device).multi_processor_count
-        min_chunk = 4096
-    else:
-        workers = 4 * backends.cpu_threads()
-        min_chunk = 2048
-    return max(1, min(math.ceil(workers / max(N, 1)), math.ceil(S / min_chunk)))
-
-
-def _target_args(t: Tensor, is_label: bool):
-    if t.dtype == torch.bool:
-        t = t.view(torch.uint8)
-    if is_label:  # [N, S]
-        return t, (t.stride(0), 0, t.stride(1))
-    return t, tuple(t.stride())
 
 
 # ---------------------------------------------------------------- C++ / CUDA
@@ -59,9 +31,9 @@ def _target_args(t: Tensor, is_label: bool):
 
 def _launch_stats_ext(x, t, is_label, act, label_offset, ignore_value, backend):
     N, C, S = x.shape
-    P = _num_chunks(N, S, x.device)
-    out = torch.empty((N, P, C, K), dtype=_acc_dtype(x), device=x.device)
-    t, ts = _target_args(t, is_label)
+    P = num_chunks(N, S, x.device)
+    out = torch.empty((N, P, C, K), dtype=acc_dtype(x), device=x.device)
+    t, ts = target_args(t, is_label)
     args = (x.data_ptr(), backends.dtype_code(x), *x.stride(),
             t.data_ptr(), backends.dtype_code(t), int(is_label), *ts,
             N, C, S, P, act, label_offset, int(ignore_value is not None),
@@ -77,8 +49,8 @@ def _launch_stats_ext(x, t, is_label, act, label_offset, ignore_value, backend):
 def _launch_grad_ext(x, t, g, is_label, act, label_offset, ignore_value, backend):
     N, C, S = x.shape
     dx = torch.empty_like(x)
-    g = g.to(_acc_dtype(x)).contiguous()
-    t, ts = _target_args(t, is_label)
+    g = g.to(acc_dtype(x)).contiguous()
+    t, ts = target_args(t, is_label)
     args = (x.data_ptr(), backends.dtype_code(x), *x.stride(),
             t.data_ptr(), backends.dtype_code(t), int(is_label), *ts,
             N, C, S, act, label_offset, int(ignore_value is not None),
@@ -97,7 +69,7 @@ def region_stats_op(x: Tensor, target: Tensor, is_label: bool, act: int, label_o
                     ignore_value: Optional[float], backend: str) -> Tensor:
     """Per-plane sums [N, C, 7] with the C++ (``cpu``) or CUDA (``cuda``) kernels."""
     if x.numel() == 0:
-        return x.new_zeros((x.shape[0], x.shape[1], K), dtype=_acc_dtype(x))
+        return x.new_zeros((x.shape[0], x.shape[1], K), dtype=acc_dtype(x))
     return _launch_stats_ext(x, target, is_label, act, label_offset, ignore_value, backend)
 
 
@@ -115,7 +87,7 @@ def region_grad_op(x: Tensor, target: Tensor, g: Tensor, is_label: bool, act: in
 
 @region_stats_op.register_fake
 def _(x, target, is_label, act, label_offset, ignore_value, backend):
-    return x.new_empty((x.shape[0], x.shape[1], K), dtype=_acc_dtype(x))
+    return x.new_empty((x.shape[0], x.shape[1], K), dtype=acc_dtype(x))
 
 
 @region_grad_op.register_fake
@@ -153,15 +125,15 @@ if HAVE_TRITON:
         from ..triton_kernels import region as tk
 
         N, C, S = x.shape
-        P = _num_chunks(N, S, x.device)
+        P = num_chunks(N, S, x.device)
         out = torch.empty((N, P, C, K), dtype=torch.float32, device=x.device)
         if x.numel() != 0:
-            t, _ = _target_args(target, is_label)
+            t, _ = target_args(target, is_label)
             tk.launch_stats(x, t, is_label, out, N, C, S, P, act, label_offset,
                             ignore_value is not None, float(ignore_value or 0.0))
         else:
             out.zero_()
-        return out.sum(1).to(_acc_dtype(x))
+        return out.sum(1).to(acc_dtype(x))
 
 
     @torch.library.triton_op("segfast::region_grad_triton", mutates_args=())
@@ -172,7 +144,7 @@ if HAVE_TRITON:
         N, C, S = x.shape
         dx = torch.empty_like(x)
         if x.numel() != 0:
-            t, _ = _target_args(target, is_label)
+            t, _ = target_args(target, is_label)
             tk.launch_grad(x, t, is_label, g.float().contiguous(), dx, N, C, S, act, label_offset,
                            ignore_value is not None, float(ignore_value or 0.0))
         return dx
@@ -204,7 +176,7 @@ def prepare(input: Tensor, target: Tensor, mode: str, from_logits: bool,
     """Validate and canonicalise for a ``mode``; see ``canonical``."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    _check_input(input, target)
+    check_input(input, target)
     C = input.shape[1]
     if mode == "binary" and C != 1:
         raise ValueError(f"mode='binary' needs input with 1 channel, got C={C} (use 'multilabel' or 'multiclass')")
@@ -214,83 +186,6 @@ def prepare(input: Tensor, target: Tensor, mode: str, from_logits: bool,
     act = ACT["softmax" if mode == "multiclass" else "sigmoid"] if from_logits else ACT["identity"]
     return canonical(input, target, act=act, binary=mode == "binary",
                      ignore_index=ignore_index, backend=backend)
-
-
-def _check_input(input, target) -> None:
-    if not isinstance(input, Tensor) or not isinstance(target, Tensor):
-        raise TypeError("input and target must be tensors")
-    if input.dtype not in _FLOATS:
-        raise TypeError(f"input must be float32/float16/bfloat16/float64, got {input.dtype}")
-    if input.dim() < 3:
-        raise ValueError("input must be (N, C, *spatial) with at least one spatial dim, "
-                         f"got shape {tuple(input.shape)}")
-    if target.device != input.device:
-        raise ValueError(f"target is on {target.device} but input is on {input.device}")
-
-
-def canonical(input: Tensor, target: Tensor, *, act: int, binary: bool = False,
-              ignore_index=None, backend: Optional[str] = None):
-    """-> (x [N,C,S], t, is_label, act, label_offset, ignore_value, backend).
-
-    Float/bool targets are dense [N, C, *] (or [N, *] when C = 1); integer
-    targets are class indices [N, *] or [N, 1, *], in [0, C) (in {0, 1} when
-    ``binary``) unless equal to ``ignore_index``. Every error a user can
-    trigger is raised here, before a kernel runs.
-    """
-    _check_input(input, target)
-    N, C = input.shape[:2]
-    spatial = tuple(input.shape[2:])
-    if ignore_index is not None and (isinstance(ignore_index, bool) or not isinstance(ignore_index, (int, float))):
-        raise TypeError(f"ignore_index must be a number or None, got {ignore_index!r}")
-    floating = target.dtype in _FLOATS or target.dtype == torch.bool
-    if not floating and target.dtype not in _LABELS:
-        raise TypeError(f"class-index targets must be uint8/int32/int64, got {target.dtype}")
-    shape = tuple(target.shape)
-    if floating:
-        if C == 1 and shape == (N, *spatial):
-            target = target.unsqueeze(1)
-        elif shape != (N, C, *spatial):
-            raise ValueError(f"dense target must have the input's shape {(N, C, *spatial)}, got {shape}")
-        t = target.flatten(2)
-    else:
-        if shape == (N, 1, *spatial):
-            target = target.squeeze(1)
-        elif shape != (N, *spatial):
-            raise ValueError(f"class-index target must be (N, *spatial) or (N, 1, *spatial) = "
-                             f"{(N, *spatial)}, got {shape}")
-        t = target.flatten(1)
-        if not torch.compiler.is_compiling() and t.numel():
-            _check_labels(t, 2 if binary else C, ignore_index)
-    backend = backends.choose(backend, input.device)
-    ignore = None if ignore_index is None else float(ignore_index)
-    return input.flatten(2), t, not floating, act, int(binary), ignore, backend
-
-
-def _check_labels(t: Tensor, n: int, ignore_index) -> None:
-    lo, hi = torch.aminmax(t if ignore_index is None else torch.where(t == ignore_index, 0, t))
-    lo, hi = int(lo), int(hi)
-    if lo < 0 or hi >= n:
-        bad = lo if lo < 0 else hi
-        raise ValueError(f"target has label {bad} outside [0, {n})"
-                         + ("" if ignore_index is None else f" that is not ignore_index={ignore_index}"))
-
-
-def check_weight(weight, C: int, device) -> Optional[Tensor]:
-    if weight is None:
-        return None
-    w = torch.as_tensor(weight, dtype=torch.float32, device=device).reshape(-1)
-    if w.numel() == 1:
-        w = w.expand(C)
-    if w.numel() != C:
-        raise ValueError(f"weight must have one entry per class ({C}), got {w.numel()}")
-    if not torch.compiler.is_compiling() and bool((w < 0).any()):
-        raise ValueError("weight entries must be >= 0")
-    return w
-
-
-def check_reduction(reduction: str) -> None:
-    if reduction not in ("mean", "sum", "none"):
-        raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
 
 
 # ---------------------------------------------------------------- formulas on the sums

@@ -1,0 +1,121 @@
+"""Shared by every op family: validation and canonical views of
+(input, target), the accumulation dtype, and how reducing kernels chunk
+the pixels of an image."""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from .. import backends
+
+FLOATS = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+LABELS = (torch.uint8, torch.int32, torch.int64)
+
+
+def acc_dtype(x: Tensor) -> torch.dtype:
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def num_chunks(N: int, S: int, device: torch.device) -> int:
+    """How many pixel chunks per image the reducing kernels split S into.
+
+    Enough (image, chunk) work items to fill the machine, never chunks
+    smaller than one block of pixels.
+    """
+    if device.type == "cuda":
+        workers = 4 * torch.cuda.get_device_properties(device).multi_processor_count
+        min_chunk = 4096
+    else:
+        workers = 4 * backends.cpu_threads()
+        min_chunk = 2048
+    return max(1, min(math.ceil(workers / max(N, 1)), math.ceil(S / min_chunk)))
+
+
+def target_args(t: Tensor, is_label: bool):
+    """-> (target as the kernels read it, its (N, C, S) element strides)."""
+    if t.dtype == torch.bool:
+        t = t.view(torch.uint8)
+    if is_label:  # [N, S]
+        return t, (t.stride(0), 0, t.stride(1))
+    return t, tuple(t.stride())
+
+
+def check_input(input, target) -> None:
+    if not isinstance(input, Tensor) or not isinstance(target, Tensor):
+        raise TypeError("input and target must be tensors")
+    if input.dtype not in FLOATS:
+        raise TypeError(f"input must be float32/float16/bfloat16/float64, got {input.dtype}")
+    if input.dim() < 3:
+        raise ValueError("input must be (N, C, *spatial) with at least one spatial dim, "
+                         f"got shape {tuple(input.shape)}")
+    if target.device != input.device:
+        raise ValueError(f"target is on {target.device} but input is on {input.device}")
+
+
+def canonical(input: Tensor, target: Tensor, *, act: int, binary: bool = False,
+              ignore_index=None, backend: Optional[str] = None):
+    """-> (x [N,C,S], t, is_label, act, label_offset, ignore_value, backend).
+
+    Float/bool targets are dense [N, C, *] (or [N, *] when C = 1); integer
+    targets are class indices [N, *] or [N, 1, *], in [0, C) (in {0, 1} when
+    ``binary``) unless equal to ``ignore_index``. Every error a user can
+    trigger is raised here, before a kernel runs.
+    """
+    check_input(input, target)
+    N, C = input.shape[:2]
+    spatial = tuple(input.shape[2:])
+    if ignore_index is not None and (isinstance(ignore_index, bool) or not isinstance(ignore_index, (int, float))):
+        raise TypeError(f"ignore_index must be a number or None, got {ignore_index!r}")
+    floating = target.dtype in FLOATS or target.dtype == torch.bool
+    if not floating and target.dtype not in LABELS:
+        raise TypeError(f"class-index targets must be uint8/int32/int64, got {target.dtype}")
+    shape = tuple(target.shape)
+    if floating:
+        if C == 1 and shape == (N, *spatial):
+            target = target.unsqueeze(1)
+        elif shape != (N, C, *spatial):
+            raise ValueError(f"dense target must have the input's shape {(N, C, *spatial)}, got {shape}")
+        t = target.flatten(2)
+    else:
+        if shape == (N, 1, *spatial):
+            target = target.squeeze(1)
+        elif shape != (N, *spatial):
+            raise ValueError(f"class-index target must be (N, *spatial) or (N, 1, *spatial) = "
+                             f"{(N, *spatial)}, got {shape}")
+        t = target.flatten(1)
+        if not torch.compiler.is_compiling() and t.numel():
+            _check_labels(t, 2 if binary else C, ignore_index)
+    backend = backends.choose(backend, input.device)
+    ignore = None if ignore_index is None else float(ignore_index)
+    return input.flatten(2), t, not floating, act, int(binary), ignore, backend
+
+
+def _check_labels(t: Tensor, n: int, ignore_index) -> None:
+    lo, hi = torch.aminmax(t if ignore_index is None else torch.where(t == ignore_index, 0, t))
+    lo, hi = int(lo), int(hi)
+    if lo < 0 or hi >= n:
+        bad = lo if lo < 0 else hi
+        raise ValueError(f"target has label {bad} outside [0, {n})"
+                         + ("" if ignore_index is None else f" that is not ignore_index={ignore_index}"))
+
+
+def check_weight(weight, C: int, device) -> Optional[Tensor]:
+    if weight is None:
+        return None
+    w = torch.as_tensor(weight, dtype=torch.float32, device=device).reshape(-1)
+    if w.numel() == 1:
+        w = w.expand(C)
+    if w.numel() != C:
+        raise ValueError(f"weight must have one entry per class ({C}), got {w.numel()}")
+    if not torch.compiler.is_compiling() and bool((w < 0).any()):
+        raise ValueError("weight entries must be >= 0")
+    return w
+
+
+def check_reduction(reduction: str) -> None:
+    if reduction not in ("mean", "sum", "none"):
+        raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
