@@ -10,6 +10,9 @@
 // portable. (Not "arch=haswell": that clone is picked only on CPUs that *are*
 // Haswell, not on newer ones.)
 #include <omp.h>
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#endif
 
 #include <algorithm>
 #include <cstdint>
@@ -263,6 +266,410 @@ SEGFAST_INLINE void load_probs(const Problem& pr, Workspace<T>& w, int64_t n, in
   }
 }
 
+// ---- fast paths: float, class-index targets, softmax ------------------------------
+//
+// The common case (multiclass Dice on logits with label maps). t is one-hot, so
+// per (pixel, class) only P += v*p and PP += v*p^2 need every class; I (= M, as
+// min(p, t) = p*t for p in [0, 1] and t in {0, 1}) and T (= TT) only involve
+// the pixel's own class, done with a compare mask. Work goes in blocks of VL = 16
+// pixels x all C classes with GCC generic vectors (one zmm in the AVX-512 build,
+// two ymm in the x86-64-v3 clone, four xmm in the baseline one): the softmax max,
+// exp and sum stay in registers, and x is read straight from the input when it
+// is float32 with unit pixel stride (else a converted copy of the tile is used),
+// with software prefetch: C rows with a large power-of-two pitch defeat the
+// hardware prefetchers. Grad: dx_c = v p_c (a_c - sum_k p_k a_k) per block, with
+// a_c = gP + 2 gPP p_c + [c == label] gI (+ gM h when some gM != 0), dx written
+// straight to the output when it is float32 with unit pixel stride.
+// Everything else (dense targets, other activations, float64) takes the
+// general tile code below.
+
+#if defined(__GNUC__)
+#define SEGFAST_VEC 1
+#if !defined(__clang__) && defined(__x86_64__) && defined(__linux__) && \
+    !defined(SEGFAST_NO_CLONES) && __GNUC__ >= 12
+// An AVX-512 build of the fast paths (exp with vrndscaleps / vscalefps), chosen at
+// run time; the generic-vector build keeps the x86-64-v3 / baseline clones.
+#define SEGFAST_AVX512 1
+#define SEGFAST_V4 __attribute__((target("arch=x86-64-v4")))
+#define SEGFAST_CLONES_V3 __attribute__((target_clones("arch=x86-64-v3", "default")))
+#else
+#define SEGFAST_CLONES_V3 SEGFAST_CLONES
+#endif
+constexpr int64_t VL = 16;
+typedef float vf __attribute__((vector_size(64)));
+typedef int32_t vi __attribute__((vector_size(64)));
+static_assert(W == VL, "tiles are padded to the vector length");
+
+SEGFAST_INLINE vf vload(const float* p) { vf v; std::memcpy(&v, p, sizeof(v)); return v; }
+SEGFAST_INLINE vi viload(const int32_t* p) { vi v; std::memcpy(&v, p, sizeof(v)); return v; }
+SEGFAST_INLINE void vstore(float* p, vf v) { std::memcpy(p, &v, sizeof(v)); }
+SEGFAST_INLINE vf vsplat(float s) { return vf{} + s; }
+SEGFAST_INLINE float vhsum(vf v) {
+  float s = 0.0f;
+  for (int l = 0; l < VL; ++l) s += v[l];
+  return s;
+}
+
+// exp(x) for x <= 0 (softmax: x - max), lane-wise, ~2e-7 relative error (about
+// fast_expf's, csrc/common/region.h): the same range reduction x = n ln2 + r,
+// |r| <= ln2/2; only the lower clamp (a NaN-propagating max); a degree-5
+// minimax polynomial 1 + r + r^2 (c2 + c3 r + c4 r^2 + c5 r^3) in Horner form;
+// 2^n applied by adding n to the exponent field (the result stays normal: x >= -87).
+SEGFAST_INLINE vf vexp_nonpos(vf x) {
+  const vf lo = vsplat(-87.0f);
+  x = lo > x ? lo : x;
+  const float magic = 12582912.0f;  // 1.5 * 2^23: bits(t) = bits(magic) + n
+  const vf t = x * 1.44269504088896341f + magic;
+  const vf fn = t - magic;
+  vf r = x - fn * 0.693359375f;
+  r = r - fn * -2.12194440e-4f;
+  vf p = vsplat(8.3128365e-3f);
+  p = p * r + 4.1889237e-2f;
+  p = p * r + 1.6667112e-1f;
+  p = p * r + 4.9999242e-1f;
+  p = p * r + 1.0f;
+  p = p * r + 1.0f;
+  return (vf)((vi)p + ((vi)t << 23));  // (bits(magic) << 23) == 0 mod 2^32
+}
+
+#if defined(SEGFAST_AVX512)
+// vexp_nonpos with AVX-512: n = round(x log2e) by vrndscaleps, 2^n by vscalefps.
+// Not always_inline: it can only be inlined into AVX-512 code, which the
+// flatten attribute of the *_v4 entry points below does.
+SEGFAST_V4 inline vf vexp_nonpos_v4(vf xv) {
+  const __m512 x = _mm512_max_ps(_mm512_set1_ps(-87.0f), (__m512)xv);  // NaN x -> NaN
+  const __m512 fn = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                         _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(fn, _mm512_set1_ps(0.693359375f), x);
+  r = _mm512_fnmadd_ps(fn, _mm512_set1_ps(-2.12194440e-4f), r);
+  __m512 p = _mm512_set1_ps(8.3128365e-3f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1889237e-2f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6667112e-1f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.9999242e-1f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+  return (vf)_mm512_scalef_ps(p, fn);
+}
+#endif
+
+template <bool kV4>
+SEGFAST_INLINE vf vexp_sm(vf x) {
+#if defined(SEGFAST_AVX512)
+  if constexpr (kV4) return vexp_nonpos_v4(x);
+#endif
+  return vexp_nonpos(x);
+}
+
+// Softmax numerators of one block: e[c * ep + l] = exp(x[c * xp + l] - max_c x);
+// returns the per-pixel sums.
+template <bool kV4>
+SEGFAST_INLINE vf softmax_block(const float* __restrict x, int64_t xp, int64_t C,
+                                float* __restrict e, int64_t ep, int64_t pf) {
+  vf m = vload(x), m1 = m;  // two chains: vmaxps latency
+  if (pf) __builtin_prefetch(x + pf, 0, 3);
+  int64_t c = 1;
+  for (; c + 1 < C; c += 2) {
+    const vf x0 = vload(x + c * xp), x1 = vload(x + (c + 1) * xp);
+    if (pf) {
+      __builtin_prefetch(x + c * xp + pf, 0, 3);
+      __builtin_prefetch(x + (c + 1) * xp + pf, 0, 3);
+    }
+    m = x0 > m ? x0 : m;
+    m1 = x1 > m1 ? x1 : m1;
+  }
+  if (c < C) {
+    const vf x0 = vload(x + c * xp);
+    if (pf) __builtin_prefetch(x + c * xp + pf, 0, 3);
+    m = x0 > m ? x0 : m;
+  }
+  m = m1 > m ? m1 : m;
+  vf s = vf{};
+  for (c = 0; c < C; ++c) {
+    const vf ec = vexp_sm<kV4>(vload(x + c * xp) - m);
+    vstore(e + c * ep, ec);
+    s += ec;
+  }
+  return s;
+}
+
+// Software prefetch distance (elements) along each class row when x (dx) is
+// read (written) in place.
+constexpr int64_t kPrefetch = 4 * VL;
+
+struct FastWork {
+  int64_t C = 0, tile = 0;
+  std::vector<float> xb;    // [C][tile] converted x (when it cannot be read in place)
+  std::vector<float> eb;    // stats: [C][tile] exp numerators; grad: [2][C][VL] e, a
+  std::vector<float> rv;    // stats: [tile] v / sum
+  std::vector<float> vb;    // [tile] v
+  std::vector<int32_t> lb;  // [tile] class or -1
+  std::vector<float> tail;  // [C][VL] the last partial block, zero-padded
+  std::vector<float> gt;    // grad: [4][C] gP, 2 gPP, gI, gM of the image
+  std::vector<double> acc;  // stats: [C][K]
+  FastWork(int64_t C_, int64_t tile_, bool grad)
+      : C(C_), tile(tile_), xb(C_ * tile_), eb(grad ? 2 * C_ * VL : C_ * tile_), rv(tile_),
+        vb(tile_), lb(tile_), tail(C_ * VL), gt(grad ? 4 * C_ : 0), acc(grad ? 0 : C_ * K) {}
+};
+
+// Labels of pixels [s0, s0 + len) of image n -> lb, vb, padded with (-1, 0) to pad_len(len).
+SEGFAST_INLINE void fast_labels(const Problem& pr, FastWork& w, int64_t n, int64_t s0,
+                                int64_t len) {
+  const int64_t off = n * pr.tsN + s0 * pr.tsS;
+  const int64_t ign = int64_t(pr.ignore_value);
+  float* vb = w.vb.data();
+  int32_t* lb = w.lb.data();
+  switch (pr.t_dtype) {
+    case kUInt8:
+    case kBool:
+      decode_labels_typed(lb, vb, static_cast<const uint8_t*>(pr.t) + off, pr.tsS, len, pr.C,
+                          pr.label_offset, pr.has_ignore, ign);
+      break;
+    case kInt32:
+      decode_labels_typed(lb, vb, static_cast<const int32_t*>(pr.t) + off, pr.tsS, len, pr.C,
+                          pr.label_offset, pr.has_ignore, ign);
+      break;
+    default:
+      decode_labels_typed(lb, vb, static_cast<const int64_t*>(pr.t) + off, pr.tsS, len, pr.C,
+                          pr.label_offset, pr.has_ignore, ign);
+      break;
+  }
+  for (int64_t i = len; i < pad_len(len); ++i) { lb[i] = -1; vb[i] = 0.0f; }
+}
+
+// Where block-wise code reads x for pixels [s0, s0 + len) of image n: in place
+// (float32, unit stride; full blocks only, the partial last block is copied
+// into w.tail) or from a zero-padded converted copy in w.xb.
+struct XSrc {
+  const float* base;  // pixel s0, class 0
+  int64_t pitch;      // between classes
+  int64_t full;       // pixels readable in place from base (a multiple of VL)
+};
+
+SEGFAST_INLINE XSrc fast_xsrc(const Problem& pr, FastWork& w, int64_t n, int64_t s0,
+                              int64_t len) {
+  const int64_t C = pr.C;
+  if (pr.x_dtype == kFloat32 && pr.xsS == 1) {
+    const float* base = static_cast<const float*>(pr.x) + n * pr.xsN + s0;
+    const int64_t full = len / VL * VL;
+    if (full < len) {
+      float* tl = w.tail.data();
+      for (int64_t c = 0; c < C; ++c) {
+        for (int64_t l = 0; l < VL; ++l)
+          tl[c * VL + l] = full + l < len ? base[c * pr.xsC + full + l] : 0.0f;
+      }
+    }
+    return {base, pr.xsC, full};
+  }
+  float* xb = w.xb.data();
+  const int64_t tile = w.tile, lenp = pad_len(len);
+  for (int64_t c = 0; c < C; ++c) {
+    load_row(xb + c * tile, pr.x, pr.x_dtype, n * pr.xsN + c * pr.xsC + s0 * pr.xsS, pr.xsS, len);
+    for (int64_t i = len; i < lenp; ++i) xb[c * tile + i] = 0.0f;
+  }
+  return {xb, tile, lenp};
+}
+
+template <bool kV4>
+SEGFAST_INLINE void fast_stats_item(const Problem& pr, FastWork& w, int64_t n, int64_t P,
+                                    int64_t j, float* __restrict out) {
+  const int64_t C = pr.C, tile = w.tile;
+  int64_t b, e;
+  chunk_range(pr.S, P, j, &b, &e);
+  double* __restrict acc = w.acc.data();
+  std::fill(w.acc.begin(), w.acc.end(), 0.0);
+  double V = 0.0;
+  float* __restrict eb = w.eb.data();
+  float* __restrict rv = w.rv.data();
+  for (int64_t s0 = b; s0 < e; s0 += tile) {
+    const int64_t len = std::min(tile, e - s0), lenp = pad_len(len);
+    fast_labels(pr, w, n, s0, len);
+    const XSrc xs = fast_xsrc(pr, w, n, s0, len);
+    const float* __restrict vb = w.vb.data();
+    vf vsum = vf{};
+    for (int64_t i = 0; i < lenp; i += VL) {
+      const bool inplace = i < xs.full;
+      const vf s = inplace ? softmax_block<kV4>(xs.base + i, xs.pitch, C, eb + i, tile,
+                                         i + kPrefetch < xs.full ? kPrefetch : 0)
+                           : softmax_block<kV4>(w.tail.data(), VL, C, eb + i, tile, 0);
+      const vf v = vload(vb + i);
+      vstore(rv + i, v / s);
+      vsum += v;
+    }
+    V += double(vhsum(vsum));
+    const int32_t* __restrict lb = w.lb.data();
+    for (int64_t c = 0; c < C; ++c) {
+      const float* __restrict ec = eb + c * tile;
+      const int32_t cc = int32_t(c);
+      vf aP = vf{}, aPP = vf{}, aI = vf{}, aT = vf{};
+      for (int64_t i = 0; i < lenp; i += VL) {
+        const vf q = vload(ec + i) * vload(rv + i);  // v * p
+        const vf t = viload(lb + i) == cc ? vsplat(1.0f) : vf{};
+        aP += q;
+        aPP += q * q;
+        aI += q * t;  // (not a masked add: a NaN p gives a NaN I, as v*p*t does)
+        aT += t;
+      }
+      double* ac = acc + c * K;
+      const double I = vhsum(aI), T = vhsum(aT);
+      ac[kI] += I;
+      ac[kP] += vhsum(aP);
+      ac[kT] += T;
+      ac[kPP] += vhsum(aPP);
+      ac[kTT] += T;
+      ac[kM] += I;
+    }
+  }
+  float* o = out + (n * P + j) * C * K;
+  for (int64_t c = 0; c < C; ++c) {
+    acc[c * K + kV] = V;
+    for (int64_t k = 0; k < K; ++k) o[c * K + k] = float(acc[c * K + k]);
+  }
+}
+
+SEGFAST_CLONES_V3 void fast_stats_f32(const Problem& pr, FastWork& w, int64_t n, int64_t P,
+                                      int64_t j, float* out) {
+  fast_stats_item<false>(pr, w, n, P, j, out);
+}
+#if defined(SEGFAST_AVX512)
+SEGFAST_V4 __attribute__((flatten)) void fast_stats_f32_v4(const Problem& pr, FastWork& w,
+                                                           int64_t n, int64_t P, int64_t j,
+                                                           float* out) {
+  fast_stats_item<true>(pr, w, n, P, j, out);
+}
+bool have_v4() {
+  static const bool ok = __builtin_cpu_supports("x86-64-v4");
+  return ok;
+}
+#endif
+
+// dLoss/dx of one block (softmax, labels): a_c = v (gP + 2 gPP p + [c == lb] gI + gM h),
+// dx_c = p_c (a_c - sum_k p_k a_k).
+template <bool kV4, bool kHasM>
+SEGFAST_INLINE void grad_block(const float* x, int64_t xp, int64_t C,
+                               const int32_t* __restrict lbp, const float* __restrict vbp,
+                               const float* __restrict gt, float* __restrict e,
+                               float* dst, int64_t dp, int64_t pf) {  // dst may be x (in place)
+  float* __restrict a_buf = e + C * VL;
+  const float* __restrict gP = gt;
+  const float* __restrict gPP2 = gt + C;
+  const float* __restrict gI = gt + 2 * C;
+  const float* __restrict gM = gt + 3 * C;
+  const vf r = 1.0f / softmax_block<kV4>(x, xp, C, e, VL, pf);
+  const vi lb = viload(lbp);
+  const vf rv = r * vload(vbp);
+  vf dot = vf{};
+  for (int64_t c = 0; c < C; ++c) {  // e -> a (v omitted: dx gets it through rv)
+    const vf p = vload(e + c * VL) * r;
+    const vi hit = lb == int32_t(c);
+    vf a = p * gPP2[c] + gP[c];
+    a = hit ? a + gI[c] : a;
+    if (kHasM) {
+      const vf t = hit ? vsplat(1.0f) : vf{};
+      const vf h = p < t ? vsplat(1.0f) : (p == t ? vsplat(0.5f) : vf{});
+      a += gM[c] * h;
+    }
+    dot += p * a;
+    vstore(a_buf + c * VL, a);
+  }
+  for (int64_t c = 0; c < C; ++c) {
+    const vf pv = vload(e + c * VL) * rv;
+    vstore(dst + c * dp, pv * (vload(a_buf + c * VL) - dot));
+    if (pf) __builtin_prefetch(dst + c * dp + pf, 1, 3);
+  }
+}
+
+template <bool kV4, bool kHasM>
+SEGFAST_INLINE void fast_grad_tile(const Problem& pr, FastWork& w, int64_t n, int64_t s0,
+                                   int64_t len, const XSrc& xs, void* dx, int64_t dxsN,
+                                   int64_t dxsC, int64_t dxsS) {
+  const int64_t C = pr.C;
+  const float* gt = w.gt.data();
+  float* eb = w.eb.data();
+  float* xb = w.xb.data();
+  const bool direct = xs.base != xb && dxsS == 1;  // x read in place (float32), dx unit stride
+  if (direct) {
+    float* d = static_cast<float*>(dx) + n * dxsN + s0;
+    for (int64_t i = 0; i < xs.full; i += VL)
+      grad_block<kV4, kHasM>(xs.base + i, xs.pitch, C, w.lb.data() + i, w.vb.data() + i, gt, eb,
+                        d + i, dxsC, i + kPrefetch < xs.full ? kPrefetch : 0);
+    if (xs.full < len) {  // in place: x was read directly, tail from w.tail
+      float* tl = w.tail.data();
+      grad_block<kV4, kHasM>(tl, VL, C, w.lb.data() + xs.full, w.vb.data() + xs.full, gt, eb, tl, VL,
+                        0);
+      for (int64_t c = 0; c < C; ++c)
+        for (int64_t i = xs.full; i < len; ++i) d[c * dxsC + i] = tl[c * VL + i - xs.full];
+    }
+    return;
+  }
+  // else dx goes through w.xb (x is there too unless it was read in place)
+  const int64_t tile = w.tile, lenp = pad_len(len);
+  if (xs.base != xb) {  // read in place, write to xb
+    for (int64_t i = 0; i < xs.full; i += VL)
+      grad_block<kV4, kHasM>(xs.base + i, xs.pitch, C, w.lb.data() + i, w.vb.data() + i, gt, eb,
+                        xb + i, tile, 0);
+    if (xs.full < len)
+      grad_block<kV4, kHasM>(w.tail.data(), VL, C, w.lb.data() + xs.full, w.vb.data() + xs.full, gt,
+                        eb, xb + xs.full, tile, 0);
+  } else {
+    for (int64_t i = 0; i < lenp; i += VL)
+      grad_block<kV4, kHasM>(xb + i, tile, C, w.lb.data() + i, w.vb.data() + i, gt, eb, xb + i, tile,
+                        0);
+  }
+  for (int64_t c = 0; c < C; ++c)
+    store_row(dx, pr.x_dtype, n * dxsN + c * dxsC + s0 * dxsS, dxsS, xb + c * tile, len);
+}
+
+template <bool kV4>
+SEGFAST_INLINE void fast_grad_item(const Problem& pr, FastWork& w, int64_t n, int64_t s0,
+                                   const float* __restrict g, void* dx, int64_t dxsN,
+                                   int64_t dxsC, int64_t dxsS, int64_t* gt_image) {
+  const int64_t C = pr.C;
+  const int64_t len = std::min(w.tile, pr.S - s0);
+  float* gt = w.gt.data();
+  if (*gt_image != n) {  // the image's dLoss/dStats as per-class tables
+    for (int64_t c = 0; c < C; ++c) {
+      const float* gc = g + (n * C + c) * K;
+      gt[c] = gc[kP];
+      gt[C + c] = 2.0f * gc[kPP];
+      gt[2 * C + c] = gc[kI];
+      gt[3 * C + c] = gc[kM];
+    }
+    *gt_image = n;
+  }
+  bool has_m = false;
+  for (int64_t c = 0; c < C; ++c) has_m |= gt[3 * C + c] != 0.0f;
+  fast_labels(pr, w, n, s0, len);
+  const XSrc xs = fast_xsrc(pr, w, n, s0, len);
+  if (has_m)
+    fast_grad_tile<kV4, true>(pr, w, n, s0, len, xs, dx, dxsN, dxsC, dxsS);
+  else
+    fast_grad_tile<kV4, false>(pr, w, n, s0, len, xs, dx, dxsN, dxsC, dxsS);
+}
+
+SEGFAST_CLONES_V3 void fast_grad_f32(const Problem& pr, FastWork& w, int64_t n, int64_t s0,
+                                     const float* g, void* dx, int64_t dxsN, int64_t dxsC,
+                                     int64_t dxsS, int64_t* gt_image) {
+  fast_grad_item<false>(pr, w, n, s0, g, dx, dxsN, dxsC, dxsS, gt_image);
+}
+#if defined(SEGFAST_AVX512)
+SEGFAST_V4 __attribute__((flatten)) void fast_grad_f32_v4(const Problem& pr, FastWork& w,
+                                                          int64_t n, int64_t s0, const float* g,
+                                                          void* dx, int64_t dxsN, int64_t dxsC,
+                                                          int64_t dxsS, int64_t* gt_image) {
+  fast_grad_item<true>(pr, w, n, s0, g, dx, dxsN, dxsC, dxsS, gt_image);
+}
+#define SEGFAST_FAST_GRAD (have_v4() ? fast_grad_f32_v4 : fast_grad_f32)
+#define SEGFAST_FAST_STATS (have_v4() ? fast_stats_f32_v4 : fast_stats_f32)
+#else
+#define SEGFAST_FAST_GRAD fast_grad_f32
+#define SEGFAST_FAST_STATS fast_stats_f32
+#endif
+
+bool fast_ok(const Problem& pr) {
+  return pr.t_is_label && pr.act == kSoftmax && pr.x_dtype != kFloat64 && pr.C < (int64_t(1) << 30);
+}
+#endif  // __GNUC__
+
 // ---- stats: one (image, chunk) work item ---------------------------------------------
 
 template <typename T, typename A>
@@ -452,20 +859,59 @@ void run_grad(const Problem& pr, const G* g, void* dx, int64_t dxsN, int64_t dxs
 void region_stats_cpu(const Problem& pr, int64_t P, void* out, int64_t num_threads) {
   if (pr.N <= 0 || P <= 0 || pr.C <= 0) return;
   const int nt = resolve_threads(num_threads);
-  if (pr.x_dtype == kFloat64)
+  if (pr.x_dtype == kFloat64) {
     run_stats<double>(pr, P, static_cast<double*>(out), nt, stats_item_f64);
-  else
+    return;
+  }
+#if defined(SEGFAST_VEC)
+  if (fast_ok(pr)) {
+    const int64_t items = pr.N * P, tile = tile_for(pr.C);
+    const int ntt = int(std::max<int64_t>(1, std::min<int64_t>(nt, items)));
+    float* o = static_cast<float*>(out);
+    const auto item = SEGFAST_FAST_STATS;
+#pragma omp parallel num_threads(ntt)
+    {
+      FastWork w(pr.C, tile, false);
+#pragma omp for schedule(static)
+      for (int64_t it = 0; it < items; ++it) item(pr, w, it / P, P, it % P, o);
+    }
+    return;
+  }
+#endif
+  {
     run_stats<float>(pr, P, static_cast<float*>(out), nt, stats_item_f32);
+  }
 }
 
 void region_grad_cpu(const Problem& pr, const void* g, void* dx, int64_t dxsN, int64_t dxsC,
                      int64_t dxsS, int64_t num_threads) {
   if (pr.N <= 0 || pr.C <= 0 || pr.S <= 0) return;
   const int nt = resolve_threads(num_threads);
-  if (pr.x_dtype == kFloat64)
+  if (pr.x_dtype == kFloat64) {
     run_grad<double>(pr, static_cast<const double*>(g), dx, dxsN, dxsC, dxsS, nt, grad_item_f64);
-  else
+    return;
+  }
+#if defined(SEGFAST_VEC)
+  if (fast_ok(pr)) {
+    const int64_t tile = tile_for(pr.C);
+    const int64_t tiles = (pr.S + tile - 1) / tile, items = pr.N * tiles;
+    const int ntt = int(std::max<int64_t>(1, std::min<int64_t>(nt, items)));
+    const float* gf = static_cast<const float*>(g);
+    const auto item = SEGFAST_FAST_GRAD;
+#pragma omp parallel num_threads(ntt)
+    {
+      FastWork w(pr.C, tile, true);
+      int64_t gt_image = -1;
+#pragma omp for schedule(static)
+      for (int64_t it = 0; it < items; ++it)
+        item(pr, w, it / tiles, (it % tiles) * tile, gf, dx, dxsN, dxsC, dxsS, &gt_image);
+    }
+    return;
+  }
+#endif
+  {
     run_grad<float>(pr, static_cast<const float*>(g), dx, dxsN, dxsC, dxsS, nt, grad_item_f32);
+  }
 }
 
 int openmp_max_threads() { return omp_get_max_threads(); }
