@@ -4,11 +4,13 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <cmath>
 #include <cstdint>
 #include <stdexcept>
 #include <string>
 #include <vector>
 
+#include "common/pixel.h"
 #include "common/region.h"
 
 namespace py = pybind11;
@@ -26,6 +28,15 @@ void region_grad_cuda(const Problem& pr, const void* g, void* dx, int64_t dxsN, 
                       int64_t dxsS, uintptr_t stream);
 #endif
 }  // namespace region
+}  // namespace segfast
+
+namespace segfast {
+namespace pixel {
+void pixel_loss_cpu(const Problem& pr, int64_t num_threads);
+#ifdef SEGFAST_WITH_CUDA
+void pixel_loss_cuda(const Problem& pr, uintptr_t stream);
+#endif
+}  // namespace pixel
 }  // namespace segfast
 
 namespace {
@@ -119,6 +130,83 @@ void grad_cuda(SEGFAST_PROBLEM_ARGS, int64_t act, int64_t label_offset, int64_t 
 #endif
 }
 
+
+// ---- pixel family ----------------------------------------------------------------
+
+#define SEGFAST_PIXEL_ARGS                                                                      \
+  uintptr_t x_ptr, int64_t x_dtype, int64_t xsN, int64_t xsC, int64_t xsS, uintptr_t t_ptr,    \
+      int64_t t_dtype, int64_t t_is_label, int64_t tsN, int64_t tsC, int64_t tsS, int64_t N,   \
+      int64_t C, int64_t S, int64_t P, int64_t kind, int64_t label_offset, int64_t has_ignore, \
+      double ignore_value, uintptr_t w_ptr, uintptr_t pw_ptr, uintptr_t beta_ptr, double gamma, \
+      double alpha, double smoothing, double scale0, double scale1, uintptr_t loss_ptr,        \
+      uintptr_t map_ptr, uintptr_t go_ptr, uintptr_t dx_ptr, int64_t dxsN, int64_t dxsC,      \
+      int64_t dxsS
+#define SEGFAST_PIXEL_PASS                                                                     \
+  x_ptr, x_dtype, xsN, xsC, xsS, t_ptr, t_dtype, t_is_label, tsN, tsC, tsS, N, C, S, P, kind, \
+      label_offset, has_ignore, ignore_value, w_ptr, pw_ptr, beta_ptr, gamma, alpha, smoothing, \
+      scale0, scale1, loss_ptr, map_ptr, go_ptr, dx_ptr, dxsN, dxsC, dxsS
+
+segfast::pixel::Problem make_pixel_problem(SEGFAST_PIXEL_ARGS) {
+  using namespace segfast;
+  using namespace segfast::pixel;
+  // x, targets, sizes: as the region family
+  const segfast::region::Problem base =
+      make_problem(x_ptr, x_dtype, xsN, xsC, xsS, t_ptr, t_dtype, t_is_label, tsN, tsC, tsS, N, C,
+                   S, 0, label_offset, has_ignore, ignore_value);
+  if (kind < kCE || kind > kFocalSigmoid)
+    throw std::invalid_argument("segfast._C: pixel loss kind must be 0-4");
+  if (is_softmax_kind(int(kind)) && !t_is_label)
+    throw std::invalid_argument("segfast._C: softmax pixel losses take class-index targets");
+  if (C < 1) throw std::invalid_argument("segfast._C: pixel losses need C >= 1");
+  if (kind == kFused && C < 2) throw std::invalid_argument("segfast._C: the fused loss needs C >= 2");
+  if (C >= (int64_t(1) << 31)) throw std::invalid_argument("segfast._C: C too large");
+  if (loss_ptr && P < 1) throw std::invalid_argument("segfast._C: P must be >= 1");
+  if (!(gamma >= 0.0) || !std::isfinite(gamma))
+    throw std::invalid_argument("segfast._C: gamma must be finite and >= 0");
+  if (!std::isfinite(alpha) || !std::isfinite(smoothing) || !std::isfinite(scale0) ||
+      !std::isfinite(scale1))
+    throw std::invalid_argument("segfast._C: alpha, smoothing and scales must be finite");
+  if ((pw_ptr || beta_ptr) && kind != kBCE)
+    throw std::invalid_argument("segfast._C: pos_weight / beta apply to BCE only");
+  segfast::pixel::Problem pr;
+  pr.x = base.x; pr.x_dtype = base.x_dtype; pr.xsN = xsN; pr.xsC = xsC; pr.xsS = xsS;
+  pr.t = base.t; pr.t_dtype = base.t_dtype; pr.t_is_label = base.t_is_label;
+  pr.tsN = tsN; pr.tsC = tsC; pr.tsS = tsS;
+  pr.N = N; pr.C = C; pr.S = S; pr.P = P;
+  pr.kind = int(kind);
+  pr.label_offset = label_offset;
+  pr.has_ignore = has_ignore != 0;
+  pr.ignore_value = ignore_value;
+  pr.w = reinterpret_cast<const void*>(w_ptr);
+  pr.pw = reinterpret_cast<const void*>(pw_ptr);
+  pr.beta = reinterpret_cast<const void*>(beta_ptr);
+  pr.gamma = gamma; pr.alpha = alpha; pr.smoothing = smoothing;
+  pr.scale0 = scale0; pr.scale1 = scale1;
+  pr.loss = reinterpret_cast<void*>(loss_ptr);
+  pr.map = reinterpret_cast<void*>(map_ptr);
+  pr.go = reinterpret_cast<const void*>(go_ptr);
+  pr.dx = reinterpret_cast<void*>(dx_ptr);
+  pr.dxsN = dxsN; pr.dxsC = dxsC; pr.dxsS = dxsS;
+  return pr;
+}
+
+void pixel_cpu(SEGFAST_PIXEL_ARGS, int64_t num_threads) {
+  const segfast::pixel::Problem pr = make_pixel_problem(SEGFAST_PIXEL_PASS);
+  py::gil_scoped_release nogil;
+  segfast::pixel::pixel_loss_cpu(pr, num_threads);
+}
+
+void pixel_cuda(SEGFAST_PIXEL_ARGS, uintptr_t stream) {
+  const segfast::pixel::Problem pr = make_pixel_problem(SEGFAST_PIXEL_PASS);
+#ifdef SEGFAST_WITH_CUDA
+  py::gil_scoped_release nogil;
+  segfast::pixel::pixel_loss_cuda(pr, stream);
+#else
+  (void)pr; (void)stream;
+  no_cuda();
+#endif
+}
+
 std::vector<std::string> cuda_archs() {
   std::vector<std::string> out;
 #if defined(SEGFAST_WITH_CUDA) && defined(SEGFAST_CUDA_ARCHS)
@@ -181,4 +269,21 @@ PYBIND11_MODULE(_C, m) {
         py::arg("C"), py::arg("S"), py::arg("act"), py::arg("label_offset"),
         py::arg("has_ignore"), py::arg("ignore_value"), py::arg("g_ptr"), py::arg("dx_ptr"),
         py::arg("dxsN"), py::arg("dxsC"), py::arg("dxsS"), py::arg("stream"));
+
+  const char* pixel_doc =
+      "Pixel losses (CE, focal, fused, BCE, sigmoid focal; segfast/reference/pixel.py "
+      "pixel_terms): any subset of loss [N, P, 2] chunk sums of (l0, l1), map "
+      "scale0*l0 + scale1*l1, dx = go * d(map)/dx. Optional pointers are 0 when absent.";
+#define SEGFAST_PIXEL_PYARGS                                                                   \
+  py::arg("x_ptr"), py::arg("x_dtype"), py::arg("xsN"), py::arg("xsC"), py::arg("xsS"),        \
+      py::arg("t_ptr"), py::arg("t_dtype"), py::arg("t_is_label"), py::arg("tsN"),             \
+      py::arg("tsC"), py::arg("tsS"), py::arg("N"), py::arg("C"), py::arg("S"), py::arg("P"),  \
+      py::arg("kind"), py::arg("label_offset"), py::arg("has_ignore"), py::arg("ignore_value"), \
+      py::arg("w_ptr"), py::arg("pw_ptr"), py::arg("beta_ptr"), py::arg("gamma"),             \
+      py::arg("alpha"), py::arg("smoothing"), py::arg("scale0"), py::arg("scale1"),           \
+      py::arg("loss_ptr"), py::arg("map_ptr"), py::arg("go_ptr"), py::arg("dx_ptr"),          \
+      py::arg("dxsN"), py::arg("dxsC"), py::arg("dxsS")
+  m.def("pixel_loss_cpu", &pixel_cpu, pixel_doc, SEGFAST_PIXEL_PYARGS, py::arg("num_threads"));
+  m.def("pixel_loss_cuda", &pixel_cuda, pixel_doc, SEGFAST_PIXEL_PYARGS, py::arg("stream"));
+#undef SEGFAST_PIXEL_PYARGS
 }

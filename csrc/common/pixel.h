@@ -1,0 +1,263 @@
+// Pixel family (cross entropy, focal, positive-sharing "fused", BCE, balanced
+// BCE, sigmoid focal): math shared by the CPU and CUDA kernels. The loss and
+// gradient formulas of every kind live here, once; segfast/reference/pixel.py
+// (pixel_terms) defines the semantics.
+//
+// Softmax kinds (CE, FOCAL_SOFTMAX, FUSED) give one term pair (l0, l1) per
+// pixel; the kernels reduce the C classes of a pixel (max, sum of exp, the
+// target's logit ...) and softmax_pixel turns those into the losses and the
+// per-pixel coefficients of the gradient,
+//   dx_c = e_c * (c == 0 ? k0 : k1) + [c == y] * kb + w_c * kw,
+// with e_c the stored exponentials (see softmax_pixel). Sigmoid kinds (BCE,
+// FOCAL_SIGMOID) give one term per element (sigmoid_term).
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+
+#include "dtypes.h"
+#include "region.h"  // fast_expf / exp_t / sigmoid, chunk_range
+
+namespace segfast {
+namespace pixel {
+
+// Must match segfast/reference/pixel.py.
+enum Kind : int { kCE = 0, kFocalSoftmax = 1, kFused = 2, kBCE = 3, kFocalSigmoid = 4 };
+
+SEGFAST_HD bool is_softmax_kind(int kind) { return kind >= kCE && kind <= kFused; }
+
+using region::chunk_range;
+using region::exp_t;
+
+// Everything one pixel-loss call reads and writes. Strides are in elements
+// (any value). The optional pointers are null when absent; A is the
+// accumulation type (double for float64 x, else float) of w, pw, beta, loss,
+// map and go.
+struct Problem {
+  const void* x;
+  int x_dtype;
+  int64_t xsN, xsC, xsS;
+  const void* t;
+  int t_dtype;
+  bool t_is_label;
+  int64_t tsN, tsC, tsS;  // labels: tsC unused
+  int64_t N, C, S, P;     // P: chunks per image of the loss partial sums
+  int kind;
+  int64_t label_offset;
+  bool has_ignore;
+  double ignore_value;
+  const void* w;     // A[C] class weights (ones)
+  const void* pw;    // A[C] pos_weight, BCE (ones)
+  const void* beta;  // A[N] balanced-BCE beta, BCE (none)
+  double gamma, alpha, smoothing, scale0, scale1;
+  void* loss;        // A[N, P, 2]: chunk sums of l0, l1 over valid pixels/elements
+  void* map;         // A[N, S] (softmax kinds) / [N, C, S]: scale0*l0 + scale1*l1
+  const void* go;    // A, map's layout: grad_output (ones)
+  void* dx;          // x's dtype, strides dxsN, dxsC, dxsS
+  int64_t dxsN, dxsC, dxsS;
+};
+
+// ---- log ------------------------------------------------------------------------
+
+// log(x) for float x >= FLT_MIN (smaller x are clamped), vectorisable (no
+// branches, no libm call): Cephes logf, x = m * 2^e with m in [sqrt(1/2), sqrt(2)),
+// degree-9 polynomial in m - 1 (~1-2 ulp). Not for inf / nan.
+SEGFAST_HD float fast_logf(float x) {
+  x = x < 1.17549435e-38f ? 1.17549435e-38f : x;
+  const int32_t u = int32_t(f32_bits(x));  // x > 0: sign bit clear
+  // x = m * 2^e, m in [0.5, 1); the exponent is kept in float (vectorises)
+  float fe = float(u >> 23) - 126.0f;
+  float m = bits_f32(uint32_t((u & 0x007fffff) | 0x3f000000));
+  const bool small = m < 0.707106781186547524f;
+  fe = small ? fe - 1.0f : fe;
+  m = small ? m + m - 1.0f : m - 1.0f;  // m - 1 in [-0.293, 0.414)
+  const float z = m * m;
+  float y = 7.0376836292e-2f;
+  y = y * m - 1.1514610310e-1f;
+  y = y * m + 1.1676998740e-1f;
+  y = y * m - 1.2420140846e-1f;
+  y = y * m + 1.4249322787e-1f;
+  y = y * m - 1.6668057665e-1f;
+  y = y * m + 2.0000714765e-1f;
+  y = y * m - 2.4999993993e-1f;
+  y = y * m + 3.3333331174e-1f;
+  y = y * m * z;
+  y += -2.12194440e-4f * fe;
+  y += -0.5f * z;
+  return m + y + 0.693359375f * fe;
+}
+
+SEGFAST_HD float log_t(float x) {
+#if defined(__CUDA_ARCH__)
+  return logf(x);
+#else
+  return fast_logf(x);
+#endif
+}
+SEGFAST_HD double log_t(double x) { return log(x); }
+
+// log(1 + e) for e in [0, 1]; on the host the u = 1 + e trick keeps full
+// relative accuracy for small e with the vectorisable log.
+SEGFAST_HD float log1p_t(float e) {
+#if defined(__CUDA_ARCH__)
+  return log1pf(e);
+#else
+  const float u = 1.0f + e;
+  const float d = u - 1.0f;
+  return d == 0.0f ? e : fast_logf(u) * (e / d);
+#endif
+}
+SEGFAST_HD double log1p_t(double e) { return log1p(e); }
+
+// Focal parameters, prepared once per call (outside the vectorised loops):
+// GCC does not vectorise a select on a loop-invariant condition, so the special
+// cases are blend factors k (exact: k * a + (1 - k) * b for k in {0, 1}).
+template <typename T>
+struct Focal {
+  T gamma, k0, k1, k2;  // k_i = (gamma == i)
+  T alpha, ka;          // ka = (alpha >= 0)
+};
+
+template <typename T>
+SEGFAST_HD Focal<T> make_focal(double gamma, double alpha) {
+  Focal<T> f;
+  f.gamma = T(gamma);
+  f.k0 = gamma == 0.0 ? T(1) : T(0);
+  f.k1 = gamma == 1.0 ? T(1) : T(0);
+  f.k2 = gamma == 2.0 ? T(1) : T(0);
+  f.alpha = T(alpha);
+  f.ka = alpha >= 0.0 ? T(1) : T(0);
+  return f;
+}
+
+// om^gamma for 0 <= om <= 1, gamma >= 0 (0^0 = 1, as torch), exact for gamma
+// in {0, 1, 2}.
+template <typename T>
+SEGFAST_HD T pow_gamma(T om, const Focal<T>& f) {
+  const T safe = om > T(0) ? om : T(1);
+  T r = exp_t(f.gamma * log_t(safe));
+  r = om > T(0) ? r : T(0);
+  r = f.k1 * om + (T(1) - f.k1) * r;
+  r = f.k2 * (om * om) + (T(1) - f.k2) * r;
+  r = f.k0 + (T(1) - f.k0) * r;
+  return r;
+}
+
+// g * om^(g - 1), taken as 0 where om == 0 (the brief's convention for the
+// focal gradient at p_t = 1), given pg = om^g.
+template <typename T>
+SEGFAST_HD T dpow_gamma(T om, T g, T pg) {
+  const T safe = om > T(0) ? om : T(1);
+  return om > T(0) ? g * pg / safe : T(0);
+}
+
+// ---- sigmoid kinds: one element ----------------------------------------------------
+
+// Loss l and dl/dx of one element with logit x and target t (t = 0 where
+// invalid; the caller masks). wc: class weight; a_pos / a_neg: BCE's positive
+// and negative factors (pos_weight, balanced beta); f: focal gamma, alpha
+// (alpha < 0: no alpha_t).
+template <int KIND, typename T>
+SEGFAST_HD void sigmoid_term(T x, T t, T wc, T a_pos, T a_neg, const Focal<T>& f, T* l, T* d) {
+  const bool pos = x >= T(0);
+  const T ax = pos ? x : -x;
+  const T e = exp_t(-ax);
+  const T lp = log1p_t(e);
+  const T inv = T(1) / (T(1) + e);
+  const T s = pos ? inv : e * inv;   // sigmoid(x)
+  const T sc = pos ? e * inv : inv;  // 1 - sigmoid(x), without cancellation
+  const T sp_pos = (pos ? x : T(0)) + lp;   // softplus(x)  = -log(1 - s)
+  const T sp_neg = (pos ? T(0) : -x) + lp;  // softplus(-x) = -log(s)
+  const T tc = T(1) - t;
+  if (KIND == kBCE) {
+    *l = wc * (a_pos * t * sp_neg + a_neg * tc * sp_pos);
+    *d = wc * (a_neg * tc * s - a_pos * t * sc);
+  } else {
+    const T ce = t * sp_neg + tc * sp_pos;
+    const T om = s * tc + sc * t;  // 1 - p_t
+    const T at = f.ka * (f.alpha * t + (T(1) - f.alpha) * tc) + (T(1) - f.ka);
+    const T pg = pow_gamma(om, f);
+    const T pg1 = dpow_gamma(om, f.gamma, pg);
+    const T smt = s * tc - sc * t;  // s - t
+    *l = wc * at * ce * pg;
+    *d = wc * at * (smt * pg - pg1 * ce * s * sc * (T(2) * t - T(1)));
+  }
+}
+
+// ---- softmax kinds: one pixel ------------------------------------------------------
+
+// Inputs (per pixel, y its class, valid = label valid and in range):
+//   CE / FOCAL_SOFTMAX: m = max_c x_c, sum = sum_c e_c with e_c = exp(x_c - m),
+//     so = sum_{c != y} e_c (focal only).
+//   FUSED: m = max_c x_c, mfg = max_{c>=1} x_c, sumfg = sum_{c>=1} exp(x_c - mfg),
+//     e0 = exp(x_0 - m); the stored exponentials are e_0 = e0 and
+//     e_c = exp(x_c - mfg) for c >= 1 (no underflow whatever x_0 - x_c is).
+//   xy = x_y, x0 = x_0, wx = sum_c w_c x_c (smoothing only), wy = w_y,
+//   W = sum_c w_c, invC = 1 / C, g = grad_output of the pixel.
+// Outputs: l0, l1 (0 where invalid, unscaled) and the gradient coefficients
+//   dx_c = e_c * (c == 0 ? k0 : k1) + [c == y] * kb + w_c * kw   (all 0 where invalid),
+// of g * (s0 * dl0/dx + s1 * dl1/dx).
+template <int KIND, typename T>
+SEGFAST_HD void softmax_pixel(bool valid, T m, T sum, T so, T mfg, T sumfg, T e0, T xy, T x0,
+                              bool y0, T wx, T wy, T W, T invC, T eps, const Focal<T>& f,
+                              T s0, T s1,
+                              T g, T* l0, T* l1, T* k0, T* k1, T* kb, T* kw) {
+  T r = T(1);
+  if (KIND == kFused) {
+    r = exp_t(mfg - m);
+    sum = e0 + r * sumfg;
+  }
+  const T lse = m + log_t(sum);
+  T L0, L1 = T(0), a, b, cw = T(0);
+  if (KIND == kFocalSoftmax) {
+    const T logp = xy - lse;
+    const T py = exp_t(logp);
+    const T om = so / sum;  // 1 - p_y, without cancellation
+    const T pg = pow_gamma(om, f);
+    const T pg1 = dpow_gamma(om, f.gamma, pg);
+    const T F = pg - pg1 * py * logp;
+    L0 = -wy * pg * logp;
+    a = s0 * wy * F;
+    b = -a;
+  } else {
+    const T ew = eps * invC;
+    L0 = (T(1) - eps) * wy * (lse - xy) + ew * (W * lse - wx);  // wx = 0 when eps = 0
+    a = s0 * ((T(1) - eps) * wy + ew * W);
+    b = -s0 * (T(1) - eps) * wy;
+    cw = -s0 * ew;
+  }
+  T c0, c1;
+  if (KIND == kFused) {
+    const T lse_fg = mfg + log_t(sumfg);
+    L1 = y0 ? lse - x0 : lse - lse_fg;
+    a += s1;
+    b += y0 ? -s1 : T(0);
+    const T inv = T(1) / sum;
+    c0 = a * inv;
+    c1 = a * r * inv - (y0 ? T(0) : s1 / sumfg);
+  } else {
+    c0 = a / sum;
+    c1 = c0;
+  }
+  *l0 = valid ? L0 : T(0);
+  *l1 = valid ? L1 : T(0);
+  const T gv = valid ? g : T(0);
+  *k0 = gv * c0;
+  *k1 = gv * c1;
+  *kb = gv * b;
+  *kw = gv * cw;
+}
+
+// Class of a label pixel for the softmax kinds, or -1 (ignored, or outside
+// [label_offset, label_offset + C): never used as an index, treated as invalid).
+// For the sigmoid kinds a label outside the range is a valid pixel with an
+// all-zero one-hot target (as in the reference and the region family): use
+// region::decode_label there.
+SEGFAST_HD int64_t softmax_class(int64_t label, int64_t C, int64_t label_offset, bool has_ignore,
+                                 double ignore_value) {
+  bool valid;
+  return region::decode_label(label, C, label_offset, has_ignore, ignore_value, &valid);
+}
+
+}  // namespace pixel
+}  // namespace segfast
