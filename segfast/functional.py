@@ -233,3 +233,202 @@ def generalized_dice_loss(input: Tensor, target: Tensor, *, mode: str = "multicl
     score = _region.safe_ratio(2 * (tp * w).sum(-1) + smooth_nr, ((2 * tp + fp + fn) * w).sum(-1) + smooth_dr)
     f = -torch.log(score.clamp_min(1e-7)) if log_loss else 1.0 - score
     return _reduce(f, reduction)
+
+
+# ============================================================ pixel-wise losses
+#
+# One pass when reduced ("mean"/"sum"): the forward writes the gradient and
+# the backward only scales it (segfast/ops/pixel.py). Normalizers come from
+# the labels alone, inside the op. A mean over zero valid pixels is 0.
+
+from .ops import _common  # noqa: E402
+from .ops import pixel as _pixel  # noqa: E402
+
+
+def _pixel_reduce(x, t, is_label, kind, reduction, norm, *, spatial, **kw):
+    """Sum, mean (normalizer ``norm``, see ops.pixel) or the per-pixel map
+    reshaped to the input's spatial shape."""
+    _common.check_reduction(reduction)
+    if reduction == "none":
+        m = _pixel.pixel_loss(x, t, is_label, kind, reduce=False, **kw)
+        N = x.shape[0]
+        return m.view(N, *spatial) if kind in _pixel.SOFTMAX_KINDS else m.view(N, x.shape[1], *spatial)
+    norm = norm if reduction == "mean" else _pixel.NORM_SUM
+    return _pixel.pixel_loss(x, t, is_label, kind, norm=norm, reduce=True, **kw)
+
+
+def _softmax_labels(input, target, ignore_index, backend, what):
+    if input.dim() >= 3 and (target.dtype.is_floating_point or target.dtype == torch.bool):
+        raise TypeError(f"{what} takes class-index targets (N, *spatial) as uint8/int32/int64")
+    if input.dim() >= 2 and input.shape[1] < 2:
+        raise ValueError(f"{what} needs C >= 2 channels (a softmax over one channel is constant)")
+    return _region.canonical(input, target, act=_region.ACT["softmax"], ignore_index=ignore_index,
+                             backend=backend)
+
+
+def cross_entropy(input: Tensor, target: Tensor, *, weight=None, ignore_index: Optional[int] = -100,
+                  label_smoothing: float = 0.0, reduction: str = "mean", backend: Optional[str] = None) -> Tensor:
+    """Softmax cross entropy over C, torch.nn.functional.cross_entropy's semantics
+    for class-index targets: class ``weight``, ``ignore_index``, ``label_smoothing``;
+    "mean" divides by the summed weights of the valid pixels (0 if there are
+    none, where torch gives NaN). One pass over the logits."""
+    x, t, is_label, _, off, ign, backend = _softmax_labels(input, target, ignore_index, backend, "cross_entropy")
+    if not 0.0 <= label_smoothing <= 1.0:
+        raise ValueError("label_smoothing must be in [0, 1]")
+    w = _region.check_weight(weight, x.shape[1], x.device)
+    norm = _pixel.NORM_COUNT if w is None else _pixel.NORM_WEIGHT
+    return _pixel_reduce(x, t, is_label, _pixel.CE, reduction, norm, spatial=input.shape[2:], backend=backend,
+                         ignore_value=ign, weight=w, smoothing=float(label_smoothing))
+
+
+def _sigmoid_target(input, target, ignore_index, backend):
+    binary = input.shape[1] == 1 and not (target.dtype.is_floating_point or target.dtype == torch.bool)
+    return _region.canonical(input, target, act=_region.ACT["sigmoid"], binary=binary,
+                             ignore_index=ignore_index, backend=backend)
+
+
+def binary_cross_entropy_with_logits(input: Tensor, target: Tensor, *, weight=None, pos_weight=None,
+                                     ignore_index=None, reduction: str = "mean",
+                                     backend: Optional[str] = None) -> Tensor:
+    """BCE on logits, torch.nn.functional.binary_cross_entropy_with_logits's
+    semantics, with per-class ``weight`` and ``pos_weight`` ([C] or scalars) and
+    ``ignore_index`` (elements equal to it count nowhere: mean over the rest).
+    Targets: float/bool like the input, or class indices (one-hot per channel;
+    {0, 1} for C = 1)."""
+    x, t, is_label, _, off, ign, backend = _sigmoid_target(input, target, ignore_index, backend)
+    C = x.shape[1]
+    w = _region.check_weight(weight, C, x.device)
+    pw = _region.check_weight(pos_weight, C, x.device)
+    return _pixel_reduce(x, t, is_label, _pixel.BCE, reduction, _pixel.NORM_COUNT,
+                         spatial=input.shape[2:], backend=backend, ignore_value=ign, label_offset=off,
+                         weight=w, pos_weight=pw)
+
+
+def balanced_bce_loss(input: Tensor, target: Tensor, *, beta="auto", ignore_index=None,
+                      reduction: str = "mean", backend: Optional[str] = None) -> Tensor:
+    """Class-balanced BCE: L = -mean(β·t·log p + (1 - β)·(1 - t)·log(1 - p)).
+
+    ``beta="auto"``: per image, the fraction of negative (valid) elements, so
+    the rare positive class weighs more (Xie & Tu's HED weighting); or a
+    number in [0, 1] for every image."""
+    x, t, is_label, _, off, ign, backend = _sigmoid_target(input, target, ignore_index, backend)
+    N, C = x.shape[:2]
+    if isinstance(beta, str):
+        if beta != "auto":
+            raise ValueError("beta must be 'auto' or a number in [0, 1]")
+        valid = None if ign is None else t != ign
+        if is_label:
+            pos = t == off if C == 1 else t.new_ones(()).expand_as(t)  # one-hot: one positive per valid pixel
+            pos = pos if valid is None else pos & valid
+            npos = pos.flatten(1).sum(1).double()
+            nvalid = (torch.full((N,), t.shape[1], dtype=torch.float64, device=t.device) if valid is None
+                      else valid.flatten(1).sum(1).double()) * C
+        else:
+            tv = t.double() if valid is None else torch.where(valid, t.double(), 0)
+            npos = tv.flatten(1).sum(1)
+            nvalid = (torch.full((N,), t[0].numel(), dtype=torch.float64, device=t.device) if valid is None
+                      else valid.flatten(1).sum(1).double())
+        b = torch.where(nvalid > 0, 1 - npos / nvalid.clamp_min(1), 0.5)
+    else:
+        if not 0.0 <= float(beta) <= 1.0:
+            raise ValueError("beta must be in [0, 1]")
+        b = torch.full((N,), float(beta), device=x.device)
+    return _pixel_reduce(x, t, is_label, _pixel.BCE, reduction, _pixel.NORM_COUNT,
+                         spatial=input.shape[2:], backend=backend, ignore_value=ign, label_offset=off, beta=b)
+
+
+def focal_loss(input: Tensor, target: Tensor, *, mode: str = "binary", alpha=None, gamma: float = 2.0,
+               weight=None, ignore_index=None, reduction: str = "mean", backend: Optional[str] = None) -> Tensor:
+    """Focal loss (Lin et al.).
+
+    ``mode="binary"|"multilabel"``: the sigmoid form, torchvision's
+    ``sigmoid_focal_loss``: bce·(1 - p_t)^γ·α_t, α_t = α·t + (1 - α)(1 - t);
+    ``alpha`` defaults to 0.25, a negative alpha disables it. Mean over the
+    valid elements.
+    ``mode="multiclass"``: the softmax form -α_c·(1 - p_t)^γ·log p_t on
+    class-index targets; ``alpha`` None (1), a number, or one per class.
+    Mean over the valid pixels (not weighted by α). ``weight``: per-class
+    factors in both forms.
+    """
+    if gamma < 0:
+        raise ValueError("gamma must be >= 0")
+    if mode == "multiclass":
+        x, t, is_label, _, off, ign, backend = _softmax_labels(input, target, ignore_index, backend, "focal_loss")
+        C = x.shape[1]
+        a = _region.check_weight(1.0 if alpha is None else alpha, C, x.device)
+        w = _region.check_weight(weight, C, x.device)
+        w = a if w is None else a * w
+        return _pixel_reduce(x, t, is_label, _pixel.FOCAL_SOFTMAX, reduction, _pixel.NORM_COUNT,
+                             spatial=input.shape[2:], backend=backend, ignore_value=ign, weight=w,
+                             gamma=float(gamma))
+    if mode not in ("binary", "multilabel"):
+        raise ValueError(f"mode must be 'binary', 'multilabel' or 'multiclass', got {mode!r}")
+    if mode == "binary" and input.shape[1] != 1:
+        raise ValueError(f"mode='binary' needs input with 1 channel, got C={input.shape[1]}")
+    x, t, is_label, _, off, ign, backend = _sigmoid_target(input, target, ignore_index, backend)
+    w = _region.check_weight(weight, x.shape[1], x.device)
+    a = 0.25 if alpha is None else float(alpha)
+    if a > 1:
+        raise ValueError("alpha must be <= 1 (negative disables it)")
+    return _pixel_reduce(x, t, is_label, _pixel.FOCAL_SIGMOID, reduction, _pixel.NORM_COUNT,
+                         spatial=input.shape[2:], backend=backend, ignore_value=ign, label_offset=off, weight=w,
+                         gamma=float(gamma), alpha=a)
+
+
+def fused_loss(input: Tensor, target: Tensor, *, ws: float = 0.5, wp: float = 0.5, ignore_index=None,
+               reduction: str = "mean", backend: Optional[str] = None) -> Tensor:
+    """The softmax + positive-sharing loss of Liu & Lew ("Improving the
+    Discrimination Between Foreground and Background for Semantic
+    Segmentation"): L = ws·L0 + wp·L1, L0 the softmax cross entropy, L1 the
+    positive-sharing loss: class 0 is background; -log p0 on background
+    pixels, -log(1 - p0) on foreground pixels (all object classes merged),
+    with log(1 - p0) = logsumexp of the foreground logits - logsumexp of all.
+    Both terms are means over the valid pixels. One pass over the logits."""
+    if ws < 0 or wp < 0:
+        raise ValueError("ws and wp must be >= 0")
+    x, t, is_label, _, off, ign, backend = _softmax_labels(input, target, ignore_index, backend, "fused_loss")
+    return _pixel_reduce(x, t, is_label, _pixel.FUSED, reduction, _pixel.NORM_COUNT, spatial=input.shape[2:],
+                         backend=backend, ignore_value=ign, scale0=float(ws), scale1=float(wp))
+
+
+# ------------------------------------------------------------ region + pixel sums
+# Each term runs its own kernels (region: two passes, pixel: one).
+
+
+def dice_ce_loss(input: Tensor, target: Tensor, *, lambda_dice: float = 1.0, lambda_ce: float = 1.0,
+                 ignore_index=None, ce_weight=None, label_smoothing: float = 0.0, backend: Optional[str] = None,
+                 **dice_kwargs) -> Tensor:
+    """lambda_dice·dice_loss + lambda_ce·cross_entropy, as MONAI's DiceCELoss
+    (softmax, class-index targets). ``dice_kwargs`` go to :func:`dice_loss`."""
+    d = dice_loss(input, target, mode="multiclass", ignore_index=ignore_index, backend=backend, **dice_kwargs)
+    c = cross_entropy(input, target, weight=ce_weight, label_smoothing=label_smoothing,
+                      ignore_index=-100 if ignore_index is None else ignore_index, backend=backend)
+    return lambda_dice * d + lambda_ce * c
+
+
+def dice_focal_loss(input: Tensor, target: Tensor, *, mode: str = "multiclass", lambda_dice: float = 1.0,
+                    lambda_focal: float = 1.0, focal_form: Optional[str] = None, alpha=None, gamma: float = 2.0,
+                    ignore_index=None, backend: Optional[str] = None, **dice_kwargs) -> Tensor:
+    """lambda_dice·dice_loss + lambda_focal·focal_loss.
+
+    ``focal_form`` defaults to the Dice term's activation: "softmax" for
+    ``mode="multiclass"``, "sigmoid" otherwise. MONAI's DiceFocalLoss always
+    uses the sigmoid focal form, even with softmax Dice (its issue #8242);
+    pass ``focal_form="sigmoid"`` (one-hot targets per channel) for that."""
+    form = focal_form or ("softmax" if mode == "multiclass" else "sigmoid")
+    if form not in ("softmax", "sigmoid"):
+        raise ValueError("focal_form must be 'softmax' or 'sigmoid'")
+    d = dice_loss(input, target, mode=mode, ignore_index=ignore_index, backend=backend, **dice_kwargs)
+    fmode = "multiclass" if form == "softmax" else ("binary" if input.shape[1] == 1 else "multilabel")
+    f = focal_loss(input, target, mode=fmode, alpha=alpha, gamma=gamma, ignore_index=ignore_index,
+                   backend=backend)
+    return lambda_dice * d + lambda_focal * f
+
+
+def dice_fused_loss(input: Tensor, target: Tensor, *, lambda_dice: float = 1.0, lambda_fused: float = 1.0,
+                    ws: float = 0.5, wp: float = 0.5, ignore_index=None, backend: Optional[str] = None,
+                    **dice_kwargs) -> Tensor:
+    """lambda_dice·dice_loss + lambda_fused·fused_loss (softmax, class-index targets)."""
+    d = dice_loss(input, target, mode="multiclass", ignore_index=ignore_index, backend=backend, **dice_kwargs)
+    f = fused_loss(input, target, ws=ws, wp=wp, ignore_index=ignore_index, backend=backend)
+    return lambda_dice * d + lambda_fused * f

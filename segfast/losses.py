@@ -55,3 +55,100 @@ class GeneralizedDiceLoss(_RegionLoss):
 
     def __init__(self, mode: str = "multiclass", *, w_type: str = "square", **kwargs):
         super().__init__(mode, w_type=w_type, **kwargs)
+
+
+class _PixelLoss(torch.nn.Module):
+    """Holds keyword arguments (class-weight tensors as buffers, so .to()
+    moves them) and calls the functional form."""
+    _fn = None
+    _tensor_args = ("weight", "pos_weight", "ce_weight")
+
+    def __init__(self, **kwargs):
+        super().__init__()
+        self.kwargs = {}
+        for k, v in kwargs.items():
+            if k in self._tensor_args and v is not None and not isinstance(v, str):
+                self.register_buffer(k, torch.as_tensor(v, dtype=torch.float32))
+            else:
+                self.kwargs[k] = v
+
+    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        buffers = {k: b for k, b in self.named_buffers(recurse=False)}
+        return type(self)._fn(input, target, **self.kwargs, **buffers)
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{k}={v!r}" for k, v in self.kwargs.items())
+
+
+class CrossEntropyLoss(_PixelLoss):
+    """Module form of :func:`segfast.functional.cross_entropy` (one pass)."""
+    _fn = staticmethod(F.cross_entropy)
+
+    def __init__(self, weight=None, ignore_index=-100, label_smoothing=0.0, reduction="mean", backend=None):
+        super().__init__(weight=weight, ignore_index=ignore_index, label_smoothing=label_smoothing,
+                         reduction=reduction, backend=backend)
+
+
+class BCEWithLogitsLoss(_PixelLoss):
+    """Module form of :func:`segfast.functional.binary_cross_entropy_with_logits`."""
+    _fn = staticmethod(F.binary_cross_entropy_with_logits)
+
+    def __init__(self, weight=None, pos_weight=None, ignore_index=None, reduction="mean", backend=None):
+        super().__init__(weight=weight, pos_weight=pos_weight, ignore_index=ignore_index, reduction=reduction,
+                         backend=backend)
+
+
+class BalancedBCELoss(_PixelLoss):
+    """Module form of :func:`segfast.functional.balanced_bce_loss`."""
+    _fn = staticmethod(F.balanced_bce_loss)
+
+    def __init__(self, beta="auto", ignore_index=None, reduction="mean", backend=None):
+        super().__init__(beta=beta, ignore_index=ignore_index, reduction=reduction, backend=backend)
+
+
+class FocalLoss(_PixelLoss):
+    """Module form of :func:`segfast.functional.focal_loss` (sigmoid or softmax form by ``mode``)."""
+    _fn = staticmethod(F.focal_loss)
+
+    def __init__(self, mode="binary", alpha=None, gamma=2.0, weight=None, ignore_index=None, reduction="mean",
+                 backend=None):
+        super().__init__(mode=mode, alpha=alpha, gamma=gamma, weight=weight, ignore_index=ignore_index,
+                         reduction=reduction, backend=backend)
+
+
+class FusedLoss(_PixelLoss):
+    """Module form of :func:`segfast.functional.fused_loss` (softmax + positive sharing)."""
+    _fn = staticmethod(F.fused_loss)
+
+    def __init__(self, ws=0.5, wp=0.5, ignore_index=None, reduction="mean", backend=None):
+        super().__init__(ws=ws, wp=wp, ignore_index=ignore_index, reduction=reduction, backend=backend)
+
+
+class DiceCELoss(_PixelLoss):
+    """Module form of :func:`segfast.functional.dice_ce_loss`."""
+    _fn = staticmethod(F.dice_ce_loss)
+
+    def __init__(self, lambda_dice=1.0, lambda_ce=1.0, ignore_index=None, ce_weight=None, label_smoothing=0.0,
+                 backend=None, **dice_kwargs):
+        super().__init__(lambda_dice=lambda_dice, lambda_ce=lambda_ce, ignore_index=ignore_index,
+                         ce_weight=ce_weight, label_smoothing=label_smoothing, backend=backend, **dice_kwargs)
+
+
+class DiceFocalLoss(_PixelLoss):
+    """Module form of :func:`segfast.functional.dice_focal_loss`."""
+    _fn = staticmethod(F.dice_focal_loss)
+
+    def __init__(self, mode="multiclass", lambda_dice=1.0, lambda_focal=1.0, focal_form=None, alpha=None,
+                 gamma=2.0, ignore_index=None, backend=None, **dice_kwargs):
+        super().__init__(mode=mode, lambda_dice=lambda_dice, lambda_focal=lambda_focal, focal_form=focal_form,
+                         alpha=alpha, gamma=gamma, ignore_index=ignore_index, backend=backend, **dice_kwargs)
+
+
+class DiceFusedLoss(_PixelLoss):
+    """Module form of :func:`segfast.functional.dice_fused_loss`."""
+    _fn = staticmethod(F.dice_fused_loss)
+
+    def __init__(self, lambda_dice=1.0, lambda_fused=1.0, ws=0.5, wp=0.5, ignore_index=None, backend=None,
+                 **dice_kwargs):
+        super().__init__(lambda_dice=lambda_dice, lambda_fused=lambda_fused, ws=ws, wp=wp,
+                         ignore_index=ignore_index, backend=backend, **dice_kwargs)

@@ -1,0 +1,295 @@
+"""Pixel-wise losses (cross entropy, BCE, balanced BCE, focal, the softmax +
+positive-sharing "fused" loss) as torch.library ops.
+
+One kernel, three uses (see reference/pixel.py for the terms l0, l1):
+
+* ``pixel_loss``: a mean or sum loss in ONE pass. The forward reads logits
+  and targets once, returns loss = scale0·Σl0 + scale1·Σl1 and writes
+  dLoss/dx in the same pass (the normalizer is known up front, computed from
+  the labels alone); the backward only scales that gradient by grad_output
+  (and on CPU skips even that when grad_output is 1). Nothing else is saved.
+* ``pixel_loss_map``: reduction="none": the per-pixel (softmax kinds) or
+  per-element (sigmoid kinds) map scale0·l0 + scale1·l1; its backward runs
+  the kernel again with the upstream gradient (``pixel_loss_grad``).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import weakref
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from .. import backends
+from ..reference import pixel as ref
+from ._common import acc_dtype, num_chunks, target_args
+
+CE, FOCAL_SOFTMAX, FUSED, BCE, FOCAL_SIGMOID = ref.CE, ref.FOCAL_SOFTMAX, ref.FUSED, ref.BCE, ref.FOCAL_SIGMOID
+SOFTMAX_KINDS = ref.SOFTMAX_KINDS
+
+
+# How a reduced loss is normalized: NORM_SUM none (a sum); NORM_COUNT the
+# number of valid pixels (softmax kinds) or elements (sigmoid kinds);
+# NORM_WEIGHT the summed class weights w_y of the valid pixels (torch's
+# weighted cross entropy). Computed from the labels alone, inside the op, so
+# that torch.compile sees no data-dependent Python.
+NORM_SUM, NORM_COUNT, NORM_WEIGHT = 0, 1, 2
+
+
+def normalizer(x: Tensor, t: Tensor, is_label: bool, kind: int, ignore_value: Optional[float],
+               weight: Optional[Tensor], norm: int) -> Tensor:
+    """The mean's denominator as a 0-d tensor (1 for NORM_SUM)."""
+    acc = acc_dtype(x)
+    if norm == NORM_SUM:
+        return torch.ones((), dtype=acc, device=x.device)
+    valid = None if ignore_value is None else t != ignore_value
+    if norm == NORM_WEIGHT and weight is not None:
+        y = t.long() if valid is None else torch.where(valid, t.long(), 0)
+        wy = weight.to(acc)[y.clamp(0, x.shape[1] - 1)]
+        return (wy if valid is None else torch.where(valid, wy, 0)).sum()
+    n = (torch.tensor(float(t.numel()), dtype=acc, device=x.device) if valid is None
+         else valid.sum().to(acc))
+    return n * x.shape[1] if (is_label and kind not in SOFTMAX_KINDS) else n
+
+
+def _map_shape(x: Tensor, kind: int):
+    N, C, S = x.shape
+    return (N, S) if kind in SOFTMAX_KINDS else (N, C, S)
+
+
+def _opt(t: Optional[Tensor], dtype) -> Optional[Tensor]:
+    return None if t is None else t.to(dtype).contiguous()
+
+
+def _run(x, t, weight, pos_weight, beta, is_label, kind, label_offset, ignore_value, gamma, alpha,
+         smoothing, scale0, scale1, backend, *, want_loss=False, want_map=False, go=None, want_dx=False):
+    """Launch the pixel kernel of ``backend``; -> (loss partials [N, P, 2] | None, map | None, dx | None)."""
+    N, C, S = x.shape
+    acc = acc_dtype(x) if backend != "triton" else torch.float32
+    P = num_chunks(N, S, x.device)
+    loss = torch.empty((N, P, 2), dtype=acc, device=x.device) if want_loss else None
+    lmap = torch.empty(_map_shape(x, kind), dtype=acc, device=x.device) if want_map else None
+    dx = torch.empty_like(x) if want_dx else None
+    go = None if go is None else go.to(acc).contiguous()
+    w, pw, b = _opt(weight, acc), _opt(pos_weight, acc), _opt(beta, acc)
+    if x.numel() == 0:
+        for out in (loss, lmap, dx):
+            if out is not None:
+                out.zero_()
+        return loss, lmap, dx
+    t, ts = target_args(t, is_label)
+    has_ignore = ignore_value is not None
+    ign = float(ignore_value) if has_ignore else 0.0
+    if backend == "triton":
+        from ..triton_kernels import pixel as tk
+
+        tk.launch_pixel(x, t, is_label, N, C, S, P, kind, label_offset, has_ignore, ign, w, pw, b,
+                        gamma, alpha, smoothing, scale0, scale1, loss, lmap, go, dx)
+        return loss, lmap, dx
+    ptr = lambda a: 0 if a is None else a.data_ptr()  # noqa: E731
+    args = (x.data_ptr(), backends.dtype_code(x), *x.stride(),
+            t.data_ptr(), backends.dtype_code(t), int(is_label), *ts,
+            N, C, S, P, kind, label_offset, int(has_ignore), ign,
+            ptr(w), ptr(pw), ptr(b), float(gamma), float(alpha), float(smoothing), float(scale0), float(scale1),
+            ptr(loss), ptr(lmap), ptr(go), ptr(dx), *(dx.stride() if dx is not None else (0, 0, 0)))
+    if backend == "cpu":
+        backends._C.pixel_loss_cpu(*args, backends.cpu_threads())
+    else:
+        with torch.cuda.device(x.device):
+            backends._C.pixel_loss_cuda(*args, backends.cuda_stream(x.device))
+    return loss, lmap, dx
+
+
+def _total(loss: Tensor, scale0: float, scale1: float) -> Tensor:
+    s = loss.sum((0, 1))
+    return scale0 * s[0] + scale1 * s[1]
+
+
+# ---------------------------------------------------------------- C++ / CUDA ops
+
+
+def _onepass(x, target, weight, pos_weight, beta, is_label, kind, label_offset, ignore_value, gamma, alpha,
+             smoothing, scale0, scale1, norm, backend):
+    d = float(normalizer(x, target, is_label, kind, ignore_value, weight, norm))
+    inv = 1.0 / d if d > 0 else 0.0  # a mean over nothing is 0
+    loss, _, dx = _run(x, target, weight, pos_weight, beta, is_label, kind, label_offset, ignore_value,
+                       gamma, alpha, smoothing, scale0 * inv, scale1 * inv, backend, want_loss=True, want_dx=True)
+    return _total(loss, scale0 * inv, scale1 * inv).to(acc_dtype(x)), dx
+
+
+@torch.library.custom_op("segfast::pixel_loss", mutates_args=())
+def pixel_loss_op(x: Tensor, target: Tensor, weight: Optional[Tensor], pos_weight: Optional[Tensor],
+                  beta: Optional[Tensor], is_label: bool, kind: int, label_offset: int,
+                  ignore_value: Optional[float], gamma: float, alpha: float, smoothing: float,
+                  scale0: float, scale1: float, norm: int, backend: str) -> tuple[Tensor, Tensor]:
+    """One pass: ((scale0·Σl0 + scale1·Σl1) / normalizer as a 0-d tensor, its gradient dLoss/dx)."""
+    return _onepass(x, target, weight, pos_weight, beta, is_label, kind, label_offset, ignore_value, gamma,
+                    alpha, smoothing, scale0, scale1, norm, backend)
+
+
+@torch.library.custom_op("segfast::pixel_loss_map", mutates_args=())
+def pixel_loss_map_op(x: Tensor, target: Tensor, weight: Optional[Tensor], pos_weight: Optional[Tensor],
+                      beta: Optional[Tensor], is_label: bool, kind: int, label_offset: int,
+                      ignore_value: Optional[float], gamma: float, alpha: float, smoothing: float,
+                      scale0: float, scale1: float, backend: str) -> Tensor:
+    """scale0·l0 + scale1·l1 per pixel [N, S] (softmax kinds) or element [N, C, S]."""
+    return _run(x, target, weight, pos_weight, beta, is_label, kind, label_offset, ignore_value,
+                gamma, alpha, smoothing, scale0, scale1, backend, want_map=True)[1]
+
+
+@torch.library.custom_op("segfast::pixel_loss_grad", mutates_args=())
+def pixel_loss_grad_op(x: Tensor, target: Tensor, go: Tensor, weight: Optional[Tensor],
+                       pos_weight: Optional[Tensor], beta: Optional[Tensor], is_label: bool, kind: int,
+                       label_offset: int, ignore_value: Optional[float], gamma: float, alpha: float,
+                       smoothing: float, scale0: float, scale1: float, backend: str) -> Tensor:
+    """dx = Σ go·d(scale0·l0 + scale1·l1)/dx, go shaped like the loss map."""
+    return _run(x, target, weight, pos_weight, beta, is_label, kind, label_offset, ignore_value,
+                gamma, alpha, smoothing, scale0, scale1, backend, go=go, want_dx=True)[2]
+
+
+@pixel_loss_op.register_fake
+def _(x, target, weight, pos_weight, beta, is_label, kind, *rest):
+    return x.new_empty((), dtype=acc_dtype(x)), torch.empty_like(x)
+
+
+@pixel_loss_map_op.register_fake
+def _(x, target, weight, pos_weight, beta, is_label, kind, *rest):
+    return x.new_empty(_map_shape(x, kind), dtype=acc_dtype(x))
+
+
+@pixel_loss_grad_op.register_fake
+def _(x, *rest):
+    return torch.empty_like(x)
+
+
+class _WeakView:
+    """A weak reference to a tensor view: its base tensor weakly, its geometry
+    exactly. The one-pass op must not keep the logits alive (the gradient is
+    all it keeps), yet a second backward through a retained graph needs them."""
+
+    def __init__(self, t: Tensor):
+        self.base = weakref.ref(t if t._base is None else t._base)
+        self.geom = (t.size(), t.stride(), t.storage_offset())
+
+    def get(self) -> Optional[Tensor]:
+        base = self.base()
+        return None if base is None else base.detach().as_strided(*self.geom)
+
+
+def _scale_saved_grad(ctx, g_loss, g_dx):
+    if g_loss is None:  # gradients are not materialized: no gradient flows into the loss
+        return (None,) * (ctx.n_rest + 1)
+    if ctx.owned:
+        if ctx.dx is not None:  # first backward: the only reference, x.grad becomes this very buffer
+            dx, ctx.dx = ctx.dx, None
+        else:  # a later backward through a retained graph: run the kernel again
+            x, t = ctx.x.get(), ctx.t.get()
+            if x is None or t is None:
+                raise RuntimeError("segfast: a second backward through a one-pass pixel loss recomputes the "
+                                   "gradient from the logits and targets, which no longer exist")
+            dx = _onepass(x, t, *ctx.args)[1]
+    else:
+        (dx,) = ctx.saved_tensors
+    # Eager on CPU, reading grad_output is free: when it is 1 (loss.backward())
+    # the gradient is returned as it is. Traced tensors are subclasses.
+    if type(g_loss) is torch.Tensor and g_loss.device.type == "cpu" and float(g_loss) == 1.0:
+        return (dx,) + (None,) * ctx.n_rest
+    return (dx.mul_(g_loss.to(dx.dtype)) if ctx.owned else dx * g_loss.to(dx.dtype),) + (None,) * ctx.n_rest
+
+
+def _setup_onepass(ctx, inputs, output):
+    ctx.mark_non_differentiable(output[1])
+    ctx.set_materialize_grads(False)  # no zeros for the unused gradient of the dx output
+    ctx.n_rest = len(inputs) - 1
+    # dLoss/dx is the only thing kept. Eagerly it is held as a plain attribute
+    # and handed over by the first backward: a saved tensor would still be
+    # referenced by the graph while AccumulateGrad runs, which then copies it
+    # (2x the logits' memory). Under tracing (torch.compile) it is saved the
+    # usual way.
+    ctx.owned = not torch.compiler.is_compiling() and type(output[1]) is torch.Tensor
+    if ctx.owned:
+        ctx.dx = output[1]
+        ctx.x, ctx.t = _WeakView(inputs[0]), _WeakView(inputs[1])
+        ctx.args = tuple(inputs[2:]) + (("triton",) if len(inputs) == 15 else ())
+    else:
+        ctx.save_for_backward(output[1])
+
+
+def _setup_map(ctx, inputs, output):
+    x, target, *rest = inputs
+    ctx.save_for_backward(x, target, *rest[:3])
+    ctx.args = tuple(rest[3:])
+
+
+def _backward_map_ext(ctx, g_map):
+    x, target, w, pw, b = ctx.saved_tensors
+    dx = pixel_loss_grad_op(x, target, g_map, w, pw, b, *ctx.args)
+    return (dx,) + (None,) * 14
+
+
+pixel_loss_op.register_autograd(_scale_saved_grad, setup_context=_setup_onepass)
+pixel_loss_map_op.register_autograd(_backward_map_ext, setup_context=_setup_map)
+
+
+# ---------------------------------------------------------------- Triton ops
+
+if importlib.util.find_spec("triton") is not None:
+
+    @torch.library.triton_op("segfast::pixel_loss_triton", mutates_args=())
+    def pixel_loss_triton_op(x: Tensor, target: Tensor, weight: Optional[Tensor], pos_weight: Optional[Tensor],
+                             beta: Optional[Tensor], is_label: bool, kind: int, label_offset: int,
+                             ignore_value: Optional[float], gamma: float, alpha: float, smoothing: float,
+                             scale0: float, scale1: float, norm: int) -> tuple[Tensor, Tensor]:
+        return _onepass(x, target, weight, pos_weight, beta, is_label, kind, label_offset, ignore_value, gamma,
+                        alpha, smoothing, scale0, scale1, norm, "triton")
+
+    @torch.library.triton_op("segfast::pixel_loss_map_triton", mutates_args=())
+    def pixel_loss_map_triton_op(x: Tensor, target: Tensor, weight: Optional[Tensor],
+                                 pos_weight: Optional[Tensor], beta: Optional[Tensor], is_label: bool,
+                                 kind: int, label_offset: int, ignore_value: Optional[float], gamma: float,
+                                 alpha: float, smoothing: float, scale0: float, scale1: float) -> Tensor:
+        return _run(x, target, weight, pos_weight, beta, is_label, kind, label_offset, ignore_value,
+                    gamma, alpha, smoothing, scale0, scale1, "triton", want_map=True)[1].to(acc_dtype(x))
+
+    @torch.library.triton_op("segfast::pixel_loss_grad_triton", mutates_args=())
+    def pixel_loss_grad_triton_op(x: Tensor, target: Tensor, go: Tensor, weight: Optional[Tensor],
+                                  pos_weight: Optional[Tensor], beta: Optional[Tensor], is_label: bool,
+                                  kind: int, label_offset: int, ignore_value: Optional[float], gamma: float,
+                                  alpha: float, smoothing: float, scale0: float, scale1: float) -> Tensor:
+        return _run(x, target, weight, pos_weight, beta, is_label, kind, label_offset, ignore_value,
+                    gamma, alpha, smoothing, scale0, scale1, "triton", go=go, want_dx=True)[2]
+
+    def _backward_map_triton(ctx, g_map):
+        x, target, w, pw, b = ctx.saved_tensors
+        return (pixel_loss_grad_triton_op(x, target, g_map, w, pw, b, *ctx.args),) + (None,) * 13
+
+    pixel_loss_triton_op.register_autograd(_scale_saved_grad, setup_context=_setup_onepass)
+    pixel_loss_map_triton_op.register_autograd(_backward_map_triton, setup_context=_setup_map)
+
+
+# ---------------------------------------------------------------- dispatch
+
+
+def pixel_loss(x: Tensor, t: Tensor, is_label: bool, kind: int, *, label_offset: int = 0,
+               ignore_value: Optional[float] = None, weight: Optional[Tensor] = None,
+               pos_weight: Optional[Tensor] = None, beta: Optional[Tensor] = None, gamma: float = 2.0,
+               alpha: float = 0.25, smoothing: float = 0.0, scale0: float = 1.0, scale1: float = 0.0,
+               norm: int = NORM_SUM, reduce: bool = True, backend: str = "torch") -> Tensor:
+    """(scale0·Σl0 + scale1·Σl1) / normalizer (``reduce``), or the per-pixel/element
+    map scale0·l0 + scale1·l1."""
+    if backend == "torch":
+        l0, l1, _ = ref.pixel_terms(x, t, is_label, kind, weight=weight, pos_weight=pos_weight, beta=beta,
+                                    gamma=gamma, alpha=alpha, smoothing=smoothing, label_offset=label_offset,
+                                    ignore_value=ignore_value)
+        m = scale0 * l0 + (scale1 * l1 if scale1 else 0)
+        if not reduce:
+            return m
+        d = normalizer(x, t, is_label, kind, ignore_value, weight, norm)
+        return torch.where(d > 0, m.sum() / torch.where(d > 0, d, 1), 0)
+    args = (x, t, weight, pos_weight, beta, is_label, kind, label_offset, ignore_value, float(gamma),
+            float(alpha), float(smoothing), float(scale0), float(scale1))
+    if backend == "triton":
+        return pixel_loss_triton_op(*args, norm)[0] if reduce else pixel_loss_map_triton_op(*args)
+    return pixel_loss_op(*args, norm, backend)[0] if reduce else pixel_loss_map_op(*args, backend)
