@@ -31,6 +31,7 @@ import torch
 
 from . import backends
 from . import functional as F
+from .reference import pixel as ref_pixel
 from .reference import region as ref
 
 
@@ -46,9 +47,41 @@ class Case:
         return f"{self.op}[{'x'.join(map(str, self.shape))},{str(self.dtype)[6:]}]"
 
 
-REGION_OPS = ("dice", "jaccard", "tversky", "generalized_dice")
-_FN = {"dice": F.dice_loss, "jaccard": F.jaccard_loss, "tversky": F.tversky_loss,
-       "generalized_dice": F.generalized_dice_loss}
+def _ref_pixel(kind, **kw):
+    """Eager reference of a mean pixel loss (reference/pixel.py terms)."""
+    def loss(x, y):
+        x3, y2 = x.flatten(2), y.flatten(1)
+        l0, l1, valid = ref_pixel.pixel_terms(x3, y2, True, kind, **kw)
+        n = valid.sum().clamp_min(1)
+        return (l0.sum() + l1.sum()) / n if kind != ref_pixel.FUSED else 0.5 * l0.sum() / n + 0.5 * l1.sum() / n
+    return loss
+
+
+def _monai(name, **kw):
+    def make():
+        import monai.losses as ml
+
+        loss = getattr(ml, name)(**kw)
+        return lambda x, y: loss(x, y.unsqueeze(1).long())
+    return make
+
+
+# op -> (segfast function, eager reference, MONAI peer factory or None, kernel passes over (x, t), dx writes)
+OPS = {
+    "dice": (F.dice_loss, lambda x, y: ref.region_loss(x, y, kind="dice"),
+             _monai("DiceLoss", softmax=True, to_onehot_y=True), 2, 1),
+    "jaccard": (F.jaccard_loss, lambda x, y: ref.region_loss(x, y, kind="jaccard"), None, 2, 1),
+    "tversky": (F.tversky_loss, lambda x, y: ref.region_loss(x, y, kind="tversky"),
+                _monai("TverskyLoss", softmax=True, to_onehot_y=True), 2, 1),
+    "generalized_dice": (F.generalized_dice_loss, lambda x, y: ref.region_loss(x, y, kind="generalized_dice"),
+                         _monai("GeneralizedDiceLoss", softmax=True, to_onehot_y=True), 2, 1),
+    "cross_entropy": (F.cross_entropy, _ref_pixel(ref_pixel.CE), None, 1, 1),
+    "fused": (F.fused_loss, _ref_pixel(ref_pixel.FUSED), None, 1, 1),
+    "dice_ce": (F.dice_ce_loss,
+                lambda x, y: ref.region_loss(x, y, kind="dice") + _ref_pixel(ref_pixel.CE)(x, y),
+                _monai("DiceCELoss", softmax=True, to_onehot_y=True), 3, 2),
+}
+QUICK_OPS = ("dice", "fused")
 
 
 def cases(device: torch.device, quick: bool = False) -> list[Case]:
@@ -56,8 +89,7 @@ def cases(device: torch.device, quick: bool = False) -> list[Case]:
         shape, dtype, lab = (16, 21, 512, 512), torch.bfloat16, torch.uint8
     else:
         shape, dtype, lab = (8, 21, 128, 128), torch.float32, torch.int64
-    ops = ("dice",) if quick else REGION_OPS
-    return [Case(op, shape, dtype, lab) for op in ops]
+    return [Case(op, shape, dtype, lab) for op in (QUICK_OPS if quick else OPS)]
 
 
 def make_inputs(case: Case, device: torch.device, seed: int = 0):
@@ -70,30 +102,20 @@ def make_inputs(case: Case, device: torch.device, seed: int = 0):
     return x, y.to(device=device, dtype=case.label_dtype)
 
 
-def _monai_runner(case: Case):
-    try:
-        import monai.losses as ml
-    except Exception:
-        return None
-    cls = {"dice": ml.DiceLoss, "generalized_dice": ml.GeneralizedDiceLoss,
-           "tversky": ml.TverskyLoss}.get(case.op)
-    if cls is None:
-        return None
-    loss = cls(softmax=True, to_onehot_y=True)
-    return lambda x, y: loss(x, y.unsqueeze(1).long())
-
-
 def runners(case: Case, device: torch.device) -> dict[str, Callable]:
     """name -> loss(x, y); 'reference' is the eager baseline, 'monai' the peer."""
+    fn, reference, monai, _, _ = OPS[case.op]
     out = {}
     for b in backends.available(device):
         if b == "torch":
             continue
-        out[b] = (lambda b: lambda x, y: _FN[case.op](x, y, backend=b))(b)
-    out["reference"] = lambda x, y: ref.region_loss(x, y, kind=case.op)
-    monai = _monai_runner(case)
+        out[b] = (lambda b: lambda x, y: fn(x, y, backend=b))(b)
+    out["reference"] = reference
     if monai is not None:
-        out["monai"] = monai
+        try:
+            out["monai"] = monai()
+        except Exception:
+            pass
     return out
 
 
@@ -203,14 +225,17 @@ def _probe(case: Case, device: torch.device, names) -> dict:
 
 
 def kernel_bytes(case: Case) -> int:
-    """Bytes the two kernel passes must move: 2 reads of logits and labels, 1 write."""
+    """Bytes the op's kernel passes must move: each pass reads logits and
+    labels, each gradient write writes the logits' size (region: 2 passes,
+    1 write; one-pass pixel loss: 1 and 1)."""
     n = 1
     for s in case.shape:
         n *= s
     px = n // case.shape[1]
     xb = n * torch.finfo(case.dtype).bits // 8
     tb = px * torch.iinfo(case.label_dtype).bits // 8
-    return 2 * (xb + tb) + xb
+    _, _, _, passes, writes = OPS[case.op]
+    return passes * (xb + tb) + writes * xb
 
 
 def measure(case: Case, device: torch.device, repeat: int = 10, memory: bool = True) -> list[dict]:
@@ -254,7 +279,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="segfast-bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if visible)")
     p.add_argument("--repeat", type=int, default=10, help="timed calls per row (median reported)")
-    p.add_argument("--quick", action="store_true", help="Dice only")
+    p.add_argument("--quick", action="store_true", help="only " + " and ".join(QUICK_OPS))
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory pass")
     p.add_argument("--json", default=None, help="also write the rows to this JSON file")
     p.add_argument("--memory-probe", default=None, help=argparse.SUPPRESS)  # internal, see peak_extra_mb

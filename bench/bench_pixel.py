@@ -1,0 +1,30 @@
+"""pytest-benchmark suite of the pixel-wise losses (cross entropy, the fused
+softmax + positive-sharing loss, Dice + CE): forward+backward per backend,
+the eager reference and MONAI where it has the loss.
+
+    pytest bench/bench_pixel.py --benchmark-only
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from _bench import DEVICE, params, rows_for, run_benchmark
+
+OPS = ("cross_entropy", "fused", "dice_ce")
+
+
+@pytest.mark.parametrize("case,name", params(OPS))
+def test_pixel_fwd_bwd(benchmark, case, name):
+    run_benchmark(benchmark, case, name)
+
+
+@pytest.mark.skipif(DEVICE.type != "cpu", reason="the CPU targets of issue 3")
+@pytest.mark.parametrize("op", ["fused", "dice_ce"])
+def test_targets_cpu(op):
+    """[8, 21, 128, 128] fp32, int64 labels, one run: >= 3x the eager reference;
+    the fused loss needs at most 1.2x the logits' size of extra memory."""
+    cpu = rows_for(op)["cpu"]
+    assert cpu["speedup_vs_reference"] >= 3.0, cpu
+    if op == "fused":
+        assert cpu["peak_extra_mb"] <= 1.2 * cpu["logits_mb"], cpu
