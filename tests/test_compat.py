@@ -42,8 +42,8 @@ def _compare(ours, theirs, x, target, rtol=1e-5, atol=1e-6):
     go = torch.rand_like(b) + 0.5
     a.backward(go.float())
     b.backward(go)
-    torch.testing.assert_close(a.double(), b.detach(), rtol=rtol, atol=atol)
-    torch.testing.assert_close(xa.grad.double(), xb.grad, rtol=rtol, atol=atol)
+    torch.testing.assert_close(a.double(), b.detach().double(), rtol=rtol, atol=atol)
+    torch.testing.assert_close(xa.grad.double(), xb.grad.double(), rtol=rtol, atol=atol)
 
 
 MONAI_DICE = [
@@ -159,3 +159,65 @@ def test_smp(backend, name, kw, smp_losses):
         if "ignore_index" in kw:
             target[0, 0, 0] = 255
     _compare(getattr(cs, name)(backend=backend, **kw), getattr(smp_losses, name)(**kw), x, target)
+
+
+MONAI_FOCAL = [
+    dict(to_onehot_y=True),
+    dict(to_onehot_y=True, alpha=0.25, gamma=1.5, weight=[1.0, 2.0, 0.5, 3.0]),
+    dict(to_onehot_y=True, include_background=False, reduction="sum"),
+    dict(to_onehot_y=True, ignore_index=255, alpha=0.4),
+    dict(to_onehot_y=True, reduction="none", gamma=0.5),
+    dict(to_onehot_y=True, use_softmax=True),
+    dict(to_onehot_y=True, use_softmax=True, alpha=0.3, ignore_index=255),
+    dict(to_onehot_y=True, use_softmax=True, alpha=[0.2, 0.3, 0.4], include_background=False, reduction="none"),
+    dict(to_onehot_y=True, use_softmax=True, include_background=False, alpha=0.5, weight=[1.0, 2.0, 3.0]),
+]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("kw", MONAI_FOCAL, ids=str)
+def test_monai_focal(backend, kw, monai_losses):
+    x, y, soft, _ = _data(backend)
+    if "ignore_index" not in kw:
+        y = y.clamp(0, 3)
+    _compare(cm.FocalLoss(backend=backend, **kw), monai_losses.FocalLoss(**kw), x, y[:, None])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_monai_focal_dense_targets(backend, monai_losses):
+    """Float multi-label targets (hard: MONAI's and torchvision's p_t differ on soft ones, see the docstring)."""
+    x, _, soft, _ = _data(backend)
+    hard = (soft > 0.6).double()
+    for kw in (dict(), dict(alpha=0.25, reduction="sum"), dict(include_background=False, gamma=3.0)):
+        _compare(cm.FocalLoss(backend=backend, **kw), monai_losses.FocalLoss(**kw), x, hard)
+
+
+def test_monai_focal_unsupported_is_explicit():
+    x, y, _, onehot = _data("cpu")
+    with pytest.raises(NotImplementedError, match="per-class alpha"):
+        cm.FocalLoss(alpha=[0.1, 0.2, 0.3, 0.4])(x, onehot)
+    with pytest.raises(NotImplementedError, match="sum"):
+        cm.FocalLoss(to_onehot_y=True, ignore_index=255, reduction="sum")(x, y[:, None])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("kw", [dict(to_onehot_y=True, softmax=True),
+                                dict(to_onehot_y=True, softmax=True, weight=torch.tensor([1.0, 2.0, 0.5, 3.0]),
+                                     lambda_ce=0.3, label_smoothing=0.1),
+                                dict(to_onehot_y=True, softmax=True, include_background=False, reduction="sum",
+                                     weight=torch.tensor([1.0, 2.0, 0.5, 3.0]))], ids=str)
+def test_monai_dice_ce(backend, kw, monai_losses):
+    x, y, _, _ = _data(backend)
+    y = y.clamp(0, 3)
+    theirs = dict(kw, weight=kw["weight"].double()) if "weight" in kw else kw  # MONAI: weight in the input dtype
+    _compare(cm.DiceCELoss(backend=backend, **kw), monai_losses.DiceCELoss(**theirs), x, y[:, None])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("kw", [dict(to_onehot_y=True, softmax=True),
+                                dict(to_onehot_y=True, sigmoid=True, alpha=0.25, gamma=1.0, lambda_focal=2.0),
+                                dict(to_onehot_y=True, softmax=True, include_background=False)], ids=str)
+def test_monai_dice_focal(backend, kw, monai_losses):
+    x, y, _, _ = _data(backend)
+    y = y.clamp(0, 3)
+    _compare(cm.DiceFocalLoss(backend=backend, **kw), monai_losses.DiceFocalLoss(**kw), x, y[:, None])

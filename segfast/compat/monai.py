@@ -19,7 +19,7 @@ from torch import Tensor
 from ..functional import generalized_dice_weights
 from ..ops import region as _region
 
-__all__ = ["DiceLoss", "GeneralizedDiceLoss", "TverskyLoss"]
+__all__ = ["DiceLoss", "GeneralizedDiceLoss", "TverskyLoss", "FocalLoss", "DiceCELoss", "DiceFocalLoss"]
 
 
 class _MonaiRegion(torch.nn.modules.loss._Loss):
@@ -153,3 +153,201 @@ class GeneralizedDiceLoss(_MonaiRegion):
         numer = 2.0 * (tp * w).sum(-1, keepdim=True) + self.smooth_nr
         denom = ((2 * tp + fp + fn) * w).sum(-1, keepdim=True) + self.smooth_dr
         return self._reduce(1.0 - numer / denom, input, broadcast=True)
+
+
+# ------------------------------------------------------------------ pixel losses
+
+
+class FocalLoss(torch.nn.modules.loss._Loss):
+    """monai.losses.FocalLoss, fused (the same arguments; ``backend=`` extra).
+
+    MONAI's conventions, reproduced: ``alpha=None`` applies no alpha (not
+    0.25); a scalar alpha in the softmax form weighs background by 1 - alpha
+    and every other class by alpha (ignored with include_background=False);
+    include_background=False drops channel 0 *before* the softmax; "mean"
+    divides by every element (N·C·spatial), or by the valid pixels with
+    ``ignore_index``; "sum" averages over space first. One difference: with
+    soft (non-binary) targets the sigmoid form uses torchvision's
+    p_t = p·t + (1 - p)(1 - t), where MONAI uses sigmoid(x(2t - 1)); they
+    agree on hard targets. Raises
+    NotImplementedError for what the one-pass kernels do not express:
+    per-class alpha in the sigmoid form, ``ignore_index`` with one-hot
+    targets, and "sum" with ``ignore_index``.
+    """
+
+    def __init__(self, include_background=True, to_onehot_y=False, gamma=2.0, alpha=None, weight=None,
+                 reduction="mean", use_softmax=False, ignore_index=None, backend=None):
+        reduction = getattr(reduction, "value", reduction)
+        _region.check_reduction(reduction)
+        super().__init__(reduction=reduction)
+        self.include_background, self.to_onehot_y, self.gamma = include_background, to_onehot_y, gamma
+        self.alpha = None if alpha is None else (float(alpha) if isinstance(alpha, (int, float))
+                                                 else torch.as_tensor(alpha, dtype=torch.float32))
+        self.register_buffer("class_weight", None if weight is None else torch.as_tensor(weight))
+        self.use_softmax, self.ignore_index, self.backend = use_softmax, ignore_index, backend
+
+    def _class_factors(self, C: int, device) -> Optional[Tensor]:
+        w = None
+        if self.class_weight is not None:
+            cw = self.class_weight.to(device=device, dtype=torch.float32)
+            if cw.ndim > 0:
+                if C == 1:
+                    raise ValueError("Per-class class_weight is not supported for single-channel outputs.")
+                if cw.numel() != C:
+                    raise ValueError(f"The number of class_weight ({cw.numel()}) must match the number of "
+                                     f"output channels ({C}).")
+            if bool((cw < 0).any()):
+                raise ValueError("class_weight values must be non-negative.")
+            w = cw.expand(C).clone()
+        return w
+
+    def forward(self, input: Tensor, target: Tensor) -> Tensor:
+        from ..ops import pixel as _pixel
+
+        C = input.shape[1]
+        labels = self.to_onehot_y and C > 1
+        if self.to_onehot_y and C == 1:
+            warnings.warn("single channel prediction, `to_onehot_y=True` ignored.", stacklevel=2)
+        drop = not self.include_background and C > 1
+        if not self.include_background and C == 1:
+            warnings.warn("single channel prediction, `include_background=False` ignored.", stacklevel=2)
+        if not labels:
+            if self.ignore_index is not None and C > 1:
+                raise NotImplementedError("segfast.compat.monai.FocalLoss: ignore_index with one-hot targets")
+            if target.shape != input.shape:
+                raise ValueError(f"ground truth has different shape ({target.shape}) from input ({input.shape})")
+            if not (target.dtype.is_floating_point or target.dtype == torch.bool):
+                target = target.float()
+            if drop:
+                target = target[:, 1:]
+        x_in = input[:, 1:] if drop else input
+        Cp = x_in.shape[1]
+        w = self._class_factors(Cp, input.device)
+        alpha = self.alpha
+        if self.use_softmax:
+            kind = _pixel.FOCAL_SOFTMAX
+            if not labels:
+                raise NotImplementedError("segfast.compat.monai.FocalLoss: use_softmax needs class-index "
+                                          "targets with to_onehot_y=True")
+            if isinstance(alpha, float):
+                if drop:
+                    warnings.warn("`include_background=False`, scalar `alpha` ignored when using softmax.",
+                                  stacklevel=2)
+                    alpha = None
+                else:
+                    alpha = torch.tensor([1 - alpha] + [alpha] * (Cp - 1))
+            if isinstance(alpha, Tensor):
+                if alpha.shape[0] != Cp:
+                    raise ValueError(f"The length of alpha ({alpha.shape[0]}) must match the number of classes "
+                                     f"({Cp}).")
+                a = alpha.to(input.device, torch.float32)
+                w = a if w is None else a * w
+            act, a_sig = _region.ACT["softmax"], 0.25
+        else:
+            kind = _pixel.FOCAL_SIGMOID
+            if isinstance(alpha, Tensor):
+                raise NotImplementedError("segfast.compat.monai.FocalLoss: per-class alpha in the sigmoid form")
+            act, a_sig = _region.ACT["sigmoid"], (-1.0 if alpha is None else alpha)
+        x, t, is_label, _, off, ign, backend = _region.canonical(
+            x_in, target, act=act, ignore_index=self.ignore_index, backend=self.backend,
+            label_offset=int(drop) if labels else 0)
+        kw = dict(label_offset=off, ignore_value=ign, weight=w, gamma=float(self.gamma), alpha=a_sig,
+                  backend=backend)
+        N, S = x.shape[0], x.shape[2]
+        if self.reduction == "none":
+            m = _pixel.pixel_loss(x, t, is_label, kind, reduce=False, **kw)
+            if kind == _pixel.FOCAL_SOFTMAX:  # MONAI's loss lives at the target class
+                y = t.long() - off
+                onehot = (y.unsqueeze(1) == torch.arange(Cp, device=x.device).view(1, Cp, 1)).to(m.dtype)
+                m = m.unsqueeze(1) * onehot
+            return m.view(N, Cp, *input.shape[2:])
+        if self.reduction == "sum":
+            if self.ignore_index is not None:
+                raise NotImplementedError("segfast.compat.monai.FocalLoss: reduction='sum' with ignore_index")
+            return _pixel.pixel_loss(x, t, is_label, kind, scale0=1.0 / max(S, 1), **kw)
+        if self.ignore_index is None:  # mean over every element
+            return _pixel.pixel_loss(x, t, is_label, kind, scale0=1.0 / max(N * Cp * S, 1), **kw)
+        # mean over valid pixels: the kernels' count is pixels (softmax) or pixels x C (sigmoid)
+        scale = 1.0 if kind == _pixel.FOCAL_SOFTMAX else float(Cp)
+        return _pixel.pixel_loss(x, t, is_label, kind, scale0=scale, norm=_pixel.NORM_COUNT, **kw)
+
+
+class DiceCELoss(torch.nn.modules.loss._Loss):
+    """monai.losses.DiceCELoss, fused (the same arguments; ``backend=`` extra):
+    lambda_dice·DiceLoss + lambda_ce·CrossEntropyLoss (BCEWithLogitsLoss with
+    pos_weight=weight for one channel). Soft (C-channel) targets fall back to
+    torch's cross_entropy for the CE term."""
+
+    def __init__(self, include_background=True, to_onehot_y=False, sigmoid=False, softmax=False, other_act=None,
+                 squared_pred=False, jaccard=False, reduction="mean", smooth_nr=1e-5, smooth_dr=1e-5, batch=False,
+                 weight=None, lambda_dice=1.0, lambda_ce=1.0, label_smoothing=0.0, backend=None):
+        reduction = getattr(reduction, "value", reduction)
+        if reduction not in ("mean", "sum"):
+            raise ValueError(f"Unsupported reduction: {reduction}, available options are ['mean', 'sum'].")
+        super().__init__(reduction=reduction)
+        if lambda_dice < 0.0:
+            raise ValueError("lambda_dice should be no less than 0.0.")
+        if lambda_ce < 0.0:
+            raise ValueError("lambda_ce should be no less than 0.0.")
+        dice_weight = weight[1:] if weight is not None and not include_background else weight
+        self.dice = DiceLoss(include_background=include_background, to_onehot_y=to_onehot_y, sigmoid=sigmoid,
+                             softmax=softmax, other_act=other_act, squared_pred=squared_pred, jaccard=jaccard,
+                             reduction=reduction, smooth_nr=smooth_nr, smooth_dr=smooth_dr, batch=batch,
+                             weight=dice_weight, backend=backend)
+        self.register_buffer("ce_weight", None if weight is None else torch.as_tensor(weight, dtype=torch.float32))
+        self.lambda_dice, self.lambda_ce, self.label_smoothing = lambda_dice, lambda_ce, label_smoothing
+        self.backend = backend
+
+    def forward(self, input: Tensor, target: Tensor) -> Tensor:
+        from .. import functional as F
+
+        if input.dim() != target.dim():
+            raise ValueError("the number of dimensions for input and target should be the same, got shape "
+                             f"{input.shape} and {target.shape}; if target is not one-hot encoded, please "
+                             "provide a tensor with shape B1H[WD].")
+        if target.shape[1] != 1 and target.shape[1] != input.shape[1]:
+            raise ValueError("number of channels for target is neither 1 (without one-hot encoding) nor the same "
+                             f"as input, got shape {input.shape} and {target.shape}.")
+        dice = self.dice(input, target)
+        if input.shape[1] == 1:
+            ce = F.binary_cross_entropy_with_logits(input, target.to(input.dtype), pos_weight=self.ce_weight,
+                                                    reduction=self.reduction, backend=self.backend)
+        elif target.shape[1] == 1:
+            ce = F.cross_entropy(input, target[:, 0].long(), weight=self.ce_weight, reduction=self.reduction,
+                                 label_smoothing=self.label_smoothing, backend=self.backend)
+        else:
+            ce = torch.nn.functional.cross_entropy(input, target.to(input.dtype), weight=self.ce_weight,
+                                                   reduction=self.reduction, label_smoothing=self.label_smoothing)
+        return self.lambda_dice * dice + self.lambda_ce * ce
+
+
+class DiceFocalLoss(torch.nn.modules.loss._Loss):
+    """monai.losses.DiceFocalLoss, fused (the same arguments; ``backend=`` extra):
+    lambda_dice·DiceLoss + lambda_focal·FocalLoss, the focal term in MONAI's
+    sigmoid form whatever the Dice activation (MONAI issue #8242; segfast's
+    own dice_focal_loss offers the softmax form)."""
+
+    def __init__(self, include_background=True, to_onehot_y=False, sigmoid=False, softmax=False, other_act=None,
+                 squared_pred=False, jaccard=False, reduction="mean", smooth_nr=1e-5, smooth_dr=1e-5, batch=False,
+                 gamma=2.0, weight=None, lambda_dice=1.0, lambda_focal=1.0, alpha=None, backend=None):
+        super().__init__(reduction=getattr(reduction, "value", reduction))
+        if lambda_dice < 0.0:
+            raise ValueError("lambda_dice should be no less than 0.0.")
+        if lambda_focal < 0.0:
+            raise ValueError("lambda_focal should be no less than 0.0.")
+        self.dice = DiceLoss(include_background=include_background, to_onehot_y=to_onehot_y, sigmoid=sigmoid,
+                             softmax=softmax, other_act=other_act, squared_pred=squared_pred, jaccard=jaccard,
+                             reduction=reduction, smooth_nr=smooth_nr, smooth_dr=smooth_dr, batch=batch,
+                             weight=weight, backend=backend)
+        self.focal = FocalLoss(include_background=include_background, to_onehot_y=to_onehot_y, gamma=gamma,
+                               weight=weight, alpha=alpha, reduction=reduction, backend=backend)
+        self.lambda_dice, self.lambda_focal = lambda_dice, lambda_focal
+
+    def forward(self, input: Tensor, target: Tensor) -> Tensor:
+        if input.dim() != target.dim():
+            raise ValueError("the number of dimensions for input and target should be the same, got shape "
+                             f"{input.shape} and {target.shape}.")
+        if target.shape[1] != 1 and target.shape[1] != input.shape[1]:
+            raise ValueError("number of channels for target is neither 1 (without one-hot encoding) nor the same "
+                             f"as input, got shape {input.shape} and {target.shape}.")
+        return self.lambda_dice * self.dice(input, target) + self.lambda_focal * self.focal(input, target)

@@ -57,12 +57,14 @@ def check_input(input, target) -> None:
 
 
 def canonical(input: Tensor, target: Tensor, *, act: int, binary: bool = False,
-              ignore_index=None, backend: Optional[str] = None):
+              ignore_index=None, backend: Optional[str] = None, label_offset: Optional[int] = None):
     """-> (x [N,C,S], t, is_label, act, label_offset, ignore_value, backend).
 
     Float/bool targets are dense [N, C, *] (or [N, *] when C = 1); integer
     targets are class indices [N, *] or [N, 1, *], in [0, C) (in {0, 1} when
-    ``binary``) unless equal to ``ignore_index``. Every error a user can
+    ``binary``) unless equal to ``ignore_index``. ``label_offset`` (default:
+    1 if ``binary`` else 0) says which label channel 0 stands for: input
+    channel c is label c + label_offset, labels lie in [0, C + label_offset). Every error a user can
     trigger is raised here, before a kernel runs.
     """
     check_input(input, target)
@@ -87,11 +89,12 @@ def canonical(input: Tensor, target: Tensor, *, act: int, binary: bool = False,
             raise ValueError(f"class-index target must be (N, *spatial) or (N, 1, *spatial) = "
                              f"{(N, *spatial)}, got {shape}")
         t = target.flatten(1)
-        if not torch.compiler.is_compiling() and t.numel():
-            _check_labels(t, 2 if binary else C, ignore_index)
+    offset = int(binary) if label_offset is None else label_offset
+    if not floating and not torch.compiler.is_compiling() and t.numel():
+        _check_labels(t, C + offset, ignore_index)
     backend = backends.choose(backend, input.device)
     ignore = None if ignore_index is None else float(ignore_index)
-    return input.flatten(2), t, not floating, act, int(binary), ignore, backend
+    return input.flatten(2), t, not floating, act, offset, ignore, backend
 
 
 def _check_labels(t: Tensor, n: int, ignore_index) -> None:

@@ -19,7 +19,9 @@ one-hot of labels):
   FOCAL_SIGMOID l0 = w_c * bce(x, t) * (1 - p_t)^gamma * alpha_t,
                 p_t = s t + (1 - s)(1 - t), alpha_t = alpha t + (1 - alpha)(1 - t)
                 (alpha_t = 1 when alpha < 0): torchvision's sigmoid_focal_loss
-Invalid elements (ignore_index) have l0 = l1 = 0.
+Invalid elements (ignore_index; for softmax kinds also a label that names
+no channel of the input, e.g. label 0 when channel 0 was dropped with
+label_offset = 1) have l0 = l1 = 0.
 """
 
 from __future__ import annotations
@@ -43,7 +45,8 @@ def pixel_terms(x, t, is_label, kind, *, weight=None, pos_weight=None, beta=None
             raise ValueError("softmax pixel losses take class-index targets")
         lab = t.long()
         valid = torch.ones_like(lab, dtype=torch.bool) if ignore_value is None else lab != ignore_value
-        y = torch.where(valid, lab - label_offset, 0).clamp(0, C - 1)
+        valid = valid & (lab >= label_offset) & (lab < label_offset + C)  # no class of this input: no loss
+        y = torch.where(valid, lab - label_offset, 0)
         logp = torch.log_softmax(xf, dim=1)
         logp_y = logp.gather(1, y[:, None])[:, 0]
         w_y = w[y]
