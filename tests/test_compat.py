@@ -221,3 +221,55 @@ def test_monai_dice_focal(backend, kw, monai_losses):
     x, y, _, _ = _data(backend)
     y = y.clamp(0, 3)
     _compare(cm.DiceFocalLoss(backend=backend, **kw), monai_losses.DiceFocalLoss(**kw), x, y[:, None])
+
+
+SMP_FOCAL = [
+    dict(mode="multiclass"),
+    dict(mode="multiclass", alpha=0.25, gamma=1.5, ignore_index=255),
+    dict(mode="multiclass", class_weights=[1.0, 2.0, 0.5, 3.0], reduction="sum"),
+    dict(mode="multilabel", alpha=0.4),
+    dict(mode="binary"),
+    dict(mode="binary", ignore_index=255, gamma=0.5),
+    dict(mode="multilabel", from_logits=False),
+]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("kw", SMP_FOCAL, ids=str)
+def test_smp_focal(backend, kw, smp_losses):
+    x, y, soft, _ = _data(backend)
+    if kw["mode"] == "multiclass":
+        target = y if kw.get("ignore_index") == 255 else y.clamp(0, 3)
+    elif kw["mode"] == "multilabel":
+        target = (soft > 0.6).double()
+        if kw.get("from_logits") is False:
+            x = torch.sigmoid(x)
+    else:
+        x = x[:, :1]
+        target = (torch.rand(3, 1, *x.shape[2:]) > 0.6).long()
+        if "ignore_index" in kw:
+            target[0, 0, 0] = 255
+    _compare(cs.FocalLoss(backend=backend, **kw), smp_losses.FocalLoss(**kw), x, target)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("kw", [dict(), dict(smooth_factor=0.1), dict(reduction="sum", ignore_index=None),
+                                dict(pos_weight=torch.tensor([1.0, 2.0, 3.0, 0.5]).view(4, 1, 1),
+                                     weight=torch.tensor([0.5, 1.0, 2.0, 1.0]).view(4, 1, 1), smooth_factor=0.05)],
+                         ids=str)
+def test_smp_soft_bce(backend, kw, smp_losses):
+    x, _, soft, _ = _data(backend)
+    target = (soft > 0.5).double()
+    target[0, 0, 0] = -100
+    theirs = {k: (v.double() if isinstance(v, torch.Tensor) else v) for k, v in kw.items()}
+    _compare(cs.SoftBCEWithLogitsLoss(backend=backend, **kw), smp_losses.SoftBCEWithLogitsLoss(**theirs),
+             x, target)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("kw", [dict(smooth_factor=0.0), dict(smooth_factor=0.1),
+                                dict(smooth_factor=0.2, reduction="sum", ignore_index=255)], ids=str)
+def test_smp_soft_ce(backend, kw, smp_losses):
+    x, y, _, _ = _data(backend)
+    target = y if kw.get("ignore_index") == 255 else y.clamp(0, 3)
+    _compare(cs.SoftCrossEntropyLoss(backend=backend, **kw), smp_losses.SoftCrossEntropyLoss(**kw), x, target)

@@ -19,7 +19,8 @@ from torch import Tensor
 
 from ..ops import region as _region
 
-__all__ = ["DiceLoss", "JaccardLoss", "TverskyLoss", "BINARY_MODE", "MULTICLASS_MODE", "MULTILABEL_MODE"]
+__all__ = ["DiceLoss", "JaccardLoss", "TverskyLoss", "FocalLoss", "SoftBCEWithLogitsLoss", "SoftCrossEntropyLoss",
+           "BINARY_MODE", "MULTICLASS_MODE", "MULTILABEL_MODE"]
 
 BINARY_MODE, MULTICLASS_MODE, MULTILABEL_MODE = "binary", "multiclass", "multilabel"
 
@@ -94,3 +95,143 @@ class JaccardLoss(TverskyLoss):
                  eps: float = 1e-7, class_weights: Optional[List[float]] = None, backend: Optional[str] = None):
         super().__init__(mode, classes, log_loss, from_logits, smooth, ignore_index, eps, 1.0, 1.0, 1.0,
                          class_weights, backend)
+
+
+# ------------------------------------------------------------------ pixel losses
+
+
+def _per_class(v, C: int, device, what: str) -> Optional[Tensor]:
+    """A [C]-broadcastable weight (e.g. shape (C, 1, 1)) as a [C] vector."""
+    if v is None:
+        return None
+    v = torch.as_tensor(v, dtype=torch.float32, device=device)
+    if v.numel() == 1:
+        return v.reshape(1).expand(C)
+    if v.numel() != C or (v.dim() > 1 and v.shape[0] != C):
+        raise NotImplementedError(f"segfast.compat.smp: {what} must be one value per channel (or a scalar)")
+    return v.reshape(C)
+
+
+class FocalLoss(torch.nn.modules.loss._Loss):
+    """segmentation_models_pytorch.losses.FocalLoss, fused: the sigmoid focal
+    loss per class (one class against the rest, in every mode), averaged over
+    the valid pixels, then over classes (weighted by ``class_weights``).
+    smp's p_t = exp(-bce) equals torchvision's on hard targets (the only ones
+    tested). ``normalized``, ``reduced_threshold``, ``reduction="none"`` and
+    per-element ``ignore_index`` in multilabel mode raise NotImplementedError."""
+
+    def __init__(self, mode: str, alpha: Optional[float] = None, gamma: Optional[float] = 2.0,
+                 ignore_index: Optional[int] = None, from_logits: bool = True, eps: float = 1e-7,
+                 reduction: Optional[str] = "mean", normalized: bool = False,
+                 reduced_threshold: Optional[float] = None, class_weights: Optional[List[float]] = None,
+                 backend: Optional[str] = None):
+        super().__init__()
+        if mode not in _region.MODES:
+            raise ValueError(f"mode must be one of {_region.MODES}, got {mode!r}")
+        if class_weights is not None and mode == BINARY_MODE:
+            raise ValueError("class_weights are not supported with mode=binary")
+        if normalized or reduced_threshold is not None or reduction not in ("mean", "sum"):
+            raise NotImplementedError("segfast.compat.smp.FocalLoss: normalized, reduced_threshold and "
+                                      "reduction other than 'mean'/'sum'")
+        self.mode, self.alpha, self.gamma, self.ignore_index = mode, alpha, gamma, ignore_index
+        self.from_logits, self.eps, self.reduction, self.backend = from_logits, eps, reduction, backend
+        self.class_weights = None if class_weights is None else torch.as_tensor(class_weights, dtype=torch.float)
+
+    def forward(self, y_pred: Tensor, y_true: Tensor) -> Tensor:
+        from ..ops import pixel as _pixel
+
+        if not self.from_logits:
+            if self.mode == MULTICLASS_MODE:
+                raise NotImplementedError("segfast.compat.smp.FocalLoss: multiclass mode with from_logits=False")
+            p = y_pred.clamp(self.eps, 1 - self.eps)
+            y_pred = torch.log(p / (1 - p))
+        if self.mode == MULTILABEL_MODE and self.ignore_index is not None:
+            raise NotImplementedError("segfast.compat.smp.FocalLoss: ignore_index in multilabel mode")
+        if self.mode == BINARY_MODE:
+            y_pred = y_pred.reshape(y_pred.shape[0], 1, -1)
+            y_true = y_true.reshape(y_true.shape[0], 1, -1) if y_true.dtype.is_floating_point \
+                else y_true.reshape(y_true.shape[0], -1)
+        elif self.mode == MULTILABEL_MODE and not y_true.dtype.is_floating_point:
+            y_true = y_true.to(y_pred.dtype)
+        C = y_pred.shape[1]
+        x, t, is_label, _, off, ign, backend = _region.canonical(
+            y_pred, y_true, act=_region.ACT["sigmoid"], binary=self.mode == BINARY_MODE,
+            ignore_index=self.ignore_index, backend=self.backend)
+        w = None if self.class_weights is None else self.class_weights.to(x.device)
+        # Σ_c w_c·mean_c / Σ_c w_c: every class has the same valid pixels, so with
+        # the kernels' count (valid pixels x C) this is a weighted sum times C / Σw.
+        scale = 1.0 if w is None else C / float(w.sum())
+        if self.reduction == "sum":
+            scale = scale / C if w is None else 1.0 / float(w.sum())
+        norm = _pixel.NORM_COUNT if self.reduction == "mean" else _pixel.NORM_SUM
+        return _pixel.pixel_loss(x, t, is_label, _pixel.FOCAL_SIGMOID, label_offset=off, ignore_value=ign,
+                                 weight=w, gamma=float(self.gamma),
+                                 alpha=-1.0 if self.alpha is None else float(self.alpha),
+                                 scale0=scale, norm=norm, backend=backend)
+
+
+class SoftBCEWithLogitsLoss(torch.nn.Module):
+    """segmentation_models_pytorch.losses.SoftBCEWithLogitsLoss, fused: BCE with
+    label smoothing ``smooth_factor``, ``weight``/``pos_weight`` (one per
+    channel), and ``ignore_index`` elements zeroed but counted in the mean."""
+
+    def __init__(self, weight: Optional[Tensor] = None, ignore_index: Optional[int] = -100,
+                 reduction: str = "mean", smooth_factor: Optional[float] = None,
+                 pos_weight: Optional[Tensor] = None, backend: Optional[str] = None):
+        super().__init__()
+        if reduction not in ("mean", "sum", "none"):
+            raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+        self.ignore_index, self.reduction, self.smooth_factor, self.backend = (ignore_index, reduction,
+                                                                               smooth_factor, backend)
+        self.register_buffer("weight", weight)
+        self.register_buffer("pos_weight", pos_weight)
+
+    def forward(self, y_pred: Tensor, y_true: Tensor) -> Tensor:
+        from .. import functional as F
+        from ..ops import pixel as _pixel
+
+        C = y_pred.shape[1] if y_pred.dim() > 1 else 1
+        t = y_true.to(y_pred.dtype if y_pred.dtype != torch.float16 else torch.float32)
+        if self.smooth_factor is not None:
+            s = self.smooth_factor
+            smoothed = t * (1 - 2 * s) + s
+            t = smoothed if self.ignore_index is None else torch.where(y_true == self.ignore_index, t, smoothed)
+        w = _per_class(self.weight, C, y_pred.device, "weight")
+        pw = _per_class(self.pos_weight, C, y_pred.device, "pos_weight")
+        if self.reduction != "mean":
+            return F.binary_cross_entropy_with_logits(y_pred, t, weight=w, pos_weight=pw, reduction=self.reduction,
+                                                      ignore_index=self.ignore_index, backend=self.backend)
+        x, tt, is_label, _, off, ign, backend = _region.canonical(
+            y_pred, t, act=_region.ACT["sigmoid"], ignore_index=self.ignore_index, backend=self.backend)
+        return _pixel.pixel_loss(x, tt, is_label, _pixel.BCE, ignore_value=ign, weight=w, pos_weight=pw,
+                                 scale0=1.0 / max(y_pred.numel(), 1), backend=backend)
+
+
+class SoftCrossEntropyLoss(torch.nn.Module):
+    """segmentation_models_pytorch.losses.SoftCrossEntropyLoss, fused: softmax
+    cross entropy with label smoothing ``smooth_factor`` (ε/C on every class),
+    ``ignore_index`` pixels zeroed but counted in the mean. ``dim`` must be 1.
+    ``reduction="none"`` returns [N, *spatial]."""
+
+    def __init__(self, reduction: str = "mean", smooth_factor: Optional[float] = None,
+                 ignore_index: Optional[int] = -100, dim: int = 1, backend: Optional[str] = None):
+        super().__init__()
+        if dim != 1:
+            raise NotImplementedError("segfast.compat.smp.SoftCrossEntropyLoss: dim must be 1")
+        if reduction not in ("mean", "sum", "none"):
+            raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+        self.reduction, self.smooth_factor, self.ignore_index, self.backend = (reduction, smooth_factor,
+                                                                               ignore_index, backend)
+
+    def forward(self, y_pred: Tensor, y_true: Tensor) -> Tensor:
+        from ..ops import pixel as _pixel
+
+        x, t, is_label, _, off, ign, backend = _region.canonical(
+            y_pred, y_true, act=_region.ACT["softmax"], ignore_index=self.ignore_index, backend=self.backend)
+        if not is_label:
+            raise TypeError("SoftCrossEntropyLoss takes class-index targets")
+        kw = dict(ignore_value=ign, smoothing=float(self.smooth_factor or 0.0), backend=backend)
+        if self.reduction == "none":
+            return _pixel.pixel_loss(x, t, is_label, _pixel.CE, reduce=False, **kw).view(y_true.shape)
+        scale = 1.0 / max(t.numel(), 1) if self.reduction == "mean" else 1.0
+        return _pixel.pixel_loss(x, t, is_label, _pixel.CE, scale0=scale, **kw)
