@@ -46,9 +46,18 @@ def dtype_code(t: torch.Tensor) -> int:
     return DTYPE_CODES[t.dtype]
 
 
-def cpu_threads() -> int:
-    """OpenMP threads the cpu backend uses: the same count torch uses."""
-    return max(1, torch.get_num_threads())
+# Elements per OpenMP thread below which a kernel runs on fewer threads: a
+# parallel region costs microseconds to open and, on a busy machine, a
+# spinning barrier can wait out a preempted thread for a whole scheduler tick.
+CPU_GRAIN = 1 << 16
+
+
+def cpu_threads(numel: int | None = None) -> int:
+    """OpenMP threads the cpu backend uses: torch's count, fewer for small work."""
+    n = max(1, torch.get_num_threads())
+    if numel is not None:
+        n = max(1, min(n, numel // CPU_GRAIN))
+    return n
 
 
 def cuda_compiled() -> bool:

@@ -95,7 +95,7 @@ def _run(x, t, weight, pos_weight, beta, is_label, kind, label_offset, ignore_va
             ptr(w), ptr(pw), ptr(b), float(gamma), float(alpha), float(smoothing), float(scale0), float(scale1),
             ptr(loss), ptr(lmap), ptr(go), ptr(dx), *(dx.stride() if dx is not None else (0, 0, 0)))
     if backend == "cpu":
-        backends._C.pixel_loss_cpu(*args, backends.cpu_threads())
+        backends._C.pixel_loss_cpu(*args, backends.cpu_threads(x.numel()))
     else:
         with torch.cuda.device(x.device):
             backends._C.pixel_loss_cuda(*args, backends.cuda_stream(x.device))

@@ -39,7 +39,7 @@ def _launch_stats_ext(x, t, is_label, act, label_offset, ignore_value, backend):
             N, C, S, P, act, label_offset, int(ignore_value is not None),
             float(ignore_value if ignore_value is not None else 0.0), out.data_ptr())
     if backend == "cpu":
-        backends._C.region_stats_cpu(*args, backends.cpu_threads())
+        backends._C.region_stats_cpu(*args, backends.cpu_threads(x.numel()))
     else:
         with torch.cuda.device(x.device):
             backends._C.region_stats_cuda(*args, backends.cuda_stream(x.device))
@@ -57,7 +57,7 @@ def _launch_grad_ext(x, t, g, is_label, act, label_offset, ignore_value, backend
             float(ignore_value if ignore_value is not None else 0.0),
             g.data_ptr(), dx.data_ptr(), *dx.stride())
     if backend == "cpu":
-        backends._C.region_grad_cpu(*args, backends.cpu_threads())
+        backends._C.region_grad_cpu(*args, backends.cpu_threads(x.numel()))
     else:
         with torch.cuda.device(x.device):
             backends._C.region_grad_cuda(*args, backends.cuda_stream(x.device))
