@@ -169,14 +169,9 @@ segfast::pixel::Problem make_pixel_problem(SEGFAST_PIXEL_ARGS) {
   if ((pw_ptr || beta_ptr) && kind != kBCE)
     throw std::invalid_argument("segfast._C: pos_weight / beta apply to BCE only");
   segfast::pixel::Problem pr;
-  pr.x = base.x; pr.x_dtype = base.x_dtype; pr.xsN = xsN; pr.xsC = xsC; pr.xsS = xsS;
-  pr.t = base.t; pr.t_dtype = base.t_dtype; pr.t_is_label = base.t_is_label;
-  pr.tsN = tsN; pr.tsC = tsC; pr.tsS = tsS;
-  pr.N = N; pr.C = C; pr.S = S; pr.P = P;
+  static_cast<segfast::Inputs&>(pr) = base;
+  pr.P = P;
   pr.kind = int(kind);
-  pr.label_offset = label_offset;
-  pr.has_ignore = has_ignore != 0;
-  pr.ignore_value = ignore_value;
   pr.w = reinterpret_cast<const void*>(w_ptr);
   pr.pw = reinterpret_cast<const void*>(pw_ptr);
   pr.beta = reinterpret_cast<const void*>(beta_ptr);

@@ -27,6 +27,55 @@ def tol(dtype):
     return dict(rtol=rtol, atol=atol)
 
 
+# Triton kernel tests (test_triton_<family>.py): per-dtype (rtol, atol relative
+# to max |reference|) of kernel outputs against the float64 reference.
+TRITON_TOL = {
+    torch.float32: (1e-5, 1e-6),
+    torch.float64: (1e-5, 1e-6),
+    torch.float16: (2e-3, 1e-3),
+    torch.bfloat16: (1e-2, 8e-3),
+}
+
+CUDA = torch.cuda.is_available()
+DEVICE = "cuda" if CUDA else "cpu"
+
+
+def triton_needs_run():
+    """skipif marker for tests that launch Triton kernels: they run on CUDA, or
+    on CPU tensors in the interpreter when TRITON_INTERPRET=1 was set before
+    triton was first imported. Call after pytest.importorskip("triton")."""
+    import triton.language as tl
+    from triton.runtime.interpreter import InterpretedFunction
+    return pytest.mark.skipif(
+        not CUDA and not isinstance(tl.zeros, InterpretedFunction),
+        reason="triton was imported before TRITON_INTERPRET=1 was set")
+
+
+def close_rel(got, want, rtol, atol_rel, what):
+    """assert_close in float64 with atol = atol_rel * max(|want|, 1e-3); got must
+    be finite (catches unwritten outputs); ``what`` names the output."""
+    want = want.to(torch.float64)
+    got = got.to(torch.float64)
+    atol = atol_rel * max(want.abs().max().item(), 1e-3)
+    assert torch.isfinite(got).all(), f"{what}: non-finite values (unwritten output?)"
+    torch.testing.assert_close(got, want, rtol=rtol, atol=atol, msg=lambda m: f"{what}: {m}")
+
+
+def with_layout(rnd, N, C, S, layout):
+    """An [N, C, S] tensor from ``rnd(*shape)`` in a memory layout: "contiguous",
+    "slice" (strided along S), "channels_last" (stride(1) == 1) or "sliced_c"
+    (every other class, and an offset image)."""
+    if layout == "contiguous":
+        return rnd(N, C, S)
+    if layout == "slice":  # strided along S
+        return rnd(N, C, 2 * S)[..., ::2]
+    if layout == "channels_last":  # stride(1) == 1
+        return rnd(N, S, C).permute(0, 2, 1)
+    if layout == "sliced_c":  # every other class, and an offset image
+        return rnd(N + 1, 2 * C, S)[1:, ::2]
+    raise ValueError(layout)
+
+
 def kernel_backends(device="cpu"):
     """Kernel backends that can run in this process (triton only under the interpreter)."""
     return [b for b in ("cpu", "cuda", "triton") if backends.unavailable_reason(b, torch.device(device)) is None]

@@ -16,54 +16,30 @@ import pytest
 import torch
 
 triton = pytest.importorskip("triton")
-import triton.language as tl  # noqa: E402
-from triton.runtime.interpreter import InterpretedFunction  # noqa: E402
+
+from conftest import (DEVICE, TRITON_TOL as TOL, close_rel as _close,  # noqa: E402
+                      triton_needs_run, with_layout)
 
 from segfast.reference import pixel as ref  # noqa: E402
 from segfast.triton_kernels import pixel as TP  # noqa: E402
 
-CUDA = torch.cuda.is_available()
-DEVICE = "cuda" if CUDA else "cpu"
-needs_run = pytest.mark.skipif(
-    not CUDA and not isinstance(tl.zeros, InterpretedFunction),
-    reason="triton was imported before TRITON_INTERPRET=1 was set")
+needs_run = triton_needs_run()
 
 CE, FOCAL_SOFTMAX, FUSED, BCE, FOCAL_SIGMOID = 0, 1, 2, 3, 4
 SOFTMAX = (CE, FOCAL_SOFTMAX, FUSED)
 SIGMOID = (BCE, FOCAL_SIGMOID)
 
-# dx tolerances per dtype: (rtol, atol relative to max |reference|)
-TOL = {
-    torch.float32: (1e-5, 1e-6),
-    torch.float16: (2e-3, 1e-3),
-    torch.bfloat16: (1e-2, 8e-3),
-}
+# dx tolerances per dtype: TOL (conftest.TRITON_TOL)
 # loss and map are fp32 whatever x's dtype (computed from the rounded inputs)
 F32_TOL = (2e-5, 2e-6)
 
 N, S = 2, 7 * 13  # odd S
 
 
-def _close(got, want, rtol, atol_rel, what):
-    want = want.to(torch.float64)
-    got = got.to(torch.float64)
-    atol = atol_rel * max(want.abs().max().item(), 1e-3)
-    assert torch.isfinite(got).all(), f"{what}: non-finite values (unwritten output?)"
-    torch.testing.assert_close(got, want, rtol=rtol, atol=atol, msg=lambda m: f"{what}: {m}")
-
-
 def make_x(C, dtype=torch.float32, layout="contiguous", gen=None, scale=2.0):
     def rnd(*shape):
         return (torch.randn(*shape, generator=gen, dtype=torch.float64) * scale).to(dtype)
-    if layout == "contiguous":
-        return rnd(N, C, S)
-    if layout == "slice":  # strided along S
-        return rnd(N, C, 2 * S)[..., ::2]
-    if layout == "channels_last":  # stride(1) == 1
-        return rnd(N, S, C).permute(0, 2, 1)
-    if layout == "sliced_c":  # every other class, and an offset image
-        return rnd(N + 1, 2 * C, S)[1:, ::2]
-    raise ValueError(layout)
+    return with_layout(rnd, N, C, S, layout)
 
 
 def make_labels(C, dtype, ignore, label_offset=0, gen=None):

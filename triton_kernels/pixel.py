@@ -70,6 +70,9 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from ._common import (blocks, chunk_bounds, chunks, load_labels, load_target_tile, load_tile,
+                      target_args, wrap)
+
 CE, FOCAL_SOFTMAX, FUSED, BCE, FOCAL_SIGMOID = 0, 1, 2, 3, 4
 SOFTMAX_KINDS = (CE, FOCAL_SOFTMAX, FUSED)
 SIGMOID_KINDS = (BCE, FOCAL_SIGMOID)
@@ -244,10 +247,7 @@ def _pixel_softmax_kernel(
     SINGLE_C: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr,
 ):
     pid = tl.program_id(0).to(tl.int64)
-    n64 = pid // P
-    j64 = pid % P
-    start = j64 * L
-    end = tl.minimum(start + L, S)
+    n64, start, end = chunk_bounds(pid, P, L, S)
     x_base = x_ptr + n64 * sxn
     dx_base = dx_ptr + n64 * sdn
     ar_c = tl.arange(0, BLOCK_C)
@@ -258,11 +258,9 @@ def _pixel_softmax_kernel(
     for s0 in range(start, end, BLOCK_S):
         s64 = s0 + ar_s.to(tl.int64)
         smask = s64 < end
-        lab = tl.load(t_ptr + n64 * stn + s64 * sts, mask=smask, other=0).to(tl.int64)
+        lab, pv = load_labels(t_ptr, n64, s64, stn, sts, smask, True, HAS_IGNORE, ign_i)
         y = lab - label_offset
-        v = smask & (y >= 0) & (y < C)
-        if HAS_IGNORE:
-            v = v & (lab != ign_i)
+        v = pv & (y >= 0) & (y < C)
         if HAS_GO:
             g = tl.load(go_ptr + n64 * S + s64, mask=v, other=0).to(tl.float32)
         else:
@@ -282,8 +280,7 @@ def _pixel_softmax_kernel(
             c64 = ar_c.to(tl.int64)
             cmask = c64 < C
             mask = cmask[:, None] & smask[None, :]
-            x = tl.load(x_base + c64[:, None] * sxc + s64[None, :] * sxs,
-                        mask=mask, other=0).to(tl.float32)
+            x = load_tile(x_base, c64, s64, sxc, sxs, mask)
             m, ls, lny, xy, wy, x0, swx, W, mf, lsf = _sm_tile(
                 x, c64, cmask, y, w_ptr, m, ls, lny, xy, wy, x0, swx, W, mf, lsf,
                 KIND, HAS_W, HAS_SMOOTH)
@@ -292,8 +289,7 @@ def _pixel_softmax_kernel(
                 c64 = c0 + ar_c.to(tl.int64)
                 cmask = c64 < C
                 mask = cmask[:, None] & smask[None, :]
-                x = tl.load(x_base + c64[:, None] * sxc + s64[None, :] * sxs,
-                            mask=mask, other=0).to(tl.float32)
+                x = load_tile(x_base, c64, s64, sxc, sxs, mask)
                 m, ls, lny, xy, wy, x0, swx, W, mf, lsf = _sm_tile(
                     x, c64, cmask, y, w_ptr, m, ls, lny, xy, wy, x0, swx, W, mf, lsf,
                     KIND, HAS_W, HAS_SMOOTH)
@@ -318,8 +314,7 @@ def _pixel_softmax_kernel(
                     c64 = c0 + ar_c.to(tl.int64)
                     cmask = c64 < C
                     mask = cmask[:, None] & smask[None, :]
-                    x = tl.load(x_base + c64[:, None] * sxc + s64[None, :] * sxs,
-                                mask=mask, other=0).to(tl.float32)
+                    x = load_tile(x_base, c64, s64, sxc, sxs, mask)
                     dx = _sm_dx(x, c64, cmask, y, w_ptr, a, b, d, f, h, m, lls, q, mf, llsf,
                                 KIND, HAS_W, HAS_SMOOTH)
                     tl.store(dx_base + c64[:, None] * sdc + s64[None, :] * sds,
@@ -350,10 +345,7 @@ def _pixel_sigmoid_kernel(
     BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr,
 ):
     pid = tl.program_id(0).to(tl.int64)
-    n64 = pid // P
-    j64 = pid % P
-    start = j64 * L
-    end = tl.minimum(start + L, S)
+    n64, start, end = chunk_bounds(pid, P, L, S)
     x_base = x_ptr + n64 * sxn
     dx_base = dx_ptr + n64 * sdn
     ar_c = tl.arange(0, BLOCK_C)
@@ -369,29 +361,15 @@ def _pixel_sigmoid_kernel(
     for s0 in range(start, end, BLOCK_S):
         s64 = s0 + ar_s.to(tl.int64)
         smask = s64 < end
-        if T_IS_LABEL:
-            lab = tl.load(t_ptr + n64 * stn + s64 * sts, mask=smask, other=0).to(tl.int64)
-            y = lab - label_offset  # out of [0, C): all-zero target, still valid
-            pv = smask
-            if HAS_IGNORE:
-                pv = pv & (lab != ign_i)
+        # a label out of [label_offset, label_offset + C): all-zero target, still valid
+        lab, pv = load_labels(t_ptr, n64, s64, stn, sts, smask, T_IS_LABEL, HAS_IGNORE, ign_i)
         for c0 in range(0, C, BLOCK_C):
             c64 = c0 + ar_c.to(tl.int64)
             cmask = c64 < C
             mask = cmask[:, None] & smask[None, :]
-            x = tl.load(x_base + c64[:, None] * sxc + s64[None, :] * sxs,
-                        mask=mask, other=0).to(tl.float32)
-            if T_IS_LABEL:
-                v = mask & pv[None, :]
-                t = tl.where(v & (c64[:, None] == y[None, :]), 1.0, 0.0)
-            else:
-                tv = tl.load(t_ptr + n64 * stn + c64[:, None] * stc + s64[None, :] * sts,
-                             mask=mask, other=0).to(tl.float32)
-                if HAS_IGNORE:
-                    v = mask & (tv != ign_f)
-                else:
-                    v = mask
-                t = tl.where(v, tv, 0.0)
+            x = load_tile(x_base, c64, s64, sxc, sxs, mask)
+            t, v = load_target_tile(t_ptr, n64, c64, s64, stn, stc, sts, mask & pv[None, :],
+                                    T_IS_LABEL, HAS_IGNORE, lab, label_offset, ign_f)
             if HAS_W:
                 wc = tl.load(w_ptr + c64, mask=cmask, other=0).to(tl.float32)[:, None]
             else:
@@ -442,22 +420,10 @@ def _pixel_sigmoid_kernel(
 # launcher
 # --------------------------------------------------------------------------
 
-def _wrap(kernel):
-    import torch
-    return torch.library.wrap_triton(kernel)
-
-
 def _blocks(C: int, block_s, block_c):
     """-> (SINGLE_C, BLOCK_C, BLOCK_S)."""
-    if block_c is None:
-        if C <= MAX_SINGLE_C:
-            block_c = triton.next_power_of_2(max(C, 1))
-        else:
-            block_c = LOOP_BLOCK_C
-    single = C <= block_c
-    if block_s is None:
-        block_s = max(TILE // block_c, 16)
-    return single, block_c, block_s
+    return blocks(C, block_s, block_c, tile=TILE, max_single_c=MAX_SINGLE_C,
+                  loop_block_c=LOOP_BLOCK_C)
 
 
 def default_chunks(N: int, C: int, S: int, sm_count: int = 132, waves: int = 4) -> int:
@@ -465,9 +431,7 @@ def default_chunks(N: int, C: int, S: int, sm_count: int = 132, waves: int = 4) 
     over the grid (N * P programs), but at least 4 pixel blocks per chunk.
     (To tune on GPU.)"""
     _, _, block_s = _blocks(C, None, None)
-    max_p = max(1, -(-S // (4 * block_s)))
-    want = max(1, -(-waves * sm_count // max(N, 1)))
-    return int(min(want, max_p))
+    return chunks(N, S, block_s, sm_count, waves)
 
 
 def launch_pixel(x, t, t_is_label: bool, N: int, C: int, S: int, P: int, kind: int,
@@ -485,8 +449,6 @@ def launch_pixel(x, t, t_is_label: bool, N: int, C: int, S: int, P: int, kind: i
     is fully written. ``block_s`` / ``block_c`` override the tile (tests,
     tuning).
     """
-    import torch
-
     kind = int(kind)
     if kind not in SOFTMAX_KINDS + SIGMOID_KINDS:
         raise ValueError(f"unknown pixel loss kind {kind}")
@@ -502,20 +464,8 @@ def launch_pixel(x, t, t_is_label: bool, N: int, C: int, S: int, P: int, kind: i
             loss.zero_()
         return
 
-    if t.dtype == torch.bool:
-        t = t.view(torch.uint8)
-    ign_f = float(ignore_value) if has_ignore else 0.0
-    ign_i = 0
-    if t_is_label:
-        stn, stc, sts = t.stride(0), 0, t.stride(1)
-        if has_ignore:
-            iv = float(ignore_value)
-            if iv.is_integer() and -2**63 <= iv < 2**63:
-                ign_i = int(iv)
-            else:  # no integer label can equal it
-                has_ignore = False
-    else:
-        stn, stc, sts = t.stride(0), t.stride(1), t.stride(2)
+    t, (stn, stc, sts), has_ignore, ign_i, ign_f = target_args(t, t_is_label, has_ignore,
+                                                               ignore_value)
 
     single, BLOCK_C, BLOCK_S = _blocks(C, block_s, block_c)
     if want_loss:
@@ -536,7 +486,7 @@ def launch_pixel(x, t, t_is_label: bool, N: int, C: int, S: int, P: int, kind: i
     common = dict(WANT_LOSS=want_loss, WANT_MAP=want_map, HAS_GO=has_go, WANT_DX=want_dx,
                   BLOCK_C=BLOCK_C, BLOCK_S=BLOCK_S, num_warps=NUM_WARPS)
     if softmax:
-        _wrap(_pixel_softmax_kernel)[(N * P,)](
+        wrap(_pixel_softmax_kernel)[(N * P,)](
             x, t, w_, go_, loss_, map_, dx_,
             C, S, P, L,
             x.stride(0), x.stride(1), x.stride(2),
@@ -549,7 +499,7 @@ def launch_pixel(x, t, t_is_label: bool, N: int, C: int, S: int, P: int, kind: i
             SINGLE_C=single, **common,
         )
     else:
-        _wrap(_pixel_sigmoid_kernel)[(N * P,)](
+        wrap(_pixel_sigmoid_kernel)[(N * P,)](
             x, t, w_, pw if pw is not None else dummy, beta if beta is not None else dummy,
             go_, loss_, map_, dx_,
             C, S, P, L,

@@ -48,6 +48,9 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from ._common import (blocks, chunk_bounds, chunks, load_labels, load_target_tile, load_tile,
+                      target_args, wrap)
+
 ACT_IDENTITY, ACT_SIGMOID, ACT_SOFTMAX = 0, 1, 2
 K = 7
 
@@ -65,46 +68,6 @@ GRAD_WARPS = 8
 # --------------------------------------------------------------------------
 # device helpers
 # --------------------------------------------------------------------------
-
-@triton.jit
-def _load_target_tile(t_ptr, n64, c64, s64, stn, stc, sts, mask,
-                      T_IS_LABEL: tl.constexpr, HAS_IGNORE: tl.constexpr,
-                      lab, label_offset, ign_f):
-    """-> (t, v) fp32 tiles [BLOCK_C, BLOCK_S]; t is already zero where v == 0.
-
-    For labels ``lab`` ([BLOCK_S] int64, pre-loaded) is used and t_ptr is not
-    read; ``mask`` must already contain the per-pixel valid mask.
-    """
-    if T_IS_LABEL:
-        vb = mask
-        tb = (lab[None, :] == (c64[:, None] + label_offset)) & vb
-        t = tb.to(tl.float32)
-    else:
-        tv = tl.load(t_ptr + n64 * stn + c64[:, None] * stc + s64[None, :] * sts,
-                     mask=mask, other=0).to(tl.float32)
-        if HAS_IGNORE:
-            vb = mask & (tv != ign_f)
-        else:
-            vb = mask
-        t = tl.where(vb, tv, 0.0)
-    return t, vb.to(tl.float32)
-
-
-@triton.jit
-def _load_labels(t_ptr, n64, s64, stn, sts, smask,
-                 T_IS_LABEL: tl.constexpr, HAS_IGNORE: tl.constexpr, ign_i):
-    """-> (lab int64 [BLOCK_S], per-pixel valid mask [BLOCK_S])."""
-    if T_IS_LABEL:
-        lab = tl.load(t_ptr + n64 * stn + s64 * sts, mask=smask, other=0).to(tl.int64)
-        if HAS_IGNORE:
-            pvalid = smask & (lab != ign_i)
-        else:
-            pvalid = smask
-    else:
-        lab = s64 * 0
-        pvalid = smask
-    return lab, pvalid
-
 
 @triton.jit
 def _dldp(p, t, v, gI, gP, gPP, gM):
@@ -130,9 +93,10 @@ def _act(x, m, rl, ACT: tl.constexpr):
 def _dldp_tile(p, g_base, c64, cmask, t_ptr, n64, s64, stn, stc, sts, pvalid, lab,
                label_offset, ign_f, T_IS_LABEL: tl.constexpr, HAS_IGNORE: tl.constexpr):
     """dL/dp of one [BLOCK_C, BLOCK_S] class tile: targets and g read here."""
-    t, v = _load_target_tile(t_ptr, n64, c64, s64, stn, stc, sts,
+    t, vb = load_target_tile(t_ptr, n64, c64, s64, stn, stc, sts,
                              cmask[:, None] & pvalid[None, :],
                              T_IS_LABEL, HAS_IGNORE, lab, label_offset, ign_f)
+    v = vb.to(tl.float32)
     gc = g_base + c64 * 7
     gI = tl.load(gc + 0, mask=cmask, other=0)
     gP = tl.load(gc + 1, mask=cmask, other=0)
@@ -150,8 +114,7 @@ def _softmax_max_rsum(x_base, s64, smask, C, sxc, sxs, BLOCK_C: tl.constexpr, BL
     for c0 in range(0, C, BLOCK_C):
         c64 = c0 + ar_c.to(tl.int64)
         cmask = c64 < C
-        x = tl.load(x_base + c64[:, None] * sxc + s64[None, :] * sxs,
-                    mask=cmask[:, None] & smask[None, :], other=0).to(tl.float32)
+        x = load_tile(x_base, c64, s64, sxc, sxs, cmask[:, None] & smask[None, :])
         xm = tl.where(cmask[:, None], x, float("-inf"))
         m_new = tl.maximum(m, tl.max(xm, axis=0))
         lsum = lsum * tl.exp(m - m_new) + tl.sum(tl.exp(xm - m_new[None, :]), axis=0)
@@ -186,10 +149,7 @@ def _region_stats_kernel(
     SINGLE_C: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr,
 ):
     pid = tl.program_id(0).to(tl.int64)
-    n64 = pid // P
-    j64 = pid % P
-    start = j64 * L
-    end = tl.minimum(start + L, S)
+    n64, start, end = chunk_bounds(pid, P, L, S)
     x_base = x_ptr + n64 * sxn
     row = out_ptr + pid * C * 7  # out[n, j] is row n*P + j of [N*P, C, 7]
     ar_c = tl.arange(0, BLOCK_C)
@@ -209,8 +169,7 @@ def _region_stats_kernel(
             s64 = s0 + ar_s.to(tl.int64)
             smask = s64 < end
             mask = cmask[:, None] & smask[None, :]
-            x = tl.load(x_base + c64[:, None] * sxc + s64[None, :] * sxs,
-                        mask=mask, other=0).to(tl.float32)
+            x = load_tile(x_base, c64, s64, sxc, sxs, mask)
             if ACT == 2:
                 xm = tl.where(cmask[:, None], x, float("-inf"))
                 m = tl.max(xm, axis=0)
@@ -220,11 +179,12 @@ def _region_stats_kernel(
                 p = tl.sigmoid(x)
             else:
                 p = x
-            lab, pvalid = _load_labels(t_ptr, n64, s64, stn, sts, smask,
-                                       T_IS_LABEL, HAS_IGNORE, ign_i)
-            t, v = _load_target_tile(t_ptr, n64, c64, s64, stn, stc, sts,
+            lab, pvalid = load_labels(t_ptr, n64, s64, stn, sts, smask,
+                                      T_IS_LABEL, HAS_IGNORE, ign_i)
+            t, vb = load_target_tile(t_ptr, n64, c64, s64, stn, stc, sts,
                                      cmask[:, None] & pvalid[None, :],
                                      T_IS_LABEL, HAS_IGNORE, lab, label_offset, ign_f)
+            v = vb.to(tl.float32)
             pv = p * v
             aI += pv * t
             aP += pv
@@ -254,25 +214,25 @@ def _region_stats_kernel(
         for s0 in range(start, end, BLOCK_S):
             s64 = s0 + ar_s.to(tl.int64)
             smask = s64 < end
-            lab, pvalid = _load_labels(t_ptr, n64, s64, stn, sts, smask,
-                                       T_IS_LABEL, HAS_IGNORE, ign_i)
+            lab, pvalid = load_labels(t_ptr, n64, s64, stn, sts, smask,
+                                      T_IS_LABEL, HAS_IGNORE, ign_i)
             if ACT == 2:
                 m, rl = _softmax_max_rsum(x_base, s64, smask, C, sxc, sxs, BLOCK_C, BLOCK_S)
             for c0 in range(0, C, BLOCK_C):
                 c64 = c0 + ar_c.to(tl.int64)
                 cmask = c64 < C
                 mask = cmask[:, None] & smask[None, :]
-                x = tl.load(x_base + c64[:, None] * sxc + s64[None, :] * sxs,
-                            mask=mask, other=0).to(tl.float32)
+                x = load_tile(x_base, c64, s64, sxc, sxs, mask)
                 if ACT == 2:
                     p = tl.exp(x - m[None, :]) * rl[None, :]
                 elif ACT == 1:
                     p = tl.sigmoid(x)
                 else:
                     p = x
-                t, v = _load_target_tile(t_ptr, n64, c64, s64, stn, stc, sts,
+                t, vb = load_target_tile(t_ptr, n64, c64, s64, stn, stc, sts,
                                          cmask[:, None] & pvalid[None, :],
                                          T_IS_LABEL, HAS_IGNORE, lab, label_offset, ign_f)
+                v = vb.to(tl.float32)
                 pv = p * v
                 o = row + c64 * 7
                 tl.store(o + 0, tl.load(o + 0, mask=cmask, other=0) + tl.sum(pv * t, axis=1), mask=cmask)
@@ -312,15 +272,14 @@ def _region_grad_kernel(
     dx_base = dx_ptr + n64 * sdn
     g_base = g_ptr + n64 * C * 7
     ar_c = tl.arange(0, BLOCK_C)
-    lab, pvalid = _load_labels(t_ptr, n64, s64, stn, sts, smask,
-                               T_IS_LABEL, HAS_IGNORE, ign_i)
+    lab, pvalid = load_labels(t_ptr, n64, s64, stn, sts, smask,
+                              T_IS_LABEL, HAS_IGNORE, ign_i)
 
     if SINGLE_C:
         c64 = ar_c.to(tl.int64)
         cmask = c64 < C
         mask = cmask[:, None] & smask[None, :]
-        x = tl.load(x_base + c64[:, None] * sxc + s64[None, :] * sxs,
-                    mask=mask, other=0).to(tl.float32)
+        x = load_tile(x_base, c64, s64, sxc, sxs, mask)
         m = tl.zeros([BLOCK_S], tl.float32)
         rl = tl.full([BLOCK_S], 1.0, tl.float32)
         if ACT == 2:
@@ -343,8 +302,7 @@ def _region_grad_kernel(
                 c64 = c0 + ar_c.to(tl.int64)
                 cmask = c64 < C
                 mask = cmask[:, None] & smask[None, :]
-                x = tl.load(x_base + c64[:, None] * sxc + s64[None, :] * sxs,
-                            mask=mask, other=0).to(tl.float32)
+                x = load_tile(x_base, c64, s64, sxc, sxs, mask)
                 p = _act(x, m, rl, ACT)
                 a = _dldp_tile(p, g_base, c64, cmask, t_ptr, n64, s64, stn, stc, sts, pvalid, lab,
                                label_offset, ign_f, T_IS_LABEL, HAS_IGNORE)
@@ -354,8 +312,7 @@ def _region_grad_kernel(
             c64 = c0 + ar_c.to(tl.int64)
             cmask = c64 < C
             mask = cmask[:, None] & smask[None, :]
-            x = tl.load(x_base + c64[:, None] * sxc + s64[None, :] * sxs,
-                        mask=mask, other=0).to(tl.float32)
+            x = load_tile(x_base, c64, s64, sxc, sxs, mask)
             if ACT != 2:  # m, rl, dot are only used by softmax
                 m = tl.zeros([BLOCK_S], tl.float32)
                 rl = m
@@ -372,42 +329,10 @@ def _region_grad_kernel(
 # launchers
 # --------------------------------------------------------------------------
 
-def _wrap(kernel):
-    import torch
-    return torch.library.wrap_triton(kernel)
-
-
 def _blocks(C: int, block_s, block_c):
     """-> (SINGLE_C, BLOCK_C, BLOCK_S)."""
-    if block_c is None:
-        if C <= MAX_SINGLE_C:
-            block_c = triton.next_power_of_2(max(C, 1))
-        else:
-            block_c = LOOP_BLOCK_C
-    single = C <= block_c
-    if block_s is None:
-        block_s = max(TILE // block_c, 16)
-    return single, block_c, block_s
-
-
-def _target_args(t, t_is_label: bool, has_ignore: bool, ignore_value: float):
-    """-> (t, (stn, stc, sts), has_ignore, ign_i, ign_f)."""
-    import torch
-    if t.dtype == torch.bool:
-        t = t.view(torch.uint8)
-    ign_f = float(ignore_value) if has_ignore else 0.0
-    ign_i = 0
-    if t_is_label:
-        strides = (t.stride(0), 0, t.stride(1))
-        if has_ignore:
-            iv = float(ignore_value)
-            if iv.is_integer() and -2**63 <= iv < 2**63:
-                ign_i = int(iv)
-            else:  # no integer label can equal it
-                has_ignore = False
-    else:
-        strides = (t.stride(0), t.stride(1), t.stride(2))
-    return t, strides, has_ignore, ign_i, ign_f
+    return blocks(C, block_s, block_c, tile=TILE, max_single_c=MAX_SINGLE_C,
+                  loop_block_c=LOOP_BLOCK_C)
 
 
 def default_chunks(N: int, C: int, S: int, sm_count: int = 132, waves: int = 4) -> int:
@@ -415,9 +340,7 @@ def default_chunks(N: int, C: int, S: int, sm_count: int = 132, waves: int = 4) 
     the whole grid (N * P programs), but at least 4 pixel blocks per chunk so
     each program streams a while. (To tune on GPU.)"""
     _, _, block_s = _blocks(C, None, None)
-    max_p = max(1, -(-S // (4 * block_s)))
-    want = max(1, -(-waves * sm_count // max(N, 1)))
-    return int(min(want, max_p))
+    return chunks(N, S, block_s, sm_count, waves)
 
 
 def launch_stats(x, t, t_is_label: bool, out, N: int, C: int, S: int, P: int,
@@ -430,11 +353,11 @@ def launch_stats(x, t, t_is_label: bool, out, N: int, C: int, S: int, P: int,
     """
     if N * P * C == 0:
         return
-    t, (stn, stc, sts), has_ignore, ign_i, ign_f = _target_args(t, t_is_label, has_ignore,
-                                                                ignore_value)
+    t, (stn, stc, sts), has_ignore, ign_i, ign_f = target_args(t, t_is_label, has_ignore,
+                                                               ignore_value)
     single, BLOCK_C, BLOCK_S = _blocks(C, block_s, block_c)
     L = -(-S // P)
-    _wrap(_region_stats_kernel)[(N * P,)](
+    wrap(_region_stats_kernel)[(N * P,)](
         x, t, out,
         C, S, P, L,
         x.stride(0), x.stride(1), x.stride(2),
@@ -453,11 +376,11 @@ def launch_grad(x, t, t_is_label: bool, g, dx, N: int, C: int, S: int,
     (float32, contiguous [N, C, 7]); see module doc."""
     if N * C * S == 0:
         return
-    t, (stn, stc, sts), has_ignore, ign_i, ign_f = _target_args(t, t_is_label, has_ignore,
-                                                                ignore_value)
+    t, (stn, stc, sts), has_ignore, ign_i, ign_f = target_args(t, t_is_label, has_ignore,
+                                                               ignore_value)
     single, BLOCK_C, BLOCK_S = _blocks(C, block_s, block_c)
     nblk = -(-S // BLOCK_S)
-    _wrap(_region_grad_kernel)[(N * nblk,)](
+    wrap(_region_grad_kernel)[(N * nblk,)](
         x, t, g, dx,
         C, S, nblk,
         x.stride(0), x.stride(1), x.stride(2),

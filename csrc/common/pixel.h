@@ -16,6 +16,7 @@
 #include <cstdint>
 
 #include "dtypes.h"
+#include "problem.h"
 #include "region.h"  // fast_expf / exp_t / sigmoid, chunk_range
 
 namespace segfast {
@@ -33,19 +34,9 @@ using region::exp_t;
 // (any value). The optional pointers are null when absent; A is the
 // accumulation type (double for float64 x, else float) of w, pw, beta, loss,
 // map and go.
-struct Problem {
-  const void* x;
-  int x_dtype;
-  int64_t xsN, xsC, xsS;
-  const void* t;
-  int t_dtype;
-  bool t_is_label;
-  int64_t tsN, tsC, tsS;  // labels: tsC unused
-  int64_t N, C, S, P;     // P: chunks per image of the loss partial sums
+struct Problem : Inputs {  // x, targets, N, C, S, label decoding: problem.h
+  int64_t P;  // chunks per image of the loss partial sums
   int kind;
-  int64_t label_offset;
-  bool has_ignore;
-  double ignore_value;
   const void* w;     // A[C] class weights (ones)
   const void* pw;    // A[C] pos_weight, BCE (ones)
   const void* beta;  // A[N] balanced-BCE beta, BCE (none)

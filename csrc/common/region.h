@@ -12,6 +12,7 @@
 #include <cstdint>
 
 #include "dtypes.h"
+#include "problem.h"
 
 namespace segfast {
 namespace region {
@@ -20,21 +21,10 @@ constexpr int K = 7;
 enum Stat : int { kI = 0, kP = 1, kT = 2, kV = 3, kPP = 4, kTT = 5, kM = 6 };
 enum Act : int { kIdentity = 0, kSigmoid = 1, kSoftmax = 2 };
 
-// Everything a region kernel needs to read x and the target. Strides are in
-// elements; any stride (0, negative, non-contiguous) is allowed.
-struct Problem {
-  const void* x;
-  int x_dtype;
-  int64_t xsN, xsC, xsS;
-  const void* t;
-  int t_dtype;
-  bool t_is_label;
-  int64_t tsN, tsC, tsS;  // labels: tsC unused
-  int64_t N, C, S;
+// Everything a region kernel needs to read x and the target (problem.h), and
+// the activation.
+struct Problem : Inputs {
   int act;
-  int64_t label_offset;
-  bool has_ignore;
-  double ignore_value;
 };
 
 // ---- exp / activations ------------------------------------------------------

@@ -27,13 +27,6 @@ constexpr int kThreads = 256;
 constexpr int64_t kPixelsPerBlock = 4 * kThreads;
 constexpr int kMaxGridY = 65535;
 
-template <typename T>
-__device__ __forceinline__ T load_x(const Problem& pr, int64_t n, int64_t c, int64_t s) {
-  T v;
-  load_as(pr.x, pr.x_dtype, n * pr.xsN + c * pr.xsC + s * pr.xsS, v);
-  return v;
-}
-
 // Sum of v over the block (blockDim.x == kThreads); the result in thread 0.
 template <typename A>
 __device__ __forceinline__ A block_sum(A v, A* sm) {

@@ -28,13 +28,6 @@ constexpr int kGradThreads = 256;  // threads (pixels) per grad block
 constexpr int kMaxGridY = 65535;
 
 template <typename T>
-__device__ __forceinline__ T load_x(const Problem& pr, int64_t n, int64_t c, int64_t s) {
-  T v;
-  load_as(pr.x, pr.x_dtype, n * pr.xsN + c * pr.xsC + s * pr.xsS, v);
-  return v;
-}
-
-template <typename T>
 __device__ __forceinline__ void softmax_stats(const Problem& pr, int64_t n, int64_t s, T* m_out,
                                               T* inv_out) {
   T m = load_x<T>(pr, n, 0, s);

@@ -1,0 +1,112 @@
+// Shared by the CPU kernels of every family (csrc/cpu/<family>.cpp): the
+// function multiversioning / forced-inlining macros and the dtype-dispatched
+// row load / store of one class row of `len` pixels into / out of the
+// per-thread compute-type buffers. Everything here is inlined into the
+// calling (cloned) kernel, so it is compiled for each clone's target.
+#pragma once
+
+#include <cstdint>
+
+#include "../common/dtypes.h"
+
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__) && \
+    !defined(SEGFAST_NO_CLONES)
+#if __GNUC__ >= 12
+#define SEGFAST_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define SEGFAST_CLONES __attribute__((target_clones("avx2", "default")))
+#endif
+#else
+#define SEGFAST_CLONES
+#endif
+#if defined(__GNUC__)
+#define SEGFAST_INLINE inline __attribute__((always_inline))
+#else
+#define SEGFAST_INLINE inline
+#endif
+
+namespace segfast {
+namespace cpu {
+
+// ---- row load / store (one class, `len` pixels) ----------------------------------
+
+template <typename T, typename Src>
+SEGFAST_INLINE void load_row_typed(T* __restrict dst, const Src* __restrict src, int64_t stride,
+                                   int64_t len) {
+  if (stride == 1) {
+#pragma omp simd
+    for (int64_t i = 0; i < len; ++i) dst[i] = T(src[i]);
+  } else {
+    for (int64_t i = 0; i < len; ++i) dst[i] = T(src[i * stride]);
+  }
+}
+
+template <typename T>
+SEGFAST_INLINE void load_row(T* __restrict dst, const void* base, int code, int64_t off,
+                             int64_t stride, int64_t len) {
+  switch (code) {
+    case kFloat32: load_row_typed(dst, static_cast<const float*>(base) + off, stride, len); break;
+    case kFloat64: load_row_typed(dst, static_cast<const double*>(base) + off, stride, len); break;
+    case kUInt8:
+    case kBool: load_row_typed(dst, static_cast<const uint8_t*>(base) + off, stride, len); break;
+    case kInt32: load_row_typed(dst, static_cast<const int32_t*>(base) + off, stride, len); break;
+    case kInt64: load_row_typed(dst, static_cast<const int64_t*>(base) + off, stride, len); break;
+    case kFloat16: {
+      const uint16_t* s = static_cast<const uint16_t*>(base) + off;
+      for (int64_t i = 0; i < len; ++i) dst[i] = T(f16_to_f32(s[i * stride]));
+      break;
+    }
+    case kBFloat16: {
+      const uint16_t* s = static_cast<const uint16_t*>(base) + off;
+      if (stride == 1) {
+#pragma omp simd
+        for (int64_t i = 0; i < len; ++i) dst[i] = T(bf16_to_f32(s[i]));
+      } else {
+        for (int64_t i = 0; i < len; ++i) dst[i] = T(bf16_to_f32(s[i * stride]));
+      }
+      break;
+    }
+    default: for (int64_t i = 0; i < len; ++i) dst[i] = T(0);
+  }
+}
+
+template <typename T>
+SEGFAST_INLINE void store_row(void* base, int code, int64_t off, int64_t stride,
+                              const T* __restrict src, int64_t len) {
+  switch (code) {
+    case kFloat32: {
+      float* d = static_cast<float*>(base) + off;
+      if (stride == 1) {
+#pragma omp simd
+        for (int64_t i = 0; i < len; ++i) d[i] = float(src[i]);
+      } else {
+        for (int64_t i = 0; i < len; ++i) d[i * stride] = float(src[i]);
+      }
+      break;
+    }
+    case kFloat64: {
+      double* d = static_cast<double*>(base) + off;
+      for (int64_t i = 0; i < len; ++i) d[i * stride] = double(src[i]);
+      break;
+    }
+    case kFloat16: {
+      uint16_t* d = static_cast<uint16_t*>(base) + off;
+      for (int64_t i = 0; i < len; ++i) d[i * stride] = f32_to_f16(float(src[i]));
+      break;
+    }
+    case kBFloat16: {
+      uint16_t* d = static_cast<uint16_t*>(base) + off;
+      if (stride == 1) {
+#pragma omp simd
+        for (int64_t i = 0; i < len; ++i) d[i] = f32_to_bf16(float(src[i]));
+      } else {
+        for (int64_t i = 0; i < len; ++i) d[i * stride] = f32_to_bf16(float(src[i]));
+      }
+      break;
+    }
+    default: break;
+  }
+}
+
+}  // namespace cpu
+}  // namespace segfast
