@@ -45,9 +45,11 @@ _refuse_shadowed_source_tree()
 from . import backends  # noqa: E402
 from .functional import (balanced_bce_loss, binary_cross_entropy_with_logits, cross_entropy,  # noqa: E402
                          dice_ce_loss, dice_focal_loss, dice_fused_loss, dice_loss, focal_loss, fused_loss,
-                         generalized_dice_loss, jaccard_loss, region_stats, tversky_loss)
+                         generalized_dice_loss, jaccard_loss, lovasz_hinge_loss, lovasz_softmax_loss, region_stats,
+                         tversky_loss)
 from .losses import (BalancedBCELoss, BCEWithLogitsLoss, CrossEntropyLoss, DiceCELoss, DiceFocalLoss,  # noqa: E402
-                     DiceFusedLoss, DiceLoss, FocalLoss, FusedLoss, GeneralizedDiceLoss, JaccardLoss, TverskyLoss)
+                     DiceFusedLoss, DiceLoss, FocalLoss, FusedLoss, GeneralizedDiceLoss, JaccardLoss,
+                     LovaszHingeLoss, LovaszSoftmaxLoss, TverskyLoss)
 
 
 def info(print_out: bool = True) -> dict:
@@ -63,7 +65,8 @@ def info(print_out: bool = True) -> dict:
 
 __all__ = ["dice_loss", "jaccard_loss", "tversky_loss", "generalized_dice_loss", "region_stats",
            "cross_entropy", "binary_cross_entropy_with_logits", "balanced_bce_loss", "focal_loss", "fused_loss",
-           "dice_ce_loss", "dice_focal_loss", "dice_fused_loss",
+           "dice_ce_loss", "dice_focal_loss", "dice_fused_loss", "lovasz_hinge_loss", "lovasz_softmax_loss",
            "DiceLoss", "JaccardLoss", "TverskyLoss", "GeneralizedDiceLoss",
            "CrossEntropyLoss", "BCEWithLogitsLoss", "BalancedBCELoss", "FocalLoss", "FusedLoss",
-           "DiceCELoss", "DiceFocalLoss", "DiceFusedLoss", "info", "backends", "__version__"]
+           "DiceCELoss", "DiceFocalLoss", "DiceFusedLoss", "LovaszHingeLoss", "LovaszSoftmaxLoss",
+           "info", "backends", "__version__"]

@@ -59,6 +59,9 @@ import torch
 from torch import Tensor
 
 from .ops import region as _region
+from .ops import _common
+from .ops import pixel as _pixel
+from .ops import lovasz as _lovasz
 
 __all__ = ["dice_loss", "jaccard_loss", "tversky_loss", "generalized_dice_loss", "region_stats"]
 
@@ -101,16 +104,7 @@ def _finish(score: Tensor, input: Tensor, *, log_loss, include_background, weigh
         w = None if w is None else w[1:]
     if w is not None:
         f = f * w.to(f.dtype)
-    return _reduce(f, reduction)
-
-
-def _reduce(f: Tensor, reduction: str) -> Tensor:
-    """The mean over an empty batch is 0, not NaN (torchvision's convention)."""
-    if reduction == "mean":
-        return f.mean() if f.numel() else f.sum()
-    if reduction == "sum":
-        return f.sum()
-    return f
+    return _common.reduce_loss(f, reduction)
 
 
 def _check_common(reduction, smooth_nr, smooth_dr):
@@ -232,7 +226,7 @@ def generalized_dice_loss(input: Tensor, target: Tensor, *, mode: str = "multicl
         w = w * (user_w if include_background else user_w[1:]).to(w.dtype)
     score = _region.safe_ratio(2 * (tp * w).sum(-1) + smooth_nr, ((2 * tp + fp + fn) * w).sum(-1) + smooth_dr)
     f = -torch.log(score.clamp_min(1e-7)) if log_loss else 1.0 - score
-    return _reduce(f, reduction)
+    return _common.reduce_loss(f, reduction)
 
 
 # ============================================================ pixel-wise losses
@@ -241,8 +235,6 @@ def generalized_dice_loss(input: Tensor, target: Tensor, *, mode: str = "multicl
 # the backward only scales it (segfast/ops/pixel.py). Normalizers come from
 # the labels alone, inside the op. A mean over zero valid pixels is 0.
 
-from .ops import _common  # noqa: E402
-from .ops import pixel as _pixel  # noqa: E402
 
 
 def _pixel_reduce(x, t, is_label, kind, reduction, norm, *, spatial, **kw):
@@ -432,3 +424,58 @@ def dice_fused_loss(input: Tensor, target: Tensor, *, lambda_dice: float = 1.0, 
     d = dice_loss(input, target, mode="multiclass", ignore_index=ignore_index, backend=backend, **dice_kwargs)
     f = fused_loss(input, target, ws=ws, wp=wp, ignore_index=ignore_index, backend=backend)
     return lambda_dice * d + lambda_fused * f
+
+
+# ------------------------------------------------------------------ Lovász losses
+# Sort-based (segfast/ops/lovasz.py): one batched row-wise sort, no Python
+# loop over images or classes; only the torch backend exists for now.
+
+
+__all__ += ["lovasz_hinge_loss", "lovasz_softmax_loss"]
+
+
+def lovasz_hinge_loss(input: Tensor, target: Tensor, *, per_image: bool = True, ignore_index=None,
+                      reduction: str = "mean", backend: Optional[str] = None) -> Tensor:
+    """Lovász hinge loss (Berman et al.), a surrogate of the Jaccard loss, on logits.
+
+    ``input``: logits (N, 1, *spatial) (binary) or (N, C, *spatial)
+    (multilabel). ``target``: float/bool masks of the input's shape ((N, *)
+    also accepted for C = 1; soft values in [0, 1] are used as they are), or
+    class indices (N, *) / (N, 1, *): {0, 1} for C = 1, one-hot per channel
+    for C > 1. Per segment, the errors e = 1 - x·(2t - 1) of all its
+    elements (every channel) sorted descending give
+    loss = Σ relu(e_(i))·(g_i - g_{i-1}), g the Jaccard loss of the first i
+    elements. ``per_image=True``: one segment per image, then ``reduction``
+    over images (``"none"``: [N]); False: the whole batch is one segment (a
+    0-d loss whatever ``reduction``). ``ignore_index``: pixels (label
+    targets) or elements (dense targets) equal to it are dropped; a segment
+    with nothing left scores 0. segmentation_models_pytorch's
+    ``LovaszLoss("binary" | "multilabel")`` (see segfast.compat.smp).
+    ``backend``: only "torch" so far (None means "torch").
+    """
+    return _lovasz.lovasz_hinge(input, target, per_image=per_image, ignore_index=ignore_index,
+                                reduction=reduction, backend=backend)
+
+
+def lovasz_softmax_loss(input: Tensor, target: Tensor, *, classes="present", per_image: bool = False,
+                        ignore_index=None, from_logits: bool = True, reduction: str = "mean",
+                        backend: Optional[str] = None) -> Tensor:
+    """Lovász-softmax loss (Berman et al.) for multiclass segmentation.
+
+    ``input``: logits (N, C, *spatial), C >= 2 (probabilities with
+    ``from_logits=False``); ``target``: class indices (N, *) or (N, 1, *).
+    For each segment (an image with ``per_image``, else the batch) and class
+    c: the errors |fg_c - p_c| sorted descending, loss_c = Σ e_(i)·(g_i -
+    g_{i-1}), g the Jaccard loss of the first i pixels; the segment's loss
+    is the mean of loss_c over ``classes``: ``"present"`` (classes in the
+    segment's valid target; none present scores 0), ``"all"``, or a list of
+    class indices (repeats count twice, absent classes count). Ignored
+    pixels are dropped; a fully ignored segment scores 0 (and counts in the
+    mean over images). ``per_image=True``: ``reduction`` over images
+    (``"none"``: [N]); False: a 0-d loss. segmentation_models_pytorch's
+    ``LovaszLoss("multiclass")`` is ``classes="present"``.
+    ``backend``: only "torch" so far (None means "torch").
+    """
+    return _lovasz.lovasz_softmax(input, target, classes=classes, per_image=per_image,
+                                  ignore_index=ignore_index, from_logits=from_logits, reduction=reduction,
+                                  backend=backend)

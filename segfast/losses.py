@@ -152,3 +152,21 @@ class DiceFusedLoss(_PixelLoss):
                  **dice_kwargs):
         super().__init__(lambda_dice=lambda_dice, lambda_fused=lambda_fused, ws=ws, wp=wp,
                          ignore_index=ignore_index, backend=backend, **dice_kwargs)
+
+
+class LovaszHingeLoss(_PixelLoss):
+    """Module form of :func:`segfast.functional.lovasz_hinge_loss` (binary / multilabel, logits)."""
+    _fn = staticmethod(F.lovasz_hinge_loss)
+
+    def __init__(self, per_image=True, ignore_index=None, reduction="mean", backend=None):
+        super().__init__(per_image=per_image, ignore_index=ignore_index, reduction=reduction, backend=backend)
+
+
+class LovaszSoftmaxLoss(_PixelLoss):
+    """Module form of :func:`segfast.functional.lovasz_softmax_loss` (multiclass)."""
+    _fn = staticmethod(F.lovasz_softmax_loss)
+
+    def __init__(self, classes="present", per_image=False, ignore_index=None, from_logits=True,
+                 reduction="mean", backend=None):
+        super().__init__(classes=classes, per_image=per_image, ignore_index=ignore_index,
+                         from_logits=from_logits, reduction=reduction, backend=backend)

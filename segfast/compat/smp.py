@@ -20,7 +20,7 @@ from torch import Tensor
 from ..ops import region as _region
 
 __all__ = ["DiceLoss", "JaccardLoss", "TverskyLoss", "FocalLoss", "SoftBCEWithLogitsLoss", "SoftCrossEntropyLoss",
-           "BINARY_MODE", "MULTICLASS_MODE", "MULTILABEL_MODE"]
+           "LovaszLoss", "BINARY_MODE", "MULTICLASS_MODE", "MULTILABEL_MODE"]
 
 BINARY_MODE, MULTICLASS_MODE, MULTILABEL_MODE = "binary", "multiclass", "multilabel"
 
@@ -235,3 +235,52 @@ class SoftCrossEntropyLoss(torch.nn.Module):
             return _pixel.pixel_loss(x, t, is_label, _pixel.CE, reduce=False, **kw).view(y_true.shape)
         scale = 1.0 / max(t.numel(), 1) if self.reduction == "mean" else 1.0
         return _pixel.pixel_loss(x, t, is_label, _pixel.CE, scale0=scale, **kw)
+
+
+# ------------------------------------------------------------------ Lovász
+
+
+class LovaszLoss(torch.nn.modules.loss._Loss):
+    """segmentation_models_pytorch.losses.LovaszLoss, batched (one sort for
+    the whole batch instead of a Python loop over images and classes).
+
+    ``"binary"`` / ``"multilabel"``: the Lovász hinge on logits, all channels
+    of an image one segment (``per_image``) or the whole batch one segment;
+    targets of the input's shape (or (N, *) for binary), any dtype, elements
+    equal to ``ignore_index`` dropped. ``"multiclass"``: the Lovász-softmax
+    on softmax(y_pred) over the classes present, class-index targets.
+    As in smp, ``from_logits`` is accepted and ignored (smp always applies
+    the softmax in multiclass mode, and the hinge always takes logits). One
+    difference: in multiclass mode with ``per_image=True``, an image whose
+    pixels are all ignored scores 0 (counted in the mean over images); smp
+    returns an empty tensor for the whole batch then. ``backend=`` is an
+    extra keyword (only "torch" so far).
+    """
+
+    def __init__(self, mode: str, per_image: bool = False, ignore_index: Optional[int] = None,
+                 from_logits: bool = True, backend: Optional[str] = None):
+        super().__init__()
+        if mode not in _region.MODES:
+            raise ValueError(f"mode must be one of {_region.MODES}, got {mode!r}")
+        self.mode, self.per_image, self.ignore_index = mode, per_image, ignore_index
+        self.from_logits, self.backend = from_logits, backend
+
+    def forward(self, y_pred: Tensor, y_true: Tensor) -> Tensor:
+        from ..ops import lovasz as _lovasz
+
+        if not isinstance(y_pred, Tensor) or not isinstance(y_true, Tensor):
+            raise TypeError("y_pred and y_true must be tensors")
+        if y_true.dim() == 0 or y_pred.dim() == 0 or y_true.size(0) != y_pred.size(0):
+            raise ValueError("y_pred and y_true must have the same batch size")
+        if self.mode == MULTICLASS_MODE:
+            if y_true.dtype.is_floating_point or y_true.dtype == torch.bool:
+                raise TypeError("multiclass mode takes class indices as target")
+            return _lovasz.lovasz_softmax(y_pred, y_true, classes="present", per_image=self.per_image,
+                                          ignore_index=self.ignore_index, from_logits=True, backend=self.backend)
+        # smp flattens targets and logits alike and compares elements with ignore_index
+        if y_true.numel() != y_pred.numel():
+            raise ValueError(f"y_true {tuple(y_true.shape)} must have as many elements as y_pred "
+                             f"{tuple(y_pred.shape)} in {self.mode} mode")
+        t = y_true.reshape(y_pred.shape).to(torch.float64 if y_pred.dtype == torch.float64 else torch.float32)
+        return _lovasz.lovasz_hinge(y_pred, t, per_image=self.per_image, ignore_index=self.ignore_index,
+                                    backend=self.backend)

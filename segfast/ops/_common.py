@@ -122,3 +122,13 @@ def check_weight(weight, C: int, device) -> Optional[Tensor]:
 def check_reduction(reduction: str) -> None:
     if reduction not in ("mean", "sum", "none"):
         raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+
+
+def reduce_loss(f: Tensor, reduction: str) -> Tensor:
+    """"mean" | "sum" | "none"; the mean over an empty batch is 0, not NaN
+    (torchvision's convention)."""
+    if reduction == "mean":
+        return f.mean() if f.numel() else f.sum()
+    if reduction == "sum":
+        return f.sum()
+    return f
