@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import functools
 import os
-import sys
-import pathlib
 
 import pytest
 import torch
@@ -26,11 +24,7 @@ from segfast import bench as sb
 import segfast
 from segfast.reference import lovasz as ref
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "tests"))
-from conftest import load_smp_losses as _load_smp  # noqa: E402
-
-# conftest's loader must run once per process (it registers a stub package).
-load_smp_losses = functools.lru_cache(maxsize=None)(_load_smp)
+from segfast.compat.smp import load_smp_losses  # noqa: E402  (smp's losses without its model zoo)
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 QUICK = os.environ.get("SEGFAST_BENCH_QUICK", "0") not in ("", "0")

@@ -31,6 +31,7 @@ import torch
 
 from . import backends
 from . import functional as F
+from .reference import lovasz as ref_lovasz
 from .reference import pixel as ref_pixel
 from .reference import region as ref
 
@@ -77,11 +78,15 @@ OPS = {
                          _monai("GeneralizedDiceLoss", softmax=True, to_onehot_y=True), 2, 1),
     "cross_entropy": (F.cross_entropy, _ref_pixel(ref_pixel.CE), None, 1, 1),
     "fused": (F.fused_loss, _ref_pixel(ref_pixel.FUSED), None, 1, 1),
+    "lovasz_softmax": (lambda x, y, backend=None: F.lovasz_softmax_loss(x, y, per_image=True, backend=backend),
+                       lambda x, y: ref_lovasz.lovasz_softmax(x, y, per_image=True, dtype=torch.float32),
+                       None, 1, 1),
     "dice_ce": (F.dice_ce_loss,
                 lambda x, y: ref.region_loss(x, y, kind="dice") + _ref_pixel(ref_pixel.CE)(x, y),
                 _monai("DiceCELoss", softmax=True, to_onehot_y=True), 3, 2),
 }
 QUICK_OPS = ("dice", "fused")
+TORCH_ONLY = ("lovasz_softmax",)  # families whose kernels are not written yet
 
 
 def cases(device: torch.device, quick: bool = False) -> list[Case]:
@@ -106,9 +111,10 @@ def runners(case: Case, device: torch.device) -> dict[str, Callable]:
     """name -> loss(x, y); 'reference' is the eager baseline, 'monai' the peer."""
     fn, reference, monai, _, _ = OPS[case.op]
     out = {}
-    for b in backends.available(device):
-        if b == "torch":
-            continue
+    kernels = [b for b in backends.available(device) if b != "torch"]
+    if case.op in TORCH_ONLY:  # no kernels yet: the batched torch implementation
+        kernels = ["torch"]
+    for b in kernels:
         out[b] = (lambda b: lambda x, y: fn(x, y, backend=b))(b)
     out["reference"] = reference
     if monai is not None:
@@ -116,6 +122,12 @@ def runners(case: Case, device: torch.device) -> dict[str, Callable]:
             out["monai"] = monai()
         except Exception:
             pass
+    if case.op == "lovasz_softmax":
+        from .compat.smp import load_smp_losses
+
+        smp = load_smp_losses()
+        if smp is not None:
+            out["smp"] = smp.LovaszLoss("multiclass", per_image=True)
     return out
 
 
@@ -256,15 +268,18 @@ def measure(case: Case, device: torch.device, repeat: int = 10, memory: bool = T
     for r in rows:
         r["speedup_vs_reference"] = base["reference"] / r["median_ms"]
         r["speedup_vs_monai"] = base["monai"] / r["median_ms"] if "monai" in base else None
-        r["gbps"] = kernel_bytes(case) / (r["median_ms"] * 1e-3) / 1e9 if r["backend"] in backends.BACKENDS else None
+        r["speedup_vs_smp"] = base["smp"] / r["median_ms"] if "smp" in base else None
+        r["gbps"] = (kernel_bytes(case) / (r["median_ms"] * 1e-3) / 1e9
+                     if r["backend"] in backends.BACKENDS and case.op not in TORCH_ONLY else None)
     return rows
 
 
 def format_table(rows: list[dict]) -> str:
     cols = [("op", "{}"), ("shape", "{}"), ("dtype", "{}"), ("backend", "{}"), ("median_ms", "{:.2f}"),
             ("iqr_ms", "{:.2f}"), ("speedup_vs_reference", "{:.2f}x"), ("speedup_vs_monai", "{:.2f}x"),
-            ("gbps", "{:.1f}"), ("peak_extra_mb", "{:.1f}")]
-    head = ["op", "shape", "dtype", "backend", "median ms", "IQR ms", "vs ref", "vs MONAI", "GB/s", "peak MB"]
+            ("speedup_vs_smp", "{:.2f}x"), ("gbps", "{:.1f}"), ("peak_extra_mb", "{:.1f}")]
+    head = ["op", "shape", "dtype", "backend", "median ms", "IQR ms", "vs ref", "vs MONAI", "vs smp", "GB/s",
+            "peak MB"]
     table = [head]
     for r in rows:
         table.append([("-" if r[k] is None else fmt.format("x".join(map(str, r[k])) if k == "shape" else r[k]))

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
-import sys
-import types
+import os
 
 import pytest
 import torch
 
-from segfast import backends
+# Without a GPU the triton backend runs on CPU tensors in Triton's
+# interpreter, which must be switched on before triton is first imported
+# (segfast imports it when it registers its Triton ops).
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+from segfast import backends  # noqa: E402
 
 # One per-dtype table (DESIGN.md): (rtol, atol) against the float64 reference.
 TOL = {
@@ -81,18 +84,7 @@ def kernel_backends(device="cpu"):
     return [b for b in ("cpu", "cuda", "triton") if backends.unavailable_reason(b, torch.device(device)) is None]
 
 
-def load_smp_losses():
-    """segmentation_models_pytorch.losses from an installed smp, without running
-    smp's package __init__ (it imports the model zoo, which needs torchvision)."""
-    spec = importlib.util.find_spec("segmentation_models_pytorch")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    if "segmentation_models_pytorch.losses" in sys.modules:
-        return sys.modules["segmentation_models_pytorch.losses"]
-    pkg = types.ModuleType("segmentation_models_pytorch")
-    pkg.__path__ = list(spec.submodule_search_locations)
-    sys.modules.setdefault("segmentation_models_pytorch", pkg)
-    return importlib.import_module("segmentation_models_pytorch.losses")
+from segfast.compat.smp import load_smp_losses  # noqa: E402,F401  (the peer loader, shared with bench/)
 
 
 @pytest.fixture(scope="session")

@@ -25,6 +25,27 @@ __all__ = ["DiceLoss", "JaccardLoss", "TverskyLoss", "FocalLoss", "SoftBCEWithLo
 BINARY_MODE, MULTICLASS_MODE, MULTILABEL_MODE = "binary", "multiclass", "multilabel"
 
 
+def load_smp_losses():
+    """segmentation_models_pytorch.losses from an installed smp (the peer the
+    tests and benchmarks compare with), without running smp's package
+    __init__, which imports its model zoo and needs torchvision. None if smp
+    is not installed."""
+    import importlib
+    import importlib.util
+    import sys
+    import types
+
+    spec = importlib.util.find_spec("segmentation_models_pytorch")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    if "segmentation_models_pytorch.losses" in sys.modules:
+        return sys.modules["segmentation_models_pytorch.losses"]
+    pkg = types.ModuleType("segmentation_models_pytorch")
+    pkg.__path__ = list(spec.submodule_search_locations)
+    sys.modules.setdefault("segmentation_models_pytorch", pkg)
+    return importlib.import_module("segmentation_models_pytorch.losses")
+
+
 class TverskyLoss(torch.nn.modules.loss._Loss):
     """segmentation_models_pytorch.losses.TverskyLoss, fused."""
 
