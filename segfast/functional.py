@@ -384,7 +384,22 @@ def fused_loss(input: Tensor, target: Tensor, *, ws: float = 0.5, wp: float = 0.
 
 
 # ------------------------------------------------------------ region + pixel sums
-# Each term runs its own kernels (region: two passes, pixel: one).
+# Each term runs its own kernels (region: two passes, pixel: one). Both terms
+# get the very same [N, C, S] view of the logits, so their gradients meet at
+# one autograd node as fresh buffers and are summed in place (two logits-sized
+# buffers at the peak, not three).
+
+
+def _shared_views(input: Tensor, target: Tensor):
+    if input.dim() < 3:
+        return input, target
+    N = input.shape[0]
+    x3 = input.flatten(2)
+    if target.dtype.is_floating_point or target.dtype == torch.bool:
+        return x3, target.flatten(2) if target.dim() == input.dim() else target
+    if tuple(target.shape) in ((N, *input.shape[2:]), (N, 1, *input.shape[2:])):
+        return x3, target.reshape(N, -1)
+    return input, target  # a wrong shape: let the term's own check report it
 
 
 def dice_ce_loss(input: Tensor, target: Tensor, *, lambda_dice: float = 1.0, lambda_ce: float = 1.0,
@@ -392,6 +407,7 @@ def dice_ce_loss(input: Tensor, target: Tensor, *, lambda_dice: float = 1.0, lam
                  **dice_kwargs) -> Tensor:
     """lambda_dice·dice_loss + lambda_ce·cross_entropy, as MONAI's DiceCELoss
     (softmax, class-index targets). ``dice_kwargs`` go to :func:`dice_loss`."""
+    input, target = _shared_views(input, target)
     d = dice_loss(input, target, mode="multiclass", ignore_index=ignore_index, backend=backend, **dice_kwargs)
     c = cross_entropy(input, target, weight=ce_weight, label_smoothing=label_smoothing,
                       ignore_index=-100 if ignore_index is None else ignore_index, backend=backend)
@@ -410,6 +426,7 @@ def dice_focal_loss(input: Tensor, target: Tensor, *, mode: str = "multiclass", 
     form = focal_form or ("softmax" if mode == "multiclass" else "sigmoid")
     if form not in ("softmax", "sigmoid"):
         raise ValueError("focal_form must be 'softmax' or 'sigmoid'")
+    input, target = _shared_views(input, target)
     d = dice_loss(input, target, mode=mode, ignore_index=ignore_index, backend=backend, **dice_kwargs)
     fmode = "multiclass" if form == "softmax" else ("binary" if input.shape[1] == 1 else "multilabel")
     f = focal_loss(input, target, mode=fmode, alpha=alpha, gamma=gamma, ignore_index=ignore_index,
@@ -421,6 +438,7 @@ def dice_fused_loss(input: Tensor, target: Tensor, *, lambda_dice: float = 1.0, 
                     ws: float = 0.5, wp: float = 0.5, ignore_index=None, backend: Optional[str] = None,
                     **dice_kwargs) -> Tensor:
     """lambda_dice·dice_loss + lambda_fused·fused_loss (softmax, class-index targets)."""
+    input, target = _shared_views(input, target)
     d = dice_loss(input, target, mode="multiclass", ignore_index=ignore_index, backend=backend, **dice_kwargs)
     f = fused_loss(input, target, ws=ws, wp=wp, ignore_index=ignore_index, backend=backend)
     return lambda_dice * d + lambda_fused * f
