@@ -364,3 +364,26 @@ def test_env_backend_does_not_apply(monkeypatch):
     close(segfast.lovasz_softmax_loss(x, y), ref.lovasz_softmax(x, y), torch.float32)
     t = (torch.rand(2, 3, 4, 4) > 0.5)
     close(compat_smp.LovaszLoss("multilabel")(x, t), ref.lovasz_hinge(x, t.double(), per_image=False), torch.float32)
+
+
+def test_sort_weights_op_and_compile_fullgraph():
+    """The sort + weights step is a torch.library op (fake impl, no autograd):
+    opcheck passes and the losses compile with fullgraph=True."""
+    from segfast.ops import lovasz as L
+
+    torch.library.opcheck(L.lovasz_sort_weights_op, (torch.rand(3, 20), torch.rand(3, 20) > 0.5, None))
+    torch.library.opcheck(L.lovasz_sort_weights_op,
+                          (torch.rand(2, 9, dtype=torch.float64), torch.rand(2, 9), torch.rand(2, 9) > 0.2))
+    torch._dynamo.reset()
+    x = torch.randn(2, 4, 9, 7, requires_grad=True)
+    y = torch.randint(0, 4, (2, 9, 7))
+    yb = (torch.rand(2, 1, 9, 7) > 0.5).long()
+    for fn in (lambda x: segfast.lovasz_softmax_loss(x, y, classes="all", per_image=True),
+               lambda x: segfast.lovasz_softmax_loss(x, y),
+               lambda x: segfast.lovasz_hinge_loss(x[:, :1], yb)):
+        got = torch.compile(fn, fullgraph=True, backend="aot_eager")(x)
+        want = fn(x)
+        (g1,) = torch.autograd.grad(got, x)
+        (g2,) = torch.autograd.grad(want, x)
+        torch.testing.assert_close(got, want)
+        torch.testing.assert_close(g1, g2)

@@ -57,8 +57,18 @@ def choose_backend(backend: Optional[str], device: torch.device) -> str:
     return chosen
 
 
-@torch.no_grad()
+def _weights_dtype(errors: Tensor) -> torch.dtype:
+    return torch.float64 if (errors.dtype == torch.float64 or errors.shape[1] >= 2 ** 24) else torch.float32
+
+
 def lovasz_sort_weights(errors: Tensor, fg: Tensor, valid: Optional[Tensor] = None) -> Tensor:
+    """See :func:`lovasz_sort_weights_op`; the weights are constants of the
+    loss, so the inputs are detached."""
+    return lovasz_sort_weights_op(errors.detach(), fg.detach(), None if valid is None else valid.detach())
+
+
+@torch.library.custom_op("segfast::lovasz_sort_weights", mutates_args=())
+def lovasz_sort_weights_op(errors: Tensor, fg: Tensor, valid: Optional[Tensor] = None) -> Tensor:
     """Sort each segment's errors and return its Lovász weights, in the
     pixels' original order: the step of the Lovász losses that is not
     elementwise (fused C++/CUDA/Triton kernels of it are the next step).
@@ -90,7 +100,7 @@ def lovasz_sort_weights(errors: Tensor, fg: Tensor, valid: Optional[Tensor] = No
     """
     G, L = errors.shape
     dev = errors.device
-    acc = torch.float64 if (errors.dtype == torch.float64 or L >= 2 ** 24) else torch.float32
+    acc = _weights_dtype(errors)
     out = torch.zeros((G, L), dtype=acc, device=dev)
     if L == 0 or G == 0:
         return out
@@ -146,6 +156,14 @@ def lovasz_sort_weights(errors: Tensor, fg: Tensor, valid: Optional[Tensor] = No
     w = _weights_flat(ts, j1, table[:, 0], table[:, 1], binary, acc, bool(no_fg.any()))
     out.view(-1)[perm] = w
     return out
+
+
+
+@lovasz_sort_weights_op.register_fake
+def _(errors, fg, valid=None):
+    # A torch.library op (weights carry no gradient): opaque to torch.compile,
+    # where the sort's data-dependent sizes could not be traced.
+    return errors.new_empty(errors.shape, dtype=_weights_dtype(errors))
 
 
 def _weights_flat(ts: Tensor, j1: Tensor, P: Tensor, Q: Tensor, binary: bool, acc, empty_rows: bool) -> Tensor:
