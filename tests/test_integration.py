@@ -92,21 +92,31 @@ def test_compile_inductor_loss(backend):
     torch.testing.assert_close(f(x, y), segfast.dice_loss(x, y, batch=True, backend=backend))
 
 
+AUTOCAST_LOSSES = {
+    "dice": lambda logits, y, backend: segfast.dice_loss(logits, y, backend=backend),
+    "fused+ce": lambda logits, y, backend: (segfast.fused_loss(logits, y, backend=backend)
+                                            + segfast.cross_entropy(logits, y, backend=backend)),
+}
+
+
 @pytest.mark.parametrize("backend", EXT + ["torch"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_autocast(backend, dtype):
+@pytest.mark.parametrize("name", list(AUTOCAST_LOSSES))
+def test_autocast(backend, dtype, name):
+    """fp16/bf16 logits under autocast: an fp32 loss, finite gradients, the reference's value."""
+    loss_fn = AUTOCAST_LOSSES[name]
     conv = torch.nn.Conv2d(3, 4, 1)
     x = torch.randn(2, 3, 8, 8)
     y = torch.randint(0, 4, (2, 8, 8))
     with torch.autocast("cpu", dtype=dtype):
         logits = conv(x)
         assert logits.dtype == dtype
-        loss = segfast.dice_loss(logits, y, backend=backend)
+        loss = loss_fn(logits, y, backend)
     assert loss.dtype == torch.float32
     loss.backward()
     assert conv.weight.grad is not None and torch.isfinite(conv.weight.grad).all()
-    ref = segfast.dice_loss(conv(x).detach().to(dtype), y, backend="torch")
-    torch.testing.assert_close(loss.detach(), ref.detach(), rtol=1e-4, atol=1e-5)
+    ref = loss_fn(logits.detach(), y, "torch")
+    torch.testing.assert_close(loss.detach(), ref.detach().float(), rtol=1e-4, atol=1e-5)
 
 
 def test_info_cli():

@@ -343,21 +343,3 @@ def test_modules_match_functional():
     for module, fn, target in cases:
         torch.testing.assert_close(module(x, target), fn())
     assert "weight" in dict(cases[0][0].named_buffers())
-
-
-@pytest.mark.parametrize("backend", [b for b in BACKENDS if b != "triton"])
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_autocast(backend, dtype):
-    conv = torch.nn.Conv2d(3, 4, 1)
-    x = torch.randn(2, 3, 8, 8)
-    y = torch.randint(0, 4, (2, 8, 8))
-    with torch.autocast("cpu", dtype=dtype):
-        logits = conv(x)
-        assert logits.dtype == dtype
-        loss = SF.fused_loss(logits, y, backend=backend) + SF.cross_entropy(logits, y, backend=backend)
-    assert loss.dtype == torch.float32
-    loss.backward()
-    assert torch.isfinite(conv.weight.grad).all()
-    want = SF.fused_loss(logits.detach().double(), y, backend="torch") + F.cross_entropy(
-        logits.detach().double(), y)
-    torch.testing.assert_close(loss.detach().double(), want, rtol=1e-4, atol=1e-5)
