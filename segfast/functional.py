@@ -78,9 +78,10 @@ def region_stats(input: Tensor, target: Tensor, *, mode: str = "multiclass", fro
 
 
 def _pooled_stats(input, target, mode, from_logits, ignore_index, batch, sync_stats,
-                  process_group, backend):
-    stats = region_stats(input, target, mode=mode, from_logits=from_logits,
-                         ignore_index=ignore_index, backend=backend)
+                  process_group, backend, stats=None):
+    if stats is None:
+        stats = region_stats(input, target, mode=mode, from_logits=from_logits,
+                             ignore_index=ignore_index, backend=backend)
     if batch:
         stats = stats.sum(0)
     if sync_stats:
@@ -117,7 +118,7 @@ def dice_loss(input: Tensor, target: Tensor, *, mode: str = "multiclass", from_l
               ignore_index=None, weight=None, include_background: bool = True, batch: bool = False,
               smooth_nr: float = 1e-5, smooth_dr: float = 1e-5, log_loss: bool = False,
               reduction: str = "mean", sync_stats: bool = False, process_group=None,
-              backend: Optional[str] = None) -> Tensor:
+              backend: Optional[str] = None, _stats: Optional[Tensor] = None) -> Tensor:
     """Soft Dice loss: 1 - (2I + smooth_nr) / (P + T + smooth_dr) per plane.
 
     MONAI's DiceLoss formula and defaults (softmax=True, to_onehot_y=True for
@@ -131,7 +132,8 @@ def dice_loss(input: Tensor, target: Tensor, *, mode: str = "multiclass", from_l
     ``batch=True``. See the module docstring for every argument.
     """
     _check_common(reduction, smooth_nr, smooth_dr)
-    s = _pooled_stats(input, target, mode, from_logits, ignore_index, batch, sync_stats, process_group, backend)
+    s = _pooled_stats(input, target, mode, from_logits, ignore_index, batch, sync_stats, process_group, backend,
+                      _stats)
     tp, fp, fn = _region.tp_fp_fn(s)
     score = _region.safe_ratio(2 * tp + smooth_nr, 2 * tp + fp + fn + smooth_dr)
     return _finish(score, input, log_loss=log_loss, include_background=include_background,
@@ -406,12 +408,43 @@ def dice_ce_loss(input: Tensor, target: Tensor, *, lambda_dice: float = 1.0, lam
                  ignore_index=None, ce_weight=None, label_smoothing: float = 0.0, backend: Optional[str] = None,
                  **dice_kwargs) -> Tensor:
     """lambda_dice·dice_loss + lambda_ce·cross_entropy, as MONAI's DiceCELoss
-    (softmax, class-index targets). ``dice_kwargs`` go to :func:`dice_loss`."""
+    (softmax, class-index targets). ``dice_kwargs`` go to :func:`dice_loss`.
+
+    Two passes over the logits in all: the cross-entropy sums (Σ v·t·(-log p)
+    and Σ v·(-log p) per plane) come out of the Dice statistics kernel, and
+    their gradient is added by the Dice gradient kernel. (One-hot / soft
+    targets and ``from_logits=False`` take the Dice and CE kernels separately.)
+    """
     input, target = _shared_views(input, target)
+    if not 0.0 <= label_smoothing <= 1.0:
+        raise ValueError("label_smoothing must be in [0, 1]")
+    if (dice_kwargs.get("from_logits", True) and isinstance(target, Tensor) and isinstance(input, Tensor)
+            and not (target.dtype.is_floating_point or target.dtype == torch.bool)):
+        x, t, is_label, _, off, ign, be = _region.prepare(input, target, "multiclass", True, ignore_index, backend)
+        if is_label:
+            stats = _region.plane_stats(x, t, is_label, _region.ACT["softmax"], off, ign, be, xent=True)
+            d = dice_loss(input, target, mode="multiclass", ignore_index=ignore_index, backend=backend,
+                          _stats=stats[..., :_region.K], **dice_kwargs)
+            c = _ce_from_stats(stats.sum(0), ce_weight, label_smoothing)
+            return lambda_dice * d + lambda_ce * c
     d = dice_loss(input, target, mode="multiclass", ignore_index=ignore_index, backend=backend, **dice_kwargs)
     c = cross_entropy(input, target, weight=ce_weight, label_smoothing=label_smoothing,
                       ignore_index=-100 if ignore_index is None else ignore_index, backend=backend)
     return lambda_dice * d + lambda_ce * c
+
+
+def _ce_from_stats(s: Tensor, weight, smoothing: float) -> Tensor:
+    """torch's mean cross entropy from the pooled per-class sums s [C, 9]:
+    Σ_c w_c((1 - ε)·CE_c + ε/C·LP_c) / Σ_c w_c·T_c, 0 without valid pixels."""
+    C = s.shape[0]
+    w = _region.check_weight(weight, C, s.device)
+    ce, lp, T = s[:, _region.K], s[:, _region.K + 1], s[:, 2]
+    num = (1.0 - smoothing) * ce + (smoothing / C) * lp
+    if w is not None:
+        w = w.to(s.dtype)
+        num, T = num * w, T * w
+    num, den = num.sum(), T.sum()
+    return torch.where(den > 0, num / torch.where(den > 0, den, 1), torch.zeros_like(num))
 
 
 def dice_focal_loss(input: Tensor, target: Tensor, *, mode: str = "multiclass", lambda_dice: float = 1.0,

@@ -31,6 +31,10 @@ def test_opcheck_ext_ops(backend, is_label):
     torch.library.opcheck(R.region_stats_op, (x, t, is_label, 1, 0, 3.0, backend))
     g = torch.randn(2, 5, R.K)
     torch.library.opcheck(R.region_grad_op, (x.detach(), t, g, is_label, 2, 0, None, backend))
+    if is_label:  # with the cross-entropy sums (Dice + CE in two passes)
+        torch.library.opcheck(R.region_stats_op, (x, t, True, 2, 0, None, backend, True))
+        gx = torch.randn(2, 5, R.KX)
+        torch.library.opcheck(R.region_grad_op, (x.detach(), t, gx, True, 2, 0, None, backend, True))
 
 
 @pytest.mark.skipif("triton" not in kernel_backends(), reason="triton backend not runnable here")
@@ -45,6 +49,9 @@ def test_opcheck_triton_ops():
     torch.library.opcheck(R.region_stats_triton_op, (x, t, True, 2, 0, None), test_utils=utils)
     g = torch.randn(2, 5, R.K, device=dev)
     torch.library.opcheck(R.region_grad_triton_op, (x.detach(), t, g, True, 2, 0, None), test_utils=utils)
+    torch.library.opcheck(R.region_stats_triton_op, (x, t, True, 2, 0, None, True), test_utils=utils)
+    gx = torch.randn(2, 5, R.KX, device=dev)
+    torch.library.opcheck(R.region_grad_triton_op, (x.detach(), t, gx, True, 2, 0, None, True), test_utils=utils)
 
 
 class _Step(torch.nn.Module):

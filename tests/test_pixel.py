@@ -343,3 +343,81 @@ def test_modules_match_functional():
     for module, fn, target in cases:
         torch.testing.assert_close(module(x, target), fn())
     assert "weight" in dict(cases[0][0].named_buffers())
+
+
+# ---------------------------------------------------------------- Dice + CE in two passes
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("C,weighted,smoothing,ignore,batch", [(4, False, 0.0, None, False), (21, True, 0.1, 255, True),
+                                                               (40, True, 0.0, 3, False), (2, False, 0.3, None, True)])
+def test_dice_ce_two_pass_matches_torch(backend, dtype, C, weighted, smoothing, ignore, batch):
+    """The CE sums ride in the Dice kernels: loss and gradient equal Dice (float64
+    reference) + torch's cross_entropy, with grad_output != 1 and a non-contiguous input."""
+    if dtype == torch.float64 and backend == "triton":
+        pytest.skip("triton computes in float32")
+    h, w = _shape(backend)
+    x = (3 * torch.randn(2, h, w, C, dtype=torch.float64)).permute(0, 3, 1, 2).to(dtype)
+    y = _labels(2, C, (h, w), ignore)
+    wt = torch.rand(C, dtype=torch.float64) + 0.2 if weighted else None
+    go = torch.tensor(0.7)
+    loss, g = _run(lambda z: SF.dice_ce_loss(z, y, ce_weight=wt, label_smoothing=smoothing, ignore_index=ignore,
+                                             batch=batch, lambda_ce=1.5, backend=backend), x, go)
+
+    def expect(z):
+        d = SF.dice_loss(z, y, ignore_index=ignore, batch=batch, backend="torch")
+        c = F.cross_entropy(z, y, weight=wt, label_smoothing=smoothing, ignore_index=-100 if ignore is None else ignore)
+        return d + 1.5 * c
+    want, gw = _run(expect, x.double(), go)
+    _assert_close(loss, want, dtype)
+    _assert_close(g, gw.to(dtype), dtype)
+    assert g.dtype == dtype
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_dice_ce_is_two_passes(backend, monkeypatch):
+    """No separate cross-entropy kernel runs: the stats kernel carries the CE sums."""
+    def boom(*a, **k):
+        raise AssertionError("dice_ce_loss ran the pixel kernel")
+    monkeypatch.setattr(SF, "cross_entropy", boom)
+    h, w = _shape(backend)
+    x = torch.randn(2, 5, h, w, requires_grad=True)
+    y = _labels(2, 5, (h, w), 255)
+    SF.dice_ce_loss(x, y, ignore_index=255, backend=backend).backward()
+    assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("backend", [b for b in BACKENDS if b in ("cpu", "torch")])
+def test_dice_ce_gradcheck_float64(backend):
+    x = torch.randn(2, 3, 4, 5, dtype=torch.float64, requires_grad=True)
+    y = _labels(2, 3, (4, 5), 255)
+    w = torch.tensor([0.5, 1.0, 2.0], dtype=torch.float64)
+    assert torch.autograd.gradcheck(
+        lambda z: SF.dice_ce_loss(z, y, ce_weight=w, label_smoothing=0.1, ignore_index=255, backend=backend), (x,))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_dice_ce_all_ignored_is_finite(backend):
+    x = torch.randn(2, 3, 4, 5, requires_grad=True)
+    y = torch.full((2, 4, 5), 255)
+    loss = SF.dice_ce_loss(x, y, ignore_index=255, backend=backend)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(x.grad).all()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_region_stats_xent_sums(backend):
+    """The CE / LP sums of every backend against the float64 reference."""
+    from segfast.ops import region as R
+    from segfast.reference import region as rref
+
+    h, w = _shape(backend)
+    x = torch.randn(3, 6, h * w)
+    y = _labels(3, 6, (h * w,), 255)
+    got = R.plane_stats(x, y, True, R.ACT["softmax"], 0, 255, backend, xent=True)
+    want = rref.region_stats(x.double(), y, True, R.ACT["softmax"], 0, 255, xent=True)
+    assert got.shape == (3, 6, 9)
+    _assert_close(got, want)
+    with pytest.raises(ValueError, match="class-index"):
+        R.plane_stats(x, torch.rand(3, 6, h * w), False, R.ACT["softmax"], 0, None, backend, xent=True)

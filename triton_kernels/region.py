@@ -13,7 +13,10 @@ Two streaming kernels, the same ABI as the C++ and CUDA backends:
 
   Chunk j of an image covers pixels [j*L, min((j+1)*L, S)), L = ceil(S/P).
   One program per (image, chunk); no atomics, so the result is deterministic.
-  The caller reduces with ``out.sum(1)``.
+  The caller reduces with ``out.sum(1)``. With ``xent`` (softmax, class-index
+  targets) two more sums follow, CE = sum v*t*(-log p) and LP = sum v*(-log p)
+  (-log p = lse - x): out is [N, P, C, 9] and g [N, C, 9], and the gradient
+  gains v*p_c*(gCE_y + sum_k gLP_k) - v*(gLP_c + t_c*gCE_c).
 
 * ``launch_grad`` writes dLoss/dx (x's dtype, any strides) from
   g = dLoss/dStats [N, C, 7] (float32, contiguous):
@@ -91,18 +94,26 @@ def _act(x, m, rl, ACT: tl.constexpr):
 
 @triton.jit
 def _dldp_tile(p, g_base, c64, cmask, t_ptr, n64, s64, stn, stc, sts, pvalid, lab,
-               label_offset, ign_f, T_IS_LABEL: tl.constexpr, HAS_IGNORE: tl.constexpr):
-    """dL/dp of one [BLOCK_C, BLOCK_S] class tile: targets and g read here."""
+               label_offset, ign_f, T_IS_LABEL: tl.constexpr, HAS_IGNORE: tl.constexpr,
+               XENT: tl.constexpr, KO: tl.constexpr):
+    """(dL/dp, b) of one [BLOCK_C, BLOCK_S] class tile: targets and g read here.
+    b = v*(gLP + t*gCE), the cross-entropy part of dL/d(-log p) (0 without XENT)."""
     t, vb = load_target_tile(t_ptr, n64, c64, s64, stn, stc, sts,
                              cmask[:, None] & pvalid[None, :],
                              T_IS_LABEL, HAS_IGNORE, lab, label_offset, ign_f)
     v = vb.to(tl.float32)
-    gc = g_base + c64 * 7
+    gc = g_base + c64 * KO
     gI = tl.load(gc + 0, mask=cmask, other=0)
     gP = tl.load(gc + 1, mask=cmask, other=0)
     gPP = tl.load(gc + 4, mask=cmask, other=0)
     gM = tl.load(gc + 6, mask=cmask, other=0)
-    return _dldp(p, t, v, gI, gP, gPP, gM)
+    if XENT:
+        gCE = tl.load(gc + 7, mask=cmask, other=0)
+        gLP = tl.load(gc + 8, mask=cmask, other=0)
+        b = v * (gLP[:, None] + t * gCE[:, None])
+    else:
+        b = tl.zeros_like(p)
+    return _dldp(p, t, v, gI, gP, gPP, gM), b
 
 
 @triton.jit
@@ -147,11 +158,12 @@ def _region_stats_kernel(
     label_offset, ign_i, ign_f,
     ACT: tl.constexpr, T_IS_LABEL: tl.constexpr, HAS_IGNORE: tl.constexpr,
     SINGLE_C: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr,
+    XENT: tl.constexpr, KO: tl.constexpr,
 ):
     pid = tl.program_id(0).to(tl.int64)
     n64, start, end = chunk_bounds(pid, P, L, S)
     x_base = x_ptr + n64 * sxn
-    row = out_ptr + pid * C * 7  # out[n, j] is row n*P + j of [N*P, C, 7]
+    row = out_ptr + pid * C * KO  # out[n, j] is row n*P + j of [N*P, C, KO]
     ar_c = tl.arange(0, BLOCK_C)
     ar_s = tl.arange(0, BLOCK_S)
 
@@ -165,6 +177,8 @@ def _region_stats_kernel(
         aPP = tl.zeros([BLOCK_C, BLOCK_S], tl.float32)
         aTT = tl.zeros([BLOCK_C, BLOCK_S], tl.float32)
         aM = tl.zeros([BLOCK_C, BLOCK_S], tl.float32)
+        aCE = tl.zeros([BLOCK_C, BLOCK_S], tl.float32)
+        aLP = tl.zeros([BLOCK_C, BLOCK_S], tl.float32)
         for s0 in range(start, end, BLOCK_S):
             s64 = s0 + ar_s.to(tl.int64)
             smask = s64 < end
@@ -174,7 +188,8 @@ def _region_stats_kernel(
                 xm = tl.where(cmask[:, None], x, float("-inf"))
                 m = tl.max(xm, axis=0)
                 e = tl.exp(xm - m[None, :])
-                p = e * (1.0 / tl.sum(e, axis=0))[None, :]
+                esum = tl.sum(e, axis=0)
+                p = e * (1.0 / esum)[None, :]
             elif ACT == 1:
                 p = tl.sigmoid(x)
             else:
@@ -193,7 +208,11 @@ def _region_stats_kernel(
             aPP += pv * p
             aTT += t * t
             aM += tl.minimum(p, t) * v
-        o = row + c64 * 7
+            if XENT:  # -log p = lse - x
+                nl = tl.where(mask, (m + tl.log(esum))[None, :] - x, 0.0) * v
+                aCE += nl * t
+                aLP += nl
+        o = row + c64 * KO
         tl.store(o + 0, tl.sum(aI, axis=1), mask=cmask)
         tl.store(o + 1, tl.sum(aP, axis=1), mask=cmask)
         tl.store(o + 2, tl.sum(aT, axis=1), mask=cmask)
@@ -201,14 +220,17 @@ def _region_stats_kernel(
         tl.store(o + 4, tl.sum(aPP, axis=1), mask=cmask)
         tl.store(o + 5, tl.sum(aTT, axis=1), mask=cmask)
         tl.store(o + 6, tl.sum(aM, axis=1), mask=cmask)
+        if XENT:
+            tl.store(o + 7, tl.sum(aCE, axis=1), mask=cmask)
+            tl.store(o + 8, tl.sum(aLP, axis=1), mask=cmask)
     else:
         # Zero this program's out row, then accumulate into it chunk by chunk.
         zero = tl.zeros([BLOCK_C], tl.float32)
         for c0 in range(0, C, BLOCK_C):
             c64 = c0 + ar_c.to(tl.int64)
             cmask = c64 < C
-            o = row + c64 * 7
-            for k in tl.static_range(7):
+            o = row + c64 * KO
+            for k in tl.static_range(KO):
                 tl.store(o + k, zero, mask=cmask)
         tl.debug_barrier()
         for s0 in range(start, end, BLOCK_S):
@@ -234,7 +256,7 @@ def _region_stats_kernel(
                                          T_IS_LABEL, HAS_IGNORE, lab, label_offset, ign_f)
                 v = vb.to(tl.float32)
                 pv = p * v
-                o = row + c64 * 7
+                o = row + c64 * KO
                 tl.store(o + 0, tl.load(o + 0, mask=cmask, other=0) + tl.sum(pv * t, axis=1), mask=cmask)
                 tl.store(o + 1, tl.load(o + 1, mask=cmask, other=0) + tl.sum(pv, axis=1), mask=cmask)
                 tl.store(o + 2, tl.load(o + 2, mask=cmask, other=0) + tl.sum(t, axis=1), mask=cmask)
@@ -243,6 +265,10 @@ def _region_stats_kernel(
                 tl.store(o + 5, tl.load(o + 5, mask=cmask, other=0) + tl.sum(t * t, axis=1), mask=cmask)
                 tl.store(o + 6, tl.load(o + 6, mask=cmask, other=0)
                          + tl.sum(tl.minimum(p, t) * v, axis=1), mask=cmask)
+                if XENT:  # -log p = lse - x, lse = m - log(rl)
+                    nl = tl.where(mask, (m - tl.log(rl))[None, :] - x, 0.0) * v
+                    tl.store(o + 7, tl.load(o + 7, mask=cmask, other=0) + tl.sum(nl * t, axis=1), mask=cmask)
+                    tl.store(o + 8, tl.load(o + 8, mask=cmask, other=0) + tl.sum(nl, axis=1), mask=cmask)
             # The threads that load a row element next time need not be the
             # ones that stored it: order the read-modify-writes.
             tl.debug_barrier()
@@ -262,6 +288,7 @@ def _region_grad_kernel(
     label_offset, ign_i, ign_f,
     ACT: tl.constexpr, T_IS_LABEL: tl.constexpr, HAS_IGNORE: tl.constexpr,
     SINGLE_C: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr,
+    XENT: tl.constexpr, KO: tl.constexpr,
 ):
     pid = tl.program_id(0).to(tl.int64)
     n64 = pid // NBLK
@@ -270,7 +297,7 @@ def _region_grad_kernel(
     smask = s64 < S
     x_base = x_ptr + n64 * sxn
     dx_base = dx_ptr + n64 * sdn
-    g_base = g_ptr + n64 * C * 7
+    g_base = g_ptr + n64 * C * KO
     ar_c = tl.arange(0, BLOCK_C)
     lab, pvalid = load_labels(t_ptr, n64, s64, stn, sts, smask,
                               T_IS_LABEL, HAS_IGNORE, ign_i)
@@ -287,9 +314,9 @@ def _region_grad_kernel(
             m = tl.max(xm, axis=0)
             rl = 1.0 / tl.sum(tl.exp(xm - m[None, :]), axis=0)
         p = tl.where(cmask[:, None], _act(x, m, rl, ACT), 0.0)
-        a = _dldp_tile(p, g_base, c64, cmask, t_ptr, n64, s64, stn, stc, sts, pvalid, lab,
-                       label_offset, ign_f, T_IS_LABEL, HAS_IGNORE)
-        dx = _dx(p, a, tl.sum(p * a, axis=0), ACT)
+        a, b = _dldp_tile(p, g_base, c64, cmask, t_ptr, n64, s64, stn, stc, sts, pvalid, lab,
+                          label_offset, ign_f, T_IS_LABEL, HAS_IGNORE, XENT, KO)
+        dx = _dx(p, a, tl.sum(p * a - b, axis=0), ACT) - b
         tl.store(dx_base + c64[:, None] * sdc + s64[None, :] * sds,
                  dx.to(dx_ptr.dtype.element_ty), mask=mask)
     else:
@@ -304,9 +331,9 @@ def _region_grad_kernel(
                 mask = cmask[:, None] & smask[None, :]
                 x = load_tile(x_base, c64, s64, sxc, sxs, mask)
                 p = _act(x, m, rl, ACT)
-                a = _dldp_tile(p, g_base, c64, cmask, t_ptr, n64, s64, stn, stc, sts, pvalid, lab,
-                               label_offset, ign_f, T_IS_LABEL, HAS_IGNORE)
-                dot += tl.sum(tl.where(mask, p * a, 0.0), axis=0)
+                a, b = _dldp_tile(p, g_base, c64, cmask, t_ptr, n64, s64, stn, stc, sts, pvalid, lab,
+                                  label_offset, ign_f, T_IS_LABEL, HAS_IGNORE, XENT, KO)
+                dot += tl.sum(tl.where(mask, p * a - b, 0.0), axis=0)
         # last pass: write dx
         for c0 in range(0, C, BLOCK_C):
             c64 = c0 + ar_c.to(tl.int64)
@@ -318,9 +345,9 @@ def _region_grad_kernel(
                 rl = m
                 dot = m
             p = _act(x, m, rl, ACT)
-            a = _dldp_tile(p, g_base, c64, cmask, t_ptr, n64, s64, stn, stc, sts, pvalid, lab,
-                           label_offset, ign_f, T_IS_LABEL, HAS_IGNORE)
-            dx = _dx(p, a, dot, ACT)
+            a, b = _dldp_tile(p, g_base, c64, cmask, t_ptr, n64, s64, stn, stc, sts, pvalid, lab,
+                              label_offset, ign_f, T_IS_LABEL, HAS_IGNORE, XENT, KO)
+            dx = _dx(p, a, dot, ACT) - b
             tl.store(dx_base + c64[:, None] * sdc + s64[None, :] * sds,
                      dx.to(dx_ptr.dtype.element_ty), mask=mask)
 
@@ -344,9 +371,9 @@ def default_chunks(N: int, C: int, S: int, sm_count: int = 132, waves: int = 4) 
 
 
 def launch_stats(x, t, t_is_label: bool, out, N: int, C: int, S: int, P: int,
-                 act: int, label_offset: int, has_ignore: bool, ignore_value: float,
+                 act: int, label_offset: int, has_ignore: bool, ignore_value: float, xent: bool = False,
                  *, block_s: int | None = None, block_c: int | None = None) -> None:
-    """Partial sums into ``out`` (float32, contiguous [N, P, C, 7]); see module doc.
+    """Partial sums into ``out`` (float32, contiguous [N, P, C, 7], or 9 with ``xent``); see module doc.
 
     x: [N, C, S] (any strides); t: [N, S] labels if ``t_is_label`` else
     [N, C, S] dense. ``block_s`` / ``block_c`` override the tile (tests, tuning).
@@ -365,15 +392,16 @@ def launch_stats(x, t, t_is_label: bool, out, N: int, C: int, S: int, P: int,
         int(label_offset), ign_i, ign_f,
         ACT=int(act), T_IS_LABEL=bool(t_is_label), HAS_IGNORE=bool(has_ignore),
         SINGLE_C=single, BLOCK_C=BLOCK_C, BLOCK_S=BLOCK_S,
+        XENT=bool(xent), KO=9 if xent else 7,
         num_warps=STATS_WARPS,
     )
 
 
 def launch_grad(x, t, t_is_label: bool, g, dx, N: int, C: int, S: int,
-                act: int, label_offset: int, has_ignore: bool, ignore_value: float,
+                act: int, label_offset: int, has_ignore: bool, ignore_value: float, xent: bool = False,
                 *, block_s: int | None = None, block_c: int | None = None) -> None:
     """dLoss/dx into ``dx`` ([N, C, S], x's dtype, any strides) from g = dLoss/dStats
-    (float32, contiguous [N, C, 7]); see module doc."""
+    (float32, contiguous [N, C, 7], or 9 with ``xent``); see module doc."""
     if N * C * S == 0:
         return
     t, (stn, stc, sts), has_ignore, ign_i, ign_f = target_args(t, t_is_label, has_ignore,
@@ -389,5 +417,6 @@ def launch_grad(x, t, t_is_label: bool, g, dx, N: int, C: int, S: int,
         int(label_offset), ign_i, ign_f,
         ACT=int(act), T_IS_LABEL=bool(t_is_label), HAS_IGNORE=bool(has_ignore),
         SINGLE_C=single, BLOCK_C=BLOCK_C, BLOCK_S=BLOCK_S,
+        XENT=bool(xent), KO=9 if xent else 7,
         num_warps=GRAD_WARPS,
     )

@@ -6,6 +6,11 @@
 //   I = sum v*p*t, P = sum v*p, T = sum v*t, V = sum v,
 //   PP = sum v*p^2, TT = sum v*t^2, M = sum v*min(p, t)
 // with p = act(x) and (t, v) decoded from the target (see region_target).
+// With xent (softmax, class-index targets: the cross-entropy term of sums
+// such as Dice + CE) two more follow, so the loss still costs two passes:
+//   CE = sum v*t*(-log p), LP = sum v*(-log p)   (-log p = logsumexp(x) - x)
+// LP carries label smoothing. Their gradient is added in the grad pass:
+//   dx_k += v p_k (gCE_y + sum_c gLP_c) - v (gLP_k + [k == y] gCE_k).
 #pragma once
 
 #include <cmath>
@@ -18,14 +23,19 @@ namespace segfast {
 namespace region {
 
 constexpr int K = 7;
-enum Stat : int { kI = 0, kP = 1, kT = 2, kV = 3, kPP = 4, kTT = 5, kM = 6 };
+constexpr int KX = 9;  // with the cross-entropy sums
+enum Stat : int { kI = 0, kP = 1, kT = 2, kV = 3, kPP = 4, kTT = 5, kM = 6, kCE = 7, kLP = 8 };
 enum Act : int { kIdentity = 0, kSigmoid = 1, kSoftmax = 2 };
 
 // Everything a region kernel needs to read x and the target (problem.h), and
 // the activation.
 struct Problem : Inputs {
   int act;
+  bool xent;  // also the CE / LP sums (softmax, class-index targets only)
 };
+
+// Sums per plane in the kernels' output and dLoss/dStats input.
+SEGFAST_HD int num_stats(const Problem& pr) { return pr.xent ? KX : K; }
 
 // ---- exp / activations ------------------------------------------------------
 

@@ -15,6 +15,7 @@
 #endif
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <vector>
@@ -54,12 +55,13 @@ struct Workspace {
   std::vector<T> m, r;  // per pixel: max / sum, dot
   std::vector<T> vb;    // label validity [tile]
   std::vector<int32_t> lb;  // label class index or -1 [tile]
-  std::vector<double> acc;  // stats: [C][7] chunk totals
+  std::vector<T> xr;    // stats with xent: one reloaded row of x
+  std::vector<double> acc;  // stats: [C][KX] chunk totals
   Workspace(int64_t C_, int64_t tile_, bool dense, bool grad)
-      : C(C_), tile(tile_), xb(C_ * tile_), m(tile_), r(tile_), vb(tile_), lb(tile_) {
+      : C(C_), tile(tile_), xb(C_ * tile_), m(tile_), r(tile_), vb(tile_), lb(tile_), xr(tile_) {
     if (dense) { tb.resize(C_ * tile_); vbd.resize(C_ * tile_); }
     if (grad) ab.resize(C_ * tile_);
-    else acc.resize(C_ * K);
+    else acc.resize(C_ * KX);
   }
 };
 
@@ -269,10 +271,11 @@ SEGFAST_INLINE vf vexp_sm(vf x) {
 }
 
 // Softmax numerators of one block: e[c * ep + l] = exp(x[c * xp + l] - max_c x);
-// returns the per-pixel sums.
+// returns the per-pixel sums (and the max in *mout when asked).
 template <bool kV4>
 SEGFAST_INLINE vf softmax_block(const float* __restrict x, int64_t xp, int64_t C,
-                                float* __restrict e, int64_t ep, int64_t pf) {
+                                float* __restrict e, int64_t ep, int64_t pf,
+                                vf* mout = nullptr) {
   vf m = vload(x), m1 = m;  // two chains: vmaxps latency
   if (pf) __builtin_prefetch(x + pf, 0, 3);
   int64_t c = 1;
@@ -291,6 +294,7 @@ SEGFAST_INLINE vf softmax_block(const float* __restrict x, int64_t xp, int64_t C
     m = x0 > m ? x0 : m;
   }
   m = m1 > m ? m1 : m;
+  if (mout) *mout = m;
   vf s = vf{};
   for (c = 0; c < C; ++c) {
     const vf ec = vexp_sm<kV4>(vload(x + c * xp) - m);
@@ -312,11 +316,13 @@ struct FastWork {
   std::vector<float> vb;    // [tile] v
   std::vector<int32_t> lb;  // [tile] class or -1
   std::vector<float> tail;  // [C][VL] the last partial block, zero-padded
-  std::vector<float> gt;    // grad: [4][C] gP, 2 gPP, gI, gM of the image
-  std::vector<double> acc;  // stats: [C][K]
+  std::vector<float> lse;   // stats with xent: [tile] logsumexp
+  std::vector<float> gt;    // grad: [6][C] gP, 2 gPP, gI, gM, gCE, gLP of the image, sum gLP
+  std::vector<double> acc;  // stats: [C][KX]
   FastWork(int64_t C_, int64_t tile_, bool grad)
       : C(C_), tile(tile_), xb(C_ * tile_), eb(grad ? 2 * C_ * VL : C_ * tile_), rv(tile_),
-        vb(tile_), lb(tile_), tail(C_ * VL), gt(grad ? 4 * C_ : 0), acc(grad ? 0 : C_ * K) {}
+        vb(tile_), lb(tile_), tail(C_ * VL), lse(tile_), gt(grad ? 6 * C_ + 1 : 0),
+        acc(grad ? 0 : C_ * KX) {}
 };
 
 // Labels of pixels [s0, s0 + len) of image n -> lb, vb, padded with (-1, 0) to pad_len(len).
@@ -377,7 +383,7 @@ SEGFAST_INLINE XSrc fast_xsrc(const Problem& pr, FastWork& w, int64_t n, int64_t
   return {xb, tile, lenp};
 }
 
-template <bool kV4>
+template <bool kV4, bool kXent>
 SEGFAST_INLINE void fast_stats_item(const Problem& pr, FastWork& w, int64_t n, int64_t P,
                                     int64_t j, float* __restrict out) {
   const int64_t C = pr.C, tile = w.tile;
@@ -394,14 +400,18 @@ SEGFAST_INLINE void fast_stats_item(const Problem& pr, FastWork& w, int64_t n, i
     const XSrc xs = fast_xsrc(pr, w, n, s0, len);
     const float* __restrict vb = w.vb.data();
     vf vsum = vf{};
+    float* __restrict lse = w.lse.data();
     for (int64_t i = 0; i < lenp; i += VL) {
       const bool inplace = i < xs.full;
+      vf m;
       const vf s = inplace ? softmax_block<kV4>(xs.base + i, xs.pitch, C, eb + i, tile,
-                                         i + kPrefetch < xs.full ? kPrefetch : 0)
-                           : softmax_block<kV4>(w.tail.data(), VL, C, eb + i, tile, 0);
+                                         i + kPrefetch < xs.full ? kPrefetch : 0, &m)
+                           : softmax_block<kV4>(w.tail.data(), VL, C, eb + i, tile, 0, &m);
       const vf v = vload(vb + i);
       vstore(rv + i, v / s);
       vsum += v;
+      if (kXent)  // one log per pixel, not per element
+        for (int64_t l = 0; l < VL; ++l) lse[i + l] = m[l] + std::log(s[l]);
     }
     V += double(vhsum(vsum));
     const int32_t* __restrict lb = w.lb.data();
@@ -417,7 +427,18 @@ SEGFAST_INLINE void fast_stats_item(const Problem& pr, FastWork& w, int64_t n, i
         aI += q * t;  // (not a masked add: a NaN p gives a NaN I, as v*p*t does)
         aT += t;
       }
-      double* ac = acc + c * K;
+      if (kXent) {  // -log p = lse - x: CE on the label's class, LP on every valid pixel
+        vf aCE = vf{}, aLP = vf{};
+        for (int64_t i = 0; i < lenp; i += VL) {
+          const float* xc = i < xs.full ? xs.base + c * xs.pitch + i : w.tail.data() + c * VL;
+          const vf nl = vload(lse + i) - vload(xc);
+          aCE += viload(lb + i) == cc ? nl : vf{};
+          aLP += vload(vb + i) * nl;
+        }
+        acc[c * KX + kCE] += vhsum(aCE);
+        acc[c * KX + kLP] += vhsum(aLP);
+      }
+      double* ac = acc + c * KX;
       const double I = vhsum(aI), T = vhsum(aT);
       ac[kI] += I;
       ac[kP] += vhsum(aP);
@@ -427,22 +448,25 @@ SEGFAST_INLINE void fast_stats_item(const Problem& pr, FastWork& w, int64_t n, i
       ac[kM] += I;
     }
   }
-  float* o = out + (n * P + j) * C * K;
+  constexpr int64_t KO = kXent ? KX : K;
+  float* o = out + (n * P + j) * C * KO;
   for (int64_t c = 0; c < C; ++c) {
-    acc[c * K + kV] = V;
-    for (int64_t k = 0; k < K; ++k) o[c * K + k] = float(acc[c * K + k]);
+    acc[c * KX + kV] = V;
+    for (int64_t k = 0; k < KO; ++k) o[c * KO + k] = float(acc[c * KX + k]);
   }
 }
 
 SEGFAST_CLONES_V3 void fast_stats_f32(const Problem& pr, FastWork& w, int64_t n, int64_t P,
                                       int64_t j, float* out) {
-  fast_stats_item<false>(pr, w, n, P, j, out);
+  if (pr.xent) fast_stats_item<false, true>(pr, w, n, P, j, out);
+  else fast_stats_item<false, false>(pr, w, n, P, j, out);
 }
 #if defined(SEGFAST_AVX512)
 SEGFAST_V4 __attribute__((flatten)) void fast_stats_f32_v4(const Problem& pr, FastWork& w,
                                                            int64_t n, int64_t P, int64_t j,
                                                            float* out) {
-  fast_stats_item<true>(pr, w, n, P, j, out);
+  if (pr.xent) fast_stats_item<true, true>(pr, w, n, P, j, out);
+  else fast_stats_item<true, false>(pr, w, n, P, j, out);
 }
 bool have_v4() {
   static const bool ok = __builtin_cpu_supports("x86-64-v4");
@@ -451,8 +475,9 @@ bool have_v4() {
 #endif
 
 // dLoss/dx of one block (softmax, labels): a_c = v (gP + 2 gPP p + [c == lb] gI + gM h),
-// dx_c = p_c (a_c - sum_k p_k a_k).
-template <bool kV4, bool kHasM>
+// dx_c = p_c (a_c - sum_k p_k a_k); with xent also + v p_c (gCE_y + sum gLP) - v (gLP_c +
+// [c == y] gCE_c) (csrc/common/region.h).
+template <bool kV4, bool kHasM, bool kXent>
 SEGFAST_INLINE void grad_block(const float* x, int64_t xp, int64_t C,
                                const int32_t* __restrict lbp, const float* __restrict vbp,
                                const float* __restrict gt, float* __restrict e,
@@ -462,10 +487,12 @@ SEGFAST_INLINE void grad_block(const float* x, int64_t xp, int64_t C,
   const float* __restrict gPP2 = gt + C;
   const float* __restrict gI = gt + 2 * C;
   const float* __restrict gM = gt + 3 * C;
+  const float* __restrict gCE = gt + 4 * C;
+  const float* __restrict gLP = gt + 5 * C;
   const vf r = 1.0f / softmax_block<kV4>(x, xp, C, e, VL, pf);
   const vi lb = viload(lbp);
   const vf rv = r * vload(vbp);
-  vf dot = vf{};
+  vf dot = vf{}, gy = vf{};
   for (int64_t c = 0; c < C; ++c) {  // e -> a (v omitted: dx gets it through rv)
     const vf p = vload(e + c * VL) * r;
     const vi hit = lb == int32_t(c);
@@ -476,8 +503,20 @@ SEGFAST_INLINE void grad_block(const float* x, int64_t xp, int64_t C,
       const vf h = p < t ? vsplat(1.0f) : (p == t ? vsplat(0.5f) : vf{});
       a += gM[c] * h;
     }
+    if (kXent) gy = hit ? gy + gCE[c] : gy;
     dot += p * a;
     vstore(a_buf + c * VL, a);
+  }
+  if (kXent) {
+    dot -= gy + gt[6 * C];
+    const vf v = vload(vbp);
+    for (int64_t c = 0; c < C; ++c) {
+      const vf pv = vload(e + c * VL) * rv;
+      const vf b = lb == int32_t(c) ? vsplat(gLP[c] + gCE[c]) : vsplat(gLP[c]);
+      vstore(dst + c * dp, pv * (vload(a_buf + c * VL) - dot) - v * b);
+      if (pf) __builtin_prefetch(dst + c * dp + pf, 1, 3);
+    }
+    return;
   }
   for (int64_t c = 0; c < C; ++c) {
     const vf pv = vload(e + c * VL) * rv;
@@ -486,7 +525,7 @@ SEGFAST_INLINE void grad_block(const float* x, int64_t xp, int64_t C,
   }
 }
 
-template <bool kV4, bool kHasM>
+template <bool kV4, bool kHasM, bool kXent>
 SEGFAST_INLINE void fast_grad_tile(const Problem& pr, FastWork& w, int64_t n, int64_t s0,
                                    int64_t len, const XSrc& xs, void* dx, int64_t dxsN,
                                    int64_t dxsC, int64_t dxsS) {
@@ -498,11 +537,11 @@ SEGFAST_INLINE void fast_grad_tile(const Problem& pr, FastWork& w, int64_t n, in
   if (direct) {
     float* d = static_cast<float*>(dx) + n * dxsN + s0;
     for (int64_t i = 0; i < xs.full; i += VL)
-      grad_block<kV4, kHasM>(xs.base + i, xs.pitch, C, w.lb.data() + i, w.vb.data() + i, gt, eb,
+      grad_block<kV4, kHasM, kXent>(xs.base + i, xs.pitch, C, w.lb.data() + i, w.vb.data() + i, gt, eb,
                         d + i, dxsC, i + kPrefetch < xs.full ? kPrefetch : 0);
     if (xs.full < len) {  // in place: x was read directly, tail from w.tail
       float* tl = w.tail.data();
-      grad_block<kV4, kHasM>(tl, VL, C, w.lb.data() + xs.full, w.vb.data() + xs.full, gt, eb, tl, VL,
+      grad_block<kV4, kHasM, kXent>(tl, VL, C, w.lb.data() + xs.full, w.vb.data() + xs.full, gt, eb, tl, VL,
                         0);
       for (int64_t c = 0; c < C; ++c)
         for (int64_t i = xs.full; i < len; ++i) d[c * dxsC + i] = tl[c * VL + i - xs.full];
@@ -513,14 +552,14 @@ SEGFAST_INLINE void fast_grad_tile(const Problem& pr, FastWork& w, int64_t n, in
   const int64_t tile = w.tile, lenp = pad_len(len);
   if (xs.base != xb) {  // read in place, write to xb
     for (int64_t i = 0; i < xs.full; i += VL)
-      grad_block<kV4, kHasM>(xs.base + i, xs.pitch, C, w.lb.data() + i, w.vb.data() + i, gt, eb,
+      grad_block<kV4, kHasM, kXent>(xs.base + i, xs.pitch, C, w.lb.data() + i, w.vb.data() + i, gt, eb,
                         xb + i, tile, 0);
     if (xs.full < len)
-      grad_block<kV4, kHasM>(w.tail.data(), VL, C, w.lb.data() + xs.full, w.vb.data() + xs.full, gt,
+      grad_block<kV4, kHasM, kXent>(w.tail.data(), VL, C, w.lb.data() + xs.full, w.vb.data() + xs.full, gt,
                         eb, xb + xs.full, tile, 0);
   } else {
     for (int64_t i = 0; i < lenp; i += VL)
-      grad_block<kV4, kHasM>(xb + i, tile, C, w.lb.data() + i, w.vb.data() + i, gt, eb, xb + i, tile,
+      grad_block<kV4, kHasM, kXent>(xb + i, tile, C, w.lb.data() + i, w.vb.data() + i, gt, eb, xb + i, tile,
                         0);
   }
   for (int64_t c = 0; c < C; ++c)
@@ -535,23 +574,35 @@ SEGFAST_INLINE void fast_grad_item(const Problem& pr, FastWork& w, int64_t n, in
   const int64_t len = std::min(w.tile, pr.S - s0);
   float* gt = w.gt.data();
   if (*gt_image != n) {  // the image's dLoss/dStats as per-class tables
+    const int64_t KO = num_stats(pr);
+    float sum_lp = 0.0f;
     for (int64_t c = 0; c < C; ++c) {
-      const float* gc = g + (n * C + c) * K;
+      const float* gc = g + (n * C + c) * KO;
       gt[c] = gc[kP];
       gt[C + c] = 2.0f * gc[kPP];
       gt[2 * C + c] = gc[kI];
       gt[3 * C + c] = gc[kM];
+      gt[4 * C + c] = pr.xent ? gc[kCE] : 0.0f;
+      gt[5 * C + c] = pr.xent ? gc[kLP] : 0.0f;
+      sum_lp += gt[5 * C + c];
     }
+    gt[6 * C] = sum_lp;
     *gt_image = n;
   }
   bool has_m = false;
   for (int64_t c = 0; c < C; ++c) has_m |= gt[3 * C + c] != 0.0f;
   fast_labels(pr, w, n, s0, len);
   const XSrc xs = fast_xsrc(pr, w, n, s0, len);
-  if (has_m)
-    fast_grad_tile<kV4, true>(pr, w, n, s0, len, xs, dx, dxsN, dxsC, dxsS);
-  else
-    fast_grad_tile<kV4, false>(pr, w, n, s0, len, xs, dx, dxsN, dxsC, dxsS);
+  if (pr.xent) {
+    if (has_m)
+      fast_grad_tile<kV4, true, true>(pr, w, n, s0, len, xs, dx, dxsN, dxsC, dxsS);
+    else
+      fast_grad_tile<kV4, false, true>(pr, w, n, s0, len, xs, dx, dxsN, dxsC, dxsS);
+  } else if (has_m) {
+    fast_grad_tile<kV4, true, false>(pr, w, n, s0, len, xs, dx, dxsN, dxsC, dxsS);
+  } else {
+    fast_grad_tile<kV4, false, false>(pr, w, n, s0, len, xs, dx, dxsN, dxsC, dxsS);
+  }
 }
 
 SEGFAST_CLONES_V3 void fast_grad_f32(const Problem& pr, FastWork& w, int64_t n, int64_t s0,
@@ -579,6 +630,35 @@ bool fast_ok(const Problem& pr) {
 #endif  // __GNUC__
 
 // ---- stats: one (image, chunk) work item ---------------------------------------------
+
+// CE and LP of one tile (labels, softmax) into acc[c * KX + kCE / kLP]: -log p =
+// lse - x with x reloaded (w.xb holds p, and log p would underflow where p does).
+// After load_probs w.m holds the max and w.r 1/sum; w.m becomes lse.
+template <typename T>
+SEGFAST_INLINE void xent_stats(const Problem& pr, Workspace<T>& w, int64_t n, int64_t s0,
+                               int64_t len, double* acc) {
+  const int64_t lenp = pad_len(len);
+  T* __restrict lse = w.m.data();
+  const T* __restrict r = w.r.data();
+  for (int64_t i = 0; i < lenp; ++i) lse[i] -= std::log(r[i]);
+  T* __restrict xr = w.xr.data();
+  const int32_t* __restrict lb = w.lb.data();
+  const T* __restrict v = w.vb.data();
+  for (int64_t c = 0; c < pr.C; ++c) {
+    load_row(xr, pr.x, pr.x_dtype, n * pr.xsN + c * pr.xsC + s0 * pr.xsS, pr.xsS, len);
+    for (int64_t i = len; i < lenp; ++i) xr[i] = T(0);
+    T ce = T(0), lp = T(0);
+    const int32_t cc = int32_t(c);
+#pragma omp simd reduction(+ : ce, lp)
+    for (int64_t i = 0; i < lenp; ++i) {
+      const T nl = lse[i] - xr[i];
+      ce += lb[i] == cc ? nl : T(0);
+      lp += v[i] * nl;
+    }
+    acc[c * KX + kCE] += ce;
+    acc[c * KX + kLP] += lp;
+  }
+}
 
 template <typename T, typename A>
 SEGFAST_INLINE void stats_item_impl(const Problem& pr, Workspace<T>& w, int64_t n, int64_t P,
@@ -641,13 +721,16 @@ SEGFAST_INLINE void stats_item_impl(const Problem& pr, Workspace<T>& w, int64_t 
         a0 += a[0][l]; a1 += a[1][l]; a2 += a[2][l]; a3 += a[3][l];
         a4 += a[4][l]; a5 += a[5][l]; a6 += a[6][l];
       }
-      double* ac = acc + c * K;
+      double* ac = acc + c * KX;
       ac[0] += a0; ac[1] += a1; ac[2] += a2; ac[3] += a3;
       ac[4] += a4; ac[5] += a5; ac[6] += a6;
     }
+    if (pr.xent) xent_stats(pr, w, n, s0, len, acc);
   }
-  A* o = out + (n * P + j) * C * K;
-  for (int64_t i = 0; i < C * K; ++i) o[i] = A(acc[i]);
+  const int64_t KO = num_stats(pr);
+  A* o = out + (n * P + j) * C * KO;
+  for (int64_t c = 0; c < C; ++c)
+    for (int64_t k = 0; k < KO; ++k) o[c * KO + k] = A(acc[c * KX + k]);
 }
 
 SEGFAST_CLONES void stats_item_f32(const Problem& pr, Workspace<float>& w, int64_t n, int64_t P,
@@ -671,12 +754,19 @@ SEGFAST_INLINE void grad_item_impl(const Problem& pr, Workspace<T>& w, int64_t n
   load_probs(pr, w, n, s0, len);
   load_targets(pr, w, n, s0, len);
   T* __restrict dot = w.r.data();  // the softmax sums are no longer needed
+  T* __restrict gy = w.m.data();   // xent: gCE at the pixel's label (the max is no longer needed)
+  const int64_t KO = num_stats(pr);
+  T G8 = T(0);  // xent: sum_c gLP_c
   if (pr.act == kSoftmax) {
 #pragma omp simd
     for (int64_t i = 0; i < len; ++i) dot[i] = T(0);
   }
+  if (pr.xent) {
+    for (int64_t i = 0; i < len; ++i) gy[i] = T(0);
+    for (int64_t c = 0; c < C; ++c) G8 += T(g[(n * C + c) * KO + kLP]);
+  }
   for (int64_t c = 0; c < C; ++c) {
-    const G* gc = g + (n * C + c) * K;
+    const G* gc = g + (n * C + c) * KO;
     const T gI = T(gc[kI]), gP = T(gc[kP]), gPP2 = T(2) * T(gc[kPP]), gM = T(gc[kM]);
     const T* __restrict p = w.xb.data() + c * tile;
     T* __restrict a = w.ab.data() + c * tile;
@@ -700,6 +790,12 @@ SEGFAST_INLINE void grad_item_impl(const Problem& pr, Workspace<T>& w, int64_t n
         a[i] = v[i] * (gI * t + gP + gPP2 * p[i] + gM * h);
       }
     }
+    if (pr.xent) {
+      const int32_t* __restrict lb = w.lb.data();
+      const T gCE = T(gc[kCE]);
+      const int32_t cc = int32_t(c);
+      for (int64_t i = 0; i < len; ++i) gy[i] += lb[i] == cc ? gCE : T(0);
+    }
     if (pr.act == kSoftmax) {
 #pragma omp simd
       for (int64_t i = 0; i < len; ++i) dot[i] += p[i] * a[i];
@@ -714,8 +810,20 @@ SEGFAST_INLINE void grad_item_impl(const Problem& pr, Workspace<T>& w, int64_t n
     for (int64_t c = 0; c < C; ++c) {
       const T* __restrict p = w.xb.data() + c * tile;
       T* __restrict a = w.ab.data() + c * tile;
+      if (pr.xent) {  // + v p_c (gCE_y + G8) - v (gLP_c + [c == y] gCE_c)
+        const G* gc = g + (n * C + c) * KO;
+        const T gCE = T(gc[kCE]), gLP = T(gc[kLP]);
+        const int32_t* __restrict lb = w.lb.data();
+        const T* __restrict v = w.vb.data();
+        const int32_t cc = int32_t(c);
 #pragma omp simd
-      for (int64_t i = 0; i < len; ++i) a[i] = p[i] * (a[i] - dot[i]);
+        for (int64_t i = 0; i < len; ++i)
+          a[i] = p[i] * (a[i] - dot[i] + v[i] * (gy[i] + G8)) -
+                 v[i] * (gLP + (lb[i] == cc ? gCE : T(0)));
+      } else {
+#pragma omp simd
+        for (int64_t i = 0; i < len; ++i) a[i] = p[i] * (a[i] - dot[i]);
+      }
       store_row(dx, pr.x_dtype, n * dxsN + c * dxsC + s0 * dxsS, dxsS, a, len);
     }
   }

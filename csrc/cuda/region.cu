@@ -8,7 +8,8 @@
 //   lanes run over the tile's pixels, accumulate the 7 sums in registers,
 //   reduce with warp shuffles, and lane 0 adds them into the block's own slot
 //   of the [N, P, C, 7] partial buffer. Each slot has exactly one writer and
-//   a fixed order of additions: deterministic, no atomics.
+//   a fixed order of additions: deterministic, no atomics. With xent it also
+//   sums CE and LP (-log p = lse - x, lse = max + log(sum)): K = 9 sums.
 // grad: one thread per pixel; grid (pixel block, image). Loops over C: once
 //   for the softmax max/sum, once for sum_k p_k a_k (softmax), once to write.
 #include <cuda_runtime.h>
@@ -79,9 +80,10 @@ __global__ void stats_kernel(const Problem pr, const int64_t P, A* __restrict__ 
   for (int64_t n = blockIdx.y; n < pr.N; n += gridDim.y) {
     int64_t b, e;
     chunk_range(pr.S, P, j, &b, &e);
-    A* __restrict__ o = out + (n * P + j) * C * K;
+    const int KO = num_stats(pr);
+    A* __restrict__ o = out + (n * P + j) * C * KO;
     if (b >= e) {
-      for (int64_t i = threadIdx.x; i < C * K; i += blockDim.x) o[i] = A(0);
+      for (int64_t i = threadIdx.x; i < C * KO; i += blockDim.x) o[i] = A(0);
       continue;
     }
     for (int64_t s0 = b; s0 < e; s0 += kTile) {
@@ -101,9 +103,9 @@ __global__ void stats_kernel(const Problem pr, const int64_t P, A* __restrict__ 
       __syncthreads();
       // phase 2: one warp per class
       for (int64_t c = warp; c < C; c += nwarps) {
-        A acc[K];
+        A acc[KX];
 #pragma unroll
-        for (int k = 0; k < K; ++k) acc[k] = A(0);
+        for (int k = 0; k < KX; ++k) acc[k] = A(0);
         for (int i = lane; i < len; i += 32) {
           const int64_t s = s0 + i;
           const T x = load_x<T>(pr, n, c, s);
@@ -117,18 +119,17 @@ __global__ void stats_kernel(const Problem pr, const int64_t P, A* __restrict__ 
             dense_tv<T>(pr, n, c, s, &t, &v);
           }
           accumulate<T, A>(acc, p, t, v);
+          if (pr.xent) {  // sm_inv holds 1/sum: lse = max - log(1/sum)
+            const T nl = sm_m[i] - log(sm_inv[i]) - x;
+            acc[kCE] += t * nl;
+            acc[kLP] += v * nl;
+          }
         }
 #pragma unroll
-        for (int k = 0; k < K; ++k) acc[k] = warp_sum(acc[k]);
+        for (int k = 0; k < KX; ++k) acc[k] = warp_sum(acc[k]);
         if (lane == 0) {
-          A* oc = o + c * K;
-          if (s0 == b) {
-#pragma unroll
-            for (int k = 0; k < K; ++k) oc[k] = acc[k];
-          } else {
-#pragma unroll
-            for (int k = 0; k < K; ++k) oc[k] += acc[k];
-          }
+          A* oc = o + c * KO;
+          for (int k = 0; k < KO; ++k) oc[k] = s0 == b ? acc[k] : oc[k] + acc[k];
         }
       }
       __syncthreads();  // shared memory is rewritten by the next tile
@@ -153,7 +154,8 @@ __global__ void grad_kernel(const Problem pr, const G* __restrict__ g, void* __r
     }
     T m = T(0), inv = T(1);
     if (pr.act == kSoftmax) softmax_stats<T>(pr, n, s, &m, &inv);
-    const G* gn = g + n * C * K;
+    const int KO = num_stats(pr);
+    const G* gn = g + n * C * KO;
     T dot = T(0);
     if (pr.act == kSoftmax) {
       for (int64_t c = 0; c < C; ++c) {
@@ -161,7 +163,8 @@ __global__ void grad_kernel(const Problem pr, const G* __restrict__ g, void* __r
         T t, v;
         if (pr.t_is_label) { t = cls == c ? T(1) : T(0); v = vlab; }
         else dense_tv<T>(pr, n, c, s, &t, &v);
-        dot += p * dloss_dp<T, G>(p, t, v, gn + c * K);
+        dot += p * dloss_dp<T, G>(p, t, v, gn + c * KO);
+        if (pr.xent) dot -= v * (T(gn[c * KO + kLP]) + t * T(gn[c * KO + kCE]));
       }
     }
     for (int64_t c = 0; c < C; ++c) {
@@ -169,9 +172,11 @@ __global__ void grad_kernel(const Problem pr, const G* __restrict__ g, void* __r
       T t, v;
       if (pr.t_is_label) { t = cls == c ? T(1) : T(0); v = vlab; }
       else dense_tv<T>(pr, n, c, s, &t, &v);
-      const T a = dloss_dp<T, G>(p, t, v, gn + c * K);
+      const T a = dloss_dp<T, G>(p, t, v, gn + c * KO);
       T d;
-      if (pr.act == kSoftmax) d = p * (a - dot);
+      if (pr.xent)  // p (a - dot) with dot less v (gCE_y + sum gLP): csrc/common/region.h
+        d = p * (a - dot) - v * (T(gn[c * KO + kLP]) + t * T(gn[c * KO + kCE]));
+      else if (pr.act == kSoftmax) d = p * (a - dot);
       else if (pr.act == kSigmoid) d = a * p * (T(1) - p);
       else d = a;
       store_as(dx, pr.x_dtype, n * dxsN + c * dxsC + s * dxsS, d);

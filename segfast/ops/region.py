@@ -22,6 +22,7 @@ from ._common import (acc_dtype, canonical, check_input, check_reduction, check_
                       num_chunks, target_args)
 
 K = ref.K
+KX = ref.KX
 ACT = {"identity": ref.ACT_IDENTITY, "sigmoid": ref.ACT_SIGMOID, "softmax": ref.ACT_SOFTMAX}
 MODES = ("binary", "multiclass", "multilabel")
 
@@ -29,14 +30,14 @@ MODES = ("binary", "multiclass", "multilabel")
 # ---------------------------------------------------------------- C++ / CUDA
 
 
-def _launch_stats_ext(x, t, is_label, act, label_offset, ignore_value, backend):
+def _launch_stats_ext(x, t, is_label, act, label_offset, ignore_value, backend, xent):
     N, C, S = x.shape
     P = num_chunks(N, S, x.device)
-    out = torch.empty((N, P, C, K), dtype=acc_dtype(x), device=x.device)
+    out = torch.empty((N, P, C, KX if xent else K), dtype=acc_dtype(x), device=x.device)
     t, ts = target_args(t, is_label)
     args = (x.data_ptr(), backends.dtype_code(x), *x.stride(),
             t.data_ptr(), backends.dtype_code(t), int(is_label), *ts,
-            N, C, S, P, act, label_offset, int(ignore_value is not None),
+            N, C, S, P, act, int(xent), label_offset, int(ignore_value is not None),
             float(ignore_value if ignore_value is not None else 0.0), out.data_ptr())
     if backend == "cpu":
         backends._C.region_stats_cpu(*args, backends.cpu_threads(x.numel()))
@@ -46,14 +47,14 @@ def _launch_stats_ext(x, t, is_label, act, label_offset, ignore_value, backend):
     return out.sum(1)
 
 
-def _launch_grad_ext(x, t, g, is_label, act, label_offset, ignore_value, backend):
+def _launch_grad_ext(x, t, g, is_label, act, label_offset, ignore_value, backend, xent):
     N, C, S = x.shape
     dx = torch.empty_like(x)
     g = g.to(acc_dtype(x)).contiguous()
     t, ts = target_args(t, is_label)
     args = (x.data_ptr(), backends.dtype_code(x), *x.stride(),
             t.data_ptr(), backends.dtype_code(t), int(is_label), *ts,
-            N, C, S, act, label_offset, int(ignore_value is not None),
+            N, C, S, act, int(xent), label_offset, int(ignore_value is not None),
             float(ignore_value if ignore_value is not None else 0.0),
             g.data_ptr(), dx.data_ptr(), *dx.stride())
     if backend == "cpu":
@@ -66,32 +67,32 @@ def _launch_grad_ext(x, t, g, is_label, act, label_offset, ignore_value, backend
 
 @torch.library.custom_op("segfast::region_stats", mutates_args=())
 def region_stats_op(x: Tensor, target: Tensor, is_label: bool, act: int, label_offset: int,
-                    ignore_value: Optional[float], backend: str) -> Tensor:
-    """Per-plane sums [N, C, 7] with the C++ (``cpu``) or CUDA (``cuda``) kernels."""
+                    ignore_value: Optional[float], backend: str, xent: bool = False) -> Tensor:
+    """Per-plane sums [N, C, 7] ([N, C, 9] with ``xent``) with the C++ (``cpu``) or CUDA (``cuda``) kernels."""
     if x.numel() == 0:
-        return x.new_zeros((x.shape[0], x.shape[1], K), dtype=acc_dtype(x))
-    return _launch_stats_ext(x, target, is_label, act, label_offset, ignore_value, backend)
+        return x.new_zeros((x.shape[0], x.shape[1], KX if xent else K), dtype=acc_dtype(x))
+    return _launch_stats_ext(x, target, is_label, act, label_offset, ignore_value, backend, xent)
 
 
 @torch.library.custom_op("segfast::region_grad", mutates_args=())
 def region_grad_op(x: Tensor, target: Tensor, g: Tensor, is_label: bool, act: int,
-                   label_offset: int, ignore_value: Optional[float], backend: str) -> Tensor:
-    """dLoss/dx [N, C, S] from dLoss/dStats ``g`` [N, C, 7]."""
+                   label_offset: int, ignore_value: Optional[float], backend: str, xent: bool = False) -> Tensor:
+    """dLoss/dx [N, C, S] from dLoss/dStats ``g`` [N, C, 7] (or [N, C, 9] with ``xent``)."""
     if x.numel() == 0:
         return torch.zeros_like(x)
-    return _launch_grad_ext(x, target, g, is_label, act, label_offset, ignore_value, backend)
+    return _launch_grad_ext(x, target, g, is_label, act, label_offset, ignore_value, backend, xent)
 
 
 # ---------------------------------------------------------------- fake + autograd
 
 
 @region_stats_op.register_fake
-def _(x, target, is_label, act, label_offset, ignore_value, backend):
-    return x.new_empty((x.shape[0], x.shape[1], K), dtype=acc_dtype(x))
+def _(x, target, is_label, act, label_offset, ignore_value, backend, xent=False):
+    return x.new_empty((x.shape[0], x.shape[1], KX if xent else K), dtype=acc_dtype(x))
 
 
 @region_grad_op.register_fake
-def _(x, target, g, is_label, act, label_offset, ignore_value, backend):
+def _(x, target, g, is_label, act, label_offset, ignore_value, backend, xent=False):
     return torch.empty_like(x)
 
 
@@ -104,7 +105,7 @@ def _setup(ctx, inputs, output):
 def _backward_ext(ctx, grad):
     x, target = ctx.saved_tensors
     dx = region_grad_op(x, target, grad, *ctx.args)
-    return dx, None, None, None, None, None, None
+    return dx, None, None, None, None, None, None, None
 
 
 region_stats_op.register_autograd(_backward_ext, setup_context=_setup)
@@ -120,17 +121,17 @@ if HAVE_TRITON:
 
     @torch.library.triton_op("segfast::region_stats_triton", mutates_args=())
     def region_stats_triton_op(x: Tensor, target: Tensor, is_label: bool, act: int,
-                               label_offset: int, ignore_value: Optional[float]) -> Tensor:
-        """Per-plane sums [N, C, 7] with the Triton kernels."""
+                               label_offset: int, ignore_value: Optional[float], xent: bool = False) -> Tensor:
+        """Per-plane sums [N, C, 7] ([N, C, 9] with ``xent``) with the Triton kernels."""
         from ..triton_kernels import region as tk
 
         N, C, S = x.shape
         P = num_chunks(N, S, x.device)
-        out = torch.empty((N, P, C, K), dtype=torch.float32, device=x.device)
+        out = torch.empty((N, P, C, KX if xent else K), dtype=torch.float32, device=x.device)
         if x.numel() != 0:
             t, _ = target_args(target, is_label)
             tk.launch_stats(x, t, is_label, out, N, C, S, P, act, label_offset,
-                            ignore_value is not None, float(ignore_value or 0.0))
+                            ignore_value is not None, float(ignore_value or 0.0), xent)
         else:
             out.zero_()
         return out.sum(1).to(acc_dtype(x))
@@ -138,7 +139,7 @@ if HAVE_TRITON:
 
     @torch.library.triton_op("segfast::region_grad_triton", mutates_args=())
     def region_grad_triton_op(x: Tensor, target: Tensor, g: Tensor, is_label: bool, act: int,
-                              label_offset: int, ignore_value: Optional[float]) -> Tensor:
+                              label_offset: int, ignore_value: Optional[float], xent: bool = False) -> Tensor:
         from ..triton_kernels import region as tk
 
         N, C, S = x.shape
@@ -146,26 +147,29 @@ if HAVE_TRITON:
         if x.numel() != 0:
             t, _ = target_args(target, is_label)
             tk.launch_grad(x, t, is_label, g.float().contiguous(), dx, N, C, S, act, label_offset,
-                           ignore_value is not None, float(ignore_value or 0.0))
+                           ignore_value is not None, float(ignore_value or 0.0), xent)
         return dx
 
 
     def _backward_triton(ctx, grad):
         x, target = ctx.saved_tensors
         dx = region_grad_triton_op(x, target, grad, *ctx.args)
-        return dx, None, None, None, None, None
+        return dx, None, None, None, None, None, None
 
     region_stats_triton_op.register_autograd(_backward_triton, setup_context=_setup)
 
 
 def plane_stats(x: Tensor, target: Tensor, is_label: bool, act: int, label_offset: int,
-                ignore_value: Optional[float], backend: str) -> Tensor:
-    """Dispatch the stats kernel; x [N, C, S], target [N, S] or [N, C, S]."""
+                ignore_value: Optional[float], backend: str, xent: bool = False) -> Tensor:
+    """Dispatch the stats kernel; x [N, C, S], target [N, S] or [N, C, S].
+    ``xent`` (softmax, class-index targets) adds the CE and LP sums: [N, C, 9]."""
+    if xent and (act != ACT["softmax"] or not is_label):
+        raise ValueError("the cross-entropy sums need softmax and class-index targets")
     if backend == "torch":
-        return ref.region_stats(x, target, is_label, act, label_offset, ignore_value)
+        return ref.region_stats(x, target, is_label, act, label_offset, ignore_value, xent)
     if backend == "triton":
-        return region_stats_triton_op(x, target, is_label, act, label_offset, ignore_value)
-    return region_stats_op(x, target, is_label, act, label_offset, ignore_value, backend)
+        return region_stats_triton_op(x, target, is_label, act, label_offset, ignore_value, xent)
+    return region_stats_op(x, target, is_label, act, label_offset, ignore_value, backend, xent)
 
 
 # ---------------------------------------------------------------- validation
@@ -199,7 +203,7 @@ def tp_fp_fn(stats: Tensor, squared: bool = False, soft: bool = False):
     targets and is the soft-label form of MONAI (soft_label=True) and of
     segmentation_models_pytorch >= 0.5.
     """
-    I, P, T, V, PP, TT, M = stats.unbind(-1)
+    I, P, T, V, PP, TT, M = stats[..., :K].unbind(-1)
     tp = M if soft else I
     return tp, (PP if squared else P) - tp, (TT if squared else T) - tp
 

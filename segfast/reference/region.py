@@ -13,9 +13,13 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-# Order of the K per-plane sums; shared by every backend.
+# Order of the K per-plane sums; shared by every backend. With ``xent``
+# (softmax, class-index targets) the cross-entropy sums CE = Σv·t·(-log p)
+# and LP = Σv·(-log p) follow, so Dice + CE still costs two passes.
 STATS = ("I", "P", "T", "V", "PP", "TT", "M")
 K = len(STATS)
+XENT_STATS = ("CE", "LP")
+KX = K + len(XENT_STATS)
 
 ACT_IDENTITY, ACT_SIGMOID, ACT_SOFTMAX = 0, 1, 2
 
@@ -50,8 +54,9 @@ def dense_target(target: torch.Tensor, is_label: bool, C: int, label_offset: int
 
 
 def region_stats(x: torch.Tensor, target: torch.Tensor, is_label: bool, act: int,
-                 label_offset: int = 0, ignore_value: float | None = None) -> torch.Tensor:
-    """Per-plane sums [N, C, K] (float32; float64 for float64 input).
+                 label_offset: int = 0, ignore_value: float | None = None, xent: bool = False) -> torch.Tensor:
+    """Per-plane sums [N, C, K] (float32; float64 for float64 input); [N, C, KX]
+    with ``xent`` (softmax and class-index targets only).
 
     x: [N, C, S] logits (or probabilities with act=identity);
     target: [N, S] class indices (is_label) or [N, C, S] dense targets.
@@ -62,6 +67,11 @@ def region_stats(x: torch.Tensor, target: torch.Tensor, is_label: bool, act: int
     t, v = dense_target(target, is_label, x.shape[1], label_offset, ignore_value, p.dtype)
     pv = p * v
     sums = [pv * t, pv, t * v, v, pv * p, t * t * v, torch.minimum(p, t) * v]
+    if xent:
+        if act != ACT_SOFTMAX or not is_label:
+            raise ValueError("xent needs softmax and class-index targets")
+        nl = -torch.log_softmax(x.to(p.dtype), dim=1) * v
+        sums += [nl * t, nl]
     return torch.stack([s.sum(dim=2) for s in sums], dim=2)
 
 
