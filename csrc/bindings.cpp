@@ -66,19 +66,28 @@ Problem make_problem(uintptr_t x_ptr, int64_t x_dtype, int64_t xsN, int64_t xsC,
   pr.tsN = tsN; pr.tsC = tsC; pr.tsS = tsS;
   pr.N = N; pr.C = C; pr.S = S;
   pr.act = int(act);
-  pr.xent = false;
+  pr.xent = 0;
+  pr.gamma = 0.0;
   pr.label_offset = label_offset;
   pr.has_ignore = has_ignore != 0;
   pr.ignore_value = ignore_value;
   return pr;
 }
 
-// The region kernels' cross-entropy sums (csrc/common/region.h): softmax and
+// The region kernels' pixel-term sums (csrc/common/region.h): softmax and
 // class-index targets only.
-Problem with_xent(Problem pr, int64_t xent) {
-  if (xent && (pr.act != segfast::region::kSoftmax || !pr.t_is_label))
+Problem with_xent(Problem pr, int64_t xent, double gamma) {
+  using namespace segfast::region;
+  if (xent < kXentNone || xent > kXentFused)
+    throw std::invalid_argument("segfast._C: xent must be 0-3");
+  if (xent && (pr.act != kSoftmax || !pr.t_is_label))
     throw std::invalid_argument("segfast._C: xent needs act=softmax and class-index targets");
-  pr.xent = xent != 0;
+  if (xent == kXentFused && pr.C < 2)
+    throw std::invalid_argument("segfast._C: the fused term needs C >= 2");
+  if (!(gamma >= 0.0) || !std::isfinite(gamma))
+    throw std::invalid_argument("segfast._C: gamma must be finite and >= 0");
+  pr.xent = int(xent);
+  pr.gamma = gamma;
   return pr;
 }
 
@@ -90,17 +99,17 @@ Problem with_xent(Problem pr, int64_t xent) {
   x_ptr, x_dtype, xsN, xsC, xsS, t_ptr, t_dtype, t_is_label, tsN, tsC, tsS, N, C, S, act, \
       label_offset, has_ignore, ignore_value
 
-void stats_cpu(SEGFAST_PROBLEM_ARGS, int64_t P, int64_t act, int64_t xent, int64_t label_offset,
+void stats_cpu(SEGFAST_PROBLEM_ARGS, int64_t P, int64_t act, int64_t xent, double gamma, int64_t label_offset,
                int64_t has_ignore, double ignore_value, uintptr_t out_ptr, int64_t num_threads) {
-  const Problem pr = with_xent(make_problem(SEGFAST_PROBLEM_PASS), xent);
+  const Problem pr = with_xent(make_problem(SEGFAST_PROBLEM_PASS), xent, gamma);
   py::gil_scoped_release nogil;
   segfast::region::region_stats_cpu(pr, P, reinterpret_cast<void*>(out_ptr), num_threads);
 }
 
-void grad_cpu(SEGFAST_PROBLEM_ARGS, int64_t act, int64_t xent, int64_t label_offset, int64_t has_ignore,
+void grad_cpu(SEGFAST_PROBLEM_ARGS, int64_t act, int64_t xent, double gamma, int64_t label_offset, int64_t has_ignore,
               double ignore_value, uintptr_t g_ptr, uintptr_t dx_ptr, int64_t dxsN, int64_t dxsC,
               int64_t dxsS, int64_t num_threads) {
-  const Problem pr = with_xent(make_problem(SEGFAST_PROBLEM_PASS), xent);
+  const Problem pr = with_xent(make_problem(SEGFAST_PROBLEM_PASS), xent, gamma);
   py::gil_scoped_release nogil;
   segfast::region::region_grad_cpu(pr, reinterpret_cast<const void*>(g_ptr),
                                    reinterpret_cast<void*>(dx_ptr), dxsN, dxsC, dxsS,
@@ -114,9 +123,9 @@ void grad_cpu(SEGFAST_PROBLEM_ARGS, int64_t act, int64_t xent, int64_t label_off
 }
 #endif
 
-void stats_cuda(SEGFAST_PROBLEM_ARGS, int64_t P, int64_t act, int64_t xent, int64_t label_offset,
+void stats_cuda(SEGFAST_PROBLEM_ARGS, int64_t P, int64_t act, int64_t xent, double gamma, int64_t label_offset,
                 int64_t has_ignore, double ignore_value, uintptr_t out_ptr, uintptr_t stream) {
-  const Problem pr = with_xent(make_problem(SEGFAST_PROBLEM_PASS), xent);
+  const Problem pr = with_xent(make_problem(SEGFAST_PROBLEM_PASS), xent, gamma);
 #ifdef SEGFAST_WITH_CUDA
   py::gil_scoped_release nogil;
   segfast::region::region_stats_cuda(pr, P, reinterpret_cast<void*>(out_ptr), stream);
@@ -126,10 +135,10 @@ void stats_cuda(SEGFAST_PROBLEM_ARGS, int64_t P, int64_t act, int64_t xent, int6
 #endif
 }
 
-void grad_cuda(SEGFAST_PROBLEM_ARGS, int64_t act, int64_t xent, int64_t label_offset, int64_t has_ignore,
+void grad_cuda(SEGFAST_PROBLEM_ARGS, int64_t act, int64_t xent, double gamma, int64_t label_offset, int64_t has_ignore,
                double ignore_value, uintptr_t g_ptr, uintptr_t dx_ptr, int64_t dxsN, int64_t dxsC,
                int64_t dxsS, uintptr_t stream) {
-  const Problem pr = with_xent(make_problem(SEGFAST_PROBLEM_PASS), xent);
+  const Problem pr = with_xent(make_problem(SEGFAST_PROBLEM_PASS), xent, gamma);
 #ifdef SEGFAST_WITH_CUDA
   py::gil_scoped_release nogil;
   segfast::region::region_grad_cuda(pr, reinterpret_cast<const void*>(g_ptr),
@@ -254,24 +263,24 @@ PYBIND11_MODULE(_C, m) {
   m.def("region_stats_cpu", &stats_cpu, stats_doc, py::arg("x_ptr"), py::arg("x_dtype"),
         py::arg("xsN"), py::arg("xsC"), py::arg("xsS"), py::arg("t_ptr"), py::arg("t_dtype"),
         py::arg("t_is_label"), py::arg("tsN"), py::arg("tsC"), py::arg("tsS"), py::arg("N"),
-        py::arg("C"), py::arg("S"), py::arg("P"), py::arg("act"), py::arg("xent"), py::arg("label_offset"),
+        py::arg("C"), py::arg("S"), py::arg("P"), py::arg("act"), py::arg("xent"), py::arg("gamma"), py::arg("label_offset"),
         py::arg("has_ignore"), py::arg("ignore_value"), py::arg("out_ptr"),
         py::arg("num_threads"));
   m.def("region_grad_cpu", &grad_cpu, grad_doc, py::arg("x_ptr"), py::arg("x_dtype"),
         py::arg("xsN"), py::arg("xsC"), py::arg("xsS"), py::arg("t_ptr"), py::arg("t_dtype"),
         py::arg("t_is_label"), py::arg("tsN"), py::arg("tsC"), py::arg("tsS"), py::arg("N"),
-        py::arg("C"), py::arg("S"), py::arg("act"), py::arg("xent"), py::arg("label_offset"),
+        py::arg("C"), py::arg("S"), py::arg("act"), py::arg("xent"), py::arg("gamma"), py::arg("label_offset"),
         py::arg("has_ignore"), py::arg("ignore_value"), py::arg("g_ptr"), py::arg("dx_ptr"),
         py::arg("dxsN"), py::arg("dxsC"), py::arg("dxsS"), py::arg("num_threads"));
   m.def("region_stats_cuda", &stats_cuda, stats_doc, py::arg("x_ptr"), py::arg("x_dtype"),
         py::arg("xsN"), py::arg("xsC"), py::arg("xsS"), py::arg("t_ptr"), py::arg("t_dtype"),
         py::arg("t_is_label"), py::arg("tsN"), py::arg("tsC"), py::arg("tsS"), py::arg("N"),
-        py::arg("C"), py::arg("S"), py::arg("P"), py::arg("act"), py::arg("xent"), py::arg("label_offset"),
+        py::arg("C"), py::arg("S"), py::arg("P"), py::arg("act"), py::arg("xent"), py::arg("gamma"), py::arg("label_offset"),
         py::arg("has_ignore"), py::arg("ignore_value"), py::arg("out_ptr"), py::arg("stream"));
   m.def("region_grad_cuda", &grad_cuda, grad_doc, py::arg("x_ptr"), py::arg("x_dtype"),
         py::arg("xsN"), py::arg("xsC"), py::arg("xsS"), py::arg("t_ptr"), py::arg("t_dtype"),
         py::arg("t_is_label"), py::arg("tsN"), py::arg("tsC"), py::arg("tsS"), py::arg("N"),
-        py::arg("C"), py::arg("S"), py::arg("act"), py::arg("xent"), py::arg("label_offset"),
+        py::arg("C"), py::arg("S"), py::arg("act"), py::arg("xent"), py::arg("gamma"), py::arg("label_offset"),
         py::arg("has_ignore"), py::arg("ignore_value"), py::arg("g_ptr"), py::arg("dx_ptr"),
         py::arg("dxsN"), py::arg("dxsC"), py::arg("dxsS"), py::arg("stream"));
 

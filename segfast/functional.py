@@ -388,10 +388,12 @@ def fused_loss(input: Tensor, target: Tensor, *, ws: float = 0.5, wp: float = 0.
 
 
 # ------------------------------------------------------------ region + pixel sums
-# Each term runs its own kernels (region: two passes, pixel: one). Both terms
-# get the very same [N, C, S] view of the logits, so their gradients meet at
-# one autograd node as fresh buffers and are summed in place (two logits-sized
-# buffers at the peak, not three).
+# With softmax and class-index targets the pixel term's sums ride in the
+# region kernels (_two_pass): two passes in all. Otherwise each term runs its
+# own kernels (region: two passes, pixel: one); both get the very same
+# [N, C, S] view of the logits, so their gradients meet at one autograd node
+# as fresh buffers and are summed in place (two logits-sized buffers at the
+# peak, not three).
 
 
 def _shared_views(input: Tensor, target: Tensor):
@@ -406,47 +408,53 @@ def _shared_views(input: Tensor, target: Tensor):
     return input, target  # a wrong shape: let the term's own check report it
 
 
+def _two_pass(input, target, ignore_index, backend, dice_kwargs, xent: int, gamma: float = 0.0):
+    """Dice (softmax, class-index targets) plus the sums of a pixel term from the
+    same two kernel passes -> (dice loss, pooled sums [C, 9]), or None where
+    the terms must run separately (dense targets, probabilities)."""
+    if not (dice_kwargs.get("from_logits", True) and isinstance(target, Tensor) and isinstance(input, Tensor)
+            and not (target.dtype.is_floating_point or target.dtype == torch.bool)):
+        return None
+    x, t, is_label, _, off, ign, be = _region.prepare(input, target, "multiclass", True, ignore_index, backend)
+    stats = _region.plane_stats(x, t, is_label, _region.ACT["softmax"], off, ign, be, xent=xent, gamma=gamma)
+    d = dice_loss(input, target, mode="multiclass", ignore_index=ignore_index, backend=backend,
+                  _stats=stats[..., :_region.K], **dice_kwargs)
+    return d, stats.sum(0)
+
+
+def _mean_over(num: Tensor, den: Tensor) -> Tensor:
+    """num / den, 0 without valid pixels (torch's losses give NaN there)."""
+    return torch.where(den > 0, num / torch.where(den > 0, den, 1), torch.zeros_like(num))
+
+
 def dice_ce_loss(input: Tensor, target: Tensor, *, lambda_dice: float = 1.0, lambda_ce: float = 1.0,
                  ignore_index=None, ce_weight=None, label_smoothing: float = 0.0, backend: Optional[str] = None,
                  **dice_kwargs) -> Tensor:
     """lambda_dice·dice_loss + lambda_ce·cross_entropy, as MONAI's DiceCELoss
     (softmax, class-index targets). ``dice_kwargs`` go to :func:`dice_loss`.
 
-    Two passes over the logits in all: the cross-entropy sums (Σ v·t·(-log p)
-    and Σ v·(-log p) per plane) come out of the Dice statistics kernel, and
-    their gradient is added by the Dice gradient kernel. (One-hot / soft
-    targets and ``from_logits=False`` take the Dice and CE kernels separately.)
+    Two passes over the logits in all: the cross-entropy sums come out of the
+    Dice statistics kernel and their gradient out of the Dice gradient kernel
+    (one-hot / soft targets and ``from_logits=False`` run the two terms'
+    kernels side by side).
     """
     input, target = _shared_views(input, target)
     if not 0.0 <= label_smoothing <= 1.0:
         raise ValueError("label_smoothing must be in [0, 1]")
-    if (dice_kwargs.get("from_logits", True) and isinstance(target, Tensor) and isinstance(input, Tensor)
-            and not (target.dtype.is_floating_point or target.dtype == torch.bool)):
-        x, t, is_label, _, off, ign, be = _region.prepare(input, target, "multiclass", True, ignore_index, backend)
-        if is_label:
-            stats = _region.plane_stats(x, t, is_label, _region.ACT["softmax"], off, ign, be, xent=True)
-            d = dice_loss(input, target, mode="multiclass", ignore_index=ignore_index, backend=backend,
-                          _stats=stats[..., :_region.K], **dice_kwargs)
-            c = _ce_from_stats(stats.sum(0), ce_weight, label_smoothing)
-            return lambda_dice * d + lambda_ce * c
+    both = _two_pass(input, target, ignore_index, backend, dice_kwargs, _region.ref.XENT_CE)
+    if both is not None:  # torch's mean: Σ_c w_c((1 - ε)·S7_c + ε/C·S8_c) / Σ_c w_c·T_c
+        d, s = both
+        C = s.shape[0]
+        num = (1.0 - label_smoothing) * s[:, 7] + (label_smoothing / C) * s[:, 8]
+        den = s[:, 2]
+        w = _region.check_weight(ce_weight, C, s.device)
+        if w is not None:
+            num, den = num * w.to(s.dtype), den * w.to(s.dtype)
+        return lambda_dice * d + lambda_ce * _mean_over(num.sum(), den.sum())
     d = dice_loss(input, target, mode="multiclass", ignore_index=ignore_index, backend=backend, **dice_kwargs)
     c = cross_entropy(input, target, weight=ce_weight, label_smoothing=label_smoothing,
                       ignore_index=-100 if ignore_index is None else ignore_index, backend=backend)
     return lambda_dice * d + lambda_ce * c
-
-
-def _ce_from_stats(s: Tensor, weight, smoothing: float) -> Tensor:
-    """torch's mean cross entropy from the pooled per-class sums s [C, 9]:
-    Σ_c w_c((1 - ε)·CE_c + ε/C·LP_c) / Σ_c w_c·T_c, 0 without valid pixels."""
-    C = s.shape[0]
-    w = _region.check_weight(weight, C, s.device)
-    ce, lp, T = s[:, _region.K], s[:, _region.K + 1], s[:, 2]
-    num = (1.0 - smoothing) * ce + (smoothing / C) * lp
-    if w is not None:
-        w = w.to(s.dtype)
-        num, T = num * w, T * w
-    num, den = num.sum(), T.sum()
-    return torch.where(den > 0, num / torch.where(den > 0, den, 1), torch.zeros_like(num))
 
 
 def dice_focal_loss(input: Tensor, target: Tensor, *, mode: str = "multiclass", lambda_dice: float = 1.0,
@@ -457,11 +465,22 @@ def dice_focal_loss(input: Tensor, target: Tensor, *, mode: str = "multiclass", 
     ``focal_form`` defaults to the Dice term's activation: "softmax" for
     ``mode="multiclass"``, "sigmoid" otherwise. MONAI's DiceFocalLoss always
     uses the sigmoid focal form, even with softmax Dice (its issue #8242);
-    pass ``focal_form="sigmoid"`` (one-hot targets per channel) for that."""
+    pass ``focal_form="sigmoid"`` (one-hot targets per channel) for that.
+    The softmax form with class-index targets costs two passes in all (the
+    focal sums ride in the Dice kernels); the others run the two terms'
+    kernels side by side."""
     form = focal_form or ("softmax" if mode == "multiclass" else "sigmoid")
     if form not in ("softmax", "sigmoid"):
         raise ValueError("focal_form must be 'softmax' or 'sigmoid'")
+    if gamma < 0:
+        raise ValueError("gamma must be >= 0")
     input, target = _shared_views(input, target)
+    if form == "softmax" and mode == "multiclass":
+        both = _two_pass(input, target, ignore_index, backend, dice_kwargs, _region.ref.XENT_FOCAL, float(gamma))
+        if both is not None:  # mean over the valid pixels of α_c·S7_c (focal_loss's semantics)
+            d, s = both
+            a = _region.check_weight(1.0 if alpha is None else alpha, s.shape[0], s.device).to(s.dtype)
+            return lambda_dice * d + lambda_focal * _mean_over((a * s[:, 7]).sum(), s[:, 2].sum())
     d = dice_loss(input, target, mode=mode, ignore_index=ignore_index, backend=backend, **dice_kwargs)
     fmode = "multiclass" if form == "softmax" else ("binary" if input.shape[1] == 1 else "multilabel")
     f = focal_loss(input, target, mode=fmode, alpha=alpha, gamma=gamma, ignore_index=ignore_index,
@@ -472,8 +491,16 @@ def dice_focal_loss(input: Tensor, target: Tensor, *, mode: str = "multiclass", 
 def dice_fused_loss(input: Tensor, target: Tensor, *, lambda_dice: float = 1.0, lambda_fused: float = 1.0,
                     ws: float = 0.5, wp: float = 0.5, ignore_index=None, backend: Optional[str] = None,
                     **dice_kwargs) -> Tensor:
-    """lambda_dice·dice_loss + lambda_fused·fused_loss (softmax, class-index targets)."""
+    """lambda_dice·dice_loss + lambda_fused·fused_loss (softmax, class-index
+    targets): two passes in all, the fused loss's sums ride in the Dice kernels."""
+    if ws < 0 or wp < 0:
+        raise ValueError("ws and wp must be >= 0")
     input, target = _shared_views(input, target)
+    both = _two_pass(input, target, ignore_index, backend, dice_kwargs, _region.ref.XENT_FUSED)
+    if both is not None:  # (ws·CE + wp·(S7_0 + Σ_{c>=1} S8_c)) / valid pixels
+        d, s = both
+        ce, ps = s[:, 7].sum(), s[0, 7] + s[1:, 8].sum()
+        return lambda_dice * d + lambda_fused * _mean_over(ws * ce + wp * ps, s[:, 2].sum())
     d = dice_loss(input, target, mode="multiclass", ignore_index=ignore_index, backend=backend, **dice_kwargs)
     f = fused_loss(input, target, ws=ws, wp=wp, ignore_index=ignore_index, backend=backend)
     return lambda_dice * d + lambda_fused * f

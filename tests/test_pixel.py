@@ -375,17 +375,70 @@ def test_dice_ce_two_pass_matches_torch(backend, dtype, C, weighted, smoothing, 
     assert g.dtype == dtype
 
 
+TWO_PASS = {  # name -> (segfast's sum, the same sum from the separate float64 references)
+    "focal": (lambda z, y, ign, be, **kw: SF.dice_focal_loss(z, y, ignore_index=ign, backend=be, **kw),
+              lambda z, y, ign, **kw: SF.dice_loss(z, y, ignore_index=ign, backend="torch")
+              + kw.get("lambda_focal", 1.0) * SF.focal_loss(z, y, mode="multiclass", ignore_index=ign, backend="torch",
+                                                            alpha=kw.get("alpha"), gamma=kw.get("gamma", 2.0))),
+    "fused": (lambda z, y, ign, be, **kw: SF.dice_fused_loss(z, y, ignore_index=ign, backend=be, **kw),
+              lambda z, y, ign, **kw: SF.dice_loss(z, y, ignore_index=ign, backend="torch")
+              + kw.get("lambda_fused", 1.0) * SF.fused_loss(z, y, ignore_index=ign, backend="torch",
+                                                            ws=kw.get("ws", 0.5), wp=kw.get("wp", 0.5))),
+}
+TWO_PASS_KW = {"focal": [dict(), dict(gamma=0.0), dict(gamma=0.5, alpha=0.3), dict(gamma=3.0, lambda_focal=0.4)],
+               "fused": [dict(), dict(ws=0.2, wp=1.3, lambda_fused=2.0)]}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("name,kw", [(n, kw) for n, kws in TWO_PASS_KW.items() for kw in kws], ids=str)
+@pytest.mark.parametrize("C,ignore", [(4, None), (21, 255), (40, 0)])
+def test_dice_focal_fused_two_pass(backend, dtype, name, kw, C, ignore):
+    """Dice + focal (softmax form) and Dice + fused from the two region passes
+    equal the sum of the float64 references of the separate terms."""
+    if dtype == torch.float64 and backend == "triton":
+        pytest.skip("triton computes in float32")
+    h, w = _shape(backend)
+    x = (3 * torch.randn(2, h, w, C, dtype=torch.float64)).permute(0, 3, 1, 2)
+    # a few pixels sure of the background: fused's foreground exps underflow (for
+    # focal with gamma < 1 torch's autograd of (1 - p)^gamma is NaN at p = 1: less sure)
+    x[0, 0, 0, :2] = 120.0 if name == "fused" else 25.0
+    x = x.to(dtype)
+    y = _labels(2, C, (h, w), ignore if ignore is not None and ignore >= C else None)
+    if ignore is not None and ignore < C:  # ignore a real class (0: the fused loss's background)
+        y[1, 0] = ignore
+    y[0, 0, :2] = torch.tensor([0, 1])  # background and foreground among the sure pixels
+    mine, ref_sum = TWO_PASS[name]
+    go = torch.tensor(1.7)
+    loss, g = _run(lambda z: mine(z, y, ignore, backend, **kw), x, go)
+    want, gw = _run(lambda z: ref_sum(z, y, ignore, **kw), x.double(), go)
+    _assert_close(loss, want, dtype)
+    _assert_close(g, gw.to(dtype), dtype)
+
+
+@pytest.mark.parametrize("backend", [b for b in BACKENDS if b in ("cpu", "torch")])
+@pytest.mark.parametrize("name", ["focal", "fused"])
+def test_dice_focal_fused_gradcheck_float64(backend, name):
+    x = torch.randn(2, 3, 4, 5, dtype=torch.float64, requires_grad=True)
+    y = _labels(2, 3, (4, 5), 255)
+    kw = dict(gamma=1.5, alpha=[0.2, 0.5, 1.0]) if name == "focal" else dict(ws=0.3, wp=0.9)
+    assert torch.autograd.gradcheck(lambda z: TWO_PASS[name][0](z, y, 255, backend, **kw), (x,))
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_dice_ce_is_two_passes(backend, monkeypatch):
-    """No separate cross-entropy kernel runs: the stats kernel carries the CE sums."""
+    """No pixel-loss kernel runs: the stats kernel carries the pixel term's sums."""
     def boom(*a, **k):
-        raise AssertionError("dice_ce_loss ran the pixel kernel")
-    monkeypatch.setattr(SF, "cross_entropy", boom)
+        raise AssertionError("a Dice + pixel loss ran the pixel kernel")
+    monkeypatch.setattr(P, "pixel_loss_op", boom, raising=False)
+    for fn in ("cross_entropy", "focal_loss", "fused_loss", "_pixel_reduce"):
+        monkeypatch.setattr(SF, fn, boom)
     h, w = _shape(backend)
-    x = torch.randn(2, 5, h, w, requires_grad=True)
     y = _labels(2, 5, (h, w), 255)
-    SF.dice_ce_loss(x, y, ignore_index=255, backend=backend).backward()
-    assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+    for loss in (SF.dice_ce_loss, SF.dice_focal_loss, SF.dice_fused_loss):
+        x = torch.randn(2, 5, h, w, requires_grad=True)
+        loss(x, y, ignore_index=255, backend=backend).backward()
+        assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
 
 
 @pytest.mark.parametrize("backend", [b for b in BACKENDS if b in ("cpu", "torch")])
@@ -399,25 +452,29 @@ def test_dice_ce_gradcheck_float64(backend):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_dice_ce_all_ignored_is_finite(backend):
-    x = torch.randn(2, 3, 4, 5, requires_grad=True)
     y = torch.full((2, 4, 5), 255)
-    loss = SF.dice_ce_loss(x, y, ignore_index=255, backend=backend)
-    loss.backward()
-    assert torch.isfinite(loss) and torch.isfinite(x.grad).all()
+    for loss in (SF.dice_ce_loss, SF.dice_focal_loss, SF.dice_fused_loss):
+        x = torch.randn(2, 3, 4, 5, requires_grad=True)
+        out = loss(x, y, ignore_index=255, backend=backend)
+        out.backward()
+        assert torch.isfinite(out) and torch.isfinite(x.grad).all()
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_region_stats_xent_sums(backend):
-    """The CE / LP sums of every backend against the float64 reference."""
+@pytest.mark.parametrize("xent,gamma", [(1, 0.0), (2, 2.0), (2, 0.7), (3, 0.0)])
+def test_region_stats_xent_sums(backend, xent, gamma):
+    """The pixel-term sums of every backend against the float64 reference."""
     from segfast.ops import region as R
     from segfast.reference import region as rref
 
     h, w = _shape(backend)
-    x = torch.randn(3, 6, h * w)
+    x = 2 * torch.randn(3, 6, h * w)
     y = _labels(3, 6, (h * w,), 255)
-    got = R.plane_stats(x, y, True, R.ACT["softmax"], 0, 255, backend, xent=True)
-    want = rref.region_stats(x.double(), y, True, R.ACT["softmax"], 0, 255, xent=True)
+    got = R.plane_stats(x, y, True, R.ACT["softmax"], 0, 255, backend, xent=xent, gamma=gamma)
+    want = rref.region_stats(x.double(), y, True, R.ACT["softmax"], 0, 255, xent=xent, gamma=gamma)
     assert got.shape == (3, 6, 9)
     _assert_close(got, want)
     with pytest.raises(ValueError, match="class-index"):
-        R.plane_stats(x, torch.rand(3, 6, h * w), False, R.ACT["softmax"], 0, None, backend, xent=True)
+        R.plane_stats(x, torch.rand(3, 6, h * w), False, R.ACT["softmax"], 0, None, backend, xent=xent)
+    with pytest.raises(ValueError, match="pixel term"):
+        R.plane_stats(x, y, True, R.ACT["softmax"], 0, None, backend, xent=7)

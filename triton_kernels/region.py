@@ -13,10 +13,10 @@ Two streaming kernels, the same ABI as the C++ and CUDA backends:
 
   Chunk j of an image covers pixels [j*L, min((j+1)*L, S)), L = ceil(S/P).
   One program per (image, chunk); no atomics, so the result is deterministic.
-  The caller reduces with ``out.sum(1)``. With ``xent`` (softmax, class-index
-  targets) two more sums follow, CE = sum v*t*(-log p) and LP = sum v*(-log p)
-  (-log p = lse - x): out is [N, P, C, 9] and g [N, C, 9], and the gradient
-  gains v*p_c*(gCE_y + sum_k gLP_k) - v*(gLP_c + t_c*gCE_c).
+  The caller reduces with ``out.sum(1)``. With a pixel term ``xent`` (softmax,
+  class-index targets; 1 CE, 2 focal, 3 fused: csrc/common/region.h) two more
+  sums S7, S8 follow: out is [N, P, C, 9] and g [N, C, 9], and the gradient
+  gains v*(p_c*B - b_c), b_c the pixel term's dL/d(-log p_c) / v, B = sum_c b_c.
 
 * ``launch_grad`` writes dLoss/dx (x's dtype, any strides) from
   g = dLoss/dStats [N, C, 7] (float32, contiguous):
@@ -93,11 +93,18 @@ def _act(x, m, rl, ACT: tl.constexpr):
 
 
 @triton.jit
-def _dldp_tile(p, g_base, c64, cmask, t_ptr, n64, s64, stn, stc, sts, pvalid, lab,
+def _focal_pow(om, e):
+    """om^e for om >= 0 (0^0 = 1, as torch)."""
+    return tl.where(om > 0, tl.exp(e * tl.log(tl.maximum(om, 1e-38))), tl.where(e == 0, 1.0, 0.0))
+
+
+@triton.jit
+def _dldp_tile(p, x, lse, lfg, k, gamma, g_base, c64, cmask, t_ptr, n64, s64, stn, stc, sts, pvalid, lab,
                label_offset, ign_f, T_IS_LABEL: tl.constexpr, HAS_IGNORE: tl.constexpr,
-               XENT: tl.constexpr, KO: tl.constexpr):
+               XK: tl.constexpr, KO: tl.constexpr):
     """(dL/dp, b) of one [BLOCK_C, BLOCK_S] class tile: targets and g read here.
-    b = v*(gLP + t*gCE), the cross-entropy part of dL/d(-log p) (0 without XENT)."""
+    b = v*b_c, the pixel term's dL/d(-log p) (0 without XK): lse (focal), lfg and k
+    (fused) are per-pixel [BLOCK_S] logsumexp, foreground logsumexp, [y >= 1]*gS8_y."""
     t, vb = load_target_tile(t_ptr, n64, c64, s64, stn, stc, sts,
                              cmask[:, None] & pvalid[None, :],
                              T_IS_LABEL, HAS_IGNORE, lab, label_offset, ign_f)
@@ -107,13 +114,56 @@ def _dldp_tile(p, g_base, c64, cmask, t_ptr, n64, s64, stn, stc, sts, pvalid, la
     gP = tl.load(gc + 1, mask=cmask, other=0)
     gPP = tl.load(gc + 4, mask=cmask, other=0)
     gM = tl.load(gc + 6, mask=cmask, other=0)
-    if XENT:
-        gCE = tl.load(gc + 7, mask=cmask, other=0)
-        gLP = tl.load(gc + 8, mask=cmask, other=0)
-        b = v * (gLP[:, None] + t * gCE[:, None])
+    if XK == 1:  # CE: gS8_c + [c == y] gS7_c
+        g7 = tl.load(gc + 7, mask=cmask, other=0)
+        g8 = tl.load(gc + 8, mask=cmask, other=0)
+        b = v * (g8[:, None] + t * g7[:, None])
+    elif XK == 2:  # focal: [c == y] gS7_y q(p_y), q = (1-p)^(γ-1) (1 - p + γ p (-log p)); 1 for γ = 0
+        g7 = tl.load(gc + 7, mask=cmask, other=0)
+        om = 1.0 - p
+        q = _focal_pow(om, gamma - 1.0) * (om + gamma * p * (lse[None, :] - x))
+        q = tl.where(gamma == 0, 1.0, q)
+        b = v * t * g7[:, None] * q
+    elif XK == 3:  # fused: [c == y] gS7_c + [c >= 1] k p_c / (1 - p_0)
+        g7 = tl.load(gc + 7, mask=cmask, other=0)
+        q = tl.where(c64[:, None] >= 1, tl.exp(x - lfg[None, :]), 0.0)
+        b = v * (t * g7[:, None] + k[None, :] * q)
     else:
         b = tl.zeros_like(p)
     return _dldp(p, t, v, gI, gP, gPP, gM), b
+
+
+@triton.jit
+def _lse_fg(x_base, s64, smask, C, sxc, sxs, BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr):
+    """logsumexp over the classes 1..C-1 of a pixel block (the fused term), online."""
+    ar_c = tl.arange(0, BLOCK_C)
+    m = tl.full([BLOCK_S], float("-inf"), tl.float32)
+    lsum = tl.zeros([BLOCK_S], tl.float32)
+    for c0 in range(0, C, BLOCK_C):
+        c64 = c0 + ar_c.to(tl.int64)
+        cmask = (c64 < C) & (c64 >= 1)
+        x = load_tile(x_base, c64, s64, sxc, sxs, cmask[:, None] & smask[None, :])
+        xm = tl.where(cmask[:, None], x, float("-inf"))
+        m_new = tl.maximum(m, tl.max(xm, axis=0))
+        lsum = lsum * tl.exp(m - m_new) + tl.sum(tl.exp(xm - m_new[None, :]), axis=0)
+        m = m_new
+    return m + tl.log(lsum)
+
+
+@triton.jit
+def _pixel_term_sums(x, p, t, v, c64, lse, h, gamma, XK: tl.constexpr):
+    """(S7, S8) elementwise contributions of a pixel term; h = lse - lse_fg (fused)."""
+    nl = lse[None, :] - x
+    if XK == 1:
+        s7 = nl * t * v
+        s8 = nl * v
+    elif XK == 2:
+        s7 = _focal_pow(1.0 - p, gamma) * nl * t * v
+        s8 = tl.zeros_like(p)
+    else:
+        s7 = nl * t * v
+        s8 = tl.where(c64[:, None] >= 1, h[None, :] * t * v, 0.0)
+    return s7, s8
 
 
 @triton.jit
@@ -158,7 +208,8 @@ def _region_stats_kernel(
     label_offset, ign_i, ign_f,
     ACT: tl.constexpr, T_IS_LABEL: tl.constexpr, HAS_IGNORE: tl.constexpr,
     SINGLE_C: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr,
-    XENT: tl.constexpr, KO: tl.constexpr,
+    gamma,
+    XK: tl.constexpr, KO: tl.constexpr,
 ):
     pid = tl.program_id(0).to(tl.int64)
     n64, start, end = chunk_bounds(pid, P, L, S)
@@ -208,10 +259,14 @@ def _region_stats_kernel(
             aPP += pv * p
             aTT += t * t
             aM += tl.minimum(p, t) * v
-            if XENT:  # -log p = lse - x
-                nl = tl.where(mask, (m + tl.log(esum))[None, :] - x, 0.0) * v
-                aCE += nl * t
-                aLP += nl
+            if XK != 0:  # -log p = lse - x
+                lse = m + tl.log(esum)
+                h = lse
+                if XK == 3:
+                    h = lse - _lse_fg(x_base, s64, smask, C, sxc, sxs, BLOCK_C, BLOCK_S)
+                s7, s8 = _pixel_term_sums(tl.where(mask, x, 0.0), p, t, v, c64, lse, h, gamma, XK)
+                aCE += tl.where(mask, s7, 0.0)
+                aLP += tl.where(mask, s8, 0.0)
         o = row + c64 * KO
         tl.store(o + 0, tl.sum(aI, axis=1), mask=cmask)
         tl.store(o + 1, tl.sum(aP, axis=1), mask=cmask)
@@ -220,7 +275,7 @@ def _region_stats_kernel(
         tl.store(o + 4, tl.sum(aPP, axis=1), mask=cmask)
         tl.store(o + 5, tl.sum(aTT, axis=1), mask=cmask)
         tl.store(o + 6, tl.sum(aM, axis=1), mask=cmask)
-        if XENT:
+        if XK != 0:
             tl.store(o + 7, tl.sum(aCE, axis=1), mask=cmask)
             tl.store(o + 8, tl.sum(aLP, axis=1), mask=cmask)
     else:
@@ -240,6 +295,11 @@ def _region_stats_kernel(
                                       T_IS_LABEL, HAS_IGNORE, ign_i)
             if ACT == 2:
                 m, rl = _softmax_max_rsum(x_base, s64, smask, C, sxc, sxs, BLOCK_C, BLOCK_S)
+            if XK != 0:
+                lse = m - tl.log(rl)
+                h = lse
+                if XK == 3:
+                    h = lse - _lse_fg(x_base, s64, smask, C, sxc, sxs, BLOCK_C, BLOCK_S)
             for c0 in range(0, C, BLOCK_C):
                 c64 = c0 + ar_c.to(tl.int64)
                 cmask = c64 < C
@@ -265,10 +325,12 @@ def _region_stats_kernel(
                 tl.store(o + 5, tl.load(o + 5, mask=cmask, other=0) + tl.sum(t * t, axis=1), mask=cmask)
                 tl.store(o + 6, tl.load(o + 6, mask=cmask, other=0)
                          + tl.sum(tl.minimum(p, t) * v, axis=1), mask=cmask)
-                if XENT:  # -log p = lse - x, lse = m - log(rl)
-                    nl = tl.where(mask, (m - tl.log(rl))[None, :] - x, 0.0) * v
-                    tl.store(o + 7, tl.load(o + 7, mask=cmask, other=0) + tl.sum(nl * t, axis=1), mask=cmask)
-                    tl.store(o + 8, tl.load(o + 8, mask=cmask, other=0) + tl.sum(nl, axis=1), mask=cmask)
+                if XK != 0:
+                    s7, s8 = _pixel_term_sums(tl.where(mask, x, 0.0), p, t, v, c64, lse, h, gamma, XK)
+                    s7 = tl.where(mask, s7, 0.0)
+                    s8 = tl.where(mask, s8, 0.0)
+                    tl.store(o + 7, tl.load(o + 7, mask=cmask, other=0) + tl.sum(s7, axis=1), mask=cmask)
+                    tl.store(o + 8, tl.load(o + 8, mask=cmask, other=0) + tl.sum(s8, axis=1), mask=cmask)
             # The threads that load a row element next time need not be the
             # ones that stored it: order the read-modify-writes.
             tl.debug_barrier()
@@ -288,7 +350,8 @@ def _region_grad_kernel(
     label_offset, ign_i, ign_f,
     ACT: tl.constexpr, T_IS_LABEL: tl.constexpr, HAS_IGNORE: tl.constexpr,
     SINGLE_C: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr,
-    XENT: tl.constexpr, KO: tl.constexpr,
+    gamma,
+    XK: tl.constexpr, KO: tl.constexpr,
 ):
     pid = tl.program_id(0).to(tl.int64)
     n64 = pid // NBLK
@@ -301,6 +364,13 @@ def _region_grad_kernel(
     ar_c = tl.arange(0, BLOCK_C)
     lab, pvalid = load_labels(t_ptr, n64, s64, stn, sts, smask,
                               T_IS_LABEL, HAS_IGNORE, ign_i)
+    # fused: lse_fg and k = [y >= 1] gS8_y per pixel (y = lab - label_offset)
+    lfg = tl.zeros([BLOCK_S], tl.float32)
+    k = tl.zeros([BLOCK_S], tl.float32)
+    if XK == 3:
+        lfg = _lse_fg(x_base, s64, smask, C, sxc, sxs, BLOCK_C, BLOCK_S)
+        y = lab - label_offset
+        k = tl.load(g_base + y * KO + 8, mask=pvalid & (y >= 1) & (y < C), other=0)
 
     if SINGLE_C:
         c64 = ar_c.to(tl.int64)
@@ -314,8 +384,8 @@ def _region_grad_kernel(
             m = tl.max(xm, axis=0)
             rl = 1.0 / tl.sum(tl.exp(xm - m[None, :]), axis=0)
         p = tl.where(cmask[:, None], _act(x, m, rl, ACT), 0.0)
-        a, b = _dldp_tile(p, g_base, c64, cmask, t_ptr, n64, s64, stn, stc, sts, pvalid, lab,
-                          label_offset, ign_f, T_IS_LABEL, HAS_IGNORE, XENT, KO)
+        a, b = _dldp_tile(p, x, m - tl.log(rl), lfg, k, gamma, g_base, c64, cmask, t_ptr, n64, s64, stn, stc, sts,
+                          pvalid, lab, label_offset, ign_f, T_IS_LABEL, HAS_IGNORE, XK, KO)
         dx = _dx(p, a, tl.sum(p * a - b, axis=0), ACT) - b
         tl.store(dx_base + c64[:, None] * sdc + s64[None, :] * sds,
                  dx.to(dx_ptr.dtype.element_ty), mask=mask)
@@ -331,8 +401,8 @@ def _region_grad_kernel(
                 mask = cmask[:, None] & smask[None, :]
                 x = load_tile(x_base, c64, s64, sxc, sxs, mask)
                 p = _act(x, m, rl, ACT)
-                a, b = _dldp_tile(p, g_base, c64, cmask, t_ptr, n64, s64, stn, stc, sts, pvalid, lab,
-                                  label_offset, ign_f, T_IS_LABEL, HAS_IGNORE, XENT, KO)
+                a, b = _dldp_tile(p, x, m - tl.log(rl), lfg, k, gamma, g_base, c64, cmask, t_ptr, n64, s64,
+                                  stn, stc, sts, pvalid, lab, label_offset, ign_f, T_IS_LABEL, HAS_IGNORE, XK, KO)
                 dot += tl.sum(tl.where(mask, p * a - b, 0.0), axis=0)
         # last pass: write dx
         for c0 in range(0, C, BLOCK_C):
@@ -345,8 +415,8 @@ def _region_grad_kernel(
                 rl = m
                 dot = m
             p = _act(x, m, rl, ACT)
-            a, b = _dldp_tile(p, g_base, c64, cmask, t_ptr, n64, s64, stn, stc, sts, pvalid, lab,
-                              label_offset, ign_f, T_IS_LABEL, HAS_IGNORE, XENT, KO)
+            a, b = _dldp_tile(p, x, m - tl.log(rl), lfg, k, gamma, g_base, c64, cmask, t_ptr, n64, s64,
+                              stn, stc, sts, pvalid, lab, label_offset, ign_f, T_IS_LABEL, HAS_IGNORE, XK, KO)
             dx = _dx(p, a, dot, ACT) - b
             tl.store(dx_base + c64[:, None] * sdc + s64[None, :] * sds,
                      dx.to(dx_ptr.dtype.element_ty), mask=mask)
@@ -371,8 +441,8 @@ def default_chunks(N: int, C: int, S: int, sm_count: int = 132, waves: int = 4) 
 
 
 def launch_stats(x, t, t_is_label: bool, out, N: int, C: int, S: int, P: int,
-                 act: int, label_offset: int, has_ignore: bool, ignore_value: float, xent: bool = False,
-                 *, block_s: int | None = None, block_c: int | None = None) -> None:
+                 act: int, label_offset: int, has_ignore: bool, ignore_value: float, xent: int = 0,
+                 gamma: float = 0.0, *, block_s: int | None = None, block_c: int | None = None) -> None:
     """Partial sums into ``out`` (float32, contiguous [N, P, C, 7], or 9 with ``xent``); see module doc.
 
     x: [N, C, S] (any strides); t: [N, S] labels if ``t_is_label`` else
@@ -392,14 +462,14 @@ def launch_stats(x, t, t_is_label: bool, out, N: int, C: int, S: int, P: int,
         int(label_offset), ign_i, ign_f,
         ACT=int(act), T_IS_LABEL=bool(t_is_label), HAS_IGNORE=bool(has_ignore),
         SINGLE_C=single, BLOCK_C=BLOCK_C, BLOCK_S=BLOCK_S,
-        XENT=bool(xent), KO=9 if xent else 7,
+        gamma=float(gamma), XK=int(xent), KO=9 if xent else 7,
         num_warps=STATS_WARPS,
     )
 
 
 def launch_grad(x, t, t_is_label: bool, g, dx, N: int, C: int, S: int,
-                act: int, label_offset: int, has_ignore: bool, ignore_value: float, xent: bool = False,
-                *, block_s: int | None = None, block_c: int | None = None) -> None:
+                act: int, label_offset: int, has_ignore: bool, ignore_value: float, xent: int = 0,
+                gamma: float = 0.0, *, block_s: int | None = None, block_c: int | None = None) -> None:
     """dLoss/dx into ``dx`` ([N, C, S], x's dtype, any strides) from g = dLoss/dStats
     (float32, contiguous [N, C, 7], or 9 with ``xent``); see module doc."""
     if N * C * S == 0:
@@ -417,6 +487,6 @@ def launch_grad(x, t, t_is_label: bool, g, dx, N: int, C: int, S: int,
         int(label_offset), ign_i, ign_f,
         ACT=int(act), T_IS_LABEL=bool(t_is_label), HAS_IGNORE=bool(has_ignore),
         SINGLE_C=single, BLOCK_C=BLOCK_C, BLOCK_S=BLOCK_S,
-        XENT=bool(xent), KO=9 if xent else 7,
+        gamma=float(gamma), XK=int(xent), KO=9 if xent else 7,
         num_warps=GRAD_WARPS,
     )

@@ -6,11 +6,19 @@
 //   I = sum v*p*t, P = sum v*p, T = sum v*t, V = sum v,
 //   PP = sum v*p^2, TT = sum v*t^2, M = sum v*min(p, t)
 // with p = act(x) and (t, v) decoded from the target (see region_target).
-// With xent (softmax, class-index targets: the cross-entropy term of sums
-// such as Dice + CE) two more follow, so the loss still costs two passes:
-//   CE = sum v*t*(-log p), LP = sum v*(-log p)   (-log p = logsumexp(x) - x)
-// LP carries label smoothing. Their gradient is added in the grad pass:
-//   dx_k += v p_k (gCE_y + sum_c gLP_c) - v (gLP_k + [k == y] gCE_k).
+// With a pixel term (softmax, class-index targets: the pixel half of sums
+// such as Dice + CE) two more follow, so the sum still costs two passes.
+// With -log p = logsumexp(x) - x and y the pixel's label:
+//   kXentCE:    S7 = sum v*t*(-log p), S8 = sum v*(-log p) (label smoothing)
+//   kXentFocal: S7 = sum v*t*(1 - p)^gamma*(-log p), S8 = 0
+//   kXentFused: S7 = the CE sum, S8 = sum v*t*h, h = -log(1 - p_0) =
+//               logsumexp(x) - logsumexp(x_1..C-1) (positive sharing; the
+//               formula uses S8 of the foreground planes only)
+// Their gradient is added in the grad pass through dL/d(log p_c) = -v b_c:
+//   dx_k += v (p_k B - b_k), B = sum_c b_c, with
+//   CE: b_c = gS8_c + [c == y] gS7_c;  focal: b_c = [c == y] gS7_y q(p_y)
+//   (q = -d f/d log p of f = -(1 - p)^gamma log p); fused: b_c = [c == y]
+//   gS7_c + [c >= 1] gS8_y p_c / (1 - p_0).
 #pragma once
 
 #include <cmath>
@@ -23,15 +31,17 @@ namespace segfast {
 namespace region {
 
 constexpr int K = 7;
-constexpr int KX = 9;  // with the cross-entropy sums
-enum Stat : int { kI = 0, kP = 1, kT = 2, kV = 3, kPP = 4, kTT = 5, kM = 6, kCE = 7, kLP = 8 };
+constexpr int KX = 9;  // with a pixel term's sums
+enum Stat : int { kI = 0, kP = 1, kT = 2, kV = 3, kPP = 4, kTT = 5, kM = 6, kS7 = 7, kS8 = 8 };
+enum Xent : int { kXentNone = 0, kXentCE = 1, kXentFocal = 2, kXentFused = 3 };
 enum Act : int { kIdentity = 0, kSigmoid = 1, kSoftmax = 2 };
 
 // Everything a region kernel needs to read x and the target (problem.h), and
 // the activation.
 struct Problem : Inputs {
   int act;
-  bool xent;  // also the CE / LP sums (softmax, class-index targets only)
+  int xent;      // Xent: a pixel term's sums too (softmax, class-index targets only)
+  double gamma;  // kXentFocal
 };
 
 // Sums per plane in the kernels' output and dLoss/dStats input.
@@ -102,6 +112,29 @@ SEGFAST_HD void decode_dense(T value, bool has_ignore, double ignore_value, T* t
   const bool ign = has_ignore && value == T(ignore_value);
   *v = ign ? T(0) : T(1);
   *t = ign ? T(0) : value;
+}
+
+// ---- pixel terms (xent) -------------------------------------------------------------
+
+SEGFAST_HD float pow_t(float b, float e) { return e == 2.0f ? b * b : (e == 1.0f ? b : powf(b, e)); }
+SEGFAST_HD double pow_t(double b, double e) { return e == 2.0 ? b * b : (e == 1.0 ? b : pow(b, e)); }
+
+// Focal: f = (1 - p)^gamma * nl with nl = -log p (torch's 0^0 = 1).
+template <typename T>
+SEGFAST_HD T focal_value(T p, T nl, T gamma) {
+  const T om = T(1) - p;
+  return (om > T(0) ? pow_t(om, gamma) : (gamma == T(0) ? T(1) : T(0))) * nl;
+}
+
+// q = -df/dlog p = (1 - p)^gamma - gamma p (1 - p)^(gamma - 1) log p, 1 for gamma = 0
+// and 0 at p = 1 (its limit for gamma > 0).
+template <typename T>
+SEGFAST_HD T focal_dlogp(T p, T nl, T gamma) {
+  if (gamma == T(0)) return T(1);
+  const T om = T(1) - p;
+  if (!(om > T(0))) return T(0);
+  const T w = pow_t(om, gamma - T(1));
+  return w * (om + gamma * p * nl);
 }
 
 // ---- gradient ----------------------------------------------------------------------

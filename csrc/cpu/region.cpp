@@ -55,13 +55,15 @@ struct Workspace {
   std::vector<T> m, r;  // per pixel: max / sum, dot
   std::vector<T> vb;    // label validity [tile]
   std::vector<int32_t> lb;  // label class index or -1 [tile]
-  std::vector<T> xr;    // stats with xent: one reloaded row of x
+  std::vector<T> xr;    // xent: one reloaded row of x (stats) / per pixel u (grad)
+  std::vector<T> hb;    // xent: per pixel h (stats) / B (grad)
   std::vector<double> acc;  // stats: [C][KX] chunk totals
   Workspace(int64_t C_, int64_t tile_, bool dense, bool grad)
-      : C(C_), tile(tile_), xb(C_ * tile_), m(tile_), r(tile_), vb(tile_), lb(tile_), xr(tile_) {
+      : C(C_), tile(tile_), xb(C_ * tile_), m(tile_), r(tile_), vb(tile_), lb(tile_), xr(tile_),
+        hb(tile_) {
     if (dense) { tb.resize(C_ * tile_); vbd.resize(C_ * tile_); }
     if (grad) ab.resize(C_ * tile_);
-    else acc.resize(C_ * KX);
+    else { acc.resize(C_ * KX); ab.resize(tile_); }  // stats: ab is scratch
   }
 };
 
@@ -317,11 +319,11 @@ struct FastWork {
   std::vector<int32_t> lb;  // [tile] class or -1
   std::vector<float> tail;  // [C][VL] the last partial block, zero-padded
   std::vector<float> lse;   // stats with xent: [tile] logsumexp
-  std::vector<float> gt;    // grad: [6][C] gP, 2 gPP, gI, gM, gCE, gLP of the image, sum gLP
+  std::vector<float> gt;    // grad: [6][C] gP, 2 gPP, gI, gM, gS7, gS8 of the image, sum gS8, gamma
   std::vector<double> acc;  // stats: [C][KX]
   FastWork(int64_t C_, int64_t tile_, bool grad)
-      : C(C_), tile(tile_), xb(C_ * tile_), eb(grad ? 2 * C_ * VL : C_ * tile_), rv(tile_),
-        vb(tile_), lb(tile_), tail(C_ * VL), lse(tile_), gt(grad ? 6 * C_ + 1 : 0),
+      : C(C_), tile(tile_), xb(C_ * tile_), eb(grad ? 3 * C_ * VL : C_ * tile_), rv(tile_),
+        vb(tile_), lb(tile_), tail(C_ * VL), lse(tile_), gt(grad ? 6 * C_ + 2 : 0),
         acc(grad ? 0 : C_ * KX) {}
 };
 
@@ -383,7 +385,26 @@ SEGFAST_INLINE XSrc fast_xsrc(const Problem& pr, FastWork& w, int64_t n, int64_t
   return {xb, tile, lenp};
 }
 
-template <bool kV4, bool kXent>
+// x of class c, pixels [i, i + VL) of a tile (block i), wherever fast_xsrc put it.
+SEGFAST_INLINE const float* xblock(const XSrc& xs, const FastWork& w, int64_t c, int64_t i) {
+  return i < xs.full ? xs.base + c * xs.pitch + i : w.tail.data() + c * VL;
+}
+
+// logsumexp of x over classes 1..C-1 of one pixel (lane l of block i), with its
+// own max: for the rare pixel whose foreground exps underflow next to class 0.
+SEGFAST_INLINE float lse_fg_lane(const XSrc& xs, const FastWork& w, int64_t C, int64_t i,
+                                 int64_t l) {
+  float m = -INFINITY, s = 0.0f;
+  for (int64_t c = 1; c < C; ++c) m = std::max(m, xblock(xs, w, c, i)[l]);
+  for (int64_t c = 1; c < C; ++c) s += std::exp(xblock(xs, w, c, i)[l] - m);
+  return m + std::log(s);
+}
+
+// Below this sum of foreground exps (relative to the pixel's max) the fused
+// term recomputes the pixel with lse_fg_lane.
+constexpr float kFgTiny = 1e-30f;
+
+template <bool kV4, int XK>
 SEGFAST_INLINE void fast_stats_item(const Problem& pr, FastWork& w, int64_t n, int64_t P,
                                     int64_t j, float* __restrict out) {
   const int64_t C = pr.C, tile = w.tile;
@@ -410,8 +431,26 @@ SEGFAST_INLINE void fast_stats_item(const Problem& pr, FastWork& w, int64_t n, i
       const vf v = vload(vb + i);
       vstore(rv + i, v / s);
       vsum += v;
-      if (kXent)  // one log per pixel, not per element
-        for (int64_t l = 0; l < VL; ++l) lse[i + l] = m[l] + std::log(s[l]);
+      if (XK == kXentNone) continue;
+      for (int64_t l = 0; l < VL; ++l) lse[i + l] = m[l] + std::log(s[l]);  // per pixel
+      if (XK == kXentCE) continue;
+      // focal / fused: per pixel, into the label's plane
+      vf sfg = vf{};
+      if (XK == kXentFused)
+        for (int64_t c = 1; c < C; ++c) sfg += vload(eb + c * tile + i);
+      const int32_t* __restrict lbi = w.lb.data() + i;
+      for (int64_t l = 0; l < VL; ++l) {
+        const int32_t y = lbi[l];
+        if (y < 0) continue;  // ignored or padding
+        if (XK == kXentFocal) {
+          const float py = eb[y * tile + i + l] / s[l];
+          const float nl = lse[i + l] - xblock(xs, w, y, i)[l];
+          acc[y * KX + kS7] += focal_value(py, nl, float(pr.gamma));
+        } else if (y >= 1) {  // fused: h = -log(1 - p_0) = lse - lse_fg
+          const float lfg = sfg[l] > kFgTiny ? m[l] + std::log(sfg[l]) : lse_fg_lane(xs, w, C, i, l);
+          acc[y * KX + kS8] += lse[i + l] - lfg;
+        }
+      }
     }
     V += double(vhsum(vsum));
     const int32_t* __restrict lb = w.lb.data();
@@ -427,16 +466,15 @@ SEGFAST_INLINE void fast_stats_item(const Problem& pr, FastWork& w, int64_t n, i
         aI += q * t;  // (not a masked add: a NaN p gives a NaN I, as v*p*t does)
         aT += t;
       }
-      if (kXent) {  // -log p = lse - x: CE on the label's class, LP on every valid pixel
+      if (XK == kXentCE || XK == kXentFused) {  // -log p = lse - x: CE on the label's class
         vf aCE = vf{}, aLP = vf{};
         for (int64_t i = 0; i < lenp; i += VL) {
-          const float* xc = i < xs.full ? xs.base + c * xs.pitch + i : w.tail.data() + c * VL;
-          const vf nl = vload(lse + i) - vload(xc);
+          const vf nl = vload(lse + i) - vload(xblock(xs, w, c, i));
           aCE += viload(lb + i) == cc ? nl : vf{};
-          aLP += vload(vb + i) * nl;
+          if (XK == kXentCE) aLP += vload(vb + i) * nl;  // LP on every valid pixel
         }
-        acc[c * KX + kCE] += vhsum(aCE);
-        acc[c * KX + kLP] += vhsum(aLP);
+        acc[c * KX + kS7] += vhsum(aCE);
+        acc[c * KX + kS8] += vhsum(aLP);
       }
       double* ac = acc + c * KX;
       const double I = vhsum(aI), T = vhsum(aT);
@@ -448,7 +486,7 @@ SEGFAST_INLINE void fast_stats_item(const Problem& pr, FastWork& w, int64_t n, i
       ac[kM] += I;
     }
   }
-  constexpr int64_t KO = kXent ? KX : K;
+  constexpr int64_t KO = XK ? KX : K;
   float* o = out + (n * P + j) * C * KO;
   for (int64_t c = 0; c < C; ++c) {
     acc[c * KX + kV] = V;
@@ -458,15 +496,23 @@ SEGFAST_INLINE void fast_stats_item(const Problem& pr, FastWork& w, int64_t n, i
 
 SEGFAST_CLONES_V3 void fast_stats_f32(const Problem& pr, FastWork& w, int64_t n, int64_t P,
                                       int64_t j, float* out) {
-  if (pr.xent) fast_stats_item<false, true>(pr, w, n, P, j, out);
-  else fast_stats_item<false, false>(pr, w, n, P, j, out);
+  switch (pr.xent) {
+    case kXentCE: fast_stats_item<false, kXentCE>(pr, w, n, P, j, out); break;
+    case kXentFocal: fast_stats_item<false, kXentFocal>(pr, w, n, P, j, out); break;
+    case kXentFused: fast_stats_item<false, kXentFused>(pr, w, n, P, j, out); break;
+    default: fast_stats_item<false, kXentNone>(pr, w, n, P, j, out);
+  }
 }
 #if defined(SEGFAST_AVX512)
 SEGFAST_V4 __attribute__((flatten)) void fast_stats_f32_v4(const Problem& pr, FastWork& w,
                                                            int64_t n, int64_t P, int64_t j,
                                                            float* out) {
-  if (pr.xent) fast_stats_item<true, true>(pr, w, n, P, j, out);
-  else fast_stats_item<true, false>(pr, w, n, P, j, out);
+  switch (pr.xent) {
+    case kXentCE: fast_stats_item<true, kXentCE>(pr, w, n, P, j, out); break;
+    case kXentFocal: fast_stats_item<true, kXentFocal>(pr, w, n, P, j, out); break;
+    case kXentFused: fast_stats_item<true, kXentFused>(pr, w, n, P, j, out); break;
+    default: fast_stats_item<true, kXentNone>(pr, w, n, P, j, out);
+  }
 }
 bool have_v4() {
   static const bool ok = __builtin_cpu_supports("x86-64-v4");
@@ -475,21 +521,24 @@ bool have_v4() {
 #endif
 
 // dLoss/dx of one block (softmax, labels): a_c = v (gP + 2 gPP p + [c == lb] gI + gM h),
-// dx_c = p_c (a_c - sum_k p_k a_k); with xent also + v p_c (gCE_y + sum gLP) - v (gLP_c +
-// [c == y] gCE_c) (csrc/common/region.h).
-template <bool kV4, bool kHasM, bool kXent>
+// dx_c = p_c (a_c - sum_k p_k a_k); with a pixel term XK also + v (p_c B - b_c)
+// (csrc/common/region.h). gt: [6][C] tables (fast_grad_item), then sum gS8, gamma.
+template <bool kV4, bool kHasM, int XK>
 SEGFAST_INLINE void grad_block(const float* x, int64_t xp, int64_t C,
                                const int32_t* __restrict lbp, const float* __restrict vbp,
                                const float* __restrict gt, float* __restrict e,
                                float* dst, int64_t dp, int64_t pf) {  // dst may be x (in place)
   float* __restrict a_buf = e + C * VL;
+  float* __restrict q_buf = e + 2 * C * VL;  // fused: p_c / (1 - p_0)
   const float* __restrict gP = gt;
   const float* __restrict gPP2 = gt + C;
   const float* __restrict gI = gt + 2 * C;
   const float* __restrict gM = gt + 3 * C;
-  const float* __restrict gCE = gt + 4 * C;
-  const float* __restrict gLP = gt + 5 * C;
-  const vf r = 1.0f / softmax_block<kV4>(x, xp, C, e, VL, pf);
+  const float* __restrict g7 = gt + 4 * C;
+  const float* __restrict g8 = gt + 5 * C;
+  vf m;
+  const vf s = softmax_block<kV4>(x, xp, C, e, VL, pf, &m);
+  const vf r = 1.0f / s;
   const vi lb = viload(lbp);
   const vf rv = r * vload(vbp);
   vf dot = vf{}, gy = vf{};
@@ -503,29 +552,64 @@ SEGFAST_INLINE void grad_block(const float* x, int64_t xp, int64_t C,
       const vf h = p < t ? vsplat(1.0f) : (p == t ? vsplat(0.5f) : vf{});
       a += gM[c] * h;
     }
-    if (kXent) gy = hit ? gy + gCE[c] : gy;
+    if (XK == kXentCE || XK == kXentFused) gy = hit ? gy + g7[c] : gy;  // gS7_y
     dot += p * a;
     vstore(a_buf + c * VL, a);
   }
-  if (kXent) {
-    dot -= gy + gt[6 * C];
-    const vf v = vload(vbp);
+  if (XK == kXentNone) {
     for (int64_t c = 0; c < C; ++c) {
       const vf pv = vload(e + c * VL) * rv;
-      const vf b = lb == int32_t(c) ? vsplat(gLP[c] + gCE[c]) : vsplat(gLP[c]);
-      vstore(dst + c * dp, pv * (vload(a_buf + c * VL) - dot) - v * b);
+      vstore(dst + c * dp, pv * (vload(a_buf + c * VL) - dot));
       if (pf) __builtin_prefetch(dst + c * dp + pf, 1, 3);
     }
     return;
   }
+  // B = sum_c b_c per pixel; u (focal) / k (fused) per pixel
+  alignas(64) float ub[VL];
+  vf B;
+  if (XK == kXentCE) {
+    B = gy + gt[6 * C];
+  } else if (XK == kXentFocal) {
+    for (int64_t l = 0; l < VL; ++l) {
+      const int32_t y = lbp[l];
+      if (y < 0) { ub[l] = 0.0f; continue; }
+      const float py = e[y * VL + l] * r[l];
+      const float nl = m[l] + std::log(s[l]) - x[y * xp + l];
+      ub[l] = g7[y] * focal_dlogp(py, nl, gt[6 * C + 1]);
+    }
+    B = vload(ub);
+  } else {  // fused: q_c = e_c / sum_{c >= 1} e_c, k = [y >= 1] gS8_y
+    vf sfg = vf{};
+    for (int64_t c = 1; c < C; ++c) sfg += vload(e + c * VL);
+    const vf rf = 1.0f / sfg;
+    for (int64_t c = 1; c < C; ++c) vstore(q_buf + c * VL, vload(e + c * VL) * rf);
+    for (int64_t l = 0; l < VL; ++l) {
+      const int32_t y = lbp[l];
+      ub[l] = y >= 1 ? g8[y] : 0.0f;
+      if (!(sfg[l] > kFgTiny)) {  // the foreground exps underflowed: recompute this pixel
+        float mf = -INFINITY, sf = 0.0f;
+        for (int64_t c = 1; c < C; ++c) mf = std::max(mf, x[c * xp + l]);
+        for (int64_t c = 1; c < C; ++c) sf += (q_buf[c * VL + l] = std::exp(x[c * xp + l] - mf));
+        for (int64_t c = 1; c < C; ++c) q_buf[c * VL + l] /= sf;
+      }
+    }
+    B = gy + vload(ub);
+  }
+  dot -= B;
+  const vf v = vload(vbp), u = vload(ub);
   for (int64_t c = 0; c < C; ++c) {
     const vf pv = vload(e + c * VL) * rv;
-    vstore(dst + c * dp, pv * (vload(a_buf + c * VL) - dot));
+    const vi hit = lb == int32_t(c);
+    vf b;
+    if (XK == kXentCE) b = hit ? vsplat(g8[c] + g7[c]) : vsplat(g8[c]);
+    else if (XK == kXentFocal) b = hit ? u : vf{};
+    else b = (hit ? vsplat(g7[c]) : vf{}) + (c >= 1 ? u * vload(q_buf + c * VL) : vf{});
+    vstore(dst + c * dp, pv * (vload(a_buf + c * VL) - dot) - v * b);
     if (pf) __builtin_prefetch(dst + c * dp + pf, 1, 3);
   }
 }
 
-template <bool kV4, bool kHasM, bool kXent>
+template <bool kV4, bool kHasM, int XK>
 SEGFAST_INLINE void fast_grad_tile(const Problem& pr, FastWork& w, int64_t n, int64_t s0,
                                    int64_t len, const XSrc& xs, void* dx, int64_t dxsN,
                                    int64_t dxsC, int64_t dxsS) {
@@ -537,11 +621,11 @@ SEGFAST_INLINE void fast_grad_tile(const Problem& pr, FastWork& w, int64_t n, in
   if (direct) {
     float* d = static_cast<float*>(dx) + n * dxsN + s0;
     for (int64_t i = 0; i < xs.full; i += VL)
-      grad_block<kV4, kHasM, kXent>(xs.base + i, xs.pitch, C, w.lb.data() + i, w.vb.data() + i, gt, eb,
+      grad_block<kV4, kHasM, XK>(xs.base + i, xs.pitch, C, w.lb.data() + i, w.vb.data() + i, gt, eb,
                         d + i, dxsC, i + kPrefetch < xs.full ? kPrefetch : 0);
     if (xs.full < len) {  // in place: x was read directly, tail from w.tail
       float* tl = w.tail.data();
-      grad_block<kV4, kHasM, kXent>(tl, VL, C, w.lb.data() + xs.full, w.vb.data() + xs.full, gt, eb, tl, VL,
+      grad_block<kV4, kHasM, XK>(tl, VL, C, w.lb.data() + xs.full, w.vb.data() + xs.full, gt, eb, tl, VL,
                         0);
       for (int64_t c = 0; c < C; ++c)
         for (int64_t i = xs.full; i < len; ++i) d[c * dxsC + i] = tl[c * VL + i - xs.full];
@@ -552,14 +636,14 @@ SEGFAST_INLINE void fast_grad_tile(const Problem& pr, FastWork& w, int64_t n, in
   const int64_t tile = w.tile, lenp = pad_len(len);
   if (xs.base != xb) {  // read in place, write to xb
     for (int64_t i = 0; i < xs.full; i += VL)
-      grad_block<kV4, kHasM, kXent>(xs.base + i, xs.pitch, C, w.lb.data() + i, w.vb.data() + i, gt, eb,
+      grad_block<kV4, kHasM, XK>(xs.base + i, xs.pitch, C, w.lb.data() + i, w.vb.data() + i, gt, eb,
                         xb + i, tile, 0);
     if (xs.full < len)
-      grad_block<kV4, kHasM, kXent>(w.tail.data(), VL, C, w.lb.data() + xs.full, w.vb.data() + xs.full, gt,
+      grad_block<kV4, kHasM, XK>(w.tail.data(), VL, C, w.lb.data() + xs.full, w.vb.data() + xs.full, gt,
                         eb, xb + xs.full, tile, 0);
   } else {
     for (int64_t i = 0; i < lenp; i += VL)
-      grad_block<kV4, kHasM, kXent>(xb + i, tile, C, w.lb.data() + i, w.vb.data() + i, gt, eb, xb + i, tile,
+      grad_block<kV4, kHasM, XK>(xb + i, tile, C, w.lb.data() + i, w.vb.data() + i, gt, eb, xb + i, tile,
                         0);
   }
   for (int64_t c = 0; c < C; ++c)
@@ -582,27 +666,28 @@ SEGFAST_INLINE void fast_grad_item(const Problem& pr, FastWork& w, int64_t n, in
       gt[C + c] = 2.0f * gc[kPP];
       gt[2 * C + c] = gc[kI];
       gt[3 * C + c] = gc[kM];
-      gt[4 * C + c] = pr.xent ? gc[kCE] : 0.0f;
-      gt[5 * C + c] = pr.xent ? gc[kLP] : 0.0f;
+      gt[4 * C + c] = pr.xent ? gc[kS7] : 0.0f;
+      gt[5 * C + c] = pr.xent ? gc[kS8] : 0.0f;
       sum_lp += gt[5 * C + c];
     }
     gt[6 * C] = sum_lp;
+    gt[6 * C + 1] = float(pr.gamma);
     *gt_image = n;
   }
   bool has_m = false;
   for (int64_t c = 0; c < C; ++c) has_m |= gt[3 * C + c] != 0.0f;
   fast_labels(pr, w, n, s0, len);
   const XSrc xs = fast_xsrc(pr, w, n, s0, len);
-  if (pr.xent) {
-    if (has_m)
-      fast_grad_tile<kV4, true, true>(pr, w, n, s0, len, xs, dx, dxsN, dxsC, dxsS);
-    else
-      fast_grad_tile<kV4, false, true>(pr, w, n, s0, len, xs, dx, dxsN, dxsC, dxsS);
-  } else if (has_m) {
-    fast_grad_tile<kV4, true, false>(pr, w, n, s0, len, xs, dx, dxsN, dxsC, dxsS);
-  } else {
-    fast_grad_tile<kV4, false, false>(pr, w, n, s0, len, xs, dx, dxsN, dxsC, dxsS);
+#define SEGFAST_XK(XK)                                                                  \
+  (has_m ? fast_grad_tile<kV4, true, XK>(pr, w, n, s0, len, xs, dx, dxsN, dxsC, dxsS) \
+         : fast_grad_tile<kV4, false, XK>(pr, w, n, s0, len, xs, dx, dxsN, dxsC, dxsS))
+  switch (pr.xent) {
+    case kXentCE: SEGFAST_XK(kXentCE); break;
+    case kXentFocal: SEGFAST_XK(kXentFocal); break;
+    case kXentFused: SEGFAST_XK(kXentFused); break;
+    default: SEGFAST_XK(kXentNone);
   }
+#undef SEGFAST_XK
 }
 
 SEGFAST_CLONES_V3 void fast_grad_f32(const Problem& pr, FastWork& w, int64_t n, int64_t s0,
@@ -631,32 +716,102 @@ bool fast_ok(const Problem& pr) {
 
 // ---- stats: one (image, chunk) work item ---------------------------------------------
 
-// CE and LP of one tile (labels, softmax) into acc[c * KX + kCE / kLP]: -log p =
-// lse - x with x reloaded (w.xb holds p, and log p would underflow where p does).
-// After load_probs w.m holds the max and w.r 1/sum; w.m becomes lse.
+// logsumexp over the foreground classes 1..C-1 of each pixel (fused), from x
+// reloaded into xr; into h. Stable: its own max.
+template <typename T>
+SEGFAST_INLINE void lse_fg_tile(const Problem& pr, Workspace<T>& w, int64_t n, int64_t s0,
+                                int64_t len, T* __restrict h) {
+  const int64_t lenp = pad_len(len);
+  T* __restrict xr = w.xr.data();
+  T* __restrict mx = w.ab.data();  // [tile] scratch (stats: allocated for this)
+  for (int64_t i = 0; i < lenp; ++i) { mx[i] = -INFINITY; h[i] = T(0); }
+  for (int64_t pass = 0; pass < 2; ++pass) {
+    for (int64_t c = 1; c < pr.C; ++c) {
+      load_row(xr, pr.x, pr.x_dtype, n * pr.xsN + c * pr.xsC + s0 * pr.xsS, pr.xsS, len);
+      for (int64_t i = len; i < lenp; ++i) xr[i] = T(0);
+      for (int64_t i = 0; i < lenp; ++i) {
+        if (pass == 0) mx[i] = xr[i] > mx[i] ? xr[i] : mx[i];
+        else h[i] += exp_t(xr[i] - mx[i]);
+      }
+    }
+  }
+  for (int64_t i = 0; i < lenp; ++i) h[i] = mx[i] + std::log(h[i]);
+}
+
+// A pixel term's sums of one tile (labels, softmax; csrc/common/region.h) into
+// acc[c * KX + kS7 / kS8]. -log p = lse - x with x reloaded (w.xb holds p, and
+// log p would underflow where p does). After load_probs w.m holds the max and
+// w.r 1/sum; w.m becomes lse.
 template <typename T>
 SEGFAST_INLINE void xent_stats(const Problem& pr, Workspace<T>& w, int64_t n, int64_t s0,
                                int64_t len, double* acc) {
-  const int64_t lenp = pad_len(len);
+  const int64_t lenp = pad_len(len), tile = w.tile;
   T* __restrict lse = w.m.data();
   const T* __restrict r = w.r.data();
   for (int64_t i = 0; i < lenp; ++i) lse[i] -= std::log(r[i]);
+  T* __restrict h = w.hb.data();
+  if (pr.xent == kXentFused) {  // h = lse - lse_fg
+    lse_fg_tile(pr, w, n, s0, len, h);
+    for (int64_t i = 0; i < lenp; ++i) h[i] = lse[i] - h[i];
+  }
   T* __restrict xr = w.xr.data();
   const int32_t* __restrict lb = w.lb.data();
   const T* __restrict v = w.vb.data();
+  const T gamma = T(pr.gamma);
   for (int64_t c = 0; c < pr.C; ++c) {
     load_row(xr, pr.x, pr.x_dtype, n * pr.xsN + c * pr.xsC + s0 * pr.xsS, pr.xsS, len);
     for (int64_t i = len; i < lenp; ++i) xr[i] = T(0);
-    T ce = T(0), lp = T(0);
+    const T* __restrict p = w.xb.data() + c * tile;
+    T s7 = T(0), s8 = T(0);
     const int32_t cc = int32_t(c);
-#pragma omp simd reduction(+ : ce, lp)
     for (int64_t i = 0; i < lenp; ++i) {
       const T nl = lse[i] - xr[i];
-      ce += lb[i] == cc ? nl : T(0);
-      lp += v[i] * nl;
+      const bool hit = lb[i] == cc;
+      if (pr.xent == kXentCE) {
+        s7 += hit ? nl : T(0);
+        s8 += v[i] * nl;
+      } else if (pr.xent == kXentFocal) {
+        s7 += hit ? focal_value(p[i], nl, gamma) : T(0);
+      } else {
+        s7 += hit ? nl : T(0);
+        s8 += hit && c >= 1 ? h[i] : T(0);
+      }
     }
-    acc[c * KX + kCE] += ce;
-    acc[c * KX + kLP] += lp;
+    acc[c * KX + kS7] += s7;
+    acc[c * KX + kS8] += s8;
+  }
+}
+
+// Per pixel of a grad tile (labels, softmax), after load_probs: B = sum_c b_c
+// into w.hb and the focal u / fused k into w.xr (csrc/common/region.h); *G8.
+template <typename T, typename G>
+SEGFAST_INLINE void xent_grad_prep(const Problem& pr, Workspace<T>& w, int64_t n, int64_t s0,
+                                   int64_t len, const G* __restrict g, T* G8) {
+  const int64_t C = pr.C, tile = w.tile, KO = num_stats(pr);
+  T* __restrict B = w.hb.data();
+  T* __restrict u = w.xr.data();
+  const int32_t* __restrict lb = w.lb.data();
+  const G* gn = g + n * C * KO;
+  if (pr.xent == kXentCE)
+    for (int64_t c = 0; c < C; ++c) *G8 += T(gn[c * KO + kS8]);
+  const T gamma = T(pr.gamma);
+  for (int64_t i = 0; i < len; ++i) {
+    const int32_t y = lb[i];
+    B[i] = u[i] = T(0);
+    if (y < 0) continue;  // ignored: v = 0 anyway
+    const T g7 = T(gn[y * KO + kS7]), g8 = T(gn[y * KO + kS8]);
+    const T py = w.xb[y * tile + i];
+    if (pr.xent == kXentCE) {
+      B[i] = g7 + *G8;
+    } else if (pr.xent == kXentFocal) {  // -log p_y = max - log(1/sum) - x_y
+      const T nl = w.m[i] - std::log(w.r[i]) - load_x<T>(pr, n, y, s0 + i);
+      u[i] = B[i] = g7 * focal_dlogp(py, nl, gamma);
+    } else {  // fused: k = [y >= 1] gS8_y / (1 - p_0), 1 - p_0 = sum_{c >= 1} p_c
+      T fg = T(0);
+      for (int64_t c = 1; c < C; ++c) fg += w.xb[c * tile + i];
+      u[i] = y >= 1 && fg > T(0) ? g8 / fg : T(0);
+      B[i] = g7 + (y >= 1 ? g8 : T(0));
+    }
   }
 }
 
@@ -754,16 +909,14 @@ SEGFAST_INLINE void grad_item_impl(const Problem& pr, Workspace<T>& w, int64_t n
   load_probs(pr, w, n, s0, len);
   load_targets(pr, w, n, s0, len);
   T* __restrict dot = w.r.data();  // the softmax sums are no longer needed
-  T* __restrict gy = w.m.data();   // xent: gCE at the pixel's label (the max is no longer needed)
   const int64_t KO = num_stats(pr);
-  T G8 = T(0);  // xent: sum_c gLP_c
+  T* __restrict B = w.hb.data();   // xent: B = sum_c b_c per pixel
+  T* __restrict u = w.xr.data();   // xent: focal u / fused k per pixel
+  T G8 = T(0);                     // CE: sum_c gS8_c
+  if (pr.xent) xent_grad_prep(pr, w, n, s0, len, g, &G8);  // reads w.r: before dot
   if (pr.act == kSoftmax) {
 #pragma omp simd
     for (int64_t i = 0; i < len; ++i) dot[i] = T(0);
-  }
-  if (pr.xent) {
-    for (int64_t i = 0; i < len; ++i) gy[i] = T(0);
-    for (int64_t c = 0; c < C; ++c) G8 += T(g[(n * C + c) * KO + kLP]);
   }
   for (int64_t c = 0; c < C; ++c) {
     const G* gc = g + (n * C + c) * KO;
@@ -790,12 +943,6 @@ SEGFAST_INLINE void grad_item_impl(const Problem& pr, Workspace<T>& w, int64_t n
         a[i] = v[i] * (gI * t + gP + gPP2 * p[i] + gM * h);
       }
     }
-    if (pr.xent) {
-      const int32_t* __restrict lb = w.lb.data();
-      const T gCE = T(gc[kCE]);
-      const int32_t cc = int32_t(c);
-      for (int64_t i = 0; i < len; ++i) gy[i] += lb[i] == cc ? gCE : T(0);
-    }
     if (pr.act == kSoftmax) {
 #pragma omp simd
       for (int64_t i = 0; i < len; ++i) dot[i] += p[i] * a[i];
@@ -810,16 +957,20 @@ SEGFAST_INLINE void grad_item_impl(const Problem& pr, Workspace<T>& w, int64_t n
     for (int64_t c = 0; c < C; ++c) {
       const T* __restrict p = w.xb.data() + c * tile;
       T* __restrict a = w.ab.data() + c * tile;
-      if (pr.xent) {  // + v p_c (gCE_y + G8) - v (gLP_c + [c == y] gCE_c)
+      if (pr.xent) {  // + v (p_c B - b_c), csrc/common/region.h
         const G* gc = g + (n * C + c) * KO;
-        const T gCE = T(gc[kCE]), gLP = T(gc[kLP]);
+        const T g7 = T(gc[kS7]), g8 = T(gc[kS8]);
         const int32_t* __restrict lb = w.lb.data();
         const T* __restrict v = w.vb.data();
         const int32_t cc = int32_t(c);
-#pragma omp simd
-        for (int64_t i = 0; i < len; ++i)
-          a[i] = p[i] * (a[i] - dot[i] + v[i] * (gy[i] + G8)) -
-                 v[i] * (gLP + (lb[i] == cc ? gCE : T(0)));
+        for (int64_t i = 0; i < len; ++i) {
+          const bool hit = lb[i] == cc;
+          T b;
+          if (pr.xent == kXentCE) b = g8 + (hit ? g7 : T(0));
+          else if (pr.xent == kXentFocal) b = hit ? u[i] : T(0);
+          else b = (hit ? g7 : T(0)) + (c >= 1 ? u[i] * p[i] : T(0));
+          a[i] = p[i] * (a[i] - dot[i] + v[i] * B[i]) - v[i] * b;
+        }
       } else {
 #pragma omp simd
         for (int64_t i = 0; i < len; ++i) a[i] = p[i] * (a[i] - dot[i]);

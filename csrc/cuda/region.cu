@@ -8,8 +8,9 @@
 //   lanes run over the tile's pixels, accumulate the 7 sums in registers,
 //   reduce with warp shuffles, and lane 0 adds them into the block's own slot
 //   of the [N, P, C, 7] partial buffer. Each slot has exactly one writer and
-//   a fixed order of additions: deterministic, no atomics. With xent it also
-//   sums CE and LP (-log p = lse - x, lse = max + log(sum)): K = 9 sums.
+//   a fixed order of additions: deterministic, no atomics. With a pixel term
+//   (xent) it also sums S7 / S8 (csrc/common/region.h; -log p = lse - x,
+//   lse = max + log(sum)): K = 9 sums.
 // grad: one thread per pixel; grid (pixel block, image). Loops over C: once
 //   for the softmax max/sum, once for sum_k p_k a_k (softmax), once to write.
 #include <cuda_runtime.h>
@@ -57,6 +58,19 @@ __device__ __forceinline__ void dense_tv(const Problem& pr, int64_t n, int64_t c
   decode_dense(raw, pr.has_ignore, pr.ignore_value, t, v);
 }
 
+// logsumexp of x over the classes 1..C-1 of one pixel (fused term), stable.
+template <typename T>
+__device__ __forceinline__ T lse_fg(const Problem& pr, int64_t n, int64_t s) {
+  T m = load_x<T>(pr, n, 1, s);
+  for (int64_t c = 2; c < pr.C; ++c) {
+    const T v = load_x<T>(pr, n, c, s);
+    m = v > m ? v : m;
+  }
+  T sum = T(0);
+  for (int64_t c = 1; c < pr.C; ++c) sum += exp_t(load_x<T>(pr, n, c, s) - m);
+  return m + log(sum);
+}
+
 template <typename A>
 __device__ __forceinline__ A warp_sum(A v) {
 #pragma unroll
@@ -70,6 +84,7 @@ __global__ void stats_kernel(const Problem pr, const int64_t P, A* __restrict__ 
   __shared__ T sm_inv[kTile];
   __shared__ T sm_v[kTile];
   __shared__ int32_t sm_lab[kTile];
+  __shared__ T sm_h[kTile];  // fused: h = lse - lse_fg
 
   const int64_t C = pr.C;
   const int64_t j = blockIdx.x;
@@ -99,6 +114,7 @@ __global__ void stats_kernel(const Problem pr, const int64_t P, A* __restrict__ 
           sm_v[i] = valid ? T(1) : T(0);
         }
         if (pr.act == kSoftmax) softmax_stats<T>(pr, n, s, &sm_m[i], &sm_inv[i]);
+        if (pr.xent == kXentFused) sm_h[i] = sm_m[i] - log(sm_inv[i]) - lse_fg<T>(pr, n, s);
       }
       __syncthreads();
       // phase 2: one warp per class
@@ -121,8 +137,15 @@ __global__ void stats_kernel(const Problem pr, const int64_t P, A* __restrict__ 
           accumulate<T, A>(acc, p, t, v);
           if (pr.xent) {  // sm_inv holds 1/sum: lse = max - log(1/sum)
             const T nl = sm_m[i] - log(sm_inv[i]) - x;
-            acc[kCE] += t * nl;
-            acc[kLP] += v * nl;
+            if (pr.xent == kXentCE) {
+              acc[kS7] += t * nl;
+              acc[kS8] += v * nl;
+            } else if (pr.xent == kXentFocal) {
+              if (t > T(0)) acc[kS7] += focal_value(p, nl, T(pr.gamma));
+            } else {
+              acc[kS7] += t * nl;
+              if (c >= 1) acc[kS8] += t * sm_h[i];
+            }
           }
         }
 #pragma unroll
@@ -156,7 +179,25 @@ __global__ void grad_kernel(const Problem pr, const G* __restrict__ g, void* __r
     if (pr.act == kSoftmax) softmax_stats<T>(pr, n, s, &m, &inv);
     const int KO = num_stats(pr);
     const G* gn = g + n * C * KO;
-    T dot = T(0);
+    // pixel term: dx_c += v (p_c B - b_c), b_c = [c == y] g7 + g8c + k q_c (region.h)
+    T B = T(0), g7y = T(0), k = T(0), lfg = T(0);
+    const bool ce = pr.xent == kXentCE, fused = pr.xent == kXentFused;
+    if (pr.xent && cls >= 0) {
+      g7y = T(gn[cls * KO + kS7]);
+      if (ce) {
+        B = g7y;
+        for (int64_t c = 0; c < C; ++c) B += T(gn[c * KO + kS8]);
+      } else if (pr.xent == kXentFocal) {  // b = [c == y] u, u = g7_y q(p_y)
+        const T xy = load_x<T>(pr, n, cls, s);
+        g7y *= focal_dlogp(exp_t(xy - m) * inv, m - log(inv) - xy, T(pr.gamma));
+        B = g7y;
+      } else {  // q_c = exp(x_c - lse_fg), k = [y >= 1] g8_y
+        k = cls >= 1 ? T(gn[cls * KO + kS8]) : T(0);
+        lfg = lse_fg<T>(pr, n, s);
+        B = g7y + k;
+      }
+    }
+    T dot = -vlab * B;
     if (pr.act == kSoftmax) {
       for (int64_t c = 0; c < C; ++c) {
         const T p = exp_t(load_x<T>(pr, n, c, s) - m) * inv;
@@ -164,7 +205,6 @@ __global__ void grad_kernel(const Problem pr, const G* __restrict__ g, void* __r
         if (pr.t_is_label) { t = cls == c ? T(1) : T(0); v = vlab; }
         else dense_tv<T>(pr, n, c, s, &t, &v);
         dot += p * dloss_dp<T, G>(p, t, v, gn + c * KO);
-        if (pr.xent) dot -= v * (T(gn[c * KO + kLP]) + t * T(gn[c * KO + kCE]));
       }
     }
     for (int64_t c = 0; c < C; ++c) {
@@ -174,9 +214,14 @@ __global__ void grad_kernel(const Problem pr, const G* __restrict__ g, void* __r
       else dense_tv<T>(pr, n, c, s, &t, &v);
       const T a = dloss_dp<T, G>(p, t, v, gn + c * KO);
       T d;
-      if (pr.xent)  // p (a - dot) with dot less v (gCE_y + sum gLP): csrc/common/region.h
-        d = p * (a - dot) - v * (T(gn[c * KO + kLP]) + t * T(gn[c * KO + kCE]));
-      else if (pr.act == kSoftmax) d = p * (a - dot);
+      if (pr.xent) {
+        T b = cls == c ? (ce || fused ? T(gn[c * KO + kS7]) : g7y) : T(0);
+        if (ce) b += T(gn[c * KO + kS8]);
+        if (fused && c >= 1) b += k * exp_t(load_x<T>(pr, n, c, s) - lfg);
+        d = p * (a - dot) - v * b;
+      } else if (pr.act == kSoftmax) {
+        d = p * (a - dot);
+      }
       else if (pr.act == kSigmoid) d = a * p * (T(1) - p);
       else d = a;
       store_as(dx, pr.x_dtype, n * dxsN + c * dxsC + s * dxsS, d);

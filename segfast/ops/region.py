@@ -11,6 +11,7 @@ gives dLoss/dStats and a new loss is a new formula, not a new kernel.
 from __future__ import annotations
 
 import importlib.util
+import math
 from typing import Optional
 
 import torch
@@ -30,14 +31,14 @@ MODES = ("binary", "multiclass", "multilabel")
 # ---------------------------------------------------------------- C++ / CUDA
 
 
-def _launch_stats_ext(x, t, is_label, act, label_offset, ignore_value, backend, xent):
+def _launch_stats_ext(x, t, is_label, act, label_offset, ignore_value, backend, xent, gamma):
     N, C, S = x.shape
     P = num_chunks(N, S, x.device)
     out = torch.empty((N, P, C, KX if xent else K), dtype=acc_dtype(x), device=x.device)
     t, ts = target_args(t, is_label)
     args = (x.data_ptr(), backends.dtype_code(x), *x.stride(),
             t.data_ptr(), backends.dtype_code(t), int(is_label), *ts,
-            N, C, S, P, act, int(xent), label_offset, int(ignore_value is not None),
+            N, C, S, P, act, int(xent), float(gamma), label_offset, int(ignore_value is not None),
             float(ignore_value if ignore_value is not None else 0.0), out.data_ptr())
     if backend == "cpu":
         backends._C.region_stats_cpu(*args, backends.cpu_threads(x.numel()))
@@ -47,14 +48,14 @@ def _launch_stats_ext(x, t, is_label, act, label_offset, ignore_value, backend, 
     return out.sum(1)
 
 
-def _launch_grad_ext(x, t, g, is_label, act, label_offset, ignore_value, backend, xent):
+def _launch_grad_ext(x, t, g, is_label, act, label_offset, ignore_value, backend, xent, gamma):
     N, C, S = x.shape
     dx = torch.empty_like(x)
     g = g.to(acc_dtype(x)).contiguous()
     t, ts = target_args(t, is_label)
     args = (x.data_ptr(), backends.dtype_code(x), *x.stride(),
             t.data_ptr(), backends.dtype_code(t), int(is_label), *ts,
-            N, C, S, act, int(xent), label_offset, int(ignore_value is not None),
+            N, C, S, act, int(xent), float(gamma), label_offset, int(ignore_value is not None),
             float(ignore_value if ignore_value is not None else 0.0),
             g.data_ptr(), dx.data_ptr(), *dx.stride())
     if backend == "cpu":
@@ -66,19 +67,20 @@ def _launch_grad_ext(x, t, g, is_label, act, label_offset, ignore_value, backend
 
 
 def _stats_impl(x: Tensor, target: Tensor, is_label: bool, act: int, label_offset: int,
-                    ignore_value: Optional[float], backend: str, xent: bool = False) -> Tensor:
+                    ignore_value: Optional[float], backend: str, xent: int = 0, gamma: float = 0.0) -> Tensor:
     """Per-plane sums [N, C, 7] ([N, C, 9] with ``xent``) with the C++ (``cpu``) or CUDA (``cuda``) kernels."""
     if x.numel() == 0:
         return x.new_zeros((x.shape[0], x.shape[1], KX if xent else K), dtype=acc_dtype(x))
-    return _launch_stats_ext(x, target, is_label, act, label_offset, ignore_value, backend, xent)
+    return _launch_stats_ext(x, target, is_label, act, label_offset, ignore_value, backend, xent, gamma)
 
 
 def _grad_impl(x: Tensor, target: Tensor, g: Tensor, is_label: bool, act: int,
-                   label_offset: int, ignore_value: Optional[float], backend: str, xent: bool = False) -> Tensor:
+                   label_offset: int, ignore_value: Optional[float], backend: str, xent: int = 0,
+               gamma: float = 0.0) -> Tensor:
     """dLoss/dx [N, C, S] from dLoss/dStats ``g`` [N, C, 7] (or [N, C, 9] with ``xent``)."""
     if x.numel() == 0:
         return torch.zeros_like(x)
-    return _launch_grad_ext(x, target, g, is_label, act, label_offset, ignore_value, backend, xent)
+    return _launch_grad_ext(x, target, g, is_label, act, label_offset, ignore_value, backend, xent, gamma)
 
 
 region_stats_op = torch.library.custom_op("segfast::region_stats", _stats_impl, mutates_args=())
@@ -89,12 +91,12 @@ region_grad_op = torch.library.custom_op("segfast::region_grad", _grad_impl, mut
 
 
 @region_stats_op.register_fake
-def _(x, target, is_label, act, label_offset, ignore_value, backend, xent=False):
+def _(x, target, is_label, act, label_offset, ignore_value, backend, xent=0, gamma=0.0):
     return x.new_empty((x.shape[0], x.shape[1], KX if xent else K), dtype=acc_dtype(x))
 
 
 @region_grad_op.register_fake
-def _(x, target, g, is_label, act, label_offset, ignore_value, backend, xent=False):
+def _(x, target, g, is_label, act, label_offset, ignore_value, backend, xent=0, gamma=0.0):
     return torch.empty_like(x)
 
 
@@ -107,7 +109,7 @@ def _setup(ctx, inputs, output):
 def _backward_ext(ctx, grad):
     x, target = ctx.saved_tensors
     dx = region_grad_op(x, target, grad, *ctx.args)
-    return dx, None, None, None, None, None, None, None
+    return dx, None, None, None, None, None, None, None, None
 
 
 region_stats_op.register_autograd(_backward_ext, setup_context=_setup)
@@ -120,16 +122,16 @@ class _EagerStats(torch.autograd.Function):
     tensors see the op."""
 
     @staticmethod
-    def forward(ctx, x, target, is_label, act, label_offset, ignore_value, backend, xent):
+    def forward(ctx, x, target, is_label, act, label_offset, ignore_value, backend, xent, gamma):
         ctx.save_for_backward(x, target)
-        ctx.args = (is_label, act, label_offset, ignore_value, backend, xent)
-        return _stats_impl(x, target, is_label, act, label_offset, ignore_value, backend, xent)
+        ctx.args = (is_label, act, label_offset, ignore_value, backend, xent, gamma)
+        return _stats_impl(x, target, is_label, act, label_offset, ignore_value, backend, xent, gamma)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
         x, target = ctx.saved_tensors
-        return (_grad_impl(x, target, grad, *ctx.args),) + (None,) * 7
+        return (_grad_impl(x, target, grad, *ctx.args),) + (None,) * 8
 
 
 def _eager_ok(*tensors) -> bool:
@@ -146,7 +148,8 @@ if HAVE_TRITON:
 
     @torch.library.triton_op("segfast::region_stats_triton", mutates_args=())
     def region_stats_triton_op(x: Tensor, target: Tensor, is_label: bool, act: int,
-                               label_offset: int, ignore_value: Optional[float], xent: bool = False) -> Tensor:
+                               label_offset: int, ignore_value: Optional[float], xent: int = 0,
+                               gamma: float = 0.0) -> Tensor:
         """Per-plane sums [N, C, 7] ([N, C, 9] with ``xent``) with the Triton kernels."""
         from ..triton_kernels import region as tk
 
@@ -156,7 +159,7 @@ if HAVE_TRITON:
         if x.numel() != 0:
             t, _ = target_args(target, is_label)
             tk.launch_stats(x, t, is_label, out, N, C, S, P, act, label_offset,
-                            ignore_value is not None, float(ignore_value or 0.0), xent)
+                            ignore_value is not None, float(ignore_value or 0.0), xent, gamma)
         else:
             out.zero_()
         return out.sum(1).to(acc_dtype(x))
@@ -164,7 +167,8 @@ if HAVE_TRITON:
 
     @torch.library.triton_op("segfast::region_grad_triton", mutates_args=())
     def region_grad_triton_op(x: Tensor, target: Tensor, g: Tensor, is_label: bool, act: int,
-                              label_offset: int, ignore_value: Optional[float], xent: bool = False) -> Tensor:
+                              label_offset: int, ignore_value: Optional[float], xent: int = 0,
+                              gamma: float = 0.0) -> Tensor:
         from ..triton_kernels import region as tk
 
         N, C, S = x.shape
@@ -172,31 +176,37 @@ if HAVE_TRITON:
         if x.numel() != 0:
             t, _ = target_args(target, is_label)
             tk.launch_grad(x, t, is_label, g.float().contiguous(), dx, N, C, S, act, label_offset,
-                           ignore_value is not None, float(ignore_value or 0.0), xent)
+                           ignore_value is not None, float(ignore_value or 0.0), xent, gamma)
         return dx
 
 
     def _backward_triton(ctx, grad):
         x, target = ctx.saved_tensors
         dx = region_grad_triton_op(x, target, grad, *ctx.args)
-        return dx, None, None, None, None, None, None
+        return dx, None, None, None, None, None, None, None
 
     region_stats_triton_op.register_autograd(_backward_triton, setup_context=_setup)
 
 
 def plane_stats(x: Tensor, target: Tensor, is_label: bool, act: int, label_offset: int,
-                ignore_value: Optional[float], backend: str, xent: bool = False) -> Tensor:
+                ignore_value: Optional[float], backend: str, xent: int = 0, gamma: float = 0.0) -> Tensor:
     """Dispatch the stats kernel; x [N, C, S], target [N, S] or [N, C, S].
-    ``xent`` (softmax, class-index targets) adds the CE and LP sums: [N, C, 9]."""
+    A pixel term ``xent`` (XENT_CE / XENT_FOCAL / XENT_FUSED of
+    reference/region.py; softmax, class-index targets) adds two sums: [N, C, 9]."""
+    if xent not in (ref.XENT_NONE, ref.XENT_CE, ref.XENT_FOCAL, ref.XENT_FUSED):
+        raise ValueError(f"unknown pixel term {xent!r}")
     if xent and (act != ACT["softmax"] or not is_label):
-        raise ValueError("the cross-entropy sums need softmax and class-index targets")
+        raise ValueError("the pixel-term sums need softmax and class-index targets")
+    if not (gamma >= 0 and math.isfinite(gamma)):
+        raise ValueError("gamma must be finite and >= 0")
+    args = (x, target, is_label, act, label_offset, ignore_value)
     if backend == "torch":
-        return ref.region_stats(x, target, is_label, act, label_offset, ignore_value, xent)
+        return ref.region_stats(*args, xent, gamma)
     if backend == "triton":
-        return region_stats_triton_op(x, target, is_label, act, label_offset, ignore_value, xent)
+        return region_stats_triton_op(*args, xent, float(gamma))
     if _eager_ok(x, target):
-        return _EagerStats.apply(x, target, is_label, act, label_offset, ignore_value, backend, xent)
-    return region_stats_op(x, target, is_label, act, label_offset, ignore_value, backend, xent)
+        return _EagerStats.apply(*args, backend, xent, float(gamma))
+    return region_stats_op(*args, backend, xent, float(gamma))
 
 
 # ---------------------------------------------------------------- validation

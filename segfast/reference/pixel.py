@@ -33,6 +33,14 @@ CE, FOCAL_SOFTMAX, FUSED, BCE, FOCAL_SIGMOID = 0, 1, 2, 3, 4
 SOFTMAX_KINDS = (CE, FOCAL_SOFTMAX, FUSED)
 
 
+def focal_factor(om: torch.Tensor, gamma: float) -> torch.Tensor:
+    """(1 - p)^gamma from om = 1 - p, with the gradient's limit (0) at p = 1 for
+    gamma > 0 instead of autograd's inf * 0 = NaN when gamma < 1 (torch's 0^0 = 1)."""
+    pos = om > 0
+    safe = torch.where(pos, om, torch.ones_like(om))
+    return torch.where(pos, safe ** gamma, torch.full_like(om, 1.0 if gamma == 0 else 0.0))
+
+
 def pixel_terms(x, t, is_label, kind, *, weight=None, pos_weight=None, beta=None, gamma=2.0,
                 alpha=0.25, smoothing=0.0, label_offset=0, ignore_value=None):
     """-> (l0, l1, valid): per-pixel [N, S] (softmax kinds) or per-element
@@ -52,7 +60,7 @@ def pixel_terms(x, t, is_label, kind, *, weight=None, pos_weight=None, beta=None
         w_y = w[y]
         if kind == FOCAL_SOFTMAX:
             p_y = logp_y.exp()
-            l0 = -w_y * (1 - p_y).clamp_min(0) ** gamma * logp_y
+            l0 = -w_y * focal_factor(1 - p_y, gamma) * logp_y
         else:
             l0 = (1 - smoothing) * w_y * (-logp_y)
             if smoothing:
@@ -87,7 +95,7 @@ def pixel_terms(x, t, is_label, kind, *, weight=None, pos_weight=None, beta=None
         s = xf.sigmoid()
         ce = -(tt * log_s + (1 - tt) * log_1ms)
         p_t = s * tt + (1 - s) * (1 - tt)
-        l0 = ce * (1 - p_t).clamp_min(0) ** gamma
+        l0 = ce * focal_factor(1 - p_t, gamma)
         if alpha >= 0:
             l0 = l0 * (alpha * tt + (1 - alpha) * (1 - tt))
         l0 = wc * l0

@@ -13,13 +13,18 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-# Order of the K per-plane sums; shared by every backend. With ``xent``
-# (softmax, class-index targets) the cross-entropy sums CE = Σv·t·(-log p)
-# and LP = Σv·(-log p) follow, so Dice + CE still costs two passes.
+from .pixel import focal_factor
+
+# Order of the K per-plane sums; shared by every backend. With a pixel term
+# ``xent`` (softmax, class-index targets; csrc/common/region.h) two more sums
+# S7, S8 follow, so Dice + CE / focal / fused still costs two passes:
+#   XENT_CE:    S7 = Σv·t·(-log p), S8 = Σv·(-log p) (label smoothing)
+#   XENT_FOCAL: S7 = Σv·t·(1 - p)^γ·(-log p), S8 = 0
+#   XENT_FUSED: S7 = the CE sum, S8 = Σv·t·(-log(1 - p_0)) on planes c >= 1 (0 on plane 0)
 STATS = ("I", "P", "T", "V", "PP", "TT", "M")
 K = len(STATS)
-XENT_STATS = ("CE", "LP")
-KX = K + len(XENT_STATS)
+KX = K + 2
+XENT_NONE, XENT_CE, XENT_FOCAL, XENT_FUSED = 0, 1, 2, 3
 
 ACT_IDENTITY, ACT_SIGMOID, ACT_SOFTMAX = 0, 1, 2
 
@@ -54,9 +59,11 @@ def dense_target(target: torch.Tensor, is_label: bool, C: int, label_offset: int
 
 
 def region_stats(x: torch.Tensor, target: torch.Tensor, is_label: bool, act: int,
-                 label_offset: int = 0, ignore_value: float | None = None, xent: bool = False) -> torch.Tensor:
+                 label_offset: int = 0, ignore_value: float | None = None, xent: int = XENT_NONE,
+                 gamma: float = 0.0) -> torch.Tensor:
     """Per-plane sums [N, C, K] (float32; float64 for float64 input); [N, C, KX]
-    with ``xent`` (softmax and class-index targets only).
+    with a pixel term ``xent`` (softmax and class-index targets only; ``gamma``
+    for the focal term).
 
     x: [N, C, S] logits (or probabilities with act=identity);
     target: [N, S] class indices (is_label) or [N, C, S] dense targets.
@@ -70,8 +77,17 @@ def region_stats(x: torch.Tensor, target: torch.Tensor, is_label: bool, act: int
     if xent:
         if act != ACT_SOFTMAX or not is_label:
             raise ValueError("xent needs softmax and class-index targets")
-        nl = -torch.log_softmax(x.to(p.dtype), dim=1) * v
-        sums += [nl * t, nl]
+        xf = x.to(p.dtype)
+        nl = -torch.log_softmax(xf, dim=1)
+        if xent == XENT_CE:
+            sums += [nl * t * v, nl * v]
+        elif xent == XENT_FOCAL:
+            sums += [focal_factor(1 - p, gamma) * nl * t * v, torch.zeros_like(p)]
+        elif xent == XENT_FUSED:
+            h = (torch.logsumexp(xf, 1) - torch.logsumexp(xf[:, 1:], 1)).unsqueeze(1) * t * v
+            sums += [nl * t * v, torch.cat([torch.zeros_like(h[:, :1]), h[:, 1:]], 1)]
+        else:
+            raise ValueError(f"unknown pixel term {xent}")
     return torch.stack([s.sum(dim=2) for s in sums], dim=2)
 
 
