@@ -136,18 +136,8 @@ def _dldp_tile(p, x, lse, lfg, k, gamma, g_base, c64, cmask, t_ptr, n64, s64, st
 @triton.jit
 def _lse_fg(x_base, s64, smask, C, sxc, sxs, BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr):
     """logsumexp over the classes 1..C-1 of a pixel block (the fused term), online."""
-    ar_c = tl.arange(0, BLOCK_C)
-    m = tl.full([BLOCK_S], float("-inf"), tl.float32)
-    lsum = tl.zeros([BLOCK_S], tl.float32)
-    for c0 in range(0, C, BLOCK_C):
-        c64 = c0 + ar_c.to(tl.int64)
-        cmask = (c64 < C) & (c64 >= 1)
-        x = load_tile(x_base, c64, s64, sxc, sxs, cmask[:, None] & smask[None, :])
-        xm = tl.where(cmask[:, None], x, float("-inf"))
-        m_new = tl.maximum(m, tl.max(xm, axis=0))
-        lsum = lsum * tl.exp(m - m_new) + tl.sum(tl.exp(xm - m_new[None, :]), axis=0)
-        m = m_new
-    return m + tl.log(lsum)
+    m, rl = _softmax_max_rsum(x_base, s64, smask, C, sxc, sxs, BLOCK_C, BLOCK_S, 1)
+    return m - tl.log(rl)
 
 
 @triton.jit
@@ -167,14 +157,15 @@ def _pixel_term_sums(x, p, t, v, c64, lse, h, gamma, XK: tl.constexpr):
 
 
 @triton.jit
-def _softmax_max_rsum(x_base, s64, smask, C, sxc, sxs, BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr):
-    """Online pass over all classes of a pixel block: (max, 1/sum(exp(x - max)))."""
+def _softmax_max_rsum(x_base, s64, smask, C, sxc, sxs, BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr,
+                      FIRST: tl.constexpr = 0):
+    """Online pass over the classes FIRST..C-1 of a pixel block: (max, 1/sum(exp(x - max)))."""
     ar_c = tl.arange(0, BLOCK_C)
     m = tl.full([BLOCK_S], float("-inf"), tl.float32)
     lsum = tl.zeros([BLOCK_S], tl.float32)
     for c0 in range(0, C, BLOCK_C):
         c64 = c0 + ar_c.to(tl.int64)
-        cmask = c64 < C
+        cmask = (c64 < C) & (c64 >= FIRST)
         x = load_tile(x_base, c64, s64, sxc, sxs, cmask[:, None] & smask[None, :])
         xm = tl.where(cmask[:, None], x, float("-inf"))
         m_new = tl.maximum(m, tl.max(xm, axis=0))

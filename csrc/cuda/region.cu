@@ -29,16 +29,17 @@ constexpr int kTile = 1024;        // pixels per stats tile (shared memory: ~12 
 constexpr int kGradThreads = 256;  // threads (pixels) per grad block
 constexpr int kMaxGridY = 65535;
 
+// Max and 1/sum(exp(x - max)) over the classes first..C-1 of one pixel.
 template <typename T>
 __device__ __forceinline__ void softmax_stats(const Problem& pr, int64_t n, int64_t s, T* m_out,
-                                              T* inv_out) {
-  T m = load_x<T>(pr, n, 0, s);
-  for (int64_t c = 1; c < pr.C; ++c) {
+                                              T* inv_out, int64_t first = 0) {
+  T m = load_x<T>(pr, n, first, s);
+  for (int64_t c = first + 1; c < pr.C; ++c) {
     const T v = load_x<T>(pr, n, c, s);
     m = v > m ? v : m;
   }
   T sum = T(0);
-  for (int64_t c = 0; c < pr.C; ++c) sum += exp_t(load_x<T>(pr, n, c, s) - m);
+  for (int64_t c = first; c < pr.C; ++c) sum += exp_t(load_x<T>(pr, n, c, s) - m);
   *m_out = m;
   *inv_out = T(1) / sum;
 }
@@ -61,14 +62,9 @@ __device__ __forceinline__ void dense_tv(const Problem& pr, int64_t n, int64_t c
 // logsumexp of x over the classes 1..C-1 of one pixel (fused term), stable.
 template <typename T>
 __device__ __forceinline__ T lse_fg(const Problem& pr, int64_t n, int64_t s) {
-  T m = load_x<T>(pr, n, 1, s);
-  for (int64_t c = 2; c < pr.C; ++c) {
-    const T v = load_x<T>(pr, n, c, s);
-    m = v > m ? v : m;
-  }
-  T sum = T(0);
-  for (int64_t c = 1; c < pr.C; ++c) sum += exp_t(load_x<T>(pr, n, c, s) - m);
-  return m + log(sum);
+  T m, inv;
+  softmax_stats<T>(pr, n, s, &m, &inv, 1);
+  return m - log(inv);
 }
 
 template <typename A>
