@@ -67,13 +67,18 @@ def _load_box(ptr, off, s4, mask, FMT: tl.constexpr, F64: tl.constexpr):
 
 
 @triton.jit
-def _iou(ax1, ay1, ax2, ay2, aa, bx1, by1, bx2, by2, ba):
+def _iou(ax1, ay1, ax2, ay2, aa, bx1, by1, bx2, by2, ba, F64: tl.constexpr):
     """IoU tile of a [R] (rows) x b [C] (columns); boxes.h order of operations."""
     w = tl.minimum(ax2[:, None], bx2[None, :]) - tl.maximum(ax1[:, None], bx1[None, :])
     h = tl.minimum(ay2[:, None], by2[None, :]) - tl.maximum(ay1[:, None], by1[None, :])
     inter = tl.where(w > 0, w, 0.0) * tl.where(h > 0, h, 0.0)
     uni = (aa[:, None] + ba[None, :]) - inter
-    return tl.where(uni > 0, tl.math.div_rn(inter, tl.where(uni > 0, uni, 1.0)), 0.0)
+    den = tl.where(uni > 0, uni, 1.0)
+    if F64:
+        q = inter / den  # float64 division is correctly rounded
+    else:
+        q = tl.math.div_rn(inter, den)
+    return tl.where(uni > 0, q, 0.0)
 
 
 @triton.jit
@@ -97,7 +102,7 @@ def _iou_max_kernel(a_ptr, g_ptr, v_ptr, mx_ptr, arg_ptr, gmax_ptr, N, M,
             gv = mmask & (tl.load(v_ptr + b * vsB + offs_m * vsM, mask=mmask, other=0) != 0)
         else:
             gv = mmask
-        iou = _iou(ax1, ay1, ax2, ay2, aa, gx1, gy1, gx2, gy2, ga)
+        iou = _iou(ax1, ay1, ax2, ay2, aa, gx1, gy1, gx2, gy2, ga, F64)
         masked = tl.where(gv[None, :], iou, -1.0)
         bm, ba = tl.max(masked, axis=1, return_indices=True, return_indices_tie_break_left=True)
         take = bm > best
@@ -136,7 +141,8 @@ def _nms_mask_kernel(b_ptr, cls_ptr, thr_ptr, mask_ptr, N, CB, s0, s4,
     cmask = cols < N
     rx1, ry1, rx2, ry2 = _load_box(b_ptr, rows * s0, s4, rmask, FMT, F64)
     cx1, cy1, cx2, cy2 = _load_box(b_ptr, cols * s0, s4, cmask, FMT, F64)
-    iou = _iou(rx1, ry1, rx2, ry2, (rx2 - rx1) * (ry2 - ry1), cx1, cy1, cx2, cy2, (cx2 - cx1) * (cy2 - cy1))
+    iou = _iou(rx1, ry1, rx2, ry2, (rx2 - rx1) * (ry2 - ry1), cx1, cy1, cx2, cy2, (cx2 - cx1) * (cy2 - cy1),
+               F64)
     thr = tl.load(thr_ptr)
     sup = (iou > thr) & (cols[None, :] > rows[:, None]) & cmask[None, :]
     if HAS_CLS:
