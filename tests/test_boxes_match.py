@@ -76,7 +76,8 @@ def ref_match(a, g, v, fmt):
 
 def assert_same(got, want, what=""):
     for name, x, y in zip(("max", "argmax", "gt_max"), got, want):
-        assert x.dtype == y.dtype and x.shape == y.shape, f"{what} {name}: {x.dtype}{tuple(x.shape)} vs {y.dtype}{tuple(y.shape)}"
+        assert x.dtype == y.dtype and x.shape == y.shape, \
+            f"{what} {name}: {x.dtype}{tuple(x.shape)} vs {y.dtype}{tuple(y.shape)}"
         assert torch.equal(x.cpu(), y.cpu()), f"{what} {name}: {(x.cpu() != y.cpu()).sum()} differ"
 
 
@@ -105,8 +106,8 @@ def test_reference_iou_against_float64_python():
         return iw * ih / u if u > 0 else 0.0
 
     want = torch.tensor([[iou(p, q) for q in b] for p in a], dtype=torch.float64)
-    torch.testing.assert_close(ref.iou_matrix(torch.tensor(a, dtype=torch.float64), torch.tensor(b, dtype=torch.float64)), want,
-                               rtol=0, atol=0)
+    got = ref.iou_matrix(torch.tensor(a, dtype=torch.float64), torch.tensor(b, dtype=torch.float64))
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("padded", [False, True])
