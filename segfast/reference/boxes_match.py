@@ -129,10 +129,16 @@ def nms_keep_sorted(b: Tensor, iou_threshold: float, cls: Optional[Tensor] = Non
     over.triu_(1)  # only earlier boxes suppress later ones
     removed = torch.zeros(N, dtype=torch.bool, device=b.device)
     keep = torch.zeros(N, dtype=torch.bool, device=b.device)
-    for i in range(N):
-        if not bool(removed[i]):
-            keep[i] = True
-            removed |= over[i]
+    i = 0
+    while i < N:  # one step per kept box: jump to the next box not removed
+        alive = ~removed[i:]
+        j = int(torch.argmax(alive.to(torch.uint8)))
+        if not bool(alive[j]):
+            break
+        i += j
+        keep[i] = True
+        removed |= over[i]
+        i += 1
     return keep
 
 
