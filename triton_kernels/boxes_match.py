@@ -166,7 +166,7 @@ def _nms_sweep_kernel(mask_ptr, removed_ptr, keep_ptr, N, CB, BLOCK_W: tl.conste
         r = tl.load(removed_ptr + ib)
         kept = tl.full([], 0, tl.int64)
         for k in range(0, 64):
-            kk = tl.full([], k, tl.int64)
+            kk = k + tl.zeros([], tl.int64)  # int64 in the compiler and the interpreter alike
             alive = (((r >> kk) & 1) == 0) & (ib * 64 + k < N)
             d = tl.sum(tl.where(k64 == kk, diag, 0))
             kept = tl.where(alive, kept | (one << kk), kept)
@@ -177,7 +177,7 @@ def _nms_sweep_kernel(mask_ptr, removed_ptr, keep_ptr, N, CB, BLOCK_W: tl.conste
             wm = w < CB
             acc = tl.load(removed_ptr + w, mask=wm, other=0)
             for k in range(0, 64):
-                kk = tl.full([], k, tl.int64)
+                kk = k + tl.zeros([], tl.int64)  # int64 in the compiler and the interpreter alike
                 if ((kept >> kk) & 1) != 0:  # only the kept rows are read
                     acc |= tl.load(mask_ptr + (ib * 64 + kk) * CB + w, mask=wm, other=0)
             tl.store(removed_ptr + w, acc, mask=wm)
