@@ -221,6 +221,119 @@ void pixel_cuda(SEGFAST_PIXEL_ARGS, uintptr_t stream) {
 #endif
 }
 
+// ---- boxes_match family (box_iou_max, nms) ---------------------------------------
+
+}  // namespace
+
+#include "common/boxes_match.h"
+
+namespace segfast {
+namespace boxes {
+void box_iou_max_cpu(const IouMaxProblem& p, int64_t num_threads);
+void nms_cpu(const NmsProblem& p);
+#ifdef SEGFAST_WITH_CUDA
+void box_iou_max_cuda(const IouMaxProblem& p, uintptr_t stream);
+void nms_cuda(const NmsProblem& p, void* mask, void* removed, uintptr_t stream);
+#endif
+}  // namespace boxes
+}  // namespace segfast
+
+namespace {
+
+#define SEGFAST_IOU_MAX_ARGS                                                                    \
+  uintptr_t a_ptr, int64_t a_dtype, int64_t asB, int64_t asN, int64_t as4, uintptr_t g_ptr,    \
+      int64_t gsB, int64_t gsM, int64_t gs4, uintptr_t valid_ptr, int64_t vsB, int64_t vsM,    \
+      int64_t B, int64_t N, int64_t M, int64_t fmt, uintptr_t mx_ptr, uintptr_t arg_ptr,       \
+      uintptr_t gmax_ptr
+#define SEGFAST_IOU_MAX_PASS                                                                   \
+  a_ptr, a_dtype, asB, asN, as4, g_ptr, gsB, gsM, gs4, valid_ptr, vsB, vsM, B, N, M, fmt,      \
+      mx_ptr, arg_ptr, gmax_ptr
+
+segfast::boxes::IouMaxProblem make_iou_max(SEGFAST_IOU_MAX_ARGS) {
+  using namespace segfast;
+  if (a_dtype != kFloat32 && a_dtype != kFloat16 && a_dtype != kBFloat16 && a_dtype != kFloat64)
+    throw std::invalid_argument("segfast._C: box dtype must be a float dtype code (0-3)");
+  if (fmt < 0 || fmt > 2) throw std::invalid_argument("segfast._C: fmt must be 0, 1 or 2");
+  if (B < 0 || N < 0 || M < 0) throw std::invalid_argument("segfast._C: negative size");
+  if (M >= (int64_t(1) << 31)) throw std::invalid_argument("segfast._C: M too large");
+  segfast::boxes::IouMaxProblem p;
+  p.a = reinterpret_cast<const void*>(a_ptr);
+  p.a_dtype = int(a_dtype);
+  p.asB = asB; p.asN = asN; p.as4 = as4;
+  p.g = reinterpret_cast<const void*>(g_ptr);
+  p.gsB = gsB; p.gsM = gsM; p.gs4 = gs4;
+  p.valid = reinterpret_cast<const uint8_t*>(valid_ptr);
+  p.vsB = vsB; p.vsM = vsM;
+  p.B = B; p.N = N; p.M = M;
+  p.fmt = int(fmt);
+  p.mx = reinterpret_cast<void*>(mx_ptr);
+  p.arg = reinterpret_cast<int64_t*>(arg_ptr);
+  p.gmax = reinterpret_cast<void*>(gmax_ptr);
+  return p;
+}
+
+#define SEGFAST_NMS_ARGS                                                                       \
+  uintptr_t b_ptr, int64_t dtype, int64_t s0, int64_t s4, uintptr_t cls_ptr, int64_t N,        \
+      int64_t fmt, double threshold, uintptr_t keep_ptr
+#define SEGFAST_NMS_PASS b_ptr, dtype, s0, s4, cls_ptr, N, fmt, threshold, keep_ptr
+
+segfast::boxes::NmsProblem make_nms(SEGFAST_NMS_ARGS) {
+  using namespace segfast;
+  if (dtype != kFloat32 && dtype != kFloat16 && dtype != kBFloat16 && dtype != kFloat64)
+    throw std::invalid_argument("segfast._C: box dtype must be a float dtype code (0-3)");
+  if (fmt < 0 || fmt > 2) throw std::invalid_argument("segfast._C: fmt must be 0, 1 or 2");
+  if (N < 0) throw std::invalid_argument("segfast._C: negative size");
+  if (!(threshold >= 0.0 && threshold <= 1.0))
+    throw std::invalid_argument("segfast._C: iou_threshold must be in [0, 1]");
+  segfast::boxes::NmsProblem p;
+  p.b = reinterpret_cast<const void*>(b_ptr);
+  p.dtype = int(dtype);
+  p.s0 = s0; p.s4 = s4;
+  p.cls = reinterpret_cast<const int64_t*>(cls_ptr);
+  p.N = N;
+  p.fmt = int(fmt);
+  p.threshold = threshold;
+  p.keep = reinterpret_cast<uint8_t*>(keep_ptr);
+  return p;
+}
+
+void iou_max_cpu(SEGFAST_IOU_MAX_ARGS, int64_t num_threads) {
+  const auto p = make_iou_max(SEGFAST_IOU_MAX_PASS);
+  py::gil_scoped_release nogil;
+  segfast::boxes::box_iou_max_cpu(p, num_threads);
+}
+
+void iou_max_cuda(SEGFAST_IOU_MAX_ARGS, uintptr_t stream) {
+  const auto p = make_iou_max(SEGFAST_IOU_MAX_PASS);
+#ifdef SEGFAST_WITH_CUDA
+  py::gil_scoped_release nogil;
+  segfast::boxes::box_iou_max_cuda(p, stream);
+#else
+  (void)p; (void)stream;
+  no_cuda();
+#endif
+}
+
+void nms_keep_cpu(SEGFAST_NMS_ARGS) {
+  const auto p = make_nms(SEGFAST_NMS_PASS);
+  py::gil_scoped_release nogil;
+  segfast::boxes::nms_cpu(p);
+}
+
+void nms_keep_cuda(SEGFAST_NMS_ARGS, uintptr_t mask_ptr, uintptr_t removed_ptr, uintptr_t stream) {
+  const auto p = make_nms(SEGFAST_NMS_PASS);
+#ifdef SEGFAST_WITH_CUDA
+  py::gil_scoped_release nogil;
+  segfast::boxes::nms_cuda(p, reinterpret_cast<void*>(mask_ptr), reinterpret_cast<void*>(removed_ptr),
+                           stream);
+#else
+  (void)p; (void)mask_ptr; (void)removed_ptr; (void)stream;
+  no_cuda();
+#endif
+}
+
+// ---- end of the boxes_match family -------------------------------------------------
+
 std::vector<std::string> cuda_archs() {
   std::vector<std::string> out;
 #if defined(SEGFAST_WITH_CUDA) && defined(SEGFAST_CUDA_ARCHS)
@@ -300,4 +413,30 @@ PYBIND11_MODULE(_C, m) {
   m.def("pixel_loss_cpu", &pixel_cpu, pixel_doc, SEGFAST_PIXEL_PYARGS, py::arg("num_threads"));
   m.def("pixel_loss_cuda", &pixel_cuda, pixel_doc, SEGFAST_PIXEL_PYARGS, py::arg("stream"));
 #undef SEGFAST_PIXEL_PYARGS
+
+  // ---- boxes_match family ----
+  const char* iou_max_doc =
+      "box_iou_max: boxes [B, N, 4], gt [B, M, 4] (element strides; batch stride 0 broadcasts), "
+      "optional gt_valid [B, M] uint8 (valid_ptr 0: all valid) -> mx [B, N] and gmax [B, M] "
+      "(float64 for float64 boxes else float32; gmax zero-initialised by the caller, invalid gts "
+      "left at 0), arg [B, N] int64; all outputs contiguous.";
+  const char* nms_doc =
+      "Greedy NMS over boxes [N, 4] already sorted by decreasing score (strides s0, s4); "
+      "optional classes cls [N] int64 contiguous (0: one class); keep [N] uint8 out.";
+#define SEGFAST_IOU_MAX_PYARGS                                                                 \
+  py::arg("a_ptr"), py::arg("a_dtype"), py::arg("asB"), py::arg("asN"), py::arg("as4"),        \
+      py::arg("g_ptr"), py::arg("gsB"), py::arg("gsM"), py::arg("gs4"), py::arg("valid_ptr"),  \
+      py::arg("vsB"), py::arg("vsM"), py::arg("B"), py::arg("N"), py::arg("M"), py::arg("fmt"), \
+      py::arg("mx_ptr"), py::arg("arg_ptr"), py::arg("gmax_ptr")
+#define SEGFAST_NMS_PYARGS                                                                     \
+  py::arg("b_ptr"), py::arg("dtype"), py::arg("s0"), py::arg("s4"), py::arg("cls_ptr"),        \
+      py::arg("N"), py::arg("fmt"), py::arg("threshold"), py::arg("keep_ptr")
+  m.def("box_iou_max_cpu", &iou_max_cpu, iou_max_doc, SEGFAST_IOU_MAX_PYARGS, py::arg("num_threads"));
+  m.def("box_iou_max_cuda", &iou_max_cuda, iou_max_doc, SEGFAST_IOU_MAX_PYARGS, py::arg("stream"));
+  m.def("nms_keep_cpu", &nms_keep_cpu, nms_doc, SEGFAST_NMS_PYARGS);
+  m.def("nms_keep_cuda", &nms_keep_cuda, nms_doc, SEGFAST_NMS_PYARGS, py::arg("mask_ptr"),
+        py::arg("removed_ptr"), py::arg("stream"));
+#undef SEGFAST_IOU_MAX_PYARGS
+#undef SEGFAST_NMS_PYARGS
+  // ---- end of the boxes_match family ----
 }

@@ -52,6 +52,11 @@ from .losses import (BalancedBCELoss, BCEWithLogitsLoss, CrossEntropyLoss, DiceC
                      LovaszHingeLoss, LovaszSoftmaxLoss, TverskyLoss)
 
 
+# ---- boxes_match family ----
+from .functional import batched_nms, box_iou_max, nms  # noqa: E402
+# ---- end of the boxes_match family ----
+
+
 def info(print_out: bool = True) -> dict:
     """Version, built and usable backends, CUDA architectures, torch/triton
     versions, whether a GPU is visible. Printed unless ``print_out=False``."""
@@ -70,3 +75,4 @@ __all__ = ["dice_loss", "jaccard_loss", "tversky_loss", "generalized_dice_loss",
            "CrossEntropyLoss", "BCEWithLogitsLoss", "BalancedBCELoss", "FocalLoss", "FusedLoss",
            "DiceCELoss", "DiceFocalLoss", "DiceFusedLoss", "LovaszHingeLoss", "LovaszSoftmaxLoss",
            "info", "backends", "__version__"]
+__all__ += ["box_iou_max", "nms", "batched_nms"]  # boxes_match family

@@ -89,16 +89,61 @@ QUICK_OPS = ("dice", "fused")
 TORCH_ONLY = ("lovasz_softmax",)  # families whose kernels are not written yet
 
 
+# ---- boxes_match family: ops without a backward (box_iou_max, nms) ----
+# NOGRAD_OPS: op -> shape(device), inputs(case, device, generator), bytes(case). They join OPS
+# (function, eager baseline); make_inputs / cases / kernel_bytes look here first, and
+# fwd_bwd calls backward only on a loss that has a gradient.
+from .ops import boxes_match as _bm  # noqa: E402
+from .reference import boxes_match as _ref_bm  # noqa: E402
+
+
+def _random_boxes(n, g, lo, hi, extent=1000.0):
+    xy = torch.rand(n, 2, generator=g) * extent
+    wh = lo + torch.rand(n, 2, generator=g) * (hi - lo)
+    return torch.cat([xy, xy + wh], 1)
+
+
+def _match_inputs(case, device, g):
+    B, N, M = case.shape
+    a = torch.stack([_random_boxes(N, g, 8, 256) for _ in range(B)])
+    gt = torch.stack([_random_boxes(M, g, 16, 300) for _ in range(B)])
+    return a.to(device=device, dtype=case.dtype), gt.to(device=device, dtype=case.dtype)
+
+
+def _nms_inputs(case, device, g):
+    (N,) = case.shape
+    return (_random_boxes(N, g, 20, 120).to(device=device, dtype=case.dtype),
+            torch.rand(N, generator=g).to(device))
+
+
+NOGRAD_OPS = {
+    "box_iou_max": dict(
+        shape=lambda device: (1, 200_000, 500), inputs=_match_inputs,
+        bytes=lambda c: (c.shape[0] * (c.shape[1] + c.shape[2]) * 4 * torch.finfo(c.dtype).bits // 8
+                         + c.shape[0] * (c.shape[1] * 12 + c.shape[2] * 4))),
+    "nms": dict(
+        shape=lambda device: (10_000,), inputs=_nms_inputs,
+        bytes=lambda c: c.shape[0] * (4 * torch.finfo(c.dtype).bits // 8 + 4 + 8)),
+}
+OPS["box_iou_max"] = (_bm.box_iou_max, _ref_bm.box_iou_max_full, None, 0, 0)
+OPS["nms"] = (lambda b, s, backend=None: _bm.nms(b, s, 0.5, backend=backend),
+              lambda b, s: _ref_bm.nms(b, s, 0.5), None, 0, 0)
+# ---- end of the boxes_match family ----
+
+
 def cases(device: torch.device, quick: bool = False) -> list[Case]:
     if device.type == "cuda":
         shape, dtype, lab = (16, 21, 512, 512), torch.bfloat16, torch.uint8
     else:
         shape, dtype, lab = (8, 21, 128, 128), torch.float32, torch.int64
-    return [Case(op, shape, dtype, lab) for op in (QUICK_OPS if quick else OPS)]
+    return [Case(op, NOGRAD_OPS[op]["shape"](device), torch.float32, torch.int64) if op in NOGRAD_OPS
+            else Case(op, shape, dtype, lab) for op in (QUICK_OPS if quick else OPS)]
 
 
 def make_inputs(case: Case, device: torch.device, seed: int = 0):
     g = torch.Generator(device="cpu").manual_seed(seed)
+    if case.op in NOGRAD_OPS:
+        return NOGRAD_OPS[case.op]["inputs"](case, device, g)
     x = torch.randn(case.shape, generator=g).to(device=device, dtype=case.dtype).requires_grad_(True)
     n, c, *spatial = case.shape
     # Piecewise-constant labels (blocks), like real masks rather than noise.
@@ -140,7 +185,9 @@ def fwd_bwd(loss_fn, x, y):
     """One training-style call; the gradient is dropped afterwards, so memory
     measured around the call includes it."""
     def step():
-        loss_fn(x, y).backward()
+        loss = loss_fn(x, y)
+        if isinstance(loss, torch.Tensor) and loss.requires_grad:  # NOGRAD_OPS return plain outputs
+            loss.backward()
         x.grad = None
     return step
 
@@ -240,6 +287,8 @@ def kernel_bytes(case: Case) -> int:
     """Bytes the op's kernel passes must move: each pass reads logits and
     labels, each gradient write writes the logits' size (region: 2 passes,
     1 write; one-pass pixel loss: 1 and 1)."""
+    if case.op in NOGRAD_OPS:
+        return NOGRAD_OPS[case.op]["bytes"](case)
     n = 1
     for s in case.shape:
         n *= s
@@ -270,7 +319,8 @@ def measure(case: Case, device: torch.device, repeat: int = 10, memory: bool = T
         r["speedup_vs_monai"] = base["monai"] / r["median_ms"] if "monai" in base else None
         r["speedup_vs_smp"] = base["smp"] / r["median_ms"] if "smp" in base else None
         r["gbps"] = (kernel_bytes(case) / (r["median_ms"] * 1e-3) / 1e9
-                     if r["backend"] in backends.BACKENDS and case.op not in TORCH_ONLY else None)
+                     if r["backend"] in backends.BACKENDS and case.op not in TORCH_ONLY + tuple(NOGRAD_OPS)
+                     else None)
     return rows
 
 

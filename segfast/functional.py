@@ -559,3 +559,9 @@ def lovasz_softmax_loss(input: Tensor, target: Tensor, *, classes="present", per
     return _lovasz.lovasz_softmax(input, target, classes=classes, per_image=per_image,
                                   ignore_index=ignore_index, from_logits=from_logits, reduction=reduction,
                                   backend=backend)
+
+
+# ---- boxes_match family (box matching without the N x M matrix, NMS) ----
+# Defined with their docstrings in segfast/ops/boxes_match.py.
+from .ops.boxes_match import batched_nms, box_iou_max, nms  # noqa: E402,F401
+# ---- end of the boxes_match family ----
