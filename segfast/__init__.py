@@ -51,6 +51,16 @@ from .losses import (BalancedBCELoss, BCEWithLogitsLoss, CrossEntropyLoss, DiceC
                      DiceFusedLoss, DiceLoss, FocalLoss, FusedLoss, GeneralizedDiceLoss, JaccardLoss,
                      LovaszHingeLoss, LovaszSoftmaxLoss, TverskyLoss)
 
+# ---- boxes family (segfast/ops/boxes.py, segfast/ops/box_losses.py) ----
+from .functional import (BOXES_API, box_iou, box_iou_aligned, ciou_loss, complete_box_iou,  # noqa: E402
+                         complete_box_iou_aligned, diou_loss, distance_box_iou, distance_box_iou_aligned,
+                         generalized_box_iou, generalized_box_iou_aligned, giou_loss, iou_balanced_bce_loss,
+                         iou_balanced_ce_loss, iou_balanced_focal_loss, iou_balanced_smooth_l1_loss, iou_loss,
+                         matched_iou)
+from .losses import (BOXES_MODULES, CIoULoss, DIoULoss, GIoULoss, IoUBalancedBCELoss, IoUBalancedCELoss,  # noqa: E402
+                     IoUBalancedFocalLoss, IoUBalancedSmoothL1Loss, IoULoss)
+# ---- end of the boxes family ----
+
 
 def info(print_out: bool = True) -> dict:
     """Version, built and usable backends, CUDA architectures, torch/triton
@@ -70,3 +80,4 @@ __all__ = ["dice_loss", "jaccard_loss", "tversky_loss", "generalized_dice_loss",
            "CrossEntropyLoss", "BCEWithLogitsLoss", "BalancedBCELoss", "FocalLoss", "FusedLoss",
            "DiceCELoss", "DiceFocalLoss", "DiceFusedLoss", "LovaszHingeLoss", "LovaszSoftmaxLoss",
            "info", "backends", "__version__"]
+__all__ += BOXES_API + BOXES_MODULES  # boxes family

@@ -497,3 +497,19 @@ def lovasz_softmax_loss(input: Tensor, target: Tensor, *, classes="present", per
     return _lovasz.lovasz_softmax(input, target, classes=classes, per_image=per_image,
                                   ignore_index=ignore_index, from_logits=from_logits, reduction=reduction,
                                   backend=backend)
+
+
+# ------------------------------------------------------------------ boxes family (IoU variants, box losses)
+# Defined in segfast/ops/boxes.py (pairwise / aligned IoU variants, the box
+# losses) and segfast/ops/box_losses.py (the IoU-balanced losses).
+from .ops.boxes import (box_iou, box_iou_aligned, ciou_loss, complete_box_iou, complete_box_iou_aligned,  # noqa: E402
+                        diou_loss, distance_box_iou, distance_box_iou_aligned, generalized_box_iou,
+                        generalized_box_iou_aligned, giou_loss, iou_loss)
+from .ops.box_losses import (iou_balanced_bce_loss, iou_balanced_ce_loss, iou_balanced_focal_loss,  # noqa: E402
+                             iou_balanced_smooth_l1_loss, matched_iou)
+
+BOXES_API = ["box_iou", "generalized_box_iou", "distance_box_iou", "complete_box_iou", "box_iou_aligned",
+             "generalized_box_iou_aligned", "distance_box_iou_aligned", "complete_box_iou_aligned", "iou_loss",
+             "giou_loss", "diou_loss", "ciou_loss", "iou_balanced_focal_loss", "iou_balanced_bce_loss",
+             "iou_balanced_ce_loss", "iou_balanced_smooth_l1_loss", "matched_iou"]
+# ------------------------------------------------------------------ end of the boxes family

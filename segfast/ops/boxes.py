@@ -18,6 +18,7 @@ gradients are with respect to the boxes in their own format.
 from __future__ import annotations
 
 import importlib.util
+import math
 from typing import Optional
 
 import torch
@@ -300,7 +301,8 @@ def pairwise(boxes1: Tensor, boxes2: Tensor, kind="iou", *, fmt: str = "xyxy", e
     if backend == "torch":
         return ref.pairwise(b1, b2, k, fmt, eps)
     batch, N, M = b1.shape[:-2], b1.shape[-2], b2.shape[-2]
-    x1, x2 = b1.reshape(-1, N, 4), b2.reshape(-1, M, 4)
+    B = math.prod(batch)
+    x1, x2 = b1.reshape(B, N, 4), b2.reshape(B, M, 4)
     if backend == "triton":
         out = box_pairwise_triton_op(x1, x2, k, FMTS[fmt], float(eps))
     else:
@@ -356,3 +358,107 @@ def box_loss(boxes1: Tensor, boxes2: Tensor, kind="iou", *, reduction: str = "no
     if backend == "triton":
         return box_loss_triton_op(x1, x2, k, f, float(eps), mean, n1, n2)[0]
     return box_loss_op(x1, x2, k, f, float(eps), mean, n1, n2, backend)[0]
+
+
+# ---------------------------------------------------------------- public API (re-exported by segfast)
+_DOC = """{title} of every pair of boxes1 [..., N, 4] and boxes2 [..., M, 4] -> [..., N, M]
+    (any number of equal leading batch dims), torchvision's {tv} semantics{extra}.
+
+    fmt: "xyxy" | "xywh" | "cxcywh". float32/float16/bfloat16/float64 (two dtypes are
+    promoted to one); computed in float32 (float64), returned in the boxes' dtype,
+    differentiable for both box sets. Degenerate boxes give finite values where
+    torchvision divides 0 by 0: IoU is 0 where the union is <= 0, GIoU's enclosing
+    term is 0 where the enclosing area is <= 0, CIoU's atan(w/h) is ±pi/2 for h = 0
+    and 0 for a 0 x 0 box (segfast/reference/boxes.py). Non-finite coordinates are
+    not checked: they affect only their own box's row or column. Empty sets give
+    empty results. The ``*_aligned`` forms pair boxes1[..., i] with boxes2[..., i]."""
+
+
+def box_iou(boxes1: Tensor, boxes2: Tensor, *, fmt: str = "xyxy", backend: Optional[str] = None) -> Tensor:
+    return pairwise(boxes1, boxes2, "iou", fmt=fmt, backend=backend, what="box_iou")
+
+
+def generalized_box_iou(boxes1: Tensor, boxes2: Tensor, *, fmt: str = "xyxy",
+                        backend: Optional[str] = None) -> Tensor:
+    return pairwise(boxes1, boxes2, "giou", fmt=fmt, backend=backend, what="generalized_box_iou")
+
+
+def distance_box_iou(boxes1: Tensor, boxes2: Tensor, *, fmt: str = "xyxy", eps: float = EPS,
+                     backend: Optional[str] = None) -> Tensor:
+    return pairwise(boxes1, boxes2, "diou", fmt=fmt, eps=eps, backend=backend, what="distance_box_iou")
+
+
+def complete_box_iou(boxes1: Tensor, boxes2: Tensor, *, fmt: str = "xyxy", eps: float = EPS,
+                     backend: Optional[str] = None) -> Tensor:
+    return pairwise(boxes1, boxes2, "ciou", fmt=fmt, eps=eps, backend=backend, what="complete_box_iou")
+
+
+def box_iou_aligned(boxes1: Tensor, boxes2: Tensor, *, fmt: str = "xyxy", backend: Optional[str] = None) -> Tensor:
+    return aligned(boxes1, boxes2, "iou", fmt=fmt, backend=backend, what="box_iou_aligned")
+
+
+def generalized_box_iou_aligned(boxes1: Tensor, boxes2: Tensor, *, fmt: str = "xyxy",
+                                backend: Optional[str] = None) -> Tensor:
+    return aligned(boxes1, boxes2, "giou", fmt=fmt, backend=backend, what="generalized_box_iou_aligned")
+
+
+def distance_box_iou_aligned(boxes1: Tensor, boxes2: Tensor, *, fmt: str = "xyxy", eps: float = EPS,
+                             backend: Optional[str] = None) -> Tensor:
+    return aligned(boxes1, boxes2, "diou", fmt=fmt, eps=eps, backend=backend, what="distance_box_iou_aligned")
+
+
+def complete_box_iou_aligned(boxes1: Tensor, boxes2: Tensor, *, fmt: str = "xyxy", eps: float = EPS,
+                             backend: Optional[str] = None) -> Tensor:
+    return aligned(boxes1, boxes2, "ciou", fmt=fmt, eps=eps, backend=backend, what="complete_box_iou_aligned")
+
+
+for _f, _t, _tv, _x in (
+        (box_iou, "IoU", "box_iou", ""), (generalized_box_iou, "Generalized IoU", "generalized_box_iou",
+                                          ": IoU - (area_c - union) / area_c"),
+        (distance_box_iou, "Distance IoU", "distance_box_iou", ": IoU - rho^2 / (c^2 + eps)"),
+        (complete_box_iou, "Complete IoU", "complete_box_iou",
+         ": DIoU - alpha v, v = 4/pi^2 (atan(w_gt/h_gt) - atan(w/h))^2, alpha = v / (1 - IoU + v + eps) "
+         "a constant in the backward")):
+    _f.__doc__ = _DOC.format(title=_t, tv=_tv, extra=_x)
+for _f in (box_iou_aligned, generalized_box_iou_aligned, distance_box_iou_aligned, complete_box_iou_aligned):
+    _f.__doc__ = "Aligned (element-wise) form: boxes1, boxes2 [..., N, 4] -> [..., N]. " + _DOC.format(
+        title="The IoU variant", tv="pairwise", extra="")
+
+_LOSS_DOC = """{name} of aligned pairs boxes1, boxes2 [..., 4] (predictions, targets), torchvision's
+    ``{tv}`` semantics with eps={eps} (IoU = inter / (union + eps){extra}), also for fmt="xywh" |
+    "cxcywh". reduction "none" ([...]) | "mean" (0 for an empty input) | "sum"; the result is
+    float32 (float64 for float64 boxes). One pass computes the loss and its gradient (both box
+    sets). With "mean" / "sum", non-finite coordinates raise ValueError (they would make the
+    whole loss NaN); CIoU's atan(w/h) is finite for h = 0 (see box_iou)."""
+
+
+def iou_loss(boxes1: Tensor, boxes2: Tensor, *, reduction: str = "none", fmt: str = "xyxy", eps: float = EPS,
+             backend: Optional[str] = None) -> Tensor:
+    return box_loss(boxes1, boxes2, "iou", reduction=reduction, fmt=fmt, eps=eps, backend=backend, what="iou_loss")
+
+
+def giou_loss(boxes1: Tensor, boxes2: Tensor, *, reduction: str = "none", fmt: str = "xyxy", eps: float = EPS,
+              backend: Optional[str] = None) -> Tensor:
+    return box_loss(boxes1, boxes2, "giou", reduction=reduction, fmt=fmt, eps=eps, backend=backend,
+                    what="giou_loss")
+
+
+def diou_loss(boxes1: Tensor, boxes2: Tensor, *, reduction: str = "none", fmt: str = "xyxy", eps: float = EPS,
+              backend: Optional[str] = None) -> Tensor:
+    return box_loss(boxes1, boxes2, "diou", reduction=reduction, fmt=fmt, eps=eps, backend=backend,
+                    what="diou_loss")
+
+
+def ciou_loss(boxes1: Tensor, boxes2: Tensor, *, reduction: str = "none", fmt: str = "xyxy", eps: float = EPS,
+              backend: Optional[str] = None) -> Tensor:
+    return box_loss(boxes1, boxes2, "ciou", reduction=reduction, fmt=fmt, eps=eps, backend=backend,
+                    what="ciou_loss")
+
+
+iou_loss.__doc__ = _LOSS_DOC.format(name="1 - IoU", tv="1 - inter/(union + eps)", eps=EPS, extra="")
+giou_loss.__doc__ = _LOSS_DOC.format(name="1 - GIoU", tv="generalized_box_iou_loss", eps=EPS,
+                                     extra=", enclosing term (area_c - union) / (area_c + eps)")
+diou_loss.__doc__ = _LOSS_DOC.format(name="1 - DIoU", tv="distance_box_iou_loss", eps=EPS,
+                                     extra=", rho^2 / (c^2 + eps)")
+ciou_loss.__doc__ = _LOSS_DOC.format(name="1 - CIoU", tv="complete_box_iou_loss", eps=EPS,
+                                     extra=", rho^2 / (c^2 + eps), alpha = v / (1 - IoU + v + eps)")
