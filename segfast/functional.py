@@ -508,8 +508,8 @@ from .ops.boxes import (box_iou, box_iou_aligned, ciou_loss, complete_box_iou, c
 from .ops.box_losses import (iou_balanced_bce_loss, iou_balanced_ce_loss, iou_balanced_focal_loss,  # noqa: E402
                              iou_balanced_smooth_l1_loss, matched_iou)
 
-BOXES_API = ["box_iou", "generalized_box_iou", "distance_box_iou", "complete_box_iou", "box_iou_aligned",
-             "generalized_box_iou_aligned", "distance_box_iou_aligned", "complete_box_iou_aligned", "iou_loss",
-             "giou_loss", "diou_loss", "ciou_loss", "iou_balanced_focal_loss", "iou_balanced_bce_loss",
-             "iou_balanced_ce_loss", "iou_balanced_smooth_l1_loss", "matched_iou"]
+__all__ += ["box_iou", "generalized_box_iou", "distance_box_iou", "complete_box_iou", "box_iou_aligned",
+           "generalized_box_iou_aligned", "distance_box_iou_aligned", "complete_box_iou_aligned", "iou_loss",
+           "giou_loss", "diou_loss", "ciou_loss", "iou_balanced_focal_loss", "iou_balanced_bce_loss",
+           "iou_balanced_ce_loss", "iou_balanced_smooth_l1_loss", "matched_iou"]
 # ------------------------------------------------------------------ end of the boxes family

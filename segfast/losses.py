@@ -254,7 +254,4 @@ class IoUBalancedSmoothL1Loss(_IoUBalancedLoss):
     def __init__(self, beta=1.0, lam=1.5, loss_weight=1.0):
         super().__init__(beta=beta, lam=lam, loss_weight=loss_weight)
 
-
-BOXES_MODULES = ["IoULoss", "GIoULoss", "DIoULoss", "CIoULoss", "IoUBalancedFocalLoss", "IoUBalancedBCELoss",
-                 "IoUBalancedCELoss", "IoUBalancedSmoothL1Loss"]
 # ------------------------------------------------------------------ end of the boxes family

@@ -388,3 +388,93 @@ def test_modules():
     for cls, k in ((segfast.IoULoss, "iou"), (segfast.GIoULoss, "giou"), (segfast.DIoULoss, "diou"),
                    (segfast.CIoULoss, "ciou")):
         torch.testing.assert_close(cls(reduction="sum")(p, t), LOSSES[k](p, t, reduction="sum"))
+
+
+# ------------------------------------------------------------------ IoU-balanced losses
+
+
+def _authors_sigmoid(pred, t, iou, eta, L):
+    """The authors' weighting, transcribed: the element losses L, then
+    normalized IoU weights, detached."""
+    iou_e = iou.view(-1, 1).expand(-1, t.size(1))
+    iou_w = (1 - t) + (t * iou_e).pow(eta)
+    normalizer = (L * t).sum() / ((L * iou_w * t).sum() + 1e-6)
+    w = ((1 - t) + (t * iou_e).pow(eta) * normalizer).detach()
+    return L * w
+
+
+def _focal(x, t, gamma=2.0, alpha=0.25):
+    p = x.sigmoid()
+    pt = (1 - p) * t + p * (1 - t)
+    return torch.nn.functional.binary_cross_entropy_with_logits(x, t, reduction="none") * \
+        (alpha * t + (1 - alpha) * (1 - t)) * pt.pow(gamma)
+
+
+def _cls_data(N=40, C=5, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(N, C, generator=g, dtype=torch.float64) * 2
+    lab = torch.randint(0, C + 1, (N,), generator=g)  # label C: background
+    iou = torch.rand(N, generator=g, dtype=torch.float64)
+    return x, lab, iou
+
+
+def test_iou_balanced_focal_and_bce():
+    x, lab, iou = _cls_data()
+    t = torch.nn.functional.one_hot(lab, 6)[:, :5].double()
+    for name, fn, L in (("focal", segfast.iou_balanced_focal_loss, _focal),
+                        ("bce", segfast.iou_balanced_bce_loss,
+                         lambda a, b: torch.nn.functional.binary_cross_entropy_with_logits(a, b, reduction="none"))):
+        for target in (lab, t, t.bool()):
+            xa, xb = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+            iou_g = iou.clone().requires_grad_(True)
+            got = fn(xa, target, iou_g, eta=1.5, avg_factor=7.0)
+            want = _authors_sigmoid(xb, t, iou, 1.5, L(xb, t)).sum() / 7.0
+            torch.testing.assert_close(got, want)
+            got.backward()
+            want.backward()
+            torch.testing.assert_close(xa.grad, xb.grad)
+            assert iou_g.grad is None  # no gradient through iou
+        # the normalizer keeps the positives' total loss equal to the unweighted one
+        Le = L(x, t)
+        wl = _authors_sigmoid(x, t, iou, 1.5, Le)
+        torch.testing.assert_close((wl * t).sum(), (Le * t).sum(), rtol=1e-6, atol=0)
+
+
+def test_iou_balanced_ce():
+    x, lab, iou = _cls_data(C=6)
+    lab = lab % 6
+    xa, xb = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    got = segfast.iou_balanced_ce_loss(xa, lab, iou, eta=2.0)
+    L = torch.nn.functional.cross_entropy(xb, lab, reduction="none")
+    t = (lab > 0).double()
+    iw = (1 - t) + (t * iou).pow(2.0)
+    normalizer = (L * t).sum() / ((L * iw * t).sum() + 1e-6)
+    want = (L * ((1 - t) + (t * iou).pow(2.0) * normalizer).detach()).sum() / x.shape[0]
+    torch.testing.assert_close(got, want)
+    got.backward()
+    want.backward()
+    torch.testing.assert_close(xa.grad, xb.grad)
+    # positives keep their total
+    w = ((1 - t) + (t * iou).pow(2.0) * normalizer)
+    torch.testing.assert_close((L * w * t).sum(), (L * t).sum(), rtol=1e-6, atol=0)
+
+
+def test_iou_balanced_smooth_l1_and_matched_iou():
+    g = torch.Generator().manual_seed(3)
+    pb, gb = pair((30,), (30,), "xyxy", torch.float32, seed=9)
+    iou = segfast.matched_iou(pb, gb)
+    torch.testing.assert_close(iou, ref.aligned(pb, gb, ref.IOU))
+    assert not iou.requires_grad and iou.dtype == torch.float32
+    pred = torch.randn(30, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    target = torch.randn(30, 4, generator=g, dtype=torch.float64)
+    w = (torch.rand(30, 1, generator=g) > 0.3).double().expand(30, 4)
+    got = segfast.iou_balanced_smooth_l1_loss(pred, target, iou, weight=w, beta=0.5, lam=1.5, loss_weight=2.0)
+    d = (pred - target).abs()
+    L = torch.where(d < 0.5, 0.5 * d * d / 0.5, d - 0.25)
+    want = 2.0 * (L * w * iou.double()[:, None].pow(1.5)).sum() / ((w > 0).sum() / 4 + 1e-6)
+    torch.testing.assert_close(got, want)
+    m = segfast.IoUBalancedSmoothL1Loss(beta=0.5, lam=1.5, loss_weight=2.0)
+    torch.testing.assert_close(m(pred, target, iou, weight=w), want)
+    x, lab, iou2 = _cls_data()
+    torch.testing.assert_close(segfast.IoUBalancedFocalLoss()(x, lab, iou2, avg_factor=3.0),
+                               segfast.iou_balanced_focal_loss(x, lab, iou2, avg_factor=3.0))
