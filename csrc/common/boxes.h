@@ -96,6 +96,7 @@ SEGFAST_HD T tie_lt(T a, T b) { return a < b ? T(1) : (a == b ? T(0.5) : T(0)); 
 // atan(w / h), finite at h = 0 (pi/2 sign(w); 0 for w = h = 0).
 template <typename T>
 SEGFAST_HD T atan_ratio(T w, T h) {
+  using std::atan;  // float overload on the host (not ::atan(double))
   if (h != T(0)) return atan(w / h);
   return w > T(0) ? pi_t<T>() / T(2) : (w < T(0) ? -pi_t<T>() / T(2) : T(0));
 }
