@@ -15,7 +15,7 @@ import torch
 triton = pytest.importorskip("triton")
 
 from conftest import DEVICE, kernel_backends, triton_needs_run  # noqa: E402
-from test_boxes import ALIGNED, FMTS, KINDS, LOSSES, PAIRWISE, check, grads, pair  # noqa: E402
+from test_boxes import ALIGNED, KINDS, LOSSES, PAIRWISE, check, grads, pair  # noqa: E402
 
 pytestmark = [triton_needs_run(),
               pytest.mark.skipif("triton" not in kernel_backends(DEVICE), reason="triton backend not usable here")]
