@@ -354,8 +354,11 @@ def test_bad_input():
     bad = b.clone()
     bad[2, 1] = float("nan")
     for red in ("mean", "sum"):
-        with pytest.raises(ValueError, match="non-finite"):
-            segfast.ciou_loss(bad, b, reduction=red)
+        for backend in BACKENDS + ["torch"]:
+            with pytest.raises(ValueError, match="non-finite"):
+                segfast.ciou_loss(bad, b, reduction=red, backend=backend)
+            with pytest.raises(ValueError, match="non-finite"):
+                segfast.iou_loss(b, bad.flip(0), reduction=red, backend=backend)
     with pytest.raises(RuntimeError, match="not available"):
         segfast.box_iou(b, b, backend="cuda")
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
@@ -478,3 +481,18 @@ def test_iou_balanced_smooth_l1_and_matched_iou():
     x, lab, iou2 = _cls_data()
     torch.testing.assert_close(segfast.IoUBalancedFocalLoss()(x, lab, iou2, avg_factor=3.0),
                                segfast.iou_balanced_focal_loss(x, lab, iou2, avg_factor=3.0))
+
+
+def test_non_finite_gives_nan_only_there():
+    b1, b2 = pair((2, 7), (2, 6), "xyxy", torch.float32)
+    b1[0, 2, 1] = float("nan")
+    b2[1, 3, 2] = float("inf")
+    for backend in BACKENDS + ["torch"]:
+        for k in KINDS:
+            out = PAIRWISE[k](b1, b2, backend=backend)
+            bad = torch.zeros_like(out, dtype=torch.bool)
+            bad[0, 2, :] = True
+            bad[1, :, 3] = True
+            assert out[bad].isnan().all() and torch.isfinite(out[~bad]).all(), (k, backend)
+            a = ALIGNED[k](b1[:, :6], b2, backend=backend)
+            assert a[0, 2].isnan() and a[1, 3].isnan() and a.isfinite().sum() == a.numel() - 2

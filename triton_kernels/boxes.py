@@ -84,7 +84,10 @@ def _grad_fmt(d0, d1, d2, d3, FMT: tl.constexpr):
 @triton.jit
 def _pair(px1, py1, px2, py2, gx1, gy1, gx2, gy2, eps, gout,
           KIND: tl.constexpr, LOSS: tl.constexpr, GRAD: tl.constexpr):
-    """-> (value, d value/d p (4), d value/d g (4)) times gout; the gradients are 0 without GRAD."""
+    """-> (value, d value/d p (4), d value/d g (4)) times gout; the gradients are 0 without GRAD.
+    NaN for a pair with a non-finite coordinate."""
+    allc = px1 + py1 + px2 + py2 + gx1 + gy1 + gx2 + gy2
+    nonfin = allc - allc  # 0, or NaN for a NaN / inf coordinate
     wp = px2 - px1
     hp = py2 - py1
     wg = gx2 - gx1
@@ -200,6 +203,7 @@ def _pair(px1, py1, px2, py2, gx1, gy1, gx2, gy2, eps, gout,
         dg1 = zero
         dg2 = zero
         dg3 = zero
+    val = tl.where(nonfin == 0.0, val, nonfin)
     return val, dp0, dp1, dp2, dp3, dg0, dg1, dg2, dg3
 
 

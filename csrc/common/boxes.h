@@ -93,19 +93,46 @@ SEGFAST_HD T pi_t() { return T(3.14159265358979323846); }
 template <typename T>
 SEGFAST_HD T tie_lt(T a, T b) { return a < b ? T(1) : (a == b ? T(0.5) : T(0)); }
 
+// atan: on the CPU in float, Cephes' atanf (range reduction and an odd
+// polynomial, ~1e-7 relative, branch-free so loops over pairs vectorise; the
+// Triton kernels use the same one); the library's elsewhere.
+SEGFAST_HD float atan_t(float x) {
+#if defined(__CUDA_ARCH__)
+  return atanf(x);
+#else
+  const float ax = x < 0.f ? -x : x;
+  const bool big = ax > 2.414213562373095f, mid = ax > 0.4142135623730950f;
+  const float base = big ? 1.5707963267948966f : (mid ? 0.7853981633974483f : 0.f);
+  const float r = big ? -1.f / (big ? ax : 1.f) : (mid ? (ax - 1.f) / (ax + 1.f) : ax);
+  const float z = r * r;
+  const float y = base + ((((8.05374449538e-2f * z - 1.38776856032e-1f) * z + 1.99777106478e-1f) * z -
+                           3.33329491539e-1f) * z * r + r);
+  return x < 0.f ? -y : y;
+#endif
+}
+SEGFAST_HD double atan_t(double x) {
+  using std::atan;
+  return atan(x);
+}
+
 // atan(w / h), finite at h = 0 (pi/2 sign(w); 0 for w = h = 0).
 template <typename T>
 SEGFAST_HD T atan_ratio(T w, T h) {
-  using std::atan;  // float overload on the host (not ::atan(double))
-  if (h != T(0)) return atan(w / h);
-  return w > T(0) ? pi_t<T>() / T(2) : (w < T(0) ? -pi_t<T>() / T(2) : T(0));
+  const bool nz = h != T(0);
+  const T a = atan_t(w / (nz ? h : T(1)));
+  return nz ? a : (w > T(0) ? pi_t<T>() / T(2) : (w < T(0) ? -pi_t<T>() / T(2) : T(0)));
 }
 
 // The IoU variant `kind` of boxes p and g (xyxy). With GRAD, adds
 // gout * d value / d (p, g) to dp[4], dg[4] (xyxy order).
+//
+// A pair with a non-finite coordinate gets NaN (so a reduced loss shows it):
+// segfast's rule, where torchvision's min / max would hide some NaNs.
 template <typename T, bool GRAD>
 SEGFAST_HD T pair_value(const Box<T>& p, const Box<T>& g, int kind, bool loss, T eps, T gout,
                         T* dp, T* dg) {
+  const T all = p.x1 + p.y1 + p.x2 + p.y2 + g.x1 + g.y1 + g.x2 + g.y2;
+  const bool finite = all - all == T(0);  // false for NaN and +-inf
   const T wp = p.x2 - p.x1, hp = p.y2 - p.y1, wg = g.x2 - g.x1, hg = g.y2 - g.y1;
   const T iw = (p.x2 < g.x2 ? p.x2 : g.x2) - (p.x1 > g.x1 ? p.x1 : g.x1);
   const T ih = (p.y2 < g.y2 ? p.y2 : g.y2) - (p.y1 > g.y1 ? p.y1 : g.y1);
@@ -204,7 +231,7 @@ SEGFAST_HD T pair_value(const Box<T>& p, const Box<T>& g, int kind, bool loss, T
     dg[0] -= T(0.5) * g_dx + g_wg; dg[2] += g_wg - T(0.5) * g_dx;
     dg[1] -= T(0.5) * g_dy + g_hg; dg[3] += g_hg - T(0.5) * g_dy;
   }
-  return val;
+  return finite ? val : all - all;  // NaN
 }
 
 // A gradient with respect to xyxy -> with respect to the box's own format.

@@ -57,14 +57,14 @@ def check_pair(boxes1: Tensor, boxes2: Tensor, fmt: str, *, aligned: bool, what:
     return boxes1.to(dt), boxes2.to(dt)
 
 
-def check_finite(what: str, *tensors: Tensor) -> None:
-    """Non-finite coordinates would turn a reduced loss into NaN: refuse them
-    (skipped under torch.compile, where it would be a graph break)."""
-    if torch.compiler.is_compiling():
-        return
-    for t in tensors:
-        if t.numel() and not bool(torch.isfinite(t).all()):
-            raise ValueError(f"{what}: boxes have non-finite (NaN or inf) coordinates")
+def check_finite_loss(loss: Tensor, what: str) -> Tensor:
+    """A reduced loss is NaN / inf only when a coordinate is (every kernel gives
+    NaN for such a pair): raise then. One scalar read, after the kernel; skipped
+    under torch.compile, where it would be a graph break."""
+    if not torch.compiler.is_compiling() and not bool(torch.isfinite(loss)):
+        raise ValueError(f"{what}: boxes have non-finite (NaN or inf) coordinates, or coordinates so large "
+                         "that the loss overflows")
+    return loss
 
 
 def _acc(t: Tensor) -> torch.dtype:
@@ -338,12 +338,11 @@ def box_loss(boxes1: Tensor, boxes2: Tensor, kind="iou", *, reduction: str = "no
     if reduction not in ("none", "mean", "sum"):
         raise ValueError(f"{what}: reduction must be 'none', 'mean' or 'sum', got {reduction!r}")
     b1, b2 = check_pair(boxes1, boxes2, fmt, aligned=True, what=what)
-    if reduction != "none":
-        check_finite(what, b1, b2)
     backend = backends.choose(backend, b1.device)
     k = _kind(kind)
     if backend == "torch":
-        return ref.box_loss(b1, b2, k, reduction, fmt, eps)
+        out = ref.box_loss(b1, b2, k, reduction, fmt, eps)
+        return out if reduction == "none" else check_finite_loss(out, what)
     batch = b1.shape[:-1]
     x1, x2 = b1.reshape(-1, 4), b2.reshape(-1, 4)
     n1, n2 = _need(x1, x2)
@@ -356,8 +355,8 @@ def box_loss(boxes1: Tensor, boxes2: Tensor, kind="iou", *, reduction: str = "no
         return out.view(batch)
     mean = reduction == "mean"
     if backend == "triton":
-        return box_loss_triton_op(x1, x2, k, f, float(eps), mean, n1, n2)[0]
-    return box_loss_op(x1, x2, k, f, float(eps), mean, n1, n2, backend)[0]
+        return check_finite_loss(box_loss_triton_op(x1, x2, k, f, float(eps), mean, n1, n2)[0], what)
+    return check_finite_loss(box_loss_op(x1, x2, k, f, float(eps), mean, n1, n2, backend)[0], what)
 
 
 # ---------------------------------------------------------------- public API (re-exported by segfast)
@@ -370,7 +369,7 @@ _DOC = """{title} of every pair of boxes1 [..., N, 4] and boxes2 [..., M, 4] -> 
     torchvision divides 0 by 0: IoU is 0 where the union is <= 0, GIoU's enclosing
     term is 0 where the enclosing area is <= 0, CIoU's atan(w/h) is ±pi/2 for h = 0
     and 0 for a 0 x 0 box (segfast/reference/boxes.py). Non-finite coordinates are
-    not checked: they affect only their own box's row or column. Empty sets give
+    not checked: they give NaN in their own box's row or column only. Empty sets give
     empty results. The ``*_aligned`` forms pair boxes1[..., i] with boxes2[..., i]."""
 
 
@@ -428,8 +427,8 @@ _LOSS_DOC = """{name} of aligned pairs boxes1, boxes2 [..., 4] (predictions, tar
     ``{tv}`` semantics with eps={eps} (IoU = inter / (union + eps){extra}), also for fmt="xywh" |
     "cxcywh". reduction "none" ([...]) | "mean" (0 for an empty input) | "sum"; the result is
     float32 (float64 for float64 boxes). One pass computes the loss and its gradient (both box
-    sets). With "mean" / "sum", non-finite coordinates raise ValueError (they would make the
-    whole loss NaN); CIoU's atan(w/h) is finite for h = 0 (see box_iou)."""
+    sets). A pair with a non-finite coordinate gives NaN; with "mean" / "sum" that raises
+    ValueError (checked on the reduced loss after the kernel, not under torch.compile); CIoU's atan(w/h) is finite for h = 0 (see box_iou)."""
 
 
 def iou_loss(boxes1: Tensor, boxes2: Tensor, *, reduction: str = "none", fmt: str = "xyxy", eps: float = EPS,

@@ -13,6 +13,8 @@ degenerate boxes, where torchvision divides 0 by 0:
 * CIoU's atan(w / h) is pi/2 * sign(w) for h = 0 and 0 for a 0 x 0 box (torch
   gives atan(±inf) = ±pi/2 and atan(NaN) = NaN); alpha = v / (1 - iou + v + eps)
   is a constant in the backward.
+* a pair with a non-finite coordinate gives NaN (torchvision's min / max can
+  hide a NaN coordinate; segfast does not, so a reduced loss shows it).
 * min / max ties split the gradient in halves (torch.minimum / maximum), and the
   intersection's gradient is 0 where its width or height is 0.
 
@@ -60,7 +62,14 @@ def _atan_ratio(w: Tensor, h: Tensor) -> Tensor:
 
 
 def _pair_terms(p: Tensor, g: Tensor, kind: int, loss: bool, eps: float) -> Tensor:
-    """The IoU variant of broadcast xyxy boxes p and g (p: predictions, g: targets)."""
+    """The IoU variant of broadcast xyxy boxes p and g (p: predictions, g: targets);
+    NaN for a pair with a non-finite coordinate."""
+    val = _pair_values(p, g, kind, loss, eps)
+    finite = torch.isfinite(p).all(-1) & torch.isfinite(g).all(-1)
+    return torch.where(finite, val, torch.full_like(val, float("nan")))
+
+
+def _pair_values(p: Tensor, g: Tensor, kind: int, loss: bool, eps: float) -> Tensor:
     x1, y1, x2, y2 = p.unbind(-1)
     X1, Y1, X2, Y2 = g.unbind(-1)
     iw = torch.minimum(x2, X2) - torch.maximum(x1, X1)
