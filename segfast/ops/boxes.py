@@ -428,7 +428,8 @@ _LOSS_DOC = """{name} of aligned pairs boxes1, boxes2 [..., 4] (predictions, tar
     "cxcywh". reduction "none" ([...]) | "mean" (0 for an empty input) | "sum"; the result is
     float32 (float64 for float64 boxes). One pass computes the loss and its gradient (both box
     sets). A pair with a non-finite coordinate gives NaN; with "mean" / "sum" that raises
-    ValueError (checked on the reduced loss after the kernel, not under torch.compile); CIoU's atan(w/h) is finite for h = 0 (see box_iou)."""
+    ValueError (checked on the reduced loss after the kernel, not under torch.compile). CIoU's
+    atan(w/h) is finite for h = 0 (see box_iou)."""
 
 
 def iou_loss(boxes1: Tensor, boxes2: Tensor, *, reduction: str = "none", fmt: str = "xyxy", eps: float = EPS,
