@@ -17,12 +17,28 @@ from segfast.reference import boxes as ref
 
 KINDS = ("iou", "giou", "diou", "ciou")
 FMTS = ("xyxy", "xywh", "cxcywh")
-PAIRWISE = {"iou": segfast.box_iou, "giou": segfast.generalized_box_iou, "diou": segfast.distance_box_iou,
-            "ciou": segfast.complete_box_iou}
-ALIGNED = {"iou": segfast.box_iou_aligned, "giou": segfast.generalized_box_iou_aligned,
-           "diou": segfast.distance_box_iou_aligned, "ciou": segfast.complete_box_iou_aligned}
-LOSSES = {"iou": segfast.iou_loss, "giou": segfast.giou_loss, "diou": segfast.diou_loss, "ciou": segfast.ciou_loss}
-BACKENDS = [b for b in kernel_backends() if b != "triton"]  # triton: tests/test_triton_boxes.py
+def _on_device(fn):
+    """fn with backend="cuda" run on CUDA copies of the (CPU) inputs, the result
+    copied back: autograd carries the gradients to the CPU leaves."""
+    def call(a, b, *, backend=None, **kw):
+        if backend != "cuda":
+            return fn(a, b, backend=backend, **kw)
+        return fn(a.cuda(), b.cuda(), backend=backend, **kw).cpu()
+    return call
+
+
+PAIRWISE = {k: _on_device(f) for k, f in (("iou", segfast.box_iou), ("giou", segfast.generalized_box_iou),
+                                          ("diou", segfast.distance_box_iou), ("ciou", segfast.complete_box_iou))}
+ALIGNED = {k: _on_device(f) for k, f in (("iou", segfast.box_iou_aligned),
+                                         ("giou", segfast.generalized_box_iou_aligned),
+                                         ("diou", segfast.distance_box_iou_aligned),
+                                         ("ciou", segfast.complete_box_iou_aligned))}
+LOSSES = {k: _on_device(f) for k, f in (("iou", segfast.iou_loss), ("giou", segfast.giou_loss),
+                                        ("diou", segfast.diou_loss), ("ciou", segfast.ciou_loss))}
+# kernel backends on CPU tensors, and the cuda backend where a GPU is visible
+# (triton: tests/test_triton_boxes.py)
+BACKENDS = [b for b in kernel_backends() if b != "triton"] + [b for b in kernel_backends("cuda") if b == "cuda"] \
+    if torch.cuda.is_available() else [b for b in kernel_backends() if b != "triton"]
 DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 
@@ -298,8 +314,10 @@ def test_ciou_alpha_is_constant():
 def test_opcheck(backend):
     b1, b2 = pair((2, 6), (2, 5), "xyxy", torch.float32)
     a1, a2 = pair((7,), (7,), "xyxy", torch.float32)
+    dev = "cuda" if backend == "cuda" else "cpu"
+    b1, b2, a1, a2 = (t.to(dev) for t in (b1, b2, a1, a2))
     r = lambda t: t.clone().requires_grad_(True)  # noqa: E731
-    go = torch.randn(2, 6, 5)
+    go = torch.randn(2, 6, 5, device=dev)
     tests = [
         (ob.box_pairwise_op, (r(b1), r(b2), 3, 0, 1e-7, backend)),
         (ob.box_pairwise_grad_op, (b1, b2, go, 2, 1, 1e-7, True, True, backend)),
@@ -383,7 +401,7 @@ def test_empty(backend):
         loss = LOSSES[k](e, e, reduction="mean", backend=backend)
         assert loss.shape == () and loss.item() == 0.0
         loss.backward()
-    assert segfast.box_iou(torch.rand(0, 2, 4), torch.rand(0, 3, 4), backend=backend).shape == (0, 2, 3)
+    assert PAIRWISE["iou"](torch.rand(0, 2, 4), torch.rand(0, 3, 4), backend=backend).shape == (0, 2, 3)
 
 
 def test_modules():
