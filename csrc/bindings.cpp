@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "common/boxes.h"
 #include "common/pixel.h"
 #include "common/region.h"
 
@@ -334,6 +335,119 @@ void nms_keep_cuda(SEGFAST_NMS_ARGS, uintptr_t mask_ptr, uintptr_t removed_ptr, 
 
 // ---- end of the boxes_match family -------------------------------------------------
 
+// ---- boxes family (IoU variants, box losses; csrc/cpu/boxes.cpp, csrc/cuda/boxes.cu) ----
+
+}  // namespace
+
+namespace segfast {
+namespace boxes {
+void box_pairwise_cpu(const BoxArg& a1, const BoxArg& a2, int64_t B, int64_t N, int64_t M, int kind, int fmt,
+                      double eps, void* out, int out_dtype, int64_t nt);
+void box_pairwise_grad_cpu(const BoxArg& a1, const BoxArg& a2, int64_t B, int64_t N, int64_t M, int kind,
+                           int fmt, double eps, const void* go, void* d1, void* d2, int d_dtype, int64_t nt);
+void box_aligned_cpu(const BoxArg& a1, const BoxArg& a2, int64_t K, int kind, int fmt, bool loss, double eps,
+                     double offset, double sign, double gscale, void* out, int out_dtype, void* d1, void* d2,
+                     int d_dtype, int64_t nt);
+#ifdef SEGFAST_WITH_CUDA
+void box_pairwise_cuda(const BoxArg& a1, const BoxArg& a2, int64_t B, int64_t N, int64_t M, int kind, int fmt,
+                       double eps, void* out, int out_dtype, uintptr_t stream);
+void box_pairwise_grad_cuda(const BoxArg& a1, const BoxArg& a2, int64_t B, int64_t N, int64_t M, int kind,
+                            int fmt, double eps, const void* go, void* d1, void* d2, int d_dtype, uintptr_t stream);
+void box_aligned_cuda(const BoxArg& a1, const BoxArg& a2, int64_t K, int kind, int fmt, bool loss, double eps,
+                      double offset, double sign, double gscale, void* out, int out_dtype, void* d1, void* d2,
+                      int d_dtype, uintptr_t stream);
+#endif
+}  // namespace boxes
+}  // namespace segfast
+
+namespace {
+
+segfast::boxes::BoxArg box_arg(uintptr_t p, int64_t dtype, int64_t sB, int64_t sK, int64_t s4) {
+  if (dtype < segfast::kFloat32 || dtype > segfast::kFloat64)
+    throw std::invalid_argument("segfast._C: boxes must have a float dtype code (0-3)");
+  return {reinterpret_cast<const void*>(p), int(dtype), sB, sK, s4};
+}
+
+void box_check(int64_t kind, int64_t fmt, int64_t out_dtype, int64_t d_dtype) {
+  if (kind < 0 || kind > 3) throw std::invalid_argument("segfast._C: box kind must be 0-3");
+  if (fmt < 0 || fmt > 2) throw std::invalid_argument("segfast._C: box format must be 0-2");
+  if (out_dtype < 0 || out_dtype > 3 || d_dtype < 0 || d_dtype > 3)
+    throw std::invalid_argument("segfast._C: box outputs must have a float dtype code (0-3)");
+}
+
+#define SEGFAST_BOX_PAIR_ARGS                                                                          \
+  uintptr_t p1, int64_t dt1, int64_t sB1, int64_t sK1, int64_t s41, uintptr_t p2, int64_t dt2,        \
+      int64_t sB2, int64_t sK2, int64_t s42, int64_t B, int64_t N, int64_t M, int64_t kind, int64_t fmt, \
+      double eps
+#define SEGFAST_BOX_ALIGNED_ARGS                                                                        \
+  uintptr_t p1, int64_t dt1, int64_t sK1, int64_t s41, uintptr_t p2, int64_t dt2, int64_t sK2,        \
+      int64_t s42, int64_t K, int64_t kind, int64_t fmt, bool loss, double eps, double offset,           \
+      double sign, double gscale, uintptr_t out, int64_t out_dtype, uintptr_t d1, uintptr_t d2,          \
+      int64_t d_dtype
+
+void box_pairwise_any(SEGFAST_BOX_PAIR_ARGS, uintptr_t out, int64_t out_dtype, bool cuda, uintptr_t stream_or_nt) {
+  box_check(kind, fmt, out_dtype, out_dtype);
+  if (dt1 != dt2) throw std::invalid_argument("segfast._C: both box sets must have one dtype");
+  const auto a1 = box_arg(p1, dt1, sB1, sK1, s41), a2 = box_arg(p2, dt2, sB2, sK2, s42);
+  void* o = reinterpret_cast<void*>(out);
+  py::gil_scoped_release nogil;
+  if (!cuda) {
+    segfast::boxes::box_pairwise_cpu(a1, a2, B, N, M, int(kind), int(fmt), eps, o, int(out_dtype),
+                                     int64_t(stream_or_nt));
+    return;
+  }
+#ifdef SEGFAST_WITH_CUDA
+  segfast::boxes::box_pairwise_cuda(a1, a2, B, N, M, int(kind), int(fmt), eps, o, int(out_dtype), stream_or_nt);
+#else
+  no_cuda();
+#endif
+}
+
+void box_pairwise_grad_any(SEGFAST_BOX_PAIR_ARGS, uintptr_t go, uintptr_t d1, uintptr_t d2, int64_t d_dtype,
+                           bool cuda, uintptr_t stream_or_nt) {
+  box_check(kind, fmt, d_dtype, d_dtype);
+  if (dt1 != dt2) throw std::invalid_argument("segfast._C: both box sets must have one dtype");
+  const auto a1 = box_arg(p1, dt1, sB1, sK1, s41), a2 = box_arg(p2, dt2, sB2, sK2, s42);
+  const void* g = reinterpret_cast<const void*>(go);
+  void* o1 = reinterpret_cast<void*>(d1);
+  void* o2 = reinterpret_cast<void*>(d2);
+  py::gil_scoped_release nogil;
+  if (!cuda) {
+    segfast::boxes::box_pairwise_grad_cpu(a1, a2, B, N, M, int(kind), int(fmt), eps, g, o1, o2, int(d_dtype),
+                                          int64_t(stream_or_nt));
+    return;
+  }
+#ifdef SEGFAST_WITH_CUDA
+  segfast::boxes::box_pairwise_grad_cuda(a1, a2, B, N, M, int(kind), int(fmt), eps, g, o1, o2, int(d_dtype),
+                                         stream_or_nt);
+#else
+  no_cuda();
+#endif
+}
+
+void box_aligned_any(SEGFAST_BOX_ALIGNED_ARGS, bool cuda, uintptr_t stream_or_nt) {
+  box_check(kind, fmt, out_dtype, d_dtype);
+  if (dt1 != dt2) throw std::invalid_argument("segfast._C: both box sets must have one dtype");
+  const auto a1 = box_arg(p1, dt1, 0, sK1, s41), a2 = box_arg(p2, dt2, 0, sK2, s42);
+  void* o = reinterpret_cast<void*>(out);
+  void* o1 = reinterpret_cast<void*>(d1);
+  void* o2 = reinterpret_cast<void*>(d2);
+  py::gil_scoped_release nogil;
+  if (!cuda) {
+    segfast::boxes::box_aligned_cpu(a1, a2, K, int(kind), int(fmt), loss, eps, offset, sign, gscale, o,
+                                    int(out_dtype), o1, o2, int(d_dtype), int64_t(stream_or_nt));
+    return;
+  }
+#ifdef SEGFAST_WITH_CUDA
+  segfast::boxes::box_aligned_cuda(a1, a2, K, int(kind), int(fmt), loss, eps, offset, sign, gscale, o,
+                                   int(out_dtype), o1, o2, int(d_dtype), stream_or_nt);
+#else
+  no_cuda();
+#endif
+}
+
+// ---- end of the boxes family ----
+
 std::vector<std::string> cuda_archs() {
   std::vector<std::string> out;
 #if defined(SEGFAST_WITH_CUDA) && defined(SEGFAST_CUDA_ARCHS)
@@ -439,4 +553,28 @@ PYBIND11_MODULE(_C, m) {
 #undef SEGFAST_IOU_MAX_PYARGS
 #undef SEGFAST_NMS_PYARGS
   // ---- end of the boxes_match family ----
+
+  // ---- boxes family ----
+  m.def("box_pairwise", &box_pairwise_any,
+        "IoU variant (kind 0-3: IoU, GIoU, DIoU, CIoU) of every pair: out [B, N, M] contiguous in out_dtype. "
+        "Boxes [B, K, 4] with element strides; fmt 0-2 (xyxy, xywh, cxcywh); last arg: threads (cpu) or stream.",
+        py::arg("p1"), py::arg("dt1"), py::arg("sB1"), py::arg("sK1"), py::arg("s41"), py::arg("p2"),
+        py::arg("dt2"), py::arg("sB2"), py::arg("sK2"), py::arg("s42"), py::arg("B"), py::arg("N"), py::arg("M"),
+        py::arg("kind"), py::arg("fmt"), py::arg("eps"), py::arg("out"), py::arg("out_dtype"), py::arg("cuda"),
+        py::arg("stream_or_threads"));
+  m.def("box_pairwise_grad", &box_pairwise_grad_any,
+        "Gradients of sum(go * pairwise) for boxes1 (d1 [B, N, 4]) and boxes2 (d2 [B, M, 4]), contiguous, "
+        "d_dtype; go [B, N, M] contiguous in the compute type; a null d pointer skips that pass.",
+        py::arg("p1"), py::arg("dt1"), py::arg("sB1"), py::arg("sK1"), py::arg("s41"), py::arg("p2"),
+        py::arg("dt2"), py::arg("sB2"), py::arg("sK2"), py::arg("s42"), py::arg("B"), py::arg("N"), py::arg("M"),
+        py::arg("kind"), py::arg("fmt"), py::arg("eps"), py::arg("go"), py::arg("d1"), py::arg("d2"),
+        py::arg("d_dtype"), py::arg("cuda"), py::arg("stream_or_threads"));
+  m.def("box_aligned", &box_aligned_any,
+        "Aligned pairs, one pass: out [K] = offset + sign * value (loss: torchvision's loss eps semantics) and "
+        "d1, d2 [K, 4] = gscale * d value / d box (null pointers skip them).",
+        py::arg("p1"), py::arg("dt1"), py::arg("sK1"), py::arg("s41"), py::arg("p2"), py::arg("dt2"),
+        py::arg("sK2"), py::arg("s42"), py::arg("K"), py::arg("kind"), py::arg("fmt"), py::arg("loss"),
+        py::arg("eps"), py::arg("offset"), py::arg("sign"), py::arg("gscale"), py::arg("out"),
+        py::arg("out_dtype"), py::arg("d1"), py::arg("d2"), py::arg("d_dtype"), py::arg("cuda"),
+        py::arg("stream_or_threads"));
 }

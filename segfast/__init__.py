@@ -51,6 +51,16 @@ from .losses import (BalancedBCELoss, BCEWithLogitsLoss, CrossEntropyLoss, DiceC
                      DiceFusedLoss, DiceLoss, FocalLoss, FusedLoss, GeneralizedDiceLoss, JaccardLoss,
                      LovaszHingeLoss, LovaszSoftmaxLoss, TverskyLoss)
 
+# ---- boxes family (segfast/ops/boxes.py, segfast/ops/box_losses.py) ----
+from .functional import (box_iou, box_iou_aligned, ciou_loss, complete_box_iou,  # noqa: E402
+                         complete_box_iou_aligned, diou_loss, distance_box_iou, distance_box_iou_aligned,
+                         generalized_box_iou, generalized_box_iou_aligned, giou_loss, iou_balanced_bce_loss,
+                         iou_balanced_ce_loss, iou_balanced_focal_loss, iou_balanced_smooth_l1_loss, iou_loss,
+                         matched_iou)
+from .losses import (CIoULoss, DIoULoss, GIoULoss, IoUBalancedBCELoss, IoUBalancedCELoss,  # noqa: E402
+                     IoUBalancedFocalLoss, IoUBalancedSmoothL1Loss, IoULoss)
+# ---- end of the boxes family ----
+
 
 # ---- boxes_match family ----
 from .functional import batched_nms, box_iou_max, nms  # noqa: E402
@@ -76,3 +86,9 @@ __all__ = ["dice_loss", "jaccard_loss", "tversky_loss", "generalized_dice_loss",
            "DiceCELoss", "DiceFocalLoss", "DiceFusedLoss", "LovaszHingeLoss", "LovaszSoftmaxLoss",
            "info", "backends", "__version__"]
 __all__ += ["box_iou_max", "nms", "batched_nms"]  # boxes_match family
+__all__ += ["box_iou", "generalized_box_iou", "distance_box_iou", "complete_box_iou", "box_iou_aligned",
+            "generalized_box_iou_aligned", "distance_box_iou_aligned", "complete_box_iou_aligned", "iou_loss",
+            "giou_loss", "diou_loss", "ciou_loss", "iou_balanced_focal_loss", "iou_balanced_bce_loss",
+            "iou_balanced_ce_loss", "iou_balanced_smooth_l1_loss", "matched_iou"]  # boxes family
+__all__ += ["IoULoss", "GIoULoss", "DIoULoss", "CIoULoss", "IoUBalancedFocalLoss", "IoUBalancedBCELoss",
+            "IoUBalancedCELoss", "IoUBalancedSmoothL1Loss"]

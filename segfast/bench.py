@@ -131,16 +131,61 @@ OPS["nms"] = (lambda b, s, backend=None: _bm.nms(b, s, 0.5, backend=backend),
 # ---- end of the boxes_match family ----
 
 
+# ---- boxes family: cases with their own inputs (x, y = boxes1, boxes2) -----------------------
+def _box_inputs(case: Case, device: torch.device, seed: int = 0):
+    """xyxy boxes in [0, 512)^2, sides in [1, 65); boxes1 requires grad only for
+    the forward+backward cases (the pairwise IoU is timed forward only)."""
+    g = torch.Generator(device="cpu").manual_seed(seed)
+
+    def boxes(n):
+        xy = torch.rand(n, 2, generator=g) * 512
+        return torch.cat([xy, xy + 1 + torch.rand(n, 2, generator=g) * 64], -1).to(device=device, dtype=case.dtype)
+
+    n = case.shape[0]
+    m = case.shape[1] if len(case.shape) > 1 else n
+    return boxes(n).requires_grad_(BOX_CASES[case.op][1]), boxes(m)
+
+
+def _box_bytes(case: Case) -> int:
+    """Pairwise: read both sets, write [N, M]; aligned loss: read both sets, write the gradient."""
+    e = torch.finfo(case.dtype).bits // 8
+    if len(case.shape) > 1:
+        n, m = case.shape
+        return (4 * (n + m) + n * m) * e
+    return 3 * 4 * case.shape[0] * e
+
+
+def _box_ops():
+    from .ops import boxes as box_ops
+    from .reference import boxes as ref_boxes
+
+    return {
+        "box_iou": (box_ops.box_iou, lambda x, y: ref_boxes.pairwise(x, y, ref_boxes.IOU), None, 0, 0),
+        "ciou_loss": (lambda x, y, backend=None: box_ops.ciou_loss(x, y, reduction="mean", backend=backend),
+                      lambda x, y: ref_boxes.box_loss(x, y, ref_boxes.CIOU, "mean"), None, 0, 0),
+    }
+
+
+# op -> (shape, timed with backward); more box ops (matching, NMS) can be added here
+BOX_CASES = {"box_iou": ((4096, 4096), False), "ciou_loss": ((1 << 20,), True)}
+OPS.update(_box_ops())
+# ---- end of the boxes family ----
+
+
 def cases(device: torch.device, quick: bool = False) -> list[Case]:
     if device.type == "cuda":
         shape, dtype, lab = (16, 21, 512, 512), torch.bfloat16, torch.uint8
     else:
         shape, dtype, lab = (8, 21, 128, 128), torch.float32, torch.int64
-    return [Case(op, NOGRAD_OPS[op]["shape"](device), torch.float32, torch.int64) if op in NOGRAD_OPS
-            else Case(op, shape, dtype, lab) for op in (QUICK_OPS if quick else OPS)]
+    custom = {op: spec[0] for op, spec in BOX_CASES.items()}  # own shapes and inputs, fp32
+    custom.update({op: spec["shape"](device) for op, spec in NOGRAD_OPS.items()})
+    out = [Case(op, shape, dtype, lab) for op in (QUICK_OPS if quick else OPS) if op not in custom]
+    return out + ([] if quick else [Case(op, s, torch.float32, torch.int64) for op, s in custom.items()])
 
 
 def make_inputs(case: Case, device: torch.device, seed: int = 0):
+    if case.op in BOX_CASES:  # boxes family
+        return _box_inputs(case, device, seed)
     g = torch.Generator(device="cpu").manual_seed(seed)
     if case.op in NOGRAD_OPS:
         return NOGRAD_OPS[case.op]["inputs"](case, device, g)
@@ -185,9 +230,10 @@ def fwd_bwd(loss_fn, x, y):
     """One training-style call; the gradient is dropped afterwards, so memory
     measured around the call includes it."""
     def step():
-        loss = loss_fn(x, y)
-        if isinstance(loss, torch.Tensor) and loss.requires_grad:  # NOGRAD_OPS return plain outputs
-            loss.backward()
+        out = loss_fn(x, y)
+        # forward-only cases (box_iou, box_iou_max, nms) have nothing to differentiate
+        if isinstance(out, torch.Tensor) and out.requires_grad:
+            out.backward()
         x.grad = None
     return step
 
@@ -289,6 +335,8 @@ def kernel_bytes(case: Case) -> int:
     1 write; one-pass pixel loss: 1 and 1)."""
     if case.op in NOGRAD_OPS:
         return NOGRAD_OPS[case.op]["bytes"](case)
+    if case.op in BOX_CASES:  # boxes family
+        return _box_bytes(case)
     n = 1
     for s in case.shape:
         n *= s

@@ -565,3 +565,17 @@ def lovasz_softmax_loss(input: Tensor, target: Tensor, *, classes="present", per
 # Defined with their docstrings in segfast/ops/boxes_match.py.
 from .ops.boxes_match import batched_nms, box_iou_max, nms  # noqa: E402,F401
 # ---- end of the boxes_match family ----
+# ------------------------------------------------------------------ boxes family (IoU variants, box losses)
+# Defined in segfast/ops/boxes.py (pairwise / aligned IoU variants, the box
+# losses) and segfast/ops/box_losses.py (the IoU-balanced losses).
+from .ops.boxes import (box_iou, box_iou_aligned, ciou_loss, complete_box_iou, complete_box_iou_aligned,  # noqa: E402
+                        diou_loss, distance_box_iou, distance_box_iou_aligned, generalized_box_iou,
+                        generalized_box_iou_aligned, giou_loss, iou_loss)
+from .ops.box_losses import (iou_balanced_bce_loss, iou_balanced_ce_loss, iou_balanced_focal_loss,  # noqa: E402
+                             iou_balanced_smooth_l1_loss, matched_iou)
+
+__all__ += ["box_iou", "generalized_box_iou", "distance_box_iou", "complete_box_iou", "box_iou_aligned",
+           "generalized_box_iou_aligned", "distance_box_iou_aligned", "complete_box_iou_aligned", "iou_loss",
+           "giou_loss", "diou_loss", "ciou_loss", "iou_balanced_focal_loss", "iou_balanced_bce_loss",
+           "iou_balanced_ce_loss", "iou_balanced_smooth_l1_loss", "matched_iou"]
+# ------------------------------------------------------------------ end of the boxes family

@@ -170,3 +170,88 @@ class LovaszSoftmaxLoss(_PixelLoss):
                  reduction="mean", backend=None):
         super().__init__(classes=classes, per_image=per_image, ignore_index=ignore_index,
                          from_logits=from_logits, reduction=reduction, backend=backend)
+
+
+# ------------------------------------------------------------------ boxes family
+class _BoxLoss(torch.nn.Module):
+    """Box losses on aligned pairs: forward(boxes1, boxes2)."""
+    _fn = None
+
+    def __init__(self, reduction: str = "mean", fmt: str = "xyxy", eps: float = 1e-7, backend=None):
+        super().__init__()
+        self.kwargs = dict(reduction=reduction, fmt=fmt, eps=eps, backend=backend)
+
+    def forward(self, boxes1: torch.Tensor, boxes2: torch.Tensor) -> torch.Tensor:
+        return type(self)._fn(boxes1, boxes2, **self.kwargs)
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{k}={v!r}" for k, v in self.kwargs.items())
+
+
+class IoULoss(_BoxLoss):
+    """Module form of :func:`segfast.functional.iou_loss`."""
+    _fn = staticmethod(F.iou_loss)
+
+
+class GIoULoss(_BoxLoss):
+    """Module form of :func:`segfast.functional.giou_loss`."""
+    _fn = staticmethod(F.giou_loss)
+
+
+class DIoULoss(_BoxLoss):
+    """Module form of :func:`segfast.functional.diou_loss`."""
+    _fn = staticmethod(F.diou_loss)
+
+
+class CIoULoss(_BoxLoss):
+    """Module form of :func:`segfast.functional.ciou_loss`."""
+    _fn = staticmethod(F.ciou_loss)
+
+
+class _IoUBalancedLoss(torch.nn.Module):
+    """IoU-balanced losses: forward(pred, target, iou, weight=None, avg_factor=None)."""
+    _fn = None
+
+    def __init__(self, **kwargs):
+        super().__init__()
+        self.kwargs = kwargs
+
+    def forward(self, pred, target, iou, weight=None, avg_factor=None):
+        return type(self)._fn(pred, target, iou, weight=weight, avg_factor=avg_factor, **self.kwargs)
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{k}={v!r}" for k, v in self.kwargs.items())
+
+
+class IoUBalancedFocalLoss(_IoUBalancedLoss):
+    """Module form of :func:`segfast.functional.iou_balanced_focal_loss`."""
+    _fn = staticmethod(F.iou_balanced_focal_loss)
+
+    def __init__(self, gamma=2.0, alpha=0.25, eta=1.5, loss_weight=1.0):
+        super().__init__(gamma=gamma, alpha=alpha, eta=eta, loss_weight=loss_weight)
+
+
+class IoUBalancedBCELoss(_IoUBalancedLoss):
+    """Module form of :func:`segfast.functional.iou_balanced_bce_loss`."""
+    _fn = staticmethod(F.iou_balanced_bce_loss)
+
+    def __init__(self, eta=1.5, loss_weight=1.0):
+        super().__init__(eta=eta, loss_weight=loss_weight)
+
+
+class IoUBalancedCELoss(_IoUBalancedLoss):
+    """Module form of :func:`segfast.functional.iou_balanced_ce_loss`."""
+    _fn = staticmethod(F.iou_balanced_ce_loss)
+
+    def __init__(self, eta=1.5, background=0, loss_weight=1.0):
+        super().__init__(eta=eta, background=background, loss_weight=loss_weight)
+
+
+class IoUBalancedSmoothL1Loss(_IoUBalancedLoss):
+    """Module form of :func:`segfast.functional.iou_balanced_smooth_l1_loss`."""
+    _fn = staticmethod(F.iou_balanced_smooth_l1_loss)
+
+    def __init__(self, beta=1.0, lam=1.5, loss_weight=1.0):
+        super().__init__(beta=beta, lam=lam, loss_weight=loss_weight)
+
+# ------------------------------------------------------------------ end of the boxes family

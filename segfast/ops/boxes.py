@@ -1,0 +1,464 @@
+"""Boxes family: the IoU variants (IoU, GIoU, DIoU, CIoU; pairwise and aligned)
+and the box losses as torch.library ops. Semantics: segfast/reference/boxes.py.
+
+* ``box_pairwise``: [B, N, 4] x [B, M, 4] -> [B, N, M] in the boxes' dtype. Its
+  backward (``box_pairwise_grad``) runs one kernel per box set that needs a
+  gradient: each output row (a box of one set) is reduced over the other set by
+  one writer, so there are no atomics and the result is deterministic.
+* ``box_aligned``: [K, 4] x [K, 4] -> [K] (offset + sign * value), and in the
+  same pass the gradient of each pair (one pass; the backward only multiplies
+  it by grad_output).
+* ``box_loss``: the reduced box losses (mean / sum): one pass writes the loss
+  and its gradient; the backward scales the gradient by grad_output.
+
+Format conversion (xyxy, xywh, cxcywh) happens inside the kernels; the
+gradients are with respect to the boxes in their own format.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from .. import backends
+from ..reference import boxes as ref
+
+FMTS, KINDS, EPS = ref.FMTS, ref.KINDS, ref.EPS
+_FLOATS = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+
+
+# ---------------------------------------------------------------- validation
+
+
+def check_pair(boxes1: Tensor, boxes2: Tensor, fmt: str, *, aligned: bool, what: str):
+    """-> (boxes1, boxes2) in one (promoted) float dtype, after every check a user can fail."""
+    if not isinstance(boxes1, Tensor) or not isinstance(boxes2, Tensor):
+        raise TypeError(f"{what}: boxes1 and boxes2 must be tensors")
+    if fmt not in FMTS:
+        raise ValueError(f"{what}: fmt must be one of {', '.join(FMTS)}, got {fmt!r}")
+    for name, b in (("boxes1", boxes1), ("boxes2", boxes2)):
+        if b.dtype not in _FLOATS:
+            raise TypeError(f"{what}: {name} must be float32/float16/bfloat16/float64, got {b.dtype}")
+        if b.dim() < (1 if aligned else 2) or b.shape[-1] != 4:
+            raise ValueError(f"{what}: {name} must be {'[..., 4]' if aligned else '[..., N, 4]'}, "
+                             f"got shape {tuple(b.shape)}")
+    if boxes1.device != boxes2.device:
+        raise ValueError(f"{what}: boxes1 is on {boxes1.device} but boxes2 is on {boxes2.device}")
+    if aligned and boxes1.shape != boxes2.shape:
+        raise ValueError(f"{what}: aligned box sets must have one shape, got {tuple(boxes1.shape)} and "
+                         f"{tuple(boxes2.shape)}")
+    if not aligned and boxes1.shape[:-2] != boxes2.shape[:-2]:
+        raise ValueError(f"{what}: batch dims differ: {tuple(boxes1.shape[:-2])} and {tuple(boxes2.shape[:-2])}")
+    dt = torch.promote_types(boxes1.dtype, boxes2.dtype)
+    return boxes1.to(dt), boxes2.to(dt)
+
+
+def check_finite_loss(loss: Tensor, what: str) -> Tensor:
+    """A reduced loss is NaN / inf only when a coordinate is (every kernel gives
+    NaN for such a pair): raise then. One scalar read, after the kernel; skipped
+    under torch.compile, where it would be a graph break."""
+    if not torch.compiler.is_compiling() and not bool(torch.isfinite(loss)):
+        raise ValueError(f"{what}: boxes have non-finite (NaN or inf) coordinates, or coordinates so large "
+                         "that the loss overflows")
+    return loss
+
+
+def _acc(t: Tensor) -> torch.dtype:
+    return torch.float64 if t.dtype == torch.float64 else torch.float32
+
+
+def _threads(n: int) -> int:
+    return backends.cpu_threads(n // 16)  # a pair costs ~16 elementwise ops
+
+
+def _launch(backend, device, name, *args, work: int):
+    fn = getattr(backends._C, name)
+    if backend == "cpu":
+        return fn(*args, False, _threads(work))
+    with torch.cuda.device(device):
+        return fn(*args, True, backends.cuda_stream(device))
+
+
+def _b3(b: Tensor):
+    return (b.data_ptr(), backends.dtype_code(b), *b.stride())
+
+
+# ---------------------------------------------------------------- kernel runs
+
+
+def run_pairwise(b1: Tensor, b2: Tensor, kind: int, fmt: int, eps: float, backend: str) -> Tensor:
+    B, N, M = b1.shape[0], b1.shape[1], b2.shape[1]
+    out = torch.empty((B, N, M), dtype=b1.dtype, device=b1.device)
+    if out.numel() == 0:
+        return out
+    if backend == "triton":
+        from ..triton_kernels import boxes as tk
+        tk.launch_pairwise(b1, b2, out, kind, fmt, eps)
+        return out
+    _launch(backend, b1.device, "box_pairwise", *_b3(b1), *_b3(b2), B, N, M, kind, fmt, float(eps),
+            out.data_ptr(), backends.dtype_code(out), work=out.numel())
+    return out
+
+
+def run_pairwise_grad(b1, b2, go, kind, fmt, eps, need1, need2, backend):
+    B, N, M = b1.shape[0], b1.shape[1], b2.shape[1]
+    go = go.to(_acc(b1) if backend != "triton" else torch.float32).contiguous()
+    alloc = torch.zeros if N * M == 0 else torch.empty
+    d1 = alloc((B, N, 4), dtype=b1.dtype, device=b1.device) if need1 else b1.new_empty(0)
+    d2 = alloc((B, M, 4), dtype=b2.dtype, device=b2.device) if need2 else b2.new_empty(0)
+    if B * N * M == 0 or not (need1 or need2):
+        return d1, d2
+    if backend == "triton":
+        from ..triton_kernels import boxes as tk
+        tk.launch_pairwise_grad(b1, b2, go, d1 if need1 else None, d2 if need2 else None, kind, fmt, eps)
+        return d1, d2
+    ptr = lambda t, need: t.data_ptr() if need else 0  # noqa: E731
+    _launch(backend, b1.device, "box_pairwise_grad", *_b3(b1), *_b3(b2), B, N, M, kind, fmt, float(eps),
+            go.data_ptr(), ptr(d1, need1), ptr(d2, need2), backends.dtype_code(b1), work=B * N * M)
+    return d1, d2
+
+
+def run_aligned(b1, b2, kind, fmt, loss, eps, offset, sign, gscale, out_dtype, need1, need2, backend):
+    """-> (out [K] in out_dtype, d1 [K, 4] | empty, d2 [K, 4] | empty)."""
+    K = b1.shape[0]
+    out = torch.empty((K,), dtype=out_dtype, device=b1.device)
+    d1 = torch.empty_like(b1, memory_format=torch.contiguous_format) if need1 else b1.new_empty(0)
+    d2 = torch.empty_like(b2, memory_format=torch.contiguous_format) if need2 else b2.new_empty(0)
+    if K == 0:
+        return out, d1, d2
+    if backend == "triton":
+        from ..triton_kernels import boxes as tk
+        tk.launch_aligned(b1, b2, out, d1 if need1 else None, d2 if need2 else None, kind, fmt, loss, eps,
+                          offset, sign, gscale)
+        return out, d1, d2
+    ptr = lambda t, need: t.data_ptr() if need else 0  # noqa: E731
+    _launch(backend, b1.device, "box_aligned", b1.data_ptr(), backends.dtype_code(b1), *b1.stride(),
+            b2.data_ptr(), backends.dtype_code(b2), *b2.stride(), K, kind, fmt, bool(loss), float(eps),
+            float(offset), float(sign), float(gscale), out.data_ptr(), backends.dtype_code(out),
+            ptr(d1, need1), ptr(d2, need2), backends.dtype_code(b1), work=K * 8)
+    return out, d1, d2
+
+
+def _loss_onepass(b1, b2, kind, fmt, eps, mean, need1, need2, backend):
+    K = b1.shape[0]
+    scale = (1.0 / K if K else 0.0) if mean else 1.0
+    out, d1, d2 = run_aligned(b1, b2, kind, fmt, True, eps, 1.0, -1.0, -scale, _acc(b1), need1, need2, backend)
+    return out.sum() * scale, d1, d2
+
+
+# ---------------------------------------------------------------- C++ / CUDA ops
+
+
+@torch.library.custom_op("segfast::box_pairwise", mutates_args=())
+def box_pairwise_op(b1: Tensor, b2: Tensor, kind: int, fmt: int, eps: float, backend: str) -> Tensor:
+    """IoU variant ``kind`` of every pair: [B, N, 4] x [B, M, 4] -> [B, N, M]."""
+    return run_pairwise(b1, b2, kind, fmt, eps, backend)
+
+
+@torch.library.custom_op("segfast::box_pairwise_grad", mutates_args=())
+def box_pairwise_grad_op(b1: Tensor, b2: Tensor, go: Tensor, kind: int, fmt: int, eps: float, need1: bool,
+                         need2: bool, backend: str) -> tuple[Tensor, Tensor]:
+    """(d sum(go * pairwise) / d b1 [B, N, 4], ... / d b2 [B, M, 4]); empty when not needed."""
+    return run_pairwise_grad(b1, b2, go, kind, fmt, eps, need1, need2, backend)
+
+
+@torch.library.custom_op("segfast::box_aligned", mutates_args=())
+def box_aligned_op(b1: Tensor, b2: Tensor, kind: int, fmt: int, loss: bool, eps: float, offset: float,
+                   sign: float, need1: bool, need2: bool, backend: str) -> tuple[Tensor, Tensor, Tensor]:
+    """One pass: (offset + sign * value [K], d out / d b1 [K, 4], d out / d b2 [K, 4])."""
+    out_dtype = _acc(b1) if loss else b1.dtype
+    return run_aligned(b1, b2, kind, fmt, loss, eps, offset, sign, sign, out_dtype, need1, need2, backend)
+
+
+@torch.library.custom_op("segfast::box_loss", mutates_args=())
+def box_loss_op(b1: Tensor, b2: Tensor, kind: int, fmt: int, eps: float, mean: bool, need1: bool, need2: bool,
+                backend: str) -> tuple[Tensor, Tensor, Tensor]:
+    """One pass: (mean or sum of 1 - value, its gradients for b1 and b2)."""
+    return _loss_onepass(b1, b2, kind, fmt, eps, mean, need1, need2, backend)
+
+
+def _fake_grads(b1, b2, need1, need2):
+    d1 = torch.empty_like(b1, memory_format=torch.contiguous_format) if need1 else b1.new_empty(0)
+    d2 = torch.empty_like(b2, memory_format=torch.contiguous_format) if need2 else b2.new_empty(0)
+    return d1, d2
+
+
+@box_pairwise_op.register_fake
+def _(b1, b2, kind, fmt, eps, *rest):
+    return b1.new_empty((b1.shape[0], b1.shape[1], b2.shape[1]))
+
+
+@box_pairwise_grad_op.register_fake
+def _(b1, b2, go, kind, fmt, eps, need1, need2, *rest):
+    return _fake_grads(b1, b2, need1, need2)
+
+
+@box_aligned_op.register_fake
+def _(b1, b2, kind, fmt, loss, eps, offset, sign, need1, need2, *rest):
+    return (b1.new_empty((b1.shape[0],), dtype=_acc(b1) if loss else b1.dtype),) + _fake_grads(b1, b2, need1, need2)
+
+
+@box_loss_op.register_fake
+def _(b1, b2, kind, fmt, eps, mean, need1, need2, *rest):
+    return (b1.new_empty((), dtype=_acc(b1)),) + _fake_grads(b1, b2, need1, need2)
+
+
+# ---------------------------------------------------------------- autograd
+
+
+def _setup_pairwise(ctx, inputs, output):
+    b1, b2, kind, fmt, eps, *backend = inputs
+    ctx.save_for_backward(b1, b2)
+    ctx.args = (kind, fmt, eps)
+    ctx.backend = backend
+
+
+def _backward_pairwise(ctx, go):
+    b1, b2 = ctx.saved_tensors
+    n1, n2 = ctx.needs_input_grad[:2]
+    if ctx.backend:
+        d1, d2 = box_pairwise_grad_op(b1, b2, go, *ctx.args, n1, n2, *ctx.backend)
+    else:
+        d1, d2 = box_pairwise_grad_triton_op(b1, b2, go, *ctx.args, n1, n2)
+    return (d1 if n1 else None, d2 if n2 else None) + (None,) * (3 + len(ctx.backend))
+
+
+def _setup_onepass(ctx, inputs, output):
+    _, d1, d2 = output
+    ctx.mark_non_differentiable(d1, d2)
+    ctx.set_materialize_grads(False)
+    ctx.save_for_backward(d1, d2)
+    ctx.n_rest = len(inputs) - 2
+
+
+def _scale(d: Tensor, go: Tensor) -> Tensor:
+    if go.dim() == 0:
+        # eager on CPU, grad_output 1 (loss.backward()) leaves the gradient as it is
+        if type(go) is torch.Tensor and go.device.type == "cpu" and float(go) == 1.0:
+            return d
+        return d * go.to(d.dtype)
+    return d * go.to(d.dtype)[:, None]
+
+
+def _backward_onepass(ctx, go, _g1, _g2):
+    d1, d2 = ctx.saved_tensors
+    if go is None:
+        return (None,) * (ctx.n_rest + 2)
+    n1, n2 = ctx.needs_input_grad[:2]
+    return (_scale(d1, go) if n1 else None, _scale(d2, go) if n2 else None) + (None,) * ctx.n_rest
+
+
+box_pairwise_op.register_autograd(_backward_pairwise, setup_context=_setup_pairwise)
+box_aligned_op.register_autograd(_backward_onepass, setup_context=_setup_onepass)
+box_loss_op.register_autograd(_backward_onepass, setup_context=_setup_onepass)
+
+
+# ---------------------------------------------------------------- Triton ops
+
+if importlib.util.find_spec("triton") is not None:
+
+    @torch.library.triton_op("segfast::box_pairwise_triton", mutates_args=())
+    def box_pairwise_triton_op(b1: Tensor, b2: Tensor, kind: int, fmt: int, eps: float) -> Tensor:
+        return run_pairwise(b1, b2, kind, fmt, eps, "triton")
+
+    @torch.library.triton_op("segfast::box_pairwise_grad_triton", mutates_args=())
+    def box_pairwise_grad_triton_op(b1: Tensor, b2: Tensor, go: Tensor, kind: int, fmt: int, eps: float,
+                                    need1: bool, need2: bool) -> tuple[Tensor, Tensor]:
+        return run_pairwise_grad(b1, b2, go, kind, fmt, eps, need1, need2, "triton")
+
+    @torch.library.triton_op("segfast::box_aligned_triton", mutates_args=())
+    def box_aligned_triton_op(b1: Tensor, b2: Tensor, kind: int, fmt: int, loss: bool, eps: float, offset: float,
+                              sign: float, need1: bool, need2: bool) -> tuple[Tensor, Tensor, Tensor]:
+        out_dtype = _acc(b1) if loss else b1.dtype
+        return run_aligned(b1, b2, kind, fmt, loss, eps, offset, sign, sign, out_dtype, need1, need2, "triton")
+
+    @torch.library.triton_op("segfast::box_loss_triton", mutates_args=())
+    def box_loss_triton_op(b1: Tensor, b2: Tensor, kind: int, fmt: int, eps: float, mean: bool, need1: bool,
+                           need2: bool) -> tuple[Tensor, Tensor, Tensor]:
+        return _loss_onepass(b1, b2, kind, fmt, eps, mean, need1, need2, "triton")
+
+    box_pairwise_triton_op.register_autograd(_backward_pairwise, setup_context=_setup_pairwise)
+    box_aligned_triton_op.register_autograd(_backward_onepass, setup_context=_setup_onepass)
+    box_loss_triton_op.register_autograd(_backward_onepass, setup_context=_setup_onepass)
+
+
+# ---------------------------------------------------------------- dispatch
+
+
+def _kind(kind) -> int:
+    return KINDS[kind] if isinstance(kind, str) else int(kind)
+
+
+def pairwise(boxes1: Tensor, boxes2: Tensor, kind="iou", *, fmt: str = "xyxy", eps: float = EPS,
+             backend: Optional[str] = None, what: str = "box_iou") -> Tensor:
+    b1, b2 = check_pair(boxes1, boxes2, fmt, aligned=False, what=what)
+    backend = backends.choose(backend, b1.device)
+    k = _kind(kind)
+    if backend == "torch":
+        return ref.pairwise(b1, b2, k, fmt, eps)
+    batch, N, M = b1.shape[:-2], b1.shape[-2], b2.shape[-2]
+    B = math.prod(batch)
+    x1, x2 = b1.reshape(B, N, 4), b2.reshape(B, M, 4)
+    if backend == "triton":
+        out = box_pairwise_triton_op(x1, x2, k, FMTS[fmt], float(eps))
+    else:
+        out = box_pairwise_op(x1, x2, k, FMTS[fmt], float(eps), backend)
+    return out.view(*batch, N, M)
+
+
+def _need(b1: Tensor, b2: Tensor):
+    g = torch.is_grad_enabled()
+    return g and b1.requires_grad, g and b2.requires_grad
+
+
+def aligned(boxes1: Tensor, boxes2: Tensor, kind="iou", *, fmt: str = "xyxy", eps: float = EPS,
+            backend: Optional[str] = None, what: str = "box_iou_aligned") -> Tensor:
+    b1, b2 = check_pair(boxes1, boxes2, fmt, aligned=True, what=what)
+    backend = backends.choose(backend, b1.device)
+    k = _kind(kind)
+    if backend == "torch":
+        return ref.aligned(b1, b2, k, fmt, eps)
+    batch = b1.shape[:-1]
+    x1, x2 = b1.reshape(-1, 4), b2.reshape(-1, 4)
+    n1, n2 = _need(x1, x2)
+    if backend == "triton":
+        out = box_aligned_triton_op(x1, x2, k, FMTS[fmt], False, float(eps), 0.0, 1.0, n1, n2)[0]
+    else:
+        out = box_aligned_op(x1, x2, k, FMTS[fmt], False, float(eps), 0.0, 1.0, n1, n2, backend)[0]
+    return out.view(batch)
+
+
+def box_loss(boxes1: Tensor, boxes2: Tensor, kind="iou", *, reduction: str = "none", fmt: str = "xyxy",
+             eps: float = EPS, backend: Optional[str] = None, what: str = "box loss") -> Tensor:
+    """1 - (IoU variant) of aligned pairs, torchvision's loss semantics; float32 (float64) result."""
+    if reduction not in ("none", "mean", "sum"):
+        raise ValueError(f"{what}: reduction must be 'none', 'mean' or 'sum', got {reduction!r}")
+    b1, b2 = check_pair(boxes1, boxes2, fmt, aligned=True, what=what)
+    backend = backends.choose(backend, b1.device)
+    k = _kind(kind)
+    if backend == "torch":
+        out = ref.box_loss(b1, b2, k, reduction, fmt, eps)
+        return out if reduction == "none" else check_finite_loss(out, what)
+    batch = b1.shape[:-1]
+    x1, x2 = b1.reshape(-1, 4), b2.reshape(-1, 4)
+    n1, n2 = _need(x1, x2)
+    f = FMTS[fmt]
+    if reduction == "none":
+        if backend == "triton":
+            out = box_aligned_triton_op(x1, x2, k, f, True, float(eps), 1.0, -1.0, n1, n2)[0]
+        else:
+            out = box_aligned_op(x1, x2, k, f, True, float(eps), 1.0, -1.0, n1, n2, backend)[0]
+        return out.view(batch)
+    mean = reduction == "mean"
+    if backend == "triton":
+        return check_finite_loss(box_loss_triton_op(x1, x2, k, f, float(eps), mean, n1, n2)[0], what)
+    return check_finite_loss(box_loss_op(x1, x2, k, f, float(eps), mean, n1, n2, backend)[0], what)
+
+
+# ---------------------------------------------------------------- public API (re-exported by segfast)
+_DOC = """{title} of every pair of boxes1 [..., N, 4] and boxes2 [..., M, 4] -> [..., N, M]
+    (any number of equal leading batch dims), torchvision's {tv} semantics{extra}.
+
+    fmt: "xyxy" | "xywh" | "cxcywh". float32/float16/bfloat16/float64 (two dtypes are
+    promoted to one); computed in float32 (float64), returned in the boxes' dtype,
+    differentiable for both box sets. Degenerate boxes give finite values where
+    torchvision divides 0 by 0: IoU is 0 where the union is <= 0, GIoU's enclosing
+    term is 0 where the enclosing area is <= 0, CIoU's atan(w/h) is ±pi/2 for h = 0
+    and 0 for a 0 x 0 box (segfast/reference/boxes.py). Non-finite coordinates are
+    not checked: they give NaN in their own box's row or column only. Empty sets give
+    empty results. The ``*_aligned`` forms pair boxes1[..., i] with boxes2[..., i]."""
+
+
+def box_iou(boxes1: Tensor, boxes2: Tensor, *, fmt: str = "xyxy", backend: Optional[str] = None) -> Tensor:
+    return pairwise(boxes1, boxes2, "iou", fmt=fmt, backend=backend, what="box_iou")
+
+
+def generalized_box_iou(boxes1: Tensor, boxes2: Tensor, *, fmt: str = "xyxy",
+                        backend: Optional[str] = None) -> Tensor:
+    return pairwise(boxes1, boxes2, "giou", fmt=fmt, backend=backend, what="generalized_box_iou")
+
+
+def distance_box_iou(boxes1: Tensor, boxes2: Tensor, *, fmt: str = "xyxy", eps: float = EPS,
+                     backend: Optional[str] = None) -> Tensor:
+    return pairwise(boxes1, boxes2, "diou", fmt=fmt, eps=eps, backend=backend, what="distance_box_iou")
+
+
+def complete_box_iou(boxes1: Tensor, boxes2: Tensor, *, fmt: str = "xyxy", eps: float = EPS,
+                     backend: Optional[str] = None) -> Tensor:
+    return pairwise(boxes1, boxes2, "ciou", fmt=fmt, eps=eps, backend=backend, what="complete_box_iou")
+
+
+def box_iou_aligned(boxes1: Tensor, boxes2: Tensor, *, fmt: str = "xyxy", backend: Optional[str] = None) -> Tensor:
+    return aligned(boxes1, boxes2, "iou", fmt=fmt, backend=backend, what="box_iou_aligned")
+
+
+def generalized_box_iou_aligned(boxes1: Tensor, boxes2: Tensor, *, fmt: str = "xyxy",
+                                backend: Optional[str] = None) -> Tensor:
+    return aligned(boxes1, boxes2, "giou", fmt=fmt, backend=backend, what="generalized_box_iou_aligned")
+
+
+def distance_box_iou_aligned(boxes1: Tensor, boxes2: Tensor, *, fmt: str = "xyxy", eps: float = EPS,
+                             backend: Optional[str] = None) -> Tensor:
+    return aligned(boxes1, boxes2, "diou", fmt=fmt, eps=eps, backend=backend, what="distance_box_iou_aligned")
+
+
+def complete_box_iou_aligned(boxes1: Tensor, boxes2: Tensor, *, fmt: str = "xyxy", eps: float = EPS,
+                             backend: Optional[str] = None) -> Tensor:
+    return aligned(boxes1, boxes2, "ciou", fmt=fmt, eps=eps, backend=backend, what="complete_box_iou_aligned")
+
+
+for _f, _t, _tv, _x in (
+        (box_iou, "IoU", "box_iou", ""), (generalized_box_iou, "Generalized IoU", "generalized_box_iou",
+                                          ": IoU - (area_c - union) / area_c"),
+        (distance_box_iou, "Distance IoU", "distance_box_iou", ": IoU - rho^2 / (c^2 + eps)"),
+        (complete_box_iou, "Complete IoU", "complete_box_iou",
+         ": DIoU - alpha v, v = 4/pi^2 (atan(w_gt/h_gt) - atan(w/h))^2, alpha = v / (1 - IoU + v + eps) "
+         "a constant in the backward")):
+    _f.__doc__ = _DOC.format(title=_t, tv=_tv, extra=_x)
+for _f in (box_iou_aligned, generalized_box_iou_aligned, distance_box_iou_aligned, complete_box_iou_aligned):
+    _f.__doc__ = "Aligned (element-wise) form: boxes1, boxes2 [..., N, 4] -> [..., N]. " + _DOC.format(
+        title="The IoU variant", tv="pairwise", extra="")
+
+_LOSS_DOC = """{name} of aligned pairs boxes1, boxes2 [..., 4] (predictions, targets), torchvision's
+    ``{tv}`` semantics with eps={eps} (IoU = inter / (union + eps){extra}), also for fmt="xywh" |
+    "cxcywh". reduction "none" ([...]) | "mean" (0 for an empty input) | "sum"; the result is
+    float32 (float64 for float64 boxes). One pass computes the loss and its gradient (both box
+    sets). A pair with a non-finite coordinate gives NaN; with "mean" / "sum" that raises
+    ValueError (checked on the reduced loss after the kernel, not under torch.compile). CIoU's
+    atan(w/h) is finite for h = 0 (see box_iou)."""
+
+
+def iou_loss(boxes1: Tensor, boxes2: Tensor, *, reduction: str = "none", fmt: str = "xyxy", eps: float = EPS,
+             backend: Optional[str] = None) -> Tensor:
+    return box_loss(boxes1, boxes2, "iou", reduction=reduction, fmt=fmt, eps=eps, backend=backend, what="iou_loss")
+
+
+def giou_loss(boxes1: Tensor, boxes2: Tensor, *, reduction: str = "none", fmt: str = "xyxy", eps: float = EPS,
+              backend: Optional[str] = None) -> Tensor:
+    return box_loss(boxes1, boxes2, "giou", reduction=reduction, fmt=fmt, eps=eps, backend=backend,
+                    what="giou_loss")
+
+
+def diou_loss(boxes1: Tensor, boxes2: Tensor, *, reduction: str = "none", fmt: str = "xyxy", eps: float = EPS,
+              backend: Optional[str] = None) -> Tensor:
+    return box_loss(boxes1, boxes2, "diou", reduction=reduction, fmt=fmt, eps=eps, backend=backend,
+                    what="diou_loss")
+
+
+def ciou_loss(boxes1: Tensor, boxes2: Tensor, *, reduction: str = "none", fmt: str = "xyxy", eps: float = EPS,
+              backend: Optional[str] = None) -> Tensor:
+    return box_loss(boxes1, boxes2, "ciou", reduction=reduction, fmt=fmt, eps=eps, backend=backend,
+                    what="ciou_loss")
+
+
+iou_loss.__doc__ = _LOSS_DOC.format(name="1 - IoU", tv="1 - inter/(union + eps)", eps=EPS, extra="")
+giou_loss.__doc__ = _LOSS_DOC.format(name="1 - GIoU", tv="generalized_box_iou_loss", eps=EPS,
+                                     extra=", enclosing term (area_c - union) / (area_c + eps)")
+diou_loss.__doc__ = _LOSS_DOC.format(name="1 - DIoU", tv="distance_box_iou_loss", eps=EPS,
+                                     extra=", rho^2 / (c^2 + eps)")
+ciou_loss.__doc__ = _LOSS_DOC.format(name="1 - CIoU", tv="complete_box_iou_loss", eps=EPS,
+                                     extra=", rho^2 / (c^2 + eps), alpha = v / (1 - IoU + v + eps)")

@@ -1,0 +1,349 @@
+"""Triton kernels of the boxes family (IoU / GIoU / DIoU / CIoU, pairwise and
+aligned). Installed as ``segfast.triton_kernels.boxes``; imports cleanly without
+a GPU. Same math and ABI as the C++ / CUDA kernels (csrc/common/boxes.h,
+semantics in segfast/reference/boxes.py); computed in fp32.
+
+* ``launch_pairwise``: program (b, n-block, m-block) writes a [BLOCK_N, BLOCK_M]
+  tile of out [B, N, M].
+* ``launch_pairwise_grad``: d1 [B, N, 4]: program (b, n-block) loops over the
+  m-blocks and sums its tile's gradients over m; d2 likewise over n. One writer
+  per output row: no atomics, deterministic.
+* ``launch_aligned``: program per block of pairs writes out = offset + sign *
+  value and gscale * d value / d box for both sets (one pass).
+
+atan is Cephes' float atanf (range reduction + a degree-9 odd polynomial, ~1e-7
+relative): libdevice's is not available in the interpreter. GPU tuning (block
+sizes, warps) is left to do: verified in the Triton interpreter only.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from ._common import wrap
+
+BLOCK_N, BLOCK_M = 32, 64
+BLOCK_K = 256
+PI = 3.141592653589793
+
+
+@triton.jit
+def _atan(x):
+    """atan(x) in fp32 (Cephes atanf)."""
+    ax = tl.abs(x)
+    big = ax > 2.414213562373095
+    mid = (ax > 0.4142135623730950) & (ax <= 2.414213562373095)
+    base = tl.where(big, PI / 2, tl.where(mid, PI / 4, 0.0))
+    r = tl.where(big, -1.0 / tl.where(big, ax, 1.0), tl.where(mid, (ax - 1.0) / (ax + 1.0), ax))
+    z = r * r
+    p = (((8.05374449538e-2 * z - 1.38776856032e-1) * z + 1.99777106478e-1) * z - 3.33329491539e-1) * z * r + r
+    y = base + p
+    return tl.where(x < 0, -y, y)
+
+
+@triton.jit
+def _atan_ratio(w, h):
+    """atan(w / h), pi/2·sign(w) for h = 0 (0 for w = h = 0)."""
+    nz = h != 0.0
+    lim = tl.where(w > 0.0, PI / 2, tl.where(w < 0.0, -PI / 2, 0.0))
+    return tl.where(nz, _atan(w / tl.where(nz, h, 1.0)), lim)
+
+
+@triton.jit
+def _tie_lt(a, b):
+    """Weight of a in d min(a, b): 1 if a < b, 0.5 on a tie, 0 otherwise."""
+    return tl.where(a < b, 1.0, tl.where(a == b, 0.5, 0.0))
+
+
+@triton.jit
+def _load_box(ptr, off, s4, mask, FMT: tl.constexpr):
+    a = tl.load(ptr + off, mask=mask, other=0).to(tl.float32)
+    b = tl.load(ptr + off + s4, mask=mask, other=0).to(tl.float32)
+    c = tl.load(ptr + off + 2 * s4, mask=mask, other=0).to(tl.float32)
+    d = tl.load(ptr + off + 3 * s4, mask=mask, other=0).to(tl.float32)
+    if FMT == 1:  # xywh
+        return a, b, a + c, b + d
+    elif FMT == 2:  # cxcywh
+        return a - c * 0.5, b - d * 0.5, a + c * 0.5, b + d * 0.5
+    else:
+        return a, b, c, d
+
+
+@triton.jit
+def _grad_fmt(d0, d1, d2, d3, FMT: tl.constexpr):
+    """A gradient with respect to xyxy -> with respect to the box's own format."""
+    if FMT == 1:
+        return d0 + d2, d1 + d3, d2, d3
+    elif FMT == 2:
+        return d0 + d2, d1 + d3, 0.5 * (d2 - d0), 0.5 * (d3 - d1)
+    else:
+        return d0, d1, d2, d3
+
+
+@triton.jit
+def _pair(px1, py1, px2, py2, gx1, gy1, gx2, gy2, eps, gout,
+          KIND: tl.constexpr, LOSS: tl.constexpr, GRAD: tl.constexpr):
+    """-> (value, d value/d p (4), d value/d g (4)) times gout; the gradients are 0 without GRAD.
+    NaN for a pair with a non-finite coordinate."""
+    allc = px1 + py1 + px2 + py2 + gx1 + gy1 + gx2 + gy2
+    nonfin = allc - allc  # 0, or NaN for a NaN / inf coordinate
+    wp = px2 - px1
+    hp = py2 - py1
+    wg = gx2 - gx1
+    hg = gy2 - gy1
+    iw = tl.minimum(px2, gx2) - tl.maximum(px1, gx1)
+    ih = tl.minimum(py2, gy2) - tl.maximum(py1, gy1)
+    pos = (iw > 0.0) & (ih > 0.0)
+    inter = tl.where(pos, iw * ih, 0.0)
+    uni = wp * hp + wg * hg - inter
+    if LOSS:
+        ud = uni + eps
+    else:
+        ud = uni
+    okd = ud > 0.0
+    uds = tl.where(okd, ud, 1.0)
+    iou = tl.where(okd, inter / uds, 0.0)
+    val = iou
+    zero = iou * 0.0
+    g_inter = tl.where(okd, gout / uds, 0.0)
+    g_uni = tl.where(okd, -gout * inter / (uds * uds), 0.0)
+    g_cw = zero
+    g_ch = zero
+    g_dx = zero
+    g_dy = zero
+    g_wp = zero
+    g_hp = zero
+    g_wg = zero
+    g_hg = zero
+    cw_pass = iou == iou
+    ch_pass = cw_pass
+    if KIND != 0:
+        cw = tl.maximum(px2, gx2) - tl.minimum(px1, gx1)
+        ch = tl.maximum(py2, gy2) - tl.minimum(py1, gy1)
+        if not LOSS:
+            cw_pass = cw >= 0.0
+            ch_pass = ch >= 0.0
+            cw = tl.where(cw_pass, cw, 0.0)
+            ch = tl.where(ch_pass, ch, 0.0)
+        if KIND == 1:
+            ac = cw * ch
+            if LOSS:
+                acd = ac + eps
+            else:
+                acd = ac
+            oka = acd > 0.0
+            acs = tl.where(oka, acd, 1.0)
+            val = val - tl.where(oka, (ac - uni) / acs, 0.0)
+            g_ac = tl.where(oka, -gout * (acd - ac + uni) / (acs * acs), 0.0)
+            g_uni += tl.where(oka, gout / acs, 0.0)
+            g_cw = g_ac * ch
+            g_ch = g_ac * cw
+        else:
+            diag = cw * cw + ch * ch + eps
+            dx = (px1 + px2 - gx1 - gx2) * 0.5
+            dy = (py1 + py2 - gy1 - gy2) * 0.5
+            rho2 = dx * dx + dy * dy
+            okg = diag > 0.0
+            dgs = tl.where(okg, diag, 1.0)
+            val = val - tl.where(okg, rho2 / dgs, 0.0)
+            g_diag = tl.where(okg, gout * rho2 / (dgs * dgs), 0.0)
+            g_cw = g_diag * 2.0 * cw
+            g_ch = g_diag * 2.0 * ch
+            g_dx = tl.where(okg, -gout * 2.0 * dx / dgs, 0.0)
+            g_dy = tl.where(okg, -gout * 2.0 * dy / dgs, 0.0)
+            if KIND == 3:
+                k = 4.0 / (PI * PI)
+                delta = _atan_ratio(wg, hg) - _atan_ratio(wp, hp)
+                v = k * delta * delta
+                ad = 1.0 - iou + v + eps
+                alpha = tl.where(ad > 0.0, v / tl.where(ad > 0.0, ad, 1.0), 0.0)
+                val = val - alpha * v
+                g_delta = -gout * alpha * 2.0 * k * delta
+                rg = wg * wg + hg * hg
+                rp = wp * wp + hp * hp
+                rgs = tl.where(rg > 0.0, rg, 1.0)
+                rps = tl.where(rp > 0.0, rp, 1.0)
+                g_wg = tl.where(rg > 0.0, g_delta * hg / rgs, 0.0)
+                g_hg = tl.where(rg > 0.0, -g_delta * wg / rgs, 0.0)
+                g_wp = tl.where(rp > 0.0, -g_delta * hp / rps, 0.0)
+                g_hp = tl.where(rp > 0.0, g_delta * wp / rps, 0.0)
+    if GRAD:
+        g_inter -= g_uni
+        g_wp += g_uni * hp
+        g_hp += g_uni * wp
+        g_wg += g_uni * hg
+        g_hg += g_uni * wg
+        g_iw = tl.where(pos, g_inter * ih, 0.0)
+        g_ih = tl.where(pos, g_inter * iw, 0.0)
+        gcw = tl.where(cw_pass, g_cw, 0.0)
+        gch = tl.where(ch_pass, g_ch, 0.0)
+        s_x2 = _tie_lt(px2, gx2)
+        s_x1 = _tie_lt(gx1, px1)
+        s_y2 = _tie_lt(py2, gy2)
+        s_y1 = _tie_lt(gy1, py1)
+        c_x2 = _tie_lt(gx2, px2)
+        c_x1 = _tie_lt(px1, gx1)
+        c_y2 = _tie_lt(gy2, py2)
+        c_y1 = _tie_lt(py1, gy1)
+        dp0 = -g_iw * s_x1 - gcw * c_x1 + 0.5 * g_dx - g_wp
+        dp2 = g_iw * s_x2 + gcw * c_x2 + 0.5 * g_dx + g_wp
+        dp1 = -g_ih * s_y1 - gch * c_y1 + 0.5 * g_dy - g_hp
+        dp3 = g_ih * s_y2 + gch * c_y2 + 0.5 * g_dy + g_hp
+        dg0 = -g_iw * (1.0 - s_x1) - gcw * (1.0 - c_x1) - 0.5 * g_dx - g_wg
+        dg2 = g_iw * (1.0 - s_x2) + gcw * (1.0 - c_x2) - 0.5 * g_dx + g_wg
+        dg1 = -g_ih * (1.0 - s_y1) - gch * (1.0 - c_y1) - 0.5 * g_dy - g_hg
+        dg3 = g_ih * (1.0 - s_y2) + gch * (1.0 - c_y2) - 0.5 * g_dy + g_hg
+    else:
+        dp0 = zero
+        dp1 = zero
+        dp2 = zero
+        dp3 = zero
+        dg0 = zero
+        dg1 = zero
+        dg2 = zero
+        dg3 = zero
+    val = tl.where(nonfin == 0.0, val, nonfin)
+    return val, dp0, dp1, dp2, dp3, dg0, dg1, dg2, dg3
+
+
+# --------------------------------------------------------------------------
+# kernels
+# --------------------------------------------------------------------------
+
+
+@triton.jit
+def _pairwise_kernel(p1, sB1, sK1, s41, p2, sB2, sK2, s42, out, N, M, eps,
+                     KIND: tl.constexpr, FMT: tl.constexpr, BN: tl.constexpr, BM: tl.constexpr):
+    b = tl.program_id(0).to(tl.int64)
+    n = tl.program_id(1).to(tl.int64) * BN + tl.arange(0, BN).to(tl.int64)
+    m = tl.program_id(2).to(tl.int64) * BM + tl.arange(0, BM).to(tl.int64)
+    nm, mm = n < N, m < M
+    px1, py1, px2, py2 = _load_box(p1, b * sB1 + n * sK1, s41, nm, FMT)
+    gx1, gy1, gx2, gy2 = _load_box(p2, b * sB2 + m * sK2, s42, mm, FMT)
+    val = _pair(px1[:, None], py1[:, None], px2[:, None], py2[:, None], gx1[None, :], gy1[None, :],
+                gx2[None, :], gy2[None, :], eps, 0.0, KIND, False, False)[0]
+    ptr = out + (b * N + n[:, None]) * M + m[None, :]
+    tl.store(ptr, val.to(out.dtype.element_ty), mask=nm[:, None] & mm[None, :])
+
+
+@triton.jit
+def _pairwise_grad_kernel(p1, sB1, sK1, s41, p2, sB2, sK2, s42, go, d, N, M, eps,
+                          KIND: tl.constexpr, FMT: tl.constexpr, FIRST: tl.constexpr,
+                          BR: tl.constexpr, BL: tl.constexpr):
+    """d [B, K, 4] for the own set (FIRST: boxes1, rows n; else boxes2, rows m)."""
+    b = tl.program_id(0).to(tl.int64)
+    r = tl.program_id(1).to(tl.int64) * BR + tl.arange(0, BR).to(tl.int64)
+    if FIRST:
+        K = N
+        L = M
+    else:
+        K = M
+        L = N
+    rm = r < K
+    if FIRST:
+        qx1, qy1, qx2, qy2 = _load_box(p1, b * sB1 + r * sK1, s41, rm, FMT)
+    else:
+        qx1, qy1, qx2, qy2 = _load_box(p2, b * sB2 + r * sK2, s42, rm, FMT)
+    a0 = tl.zeros([BR], dtype=tl.float32)
+    a1 = tl.zeros([BR], dtype=tl.float32)
+    a2 = tl.zeros([BR], dtype=tl.float32)
+    a3 = tl.zeros([BR], dtype=tl.float32)
+    for l0 in range(0, L, BL):
+        lidx = l0 + tl.arange(0, BL).to(tl.int64)
+        lm = lidx < L
+        mask = rm[:, None] & lm[None, :]
+        if FIRST:
+            ox1, oy1, ox2, oy2 = _load_box(p2, b * sB2 + lidx * sK2, s42, lm, FMT)
+            g = tl.load(go + (b * N + r[:, None]) * M + lidx[None, :], mask=mask, other=0.0)
+            res = _pair(qx1[:, None], qy1[:, None], qx2[:, None], qy2[:, None], ox1[None, :], oy1[None, :],
+                        ox2[None, :], oy2[None, :], eps, g, KIND, False, True)
+            a0 += tl.sum(res[1], axis=1)
+            a1 += tl.sum(res[2], axis=1)
+            a2 += tl.sum(res[3], axis=1)
+            a3 += tl.sum(res[4], axis=1)
+        else:
+            ox1, oy1, ox2, oy2 = _load_box(p1, b * sB1 + lidx * sK1, s41, lm, FMT)
+            g = tl.load(go + (b * N + lidx[None, :]) * M + r[:, None], mask=mask, other=0.0)
+            res = _pair(ox1[None, :], oy1[None, :], ox2[None, :], oy2[None, :], qx1[:, None], qy1[:, None],
+                        qx2[:, None], qy2[:, None], eps, g, KIND, False, True)
+            a0 += tl.sum(res[5], axis=1)
+            a1 += tl.sum(res[6], axis=1)
+            a2 += tl.sum(res[7], axis=1)
+            a3 += tl.sum(res[8], axis=1)
+    a0, a1, a2, a3 = _grad_fmt(a0, a1, a2, a3, FMT)
+    base = d + (b * K + r) * 4
+    ty = d.dtype.element_ty
+    tl.store(base, a0.to(ty), mask=rm)
+    tl.store(base + 1, a1.to(ty), mask=rm)
+    tl.store(base + 2, a2.to(ty), mask=rm)
+    tl.store(base + 3, a3.to(ty), mask=rm)
+
+
+@triton.jit
+def _aligned_kernel(p1, sK1, s41, p2, sK2, s42, out, d1, d2, K, eps, offset, sign, gscale,
+                    KIND: tl.constexpr, FMT: tl.constexpr, LOSS: tl.constexpr, HAS_D1: tl.constexpr,
+                    HAS_D2: tl.constexpr, BK: tl.constexpr):
+    i = tl.program_id(0).to(tl.int64) * BK + tl.arange(0, BK).to(tl.int64)
+    msk = i < K
+    px1, py1, px2, py2 = _load_box(p1, i * sK1, s41, msk, FMT)
+    gx1, gy1, gx2, gy2 = _load_box(p2, i * sK2, s42, msk, FMT)
+    v, dp0, dp1, dp2, dp3, dg0, dg1, dg2, dg3 = _pair(px1, py1, px2, py2, gx1, gy1, gx2, gy2, eps, gscale,
+                                                      KIND, LOSS, HAS_D1 or HAS_D2)
+    tl.store(out + i, (offset + sign * v).to(out.dtype.element_ty), mask=msk)
+    if HAS_D1:
+        dp0, dp1, dp2, dp3 = _grad_fmt(dp0, dp1, dp2, dp3, FMT)
+        ty = d1.dtype.element_ty
+        tl.store(d1 + 4 * i, dp0.to(ty), mask=msk)
+        tl.store(d1 + 4 * i + 1, dp1.to(ty), mask=msk)
+        tl.store(d1 + 4 * i + 2, dp2.to(ty), mask=msk)
+        tl.store(d1 + 4 * i + 3, dp3.to(ty), mask=msk)
+    if HAS_D2:
+        dg0, dg1, dg2, dg3 = _grad_fmt(dg0, dg1, dg2, dg3, FMT)
+        ty = d2.dtype.element_ty
+        tl.store(d2 + 4 * i, dg0.to(ty), mask=msk)
+        tl.store(d2 + 4 * i + 1, dg1.to(ty), mask=msk)
+        tl.store(d2 + 4 * i + 2, dg2.to(ty), mask=msk)
+        tl.store(d2 + 4 * i + 3, dg3.to(ty), mask=msk)
+
+
+# --------------------------------------------------------------------------
+# launchers (tensors validated by segfast/ops/boxes.py)
+# --------------------------------------------------------------------------
+
+
+def launch_pairwise(b1, b2, out, kind: int, fmt: int, eps: float, *, block_n=BLOCK_N, block_m=BLOCK_M) -> None:
+    """out [B, N, M] (contiguous) = IoU variant of b1 [B, N, 4] x b2 [B, M, 4] (any strides)."""
+    B, N, M = out.shape
+    if out.numel() == 0:
+        return
+    grid = (B, triton.cdiv(N, block_n), triton.cdiv(M, block_m))
+    wrap(_pairwise_kernel)[grid](b1, *b1.stride(), b2, *b2.stride(), out, N, M, float(eps),
+                                 KIND=int(kind), FMT=int(fmt), BN=block_n, BM=block_m)
+
+
+def launch_pairwise_grad(b1, b2, go, d1, d2, kind: int, fmt: int, eps: float, *, block_r=BLOCK_N,
+                         block_l=BLOCK_M) -> None:
+    """d1 [B, N, 4], d2 [B, M, 4] (contiguous, or None to skip) from go [B, N, M] (fp32, contiguous)."""
+    B, N, M = go.shape
+    if B * N * M == 0:
+        return
+    for d, first, K in ((d1, True, N), (d2, False, M)):
+        if d is None:
+            continue
+        grid = (B, triton.cdiv(K, block_r))
+        wrap(_pairwise_grad_kernel)[grid](b1, *b1.stride(), b2, *b2.stride(), go, d, N, M, float(eps),
+                                          KIND=int(kind), FMT=int(fmt), FIRST=first, BR=block_r, BL=block_l)
+
+
+def launch_aligned(b1, b2, out, d1, d2, kind: int, fmt: int, loss: bool, eps: float, offset: float, sign: float,
+                   gscale: float, *, block_k=BLOCK_K) -> None:
+    """out [K] = offset + sign * value; d1, d2 [K, 4] (contiguous, or None) = gscale * d value / d box."""
+    K = b1.shape[0]
+    if K == 0:
+        return
+    grid = (triton.cdiv(K, block_k),)
+    wrap(_aligned_kernel)[grid](b1, *b1.stride(), b2, *b2.stride(), out, d1 if d1 is not None else out,
+                                d2 if d2 is not None else out, K, float(eps), float(offset), float(sign),
+                                float(gscale), KIND=int(kind), FMT=int(fmt), LOSS=bool(loss),
+                                HAS_D1=d1 is not None, HAS_D2=d2 is not None, BK=block_k)
