@@ -44,7 +44,9 @@ def test_cuda_entry_points_fail_cleanly_without_cuda():
     if _C.has_cuda():
         pytest.skip("CUDA kernels compiled in")
     with pytest.raises(RuntimeError, match="without CUDA"):
-        _C.region_stats_cuda(0, 0, 0, 0, 0, 0, 6, 1, 0, 0, 0, 1, 1, 1, 1, 2, 0, 0, 0.0, 0, 0)
+        _C.region_stats_cuda(x_ptr=0, x_dtype=0, xsN=0, xsC=0, xsS=0, t_ptr=0, t_dtype=6, t_is_label=1, tsN=0,
+                             tsC=0, tsS=0, N=1, C=1, S=1, P=1, act=2, xent=0, gamma=0.0, label_offset=0,
+                             has_ignore=0, ignore_value=0.0, out_ptr=0, stream=0)
 
 
 def test_triton_kernels_inside_package():
