@@ -69,13 +69,19 @@ def cuda_archs() -> list[str]:
 
 
 @functools.lru_cache(maxsize=None)
-def _triton_import_error() -> str | None:
+def _triton_import_error_cached() -> str | None:
     try:
         importlib.import_module("triton")
         importlib.import_module("segfast.triton_kernels")
     except Exception as e:  # ImportError, or a broken triton install
         return f"{type(e).__name__}: {e}"
     return None
+
+
+# A constant to torch.compile: it would otherwise stop the graph at the cache.
+@torch.compiler.assume_constant_result
+def _triton_import_error() -> str | None:
+    return _triton_import_error_cached()
 
 
 def triton_interpret() -> bool:
