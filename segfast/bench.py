@@ -239,9 +239,18 @@ def fwd_bwd(loss_fn, x, y):
 
 
 def time_fn(fn: Callable[[], None], device: torch.device, repeat: int = 10, warmup: int = 2,
-            min_time: float = 0.0) -> list[float]:
-    """Wall times in seconds of ``repeat`` calls (at least ``min_time`` in all)."""
-    for _ in range(warmup):
+            min_time: float = 0.0, budget: float = 4.0) -> list[float]:
+    """Wall times in seconds of ``repeat`` calls (at least ``min_time`` in all).
+    A call slower than ``budget / repeat`` (an eager baseline of seconds) gets
+    one warmup and as many timed calls as fit in ``budget`` (at least one), so
+    the whole comparison stays within minutes."""
+    t0 = time.perf_counter()
+    fn()
+    _sync(device)
+    first = time.perf_counter() - t0
+    if first * repeat > budget:
+        warmup, repeat = 1, max(1, int(budget / first))
+    for _ in range(warmup - 1):
         fn()
     _sync(device)
     times = []
