@@ -35,11 +35,11 @@ def load_smp_losses():
     import sys
     import types
 
+    if "segmentation_models_pytorch.losses" in sys.modules:  # before find_spec: our stand-in package has no spec
+        return sys.modules["segmentation_models_pytorch.losses"]
     spec = importlib.util.find_spec("segmentation_models_pytorch")
     if spec is None or not spec.submodule_search_locations:
         return None
-    if "segmentation_models_pytorch.losses" in sys.modules:
-        return sys.modules["segmentation_models_pytorch.losses"]
     pkg = types.ModuleType("segmentation_models_pytorch")
     pkg.__path__ = list(spec.submodule_search_locations)
     sys.modules.setdefault("segmentation_models_pytorch", pkg)
