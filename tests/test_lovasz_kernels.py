@@ -153,6 +153,12 @@ def test_opcheck():
     if "cpu" in BACKENDS:
         torch.library.opcheck(ops.lovasz_sort_weights_op, (e, fg, v, "cpu"))
         torch.library.opcheck(ops.lovasz_sort_weights_op, (e4, f4.double(), None, "cpu"))
+        p = torch.softmax(torch.randn(2, 3, 11), 1)
+        lab = torch.randint(0, 4, (2, 11)).to(torch.int32)
+        for per_image in (True, False):
+            torch.library.opcheck(ops.lovasz_softmax_rows_op, (p, lab, torch.tensor([0, 2, 3]), 3.0, per_image))
+            torch.library.opcheck(ops.lovasz_softmax_rows_op, (p.double().transpose(0, 1).contiguous().transpose(0, 1),
+                                                               lab.long(), torch.arange(3), None, per_image))
     if "triton" in BACKENDS:  # fake-tensor tracing cannot run the kernel in the CPU interpreter
         utils = None if DEVICE == "cuda" else ("test_schema", "test_autograd_registration")
         torch.library.opcheck(ops.lovasz_sort_weights_triton_op, (e.to(DEVICE), fg.to(DEVICE), v.to(DEVICE)),

@@ -64,5 +64,29 @@ struct Rows {
   int w_dtype;
 };
 
+// The fused Lovász-softmax rows of the CPU kernel: probabilities p and class
+// labels instead of errors and fg. Segment (r1, r2) is class cls[r2] (of the
+// classes selected into p's K channels); pixel (b, s). fg = (label ==
+// cls[r2]), valid = (label != ignore), error = fg ? 1 - p : p. Outputs:
+// ws = dLoss_row/dp (-w on foreground, w elsewhere) at strides ws_s, and per
+// row loss[g] = Σ error·w and total[g] = T (both the weights' dtype).
+struct SoftmaxRows {
+  int64_t R1, R2, B, S;
+  const void* p;  // float32 or float64
+  int p_dtype;
+  int64_t ps[4];
+  const void* lab;  // uint8 / int32 / int64
+  int lab_dtype;
+  int64_t ls[4];
+  const int64_t* cls;  // [R2]
+  bool has_ignore;
+  double ignore_value;
+  void* ws;
+  int w_dtype;
+  int64_t wss[4];
+  void* loss;   // [R1*R2]
+  void* total;  // [R1*R2]
+};
+
 }  // namespace lovasz
 }  // namespace segfast

@@ -275,7 +275,7 @@ class LovaszLoss(torch.nn.modules.loss._Loss):
     difference: in multiclass mode with ``per_image=True``, an image whose
     pixels are all ignored scores 0 (counted in the mean over images); smp
     returns an empty tensor for the whole batch then. ``backend=`` is an
-    extra keyword (only "torch" so far).
+    extra keyword (as everywhere: cpu, cuda, triton, torch).
     """
 
     def __init__(self, mode: str, per_image: bool = False, ignore_index: Optional[int] = None,

@@ -409,6 +409,70 @@ def lovasz_hinge(input: Tensor, target: Tensor, *, per_image: bool = True, ignor
 # ------------------------------------------------------------------ softmax
 
 
+@torch.library.custom_op("segfast::lovasz_softmax_rows", mutates_args=())
+def lovasz_softmax_rows_op(p: Tensor, labels: Tensor, cls: Tensor, ignore_value: Optional[float],
+                           per_image: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """The cpu backend's fused Lovász-softmax step: errors and fg from the
+    probabilities p [N, K, S] (float32/64) and the labels [N, S] (class
+    ``cls[k]`` is channel k), the sort + weights of every segment ((image,
+    class) with ``per_image``, else a class over the batch) and the loss.
+
+    Returns (seg, ws, total): seg [N, K] (per_image) or [1, K], the
+    segments' losses Σ |fg - p|·w; ws [N, K, S] = dseg/dp (-w on foreground,
+    w elsewhere; 0 where ignored); total (seg's shape) = Σ fg over valid
+    pixels. Float64 for float64 p or segments of >= 2^24 pixels.
+    """
+    N, K, S = p.shape
+    L = S if per_image else N * S
+    acc = torch.float64 if (p.dtype == torch.float64 or L >= 2 ** 24) else torch.float32
+    R1 = N if per_image else 1
+    ws = torch.empty((N, K, S), dtype=acc, device=p.device)
+    seg = torch.zeros((R1, K), dtype=acc, device=p.device)
+    total = torch.zeros((R1, K), dtype=acc, device=p.device)
+    if p.numel() == 0:
+        return seg, ws, total
+    lab = labels.view(torch.uint8) if labels.dtype == torch.bool else labels
+    cls = cls.to(device="cpu", dtype=torch.int64).contiguous()
+    pn, pk, ps = p.stride()
+    ln, lsd = lab.stride()
+    if per_image:  # segments [N, K] of pixels [1, S]
+        shape, pst, lst, wst = [N, K, 1, S], [pn, pk, 0, ps], [ln, 0, 0, lsd], [K * S, S, 0, 1]
+    else:  # segments [1, K] of pixels [N, S]
+        shape, pst, lst, wst = [1, K, N, S], [0, pk, pn, ps], [0, 0, ln, lsd], [0, S, K * S, 1]
+    backends._C.lovasz_softmax_rows_cpu(
+        shape, p.data_ptr(), backends.dtype_code(p), pst, lab.data_ptr(), backends.dtype_code(lab), lst,
+        cls.data_ptr(), int(ignore_value is not None), float(ignore_value or 0.0), ws.data_ptr(),
+        backends.DTYPE_CODES[acc], wst, seg.data_ptr(), total.data_ptr(),
+        backends.cpu_threads(p.numel()) if R1 * K > 1 else 1)
+    return seg, ws, total
+
+
+@lovasz_softmax_rows_op.register_fake
+def _(p, labels, cls, ignore_value, per_image):
+    N, K, S = p.shape
+    L = S if per_image else N * S
+    acc = torch.float64 if (p.dtype == torch.float64 or L >= 2 ** 24) else torch.float32
+    R1 = N if per_image else 1
+    return (p.new_empty((R1, K), dtype=acc), p.new_empty((N, K, S), dtype=acc), p.new_empty((R1, K), dtype=acc))
+
+
+class _SoftmaxRows(torch.autograd.Function):
+    """seg = the segments' losses from :func:`lovasz_softmax_rows_op`; the
+    backward is dseg/dp (ws, saved by the forward) times grad_output."""
+
+    @staticmethod
+    def forward(ctx, p, labels, cls, ignore_value, per_image: bool):
+        seg, ws, total = lovasz_softmax_rows_op(p.detach(), labels, cls, ignore_value, per_image)
+        ctx.save_for_backward(ws)
+        ctx.mark_non_differentiable(total)
+        return seg.to(p.dtype), total
+
+    @staticmethod
+    def backward(ctx, go, _):
+        (ws,) = ctx.saved_tensors
+        return (ws * go.unsqueeze(2)).to(go.dtype), None, None, None, None
+
+
 class _SoftmaxErrorDot(torch.autograd.Function):
     """Σ_pixels |fg - p|·w per (segment, class), w constant: dLoss/dp = ∓w·grad_output
     (- on foreground). ``e`` is |fg - p| already computed (no gradient)."""
@@ -462,7 +526,6 @@ def lovasz_softmax(input: Tensor, target: Tensor, *, classes="present", per_imag
     sel = _class_selection(classes, C)
     acc = acc_dtype(x)
     p = torch.softmax(x.to(acc), dim=1) if from_logits else x.to(acc)
-    lab = t.long()
     if isinstance(sel, Tensor):  # only the listed classes' errors are needed
         uniq, inv = torch.unique(sel.to(x.device), return_inverse=True)
         p = p.index_select(1, uniq)
@@ -470,7 +533,11 @@ def lovasz_softmax(input: Tensor, target: Tensor, *, classes="present", per_imag
     else:
         cls = torch.arange(C, device=x.device).view(1, C, 1)
     K = cls.shape[1]
-    fg = lab.unsqueeze(1) == cls  # [N, K, S]
+    if backend == "cpu":  # one fused kernel: errors, sort, weights, loss and dLoss/dp
+        seg, total = _SoftmaxRows.apply(p, t, cls.view(-1), ign, per_image)
+        return _softmax_reduce(seg, total > 0, sel, inv if isinstance(sel, Tensor) else None, per_image,
+                               reduction)
+    fg = t.long().unsqueeze(1) == cls  # [N, K, S]
     valid = None if ign is None else (t != ign).unsqueeze(1).expand(N, K, S)
     e = torch.where(fg, 1 - p.detach(), p.detach())  # |fg - p|, the sort key
     if per_image:  # segments (image, class): [N, K, 1, S] views
@@ -481,13 +548,23 @@ def lovasz_softmax(input: Tensor, target: Tensor, *, classes="present", per_imag
         w = lovasz_sort_weights(four(e), four(fg), None if valid is None else four(valid), backend=backend)
         w = w[0].transpose(0, 1)
     seg = _SoftmaxErrorDot.apply(p, e, fg, w, per_image)  # [N, K] or [1, K]
+    present = None
+    if isinstance(sel, str) and sel == "present":
+        fgv = fg if valid is None else fg & valid
+        present = (fgv.any(2) if per_image else fgv.any(2).any(0, keepdim=True))
+    return _softmax_reduce(seg, present, sel, inv if isinstance(sel, Tensor) else None, per_image, reduction)
+
+
+def _softmax_reduce(seg: Tensor, present: Optional[Tensor], sel, inv: Optional[Tensor], per_image: bool,
+                    reduction: str) -> Tensor:
+    """The segments' losses seg [N, K] (or [1, K]) -> the loss: the mean over
+    the selected classes (``present``: those with valid foreground; none
+    present -> 0), then ``reduction`` over images."""
     if isinstance(sel, Tensor):
         per = seg[:, inv.to(seg.device)].mean(1)
     elif sel == "all":
         per = seg.mean(1)
-    else:  # present: mean over the classes with valid foreground; none present -> 0
-        fgv = fg if valid is None else fg & valid
-        present = (fgv.any(2) if per_image else fgv.any(2).any(0, keepdim=True))
+    else:
         per = (seg * present).sum(1) / present.sum(1).clamp_min(1)
     if not per_image:
         return per.reshape(())
