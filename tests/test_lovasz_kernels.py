@@ -339,3 +339,24 @@ def test_compile_fullgraph_cpu():
         (g2,) = torch.autograd.grad(want, x)
         torch.testing.assert_close(got, want)
         torch.testing.assert_close(g1, g2)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("label_dtype", [torch.uint8, torch.int32, torch.int64])
+def test_softmax_label_dtypes_and_layouts(backend, label_dtype):
+    """The fused cpu path reads labels of every dtype and stride itself (and compares them
+    with ignore_index): uint8 / int32 / int64, [N, 1, H, W] and strided label tensors."""
+    N, C, H, W = 2, 4, 6, 5
+    x = torch.randn(N, C, H, W, dtype=torch.float64, device=DEVICE)
+    y = torch.randint(0, C, (N, H, 2 * W), device=DEVICE)
+    y[torch.rand(y.shape, device=DEVICE) < 0.2] = 255 if label_dtype == torch.uint8 else -100
+    ign = 255 if label_dtype == torch.uint8 else -100
+    y = y.to(label_dtype)[..., ::2]  # strided
+    for target in (y, y.unsqueeze(1)):
+        for per_image in (True, False):
+            for classes in ("present", [3, 1]):
+                kw = dict(per_image=per_image, ignore_index=ign, classes=classes)
+                got, gx = grads(segfast.lovasz_softmax_loss, x, target, backend=backend, **kw)
+                want, wx = grads(ref.lovasz_softmax, x.cpu(), y.long().cpu(), **kw)
+                close(got, want)
+                close(gx, wx)
