@@ -30,6 +30,8 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <memory>
+#include <new>
 #include <vector>
 
 #include "../common/lovasz.h"
@@ -241,12 +243,23 @@ void one_row(const SoftmaxRows& a, int64_t g, Work<E, I>& ws) {
 template <typename E, typename I, typename O, typename A>
 void run(const A& a, int nt) {
   const int64_t G = a.R1 * a.R2, L = a.B * a.S;
+  bool out_of_memory = false;
 #pragma omp parallel num_threads(nt)
   {
-    Work<E, I> ws(L);
+    // An exception must not leave the parallel region (std::terminate): a failed
+    // allocation is reported after it, as a MemoryError in Python.
+    std::unique_ptr<Work<E, I>> ws;
+    try {
+      ws.reset(new Work<E, I>(L));
+    } catch (const std::bad_alloc&) {
+#pragma omp atomic write
+      out_of_memory = true;
+    }
 #pragma omp for schedule(dynamic, 1)
-    for (int64_t g = 0; g < G; ++g) one_row<E, I, O>(a, g, ws);
+    for (int64_t g = 0; g < G; ++g)
+      if (ws) one_row<E, I, O>(a, g, *ws);
   }
+  if (out_of_memory) throw std::bad_alloc();
 }
 
 template <typename A>
