@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "common/boxes.h"
+#include "common/lovasz.h"
 #include "common/pixel.h"
 #include "common/region.h"
 
@@ -448,6 +449,109 @@ void box_aligned_any(SEGFAST_BOX_ALIGNED_ARGS, bool cuda, uintptr_t stream_or_nt
 
 // ---- end of the boxes family ----
 
+}  // namespace
+
+// ---- lovasz family ----------------------------------------------------------------
+
+namespace segfast {
+namespace lovasz {
+void lovasz_weights_cpu(const Rows& a, int64_t num_threads);
+void lovasz_softmax_rows_cpu(const SoftmaxRows& a, int64_t num_threads);
+#ifdef SEGFAST_WITH_CUDA
+void lovasz_weights_cuda(int64_t G, int64_t L, const int64_t* perm, const void* f, int f_dtype,
+                         const void* v, int v_dtype, const double* total, void* w, int w_dtype,
+                         uintptr_t stream);
+#endif
+}  // namespace lovasz
+}  // namespace segfast
+
+namespace {
+
+void check_lovasz_dtypes(int64_t e_dtype, int64_t f_dtype, uintptr_t v_ptr, int64_t v_dtype,
+                         int64_t w_dtype) {
+  using namespace segfast;
+  if (e_dtype != kFloat32 && e_dtype != kFloat64)
+    throw std::invalid_argument("segfast._C: Lovász errors must be float32 or float64 (0, 3)");
+  if (f_dtype < kFloat32 || f_dtype > kBool)
+    throw std::invalid_argument("segfast._C: Lovász fg has an unknown dtype code");
+  if (v_ptr && v_dtype != kBool && v_dtype != kUInt8)
+    throw std::invalid_argument("segfast._C: Lovász valid must be bool or uint8 (7, 4)");
+  if (w_dtype != kFloat32 && w_dtype != kFloat64)
+    throw std::invalid_argument("segfast._C: Lovász weights must be float32 or float64 (0, 3)");
+}
+
+void lovasz_cpu(const std::vector<int64_t>& shape, uintptr_t e_ptr, int64_t e_dtype,
+                const std::vector<int64_t>& es, uintptr_t f_ptr, int64_t f_dtype,
+                const std::vector<int64_t>& fs, uintptr_t v_ptr, int64_t v_dtype,
+                const std::vector<int64_t>& vs, uintptr_t w_ptr, int64_t w_dtype,
+                int64_t num_threads) {
+  check_lovasz_dtypes(e_dtype, f_dtype, v_ptr, v_dtype, w_dtype);
+  if (shape.size() != 4 || es.size() != 4 || fs.size() != 4 || vs.size() != 4)
+    throw std::invalid_argument("segfast._C: Lovász shape and strides must have 4 entries");
+  for (int64_t d : shape)
+    if (d < 0) throw std::invalid_argument("segfast._C: negative size");
+  segfast::lovasz::Rows a;
+  a.R1 = shape[0]; a.R2 = shape[1]; a.B = shape[2]; a.S = shape[3];
+  a.e = reinterpret_cast<const void*>(e_ptr); a.e_dtype = int(e_dtype);
+  a.f = reinterpret_cast<const void*>(f_ptr); a.f_dtype = int(f_dtype);
+  a.v = reinterpret_cast<const void*>(v_ptr); a.v_dtype = int(v_dtype);
+  a.w = reinterpret_cast<void*>(w_ptr); a.w_dtype = int(w_dtype);
+  for (int i = 0; i < 4; ++i) { a.es[i] = es[i]; a.fs[i] = fs[i]; a.vs[i] = vs[i]; }
+  py::gil_scoped_release nogil;
+  segfast::lovasz::lovasz_weights_cpu(a, num_threads);
+}
+
+void lovasz_softmax_cpu(const std::vector<int64_t>& shape, uintptr_t p_ptr, int64_t p_dtype,
+                        const std::vector<int64_t>& ps, uintptr_t lab_ptr, int64_t lab_dtype,
+                        const std::vector<int64_t>& ls, uintptr_t cls_ptr, int64_t has_ignore,
+                        double ignore_value, uintptr_t ws_ptr, int64_t w_dtype,
+                        const std::vector<int64_t>& wss, uintptr_t loss_ptr, uintptr_t total_ptr,
+                        int64_t num_threads) {
+  using namespace segfast;
+  check_lovasz_dtypes(p_dtype, kFloat32, 0, 0, w_dtype);
+  if (lab_dtype != kUInt8 && lab_dtype != kInt32 && lab_dtype != kInt64)
+    throw std::invalid_argument("segfast._C: Lovász-softmax labels must be uint8/int32/int64 (4-6)");
+  if (shape.size() != 4 || ps.size() != 4 || ls.size() != 4 || wss.size() != 4)
+    throw std::invalid_argument("segfast._C: Lovász shape and strides must have 4 entries");
+  for (int64_t d : shape)
+    if (d < 0) throw std::invalid_argument("segfast._C: negative size");
+  if (!cls_ptr || !ws_ptr || !loss_ptr || !total_ptr)
+    throw std::invalid_argument("segfast._C: Lovász-softmax needs cls, ws, loss and total");
+  lovasz::SoftmaxRows a;
+  a.R1 = shape[0]; a.R2 = shape[1]; a.B = shape[2]; a.S = shape[3];
+  a.p = reinterpret_cast<const void*>(p_ptr); a.p_dtype = int(p_dtype);
+  a.lab = reinterpret_cast<const void*>(lab_ptr); a.lab_dtype = int(lab_dtype);
+  a.cls = reinterpret_cast<const int64_t*>(cls_ptr);
+  a.has_ignore = has_ignore != 0; a.ignore_value = ignore_value;
+  a.ws = reinterpret_cast<void*>(ws_ptr); a.w_dtype = int(w_dtype);
+  a.loss = reinterpret_cast<void*>(loss_ptr); a.total = reinterpret_cast<void*>(total_ptr);
+  for (int i = 0; i < 4; ++i) { a.ps[i] = ps[i]; a.ls[i] = ls[i]; a.wss[i] = wss[i]; }
+  py::gil_scoped_release nogil;
+  lovasz::lovasz_softmax_rows_cpu(a, num_threads);
+}
+
+void lovasz_cuda(int64_t G, int64_t L, uintptr_t perm_ptr, uintptr_t f_ptr, int64_t f_dtype,
+                 uintptr_t v_ptr, int64_t v_dtype, uintptr_t total_ptr, uintptr_t w_ptr,
+                 int64_t w_dtype, uintptr_t stream) {
+  check_lovasz_dtypes(segfast::kFloat32, f_dtype, v_ptr, v_dtype, w_dtype);
+  if (G < 0 || L < 0) throw std::invalid_argument("segfast._C: negative size");
+#ifdef SEGFAST_WITH_CUDA
+  py::gil_scoped_release nogil;
+  segfast::lovasz::lovasz_weights_cuda(
+      G, L, reinterpret_cast<const int64_t*>(perm_ptr), reinterpret_cast<const void*>(f_ptr),
+      int(f_dtype), reinterpret_cast<const void*>(v_ptr), int(v_dtype),
+      reinterpret_cast<const double*>(total_ptr), reinterpret_cast<void*>(w_ptr), int(w_dtype),
+      stream);
+#else
+  (void)perm_ptr; (void)f_ptr; (void)v_ptr; (void)total_ptr; (void)w_ptr; (void)stream;
+  no_cuda();
+#endif
+}
+
+}  // namespace
+
+namespace {
+
 std::vector<std::string> cuda_archs() {
   std::vector<std::string> out;
 #if defined(SEGFAST_WITH_CUDA) && defined(SEGFAST_CUDA_ARCHS)
@@ -577,4 +681,29 @@ PYBIND11_MODULE(_C, m) {
         py::arg("eps"), py::arg("offset"), py::arg("sign"), py::arg("gscale"), py::arg("out"),
         py::arg("out_dtype"), py::arg("d1"), py::arg("d2"), py::arg("d_dtype"), py::arg("cuda"),
         py::arg("stream_or_threads"));
+
+  // ---- lovasz family ----
+  const char* lovasz_doc =
+      "Lovász weights (segfast/ops/lovasz.py lovasz_sort_weights) of the segments (r1, r2) of "
+      "pixels (b, s): shape [R1, R2, B, S], element strides per tensor; valid_ptr 0 = all "
+      "valid; w written contiguous [R1*R2, B*S].";
+  m.def("lovasz_weights_cpu", &lovasz_cpu, lovasz_doc, py::arg("shape"), py::arg("e_ptr"),
+        py::arg("e_dtype"), py::arg("e_strides"), py::arg("f_ptr"), py::arg("f_dtype"),
+        py::arg("f_strides"), py::arg("v_ptr"), py::arg("v_dtype"), py::arg("v_strides"),
+        py::arg("w_ptr"), py::arg("w_dtype"), py::arg("num_threads"));
+  m.def("lovasz_softmax_rows_cpu", &lovasz_softmax_cpu,
+        "Fused Lovász-softmax rows (csrc/common/lovasz.h SoftmaxRows): from probabilities p and "
+        "labels, per segment (r1, r2) = class cls[r2]: ws = dLoss/dp (signed weights) at strides "
+        "ws_strides, loss [R1*R2] and total [R1*R2] in w_dtype.",
+        py::arg("shape"), py::arg("p_ptr"), py::arg("p_dtype"), py::arg("p_strides"),
+        py::arg("lab_ptr"), py::arg("lab_dtype"), py::arg("lab_strides"), py::arg("cls_ptr"),
+        py::arg("has_ignore"), py::arg("ignore_value"), py::arg("ws_ptr"), py::arg("w_dtype"),
+        py::arg("ws_strides"), py::arg("loss_ptr"), py::arg("total_ptr"), py::arg("num_threads"));
+  m.def("lovasz_weights_cuda", &lovasz_cuda,
+        "Lovász weights of G rows of L pixels from perm [G*L] int64 (flat indices sorting each "
+        "row by error descending, invalid pixels last), contiguous fg / valid [G*L] and "
+        "total [G] float64 (Σ valid fg); writes w [G*L] through perm.",
+        py::arg("G"), py::arg("L"), py::arg("perm_ptr"), py::arg("f_ptr"), py::arg("f_dtype"),
+        py::arg("v_ptr"), py::arg("v_dtype"), py::arg("total_ptr"), py::arg("w_ptr"),
+        py::arg("w_dtype"), py::arg("stream"));
 }

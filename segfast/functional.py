@@ -507,8 +507,8 @@ def dice_fused_loss(input: Tensor, target: Tensor, *, lambda_dice: float = 1.0, 
 
 
 # ------------------------------------------------------------------ Lovász losses
-# Sort-based (segfast/ops/lovasz.py): one batched row-wise sort, no Python
-# loop over images or classes; only the torch backend exists for now.
+# Sort-based (segfast/ops/lovasz.py): one batched sort + weights step for every
+# segment, no Python loop over images or classes; cpu / cuda / triton kernels.
 
 
 __all__ += ["lovasz_hinge_loss", "lovasz_softmax_loss"]
@@ -531,7 +531,7 @@ def lovasz_hinge_loss(input: Tensor, target: Tensor, *, per_image: bool = True, 
     targets) or elements (dense targets) equal to it are dropped; a segment
     with nothing left scores 0. segmentation_models_pytorch's
     ``LovaszLoss("binary" | "multilabel")`` (see segfast.compat.smp).
-    ``backend``: only "torch" so far (None means "torch").
+    ``backend``: "cpu", "cuda", "triton" or "torch" (None: segfast.backends.choose).
     """
     return _lovasz.lovasz_hinge(input, target, per_image=per_image, ignore_index=ignore_index,
                                 reduction=reduction, backend=backend)
@@ -554,7 +554,7 @@ def lovasz_softmax_loss(input: Tensor, target: Tensor, *, classes="present", per
     mean over images). ``per_image=True``: ``reduction`` over images
     (``"none"``: [N]); False: a 0-d loss. segmentation_models_pytorch's
     ``LovaszLoss("multiclass")`` is ``classes="present"``.
-    ``backend``: only "torch" so far (None means "torch").
+    ``backend``: "cpu", "cuda", "triton" or "torch" (None: segfast.backends.choose).
     """
     return _lovasz.lovasz_softmax(input, target, classes=classes, per_image=per_image,
                                   ignore_index=ignore_index, from_logits=from_logits, reduction=reduction,

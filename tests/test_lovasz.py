@@ -294,11 +294,9 @@ def test_bad_inputs():
         segfast.lovasz_hinge_loss(x.long(), y)
     with pytest.raises(RuntimeError, match="not available|unknown"):
         segfast.lovasz_softmax_loss(x, y, backend="nope")
-    for b in ("cpu", "triton"):
-        if backends.unavailable_reason(b, x.device) is None:
-            with pytest.raises(NotImplementedError, match="lovasz.*" + b):
-                segfast.lovasz_softmax_loss(x, y, backend=b)
-    assert ops.choose_backend(None, x.device) == "torch"
+    with pytest.raises(RuntimeError, match="not available"):
+        segfast.lovasz_softmax_loss(x, y, backend="cuda")  # CPU tensors
+    assert ops.choose_backend(None, x.device) == backends.default_backend(x.device)
     segfast.lovasz_softmax_loss(x, y, backend="torch")
     with pytest.raises(ValueError, match="mode"):
         compat_smp.LovaszLoss("softmax")
@@ -356,14 +354,20 @@ def test_confident_logits_vs_reference():
         close(gx, wx)
 
 
-def test_env_backend_does_not_apply(monkeypatch):
-    """SEGFAST_BACKEND picks kernels for other families; Lovász has only torch so far."""
-    monkeypatch.setenv("SEGFAST_BACKEND", "cpu")
+def test_env_backend_applies(monkeypatch):
+    """SEGFAST_BACKEND picks the Lovász backend like every other family's."""
     x = torch.randn(2, 3, 4, 4)
     y = labels(2, 3, (4, 4))
-    close(segfast.lovasz_softmax_loss(x, y), ref.lovasz_softmax(x, y), torch.float32)
     t = (torch.rand(2, 3, 4, 4) > 0.5)
-    close(compat_smp.LovaszLoss("multilabel")(x, t), ref.lovasz_hinge(x, t.double(), per_image=False), torch.float32)
+    for b in ["torch"] + [k for k in ("cpu",) if backends.unavailable_reason(k, x.device) is None]:
+        monkeypatch.setenv("SEGFAST_BACKEND", b)
+        assert ops.choose_backend(None, x.device) == b
+        close(segfast.lovasz_softmax_loss(x, y), ref.lovasz_softmax(x, y), torch.float32)
+        close(compat_smp.LovaszLoss("multilabel")(x, t), ref.lovasz_hinge(x, t.double(), per_image=False),
+              torch.float32)
+    monkeypatch.setenv("SEGFAST_BACKEND", "nope")
+    with pytest.raises(RuntimeError, match="unknown"):
+        segfast.lovasz_softmax_loss(x, y)
 
 
 def test_sort_weights_op_and_compile_fullgraph():

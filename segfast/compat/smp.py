@@ -35,11 +35,11 @@ def load_smp_losses():
     import sys
     import types
 
+    if "segmentation_models_pytorch.losses" in sys.modules:  # before find_spec: our stand-in package has no spec
+        return sys.modules["segmentation_models_pytorch.losses"]
     spec = importlib.util.find_spec("segmentation_models_pytorch")
     if spec is None or not spec.submodule_search_locations:
         return None
-    if "segmentation_models_pytorch.losses" in sys.modules:
-        return sys.modules["segmentation_models_pytorch.losses"]
     pkg = types.ModuleType("segmentation_models_pytorch")
     pkg.__path__ = list(spec.submodule_search_locations)
     sys.modules.setdefault("segmentation_models_pytorch", pkg)
@@ -275,7 +275,7 @@ class LovaszLoss(torch.nn.modules.loss._Loss):
     difference: in multiclass mode with ``per_image=True``, an image whose
     pixels are all ignored scores 0 (counted in the mean over images); smp
     returns an empty tensor for the whole batch then. ``backend=`` is an
-    extra keyword (only "torch" so far).
+    extra keyword (as everywhere: cpu, cuda, triton, torch).
     """
 
     def __init__(self, mode: str, per_image: bool = False, ignore_index: Optional[int] = None,

@@ -5,10 +5,10 @@ Lovász hinge (binary / multilabel, on logits) and the Lovász-softmax
 A *segment* is one set of pixels whose errors are sorted together: an image
 (hinge, ``per_image``), the batch (hinge), an (image, class) pair
 (softmax, ``per_image``) or a class over the batch (softmax). Every family
-member lays its segments out as the rows of one [G, L] tensor of errors, and
-the whole batch is ONE sort (:func:`lovasz_sort_weights`): a radix sort of
-int64 keys (row, error bits), restricted to the pixels whose rank can
-matter.
+member lays its segments out as the rows of one [G, L] tensor of errors (or
+a 4-D view [R1, R2, B, S]: segment (r1, r2), pixels (b, s), so that a class
+over the batch needs no transposed copy), and the whole batch is ONE call of
+:func:`lovasz_sort_weights`.
 
 The loss of a segment is Σ_i e_(i)·w_i, e sorted descending, w the first
 differences of the Lovász extension of the Jaccard loss at the sorted
@@ -17,13 +17,25 @@ the error values, so it is a constant for autograd: the op computes w under
 no_grad in the pixels' original order, and the loss Σ e·w is
 differentiated by autograd (exact, and no sort in the backward).
 
-:func:`lovasz_sort_weights` (sort + Lovász weights) is the one step that is
-not elementwise; fused C++/CUDA/Triton kernels of it are the next step.
-Today only the ``torch`` backend exists for this family.
+Backends of the sort + weights step (the one step that is not elementwise):
+
+* ``cpu`` (csrc/cpu/lovasz.cpp): one row per OpenMP task; the row's
+  candidates (below) are compacted, radix-sorted by error bits and the
+  weights written in one pass.
+* ``cuda`` / ``triton`` (csrc/cuda/lovasz.cu, triton_kernels/lovasz.py):
+  torch.sort of packed int64 keys (row, error bits) for the whole batch,
+  then one kernel per row scans fg in sorted order (block scans joined by
+  a carry) and scatters w back through the permutation.
+* ``torch``: the same sort (of the candidates only when they are few) and
+  the weights as tensor ops.
+
+Ties in the errors keep the pixels' original order in every backend (stable
+sorts of the same keys), so the backends agree up to float rounding.
 """
 
 from __future__ import annotations
 
+import importlib.util
 from typing import Optional
 
 import torch
@@ -33,58 +45,78 @@ from .. import backends
 from ._common import acc_dtype, canonical, check_reduction, reduce_loss
 
 FAMILY = "lovasz"
-BACKENDS_IMPLEMENTED = ("torch",)
-# Above this fraction of candidates, sorting whole rows beats compacting them first.
+BACKENDS_IMPLEMENTED = ("triton", "cuda", "cpu", "torch")
+# Above this fraction of candidates, sorting whole rows beats compacting them first (torch backend).
 DENSE_FRACTION = 0.5
 
 
 def choose_backend(backend: Optional[str], device: torch.device) -> str:
-    """The backend for this family: ``torch`` unless one is asked for.
-
-    ``backend=None`` means ``torch`` (SEGFAST_BACKEND is not consulted: the
-    family has no kernels yet, and a global SEGFAST_BACKEND=cpu must not
-    break it). An explicit backend is validated by :func:`backends.choose`
-    (unknown / unavailable: RuntimeError), and one that is available but has
-    no Lovász kernel yet is a NotImplementedError, never a silent fallback.
-    """
-    if backend is None:
-        return "torch"
-    chosen = backends.choose(backend, device)
-    if chosen not in BACKENDS_IMPLEMENTED:
-        raise NotImplementedError(
-            f"segfast: the {FAMILY} family has no {chosen!r} backend yet "
-            f"(implemented: {', '.join(BACKENDS_IMPLEMENTED)}); pass backend='torch' or backend=None")
-    return chosen
+    """The backend for this family: :func:`backends.choose` (the ``backend=``
+    argument, else SEGFAST_BACKEND, else the device's default: ``cpu`` on CPU
+    tensors, ``triton`` / ``cuda`` on GPU). Unknown or unavailable: RuntimeError."""
+    return backends.choose(backend, device)
 
 
 def _weights_dtype(errors: Tensor) -> torch.dtype:
-    return torch.float64 if (errors.dtype == torch.float64 or errors.shape[1] >= 2 ** 24) else torch.float32
+    L = errors.shape[-1] if errors.dim() == 2 else errors.shape[-2] * errors.shape[-1]
+    return torch.float64 if (errors.dtype == torch.float64 or L >= 2 ** 24) else torch.float32
 
 
-def lovasz_sort_weights(errors: Tensor, fg: Tensor, valid: Optional[Tensor] = None) -> Tensor:
+def _check_sort_weights(errors: Tensor, fg: Tensor, valid: Optional[Tensor]) -> None:
+    if not all(isinstance(a, Tensor) for a in (errors, fg)) or not (valid is None or isinstance(valid, Tensor)):
+        raise TypeError("errors, fg (and valid) must be tensors")
+    if errors.dim() not in (2, 4):
+        raise ValueError(f"errors must be [G, L] or [R1, R2, B, S], got shape {tuple(errors.shape)}")
+    if not errors.dtype.is_floating_point:
+        raise TypeError(f"errors must be a float tensor, got {errors.dtype}")
+    if fg.dtype.is_complex or valid is not None and valid.dtype != torch.bool:
+        raise TypeError("fg must be a real tensor and valid a bool tensor")
+    for name, a in (("fg", fg), ("valid", valid)):
+        if a is None:
+            continue
+        if a.shape != errors.shape:
+            raise ValueError(f"{name} must have the errors' shape {tuple(errors.shape)}, got {tuple(a.shape)}")
+        if a.device != errors.device:
+            raise ValueError(f"{name} is on {a.device} but errors are on {errors.device}")
+
+
+def lovasz_sort_weights(errors: Tensor, fg: Tensor, valid: Optional[Tensor] = None,
+                        backend: Optional[str] = None) -> Tensor:
     """See :func:`lovasz_sort_weights_op`; the weights are constants of the
-    loss, so the inputs are detached."""
-    return lovasz_sort_weights_op(errors.detach(), fg.detach(), None if valid is None else valid.detach())
+    loss, so the inputs are detached. ``backend``: as :func:`choose_backend`."""
+    _check_sort_weights(errors, fg, valid)
+    backend = choose_backend(backend, errors.device)
+    errors, fg = errors.detach(), fg.detach()
+    valid = None if valid is None else valid.detach()
+    if backend == "triton":
+        return lovasz_sort_weights_triton_op(errors, fg, valid)
+    return lovasz_sort_weights_op(errors, fg, valid, backend)
 
 
 @torch.library.custom_op("segfast::lovasz_sort_weights", mutates_args=())
-def lovasz_sort_weights_op(errors: Tensor, fg: Tensor, valid: Optional[Tensor] = None) -> Tensor:
+def lovasz_sort_weights_op(errors: Tensor, fg: Tensor, valid: Optional[Tensor] = None,
+                           backend: str = "torch") -> Tensor:
     """Sort each segment's errors and return its Lovász weights, in the
     pixels' original order: the step of the Lovász losses that is not
-    elementwise (fused C++/CUDA/Triton kernels of it are the next step).
+    elementwise, with the ``torch``, ``cpu`` or ``cuda`` backend (``triton``:
+    ``segfast::lovasz_sort_weights_triton``).
 
-    errors: [G, L], one segment per row, the sort key (only the order
-    matters; >= 0); fg: [G, L] ground truth in [0, 1] (bool, integer or
-    float; soft values allowed); valid: optional [G, L] bool, False for
-    ignored pixels. Returns w [G, L] (float64 for float64 errors, else
-    float32) such that the loss of row g is Σ_j errors[g, j]·w[g, j]; w is
-    0 at ignored pixels, and the loss is differentiated with w constant.
+    errors: [G, L], one segment per row, or [R1, R2, B, S], segment (r1, r2)
+    of the pixels (b, s) (any strides); the sort key (only the order
+    matters; >= 0: negative values sort as 0). fg: the errors' shape, ground
+    truth in [0, 1] (bool, integer or float; soft values allowed); valid:
+    optional bool of the errors' shape, False for ignored pixels. Returns w
+    (the errors' shape, contiguous; float64 for float64 errors or segments
+    of >= 2^24 pixels, else float32) such that the loss of a segment is
+    Σ errors·w over it; w is 0 at ignored pixels, and the loss is
+    differentiated with w constant.
 
     The weight of a pixel is g_i - g_{i-1}, i its 1-based rank in
-    descending error order and g_i = 1 - (T - A_i)/(T + B_i) the Jaccard
-    loss of the first i pixels, T = Σ fg over the row's valid pixels, A_i /
-    B_i the cumulative fg / (1 - fg) up to rank i; written without the
-    cancellation of the difference:
+    descending error order (ties: the pixels' original order) and
+    g_i = 1 - (T - A_i)/(T + B_i) the Jaccard loss of the first i pixels,
+    T = Σ fg over the row's valid pixels, A_i / B_i the cumulative fg /
+    (1 - fg) up to rank i; written without the cancellation of the
+    difference:
 
         w_i = (T - A_i + i·fg_i) / ((T + B_i)(T + B_{i-1}))
 
@@ -94,17 +126,122 @@ def lovasz_sort_weights_op(errors: Tensor, fg: Tensor, valid: Optional[Tensor] =
     Once every foreground pixel has been ranked (A_i = T) the weights are
     0, so pixels with fg = 0 and an error below the row's smallest
     foreground error (below its largest error if it has no foreground) keep
-    weight 0 whatever their order. When those are the majority only the
-    others (the candidates) are sorted. Either way it is ONE sort for all
-    rows: a radix sort of int64 keys (row, then the error's float32 bits).
+    weight 0 whatever their order. The cpu backend sorts only the others
+    (the candidates); the torch backend does when they are few.
     """
-    G, L = errors.shape
+    shape = errors.shape
     dev = errors.device
     acc = _weights_dtype(errors)
+    if errors.numel() == 0:
+        return torch.zeros(shape, dtype=acc, device=dev)
+    if backend == "torch":
+        G = shape[0] if errors.dim() == 2 else shape[0] * shape[1]
+        two = lambda a: None if a is None else a.reshape(G, -1)  # noqa: E731
+        return _torch_sort_weights(two(errors), two(fg), two(valid), acc).view(shape)
+    if errors.dtype not in (torch.float32, torch.float64):
+        errors = errors.float()
+    if fg.dtype not in backends.DTYPE_CODES:
+        fg = fg.to(acc)
+    if backend == "cpu":
+        return _cpu_sort_weights(errors, fg, valid, acc)
+    if backend == "cuda":
+        return _gpu_sort_weights(errors, fg, valid, acc, _launch_cuda)
+    raise ValueError(f"segfast: unknown backend {backend!r} for lovasz_sort_weights")
+
+
+@lovasz_sort_weights_op.register_fake
+def _(errors, fg, valid=None, backend="torch"):
+    # A torch.library op (weights carry no gradient): opaque to torch.compile,
+    # where the sort's data-dependent sizes could not be traced.
+    return errors.new_empty(errors.shape, dtype=_weights_dtype(errors))
+
+
+def _four(a: Tensor) -> Tensor:
+    """[G, L] -> [1, G, 1, L] (a view); 4-D unchanged."""
+    return a if a.dim() == 4 else a.unsqueeze(0).unsqueeze(2)
+
+
+def _cpu_sort_weights(errors: Tensor, fg: Tensor, valid: Optional[Tensor], acc) -> Tensor:
+    w = torch.empty(errors.shape, dtype=acc, device=errors.device)
+    e4, f4 = _four(errors), _four(fg)
+    v4 = None if valid is None else _four(valid)
+    G = e4.shape[0] * e4.shape[1]
+    backends._C.lovasz_weights_cpu(
+        list(e4.shape), e4.data_ptr(), backends.dtype_code(e4), list(e4.stride()),
+        f4.data_ptr(), backends.dtype_code(f4), list(f4.stride()),
+        0 if v4 is None else v4.data_ptr(), backends.DTYPE_CODES[torch.bool], [0, 0, 0, 0] if v4 is None
+        else list(v4.stride()), w.data_ptr(), backends.DTYPE_CODES[acc],
+        backends.cpu_threads(errors.numel()) if G > 1 else 1)
+    return w
+
+
+def _gpu_inputs(errors: Tensor, fg: Tensor, valid: Optional[Tensor]):
+    """-> (G, L, perm [G*L], fg [G*L], valid [G*L] or None, total [G] float64)
+    for the GPU kernels: one stable torch.sort of packed (row, error bits)
+    keys for the whole batch, invalid pixels last in their row."""
+    G = errors.shape[0] if errors.dim() == 2 else errors.shape[0] * errors.shape[1]
+    e2 = errors.reshape(G, -1)
+    L = e2.shape[1]
+    f2 = fg.reshape(G, L)
+    v2 = None if valid is None else valid.reshape(G, L)
+    perm = _sort_rows(e2, v2).reshape(-1)
+    tf = f2 if v2 is None else torch.where(v2, f2, torch.zeros((), dtype=f2.dtype, device=f2.device))
+    total = tf.sum(1, dtype=torch.float64)
+    if f2.dtype == torch.bool:
+        f2 = f2.view(torch.uint8)
+    f2 = f2.contiguous().view(-1)
+    v2 = None if v2 is None else v2.contiguous().view(torch.uint8).view(-1)
+    return G, L, perm, f2, v2, total
+
+
+def _launch_cuda(G, L, perm, f, v, total, w):
+    with torch.cuda.device(w.device):
+        backends._C.lovasz_weights_cuda(
+            G, L, perm.data_ptr(), f.data_ptr(), backends.dtype_code(f),
+            0 if v is None else v.data_ptr(), backends.DTYPE_CODES[torch.uint8], total.data_ptr(),
+            w.data_ptr(), backends.dtype_code(w), backends.cuda_stream(w.device))
+
+
+def _gpu_sort_weights(errors: Tensor, fg: Tensor, valid: Optional[Tensor], acc, launch) -> Tensor:
+    G, L, perm, f, v, total = _gpu_inputs(errors, fg, valid)
+    w = torch.empty(errors.shape, dtype=acc, device=errors.device)  # every slot is written through perm
+    launch(G, L, perm, f, v, total, w)
+    return w
+
+
+# Registered only where Triton is installed (it is optional at run time);
+# backends.choose() refuses backend="triton" elsewhere.
+HAVE_TRITON = importlib.util.find_spec("triton") is not None
+
+if HAVE_TRITON:
+
+    @torch.library.triton_op("segfast::lovasz_sort_weights_triton", mutates_args=())
+    def lovasz_sort_weights_triton_op(errors: Tensor, fg: Tensor, valid: Optional[Tensor] = None) -> Tensor:
+        """:func:`lovasz_sort_weights_op` with the Triton weights kernel."""
+        from ..triton_kernels import lovasz as tk
+
+        acc = _weights_dtype(errors)
+        if errors.numel() == 0:
+            return torch.zeros(errors.shape, dtype=acc, device=errors.device)
+        if errors.dtype not in (torch.float32, torch.float64):
+            errors = errors.float()
+        if fg.dtype not in backends.DTYPE_CODES:
+            fg = fg.to(acc)
+        return _gpu_sort_weights(errors, fg, valid, acc, tk.launch_weights)
+else:  # pragma: no cover - triton missing
+
+    def lovasz_sort_weights_triton_op(errors, fg, valid=None):
+        raise RuntimeError("segfast: triton is not installed")
+
+
+def _torch_sort_weights(errors: Tensor, fg: Tensor, valid: Optional[Tensor], acc) -> Tensor:
+    """The torch backend on [G, L] rows."""
+    G, L = errors.shape
+    dev = errors.device
     out = torch.zeros((G, L), dtype=acc, device=dev)
-    if L == 0 or G == 0:
-        return out
     key = errors.detach()
+    if key.dtype not in (torch.float32, torch.float64):
+        key = key.float()
     binary = fg.dtype == torch.bool
     pos = fg if binary else fg > 0
     if valid is not None:
@@ -158,14 +295,6 @@ def lovasz_sort_weights_op(errors: Tensor, fg: Tensor, valid: Optional[Tensor] =
     return out
 
 
-
-@lovasz_sort_weights_op.register_fake
-def _(errors, fg, valid=None):
-    # A torch.library op (weights carry no gradient): opaque to torch.compile,
-    # where the sort's data-dependent sizes could not be traced.
-    return errors.new_empty(errors.shape, dtype=_weights_dtype(errors))
-
-
 def _weights_flat(ts: Tensor, j1: Tensor, P: Tensor, Q: Tensor, binary: bool, acc, empty_rows: bool) -> Tensor:
     """w for rows laid end to end: T + B_i = P + j1 - c, T - A_i = Q - c (c the running fg count)."""
     c = torch.cumsum(ts, 0, dtype=j1.dtype)
@@ -206,7 +335,7 @@ def _sort_rows(key: Tensor, valid: Optional[Tensor]) -> Tensor:
     """Flat indices [G, L] sorting each row of ``key`` (>= 0) descending, invalid entries last."""
     G, L = key.shape
     if key.dtype == torch.float32:
-        bits = key.view(torch.int32).to(torch.int64).clamp_min_(0)  # negative floats (and -0.0) -> 0
+        bits = key.contiguous().view(torch.int32).to(torch.int64).clamp_min_(0)  # negative floats (and -0.0) -> 0
         low = bits.neg_().add_(2 ** 31 - 1)
         if valid is not None:
             low.masked_fill_(~valid, 2 ** 31)
@@ -266,15 +395,82 @@ def lovasz_hinge(input: Tensor, target: Tensor, *, per_image: bool = True, ignor
     if valid is not None:
         sign = torch.where(valid, sign, 0)
     e = torch.relu(1 - xf * sign)  # relu'd errors: pixels with e <= 0 add nothing wherever they rank
-    G = N if per_image else 1
-    w = lovasz_sort_weights(e.reshape(G, -1), fg.reshape(G, -1), None if valid is None else valid.reshape(G, -1))
-    losses = (e.reshape(G, -1) * w).sum(1)
+    if per_image:  # segments: images, pixels (c, s) of [N, 1, C, S] views
+        four = lambda a: a.unsqueeze(1)  # noqa: E731
+    else:  # one segment: the batch
+        four = lambda a: a.reshape(1, 1, 1, -1)  # noqa: E731
+    w = lovasz_sort_weights(four(e), four(fg), None if valid is None else four(valid), backend=backend)
+    prod = e * w.view(N, C, S)
     if not per_image:
-        return losses.reshape(())
-    return reduce_loss(losses, reduction)
+        return prod.sum()
+    return reduce_loss(prod.sum((1, 2)), reduction)
 
 
 # ------------------------------------------------------------------ softmax
+
+
+@torch.library.custom_op("segfast::lovasz_softmax_rows", mutates_args=())
+def lovasz_softmax_rows_op(p: Tensor, labels: Tensor, cls: Tensor, ignore_value: Optional[float],
+                           per_image: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """The cpu backend's fused Lovász-softmax step: errors and fg from the
+    probabilities p [N, K, S] (float32/64) and the labels [N, S] (class
+    ``cls[k]`` is channel k), the sort + weights of every segment ((image,
+    class) with ``per_image``, else a class over the batch) and the loss.
+
+    Returns (seg, ws, total): seg [N, K] (per_image) or [1, K], the
+    segments' losses Σ |fg - p|·w; ws [N, K, S] = dseg/dp (-w on foreground,
+    w elsewhere; 0 where ignored); total (seg's shape) = Σ fg over valid
+    pixels. Float64 for float64 p or segments of >= 2^24 pixels.
+    """
+    N, K, S = p.shape
+    L = S if per_image else N * S
+    acc = torch.float64 if (p.dtype == torch.float64 or L >= 2 ** 24) else torch.float32
+    R1 = N if per_image else 1
+    ws = torch.empty((N, K, S), dtype=acc, device=p.device)
+    seg = torch.zeros((R1, K), dtype=acc, device=p.device)
+    total = torch.zeros((R1, K), dtype=acc, device=p.device)
+    if p.numel() == 0:
+        return seg, ws, total
+    lab = labels.view(torch.uint8) if labels.dtype == torch.bool else labels
+    cls = cls.to(device="cpu", dtype=torch.int64).contiguous()
+    pn, pk, ps = p.stride()
+    ln, lsd = lab.stride()
+    if per_image:  # segments [N, K] of pixels [1, S]
+        shape, pst, lst, wst = [N, K, 1, S], [pn, pk, 0, ps], [ln, 0, 0, lsd], [K * S, S, 0, 1]
+    else:  # segments [1, K] of pixels [N, S]
+        shape, pst, lst, wst = [1, K, N, S], [0, pk, pn, ps], [0, 0, ln, lsd], [0, S, K * S, 1]
+    backends._C.lovasz_softmax_rows_cpu(
+        shape, p.data_ptr(), backends.dtype_code(p), pst, lab.data_ptr(), backends.dtype_code(lab), lst,
+        cls.data_ptr(), int(ignore_value is not None), float(ignore_value or 0.0), ws.data_ptr(),
+        backends.DTYPE_CODES[acc], wst, seg.data_ptr(), total.data_ptr(),
+        backends.cpu_threads(p.numel()) if R1 * K > 1 else 1)
+    return seg, ws, total
+
+
+@lovasz_softmax_rows_op.register_fake
+def _(p, labels, cls, ignore_value, per_image):
+    N, K, S = p.shape
+    L = S if per_image else N * S
+    acc = torch.float64 if (p.dtype == torch.float64 or L >= 2 ** 24) else torch.float32
+    R1 = N if per_image else 1
+    return (p.new_empty((R1, K), dtype=acc), p.new_empty((N, K, S), dtype=acc), p.new_empty((R1, K), dtype=acc))
+
+
+class _SoftmaxRows(torch.autograd.Function):
+    """seg = the segments' losses from :func:`lovasz_softmax_rows_op`; the
+    backward is dseg/dp (ws, saved by the forward) times grad_output."""
+
+    @staticmethod
+    def forward(ctx, p, labels, cls, ignore_value, per_image: bool):
+        seg, ws, total = lovasz_softmax_rows_op(p.detach(), labels, cls, ignore_value, per_image)
+        ctx.save_for_backward(ws)
+        ctx.mark_non_differentiable(total)
+        return seg.to(p.dtype), total
+
+    @staticmethod
+    def backward(ctx, go, _):
+        (ws,) = ctx.saved_tensors
+        return (ws * go.unsqueeze(2)).to(go.dtype), None, None, None, None
 
 
 class _SoftmaxErrorDot(torch.autograd.Function):
@@ -330,7 +526,6 @@ def lovasz_softmax(input: Tensor, target: Tensor, *, classes="present", per_imag
     sel = _class_selection(classes, C)
     acc = acc_dtype(x)
     p = torch.softmax(x.to(acc), dim=1) if from_logits else x.to(acc)
-    lab = t.long()
     if isinstance(sel, Tensor):  # only the listed classes' errors are needed
         uniq, inv = torch.unique(sel.to(x.device), return_inverse=True)
         p = p.index_select(1, uniq)
@@ -338,24 +533,38 @@ def lovasz_softmax(input: Tensor, target: Tensor, *, classes="present", per_imag
     else:
         cls = torch.arange(C, device=x.device).view(1, C, 1)
     K = cls.shape[1]
-    fg = lab.unsqueeze(1) == cls  # [N, K, S]
+    if backend == "cpu":  # one fused kernel: errors, sort, weights, loss and dLoss/dp
+        seg, total = _SoftmaxRows.apply(p, t, cls.view(-1), ign, per_image)
+        return _softmax_reduce(seg, total > 0, sel, inv if isinstance(sel, Tensor) else None, per_image,
+                               reduction)
+    fg = t.long().unsqueeze(1) == cls  # [N, K, S]
     valid = None if ign is None else (t != ign).unsqueeze(1).expand(N, K, S)
     e = torch.where(fg, 1 - p.detach(), p.detach())  # |fg - p|, the sort key
-    if per_image:  # segments (image, class): rows of [N*K, S]
-        v2 = None if valid is None else valid.reshape(N * K, S)
-        w = lovasz_sort_weights(e.view(N * K, S), fg.view(N * K, S), v2).view(N, K, S)
-    else:  # segments: classes over the batch, rows of [K, N*S]
-        tr = lambda a: a.transpose(0, 1).reshape(K, N * S)  # noqa: E731
-        w = lovasz_sort_weights(tr(e), tr(fg), None if valid is None else tr(valid))
-        w = w.view(K, N, S).transpose(0, 1)
+    if per_image:  # segments (image, class): [N, K, 1, S] views
+        v4 = None if valid is None else valid.unsqueeze(2)
+        w = lovasz_sort_weights(e.unsqueeze(2), fg.unsqueeze(2), v4, backend=backend).view(N, K, S)
+    else:  # segments: classes over the batch, [1, K, N, S] views (no transposed copy)
+        four = lambda a: a.transpose(0, 1).unsqueeze(0)  # noqa: E731
+        w = lovasz_sort_weights(four(e), four(fg), None if valid is None else four(valid), backend=backend)
+        w = w[0].transpose(0, 1)
     seg = _SoftmaxErrorDot.apply(p, e, fg, w, per_image)  # [N, K] or [1, K]
+    present = None
+    if isinstance(sel, str) and sel == "present":
+        fgv = fg if valid is None else fg & valid
+        present = (fgv.any(2) if per_image else fgv.any(2).any(0, keepdim=True))
+    return _softmax_reduce(seg, present, sel, inv if isinstance(sel, Tensor) else None, per_image, reduction)
+
+
+def _softmax_reduce(seg: Tensor, present: Optional[Tensor], sel, inv: Optional[Tensor], per_image: bool,
+                    reduction: str) -> Tensor:
+    """The segments' losses seg [N, K] (or [1, K]) -> the loss: the mean over
+    the selected classes (``present``: those with valid foreground; none
+    present -> 0), then ``reduction`` over images."""
     if isinstance(sel, Tensor):
         per = seg[:, inv.to(seg.device)].mean(1)
     elif sel == "all":
         per = seg.mean(1)
-    else:  # present: mean over the classes with valid foreground; none present -> 0
-        fgv = fg if valid is None else fg & valid
-        present = (fgv.any(2) if per_image else fgv.any(2).any(0, keepdim=True))
+    else:
         per = (seg * present).sum(1) / present.sum(1).clamp_min(1)
     if not per_image:
         return per.reshape(())
