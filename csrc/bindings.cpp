@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "common/crf.h"
 #include "common/pixel.h"
 #include "common/region.h"
 
@@ -202,6 +203,88 @@ void pixel_cuda(SEGFAST_PIXEL_ARGS, uintptr_t stream) {
 #endif
 }
 
+// ---- crf family ------------------------------------------------------------------
+
+}  // namespace
+namespace segfast {
+namespace crf {
+void dense_crf_cpu(const void* U, int u_dtype, int64_t usB, int64_t usC, int64_t usS, const void* img,
+                   int im_dtype, int64_t isB, int64_t isC, int64_t isS, int64_t B, int64_t C, int64_t H,
+                   int64_t W, const std::vector<double>& kparams, const std::vector<uintptr_t>& compat_ptrs,
+                   int64_t iterations, int normalization, bool self_message, float* Qout, int64_t num_threads);
+int64_t crf_lattice_cpu(const float* feat, int64_t N, int d, int32_t* offset, float* weight, int32_t* blur,
+                        int64_t cap, int64_t num_threads);
+#ifdef SEGFAST_WITH_CUDA
+void dense_crf_cuda(const void* U, int u_dtype, int64_t usB, int64_t usC, int64_t usS, const void* img,
+                    int im_dtype, int64_t isB, int64_t isC, int64_t isS, int64_t B, int64_t C, int64_t H,
+                    int64_t W, const std::vector<double>& kparams, const std::vector<uintptr_t>& compat_ptrs,
+                    int64_t iterations, int normalization, bool self_message, float* Qout, uintptr_t stream);
+#endif
+}  // namespace crf
+}  // namespace segfast
+namespace {
+
+#define SEGFAST_CRF_ARGS                                                                        \
+  uintptr_t u_ptr, int64_t u_dtype, int64_t usB, int64_t usC, int64_t usS, uintptr_t im_ptr,   \
+      int64_t im_dtype, int64_t isB, int64_t isC, int64_t isS, int64_t B, int64_t C, int64_t H, \
+      int64_t W, std::vector<double> kparams, std::vector<uintptr_t> compat_ptrs,               \
+      int64_t iterations, int64_t normalization, bool self_message, uintptr_t out_ptr
+
+void check_crf_args(int64_t u_dtype, int64_t im_dtype, int64_t B, int64_t C, int64_t H, int64_t W,
+                    const std::vector<double>& kparams, const std::vector<uintptr_t>& compat_ptrs,
+                    int64_t iterations, int64_t normalization) {
+  using namespace segfast;
+  if (!dtype_is_float(int(u_dtype))) throw std::invalid_argument("segfast._C: CRF unary must be a float dtype");
+  if (!(dtype_is_float(int(im_dtype)) || im_dtype == kUInt8))
+    throw std::invalid_argument("segfast._C: CRF image must be uint8 or float");
+  if (B < 0 || C < 1 || H < 0 || W < 0 || iterations < 0)
+    throw std::invalid_argument("segfast._C: CRF sizes must be >= 0 (C >= 1)");
+  if (H * W * 6 >= (int64_t(1) << 31)) throw std::invalid_argument("segfast._C: CRF image too large for int32 lattices");
+  if (normalization < 0 || normalization > 3) throw std::invalid_argument("segfast._C: bad CRF normalization code");
+  if (kparams.size() != 7 * compat_ptrs.size()) throw std::invalid_argument("segfast._C: 7 parameters per CRF kernel");
+  for (size_t i = 0; i < kparams.size(); ++i) {
+    if (!std::isfinite(kparams[i])) throw std::invalid_argument("segfast._C: CRF kernel parameters must be finite");
+    if (i % 7 < 5 && !(kparams[i] > 0)) throw std::invalid_argument("segfast._C: CRF kernel scales must be > 0");
+  }
+}
+
+void crf_cpu(SEGFAST_CRF_ARGS, int64_t num_threads) {
+  check_crf_args(u_dtype, im_dtype, B, C, H, W, kparams, compat_ptrs, iterations, normalization);
+  py::gil_scoped_release nogil;
+  segfast::crf::dense_crf_cpu(reinterpret_cast<const void*>(u_ptr), int(u_dtype), usB, usC, usS,
+                              reinterpret_cast<const void*>(im_ptr), int(im_dtype), isB, isC, isS, B, C, H, W,
+                              kparams, compat_ptrs, iterations, int(normalization), self_message,
+                              reinterpret_cast<float*>(out_ptr), num_threads);
+}
+
+void crf_cuda(SEGFAST_CRF_ARGS, uintptr_t stream) {
+  check_crf_args(u_dtype, im_dtype, B, C, H, W, kparams, compat_ptrs, iterations, normalization);
+#ifdef SEGFAST_WITH_CUDA
+  py::gil_scoped_release nogil;
+  segfast::crf::dense_crf_cuda(reinterpret_cast<const void*>(u_ptr), int(u_dtype), usB, usC, usS,
+                               reinterpret_cast<const void*>(im_ptr), int(im_dtype), isB, isC, isS, B, C, H, W,
+                               kparams, compat_ptrs, iterations, int(normalization), self_message,
+                               reinterpret_cast<float*>(out_ptr), stream);
+#else
+  (void)u_ptr; (void)usB; (void)usC; (void)usS; (void)im_ptr; (void)isB; (void)isC; (void)isS;
+  (void)self_message; (void)out_ptr; (void)stream;
+  no_cuda();
+#endif
+}
+
+int64_t crf_lattice(uintptr_t feat_ptr, int64_t N, int64_t d, uintptr_t offset_ptr, uintptr_t weight_ptr,
+                    uintptr_t blur_ptr, int64_t cap, int64_t num_threads) {
+  if (N < 0 || d < 1 || d > segfast::crf::kMaxD) throw std::invalid_argument("segfast._C: lattice d must be in [1, 8]");
+  if (N * (d + 1) >= (int64_t(1) << 31)) throw std::invalid_argument("segfast._C: too many pixels for an int32 lattice");
+  py::gil_scoped_release nogil;
+  return segfast::crf::crf_lattice_cpu(reinterpret_cast<const float*>(feat_ptr), N, int(d),
+                                       reinterpret_cast<int32_t*>(offset_ptr), reinterpret_cast<float*>(weight_ptr),
+                                       reinterpret_cast<int32_t*>(blur_ptr), cap, num_threads);
+}
+#undef SEGFAST_CRF_ARGS
+
+// ---- end of the crf family --------------------------------------------------------
+
 std::vector<std::string> cuda_archs() {
   std::vector<std::string> out;
 #if defined(SEGFAST_WITH_CUDA) && defined(SEGFAST_CUDA_ARCHS)
@@ -281,4 +364,25 @@ PYBIND11_MODULE(_C, m) {
   m.def("pixel_loss_cpu", &pixel_cpu, pixel_doc, SEGFAST_PIXEL_PYARGS, py::arg("num_threads"));
   m.def("pixel_loss_cuda", &pixel_cuda, pixel_doc, SEGFAST_PIXEL_PYARGS, py::arg("stream"));
 #undef SEGFAST_PIXEL_PYARGS
+
+  // ---- crf family ----
+  const char* crf_doc =
+      "Dense CRF mean field (segfast/ops/crf.py): energies U [B, C, H*W] (strides usB, usC, usS), "
+      "image [B, 3, H*W] (uint8/float, 0-255), kparams 7 per kernel (sx, sy, sr, sg, sb, bilateral, "
+      "Potts weight), compat_ptrs: float32 [C, C] symmetric matrix per kernel or 0 (Potts); "
+      "writes Q [B, C, H*W] float32 contiguous.";
+#define SEGFAST_CRF_PYARGS                                                                        \
+  py::arg("u_ptr"), py::arg("u_dtype"), py::arg("usB"), py::arg("usC"), py::arg("usS"),           \
+      py::arg("im_ptr"), py::arg("im_dtype"), py::arg("isB"), py::arg("isC"), py::arg("isS"),      \
+      py::arg("B"), py::arg("C"), py::arg("H"), py::arg("W"), py::arg("kparams"),                 \
+      py::arg("compat_ptrs"), py::arg("iterations"), py::arg("normalization"),                   \
+      py::arg("self_message"), py::arg("out_ptr")
+  m.def("dense_crf_cpu", &crf_cpu, crf_doc, SEGFAST_CRF_PYARGS, py::arg("num_threads"));
+  m.def("dense_crf_cuda", &crf_cuda, crf_doc, SEGFAST_CRF_PYARGS, py::arg("stream"));
+#undef SEGFAST_CRF_PYARGS
+  m.def("crf_lattice_cpu", &crf_lattice,
+        "Permutohedral lattice of float32 features [N, d]: writes offset [N, d+1] int32, weight "
+        "[N, d+1] float32, blur [d+1, M, 2] int32 (capacity cap points); returns M (-M-1 if M > cap).",
+        py::arg("feat_ptr"), py::arg("N"), py::arg("d"), py::arg("offset_ptr"), py::arg("weight_ptr"),
+        py::arg("blur_ptr"), py::arg("cap"), py::arg("num_threads"));
 }

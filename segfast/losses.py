@@ -170,3 +170,25 @@ class LovaszSoftmaxLoss(_PixelLoss):
                  reduction="mean", backend=None):
         super().__init__(classes=classes, per_image=per_image, ignore_index=ignore_index,
                          from_logits=from_logits, reduction=reduction, backend=backend)
+
+
+# ---- crf family ----------------------------------------------------------------
+
+
+class DenseCRF(torch.nn.Module):
+    """Module form of :func:`segfast.functional.dense_crf`: holds the CRF
+    parameters; ``forward(unary, image, pos=None)`` returns the marginals Q."""
+
+    def __init__(self, iterations: int = 5, gaussian=F.Gaussian(), bilateral=F.Bilateral(), compat=None,
+                 normalization: str = "symmetric", method: str = "permutohedral", unary_from: str = "energy",
+                 self_message: bool = True, backend=None):
+        super().__init__()
+        self.kwargs = dict(iterations=iterations, gaussian=gaussian, bilateral=bilateral, compat=compat,
+                           normalization=normalization, method=method, unary_from=unary_from,
+                           self_message=self_message, backend=backend)
+
+    def forward(self, unary: torch.Tensor, image: torch.Tensor, pos=None) -> torch.Tensor:
+        return F.dense_crf(unary, image, pos=pos, **self.kwargs)
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{k}={v!r}" for k, v in self.kwargs.items())

@@ -293,10 +293,9 @@ def _self_weight(filt, N, normalization, dtype, device) -> Tensor:
 
 
 def pixel_objectness_naive(proposals: Tensor, size) -> Tensor:
-    """O(G·H·W) reference: boxes [B, G, 4] xyxy (pixel (x, y) is covered when
-    x1 <= x < x2 and y1 <= y < y2 after rounding the corners to the nearest
-    integer and clamping to the image) or masks [B, G, H, W] (mean over G).
-    G = 0 gives zeros."""
+    """O(G·H·W) reference: boxes [B, G, 4] xyxy in pixel units (pixel (x, y)
+    is covered when its centre (x + 0.5, y + 0.5) lies in [x1, x2) x [y1, y2))
+    or masks [B, G, H, W] (mean over G). G = 0 gives zeros."""
     H, W = size
     if proposals.dim() == 4:
         B, G = proposals.shape[:2]
@@ -305,10 +304,10 @@ def pixel_objectness_naive(proposals: Tensor, size) -> Tensor:
         return proposals.to(torch.float64).mean(1).to(torch.float32)
     B, G, _ = proposals.shape
     out = torch.zeros((B, H, W), dtype=torch.float64, device=proposals.device)
-    ys = torch.arange(H, device=proposals.device).view(H, 1)
-    xs = torch.arange(W, device=proposals.device).view(1, W)
+    cy = torch.arange(H, device=proposals.device, dtype=torch.float64).view(H, 1) + 0.5
+    cx = torch.arange(W, device=proposals.device, dtype=torch.float64).view(1, W) + 0.5
     for b in range(B):
         for g in range(G):
-            x1, y1, x2, y2 = [int(v) for v in torch.round(proposals[b, g].double()).tolist()]
-            out[b] += ((xs >= x1) & (xs < x2) & (ys >= y1) & (ys < y2)).double()
+            x1, y1, x2, y2 = proposals[b, g].double().tolist()
+            out[b] += ((cx >= x1) & (cx < x2) & (cy >= y1) & (cy < y2)).double()
     return (out / max(G, 1)).to(torch.float32)

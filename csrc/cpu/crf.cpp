@@ -1,0 +1,416 @@
+// Dense CRF, CPU kernels (C++ / OpenMP): per image, one permutohedral lattice
+// per pairwise kernel, built once and reused by every iteration and label;
+// then mean field. See csrc/common/crf.h for the lattice math and
+// segfast/reference/crf.py for the semantics (pydensecrf's DenseCRF2D).
+//
+// Layout: label values are stored pixel-major, [N][Cp] and lattice values
+// [M+1][Cp] (Cp = C rounded up to 8, padding lanes kept at 0; row M is the
+// "missing neighbour", always 0), so every inner loop runs over labels with
+// unit stride and vectorises. Parallel over pixels (slice, update), lattice
+// points (splat, blur) and, while the lattice is built, pixels (location);
+// the hash table is filled by one thread in pixel order, so point numbering
+// and every sum are deterministic. Splat is a gather: each point keeps the
+// list (CSR) of its (pixel, weight) entries. Keys are int32.
+#include <omp.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <stdexcept>
+#include <vector>
+
+#include "../common/crf.h"
+#include "common.h"
+
+namespace segfast {
+namespace crf {
+namespace {
+
+constexpr int64_t kChunk = 256;  // items per OpenMP work unit
+
+template <typename F>
+void parallel_chunks(int64_t n, int nt, F&& fn) {
+  const int64_t chunks = (n + kChunk - 1) / kChunk;
+  if (nt <= 1 || chunks <= 1) {
+    if (n > 0) fn(int64_t(0), n);
+    return;
+  }
+#pragma omp parallel for schedule(dynamic, 4) num_threads(nt)
+  for (int64_t c = 0; c < chunks; ++c) fn(c * kChunk, std::min(n, (c + 1) * kChunk));
+}
+
+// Open addressing, linear probing; keys stored once per point.
+struct HashTable {
+  int d;
+  std::vector<int32_t> keys;  // [M][d]
+  std::vector<int32_t> slot;  // point index or -1
+  uint64_t mask = 0;
+  int32_t size = 0;
+
+  HashTable(int d_, int64_t expect) : d(d_) {
+    uint64_t cap = 1024;
+    while (cap < uint64_t(2 * expect)) cap <<= 1;
+    slot.assign(cap, -1);
+    mask = cap - 1;
+    keys.reserve(size_t(expect) * d_);
+  }
+  bool same(int32_t p, const int32_t* k) const {
+    const int32_t* q = &keys[size_t(p) * d];
+    for (int i = 0; i < d; ++i)
+      if (q[i] != k[i]) return false;
+    return true;
+  }
+  int32_t find(const int32_t* k) const {
+    for (uint64_t h = hash_key(k, d) & mask;; h = (h + 1) & mask) {
+      const int32_t p = slot[h];
+      if (p < 0) return -1;
+      if (same(p, k)) return p;
+    }
+  }
+  int32_t insert(const int32_t* k) {
+    if (uint64_t(2) * uint64_t(size + 1) > mask + 1) grow();
+    for (uint64_t h = hash_key(k, d) & mask;; h = (h + 1) & mask) {
+      const int32_t p = slot[h];
+      if (p < 0) {
+        if (size == INT32_MAX) throw std::length_error("segfast: CRF lattice has more than 2^31 points");
+        keys.insert(keys.end(), k, k + d);
+        slot[h] = size;
+        return size++;
+      }
+      if (same(p, k)) return p;
+    }
+  }
+  void grow() {
+    std::vector<int32_t> old(2 * (mask + 1), -1);
+    slot.swap(old);
+    mask = slot.size() - 1;
+    for (int32_t p = 0; p < size; ++p)
+      for (uint64_t h = hash_key(&keys[size_t(p) * d], d) & mask;; h = (h + 1) & mask)
+        if (slot[h] < 0) {
+          slot[h] = p;
+          break;
+        }
+  }
+};
+
+struct Lattice {
+  int d = 0;
+  int64_t N = 0;
+  int32_t M = 0;
+  std::vector<int32_t> offset;  // [N][d+1] point of each simplex vertex
+  std::vector<float> weight;    // [N][d+1] barycentric weights
+  std::vector<int32_t> blur;    // [d+1][M][2] neighbours along each direction (M: none)
+  std::vector<int32_t> start;   // [M+1] CSR of the splat entries of each point
+  std::vector<int32_t> pix;     // [N(d+1)] pixel of each entry, in pixel order within a point
+  std::vector<int32_t> ent;     // [N(d+1)] flat (pixel, vertex) index of each entry
+};
+
+void build_lattice(Lattice& L, const float* feat, int64_t N, int d, int nt) {
+  L.d = d;
+  L.N = N;
+  const int D1 = d + 1;
+  const int64_t E = N * D1;
+  float scale[kMaxD];
+  lattice_scale(d, scale);
+  std::vector<int32_t> keys(size_t(E) * d);
+  L.offset.resize(E);
+  L.weight.resize(E);
+  parallel_chunks(N, nt, [&](int64_t i0, int64_t i1) {
+    Simplex s;
+    for (int64_t i = i0; i < i1; ++i) {
+      locate(feat + i * d, d, scale, s);
+      for (int r = 0; r < D1; ++r) {
+        vertex_key(s, d, r, &keys[size_t(i * D1 + r) * d]);
+        L.weight[i * D1 + r] = s.bary[r];
+      }
+    }
+  });
+  HashTable table(d, std::max<int64_t>(N, 16));
+  for (int64_t k = 0; k < E; ++k) L.offset[k] = table.insert(&keys[size_t(k) * d]);
+  std::vector<int32_t>().swap(keys);
+  const int32_t M = table.size;
+  L.M = M;
+  L.blur.resize(size_t(D1) * M * 2);
+  parallel_chunks(M, nt, [&](int64_t p0, int64_t p1) {
+    int32_t n1[kMaxD], n2[kMaxD];
+    for (int64_t p = p0; p < p1; ++p) {
+      const int32_t* key = &table.keys[size_t(p) * d];
+      for (int j = 0; j < D1; ++j) {
+        for (int k = 0; k < d; ++k) {
+          n1[k] = key[k] - 1;
+          n2[k] = key[k] + 1;
+        }
+        if (j < d) {
+          n1[j] = key[j] + d;
+          n2[j] = key[j] - d;
+        }
+        const int32_t a = table.find(n1), b = table.find(n2);
+        L.blur[(size_t(j) * M + p) * 2 + 0] = a < 0 ? M : a;
+        L.blur[(size_t(j) * M + p) * 2 + 1] = b < 0 ? M : b;
+      }
+    }
+  });
+  // CSR by point, entries in pixel order (a counting sort)
+  L.start.assign(size_t(M) + 1, 0);
+  for (int64_t k = 0; k < E; ++k) ++L.start[L.offset[k] + 1];
+  for (int32_t p = 0; p < M; ++p) L.start[p + 1] += L.start[p];
+  std::vector<int32_t> fill(L.start.begin(), L.start.end() - 1);
+  L.pix.resize(E);
+  L.ent.resize(E);
+  for (int64_t k = 0; k < E; ++k) {
+    const int32_t at = fill[L.offset[k]]++;
+    L.pix[at] = int32_t(k / D1);
+    L.ent[at] = int32_t(k);
+  }
+}
+
+// ---- the filter steps (vectorised over Cp labels) -----------------------------------
+
+// grid[p] = sum over p's entries e of sw[e] * in[pix[e]]
+SEGFAST_CLONES void splat_range(const Lattice& L, const float* __restrict sw, const float* __restrict in,
+                                float* __restrict grid, int64_t Cp, int64_t p0, int64_t p1) {
+  for (int64_t p = p0; p < p1; ++p) {
+    float* __restrict g = grid + p * Cp;
+    for (int64_t c = 0; c < Cp; ++c) g[c] = 0.f;
+    for (int32_t e = L.start[p]; e < L.start[p + 1]; ++e) {
+      const float w = sw[e];
+      const float* __restrict q = in + int64_t(L.pix[e]) * Cp;
+#pragma omp simd
+      for (int64_t c = 0; c < Cp; ++c) g[c] += w * q[c];
+    }
+  }
+}
+
+SEGFAST_CLONES void blur_range(const int32_t* __restrict nb, const float* __restrict src, float* __restrict dst,
+                               int64_t Cp, int64_t p0, int64_t p1) {
+  for (int64_t p = p0; p < p1; ++p) {
+    const float* __restrict a = src + int64_t(nb[2 * p]) * Cp;
+    const float* __restrict b = src + int64_t(nb[2 * p + 1]) * Cp;
+    const float* __restrict o = src + p * Cp;
+    float* __restrict t = dst + p * Cp;
+#pragma omp simd
+    for (int64_t c = 0; c < Cp; ++c) t[c] = o[c] + 0.5f * (a[c] + b[c]);
+  }
+}
+
+// out[i] (+)= sum_r slw[i, r] * grid[offset[i, r]]
+SEGFAST_CLONES void slice_range(const Lattice& L, const float* __restrict slw, const float* __restrict grid,
+                                float* __restrict out, int64_t Cp, bool accumulate, int64_t i0, int64_t i1) {
+  const int D1 = L.d + 1;
+  for (int64_t i = i0; i < i1; ++i) {
+    float* __restrict o = out + i * Cp;
+    if (!accumulate)
+      for (int64_t c = 0; c < Cp; ++c) o[c] = 0.f;
+    for (int r = 0; r < D1; ++r) {
+      const float w = slw[i * D1 + r];
+      const float* __restrict g = grid + int64_t(L.offset[i * D1 + r]) * Cp;
+#pragma omp simd
+      for (int64_t c = 0; c < Cp; ++c) o[c] += w * g[c];
+    }
+  }
+}
+
+// One filter: out (+)= slice(blur(splat(in))) with the folded weights; grid, tmp: [M+1][Cp].
+void filter(const Lattice& L, const float* sw, const float* slw, const float* in, float* out, int64_t Cp,
+            bool accumulate, std::vector<float>& grid, std::vector<float>& tmp, int nt) {
+  const int64_t M = L.M;
+  grid.resize(size_t(M + 1) * Cp);
+  tmp.resize(size_t(M + 1) * Cp);
+  std::fill(grid.begin() + M * Cp, grid.begin() + (M + 1) * Cp, 0.f);
+  std::fill(tmp.begin() + M * Cp, tmp.begin() + (M + 1) * Cp, 0.f);
+  parallel_chunks(M, nt, [&](int64_t a, int64_t b) { splat_range(L, sw, in, grid.data(), Cp, a, b); });
+  for (int j = 0; j <= L.d; ++j) {
+    const int32_t* nb = L.blur.data() + size_t(j) * M * 2;
+    parallel_chunks(M, nt, [&](int64_t a, int64_t b) { blur_range(nb, grid.data(), tmp.data(), Cp, a, b); });
+    grid.swap(tmp);
+  }
+  parallel_chunks(L.N, nt,
+                  [&](int64_t a, int64_t b) { slice_range(L, slw, grid.data(), out, Cp, accumulate, a, b); });
+}
+
+// logits = -U + msg; Q = softmax over the C real labels (padding lanes stay 0)
+SEGFAST_CLONES void update_range(const float* __restrict U, const float* __restrict msg, float* __restrict Q,
+                                 int64_t C, int64_t Cp, int64_t i0, int64_t i1) {
+  for (int64_t i = i0; i < i1; ++i) {
+    const float* __restrict u = U + i * Cp;
+    const float* __restrict m = msg ? msg + i * Cp : nullptr;
+    float* __restrict q = Q + i * Cp;
+    float mx = -INFINITY;
+    for (int64_t c = 0; c < C; ++c) {
+      const float v = m ? m[c] - u[c] : -u[c];
+      q[c] = v;
+      mx = std::max(mx, v);
+    }
+    float s = 0.f;
+    for (int64_t c = 0; c < C; ++c) {
+      const float e = std::exp(q[c] - mx);
+      q[c] = e;
+      s += e;
+    }
+    const float inv = 1.f / s;
+    for (int64_t c = 0; c < C; ++c) q[c] *= inv;
+  }
+}
+
+// msg[i] -= mu @ (S[i] - s_i Q[i])   (mu symmetric [C][C], general compatibility)
+SEGFAST_CLONES void matrix_range(const float* __restrict mu, const float* __restrict S, const float* __restrict selfw,
+                                 const float* __restrict Q, float* __restrict msg, int64_t C, int64_t Cp, int64_t i0,
+                                 int64_t i1) {
+  std::vector<float> t(Cp);
+  for (int64_t i = i0; i < i1; ++i) {
+    const float* __restrict s = S + i * Cp;
+    float* __restrict m = msg + i * Cp;
+    const float sw = selfw ? selfw[i] : 0.f;
+    for (int64_t c = 0; c < Cp; ++c) t[c] = s[c] - sw * Q[i * Cp + c];
+    for (int64_t l = 0; l < C; ++l) {
+      const float* __restrict row = mu + l * C;
+      float acc = 0.f;
+#pragma omp simd reduction(+ : acc)
+      for (int64_t c = 0; c < C; ++c) acc += row[c] * t[c];
+      m[l] -= acc;
+    }
+  }
+}
+
+struct KernelSpec {
+  double sx, sy, sr, sg, sb;
+  bool bilateral;
+  double potts;      // used when mu == nullptr
+  const float* mu;   // [C][C] symmetric compatibility, or nullptr (Potts)
+};
+
+}  // namespace
+
+// Whole problem: B images, energies U [B, C, S] (strided, any float dtype, POS
+// already applied), image [B, 3, S] (strided, uint8 or float, 0..255), Q out
+// [B, C, S] float32 contiguous.
+void dense_crf_cpu(const void* U, int u_dtype, int64_t usB, int64_t usC, int64_t usS, const void* img,
+                   int im_dtype, int64_t isB, int64_t isC, int64_t isS, int64_t B, int64_t C, int64_t H,
+                   int64_t W, const std::vector<double>& kparams, const std::vector<uintptr_t>& compat_ptrs,
+                   int64_t iterations, int normalization, bool self_message, float* Qout, int64_t num_threads) {
+  const int nt = num_threads > 0 ? int(num_threads) : omp_get_max_threads();
+  const int64_t N = H * W;
+  const int64_t Cp = (C + 7) / 8 * 8;
+  const size_t K = compat_ptrs.size();
+  std::vector<KernelSpec> ks(K);
+  for (size_t m = 0; m < K; ++m) {
+    const double* p = &kparams[m * 7];
+    ks[m] = KernelSpec{p[0], p[1], p[2], p[3], p[4], p[5] != 0.0, p[6],
+                       reinterpret_cast<const float*>(compat_ptrs[m])};
+  }
+  std::vector<float> Ub(size_t(N) * Cp), Q(size_t(N) * Cp), msg(size_t(N) * Cp), S, grid, tmp, feat;
+  for (int64_t b = 0; b < B; ++b) {
+    // energies, transposed to [N][Cp]
+    parallel_chunks(N, nt, [&](int64_t i0, int64_t i1) {
+      for (int64_t i = i0; i < i1; ++i) {
+        float* u = &Ub[size_t(i) * Cp];
+        for (int64_t c = 0; c < C; ++c) u[c] = load_f32(U, u_dtype, b * usB + c * usC + i * usS);
+        for (int64_t c = C; c < Cp; ++c) u[c] = 0.f;
+      }
+    });
+    parallel_chunks(N, nt, [&](int64_t a, int64_t e) { update_range(Ub.data(), nullptr, Q.data(), C, Cp, a, e); });
+    if (iterations > 0 && K > 0) {
+      // lattices and their folded weights
+      std::vector<Lattice> lat(K);
+      std::vector<std::vector<float>> sw(K), slw(K), selfw(K);
+      for (size_t m = 0; m < K; ++m) {
+        const KernelSpec& k = ks[m];
+        const int d = k.bilateral ? 5 : 2;
+        feat.resize(size_t(N) * d);
+        parallel_chunks(N, nt, [&](int64_t i0, int64_t i1) {
+          for (int64_t i = i0; i < i1; ++i) {
+            float* f = &feat[size_t(i) * d];
+            f[0] = float(i % W) / float(k.sx);
+            f[1] = float(i / W) / float(k.sy);
+            if (k.bilateral) {
+              const float s[3] = {float(k.sr), float(k.sg), float(k.sb)};
+              for (int ch = 0; ch < 3; ++ch) f[2 + ch] = load_f32(img, im_dtype, b * isB + ch * isC + i * isS) / s[ch];
+            }
+          }
+        });
+        Lattice& L = lat[m];
+        build_lattice(L, feat.data(), N, d, nt);
+        const int D1 = d + 1;
+        const int64_t E = N * D1;
+        const float alpha = slice_alpha(d);
+        // norm = 1/sqrt(K 1) (symmetric) or 1/(K 1); K 1 filtered with one value per pixel
+        std::vector<float> pre(N, 1.f), post(N, 1.f), sws(E), ones(N, 1.f), k1(N);
+        if (normalization != kNone) {
+          for (int64_t e = 0; e < E; ++e) sws[e] = L.weight[L.ent[e]];
+          std::vector<float> sl(E);
+          for (int64_t e = 0; e < E; ++e) sl[e] = alpha * L.weight[e];
+          filter(L, sws.data(), sl.data(), ones.data(), k1.data(), 1, false, grid, tmp, nt);
+          for (int64_t i = 0; i < N; ++i) {
+            if (normalization == kSymmetric) {
+              const float n = 1.f / std::sqrt(k1[i] + 1e-20f);
+              pre[i] = post[i] = n;
+            } else if (normalization == kAfter) {
+              post[i] = 1.f / (k1[i] + 1e-20f);
+            } else {
+              pre[i] = 1.f / (k1[i] + 1e-20f);
+            }
+          }
+        }
+        const float scale = k.mu ? 1.f : float(k.potts);  // Potts: fold the weight into the slice
+        sw[m].resize(E);
+        slw[m].resize(E);
+        for (int64_t e = 0; e < E; ++e) sw[m][e] = L.weight[L.ent[e]] * pre[L.pix[e]];
+        for (int64_t k2 = 0; k2 < E; ++k2) slw[m][k2] = alpha * L.weight[k2] * post[k2 / D1] * scale;
+        if (!self_message) {  // the i = j term with K_ii = 1
+          selfw[m].resize(N);
+          for (int64_t i = 0; i < N; ++i) selfw[m][i] = pre[i] * post[i];
+        }
+      }
+      for (int64_t it = 0; it < iterations; ++it) {
+        std::fill(msg.begin(), msg.end(), 0.f);
+        for (size_t m = 0; m < K; ++m) {
+          if (!ks[m].mu) {  // msg += w (K~Q - s Q)
+            filter(lat[m], sw[m].data(), slw[m].data(), Q.data(), msg.data(), Cp, true, grid, tmp, nt);
+            if (!self_message) {
+              const float w = float(ks[m].potts);
+              const float* sfw = selfw[m].data();
+              parallel_chunks(N, nt, [&](int64_t i0, int64_t i1) {
+                for (int64_t i = i0; i < i1; ++i)
+                  for (int64_t c = 0; c < Cp; ++c) msg[i * Cp + c] -= w * sfw[i] * Q[i * Cp + c];
+              });
+            }
+          } else {  // msg -= mu (K~Q - s Q)
+            S.resize(size_t(N) * Cp);
+            filter(lat[m], sw[m].data(), slw[m].data(), Q.data(), S.data(), Cp, false, grid, tmp, nt);
+            const float* sfw = self_message ? nullptr : selfw[m].data();
+            parallel_chunks(N, nt, [&](int64_t a, int64_t e) {
+              matrix_range(ks[m].mu, S.data(), sfw, Q.data(), msg.data(), C, Cp, a, e);
+            });
+          }
+        }
+        parallel_chunks(N, nt, [&](int64_t a, int64_t e) { update_range(Ub.data(), msg.data(), Q.data(), C, Cp, a, e); });
+      }
+    }
+    // Q -> out [b, C, N]
+    float* out = Qout + b * C * N;
+    parallel_chunks(N, nt, [&](int64_t i0, int64_t i1) {
+      for (int64_t c = 0; c < C; ++c)
+        for (int64_t i = i0; i < i1; ++i) out[c * N + i] = Q[size_t(i) * Cp + c];
+    });
+  }
+}
+
+// The lattice of one feature set, for tests and for other backends:
+// offset/weight [N][d+1], blur [d+1][M][2]; returns M (buffers sized by the caller
+// after a first call with null pointers would need two builds, so the caller
+// passes blur capacity (d+1)*cap*2 and gets -M-1 if cap is too small).
+int64_t crf_lattice_cpu(const float* feat, int64_t N, int d, int32_t* offset, float* weight, int32_t* blur,
+                        int64_t cap, int64_t num_threads) {
+  const int nt = num_threads > 0 ? int(num_threads) : omp_get_max_threads();
+  Lattice L;
+  build_lattice(L, feat, N, d, nt);
+  const int64_t E = N * (d + 1);
+  std::memcpy(offset, L.offset.data(), sizeof(int32_t) * E);
+  std::memcpy(weight, L.weight.data(), sizeof(float) * E);
+  if (L.M > cap) return -int64_t(L.M) - 1;
+  std::memcpy(blur, L.blur.data(), sizeof(int32_t) * L.blur.size());
+  return L.M;
+}
+
+}  // namespace crf
+}  // namespace segfast
