@@ -14,12 +14,21 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <memory>
 #include <cstdint>
 #include <cstring>
 #include <stdexcept>
 #include <vector>
+#include <ctime>
+#include <cstdio>
+#include <cstdlib>
+
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wpsabi"  // v8f values never cross a non-inlined call
+#endif
 
 #include "../common/crf.h"
+#include "../common/region.h"  // fast_expf
 #include "common.h"
 
 namespace segfast {
@@ -27,12 +36,69 @@ namespace crf {
 namespace {
 
 constexpr int64_t kChunk = 256;  // items per OpenMP work unit
+constexpr int64_t kLanes = 8;    // Cp is a multiple of 8: label loops run in whole 8-wide blocks
 
+// Label loops run in blocks of exactly 8 lanes when Cp allows (a loop over a
+// runtime Cp such as 24 would run its AVX-512 body once and the rest in a scalar
+// epilogue); Cp = 1 (the normalisation filter) takes the plain loop.
+// 8 float lanes (GCC/Clang vector extension; 2 SSE or 1 AVX register), unaligned access.
+typedef float v8f __attribute__((vector_size(32), aligned(4)));
+SEGFAST_INLINE v8f load8(const float* p) {
+  v8f v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+SEGFAST_INLINE void store8(float* p, v8f v) { std::memcpy(p, &v, sizeof(v)); }
+
+SEGFAST_INLINE void axpy_lanes(float* __restrict y, const float* __restrict x, float a, int64_t Cp) {
+  if (Cp % kLanes) {
+    for (int64_t c = 0; c < Cp; ++c) y[c] += a * x[c];
+    return;
+  }
+  for (int64_t c0 = 0; c0 < Cp; c0 += kLanes) store8(y + c0, load8(y + c0) + a * load8(x + c0));
+}
+
+SEGFAST_INLINE void blur_lanes(float* __restrict t, const float* __restrict o, const float* __restrict a,
+                               const float* __restrict b, int64_t Cp) {
+  if (Cp % kLanes) {
+    for (int64_t c = 0; c < Cp; ++c) t[c] = o[c] + 0.5f * (a[c] + b[c]);
+    return;
+  }
+  for (int64_t c0 = 0; c0 < Cp; c0 += kLanes)
+    store8(t + c0, load8(o + c0) + 0.5f * (load8(a + c0) + load8(b + c0)));
+}
+
+// In place: m = softmax over the first C lanes, 0 in the padding (Cp % 8 == 0).
+SEGFAST_INLINE void softmax_lanes(float* m, float* q, int64_t C, int64_t Cp) {
+  float mx8[kLanes], s8[kLanes];
+  for (int64_t l = 0; l < kLanes; ++l) mx8[l] = -INFINITY, s8[l] = 0.f;
+  for (int64_t c0 = 0; c0 < Cp; c0 += kLanes) {
+#pragma omp simd
+    for (int64_t l = 0; l < kLanes; ++l) mx8[l] = std::max(mx8[l], c0 + l < C ? m[c0 + l] : -INFINITY);
+  }
+  float mx = mx8[0];
+  for (int64_t l = 1; l < kLanes; ++l) mx = std::max(mx, mx8[l]);
+  for (int64_t c0 = 0; c0 < Cp; c0 += kLanes) {
+#pragma omp simd
+    for (int64_t l = 0; l < kLanes; ++l) {
+      const float e = c0 + l < C ? region::fast_expf(m[c0 + l] - mx) : 0.f;
+      m[c0 + l] = e;
+      s8[l] += e;
+    }
+  }
+  float s = 0.f;
+  for (int64_t l = 0; l < kLanes; ++l) s += s8[l];
+  const float inv = 1.f / s;
+  for (int64_t c0 = 0; c0 < Cp; c0 += kLanes) {
+#pragma omp simd
+    for (int64_t l = 0; l < kLanes; ++l) q[c0 + l] = m[c0 + l] * inv;
+  }
+}
 template <typename F>
 void parallel_chunks(int64_t n, int nt, F&& fn) {
   const int64_t chunks = (n + kChunk - 1) / kChunk;
-  if (nt <= 1 || chunks <= 1) {
-    if (n > 0) fn(int64_t(0), n);
+  if (nt <= 1 || chunks <= 1) {  // same chunks, one thread: fn may rely on ranges <= kChunk
+    for (int64_t c = 0; c < chunks; ++c) fn(c * kChunk, std::min(n, (c + 1) * kChunk));
     return;
   }
 #pragma omp parallel for schedule(dynamic, 4) num_threads(nt)
@@ -126,7 +192,16 @@ void build_lattice(Lattice& L, const float* feat, int64_t N, int d, int nt) {
     }
   });
   HashTable table(d, std::max<int64_t>(N, 16));
-  for (int64_t k = 0; k < E; ++k) L.offset[k] = table.insert(&keys[size_t(k) * d]);
+  // Neighbouring pixels mostly share their vertices: compare with the previous
+  // pixel's vertex of the same remainder before probing the table.
+  for (int64_t k = 0; k < E; ++k) {
+    const int32_t* key = &keys[size_t(k) * d];
+    if (k >= D1 && std::equal(key, key + d, key - size_t(D1) * d)) {
+      L.offset[k] = L.offset[k - D1];
+    } else {
+      L.offset[k] = table.insert(key);
+    }
+  }
   std::vector<int32_t>().swap(keys);
   const int32_t M = table.size;
   L.M = M;
@@ -171,12 +246,16 @@ SEGFAST_CLONES void splat_range(const Lattice& L, const float* __restrict sw, co
                                 float* __restrict grid, int64_t Cp, int64_t p0, int64_t p1) {
   for (int64_t p = p0; p < p1; ++p) {
     float* __restrict g = grid + p * Cp;
-    for (int64_t c = 0; c < Cp; ++c) g[c] = 0.f;
-    for (int32_t e = L.start[p]; e < L.start[p + 1]; ++e) {
-      const float w = sw[e];
-      const float* __restrict q = in + int64_t(L.pix[e]) * Cp;
-#pragma omp simd
-      for (int64_t c = 0; c < Cp; ++c) g[c] += w * q[c];
+    const int32_t e0 = L.start[p], e1 = L.start[p + 1];
+    if (Cp % kLanes) {
+      for (int64_t c = 0; c < Cp; ++c) g[c] = 0.f;
+      for (int32_t e = e0; e < e1; ++e) axpy_lanes(g, in + int64_t(L.pix[e]) * Cp, sw[e], Cp);
+      continue;
+    }
+    for (int64_t c0 = 0; c0 < Cp; c0 += kLanes) {  // 8 lanes in registers across the entries
+      v8f a = {};
+      for (int32_t e = e0; e < e1; ++e) a += sw[e] * load8(in + int64_t(L.pix[e]) * Cp + c0);
+      store8(g + c0, a);
     }
   }
 }
@@ -188,8 +267,7 @@ SEGFAST_CLONES void blur_range(const int32_t* __restrict nb, const float* __rest
     const float* __restrict b = src + int64_t(nb[2 * p + 1]) * Cp;
     const float* __restrict o = src + p * Cp;
     float* __restrict t = dst + p * Cp;
-#pragma omp simd
-    for (int64_t c = 0; c < Cp; ++c) t[c] = o[c] + 0.5f * (a[c] + b[c]);
+    blur_lanes(t, o, a, b, Cp);
   }
 }
 
@@ -204,15 +282,14 @@ SEGFAST_CLONES void slice_range(const Lattice& L, const float* __restrict slw, c
     for (int r = 0; r < D1; ++r) {
       const float w = slw[i * D1 + r];
       const float* __restrict g = grid + int64_t(L.offset[i * D1 + r]) * Cp;
-#pragma omp simd
-      for (int64_t c = 0; c < Cp; ++c) o[c] += w * g[c];
+      axpy_lanes(o, g, w, Cp);
     }
   }
 }
 
-// One filter: out (+)= slice(blur(splat(in))) with the folded weights; grid, tmp: [M+1][Cp].
-void filter(const Lattice& L, const float* sw, const float* slw, const float* in, float* out, int64_t Cp,
-            bool accumulate, std::vector<float>& grid, std::vector<float>& tmp, int nt) {
+// splat + blur: grid = B(splat(in)) with the folded splat weights; grid, tmp: [M+1][Cp].
+void splat_blur(const Lattice& L, const float* sw, const float* in, int64_t Cp, std::vector<float>& grid,
+                std::vector<float>& tmp, int nt) {
   const int64_t M = L.M;
   grid.resize(size_t(M + 1) * Cp);
   tmp.resize(size_t(M + 1) * Cp);
@@ -224,51 +301,87 @@ void filter(const Lattice& L, const float* sw, const float* slw, const float* in
     parallel_chunks(M, nt, [&](int64_t a, int64_t b) { blur_range(nb, grid.data(), tmp.data(), Cp, a, b); });
     grid.swap(tmp);
   }
-  parallel_chunks(L.N, nt,
-                  [&](int64_t a, int64_t b) { slice_range(L, slw, grid.data(), out, Cp, accumulate, a, b); });
 }
 
-// logits = -U + msg; Q = softmax over the C real labels (padding lanes stay 0)
+// One filter: out = slice(blur(splat(in))) with the folded weights.
+void filter(const Lattice& L, const float* sw, const float* slw, const float* in, float* out, int64_t Cp,
+            std::vector<float>& grid, std::vector<float>& tmp, int nt) {
+  splat_blur(L, sw, in, Cp, grid, tmp, nt);
+  parallel_chunks(L.N, nt, [&](int64_t a, int64_t b) { slice_range(L, slw, grid.data(), out, Cp, false, a, b); });
+}
+
+// logits = -U + msg; Q = softmax over the C real labels (padding lanes set to 0)
 SEGFAST_CLONES void update_range(const float* __restrict U, const float* __restrict msg, float* __restrict Q,
                                  int64_t C, int64_t Cp, int64_t i0, int64_t i1) {
   for (int64_t i = i0; i < i1; ++i) {
     const float* __restrict u = U + i * Cp;
-    const float* __restrict m = msg ? msg + i * Cp : nullptr;
     float* __restrict q = Q + i * Cp;
-    float mx = -INFINITY;
-    for (int64_t c = 0; c < C; ++c) {
-      const float v = m ? m[c] - u[c] : -u[c];
-      q[c] = v;
-      mx = std::max(mx, v);
+    if (msg) {
+      const float* __restrict m = msg + i * Cp;
+#pragma omp simd
+      for (int64_t c = 0; c < Cp; ++c) q[c] = m[c] - u[c];
+    } else {
+#pragma omp simd
+      for (int64_t c = 0; c < Cp; ++c) q[c] = -u[c];
     }
-    float s = 0.f;
-    for (int64_t c = 0; c < C; ++c) {
-      const float e = std::exp(q[c] - mx);
-      q[c] = e;
-      s += e;
-    }
-    const float inv = 1.f / s;
-    for (int64_t c = 0; c < C; ++c) q[c] *= inv;
+    softmax_lanes(q, q, C, Cp);
   }
 }
 
-// msg[i] -= mu @ (S[i] - s_i Q[i])   (mu symmetric [C][C], general compatibility)
-SEGFAST_CLONES void matrix_range(const float* __restrict mu, const float* __restrict S, const float* __restrict selfw,
-                                 const float* __restrict Q, float* __restrict msg, int64_t C, int64_t Cp, int64_t i0,
-                                 int64_t i1) {
-  std::vector<float> t(Cp);
+// One kernel's part of an iteration: its blurred grid, the folded slice weights,
+// and its compatibility (Potts weight folded into slw, or a matrix mu).
+struct KernelRun {
+  const Lattice* L;
+  const float* slw;
+  const float* grid;
+  const float* mu;     // [C][C] symmetric, or nullptr (Potts)
+  const float* selfw;  // [N] the i = j term of K~, or nullptr (self-message kept)
+  float potts;
+};
+
+// The fused end of an iteration, per pixel: the messages sliced from every
+// kernel's grid (never stored for the whole image), then Q = softmax(-U + msg)
+// in place (the grids already hold everything read from the old Q).
+// m, t: scratch [Cp].
+SEGFAST_CLONES void meanfield_range(const KernelRun* kr, int K, const float* __restrict U, float* __restrict Q,
+                                    int64_t C, int64_t Cp, float* __restrict m, float* __restrict t, int64_t i0,
+                                    int64_t i1) {
   for (int64_t i = i0; i < i1; ++i) {
-    const float* __restrict s = S + i * Cp;
-    float* __restrict m = msg + i * Cp;
-    const float sw = selfw ? selfw[i] : 0.f;
-    for (int64_t c = 0; c < Cp; ++c) t[c] = s[c] - sw * Q[i * Cp + c];
-    for (int64_t l = 0; l < C; ++l) {
-      const float* __restrict row = mu + l * C;
-      float acc = 0.f;
-#pragma omp simd reduction(+ : acc)
-      for (int64_t c = 0; c < C; ++c) acc += row[c] * t[c];
-      m[l] -= acc;
+    float* __restrict q = Q + i * Cp;
+    const float* __restrict u = U + i * Cp;
+    // Potts kernels: 8 lanes at a time, accumulated in registers over every kernel's vertices
+    for (int64_t c0 = 0; c0 < Cp; c0 += kLanes) {
+      v8f a = -load8(u + c0);
+      for (int k = 0; k < K; ++k) {
+        const KernelRun& r = kr[k];
+        if (r.mu) continue;
+        const int D1 = r.L->d + 1;
+        const int32_t* off = r.L->offset.data() + i * D1;
+        const float* w = r.slw + i * D1;
+        for (int v = 0; v < D1; ++v) a += w[v] * load8(r.grid + int64_t(off[v]) * Cp + c0);
+        if (r.selfw) a -= (r.selfw[i] * r.potts) * load8(q + c0);
+      }
+      store8(m + c0, a);
     }
+    // matrix compatibilities: m -= mu (K~Q - s Q)
+    for (int k = 0; k < K; ++k) {
+      const KernelRun& r = kr[k];
+      if (!r.mu) continue;
+      const int D1 = r.L->d + 1;
+      const int32_t* off = r.L->offset.data() + i * D1;
+      const float* w = r.slw + i * D1;
+      for (int64_t c = 0; c < Cp; ++c) t[c] = 0.f;
+      for (int v = 0; v < D1; ++v) axpy_lanes(t, r.grid + int64_t(off[v]) * Cp, w[v], Cp);
+      if (r.selfw) axpy_lanes(t, q, -r.selfw[i], Cp);
+      for (int64_t l = 0; l < C; ++l) {
+        const float* __restrict row = r.mu + l * C;
+        float a = 0.f;
+#pragma omp simd reduction(+ : a)
+        for (int64_t c = 0; c < C; ++c) a += row[c] * t[c];
+        m[l] -= a;
+      }
+    }
+    softmax_lanes(m, q, C, Cp);
   }
 }
 
@@ -298,17 +411,36 @@ void dense_crf_cpu(const void* U, int u_dtype, int64_t usB, int64_t usC, int64_t
     ks[m] = KernelSpec{p[0], p[1], p[2], p[3], p[4], p[5] != 0.0, p[6],
                        reinterpret_cast<const float*>(compat_ptrs[m])};
   }
-  std::vector<float> Ub(size_t(N) * Cp), Q(size_t(N) * Cp), msg(size_t(N) * Cp), S, grid, tmp, feat;
+  const bool prof = std::getenv("SEGFAST_CRF_PROFILE") != nullptr;
+  auto cpu_ms = []() {
+    timespec ts;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return ts.tv_sec * 1e3 + ts.tv_nsec * 1e-6;
+  };
+  double t0 = cpu_ms();
+  auto tick = [&](const char* what) {
+    if (!prof) return;
+    const double t1 = cpu_ms();
+    std::fprintf(stderr, "%s %.2f cpu ms\n", what, t1 - t0);
+    t0 = t1;
+  };
+  // [N][Cp] energies and marginals: not zero-filled (every lane is written before it is read)
+  std::unique_ptr<float[]> Ub(new float[size_t(N) * Cp]), Q(new float[size_t(N) * Cp]);
+  std::vector<float> grid, tmp, feat;
+  std::vector<std::vector<float>> grids(K);
   for (int64_t b = 0; b < B; ++b) {
-    // energies, transposed to [N][Cp]
+    // energies, transposed to [N][Cp] through a [C][chunk] tile read row by row
     parallel_chunks(N, nt, [&](int64_t i0, int64_t i1) {
-      for (int64_t i = i0; i < i1; ++i) {
-        float* u = &Ub[size_t(i) * Cp];
-        for (int64_t c = 0; c < C; ++c) u[c] = load_f32(U, u_dtype, b * usB + c * usC + i * usS);
-        for (int64_t c = C; c < Cp; ++c) u[c] = 0.f;
+      float tile[kChunk];
+      for (int64_t i = i0; i < i1; ++i)
+        for (int64_t c = C; c < Cp; ++c) Ub[size_t(i) * Cp + c] = 0.f;
+      for (int64_t c = 0; c < C; ++c) {
+        cpu::load_row(tile, U, u_dtype, b * usB + c * usC + i0 * usS, usS, i1 - i0);
+        for (int64_t i = i0; i < i1; ++i) Ub[size_t(i) * Cp + c] = tile[i - i0];
       }
     });
-    parallel_chunks(N, nt, [&](int64_t a, int64_t e) { update_range(Ub.data(), nullptr, Q.data(), C, Cp, a, e); });
+    parallel_chunks(N, nt, [&](int64_t a, int64_t e) { update_range(Ub.get(), nullptr, Q.get(), C, Cp, a, e); });
+    tick("load+softmax");
     if (iterations > 0 && K > 0) {
       // lattices and their folded weights
       std::vector<Lattice> lat(K);
@@ -329,7 +461,9 @@ void dense_crf_cpu(const void* U, int u_dtype, int64_t usB, int64_t usC, int64_t
           }
         });
         Lattice& L = lat[m];
+        tick("features");
         build_lattice(L, feat.data(), N, d, nt);
+        tick("lattice");
         const int D1 = d + 1;
         const int64_t E = N * D1;
         const float alpha = slice_alpha(d);
@@ -339,7 +473,7 @@ void dense_crf_cpu(const void* U, int u_dtype, int64_t usB, int64_t usC, int64_t
           for (int64_t e = 0; e < E; ++e) sws[e] = L.weight[L.ent[e]];
           std::vector<float> sl(E);
           for (int64_t e = 0; e < E; ++e) sl[e] = alpha * L.weight[e];
-          filter(L, sws.data(), sl.data(), ones.data(), k1.data(), 1, false, grid, tmp, nt);
+          filter(L, sws.data(), sl.data(), ones.data(), k1.data(), 1, grid, tmp, nt);
           for (int64_t i = 0; i < N; ++i) {
             if (normalization == kSymmetric) {
               const float n = 1.f / std::sqrt(k1[i] + 1e-20f);
@@ -354,36 +488,32 @@ void dense_crf_cpu(const void* U, int u_dtype, int64_t usB, int64_t usC, int64_t
         const float scale = k.mu ? 1.f : float(k.potts);  // Potts: fold the weight into the slice
         sw[m].resize(E);
         slw[m].resize(E);
-        for (int64_t e = 0; e < E; ++e) sw[m][e] = L.weight[L.ent[e]] * pre[L.pix[e]];
-        for (int64_t k2 = 0; k2 < E; ++k2) slw[m][k2] = alpha * L.weight[k2] * post[k2 / D1] * scale;
+        parallel_chunks(E, nt, [&](int64_t e0, int64_t e1) {
+          for (int64_t e = e0; e < e1; ++e) sw[m][e] = L.weight[L.ent[e]] * pre[L.pix[e]];
+        });
+        parallel_chunks(N, nt, [&](int64_t i0, int64_t i1) {
+          for (int64_t i = i0; i < i1; ++i)
+            for (int r = 0; r < D1; ++r) slw[m][i * D1 + r] = alpha * L.weight[i * D1 + r] * post[i] * scale;
+        });
         if (!self_message) {  // the i = j term with K_ii = 1
           selfw[m].resize(N);
           for (int64_t i = 0; i < N; ++i) selfw[m][i] = pre[i] * post[i];
         }
+        tick("norm+weights");
       }
+      std::vector<KernelRun> runs(K);
       for (int64_t it = 0; it < iterations; ++it) {
-        std::fill(msg.begin(), msg.end(), 0.f);
         for (size_t m = 0; m < K; ++m) {
-          if (!ks[m].mu) {  // msg += w (K~Q - s Q)
-            filter(lat[m], sw[m].data(), slw[m].data(), Q.data(), msg.data(), Cp, true, grid, tmp, nt);
-            if (!self_message) {
-              const float w = float(ks[m].potts);
-              const float* sfw = selfw[m].data();
-              parallel_chunks(N, nt, [&](int64_t i0, int64_t i1) {
-                for (int64_t i = i0; i < i1; ++i)
-                  for (int64_t c = 0; c < Cp; ++c) msg[i * Cp + c] -= w * sfw[i] * Q[i * Cp + c];
-              });
-            }
-          } else {  // msg -= mu (K~Q - s Q)
-            S.resize(size_t(N) * Cp);
-            filter(lat[m], sw[m].data(), slw[m].data(), Q.data(), S.data(), Cp, false, grid, tmp, nt);
-            const float* sfw = self_message ? nullptr : selfw[m].data();
-            parallel_chunks(N, nt, [&](int64_t a, int64_t e) {
-              matrix_range(ks[m].mu, S.data(), sfw, Q.data(), msg.data(), C, Cp, a, e);
-            });
-          }
+          splat_blur(lat[m], sw[m].data(), Q.get(), Cp, grids[m], tmp, nt);
+          runs[m] = KernelRun{&lat[m], slw[m].data(), grids[m].data(), ks[m].mu,
+                              self_message ? nullptr : selfw[m].data(), float(ks[m].potts)};
         }
-        parallel_chunks(N, nt, [&](int64_t a, int64_t e) { update_range(Ub.data(), msg.data(), Q.data(), C, Cp, a, e); });
+        tick("splat+blur");
+        parallel_chunks(N, nt, [&](int64_t a, int64_t e) {
+          std::vector<float> scratch(2 * Cp);
+          meanfield_range(runs.data(), int(K), Ub.get(), Q.get(), C, Cp, scratch.data(), scratch.data() + Cp, a, e);
+        });
+        tick("slice+update");
       }
     }
     // Q -> out [b, C, N]
@@ -392,6 +522,7 @@ void dense_crf_cpu(const void* U, int u_dtype, int64_t usB, int64_t usC, int64_t
       for (int64_t c = 0; c < C; ++c)
         for (int64_t i = i0; i < i1; ++i) out[c * N + i] = Q[size_t(i) * Cp + c];
     });
+    tick("store");
   }
 }
 
