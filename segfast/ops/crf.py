@@ -269,8 +269,9 @@ def _launch_args(u: Tensor, image: Tensor, kparams, mat: Tensor):
         kp += kparams[8 * m: 8 * m + 7]
         ptrs.append(mat[m].data_ptr() if kparams[8 * m + 7] else 0)
     out = torch.empty((B, C, H, W), dtype=torch.float32, device=u.device)
+    # u3 / im3 may be copies (reshape of a non-viewable layout): the caller keeps them alive
     return (u3.data_ptr(), backends.dtype_code(u3), *u3.stride(), im3.data_ptr(), backends.dtype_code(im3),
-            *im3.stride(), B, C, H, W, kp, ptrs), out
+            *im3.stride(), B, C, H, W, kp, ptrs), out, (u3, im3)
 
 
 @torch.library.custom_op("segfast::dense_crf_cpu", mutates_args=())
@@ -280,9 +281,10 @@ def dense_crf_cpu_op(u: Tensor, image: Tensor, kparams: list[float], mat: Tensor
     image; kparams: 8 per kernel (sx, sy, sr, sg, sb, bilateral, Potts weight,
     uses matrix), mat [K, C, C] float32 symmetric compatibilities."""
     mat = mat.contiguous()
-    args, out = _launch_args(u, image, kparams, mat)
+    args, out, keep = _launch_args(u, image, kparams, mat)
     backends._C.dense_crf_cpu(*args, iterations, normalization, self_message, out.data_ptr(),
                               backends.cpu_threads(u.numel() // max(u.shape[1], 1) * 16))
+    del keep
     return out
 
 
@@ -291,9 +293,10 @@ def dense_crf_cuda_op(u: Tensor, image: Tensor, kparams: list[float], mat: Tenso
                       normalization: int, self_message: bool) -> Tensor:
     """CUDA form of :func:`dense_crf_cpu_op`."""
     mat = mat.contiguous()
-    args, out = _launch_args(u, image, kparams, mat)
+    args, out, keep = _launch_args(u, image, kparams, mat)
     backends._C.dense_crf_cuda(*args, iterations, normalization, self_message, out.data_ptr(),
                                backends.cuda_stream(u.device))
+    del keep
     return out
 
 

@@ -83,13 +83,15 @@ def elevate(f: Tensor):
     inv_std = float(torch.tensor(math.sqrt(2.0 / 3.0) * (d + 1), dtype=torch.float32))  # a float, as pydensecrf's
     scale = torch.tensor([1.0 / math.sqrt((i + 1) * (i + 2)) * inv_std for i in range(d)], dtype=dt, device=dev)
     cf = f * scale  # [N, d]
-    # elevated[j] = sum_{k >= j} cf[k] - j*cf[j-1] (j >= 1), elevated[0] = sum cf
-    suffix = torch.flip(torch.cumsum(torch.flip(cf, [1]), 1), [1])  # suffix[:, k] = sum_{k' >= k} cf
+    # elevated[j] = sum_{k >= j} cf[k] - j*cf[j-1] (j >= 1), elevated[0] = sum cf; the running
+    # sum in f's dtype from the last coordinate down, as pydensecrf (torch.cumsum would
+    # accumulate float32 in float64 and round differently)
     el = torch.empty((N, d + 1), dtype=dt, device=dev)
-    el[:, 0] = suffix[:, 0]
-    js = torch.arange(1, d + 1, dtype=dt, device=dev)
-    after = torch.cat([suffix[:, 1:], torch.zeros((N, 1), dtype=dt, device=dev)], 1)  # sum_{k >= j} cf[k], j=1..d
-    el[:, 1:] = after - js * cf
+    sm = torch.zeros((N,), dtype=dt, device=dev)
+    for j in range(d, 0, -1):
+        el[:, j] = sm - j * cf[:, j - 1]
+        sm = sm + cf[:, j - 1]
+    el[:, 0] = sm
     # nearest point of the remainder-0 sublattice (multiples of d+1)
     down = torch.tensor(1.0 / (d + 1), dtype=dt, device=dev)
     rem0 = torch.round(el * down) * (d + 1)  # round half to even
@@ -265,9 +267,10 @@ def dense_crf(unary: Tensor, image: Tensor, kernels: list, iterations: int, norm
     for b in range(B):
         filters, compats, selfw = [], [], []
         for sxy, srgb, mu in kernels:
-            f = features(H, W, sxy, image[b] if srgb is not None else None, srgb, device=unary.device)
+            # the lattice sees pydensecrf's float32 features; the exact sum uses ``dtype``
+            fdt = dtype if method == "exact" else torch.float32
+            f = features(H, W, sxy, image[b] if srgb is not None else None, srgb, dtype=fdt, device=unary.device)
             if method == "exact":
-                f = f.to(dtype)
                 filt = (lambda f: lambda v: exact_filter(f, v))(f)
             else:
                 lat = build_lattice(f)
