@@ -19,9 +19,6 @@
 #include <cstring>
 #include <stdexcept>
 #include <vector>
-#include <ctime>
-#include <cstdio>
-#include <cstdlib>
 
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic ignored "-Wpsabi"  // v8f values never cross a non-inlined call
@@ -401,7 +398,7 @@ void dense_crf_cpu(const void* U, int u_dtype, int64_t usB, int64_t usC, int64_t
                    int im_dtype, int64_t isB, int64_t isC, int64_t isS, int64_t B, int64_t C, int64_t H,
                    int64_t W, const std::vector<double>& kparams, const std::vector<uintptr_t>& compat_ptrs,
                    int64_t iterations, int normalization, bool self_message, float* Qout, int64_t num_threads) {
-  const int nt = num_threads > 0 ? int(num_threads) : omp_get_max_threads();
+  const int nt_all = num_threads > 0 ? int(num_threads) : omp_get_max_threads();
   const int64_t N = H * W;
   const int64_t Cp = (C + 7) / 8 * 8;
   const size_t K = compat_ptrs.size();
@@ -411,24 +408,12 @@ void dense_crf_cpu(const void* U, int u_dtype, int64_t usB, int64_t usC, int64_t
     ks[m] = KernelSpec{p[0], p[1], p[2], p[3], p[4], p[5] != 0.0, p[6],
                        reinterpret_cast<const float*>(compat_ptrs[m])};
   }
-  const bool prof = std::getenv("SEGFAST_CRF_PROFILE") != nullptr;
-  auto cpu_ms = []() {
-    timespec ts;
-    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
-    return ts.tv_sec * 1e3 + ts.tv_nsec * 1e-6;
-  };
-  double t0 = cpu_ms();
-  auto tick = [&](const char* what) {
-    if (!prof) return;
-    const double t1 = cpu_ms();
-    std::fprintf(stderr, "%s %.2f cpu ms\n", what, t1 - t0);
-    t0 = t1;
-  };
-  // [N][Cp] energies and marginals: not zero-filled (every lane is written before it is read)
-  std::unique_ptr<float[]> Ub(new float[size_t(N) * Cp]), Q(new float[size_t(N) * Cp]);
-  std::vector<float> grid, tmp, feat;
-  std::vector<std::vector<float>> grids(K);
-  for (int64_t b = 0; b < B; ++b) {
+  // One image with nt threads (its buffers are its own).
+  auto run_image = [&](int64_t b, int nt) {
+    // [N][Cp] energies and marginals: not zero-filled (every lane is written before it is read)
+    std::unique_ptr<float[]> Ub(new float[size_t(N) * Cp]), Q(new float[size_t(N) * Cp]);
+    std::vector<float> grid, tmp, feat;
+    std::vector<std::vector<float>> grids(K);
     // energies, transposed to [N][Cp] through a [C][chunk] tile read row by row
     parallel_chunks(N, nt, [&](int64_t i0, int64_t i1) {
       float tile[kChunk];
@@ -440,7 +425,6 @@ void dense_crf_cpu(const void* U, int u_dtype, int64_t usB, int64_t usC, int64_t
       }
     });
     parallel_chunks(N, nt, [&](int64_t a, int64_t e) { update_range(Ub.get(), nullptr, Q.get(), C, Cp, a, e); });
-    tick("load+softmax");
     if (iterations > 0 && K > 0) {
       // lattices and their folded weights
       std::vector<Lattice> lat(K);
@@ -461,9 +445,7 @@ void dense_crf_cpu(const void* U, int u_dtype, int64_t usB, int64_t usC, int64_t
           }
         });
         Lattice& L = lat[m];
-        tick("features");
         build_lattice(L, feat.data(), N, d, nt);
-        tick("lattice");
         const int D1 = d + 1;
         const int64_t E = N * D1;
         const float alpha = slice_alpha(d);
@@ -499,7 +481,6 @@ void dense_crf_cpu(const void* U, int u_dtype, int64_t usB, int64_t usC, int64_t
           selfw[m].resize(N);
           for (int64_t i = 0; i < N; ++i) selfw[m][i] = pre[i] * post[i];
         }
-        tick("norm+weights");
       }
       std::vector<KernelRun> runs(K);
       for (int64_t it = 0; it < iterations; ++it) {
@@ -508,12 +489,10 @@ void dense_crf_cpu(const void* U, int u_dtype, int64_t usB, int64_t usC, int64_t
           runs[m] = KernelRun{&lat[m], slw[m].data(), grids[m].data(), ks[m].mu,
                               self_message ? nullptr : selfw[m].data(), float(ks[m].potts)};
         }
-        tick("splat+blur");
         parallel_chunks(N, nt, [&](int64_t a, int64_t e) {
           std::vector<float> scratch(2 * Cp);
           meanfield_range(runs.data(), int(K), Ub.get(), Q.get(), C, Cp, scratch.data(), scratch.data() + Cp, a, e);
         });
-        tick("slice+update");
       }
     }
     // Q -> out [b, C, N]
@@ -522,7 +501,21 @@ void dense_crf_cpu(const void* U, int u_dtype, int64_t usB, int64_t usC, int64_t
       for (int64_t c = 0; c < C; ++c)
         for (int64_t i = i0; i < i1; ++i) out[c * N + i] = Q[size_t(i) * Cp + c];
     });
-    tick("store");
+  };
+  if (B >= 2 && nt_all >= 2) {  // whole images per thread: no barrier inside an image
+    bool failed = false;
+#pragma omp parallel for schedule(dynamic, 1) num_threads(int(std::min<int64_t>(nt_all, B)))
+    for (int64_t b = 0; b < B; ++b) {
+      try {
+        run_image(b, 1);
+      } catch (...) {
+#pragma omp atomic write
+        failed = true;
+      }
+    }
+    if (failed) throw std::runtime_error("segfast: dense CRF failed on an image (lattice too large?)");
+  } else {
+    for (int64_t b = 0; b < B; ++b) run_image(b, nt_all);
   }
 }
 

@@ -274,6 +274,14 @@ def _launch_args(u: Tensor, image: Tensor, kparams, mat: Tensor):
             *im3.stride(), B, C, H, W, kp, ptrs), out, (u3, im3)
 
 
+def _crf_threads(u: Tensor) -> int:
+    """Batches run one image per thread; a single image splits its pixels only when
+    it is large (each iteration opens a dozen parallel regions)."""
+    B, C = u.shape[:2]
+    work = u.numel() if B > 1 else u.numel() // 8
+    return backends.cpu_threads(work)
+
+
 @torch.library.custom_op("segfast::dense_crf_cpu", mutates_args=())
 def dense_crf_cpu_op(u: Tensor, image: Tensor, kparams: list[float], mat: Tensor, iterations: int,
                      normalization: int, self_message: bool) -> Tensor:
@@ -283,7 +291,7 @@ def dense_crf_cpu_op(u: Tensor, image: Tensor, kparams: list[float], mat: Tensor
     mat = mat.contiguous()
     args, out, keep = _launch_args(u, image, kparams, mat)
     backends._C.dense_crf_cpu(*args, iterations, normalization, self_message, out.data_ptr(),
-                              backends.cpu_threads(u.numel() // max(u.shape[1], 1) * 16))
+                              _crf_threads(u))
     del keep
     return out
 
