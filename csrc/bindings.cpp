@@ -214,12 +214,6 @@ void dense_crf_cpu(const void* U, int u_dtype, int64_t usB, int64_t usC, int64_t
                    int64_t iterations, int normalization, bool self_message, float* Qout, int64_t num_threads);
 int64_t crf_lattice_cpu(const float* feat, int64_t N, int d, int32_t* offset, float* weight, int32_t* blur,
                         int64_t cap, int64_t num_threads);
-#ifdef SEGFAST_WITH_CUDA
-void dense_crf_cuda(const void* U, int u_dtype, int64_t usB, int64_t usC, int64_t usS, const void* img,
-                    int im_dtype, int64_t isB, int64_t isC, int64_t isS, int64_t B, int64_t C, int64_t H,
-                    int64_t W, const std::vector<double>& kparams, const std::vector<uintptr_t>& compat_ptrs,
-                    int64_t iterations, int normalization, bool self_message, float* Qout, uintptr_t stream);
-#endif
 }  // namespace crf
 }  // namespace segfast
 namespace {
@@ -255,21 +249,6 @@ void crf_cpu(SEGFAST_CRF_ARGS, int64_t num_threads) {
                               reinterpret_cast<const void*>(im_ptr), int(im_dtype), isB, isC, isS, B, C, H, W,
                               kparams, compat_ptrs, iterations, int(normalization), self_message,
                               reinterpret_cast<float*>(out_ptr), num_threads);
-}
-
-void crf_cuda(SEGFAST_CRF_ARGS, uintptr_t stream) {
-  check_crf_args(u_dtype, im_dtype, B, C, H, W, kparams, compat_ptrs, iterations, normalization);
-#ifdef SEGFAST_WITH_CUDA
-  py::gil_scoped_release nogil;
-  segfast::crf::dense_crf_cuda(reinterpret_cast<const void*>(u_ptr), int(u_dtype), usB, usC, usS,
-                               reinterpret_cast<const void*>(im_ptr), int(im_dtype), isB, isC, isS, B, C, H, W,
-                               kparams, compat_ptrs, iterations, int(normalization), self_message,
-                               reinterpret_cast<float*>(out_ptr), stream);
-#else
-  (void)u_ptr; (void)usB; (void)usC; (void)usS; (void)im_ptr; (void)isB; (void)isC; (void)isS;
-  (void)self_message; (void)out_ptr; (void)stream;
-  no_cuda();
-#endif
 }
 
 int64_t crf_lattice(uintptr_t feat_ptr, int64_t N, int64_t d, uintptr_t offset_ptr, uintptr_t weight_ptr,
@@ -378,7 +357,6 @@ PYBIND11_MODULE(_C, m) {
       py::arg("compat_ptrs"), py::arg("iterations"), py::arg("normalization"),                   \
       py::arg("self_message"), py::arg("out_ptr")
   m.def("dense_crf_cpu", &crf_cpu, crf_doc, SEGFAST_CRF_PYARGS, py::arg("num_threads"));
-  m.def("dense_crf_cuda", &crf_cuda, crf_doc, SEGFAST_CRF_PYARGS, py::arg("stream"));
 #undef SEGFAST_CRF_PYARGS
   m.def("crf_lattice_cpu", &crf_lattice,
         "Permutohedral lattice of float32 features [N, d]: writes offset [N, d+1] int32, weight "

@@ -80,19 +80,20 @@ class Bilateral:
 
 
 def choose_backend(backend: Optional[str], device: torch.device) -> str:
-    """``cpu`` on CPU tensors (if built), ``cuda`` on CUDA tensors (if built),
-    else ``torch``. An explicit backend is validated by backends.choose; one
-    without a CRF implementation (triton) is a NotImplementedError."""
+    """``cpu`` on CPU tensors (if built), ``triton`` on CUDA tensors (if
+    importable), else ``torch``. An explicit backend is validated by
+    backends.choose; one without a CRF implementation (cuda, for now) is a
+    NotImplementedError, never a silent fallback."""
     if backend is None:
         if device.type == "cpu" and backends.unavailable_reason("cpu", device) is None:
             return "cpu"
-        if device.type == "cuda" and backends.unavailable_reason("cuda", device) is None:
-            return "cuda"
+        if device.type == "cuda" and backends.unavailable_reason("triton", device) is None:
+            return "triton"
         return "torch"
     chosen = backends.choose(backend, device)
-    if chosen not in ("cpu", "cuda", "torch"):
+    if chosen not in ("cpu", "triton", "torch"):
         raise NotImplementedError(f"segfast: the {FAMILY} family has no {chosen!r} backend yet "
-                                  "(implemented: cpu, cuda, torch)")
+                                  "(implemented: cpu, triton, torch)")
     return chosen
 
 
@@ -250,13 +251,16 @@ def dense_crf(unary: Tensor, image: Tensor, *, iterations: int = 5, gaussian: Op
                              dtype=acc)
     if H * W * 6 >= 2 ** 31:
         raise ValueError(f"image too large for int32 lattices: H*W = {H * W}")
+    if backend == "triton":
+        return dense_crf_triton_op(u.detach().to(torch.float32), image.detach(), *_flat_kernels(kernels, C, u.device),
+                                   iterations, NORMALIZATIONS[normalization], self_message).to(acc)
     kparams, mats = [], []
     for sxy, srgb, w, m in kernels:
         kparams += [sxy[0], sxy[1], *(srgb or (1.0, 1.0, 1.0)), float(srgb is not None), w, float(m is not None)]
         mats.append(torch.zeros((C, C), dtype=torch.float32, device=unary.device) if m is None else m)
     mat = torch.stack(mats) if mats else torch.zeros((0, C, C), dtype=torch.float32, device=unary.device)
-    op = dense_crf_cpu_op if backend == "cpu" else dense_crf_cuda_op
-    q = op(u.detach(), image.detach(), kparams, mat, iterations, NORMALIZATIONS[normalization], self_message)
+    q = dense_crf_cpu_op(u.detach(), image.detach(), kparams, mat, iterations, NORMALIZATIONS[normalization],
+                         self_message)
     return q.to(acc)
 
 
@@ -296,24 +300,7 @@ def dense_crf_cpu_op(u: Tensor, image: Tensor, kparams: list[float], mat: Tensor
     return out
 
 
-@torch.library.custom_op("segfast::dense_crf_cuda", mutates_args=())
-def dense_crf_cuda_op(u: Tensor, image: Tensor, kparams: list[float], mat: Tensor, iterations: int,
-                      normalization: int, self_message: bool) -> Tensor:
-    """CUDA form of :func:`dense_crf_cpu_op`."""
-    mat = mat.contiguous()
-    args, out, keep = _launch_args(u, image, kparams, mat)
-    backends._C.dense_crf_cuda(*args, iterations, normalization, self_message, out.data_ptr(),
-                               backends.cuda_stream(u.device))
-    del keep
-    return out
-
-
 @dense_crf_cpu_op.register_fake
-def _(u, image, kparams, mat, iterations, normalization, self_message):
-    return u.new_empty(u.shape, dtype=torch.float32)
-
-
-@dense_crf_cuda_op.register_fake
 def _(u, image, kparams, mat, iterations, normalization, self_message):
     return u.new_empty(u.shape, dtype=torch.float32)
 
@@ -331,6 +318,148 @@ def lattice_cpu(features: Tensor):
                                     cap, backends.cpu_threads())
     return ref.Lattice(d=d, M=M, offset=offset.long(), weight=weight,
                        blur=blur[: (d + 1) * M * 2].view(d + 1, M, 2).long())
+
+
+# ---------------------------------------------------------------- lattice mean field on tensors (triton)
+
+
+def _flat_kernels(kernels, C, device):
+    """-> (kparams: 8 floats per kernel as the cpu op, mats [K, C, C])."""
+    kparams, mats = [], []
+    for sxy, srgb, w, m in kernels:
+        kparams += [sxy[0], sxy[1], *(srgb or (1.0, 1.0, 1.0)), float(srgb is not None), w, float(m is not None)]
+        mats.append(torch.zeros((C, C), dtype=torch.float32, device=device) if m is None else m)
+    mat = torch.stack(mats) if mats else torch.zeros((0, C, C), dtype=torch.float32, device=device)
+    return kparams, mat
+
+
+def _batch_features(image: Tensor, sxy, srgb) -> Tensor:
+    """[B*H*W, d] float32 features of every image (pydensecrf's, see reference.features)."""
+    B, _, H, W = image.shape
+    pos = ref.features(H, W, sxy, device=image.device)  # [N, 2]
+    pos = pos.unsqueeze(0).expand(B, -1, -1)
+    if srgb is None:
+        return pos.reshape(B * H * W, 2).contiguous()
+    col = image.reshape(B, 3, H * W).to(torch.float32).transpose(1, 2)
+    col = col / torch.tensor(srgb, dtype=torch.float32, device=image.device)
+    return torch.cat([pos, col], 2).reshape(B * H * W, 5).contiguous()
+
+
+class _TritonSteps:
+    BLOCK_P = 64
+
+    def __init__(self):
+        import triton
+
+        from ..triton_kernels import crf as tk
+
+        self.tk, self.triton = tk, triton
+
+    def _grid(self, n):
+        return (self.triton.cdiv(max(n, 1), self.BLOCK_P),)
+
+    def filter_grid(self, q: Tensor, lat, sw: Tensor) -> Tensor:
+        """blur(splat(q)) [M+1, C] with splat weights sw [P, d+1]."""
+        P, C = q.shape
+        bc = self.triton.next_power_of_2(C)
+        grid = q.new_zeros((lat.M + 1, C))
+        self.tk.crf_splat_kernel[self._grid(P)](q, lat.off32, sw, grid, P, C, D1=lat.d + 1,
+                                                BLOCK_P=self.BLOCK_P, BLOCK_C=bc)
+        tmp = torch.empty_like(grid)
+        tmp[lat.M].zero_()
+        for j in range(lat.d + 1):
+            self.tk.crf_blur_kernel[self._grid(lat.M)](grid, tmp, lat.nb32[j], lat.M, C, BLOCK_P=self.BLOCK_P,
+                                                       BLOCK_C=bc)
+            grid, tmp = tmp, grid
+        return grid
+
+    def update(self, U: Tensor, q: Tensor, runs, extra: Optional[Tensor]) -> None:
+        P, C = U.shape
+        a = runs[0] if runs else None
+        b = runs[1] if len(runs) > 1 else a
+        dummy_i = torch.zeros(1, dtype=torch.int32, device=U.device)
+        dummy_f = torch.zeros(1, dtype=torch.float32, device=U.device)
+        args = []
+        for r in (a, b):
+            args += [dummy_i, dummy_f, dummy_f] if r is None else [r[0].off32, r[1], r[2]]
+        self.tk.crf_update_kernel[self._grid(P)](
+            U, q, dummy_f if extra is None else extra, *args, P, C,
+            D1A=3 if a is None else a[0].d + 1, D1B=3 if b is None else b[0].d + 1,
+            HAS1=a is not None, HAS2=len(runs) > 1, HAS_EXTRA=extra is not None, BLOCK_P=self.BLOCK_P,
+            BLOCK_C=self.triton.next_power_of_2(C))
+
+
+def _slice(grid: Tensor, lat, w: Tensor) -> Tensor:
+    return (w.unsqueeze(2) * grid[lat.offset]).sum(1)
+
+
+def lattice_meanfield(u: Tensor, image: Tensor, kparams: list, mat: Tensor, iterations: int, normalization: int,
+                      self_message: bool, steps) -> Tensor:
+    """Mean field of a batch on lattice tensors: one batched lattice per kernel
+    (torch sort/unique, every image its own group), iterations by ``steps``.
+    Same semantics as the cpu op."""
+    B, C, H, W = u.shape
+    N, P = H * W, B * H * W
+    dev = u.device
+    U = u.permute(0, 2, 3, 1).reshape(P, C).to(torch.float32).contiguous()
+    group = torch.arange(B, device=dev).repeat_interleave(N)
+    fused, others = [], []
+    for k in range(len(kparams) // 8):
+        sx, sy, sr, sg, sb, bil, w, has_mat = kparams[8 * k: 8 * k + 8]
+        f = _batch_features(image, (sx, sy), (sr, sg, sb) if bil else None)
+        lat = ref.build_lattice(f, group)
+        lat.off32 = lat.offset.to(torch.int32).contiguous()
+        lat.nb32 = [lat.blur[j].to(torch.int32).contiguous() for j in range(lat.d + 1)]
+        alpha = 1.0 / (1.0 + 2.0 ** (-lat.d))
+        wt = lat.weight.to(torch.float32)
+        ones = torch.ones((P, 1), dtype=torch.float32, device=dev)
+        pre = post = torch.ones((P,), dtype=torch.float32, device=dev)
+        if normalization != NORMALIZATIONS["none"]:
+            k1 = alpha * _slice(steps.filter_grid(ones, lat, wt.contiguous()), lat, wt)[:, 0]
+            if normalization == NORMALIZATIONS["symmetric"]:
+                pre = post = torch.rsqrt(k1 + 1e-20)
+            elif normalization == NORMALIZATIONS["after"]:
+                post = 1.0 / (k1 + 1e-20)
+            else:
+                pre = 1.0 / (k1 + 1e-20)
+        sw = (wt * pre.unsqueeze(1)).contiguous()
+        scale = 1.0 if has_mat else w
+        slw = (alpha * scale * wt * post.unsqueeze(1)).contiguous()
+        selfw = None if self_message else pre * post
+        if has_mat or len(fused) == 2:
+            others.append((lat, sw, slw, mat[k] if has_mat else None, w, selfw))
+        else:
+            fused.append((lat, sw, slw, w, selfw))
+    q = torch.softmax(-U, 1).contiguous()
+    for _ in range(iterations):
+        runs = [(lat, slw, steps.filter_grid(q, lat, sw)) for lat, sw, slw, _, _ in fused]
+        extra = None
+        for lat, _, _, w, selfw in fused:
+            if selfw is not None:
+                extra = (0 if extra is None else extra) - (w * selfw).unsqueeze(1) * q
+        for lat, sw, slw, mu, w, selfw in others:
+            S = _slice(steps.filter_grid(q, lat, sw), lat, slw)
+            if selfw is not None:
+                S = S - (selfw if mu is not None else w * selfw).unsqueeze(1) * q
+            msg = -(S @ mu.T) if mu is not None else S
+            extra = msg if extra is None else extra + msg
+        q_new = torch.empty_like(q)
+        steps.update(U, q_new, runs, None if extra is None else extra.contiguous())
+        q = q_new
+    return q.view(B, H, W, C).permute(0, 3, 1, 2).contiguous()
+
+
+@torch.library.custom_op("segfast::dense_crf_triton", mutates_args=())
+def dense_crf_triton_op(u: Tensor, image: Tensor, kparams: list[float], mat: Tensor, iterations: int,
+                        normalization: int, self_message: bool) -> Tensor:
+    """Triton form of :func:`dense_crf_cpu_op` (lattices built with torch on the device)."""
+    return lattice_meanfield(u, image, kparams, mat.contiguous(), iterations, normalization, self_message,
+                             _TritonSteps())
+
+
+@dense_crf_triton_op.register_fake
+def _(u, image, kparams, mat, iterations, normalization, self_message):
+    return u.new_empty(u.shape, dtype=torch.float32)
 
 
 # ---------------------------------------------------------------- pixel objectness

@@ -127,43 +127,49 @@ def _pack(keys: Tensor, lo: Tensor, span: Tensor) -> Tensor:
     return torch.where(inside, code, -1)
 
 
-def build_lattice(f: Tensor) -> Lattice:
-    """The permutohedral lattice of features f [N, d]."""
+def build_lattice(f: Tensor, group: Optional[Tensor] = None) -> Lattice:
+    """The permutohedral lattice of features f [N, d]. ``group`` [N] (int64,
+    optional) puts the pixels of each group (e.g. each image of a batch) on a
+    lattice of their own: the group is the leading key coordinate, so one
+    sort/unique builds the lattices of a whole batch."""
     N, d = f.shape
     dev = f.device
     rem0, rank, bary = elevate(f)
     r = torch.arange(d + 1, device=dev)
     # vertex r of the simplex: key_i = rem0_i + r - (d+1)·[rank_i > d - r], first d coordinates
     keys = rem0[:, None, :d] + r.view(1, -1, 1) - (d + 1) * (rank[:, None, :d] > (d - r).view(1, -1, 1)).long()
-    flat = keys.reshape(-1, d)
-    lo = flat.amin(0) - (d + 1)
-    span = flat.amax(0) + (d + 1) - lo + 1
-    if float(torch.prod(span.double())) < 2.0 ** 62:  # one int64 per key: sort/unique of scalars
-        code = _pack(flat, lo, span)
-        uniq, inv = torch.unique(code, sorted=True, return_inverse=True)
-        M = uniq.numel()
-        nb = []
+    if group is not None:
+        keys = torch.cat([group.view(N, 1, 1).expand(N, d + 1, 1).long(), keys], 2)
+    kd = keys.shape[2]  # key coordinates: d, or 1 + d with the group first
+    g0 = kd - d  # index of the first lattice coordinate
+    flat = keys.reshape(-1, kd)
+    if flat.shape[0] == 0:
+        return Lattice(d=d, M=0, offset=torch.zeros((0, d + 1), dtype=torch.int64, device=dev), weight=bary,
+                       blur=torch.zeros((d + 1, 0, 2), dtype=torch.int64, device=dev))
+    pad = torch.full((kd,), d + 1, dtype=torch.int64, device=dev)
+    pad[:g0] = 0
+    lo = flat.amin(0) - pad
+    span = flat.amax(0) + pad - lo + 1
+    packed = float(torch.prod(span.double())) < 2.0 ** 62
+    if packed:  # one int64 per key: sort/unique of scalars
+        uniq, inv = torch.unique(_pack(flat, lo, span), sorted=True, return_inverse=True)
         ukeys = _unpack(uniq, lo, span)
-        for j in range(d + 1):  # neighbours along direction j: key - 1 (+ (d+1) at coordinate j)
-            n1 = ukeys - 1
-            n2 = ukeys + 1
-            if j < d:
-                n1[:, j] += d + 1
-                n2[:, j] -= d + 1
-            nb.append(torch.stack([_find(uniq, _pack(n1, lo, span)), _find(uniq, _pack(n2, lo, span))], 1))
-        blur = torch.stack(nb, 0)
     else:  # huge coordinate ranges: lexicographic unique of the key rows
-        uk, inv = torch.unique(flat, dim=0, return_inverse=True)
-        M = uk.shape[0]
-        nb = []
-        for j in range(d + 1):
-            n1, n2 = uk - 1, uk + 1
-            if j < d:
-                n1[:, j] += d + 1
-                n2[:, j] -= d + 1
-            nb.append(torch.stack([_find_rows(uk, n1), _find_rows(uk, n2)], 1))
-        blur = torch.stack(nb, 0)
-    return Lattice(d=d, M=M, offset=inv.view(N, d + 1), weight=bary, blur=blur)
+        ukeys, inv = torch.unique(flat, dim=0, return_inverse=True)
+    M = ukeys.shape[0]
+    nb = []
+    for j in range(d + 1):  # neighbours along direction j: key - 1 (+ (d+1) at coordinate j)
+        n1, n2 = ukeys.clone(), ukeys.clone()
+        n1[:, g0:] -= 1
+        n2[:, g0:] += 1
+        if j < d:
+            n1[:, g0 + j] += d + 1
+            n2[:, g0 + j] -= d + 1
+        if packed:
+            nb.append(torch.stack([_find(uniq, _pack(n1, lo, span)), _find(uniq, _pack(n2, lo, span))], 1))
+        else:
+            nb.append(torch.stack([_find_rows(ukeys, n1), _find_rows(ukeys, n2)], 1))
+    return Lattice(d=d, M=M, offset=inv.view(N, d + 1), weight=bary, blur=torch.stack(nb, 0))
 
 
 def _unpack(code: Tensor, lo: Tensor, span: Tensor) -> Tensor:
