@@ -214,6 +214,14 @@ void dense_crf_cpu(const void* U, int u_dtype, int64_t usB, int64_t usC, int64_t
                    int64_t iterations, int normalization, bool self_message, float* Qout, int64_t num_threads);
 int64_t crf_lattice_cpu(const float* feat, int64_t N, int d, int32_t* offset, float* weight, int32_t* blur,
                         int64_t cap, int64_t num_threads);
+#ifdef SEGFAST_WITH_CUDA
+void crf_splat_cuda(const float* q, const int32_t* off, const float* w, float* grid, int64_t P, int64_t C, int D1,
+                    uintptr_t stream);
+void crf_blur_cuda(const float* src, float* dst, const int32_t* nb, int64_t M, int64_t C, uintptr_t stream);
+void crf_update_cuda(const float* U, float* Q, const float* extra, const int32_t* off1, const float* w1,
+                     const float* grid1, int D1a, const int32_t* off2, const float* w2, const float* grid2, int D1b,
+                     int nk, int64_t P, int64_t C, uintptr_t stream);
+#endif
 }  // namespace crf
 }  // namespace segfast
 namespace {
@@ -261,6 +269,52 @@ int64_t crf_lattice(uintptr_t feat_ptr, int64_t N, int64_t d, uintptr_t offset_p
                                        reinterpret_cast<int32_t*>(blur_ptr), cap, num_threads);
 }
 #undef SEGFAST_CRF_ARGS
+
+// CUDA steps of the lattice mean field (csrc/cuda/crf.cu); pointers are device
+// float32 / int32 arrays laid out [rows][C], validated by segfast/ops/crf.py.
+void crf_splat(uintptr_t q, uintptr_t off, uintptr_t w, uintptr_t grid, int64_t P, int64_t C, int64_t D1,
+               uintptr_t stream) {
+  if (P < 0 || C < 1 || D1 < 1 || D1 > segfast::crf::kMaxD + 1) throw std::invalid_argument("segfast._C: bad CRF splat sizes");
+#ifdef SEGFAST_WITH_CUDA
+  py::gil_scoped_release nogil;
+  segfast::crf::crf_splat_cuda(reinterpret_cast<const float*>(q), reinterpret_cast<const int32_t*>(off),
+                               reinterpret_cast<const float*>(w), reinterpret_cast<float*>(grid), P, C, int(D1),
+                               stream);
+#else
+  (void)q; (void)off; (void)w; (void)grid; (void)stream;
+  no_cuda();
+#endif
+}
+
+void crf_blur(uintptr_t src, uintptr_t dst, uintptr_t nb, int64_t M, int64_t C, uintptr_t stream) {
+  if (M < 0 || C < 1) throw std::invalid_argument("segfast._C: bad CRF blur sizes");
+#ifdef SEGFAST_WITH_CUDA
+  py::gil_scoped_release nogil;
+  segfast::crf::crf_blur_cuda(reinterpret_cast<const float*>(src), reinterpret_cast<float*>(dst),
+                              reinterpret_cast<const int32_t*>(nb), M, C, stream);
+#else
+  (void)src; (void)dst; (void)nb; (void)stream;
+  no_cuda();
+#endif
+}
+
+void crf_update(uintptr_t U, uintptr_t Q, uintptr_t extra, uintptr_t off1, uintptr_t w1, uintptr_t grid1,
+                int64_t D1a, uintptr_t off2, uintptr_t w2, uintptr_t grid2, int64_t D1b, int64_t nk, int64_t P,
+                int64_t C, uintptr_t stream) {
+  if (P < 0 || C < 1 || nk < 0 || nk > 2) throw std::invalid_argument("segfast._C: bad CRF update sizes");
+#ifdef SEGFAST_WITH_CUDA
+  py::gil_scoped_release nogil;
+  segfast::crf::crf_update_cuda(
+      reinterpret_cast<const float*>(U), reinterpret_cast<float*>(Q), reinterpret_cast<const float*>(extra),
+      reinterpret_cast<const int32_t*>(off1), reinterpret_cast<const float*>(w1),
+      reinterpret_cast<const float*>(grid1), int(D1a), reinterpret_cast<const int32_t*>(off2),
+      reinterpret_cast<const float*>(w2), reinterpret_cast<const float*>(grid2), int(D1b), int(nk), P, C, stream);
+#else
+  (void)U; (void)Q; (void)extra; (void)off1; (void)w1; (void)grid1; (void)D1a; (void)off2; (void)w2; (void)grid2;
+  (void)D1b; (void)stream;
+  no_cuda();
+#endif
+}
 
 // ---- end of the crf family --------------------------------------------------------
 
@@ -363,4 +417,13 @@ PYBIND11_MODULE(_C, m) {
         "[N, d+1] float32, blur [d+1, M, 2] int32 (capacity cap points); returns M (-M-1 if M > cap).",
         py::arg("feat_ptr"), py::arg("N"), py::arg("d"), py::arg("offset_ptr"), py::arg("weight_ptr"),
         py::arg("blur_ptr"), py::arg("cap"), py::arg("num_threads"));
+  m.def("crf_splat_cuda", &crf_splat, "CRF lattice splat (device): grid[off[i,r], c] += w[i,r] q[i,c].",
+        py::arg("q"), py::arg("off"), py::arg("w"), py::arg("grid"), py::arg("P"), py::arg("C"), py::arg("D1"),
+        py::arg("stream"));
+  m.def("crf_blur_cuda", &crf_blur, "CRF lattice blur along one direction (device).", py::arg("src"),
+        py::arg("dst"), py::arg("nb"), py::arg("M"), py::arg("C"), py::arg("stream"));
+  m.def("crf_update_cuda", &crf_update, "CRF fused slice + softmax (device), nk fused Potts kernels.",
+        py::arg("U"), py::arg("Q"), py::arg("extra"), py::arg("off1"), py::arg("w1"), py::arg("grid1"),
+        py::arg("D1a"), py::arg("off2"), py::arg("w2"), py::arg("grid2"), py::arg("D1b"), py::arg("nk"),
+        py::arg("P"), py::arg("C"), py::arg("stream"));
 }

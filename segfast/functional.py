@@ -546,9 +546,9 @@ def dense_crf(unary: Tensor, image: Tensor, *, iterations: int = 5, gaussian: Op
         True (pydensecrf): the sum over j includes i. False removes the i = j
         term, taken as K_ii = 1.
     backend
-        "cpu", "cuda" or "torch" (None: cpu on CPU tensors, cuda on CUDA
-        tensors when built, else torch). cpu/cuda results carry no gradient;
-        the torch backend is differentiable through autograd.
+        "cpu", "triton", "cuda" or "torch" (None: cpu on CPU tensors, triton
+        on CUDA tensors, else cuda when built, else torch). Kernel backends
+        return no gradient; the torch backend is differentiable through autograd.
 
     Returns Q [B, C, H, W], the marginals (float32; float64 for float64 unary).
     """

@@ -427,3 +427,17 @@ def test_pixel_objectness_in_pos_crf():
     q = segfast.dense_crf(U, img, pos=pos)
     q0 = segfast.dense_crf(U, img)
     assert (q[:, 1:].sum(1) >= q0[:, 1:].sum(1) - 1e-5).all()  # objectness only raises the foreground
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+@pytest.mark.parametrize("C", [2, 21, 60])
+def test_gpu_backends_match_cpu(backend, C):
+    if backends.unavailable_reason(backend, torch.device("cuda")) is not None:
+        pytest.skip(f"{backend} not usable here")
+    U, img, _ = batch(3, C, 37, 45, seed=C)
+    for kw in ({}, dict(normalization="after", self_message=False), dict(compat=torch.rand(C, C))):
+        want = segfast.dense_crf(U, img, backend="cpu" if CPU_BUILT else "torch", **kw)
+        kw = {k: (v.cuda() if isinstance(v, torch.Tensor) else v) for k, v in kw.items()}
+        got = segfast.dense_crf(U.cuda(), img.cuda(), backend=backend, **kw)
+        torch.testing.assert_close(got.cpu(), want, rtol=0, atol=1e-4)

@@ -28,10 +28,13 @@ lattice approximates a slightly wider Gaussian than exp(-|Δf|²/2), exactly as
 pydensecrf's does). ``method="exact"`` sums the O(N²) kernel explicitly (torch,
 small images and tests).
 
-Backends: ``cpu`` (C++/OpenMP: lattice and iterations), ``cuda`` (CUDA C++,
-when built) and ``torch`` (the eager reference lattice of
-segfast/reference/crf.py, any device, differentiable through autograd).
-The C++ backends return marginals without gradient (CRF post-processing).
+Backends: ``cpu`` (C++/OpenMP: lattice and iterations, one image per thread
+for batches), ``triton`` and ``cuda`` (GPU: the lattices of the whole batch
+built once with torch sort/unique, the iterations in Triton or CUDA C++
+kernels: :func:`lattice_meanfield`) and ``torch`` (the eager reference of
+segfast/reference/crf.py, one image at a time, any device, differentiable
+through autograd). The kernel backends return marginals without gradient
+(CRF post-processing).
 """
 
 from __future__ import annotations
@@ -81,20 +84,17 @@ class Bilateral:
 
 def choose_backend(backend: Optional[str], device: torch.device) -> str:
     """``cpu`` on CPU tensors (if built), ``triton`` on CUDA tensors (if
-    importable), else ``torch``. An explicit backend is validated by
-    backends.choose; one without a CRF implementation (cuda, for now) is a
-    NotImplementedError, never a silent fallback."""
+    importable, else ``cuda`` if built), else ``torch``. An explicit backend
+    is validated by backends.choose (never a silent fallback)."""
     if backend is None:
         if device.type == "cpu" and backends.unavailable_reason("cpu", device) is None:
             return "cpu"
         if device.type == "cuda" and backends.unavailable_reason("triton", device) is None:
             return "triton"
+        if device.type == "cuda" and backends.unavailable_reason("cuda", device) is None:
+            return "cuda"
         return "torch"
-    chosen = backends.choose(backend, device)
-    if chosen not in ("cpu", "triton", "torch"):
-        raise NotImplementedError(f"segfast: the {FAMILY} family has no {chosen!r} backend yet "
-                                  "(implemented: cpu, triton, torch)")
-    return chosen
+    return backends.choose(backend, device)
 
 
 # ---------------------------------------------------------------- validation
@@ -251,8 +251,9 @@ def dense_crf(unary: Tensor, image: Tensor, *, iterations: int = 5, gaussian: Op
                              dtype=acc)
     if H * W * 6 >= 2 ** 31:
         raise ValueError(f"image too large for int32 lattices: H*W = {H * W}")
-    if backend == "triton":
-        return dense_crf_triton_op(u.detach().to(torch.float32), image.detach(), *_flat_kernels(kernels, C, u.device),
+    if backend in ("triton", "cuda"):
+        op = dense_crf_triton_op if backend == "triton" else dense_crf_cuda_op
+        return op(u.detach().to(torch.float32), image.detach(), *_flat_kernels(kernels, C, u.device),
                                    iterations, NORMALIZATIONS[normalization], self_message).to(acc)
     kparams, mats = [], []
     for sxy, srgb, w, m in kernels:
@@ -389,6 +390,37 @@ class _TritonSteps:
             BLOCK_C=self.triton.next_power_of_2(C))
 
 
+class _CudaSteps:
+    """The same steps as _TritonSteps with the CUDA C++ kernels of csrc/cuda/crf.cu."""
+
+    def __init__(self, device):
+        self.stream = backends.cuda_stream(device)
+
+    def filter_grid(self, q: Tensor, lat, sw: Tensor) -> Tensor:
+        P, C = q.shape
+        grid = q.new_zeros((lat.M + 1, C))
+        backends._C.crf_splat_cuda(q.data_ptr(), lat.off32.data_ptr(), sw.data_ptr(), grid.data_ptr(), P, C,
+                                   lat.d + 1, self.stream)
+        tmp = torch.empty_like(grid)
+        tmp[lat.M].zero_()
+        for j in range(lat.d + 1):
+            backends._C.crf_blur_cuda(grid.data_ptr(), tmp.data_ptr(), lat.nb32[j].data_ptr(), lat.M, C, self.stream)
+            grid, tmp = tmp, grid
+        return grid
+
+    def update(self, U: Tensor, q: Tensor, runs, extra: Optional[Tensor]) -> None:
+        P, C = U.shape
+        ptrs = []
+        for k in range(2):
+            if k < len(runs):
+                lat, slw, grid = runs[k]
+                ptrs += [lat.off32.data_ptr(), slw.data_ptr(), grid.data_ptr(), lat.d + 1]
+            else:
+                ptrs += [0, 0, 0, 1]
+        backends._C.crf_update_cuda(U.data_ptr(), q.data_ptr(), 0 if extra is None else extra.data_ptr(), *ptrs,
+                                    len(runs), P, C, self.stream)
+
+
 def _slice(grid: Tensor, lat, w: Tensor) -> Tensor:
     return (w.unsqueeze(2) * grid[lat.offset]).sum(1)
 
@@ -455,6 +487,19 @@ def dense_crf_triton_op(u: Tensor, image: Tensor, kparams: list[float], mat: Ten
     """Triton form of :func:`dense_crf_cpu_op` (lattices built with torch on the device)."""
     return lattice_meanfield(u, image, kparams, mat.contiguous(), iterations, normalization, self_message,
                              _TritonSteps())
+
+
+@torch.library.custom_op("segfast::dense_crf_cuda", mutates_args=())
+def dense_crf_cuda_op(u: Tensor, image: Tensor, kparams: list[float], mat: Tensor, iterations: int,
+                      normalization: int, self_message: bool) -> Tensor:
+    """CUDA C++ form of :func:`dense_crf_cpu_op` (lattices built with torch on the device)."""
+    return lattice_meanfield(u, image, kparams, mat.contiguous(), iterations, normalization, self_message,
+                             _CudaSteps(u.device))
+
+
+@dense_crf_cuda_op.register_fake
+def _(u, image, kparams, mat, iterations, normalization, self_message):
+    return u.new_empty(u.shape, dtype=torch.float32)
 
 
 @dense_crf_triton_op.register_fake
