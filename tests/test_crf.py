@@ -94,6 +94,26 @@ def test_cpu_lattice_equals_torch_lattice(bilateral):
     torch.testing.assert_close(ref.lattice_filter(b, v), ref.lattice_filter(a, v), rtol=1e-6, atol=1e-6)
 
 
+@needs_cpu
+def test_cpu_lattice_built_in_bands_equals_one_band():
+    """Large images are inserted by several threads (a table per band, then merged)."""
+    im, _ = scene(97, 101, 5, 3)
+    f = ref.features(97, 101, (80.0, 80.0), im, (13.0, 13.0, 13.0))
+    old = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = ops.lattice_cpu(f)
+        torch.set_num_threads(3)
+        many = ops.lattice_cpu(f)
+    finally:
+        torch.set_num_threads(old)
+    assert one.M == many.M
+    v = torch.rand(f.shape[0], 2, dtype=torch.float64)
+    torch.testing.assert_close(ref.lattice_filter(many, v), ref.lattice_filter(one, v), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(ref.lattice_filter(many, v), ref.lattice_filter(ref.build_lattice(f), v),
+                               rtol=1e-6, atol=1e-6)
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2])
 @pytest.mark.parametrize("sxy,srgb", [((3.0, 3.0), None), ((5.0, 5.0), (30.0, 30.0, 30.0)),
                                       ((80.0, 80.0), (13.0, 13.0, 13.0))])

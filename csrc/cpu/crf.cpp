@@ -188,15 +188,47 @@ void build_lattice(Lattice& L, const float* feat, int64_t N, int d, int nt) {
       }
     }
   });
-  HashTable table(d, std::max<int64_t>(N, 16));
+  // Insertion: each thread fills a table of its own for a band of pixels (local
+  // point ids), then one thread merges the bands' points into the image's table
+  // (band order, then local order) and the local ids are remapped in parallel.
   // Neighbouring pixels mostly share their vertices: compare with the previous
-  // pixel's vertex of the same remainder before probing the table.
-  for (int64_t k = 0; k < E; ++k) {
-    const int32_t* key = &keys[size_t(k) * d];
-    if (k >= D1 && std::equal(key, key + d, key - size_t(D1) * d)) {
-      L.offset[k] = L.offset[k - D1];
-    } else {
-      L.offset[k] = table.insert(key);
+  // pixel's vertex of the same remainder before probing a table. The point
+  // numbering never changes a result (sums run in pixel order per point).
+  const int bands = int(std::max<int64_t>(1, std::min<int64_t>(nt, N / 4096)));
+  HashTable table(d, std::max<int64_t>(N / 2, 16));
+  std::vector<std::vector<int32_t>> remap(bands);
+  std::vector<HashTable*> local(bands, nullptr);
+  auto fill_band = [&](int t, HashTable& h) {
+    const int64_t i0 = N * t / bands, i1 = N * (t + 1) / bands;
+    for (int64_t k = i0 * D1; k < i1 * D1; ++k) {
+      const int32_t* key = &keys[size_t(k) * d];
+      if (k >= i0 * D1 + D1 && std::equal(key, key + d, key - size_t(D1) * d)) {
+        L.offset[k] = L.offset[k - D1];
+      } else {
+        L.offset[k] = h.insert(key);
+      }
+    }
+  };
+  if (bands == 1) {
+    fill_band(0, table);
+  } else {
+#pragma omp parallel for schedule(static, 1) num_threads(bands)
+    for (int t = 0; t < bands; ++t) {
+      local[t] = new HashTable(d, std::max<int64_t>(N / bands / 2, 16));
+      fill_band(t, *local[t]);
+    }
+    for (int t = 0; t < bands; ++t) {
+      HashTable& h = *local[t];
+      remap[t].resize(h.size);
+      for (int32_t p = 0; p < h.size; ++p) remap[t][p] = table.insert(&h.keys[size_t(p) * d]);
+      delete local[t];
+      local[t] = nullptr;
+    }
+#pragma omp parallel for schedule(static, 1) num_threads(bands)
+    for (int t = 0; t < bands; ++t) {
+      const int64_t i0 = N * t / bands, i1 = N * (t + 1) / bands;
+      const int32_t* map = remap[t].data();
+      for (int64_t k = i0 * D1; k < i1 * D1; ++k) L.offset[k] = map[L.offset[k]];
     }
   }
   std::vector<int32_t>().swap(keys);
