@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "common/boxes.h"
+#include "common/crf.h"
 #include "common/lovasz.h"
 #include "common/pixel.h"
 #include "common/region.h"
@@ -552,6 +553,121 @@ void lovasz_cuda(int64_t G, int64_t L, uintptr_t perm_ptr, uintptr_t f_ptr, int6
 
 namespace {
 
+// ---- crf family ------------------------------------------------------------------
+
+}  // namespace
+namespace segfast {
+namespace crf {
+void dense_crf_cpu(const void* U, int u_dtype, int64_t usB, int64_t usC, int64_t usS, const void* img,
+                   int im_dtype, int64_t isB, int64_t isC, int64_t isS, int64_t B, int64_t C, int64_t H,
+                   int64_t W, const std::vector<double>& kparams, const std::vector<uintptr_t>& compat_ptrs,
+                   int64_t iterations, int normalization, bool self_message, float* Qout, int64_t num_threads);
+int64_t crf_lattice_cpu(const float* feat, int64_t N, int d, int32_t* offset, float* weight, int32_t* blur,
+                        int64_t cap, int64_t num_threads);
+#ifdef SEGFAST_WITH_CUDA
+void crf_splat_cuda(const float* q, const int32_t* off, const float* w, float* grid, int64_t P, int64_t C, int D1,
+                    uintptr_t stream);
+void crf_blur_cuda(const float* src, float* dst, const int32_t* nb, int64_t M, int64_t C, uintptr_t stream);
+void crf_update_cuda(const float* U, float* Q, const float* extra, const int32_t* off1, const float* w1,
+                     const float* grid1, int D1a, const int32_t* off2, const float* w2, const float* grid2, int D1b,
+                     int nk, int64_t P, int64_t C, uintptr_t stream);
+#endif
+}  // namespace crf
+}  // namespace segfast
+namespace {
+
+#define SEGFAST_CRF_ARGS                                                                        \
+  uintptr_t u_ptr, int64_t u_dtype, int64_t usB, int64_t usC, int64_t usS, uintptr_t im_ptr,   \
+      int64_t im_dtype, int64_t isB, int64_t isC, int64_t isS, int64_t B, int64_t C, int64_t H, \
+      int64_t W, std::vector<double> kparams, std::vector<uintptr_t> compat_ptrs,               \
+      int64_t iterations, int64_t normalization, bool self_message, uintptr_t out_ptr
+
+void check_crf_args(int64_t u_dtype, int64_t im_dtype, int64_t B, int64_t C, int64_t H, int64_t W,
+                    const std::vector<double>& kparams, const std::vector<uintptr_t>& compat_ptrs,
+                    int64_t iterations, int64_t normalization) {
+  using namespace segfast;
+  if (!dtype_is_float(int(u_dtype))) throw std::invalid_argument("segfast._C: CRF unary must be a float dtype");
+  if (!(dtype_is_float(int(im_dtype)) || im_dtype == kUInt8))
+    throw std::invalid_argument("segfast._C: CRF image must be uint8 or float");
+  if (B < 0 || C < 1 || H < 0 || W < 0 || iterations < 0)
+    throw std::invalid_argument("segfast._C: CRF sizes must be >= 0 (C >= 1)");
+  if (H * W * 6 >= (int64_t(1) << 31)) throw std::invalid_argument("segfast._C: CRF image too large for int32 lattices");
+  if (normalization < 0 || normalization > 3) throw std::invalid_argument("segfast._C: bad CRF normalization code");
+  if (kparams.size() != 7 * compat_ptrs.size()) throw std::invalid_argument("segfast._C: 7 parameters per CRF kernel");
+  for (size_t i = 0; i < kparams.size(); ++i) {
+    if (!std::isfinite(kparams[i])) throw std::invalid_argument("segfast._C: CRF kernel parameters must be finite");
+    if (i % 7 < 5 && !(kparams[i] > 0)) throw std::invalid_argument("segfast._C: CRF kernel scales must be > 0");
+  }
+}
+
+void crf_cpu(SEGFAST_CRF_ARGS, int64_t num_threads) {
+  check_crf_args(u_dtype, im_dtype, B, C, H, W, kparams, compat_ptrs, iterations, normalization);
+  py::gil_scoped_release nogil;
+  segfast::crf::dense_crf_cpu(reinterpret_cast<const void*>(u_ptr), int(u_dtype), usB, usC, usS,
+                              reinterpret_cast<const void*>(im_ptr), int(im_dtype), isB, isC, isS, B, C, H, W,
+                              kparams, compat_ptrs, iterations, int(normalization), self_message,
+                              reinterpret_cast<float*>(out_ptr), num_threads);
+}
+
+int64_t crf_lattice(uintptr_t feat_ptr, int64_t N, int64_t d, uintptr_t offset_ptr, uintptr_t weight_ptr,
+                    uintptr_t blur_ptr, int64_t cap, int64_t num_threads) {
+  if (N < 0 || d < 1 || d > segfast::crf::kMaxD) throw std::invalid_argument("segfast._C: lattice d must be in [1, 8]");
+  if (N * (d + 1) >= (int64_t(1) << 31)) throw std::invalid_argument("segfast._C: too many pixels for an int32 lattice");
+  py::gil_scoped_release nogil;
+  return segfast::crf::crf_lattice_cpu(reinterpret_cast<const float*>(feat_ptr), N, int(d),
+                                       reinterpret_cast<int32_t*>(offset_ptr), reinterpret_cast<float*>(weight_ptr),
+                                       reinterpret_cast<int32_t*>(blur_ptr), cap, num_threads);
+}
+#undef SEGFAST_CRF_ARGS
+
+// CUDA steps of the lattice mean field (csrc/cuda/crf.cu); pointers are device
+// float32 / int32 arrays laid out [rows][C], validated by segfast/ops/crf.py.
+void crf_splat(uintptr_t q, uintptr_t off, uintptr_t w, uintptr_t grid, int64_t P, int64_t C, int64_t D1,
+               uintptr_t stream) {
+  if (P < 0 || C < 1 || D1 < 1 || D1 > segfast::crf::kMaxD + 1) throw std::invalid_argument("segfast._C: bad CRF splat sizes");
+#ifdef SEGFAST_WITH_CUDA
+  py::gil_scoped_release nogil;
+  segfast::crf::crf_splat_cuda(reinterpret_cast<const float*>(q), reinterpret_cast<const int32_t*>(off),
+                               reinterpret_cast<const float*>(w), reinterpret_cast<float*>(grid), P, C, int(D1),
+                               stream);
+#else
+  (void)q; (void)off; (void)w; (void)grid; (void)stream;
+  no_cuda();
+#endif
+}
+
+void crf_blur(uintptr_t src, uintptr_t dst, uintptr_t nb, int64_t M, int64_t C, uintptr_t stream) {
+  if (M < 0 || C < 1) throw std::invalid_argument("segfast._C: bad CRF blur sizes");
+#ifdef SEGFAST_WITH_CUDA
+  py::gil_scoped_release nogil;
+  segfast::crf::crf_blur_cuda(reinterpret_cast<const float*>(src), reinterpret_cast<float*>(dst),
+                              reinterpret_cast<const int32_t*>(nb), M, C, stream);
+#else
+  (void)src; (void)dst; (void)nb; (void)stream;
+  no_cuda();
+#endif
+}
+
+void crf_update(uintptr_t U, uintptr_t Q, uintptr_t extra, uintptr_t off1, uintptr_t w1, uintptr_t grid1,
+                int64_t D1a, uintptr_t off2, uintptr_t w2, uintptr_t grid2, int64_t D1b, int64_t nk, int64_t P,
+                int64_t C, uintptr_t stream) {
+  if (P < 0 || C < 1 || nk < 0 || nk > 2) throw std::invalid_argument("segfast._C: bad CRF update sizes");
+#ifdef SEGFAST_WITH_CUDA
+  py::gil_scoped_release nogil;
+  segfast::crf::crf_update_cuda(
+      reinterpret_cast<const float*>(U), reinterpret_cast<float*>(Q), reinterpret_cast<const float*>(extra),
+      reinterpret_cast<const int32_t*>(off1), reinterpret_cast<const float*>(w1),
+      reinterpret_cast<const float*>(grid1), int(D1a), reinterpret_cast<const int32_t*>(off2),
+      reinterpret_cast<const float*>(w2), reinterpret_cast<const float*>(grid2), int(D1b), int(nk), P, C, stream);
+#else
+  (void)U; (void)Q; (void)extra; (void)off1; (void)w1; (void)grid1; (void)D1a; (void)off2; (void)w2; (void)grid2;
+  (void)D1b; (void)stream;
+  no_cuda();
+#endif
+}
+
+// ---- end of the crf family --------------------------------------------------------
+
 std::vector<std::string> cuda_archs() {
   std::vector<std::string> out;
 #if defined(SEGFAST_WITH_CUDA) && defined(SEGFAST_CUDA_ARCHS)
@@ -706,4 +822,33 @@ PYBIND11_MODULE(_C, m) {
         py::arg("G"), py::arg("L"), py::arg("perm_ptr"), py::arg("f_ptr"), py::arg("f_dtype"),
         py::arg("v_ptr"), py::arg("v_dtype"), py::arg("total_ptr"), py::arg("w_ptr"),
         py::arg("w_dtype"), py::arg("stream"));
+
+  // ---- crf family ----
+  const char* crf_doc =
+      "Dense CRF mean field (segfast/ops/crf.py): energies U [B, C, H*W] (strides usB, usC, usS), "
+      "image [B, 3, H*W] (uint8/float, 0-255), kparams 7 per kernel (sx, sy, sr, sg, sb, bilateral, "
+      "Potts weight), compat_ptrs: float32 [C, C] symmetric matrix per kernel or 0 (Potts); "
+      "writes Q [B, C, H*W] float32 contiguous.";
+#define SEGFAST_CRF_PYARGS                                                                        \
+  py::arg("u_ptr"), py::arg("u_dtype"), py::arg("usB"), py::arg("usC"), py::arg("usS"),           \
+      py::arg("im_ptr"), py::arg("im_dtype"), py::arg("isB"), py::arg("isC"), py::arg("isS"),      \
+      py::arg("B"), py::arg("C"), py::arg("H"), py::arg("W"), py::arg("kparams"),                 \
+      py::arg("compat_ptrs"), py::arg("iterations"), py::arg("normalization"),                   \
+      py::arg("self_message"), py::arg("out_ptr")
+  m.def("dense_crf_cpu", &crf_cpu, crf_doc, SEGFAST_CRF_PYARGS, py::arg("num_threads"));
+#undef SEGFAST_CRF_PYARGS
+  m.def("crf_lattice_cpu", &crf_lattice,
+        "Permutohedral lattice of float32 features [N, d]: writes offset [N, d+1] int32, weight "
+        "[N, d+1] float32, blur [d+1, M, 2] int32 (capacity cap points); returns M (-M-1 if M > cap).",
+        py::arg("feat_ptr"), py::arg("N"), py::arg("d"), py::arg("offset_ptr"), py::arg("weight_ptr"),
+        py::arg("blur_ptr"), py::arg("cap"), py::arg("num_threads"));
+  m.def("crf_splat_cuda", &crf_splat, "CRF lattice splat (device): grid[off[i,r], c] += w[i,r] q[i,c].",
+        py::arg("q"), py::arg("off"), py::arg("w"), py::arg("grid"), py::arg("P"), py::arg("C"), py::arg("D1"),
+        py::arg("stream"));
+  m.def("crf_blur_cuda", &crf_blur, "CRF lattice blur along one direction (device).", py::arg("src"),
+        py::arg("dst"), py::arg("nb"), py::arg("M"), py::arg("C"), py::arg("stream"));
+  m.def("crf_update_cuda", &crf_update, "CRF fused slice + softmax (device), nk fused Potts kernels.",
+        py::arg("U"), py::arg("Q"), py::arg("extra"), py::arg("off1"), py::arg("w1"), py::arg("grid1"),
+        py::arg("D1a"), py::arg("off2"), py::arg("w2"), py::arg("grid2"), py::arg("D1b"), py::arg("nk"),
+        py::arg("P"), py::arg("C"), py::arg("stream"));
 }

@@ -47,6 +47,8 @@ from .functional import (balanced_bce_loss, binary_cross_entropy_with_logits, cr
                          dice_ce_loss, dice_focal_loss, dice_fused_loss, dice_loss, focal_loss, fused_loss,
                          generalized_dice_loss, jaccard_loss, lovasz_hinge_loss, lovasz_softmax_loss, region_stats,
                          tversky_loss)
+from .functional import Bilateral, Gaussian, dense_crf, pixel_objectness  # noqa: E402  (crf family)
+from .losses import DenseCRF  # noqa: E402  (crf family)
 from .losses import (BalancedBCELoss, BCEWithLogitsLoss, CrossEntropyLoss, DiceCELoss, DiceFocalLoss,  # noqa: E402
                      DiceFusedLoss, DiceLoss, FocalLoss, FusedLoss, GeneralizedDiceLoss, JaccardLoss,
                      LovaszHingeLoss, LovaszSoftmaxLoss, TverskyLoss)
@@ -92,3 +94,4 @@ __all__ += ["box_iou", "generalized_box_iou", "distance_box_iou", "complete_box_
             "iou_balanced_ce_loss", "iou_balanced_smooth_l1_loss", "matched_iou"]  # boxes family
 __all__ += ["IoULoss", "GIoULoss", "DIoULoss", "CIoULoss", "IoUBalancedFocalLoss", "IoUBalancedBCELoss",
             "IoUBalancedCELoss", "IoUBalancedSmoothL1Loss"]
+__all__ += ["dense_crf", "pixel_objectness", "DenseCRF", "Gaussian", "Bilateral"]  # crf family

@@ -400,6 +400,104 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+# ---- crf family ------------------------------------------------------------------
+# Dense CRF inference (no backward): 21 labels, 5 iterations, the default kernels, on a
+# natural-looking image (smooth background, flat-coloured shapes with edges, mild noise)
+# with noisy unaries; times include building the lattices. Peer: pydensecrf, one image
+# at a time (CPU only).
+
+CRF_LABELS, CRF_ITERATIONS = 21, 5
+
+
+def crf_inputs(B: int, H: int, W: int, device, C: int = CRF_LABELS, seed: int = 0):
+    """-> (unary energies [B, C, H, W] float32, image [B, 3, H, W] uint8, ground truth [B, H, W])."""
+    g = torch.Generator().manual_seed(seed)
+    ys, xs = torch.meshgrid(torch.arange(H), torch.arange(W), indexing="ij")
+    imgs, gts = [], []
+    for _ in range(B):
+        coarse = torch.rand((1, 3, 4, 4), generator=g)
+        img = torch.nn.functional.interpolate(coarse, size=(H, W), mode="bicubic", align_corners=False)[0]
+        img = img.clamp(0, 1) * 120 + 60
+        gt = torch.zeros((H, W), dtype=torch.long)
+        for c in range(1, min(C, 12)):
+            cy, cx = float(torch.rand((), generator=g)) * H, float(torch.rand((), generator=g)) * W
+            r = (0.05 + 0.12 * float(torch.rand((), generator=g))) * min(H, W)
+            inside = ((ys - cy) ** 2 + (xs - cx) ** 2 < r * r) if c % 2 else (
+                ((ys - cy).abs() < r) & ((xs - cx).abs() < 1.4 * r))
+            img[:, inside] = (torch.rand(3, generator=g) * 255).view(3, 1)
+            gt[inside] = c
+        imgs.append((img + 6 * torch.randn((3, H, W), generator=g)).round().clamp(0, 255).to(torch.uint8))
+        gts.append(gt)
+    gt = torch.stack(gts)
+    logits = 1.0 * torch.nn.functional.one_hot(gt, C).permute(0, 3, 1, 2).float()
+    logits += 1.2 * torch.randn(logits.shape, generator=g)
+    unary = -torch.log_softmax(logits, 1)
+    return unary.to(device), torch.stack(imgs).to(device), gt.to(device)
+
+
+def pydensecrf_loop():
+    """pydensecrf over a batch, one image at a time (None if not installed)."""
+    try:
+        import numpy as np
+        import pydensecrf.densecrf as dcrf
+    except ImportError:
+        return None
+
+    def run(unary, image):
+        B, C, H, W = unary.shape
+        out = []
+        for b in range(B):
+            d = dcrf.DenseCRF2D(W, H, C)
+            d.setUnaryEnergy(np.ascontiguousarray(unary[b].reshape(C, -1).cpu().numpy()))
+            d.addPairwiseGaussian(sxy=3, compat=3)
+            d.addPairwiseBilateral(sxy=80, srgb=13, compat=10,
+                                   rgbim=np.ascontiguousarray(image[b].permute(1, 2, 0).cpu().numpy()))
+            out.append(np.array(d.inference(CRF_ITERATIONS)))
+        return out
+    return run
+
+
+def crf_runners(device: torch.device) -> dict:
+    out = {}
+    for b in backends.available(device):
+        if b in ("cpu", "cuda", "torch"):
+            out[b] = (lambda b: lambda u, im: F.dense_crf(u, im, iterations=CRF_ITERATIONS, backend=b))(b)
+    peer = pydensecrf_loop() if device.type == "cpu" else None
+    if peer is not None:
+        out["pydensecrf"] = peer
+    return out
+
+
+def crf_cases(device: torch.device, quick: bool = False) -> list:
+    """(B, H, W) per row: one image and a batch (4 on CPU, 8 on GPU) of 512 x 512."""
+    if quick:
+        return [(1, 128, 128)]
+    return [(1, 512, 512), (8 if device.type == "cuda" else 4, 512, 512)]
+
+
+def measure_crf(device: torch.device, quick: bool = False, repeat: int = 5) -> list[dict]:
+    rows = []
+    for B, H, W in crf_cases(device, quick):
+        u, im, _ = crf_inputs(B, H, W, device)
+        run = crf_runners(device)
+        if B > 1:
+            run.pop("torch", None)  # the eager lattice takes seconds per image
+        for name, fn in run.items():
+            times = time_fn(lambda: fn(u, im), device, repeat=repeat if name != "torch" else 2, warmup=1)
+            q = statistics.quantiles(times, n=4) if len(times) > 1 else [times[0]] * 3
+            rows.append(dict(op="dense_crf", shape=[B, CRF_LABELS, H, W], dtype="float32", labels="-",
+                             backend=name, device=str(device), median_ms=1e3 * statistics.median(times),
+                             iqr_ms=1e3 * (q[2] - q[0]), per_image_ms=1e3 * statistics.median(times) / B,
+                             logits_mb=u.numel() * 4 / 2**20, peak_extra_mb=None, gbps=None,
+                             speedup_vs_monai=None, speedup_vs_smp=None))
+        group = [r for r in rows if r["shape"][0] == B and r["shape"][2] == H]
+        base = {r["backend"]: r["median_ms"] for r in group}
+        for r in group:
+            r["speedup_vs_reference"] = base["torch"] / r["median_ms"] if "torch" in base else None
+            r["speedup_vs_pydensecrf"] = base["pydensecrf"] / r["median_ms"] if "pydensecrf" in base else None
+    return rows
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="segfast-bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if visible)")
@@ -422,6 +520,7 @@ def main(argv=None) -> int:
     for case in cases(device, quick=args.quick):
         rows += measure(case, device, repeat=args.repeat, memory=not args.no_memory)
         print(f"  measured {case.name}", file=sys.stderr)
+    rows += measure_crf(device, quick=args.quick)  # crf family (inference only)
     print(format_table(rows))
     if args.json:
         with open(args.json, "w") as f:

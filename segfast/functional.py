@@ -62,6 +62,7 @@ from .ops import region as _region
 from .ops import _common
 from .ops import pixel as _pixel
 from .ops import lovasz as _lovasz
+from .ops import crf as _crf
 
 __all__ = ["dice_loss", "jaccard_loss", "tversky_loss", "generalized_dice_loss", "region_stats"]
 
@@ -579,3 +580,73 @@ __all__ += ["box_iou", "generalized_box_iou", "distance_box_iou", "complete_box_
            "giou_loss", "diou_loss", "ciou_loss", "iou_balanced_focal_loss", "iou_balanced_bce_loss",
            "iou_balanced_ce_loss", "iou_balanced_smooth_l1_loss", "matched_iou"]
 # ------------------------------------------------------------------ end of the boxes family
+# ---- crf family ----------------------------------------------------------------
+
+Gaussian = _crf.Gaussian
+Bilateral = _crf.Bilateral
+
+
+def dense_crf(unary: Tensor, image: Tensor, *, iterations: int = 5, gaussian: Optional[Gaussian] = Gaussian(),
+              bilateral: Optional[Bilateral] = Bilateral(), compat=None, normalization: str = "symmetric",
+              pos: Optional[Tensor] = None, method: str = "permutohedral", unary_from: str = "energy",
+              self_message: bool = True, backend: Optional[str] = None) -> Tensor:
+    """Fully connected CRF with Gaussian edge potentials (Krähenbühl & Koltun,
+    NIPS 2011), batched mean field; pydensecrf's DenseCRF2D semantics.
+
+    unary
+        [B, C, H, W] float: energies (``unary_from="energy"``, pydensecrf's
+        setUnaryEnergy), logits (``"logits"``: U = -log_softmax) or
+        probabilities (``"probs"``: U = -log(clip(p, 1e-5, 1))). Any C >= 1.
+    image
+        [B, 3, H, W], uint8 or float on the 0-255 scale (the scale of srgb).
+    iterations
+        Mean-field updates (>= 1): Q0 = softmax(-U), then ``iterations`` times
+        Q = softmax(-U - Σ_m μ_m K̃_m Q), every pixel at once
+        (pydensecrf's ``inference(iterations)``).
+    gaussian, bilateral
+        :class:`segfast.Gaussian` (sxy=3, compat=3) and :class:`segfast.Bilateral`
+        (sxy=80, srgb=13, compat=10), pydensecrf's documented example values;
+        None drops that kernel. sxy / srgb: one number or one per axis / channel.
+    compat
+        Overrides both kernels' compat: a number w is the Potts model as
+        pydensecrf applies it (μ = -w·I: the message adds w·K̃Q to the same
+        label's logit); a [C, C] matrix μ is symmetrized, (μ + μᵀ)/2, and its
+        entries are penalties (positive: the label pair is discouraged).
+    normalization
+        "symmetric" (K̃ = n K n, n = 1/sqrt(K·1), default), "after" (NIPS'11,
+        K̃ = K / K·1), "before" or "none".
+    pos
+        [B, H, W] pixel objectness (:func:`pixel_objectness`): the POS-CRF unary
+        θ_0 = -log p_0, θ_k = -log(p_k·exp(pos)) = U_k - pos for classes k >= 1.
+    method
+        "permutohedral" (O(N) per filter, one lattice per image and kernel,
+        reused by every iteration and label) or "exact" (the O(N²) sum, in
+        torch on every backend: small images and tests).
+    self_message
+        True (pydensecrf): the sum over j includes i. False removes the i = j
+        term, taken as K_ii = 1.
+    backend
+        "cpu", "triton", "cuda" or "torch" (None: cpu on CPU tensors, triton
+        on CUDA tensors, else cuda when built, else torch). Kernel backends
+        return no gradient; the torch backend is differentiable through autograd.
+
+    Returns Q [B, C, H, W], the marginals (float32; float64 for float64 unary).
+    """
+    return _crf.dense_crf(unary, image, iterations=iterations, gaussian=gaussian, bilateral=bilateral,
+                          compat=compat, normalization=normalization, pos=pos, method=method,
+                          unary_from=unary_from, self_message=self_message, backend=backend)
+
+
+def pixel_objectness(proposals: Tensor, size=None) -> Tensor:
+    """pos [B, H, W] in [0, 1]: the fraction of object proposals containing
+    each pixel (Liu & Lew's POS-CRF), float32.
+
+    proposals: boxes [B, G, 4] as (x1, y1, x2, y2) in pixel units, with
+    ``size=(H, W)``: pixel (x, y) is inside a box when its centre
+    (x + 0.5, y + 0.5) lies in [x1, x2) x [y1, y2) (boxes are clipped to the
+    image; empty or inverted boxes cover nothing but still count in G). Cost
+    O(G + H·W): a 2-D difference array and two prefix sums. Or masks
+    [B, G, H, W] (bool/uint8/float in [0, 1]): their mean over G.
+    G = 0 gives zeros.
+    """
+    return _crf.pixel_objectness(proposals, size)

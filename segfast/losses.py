@@ -255,3 +255,23 @@ class IoUBalancedSmoothL1Loss(_IoUBalancedLoss):
         super().__init__(beta=beta, lam=lam, loss_weight=loss_weight)
 
 # ------------------------------------------------------------------ end of the boxes family
+# ---- crf family ----------------------------------------------------------------
+
+
+class DenseCRF(torch.nn.Module):
+    """Module form of :func:`segfast.functional.dense_crf`: holds the CRF
+    parameters; ``forward(unary, image, pos=None)`` returns the marginals Q."""
+
+    def __init__(self, iterations: int = 5, gaussian=F.Gaussian(), bilateral=F.Bilateral(), compat=None,
+                 normalization: str = "symmetric", method: str = "permutohedral", unary_from: str = "energy",
+                 self_message: bool = True, backend=None):
+        super().__init__()
+        self.kwargs = dict(iterations=iterations, gaussian=gaussian, bilateral=bilateral, compat=compat,
+                           normalization=normalization, method=method, unary_from=unary_from,
+                           self_message=self_message, backend=backend)
+
+    def forward(self, unary: torch.Tensor, image: torch.Tensor, pos=None) -> torch.Tensor:
+        return F.dense_crf(unary, image, pos=pos, **self.kwargs)
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{k}={v!r}" for k, v in self.kwargs.items())

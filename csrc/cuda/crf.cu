@@ -1,0 +1,118 @@
+// Dense CRF, CUDA kernels of the mean-field iterations. The lattices of the
+// batch are built on the device with torch (sort/unique of packed keys,
+// segfast/reference/crf.py) and arrive as plain arrays: per pixel the d+1
+// lattice points `off` (int32) and weights, per point its two blur neighbours
+// (row M of every grid is the always-zero "missing neighbour"). Python
+// (segfast/ops/crf.py lattice_meanfield) drives the same steps as the Triton
+// backend: splat (atomic adds), d+1 blurs, and one fused slice + softmax per
+// pixel. Q, U, grids: [rows][C] float32, labels contiguous.
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+
+namespace segfast {
+namespace crf {
+namespace {
+
+void check(cudaError_t e, const char* what) {
+  if (e != cudaSuccess) throw std::runtime_error(std::string("segfast CRF CUDA ") + what + ": " + cudaGetErrorString(e));
+}
+
+int blocks_for(int64_t n, int threads) {
+  const int64_t b = (n + threads - 1) / threads;
+  return int(b < 1 ? 1 : (b > (int64_t(1) << 30) ? (int64_t(1) << 30) : b));
+}
+
+// One thread per (pixel, label): grid[off[i, r], c] += w[i, r] * q[i, c].
+__global__ void splat_kernel(const float* __restrict__ q, const int32_t* __restrict__ off,
+                             const float* __restrict__ w, float* __restrict__ grid, int64_t P, int64_t C, int D1) {
+  const int64_t n = P * C;
+  for (int64_t idx = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; idx < n;
+       idx += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t i = idx / C, c = idx - i * C;
+    const float qv = q[idx];
+    for (int r = 0; r < D1; ++r) atomicAdd(&grid[int64_t(off[i * D1 + r]) * C + c], w[i * D1 + r] * qv);
+  }
+}
+
+// dst[p] = src[p] + (src[n1] + src[n2]) / 2, one thread per (point, label); row M untouched.
+__global__ void blur_kernel(const float* __restrict__ src, float* __restrict__ dst, const int32_t* __restrict__ nb,
+                            int64_t M, int64_t C) {
+  const int64_t n = M * C;
+  for (int64_t idx = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; idx < n;
+       idx += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t p = idx / C, c = idx - p * C;
+    dst[idx] = src[idx] + 0.5f * (src[int64_t(nb[2 * p]) * C + c] + src[int64_t(nb[2 * p + 1]) * C + c]);
+  }
+}
+
+struct SliceArgs {
+  const int32_t* off;
+  const float* w;
+  const float* grid;
+  int D1;
+};
+
+__device__ __forceinline__ float slice_one(const SliceArgs& a, int64_t i, int64_t c, int64_t C) {
+  float s = 0.f;
+  for (int r = 0; r < a.D1; ++r) s += a.w[i * a.D1 + r] * a.grid[int64_t(a.off[i * a.D1 + r]) * C + c];
+  return s;
+}
+
+// One warp per pixel, lanes over labels: q = softmax(-u + slices + extra).
+// The logits are parked in q, then exponentiated and normalised in place.
+__global__ void update_kernel(const float* __restrict__ U, float* __restrict__ Q, const float* __restrict__ extra,
+                              SliceArgs a, SliceArgs b, int nk, int64_t P, int64_t C) {
+  const int lane = threadIdx.x & 31;
+  const int64_t warps = int64_t(gridDim.x) * (blockDim.x >> 5);
+  for (int64_t i = int64_t(blockIdx.x) * (blockDim.x >> 5) + (threadIdx.x >> 5); i < P; i += warps) {
+    float mx = -INFINITY;
+    for (int64_t c = lane; c < C; c += 32) {
+      float m = -U[i * C + c];
+      if (nk > 0) m += slice_one(a, i, c, C);
+      if (nk > 1) m += slice_one(b, i, c, C);
+      if (extra) m += extra[i * C + c];
+      Q[i * C + c] = m;
+      mx = fmaxf(mx, m);
+    }
+    for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+    float s = 0.f;
+    for (int64_t c = lane; c < C; c += 32) {
+      const float e = __expf(Q[i * C + c] - mx);
+      Q[i * C + c] = e;
+      s += e;
+    }
+    for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+    const float inv = 1.f / s;
+    for (int64_t c = lane; c < C; c += 32) Q[i * C + c] *= inv;
+  }
+}
+
+}  // namespace
+
+void crf_splat_cuda(const float* q, const int32_t* off, const float* w, float* grid, int64_t P, int64_t C, int D1,
+                    uintptr_t stream) {
+  if (P * C == 0) return;
+  splat_kernel<<<blocks_for(P * C, 256), 256, 0, reinterpret_cast<cudaStream_t>(stream)>>>(q, off, w, grid, P, C, D1);
+  check(cudaGetLastError(), "splat");
+}
+
+void crf_blur_cuda(const float* src, float* dst, const int32_t* nb, int64_t M, int64_t C, uintptr_t stream) {
+  if (M * C == 0) return;
+  blur_kernel<<<blocks_for(M * C, 256), 256, 0, reinterpret_cast<cudaStream_t>(stream)>>>(src, dst, nb, M, C);
+  check(cudaGetLastError(), "blur");
+}
+
+void crf_update_cuda(const float* U, float* Q, const float* extra, const int32_t* off1, const float* w1,
+                     const float* grid1, int D1a, const int32_t* off2, const float* w2, const float* grid2, int D1b,
+                     int nk, int64_t P, int64_t C, uintptr_t stream) {
+  if (P == 0) return;
+  const SliceArgs a{off1, w1, grid1, D1a}, b{off2, w2, grid2, D1b};
+  update_kernel<<<blocks_for(P, 8), 256, 0, reinterpret_cast<cudaStream_t>(stream)>>>(U, Q, extra, a, b, nk, P, C);
+  check(cudaGetLastError(), "update");
+}
+
+}  // namespace crf
+}  // namespace segfast

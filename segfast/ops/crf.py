@@ -1,0 +1,553 @@
+"""Dense CRF (Krähenbühl & Koltun, "Efficient Inference in Fully Connected
+CRFs with Gaussian Edge Potentials", NIPS 2011): batched mean-field inference
+with the permutohedral lattice, pydensecrf's DenseCRF2D semantics, and the
+POS-CRF unary of Liu & Lew (pixel objectness added to the foreground classes).
+
+Mean field, per image (N pixels, C labels, pairwise kernels m)::
+
+    Q0 = softmax(-U)
+    Q  = softmax(-U - Σ_m μ_m · K̃_m Q)      (``iterations`` times, every pixel at once)
+
+K_m is the Gaussian kernel exp(-|f_i - f_j|²/2) on the features
+f = (x/sx, y/sy) ("gaussian") or (x/sx, y/sy, r/sr, g/sg, b/sb) ("bilateral";
+x is the column, y the row, colours on the 0-255 scale), i = j included, as
+pydensecrf. K̃ = diag(n) K diag(n) with n = 1/sqrt(K·1) ("symmetric",
+pydensecrf's default), diag(1/K·1) K ("after", NIPS'11), K diag(1/K·1)
+("before") or K ("none").
+
+Compatibility μ: a number w is pydensecrf's PottsCompatibility(w), μ = -w·I
+(the message *adds* w·K̃Q to the logits of the same label; equivalent to the
+textbook Potts penalty w·[l != l'] because the two differ by a constant per
+pixel). A [C, C] matrix is used as given after symmetrization
+(μ + μᵀ)/2, as pydensecrf's MatrixCompatibility: positive entries penalise a
+label pair, negative entries reward it.
+
+``method="permutohedral"`` filters through one lattice per (image, kernel),
+built once and reused by every iteration and label (O(N) per filter; the
+lattice approximates a slightly wider Gaussian than exp(-|Δf|²/2), exactly as
+pydensecrf's does). ``method="exact"`` sums the O(N²) kernel explicitly (torch,
+small images and tests).
+
+Backends: ``cpu`` (C++/OpenMP: lattice and iterations, one image per thread
+for batches), ``triton`` and ``cuda`` (GPU: the lattices of the whole batch
+built once with torch sort/unique, the iterations in Triton or CUDA C++
+kernels: :func:`lattice_meanfield`) and ``torch`` (the eager reference of
+segfast/reference/crf.py, one image at a time, any device, differentiable
+through autograd). The kernel backends return marginals without gradient
+(CRF post-processing).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional, Sequence, Union
+
+import torch
+from torch import Tensor
+
+from .. import backends
+from ..reference import crf as ref
+
+FAMILY = "crf"
+NORMALIZATIONS = {"symmetric": 0, "after": 1, "before": 2, "none": 3}
+METHODS = ("permutohedral", "exact")
+UNARY_FROM = ("energy", "logits", "probs")
+PROB_CLIP = 1e-5  # probabilities are clipped to [1e-5, 1] before -log (pydensecrf's unary_from_softmax)
+# Largest |elevated lattice coordinate| allowed: keys stay far from int32 overflow and
+# features keep integer precision in float32.
+MAX_COORD = float(2 ** 22)
+
+Number = Union[int, float]
+Compat = Union[Number, Tensor]
+
+
+@dataclass(frozen=True)
+class Gaussian:
+    """Spatial kernel exp(-|p_i - p_j|² / 2 sxy²): sxy a number or (sx, sy) in
+    pixels; compat a Potts weight or a [C, C] compatibility matrix."""
+
+    sxy: Union[Number, Sequence[Number]] = 3.0
+    compat: Compat = 3.0
+
+
+@dataclass(frozen=True)
+class Bilateral:
+    """Appearance kernel exp(-|p_i - p_j|² / 2 sxy² - |I_i - I_j|² / 2 srgb²):
+    sxy a number or (sx, sy) in pixels, srgb a number or (sr, sg, sb) on the
+    0-255 scale; compat a Potts weight or a [C, C] compatibility matrix."""
+
+    sxy: Union[Number, Sequence[Number]] = 80.0
+    srgb: Union[Number, Sequence[Number]] = 13.0
+    compat: Compat = 10.0
+
+
+def choose_backend(backend: Optional[str], device: torch.device) -> str:
+    """``cpu`` on CPU tensors (if built), ``triton`` on CUDA tensors (if
+    importable, else ``cuda`` if built), else ``torch``. An explicit backend
+    is validated by backends.choose (never a silent fallback)."""
+    if backend is None:
+        if device.type == "cpu" and backends.unavailable_reason("cpu", device) is None:
+            return "cpu"
+        if device.type == "cuda" and backends.unavailable_reason("triton", device) is None:
+            return "triton"
+        if device.type == "cuda" and backends.unavailable_reason("cuda", device) is None:
+            return "cuda"
+        return "torch"
+    return backends.choose(backend, device)
+
+
+# ---------------------------------------------------------------- validation
+
+
+def _scales(v, n: int, what: str) -> tuple:
+    if isinstance(v, Tensor):
+        v = v.tolist()
+    vals = [v] * n if isinstance(v, (int, float)) and not isinstance(v, bool) else list(v)
+    if len(vals) != n or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in vals):
+        raise TypeError(f"{what} must be a number or {n} numbers, got {v!r}")
+    vals = [float(x) for x in vals]
+    if not all(math.isfinite(x) and x > 0 for x in vals):
+        raise ValueError(f"{what} must be finite and > 0, got {v!r}")
+    return tuple(vals)
+
+
+def _compat(c, C: int, device, what: str):
+    """-> (potts weight, None) or (0, symmetric float32 matrix [C, C])."""
+    if isinstance(c, (int, float)) and not isinstance(c, bool):
+        if not math.isfinite(float(c)):
+            raise ValueError(f"{what} must be finite, got {c!r}")
+        return float(c), None
+    try:
+        m = torch.as_tensor(c, dtype=torch.float32, device=device)
+    except (TypeError, ValueError, RuntimeError):
+        raise TypeError(f"{what} must be a number (Potts weight) or a [C, C] matrix, got {type(c).__name__}") from None
+    if m.shape != (C, C):
+        raise ValueError(f"{what} must be a number or a [{C}, {C}] matrix, got shape {tuple(m.shape)}")
+    if not bool(torch.isfinite(m).all()):
+        raise ValueError(f"{what} must be finite")
+    return 0.0, 0.5 * (m + m.T)
+
+
+def _check(unary, image, iterations, normalization, method, unary_from, pos):
+    if not isinstance(unary, Tensor) or not isinstance(image, Tensor):
+        raise TypeError("unary and image must be tensors")
+    if unary.dtype not in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
+        raise TypeError(f"unary must be float32/float16/bfloat16/float64, got {unary.dtype}")
+    if unary.dim() != 4:
+        raise ValueError(f"unary must be [B, C, H, W], got shape {tuple(unary.shape)}")
+    B, C, H, W = unary.shape
+    if C < 1:
+        raise ValueError("unary needs at least one label (C >= 1)")
+    if image.dtype != torch.uint8 and not image.dtype.is_floating_point:
+        raise TypeError(f"image must be uint8 or float (0-255 scale), got {image.dtype}")
+    if tuple(image.shape) != (B, 3, H, W):
+        raise ValueError(f"image must be [B, 3, H, W] = {(B, 3, H, W)} to match unary, got {tuple(image.shape)}")
+    if image.device != unary.device:
+        raise ValueError(f"image is on {image.device} but unary is on {unary.device}")
+    if isinstance(iterations, bool) or not isinstance(iterations, int):
+        raise TypeError(f"iterations must be an int, got {iterations!r}")
+    if iterations < 1:
+        raise ValueError(f"iterations must be >= 1, got {iterations}")
+    if normalization not in NORMALIZATIONS:
+        raise ValueError(f"normalization must be one of {', '.join(NORMALIZATIONS)}, got {normalization!r}")
+    if method not in METHODS:
+        raise ValueError(f"method must be 'permutohedral' or 'exact', got {method!r}")
+    if unary_from not in UNARY_FROM:
+        raise ValueError(f"unary_from must be 'energy', 'logits' or 'probs', got {unary_from!r}")
+    if pos is not None:
+        if not isinstance(pos, Tensor) or not pos.dtype.is_floating_point:
+            raise TypeError("pos must be a float tensor [B, H, W]")
+        if tuple(pos.shape) != (B, H, W):
+            raise ValueError(f"pos must be [B, H, W] = {(B, H, W)}, got {tuple(pos.shape)}")
+        if pos.device != unary.device:
+            raise ValueError(f"pos is on {pos.device} but unary is on {unary.device}")
+        if C < 2:
+            raise ValueError("pos (POS-CRF) needs a background and at least one foreground class (C >= 2)")
+    if not torch.compiler.is_compiling():
+        if unary.numel() and not bool(torch.isfinite(unary).all()):
+            raise ValueError("unary has non-finite values (inf/nan)")
+        if image.dtype != torch.uint8 and image.numel() and not bool(torch.isfinite(image).all()):
+            raise ValueError("image has non-finite values (inf/nan)")
+        if pos is not None and pos.numel() and not bool(torch.isfinite(pos).all()):
+            raise ValueError("pos has non-finite values (inf/nan)")
+
+
+def energies(unary: Tensor, unary_from: str, pos: Optional[Tensor]) -> Tensor:
+    """U (float32, float64 for float64 input): energies as given, -log_softmax
+    of logits, or -log of probabilities clipped to [1e-5, 1]; then the POS-CRF
+    term: U_k -= pos for the foreground classes k >= 1 (θ_k = -log(p_k·exp(pos)))."""
+    acc = torch.float64 if unary.dtype == torch.float64 else torch.float32
+    x = unary.to(acc)
+    if unary_from == "logits":
+        u = -torch.log_softmax(x, 1)
+    elif unary_from == "probs":
+        u = -torch.log(x.clamp(PROB_CLIP, 1.0))
+    else:
+        u = x
+    if pos is not None:
+        u = torch.cat([u[:, :1], u[:, 1:] - pos.to(acc).unsqueeze(1)], 1)
+    return u
+
+
+def _kernels(gaussian, bilateral, compat, C, device):
+    """-> list of (sxy, srgb or None, potts weight, matrix or None)."""
+    out = []
+    for k, what in ((gaussian, "gaussian"), (bilateral, "bilateral")):
+        if k is None:
+            continue
+        if what == "gaussian" and not isinstance(k, Gaussian):
+            raise TypeError(f"gaussian must be segfast.Gaussian(...) or None, got {type(k).__name__}")
+        if what == "bilateral" and not isinstance(k, Bilateral):
+            raise TypeError(f"bilateral must be segfast.Bilateral(...) or None, got {type(k).__name__}")
+        sxy = _scales(k.sxy, 2, f"{what}.sxy")
+        srgb = _scales(k.srgb, 3, f"{what}.srgb") if what == "bilateral" else None
+        w, m = _compat(k.compat if compat is None else compat, C, device,
+                       f"{what}.compat" if compat is None else "compat")
+        out.append((sxy, srgb, w, m))
+    return out
+
+
+def _check_range(kernels, image: Tensor, H: int, W: int) -> None:
+    """Lattice coordinates are bounded by ~(d+1)·max|feature|: refuse scales so
+    small that they would leave float32/int32 precision (a clear error, never a
+    wrapped key)."""
+    imax = 255.0
+    if image.dtype != torch.uint8 and image.numel() and not torch.compiler.is_compiling():
+        imax = max(255.0, float(image.abs().max()))
+    for sxy, srgb, _, _ in kernels:
+        f = max(max(W - 1, 0) / sxy[0], max(H - 1, 0) / sxy[1])
+        d = 2
+        if srgb is not None:
+            f = max(f, imax / min(srgb))
+            d = 5
+        if f * (d + 1) * 2 > MAX_COORD:
+            raise ValueError(f"kernel scales sxy={sxy}, srgb={srgb} are too small for this image: lattice "
+                             f"coordinates would reach {f * (d + 1) * 2:.3g} (limit {MAX_COORD:.3g})")
+
+
+# ---------------------------------------------------------------- the op
+
+
+def dense_crf(unary: Tensor, image: Tensor, *, iterations: int = 5, gaussian: Optional[Gaussian] = Gaussian(),
+              bilateral: Optional[Bilateral] = Bilateral(), compat: Optional[Compat] = None,
+              normalization: str = "symmetric", pos: Optional[Tensor] = None, method: str = "permutohedral",
+              unary_from: str = "energy", self_message: bool = True, backend: Optional[str] = None) -> Tensor:
+    """See :func:`segfast.functional.dense_crf`."""
+    _check(unary, image, iterations, normalization, method, unary_from, pos)
+    B, C, H, W = unary.shape
+    backend = choose_backend(backend, unary.device)
+    kernels = _kernels(gaussian, bilateral, compat, C, unary.device)
+    if method == "permutohedral":
+        _check_range(kernels, image, H, W)
+    acc = torch.float64 if unary.dtype == torch.float64 else torch.float32
+    u = energies(unary, unary_from, pos)
+    if B == 0 or H * W == 0:
+        return u.new_zeros((B, C, H, W), dtype=acc)
+    if method == "exact" or backend == "torch":
+        ks = [(sxy, srgb, ref.potts(C, w, acc, unary.device) if m is None else m.to(acc))
+              for sxy, srgb, w, m in kernels]
+        return ref.dense_crf(u, image, ks, iterations, normalization, method=method, self_message=self_message,
+                             dtype=acc)
+    if H * W * 6 >= 2 ** 31:
+        raise ValueError(f"image too large for int32 lattices: H*W = {H * W}")
+    if backend in ("triton", "cuda"):
+        op = dense_crf_triton_op if backend == "triton" else dense_crf_cuda_op
+        return op(u.detach().to(torch.float32), image.detach(), *_flat_kernels(kernels, C, u.device),
+                                   iterations, NORMALIZATIONS[normalization], self_message).to(acc)
+    kparams, mats = [], []
+    for sxy, srgb, w, m in kernels:
+        kparams += [sxy[0], sxy[1], *(srgb or (1.0, 1.0, 1.0)), float(srgb is not None), w, float(m is not None)]
+        mats.append(torch.zeros((C, C), dtype=torch.float32, device=unary.device) if m is None else m)
+    mat = torch.stack(mats) if mats else torch.zeros((0, C, C), dtype=torch.float32, device=unary.device)
+    q = dense_crf_cpu_op(u.detach(), image.detach(), kparams, mat, iterations, NORMALIZATIONS[normalization],
+                         self_message)
+    return q.to(acc)
+
+
+def _launch_args(u: Tensor, image: Tensor, kparams, mat: Tensor):
+    B, C, H, W = u.shape
+    u3, im3 = u.reshape(B, C, H * W), image.reshape(B, 3, H * W)
+    K = len(kparams) // 8
+    kp, ptrs = [], []
+    for m in range(K):
+        kp += kparams[8 * m: 8 * m + 7]
+        ptrs.append(mat[m].data_ptr() if kparams[8 * m + 7] else 0)
+    out = torch.empty((B, C, H, W), dtype=torch.float32, device=u.device)
+    # u3 / im3 may be copies (reshape of a non-viewable layout): the caller keeps them alive
+    return (u3.data_ptr(), backends.dtype_code(u3), *u3.stride(), im3.data_ptr(), backends.dtype_code(im3),
+            *im3.stride(), B, C, H, W, kp, ptrs), out, (u3, im3)
+
+
+def _crf_threads(u: Tensor) -> int:
+    """Batches run one image per thread; a single image splits its pixels only when
+    it is large (each iteration opens a dozen parallel regions)."""
+    B, C = u.shape[:2]
+    work = u.numel() if B > 1 else u.numel() // 8
+    return backends.cpu_threads(work)
+
+
+@torch.library.custom_op("segfast::dense_crf_cpu", mutates_args=())
+def dense_crf_cpu_op(u: Tensor, image: Tensor, kparams: list[float], mat: Tensor, iterations: int,
+                     normalization: int, self_message: bool) -> Tensor:
+    """Q [B, C, H, W] float32 from energies u [B, C, H, W] (POS applied) and the
+    image; kparams: 8 per kernel (sx, sy, sr, sg, sb, bilateral, Potts weight,
+    uses matrix), mat [K, C, C] float32 symmetric compatibilities."""
+    mat = mat.contiguous()
+    args, out, keep = _launch_args(u, image, kparams, mat)
+    backends._C.dense_crf_cpu(*args, iterations, normalization, self_message, out.data_ptr(),
+                              _crf_threads(u))
+    del keep
+    return out
+
+
+@dense_crf_cpu_op.register_fake
+def _(u, image, kparams, mat, iterations, normalization, self_message):
+    return u.new_empty(u.shape, dtype=torch.float32)
+
+
+def lattice_cpu(features: Tensor):
+    """The C++ lattice of float32 features [N, d] as tensors (tests): offset
+    [N, d+1] int64, weight [N, d+1], blur [d+1, M, 2] int64 (M: no neighbour)."""
+    f = features.to(torch.float32).contiguous()
+    N, d = f.shape
+    offset = torch.empty((N, d + 1), dtype=torch.int32)
+    weight = torch.empty((N, d + 1), dtype=torch.float32)
+    cap = N * (d + 1)
+    blur = torch.empty(((d + 1) * cap * 2,), dtype=torch.int32)
+    M = backends._C.crf_lattice_cpu(f.data_ptr(), N, d, offset.data_ptr(), weight.data_ptr(), blur.data_ptr(),
+                                    cap, backends.cpu_threads())
+    return ref.Lattice(d=d, M=M, offset=offset.long(), weight=weight,
+                       blur=blur[: (d + 1) * M * 2].view(d + 1, M, 2).long())
+
+
+# ---------------------------------------------------------------- lattice mean field on tensors (triton)
+
+
+def _flat_kernels(kernels, C, device):
+    """-> (kparams: 8 floats per kernel as the cpu op, mats [K, C, C])."""
+    kparams, mats = [], []
+    for sxy, srgb, w, m in kernels:
+        kparams += [sxy[0], sxy[1], *(srgb or (1.0, 1.0, 1.0)), float(srgb is not None), w, float(m is not None)]
+        mats.append(torch.zeros((C, C), dtype=torch.float32, device=device) if m is None else m)
+    mat = torch.stack(mats) if mats else torch.zeros((0, C, C), dtype=torch.float32, device=device)
+    return kparams, mat
+
+
+def _batch_features(image: Tensor, sxy, srgb) -> Tensor:
+    """[B*H*W, d] float32 features of every image (pydensecrf's, see reference.features)."""
+    B, _, H, W = image.shape
+    pos = ref.features(H, W, sxy, device=image.device)  # [N, 2]
+    pos = pos.unsqueeze(0).expand(B, -1, -1)
+    if srgb is None:
+        return pos.reshape(B * H * W, 2).contiguous()
+    col = image.reshape(B, 3, H * W).to(torch.float32).transpose(1, 2)
+    col = col / torch.tensor(srgb, dtype=torch.float32, device=image.device)
+    return torch.cat([pos, col], 2).reshape(B * H * W, 5).contiguous()
+
+
+class _TritonSteps:
+    BLOCK_P = 64
+
+    def __init__(self):
+        import triton
+
+        from ..triton_kernels import crf as tk
+
+        self.tk, self.triton = tk, triton
+
+    def _grid(self, n):
+        return (self.triton.cdiv(max(n, 1), self.BLOCK_P),)
+
+    def filter_grid(self, q: Tensor, lat, sw: Tensor) -> Tensor:
+        """blur(splat(q)) [M+1, C] with splat weights sw [P, d+1]."""
+        P, C = q.shape
+        bc = self.triton.next_power_of_2(C)
+        grid = q.new_zeros((lat.M + 1, C))
+        self.tk.crf_splat_kernel[self._grid(P)](q, lat.off32, sw, grid, P, C, D1=lat.d + 1,
+                                                BLOCK_P=self.BLOCK_P, BLOCK_C=bc)
+        tmp = torch.empty_like(grid)
+        tmp[lat.M].zero_()
+        for j in range(lat.d + 1):
+            self.tk.crf_blur_kernel[self._grid(lat.M)](grid, tmp, lat.nb32[j], lat.M, C, BLOCK_P=self.BLOCK_P,
+                                                       BLOCK_C=bc)
+            grid, tmp = tmp, grid
+        return grid
+
+    def update(self, U: Tensor, q: Tensor, runs, extra: Optional[Tensor]) -> None:
+        P, C = U.shape
+        a = runs[0] if runs else None
+        b = runs[1] if len(runs) > 1 else a
+        dummy_i = torch.zeros(1, dtype=torch.int32, device=U.device)
+        dummy_f = torch.zeros(1, dtype=torch.float32, device=U.device)
+        args = []
+        for r in (a, b):
+            args += [dummy_i, dummy_f, dummy_f] if r is None else [r[0].off32, r[1], r[2]]
+        self.tk.crf_update_kernel[self._grid(P)](
+            U, q, dummy_f if extra is None else extra, *args, P, C,
+            D1A=3 if a is None else a[0].d + 1, D1B=3 if b is None else b[0].d + 1,
+            HAS1=a is not None, HAS2=len(runs) > 1, HAS_EXTRA=extra is not None, BLOCK_P=self.BLOCK_P,
+            BLOCK_C=self.triton.next_power_of_2(C))
+
+
+class _CudaSteps:
+    """The same steps as _TritonSteps with the CUDA C++ kernels of csrc/cuda/crf.cu."""
+
+    def __init__(self, device):
+        self.stream = backends.cuda_stream(device)
+
+    def filter_grid(self, q: Tensor, lat, sw: Tensor) -> Tensor:
+        P, C = q.shape
+        grid = q.new_zeros((lat.M + 1, C))
+        backends._C.crf_splat_cuda(q.data_ptr(), lat.off32.data_ptr(), sw.data_ptr(), grid.data_ptr(), P, C,
+                                   lat.d + 1, self.stream)
+        tmp = torch.empty_like(grid)
+        tmp[lat.M].zero_()
+        for j in range(lat.d + 1):
+            backends._C.crf_blur_cuda(grid.data_ptr(), tmp.data_ptr(), lat.nb32[j].data_ptr(), lat.M, C, self.stream)
+            grid, tmp = tmp, grid
+        return grid
+
+    def update(self, U: Tensor, q: Tensor, runs, extra: Optional[Tensor]) -> None:
+        P, C = U.shape
+        ptrs = []
+        for k in range(2):
+            if k < len(runs):
+                lat, slw, grid = runs[k]
+                ptrs += [lat.off32.data_ptr(), slw.data_ptr(), grid.data_ptr(), lat.d + 1]
+            else:
+                ptrs += [0, 0, 0, 1]
+        backends._C.crf_update_cuda(U.data_ptr(), q.data_ptr(), 0 if extra is None else extra.data_ptr(), *ptrs,
+                                    len(runs), P, C, self.stream)
+
+
+def _slice(grid: Tensor, lat, w: Tensor) -> Tensor:
+    return (w.unsqueeze(2) * grid[lat.offset]).sum(1)
+
+
+def lattice_meanfield(u: Tensor, image: Tensor, kparams: list, mat: Tensor, iterations: int, normalization: int,
+                      self_message: bool, steps) -> Tensor:
+    """Mean field of a batch on lattice tensors: one batched lattice per kernel
+    (torch sort/unique, every image its own group), iterations by ``steps``.
+    Same semantics as the cpu op."""
+    B, C, H, W = u.shape
+    N, P = H * W, B * H * W
+    dev = u.device
+    U = u.permute(0, 2, 3, 1).reshape(P, C).to(torch.float32).contiguous()
+    group = torch.arange(B, device=dev).repeat_interleave(N)
+    fused, others = [], []
+    for k in range(len(kparams) // 8):
+        sx, sy, sr, sg, sb, bil, w, has_mat = kparams[8 * k: 8 * k + 8]
+        f = _batch_features(image, (sx, sy), (sr, sg, sb) if bil else None)
+        lat = ref.build_lattice(f, group)
+        lat.off32 = lat.offset.to(torch.int32).contiguous()
+        lat.nb32 = [lat.blur[j].to(torch.int32).contiguous() for j in range(lat.d + 1)]
+        alpha = 1.0 / (1.0 + 2.0 ** (-lat.d))
+        wt = lat.weight.to(torch.float32)
+        ones = torch.ones((P, 1), dtype=torch.float32, device=dev)
+        pre = post = torch.ones((P,), dtype=torch.float32, device=dev)
+        if normalization != NORMALIZATIONS["none"]:
+            k1 = alpha * _slice(steps.filter_grid(ones, lat, wt.contiguous()), lat, wt)[:, 0]
+            if normalization == NORMALIZATIONS["symmetric"]:
+                pre = post = torch.rsqrt(k1 + 1e-20)
+            elif normalization == NORMALIZATIONS["after"]:
+                post = 1.0 / (k1 + 1e-20)
+            else:
+                pre = 1.0 / (k1 + 1e-20)
+        sw = (wt * pre.unsqueeze(1)).contiguous()
+        scale = 1.0 if has_mat else w
+        slw = (alpha * scale * wt * post.unsqueeze(1)).contiguous()
+        selfw = None if self_message else pre * post
+        if has_mat or len(fused) == 2:
+            others.append((lat, sw, slw, mat[k] if has_mat else None, w, selfw))
+        else:
+            fused.append((lat, sw, slw, w, selfw))
+    q = torch.softmax(-U, 1).contiguous()
+    for _ in range(iterations):
+        runs = [(lat, slw, steps.filter_grid(q, lat, sw)) for lat, sw, slw, _, _ in fused]
+        extra = None
+        for lat, _, _, w, selfw in fused:
+            if selfw is not None:
+                extra = (0 if extra is None else extra) - (w * selfw).unsqueeze(1) * q
+        for lat, sw, slw, mu, w, selfw in others:
+            S = _slice(steps.filter_grid(q, lat, sw), lat, slw)
+            if selfw is not None:
+                S = S - (selfw if mu is not None else w * selfw).unsqueeze(1) * q
+            msg = -(S @ mu.T) if mu is not None else S
+            extra = msg if extra is None else extra + msg
+        q_new = torch.empty_like(q)
+        steps.update(U, q_new, runs, None if extra is None else extra.contiguous())
+        q = q_new
+    return q.view(B, H, W, C).permute(0, 3, 1, 2).contiguous()
+
+
+@torch.library.custom_op("segfast::dense_crf_triton", mutates_args=())
+def dense_crf_triton_op(u: Tensor, image: Tensor, kparams: list[float], mat: Tensor, iterations: int,
+                        normalization: int, self_message: bool) -> Tensor:
+    """Triton form of :func:`dense_crf_cpu_op` (lattices built with torch on the device)."""
+    return lattice_meanfield(u, image, kparams, mat.contiguous(), iterations, normalization, self_message,
+                             _TritonSteps())
+
+
+@torch.library.custom_op("segfast::dense_crf_cuda", mutates_args=())
+def dense_crf_cuda_op(u: Tensor, image: Tensor, kparams: list[float], mat: Tensor, iterations: int,
+                      normalization: int, self_message: bool) -> Tensor:
+    """CUDA C++ form of :func:`dense_crf_cpu_op` (lattices built with torch on the device)."""
+    return lattice_meanfield(u, image, kparams, mat.contiguous(), iterations, normalization, self_message,
+                             _CudaSteps(u.device))
+
+
+@dense_crf_cuda_op.register_fake
+def _(u, image, kparams, mat, iterations, normalization, self_message):
+    return u.new_empty(u.shape, dtype=torch.float32)
+
+
+@dense_crf_triton_op.register_fake
+def _(u, image, kparams, mat, iterations, normalization, self_message):
+    return u.new_empty(u.shape, dtype=torch.float32)
+
+
+# ---------------------------------------------------------------- pixel objectness
+
+
+def pixel_objectness(proposals: Tensor, size=None) -> Tensor:
+    """See :func:`segfast.functional.pixel_objectness`."""
+    if not isinstance(proposals, Tensor):
+        raise TypeError("proposals must be a tensor: boxes [B, G, 4] or masks [B, G, H, W]")
+    if proposals.dim() == 4:  # masks
+        B, G, H, W = proposals.shape
+        if size is not None and tuple(size) != (H, W):
+            raise ValueError(f"size {tuple(size)} does not match the masks' {(H, W)}")
+        if G == 0:
+            return torch.zeros((B, H, W), dtype=torch.float32, device=proposals.device)
+        return proposals.to(torch.float32).mean(1)
+    if proposals.dim() != 3 or proposals.shape[2] != 4:
+        raise ValueError(f"proposals must be boxes [B, G, 4] or masks [B, G, H, W], got {tuple(proposals.shape)}")
+    if size is None:
+        raise ValueError("size=(H, W) is required for box proposals")
+    H, W = (int(s) for s in size)
+    if H < 0 or W < 0:
+        raise ValueError(f"size must be >= 0, got {(H, W)}")
+    B, G, _ = proposals.shape
+    dev = proposals.device
+    if G == 0 or H == 0 or W == 0:
+        return torch.zeros((B, H, W), dtype=torch.float32, device=dev)
+    bx = proposals.to(torch.float64)
+    if not torch.compiler.is_compiling() and not bool(torch.isfinite(bx).all()):
+        raise ValueError("boxes have non-finite coordinates")
+    # pixel (x, y) counts when its centre (x + 0.5, y + 0.5) lies in [x1, x2) x [y1, y2):
+    # columns ceil(x1 - 0.5) .. ceil(x2 - 0.5) - 1, clamped to the image
+    c = torch.ceil(bx - 0.5)
+    x1 = c[..., 0].clamp(0, W).long()
+    y1 = c[..., 1].clamp(0, H).long()
+    x2 = c[..., 2].clamp(0, W).long()
+    y2 = c[..., 3].clamp(0, H).long()
+    ok = (x2 > x1) & (y2 > y1)
+    one = ok.to(torch.int32)
+    # 2-D difference array [B, H+1, W+1]: +1 at (y1, x1) and (y2, x2), -1 at (y1, x2) and (y2, x1)
+    diff = torch.zeros((B, (H + 1) * (W + 1)), dtype=torch.int32, device=dev)
+    base = (W + 1)
+    for yy, xx, s in ((y1, x1, 1), (y2, x2, 1), (y1, x2, -1), (y2, x1, -1)):
+        diff.scatter_add_(1, yy * base + xx, s * one)
+    cnt = diff.view(B, H + 1, W + 1).cumsum(1).cumsum(2)[:, :H, :W]
+    return cnt.to(torch.float32) / G
