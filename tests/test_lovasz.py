@@ -24,14 +24,14 @@ def grads(fn, x, *args, go=None, **kw):
 
 
 def close(got, want, dtype=torch.float64):
-    torch.testing.assert_close(got.to(torch.float64), want.to(torch.float64), **tol(dtype))
+    torch.testing.assert_close(got.to(torch.float64).cpu(), want.to(torch.float64).cpu(), **tol(dtype))
 
 
-def labels(N, C, spatial, ignore=None, frac=0.2):
+def labels(N, C, spatial, ignore=None, frac=0.2, device="cpu"):
     y = torch.randint(0, C, (N, *spatial))
     if ignore is not None:
         y[torch.rand(y.shape) < frac] = ignore
-    return y
+    return y.to(device)
 
 
 SHAPES = [(2, 3, (5, 7)), (3, 4, (3, 4, 5)), (1, 5, (13,)), (4, 2, (6, 1))]

@@ -13,28 +13,16 @@ import segfast
 from segfast.ops import lovasz as ops
 from segfast.reference import lovasz as ref
 
-from conftest import DEVICE, kernel_backends, tol
+from conftest import DEVICE, kernel_backends
+from test_lovasz import close, grads
+from test_lovasz import labels as _labels
 
 BACKENDS = kernel_backends(DEVICE)
 pytestmark = pytest.mark.skipif(not BACKENDS, reason="no Lovász kernel backend can run here")
 
 
-def grads(fn, x, *args, go=None, **kw):
-    x = x.detach().clone().requires_grad_(True)
-    loss = fn(x, *args, **kw)
-    loss.backward(torch.ones_like(loss) if go is None else go)
-    return loss.detach(), x.grad
-
-
-def close(got, want, dtype=torch.float64):
-    torch.testing.assert_close(got.to(torch.float64).cpu(), want.to(torch.float64).cpu(), **tol(dtype))
-
-
 def labels(N, C, spatial, ignore=None, frac=0.2):
-    y = torch.randint(0, C, (N, *spatial))
-    if ignore is not None:
-        y[torch.rand(y.shape) < frac] = ignore
-    return y.to(DEVICE)
+    return _labels(N, C, spatial, ignore, frac, device=DEVICE)
 
 
 def weights_loop(errors, fg, valid):

@@ -281,6 +281,17 @@ def _pairwise_grad_kernel(p1, sB1, sK1, s41, p2, sB2, sK2, s42, go, d, N, M, eps
 
 
 @triton.jit
+def _store_grad4(d, i, msk, g0, g1, g2, g3, FMT: tl.constexpr):
+    """An xyxy gradient, converted to the boxes' format, into rows i of d [K, 4]."""
+    g0, g1, g2, g3 = _grad_fmt(g0, g1, g2, g3, FMT)
+    ty = d.dtype.element_ty
+    tl.store(d + 4 * i, g0.to(ty), mask=msk)
+    tl.store(d + 4 * i + 1, g1.to(ty), mask=msk)
+    tl.store(d + 4 * i + 2, g2.to(ty), mask=msk)
+    tl.store(d + 4 * i + 3, g3.to(ty), mask=msk)
+
+
+@triton.jit
 def _aligned_kernel(p1, sK1, s41, p2, sK2, s42, out, d1, d2, K, eps, offset, sign, gscale,
                     KIND: tl.constexpr, FMT: tl.constexpr, LOSS: tl.constexpr, HAS_D1: tl.constexpr,
                     HAS_D2: tl.constexpr, BK: tl.constexpr):
@@ -292,19 +303,9 @@ def _aligned_kernel(p1, sK1, s41, p2, sK2, s42, out, d1, d2, K, eps, offset, sig
                                                       KIND, LOSS, HAS_D1 or HAS_D2)
     tl.store(out + i, (offset + sign * v).to(out.dtype.element_ty), mask=msk)
     if HAS_D1:
-        dp0, dp1, dp2, dp3 = _grad_fmt(dp0, dp1, dp2, dp3, FMT)
-        ty = d1.dtype.element_ty
-        tl.store(d1 + 4 * i, dp0.to(ty), mask=msk)
-        tl.store(d1 + 4 * i + 1, dp1.to(ty), mask=msk)
-        tl.store(d1 + 4 * i + 2, dp2.to(ty), mask=msk)
-        tl.store(d1 + 4 * i + 3, dp3.to(ty), mask=msk)
+        _store_grad4(d1, i, msk, dp0, dp1, dp2, dp3, FMT)
     if HAS_D2:
-        dg0, dg1, dg2, dg3 = _grad_fmt(dg0, dg1, dg2, dg3, FMT)
-        ty = d2.dtype.element_ty
-        tl.store(d2 + 4 * i, dg0.to(ty), mask=msk)
-        tl.store(d2 + 4 * i + 1, dg1.to(ty), mask=msk)
-        tl.store(d2 + 4 * i + 2, dg2.to(ty), mask=msk)
-        tl.store(d2 + 4 * i + 3, dg3.to(ty), mask=msk)
+        _store_grad4(d2, i, msk, dg0, dg1, dg2, dg3, FMT)
 
 
 # --------------------------------------------------------------------------
