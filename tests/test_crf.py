@@ -323,6 +323,26 @@ def pydensecrf_run(dcrf, U, img, iterations, gsxy=3, gcompat=3, bsxy=80, srgb=13
     return torch.from_numpy(np.array(d.inference(iterations))).reshape(C, H, W)
 
 
+@needs_cpu
+def test_cpu_crf_threads_give_the_same_marginals():
+    """A large image is built in bands (a hash table and a CSR fill per thread)
+    and filtered in parallel chunks; every sum still runs in pixel order, so
+    any thread count gives the same bits. Odd width: U tiles with a tail."""
+    U, img, _ = batch(1, 21, 251, 307, seed=11)
+    old = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = segfast.dense_crf(U, img, iterations=3, backend="cpu")
+        torch.set_num_threads(3)
+        assert ops._crf_threads(U) == 3
+        many = segfast.dense_crf(U, img, iterations=3, backend="cpu")
+    finally:
+        torch.set_num_threads(old)
+    assert torch.equal(one, many)
+    want = segfast.dense_crf(U.double(), img, iterations=3, backend="cpu")  # U read through the generic path
+    torch.testing.assert_close(many, want.float(), rtol=0, atol=1e-5)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("C", [2, 21])
 def test_pydensecrf_parity(dcrf, backend, C):

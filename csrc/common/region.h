@@ -53,6 +53,20 @@ SEGFAST_HD int num_stats(const Problem& pr) { return pr.xent ? KX : K; }
 // range reduction x = n*ln2 + r, |r| <= ln2/2, degree-6 polynomial (~1-2 ulp).
 // x is clamped to [-87, 88]: exp(-87) ~ 1.6e-38 stands in for smaller values
 // (below float's normal range), which is harmless for softmax / sigmoid.
+// exp(r) for |r| <= ln2/2 (fast_expf's reduced argument): a degree-6
+// polynomial. V is float or a float vector (GCC/Clang vector extension), so
+// CPU kernels can run it on whole vectors.
+template <typename V>
+SEGFAST_HD V expf_reduced(V r) {
+  V p = V{} + 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  return p * (r * r) + r + 1.0f;
+}
+
 SEGFAST_HD float fast_expf(float x) {
   x = x < -87.0f ? -87.0f : x;
   x = x > 88.0f ? 88.0f : x;
@@ -63,13 +77,7 @@ SEGFAST_HD float fast_expf(float x) {
   const float fn = t - magic;
   float r = x - fn * 0.693359375f;
   r = r - fn * -2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  const float y = p * (r * r) + r + 1.0f;
+  const float y = expf_reduced(r);
   const float scale = bits_f32(uint32_t(n + 127) << 23);
   return y * scale;
 }

@@ -14,6 +14,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <exception>
 #include <memory>
 #include <cstdint>
 #include <cstring>
@@ -25,7 +26,7 @@
 #endif
 
 #include "../common/crf.h"
-#include "../common/region.h"  // fast_expf
+#include "../common/region.h"  // expf_reduced
 #include "common.h"
 
 namespace segfast {
@@ -65,32 +66,46 @@ SEGFAST_INLINE void blur_lanes(float* __restrict t, const float* __restrict o, c
     store8(t + c0, load8(o + c0) + 0.5f * (load8(a + c0) + load8(b + c0)));
 }
 
-// In place: m = softmax over the first C lanes, 0 in the padding (Cp % 8 == 0).
-SEGFAST_INLINE void softmax_lanes(float* m, float* q, int64_t C, int64_t Cp) {
-  float mx8[kLanes], s8[kLanes];
-  for (int64_t l = 0; l < kLanes; ++l) mx8[l] = -INFINITY, s8[l] = 0.f;
-  for (int64_t c0 = 0; c0 < Cp; c0 += kLanes) {
-#pragma omp simd
-    for (int64_t l = 0; l < kLanes; ++l) mx8[l] = std::max(mx8[l], c0 + l < C ? m[c0 + l] : -INFINITY);
-  }
-  float mx = mx8[0];
-  for (int64_t l = 1; l < kLanes; ++l) mx = std::max(mx, mx8[l]);
-  for (int64_t c0 = 0; c0 < Cp; c0 += kLanes) {
-#pragma omp simd
-    for (int64_t l = 0; l < kLanes; ++l) {
-      const float e = c0 + l < C ? region::fast_expf(m[c0 + l] - mx) : 0.f;
-      m[c0 + l] = e;
-      s8[l] += e;
-    }
-  }
-  float s = 0.f;
-  for (int64_t l = 0; l < kLanes; ++l) s += s8[l];
-  const float inv = 1.f / s;
-  for (int64_t c0 = 0; c0 < Cp; c0 += kLanes) {
-#pragma omp simd
-    for (int64_t l = 0; l < kLanes; ++l) q[c0 + l] = m[c0 + l] * inv;
-  }
+typedef int32_t v8i __attribute__((vector_size(32), aligned(4)));
+
+// region::fast_expf lane by lane (x <= 88): the same reduction and polynomial,
+// written on vectors so that it vectorises wherever it is inlined.
+SEGFAST_INLINE v8f exp8(v8f x) {
+  const v8f lo = v8f{} - 87.0f;
+  x = x < lo ? lo : x;
+  const float magic = 12582912.0f;  // 1.5 * 2^23: round to nearest even
+  const v8f t = x * 1.44269504088896341f + magic;
+  const v8i n = (v8i)t - 0x4B400000;
+  const v8f fn = t - magic;
+  v8f r = x - fn * 0.693359375f;
+  r = r - fn * -2.12194440e-4f;
+  return region::expf_reduced(r) * (v8f)((n + 127) << 23);
 }
+
+// q = softmax of m over its first C lanes, 0 in the padding (Cp % 8 == 0); m
+// is overwritten with the exps (q may be m).
+SEGFAST_INLINE void softmax_lanes(float* m, float* q, int64_t C, int64_t Cp) {
+  const v8i lane = {0, 1, 2, 3, 4, 5, 6, 7};
+  const v8f ninf = v8f{} - INFINITY;
+  v8f mx = ninf;
+  for (int64_t c0 = 0; c0 < Cp; c0 += kLanes) {
+    const v8f x = (lane + int32_t(c0)) < int32_t(C) ? load8(m + c0) : ninf;
+    mx = mx < x ? x : mx;
+  }
+  float mxs = mx[0];
+  for (int l = 1; l < kLanes; ++l) mxs = std::max(mxs, mx[l]);
+  v8f s = {};
+  for (int64_t c0 = 0; c0 < Cp; c0 += kLanes) {
+    const v8f e = (lane + int32_t(c0)) < int32_t(C) ? exp8(load8(m + c0) - mxs) : v8f{};
+    store8(m + c0, e);
+    s += e;
+  }
+  float sum = 0.f;
+  for (int l = 0; l < kLanes; ++l) sum += s[l];
+  const float inv = 1.f / sum;
+  for (int64_t c0 = 0; c0 < Cp; c0 += kLanes) store8(q + c0, load8(m + c0) * inv);
+}
+
 template <typename F>
 void parallel_chunks(int64_t n, int nt, F&& fn) {
   const int64_t chunks = (n + kChunk - 1) / kChunk;
@@ -165,80 +180,124 @@ struct Lattice {
   std::vector<int32_t> blur;    // [d+1][M][2] neighbours along each direction (M: none)
   std::vector<int32_t> start;   // [M+1] CSR of the splat entries of each point
   std::vector<int32_t> pix;     // [N(d+1)] pixel of each entry, in pixel order within a point
-  std::vector<int32_t> ent;     // [N(d+1)] flat (pixel, vertex) index of each entry
+  std::vector<float> wsp;       // [N(d+1)] splat weight of each entry: barycentric (x pre-normalisation later)
 };
 
+// Runs fn(t) for t < n on n threads (one each); an exception in any is rethrown here.
+template <typename F>
+void per_band(int n, F&& fn) {
+  if (n == 1) {
+    fn(0);
+    return;
+  }
+  std::vector<std::exception_ptr> err(n);
+#pragma omp parallel for schedule(static, 1) num_threads(n)
+  for (int t = 0; t < n; ++t) {
+    try {
+      fn(t);
+    } catch (...) {
+      err[t] = std::current_exception();
+    }
+  }
+  for (auto& e : err)
+    if (e) std::rethrow_exception(e);
+}
+
+// Every pass runs over bands of pixels, one per thread, and touches only what
+// it must: no per-entry key array (a pixel's keys go straight into its band's
+// hash table), and the CSR is filled band by band at offsets counted per band,
+// so entries stay in pixel order within a point. Point numbering (band order,
+// then first appearance) depends on the band count, no result does: every sum
+// runs in pixel order per point.
 void build_lattice(Lattice& L, const float* feat, int64_t N, int d, int nt) {
   L.d = d;
   L.N = N;
   const int D1 = d + 1;
   const int64_t E = N * D1;
+  if (E >= INT32_MAX) throw std::length_error("segfast: CRF image too large (pixels x (d+1) >= 2^31)");
   float scale[kMaxD];
   lattice_scale(d, scale);
-  std::vector<int32_t> keys(size_t(E) * d);
   L.offset.resize(E);
   L.weight.resize(E);
-  parallel_chunks(N, nt, [&](int64_t i0, int64_t i1) {
+  const int bands = int(std::max<int64_t>(1, std::min<int64_t>(nt, N / 4096)));
+  auto lo = [&](int t) { return N * t / bands; };
+  // 1. locate each pixel and insert its vertices into its band's table (local ids).
+  // Neighbouring pixels mostly share their vertices: compare with the previous
+  // pixel's vertex of the same remainder before probing.
+  std::vector<std::unique_ptr<HashTable>> local(bands);
+  per_band(bands, [&](int t) {
+    local[t].reset(new HashTable(d, std::max<int64_t>(N / bands / 2, 16)));
+    HashTable& h = *local[t];
     Simplex s;
-    for (int64_t i = i0; i < i1; ++i) {
+    int32_t key[kMaxD], prev[(kMaxD + 1) * kMaxD];
+    for (int64_t i = lo(t); i < lo(t + 1); ++i) {
       locate(feat + i * d, d, scale, s);
       for (int r = 0; r < D1; ++r) {
-        vertex_key(s, d, r, &keys[size_t(i * D1 + r) * d]);
-        L.weight[i * D1 + r] = s.bary[r];
+        const int64_t k = i * D1 + r;
+        int32_t* pk = prev + r * d;
+        vertex_key(s, d, r, key);
+        if (i > lo(t) && std::equal(key, key + d, pk)) {
+          L.offset[k] = L.offset[k - D1];
+        } else {
+          L.offset[k] = h.insert(key);
+          std::copy(key, key + d, pk);
+        }
+        L.weight[k] = s.bary[r];
       }
     }
   });
-  // Insertion: each thread fills a table of its own for a band of pixels (local
-  // point ids), then one thread merges the bands' points into the image's table
-  // (band order, then local order) and the local ids are remapped in parallel.
-  // Neighbouring pixels mostly share their vertices: compare with the previous
-  // pixel's vertex of the same remainder before probing a table. The point
-  // numbering never changes a result (sums run in pixel order per point).
-  const int bands = int(std::max<int64_t>(1, std::min<int64_t>(nt, N / 4096)));
-  HashTable table(d, std::max<int64_t>(N / 2, 16));
+  // 2. one table: the bands' points in band order (band 0's table is kept as is)
   std::vector<std::vector<int32_t>> remap(bands);
-  std::vector<HashTable*> local(bands, nullptr);
-  auto fill_band = [&](int t, HashTable& h) {
-    const int64_t i0 = N * t / bands, i1 = N * (t + 1) / bands;
-    for (int64_t k = i0 * D1; k < i1 * D1; ++k) {
-      const int32_t* key = &keys[size_t(k) * d];
-      if (k >= i0 * D1 + D1 && std::equal(key, key + d, key - size_t(D1) * d)) {
-        L.offset[k] = L.offset[k - D1];
-      } else {
-        L.offset[k] = h.insert(key);
-      }
-    }
-  };
-  if (bands == 1) {
-    fill_band(0, table);
-  } else {
-#pragma omp parallel for schedule(static, 1) num_threads(bands)
-    for (int t = 0; t < bands; ++t) {
-      local[t] = new HashTable(d, std::max<int64_t>(N / bands / 2, 16));
-      fill_band(t, *local[t]);
-    }
-    for (int t = 0; t < bands; ++t) {
-      HashTable& h = *local[t];
-      remap[t].resize(h.size);
-      for (int32_t p = 0; p < h.size; ++p) remap[t][p] = table.insert(&h.keys[size_t(p) * d]);
-      delete local[t];
-      local[t] = nullptr;
-    }
-#pragma omp parallel for schedule(static, 1) num_threads(bands)
-    for (int t = 0; t < bands; ++t) {
-      const int64_t i0 = N * t / bands, i1 = N * (t + 1) / bands;
-      const int32_t* map = remap[t].data();
-      for (int64_t k = i0 * D1; k < i1 * D1; ++k) L.offset[k] = map[L.offset[k]];
-    }
+  std::unique_ptr<HashTable> table = std::move(local[0]);
+  for (int t = 1; t < bands; ++t) {
+    HashTable& h = *local[t];
+    remap[t].resize(h.size);
+    for (int32_t p = 0; p < h.size; ++p) remap[t][p] = table->insert(&h.keys[size_t(p) * d]);
+    local[t].reset();
   }
-  std::vector<int32_t>().swap(keys);
-  const int32_t M = table.size;
+  const int32_t M = table->size;
   L.M = M;
+  // 3. global ids, and each band's entry count per point
+  std::vector<std::vector<int32_t>> cnt(bands);
+  per_band(bands, [&](int t) {
+    cnt[t].assign(size_t(M), 0);
+    int32_t* c = cnt[t].data();
+    const int32_t* map = t ? remap[t].data() : nullptr;
+    for (int64_t k = lo(t) * D1; k < lo(t + 1) * D1; ++k) {
+      if (map) L.offset[k] = map[L.offset[k]];
+      ++c[L.offset[k]];
+    }
+  });
+  // 4. CSR: point p's entries, band 0's first; cnt becomes each band's next slot
+  L.start.resize(size_t(M) + 1);
+  L.start[0] = 0;
+  for (int32_t p = 0; p < M; ++p) {
+    int32_t at = L.start[p];
+    for (int t = 0; t < bands; ++t) {
+      const int32_t c = cnt[t][p];
+      cnt[t][p] = at;
+      at += c;
+    }
+    L.start[p + 1] = at;
+  }
+  L.pix.resize(E);
+  L.wsp.resize(E);
+  per_band(bands, [&](int t) {
+    int32_t* next = cnt[t].data();
+    for (int64_t i = lo(t); i < lo(t + 1); ++i)
+      for (int r = 0; r < D1; ++r) {
+        const int32_t at = next[L.offset[i * D1 + r]]++;
+        L.pix[at] = int32_t(i);
+        L.wsp[at] = L.weight[i * D1 + r];
+      }
+  });
+  // 5. blur neighbours
   L.blur.resize(size_t(D1) * M * 2);
+  const HashTable& tb = *table;
   parallel_chunks(M, nt, [&](int64_t p0, int64_t p1) {
     int32_t n1[kMaxD], n2[kMaxD];
     for (int64_t p = p0; p < p1; ++p) {
-      const int32_t* key = &table.keys[size_t(p) * d];
+      const int32_t* key = &tb.keys[size_t(p) * d];
       for (int j = 0; j < D1; ++j) {
         for (int k = 0; k < d; ++k) {
           n1[k] = key[k] - 1;
@@ -248,31 +307,20 @@ void build_lattice(Lattice& L, const float* feat, int64_t N, int d, int nt) {
           n1[j] = key[j] + d;
           n2[j] = key[j] - d;
         }
-        const int32_t a = table.find(n1), b = table.find(n2);
+        const int32_t a = tb.find(n1), b = tb.find(n2);
         L.blur[(size_t(j) * M + p) * 2 + 0] = a < 0 ? M : a;
         L.blur[(size_t(j) * M + p) * 2 + 1] = b < 0 ? M : b;
       }
     }
   });
-  // CSR by point, entries in pixel order (a counting sort)
-  L.start.assign(size_t(M) + 1, 0);
-  for (int64_t k = 0; k < E; ++k) ++L.start[L.offset[k] + 1];
-  for (int32_t p = 0; p < M; ++p) L.start[p + 1] += L.start[p];
-  std::vector<int32_t> fill(L.start.begin(), L.start.end() - 1);
-  L.pix.resize(E);
-  L.ent.resize(E);
-  for (int64_t k = 0; k < E; ++k) {
-    const int32_t at = fill[L.offset[k]]++;
-    L.pix[at] = int32_t(k / D1);
-    L.ent[at] = int32_t(k);
-  }
 }
 
 // ---- the filter steps (vectorised over Cp labels) -----------------------------------
 
-// grid[p] = sum over p's entries e of sw[e] * in[pix[e]]
-SEGFAST_CLONES void splat_range(const Lattice& L, const float* __restrict sw, const float* __restrict in,
-                                float* __restrict grid, int64_t Cp, int64_t p0, int64_t p1) {
+// grid[p] = sum over p's entries e of wsp[e] * in[pix[e]]
+SEGFAST_CLONES void splat_range(const Lattice& L, const float* __restrict in, float* __restrict grid, int64_t Cp,
+                                int64_t p0, int64_t p1) {
+  const float* __restrict sw = L.wsp.data();
   for (int64_t p = p0; p < p1; ++p) {
     float* __restrict g = grid + p * Cp;
     const int32_t e0 = L.start[p], e1 = L.start[p + 1];
@@ -300,31 +348,15 @@ SEGFAST_CLONES void blur_range(const int32_t* __restrict nb, const float* __rest
   }
 }
 
-// out[i] (+)= sum_r slw[i, r] * grid[offset[i, r]]
-SEGFAST_CLONES void slice_range(const Lattice& L, const float* __restrict slw, const float* __restrict grid,
-                                float* __restrict out, int64_t Cp, bool accumulate, int64_t i0, int64_t i1) {
-  const int D1 = L.d + 1;
-  for (int64_t i = i0; i < i1; ++i) {
-    float* __restrict o = out + i * Cp;
-    if (!accumulate)
-      for (int64_t c = 0; c < Cp; ++c) o[c] = 0.f;
-    for (int r = 0; r < D1; ++r) {
-      const float w = slw[i * D1 + r];
-      const float* __restrict g = grid + int64_t(L.offset[i * D1 + r]) * Cp;
-      axpy_lanes(o, g, w, Cp);
-    }
-  }
-}
-
-// splat + blur: grid = B(splat(in)) with the folded splat weights; grid, tmp: [M+1][Cp].
-void splat_blur(const Lattice& L, const float* sw, const float* in, int64_t Cp, std::vector<float>& grid,
-                std::vector<float>& tmp, int nt) {
+// splat + blur: grid = B(splat(in)); grid, tmp: [M+1][Cp].
+void splat_blur(const Lattice& L, const float* in, int64_t Cp, std::vector<float>& grid, std::vector<float>& tmp,
+                int nt) {
   const int64_t M = L.M;
   grid.resize(size_t(M + 1) * Cp);
   tmp.resize(size_t(M + 1) * Cp);
   std::fill(grid.begin() + M * Cp, grid.begin() + (M + 1) * Cp, 0.f);
   std::fill(tmp.begin() + M * Cp, tmp.begin() + (M + 1) * Cp, 0.f);
-  parallel_chunks(M, nt, [&](int64_t a, int64_t b) { splat_range(L, sw, in, grid.data(), Cp, a, b); });
+  parallel_chunks(M, nt, [&](int64_t a, int64_t b) { splat_range(L, in, grid.data(), Cp, a, b); });
   for (int j = 0; j <= L.d; ++j) {
     const int32_t* nb = L.blur.data() + size_t(j) * M * 2;
     parallel_chunks(M, nt, [&](int64_t a, int64_t b) { blur_range(nb, grid.data(), tmp.data(), Cp, a, b); });
@@ -332,52 +364,138 @@ void splat_blur(const Lattice& L, const float* sw, const float* in, int64_t Cp, 
   }
 }
 
-// One filter: out = slice(blur(splat(in))) with the folded weights.
-void filter(const Lattice& L, const float* sw, const float* slw, const float* in, float* out, int64_t Cp,
-            std::vector<float>& grid, std::vector<float>& tmp, int nt) {
-  splat_blur(L, sw, in, Cp, grid, tmp, nt);
-  parallel_chunks(L.N, nt, [&](int64_t a, int64_t b) { slice_range(L, slw, grid.data(), out, Cp, false, a, b); });
+// Per-thread scratch of at least n floats, kept between calls (a chunk's worth).
+float* thread_scratch(size_t n) {
+  static thread_local std::vector<float> buf;
+  if (buf.size() < n) buf.resize(n);
+  return buf.data();
 }
 
-// logits = -U + msg; Q = softmax over the C real labels (padding lanes set to 0)
-SEGFAST_CLONES void update_range(const float* __restrict U, const float* __restrict msg, float* __restrict Q,
-                                 int64_t C, int64_t Cp, int64_t i0, int64_t i1) {
-  for (int64_t i = i0; i < i1; ++i) {
-    const float* __restrict u = U + i * Cp;
-    float* __restrict q = Q + i * Cp;
-    if (msg) {
-      const float* __restrict m = msg + i * Cp;
-#pragma omp simd
-      for (int64_t c = 0; c < Cp; ++c) q[c] = m[c] - u[c];
-    } else {
-#pragma omp simd
-      for (int64_t c = 0; c < Cp; ++c) q[c] = -u[c];
+#if defined(__has_builtin)
+#if __has_builtin(__builtin_shufflevector)
+#define SEGFAST_SHUFFLE 1
+#endif
+#endif
+
+// dst row j (at dst + j * ds) = column j of the 8 x 8 block whose row k is at src + k * ss.
+SEGFAST_INLINE void transpose8(const float* src, int64_t ss, float* dst, int64_t ds) {
+#if defined(SEGFAST_SHUFFLE)
+  v8f r[8], t[8], u[8];
+  for (int k = 0; k < 8; ++k) r[k] = load8(src + k * ss);
+  for (int k = 0; k < 8; k += 2) {  // pairs of rows interleaved
+    t[k] = __builtin_shufflevector(r[k], r[k + 1], 0, 8, 1, 9, 4, 12, 5, 13);
+    t[k + 1] = __builtin_shufflevector(r[k], r[k + 1], 2, 10, 3, 11, 6, 14, 7, 15);
+  }
+  for (int k = 0; k < 8; k += 4)
+    for (int h = 0; h < 2; ++h) {  // quads: columns h, h + 4 / h + 2, h + 6 of rows k..k+3
+      u[k + 2 * h] = __builtin_shufflevector(t[k + h], t[k + h + 2], 0, 1, 8, 9, 4, 5, 12, 13);
+      u[k + 2 * h + 1] = __builtin_shufflevector(t[k + h], t[k + h + 2], 2, 3, 10, 11, 6, 7, 14, 15);
     }
-    softmax_lanes(q, q, C, Cp);
+  for (int j = 0; j < 4; ++j) {  // u[j]: columns (j, j + 4) of rows 0..3, u[4 + j]: of rows 4..7
+    store8(dst + j * ds, __builtin_shufflevector(u[j], u[4 + j], 0, 1, 2, 3, 8, 9, 10, 11));
+    store8(dst + (j + 4) * ds, __builtin_shufflevector(u[j], u[4 + j], 4, 5, 6, 7, 12, 13, 14, 15));
+  }
+#else
+  for (int j = 0; j < 8; ++j)
+    for (int k = 0; k < 8; ++k) dst[j * ds + k] = src[k * ss + j];
+#endif
+}
+
+// [len][Cp] tile of U for pixels [i0, i0 + len) of image b, padding lanes 0; row: scratch [len].
+// Float32 with unit pixel stride (the usual case) goes through 8 x 8 block transposes.
+SEGFAST_CLONES void load_u_tile(const void* U, int u_dtype, int64_t usB, int64_t usC, int64_t usS, int64_t b, int64_t C,
+                 int64_t Cp, int64_t i0, int64_t len, float* __restrict tile, float* __restrict row) {
+  int64_t done = 0;
+  if (u_dtype == kFloat32 && usS == 1) {
+    const float* base = static_cast<const float*>(U) + b * usB + i0;
+    float blk[64];
+    done = len / 8 * 8;
+    for (int64_t i = 0; i < done; i += 8)
+      for (int64_t c0 = 0; c0 < Cp; c0 += 8) {
+        if (c0 + 8 <= C) {
+          transpose8(base + c0 * usC + i, usC, tile + i * Cp + c0, Cp);
+        } else {  // the last, partial block of labels: zero rows past C
+          for (int64_t k = 0; k < 8; ++k)
+            for (int64_t j = 0; j < 8; ++j) blk[k * 8 + j] = c0 + k < C ? base[(c0 + k) * usC + i + j] : 0.f;
+          transpose8(blk, 8, tile + i * Cp + c0, Cp);
+        }
+      }
+  }
+  if (done == len) return;
+  for (int64_t i = done; i < len; ++i)
+    for (int64_t c = C; c < Cp; ++c) tile[i * Cp + c] = 0.f;
+  for (int64_t c = 0; c < C; ++c) {
+    cpu::load_row(row, U, u_dtype, b * usB + c * usC + (i0 + done) * usS, usS, len - done);
+    for (int64_t i = done; i < len; ++i) tile[i * Cp + c] = row[i - done];
   }
 }
 
-// One kernel's part of an iteration: its blurred grid, the folded slice weights,
-// and its compatibility (Potts weight folded into slw, or a matrix mu).
+// out[c * N + i0 + i] = tile[i * Cp + c]: a chunk of marginals into the [C][N] output
+SEGFAST_CLONES void store_q_tile(const float* __restrict tile, int64_t C, int64_t Cp, int64_t N, int64_t i0, int64_t len,
+                  float* __restrict out) {
+  const int64_t done = len / 8 * 8;
+  float blk[64];
+  for (int64_t i = 0; i < done; i += 8)
+    for (int64_t c0 = 0; c0 < C; c0 += 8) {
+      if (c0 + 8 <= C) {
+        transpose8(tile + i * Cp + c0, Cp, out + c0 * N + i0 + i, N);
+      } else {
+        transpose8(tile + i * Cp + c0, Cp, blk, 8);
+        for (int64_t k = 0; c0 + k < C; ++k)
+          for (int64_t j = 0; j < 8; ++j) out[(c0 + k) * N + i0 + i + j] = blk[k * 8 + j];
+      }
+    }
+  for (int64_t c = 0; c < C; ++c)
+    for (int64_t i = done; i < len; ++i) out[c * N + i0 + i] = tile[i * Cp + c];
+}
+
+// q rows = softmax(-u rows), len rows of Cp (q may be u).
+SEGFAST_CLONES void softmax_neg_rows(float* u, float* q, int64_t len, int64_t C, int64_t Cp) {
+  for (int64_t i = 0; i < len; ++i) {
+    float* r = u + i * Cp;
+    for (int64_t c0 = 0; c0 < Cp; c0 += kLanes) store8(r + c0, -load8(r + c0));
+    softmax_lanes(r, q + i * Cp, C, Cp);
+  }
+}
+
+// One kernel's part of an iteration: its blurred grid, the per-pixel slice
+// factor (alpha x post-normalisation, x the Potts weight), and its
+// compatibility (Potts, or a matrix mu).
 struct KernelRun {
   const Lattice* L;
-  const float* slw;
+  const float* fac;    // [N]
   const float* grid;
   const float* mu;     // [C][C] symmetric, or nullptr (Potts)
   const float* selfw;  // [N] the i = j term of K~, or nullptr (self-message kept)
   float potts;
 };
 
+constexpr int kMaxKernels = 2;  // gaussian and bilateral
+
 // The fused end of an iteration, per pixel: the messages sliced from every
-// kernel's grid (never stored for the whole image), then Q = softmax(-U + msg)
-// in place (the grids already hold everything read from the old Q).
-// m, t: scratch [Cp].
-SEGFAST_CLONES void meanfield_range(const KernelRun* kr, int K, const float* __restrict U, float* __restrict Q,
-                                    int64_t C, int64_t Cp, float* __restrict m, float* __restrict t, int64_t i0,
-                                    int64_t i1) {
+// kernel's grid (never stored for the whole image), then softmax(-U + msg)
+// into qout rows (Q itself, in place: the grids already hold everything read
+// from the old Q; or a tile of the last iteration's output). u: the chunk's
+// U tile [i1 - i0][Cp]; m, t: scratch [Cp].
+SEGFAST_CLONES void meanfield_range(const KernelRun* kr, int K, const float* __restrict ut, const float* Q,
+                                    float* qout, int64_t qstride, int64_t C, int64_t Cp, float* __restrict m,
+                                    float* __restrict t, int64_t i0, int64_t i1) {
   for (int64_t i = i0; i < i1; ++i) {
-    float* __restrict q = Q + i * Cp;
-    const float* __restrict u = U + i * Cp;
+    const float* q = Q + i * Cp;  // the old marginals (self-message removal)
+    const float* __restrict u = ut + (i - i0) * Cp;
+    // each kernel's slice weights (barycentric x per-pixel factor) and grid rows
+    float w[kMaxKernels][kMaxD + 1];
+    const float* g[kMaxKernels][kMaxD + 1];
+    for (int k = 0; k < K; ++k) {
+      const KernelRun& r = kr[k];
+      const int D1 = r.L->d + 1;
+      const int32_t* off = r.L->offset.data() + i * D1;
+      const float* bw = r.L->weight.data() + i * D1;
+      for (int v = 0; v < D1; ++v) {
+        w[k][v] = bw[v] * r.fac[i];
+        g[k][v] = r.grid + int64_t(off[v]) * Cp;
+      }
+    }
     // Potts kernels: 8 lanes at a time, accumulated in registers over every kernel's vertices
     for (int64_t c0 = 0; c0 < Cp; c0 += kLanes) {
       v8f a = -load8(u + c0);
@@ -385,9 +503,7 @@ SEGFAST_CLONES void meanfield_range(const KernelRun* kr, int K, const float* __r
         const KernelRun& r = kr[k];
         if (r.mu) continue;
         const int D1 = r.L->d + 1;
-        const int32_t* off = r.L->offset.data() + i * D1;
-        const float* w = r.slw + i * D1;
-        for (int v = 0; v < D1; ++v) a += w[v] * load8(r.grid + int64_t(off[v]) * Cp + c0);
+        for (int v = 0; v < D1; ++v) a += w[k][v] * load8(g[k][v] + c0);
         if (r.selfw) a -= (r.selfw[i] * r.potts) * load8(q + c0);
       }
       store8(m + c0, a);
@@ -397,10 +513,8 @@ SEGFAST_CLONES void meanfield_range(const KernelRun* kr, int K, const float* __r
       const KernelRun& r = kr[k];
       if (!r.mu) continue;
       const int D1 = r.L->d + 1;
-      const int32_t* off = r.L->offset.data() + i * D1;
-      const float* w = r.slw + i * D1;
       for (int64_t c = 0; c < Cp; ++c) t[c] = 0.f;
-      for (int v = 0; v < D1; ++v) axpy_lanes(t, r.grid + int64_t(off[v]) * Cp, w[v], Cp);
+      for (int v = 0; v < D1; ++v) axpy_lanes(t, g[k][v], w[k][v], Cp);
       if (r.selfw) axpy_lanes(t, q, -r.selfw[i], Cp);
       for (int64_t l = 0; l < C; ++l) {
         const float* __restrict row = r.mu + l * C;
@@ -410,7 +524,7 @@ SEGFAST_CLONES void meanfield_range(const KernelRun* kr, int K, const float* __r
         m[l] -= a;
       }
     }
-    softmax_lanes(m, q, C, Cp);
+    softmax_lanes(m, qout + (i - i0) * qstride, C, Cp);
   }
 }
 
@@ -426,6 +540,12 @@ struct KernelSpec {
 // Whole problem: B images, energies U [B, C, S] (strided, any float dtype, POS
 // already applied), image [B, 3, S] (strided, uint8 or float, 0..255), Q out
 // [B, C, S] float32 contiguous.
+//
+// Memory: the big buffers are the marginals Q [S][Cp] and per kernel the
+// lattice's [S][d+1] offsets, weights, CSR pixels and splat weights. U is
+// read from the input a chunk at a time (transposed in cache), and the last
+// iteration writes straight to the output: on a 2-core VM first-touch page
+// faults cost ~0.4 ms per MB, as much as the filtering itself.
 void dense_crf_cpu(const void* U, int u_dtype, int64_t usB, int64_t usC, int64_t usS, const void* img,
                    int im_dtype, int64_t isB, int64_t isC, int64_t isS, int64_t B, int64_t C, int64_t H,
                    int64_t W, const std::vector<double>& kparams, const std::vector<uintptr_t>& compat_ptrs,
@@ -434,6 +554,7 @@ void dense_crf_cpu(const void* U, int u_dtype, int64_t usB, int64_t usC, int64_t
   const int64_t N = H * W;
   const int64_t Cp = (C + 7) / 8 * 8;
   const size_t K = compat_ptrs.size();
+  if (K > size_t(kMaxKernels)) throw std::invalid_argument("segfast: at most 2 CRF kernels");
   std::vector<KernelSpec> ks(K);
   for (size_t m = 0; m < K; ++m) {
     const double* p = &kparams[m * 7];
@@ -442,97 +563,87 @@ void dense_crf_cpu(const void* U, int u_dtype, int64_t usB, int64_t usC, int64_t
   }
   // One image with nt threads (its buffers are its own).
   auto run_image = [&](int64_t b, int nt) {
-    // [N][Cp] energies and marginals: not zero-filled (every lane is written before it is read)
-    std::unique_ptr<float[]> Ub(new float[size_t(N) * Cp]), Q(new float[size_t(N) * Cp]);
-    std::vector<float> grid, tmp, feat;
-    std::vector<std::vector<float>> grids(K);
-    // energies, transposed to [N][Cp] through a [C][chunk] tile read row by row
+    float* out = Qout + b * C * N;
+    const bool filtering = iterations > 0 && K > 0;
+    // [N][Cp] marginals: not zero-filled (every lane is written before it is read)
+    std::unique_ptr<float[]> Q(new float[filtering ? size_t(N) * Cp : 1]);
+    // Q0 = softmax(-U), into Q, or straight to the output when there is nothing to filter
     parallel_chunks(N, nt, [&](int64_t i0, int64_t i1) {
-      float tile[kChunk];
-      for (int64_t i = i0; i < i1; ++i)
-        for (int64_t c = C; c < Cp; ++c) Ub[size_t(i) * Cp + c] = 0.f;
-      for (int64_t c = 0; c < C; ++c) {
-        cpu::load_row(tile, U, u_dtype, b * usB + c * usC + i0 * usS, usS, i1 - i0);
-        for (int64_t i = i0; i < i1; ++i) Ub[size_t(i) * Cp + c] = tile[i - i0];
-      }
+      const int64_t len = i1 - i0;
+      float* ut = thread_scratch(size_t(len) * (Cp + 1));
+      load_u_tile(U, u_dtype, usB, usC, usS, b, C, Cp, i0, len, ut, ut + len * Cp);
+      softmax_neg_rows(ut, filtering ? Q.get() + i0 * Cp : ut, len, C, Cp);
+      if (!filtering) store_q_tile(ut, C, Cp, N, i0, len, out);
     });
-    parallel_chunks(N, nt, [&](int64_t a, int64_t e) { update_range(Ub.get(), nullptr, Q.get(), C, Cp, a, e); });
-    if (iterations > 0 && K > 0) {
-      // lattices and their folded weights
-      std::vector<Lattice> lat(K);
-      std::vector<std::vector<float>> sw(K), slw(K), selfw(K);
-      for (size_t m = 0; m < K; ++m) {
-        const KernelSpec& k = ks[m];
-        const int d = k.bilateral ? 5 : 2;
-        feat.resize(size_t(N) * d);
+    if (!filtering) return;
+    // lattices, the splat weights folded into them, and per-pixel slice factors
+    std::vector<Lattice> lat(K);
+    std::vector<std::vector<float>> fac(K), selfw(K), grids(K);
+    std::vector<float> feat, grid, tmp;
+    for (size_t m = 0; m < K; ++m) {
+      const KernelSpec& k = ks[m];
+      const int d = k.bilateral ? 5 : 2;
+      feat.resize(size_t(N) * d);
+      parallel_chunks(N, nt, [&](int64_t i0, int64_t i1) {
+        for (int64_t i = i0; i < i1; ++i) {
+          float* f = &feat[size_t(i) * d];
+          f[0] = float(i % W) / float(k.sx);
+          f[1] = float(i / W) / float(k.sy);
+          if (k.bilateral) {
+            const float s[3] = {float(k.sr), float(k.sg), float(k.sb)};
+            for (int ch = 0; ch < 3; ++ch) f[2 + ch] = load_f32(img, im_dtype, b * isB + ch * isC + i * isS) / s[ch];
+          }
+        }
+      });
+      Lattice& L = lat[m];
+      build_lattice(L, feat.data(), N, d, nt);
+      const int64_t E = N * (d + 1);
+      const float alpha = slice_alpha(d);
+      const float scale = k.mu ? 1.f : float(k.potts);  // Potts: fold the weight into the slice
+      // norm = 1/sqrt(K 1) (symmetric) or 1/(K 1); K 1 filtered with one value per pixel
+      std::vector<float> pre(N, 1.f), post(N, 1.f);
+      if (normalization != kNone) {
+        splat_blur(L, pre.data(), 1, grid, tmp, nt);  // pre is all ones here
         parallel_chunks(N, nt, [&](int64_t i0, int64_t i1) {
+          const int D1 = d + 1;
           for (int64_t i = i0; i < i1; ++i) {
-            float* f = &feat[size_t(i) * d];
-            f[0] = float(i % W) / float(k.sx);
-            f[1] = float(i / W) / float(k.sy);
-            if (k.bilateral) {
-              const float s[3] = {float(k.sr), float(k.sg), float(k.sb)};
-              for (int ch = 0; ch < 3; ++ch) f[2 + ch] = load_f32(img, im_dtype, b * isB + ch * isC + i * isS) / s[ch];
-            }
+            float k1 = 0.f;
+            for (int r = 0; r < D1; ++r) k1 += (alpha * L.weight[i * D1 + r]) * grid[L.offset[i * D1 + r]];
+            if (normalization == kSymmetric) pre[i] = post[i] = 1.f / std::sqrt(k1 + 1e-20f);
+            else if (normalization == kAfter) post[i] = 1.f / (k1 + 1e-20f);
+            else pre[i] = 1.f / (k1 + 1e-20f);
           }
         });
-        Lattice& L = lat[m];
-        build_lattice(L, feat.data(), N, d, nt);
-        const int D1 = d + 1;
-        const int64_t E = N * D1;
-        const float alpha = slice_alpha(d);
-        // norm = 1/sqrt(K 1) (symmetric) or 1/(K 1); K 1 filtered with one value per pixel
-        std::vector<float> pre(N, 1.f), post(N, 1.f), sws(E), ones(N, 1.f), k1(N);
-        if (normalization != kNone) {
-          for (int64_t e = 0; e < E; ++e) sws[e] = L.weight[L.ent[e]];
-          std::vector<float> sl(E);
-          for (int64_t e = 0; e < E; ++e) sl[e] = alpha * L.weight[e];
-          filter(L, sws.data(), sl.data(), ones.data(), k1.data(), 1, grid, tmp, nt);
-          for (int64_t i = 0; i < N; ++i) {
-            if (normalization == kSymmetric) {
-              const float n = 1.f / std::sqrt(k1[i] + 1e-20f);
-              pre[i] = post[i] = n;
-            } else if (normalization == kAfter) {
-              post[i] = 1.f / (k1[i] + 1e-20f);
-            } else {
-              pre[i] = 1.f / (k1[i] + 1e-20f);
-            }
-          }
-        }
-        const float scale = k.mu ? 1.f : float(k.potts);  // Potts: fold the weight into the slice
-        sw[m].resize(E);
-        slw[m].resize(E);
         parallel_chunks(E, nt, [&](int64_t e0, int64_t e1) {
-          for (int64_t e = e0; e < e1; ++e) sw[m][e] = L.weight[L.ent[e]] * pre[L.pix[e]];
+          for (int64_t e = e0; e < e1; ++e) L.wsp[e] *= pre[L.pix[e]];
         });
-        parallel_chunks(N, nt, [&](int64_t i0, int64_t i1) {
-          for (int64_t i = i0; i < i1; ++i)
-            for (int r = 0; r < D1; ++r) slw[m][i * D1 + r] = alpha * L.weight[i * D1 + r] * post[i] * scale;
-        });
-        if (!self_message) {  // the i = j term with K_ii = 1
-          selfw[m].resize(N);
-          for (int64_t i = 0; i < N; ++i) selfw[m][i] = pre[i] * post[i];
-        }
       }
-      std::vector<KernelRun> runs(K);
-      for (int64_t it = 0; it < iterations; ++it) {
-        for (size_t m = 0; m < K; ++m) {
-          splat_blur(lat[m], sw[m].data(), Q.get(), Cp, grids[m], tmp, nt);
-          runs[m] = KernelRun{&lat[m], slw[m].data(), grids[m].data(), ks[m].mu,
-                              self_message ? nullptr : selfw[m].data(), float(ks[m].potts)};
-        }
-        parallel_chunks(N, nt, [&](int64_t a, int64_t e) {
-          std::vector<float> scratch(2 * Cp);
-          meanfield_range(runs.data(), int(K), Ub.get(), Q.get(), C, Cp, scratch.data(), scratch.data() + Cp, a, e);
-        });
+      fac[m].resize(N);
+      for (int64_t i = 0; i < N; ++i) fac[m][i] = alpha * post[i] * scale;
+      if (!self_message) {  // the i = j term with K_ii = 1
+        selfw[m].resize(N);
+        for (int64_t i = 0; i < N; ++i) selfw[m][i] = pre[i] * post[i];
       }
     }
-    // Q -> out [b, C, N]
-    float* out = Qout + b * C * N;
-    parallel_chunks(N, nt, [&](int64_t i0, int64_t i1) {
-      for (int64_t c = 0; c < C; ++c)
-        for (int64_t i = i0; i < i1; ++i) out[c * N + i] = Q[size_t(i) * Cp + c];
-    });
+    std::vector<KernelRun> runs(K);
+    for (int64_t it = 0; it < iterations; ++it) {
+      for (size_t m = 0; m < K; ++m) {
+        splat_blur(lat[m], Q.get(), Cp, grids[m], tmp, nt);
+        runs[m] = KernelRun{&lat[m], fac[m].data(), grids[m].data(), ks[m].mu,
+                            self_message ? nullptr : selfw[m].data(), float(ks[m].potts)};
+      }
+      const bool last = it + 1 == iterations;
+      parallel_chunks(N, nt, [&](int64_t i0, int64_t i1) {
+        const int64_t len = i1 - i0;
+        float* ut = thread_scratch(size_t(len) * (Cp + 1) + 2 * Cp);
+        float* sc = ut + len * (Cp + 1);
+        load_u_tile(U, u_dtype, usB, usC, usS, b, C, Cp, i0, len, ut, ut + len * Cp);
+        // the last iteration's marginals go to the output through ut (each row is read before written)
+        meanfield_range(runs.data(), int(K), ut, Q.get(), last ? ut : Q.get() + i0 * Cp, Cp, C, Cp, sc, sc + Cp,
+                        i0, i1);
+        if (last) store_q_tile(ut, C, Cp, N, i0, len, out);
+      });
+    }
   };
   if (B >= 2 && nt_all >= 2) {  // whole images per thread: no barrier inside an image
     bool failed = false;
