@@ -3,14 +3,16 @@
 // then mean field. See csrc/common/crf.h for the lattice math and
 // segfast/reference/crf.py for the semantics (pydensecrf's DenseCRF2D).
 //
-// Layout: label values are stored pixel-major, [N][Cp] and lattice values
-// [M+1][Cp] (Cp = C rounded up to 8, padding lanes kept at 0; row M is the
+// Layout: label values are pixel-major rows of Cp (C rounded up to 8,
+// padding lanes kept at 0) and lattice values [M+1][Cp] (row M is the
 // "missing neighbour", always 0), so every inner loop runs over labels with
-// unit stride and vectorises. Parallel over pixels (slice, update), lattice
-// points (splat, blur) and, while the lattice is built, pixels (location);
-// the hash table is filled by one thread in pixel order, so point numbering
-// and every sum are deterministic. Splat is a gather: each point keeps the
-// list (CSR) of its (pixel, weight) entries. Keys are int32.
+// unit stride and vectorises. An image's pixels are split in static bands,
+// one per thread: each band fills a hash table of its own while the lattice
+// is built (merged in band order), and scatters (splats) its pixels' new
+// marginals into grid parts of its own right after computing them; the parts
+// are summed point by point before the blur. Results are deterministic for a
+// given thread count; other counts change only the order of those sums.
+// Keys are int32.
 #include <omp.h>
 
 #include <algorithm>
@@ -178,9 +180,6 @@ struct Lattice {
   std::vector<int32_t> offset;  // [N][d+1] point of each simplex vertex
   std::vector<float> weight;    // [N][d+1] barycentric weights
   std::vector<int32_t> blur;    // [d+1][M][2] neighbours along each direction (M: none)
-  std::vector<int32_t> start;   // [M+1] CSR of the splat entries of each point
-  std::vector<int32_t> pix;     // [N(d+1)] pixel of each entry, in pixel order within a point
-  std::vector<float> wsp;       // [N(d+1)] splat weight of each entry: barycentric (x pre-normalisation later)
 };
 
 // Runs fn(t) for t < n on n threads (one each); an exception in any is rethrown here.
@@ -203,12 +202,10 @@ void per_band(int n, F&& fn) {
     if (e) std::rethrow_exception(e);
 }
 
-// Every pass runs over bands of pixels, one per thread, and touches only what
-// it must: no per-entry key array (a pixel's keys go straight into its band's
-// hash table), and the CSR is filled band by band at offsets counted per band,
-// so entries stay in pixel order within a point. Point numbering (band order,
-// then first appearance) depends on the band count, no result does: every sum
-// runs in pixel order per point.
+// Bands of pixels, one per thread, each with a hash table of its own: no
+// per-entry key array (a pixel's keys go straight into its band's table).
+// Point numbering (band order, then first appearance) depends on the band
+// count; no result does.
 void build_lattice(Lattice& L, const float* feat, int64_t N, int d, int nt) {
   L.d = d;
   L.N = N;
@@ -257,41 +254,14 @@ void build_lattice(Lattice& L, const float* feat, int64_t N, int d, int nt) {
   }
   const int32_t M = table->size;
   L.M = M;
-  // 3. global ids, and each band's entry count per point
-  std::vector<std::vector<int32_t>> cnt(bands);
-  per_band(bands, [&](int t) {
-    cnt[t].assign(size_t(M), 0);
-    int32_t* c = cnt[t].data();
-    const int32_t* map = t ? remap[t].data() : nullptr;
-    for (int64_t k = lo(t) * D1; k < lo(t + 1) * D1; ++k) {
-      if (map) L.offset[k] = map[L.offset[k]];
-      ++c[L.offset[k]];
-    }
-  });
-  // 4. CSR: point p's entries, band 0's first; cnt becomes each band's next slot
-  L.start.resize(size_t(M) + 1);
-  L.start[0] = 0;
-  for (int32_t p = 0; p < M; ++p) {
-    int32_t at = L.start[p];
-    for (int t = 0; t < bands; ++t) {
-      const int32_t c = cnt[t][p];
-      cnt[t][p] = at;
-      at += c;
-    }
-    L.start[p + 1] = at;
-  }
-  L.pix.resize(E);
-  L.wsp.resize(E);
-  per_band(bands, [&](int t) {
-    int32_t* next = cnt[t].data();
-    for (int64_t i = lo(t); i < lo(t + 1); ++i)
-      for (int r = 0; r < D1; ++r) {
-        const int32_t at = next[L.offset[i * D1 + r]]++;
-        L.pix[at] = int32_t(i);
-        L.wsp[at] = L.weight[i * D1 + r];
-      }
-  });
-  // 5. blur neighbours
+  // 3. global ids
+  if (bands > 1)
+    per_band(bands, [&](int t) {
+      if (t == 0) return;
+      const int32_t* map = remap[t].data();
+      for (int64_t k = lo(t) * D1; k < lo(t + 1) * D1; ++k) L.offset[k] = map[L.offset[k]];
+    });
+  // 4. blur neighbours
   L.blur.resize(size_t(D1) * M * 2);
   const HashTable& tb = *table;
   parallel_chunks(M, nt, [&](int64_t p0, int64_t p1) {
@@ -317,24 +287,15 @@ void build_lattice(Lattice& L, const float* feat, int64_t N, int d, int nt) {
 
 // ---- the filter steps (vectorised over Cp labels) -----------------------------------
 
-// grid[p] = sum over p's entries e of wsp[e] * in[pix[e]]
-SEGFAST_CLONES void splat_range(const Lattice& L, const float* __restrict in, float* __restrict grid, int64_t Cp,
-                                int64_t p0, int64_t p1) {
-  const float* __restrict sw = L.wsp.data();
-  for (int64_t p = p0; p < p1; ++p) {
-    float* __restrict g = grid + p * Cp;
-    const int32_t e0 = L.start[p], e1 = L.start[p + 1];
-    if (Cp % kLanes) {
-      for (int64_t c = 0; c < Cp; ++c) g[c] = 0.f;
-      for (int32_t e = e0; e < e1; ++e) axpy_lanes(g, in + int64_t(L.pix[e]) * Cp, sw[e], Cp);
-      continue;
-    }
-    for (int64_t c0 = 0; c0 < Cp; c0 += kLanes) {  // 8 lanes in registers across the entries
-      v8f a = {};
-      for (int32_t e = e0; e < e1; ++e) a += sw[e] * load8(in + int64_t(L.pix[e]) * Cp + c0);
-      store8(g + c0, a);
-    }
-  }
+// Splat is a scatter in pixel order: each thread adds its band of pixels into
+// a grid of its own (no atomics, no per-point entry lists), and the grids are
+// summed point by point before the blur. A pixel is scattered right after its
+// marginals are computed, so Q is never re-read (nor, by default, stored).
+
+// grid rows off[r] += (weight[r] * s) * q for the d+1 vertices of one pixel
+SEGFAST_INLINE void scatter_pixel(const int32_t* __restrict off, const float* __restrict w, int D1, float s,
+                                  const float* __restrict q, float* __restrict grid, int64_t Cp) {
+  for (int r = 0; r < D1; ++r) axpy_lanes(grid + int64_t(off[r]) * Cp, q, w[r] * s, Cp);
 }
 
 SEGFAST_CLONES void blur_range(const int32_t* __restrict nb, const float* __restrict src, float* __restrict dst,
@@ -348,15 +309,35 @@ SEGFAST_CLONES void blur_range(const int32_t* __restrict nb, const float* __rest
   }
 }
 
-// splat + blur: grid = B(splat(in)); grid, tmp: [M+1][Cp].
-void splat_blur(const Lattice& L, const float* in, int64_t Cp, std::vector<float>& grid, std::vector<float>& tmp,
-                int nt) {
+// grid[p] = sum over threads t of part[t][p] (then part[t][p] = 0, ready for
+// the next scatter), p < M, rows of Cp.
+SEGFAST_CLONES void gather_parts(float* const* part, int nparts, float* __restrict grid, int64_t Cp, int64_t p0,
+                                 int64_t p1) {
+  float* __restrict a = part[0];
+  for (int64_t k = p0 * Cp; k < p1 * Cp; ++k) {
+    grid[k] = a[k];
+    a[k] = 0.f;
+  }
+  for (int t = 1; t < nparts; ++t) {
+    float* __restrict b = part[t];
+    for (int64_t k = p0 * Cp; k < p1 * Cp; ++k) {
+      grid[k] += b[k];
+      b[k] = 0.f;
+    }
+  }
+}
+
+// grid = B(sum of the threads' scattered parts); grid, tmp: [M+1][Cp], row M stays 0.
+void sum_blur(const Lattice& L, std::vector<std::vector<float>>& parts, int64_t Cp, std::vector<float>& grid,
+              std::vector<float>& tmp, int nt) {
   const int64_t M = L.M;
   grid.resize(size_t(M + 1) * Cp);
   tmp.resize(size_t(M + 1) * Cp);
-  std::fill(grid.begin() + M * Cp, grid.begin() + (M + 1) * Cp, 0.f);
-  std::fill(tmp.begin() + M * Cp, tmp.begin() + (M + 1) * Cp, 0.f);
-  parallel_chunks(M, nt, [&](int64_t a, int64_t b) { splat_range(L, in, grid.data(), Cp, a, b); });
+  std::fill(grid.begin() + M * Cp, grid.end(), 0.f);  // the missing neighbour
+  std::fill(tmp.begin() + M * Cp, tmp.end(), 0.f);
+  std::vector<float*> part;
+  for (auto& p : parts) part.push_back(p.data());
+  parallel_chunks(M, nt, [&](int64_t a, int64_t b) { gather_parts(part.data(), int(part.size()), grid.data(), Cp, a, b); });
   for (int j = 0; j <= L.d; ++j) {
     const int32_t* nb = L.blur.data() + size_t(j) * M * 2;
     parallel_chunks(M, nt, [&](int64_t a, int64_t b) { blur_range(nb, grid.data(), tmp.data(), Cp, a, b); });
@@ -459,8 +440,9 @@ SEGFAST_CLONES void softmax_neg_rows(float* u, float* q, int64_t len, int64_t C,
 }
 
 // One kernel's part of an iteration: its blurred grid, the per-pixel slice
-// factor (alpha x post-normalisation, x the Potts weight), and its
-// compatibility (Potts, or a matrix mu).
+// factor (alpha x post-normalisation, x the Potts weight), its compatibility
+// (Potts, or a matrix mu), and where the new marginals are scattered for the
+// next iteration (splat weight factor pre, this thread's grid part).
 struct KernelRun {
   const Lattice* L;
   const float* fac;    // [N]
@@ -468,20 +450,23 @@ struct KernelRun {
   const float* mu;     // [C][C] symmetric, or nullptr (Potts)
   const float* selfw;  // [N] the i = j term of K~, or nullptr (self-message kept)
   float potts;
+  const float* pre;    // [N]
+  float* part;         // this thread's [M][Cp] scatter target, or nullptr (last iteration)
 };
 
 constexpr int kMaxKernels = 2;  // gaussian and bilateral
 
-// The fused end of an iteration, per pixel: the messages sliced from every
-// kernel's grid (never stored for the whole image), then softmax(-U + msg)
-// into qout rows (Q itself, in place: the grids already hold everything read
-// from the old Q; or a tile of the last iteration's output). u: the chunk's
-// U tile [i1 - i0][Cp]; m, t: scratch [Cp].
+// One iteration, per pixel: the messages sliced from every kernel's grid
+// (never stored for the whole image), then softmax(-U + msg) into qout rows
+// (Q itself, in place, when the old marginals are needed: the grids already
+// hold everything read from them; else the chunk's U tile, each row read
+// before it is written), then scattered into the next iteration's grid parts.
+// u: the chunk's U tile [i1 - i0][Cp]; m, t: scratch [Cp].
 SEGFAST_CLONES void meanfield_range(const KernelRun* kr, int K, const float* __restrict ut, const float* Q,
                                     float* qout, int64_t qstride, int64_t C, int64_t Cp, float* __restrict m,
                                     float* __restrict t, int64_t i0, int64_t i1) {
   for (int64_t i = i0; i < i1; ++i) {
-    const float* q = Q + i * Cp;  // the old marginals (self-message removal)
+    const float* q = Q ? Q + i * Cp : nullptr;  // the old marginals (self-message removal only)
     const float* __restrict u = ut + (i - i0) * Cp;
     // each kernel's slice weights (barycentric x per-pixel factor) and grid rows
     float w[kMaxKernels][kMaxD + 1];
@@ -524,7 +509,14 @@ SEGFAST_CLONES void meanfield_range(const KernelRun* kr, int K, const float* __r
         m[l] -= a;
       }
     }
-    softmax_lanes(m, qout + (i - i0) * qstride, C, Cp);
+    float* qn = qout + (i - i0) * qstride;
+    softmax_lanes(m, qn, C, Cp);
+    for (int k = 0; k < K; ++k) {
+      const KernelRun& r = kr[k];
+      if (!r.part) continue;
+      const int D1 = r.L->d + 1;
+      scatter_pixel(r.L->offset.data() + i * D1, r.L->weight.data() + i * D1, D1, r.pre[i], qn, r.part, Cp);
+    }
   }
 }
 
@@ -541,11 +533,13 @@ struct KernelSpec {
 // already applied), image [B, 3, S] (strided, uint8 or float, 0..255), Q out
 // [B, C, S] float32 contiguous.
 //
-// Memory: the big buffers are the marginals Q [S][Cp] and per kernel the
-// lattice's [S][d+1] offsets, weights, CSR pixels and splat weights. U is
-// read from the input a chunk at a time (transposed in cache), and the last
-// iteration writes straight to the output: on a 2-core VM first-touch page
-// faults cost ~0.4 ms per MB, as much as the filtering itself.
+// Memory: per kernel the lattice's [S][d+1] offsets and weights and a grid
+// part per thread; the marginals are never stored for the whole image (only
+// with self-message removal, which needs the old ones). U is read from the
+// input a chunk at a time (transposed in cache) and the last iteration writes
+// straight to the output: on a 2-core VM first-touch page faults cost ~0.4 ms
+// per MB, as much as the filtering itself, and every pass over Q cost as much
+// as its arithmetic.
 void dense_crf_cpu(const void* U, int u_dtype, int64_t usB, int64_t usC, int64_t usS, const void* img,
                    int im_dtype, int64_t isB, int64_t isC, int64_t isS, int64_t B, int64_t C, int64_t H,
                    int64_t W, const std::vector<double>& kparams, const std::vector<uintptr_t>& compat_ptrs,
@@ -561,28 +555,37 @@ void dense_crf_cpu(const void* U, int u_dtype, int64_t usB, int64_t usC, int64_t
     ks[m] = KernelSpec{p[0], p[1], p[2], p[3], p[4], p[5] != 0.0, p[6],
                        reinterpret_cast<const float*>(compat_ptrs[m])};
   }
-  // One image with nt threads (its buffers are its own).
+  // One image with nt threads (its buffers are its own). Pixels are split in
+  // nt static bands, one per thread, each scattering into grid parts of its own.
   auto run_image = [&](int64_t b, int nt) {
     float* out = Qout + b * C * N;
-    const bool filtering = iterations > 0 && K > 0;
-    // [N][Cp] marginals: not zero-filled (every lane is written before it is read)
-    std::unique_ptr<float[]> Q(new float[filtering ? size_t(N) * Cp : 1]);
-    // Q0 = softmax(-U), into Q, or straight to the output when there is nothing to filter
-    parallel_chunks(N, nt, [&](int64_t i0, int64_t i1) {
-      const int64_t len = i1 - i0;
-      float* ut = thread_scratch(size_t(len) * (Cp + 1));
-      load_u_tile(U, u_dtype, usB, usC, usS, b, C, Cp, i0, len, ut, ut + len * Cp);
-      softmax_neg_rows(ut, filtering ? Q.get() + i0 * Cp : ut, len, C, Cp);
-      if (!filtering) store_q_tile(ut, C, Cp, N, i0, len, out);
-    });
-    if (!filtering) return;
-    // lattices, the splat weights folded into them, and per-pixel slice factors
+    const int nb = int(std::max<int64_t>(1, std::min<int64_t>(nt, N / kChunk)));
+    // fn(t, i0, i1) over band t's pixels in chunks, band t on thread t
+    auto bands = [&](auto&& fn) {
+      per_band(nb, [&](int t) {
+        const int64_t lo = N * t / nb, hi = N * (t + 1) / nb;
+        for (int64_t i0 = lo; i0 < hi; i0 += kChunk) fn(t, i0, std::min(hi, i0 + kChunk));
+      });
+    };
+    if (iterations <= 0 || K == 0) {  // softmax(-U) only
+      parallel_chunks(N, nt, [&](int64_t i0, int64_t i1) {
+        const int64_t len = i1 - i0;
+        float* ut = thread_scratch(size_t(len) * (Cp + 1));
+        load_u_tile(U, u_dtype, usB, usC, usS, b, C, Cp, i0, len, ut, ut + len * Cp);
+        softmax_neg_rows(ut, ut, len, C, Cp);
+        store_q_tile(ut, C, Cp, N, i0, len, out);
+      });
+      return;
+    }
+    // lattices, and per pixel the splat (pre) and slice (fac) normalisation factors
     std::vector<Lattice> lat(K);
-    std::vector<std::vector<float>> fac(K), selfw(K), grids(K);
-    std::vector<float> feat, grid, tmp;
+    std::vector<std::vector<float>> pre(K), fac(K), selfw(K), grids(K);
+    std::vector<std::vector<std::vector<float>>> parts(K);  // [kernel][band] -> [M][Cp]
+    std::vector<float> feat, tmp;
     for (size_t m = 0; m < K; ++m) {
       const KernelSpec& k = ks[m];
       const int d = k.bilateral ? 5 : 2;
+      const int D1 = d + 1;
       feat.resize(size_t(N) * d);
       parallel_chunks(N, nt, [&](int64_t i0, int64_t i1) {
         for (int64_t i = i0; i < i1; ++i) {
@@ -597,50 +600,71 @@ void dense_crf_cpu(const void* U, int u_dtype, int64_t usB, int64_t usC, int64_t
       });
       Lattice& L = lat[m];
       build_lattice(L, feat.data(), N, d, nt);
-      const int64_t E = N * (d + 1);
       const float alpha = slice_alpha(d);
       const float scale = k.mu ? 1.f : float(k.potts);  // Potts: fold the weight into the slice
       // norm = 1/sqrt(K 1) (symmetric) or 1/(K 1); K 1 filtered with one value per pixel
-      std::vector<float> pre(N, 1.f), post(N, 1.f);
+      pre[m].assign(N, 1.f);
+      std::vector<float> post(N, 1.f);
       if (normalization != kNone) {
-        splat_blur(L, pre.data(), 1, grid, tmp, nt);  // pre is all ones here
+        parts[m].assign(nb, std::vector<float>(size_t(L.M), 0.f));
+        const float one = 1.f;
+        bands([&](int t, int64_t i0, int64_t i1) {
+          for (int64_t i = i0; i < i1; ++i)
+            scatter_pixel(&L.offset[i * D1], &L.weight[i * D1], D1, 1.f, &one, parts[m][t].data(), 1);
+        });
+        sum_blur(L, parts[m], 1, grids[m], tmp, nt);
+        const float* g1 = grids[m].data();
         parallel_chunks(N, nt, [&](int64_t i0, int64_t i1) {
-          const int D1 = d + 1;
           for (int64_t i = i0; i < i1; ++i) {
             float k1 = 0.f;
-            for (int r = 0; r < D1; ++r) k1 += (alpha * L.weight[i * D1 + r]) * grid[L.offset[i * D1 + r]];
-            if (normalization == kSymmetric) pre[i] = post[i] = 1.f / std::sqrt(k1 + 1e-20f);
+            for (int r = 0; r < D1; ++r) k1 += (alpha * L.weight[i * D1 + r]) * g1[L.offset[i * D1 + r]];
+            if (normalization == kSymmetric) pre[m][i] = post[i] = 1.f / std::sqrt(k1 + 1e-20f);
             else if (normalization == kAfter) post[i] = 1.f / (k1 + 1e-20f);
-            else pre[i] = 1.f / (k1 + 1e-20f);
+            else pre[m][i] = 1.f / (k1 + 1e-20f);
           }
-        });
-        parallel_chunks(E, nt, [&](int64_t e0, int64_t e1) {
-          for (int64_t e = e0; e < e1; ++e) L.wsp[e] *= pre[L.pix[e]];
         });
       }
       fac[m].resize(N);
       for (int64_t i = 0; i < N; ++i) fac[m][i] = alpha * post[i] * scale;
       if (!self_message) {  // the i = j term with K_ii = 1
         selfw[m].resize(N);
-        for (int64_t i = 0; i < N; ++i) selfw[m][i] = pre[i] * post[i];
+        for (int64_t i = 0; i < N; ++i) selfw[m][i] = pre[m][i] * post[i];
       }
+      parts[m].assign(nb, std::vector<float>(size_t(L.M) * Cp, 0.f));
     }
-    std::vector<KernelRun> runs(K);
-    for (int64_t it = 0; it < iterations; ++it) {
+    // [N][Cp] marginals, kept only for the self-message removal (not zero-filled:
+    // every lane is written before it is read)
+    std::unique_ptr<float[]> Q(self_message ? nullptr : new float[size_t(N) * Cp]);
+    // Q0 = softmax(-U), scattered into the grid parts
+    bands([&](int t, int64_t i0, int64_t i1) {
+      const int64_t len = i1 - i0;
+      float* ut = thread_scratch(size_t(len) * (Cp + 1));
+      load_u_tile(U, u_dtype, usB, usC, usS, b, C, Cp, i0, len, ut, ut + len * Cp);
+      float* q0 = Q ? Q.get() + i0 * Cp : ut;
+      softmax_neg_rows(ut, q0, len, C, Cp);
       for (size_t m = 0; m < K; ++m) {
-        splat_blur(lat[m], Q.get(), Cp, grids[m], tmp, nt);
-        runs[m] = KernelRun{&lat[m], fac[m].data(), grids[m].data(), ks[m].mu,
-                            self_message ? nullptr : selfw[m].data(), float(ks[m].potts)};
+        const Lattice& L = lat[m];
+        const int D1 = L.d + 1;
+        for (int64_t i = i0; i < i1; ++i)
+          scatter_pixel(&L.offset[i * D1], &L.weight[i * D1], D1, pre[m][i], q0 + (i - i0) * Cp,
+                        parts[m][t].data(), Cp);
       }
+    });
+    for (int64_t it = 0; it < iterations; ++it) {
       const bool last = it + 1 == iterations;
-      parallel_chunks(N, nt, [&](int64_t i0, int64_t i1) {
+      for (size_t m = 0; m < K; ++m) sum_blur(lat[m], parts[m], Cp, grids[m], tmp, nt);
+      bands([&](int t, int64_t i0, int64_t i1) {
+        KernelRun runs[kMaxKernels];
+        for (size_t m = 0; m < K; ++m)
+          runs[m] = KernelRun{&lat[m], fac[m].data(), grids[m].data(), ks[m].mu,
+                              self_message ? nullptr : selfw[m].data(), float(ks[m].potts), pre[m].data(),
+                              last ? nullptr : parts[m][t].data()};
         const int64_t len = i1 - i0;
         float* ut = thread_scratch(size_t(len) * (Cp + 1) + 2 * Cp);
         float* sc = ut + len * (Cp + 1);
         load_u_tile(U, u_dtype, usB, usC, usS, b, C, Cp, i0, len, ut, ut + len * Cp);
-        // the last iteration's marginals go to the output through ut (each row is read before written)
-        meanfield_range(runs.data(), int(K), ut, Q.get(), last ? ut : Q.get() + i0 * Cp, Cp, C, Cp, sc, sc + Cp,
-                        i0, i1);
+        const bool keep = Q && !last;
+        meanfield_range(runs, int(K), ut, Q.get(), keep ? Q.get() + i0 * Cp : ut, Cp, C, Cp, sc, sc + Cp, i0, i1);
         if (last) store_q_tile(ut, C, Cp, N, i0, len, out);
       });
     }
