@@ -38,7 +38,11 @@ SEGFAST_HD void lattice_scale(int d, float* scale) {
   for (int i = 0; i < d; ++i) scale[i] = float(1.0 / std::sqrt(double((i + 2) * (i + 1))) * double(inv_std));
 }
 
-SEGFAST_HD void locate(const float* f, int d, const float* scale, Simplex& s) {
+// DD > 0: d known at compile time (2 or 5 in practice), so the loops unroll
+// and the small arrays live in registers; the arithmetic is the same.
+template <int DD>
+SEGFAST_HD void locate_t(const float* f, int d_rt, const float* scale, Simplex& s) {
+  const int d = DD > 0 ? DD : d_rt;
   float el[kMaxD + 1];
   float sm = 0.f;
   for (int j = d; j > 0; --j) {
@@ -58,9 +62,10 @@ SEGFAST_HD void locate(const float* f, int d, const float* scale, Simplex& s) {
     s.rank[i] = 0;
   }
   for (int i = 0; i < d; ++i)
-    for (int j = i + 1; j <= d; ++j) {
-      if (diff[i] < diff[j]) ++s.rank[i];
-      else ++s.rank[j];
+    for (int j = i + 1; j <= d; ++j) {  // branch-free: the comparisons are data, not control
+      const int lt = diff[i] < diff[j];
+      s.rank[i] += lt;
+      s.rank[j] += 1 - lt;
     }
   for (int i = 0; i <= d; ++i) {  // back onto the plane sum = 0
     s.rank[i] += sum;
@@ -79,6 +84,12 @@ SEGFAST_HD void locate(const float* f, int d, const float* scale, Simplex& s) {
     s.bary[d - s.rank[i] + 1] -= v;
   }
   s.bary[0] += 1.0f + s.bary[d + 1];
+}
+
+SEGFAST_HD void locate(const float* f, int d, const float* scale, Simplex& s) {
+  if (d == 2) locate_t<2>(f, d, scale, s);
+  else if (d == 5) locate_t<5>(f, d, scale, s);
+  else locate_t<0>(f, d, scale, s);
 }
 
 SEGFAST_HD void vertex_key(const Simplex& s, int d, int r, int32_t* key) {
