@@ -339,6 +339,11 @@ def test_cpu_crf_threads_agree():
         assert ops._crf_threads(U) == 3
         many = segfast.dense_crf(U, img, iterations=3, backend="cpu")
         assert torch.equal(many, segfast.dense_crf(U, img, iterations=3, backend="cpu"))
+        # a batch of large images runs them one after the other on every thread
+        U2, img2 = U.flip(-1).contiguous(), img.flip(-1).contiguous()
+        both = segfast.dense_crf(torch.cat([U, U2]), torch.cat([img, img2]), iterations=3, backend="cpu")
+        assert torch.equal(both[:1], many)
+        assert torch.equal(both[1:], segfast.dense_crf(U2, img2, iterations=3, backend="cpu"))
     finally:
         torch.set_num_threads(old)
     torch.testing.assert_close(many, one, rtol=0, atol=1e-6)

@@ -36,6 +36,7 @@ namespace crf {
 namespace {
 
 constexpr int64_t kChunk = 256;  // items per OpenMP work unit
+constexpr int64_t kImageSplitPixels = 65536;  // from this size an image is split across threads
 constexpr int64_t kLanes = 8;    // Cp is a multiple of 8: label loops run in whole 8-wide blocks
 
 // Label loops run in blocks of exactly 8 lanes when Cp allows (a loop over a
@@ -669,7 +670,10 @@ void dense_crf_cpu(const void* U, int u_dtype, int64_t usB, int64_t usC, int64_t
       });
     }
   };
-  if (B >= 2 && nt_all >= 2) {  // whole images per thread: no barrier inside an image
+  // Large images: one at a time on every thread (measured faster at 512 x 512:
+  // two images at once compete for the caches, and page-fault their buffers
+  // twice over); small ones: whole images per thread, no barrier inside one.
+  if (B >= 2 && nt_all >= 2 && N < kImageSplitPixels) {
     bool failed = false;
 #pragma omp parallel for schedule(dynamic, 1) num_threads(int(std::min<int64_t>(nt_all, B)))
     for (int64_t b = 0; b < B; ++b) {

@@ -289,10 +289,11 @@ def _launch_args(u: Tensor, image: Tensor, kparams, mat: Tensor):
 
 
 def _crf_threads(u: Tensor) -> int:
-    """Batches run one image per thread; a single image splits its pixels only when
-    it is large (each iteration opens a dozen parallel regions)."""
-    B, C = u.shape[:2]
-    work = u.numel() if B > 1 else u.numel() // 8
+    """An image splits its pixels across threads only when it is large (each
+    iteration opens a few parallel regions); batches of small images run one
+    image per thread instead (the kernel's kImageSplitPixels)."""
+    B, C, H, W = u.shape
+    work = u.numel() if B > 1 and H * W < 65536 else u[0].numel() // 8
     return backends.cpu_threads(work)
 
 
