@@ -293,8 +293,8 @@ def _crf_threads(u: Tensor) -> int:
     iteration opens a few parallel regions); batches of small images run one
     image per thread instead (the kernel's kImageSplitPixels)."""
     B, C, H, W = u.shape
-    work = u.numel() if B > 1 and H * W < 65536 else u[0].numel() // 8
-    return backends.cpu_threads(work)
+    # 128 x 128 x 21 on 2 threads: 13.4 -> 8-10 ms
+    return backends.cpu_threads(u.numel() if B > 1 and H * W < 65536 else u[0].numel())
 
 
 @torch.library.custom_op("segfast::dense_crf_cpu", mutates_args=())
