@@ -351,6 +351,31 @@ def test_cpu_crf_threads_agree():
     torch.testing.assert_close(many, want.float(), rtol=0, atol=1e-5)
 
 
+@needs_cpu
+@pytest.mark.parametrize("case", ["no_self", "matrix", "after", "none"])
+def test_cpu_options_on_several_threads(case):
+    """The option paths with the pixels split in bands: the marginals kept for
+    self-message removal, matrix compatibilities, the other normalizations."""
+    C, H, W = 21, 96, 101
+    U, img, _ = batch(1, C, H, W, seed=13)
+    kw = dict(iterations=3)
+    if case == "no_self":
+        kw["self_message"] = False
+    elif case == "matrix":
+        kw["compat"] = torch.rand(C, C) * 4
+    else:
+        kw["normalization"] = case
+    old = torch.get_num_threads()
+    try:
+        torch.set_num_threads(3)
+        assert ops._crf_threads(U) == 3
+        got = segfast.dense_crf(U, img, backend="cpu", **kw)
+    finally:
+        torch.set_num_threads(old)
+    want = segfast.dense_crf(U, img, backend="torch", **kw)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-4)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("C", [2, 21])
 def test_pydensecrf_parity(dcrf, backend, C):
