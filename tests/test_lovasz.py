@@ -382,9 +382,14 @@ def test_sort_weights_op_and_compile_fullgraph():
     x = torch.randn(2, 4, 9, 7, requires_grad=True)
     y = torch.randint(0, 4, (2, 9, 7))
     yb = (torch.rand(2, 1, 9, 7) > 0.5).long()
-    for fn in (lambda x: segfast.lovasz_softmax_loss(x, y, classes="all", per_image=True),
-               lambda x: segfast.lovasz_softmax_loss(x, y),
-               lambda x: segfast.lovasz_hinge_loss(x[:, :1], yb)):
+    assert_compiles_alike(x, (lambda x: segfast.lovasz_softmax_loss(x, y, classes="all", per_image=True),
+                              lambda x: segfast.lovasz_softmax_loss(x, y),
+                              lambda x: segfast.lovasz_hinge_loss(x[:, :1], yb)))
+
+
+def assert_compiles_alike(x, fns):
+    """Each loss fn(x) compiled with fullgraph=True gives the eager loss and gradient."""
+    for fn in fns:
         got = torch.compile(fn, fullgraph=True, backend="aot_eager")(x)
         want = fn(x)
         (g1,) = torch.autograd.grad(got, x)
