@@ -57,6 +57,16 @@ def _tie_lt(a, b):
 
 
 @triton.jit
+def _denominator(d, eps, LOSS: tl.constexpr):
+    """A ratio's denominator (+ eps in the losses), whether it is > 0, and it
+    with 1 where not (a safe divisor; the ratio is 0 there)."""
+    if LOSS:
+        d = d + eps
+    ok = d > 0.0
+    return d, ok, tl.where(ok, d, 1.0)
+
+
+@triton.jit
 def _load_box(ptr, off, s4, mask, FMT: tl.constexpr):
     a = tl.load(ptr + off, mask=mask, other=0).to(tl.float32)
     b = tl.load(ptr + off + s4, mask=mask, other=0).to(tl.float32)
@@ -97,12 +107,7 @@ def _pair(px1, py1, px2, py2, gx1, gy1, gx2, gy2, eps, gout,
     pos = (iw > 0.0) & (ih > 0.0)
     inter = tl.where(pos, iw * ih, 0.0)
     uni = wp * hp + wg * hg - inter
-    if LOSS:
-        ud = uni + eps
-    else:
-        ud = uni
-    okd = ud > 0.0
-    uds = tl.where(okd, ud, 1.0)
+    ud, okd, uds = _denominator(uni, eps, LOSS)
     iou = tl.where(okd, inter / uds, 0.0)
     val = iou
     zero = iou * 0.0
@@ -128,12 +133,7 @@ def _pair(px1, py1, px2, py2, gx1, gy1, gx2, gy2, eps, gout,
             ch = tl.where(ch_pass, ch, 0.0)
         if KIND == 1:
             ac = cw * ch
-            if LOSS:
-                acd = ac + eps
-            else:
-                acd = ac
-            oka = acd > 0.0
-            acs = tl.where(oka, acd, 1.0)
+            acd, oka, acs = _denominator(ac, eps, LOSS)
             val = val - tl.where(oka, (ac - uni) / acs, 0.0)
             g_ac = tl.where(oka, -gout * (acd - ac + uni) / (acs * acs), 0.0)
             g_uni += tl.where(oka, gout / acs, 0.0)
