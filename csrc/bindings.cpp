@@ -15,6 +15,7 @@
 #include "common/lovasz.h"
 #include "common/pixel.h"
 #include "common/region.h"
+#include "cpu/common.h"
 
 namespace py = pybind11;
 using segfast::region::Problem;
@@ -699,6 +700,10 @@ PYBIND11_MODULE(_C, m) {
         "CUDA architectures compiled in (CMAKE_CUDA_ARCHITECTURES entries); [] without CUDA.");
   m.def("openmp_max_threads", &segfast::region::openmp_max_threads,
         "omp_get_max_threads() in the extension's OpenMP runtime.");
+  m.def("advise_huge_pages", &segfast::cpu::advise_huge_pages,
+        "madvise(MADV_HUGEPAGE) on the whole 2 MiB pages inside [ptr, ptr + nbytes) (Linux; "
+        "else a no-op); 0 or madvise's -1.",
+        py::arg("ptr"), py::arg("nbytes"));
 
   const char* stats_doc =
       "Partial region sums: out [N, P, C, K] contiguous, K = 9 with xent else 7 (float64 if x is float64 else float32); "

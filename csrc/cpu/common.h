@@ -6,6 +6,9 @@
 #pragma once
 
 #include <cstdint>
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
 
 #include "../common/dtypes.h"
 
@@ -106,6 +109,28 @@ SEGFAST_INLINE void store_row(void* base, int code, int64_t off, int64_t stride,
     }
     default: break;
   }
+}
+
+// ---- fresh output buffers ----------------------------------------------------------
+
+// Ask the kernel for transparent huge pages on the whole 2 MiB pages inside
+// [ptr, ptr + nbytes): a large output that malloc hands out fresh (mmap, or a
+// heap that was trimmed) is otherwise faulted in 4 KiB at a time as the kernel
+// first writes it, about 0.37 ms per MiB here, longer than the kernel itself.
+// One 2 MiB fault costs about as much as 70 small ones. Only pages that lie
+// wholly inside the buffer are advised; memory already mapped is unaffected,
+// and where THP is off or 'always' this is a no-op. Returns madvise's result.
+inline int advise_huge_pages(uintptr_t ptr, uint64_t nbytes) {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  constexpr uintptr_t kHuge = uintptr_t(1) << 21;
+  const uintptr_t lo = (ptr + kHuge - 1) & ~(kHuge - 1);
+  const uintptr_t hi = (ptr + uintptr_t(nbytes)) & ~(kHuge - 1);
+  if (hi > lo) return madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_HUGEPAGE);
+#else
+  (void)ptr;
+  (void)nbytes;
+#endif
+  return 0;
 }
 
 }  // namespace cpu
