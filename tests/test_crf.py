@@ -352,6 +352,27 @@ def test_cpu_crf_threads_agree():
 
 
 @needs_cpu
+@pytest.mark.parametrize("self_message", [True, False])
+def test_cpu_crf_batch_reuses_buffers(self_message):
+    """The images of a batch run one after the other in the same buffers
+    (lattices, grids, grid parts, marginals), resized from image to image:
+    images whose lattices differ a lot in size (a scene, a flat image, a
+    noisy one) give the bits they give alone, in either order, large or small."""
+    for H, W in ((251, 307), (61, 67)):  # one image at a time / one image per thread
+        U, img, _ = batch(1, 5, H, W, seed=3)
+        flat = torch.full_like(img, 0.5)
+        noise = torch.rand(img.shape, generator=torch.Generator().manual_seed(4))
+        imgs = torch.cat([img, flat, noise, img])
+        Us = torch.cat([U, U.flip(-1), U.flip(-2), U.roll(5, -1)]).contiguous()
+        kw = dict(iterations=2, backend="cpu", self_message=self_message)
+        got = segfast.dense_crf(Us, imgs, **kw)
+        for b in range(4):
+            assert torch.equal(got[b:b + 1], segfast.dense_crf(Us[b:b + 1], imgs[b:b + 1], **kw)), (H, b)
+        got = segfast.dense_crf(Us.flip(0), imgs.flip(0), **kw)
+        assert torch.equal(got.flip(0)[1:2], segfast.dense_crf(Us[1:2], imgs[1:2], **kw))
+
+
+@needs_cpu
 @pytest.mark.parametrize("case", ["no_self", "matrix", "after", "none"])
 def test_cpu_options_on_several_threads(case):
     """The option paths with the pixels split in bands: the marginals kept for

@@ -525,6 +525,16 @@ struct KernelSpec {
 
 }  // namespace
 
+// The buffers of one image's run, kept from image to image of a batch: the grids
+// are tens of MB each (over malloc's mmap threshold), and faulting them in afresh
+// for every image cost ~10% of a batch of 4 at 512 x 512 on a 2-core VM.
+struct ImageBuffers {
+  std::vector<Lattice> lat;
+  std::vector<std::vector<float>> pre, fac, selfw, grids;
+  std::vector<std::vector<std::vector<float>>> parts;  // [kernel][band] -> [M][Cp]
+  std::vector<float> feat, tmp, post, Q;
+};
+
 // Whole problem: B images, energies U [B, C, S] (strided, any float dtype, POS
 // already applied), image [B, 3, S] (strided, uint8 or float, 0..255), Q out
 // [B, C, S] float32 contiguous.
@@ -553,7 +563,7 @@ void dense_crf_cpu(const void* U, int u_dtype, int64_t usB, int64_t usC, int64_t
   }
   // One image with nt threads (its buffers are its own). Pixels are split in
   // nt static bands, one per thread, each scattering into grid parts of its own.
-  auto run_image = [&](int64_t b, int nt) {
+  auto run_image = [&](int64_t b, int nt, ImageBuffers& bf) {
     float* out = Qout + b * C * N;
     const int nb = int(std::max<int64_t>(1, std::min<int64_t>(nt, N / kChunk)));
     // fn(t, i0, i1) over band t's pixels in chunks, band t on thread t
@@ -574,10 +584,25 @@ void dense_crf_cpu(const void* U, int u_dtype, int64_t usB, int64_t usC, int64_t
       return;
     }
     // lattices, and per pixel the splat (pre) and slice (fac) normalisation factors
-    std::vector<Lattice> lat(K);
-    std::vector<std::vector<float>> pre(K), fac(K), selfw(K), grids(K);
-    std::vector<std::vector<std::vector<float>>> parts(K);  // [kernel][band] -> [M][Cp]
-    std::vector<float> feat, tmp;
+    bf.lat.resize(K);
+    bf.pre.resize(K);
+    bf.fac.resize(K);
+    bf.selfw.resize(K);
+    bf.grids.resize(K);
+    bf.parts.resize(K);
+    auto& lat = bf.lat;
+    auto& pre = bf.pre;
+    auto& fac = bf.fac;
+    auto& selfw = bf.selfw;
+    auto& grids = bf.grids;
+    auto& parts = bf.parts;
+    auto& feat = bf.feat;
+    auto& tmp = bf.tmp;
+    // every part zeroed, capacity kept
+    auto zero_parts = [&](size_t m, int nb, size_t n) {
+      parts[m].resize(nb);
+      for (auto& p : parts[m]) p.assign(n, 0.f);
+    };
     for (size_t m = 0; m < K; ++m) {
       const KernelSpec& k = ks[m];
       const int d = k.bilateral ? 5 : 2;
@@ -600,9 +625,10 @@ void dense_crf_cpu(const void* U, int u_dtype, int64_t usB, int64_t usC, int64_t
       const float scale = k.mu ? 1.f : float(k.potts);  // Potts: fold the weight into the slice
       // norm = 1/sqrt(K 1) (symmetric) or 1/(K 1); K 1 filtered with one value per pixel
       pre[m].assign(N, 1.f);
-      std::vector<float> post(N, 1.f);
+      std::vector<float>& post = bf.post;
+      post.assign(N, 1.f);
       if (normalization != kNone) {
-        parts[m].assign(nb, std::vector<float>(size_t(L.M), 0.f));
+        zero_parts(m, nb, size_t(L.M));
         const float one = 1.f;
         bands([&](int t, int64_t i0, int64_t i1) {
           for (int64_t i = i0; i < i1; ++i)
@@ -626,17 +652,17 @@ void dense_crf_cpu(const void* U, int u_dtype, int64_t usB, int64_t usC, int64_t
         selfw[m].resize(N);
         for (int64_t i = 0; i < N; ++i) selfw[m][i] = pre[m][i] * post[i];
       }
-      parts[m].assign(nb, std::vector<float>(size_t(L.M) * Cp, 0.f));
+      zero_parts(m, nb, size_t(L.M) * Cp);
     }
-    // [N][Cp] marginals, kept only for the self-message removal (not zero-filled:
-    // every lane is written before it is read)
-    std::unique_ptr<float[]> Q(self_message ? nullptr : new float[size_t(N) * Cp]);
+    // [N][Cp] marginals, kept only for the self-message removal
+    if (!self_message) bf.Q.resize(size_t(N) * Cp);
+    float* const Q = self_message ? nullptr : bf.Q.data();
     // Q0 = softmax(-U), scattered into the grid parts
     bands([&](int t, int64_t i0, int64_t i1) {
       const int64_t len = i1 - i0;
       float* ut = thread_scratch(size_t(len) * (Cp + 1));
       load_u_tile(U, u_dtype, usB, usC, usS, b, C, Cp, i0, len, ut, ut + len * Cp);
-      float* q0 = Q ? Q.get() + i0 * Cp : ut;
+      float* q0 = Q ? Q + i0 * Cp : ut;
       softmax_neg_rows(ut, q0, len, C, Cp);
       for (size_t m = 0; m < K; ++m) {
         const Lattice& L = lat[m];
@@ -660,7 +686,7 @@ void dense_crf_cpu(const void* U, int u_dtype, int64_t usB, int64_t usC, int64_t
         float* sc = ut + len * (Cp + 1);
         load_u_tile(U, u_dtype, usB, usC, usS, b, C, Cp, i0, len, ut, ut + len * Cp);
         const bool keep = Q && !last;
-        meanfield_range(runs, int(K), ut, Q.get(), keep ? Q.get() + i0 * Cp : ut, Cp, C, Cp, sc, sc + Cp, i0, i1);
+        meanfield_range(runs, int(K), ut, Q, keep ? Q + i0 * Cp : ut, Cp, C, Cp, sc, sc + Cp, i0, i1);
         if (last) store_q_tile(ut, C, Cp, N, i0, len, out);
       });
     }
@@ -670,10 +696,12 @@ void dense_crf_cpu(const void* U, int u_dtype, int64_t usB, int64_t usC, int64_t
   // twice over); small ones: whole images per thread, no barrier inside one.
   if (B >= 2 && nt_all >= 2 && N < kImageSplitPixels) {
     bool failed = false;
-#pragma omp parallel for schedule(dynamic, 1) num_threads(int(std::min<int64_t>(nt_all, B)))
+    const int nt = int(std::min<int64_t>(nt_all, B));
+    std::vector<ImageBuffers> bufs(nt);
+#pragma omp parallel for schedule(dynamic, 1) num_threads(nt)
     for (int64_t b = 0; b < B; ++b) {
       try {
-        run_image(b, 1);
+        run_image(b, 1, bufs[omp_get_thread_num()]);
       } catch (...) {
 #pragma omp atomic write
         failed = true;
@@ -681,7 +709,8 @@ void dense_crf_cpu(const void* U, int u_dtype, int64_t usB, int64_t usC, int64_t
     }
     if (failed) throw std::runtime_error("segfast: dense CRF failed on an image (lattice too large?)");
   } else {
-    for (int64_t b = 0; b < B; ++b) run_image(b, nt_all);
+    ImageBuffers bf;
+    for (int64_t b = 0; b < B; ++b) run_image(b, nt_all, bf);
   }
 }
 
