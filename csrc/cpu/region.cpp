@@ -216,10 +216,20 @@ SEGFAST_INLINE vf vload(const float* p) { vf v; std::memcpy(&v, p, sizeof(v)); r
 SEGFAST_INLINE vi viload(const int32_t* p) { vi v; std::memcpy(&v, p, sizeof(v)); return v; }
 SEGFAST_INLINE void vstore(float* p, vf v) { std::memcpy(p, &v, sizeof(v)); }
 SEGFAST_INLINE vf vsplat(float s) { return vf{} + s; }
+// Sum of the 16 lanes as a tree (halves added as vectors): a lane-by-lane loop
+// is 15 dependent adds, and the stats pass takes 4 of these per class and tile.
 SEGFAST_INLINE float vhsum(vf v) {
-  float s = 0.0f;
-  for (int l = 0; l < VL; ++l) s += v[l];
-  return s;
+  typedef float vf8 __attribute__((vector_size(32)));
+  typedef float vf4 __attribute__((vector_size(16)));
+  vf8 a, b;
+  std::memcpy(&a, &v, sizeof(a));
+  std::memcpy(&b, reinterpret_cast<const char*>(&v) + sizeof(a), sizeof(b));
+  a += b;
+  vf4 c, d;
+  std::memcpy(&c, &a, sizeof(c));
+  std::memcpy(&d, reinterpret_cast<const char*>(&a) + sizeof(c), sizeof(d));
+  c += d;
+  return (c[0] + c[2]) + (c[1] + c[3]);
 }
 
 // exp(x) for x <= 0 (softmax: x - max), lane-wise, ~2e-7 relative error (about
