@@ -121,4 +121,3 @@ def test_fresh_output_advises_huge_pages():
     assert backends.fresh_output(small) is small
     assert backends._C.advise_huge_pages(small.data_ptr(), 0) == 0  # no whole page: nothing to do
     assert backends._C.advise_huge_pages(t.data_ptr() + 4096, (1 << 21) - 8192) == 0
-
