@@ -241,16 +241,23 @@ def fwd_bwd(loss_fn, x, y):
     return step
 
 
-def time_fn(fn: Callable[[], None], device: torch.device, repeat: int = 10, warmup: int = 2,
-            min_time: float = 0.0, budget: float = 4.0) -> list[float]:
-    """Wall times in seconds of ``repeat`` calls (at least ``min_time`` in all).
-    A call slower than ``budget / repeat`` (an eager baseline of seconds) gets
-    one warmup and as many timed calls as fit in ``budget`` (at least one), so
-    the whole comparison stays within minutes."""
+def first_call(fn: Callable[[], None], device: torch.device) -> float:
+    """Seconds of one (warmup) call."""
     t0 = time.perf_counter()
     fn()
     _sync(device)
-    first = time.perf_counter() - t0
+    return time.perf_counter() - t0
+
+
+def time_fn(fn: Callable[[], None], device: torch.device, repeat: int = 10, warmup: int = 2,
+            min_time: float = 0.0, budget: float = 4.0, first: Optional[float] = None) -> list[float]:
+    """Wall times in seconds of ``repeat`` calls (at least ``min_time`` in all).
+    A call slower than ``budget / repeat`` (an eager baseline of seconds) gets
+    one warmup and as many timed calls as fit in ``budget`` (at least one), so
+    the whole comparison stays within minutes. ``first``: the duration of a
+    first call already made (it counts as a warmup call)."""
+    if first is None:
+        first = first_call(fn, device)
     if first * repeat > budget:
         warmup, repeat = 1, max(1, int(budget / first))
     for _ in range(warmup - 1):
@@ -363,14 +370,12 @@ def measure(case: Case, device: torch.device, repeat: int = 10, memory: bool = T
     x, y = make_inputs(case, device)
     rows = []
     run = runners(case, device)
-    # one untimed call of every contender first: the heap then holds what the
-    # case needs, and the row timed first does not pay alone for growing it
-    # (on CPU, fresh pages fault in at ~0.4 ms per MB)
-    for loss_fn in run.values():
-        fwd_bwd(loss_fn, x, y)()
-    _sync(device)
+    # every contender's first (warmup) call before any is timed: the heap then
+    # holds what the case needs, and the row timed first does not pay alone for
+    # growing it (on CPU, fresh pages fault in at ~0.4 ms per MB)
+    firsts = {name: first_call(fwd_bwd(loss_fn, x, y), device) for name, loss_fn in run.items()}
     for name, loss_fn in run.items():
-        times = time_fn(fwd_bwd(loss_fn, x, y), device, repeat=repeat)
+        times = time_fn(fwd_bwd(loss_fn, x, y), device, repeat=repeat, first=firsts[name])
         q = statistics.quantiles(times, n=4) if len(times) > 1 else [times[0]] * 3
         rows.append(dict(op=case.op, shape=list(case.shape), dtype=str(case.dtype)[6:],
                          labels=str(case.label_dtype)[6:], backend=name, device=str(device),
