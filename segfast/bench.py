@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import dataclasses
+import gc
 import json
 import os
 import statistics
@@ -312,6 +313,7 @@ def peak_extra_bytes(fn: Callable[[], None], device: torch.device) -> Optional[i
         return None
     _malloc_returns_large_blocks()
     fn()  # first call: lazy initialisations do not count
+    gc.collect()  # what the first call left in reference cycles goes now, not during the second
     try:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")  # reset the peak resident set (VmHWM) to the current one
@@ -322,20 +324,65 @@ def peak_extra_bytes(fn: Callable[[], None], device: torch.device) -> Optional[i
     return max(0, _rss_bytes("VmHWM") - base)
 
 
-def peak_extra_mb(case: Case, device: torch.device, names) -> dict:
-    """name -> peak extra MB of one forward+backward (see peak_extra_bytes)."""
-    if device.type == "cpu":  # in a fresh process: the probe changes malloc's behaviour
-        import subprocess
+_PROBE_SERVER = None  # the --probe-server process of peak_extra_mb
 
-        arg = json.dumps(dict(op=case.op, shape=list(case.shape), dtype=str(case.dtype)[6:],
-                              labels=str(case.label_dtype)[6:], names=list(names)))
-        out = subprocess.run([sys.executable, "-m", "segfast.bench", "--memory-probe", arg],
-                             capture_output=True, text=True)
-        if out.returncode != 0:
-            print(out.stderr, file=sys.stderr)
-            return {}
-        return json.loads(out.stdout.strip().splitlines()[-1])
-    return _probe(case, device, names)
+
+def peak_extra_mb(case: Case, device: torch.device, names) -> dict:
+    """name -> peak extra MB of one forward+backward (see peak_extra_bytes).
+
+    On CPU every case is probed in a process of its own (the probe changes
+    malloc's behaviour, and a peak depends on what the heap already holds),
+    forked by a --probe-server that imports torch and segfast once: a fresh
+    interpreter per case spent 3.5 s on imports, a third of segfast-bench.
+    """
+    global _PROBE_SERVER
+    if device.type != "cpu":
+        return _probe(case, device, names)
+    import atexit
+    import subprocess
+
+    if _PROBE_SERVER is None or _PROBE_SERVER.poll() is not None:
+        _PROBE_SERVER = subprocess.Popen([sys.executable, "-m", "segfast.bench", "--probe-server"],
+                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        atexit.register(_PROBE_SERVER.communicate)  # closes its stdin: it exits
+    arg = json.dumps(dict(op=case.op, shape=list(case.shape), dtype=str(case.dtype)[6:],
+                          labels=str(case.label_dtype)[6:], names=list(names)))
+    _PROBE_SERVER.stdin.write(arg + "\n")
+    _PROBE_SERVER.stdin.flush()
+    return json.loads(_PROBE_SERVER.stdout.readline() or "{}")
+
+
+def _probe_server() -> int:
+    """--probe-server: one JSON case per line of stdin -> one JSON line of peaks
+    on stdout, each case probed in a child forked from this process. It only
+    imports: OpenMP does not survive a fork of a process that has used it."""
+    import traceback
+
+    try:  # the peer's import too, once (1.5 s)
+        import monai.losses  # noqa: F401
+    except ImportError:
+        pass
+    for line in sys.stdin:
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the probe; its prints go to stderr, its answer through the pipe
+            os.close(r)
+            os.dup2(2, 1)
+            out = "{}"
+            try:
+                d = json.loads(line)
+                case = Case(d["op"], tuple(d["shape"]), getattr(torch, d["dtype"]), getattr(torch, d["labels"]))
+                out = json.dumps(_probe(case, torch.device("cpu"), d["names"]))
+            except BaseException:
+                traceback.print_exc()
+            os.write(w, out.encode())
+            os._exit(0)
+        os.close(w)
+        with os.fdopen(r, "rb") as f:
+            answer = f.read().decode() or "{}"
+        os.waitpid(pid, 0)
+        print(answer, flush=True)
+    return 0
 
 
 def _probe(case: Case, device: torch.device, names) -> dict:
@@ -516,13 +563,10 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true", help="only " + " and ".join(QUICK_OPS))
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory pass")
     p.add_argument("--json", default=None, help="also write the rows to this JSON file")
-    p.add_argument("--memory-probe", default=None, help=argparse.SUPPRESS)  # internal, see peak_extra_mb
+    p.add_argument("--probe-server", action="store_true", help=argparse.SUPPRESS)  # see peak_extra_mb
     args = p.parse_args(argv)
-    if args.memory_probe:
-        d = json.loads(args.memory_probe)
-        case = Case(d["op"], tuple(d["shape"]), getattr(torch, d["dtype"]), getattr(torch, d["labels"]))
-        print(json.dumps(_probe(case, torch.device("cpu"), d["names"])))
-        return 0
+    if args.probe_server:
+        return _probe_server()
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     info = backends.info()
     print(f"segfast {info['segfast']}  torch {info['torch']}  device {device}"
