@@ -22,9 +22,9 @@ using segfast::region::Problem;
 
 namespace segfast {
 namespace region {
-void region_stats_cpu(const Problem& pr, int64_t P, void* out, int64_t num_threads);
+void region_stats_cpu(const Problem& pr, int64_t P, void* out, int64_t num_threads, float* mr);
 void region_grad_cpu(const Problem& pr, const void* g, void* dx, int64_t dxsN, int64_t dxsC,
-                     int64_t dxsS, int64_t num_threads);
+                     int64_t dxsS, int64_t num_threads, const float* mr);
 int openmp_max_threads();
 #ifdef SEGFAST_WITH_CUDA
 void region_stats_cuda(const Problem& pr, int64_t P, void* out, uintptr_t stream);
@@ -104,20 +104,22 @@ Problem with_xent(Problem pr, int64_t xent, double gamma) {
       label_offset, has_ignore, ignore_value
 
 void stats_cpu(SEGFAST_PROBLEM_ARGS, int64_t P, int64_t act, int64_t xent, double gamma, int64_t label_offset,
-               int64_t has_ignore, double ignore_value, uintptr_t out_ptr, int64_t num_threads) {
+               int64_t has_ignore, double ignore_value, uintptr_t out_ptr, int64_t num_threads,
+               uintptr_t mr_ptr) {
   const Problem pr = with_xent(make_problem(SEGFAST_PROBLEM_PASS), xent, gamma);
   py::gil_scoped_release nogil;
-  segfast::region::region_stats_cpu(pr, P, reinterpret_cast<void*>(out_ptr), num_threads);
+  segfast::region::region_stats_cpu(pr, P, reinterpret_cast<void*>(out_ptr), num_threads,
+                                    reinterpret_cast<float*>(mr_ptr));
 }
 
 void grad_cpu(SEGFAST_PROBLEM_ARGS, int64_t act, int64_t xent, double gamma, int64_t label_offset, int64_t has_ignore,
               double ignore_value, uintptr_t g_ptr, uintptr_t dx_ptr, int64_t dxsN, int64_t dxsC,
-              int64_t dxsS, int64_t num_threads) {
+              int64_t dxsS, int64_t num_threads, uintptr_t mr_ptr) {
   const Problem pr = with_xent(make_problem(SEGFAST_PROBLEM_PASS), xent, gamma);
   py::gil_scoped_release nogil;
   segfast::region::region_grad_cpu(pr, reinterpret_cast<const void*>(g_ptr),
                                    reinterpret_cast<void*>(dx_ptr), dxsN, dxsC, dxsS,
-                                   num_threads);
+                                   num_threads, reinterpret_cast<const float*>(mr_ptr));
 }
 
 #ifndef SEGFAST_WITH_CUDA
@@ -710,20 +712,23 @@ PYBIND11_MODULE(_C, m) {
       "chunk j of P covers pixels [j*L, min((j+1)*L, S)), L = ceil(S/P).";
   const char* grad_doc =
       "dLoss/dx from g = dLoss/dStats [N, C, K] contiguous (accumulation dtype); dx has x's "
-      "dtype and strides dxsN, dxsC, dxsS.";
+      "dtype and strides dxsN, dxsC, dxsS. cpu: mr_ptr, when not 0, is the float32 [2, N, S] "
+      "of per-pixel max and 1/sum that region_stats_cpu wrote (softmax, class-index targets, "
+      "x not float64), so the grad pass skips the max.";
 
   m.def("region_stats_cpu", &stats_cpu, stats_doc, py::arg("x_ptr"), py::arg("x_dtype"),
         py::arg("xsN"), py::arg("xsC"), py::arg("xsS"), py::arg("t_ptr"), py::arg("t_dtype"),
         py::arg("t_is_label"), py::arg("tsN"), py::arg("tsC"), py::arg("tsS"), py::arg("N"),
         py::arg("C"), py::arg("S"), py::arg("P"), py::arg("act"), py::arg("xent"), py::arg("gamma"), py::arg("label_offset"),
         py::arg("has_ignore"), py::arg("ignore_value"), py::arg("out_ptr"),
-        py::arg("num_threads"));
+        py::arg("num_threads"), py::arg("mr_ptr") = 0);
   m.def("region_grad_cpu", &grad_cpu, grad_doc, py::arg("x_ptr"), py::arg("x_dtype"),
         py::arg("xsN"), py::arg("xsC"), py::arg("xsS"), py::arg("t_ptr"), py::arg("t_dtype"),
         py::arg("t_is_label"), py::arg("tsN"), py::arg("tsC"), py::arg("tsS"), py::arg("N"),
         py::arg("C"), py::arg("S"), py::arg("act"), py::arg("xent"), py::arg("gamma"), py::arg("label_offset"),
         py::arg("has_ignore"), py::arg("ignore_value"), py::arg("g_ptr"), py::arg("dx_ptr"),
-        py::arg("dxsN"), py::arg("dxsC"), py::arg("dxsS"), py::arg("num_threads"));
+        py::arg("dxsN"), py::arg("dxsC"), py::arg("dxsS"), py::arg("num_threads"),
+        py::arg("mr_ptr") = 0);
   m.def("region_stats_cuda", &stats_cuda, stats_doc, py::arg("x_ptr"), py::arg("x_dtype"),
         py::arg("xsN"), py::arg("xsC"), py::arg("xsS"), py::arg("t_ptr"), py::arg("t_dtype"),
         py::arg("t_is_label"), py::arg("tsN"), py::arg("tsC"), py::arg("tsS"), py::arg("N"),

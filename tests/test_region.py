@@ -250,6 +250,39 @@ def test_large_C_loops_over_classes(backend):
     assert_close(dx, want_dx, torch.float32)
 
 
+@pytest.mark.parametrize("layout", ["contiguous", "tail", "channels_last", "bfloat16", "ignore"])
+def test_cpu_grad_with_kept_softmax_max(layout):
+    """In eager mode the cpu stats pass keeps each pixel's softmax max and
+    1/sum, and the grad pass of the plain region losses uses them instead of
+    a max pass (ops/region.py _keeps_mr): the same gradient as the op path
+    that recomputes them (torch.compile's) and as the reference, for full and
+    partial pixel blocks, x read in place or through a converted tile."""
+    from segfast.ops import region as ops
+
+    spatial = (37, 53) if layout == "tail" else (16, 24)
+    x, t = make_case(3, 21, spatial, "multiclass", "labels", ignore_index=255 if layout == "ignore" else None)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    if layout == "bfloat16":
+        x = x.to(torch.bfloat16)
+    x.requires_grad_(True)
+    ign = 255 if layout == "ignore" else None
+    args = ops.prepare(x, t, "multiclass", True, ign, "cpu")
+    x3, rest = args[0], args[1:]
+    assert ops._keeps_mr(x3, rest[1], rest[2], "cpu", 0)
+    kept = ops.plane_stats(*args)  # eager: _EagerStats, keeps them
+    op = ops.region_stats_op(*args)  # the torch.library op: recomputes them
+    assert torch.equal(kept, op)
+    g = torch.randn_like(kept)
+    g[..., 3:] = 0  # dLoss/dPP = dLoss/dM = 0: the plain grad block
+    (dx_kept,) = torch.autograd.grad(kept, x, g)
+    (dx_op,) = torch.autograd.grad(op, x, g)
+    torch.testing.assert_close(dx_kept.float(), dx_op.float(), rtol=1e-5, atol=1e-7 if layout != "bfloat16" else 1e-2)
+    _, want = ref_loss("dice", x.float(), t, ignore_index=ign)
+    _, got = run_loss("dice", x.float(), t, "cpu", ignore_index=ign)
+    assert_close(got, want, torch.float32)
+
+
 def test_modules_match_functional():
     x, t = make_case(2, 4, (6, 6), "multiclass", "labels", ignore_index=255)
     for mod, fn, extra in [(segfast.DiceLoss, F.dice_loss, {}), (segfast.JaccardLoss, F.jaccard_loss, {}),

@@ -347,6 +347,7 @@ struct FastWork {
   std::vector<float> lse;   // stats with xent: [tile] logsumexp
   std::vector<float> gt;    // grad: [6][C] gP, 2 gPP, gI, gM, gS7, gS8 of the image, sum gS8, gamma
   std::vector<double> acc;  // stats: [C][KX]
+  float* mr = nullptr;      // optional [2][N][S]: each pixel's max_c x and 1 / sum_c exp(x - max)
   FastWork(int64_t C_, int64_t tile_, bool grad)
       : C(C_), tile(tile_), xb(C_ * tile_), eb(grad ? 3 * C_ * VL : C_ * tile_), rv(tile_),
         vb(tile_), lb(tile_), tail(C_ * VL), lse(tile_), gt(grad ? 6 * C_ + 2 : 0),
@@ -455,7 +456,21 @@ SEGFAST_INLINE void fast_stats_item(const Problem& pr, FastWork& w, int64_t n, i
                                          i + kPrefetch < xs.full ? kPrefetch : 0, &m)
                            : softmax_block<kV4>(w.tail.data(), VL, C, eb + i, tile, 0, &m);
       const vf v = vload(vb + i);
-      vstore(rv + i, v / s);
+      const vf rs = 1.0f / s;
+      vstore(rv + i, v * rs);
+      if (w.mr) {  // kept for the grad pass (grad_block_plain)
+        float* mo = w.mr + n * pr.S + s0 + i;
+        float* ro = mo + pr.N * pr.S;
+        if (i + VL <= len) {
+          vstore(mo, m);
+          vstore(ro, rs);
+        } else {
+          for (int64_t l = 0; l < len - i; ++l) {
+            mo[l] = m[l];
+            ro[l] = rs[l];
+          }
+        }
+      }
       vsum += v;
       if (XK == kXentNone) continue;
       for (int64_t l = 0; l < VL; ++l) lse[i + l] = m[l] + std::log(s[l]);  // per pixel
@@ -644,19 +659,24 @@ template <bool kV4>
 SEGFAST_INLINE void grad_block_plain(const float* x, int64_t xp, int64_t C,
                                      const int32_t* __restrict lbp, const float* __restrict vbp,
                                      const float* __restrict gt, float* __restrict e, float* dst,
-                                     int64_t dp, int64_t pf) {
+                                     int64_t dp, int64_t pf, const float* mrp = nullptr,
+                                     int64_t mr_pitch = 0) {
   const float* __restrict gP = gt;
   const float* __restrict gI = gt + 2 * C;
-  const vf m = max_stash<2>(x, xp, C, e, VL, pf);
+  // the max and 1/sum of the stats pass when it kept them (no max pass: -13%)
+  const vf m = mrp ? vload(mrp) : max_stash<2>(x, xp, C, e, VL, pf);
+  const float* xs = mrp ? x : e;
+  const int64_t xsp = mrp ? xp : VL;
   const vi lb = viload(lbp);
   vf s = vf{}, d = vf{};  // sum_c e_c, sum_c e_c a_c
   for (int64_t c = 0; c < C; ++c) {
-    const vf ec = vexp_sm<kV4>(vload(e + c * VL) - m);
+    if (mrp && pf) __builtin_prefetch(x + c * xp + pf, 0, 2);
+    const vf ec = vexp_sm<kV4>(vload(xs + c * xsp) - m);
     vstore(e + c * VL, ec);
     s += ec;
     d += ec * (lb == int32_t(c) ? vsplat(gP[c] + gI[c]) : vsplat(gP[c]));
   }
-  const vf r = 1.0f / s;
+  const vf r = mrp ? vload(mrp + mr_pitch) : 1.0f / s;
   const vf rv = r * vload(vbp);
   const vf dot = d * r;
   for (int64_t c = 0; c < C; ++c) {
@@ -674,21 +694,43 @@ SEGFAST_INLINE void fast_grad_tile(const Problem& pr, FastWork& w, int64_t n, in
                                    int64_t len, const XSrc& xs, void* dx, int64_t dxsN,
                                    int64_t dxsC, int64_t dxsS) {
   const int64_t C = pr.C;
-  const auto block = kKind == kGradPlain && XK == kXentNone ? grad_block_plain<kV4>
-                                                            : grad_block<kV4, kKind == kGradM, XK>;
   const float* gt = w.gt.data();
   float* eb = w.eb.data();
   float* xb = w.xb.data();
+  alignas(64) float mr_tail[2 * VL];
+  // the block at tile pixel i: x (pitch xp) -> dst (pitch dp)
+  auto block = [&](const float* x, int64_t xp, int64_t i, float* dst, int64_t dp, int64_t pf) {
+    const int32_t* lbp = w.lb.data() + i;
+    const float* vbp = w.vb.data() + i;
+    if constexpr (kKind == kGradPlain && XK == kXentNone) {
+      const float* mrp = nullptr;
+      int64_t pitch = 0;
+      if (w.mr) {
+        mrp = w.mr + n * pr.S + s0 + i;
+        pitch = pr.N * pr.S;
+        if (i + VL > len) {  // the last, partial block: lanes past len read as m = 0, r = 0
+          for (int64_t l = 0; l < VL; ++l) {
+            const bool in = i + l < len;
+            mr_tail[l] = in ? mrp[l] : 0.0f;
+            mr_tail[VL + l] = in ? mrp[pitch + l] : 0.0f;
+          }
+          mrp = mr_tail;
+          pitch = VL;
+        }
+      }
+      grad_block_plain<kV4>(x, xp, C, lbp, vbp, gt, eb, dst, dp, pf, mrp, pitch);
+    } else {
+      grad_block<kV4, kKind == kGradM, XK>(x, xp, C, lbp, vbp, gt, eb, dst, dp, pf);
+    }
+  };
   const bool direct = xs.base != xb && dxsS == 1;  // x read in place (float32), dx unit stride
   if (direct) {
     float* d = static_cast<float*>(dx) + n * dxsN + s0;
-    for (int64_t i = 0; i < xs.full; i += VL)
-      block(xs.base + i, xs.pitch, C, w.lb.data() + i, w.vb.data() + i, gt, eb,
-                        d + i, dxsC, s0 + i + kPrefetch < pr.S ? kPrefetch : 0);  // on into the next tile
+    for (int64_t i = 0; i < xs.full; i += VL)  // prefetch on into the next tile
+      block(xs.base + i, xs.pitch, i, d + i, dxsC, s0 + i + kPrefetch < pr.S ? kPrefetch : 0);
     if (xs.full < len) {  // in place: x was read directly, tail from w.tail
       float* tl = w.tail.data();
-      block(tl, VL, C, w.lb.data() + xs.full, w.vb.data() + xs.full, gt, eb, tl, VL,
-                        0);
+      block(tl, VL, xs.full, tl, VL, 0);
       for (int64_t c = 0; c < C; ++c)
         for (int64_t i = xs.full; i < len; ++i) d[c * dxsC + i] = tl[c * VL + i - xs.full];
     }
@@ -697,16 +739,10 @@ SEGFAST_INLINE void fast_grad_tile(const Problem& pr, FastWork& w, int64_t n, in
   // else dx goes through w.xb (x is there too unless it was read in place)
   const int64_t tile = w.tile, lenp = pad_len(len);
   if (xs.base != xb) {  // read in place, write to xb
-    for (int64_t i = 0; i < xs.full; i += VL)
-      block(xs.base + i, xs.pitch, C, w.lb.data() + i, w.vb.data() + i, gt, eb,
-                        xb + i, tile, 0);
-    if (xs.full < len)
-      block(w.tail.data(), VL, C, w.lb.data() + xs.full, w.vb.data() + xs.full, gt,
-                        eb, xb + xs.full, tile, 0);
+    for (int64_t i = 0; i < xs.full; i += VL) block(xs.base + i, xs.pitch, i, xb + i, tile, 0);
+    if (xs.full < len) block(w.tail.data(), VL, xs.full, xb + xs.full, tile, 0);
   } else {
-    for (int64_t i = 0; i < lenp; i += VL)
-      block(xb + i, tile, C, w.lb.data() + i, w.vb.data() + i, gt, eb, xb + i, tile,
-                        0);
+    for (int64_t i = 0; i < lenp; i += VL) block(xb + i, tile, i, xb + i, tile, 0);
   }
   for (int64_t c = 0; c < C; ++c)
     store_row(dx, pr.x_dtype, n * dxsN + c * dxsC + s0 * dxsS, dxsS, xb + c * tile, len);
@@ -1089,7 +1125,7 @@ void run_grad(const Problem& pr, const G* g, void* dx, int64_t dxsN, int64_t dxs
 }  // namespace
 
 // Entry points (declared in csrc/bindings.cpp).
-void region_stats_cpu(const Problem& pr, int64_t P, void* out, int64_t num_threads) {
+void region_stats_cpu(const Problem& pr, int64_t P, void* out, int64_t num_threads, float* mr) {
   if (pr.N <= 0 || P <= 0 || pr.C <= 0) return;
   const int nt = resolve_threads(num_threads);
   if (pr.x_dtype == kFloat64) {
@@ -1105,6 +1141,7 @@ void region_stats_cpu(const Problem& pr, int64_t P, void* out, int64_t num_threa
 #pragma omp parallel num_threads(ntt)
     {
       FastWork w(pr.C, tile, false);
+      w.mr = mr;
 #pragma omp for schedule(static)
       for (int64_t it = 0; it < items; ++it) item(pr, w, it / P, P, it % P, o);
     }
@@ -1117,7 +1154,7 @@ void region_stats_cpu(const Problem& pr, int64_t P, void* out, int64_t num_threa
 }
 
 void region_grad_cpu(const Problem& pr, const void* g, void* dx, int64_t dxsN, int64_t dxsC,
-                     int64_t dxsS, int64_t num_threads) {
+                     int64_t dxsS, int64_t num_threads, const float* mr) {
   if (pr.N <= 0 || pr.C <= 0 || pr.S <= 0) return;
   const int nt = resolve_threads(num_threads);
   if (pr.x_dtype == kFloat64) {
@@ -1134,6 +1171,7 @@ void region_grad_cpu(const Problem& pr, const void* g, void* dx, int64_t dxsN, i
 #pragma omp parallel num_threads(ntt)
     {
       FastWork w(pr.C, tile, true);
+      w.mr = const_cast<float*>(mr);  // read only here
       int64_t gt_image = -1;
 #pragma omp for schedule(static)
       for (int64_t it = 0; it < items; ++it)

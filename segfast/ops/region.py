@@ -31,7 +31,7 @@ MODES = ("binary", "multiclass", "multilabel")
 # ---------------------------------------------------------------- C++ / CUDA
 
 
-def _launch_stats_ext(x, t, is_label, act, label_offset, ignore_value, backend, xent, gamma):
+def _launch_stats_ext(x, t, is_label, act, label_offset, ignore_value, backend, xent, gamma, mr=None):
     N, C, S = x.shape
     P = num_chunks(N, S, x.device)
     out = torch.empty((N, P, C, KX if xent else K), dtype=acc_dtype(x), device=x.device)
@@ -41,14 +41,14 @@ def _launch_stats_ext(x, t, is_label, act, label_offset, ignore_value, backend, 
             N, C, S, P, act, int(xent), float(gamma), label_offset, int(ignore_value is not None),
             float(ignore_value if ignore_value is not None else 0.0), out.data_ptr())
     if backend == "cpu":
-        backends._C.region_stats_cpu(*args, backends.cpu_threads(x.numel()))
+        backends._C.region_stats_cpu(*args, backends.cpu_threads(x.numel()), 0 if mr is None else mr.data_ptr())
     else:
         with torch.cuda.device(x.device):
             backends._C.region_stats_cuda(*args, backends.cuda_stream(x.device))
     return out.sum(1)
 
 
-def _launch_grad_ext(x, t, g, is_label, act, label_offset, ignore_value, backend, xent, gamma):
+def _launch_grad_ext(x, t, g, is_label, act, label_offset, ignore_value, backend, xent, gamma, mr=None):
     N, C, S = x.shape
     dx = backends.fresh_output(torch.empty_like(x))
     g = g.to(acc_dtype(x)).contiguous()
@@ -59,7 +59,7 @@ def _launch_grad_ext(x, t, g, is_label, act, label_offset, ignore_value, backend
             float(ignore_value if ignore_value is not None else 0.0),
             g.data_ptr(), dx.data_ptr(), *dx.stride())
     if backend == "cpu":
-        backends._C.region_grad_cpu(*args, backends.cpu_threads(x.numel()))
+        backends._C.region_grad_cpu(*args, backends.cpu_threads(x.numel()), 0 if mr is None else mr.data_ptr())
     else:
         with torch.cuda.device(x.device):
             backends._C.region_grad_cuda(*args, backends.cuda_stream(x.device))
@@ -67,20 +67,31 @@ def _launch_grad_ext(x, t, g, is_label, act, label_offset, ignore_value, backend
 
 
 def _stats_impl(x: Tensor, target: Tensor, is_label: bool, act: int, label_offset: int,
-                    ignore_value: Optional[float], backend: str, xent: int = 0, gamma: float = 0.0) -> Tensor:
-    """Per-plane sums [N, C, 7] ([N, C, 9] with ``xent``) with the C++ (``cpu``) or CUDA (``cuda``) kernels."""
+                    ignore_value: Optional[float], backend: str, xent: int = 0, gamma: float = 0.0,
+                mr: Optional[Tensor] = None) -> Tensor:
+    """Per-plane sums [N, C, 7] ([N, C, 9] with ``xent``) with the C++ (``cpu``) or CUDA (``cuda``) kernels.
+    ``mr`` (cpu, see _keeps_mr): filled with each pixel's softmax max and 1/sum for the grad pass."""
     if x.numel() == 0:
         return x.new_zeros((x.shape[0], x.shape[1], KX if xent else K), dtype=acc_dtype(x))
-    return _launch_stats_ext(x, target, is_label, act, label_offset, ignore_value, backend, xent, gamma)
+    return _launch_stats_ext(x, target, is_label, act, label_offset, ignore_value, backend, xent, gamma, mr)
 
 
 def _grad_impl(x: Tensor, target: Tensor, g: Tensor, is_label: bool, act: int,
                    label_offset: int, ignore_value: Optional[float], backend: str, xent: int = 0,
-               gamma: float = 0.0) -> Tensor:
+               gamma: float = 0.0, mr: Optional[Tensor] = None) -> Tensor:
     """dLoss/dx [N, C, S] from dLoss/dStats ``g`` [N, C, 7] (or [N, C, 9] with ``xent``)."""
     if x.numel() == 0:
         return torch.zeros_like(x)
-    return _launch_grad_ext(x, target, g, is_label, act, label_offset, ignore_value, backend, xent, gamma)
+    return _launch_grad_ext(x, target, g, is_label, act, label_offset, ignore_value, backend, xent, gamma, mr)
+
+
+def _keeps_mr(x: Tensor, is_label: bool, act: int, backend: str, xent: int) -> bool:
+    """Whether the cpu stats pass keeps each pixel's softmax max and 1/sum
+    ([2, N, S] float32, 5% of float32 logits at C = 21) for the grad pass, which
+    then skips its max pass: the kernels' fast path (csrc/cpu/region.cpp
+    fast_ok) with no pixel term."""
+    return (backend == "cpu" and is_label and act == ACT["softmax"] and not xent
+            and x.dtype != torch.float64 and x.numel() > 0)
 
 
 region_stats_op = torch.library.custom_op("segfast::region_stats", _stats_impl, mutates_args=())
@@ -125,13 +136,16 @@ class _EagerStats(torch.autograd.Function):
     def forward(ctx, x, target, is_label, act, label_offset, ignore_value, backend, xent, gamma):
         ctx.save_for_backward(x, target)
         ctx.args = (is_label, act, label_offset, ignore_value, backend, xent, gamma)
-        return _stats_impl(x, target, is_label, act, label_offset, ignore_value, backend, xent, gamma)
+        ctx.mr = None
+        if ctx.needs_input_grad[0] and _keeps_mr(x, is_label, act, backend, xent):
+            ctx.mr = torch.empty((2, x.shape[0], x.shape[2]), dtype=torch.float32)
+        return _stats_impl(x, target, is_label, act, label_offset, ignore_value, backend, xent, gamma, ctx.mr)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
         x, target = ctx.saved_tensors
-        return (_grad_impl(x, target, grad, *ctx.args),) + (None,) * 8
+        return (_grad_impl(x, target, grad, *ctx.args, mr=ctx.mr),) + (None,) * 8
 
 
 def _eager_ok(*tensors) -> bool:
