@@ -533,6 +533,16 @@ struct ImageBuffers {
   std::vector<std::vector<float>> pre, fac, selfw, grids;
   std::vector<std::vector<std::vector<float>>> parts;  // [kernel][band] -> [M][Cp]
   std::vector<float> feat, tmp, post, Q;
+  void for_kernels(size_t K) {
+    for (auto* v : {&pre, &fac, &selfw, &grids}) v->resize(K);
+    lat.resize(K);
+    parts.resize(K);
+  }
+  // kernel m's nb parts of n floats, zeroed (capacity kept)
+  void zero_parts(size_t m, int nb, size_t n) {
+    parts[m].resize(nb);
+    for (auto& p : parts[m]) p.assign(n, 0.f);
+  }
 };
 
 // Whole problem: B images, energies U [B, C, S] (strided, any float dtype, POS
@@ -561,7 +571,7 @@ void dense_crf_cpu(const void* U, int u_dtype, int64_t usB, int64_t usC, int64_t
     ks[m] = KernelSpec{p[0], p[1], p[2], p[3], p[4], p[5] != 0.0, p[6],
                        reinterpret_cast<const float*>(compat_ptrs[m])};
   }
-  // One image with nt threads (its buffers are its own). Pixels are split in
+  // One image with nt threads, in buffers bf kept from its previous image. Pixels are split in
   // nt static bands, one per thread, each scattering into grid parts of its own.
   auto run_image = [&](int64_t b, int nt, ImageBuffers& bf) {
     float* out = Qout + b * C * N;
@@ -584,12 +594,7 @@ void dense_crf_cpu(const void* U, int u_dtype, int64_t usB, int64_t usC, int64_t
       return;
     }
     // lattices, and per pixel the splat (pre) and slice (fac) normalisation factors
-    bf.lat.resize(K);
-    bf.pre.resize(K);
-    bf.fac.resize(K);
-    bf.selfw.resize(K);
-    bf.grids.resize(K);
-    bf.parts.resize(K);
+    bf.for_kernels(K);
     auto& lat = bf.lat;
     auto& pre = bf.pre;
     auto& fac = bf.fac;
@@ -598,11 +603,6 @@ void dense_crf_cpu(const void* U, int u_dtype, int64_t usB, int64_t usC, int64_t
     auto& parts = bf.parts;
     auto& feat = bf.feat;
     auto& tmp = bf.tmp;
-    // every part zeroed, capacity kept
-    auto zero_parts = [&](size_t m, int nb, size_t n) {
-      parts[m].resize(nb);
-      for (auto& p : parts[m]) p.assign(n, 0.f);
-    };
     for (size_t m = 0; m < K; ++m) {
       const KernelSpec& k = ks[m];
       const int d = k.bilateral ? 5 : 2;
@@ -628,7 +628,7 @@ void dense_crf_cpu(const void* U, int u_dtype, int64_t usB, int64_t usC, int64_t
       std::vector<float>& post = bf.post;
       post.assign(N, 1.f);
       if (normalization != kNone) {
-        zero_parts(m, nb, size_t(L.M));
+        bf.zero_parts(m, nb, size_t(L.M));
         const float one = 1.f;
         bands([&](int t, int64_t i0, int64_t i1) {
           for (int64_t i = i0; i < i1; ++i)
@@ -652,7 +652,7 @@ void dense_crf_cpu(const void* U, int u_dtype, int64_t usB, int64_t usC, int64_t
         selfw[m].resize(N);
         for (int64_t i = 0; i < N; ++i) selfw[m][i] = pre[m][i] * post[i];
       }
-      zero_parts(m, nb, size_t(L.M) * Cp);
+      bf.zero_parts(m, nb, size_t(L.M) * Cp);
     }
     // [N][Cp] marginals, kept only for the self-message removal
     if (!self_message) bf.Q.resize(size_t(N) * Cp);

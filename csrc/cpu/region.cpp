@@ -347,7 +347,10 @@ struct FastWork {
   std::vector<float> lse;   // stats with xent: [tile] logsumexp
   std::vector<float> gt;    // grad: [6][C] gP, 2 gPP, gI, gM, gS7, gS8 of the image, sum gS8, gamma
   std::vector<double> acc;  // stats: [C][KX]
-  float* mr = nullptr;      // optional [2][N][S]: each pixel's max_c x and 1 / sum_c exp(x - max)
+  // optional [2][N][S]: each pixel's max_c x and 1 / sum_c exp(x - max), written
+  // by the stats pass (mr_out), read by the grad pass (mr_in)
+  float* mr_out = nullptr;
+  const float* mr_in = nullptr;
   FastWork(int64_t C_, int64_t tile_, bool grad)
       : C(C_), tile(tile_), xb(C_ * tile_), eb(grad ? 3 * C_ * VL : C_ * tile_), rv(tile_),
         vb(tile_), lb(tile_), tail(C_ * VL), lse(tile_), gt(grad ? 6 * C_ + 2 : 0),
@@ -458,8 +461,8 @@ SEGFAST_INLINE void fast_stats_item(const Problem& pr, FastWork& w, int64_t n, i
       const vf v = vload(vb + i);
       const vf rs = 1.0f / s;
       vstore(rv + i, v * rs);
-      if (w.mr) {  // kept for the grad pass (grad_block_plain)
-        float* mo = w.mr + n * pr.S + s0 + i;
+      if (w.mr_out) {  // kept for the grad pass (grad_block_plain)
+        float* mo = w.mr_out + n * pr.S + s0 + i;
         float* ro = mo + pr.N * pr.S;
         if (i + VL <= len) {
           vstore(mo, m);
@@ -653,8 +656,10 @@ SEGFAST_INLINE void grad_block(const float* x, int64_t xp, int64_t C,
 // grad_block for the plain region losses (no pixel term, dLoss/dPP = dLoss/dM = 0:
 // Dice, IoU, Tversky without squared_pred / soft targets): a_c = gP_c + [c == lb] gI_c,
 // so sum_k p_k a_k is accumulated in the exp pass and the a pass is gone. x is
-// stashed in e as in softmax_block, and prefetched into L2 only: the C lines of
-// a block ahead would evict each other from one L1 set (-15% at 8 x 21 x 128 x 128).
+// prefetched into L2 only: the C lines of a block ahead would evict each other
+// from one L1 set (-15% at 8 x 21 x 128 x 128). Without mrp (the stats pass's
+// max and 1/sum, at mrp and mrp + mr_pitch) the max is taken here, x stashed
+// in e as in softmax_block.
 template <bool kV4>
 SEGFAST_INLINE void grad_block_plain(const float* x, int64_t xp, int64_t C,
                                      const int32_t* __restrict lbp, const float* __restrict vbp,
@@ -705,8 +710,8 @@ SEGFAST_INLINE void fast_grad_tile(const Problem& pr, FastWork& w, int64_t n, in
     if constexpr (kKind == kGradPlain && XK == kXentNone) {
       const float* mrp = nullptr;
       int64_t pitch = 0;
-      if (w.mr) {
-        mrp = w.mr + n * pr.S + s0 + i;
+      if (w.mr_in) {
+        mrp = w.mr_in + n * pr.S + s0 + i;
         pitch = pr.N * pr.S;
         if (i + VL > len) {  // the last, partial block: lanes past len read as m = 0, r = 0
           for (int64_t l = 0; l < VL; ++l) {
@@ -1141,7 +1146,7 @@ void region_stats_cpu(const Problem& pr, int64_t P, void* out, int64_t num_threa
 #pragma omp parallel num_threads(ntt)
     {
       FastWork w(pr.C, tile, false);
-      w.mr = mr;
+      w.mr_out = mr;
 #pragma omp for schedule(static)
       for (int64_t it = 0; it < items; ++it) item(pr, w, it / P, P, it % P, o);
     }
@@ -1171,7 +1176,7 @@ void region_grad_cpu(const Problem& pr, const void* g, void* dx, int64_t dxsN, i
 #pragma omp parallel num_threads(ntt)
     {
       FastWork w(pr.C, tile, true);
-      w.mr = const_cast<float*>(mr);  // read only here
+      w.mr_in = mr;
       int64_t gt_image = -1;
 #pragma omp for schedule(static)
       for (int64_t it = 0; it < items; ++it)
