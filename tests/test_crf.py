@@ -183,7 +183,7 @@ def test_cpu_matches_torch(C, H, W, normalization):
 
 @needs_cpu
 @pytest.mark.parametrize("case", ["float_image", "noncontig", "fp16_unary", "matrix", "no_self", "before",
-                                  "none", "one_kernel", "aniso", "pos", "logits", "probs"])
+                                  "none", "one_kernel", "gaussian_only", "aniso", "pos", "logits", "probs"])
 def test_cpu_matches_torch_options(case):
     C, H, W = 5, 14, 17
     U, img, _ = batch(2, C, H, W, seed=3)
@@ -206,6 +206,8 @@ def test_cpu_matches_torch_options(case):
         kw["gaussian"] = segfast.Gaussian(2.0, 0.2)
     elif case == "one_kernel":
         kw["gaussian"] = None
+    elif case == "gaussian_only":
+        kw["bilateral"] = None
     elif case == "aniso":
         kw["gaussian"] = segfast.Gaussian((2.0, 4.0), 2.0)
         kw["bilateral"] = segfast.Bilateral((20.0, 9.0), (10.0, 13.0, 30.0), 6.0)

@@ -6,6 +6,8 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
+#include <vector>
 #if defined(__linux__)
 #include <sys/mman.h>
 #endif
@@ -132,6 +134,30 @@ inline int advise_huge_pages(uintptr_t ptr, uint64_t nbytes) {
 #endif
   return 0;
 }
+
+// std::allocator that advises huge pages (above) on blocks of 2 MiB or more
+// before anything touches them: for scratch vectors that a kernel allocates
+// afresh on every call (the CRF's lattices and grids: tens of MB per image).
+template <typename T>
+struct HugePageAllocator {
+  using value_type = T;
+  HugePageAllocator() = default;
+  template <typename U>
+  HugePageAllocator(const HugePageAllocator<U>&) noexcept {}
+  T* allocate(size_t n) {
+    T* p = std::allocator<T>().allocate(n);
+    if (n * sizeof(T) >= (size_t(2) << 20)) advise_huge_pages(reinterpret_cast<uintptr_t>(p), n * sizeof(T));
+    return p;
+  }
+  void deallocate(T* p, size_t n) noexcept { std::allocator<T>().deallocate(p, n); }
+  template <typename U>
+  bool operator==(const HugePageAllocator<U>&) const noexcept { return true; }
+  template <typename U>
+  bool operator!=(const HugePageAllocator<U>&) const noexcept { return false; }
+};
+
+template <typename T>
+using huge_vector = std::vector<T, HugePageAllocator<T>>;
 
 }  // namespace cpu
 }  // namespace segfast

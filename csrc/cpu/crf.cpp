@@ -85,6 +85,26 @@ SEGFAST_INLINE v8f exp8(v8f x) {
   return region::expf_reduced(r) * (v8f)((n + 127) << 23);
 }
 
+// Lane sum / max of 8 as a tree: a lane-by-lane loop is 7 dependent
+// operations, twice per pixel and iteration.
+typedef float v4f __attribute__((vector_size(16), aligned(4)));
+SEGFAST_INLINE void halves(v8f v, v4f& a, v4f& b) {
+  std::memcpy(&a, &v, sizeof(a));
+  std::memcpy(&b, reinterpret_cast<const char*>(&v) + sizeof(a), sizeof(b));
+}
+SEGFAST_INLINE float hsum8(v8f v) {
+  v4f a, b;
+  halves(v, a, b);
+  a += b;
+  return (a[0] + a[2]) + (a[1] + a[3]);
+}
+SEGFAST_INLINE float hmax8(v8f v) {
+  v4f a, b;
+  halves(v, a, b);
+  a = a < b ? b : a;
+  return std::max(std::max(a[0], a[2]), std::max(a[1], a[3]));
+}
+
 // q = softmax of m over its first C lanes, 0 in the padding (Cp % 8 == 0); m
 // is overwritten with the exps (q may be m).
 SEGFAST_INLINE void softmax_lanes(float* m, float* q, int64_t C, int64_t Cp) {
@@ -95,17 +115,14 @@ SEGFAST_INLINE void softmax_lanes(float* m, float* q, int64_t C, int64_t Cp) {
     const v8f x = (lane + int32_t(c0)) < int32_t(C) ? load8(m + c0) : ninf;
     mx = mx < x ? x : mx;
   }
-  float mxs = mx[0];
-  for (int l = 1; l < kLanes; ++l) mxs = std::max(mxs, mx[l]);
+  const float mxs = hmax8(mx);
   v8f s = {};
   for (int64_t c0 = 0; c0 < Cp; c0 += kLanes) {
     const v8f e = (lane + int32_t(c0)) < int32_t(C) ? exp8(load8(m + c0) - mxs) : v8f{};
     store8(m + c0, e);
     s += e;
   }
-  float sum = 0.f;
-  for (int l = 0; l < kLanes; ++l) sum += s[l];
-  const float inv = 1.f / sum;
+  const float inv = 1.f / hsum8(s);
   for (int64_t c0 = 0; c0 < Cp; c0 += kLanes) store8(q + c0, load8(m + c0) * inv);
 }
 
@@ -174,13 +191,18 @@ struct HashTable {
   }
 };
 
+// Scratch that is allocated afresh on each call (tens of MB per image) takes
+// huge pages: see cpu::HugePageAllocator.
+using fvec = cpu::huge_vector<float>;
+using ivec = cpu::huge_vector<int32_t>;
+
 struct Lattice {
   int d = 0;
   int64_t N = 0;
   int32_t M = 0;
-  std::vector<int32_t> offset;  // [N][d+1] point of each simplex vertex
-  std::vector<float> weight;    // [N][d+1] barycentric weights
-  std::vector<int32_t> blur;    // [d+1][M][2] neighbours along each direction (M: none)
+  ivec offset;  // [N][d+1] point of each simplex vertex
+  fvec weight;  // [N][d+1] barycentric weights
+  ivec blur;    // [d+1][M][2] neighbours along each direction (M: none)
 };
 
 // Runs fn(t) for t < n on n threads (one each); an exception in any is rethrown here.
@@ -203,6 +225,57 @@ void per_band(int n, F&& fn) {
     if (e) std::rethrow_exception(e);
 }
 
+// A pixel's d+1 vertex keys are fixed by its simplex: the remainder-0 point and
+// the ranks of its first d coordinates. Pixels of a smooth region keep falling
+// into the few simplices seen just before, so a small direct-mapped cache of
+// simplex -> vertex ids answers most pixels with one probe instead of d+1
+// (at d = 5, 73% of vertices differ from the previous pixel's).
+struct SimplexCache {
+  static constexpr int kBits = 12;
+  struct Entry {
+    uint64_t rank = ~uint64_t(0);  // 4 bits per coordinate; ~0: empty
+    int32_t rem0[kMaxD];
+    int32_t id[kMaxD + 1];
+  };
+  std::vector<Entry> e = std::vector<Entry>(size_t(1) << kBits);
+};
+
+// Step 1 of build_lattice for pixels [i0, i1): locate each one and insert its
+// vertices into the band's table h (local ids into offset, weights into weight).
+template <int DD>
+void insert_band(const float* feat, int d_rt, const float* scale, int64_t i0, int64_t i1, HashTable& h,
+                 int32_t* offset, float* weight) {
+  const int d = DD > 0 ? DD : d_rt;
+  const int D1 = d + 1;
+  SimplexCache cache;
+  Simplex s;
+  int32_t key[kMaxD];
+  for (int64_t i = i0; i < i1; ++i) {
+    locate_t<DD>(feat + i * d, d, scale, s);
+    uint64_t rk = 0, hv = 0;
+    for (int q = 0; q < d; ++q) {
+      rk |= uint64_t(s.rank[q]) << (4 * q);
+      hv = (hv + uint64_t(uint32_t(s.rem0[q]))) * 0x9e3779b97f4a7c15ull;
+    }
+    hv ^= rk * 0xc2b2ae3d27d4eb4full;
+    SimplexCache::Entry& e = cache.e[hv >> (64 - SimplexCache::kBits)];
+    bool hit = e.rank == rk;
+    for (int q = 0; q < d; ++q) hit &= e.rem0[q] == s.rem0[q];
+    if (!hit) {
+      e.rank = rk;
+      for (int q = 0; q < d; ++q) e.rem0[q] = s.rem0[q];
+      for (int r = 0; r < D1; ++r) {
+        vertex_key(s, d, r, key);
+        e.id[r] = h.insert(key);
+      }
+    }
+    for (int r = 0; r < D1; ++r) {
+      offset[i * D1 + r] = e.id[r];
+      weight[i * D1 + r] = s.bary[r];
+    }
+  }
+}
+
 // Bands of pixels, one per thread, each with a hash table of its own: no
 // per-entry key array (a pixel's keys go straight into its band's table).
 // Point numbering (band order, then first appearance) depends on the band
@@ -219,32 +292,12 @@ void build_lattice(Lattice& L, const float* feat, int64_t N, int d, int nt) {
   L.weight.resize(E);
   const int bands = int(std::max<int64_t>(1, std::min<int64_t>(nt, N / 4096)));
   auto lo = [&](int t) { return N * t / bands; };
-  // 1. locate each pixel and insert its vertices into its band's table (local ids).
-  // Neighbouring pixels mostly share their vertices: compare with the previous
-  // pixel's vertex of the same remainder before probing.
+  // 1. locate each pixel and insert its vertices into its band's table (local ids)
   std::vector<std::unique_ptr<HashTable>> local(bands);
   per_band(bands, [&](int t) {
     local[t].reset(new HashTable(d, std::max<int64_t>(N / bands / 2, 16)));
-    HashTable& h = *local[t];
-    Simplex s;
-    int32_t key[kMaxD], prev[(kMaxD + 1) * kMaxD];
-    for (int64_t i = lo(t); i < lo(t + 1); ++i) {
-      locate(feat + i * d, d, scale, s);
-      for (int r = 0; r < D1; ++r) {
-        const int64_t k = i * D1 + r;
-        int32_t* pk = prev + r * d;
-        vertex_key(s, d, r, key);
-        bool same = i > lo(t);  // (std::equal here became a memcmp call: 5% of a CRF)
-        for (int q = 0; q < d; ++q) same &= key[q] == pk[q];
-        if (same) {
-          L.offset[k] = L.offset[k - D1];
-        } else {
-          L.offset[k] = h.insert(key);
-          std::copy(key, key + d, pk);
-        }
-        L.weight[k] = s.bary[r];
-      }
-    }
+    auto* run = d == 2 ? insert_band<2> : d == 5 ? insert_band<5> : insert_band<0>;
+    run(feat, d, scale, lo(t), lo(t + 1), *local[t], L.offset.data(), L.weight.data());
   });
   // 2. one table: the bands' points in band order (band 0's table is kept as is)
   std::vector<std::vector<int32_t>> remap(bands);
@@ -301,6 +354,23 @@ SEGFAST_INLINE void scatter_pixel(const int32_t* __restrict off, const float* __
   for (int r = 0; r < D1; ++r) axpy_lanes(grid + int64_t(off[r]) * Cp, q, w[r] * s, Cp);
 }
 
+// scatter_pixel for pixels [i0, i1) (rows of q, Cp apart) with weight factors pre;
+// D = d at compile time (0: read from L), so the vertex loop unrolls.
+template <int D>
+SEGFAST_CLONES void scatter_rows_d(const Lattice& L, const float* __restrict pre, const float* __restrict q,
+                                   float* __restrict grid, int64_t Cp, int64_t i0, int64_t i1) {
+  const int D1 = (D > 0 ? D : L.d) + 1;
+  for (int64_t i = i0; i < i1; ++i)
+    scatter_pixel(&L.offset[i * D1], &L.weight[i * D1], D1, pre[i], q + (i - i0) * Cp, grid, Cp);
+}
+
+void scatter_rows(const Lattice& L, const float* pre, const float* q, float* grid, int64_t Cp, int64_t i0,
+                  int64_t i1) {
+  if (L.d == 2) scatter_rows_d<2>(L, pre, q, grid, Cp, i0, i1);
+  else if (L.d == 5) scatter_rows_d<5>(L, pre, q, grid, Cp, i0, i1);
+  else scatter_rows_d<0>(L, pre, q, grid, Cp, i0, i1);
+}
+
 SEGFAST_CLONES void blur_range(const int32_t* __restrict nb, const float* __restrict src, float* __restrict dst,
                                int64_t Cp, int64_t p0, int64_t p1) {
   for (int64_t p = p0; p < p1; ++p) {
@@ -331,8 +401,7 @@ SEGFAST_CLONES void gather_parts(float* const* part, int nparts, float* __restri
 }
 
 // grid = B(sum of the threads' scattered parts); grid, tmp: [M+1][Cp], row M stays 0.
-void sum_blur(const Lattice& L, std::vector<std::vector<float>>& parts, int64_t Cp, std::vector<float>& grid,
-              std::vector<float>& tmp, int nt) {
+void sum_blur(const Lattice& L, std::vector<fvec>& parts, int64_t Cp, fvec& grid, fvec& tmp, int nt) {
   const int64_t M = L.M;
   grid.resize(size_t(M + 1) * Cp);
   tmp.resize(size_t(M + 1) * Cp);
@@ -458,7 +527,7 @@ constexpr int kMaxKernels = 2;  // gaussian and bilateral
 // hold everything read from them; else the chunk's U tile, each row read
 // before it is written), then scattered into the next iteration's grid parts.
 // u: the chunk's U tile [i1 - i0][Cp]; m, t: scratch [Cp].
-SEGFAST_CLONES void meanfield_range(const KernelRun* kr, int K, const float* __restrict ut, const float* Q,
+SEGFAST_CLONES void meanfield_range(const KernelRun* kr, int K, const float* ut, const float* Q,
                                     float* qout, int64_t qstride, int64_t C, int64_t Cp, float* __restrict m,
                                     float* __restrict t, int64_t i0, int64_t i1) {
   for (int64_t i = i0; i < i1; ++i) {
@@ -516,6 +585,60 @@ SEGFAST_CLONES void meanfield_range(const KernelRun* kr, int K, const float* __r
   }
 }
 
+// meanfield_range for the usual case: one or two Potts kernels (d = DA, DB; DB = 0:
+// one kernel), the self-message kept and qout = ut, with the vertex loops
+// unrolled (a runtime d + 1 made the compiler branch per vertex).
+template <int DA, int DB>
+SEGFAST_CLONES void meanfield_potts(const KernelRun* kr, const float* ut, float* qout, int64_t C, int64_t Cp,
+                                    int64_t i0, int64_t i1) {
+  constexpr int NA = DA + 1, NB = DB > 0 ? DB + 1 : 0;
+  const KernelRun& ra = kr[0];
+  const KernelRun& rb = kr[DB > 0 ? 1 : 0];
+  // three passes over the chunk (slice, softmax, scatter): each loop's pixels are
+  // independent, so the core overlaps them (one fused loop was latency-bound)
+  for (int64_t i = i0; i < i1; ++i) {
+    const float* u = ut + (i - i0) * Cp;  // may be qn: each block is read before it is written
+    const int32_t* oa = ra.L->offset.data() + i * NA;
+    const int32_t* ob = rb.L->offset.data() + i * NB;
+    const float* ba = ra.L->weight.data() + i * NA;
+    const float* bb = rb.L->weight.data() + i * NB;
+    float wa[NA], wb[NB > 0 ? NB : 1];
+    const float* ga[NA];
+    const float* gb[NB > 0 ? NB : 1];
+    for (int v = 0; v < NA; ++v) {
+      wa[v] = ba[v] * ra.fac[i];
+      ga[v] = ra.grid + int64_t(oa[v]) * Cp;
+    }
+    for (int v = 0; v < NB; ++v) {
+      wb[v] = bb[v] * rb.fac[i];
+      gb[v] = rb.grid + int64_t(ob[v]) * Cp;
+    }
+    float* qn = qout + (i - i0) * Cp;
+    for (int64_t c0 = 0; c0 < Cp; c0 += kLanes) {
+      v8f a = -load8(u + c0);
+      for (int v = 0; v < NA; ++v) a += wa[v] * load8(ga[v] + c0);
+      for (int v = 0; v < NB; ++v) a += wb[v] * load8(gb[v] + c0);
+      store8(qn + c0, a);
+    }
+  }
+  for (int64_t i = i0; i < i1; ++i) softmax_lanes(qout + (i - i0) * Cp, qout + (i - i0) * Cp, C, Cp);
+  if (!ra.part) return;
+  scatter_rows_d<DA>(*ra.L, ra.pre, qout, ra.part, Cp, i0, i1);
+  if (DB > 0) scatter_rows_d<DB>(*rb.L, rb.pre, qout, rb.part, Cp, i0, i1);
+}
+
+using PottsRange = void (*)(const KernelRun*, const float*, float*, int64_t, int64_t, int64_t, int64_t);
+
+// The meanfield_potts instance for these kernels, or nullptr (use meanfield_range).
+PottsRange potts_range(const KernelRun* kr, int K, bool self_removed) {
+  if (self_removed || K < 1 || K > 2) return nullptr;
+  for (int k = 0; k < K; ++k)
+    if (kr[k].mu || (kr[k].L->d != 2 && kr[k].L->d != 5)) return nullptr;
+  const int a = kr[0].L->d, b = K == 2 ? kr[1].L->d : 0;
+  if (a == 2) return b == 0 ? meanfield_potts<2, 0> : b == 2 ? meanfield_potts<2, 2> : meanfield_potts<2, 5>;
+  return b == 0 ? meanfield_potts<5, 0> : b == 2 ? meanfield_potts<5, 2> : meanfield_potts<5, 5>;
+}
+
 struct KernelSpec {
   double sx, sy, sr, sg, sb;
   bool bilateral;
@@ -530,11 +653,15 @@ struct KernelSpec {
 // for every image cost ~10% of a batch of 4 at 512 x 512 on a 2-core VM.
 struct ImageBuffers {
   std::vector<Lattice> lat;
-  std::vector<std::vector<float>> pre, fac, selfw, grids;
-  std::vector<std::vector<std::vector<float>>> parts;  // [kernel][band] -> [M][Cp]
-  std::vector<float> feat, tmp, post, Q;
+  std::vector<fvec> pre, fac, selfw, grids;
+  std::vector<std::vector<fvec>> parts;  // [kernel][band] -> [M][Cp]
+  fvec feat, tmp, post, Q;
+  // per kernel: its lattice and factors hold for every image of the call (the
+  // spatial kernel: its features are pixel positions only)
+  std::vector<char> same_for_all;
   void for_kernels(size_t K) {
     for (auto* v : {&pre, &fac, &selfw, &grids}) v->resize(K);
+    same_for_all.resize(K, 0);
     lat.resize(K);
     parts.resize(K);
   }
@@ -605,6 +732,10 @@ void dense_crf_cpu(const void* U, int u_dtype, int64_t usB, int64_t usC, int64_t
     auto& tmp = bf.tmp;
     for (size_t m = 0; m < K; ++m) {
       const KernelSpec& k = ks[m];
+      if (bf.same_for_all[m]) {  // the spatial kernel's lattice and factors, from the previous image
+        bf.zero_parts(m, nb, size_t(lat[m].M) * Cp);
+        continue;
+      }
       const int d = k.bilateral ? 5 : 2;
       const int D1 = d + 1;
       feat.resize(size_t(N) * d);
@@ -625,7 +756,7 @@ void dense_crf_cpu(const void* U, int u_dtype, int64_t usB, int64_t usC, int64_t
       const float scale = k.mu ? 1.f : float(k.potts);  // Potts: fold the weight into the slice
       // norm = 1/sqrt(K 1) (symmetric) or 1/(K 1); K 1 filtered with one value per pixel
       pre[m].assign(N, 1.f);
-      std::vector<float>& post = bf.post;
+      fvec& post = bf.post;
       post.assign(N, 1.f);
       if (normalization != kNone) {
         bf.zero_parts(m, nb, size_t(L.M));
@@ -653,6 +784,7 @@ void dense_crf_cpu(const void* U, int u_dtype, int64_t usB, int64_t usC, int64_t
         for (int64_t i = 0; i < N; ++i) selfw[m][i] = pre[m][i] * post[i];
       }
       bf.zero_parts(m, nb, size_t(L.M) * Cp);
+      bf.same_for_all[m] = !k.bilateral;
     }
     // [N][Cp] marginals, kept only for the self-message removal
     if (!self_message) bf.Q.resize(size_t(N) * Cp);
@@ -664,13 +796,7 @@ void dense_crf_cpu(const void* U, int u_dtype, int64_t usB, int64_t usC, int64_t
       load_u_tile(U, u_dtype, usB, usC, usS, b, C, Cp, i0, len, ut, ut + len * Cp);
       float* q0 = Q ? Q + i0 * Cp : ut;
       softmax_neg_rows(ut, q0, len, C, Cp);
-      for (size_t m = 0; m < K; ++m) {
-        const Lattice& L = lat[m];
-        const int D1 = L.d + 1;
-        for (int64_t i = i0; i < i1; ++i)
-          scatter_pixel(&L.offset[i * D1], &L.weight[i * D1], D1, pre[m][i], q0 + (i - i0) * Cp,
-                        parts[m][t].data(), Cp);
-      }
+      for (size_t m = 0; m < K; ++m) scatter_rows(lat[m], pre[m].data(), q0, parts[m][t].data(), Cp, i0, i1);
     });
     for (int64_t it = 0; it < iterations; ++it) {
       const bool last = it + 1 == iterations;
@@ -686,7 +812,10 @@ void dense_crf_cpu(const void* U, int u_dtype, int64_t usB, int64_t usC, int64_t
         float* sc = ut + len * (Cp + 1);
         load_u_tile(U, u_dtype, usB, usC, usS, b, C, Cp, i0, len, ut, ut + len * Cp);
         const bool keep = Q && !last;
-        meanfield_range(runs, int(K), ut, Q, keep ? Q + i0 * Cp : ut, Cp, C, Cp, sc, sc + Cp, i0, i1);
+        // (both kernels' parts are scattered, or neither: the last iteration)
+        auto fast = potts_range(runs, int(K), Q != nullptr);
+        if (fast) fast(runs, ut, ut, C, Cp, i0, i1);
+        else meanfield_range(runs, int(K), ut, Q, keep ? Q + i0 * Cp : ut, Cp, C, Cp, sc, sc + Cp, i0, i1);
         if (last) store_q_tile(ut, C, Cp, N, i0, len, out);
       });
     }
