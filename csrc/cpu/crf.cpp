@@ -1,6 +1,7 @@
 // Dense CRF, CPU kernels (C++ / OpenMP): per image, one permutohedral lattice
-// per pairwise kernel, built once and reused by every iteration and label;
-// then mean field. See csrc/common/crf.h for the lattice math and
+// per pairwise kernel, built once and reused by every iteration and label (the
+// spatial kernel's depends only on the image size: once per call); then mean
+// field. See csrc/common/crf.h for the lattice math and
 // segfast/reference/crf.py for the semantics (pydensecrf's DenseCRF2D).
 //
 // Layout: label values are pixel-major rows of Cp (C rounded up to 8,
