@@ -86,12 +86,6 @@ SEGFAST_HD void locate_t(const float* f, int d_rt, const float* scale, Simplex& 
   s.bary[0] += 1.0f + s.bary[d + 1];
 }
 
-SEGFAST_HD void locate(const float* f, int d, const float* scale, Simplex& s) {
-  if (d == 2) locate_t<2>(f, d, scale, s);
-  else if (d == 5) locate_t<5>(f, d, scale, s);
-  else locate_t<0>(f, d, scale, s);
-}
-
 SEGFAST_HD void vertex_key(const Simplex& s, int d, int r, int32_t* key) {
   for (int i = 0; i < d; ++i) key[i] = s.rem0[i] + r - (s.rank[i] > d - r ? d + 1 : 0);
 }
