@@ -288,11 +288,11 @@ SEGFAST_INLINE vf vexp_sm(vf x) {
 // from e: the C rows of x lie a multiple of 4 KiB apart whenever H W is a
 // multiple of 1024, so the block's C lines share one L1 set and would come from
 // L2 a second time (8% of the stats pass at 8 x 21 x 128 x 128).
-template <int kLocality>
+template <int kLocality, bool kStash = true>
 SEGFAST_INLINE vf max_stash(const float* __restrict x, int64_t xp, int64_t C, float* __restrict e,
                             int64_t ep, int64_t pf) {
   vf m = vload(x), m1 = m;  // two chains: vmaxps latency
-  vstore(e, m);
+  if (kStash) vstore(e, m);
   if (pf) __builtin_prefetch(x + pf, 0, kLocality);
   int64_t c = 1;
   for (; c + 1 < C; c += 2) {
@@ -301,15 +301,17 @@ SEGFAST_INLINE vf max_stash(const float* __restrict x, int64_t xp, int64_t C, fl
       __builtin_prefetch(x + c * xp + pf, 0, kLocality);
       __builtin_prefetch(x + (c + 1) * xp + pf, 0, kLocality);
     }
-    vstore(e + c * ep, x0);
-    vstore(e + (c + 1) * ep, x1);
+    if (kStash) {
+      vstore(e + c * ep, x0);
+      vstore(e + (c + 1) * ep, x1);
+    }
     m = x0 > m ? x0 : m;
     m1 = x1 > m1 ? x1 : m1;
   }
   if (c < C) {
     const vf x0 = vload(x + c * xp);
     if (pf) __builtin_prefetch(x + c * xp + pf, 0, kLocality);
-    vstore(e + c * ep, x0);
+    if (kStash) vstore(e + c * ep, x0);
     m = x0 > m ? x0 : m;
   }
   return m1 > m ? m1 : m;
@@ -317,42 +319,20 @@ SEGFAST_INLINE vf max_stash(const float* __restrict x, int64_t xp, int64_t C, fl
 
 // Softmax numerators of one block: e[c * ep + l] = exp(x[c * xp + l] - max_c x);
 // returns the per-pixel sums (and the max in *mout when asked). Prefetches
-// into the cache level kLocality (max_stash).
-template <bool kV4, int kLocality = 3>
+// into the cache level kLocality (max_stash). kStash = false: the block is
+// already in e (x unused) and only the exps are written.
+template <bool kV4, int kLocality = 3, bool kStash = true>
 SEGFAST_INLINE vf softmax_block(const float* __restrict x, int64_t xp, int64_t C,
                                 float* __restrict e, int64_t ep, int64_t pf,
                                 vf* mout = nullptr) {
-  const vf m = max_stash<kLocality>(x, xp, C, e, ep, pf);
+  // (without the stash x is not read: e is, so no restrict pointer aliases a write)
+  const vf m = kStash ? max_stash<kLocality, kStash>(x, xp, C, e, ep, pf)
+                      : max_stash<kLocality, kStash>(e, ep, C, e, ep, pf);
   if (mout) *mout = m;
   vf s = vf{};
   for (int64_t c = 0; c < C; ++c) {
     const vf ec = vexp_sm<kV4>(vload(e + c * ep) - m);
     vstore(e + c * ep, ec);
-    s += ec;
-  }
-  return s;
-}
-
-// softmax_block on a block already in e (pitch ep), exps written in place.
-template <bool kV4>
-SEGFAST_INLINE vf softmax_block_inplace(float* __restrict e, int64_t ep, int64_t C, vf* mout) {
-  vf m = vload(e), m1 = m;  // two chains: vmaxps latency
-  int64_t c = 1;
-  for (; c + 1 < C; c += 2) {
-    const vf x0 = vload(e + c * ep), x1 = vload(e + (c + 1) * ep);
-    m = x0 > m ? x0 : m;
-    m1 = x1 > m1 ? x1 : m1;
-  }
-  if (c < C) {
-    const vf x0 = vload(e + c * ep);
-    m = x0 > m ? x0 : m;
-  }
-  m = m1 > m ? m1 : m;
-  *mout = m;
-  vf s = vf{};
-  for (int64_t c2 = 0; c2 < C; ++c2) {
-    const vf ec = vexp_sm<kV4>(vload(e + c2 * ep) - m);
-    vstore(e + c2 * ep, ec);
     s += ec;
   }
   return s;
@@ -507,7 +487,7 @@ SEGFAST_INLINE void fast_stats_item(const Problem& pr, FastWork& w, int64_t n, i
       if (i < grouped && i % (kGroup * VL) == 0)
         stash_group(xs.base + i, xs.pitch, C, eb + i, tile,
                     s0 + i + kGroup * VL + 2 * kPrefetch < e ? 2 * kPrefetch : 0);
-      const vf s = i < grouped ? softmax_block_inplace<kV4>(eb + i, tile, C, &m)
+      const vf s = i < grouped ? softmax_block<kV4, 2, false>(nullptr, 0, C, eb + i, tile, 0, &m)
                  : inplace ? softmax_block<kV4, 2>(xs.base + i, xs.pitch, C, eb + i, tile,
                                             s0 + i + kPrefetch < e ? kPrefetch : 0, &m)
                            : softmax_block<kV4>(w.tail.data(), VL, C, eb + i, tile, 0, &m);
