@@ -6,6 +6,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <new>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -15,6 +16,7 @@
 #include "common/lovasz.h"
 #include "common/pixel.h"
 #include "common/region.h"
+#include "cpu/block_cache.h"
 #include "cpu/common.h"
 
 namespace py = pybind11;
@@ -688,6 +690,64 @@ std::vector<std::string> cuda_archs() {
 
 }  // namespace
 
+// ---- cached CPU blocks as DLPack tensors (csrc/cpu/block_cache.h) ----------------
+// The DLPack ABI (dlpack.h, v0.8 "dltensor" capsules), declared here so the
+// module needs no header of PyTorch's: torch.from_dlpack takes the capsule,
+// renames it "used_dltensor" and calls the deleter when its storage dies.
+namespace dlpack {
+struct Device { int32_t device_type, device_id; };
+struct DataType { uint8_t code, bits; uint16_t lanes; };
+struct Tensor {
+  void* data;
+  Device device;
+  int32_t ndim;
+  DataType dtype;
+  int64_t* shape;
+  int64_t* strides;
+  uint64_t byte_offset;
+};
+struct ManagedTensor {
+  Tensor dl_tensor;
+  void* manager_ctx;
+  void (*deleter)(ManagedTensor*);
+};
+constexpr int32_t kCPU = 1;
+constexpr uint8_t kUInt = 1;
+
+struct Block {  // one 1-D uint8 tensor over a cached block
+  ManagedTensor mt;
+  int64_t shape[1], strides[1];
+};
+
+void delete_block(ManagedTensor* t) {
+  segfast::cpu::block_release(t->dl_tensor.data);
+  delete static_cast<Block*>(t->manager_ctx);
+}
+
+py::capsule cpu_block(int64_t nbytes) {
+  if (nbytes <= 0) throw std::invalid_argument("cpu_block: nbytes must be > 0");
+  void* p = segfast::cpu::block_acquire(uint64_t(nbytes));
+  if (p == nullptr) throw std::bad_alloc();
+  auto* b = new Block;
+  b->shape[0] = nbytes;
+  b->strides[0] = 1;
+  b->mt.dl_tensor = {p, {kCPU, 0}, 1, {kUInt, 8, 1}, b->shape, b->strides, 0};
+  b->mt.manager_ctx = b;
+  b->mt.deleter = delete_block;
+  PyObject* cap = PyCapsule_New(&b->mt, "dltensor", [](PyObject* c) {
+    if (PyCapsule_IsValid(c, "dltensor")) {  // never consumed: the capsule owns the block
+      auto* t = static_cast<ManagedTensor*>(PyCapsule_GetPointer(c, "dltensor"));
+      t->deleter(t);
+    }
+  });
+  if (cap == nullptr) {
+    delete_block(&b->mt);
+    throw py::error_already_set();
+  }
+  return py::reinterpret_steal<py::capsule>(cap);
+}
+}  // namespace dlpack
+
 PYBIND11_MODULE(_C, m) {
   m.doc() = "segfast compiled kernels (CPU/OpenMP and, when built, CUDA); no libtorch";
 
@@ -706,6 +766,28 @@ PYBIND11_MODULE(_C, m) {
         "madvise(MADV_HUGEPAGE) on the whole 2 MiB pages inside [ptr, ptr + nbytes) (Linux; "
         "else a no-op); 0 or madvise's -1.",
         py::arg("ptr"), py::arg("nbytes"));
+  m.def("cpu_block", &dlpack::cpu_block,
+        "A DLPack capsule of a 1-D uint8 CPU tensor of nbytes over a block of the output "
+        "cache (csrc/cpu/block_cache.h): 2 MiB-aligned, uninitialised, returned to the cache "
+        "when the tensor is freed.",
+        py::arg("nbytes"));
+  m.def("block_cache_trim", &segfast::cpu::block_cache_trim,
+        "Free every cached block; returns the bytes freed.");
+  m.def("block_cache_set_limit", &segfast::cpu::block_cache_set_limit,
+        "Most bytes the cache keeps (0: none); frees the oldest blocks beyond it.",
+        py::arg("bytes"));
+  m.def("block_cache_stats", []() {
+    const auto s = segfast::cpu::block_cache_stats();
+    py::dict d;
+    d["cached_bytes"] = s.cached_bytes;
+    d["cached_blocks"] = s.cached_blocks;
+    d["live_bytes"] = s.live_bytes;
+    d["live_blocks"] = s.live_blocks;
+    d["hits"] = s.hits;
+    d["misses"] = s.misses;
+    d["limit"] = s.limit;
+    return d;
+  }, "The output cache's counters.");
 
   const char* stats_doc =
       "Partial region sums: out [N, P, C, K] contiguous, K = 9 with xent else 7 (float64 if x is float64 else float32); "

@@ -43,6 +43,7 @@ def _refuse_shadowed_source_tree():
 _refuse_shadowed_source_tree()
 
 from . import backends  # noqa: E402
+from .backends import empty_cache  # noqa: E402
 from .functional import (balanced_bce_loss, binary_cross_entropy_with_logits, cross_entropy,  # noqa: E402
                          dice_ce_loss, dice_focal_loss, dice_fused_loss, dice_loss, focal_loss, fused_loss,
                          generalized_dice_loss, jaccard_loss, lovasz_hinge_loss, lovasz_softmax_loss, region_stats,
@@ -86,7 +87,7 @@ __all__ = ["dice_loss", "jaccard_loss", "tversky_loss", "generalized_dice_loss",
            "DiceLoss", "JaccardLoss", "TverskyLoss", "GeneralizedDiceLoss",
            "CrossEntropyLoss", "BCEWithLogitsLoss", "BalancedBCELoss", "FocalLoss", "FusedLoss",
            "DiceCELoss", "DiceFocalLoss", "DiceFusedLoss", "LovaszHingeLoss", "LovaszSoftmaxLoss",
-           "info", "backends", "__version__"]
+           "info", "empty_cache", "backends", "__version__"]
 __all__ += ["box_iou_max", "nms", "batched_nms"]  # boxes_match family
 __all__ += ["box_iou", "generalized_box_iou", "distance_box_iou", "complete_box_iou", "box_iou_aligned",
             "generalized_box_iou_aligned", "distance_box_iou_aligned", "complete_box_iou_aligned", "iou_loss",

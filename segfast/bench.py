@@ -297,7 +297,8 @@ def peak_extra_bytes(fn: Callable[[], None], device: torch.device) -> Optional[i
 
     CUDA: the caching allocator's peak. CPU: the process's peak resident set
     (reset through /proc/self/clear_refs), with glibc told to give large
-    blocks back at once so that RSS follows live memory; that setting slows
+    blocks back at once so that RSS follows live memory, and segfast's output
+    cache emptied (backends.empty_output) so that the outputs count; that setting slows
     later allocations, so on CPU call this only in a process of its own
     (``peak_extra_mb`` does).
     """
@@ -314,6 +315,7 @@ def peak_extra_bytes(fn: Callable[[], None], device: torch.device) -> Optional[i
     _malloc_returns_large_blocks()
     fn()  # first call: lazy initialisations do not count
     gc.collect()  # what the first call left in reference cycles goes now, not during the second
+    backends.empty_cache()  # the second call's outputs must come from the system and count
     try:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")  # reset the peak resident set (VmHWM) to the current one

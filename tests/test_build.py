@@ -88,36 +88,3 @@ def test_no_top_level_triton_kernels_from_us():
         for loc in [spec.origin, *(spec.submodule_search_locations or [])]:
             assert not _under(loc, REPO / "triton_kernels"), loc
             assert "segfast" not in pathlib.Path(loc or "").parts, loc
-
-
-def _vma_flags(addr: int) -> dict:
-    """The /proc/self/smaps fields of the mapping that holds ``addr``."""
-    fields, inside = {}, False
-    for line in pathlib.Path("/proc/self/smaps").read_text().splitlines():
-        head = line.split()
-        if "-" in head[0] and len(head) >= 5 and all(c in "0123456789abcdef-" for c in head[0]):
-            lo, hi = (int(v, 16) for v in head[0].split("-"))
-            inside = lo <= addr < hi
-        elif inside and ":" in head[0]:
-            fields[head[0].rstrip(":")] = line.split(":", 1)[1].strip()
-    return fields
-
-
-def test_fresh_output_advises_huge_pages():
-    """Large CPU outputs get MADV_HUGEPAGE on the 2 MiB pages inside them
-    (csrc/cpu/common.h); small ones and the edges of large ones are left alone."""
-    import torch
-
-    from segfast import backends
-
-    thp = pathlib.Path("/sys/kernel/mm/transparent_hugepage/enabled")
-    if not thp.exists() or "[madvise]" not in thp.read_text():
-        pytest.skip("transparent huge pages are not in madvise mode here")
-    t = torch.empty(3 << 20)  # 12 MiB: mmap'ed by malloc, at least four whole huge pages
-    assert backends.fresh_output(t) is t
-    inner = (t.data_ptr() + (1 << 21) - 1) & ~((1 << 21) - 1)
-    assert "hg" in _vma_flags(inner)["VmFlags"].split()
-    small = torch.empty(1000)  # below HUGE_OUTPUT_BYTES: untouched
-    assert backends.fresh_output(small) is small
-    assert backends._C.advise_huge_pages(small.data_ptr(), 0) == 0  # no whole page: nothing to do
-    assert backends._C.advise_huge_pages(t.data_ptr() + 4096, (1 << 21) - 8192) == 0

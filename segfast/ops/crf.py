@@ -282,7 +282,7 @@ def _launch_args(u: Tensor, image: Tensor, kparams, mat: Tensor):
     for m in range(K):
         kp += kparams[8 * m: 8 * m + 7]
         ptrs.append(mat[m].data_ptr() if kparams[8 * m + 7] else 0)
-    out = backends.fresh_output(torch.empty((B, C, H, W), dtype=torch.float32, device=u.device))
+    out = backends.empty_output((B, C, H, W), torch.float32, u.device)
     # u3 / im3 may be copies (reshape of a non-viewable layout): the caller keeps them alive
     return (u3.data_ptr(), backends.dtype_code(u3), *u3.stride(), im3.data_ptr(), backends.dtype_code(im3),
             *im3.stride(), B, C, H, W, kp, ptrs), out, (u3, im3)

@@ -70,8 +70,8 @@ def _run(x, t, weight, pos_weight, beta, is_label, kind, label_offset, ignore_va
     acc = acc_dtype(x) if backend != "triton" else torch.float32
     P = num_chunks(N, S, x.device)
     loss = torch.empty((N, P, 2), dtype=acc, device=x.device) if want_loss else None
-    lmap = backends.fresh_output(torch.empty(_map_shape(x, kind), dtype=acc, device=x.device)) if want_map else None
-    dx = backends.fresh_output(torch.empty_like(x)) if want_dx else None
+    lmap = backends.empty_output(_map_shape(x, kind), acc, x.device) if want_map else None
+    dx = backends.empty_output(x.shape, x.dtype, x.device, like=x) if want_dx else None
     go = None if go is None else go.to(acc).contiguous()
     w, pw, b = _opt(weight, acc), _opt(pos_weight, acc), _opt(beta, acc)
     if x.numel() == 0:

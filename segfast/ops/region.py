@@ -50,7 +50,7 @@ def _launch_stats_ext(x, t, is_label, act, label_offset, ignore_value, backend, 
 
 def _launch_grad_ext(x, t, g, is_label, act, label_offset, ignore_value, backend, xent, gamma, mr=None):
     N, C, S = x.shape
-    dx = backends.fresh_output(torch.empty_like(x))
+    dx = backends.empty_output(x.shape, x.dtype, x.device, like=x)
     g = g.to(acc_dtype(x)).contiguous()
     t, ts = target_args(t, is_label)
     args = (x.data_ptr(), backends.dtype_code(x), *x.stride(),
