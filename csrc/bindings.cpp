@@ -6,6 +6,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <memory>
 #include <new>
 #include <stdexcept>
 #include <string>
@@ -726,9 +727,10 @@ void delete_block(ManagedTensor* t) {
 
 py::capsule cpu_block(int64_t nbytes) {
   if (nbytes <= 0) throw std::invalid_argument("cpu_block: nbytes must be > 0");
+  std::unique_ptr<Block> owner(new Block);
   void* p = segfast::cpu::block_acquire(uint64_t(nbytes));
   if (p == nullptr) throw std::bad_alloc();
-  auto* b = new Block;
+  Block* b = owner.release();
   b->shape[0] = nbytes;
   b->strides[0] = 1;
   b->mt.dl_tensor = {p, {kCPU, 0}, 1, {kUInt, 8, 1}, b->shape, b->strides, 0};

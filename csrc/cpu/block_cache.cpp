@@ -8,14 +8,13 @@
 #endif
 
 #include <algorithm>
-#include <iterator>
 #include <cstdlib>
+#include <iterator>
 #include <list>
 #include <mutex>
 #include <unordered_map>
 #include <utility>
 
-#include "common.h"
 
 namespace segfast {
 namespace cpu {
