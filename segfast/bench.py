@@ -296,11 +296,11 @@ def peak_extra_bytes(fn: Callable[[], None], device: torch.device) -> Optional[i
     """Peak memory ``fn`` needs beyond what is live before it (None where unknown).
 
     CUDA: the caching allocator's peak. CPU: the process's peak resident set
-    (reset through /proc/self/clear_refs), with glibc told to give large
-    blocks back at once so that RSS follows live memory, and segfast's output
-    cache emptied (backends.empty_output) so that the outputs count; that setting slows
-    later allocations, so on CPU call this only in a process of its own
-    (``peak_extra_mb`` does).
+    (reset through /proc/self/clear_refs), with segfast's output cache
+    emptied (backends.empty_cache) so that the outputs count, and glibc told
+    to give large blocks back at once so that RSS follows live memory; that
+    malloc setting slows later allocations, so on CPU call this only in a
+    process of its own (``peak_extra_mb`` does).
     """
     if device.type == "cuda":
         fn()
