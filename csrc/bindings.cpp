@@ -25,7 +25,11 @@ using segfast::region::Problem;
 
 namespace segfast {
 namespace region {
-void region_stats_cpu(const Problem& pr, int64_t P, void* out, int64_t num_threads, float* mr);
+void region_stats_cpu(const Problem& pr, int64_t P, void* out, int64_t num_threads, float* mr,
+                      float* p_out, int64_t p_sN, int64_t p_sC);
+bool grad_probs_built();
+bool grad_probs_ok(const Problem& pr);
+void region_grad_probs_cpu(const Problem& pr, const float* g, int64_t num_threads);
 void region_grad_cpu(const Problem& pr, const void* g, void* dx, int64_t dxsN, int64_t dxsC,
                      int64_t dxsS, int64_t num_threads, const float* mr);
 int openmp_max_threads();
@@ -108,11 +112,27 @@ Problem with_xent(Problem pr, int64_t xent, double gamma) {
 
 void stats_cpu(SEGFAST_PROBLEM_ARGS, int64_t P, int64_t act, int64_t xent, double gamma, int64_t label_offset,
                int64_t has_ignore, double ignore_value, uintptr_t out_ptr, int64_t num_threads,
-               uintptr_t mr_ptr) {
+               uintptr_t mr_ptr, uintptr_t p_ptr, int64_t psN, int64_t psC) {
   const Problem pr = with_xent(make_problem(SEGFAST_PROBLEM_PASS), xent, gamma);
+  if (p_ptr && (xent || !segfast::region::grad_probs_ok(pr)))
+    throw std::invalid_argument("segfast._C: p_ptr needs act=softmax, class-index targets, x not "
+                                "float64, no pixel term (see region_grad_probs_cpu)");
   py::gil_scoped_release nogil;
   segfast::region::region_stats_cpu(pr, P, reinterpret_cast<void*>(out_ptr), num_threads,
-                                    reinterpret_cast<float*>(mr_ptr));
+                                    reinterpret_cast<float*>(mr_ptr),
+                                    reinterpret_cast<float*>(p_ptr), psN, psC);
+}
+
+// dx over q in place: q (the x arguments) is the v p that region_stats_cpu wrote at p_ptr.
+void grad_probs_cpu(SEGFAST_PROBLEM_ARGS, int64_t label_offset, int64_t has_ignore,
+                    double ignore_value, uintptr_t g_ptr, int64_t num_threads) {
+  const int64_t act = segfast::region::kSoftmax;
+  const Problem pr = make_problem(SEGFAST_PROBLEM_PASS);
+  if (x_dtype != segfast::kFloat32 || xsS != 1 || !segfast::region::grad_probs_ok(pr))
+    throw std::invalid_argument("segfast._C: region_grad_probs_cpu needs float32 q with unit pixel "
+                                "stride and class-index targets");
+  py::gil_scoped_release nogil;
+  segfast::region::region_grad_probs_cpu(pr, reinterpret_cast<const float*>(g_ptr), num_threads);
 }
 
 void grad_cpu(SEGFAST_PROBLEM_ARGS, int64_t act, int64_t xent, double gamma, int64_t label_offset, int64_t has_ignore,
@@ -805,7 +825,17 @@ PYBIND11_MODULE(_C, m) {
         py::arg("t_is_label"), py::arg("tsN"), py::arg("tsC"), py::arg("tsS"), py::arg("N"),
         py::arg("C"), py::arg("S"), py::arg("P"), py::arg("act"), py::arg("xent"), py::arg("gamma"), py::arg("label_offset"),
         py::arg("has_ignore"), py::arg("ignore_value"), py::arg("out_ptr"),
-        py::arg("num_threads"), py::arg("mr_ptr") = 0);
+        py::arg("num_threads"), py::arg("mr_ptr") = 0, py::arg("p_ptr") = 0, py::arg("psN") = 0,
+        py::arg("psC") = 0);
+  m.attr("REGION_GRAD_PROBS") = py::bool_(segfast::region::grad_probs_built());
+  m.def("region_grad_probs_cpu", &grad_probs_cpu,
+        "dLoss/dx written over q = v p [N, C, S] (float32, unit pixel stride), which "
+        "region_stats_cpu wrote at p_ptr (softmax, class-index targets, no pixel term), from "
+        "g = dLoss/dStats [N, C, 7] float32 contiguous.",
+        py::arg("q_ptr"), py::arg("q_dtype"), py::arg("qsN"), py::arg("qsC"), py::arg("qsS"),
+        py::arg("t_ptr"), py::arg("t_dtype"), py::arg("t_is_label"), py::arg("tsN"), py::arg("tsC"),
+        py::arg("tsS"), py::arg("N"), py::arg("C"), py::arg("S"), py::arg("label_offset"),
+        py::arg("has_ignore"), py::arg("ignore_value"), py::arg("g_ptr"), py::arg("num_threads"));
   m.def("region_grad_cpu", &grad_cpu, grad_doc, py::arg("x_ptr"), py::arg("x_dtype"),
         py::arg("xsN"), py::arg("xsC"), py::arg("xsS"), py::arg("t_ptr"), py::arg("t_dtype"),
         py::arg("t_is_label"), py::arg("tsN"), py::arg("tsC"), py::arg("tsS"), py::arg("N"),

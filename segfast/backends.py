@@ -42,6 +42,9 @@ except ImportError as e:  # pragma: no cover - exercised only on broken installs
     _C = None
     _C_ERROR = e
 
+# The cpu region kernels can keep softmax probabilities for the grad pass (ops/region.py _keeps_q).
+HAVE_REGION_PROBS = bool(getattr(_C, "REGION_GRAD_PROBS", False))
+
 
 def dtype_code(t: torch.Tensor) -> int:
     return DTYPE_CODES[t.dtype]

@@ -250,13 +250,16 @@ def test_large_C_loops_over_classes(backend):
     assert_close(dx, want_dx, torch.float32)
 
 
+@pytest.mark.parametrize("grads", ["plain", "squared", "all"])
 @pytest.mark.parametrize("layout", ["contiguous", "tail", "channels_last", "bfloat16", "ignore"])
-def test_cpu_grad_with_kept_softmax_max(layout):
-    """In eager mode the cpu stats pass keeps each pixel's softmax max and
-    1/sum, and the grad pass of the plain region losses uses them instead of
-    a max pass (ops/region.py _keeps_mr): the same gradient as the op path
-    that recomputes them (torch.compile's) and as the reference, for full and
-    partial pixel blocks, x read in place or through a converted tile."""
+def test_cpu_grad_with_kept_softmax(layout, grads):
+    """In eager mode the cpu stats pass keeps what the grad pass needs: the
+    probabilities v·p themselves, in the buffer that becomes the gradient,
+    for float32 input with unit pixel stride (ops/region.py _keeps_q), else
+    each pixel's softmax max and 1/sum (_keeps_mr). Either gives the same
+    gradient as the op path that recomputes everything (torch.compile's) and
+    as the reference, for full and partial pixel blocks, ignored pixels, and
+    every kind of dLoss/dStats (plain I/P/T; with PP; with M)."""
     from segfast.ops import region as ops
 
     spatial = (37, 53) if layout == "tail" else (16, 24)
@@ -270,17 +273,39 @@ def test_cpu_grad_with_kept_softmax_max(layout):
     args = ops.prepare(x, t, "multiclass", True, ign, "cpu")
     x3, rest = args[0], args[1:]
     assert ops._keeps_mr(x3, rest[1], rest[2], "cpu", 0)
+    assert ops._keeps_q(x3, rest[1], rest[2], "cpu", 0) == (layout in ("contiguous", "tail", "ignore"))
     kept = ops.plane_stats(*args)  # eager: _EagerStats, keeps them
     op = ops.region_stats_op(*args)  # the torch.library op: recomputes them
     assert torch.equal(kept, op)
     g = torch.randn_like(kept)
-    g[..., 3:] = 0  # dLoss/dPP = dLoss/dM = 0: the plain grad block
+    if grads != "all":
+        g[..., 3:] = 0  # dLoss/dM = 0 (and dLoss/dPP = 0 for "plain")
+    if grads == "squared":
+        g[..., 4] = torch.randn_like(g[..., 4])
     (dx_kept,) = torch.autograd.grad(kept, x, g)
     (dx_op,) = torch.autograd.grad(op, x, g)
-    torch.testing.assert_close(dx_kept.float(), dx_op.float(), rtol=1e-5, atol=1e-7 if layout != "bfloat16" else 1e-2)
+    # q path: sum_k q_k a_k instead of (sum_k e_k a_k) / sum: float32 rounding apart
+    atol = 1e-2 if layout == "bfloat16" else 1e-6 * float(dx_op.abs().max())
+    torch.testing.assert_close(dx_kept.float(), dx_op.float(), rtol=1e-5, atol=atol)
+    assert dx_kept.stride() == x.stride()
+    if layout == "ignore":
+        assert (dx_kept.transpose(0, 1)[:, t == 255] == 0).all()
     _, want = ref_loss("dice", x.float(), t, ignore_index=ign)
     _, got = run_loss("dice", x.float(), t, "cpu", ignore_index=ign)
     assert_close(got, want, torch.float32)
+
+
+def test_cpu_kept_probs_second_backward():
+    """The kept probabilities become the gradient on the first backward; a
+    second one (retain_graph) recomputes them from x and gives the same."""
+    x, t = make_case(2, 5, (9, 11), "multiclass", "labels")
+    x.requires_grad_(True)
+    loss = F.dice_loss(x, t, backend="cpu")
+    (g1,) = torch.autograd.grad(loss, x, torch.tensor(2.5), retain_graph=True)
+    (g2,) = torch.autograd.grad(loss, x, torch.tensor(2.5))
+    torch.testing.assert_close(g1, g2, rtol=1e-5, atol=1e-8)
+    _, want = ref_loss("dice", x, t, go=torch.tensor(2.5))
+    assert_close(g1, want, torch.float32)
 
 
 def test_modules_match_functional():
