@@ -5,12 +5,14 @@ against the eager reference and the peer library (MONAI), in one run.
     segfast-bench --json out.json      # also write the rows as JSON
     python -m segfast.bench --device cpu --repeat 20
 
-Columns: median and interquartile range of the wall time (ms), speed-up over
-the eager reference and over MONAI (measured in the same run), achieved GB/s
-for the bytes the two kernel passes must move (stats: read logits and
-targets; grad: read them again and write the gradient), and peak extra
-memory in MB beyond the inputs (CUDA: the caching allocator's peak; CPU: the
-process's peak resident set, with glibc told to return large blocks at once).
+Each row times at least ``--repeat`` calls and ``--min-time`` seconds, after
+every row's first call. Columns: median and interquartile range of the wall
+time (ms), speed-up over the eager reference and over MONAI (measured in the
+same run), achieved GB/s for the bytes the two kernel passes must move
+(stats: read logits and targets; grad: read them again and write the
+gradient), and peak extra memory in MB beyond the inputs (CUDA: the caching
+allocator's peak; CPU: the process's peak resident set, with glibc told to
+return large blocks at once).
 
 bench/bench_region.py runs the same cases under pytest-benchmark.
 """
@@ -250,6 +252,13 @@ def first_call(fn: Callable[[], None], device: torch.device) -> float:
     return time.perf_counter() - t0
 
 
+# Timed seconds per row at least (more calls than ``repeat`` where they are
+# fast): a median of ~10 calls of a 2 ms step moved by 20% between runs on the
+# 2-core VM, as the first calls after another row's are slower
+# (pytest-benchmark likewise times rounds for up to a second).
+MIN_TIME = 0.25
+
+
 def time_fn(fn: Callable[[], None], device: torch.device, repeat: int = 10, warmup: int = 2,
             min_time: float = 0.0, budget: float = 4.0, first: Optional[float] = None) -> list[float]:
     """Wall times in seconds of ``repeat`` calls (at least ``min_time`` in all).
@@ -415,7 +424,8 @@ def kernel_bytes(case: Case) -> int:
     return passes * (xb + tb) + writes * xb
 
 
-def measure(case: Case, device: torch.device, repeat: int = 10, memory: bool = True) -> list[dict]:
+def measure(case: Case, device: torch.device, repeat: int = 10, memory: bool = True,
+            min_time: float = MIN_TIME) -> list[dict]:
     x, y = make_inputs(case, device)
     rows = []
     run = runners(case, device)
@@ -424,7 +434,7 @@ def measure(case: Case, device: torch.device, repeat: int = 10, memory: bool = T
     # growing it (on CPU, fresh pages fault in at ~0.4 ms per MB)
     firsts = {name: first_call(fwd_bwd(loss_fn, x, y), device) for name, loss_fn in run.items()}
     for name, loss_fn in run.items():
-        times = time_fn(fwd_bwd(loss_fn, x, y), device, repeat=repeat, first=firsts[name])
+        times = time_fn(fwd_bwd(loss_fn, x, y), device, repeat=repeat, first=firsts[name], min_time=min_time)
         q = statistics.quantiles(times, n=4) if len(times) > 1 else [times[0]] * 3
         rows.append(dict(op=case.op, shape=list(case.shape), dtype=str(case.dtype)[6:],
                          labels=str(case.label_dtype)[6:], backend=name, device=str(device),
@@ -561,7 +571,9 @@ def measure_crf(device: torch.device, quick: bool = False, repeat: int = 5) -> l
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="segfast-bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if visible)")
-    p.add_argument("--repeat", type=int, default=10, help="timed calls per row (median reported)")
+    p.add_argument("--repeat", type=int, default=10, help="timed calls per row at least (median reported)")
+    p.add_argument("--min-time", type=float, default=MIN_TIME,
+                   help=f"timed seconds per row at least (default {MIN_TIME})")
     p.add_argument("--quick", action="store_true", help="only " + " and ".join(QUICK_OPS))
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory pass")
     p.add_argument("--json", default=None, help="also write the rows to this JSON file")
@@ -575,7 +587,7 @@ def main(argv=None) -> int:
           + (f" ({info['gpu_name']})" if device.type == "cuda" else f" ({torch.get_num_threads()} threads)"))
     rows = []
     for case in cases(device, quick=args.quick):
-        rows += measure(case, device, repeat=args.repeat, memory=not args.no_memory)
+        rows += measure(case, device, repeat=args.repeat, memory=not args.no_memory, min_time=args.min_time)
         print(f"  measured {case.name}", file=sys.stderr)
     rows += measure_crf(device, quick=args.quick)  # crf family (inference only)
     print(format_table(rows))
