@@ -790,7 +790,7 @@ PYBIND11_MODULE(_C, m) {
         py::arg("ptr"), py::arg("nbytes"));
   m.def("cpu_block", &dlpack::cpu_block,
         "A DLPack capsule of a 1-D uint8 CPU tensor of nbytes over a block of the output "
-        "cache (csrc/cpu/block_cache.h): 2 MiB-aligned, uninitialised, returned to the cache "
+        "cache (csrc/cpu/block_cache.h): page-aligned, uninitialised, returned to the cache "
         "when the tensor is freed.",
         py::arg("nbytes"));
   m.def("block_cache_trim", &segfast::cpu::block_cache_trim,
@@ -813,7 +813,9 @@ PYBIND11_MODULE(_C, m) {
 
   const char* stats_doc =
       "Partial region sums: out [N, P, C, K] contiguous, K = 9 with xent else 7 (float64 if x is float64 else float32); "
-      "chunk j of P covers pixels [j*L, min((j+1)*L, S)), L = ceil(S/P).";
+      "chunk j of P covers pixels [j*L, min((j+1)*L, S)), L = ceil(S/P). cpu: mr_ptr, when not 0, "
+      "receives the grad pass's per-pixel max and 1/sum (see region_grad_cpu); p_ptr, when not 0, "
+      "the float32 v*p [N, C, S] at strides psN, psC, 1 (see region_grad_probs_cpu).";
   const char* grad_doc =
       "dLoss/dx from g = dLoss/dStats [N, C, K] contiguous (accumulation dtype); dx has x's "
       "dtype and strides dxsN, dxsC, dxsS. cpu: mr_ptr, when not 0, is the float32 [2, N, S] "
