@@ -295,6 +295,27 @@ def test_cpu_grad_with_kept_softmax(layout, grads):
     assert_close(got, want, torch.float32)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_logit_ranges(backend):
+    """The cpu stats pass skips the softmax max where every pixel's max logit
+    lies in [-20, 80] (csrc/cpu/region.cpp softmax_group_unshifted) and falls
+    back to the shifted softmax elsewhere: pixels far outside that range, at
+    its edges, and -inf logits, mixed within groups of pixel blocks, match
+    the float64 reference in loss and gradient on every backend."""
+    x, t = make_case(2, 21, (16, 40), "multiclass", "labels")
+    x = x * 4
+    x[0, :, :4] += 95.0  # max > 80: overflow without the shift
+    x[0, :, 4:8] -= 60.0  # max < -20: every exp near the clamp without it
+    x[1, :, :, :5] = x[1, :, :, :5] - x[1, :, :, :5].amax(0) - 20.0  # max exactly -20
+    x[1, :, :, 5:9] = x[1, :, :, 5:9] - x[1, :, :, 5:9].amax(0) + 80.0  # max exactly 80
+    x[1, 3:7, 8:] = float("-inf")  # masked classes: p = 0 (cpu: below 1e-37, the exp's clamp)
+    want, want_dx = ref_loss("dice", x, t)
+    got, dx = run_loss("dice", x, t, backend, go=torch.tensor(1.7))
+    assert_close(got, want, torch.float32)
+    assert_close(dx, 1.7 * want_dx, torch.float32)
+    assert dx[1, 3:7, 8:].abs().max() < 1e-30
+
+
 def test_cpu_kept_probs_second_backward():
     """The kept probabilities become the gradient on the first backward; a
     second one (retain_graph) recomputes them from x and gives the same."""

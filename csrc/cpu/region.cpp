@@ -372,6 +372,47 @@ SEGFAST_INLINE void softmax_group(const float* __restrict x, int64_t xp, int64_t
   }
 }
 
+// softmax_group in one pass without the max: e = exp(x), as softmax is
+// shift-invariant; m[k] = 0. Valid, and true, when every pixel's max lies in
+// [kUnshiftedLo, kUnshiftedHi]: the sum cannot overflow, and a class the
+// exp's lower clamp (-87) touches has p < e^-67 either way. Else false, and
+// the caller takes softmax_group (a NaN x gives NaN exps here as there). The
+// max pass and its stash are gone: x is read once (Dice step at
+// 8 x 21 x 128 x 128: stats pass -24%). Only without a pixel term, whose
+// sums use the max (lse, the fused term's underflow test).
+constexpr float kUnshiftedLo = -20.0f, kUnshiftedHi = 80.0f;
+
+template <bool kV4>
+SEGFAST_INLINE bool softmax_group_unshifted(const float* __restrict x, int64_t xp, int64_t C,
+                                            float* __restrict e, int64_t ep, int64_t pf, vf* s,
+                                            vf* m) {
+  constexpr int G = kGroup;
+  vf mx[G];
+  for (int k = 0; k < G; ++k) {
+    mx[k] = vsplat(kUnshiftedLo);
+    s[k] = vf{};
+  }
+  for (int64_t c = 0; c < C; ++c) {
+    for (int k = 0; k < G; ++k) {
+      const vf xv = vload(x + c * xp + k * VL);
+      if (pf) __builtin_prefetch(x + c * xp + k * VL + pf, 0, 2);
+      mx[k] = xv > mx[k] ? xv : mx[k];
+      const vf ec = vexp_sm<kV4>(xv);
+      vstore(e + c * ep + k * VL, ec);
+      s[k] += ec;
+    }
+  }
+  vi bad = vi{};
+  for (int k = 0; k < G; ++k) {
+    bad |= mx[k] > vsplat(kUnshiftedHi);  // (starting at kUnshiftedLo: a max below it stays there)
+    bad |= mx[k] == vsplat(kUnshiftedLo) ? vi{} - 1 : vi{};
+    m[k] = vf{};
+  }
+  for (int64_t l = 0; l < VL; ++l)
+    if (bad[l]) return false;
+  return true;
+}
+
 // Software prefetch distance (elements) along each class row when x (dx) is
 // read (written) in place.
 constexpr int64_t kPrefetch = 4 * VL;
@@ -507,9 +548,10 @@ SEGFAST_INLINE void fast_stats_item(const Problem& pr, FastWork& w, int64_t n, i
       // stopping at the tile's end.
       if (i < grouped) {
         const int64_t k = (i / VL) % kGroup;
-        if (k == 0)
-          softmax_group<kV4>(xs.base + i, xs.pitch, C, eb + i, tile,
-                             s0 + i + kGroup * VL + 2 * kPrefetch <= e ? 2 * kPrefetch : 0, sg, mg);
+        const int64_t pf = s0 + i + kGroup * VL + 2 * kPrefetch <= e ? 2 * kPrefetch : 0;
+        if (k == 0 && !(XK == kXentNone &&
+                        softmax_group_unshifted<kV4>(xs.base + i, xs.pitch, C, eb + i, tile, pf, sg, mg)))
+          softmax_group<kV4>(xs.base + i, xs.pitch, C, eb + i, tile, pf, sg, mg);
         s = sg[k];
         m = mg[k];
       } else if (i < xs.full) {
