@@ -799,38 +799,54 @@ SEGFAST_INLINE void grad_block_plain(const float* x, int64_t xp, int64_t C,
   }
 }
 
-// grad_block_plain for kGroup blocks, with the stats pass's max and 1/sum (mrp:
-// no max pass), class by class (see kGroup).
+// grad_block_plain for kGroup blocks, class by class (see kGroup), with the
+// stats pass's max and 1/sum (mrp: no max pass) or, without them, the
+// unshifted softmax (softmax_group_unshifted); false, with nothing written,
+// where that does not apply: the caller then takes grad_block_plain.
 template <bool kV4>
-SEGFAST_INLINE void grad_group_plain(const float* x, int64_t xp, int64_t C,
+SEGFAST_INLINE bool grad_group_plain(const float* x, int64_t xp, int64_t C,
                                      const int32_t* __restrict lbp, const float* __restrict vbp,
                                      const float* __restrict gt, float* __restrict e, float* dst,
                                      int64_t dp, int64_t pf, const float* mrp, int64_t mr_pitch) {
   constexpr int G = kGroup;
   const float* __restrict gP = gt;
   const float* __restrict gI = gt + 2 * C;
-  vf m[G], d[G];  // max, sum_c e_c a_c
+  vf r[G], d[G];  // 1 / sum_c e_c, sum_c e_c a_c
   vi lb[G];
   for (int k = 0; k < G; ++k) {
-    m[k] = vload(mrp + k * VL);
     lb[k] = viload(lbp + k * VL);
     d[k] = vf{};
   }
-  for (int64_t c = 0; c < C; ++c) {  // x is read before dst is written: dst may be x
-    const float* xc = x + c * xp;
-    const vf a0 = vsplat(gP[c]), a1 = vsplat(gP[c] + gI[c]);
+  // x is read in full before dst is written: dst may be x
+  if (mrp) {
+    vf m[G];
     for (int k = 0; k < G; ++k) {
-      if (pf) __builtin_prefetch(xc + k * VL + pf, 0, 2);
-      const vf ec = vexp_sm<kV4>(vload(xc + k * VL) - m[k]);
-      vstore(e + (c * G + k) * VL, ec);
-      d[k] += ec * (lb[k] == int32_t(c) ? a1 : a0);
+      m[k] = vload(mrp + k * VL);
+      r[k] = vload(mrp + mr_pitch + k * VL);
     }
+    for (int64_t c = 0; c < C; ++c) {
+      const float* xc = x + c * xp;
+      const vf a0 = vsplat(gP[c]), a1 = vsplat(gP[c] + gI[c]);
+      for (int k = 0; k < G; ++k) {
+        if (pf) __builtin_prefetch(xc + k * VL + pf, 0, 2);
+        const vf ec = vexp_sm<kV4>(vload(xc + k * VL) - m[k]);
+        vstore(e + (c * G + k) * VL, ec);
+        d[k] += ec * (lb[k] == int32_t(c) ? a1 : a0);
+      }
+    }
+  } else {  // no kept max and 1/sum: the unshifted softmax where it applies
+    vf s[G], m[G];
+    if (!softmax_group_unshifted<kV4>(x, xp, C, e, G * VL, pf, s, m)) return false;
+    for (int64_t c = 0; c < C; ++c) {
+      const vf a0 = vsplat(gP[c]), a1 = vsplat(gP[c] + gI[c]);
+      for (int k = 0; k < G; ++k) d[k] += vload(e + (c * G + k) * VL) * (lb[k] == int32_t(c) ? a1 : a0);
+    }
+    for (int k = 0; k < G; ++k) r[k] = 1.0f / s[k];
   }
   vf rv[G], dot[G];
   for (int k = 0; k < G; ++k) {
-    const vf r = vload(mrp + mr_pitch + k * VL);
-    rv[k] = r * vload(vbp + k * VL);
-    dot[k] = d[k] * r;
+    rv[k] = r[k] * vload(vbp + k * VL);
+    dot[k] = d[k] * r[k];
   }
   for (int64_t c = 0; c < C; ++c) {
     const vf a0 = vsplat(gP[c]), a1 = vsplat(gP[c] + gI[c]);
@@ -841,6 +857,7 @@ SEGFAST_INLINE void grad_group_plain(const float* x, int64_t xp, int64_t C,
       if (pf) __builtin_prefetch(dc + k * VL + pf, 1, 2);
     }
   }
+  return true;
 }
 
 // kind: kGradPlain (grad_block_plain), kGradFull, kGradM (some dLoss/dM != 0).
@@ -882,16 +899,16 @@ SEGFAST_INLINE void fast_grad_tile(const Problem& pr, FastWork& w, int64_t n, in
   };
   // blocks [0, full) of the tile from x (pitch xp) to dst (pitch dp); with pf_on,
   // prefetching on into the next tile. Whole groups go to grad_group_plain
-  // where it applies (not past len: mr_in has no padding).
+  // (not past len: mr_in has no padding).
   auto blocks = [&](const float* x, int64_t xp, float* dst, int64_t dp, int64_t full, bool pf_on) {
     int64_t i = 0;
     if constexpr (kKind == kGradPlain && XK == kXentNone) {
-      if (w.mr_in) {
-        constexpr int64_t GL = kGroup * VL, pf = 2 * kPrefetch;
-        for (; i + GL <= std::min(full, len); i += GL)
-          grad_group_plain<kV4>(x + i, xp, C, w.lb.data() + i, w.vb.data() + i, gt, eb, dst + i,
-                                dp, pf_on && s0 + i + GL + pf <= pr.S ? pf : 0,
-                                w.mr_in + n * pr.S + s0 + i, pr.N * pr.S);
+      constexpr int64_t GL = kGroup * VL, pf = 2 * kPrefetch;
+      for (; i + GL <= std::min(full, len); i += GL) {
+        if (!grad_group_plain<kV4>(x + i, xp, C, w.lb.data() + i, w.vb.data() + i, gt, eb, dst + i,
+                                   dp, pf_on && s0 + i + GL + pf <= pr.S ? pf : 0,
+                                   w.mr_in ? w.mr_in + n * pr.S + s0 + i : nullptr, pr.N * pr.S))
+          for (int64_t b = i; b < i + GL; b += VL) block(x + b, xp, b, dst + b, dp, 0);  // shifted
       }
     }
     for (; i < full; i += VL)
