@@ -42,6 +42,13 @@ void region_grad_cuda(const Problem& pr, const void* g, void* dx, int64_t dxsN, 
 }  // namespace segfast
 
 namespace segfast {
+namespace cpu {
+void label_range(const void* t, int dtype, int64_t rows, int64_t len, int64_t sR, int64_t sL,
+                 bool has_ignore, int64_t ign, int nt, int64_t* lo, int64_t* hi);
+}  // namespace cpu
+}  // namespace segfast
+
+namespace segfast {
 namespace pixel {
 void pixel_loss_cpu(const Problem& pr, int64_t num_threads);
 #ifdef SEGFAST_WITH_CUDA
@@ -793,6 +800,26 @@ PYBIND11_MODULE(_C, m) {
         "cache (csrc/cpu/block_cache.h): page-aligned, uninitialised, returned to the cache "
         "when the tensor is freed.",
         py::arg("nbytes"));
+  m.def("label_range_cpu",
+        [](uintptr_t t_ptr, int64_t t_dtype, int64_t rows, int64_t len, int64_t sR, int64_t sL,
+           int64_t has_ignore, int64_t ignore_value, int64_t num_threads) {
+          if (t_dtype != segfast::kUInt8 && t_dtype != segfast::kBool && t_dtype != segfast::kInt32 &&
+              t_dtype != segfast::kInt64)
+            throw std::invalid_argument("segfast._C: label_range_cpu needs uint8/bool/int32/int64 labels");
+          if (rows < 0 || len < 0) throw std::invalid_argument("segfast._C: negative size");
+          int64_t lo = 0, hi = 0;
+          {
+            py::gil_scoped_release nogil;
+            segfast::cpu::label_range(reinterpret_cast<const void*>(t_ptr), int(t_dtype), rows, len, sR,
+                                      sL, has_ignore != 0, ignore_value,
+                                      int(num_threads > 0 ? num_threads : 1), &lo, &hi);
+          }
+          return py::make_tuple(lo, hi);
+        },
+        "(min, max) of labels t[r*sR + i*sL], r < rows, i < len; with has_ignore, labels equal "
+        "to ignore_value count as 0 or not at all (min > max when nothing else is left).",
+        py::arg("t_ptr"), py::arg("t_dtype"), py::arg("rows"), py::arg("len"), py::arg("sR"),
+        py::arg("sL"), py::arg("has_ignore"), py::arg("ignore_value"), py::arg("num_threads"));
   m.def("block_cache_trim", &segfast::cpu::block_cache_trim,
         "Free every cached block; returns the bytes freed.");
   m.def("block_cache_set_limit", &segfast::cpu::block_cache_set_limit,

@@ -405,6 +405,38 @@ def test_labels_out_of_range_with_ignore_allowed():
         F.dice_loss(x, t)
 
 
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int32, torch.int64])
+@pytest.mark.parametrize("layout", ["contiguous", "strided"])
+def test_label_range_check(dtype, layout):
+    """The CPU label check (one read in segfast._C) finds the same smallest and
+    largest non-ignored label as torch: a bad label anywhere (first, last,
+    inside), ignore_index as int, integral float or non-integral float, every
+    label ignored, strided label maps."""
+    from segfast.ops import _common
+
+    g = torch.Generator().manual_seed(0)
+    base = torch.randint(0, 5, (3, 37 * 53 * (2 if layout == "strided" else 1)), generator=g).to(dtype)
+    t0 = base[:, ::2] if layout == "strided" else base
+
+    def check(t, ign):
+        ok = t if ign is None or abs(ign) > 2**62 else torch.where(t == ign, 0, t)
+        lo, hi = int(ok.min()), int(ok.max())
+        if lo < 0 or hi >= 5:
+            with pytest.raises(ValueError, match=f"label {lo if lo < 0 else hi} outside"):
+                _common._check_labels(t, 5, ign)
+        else:
+            _common._check_labels(t, 5, ign)
+
+    for pos in [(0, 0), (2, -1), (1, 700)]:
+        for bad in ([5, 200] if dtype == torch.uint8 else [5, -1, 200]):
+            t = t0.clone() if layout == "contiguous" else base.clone()[:, ::2]
+            t[pos] = bad
+            for ign in [None, 200, 200.0, 2.5, 2**70]:
+                check(t, ign)
+    check(torch.full_like(t0, 7), 7)  # every label ignored: nothing to check
+    _common._check_labels(torch.full_like(t0, 7), 5, 7)
+
+
 def test_empty_batch():
     x = torch.randn(0, 3, 4, 4, requires_grad=True)
     t = torch.zeros(0, 4, 4, dtype=torch.int64)
