@@ -179,11 +179,9 @@ class _EagerStats(torch.autograd.Function):
         ctx.args = (is_label, act, label_offset, ignore_value, backend, xent, gamma)
         ctx.mr = ctx.q = None
         if ctx.needs_input_grad[0]:
-            if _keeps_q(x, is_label, act, backend, xent):
+            if _keeps_q(x, is_label, act, backend, xent):  # x's layout, so unit pixel stride too
                 ctx.q = backends.empty_output(x.shape, x.dtype, x.device, like=x)
-                if ctx.q.stride(2) != 1:
-                    ctx.q = None
-            if ctx.q is None and _keeps_mr(x, is_label, act, backend, xent):
+            elif _keeps_mr(x, is_label, act, backend, xent):
                 ctx.mr = torch.empty((2, x.shape[0], x.shape[2]), dtype=torch.float32)
         return _stats_impl(x, target, is_label, act, label_offset, ignore_value, backend, xent, gamma,
                            ctx.mr, ctx.q)
