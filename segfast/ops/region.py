@@ -1,7 +1,7 @@
 """Region losses (Dice, soft IoU, Tversky, generalized Dice): the two kernels
 as torch.library ops, input validation, and the formulas on the sums.
 
-Kernels (see ../shared/DESIGN.md): ``region_stats`` reads logits and targets
+Kernels (see docs/design.md): ``region_stats`` reads logits and targets
 once and returns the K=7 per-plane sums (reference/region.py STATS order);
 ``region_grad`` reads them again with dLoss/dStats and writes dLoss/dLogits.
 Everything in between is PyTorch on the small [N, C, 7] tensor, so autograd
