@@ -3,6 +3,8 @@ against the eager reference and the peer library (MONAI), in one run.
 
     segfast-bench                      # the device present, a table
     segfast-bench --json out.json      # also write the rows as JSON
+    segfast-bench --save               # append them to bench/results/results.csv
+    segfast-bench --compare latest     # regressions against the last saved run
     python -m segfast.bench --device cpu --repeat 20
 
 Each row times at least ``--repeat`` calls and ``--min-time`` seconds, after
@@ -32,7 +34,7 @@ from typing import Callable, Optional
 
 import torch
 
-from . import backends
+from . import backends, results
 from . import functional as F
 from .reference import lovasz as ref_lovasz
 from .reference import pixel as ref_pixel
@@ -577,6 +579,11 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true", help="only " + " and ".join(QUICK_OPS))
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory pass")
     p.add_argument("--json", default=None, help="also write the rows to this JSON file")
+    p.add_argument("--save", nargs="?", const="", default=None, metavar="CSV",
+                   help="append the rows to the results history (default bench/results/results.csv)")
+    p.add_argument("--compare", default=None, metavar="RUN",
+                   help="compare with a run of the results history (a run id, or 'latest'; "
+                        "`python -m segfast.results runs` lists them); exits 1 if a row is >10%% slower")
     p.add_argument("--probe-server", action="store_true", help=argparse.SUPPRESS)  # see peak_extra_mb
     args = p.parse_args(argv)
     if args.probe_server:
@@ -595,7 +602,16 @@ def main(argv=None) -> int:
         with open(args.json, "w") as f:
             json.dump(dict(info=info, date=time.strftime("%Y-%m-%d"), rows=rows), f, indent=1)
         print(f"wrote {args.json}")
-    return 0
+    status = 0
+    if args.compare:
+        text, slower = results.compare(rows, results.run_rows(args.compare))
+        print(text)
+        status = int(slower > 0)
+    if args.save is not None:
+        path = args.save or results.CSV_PATH
+        run = results.save_run(rows, str(device), torch.get_num_threads(), path)
+        print(f"appended run {run} to {path}")
+    return status
 
 
 if __name__ == "__main__":
