@@ -512,3 +512,30 @@ def test_harness_catches_a_read(gpu):
     reads, _, err = gpu(sync, lambda: (torch.randn(3, device="cuda"),))
     assert err is None, "".join(traceback.format_exception(err))
     assert len(reads) == 4, reads
+
+
+@pytest.mark.parametrize("backend", ["cpu", "triton"])
+@pytest.mark.parametrize("kw", [dict(ignore_index=1), dict(weight=[0.5, 2.0, 1.0, 3.0]),
+                                dict(weight=[0.5, 2.0, 1.0, 3.0], ignore_index=2)])
+def test_device_normalizer_matches_torch(monkeypatch, backend, kw):
+    """The GPU route of a data-dependent mean (ignore_index, class weights): the
+    normalizer stays a tensor and scales the gradient in the backward. Run
+    here on CPU tensors, against torch's cross entropy, including a
+    grad_output other than 1 and a retained graph's second backward."""
+    from segfast import backends as B
+    from segfast.ops import pixel as P
+    if B.unavailable_reason(backend, torch.device("cpu")) is not None:
+        pytest.skip(f"backend {backend} not usable here")
+    monkeypatch.setattr(P, "_normalizer_on_host", lambda device: False)
+    x = torch.randn(2, 4, 5, 7, dtype=torch.float64 if backend == "cpu" else torch.float32, requires_grad=True)
+    y = torch.randint(0, 4, (2, 5, 7))
+    tw = None if "weight" not in kw else torch.tensor(kw["weight"], dtype=x.dtype)
+    want = torch.nn.functional.cross_entropy(x, y, weight=tw, ignore_index=kw.get("ignore_index", -100))
+    (gw,) = torch.autograd.grad(want * 3.0, x)
+    got = F.cross_entropy(x, y, backend=backend, **kw)
+    torch.testing.assert_close(got.to(want.dtype), want, rtol=1e-5, atol=1e-6)
+    got.backward(torch.tensor(3.0, dtype=got.dtype), retain_graph=True)
+    torch.testing.assert_close(x.grad, gw, rtol=1e-5, atol=1e-6)
+    x.grad = None
+    got.backward(torch.tensor(3.0, dtype=got.dtype))  # recomputed from the logits
+    torch.testing.assert_close(x.grad, gw, rtol=1e-5, atol=1e-6)

@@ -115,6 +115,11 @@ def _count(x: Tensor, t: Tensor, is_label: bool, kind: int) -> float:
     return float(t.numel() * (x.shape[1] if (is_label and kind not in SOFTMAX_KINDS) else 1))
 
 
+def _normalizer_on_host(device: torch.device) -> bool:
+    """Whether a data-dependent normalizer is read on the host (free off CUDA)."""
+    return device.type != "cuda"
+
+
 def _onepass(x, target, weight, pos_weight, beta, is_label, kind, label_offset, ignore_value, gamma, alpha,
              smoothing, scale0, scale1, norm, backend):
     """-> (loss, dx, s) with dLoss/dx = s·dx.
@@ -132,7 +137,7 @@ def _onepass(x, target, weight, pos_weight, beta, is_label, kind, label_offset, 
         d = 1.0
     elif ignore_value is None and (norm == NORM_COUNT or weight is None):
         d = count
-    elif x.device.type != "cuda":
+    elif _normalizer_on_host(x.device):
         d = float(normalizer(x, target, is_label, kind, ignore_value, weight, norm))
     else:
         d = None
