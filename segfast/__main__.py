@@ -1,4 +1,4 @@
-"""python -m segfast info | bench [args]"""
+"""python -m segfast info | bench [args] | check [--gpu] [args]"""
 
 import sys
 
@@ -15,6 +15,10 @@ def main(argv=None) -> int:
         from segfast.bench import main as bench_main
 
         return bench_main(argv[1:])
+    if cmd == "check":
+        from segfast.gpucheck.acceptance import main as check_main
+
+        return check_main(argv[1:])
     print(__doc__.strip(), file=sys.stderr)
     return 2
 

@@ -5,6 +5,7 @@ the pixels of an image."""
 from __future__ import annotations
 
 import math
+import os
 from typing import Optional
 
 import torch
@@ -97,7 +98,40 @@ def canonical(input: Tensor, target: Tensor, *, act: int, binary: bool = False,
     return input.flatten(2), t, not floating, act, offset, ignore, backend
 
 
+def host_checks(device: torch.device) -> bool:
+    """Whether checks of tensor values on ``device`` read them on the host:
+    on the CPU (free), or anywhere with SEGFAST_CHECKS=host (a debugging aid:
+    on a GPU each check then synchronises the stream). On CUDA they run on
+    the device instead (see :func:`require`)."""
+    return device.type != "cuda" or os.environ.get("SEGFAST_CHECKS", "") == "host"
+
+
+def require(ok: Tensor, message: str) -> None:
+    """Raise ValueError(message) unless the 0-d bool tensor ``ok`` is true.
+
+    Read on the host where :func:`host_checks` says so. On CUDA the device
+    checks it in stream order (``torch._assert_async``), without a host
+    synchronisation: a failure is a device-side assertion, reported by the
+    next synchronising call (the CUDA context is unusable afterwards, as
+    after torch's own out-of-range class index in nll_loss); rerun with
+    SEGFAST_CHECKS=host (or on the CPU) for the ValueError. Not checked
+    under torch.compile."""
+    if torch.compiler.is_compiling():
+        return
+    if host_checks(ok.device):
+        if not bool(ok):
+            raise ValueError(message)
+    else:
+        torch._assert_async(ok, message)
+
+
 def _check_labels(t: Tensor, n: int, ignore_index) -> None:
+    if not host_checks(t.device):
+        v = t if ignore_index is None else torch.where(t == ignore_index, 0, t)
+        lo, hi = torch.aminmax(v)
+        require((lo >= 0) & (hi < n), f"target (shape {tuple(t.shape)}) has a label outside [0, {n})"
+                + ("" if ignore_index is None else f" that is not ignore_index={ignore_index}"))
+        return
     if t.device.type == "cpu" and t.dim() == 2 and backends._C is not None:
         # one read in C++; torch needs an aminmax (after a compare and a where with ignore_index)
         ign = ignore_index is not None and float(ignore_index).is_integer() and abs(ignore_index) < 2**62
@@ -116,16 +150,22 @@ def _check_labels(t: Tensor, n: int, ignore_index) -> None:
 
 
 def check_weight(weight, C: int, device) -> Optional[Tensor]:
+    """-> the class weights as float32 [C] on ``device``. A list or CPU tensor
+    is checked on the host before it moves; a CUDA tensor on the device."""
     if weight is None:
         return None
-    w = torch.as_tensor(weight, dtype=torch.float32, device=device).reshape(-1)
+    w = torch.as_tensor(weight, dtype=torch.float32).reshape(-1)
     if w.numel() == 1:
         w = w.expand(C)
     if w.numel() != C:
         raise ValueError(f"weight must have one entry per class ({C}), got {w.numel()}")
-    if not torch.compiler.is_compiling() and bool((w < 0).any()):
-        raise ValueError("weight entries must be >= 0")
-    return w
+    if not torch.compiler.is_compiling():
+        if host_checks(w.device):
+            if bool((w < 0).any()):
+                raise ValueError("weight entries must be >= 0")
+        else:
+            require(~(w < 0).any(), f"weight (shape {tuple(w.shape)}) entries must be >= 0")
+    return w.to(device)
 
 
 def check_reduction(reduction: str) -> None:

@@ -25,6 +25,7 @@ from torch import Tensor
 
 from ..reference import boxes as ref
 from . import boxes as _boxes
+from ._common import require
 
 
 def matched_iou(pred_boxes: Tensor, gt_boxes: Tensor, *, fmt: str = "xyxy", backend: Optional[str] = None) -> Tensor:
@@ -42,8 +43,8 @@ def _check_iou(iou: Tensor, n: int, what: str) -> Tensor:
         raise TypeError(f"{what}: iou must be a float tensor")
     if iou.numel() != n:
         raise ValueError(f"{what}: iou must have one value per sample ({n}), got shape {tuple(iou.shape)}")
-    if not torch.compiler.is_compiling() and iou.numel() and not bool(((iou >= 0) & (iou <= 1)).all()):
-        raise ValueError(f"{what}: iou values must lie in [0, 1]")
+    if iou.numel():
+        require(((iou >= 0) & (iou <= 1)).all(), f"{what}: iou (shape {tuple(iou.shape)}) values must lie in [0, 1]")
     return iou.detach().reshape(n)
 
 
@@ -155,8 +156,9 @@ def iou_balanced_ce_loss(pred: Tensor, target: Tensor, iou: Tensor, *, weight=No
     if target.dtype.is_floating_point or target.dtype == torch.bool or tuple(target.shape) != tuple(pred.shape[:-1]):
         raise ValueError(f"{what}: target must be integer labels of shape {tuple(pred.shape[:-1])}")
     lab = target.reshape(N).long()
-    if not torch.compiler.is_compiling() and N and bool(((lab < 0) | (lab >= C)).any()):
-        raise ValueError(f"{what}: labels must lie in [0, {C})")
+    if N:
+        require(~((lab < 0) | (lab >= C)).any(), f"{what}: target (shape {tuple(target.shape)}) labels must lie in "
+                f"[0, {C})")
     acc = torch.float64 if x.dtype == torch.float64 else torch.float32
     iou = _check_iou(iou, N, what).to(acc)
     L = F.cross_entropy(x.to(acc), lab, reduction="none")[:, None]

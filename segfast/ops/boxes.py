@@ -26,6 +26,7 @@ from torch import Tensor
 
 from .. import backends
 from ..reference import boxes as ref
+from ._common import require
 
 FMTS, KINDS, EPS = ref.FMTS, ref.KINDS, ref.EPS
 _FLOATS = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
@@ -59,11 +60,11 @@ def check_pair(boxes1: Tensor, boxes2: Tensor, fmt: str, *, aligned: bool, what:
 
 def check_finite_loss(loss: Tensor, what: str) -> Tensor:
     """A reduced loss is NaN / inf only when a coordinate is (every kernel gives
-    NaN for such a pair): raise then. One scalar read, after the kernel; skipped
-    under torch.compile, where it would be a graph break."""
-    if not torch.compiler.is_compiling() and not bool(torch.isfinite(loss)):
-        raise ValueError(f"{what}: boxes have non-finite (NaN or inf) coordinates, or coordinates so large "
-                         "that the loss overflows")
+    NaN for such a pair): raise then. After the kernel: one scalar read on the
+    CPU, a device-side check on CUDA (ops/_common.py require); skipped under
+    torch.compile."""
+    require(torch.isfinite(loss), f"{what}: boxes have non-finite (NaN or inf) coordinates, or coordinates so "
+            "large that the loss overflows")
     return loss
 
 

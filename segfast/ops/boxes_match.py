@@ -28,7 +28,7 @@ from torch import Tensor
 
 from .. import backends
 from ..reference import boxes_match as ref
-from ._common import FLOATS
+from ._common import FLOATS, require
 
 FMTS = ref.FMTS
 INTS = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
@@ -62,8 +62,8 @@ def _check_finite(b: Tensor, name: str, keep: Optional[Tensor] = None) -> None:
     ok = torch.isfinite(b).all(-1)
     if keep is not None:
         ok = ok | ~keep
-    if not bool(ok.all()):
-        raise ValueError(f"{name} has non-finite coordinates" + ("" if keep is None else " (in valid entries)"))
+    require(ok.all(), f"{name} (shape {tuple(b.shape)}) has non-finite coordinates"
+            + ("" if keep is None else " (in valid entries)"))
 
 
 def _check_threshold(t) -> float:
@@ -127,8 +127,9 @@ def prepare_nms(boxes, scores, idxs, iou_threshold, fmt, backend):
     thr = _check_threshold(iou_threshold)
     f = _fmt(fmt)
     _check_finite(boxes, "boxes")
-    if not torch.compiler.is_compiling() and N and bool(torch.isnan(scores).any()):
-        raise ValueError("scores contain NaN (no order to visit the boxes in)")
+    if N:
+        require(~torch.isnan(scores).any(), f"scores (shape {tuple(scores.shape)}) contain NaN "
+                "(no order to visit the boxes in)")
     return (boxes.detach(), scores.detach(), None if idxs is None else idxs.detach(), thr, f,
             backends.choose(backend, boxes.device))
 

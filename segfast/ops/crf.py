@@ -48,6 +48,7 @@ from torch import Tensor
 
 from .. import backends
 from ..reference import crf as ref
+from ._common import host_checks, require
 
 FAMILY = "crf"
 NORMALIZATIONS = {"symmetric": 0, "after": 1, "before": 2, "none": 3}
@@ -119,13 +120,13 @@ def _compat(c, C: int, device, what: str):
             raise ValueError(f"{what} must be finite, got {c!r}")
         return float(c), None
     try:
-        m = torch.as_tensor(c, dtype=torch.float32, device=device)
+        m = torch.as_tensor(c, dtype=torch.float32)  # a list or CPU tensor is checked before it moves
     except (TypeError, ValueError, RuntimeError):
         raise TypeError(f"{what} must be a number (Potts weight) or a [C, C] matrix, got {type(c).__name__}") from None
     if m.shape != (C, C):
         raise ValueError(f"{what} must be a number or a [{C}, {C}] matrix, got shape {tuple(m.shape)}")
-    if not bool(torch.isfinite(m).all()):
-        raise ValueError(f"{what} must be finite")
+    require(torch.isfinite(m).all(), f"{what} must be finite")
+    m = m.to(device)
     return 0.0, 0.5 * (m + m.T)
 
 
@@ -165,12 +166,19 @@ def _check(unary, image, iterations, normalization, method, unary_from, pos):
         if C < 2:
             raise ValueError("pos (POS-CRF) needs a background and at least one foreground class (C >= 2)")
     if not torch.compiler.is_compiling():
-        if not _all_finite(unary):
-            raise ValueError("unary has non-finite values (inf/nan)")
-        if image.dtype != torch.uint8 and not _all_finite(image):
-            raise ValueError("image has non-finite values (inf/nan)")
-        if pos is not None and not _all_finite(pos):
-            raise ValueError("pos has non-finite values (inf/nan)")
+        _check_finite(unary, "unary")
+        if image.dtype != torch.uint8:
+            _check_finite(image, "image")
+        if pos is not None:
+            _check_finite(pos, "pos")
+
+
+def _check_finite(t: Tensor, what: str) -> None:
+    message = f"{what} has non-finite values (inf/nan)"
+    if not host_checks(t.device):
+        require(torch.isfinite(t).all(), message)
+    elif not _all_finite(t):
+        raise ValueError(message)
 
 
 def _all_finite(t: Tensor) -> bool:
@@ -223,7 +231,14 @@ def _check_range(kernels, image: Tensor, H: int, W: int) -> None:
     wrapped key)."""
     imax = 255.0
     if image.dtype != torch.uint8 and image.numel() and not torch.compiler.is_compiling():
-        imax = max(255.0, float(image.abs().max()))
+        if host_checks(image.device):
+            imax = max(255.0, float(image.abs().max()))
+        else:  # 255 on the host, the image's largest value on the device
+            srgb = [k[1] for k in kernels if k[1] is not None]
+            if srgb:
+                limit = MAX_COORD / (2 * 6) * min(min(s) for s in srgb)
+                require(image.abs().amax() <= limit, f"kernel scales srgb={min(srgb, key=min)} are too small for "
+                        f"this image: values beyond {limit:.3g} put lattice coordinates past {MAX_COORD:.3g}")
     for sxy, srgb, _, _ in kernels:
         f = max(max(W - 1, 0) / sxy[0], max(H - 1, 0) / sxy[1])
         d = 2
@@ -543,8 +558,7 @@ def pixel_objectness(proposals: Tensor, size=None) -> Tensor:
     if G == 0 or H == 0 or W == 0:
         return torch.zeros((B, H, W), dtype=torch.float32, device=dev)
     bx = proposals.to(torch.float64)
-    if not torch.compiler.is_compiling() and not bool(torch.isfinite(bx).all()):
-        raise ValueError("boxes have non-finite coordinates")
+    require(torch.isfinite(bx).all(), f"proposals (shape {tuple(proposals.shape)}) have non-finite coordinates")
     # pixel (x, y) counts when its centre (x + 0.5, y + 0.5) lies in [x1, x2) x [y1, y2):
     # columns ceil(x1 - 0.5) .. ceil(x2 - 0.5) - 1, clamped to the image
     c = torch.ceil(bx - 0.5)
