@@ -25,7 +25,7 @@ from ._common import wrap
 
 BLOCK_N, BLOCK_M = 32, 64
 BLOCK_K = 256
-PI = 3.141592653589793
+PI = tl.constexpr(3.141592653589793)  # a constexpr global: jit code may read it
 
 
 @triton.jit

@@ -30,7 +30,25 @@ constexpr int kThreads = 256;  // anchors per block
 constexpr int kGtTile = 256;   // gts staged per shared-memory tile
 constexpr int kMaxGridY = 65535;
 constexpr int kReduceThreads = 256;
-constexpr int64_t kMaxSharedWords = 48 * 1024 / 8;
+// nms_reduce_kernel's shared memory is all dynamic: the kNmsWord diagonal
+// words and the kept word always, then the cb `removed` words when the whole
+// fits in the 48 KiB a launch may take without the opt-in attribute
+// (cudaFuncAttributeMaxDynamicSharedMemorySize); otherwise `removed` lives in
+// the global scratch. So no launch asks for more than 48 KiB.
+constexpr int64_t kDefaultSharedBytes = 48 * 1024;
+constexpr int64_t kReduceFixedWords = kNmsWord + 1;
+constexpr bool nms_removed_in_shared(int64_t cb) {
+  return (kReduceFixedWords + cb) * int64_t(sizeof(unsigned long long)) <= kDefaultSharedBytes;
+}
+constexpr size_t nms_reduce_shared_bytes(int64_t cb) {
+  return size_t(kReduceFixedWords + (nms_removed_in_shared(cb) ? cb : 0)) * sizeof(unsigned long long);
+}
+// The largest request: the last cb that still keeps `removed` in shared memory.
+constexpr int64_t kMaxSharedRemovedWords = kDefaultSharedBytes / 8 - kReduceFixedWords;
+constexpr size_t kNmsReduceMaxSharedBytes = nms_reduce_shared_bytes(kMaxSharedRemovedWords);
+static_assert(nms_removed_in_shared(kMaxSharedRemovedWords) && !nms_removed_in_shared(kMaxSharedRemovedWords + 1),
+              "nms: the shared / global switch-over");
+static_assert(kNmsReduceMaxSharedBytes <= size_t(kDefaultSharedBytes), "nms: over 48 KiB without the opt-in");
 
 template <typename T> struct BitsOf;
 template <> struct BitsOf<float> { using U = unsigned int; };
@@ -141,10 +159,10 @@ __global__ void __launch_bounds__(kNmsWord) nms_mask_kernel(NmsProblem p, int64_
 __global__ void __launch_bounds__(kReduceThreads)
     nms_reduce_kernel(const unsigned long long* __restrict__ mask, int64_t N, int64_t cb,
                       unsigned long long* removed_global, int use_shared, uint8_t* keep) {
-  extern __shared__ unsigned long long removed_shared[];
-  __shared__ unsigned long long diag[kNmsWord];
-  __shared__ unsigned long long kept_word;
-  unsigned long long* removed = use_shared ? removed_shared : removed_global;
+  extern __shared__ unsigned long long smem[];  // nms_reduce_shared_bytes(cb): no static shared memory
+  unsigned long long* diag = smem;                 // [kNmsWord]
+  unsigned long long& kept_word = smem[kNmsWord];
+  unsigned long long* removed = use_shared ? smem + kReduceFixedWords : removed_global;
   for (int64_t w = threadIdx.x; w < cb; w += kReduceThreads) removed[w] = 0;
   __syncthreads();
   for (int64_t ib = 0; ib < cb; ++ib) {
@@ -201,8 +219,8 @@ void nms_cuda(const NmsProblem& p, void* mask, void* removed, uintptr_t stream) 
   if (p.dtype == kFloat64) nms_mask_kernel<double><<<grid, kNmsWord, 0, st>>>(p, cb, m);
   else nms_mask_kernel<float><<<grid, kNmsWord, 0, st>>>(p, cb, m);
   check_launch("nms mask");
-  const int use_shared = cb <= kMaxSharedWords;
-  const size_t smem = use_shared ? size_t(cb) * 8 : 0;
+  const int use_shared = nms_removed_in_shared(cb);
+  const size_t smem = nms_reduce_shared_bytes(cb);
   nms_reduce_kernel<<<1, kReduceThreads, smem, st>>>(m, p.N, cb,
                                                      static_cast<unsigned long long*>(removed),
                                                      use_shared, p.keep);
