@@ -321,7 +321,8 @@ def test_monai_softmax_focal_dense_targets(kw, monai_losses):
 def test_monai_softmax_focal_alpha_warning():
     x, y, _, _ = _data("cpu")
     with pytest.warns(UserWarning, match="scalar `alpha` ignored"):
-        cm.FocalLoss(use_softmax=True, to_onehot_y=True, include_background=False, alpha=0.25)(x, y.clamp(0, 3)[:, None])
+        cm.FocalLoss(use_softmax=True, to_onehot_y=True, include_background=False, alpha=0.25)(
+            x, y.clamp(0, 3)[:, None])
 
 
 @pytest.mark.parametrize("name", ["DiceLoss", "DiceCELoss", "DiceFocalLoss", "TverskyLoss"])
@@ -454,8 +455,8 @@ def test_box_ops_take_torchvision_inputs():
     qs = torch.quantize_per_tensor(scores, scale=2, zero_point=50, dtype=torch.quint8)
     torch.testing.assert_close(segfast.nms(qb, qs, 0.5), segfast.nms(qb.dequantize(), qs.dequantize(), 0.5))
     # torchvision's exception kinds
-    for args in ((torch.rand(4), torch.rand(3)), (torch.rand(3, 5), torch.rand(3)), (torch.rand(3, 4), torch.rand(3, 2)),
-                 (torch.rand(3, 4), torch.rand(4))):
+    for args in ((torch.rand(4), torch.rand(3)), (torch.rand(3, 5), torch.rand(3)),
+                 (torch.rand(3, 4), torch.rand(3, 2)), (torch.rand(3, 4), torch.rand(4))):
         with pytest.raises(RuntimeError):
             segfast.nms(*args, 0.5)
         with pytest.raises(ValueError):
