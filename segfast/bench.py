@@ -25,6 +25,7 @@ import argparse
 import ctypes
 import dataclasses
 import gc
+import importlib
 import json
 import os
 import statistics
@@ -89,6 +90,53 @@ OPS = {
     "dice_ce": (F.dice_ce_loss,
                 lambda x, y: ref.region_loss(x, y, kind="dice") + _ref_pixel(ref_pixel.CE)(x, y),
                 _monai("DiceCELoss", softmax=True, to_onehot_y=True), 3, 2),
+}
+OPS["dice_focal"] = (lambda x, y, backend=None: F.dice_focal_loss(x, y, focal_form="sigmoid", backend=backend),
+                     lambda x, y: ref.region_loss(x, y, kind="dice") + _ref_pixel(ref_pixel.FOCAL_SIGMOID)(x, y),
+                     _monai("DiceFocalLoss", softmax=True, to_onehot_y=True), 3, 2)
+OPS["focal"] = (lambda x, y, backend=None: F.focal_loss(x, y, mode="multiclass", backend=backend),
+                _ref_pixel(ref_pixel.FOCAL_SOFTMAX), _monai("FocalLoss", use_softmax=True, to_onehot_y=True), 1, 1)
+
+
+def _compat(module, name, *args, labels_1=False, **kw):
+    """A class of segfast.compat.monai / .smp (module "compat.monai" / "compat.smp"),
+    or of the smp peer (module "smp"), on the op's inputs."""
+    def make():
+        if module == "smp":
+            from .compat.smp import load_smp_losses
+
+            mod = load_smp_losses()
+            if mod is None:
+                raise ImportError("segmentation_models_pytorch")
+        else:
+            mod = importlib.import_module(f"segfast.{module}")
+        loss = getattr(mod, name)(*args, **kw)
+        return (lambda x, y: loss(x, y.unsqueeze(1).long())) if labels_1 else (lambda x, y: loss(x, y.long()))
+    return make
+
+
+# op -> extra rows: the drop-in classes beside the native function and their peer
+# ("compat_monai" / "compat_smp" rows; "smp" the smp peer where the op has one)
+COMPAT = {
+    "dice": {"compat_monai": _compat("compat.monai", "DiceLoss", softmax=True, to_onehot_y=True, labels_1=True),
+             "smp": _compat("smp", "DiceLoss", "multiclass"),
+             "compat_smp": _compat("compat.smp", "DiceLoss", "multiclass")},
+    "jaccard": {"smp": _compat("smp", "JaccardLoss", "multiclass"),
+                "compat_smp": _compat("compat.smp", "JaccardLoss", "multiclass")},
+    "tversky": {"compat_monai": _compat("compat.monai", "TverskyLoss", softmax=True, to_onehot_y=True,
+                                        labels_1=True),
+                "smp": _compat("smp", "TverskyLoss", "multiclass"),
+                "compat_smp": _compat("compat.smp", "TverskyLoss", "multiclass")},
+    "generalized_dice": {"compat_monai": _compat("compat.monai", "GeneralizedDiceLoss", softmax=True,
+                                                 to_onehot_y=True, labels_1=True)},
+    "cross_entropy": {"smp": _compat("smp", "SoftCrossEntropyLoss", smooth_factor=0.0),
+                      "compat_smp": _compat("compat.smp", "SoftCrossEntropyLoss", smooth_factor=0.0)},
+    "lovasz_softmax": {"compat_smp": _compat("compat.smp", "LovaszLoss", "multiclass", per_image=True)},
+    "dice_ce": {"compat_monai": _compat("compat.monai", "DiceCELoss", softmax=True, to_onehot_y=True, labels_1=True)},
+    "dice_focal": {"compat_monai": _compat("compat.monai", "DiceFocalLoss", softmax=True, to_onehot_y=True,
+                                           labels_1=True)},
+    "focal": {"compat_monai": _compat("compat.monai", "FocalLoss", use_softmax=True, to_onehot_y=True,
+                                      labels_1=True)},
 }
 QUICK_OPS = ("dice", "fused")
 TORCH_ONLY = ()  # families whose kernels are not written yet (none now)
@@ -226,6 +274,11 @@ def runners(case: Case, device: torch.device) -> dict[str, Callable]:
         smp = load_smp_losses()
         if smp is not None:
             out["smp"] = smp.LovaszLoss("multiclass", per_image=True)
+    for name, make in COMPAT.get(case.op, {}).items():
+        try:
+            out[name] = make()
+        except ImportError:  # the smp peer is optional
+            pass
     return out
 
 

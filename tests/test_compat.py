@@ -273,3 +273,194 @@ def test_smp_soft_ce(backend, kw, smp_losses):
     x, y, _, _ = _data(backend)
     target = y if kw.get("ignore_index") == 255 else y.clamp(0, 3)
     _compare(cs.SoftCrossEntropyLoss(backend=backend, **kw), smp_losses.SoftCrossEntropyLoss(**kw), x, target)
+
+
+# ------------------------------------------------- what the peers' own test suites exercise
+# (tools/run_peer_tests.py runs those suites; these cases pin the same behaviours here)
+
+
+@pytest.mark.parametrize("name, kw", [
+    ("DiceLoss", dict(softmax=True, to_onehot_y=True)),
+    ("GeneralizedDiceLoss", dict(softmax=True, to_onehot_y=True)),
+    ("TverskyLoss", dict(softmax=True, to_onehot_y=True, alpha=0.3, beta=0.7)),
+    ("FocalLoss", dict(to_onehot_y=True, use_softmax=True)),
+    ("FocalLoss", dict(to_onehot_y=True)),
+    ("DiceCELoss", dict(softmax=True, to_onehot_y=True)),
+    ("DiceFocalLoss", dict(softmax=True, to_onehot_y=True)),
+], ids=str)
+def test_monai_float_label_maps(name, kw, monai_losses):
+    """MONAI's one_hot casts labels: float32 label maps (LoadImage's) work with to_onehot_y."""
+    x, y, _, _ = _data("cpu")
+    y = y.clamp(0, 3)[:, None]
+    _compare(getattr(cm, name)(**kw), getattr(monai_losses, name)(**kw), x, y.float())
+    torch.testing.assert_close(getattr(cm, name)(**kw)(x.float(), y.float()), getattr(cm, name)(**kw)(x.float(), y))
+
+
+@pytest.mark.parametrize("backend", ["cpu", "torch"])
+@pytest.mark.parametrize("kw", [dict(to_onehot_y=True), dict(to_onehot_y=True, use_softmax=True, gamma=1.0),
+                                dict(to_onehot_y=True, reduction="none"), dict()], ids=str)
+def test_monai_focal_without_spatial_dims(backend, kw, monai_losses):
+    x = torch.randn(6, 3, dtype=torch.float64)
+    y = torch.randint(0, 3, (6, 1))
+    target = y if kw else torch.nn.functional.one_hot(y[:, 0], 3).double()
+    _compare(cm.FocalLoss(backend=backend, **kw), monai_losses.FocalLoss(**kw), x, target)
+    if kw.get("to_onehot_y"):  # (N,) labels too
+        torch.testing.assert_close(cm.FocalLoss(backend=backend, **kw)(x, y[:, 0]),
+                                   cm.FocalLoss(backend=backend, **kw)(x, y))
+
+
+@pytest.mark.parametrize("kw", [dict(use_softmax=True), dict(use_softmax=True, alpha=0.3, gamma=1.5),
+                                dict(use_softmax=True, alpha=[0.1, 0.2, 0.3, 0.4], reduction="sum"),
+                                dict(use_softmax=True, include_background=False, reduction="none")], ids=str)
+def test_monai_softmax_focal_dense_targets(kw, monai_losses):
+    x, _, soft, onehot = _data("cpu")
+    for target in (onehot, soft / soft.sum(1, keepdim=True)):
+        _compare(cm.FocalLoss(**kw), monai_losses.FocalLoss(**kw), x, target)
+
+
+def test_monai_softmax_focal_alpha_warning():
+    x, y, _, _ = _data("cpu")
+    with pytest.warns(UserWarning, match="scalar `alpha` ignored"):
+        cm.FocalLoss(use_softmax=True, to_onehot_y=True, include_background=False, alpha=0.25)(
+            x, y.clamp(0, 3)[:, None])
+
+
+@pytest.mark.parametrize("name", ["DiceLoss", "DiceCELoss", "DiceFocalLoss", "TverskyLoss"])
+def test_monai_spatial_mismatch_is_assertion_and_value_error(name):
+    """MONAI raises AssertionError for a target of another spatial shape, segfast ValueError: ShapeError is both."""
+    loss = getattr(cm, name)(softmax=True, to_onehot_y=True)
+    x, y = torch.randn(1, 2, 4, 4), torch.randint(0, 2, (1, 1, 3, 3))
+    for exc in (AssertionError, ValueError, cm.ShapeError):
+        with pytest.raises(exc, match="different shape"):
+            loss(x, y)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "torch"])
+def test_smp_pixel_losses_without_spatial_dims(backend, smp_losses):
+    x = torch.randn(6, 4, dtype=torch.float64)
+    y = torch.randint(0, 4, (6,))
+    y[2] = -100
+    _compare(cs.SoftCrossEntropyLoss(smooth_factor=0.1, backend=backend),
+             smp_losses.SoftCrossEntropyLoss(smooth_factor=0.1), x, y)
+    t = (torch.rand(6, 4) > 0.5).double()
+    t[1, 1] = -100
+    _compare(cs.SoftBCEWithLogitsLoss(smooth_factor=0.1, backend=backend),
+             smp_losses.SoftBCEWithLogitsLoss(smooth_factor=0.1), x, t)
+    v = torch.tensor([0.0, 1.0, -100.0, 1.0, 0.0], dtype=torch.float64)  # one vector of N logits
+    _compare(cs.SoftBCEWithLogitsLoss(smooth_factor=0.1, backend=backend),
+             smp_losses.SoftBCEWithLogitsLoss(smooth_factor=0.1), torch.randn(5, dtype=torch.float64), v)
+
+
+def test_smp_multiclass_focal_on_probabilities(smp_losses):
+    x, y, _, _ = _data("cpu")
+    p = torch.softmax(x, 1)
+    kw = dict(mode="multiclass", from_logits=False)
+    _compare(cs.FocalLoss(**kw), smp_losses.FocalLoss(**kw), p, y.clamp(0, 3))
+
+
+@pytest.mark.parametrize("backend", ["cpu", "torch"])
+def test_native_losses_without_spatial_dims(backend):
+    import segfast
+
+    x = torch.randn(7, 5, dtype=torch.float64, requires_grad=True)
+    y = torch.randint(0, 5, (7,))
+    for target in (y, y[:, None]):
+        torch.testing.assert_close(segfast.cross_entropy(x, target, backend=backend),
+                                   torch.nn.functional.cross_entropy(x, y))
+    t = (torch.rand(7, 5) > 0.5).double()
+    torch.testing.assert_close(segfast.binary_cross_entropy_with_logits(x, t, backend=backend),
+                               torch.nn.functional.binary_cross_entropy_with_logits(x, t))
+    torch.testing.assert_close(segfast.cross_entropy(x, y, reduction="none", backend=backend),
+                               torch.nn.functional.cross_entropy(x, y, reduction="none"))
+
+
+def _count_kernels(monkeypatch):
+    """Record the kernel entry points a loss calls: (name, pixel-term code)."""
+    from segfast.ops import pixel, region
+
+    calls = []
+    stats, pix = region.plane_stats, pixel.pixel_loss
+
+    def plane_stats(*a, **kw):
+        calls.append(("plane_stats", kw.get("xent", 0)))
+        return stats(*a, **kw)
+
+    def pixel_loss(x, t, is_label, kind, *a, **kw):
+        calls.append(("pixel_loss", kind))
+        return pix(x, t, is_label, kind, *a, **kw)
+
+    monkeypatch.setattr(region, "plane_stats", plane_stats)
+    monkeypatch.setattr(pixel, "pixel_loss", pixel_loss)
+    monkeypatch.setattr(torch.nn.functional, "cross_entropy", None)  # no torch fallback either
+    return calls
+
+
+def test_compat_classes_take_the_native_kernels(monkeypatch):
+    """Each compat class reaches the same kernel entry points, with the same
+    fused pixel terms, as the native call it corresponds to."""
+    import segfast
+
+    x, y, _, onehot = _data("cpu", dtype=torch.float32)
+    y = y.clamp(0, 3)
+    calls = _count_kernels(monkeypatch)
+    pairs = [
+        (lambda: cm.DiceCELoss(softmax=True, to_onehot_y=True)(x, y[:, None].float()),
+         lambda: segfast.dice_ce_loss(x, y)),
+        (lambda: cm.DiceCELoss(softmax=True, to_onehot_y=True, include_background=False, label_smoothing=0.1)(
+            x, y[:, None]), lambda: segfast.dice_ce_loss(x, y, include_background=False, label_smoothing=0.1)),
+        (lambda: cm.DiceFocalLoss(softmax=True, to_onehot_y=True)(x, y[:, None]),
+         lambda: segfast.dice_focal_loss(x, y, focal_form="sigmoid")),
+        (lambda: cm.DiceLoss(softmax=True, to_onehot_y=True)(x, y[:, None]), lambda: segfast.dice_loss(x, y)),
+        (lambda: cm.FocalLoss(to_onehot_y=True, use_softmax=True)(x, y[:, None]),
+         lambda: segfast.focal_loss(x, y, mode="multiclass")),
+        (lambda: cs.DiceLoss("multiclass")(x, y), lambda: segfast.dice_loss(x, y)),
+        (lambda: cs.FocalLoss("multilabel")(x, onehot.float()),
+         lambda: segfast.focal_loss(x, onehot.float(), mode="multilabel")),
+        (lambda: cs.SoftCrossEntropyLoss()(x, y), lambda: segfast.cross_entropy(x, y)),
+    ]
+    for compat, native in pairs:
+        calls.clear()
+        compat()
+        theirs = list(calls)
+        calls.clear()
+        native()
+        assert theirs == calls, (theirs, calls)
+    calls.clear()
+    cm.DiceCELoss(softmax=True, to_onehot_y=True)(x, y[:, None])
+    assert calls == [("plane_stats", segfast.ops.region.ref.XENT_CE)]  # the CE sums ride in the Dice pass
+
+
+@pytest.mark.filterwarnings("ignore:.*quantize_per_tensor")
+def test_box_ops_take_torchvision_inputs():
+    import segfast
+
+    b = torch.tensor([[0, 0, 100, 100], [0, 0, 50, 50], [200, 200, 300, 300], [0, 0, 25, 25]])
+    for dt in (torch.int16, torch.int32, torch.int64, torch.uint8):
+        for fn in (segfast.box_iou, segfast.generalized_box_iou, segfast.distance_box_iou, segfast.complete_box_iou):
+            out = fn(b.to(dt) if dt != torch.uint8 else (b // 2).to(dt), b[:3].to(dt) if dt != torch.uint8
+                     else (b[:3] // 2).to(dt))
+            assert out.dtype == torch.float32
+            ref = fn(b.float() if dt != torch.uint8 else (b // 2).float(),
+                     b[:3].float() if dt != torch.uint8 else (b[:3] // 2).float())
+            torch.testing.assert_close(out, ref)
+    # batched_nms of empty boxes: empty int64 whatever the other arguments (dtype not checked first)
+    empty = torch.empty((0,), dtype=torch.int64)
+    out = segfast.batched_nms(empty, None, None, None)
+    assert out.dtype == torch.int64 and out.numel() == 0
+    # quantized boxes and scores: NMS of their dequantized values
+    boxes = torch.rand(200, 4) * 100
+    boxes[:, 2:] += boxes[:, :2]
+    scores = torch.rand(200) * 100
+    qb = torch.quantize_per_tensor(boxes, scale=2, zero_point=50, dtype=torch.quint8)
+    qs = torch.quantize_per_tensor(scores, scale=2, zero_point=50, dtype=torch.quint8)
+    torch.testing.assert_close(segfast.nms(qb, qs, 0.5), segfast.nms(qb.dequantize(), qs.dequantize(), 0.5))
+    # torchvision's exception kinds
+    for args in ((torch.rand(4), torch.rand(3)), (torch.rand(3, 5), torch.rand(3)),
+                 (torch.rand(3, 4), torch.rand(3, 2)), (torch.rand(3, 4), torch.rand(4))):
+        with pytest.raises(RuntimeError):
+            segfast.nms(*args, 0.5)
+        with pytest.raises(ValueError):
+            segfast.nms(*args, 0.5)
+    for fn in (segfast.giou_loss, segfast.diou_loss, segfast.ciou_loss):
+        with pytest.raises(ValueError, match="Invalid"):
+            fn(boxes[:2], boxes[:2], reduction="xyz")

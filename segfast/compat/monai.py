@@ -17,9 +17,23 @@ import torch
 from torch import Tensor
 
 from ..functional import generalized_dice_weights
+from ..ops import _common
 from ..ops import region as _region
 
-__all__ = ["DiceLoss", "GeneralizedDiceLoss", "TverskyLoss", "FocalLoss", "DiceCELoss", "DiceFocalLoss"]
+__all__ = ["ShapeError", "DiceLoss", "GeneralizedDiceLoss", "TverskyLoss", "FocalLoss", "DiceCELoss", "DiceFocalLoss"]
+
+
+class ShapeError(ValueError, AssertionError):
+    """A target whose shape does not fit the input's. MONAI raises
+    AssertionError there, segfast ValueError: this is both."""
+
+
+def _float_labels(target: Tensor) -> Tensor:
+    """MONAI's one_hot casts class indices with .long(): float label maps
+    (LoadImage gives float32) are accepted as such."""
+    if target.dtype.is_floating_point or target.dtype == torch.bool:
+        return target.long()
+    return target
 
 
 class _MonaiRegion(torch.nn.modules.loss._Loss):
@@ -38,27 +52,33 @@ class _MonaiRegion(torch.nn.modules.loss._Loss):
         self.smooth_nr, self.smooth_dr = float(smooth_nr), float(smooth_dr)
         self.batch, self.soft_label, self.ignore_index, self.backend = batch, soft_label, ignore_index, backend
 
-    def _stats(self, input: Tensor, target: Tensor) -> Tensor:
-        """MONAI's preprocessing, expressed as kernel arguments; -> sums [N or -, C', 7]."""
+    def _raw_stats(self, input: Tensor, target: Tensor, xent: int = 0) -> Tensor:
+        """MONAI's preprocessing, expressed as kernel arguments; -> sums [N, C, K]
+        (with a pixel term ``xent``, its sums in two more columns)."""
         C = input.shape[1]
         act = _region.ACT["identity"]
         if self.sigmoid:
             act = _region.ACT["sigmoid"]
         if self.softmax:
             if C == 1:
-                warnings.warn("single channel prediction, `softmax=True` ignored.", stacklevel=3)
+                warnings.warn("single channel prediction, `softmax=True` ignored.", stacklevel=4)
             else:
                 act = _region.ACT["softmax"]
         if self.other_act is not None:
             input = self.other_act(input)
         labels = self.to_onehot_y and C > 1
         if self.to_onehot_y and C == 1:
-            warnings.warn("single channel prediction, `to_onehot_y=True` ignored.", stacklevel=3)
+            warnings.warn("single channel prediction, `to_onehot_y=True` ignored.", stacklevel=4)
+        if labels:
+            target = _float_labels(target)
+            if target.dim() == input.dim() and target.shape[2:] != input.shape[2:]:
+                raise ShapeError(f"ground truth has different shape ({tuple(target.shape)}) "
+                                 f"from input ({tuple(input.shape)})")
         ignore = self.ignore_index
         if not labels:
-            if target.shape[1:2] != (C,) and target.dim() == input.dim():
-                raise AssertionError(f"ground truth has different shape ({tuple(target.shape)}) "
-                                     f"from input ({tuple(input.shape)})")
+            if target.dim() == input.dim() and target.shape[1:] != input.shape[1:]:
+                raise ShapeError(f"ground truth has different shape ({tuple(target.shape)}) "
+                                 f"from input ({tuple(input.shape)})")
             if not (target.dtype.is_floating_point or target.dtype == torch.bool):
                 target = target.to(input.dtype if input.dtype != torch.float64 else torch.float64)
             if ignore is not None and C > 1:
@@ -69,13 +89,19 @@ class _MonaiRegion(torch.nn.modules.loss._Loss):
                 ignore = float("-inf")
         x, t, is_label, act, off, ign, backend = _region.canonical(
             input, target, act=act, ignore_index=ignore, backend=self.backend)
-        stats = _region.plane_stats(x, t, is_label, act, off, ign, backend)
+        return _region.plane_stats(x, t, is_label, act, off, ign, backend, xent=xent)
+
+    def _pool(self, stats: Tensor) -> Tensor:
+        """include_background and batch applied to the sums [N, C, K]."""
         if not self.include_background:
-            if C == 1:
-                warnings.warn("single channel prediction, `include_background=False` ignored.", stacklevel=3)
+            if stats.shape[1] == 1:
+                warnings.warn("single channel prediction, `include_background=False` ignored.", stacklevel=4)
             else:
                 stats = stats[:, 1:]
         return stats.sum(0) if self.batch else stats
+
+    def _stats(self, input: Tensor, target: Tensor) -> Tensor:
+        return self._pool(self._raw_stats(input, target))
 
     def _reduce(self, f: Tensor, input: Tensor, broadcast: bool) -> Tensor:
         if self.reduction == "mean":
@@ -99,7 +125,9 @@ class DiceLoss(_MonaiRegion):
         self.register_buffer("class_weight", None if weight is None else torch.as_tensor(weight))
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
-        s = self._stats(input, target)
+        return self._loss(self._stats(input, target), input)
+
+    def _loss(self, s: Tensor, input: Tensor) -> Tensor:
         tp, fp, fn = _region.tp_fp_fn(s, squared=self.squared_pred, soft=self.soft_label and not self.squared_pred)
         if not self.jaccard:
             fp, fn = 0.5 * fp, 0.5 * fn
@@ -201,6 +229,25 @@ class FocalLoss(torch.nn.modules.loss._Loss):
             w = cw.expand(C).clone()
         return w
 
+    def _dense_softmax(self, x: Tensor, t: Tensor, alpha, w) -> Tensor:
+        """The softmax form on one-hot or soft targets [N, C, *]:
+        -alpha_c·(1 - p_c)^gamma·log(p_c)·t_c, reduced as MONAI does."""
+        if x.dim() != t.dim() or x.shape != t.shape:
+            raise ValueError(f"ground truth has different shape ({t.shape}) from input ({x.shape})")
+        ls = x.float().log_softmax(1)
+        loss = -(1 - ls.exp()).pow(self.gamma) * ls * t.float()
+        bshape = [1, x.shape[1]] + [1] * (x.dim() - 2)
+        if isinstance(alpha, Tensor):
+            if alpha.shape[0] != x.shape[1]:
+                raise ValueError(f"The length of alpha ({alpha.shape[0]}) must match the number of classes "
+                                 f"({x.shape[1]}).")
+            loss = loss * alpha.to(loss).view(bshape)
+        if w is not None:
+            loss = loss * w.to(loss).view(bshape)
+        if self.reduction == "sum":
+            return loss.mean(dim=list(range(2, loss.dim()))).sum()
+        return loss.mean() if self.reduction == "mean" else loss
+
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
         from ..ops import pixel as _pixel
 
@@ -211,7 +258,9 @@ class FocalLoss(torch.nn.modules.loss._Loss):
         drop = not self.include_background and C > 1
         if not self.include_background and C == 1:
             warnings.warn("single channel prediction, `include_background=False` ignored.", stacklevel=2)
-        if not labels:
+        if labels:
+            target = _float_labels(target)
+        else:
             if self.ignore_index is not None and C > 1:
                 raise NotImplementedError("segfast.compat.monai.FocalLoss: ignore_index with one-hot targets")
             if target.shape != input.shape:
@@ -226,16 +275,15 @@ class FocalLoss(torch.nn.modules.loss._Loss):
         alpha = self.alpha
         if self.use_softmax:
             kind = _pixel.FOCAL_SOFTMAX
-            if not labels:
-                raise NotImplementedError("segfast.compat.monai.FocalLoss: use_softmax needs class-index "
-                                          "targets with to_onehot_y=True")
             if isinstance(alpha, float):
-                if drop:
+                if not self.include_background:
                     warnings.warn("`include_background=False`, scalar `alpha` ignored when using softmax.",
                                   stacklevel=2)
                     alpha = None
                 else:
                     alpha = torch.tensor([1 - alpha] + [alpha] * (Cp - 1))
+            if not labels:  # one-hot / soft targets: MONAI's formula in PyTorch
+                return self._dense_softmax(x_in, target, alpha, w)
             if isinstance(alpha, Tensor):
                 if alpha.shape[0] != Cp:
                     raise ValueError(f"The length of alpha ({alpha.shape[0]}) must match the number of classes "
@@ -275,7 +323,10 @@ class FocalLoss(torch.nn.modules.loss._Loss):
 class DiceCELoss(torch.nn.modules.loss._Loss):
     """monai.losses.DiceCELoss, fused (the same arguments; ``backend=`` extra):
     lambda_dice·DiceLoss + lambda_ce·CrossEntropyLoss (BCEWithLogitsLoss with
-    pos_weight=weight for one channel). Soft (C-channel) targets fall back to
+    pos_weight=weight for one channel). With ``softmax=True, to_onehot_y=True``
+    and class-index targets, the cross-entropy sums come out of the Dice
+    kernels (two passes over the logits in all, as ``segfast.dice_ce_loss``);
+    otherwise the terms run side by side, and soft (C-channel) targets take
     torch's cross_entropy for the CE term."""
 
     def __init__(self, include_background=True, to_onehot_y=False, sigmoid=False, softmax=False, other_act=None,
@@ -308,7 +359,24 @@ class DiceCELoss(torch.nn.modules.loss._Loss):
         if target.shape[1] != 1 and target.shape[1] != input.shape[1]:
             raise ValueError("number of channels for target is neither 1 (without one-hot encoding) nor the same "
                              f"as input, got shape {input.shape} and {target.shape}.")
-        dice = self.dice(input, target)
+        d = self.dice
+        if (input.shape[1] > 1 and target.shape[1] == 1 and d.softmax and d.to_onehot_y
+                and input.dtype in _common.FLOATS):
+            # one pass: the cross-entropy sums come out of the Dice statistics
+            # kernel (segfast.dice_ce_loss's path), their gradient out of its backward
+            raw = d._raw_stats(input, target, xent=_region.ref.XENT_CE)
+            dice = d._loss(d._pool(raw[..., :_region.K]), input)
+            s = raw.sum(0)
+            C = s.shape[0]
+            eps = float(self.label_smoothing)
+            num = (1.0 - eps) * s[:, 7] + (eps / C) * s[:, 8]
+            den = s[:, 2]
+            if self.ce_weight is not None:
+                w = _common.check_weight(self.ce_weight, C, s.device).to(s.dtype)
+                num, den = num * w, den * w
+            ce = num.sum() / den.sum() if self.reduction == "mean" else num.sum()
+            return self.lambda_dice * dice + self.lambda_ce * ce.to(dice.dtype)
+        dice = d(input, target)
         if input.shape[1] == 1:
             ce = F.binary_cross_entropy_with_logits(input, target.to(input.dtype), pos_weight=self.ce_weight,
                                                     reduction=self.reduction, backend=self.backend)

@@ -161,11 +161,9 @@ class FocalLoss(torch.nn.modules.loss._Loss):
     def forward(self, y_pred: Tensor, y_true: Tensor) -> Tensor:
         from ..ops import pixel as _pixel
 
-        if not self.from_logits:
-            if self.mode == MULTICLASS_MODE:
-                raise NotImplementedError("segfast.compat.smp.FocalLoss: multiclass mode with from_logits=False")
+        if not self.from_logits:  # smp: probabilities to the logits its per-class sigmoid form takes
             p = y_pred.clamp(self.eps, 1 - self.eps)
-            y_pred = torch.log(p / (1 - p))
+            y_pred = torch.log(p) if self.mode == MULTICLASS_MODE else torch.log(p / (1 - p))
         if self.mode == MULTILABEL_MODE and self.ignore_index is not None:
             raise NotImplementedError("segfast.compat.smp.FocalLoss: ignore_index in multilabel mode")
         if self.mode == BINARY_MODE:
@@ -211,7 +209,10 @@ class SoftBCEWithLogitsLoss(torch.nn.Module):
         from .. import functional as F
         from ..ops import pixel as _pixel
 
-        C = y_pred.shape[1] if y_pred.dim() > 1 else 1
+        shape = y_pred.shape
+        if y_pred.dim() < 2:  # smp's BCE is elementwise: a vector is N samples of one channel
+            y_pred, y_true = y_pred.reshape(-1, 1), y_true.reshape(-1, 1)
+        C = y_pred.shape[1]
         t = y_true.to(y_pred.dtype if y_pred.dtype != torch.float16 else torch.float32)
         if self.smooth_factor is not None:
             s = self.smooth_factor
@@ -220,8 +221,9 @@ class SoftBCEWithLogitsLoss(torch.nn.Module):
         w = _per_class(self.weight, C, y_pred.device, "weight")
         pw = _per_class(self.pos_weight, C, y_pred.device, "pos_weight")
         if self.reduction != "mean":
-            return F.binary_cross_entropy_with_logits(y_pred, t, weight=w, pos_weight=pw, reduction=self.reduction,
-                                                      ignore_index=self.ignore_index, backend=self.backend)
+            out = F.binary_cross_entropy_with_logits(y_pred, t, weight=w, pos_weight=pw, reduction=self.reduction,
+                                                     ignore_index=self.ignore_index, backend=self.backend)
+            return out.reshape(shape) if self.reduction == "none" else out
         x, tt, is_label, _, off, ign, backend = _region.canonical(
             y_pred, t, act=_region.ACT["sigmoid"], ignore_index=self.ignore_index, backend=self.backend)
         return _pixel.pixel_loss(x, tt, is_label, _pixel.BCE, ignore_value=ign, weight=w, pos_weight=pw,

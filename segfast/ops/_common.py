@@ -50,9 +50,8 @@ def check_input(input, target) -> None:
         raise TypeError("input and target must be tensors")
     if input.dtype not in FLOATS:
         raise TypeError(f"input must be float32/float16/bfloat16/float64, got {input.dtype}")
-    if input.dim() < 3:
-        raise ValueError("input must be (N, C, *spatial) with at least one spatial dim, "
-                         f"got shape {tuple(input.shape)}")
+    if input.dim() < 2:
+        raise ValueError(f"input must be (N, C, *spatial), got shape {tuple(input.shape)}")
     if target.device != input.device:
         raise ValueError(f"target is on {target.device} but input is on {input.device}")
 
@@ -63,12 +62,16 @@ def canonical(input: Tensor, target: Tensor, *, act: int, binary: bool = False,
 
     Float/bool targets are dense [N, C, *] (or [N, *] when C = 1); integer
     targets are class indices [N, *] or [N, 1, *], in [0, C) (in {0, 1} when
-    ``binary``) unless equal to ``ignore_index``. ``label_offset`` (default:
+    ``binary``) unless equal to ``ignore_index``. An input without spatial
+    dims, (N, C), is read as one pixel per sample (targets (N, C), (N,) or
+    (N, 1)). ``label_offset`` (default:
     1 if ``binary`` else 0) says which label channel 0 stands for: input
     channel c is label c + label_offset, labels lie in [0, C + label_offset). Every error a user can
     trigger is raised here, before a kernel runs.
     """
     check_input(input, target)
+    if input.dim() == 2:  # (N, C) scores: one pixel per sample
+        input, target = input.unsqueeze(-1), target.unsqueeze(-1)
     N, C = input.shape[:2]
     spatial = tuple(input.shape[2:])
     if ignore_index is not None and (isinstance(ignore_index, bool) or not isinstance(ignore_index, (int, float))):

@@ -30,6 +30,7 @@ from ._common import require
 
 FMTS, KINDS, EPS = ref.FMTS, ref.KINDS, ref.EPS
 _FLOATS = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+_INTS = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
 
 
 # ---------------------------------------------------------------- validation
@@ -42,8 +43,9 @@ def check_pair(boxes1: Tensor, boxes2: Tensor, fmt: str, *, aligned: bool, what:
     if fmt not in FMTS:
         raise ValueError(f"{what}: fmt must be one of {', '.join(FMTS)}, got {fmt!r}")
     for name, b in (("boxes1", boxes1), ("boxes2", boxes2)):
-        if b.dtype not in _FLOATS:
-            raise TypeError(f"{what}: {name} must be float32/float16/bfloat16/float64, got {b.dtype}")
+        if b.dtype not in _FLOATS and b.dtype not in _INTS:
+            raise TypeError(f"{what}: {name} must be float32/float16/bfloat16/float64 or an integer dtype, "
+                            f"got {b.dtype}")
         if b.dim() < (1 if aligned else 2) or b.shape[-1] != 4:
             raise ValueError(f"{what}: {name} must be {'[..., 4]' if aligned else '[..., N, 4]'}, "
                              f"got shape {tuple(b.shape)}")
@@ -54,7 +56,8 @@ def check_pair(boxes1: Tensor, boxes2: Tensor, fmt: str, *, aligned: bool, what:
                          f"{tuple(boxes2.shape)}")
     if not aligned and boxes1.shape[:-2] != boxes2.shape[:-2]:
         raise ValueError(f"{what}: batch dims differ: {tuple(boxes1.shape[:-2])} and {tuple(boxes2.shape[:-2])}")
-    dt = torch.promote_types(boxes1.dtype, boxes2.dtype)
+    # integer coordinates are computed in float32, as torchvision's int boxes give float32 IoUs
+    dt = torch.promote_types(*(b.dtype if b.dtype in _FLOATS else torch.float32 for b in (boxes1, boxes2)))
     return boxes1.to(dt), boxes2.to(dt)
 
 
@@ -337,7 +340,7 @@ def box_loss(boxes1: Tensor, boxes2: Tensor, kind="iou", *, reduction: str = "no
              eps: float = EPS, backend: Optional[str] = None, what: str = "box loss") -> Tensor:
     """1 - (IoU variant) of aligned pairs, torchvision's loss semantics; float32 (float64) result."""
     if reduction not in ("none", "mean", "sum"):
-        raise ValueError(f"{what}: reduction must be 'none', 'mean' or 'sum', got {reduction!r}")
+        raise ValueError(f"Invalid reduction for {what}: {reduction!r}; it must be 'none', 'mean' or 'sum'")
     b1, b2 = check_pair(boxes1, boxes2, fmt, aligned=True, what=what)
     backend = backends.choose(backend, b1.device)
     k = _kind(kind)
@@ -365,7 +368,8 @@ _DOC = """{title} of every pair of boxes1 [..., N, 4] and boxes2 [..., M, 4] -> 
     (any number of equal leading batch dims), torchvision's {tv} semantics{extra}.
 
     fmt: "xyxy" | "xywh" | "cxcywh". float32/float16/bfloat16/float64 (two dtypes are
-    promoted to one); computed in float32 (float64), returned in the boxes' dtype,
+    promoted to one) or integer boxes (read as float32, a float32 result, as
+    torchvision's); computed in float32 (float64), returned in the boxes' dtype,
     differentiable for both box sets. Degenerate boxes give finite values where
     torchvision divides 0 by 0: IoU is 0 where the union is <= 0, GIoU's enclosing
     term is 0 where the enclosing area is <= 0, CIoU's atan(w/h) is ±pi/2 for h = 0

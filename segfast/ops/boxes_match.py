@@ -43,6 +43,11 @@ def _fmt(fmt: str) -> int:
     return FMTS[fmt]
 
 
+class ShapeError(ValueError, RuntimeError):
+    """A wrong box / score / category shape. torchvision's nms raises
+    RuntimeError there, segfast ValueError: this is both."""
+
+
 def _check_boxes(b, name: str, dims=(2, 3)) -> None:
     if not isinstance(b, Tensor):
         raise TypeError(f"{name} must be a tensor, got {type(b).__name__}")
@@ -50,7 +55,7 @@ def _check_boxes(b, name: str, dims=(2, 3)) -> None:
         raise TypeError(f"{name} must be float32/float16/bfloat16/float64, got {b.dtype}")
     if b.dim() not in dims or b.shape[-1] != 4:
         want = " or ".join(("[N, 4]", "[B, N, 4]")[d - 2] for d in dims)
-        raise ValueError(f"{name} must be {want} (4 coordinates last), got shape {tuple(b.shape)}")
+        raise ShapeError(f"{name} must be {want} (4 coordinates last), got shape {tuple(b.shape)}")
 
 
 def _check_finite(b: Tensor, name: str, keep: Optional[Tensor] = None) -> None:
@@ -108,20 +113,26 @@ def prepare_match(boxes, gt, gt_valid, fmt, backend):
     return a.detach(), g.detach(), v, batched, f, backends.choose(backend, boxes.device)
 
 
+def _dequantize(t):
+    """Quantized boxes / scores (torchvision's quantized nms) are read as their float values."""
+    return t.dequantize() if isinstance(t, Tensor) and t.is_quantized else t
+
+
 def prepare_nms(boxes, scores, idxs, iou_threshold, fmt, backend):
+    boxes, scores = _dequantize(boxes), _dequantize(scores)
     _check_boxes(boxes, "boxes", dims=(2,))
     if not isinstance(scores, Tensor) or scores.dtype not in FLOATS:
         raise TypeError("scores must be a float tensor")
     N = boxes.shape[0]
     if tuple(scores.shape) != (N,):
-        raise ValueError(f"scores must have shape [N] = [{N}], got {tuple(scores.shape)}")
+        raise ShapeError(f"scores must have shape [N] = [{N}], got {tuple(scores.shape)}")
     if scores.device != boxes.device:
         raise ValueError(f"scores is on {scores.device} but boxes is on {boxes.device}")
     if idxs is not None:
         if not isinstance(idxs, Tensor) or idxs.dtype not in INTS:
             raise TypeError("idxs must be an integer tensor (one category per box)")
         if tuple(idxs.shape) != (N,):
-            raise ValueError(f"idxs must have shape [N] = [{N}], got {tuple(idxs.shape)}")
+            raise ShapeError(f"idxs must have shape [N] = [{N}], got {tuple(idxs.shape)}")
         if idxs.device != boxes.device:
             raise ValueError(f"idxs is on {idxs.device} but boxes is on {boxes.device}")
     thr = _check_threshold(iou_threshold)
@@ -307,7 +318,10 @@ def nms(boxes: Tensor, scores: Tensor, iou_threshold: float, *, fmt: str = "xyxy
     a box is discarded when its IoU with an already kept box is > the
     threshold (equal is kept). IoU of degenerate boxes is 0. Coordinates
     must be finite and scores not NaN (ValueError; skipped under
-    torch.compile). Works under torch.compile(fullgraph=True) (the output
+    torch.compile). Wrong shapes raise ShapeError (a ValueError and, as
+    torchvision's, a RuntimeError). Quantized boxes and scores are read as
+    their dequantized values (torchvision's quantized nms keeps the same
+    boxes). Works under torch.compile(fullgraph=True) (the output
     size is data-dependent).
     """
     b, s, _, thr, f, backend = prepare_nms(boxes, scores, None, iou_threshold, fmt, backend)
@@ -318,12 +332,15 @@ def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: floa
                 backend: Optional[str] = None) -> Tensor:
     """NMS within each category ``idxs`` [N] (integers): boxes of different
     categories never suppress each other. Same output and tie rules as
-    :func:`nms`.
+    :func:`nms`; empty ``boxes`` give an empty int64 result whatever the
+    other arguments (torchvision's shortcut).
 
     Not torchvision's coordinate-offset trick: the kernels compare the
     categories of each pair directly, so the result is exactly per-category
     NMS merged by score, with no precision lost to large offsets (it equals
     torchvision's result wherever that one is not perturbed by the offsets).
     """
+    if isinstance(boxes, Tensor) and boxes.numel() == 0:  # torchvision: empty in, empty out, nothing checked
+        return torch.empty((0,), dtype=torch.int64, device=boxes.device)
     b, s, i, thr, f, backend = prepare_nms(boxes, scores, idxs, iou_threshold, fmt, backend)
     return nms_op(b, s, i, thr, f, backend)
