@@ -142,7 +142,7 @@ def test_kernel_equals_reference_and_all_points():
     K = len(cats)
 
     def group(rows, lab, img):
-        k = torch.searchsorted(cats, rows[:, lab])
+        k = torch.searchsorted(cats, rows[:, lab].contiguous())
         keep = cats[k.clamp(max=K - 1)] == rows[:, lab]
         rows, k = rows[keep], k[keep]
         key, o = torch.sort(k * I + rows[:, img].long(), stable=True)
@@ -319,3 +319,10 @@ def test_against_torchmetrics():
     assert torch.allclose(r["iou"].float(), jac)
     jm = tm.MulticlassJaccardIndex(6, ignore_index=255)(x, t)
     assert r["miou"].float().item() == pytest.approx(jm.item(), abs=1e-6)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_confusion_matrix_many_classes(backend):
+    x, t = _logits(1, 70, 6, 7, seed=5)  # 70 * 70 bins: the Triton kernel's per-pixel atomics
+    want = ref.confusion_matrix(x, t, 70, ignore_index=255)
+    assert torch.equal(confusion_matrix(x, t, 70, ignore_index=255, backend=backend), want)

@@ -427,7 +427,7 @@ class COCOEvaluator:
         out["classes"] = cats.long()
         a0, m_last = 0, len(self.max_dets) - 1
         if self.average == "coco":
-            per = c["precision"][:, :, :, a0, m_last].permute(2, 0, 1).reshape(len(cats), -1)
+            per = c["precision"][:, :, :, a0, m_last].permute(2, 0, 1).flatten(1)
         else:
             per = c["ap_all"][:, :, a0, m_last].t()
         out["map_per_class"] = _mean_valid(per)
