@@ -131,9 +131,8 @@ def peak_mb(kind: str, name: str, quick: bool):
 
 
 def _interleaved(runners: dict, repeat: int, slow=(), slow_repeat=1) -> dict:
+    """Timed calls, one runner after the other; the callers make each runner's first call."""
     times = {k: [] for k in runners}
-    for fn in runners.values():
-        fn()  # first call: lazy initialisation
     for i in range(repeat):
         for k, fn in runners.items():
             if k in slow and i >= slow_repeat:
@@ -144,7 +143,7 @@ def _interleaved(runners: dict, repeat: int, slow=(), slow_repeat=1) -> dict:
     return times
 
 
-def measure_detection(quick: bool = False, repeat: int = 5, memory: bool = True) -> list:
+def measure_detection(quick: bool = False, repeat: int = 3, memory: bool = True) -> list:
     cfg = DET_QUICK if quick else DET_FULL
     gt, dets = synthetic_coco(**cfg)
     run = det_runners(gt, dets)
