@@ -777,7 +777,10 @@ py::capsule cpu_block(int64_t nbytes) {
 }
 }  // namespace dlpack
 
+namespace segfast { namespace metrics { void register_metrics(py::module_& m); } }  // csrc/cpu/metrics.cpp
+
 PYBIND11_MODULE(_C, m) {
+  segfast::metrics::register_metrics(m);  // metrics family
   m.doc() = "segfast compiled kernels (CPU/OpenMP and, when built, CUDA); no libtorch";
 
   m.def("has_cuda", []() {

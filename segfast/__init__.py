@@ -69,6 +69,8 @@ from .losses import (CIoULoss, DIoULoss, GIoULoss, IoUBalancedBCELoss, IoUBalanc
 from .functional import batched_nms, box_iou_max, nms  # noqa: E402
 # ---- end of the boxes_match family ----
 
+from . import metrics  # noqa: E402  (metrics family: segfast.metrics.COCOEvaluator, ConfusionMatrix)
+
 
 def info(print_out: bool = True) -> dict:
     """Version, built and usable backends, CUDA architectures, torch/triton

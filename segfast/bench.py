@@ -650,6 +650,8 @@ def main(argv=None) -> int:
         rows += measure(case, device, repeat=args.repeat, memory=not args.no_memory, min_time=args.min_time)
         print(f"  measured {case.name}", file=sys.stderr)
     rows += measure_crf(device, quick=args.quick)  # crf family (inference only)
+    from .metrics import _bench as metrics_bench  # metrics family (CPU rows)
+    rows += metrics_bench.measure(device, args.quick, not args.no_memory)
     print(format_table(rows))
     if args.json:
         with open(args.json, "w") as f:

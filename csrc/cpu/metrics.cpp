@@ -1,0 +1,345 @@
+// metrics family, CPU: COCO box evaluation (pycocotools' evaluateImg +
+// accumulate, number for number) and the segmentation confusion matrix read
+// straight from the logits. segfast/metrics/ validates and lays out every
+// input; the rules each kernel follows are stated in
+// segfast/metrics/detection.py and segfast/metrics/segmentation.py.
+#include <pybind11/pybind11.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <numeric>
+#include <stdexcept>
+#include <vector>
+
+#include <omp.h>
+
+#include "../common/dtypes.h"
+#include "common.h"
+
+// IoU and area products are rounded one by one, as pycocotools' C code does
+// them (no fused multiply-add).
+#pragma GCC optimize("fp-contract=off")
+
+namespace py = pybind11;
+
+namespace segfast {
+namespace metrics {
+
+struct CocoArgs {
+  int64_t K, I, T, R, A, M;
+  // ground truth grouped by (category, image): group g = k * I + i holds rows gt_off[g]..gt_off[g+1]
+  const double* gt_box;   // [G, 4] x, y, w, h
+  const double* gt_area;  // [G]
+  const uint8_t* gt_crowd;
+  const uint8_t* gt_idnz;  // the gt's id is not 0 (pycocotools tests matches by id != 0)
+  const int64_t* gt_off;
+  const double* dt_box;  // [D, 4] x, y, w, h, grouped as the gts, input order inside a group
+  const double* dt_score;
+  const int64_t* dt_off;
+  const double* iou_thr;   // [T]
+  const double* rec_thr;   // [R]
+  const double* area_rng;  // [A, 2]
+  const int64_t* max_dets;  // [M]
+  double* precision;  // [T, R, K, A, M], -1 filled by the caller
+  double* recall;     // [T, K, A, M]
+  double* scores;     // [T, R, K, A, M]
+  double* ap_all;     // [T, K, A, M]: sum of (R_n - R_{n-1}) P_n over the detections
+  int64_t* npig;      // [K, A]
+  // optional: codes of the detections kept at (curve_a, curve_m), per category in score order
+  int64_t curve_a, curve_m;
+  const int64_t* curve_off;  // [K + 1]
+  int64_t curve_total;
+  double* curve_score;   // [curve_total]
+  uint8_t* curve_code;   // [T, curve_total]: 0 ignored, 1 true positive, 2 false positive
+};
+
+namespace {
+
+enum : uint8_t { kIgnored = 0, kTP = 1, kFP = 2 };
+
+// One category: evaluateImg on each of its images, then accumulate.
+void coco_category(const CocoArgs& a, int64_t k) {
+  const int64_t T = a.T, R = a.R, K = a.K, A = a.A, M = a.M;
+  const int64_t last_det = a.max_dets[M - 1];
+  std::vector<double> sc;       // kept detections, image order, score order inside an image
+  std::vector<int32_t> rank;    // their rank inside the image
+  std::vector<uint8_t> code;    // [n, A, T]
+  std::vector<int64_t> npig(A, 0);
+  std::vector<int64_t> dord, gord;
+  std::vector<double> iou;
+  std::vector<uint8_t> gig, gtm;
+  for (int64_t i = 0; i < a.I; ++i) {
+    const int64_t g = k * a.I + i;
+    const int64_t g0 = a.gt_off[g], ng = a.gt_off[g + 1] - g0;
+    const int64_t d0 = a.dt_off[g], nd = a.dt_off[g + 1] - d0;
+    if (ng == 0 && nd == 0) continue;
+    // detections: stable sort by decreasing score, cut to maxDets[-1]
+    dord.resize(nd);
+    std::iota(dord.begin(), dord.end(), d0);
+    std::stable_sort(dord.begin(), dord.end(),
+                     [&](int64_t x, int64_t y) { return a.dt_score[x] > a.dt_score[y]; });
+    const int64_t D = std::min<int64_t>(nd, last_det);
+    // IoU [D, ng] (maskApi.c bbIou: crowd gts divide by the detection's area)
+    iou.assign(D * ng, 0.0);
+    for (int64_t j = 0; j < ng; ++j) {
+      const double* G = a.gt_box + 4 * (g0 + j);
+      const double ga = G[2] * G[3];
+      const bool crowd = a.gt_crowd[g0 + j] != 0;
+      for (int64_t d = 0; d < D; ++d) {
+        const double* B = a.dt_box + 4 * dord[d];
+        const double da = B[2] * B[3];
+        const double w = std::fmin(B[2] + B[0], G[2] + G[0]) - std::fmax(B[0], G[0]);
+        if (w <= 0) continue;
+        const double h = std::fmin(B[3] + B[1], G[3] + G[1]) - std::fmax(B[1], G[1]);
+        if (h <= 0) continue;
+        const double in = w * h;
+        const double u = crowd ? da : da + ga - in;
+        iou[d * ng + j] = in / u;
+      }
+    }
+    const size_t base = sc.size();
+    sc.resize(base + D);
+    rank.resize(base + D);
+    code.resize((base + D) * A * T);
+    for (int64_t d = 0; d < D; ++d) {
+      sc[base + d] = a.dt_score[dord[d]];
+      rank[base + d] = int32_t(d);
+    }
+    gig.resize(ng);
+    gtm.resize(ng);
+    gord.resize(ng);
+    for (int64_t ar = 0; ar < A; ++ar) {
+      const double lo = a.area_rng[2 * ar], hi = a.area_rng[2 * ar + 1];
+      // gts: ignored (crowd or area outside [lo, hi]) last, stable
+      int64_t n_reg = 0;
+      for (int64_t j = 0; j < ng; ++j) {
+        const double ar_j = a.gt_area[g0 + j];
+        gig[j] = (a.gt_crowd[g0 + j] || ar_j < lo || ar_j > hi) ? 1 : 0;
+        n_reg += gig[j] == 0;
+      }
+      npig[ar] += n_reg;
+      int64_t p0 = 0, p1 = n_reg;
+      for (int64_t j = 0; j < ng; ++j) gord[gig[j] ? p1++ : p0++] = j;
+      for (int64_t t = 0; t < T; ++t) {
+        std::fill(gtm.begin(), gtm.end(), uint8_t(0));
+        const double thr0 = std::min(a.iou_thr[t], 1 - 1e-10);
+        for (int64_t d = 0; d < D; ++d) {
+          double thr = thr0;
+          int64_t m = -1;
+          const double* row = iou.data() + d * ng;
+          for (int64_t q = 0; q < ng; ++q) {
+            const int64_t j = gord[q];
+            if (gtm[j] && !a.gt_crowd[g0 + j]) continue;
+            if (m > -1 && !gig[m] && gig[j]) break;
+            if (row[j] < thr) continue;
+            thr = row[j];
+            m = j;
+          }
+          bool ig = false, hit = false;
+          if (m > -1) {
+            gtm[m] = 1;
+            ig = gig[m] != 0;
+            hit = a.gt_idnz[g0 + m] != 0;
+          }
+          if (!hit) {  // dtm == 0: unmatched detections outside the range are ignored
+            const double* B = a.dt_box + 4 * dord[d];
+            const double da = B[2] * B[3];
+            ig = ig || da < lo || da > hi;
+          }
+          code[((base + d) * A + ar) * T + t] = ig ? kIgnored : (hit ? kTP : kFP);
+        }
+      }
+    }
+  }
+  for (int64_t ar = 0; ar < A; ++ar) a.npig[k * A + ar] = npig[ar];
+  // accumulate: one stable sort by decreasing score over the category's images in id order
+  const int64_t n = int64_t(sc.size());
+  std::vector<int64_t> ord(n);
+  std::iota(ord.begin(), ord.end(), 0);
+  std::stable_sort(ord.begin(), ord.end(), [&](int64_t x, int64_t y) { return sc[x] > sc[y]; });
+  std::vector<double> rc(n), pr(n), ss(n);
+  const double eps = std::numeric_limits<double>::epsilon();  // np.spacing(1)
+  for (int64_t mi = 0; mi < M; ++mi) {
+    const int64_t md = a.max_dets[mi];
+    for (int64_t ar = 0; ar < A; ++ar) {
+      const bool curve = a.curve_code && ar == a.curve_a && mi == a.curve_m;
+      if (npig[ar] == 0 && !curve) continue;
+      const double np_ = double(npig[ar]);
+      for (int64_t t = 0; t < T; ++t) {
+        int64_t nd = 0;
+        double tp = 0, fp = 0;
+        const int64_t coff = curve ? a.curve_off[k] : 0;
+        for (int64_t q = 0; q < n; ++q) {
+          const int64_t x = ord[q];
+          if (rank[x] >= md) continue;
+          const uint8_t c = code[(x * A + ar) * T + t];
+          if (curve) {
+            a.curve_code[t * a.curve_total + coff + nd] = c;
+            if (t == 0) a.curve_score[coff + nd] = sc[x];
+          }
+          tp += c == kTP;
+          fp += c == kFP;
+          rc[nd] = tp / np_;
+          pr[nd] = tp / (fp + tp + eps);
+          ss[nd] = sc[x];
+          ++nd;
+        }
+        if (npig[ar] == 0) continue;
+        const int64_t cell = ((t * K + k) * A + ar) * M + mi;
+        a.recall[cell] = nd ? rc[nd - 1] : 0.0;
+        for (int64_t q = nd - 1; q > 0; --q)
+          if (pr[q] > pr[q - 1]) pr[q - 1] = pr[q];
+        double ap = 0.0, prev = 0.0;
+        for (int64_t q = 0; q < nd; ++q) {
+          ap += (rc[q] - prev) * pr[q];
+          prev = rc[q];
+        }
+        a.ap_all[cell] = ap;
+        int64_t p = 0;
+        for (int64_t r = 0; r < R; ++r) {
+          while (p < nd && rc[p] < a.rec_thr[r]) ++p;  // searchsorted(rc, thr, 'left')
+          const int64_t o = (((t * R + r) * K + k) * A + ar) * M + mi;
+          a.precision[o] = p < nd ? pr[p] : 0.0;
+          a.scores[o] = p < nd ? ss[p] : 0.0;
+        }
+      }
+    }
+  }
+}
+
+template <typename P>
+P* ptr(uintptr_t p) {
+  return reinterpret_cast<P*>(p);
+}
+
+void coco_eval(int64_t K, int64_t I, int64_t T, int64_t R, int64_t A, int64_t M, uintptr_t gt_box,
+               uintptr_t gt_area, uintptr_t gt_crowd, uintptr_t gt_idnz, uintptr_t gt_off,
+               uintptr_t dt_box, uintptr_t dt_score, uintptr_t dt_off, uintptr_t iou_thr,
+               uintptr_t rec_thr, uintptr_t area_rng, uintptr_t max_dets, uintptr_t precision,
+               uintptr_t recall, uintptr_t scores, uintptr_t ap_all, uintptr_t npig, int64_t curve_a, int64_t curve_m,
+               uintptr_t curve_off, int64_t curve_total, uintptr_t curve_score,
+               uintptr_t curve_code, int64_t num_threads) {
+  if (K < 0 || I < 0 || T < 1 || R < 1 || A < 1 || M < 1)
+    throw std::invalid_argument("segfast._C.coco_eval: bad sizes");
+  CocoArgs a{K, I, T, R, A, M,
+             ptr<const double>(gt_box), ptr<const double>(gt_area), ptr<const uint8_t>(gt_crowd),
+             ptr<const uint8_t>(gt_idnz), ptr<const int64_t>(gt_off),
+             ptr<const double>(dt_box), ptr<const double>(dt_score), ptr<const int64_t>(dt_off),
+             ptr<const double>(iou_thr), ptr<const double>(rec_thr), ptr<const double>(area_rng),
+             ptr<const int64_t>(max_dets), ptr<double>(precision), ptr<double>(recall),
+             ptr<double>(scores), ptr<double>(ap_all), ptr<int64_t>(npig), curve_a, curve_m,
+             ptr<const int64_t>(curve_off), curve_total, ptr<double>(curve_score),
+             ptr<uint8_t>(curve_code)};
+  for (int64_t m = 0; m < M; ++m)
+    if (a.max_dets[m] < 1) throw std::invalid_argument("segfast._C.coco_eval: maxDets must be >= 1");
+  py::gil_scoped_release nogil;
+  const int nt = int(std::max<int64_t>(1, std::min<int64_t>(num_threads, std::max<int64_t>(K, 1))));
+#pragma omp parallel for schedule(dynamic, 1) num_threads(nt)
+  for (int64_t k = 0; k < K; ++k) coco_category(a, k);
+}
+
+// ---- confusion matrix from logits -----------------------------------------------------------
+// hist[target * C + argmax_c x] += 1 over the pixels whose target is not ignore_index; the
+// first maximum wins, a NaN counts as the maximum (torch.argmax); targets outside [0, C)
+// count in hist[C * C]. x [N, C, S] with element strides, targets [N, S].
+
+constexpr int64_t kBlock = 512;
+
+template <typename T>
+SEGFAST_CLONES void confusion_block(const void* x, int code, int64_t off, int64_t sC, int64_t sS,
+                                    int64_t C, int64_t len, T* __restrict best,
+                                    int32_t* __restrict idx, T* __restrict row) {
+  cpu::load_row(best, x, code, off, sS, len);
+  for (int64_t p = 0; p < len; ++p) idx[p] = 0;
+  for (int64_t c = 1; c < C; ++c) {
+    cpu::load_row(row, x, code, off + c * sC, sS, len);
+    const int32_t ci = int32_t(c);
+#pragma omp simd
+    for (int64_t p = 0; p < len; ++p) {
+      const T v = row[p], b = best[p];
+      const bool up = v > b || (v != v && b == b);
+      best[p] = up ? v : b;
+      idx[p] = up ? ci : idx[p];
+    }
+  }
+}
+
+template <typename T>
+void confusion_run(uintptr_t x, int code, int64_t N, int64_t C, int64_t S, int64_t sN, int64_t sC,
+                   int64_t sS, uintptr_t t, int t_code, int64_t tsN, int64_t tsS, bool has_ignore,
+                   int64_t ignore, int64_t* out, int nt) {
+  const int64_t nb = (S + kBlock - 1) / kBlock, jobs = N * nb, bins = C * C + 1;
+  const void* xp = reinterpret_cast<const void*>(x);
+  const void* tp = reinterpret_cast<const void*>(t);
+  std::vector<std::vector<int64_t>> local(nt);
+#pragma omp parallel num_threads(nt)
+  {
+    std::vector<int64_t>& h = local[omp_get_thread_num()];
+    h.assign(bins, 0);
+    std::vector<T> best(kBlock), row(kBlock);
+    std::vector<int32_t> idx(kBlock);
+#pragma omp for schedule(static)
+    for (int64_t j = 0; j < jobs; ++j) {
+      const int64_t n = j / nb, s0 = (j % nb) * kBlock, len = std::min(kBlock, S - s0);
+      confusion_block<T>(xp, code, n * sN + s0 * sS, sC, sS, C, len, best.data(), idx.data(),
+                         row.data());
+      for (int64_t p = 0; p < len; ++p) {
+        const int64_t y = load_i64(tp, t_code, n * tsN + (s0 + p) * tsS);
+        if (has_ignore && y == ignore) continue;
+        if (y < 0 || y >= C) {
+          ++h[C * C];
+          continue;
+        }
+        ++h[y * C + idx[p]];
+      }
+    }
+  }
+  for (int i = 0; i < nt; ++i)
+    for (int64_t b = 0; b < bins; ++b) out[b] += local[i][b];
+}
+
+void confusion_logits(uintptr_t x, int64_t x_code, int64_t N, int64_t C, int64_t S, int64_t sN,
+                      int64_t sC, int64_t sS, uintptr_t t, int64_t t_code, int64_t tsN, int64_t tsS,
+                      bool has_ignore, int64_t ignore, uintptr_t out, int64_t num_threads) {
+  if (!dtype_is_float(int(x_code))) throw std::invalid_argument("segfast._C: logits must be float");
+  if (t_code != kUInt8 && t_code != kInt32 && t_code != kInt64)
+    throw std::invalid_argument("segfast._C: targets must be uint8/int32/int64");
+  if (N < 0 || C < 1 || S < 0) throw std::invalid_argument("segfast._C: bad sizes");
+  py::gil_scoped_release nogil;
+  const int nt = int(std::max<int64_t>(1, num_threads));
+  int64_t* o = reinterpret_cast<int64_t*>(out);
+  if (x_code == kFloat64)
+    confusion_run<double>(x, int(x_code), N, C, S, sN, sC, sS, t, int(t_code), tsN, tsS, has_ignore,
+                          ignore, o, nt);
+  else
+    confusion_run<float>(x, int(x_code), N, C, S, sN, sC, sS, t, int(t_code), tsN, tsS, has_ignore,
+                         ignore, o, nt);
+}
+
+}  // namespace
+
+void register_metrics(py::module_& m) {
+  m.def("coco_eval", &coco_eval,
+        "COCO box evaluation (pycocotools evaluateImg + accumulate) of K categories x I images; "
+        "gts and detections float64 xywh grouped by (category, image) with offsets [K*I+1]; "
+        "writes precision/scores [T,R,K,A,M], recall [T,K,A,M], npig [K,A] and optionally the "
+        "per-detection codes of one (area, maxDets) cell.",
+        py::arg("K"), py::arg("I"), py::arg("T"), py::arg("R"), py::arg("A"), py::arg("M"),
+        py::arg("gt_box"), py::arg("gt_area"), py::arg("gt_crowd"), py::arg("gt_idnz"),
+        py::arg("gt_off"), py::arg("dt_box"), py::arg("dt_score"), py::arg("dt_off"),
+        py::arg("iou_thr"), py::arg("rec_thr"), py::arg("area_rng"), py::arg("max_dets"),
+        py::arg("precision"), py::arg("recall"), py::arg("scores"), py::arg("ap_all"), py::arg("npig"),
+        py::arg("curve_a"), py::arg("curve_m"), py::arg("curve_off"), py::arg("curve_total"),
+        py::arg("curve_score"), py::arg("curve_code"), py::arg("num_threads"));
+  m.def("confusion_logits_cpu", &confusion_logits,
+        "out[target*C + argmax] += 1 (int64 [C*C+1], last slot: targets outside [0, C)) from logits "
+        "[N, C, S] and targets [N, S], element strides, in one read of the logits.",
+        py::arg("x"), py::arg("x_dtype"), py::arg("N"), py::arg("C"), py::arg("S"), py::arg("sN"),
+        py::arg("sC"), py::arg("sS"), py::arg("t"), py::arg("t_dtype"), py::arg("tsN"), py::arg("tsS"),
+        py::arg("has_ignore"), py::arg("ignore"), py::arg("out"), py::arg("num_threads"));
+}
+
+}  // namespace metrics
+}  // namespace segfast

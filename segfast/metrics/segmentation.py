@@ -1,0 +1,177 @@
+"""Semantic segmentation metrics from a confusion matrix.
+
+``confusion_matrix(preds, target, num_classes, ignore_index=None)`` -> int64
+[C, C], rows = target class, columns = predicted class (torchmetrics'
+layout). ``preds`` is either logits / probabilities [N, C, *] (the
+prediction is the argmax over dim 1: the first maximum wins and a NaN
+counts as the maximum, as ``torch.argmax``) or class indices shaped like
+``target`` [N, *]. Pixels whose target is ``ignore_index`` are skipped; any
+other target outside [0, C) is an error.
+
+From logits the matrix is counted in one read of the logits, with no
+argmax tensor and no one-hot: on CPU a C++ kernel (csrc/cpu/metrics.cpp,
+OpenMP, one histogram per thread), on GPU a Triton kernel
+(triton_kernels/metrics.py), otherwise argmax + ``torch.bincount`` (the
+``torch`` backend, segfast/reference/metrics.py).
+
+``ConfusionMatrix`` accumulates it (``update``, ``compute``, ``reset``;
+under torch.distributed ``compute()`` all-reduces the matrix) and derives
+per-class IoU, mean IoU, Dice/F1, pixel accuracy and mean class accuracy.
+
+Absent classes: a class with no target and no predicted pixel has IoU and
+Dice NaN (0 / 0) and is left out of the means (NaN-mean); a class with no
+target pixel has class accuracy NaN, left out of the mean class accuracy.
+A mean over no class at all is NaN. ``absent="zero"`` gives torchmetrics'
+convention instead: per-class 0 for absent classes, still left out of the
+means (as ``MulticlassJaccardIndex(average="macro")`` weighs them 0).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from .. import backends
+
+__all__ = ["confusion_matrix", "ConfusionMatrix", "scores_from_confusion"]
+
+_INT = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
+
+
+def _check(preds, target, num_classes, ignore_index):
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+    if ignore_index is not None and (isinstance(ignore_index, bool) or not isinstance(ignore_index, int)):
+        raise TypeError(f"ignore_index must be an int or None, got {ignore_index!r}")
+    if not isinstance(preds, Tensor) or not isinstance(target, Tensor):
+        raise TypeError("preds and target must be tensors")
+    if target.dtype not in _INT:
+        raise TypeError(f"target must hold class indices (an integer dtype), got {target.dtype}")
+    if preds.device != target.device:
+        raise ValueError(f"preds and target must be on one device, got {preds.device} and {target.device}")
+    if preds.is_floating_point():
+        if preds.dim() < 2 or preds.shape[1] != num_classes or preds.shape[:1] + preds.shape[2:] != target.shape:
+            raise ValueError(f"logits preds must be [N, num_classes={num_classes}, *] with target [N, *], got "
+                             f"preds {tuple(preds.shape)} and target {tuple(target.shape)}")
+        return True
+    if preds.dtype not in _INT or preds.shape != target.shape:
+        raise ValueError(f"class-index preds must be an integer tensor shaped like target {tuple(target.shape)}, "
+                         f"got {preds.dtype} {tuple(preds.shape)}")
+    return False
+
+
+def _counts(preds: Tensor, target: Tensor, C: int, ignore_index, backend) -> Tensor:
+    """int64 [C*C + 1]: the matrix, flat, and the count of targets outside [0, C) (not ignored)."""
+    logits = _check(preds, target, C, ignore_index)
+    if not logits:
+        p, t = preds.reshape(-1).long(), target.reshape(-1).long()
+        valid = t != ignore_index if ignore_index is not None else torch.ones_like(t, dtype=torch.bool)
+        good = valid & (t >= 0) & (t < C) & (p >= 0) & (p < C)
+        bad_pred = valid & (t >= 0) & (t < C) & ~good
+        flat = torch.where(good, t * C + p, torch.where(valid, C * C, C * C + 1))
+        out = torch.bincount(flat, minlength=C * C + 2)[: C * C + 1]
+        if preds.device.type == "cpu" and bool(bad_pred.any()):
+            raise ValueError(f"preds holds class indices outside [0, {C})")
+        return out
+    N = preds.shape[0]
+    x = preds.reshape(N, C, -1)
+    t = target.reshape(N, -1)
+    if t.dtype not in (torch.uint8, torch.int32, torch.int64):
+        t = t.long()
+    b = backends.choose(backend, preds.device)
+    if b == "cuda":  # no CUDA C++ kernel in this family: Triton where it runs
+        b = "triton" if backends.unavailable_reason("triton", preds.device) is None else "torch"
+    if b == "cpu" and not hasattr(backends._C, "confusion_logits_cpu"):
+        b = "torch"
+    if b == "cpu":
+        out = torch.zeros(C * C + 1, dtype=torch.int64)
+        backends._C.confusion_logits_cpu(
+            x.data_ptr(), backends.dtype_code(x), N, C, x.shape[2], x.stride(0), x.stride(1), x.stride(2),
+            t.data_ptr(), backends.dtype_code(t), t.stride(0), t.stride(1), ignore_index is not None,
+            0 if ignore_index is None else ignore_index, out.data_ptr(), backends.cpu_threads(x.numel()))
+        return out
+    if b == "triton":
+        from ..triton_kernels import metrics as tk
+
+        out = torch.zeros(C * C + 1, dtype=torch.int64, device=x.device)
+        step = max(1, (2**31 - 1) // max(1, x.shape[2]))  # int32 counts per launch
+        for n0 in range(0, N, step):
+            out += tk.confusion_logits(x[n0:n0 + step], t[n0:n0 + step], C, ignore_index)
+        return out
+    p = x.argmax(1)
+    return _counts(p.reshape(target.shape), target, C, ignore_index, backend)
+
+
+def confusion_matrix(preds: Tensor, target: Tensor, num_classes: int, ignore_index: Optional[int] = None,
+                     backend: Optional[str] = None) -> Tensor:
+    """int64 [C, C] (rows: target, columns: prediction); see the module docstring.
+    A target outside [0, C) that is not ``ignore_index`` raises ValueError
+    (on GPU this reads one count back, a device sync)."""
+    c = _counts(preds, target, num_classes, ignore_index, backend)
+    if bool(c[-1] > 0):
+        raise ValueError(f"target holds {int(c[-1])} values outside [0, {num_classes}) other than "
+                         f"ignore_index={ignore_index}")
+    return c[:-1].reshape(num_classes, num_classes)
+
+
+def scores_from_confusion(cm: Tensor, absent: str = "nan") -> dict:
+    """Per-class IoU / Dice / accuracy and their means from a [C, C] matrix (float64)."""
+    if absent not in ("nan", "zero"):
+        raise ValueError(f"absent must be 'nan' or 'zero', got {absent!r}")
+    cm = cm.double()
+    tp = cm.diagonal()
+    row, col = cm.sum(1), cm.sum(0)  # target pixels, predicted pixels
+    union = row + col - tp
+    iou = tp / union
+    dice = 2 * tp / (row + col)
+    acc = tp / row
+    means = dict(miou=torch.nanmean(iou), mean_dice=torch.nanmean(dice), mean_class_accuracy=torch.nanmean(acc))
+    if absent == "zero":
+        iou, dice = iou.nan_to_num(0.0), dice.nan_to_num(0.0)
+        acc = acc.nan_to_num(0.0)
+    return dict(confusion_matrix=cm.long(), iou=iou, dice=dice, class_accuracy=acc,
+                pixel_accuracy=tp.sum() / cm.sum(), **means)
+
+
+class ConfusionMatrix:
+    """Accumulated [C, C] confusion matrix (int64) and the scores derived from it.
+
+    ``update(preds, target)``: logits [N, C, *] or class indices [N, *];
+    ``compute()`` -> dict with ``confusion_matrix``, per-class ``iou``,
+    ``dice``, ``class_accuracy``, and ``miou``, ``mean_dice``,
+    ``pixel_accuracy``, ``mean_class_accuracy`` (float64 tensors). Targets
+    outside [0, C) other than ``ignore_index`` raise at ``compute()`` (no
+    device sync in ``update``). See the module docstring for the absent-class rule.
+    """
+
+    def __init__(self, num_classes: int, ignore_index: Optional[int] = None, absent: str = "nan",
+                 dist_sync: bool = True, backend: Optional[str] = None):
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+            raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+        if absent not in ("nan", "zero"):
+            raise ValueError(f"absent must be 'nan' or 'zero', got {absent!r}")
+        self.num_classes, self.ignore_index, self.absent = num_classes, ignore_index, absent
+        self.dist_sync, self.backend = dist_sync, backend
+        self.reset()
+
+    def reset(self) -> None:
+        self._counts = None
+
+    def update(self, preds: Tensor, target: Tensor) -> None:
+        c = _counts(preds, target, self.num_classes, self.ignore_index, self.backend)
+        self._counts = c if self._counts is None else self._counts + c.to(self._counts.device)
+
+    def compute(self) -> dict:
+        C = self.num_classes
+        c = self._counts if self._counts is not None else torch.zeros(C * C + 1, dtype=torch.int64)
+        dist = torch.distributed
+        if self.dist_sync and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            dev = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else c.device
+            c = c.to(dev).clone()
+            dist.all_reduce(c)
+        if bool(c[-1] > 0):
+            raise ValueError(f"target held {int(c[-1])} values outside [0, {C}) other than "
+                             f"ignore_index={self.ignore_index}")
+        return scores_from_confusion(c[:-1].reshape(C, C).cpu(), self.absent)
