@@ -474,7 +474,33 @@ def _crf_cases():
     }
 
 
-CASES = {**_seg_cases(), **_box_cases(), **_crf_cases()}
+def _compat_cases():
+    """The drop-in layers (segfast.compat): MONAI's class weights are a buffer that moves with the module."""
+    from segfast.compat import monai as M
+    from segfast.compat import smp as S
+
+    def cuda_w(mod):
+        for name, b in list(mod.named_buffers()):
+            setattr(mod, name, b.to("cuda"))
+        return mod
+
+    def make():
+        x, t = seg()()
+        return x, t.unsqueeze(1)
+    w = [1.0, 2.0, 0.5, 1.0]
+    return {
+        "compat.monai.DiceLoss[weight]": (
+            lambda x, t: cuda_w(M.DiceLoss(to_onehot_y=True, softmax=True, weight=w))(x, t), make),
+        "compat.monai.FocalLoss[weight]": (
+            lambda x, t: cuda_w(M.FocalLoss(to_onehot_y=True, use_softmax=True, weight=w))(x, t), make),
+        "compat.monai.DiceCELoss": (lambda x, t: M.DiceCELoss(to_onehot_y=True, softmax=True)(x, t), make),
+        "compat.smp.DiceLoss": (lambda x, t: S.DiceLoss("multiclass")(x, t[:, 0]), make),
+        "compat.smp.FocalLoss[class_weights]": (
+            lambda x, t: S.FocalLoss("multiclass", class_weights=w)(x, t[:, 0]), make),
+    }
+
+
+CASES = {**_seg_cases(), **_box_cases(), **_crf_cases(), **_compat_cases()}
 # Pure torch code on the device: no segfast kernel to launch.
 NO_KERNEL = {"pixel_objectness", "dense_crf[exact]", "iou_balanced_focal_loss", "iou_balanced_bce_loss", "iou_balanced_ce_loss",
              "iou_balanced_smooth_l1_loss", "IoUBalancedFocalLoss", "IoUBalancedBCELoss", "IoUBalancedCELoss",
@@ -484,7 +510,7 @@ NO_KERNEL = {"pixel_objectness", "dense_crf[exact]", "iou_balanced_focal_loss", 
 def test_every_public_op_is_covered():
     public = {n for n in segfast.__all__ if n not in ("info", "empty_cache", "backends", "__version__",
                                                        "Gaussian", "Bilateral")}
-    covered = {k.split("[")[0] for k in CASES}
+    covered = {k.split("[")[0] for k in CASES}  # (and a few segfast.compat layers)
     assert public <= covered, f"no GPU-path sync test for {sorted(public - covered)}"
 
 
