@@ -129,3 +129,15 @@ def test_bench_runs_on_cpu_tensors(tmp_path):
                                        "giou_loss", "ciou_loss", "dense_crf"]
     assert all(r["backend"] == "cpu" and float(r["ms"]) > 0 and float(r["pct_of_copy"]) >= 0 for r in rows)
     assert rows[0]["ideal_bytes"] == str(A.ideal_bytes((2, 3, 8, 8)))
+
+
+@pytest.mark.parametrize("family", ["pixel", "region", "lovasz", "boxes", "boxes_match", "crf"])
+def test_sanitizer_cases_run_on_cpu(monkeypatch, family):
+    """The cases run under compute-sanitizer, on CPU tensors with the cpu backend."""
+    from segfast import backends
+    from segfast.gpucheck import sanitize_case as S
+    if backends.unavailable_reason("cpu", __import__("torch").device("cpu")) is not None:
+        pytest.skip("the cpu backend is not built")
+    monkeypatch.setattr(S, "DEVICE", "cpu")
+    for run in S.cases(family):
+        run("cpu")
