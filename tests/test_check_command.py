@@ -141,3 +141,15 @@ def test_sanitizer_cases_run_on_cpu(monkeypatch, family):
     monkeypatch.setattr(S, "DEVICE", "cpu")
     for run in S.cases(family):
         run("cpu")
+
+
+def test_bench_step_streams_and_times_out(monkeypatch, capsys):
+    """The bench step echoes its subprocess's lines as they come and kills it at the limit."""
+    popen = A.subprocess.Popen
+    script = {"ok": "print('case 1'); print('wrote r.csv')", "hang": "import time; time.sleep(60)"}
+    for kind, status, detail in (("ok", "ok", "wrote r.csv"), ("hang", "fail", "timed out after 2 s")):
+        monkeypatch.setattr(A.subprocess, "Popen",
+                            lambda cmd, s=script[kind], **kw: popen([sys.executable, "-c", s], **kw))
+        r = A.step_bench(2 if kind == "hang" else 60, "out")
+        assert (r.status, r.detail) == (status, detail)
+    assert "    case 1" in capsys.readouterr().out
