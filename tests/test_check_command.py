@@ -129,3 +129,27 @@ def test_bench_runs_on_cpu_tensors(tmp_path):
                                        "giou_loss", "ciou_loss", "dense_crf"]
     assert all(r["backend"] == "cpu" and float(r["ms"]) > 0 and float(r["pct_of_copy"]) >= 0 for r in rows)
     assert rows[0]["ideal_bytes"] == str(A.ideal_bytes((2, 3, 8, 8)))
+
+
+@pytest.mark.parametrize("family", ["pixel", "region", "lovasz", "boxes", "boxes_match", "crf"])
+def test_sanitizer_cases_run_on_cpu(monkeypatch, family):
+    """The cases run under compute-sanitizer, on CPU tensors with the cpu backend."""
+    from segfast import backends
+    from segfast.gpucheck import sanitize_case as S
+    if backends.unavailable_reason("cpu", __import__("torch").device("cpu")) is not None:
+        pytest.skip("the cpu backend is not built")
+    monkeypatch.setattr(S, "DEVICE", "cpu")
+    for run in S.cases(family):
+        run("cpu")
+
+
+def test_bench_step_streams_and_times_out(monkeypatch, capsys):
+    """The bench step echoes its subprocess's lines as they come and kills it at the limit."""
+    popen = A.subprocess.Popen
+    script = {"ok": "print('case 1'); print('wrote r.csv')", "hang": "import time; time.sleep(60)"}
+    for kind, status, detail in (("ok", "ok", "wrote r.csv"), ("hang", "fail", "timed out after 2 s")):
+        monkeypatch.setattr(A.subprocess, "Popen",
+                            lambda cmd, s=script[kind], **kw: popen([sys.executable, "-c", s], **kw))
+        r = A.step_bench(2 if kind == "hang" else 60, "out")
+        assert (r.status, r.detail) == (status, detail)
+    assert "    case 1" in capsys.readouterr().out

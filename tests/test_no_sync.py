@@ -13,6 +13,10 @@ validation and launcher-argument code of segfast is the real one:
   fake one;
 * ``torch.cuda`` queries answer for an H100 (132 SMs, stream 0).
 
+Where torch is built without CUDA, c10's FakeGuardImpl is registered as the
+CUDA device guard (a few lines of C++ compiled once), and the backward runs
+node by node (``run_backward``), the autograd engine wanting a CUDA runtime.
+
 A dispatch mode above the fake mode records every host read of a CUDA
 value (``.item()``, ``float()``, ``int()``, ``bool()``, ``.tolist()``, a copy
 to the CPU, an op whose output shape depends on the data such as
@@ -24,7 +28,6 @@ ALLOWED_READS with the reason and the most reads it may do.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sys
 import traceback
@@ -474,17 +477,43 @@ def _crf_cases():
     }
 
 
-CASES = {**_seg_cases(), **_box_cases(), **_crf_cases()}
+def _compat_cases():
+    """The drop-in layers (segfast.compat): MONAI's class weights are a buffer that moves with the module."""
+    from segfast.compat import monai as M
+    from segfast.compat import smp as S
+
+    def cuda_w(mod):
+        for name, b in list(mod.named_buffers()):
+            setattr(mod, name, b.to("cuda"))
+        return mod
+
+    def make():
+        x, t = seg()()
+        return x, t.unsqueeze(1)
+    w = [1.0, 2.0, 0.5, 1.0]
+    return {
+        "compat.monai.DiceLoss[weight]": (
+            lambda x, t: cuda_w(M.DiceLoss(to_onehot_y=True, softmax=True, weight=w))(x, t), make),
+        "compat.monai.FocalLoss[weight]": (
+            lambda x, t: cuda_w(M.FocalLoss(to_onehot_y=True, use_softmax=True, weight=w))(x, t), make),
+        "compat.monai.DiceCELoss": (lambda x, t: M.DiceCELoss(to_onehot_y=True, softmax=True)(x, t), make),
+        "compat.smp.DiceLoss": (lambda x, t: S.DiceLoss("multiclass")(x, t[:, 0]), make),
+        "compat.smp.FocalLoss[class_weights]": (
+            lambda x, t: S.FocalLoss("multiclass", class_weights=w)(x, t[:, 0]), make),
+    }
+
+
+CASES = {**_seg_cases(), **_box_cases(), **_crf_cases(), **_compat_cases()}
 # Pure torch code on the device: no segfast kernel to launch.
-NO_KERNEL = {"pixel_objectness", "dense_crf[exact]", "iou_balanced_focal_loss", "iou_balanced_bce_loss", "iou_balanced_ce_loss",
-             "iou_balanced_smooth_l1_loss", "IoUBalancedFocalLoss", "IoUBalancedBCELoss", "IoUBalancedCELoss",
-             "IoUBalancedSmoothL1Loss"}
+NO_KERNEL = {"pixel_objectness", "dense_crf[exact]", "iou_balanced_focal_loss", "iou_balanced_bce_loss",
+             "iou_balanced_ce_loss", "iou_balanced_smooth_l1_loss", "IoUBalancedFocalLoss", "IoUBalancedBCELoss",
+             "IoUBalancedCELoss", "IoUBalancedSmoothL1Loss"}
 
 
 def test_every_public_op_is_covered():
     public = {n for n in segfast.__all__ if n not in ("info", "empty_cache", "backends", "__version__",
                                                        "Gaussian", "Bilateral")}
-    covered = {k.split("[")[0] for k in CASES}
+    covered = {k.split("[")[0] for k in CASES}  # (and a few segfast.compat layers)
     assert public <= covered, f"no GPU-path sync test for {sorted(public - covered)}"
 
 
@@ -508,10 +537,15 @@ def test_no_host_sync(gpu, monkeypatch, name, backend):
 def test_harness_catches_a_read(gpu):
     """The harness itself: a .item(), a float(), a bool() and a nonzero of device values are all caught."""
     def sync(x):
-        return x * float(x.sum()) + x.sum().item() + bool((x > 0).any()) + x.nonzero().shape[0]
-    reads, _, err = gpu(sync, lambda: (torch.randn(3, device="cuda"),))
+        y = x * float(x.sum()) + x.sum().item() + bool((x > 0).any()) + x.nonzero().shape[0]
+        return y[x > 0].sum() + int(x.argmax()) + len(x.tolist()) + x.cpu().sum()
+    reads, _, err = gpu(sync, lambda: (torch.randn(3, device="cuda", requires_grad=True),))
     assert err is None, "".join(traceback.format_exception(err))
-    assert len(reads) == 4, reads
+    # float, item, bool, nonzero, the mask, int, tolist (one per element), cpu, the mask's backward
+    assert len(reads) == 11, "\n".join(reads)
+    kinds = {r.split(" ")[0] for r in reads}
+    assert kinds == {"aten::_local_scalar_dense", "aten::nonzero", "aten::index.Tensor", "aten::_to_copy",
+                     "aten::index_put"}, kinds
 
 
 @pytest.mark.parametrize("backend", ["cpu", "triton"])

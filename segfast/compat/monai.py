@@ -19,6 +19,7 @@ from torch import Tensor
 from ..functional import generalized_dice_weights
 from ..ops import _common
 from ..ops import region as _region
+from ..ops._common import require
 
 __all__ = ["ShapeError", "DiceLoss", "GeneralizedDiceLoss", "TverskyLoss", "FocalLoss", "DiceCELoss", "DiceFocalLoss"]
 
@@ -141,8 +142,7 @@ class DiceLoss(_MonaiRegion):
                 raise ValueError("The length of the `weight` sequence should be the same as the number of classes. "
                                  "If `include_background=False`, the weight should not include the background "
                                  "category class 0.")
-            if w.min() < 0:
-                raise ValueError("the value/values of the `weight` should be no less than 0.")
+            require(~(w < 0).any(), "the value/values of the `weight` should be no less than 0.")
             f = f * w.to(f)
         return self._reduce(f, input, broadcast=True)
 
@@ -224,8 +224,7 @@ class FocalLoss(torch.nn.modules.loss._Loss):
                 if cw.numel() != C:
                     raise ValueError(f"The number of class_weight ({cw.numel()}) must match the number of "
                                      f"output channels ({C}).")
-            if bool((cw < 0).any()):
-                raise ValueError("class_weight values must be non-negative.")
+            require(~(cw < 0).any(), "class_weight values must be non-negative.")  # on the device on CUDA
             w = cw.expand(C).clone()
         return w
 

@@ -179,9 +179,10 @@ class FocalLoss(torch.nn.modules.loss._Loss):
         w = None if self.class_weights is None else self.class_weights.to(x.device)
         # Σ_c w_c·mean_c / Σ_c w_c: every class has the same valid pixels, so with
         # the kernels' count (valid pixels x C) this is a weighted sum times C / Σw.
-        scale = 1.0 if w is None else C / float(w.sum())
+        wsum = None if w is None else float(self.class_weights.sum())  # read where it is kept (the host)
+        scale = 1.0 if w is None else C / wsum
         if self.reduction == "sum":
-            scale = scale / C if w is None else 1.0 / float(w.sum())
+            scale = scale / C if w is None else 1.0 / wsum
         norm = _pixel.NORM_COUNT if self.reduction == "mean" else _pixel.NORM_SUM
         return _pixel.pixel_loss(x, t, is_label, _pixel.FOCAL_SIGMOID, label_offset=off, ignore_value=ign,
                                  weight=w, gamma=float(self.gamma),

@@ -37,6 +37,7 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Callable, Optional
@@ -215,18 +216,22 @@ def step_bench(timeout: float, out_dir) -> StepResult:
     cmd = [sys.executable, "-m", "segfast.gpucheck.acceptance", "--bench-only", "--out", str(out_dir)]
     log("  $ python -m segfast.gpucheck.acceptance --bench-only --out " + str(out_dir))
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_gpu_env())
-    lines, t0 = [], time.monotonic()
-    try:
-        for line in p.stdout:  # progress lines as they come
+    lines: list = []
+
+    def echo():  # progress lines as they come
+        for line in p.stdout:
             lines.append(line.rstrip())
             print("    " + line.rstrip(), flush=True)
-            if time.monotonic() - t0 > timeout:
-                p.kill()
-                return StepResult("bench", "fail", detail=f"timed out after {timeout:.0f} s")
-        rc = p.wait(timeout=max(1.0, timeout - (time.monotonic() - t0)))
+
+    reader = threading.Thread(target=echo, daemon=True)
+    reader.start()
+    try:
+        rc = p.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         p.kill()
+        p.wait()
         return StepResult("bench", "fail", detail=f"timed out after {timeout:.0f} s")
+    reader.join(timeout=5)
     written = [ln for ln in lines if ln.startswith("wrote ")]
     return StepResult("bench", "ok" if rc == 0 else "fail", detail="\n".join(written or lines[-20:]))
 

@@ -11,12 +11,14 @@ import sys
 
 import torch
 
+DEVICE = "cuda"  # tests run the cases on "cpu"
+
 
 def _seg(fn, C=5, binary=False):
     def run(backend):
-        g = torch.Generator(device="cuda").manual_seed(0)
-        x = torch.randn(2, 1 if binary else C, 13, 11, device="cuda", generator=g, requires_grad=True)
-        y = torch.randint(0, 2 if binary else C, (2, 13, 11), device="cuda", generator=g)
+        g = torch.Generator(device=DEVICE).manual_seed(0)
+        x = torch.randn(2, 1 if binary else C, 13, 11, device=DEVICE, generator=g, requires_grad=True)
+        y = torch.randint(0, 2 if binary else C, (2, 13, 11), device=DEVICE, generator=g)
         y[0, 0, :3] = 255 if not binary else y[0, 0, :3]
         fn(x, y, backend).backward()
     return run
@@ -24,9 +26,9 @@ def _seg(fn, C=5, binary=False):
 
 def _boxes(fn):
     def run(backend):
-        g = torch.Generator(device="cuda").manual_seed(0)
-        a = torch.rand(37, 4, device="cuda", generator=g) * 50
-        b = torch.rand(37, 4, device="cuda", generator=g) * 50
+        g = torch.Generator(device=DEVICE).manual_seed(0)
+        a = torch.rand(37, 4, device=DEVICE, generator=g) * 50
+        b = torch.rand(37, 4, device=DEVICE, generator=g) * 50
         a = torch.cat([a[:, :2], a[:, :2] + 1 + a[:, 2:]], 1).requires_grad_(True)
         b = torch.cat([b[:, :2], b[:, :2] + 1 + b[:, 2:]], 1).requires_grad_(True)
         out = fn(a, b, backend)
@@ -55,17 +57,17 @@ def cases(family: str):
                 _boxes(lambda a, c, b: F.box_iou(a, c, backend=b))]
     if family == "boxes_match":
         def match(backend):
-            g = torch.Generator(device="cuda").manual_seed(0)
-            a = torch.rand(2, 130, 4, device="cuda", generator=g) * 50
+            g = torch.Generator(device=DEVICE).manual_seed(0)
+            a = torch.rand(2, 130, 4, device=DEVICE, generator=g) * 50
             a = torch.cat([a[..., :2], a[..., :2] + 1 + a[..., 2:]], -1)
             F.box_iou_max(a, a[:, :7], backend=backend)
-            F.nms(a[0], torch.rand(130, device="cuda", generator=g), 0.5, backend=backend)
+            F.nms(a[0], torch.rand(130, device=DEVICE, generator=g), 0.5, backend=backend)
         return [match]
     if family == "crf":
         def crf(backend):
-            g = torch.Generator(device="cuda").manual_seed(0)
-            u = torch.randn(1, 3, 17, 19, device="cuda", generator=g)
-            img = (torch.rand(1, 3, 17, 19, device="cuda", generator=g) * 255).to(torch.uint8)
+            g = torch.Generator(device=DEVICE).manual_seed(0)
+            u = torch.randn(1, 3, 17, 19, device=DEVICE, generator=g)
+            img = (torch.rand(1, 3, 17, 19, device=DEVICE, generator=g) * 255).to(torch.uint8)
             F.dense_crf(u, img, iterations=2, backend=backend)
         return [crf]
     raise SystemExit(f"unknown family {family!r}")
