@@ -1,0 +1,587 @@
+"""Compile every Triton kernel configuration the dispatch code launches, ahead
+of time, for real GPU targets (no GPU needed), and report its resources.
+
+The Triton interpreter (TRITON_INTERPRET=1, what runs on a machine without a
+GPU) accepts code the compiler rejects, so a kernel that passes every
+interpreted test can still fail on its first launch on a GPU. This module
+closes that gap in three steps:
+
+1. ``record_launches(run_fn)`` runs ``run_fn`` (public ops on small CPU
+   tensors, interpreted) with a hook on ``run`` of Triton's kernel objects and
+   records each launch as a ``Launch``: the kernel (module and name), every
+   argument reduced to what Triton specialises on (tensor dtype, int / float /
+   bool, constexpr values) and the launch options (num_warps, num_stages,
+   enable_fp_fusion, ...). Duplicates are dropped.
+2. ``expand(launches)`` makes the integer-divisibility variants the JIT
+   launcher specialises on: ``div16`` (every pointer 16-byte aligned, every
+   integer argument a multiple of 16, except those recorded as 0 or 1:
+   unit strides and the like, which Triton turns into constants) and
+   ``plain``, the fully generic kernel (no pointer aligned, no integer a
+   multiple of 16, and recorded 1s passed as 33: strided views, several
+   chunks per image).
+3. ``compile_all(jobs, archs)`` compiles each job in worker processes that
+   import the kernels with the interpreter off, through the same path as
+   ``JITFunction.run`` (its binder, ``_pack_args``, ``triton.compile`` with an
+   ``ASTSource`` and a ``GPUTarget``), and returns one report row per job:
+   compile error, shared memory (kernel metadata), registers / local memory
+   (spills) / stack from the cubin (``cuobjdump --dump-resource-usage``,
+   Triton's own copy; ``ptxas -v`` as fallback), the global load/store vector
+   widths (PTX ``ld.global.v4`` ..., SASS ``LDG.E.128`` ...) and the barrier
+   count (``bar.sync``).
+
+``failures(rows)`` lists what must not ship: a compile error, shared memory
+over the target's per-block limit, any local memory (spill) in the streaming
+loss kernels. ``python -m segfast.gpucheck.triton_aot`` prints the table.
+
+Not verified here: launching the compiled kernels (that needs a GPU), and
+64-bit integer arguments (tensors of >= 2^31 elements) are not among the
+variants.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import importlib
+import inspect
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Callable, Iterable, Optional
+
+# Per-block shared memory a kernel may use (with the opt-in attribute, which
+# Triton's launcher sets), in bytes.
+SMEM_LIMIT = {80: 163 * 1024, 86: 99 * 1024, 89: 99 * 1024, 90: 227 * 1024}
+ARCHS = (80, 90)
+VARIANTS = ("div16", "plain")
+
+# Streaming loss kernels: a spill (local memory) there costs bandwidth on
+# every pixel, so any is a failure.
+NO_SPILL = ("_region_stats_kernel", "_region_grad_kernel", "_pixel_softmax_kernel", "_pixel_sigmoid_kernel")
+
+# The families whose kernels the workload must reach (segfast.triton_kernels.<family>).
+FAMILIES = ("region", "pixel", "lovasz", "boxes", "boxes_match", "crf")
+
+
+# --------------------------------------------------------------------------
+# recording
+# --------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Launch:
+    """One kernel launch as Triton specialises it.
+
+    ``args``: per kernel parameter (in order) a tuple: ``("T", dtype)`` tensor,
+    ``("I", cls)`` int with cls "0", "1", "i32" or "i64", ``("F",)`` float,
+    ``("B", value)`` bool, ``("N",)`` None, ``("C", value)`` constexpr.
+    ``options``: the non-parameter keyword arguments (num_warps, ...), sorted.
+    """
+
+    module: str
+    kernel: str
+    args: tuple
+    options: tuple
+
+    def constexprs(self, names: list) -> dict:
+        return {n: a[1] for n, a in zip(names, self.args) if a[0] == "C"}
+
+    def to_json(self):
+        return {"module": self.module, "kernel": self.kernel, "args": [list(a) for a in self.args],
+                "options": [list(o) for o in self.options]}
+
+    @staticmethod
+    def from_json(d):
+        return Launch(d["module"], d["kernel"], tuple(tuple(a) for a in d["args"]),
+                      tuple(tuple(o) for o in d["options"]))
+
+
+def _is_constexpr(param: inspect.Parameter) -> bool:
+    ann = param.annotation
+    return ann is not inspect.Parameter.empty and "constexpr" in (ann if isinstance(ann, str) else repr(ann))
+
+
+def _int_class(v: int) -> str:
+    if v in (0, 1):
+        return str(v)
+    return "i32" if -2**31 <= v < 2**31 else "i64"
+
+
+def _describe(value, constexpr: bool):
+    if constexpr:
+        if not isinstance(value, (bool, int, float, str, type(None))):
+            raise TypeError(f"unsupported constexpr value {value!r}")
+        return ("C", value)
+    if hasattr(value, "data_ptr") and hasattr(value, "dtype"):
+        return ("T", str(value.dtype).replace("torch.", ""))
+    if value is None:
+        return ("N",)
+    if isinstance(value, bool):
+        return ("B", value)
+    if isinstance(value, int):
+        return ("I", _int_class(value))
+    if isinstance(value, float):
+        return ("F",)
+    raise TypeError(f"unsupported kernel argument {value!r}")
+
+
+def describe_launch(fn, args, kwargs) -> Launch:
+    """The ``Launch`` of ``fn[grid](*args, **kwargs)`` (``fn`` the raw Python function)."""
+    sig = inspect.signature(fn)
+    names = list(sig.parameters)
+    params = {k: v for k, v in kwargs.items() if k in sig.parameters}
+    options = tuple(sorted((k, v) for k, v in kwargs.items() if k not in sig.parameters))
+    bound = sig.bind(*args, **params)
+    bound.apply_defaults()
+    descs = tuple(_describe(bound.arguments[n], _is_constexpr(sig.parameters[n])) for n in names)
+    return Launch(fn.__module__, fn.__name__, descs, options)
+
+
+@contextlib.contextmanager
+def _hook(record: Callable):
+    """Call record(fn, args, kwargs) on every kernel launch (interpreted or compiled)."""
+    from triton.runtime.jit import JITFunction
+    classes = [JITFunction]
+    try:
+        from triton.runtime.interpreter import InterpretedFunction
+        classes.append(InterpretedFunction)
+    except ImportError:  # pragma: no cover
+        pass
+    saved = {cls: cls.__dict__["run"] for cls in classes}
+
+    def make(orig):
+        def run(self, *args, grid, warmup, **kwargs):
+            record(self.fn, args, kwargs)
+            return orig(self, *args, grid=grid, warmup=warmup, **kwargs)
+        return run
+
+    try:
+        for cls, orig in saved.items():
+            cls.run = make(orig)
+        yield
+    finally:
+        for cls, orig in saved.items():
+            cls.run = orig
+
+
+def record_launches(run_fn: Callable[[], None]) -> list:
+    """Run ``run_fn`` and return the distinct ``Launch``es it made, in first-seen order."""
+    seen = {}
+
+    def record(fn, args, kwargs):
+        launch = describe_launch(fn, args, kwargs)
+        seen.setdefault(launch, None)
+
+    with _hook(record):
+        run_fn()
+    return list(seen)
+
+
+def kernel_functions() -> list:
+    """(module, name) of every Triton kernel of segfast.triton_kernels (jit
+    objects whose name ends in ``_kernel``)."""
+    out = []
+    for fam in FAMILIES:
+        mod = importlib.import_module(f"segfast.triton_kernels.{fam}")
+        for name, obj in vars(mod).items():
+            if name.endswith("_kernel") and hasattr(obj, "fn") and getattr(obj.fn, "__module__", None) == mod.__name__:
+                out.append((mod.__name__, name))
+    return out
+
+
+# --------------------------------------------------------------------------
+# compile jobs
+# --------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+    launch: Launch
+    variant: str  # "div16" | "plain"
+    arch: int
+
+    def to_json(self):
+        return {"launch": self.launch.to_json(), "variant": self.variant, "arch": self.arch}
+
+    @staticmethod
+    def from_json(d):
+        return Job(Launch.from_json(d["launch"]), d["variant"], d["arch"])
+
+
+def expand(launches: Iterable[Launch], archs=ARCHS, variants=VARIANTS) -> list:
+    """Every (launch, divisibility variant, arch) compile job."""
+    return [Job(la, v, a) for la in launches for v in variants for a in archs]
+
+
+def subset(launches: Iterable[Launch], by_dtypes: bool = False) -> list:
+    """One launch per kernel function (``by_dtypes``: per kernel function and
+    tensor dtypes), the first recorded."""
+    first = {}
+    for la in launches:
+        key = (la.module, la.kernel) + ((tuple(a for a in la.args if a[0] == "T"),) if by_dtypes else ())
+        first.setdefault(key, la)
+    return list(first.values())
+
+
+def full_jobs(launches: Iterable[Launch], archs=ARCHS) -> list:
+    """Every launch in the ``div16`` variant; the generic ``plain`` variant of
+    the first launch of each kernel function."""
+    launches = list(launches)
+    return expand(launches, archs, ("div16",)) + expand(subset(launches), archs, ("plain",))
+
+
+def compile_all(jobs: list, *, workers: int = 2, cache_dir: Optional[str] = None, timeout: float = 3600) -> list:
+    """Compile ``jobs`` in ``workers`` subprocesses (Triton imported with the
+    interpreter off, ``TRITON_CACHE_DIR`` = ``cache_dir`` or a fresh temporary
+    folder); -> one report row (dict) per job, in order."""
+    if not jobs:
+        return []
+    workers = max(1, min(workers, len(jobs)))
+    with contextlib.ExitStack() as stack:
+        if cache_dir is None:
+            cache_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="segfast-triton-aot-"))
+        env = dict(os.environ)
+        env.pop("TRITON_INTERPRET", None)
+        env["TRITON_CACHE_DIR"] = cache_dir
+        # Group jobs by kernel so each worker reuses its imports and caches.
+        order = sorted(range(len(jobs)), key=lambda i: (jobs[i].launch.module, jobs[i].launch.kernel))
+        shards = [order[w::workers] for w in range(workers)]
+        work = stack.enter_context(tempfile.TemporaryDirectory(prefix="segfast-triton-aot-jobs-"))
+        procs = []
+        for w, shard in enumerate(shards):
+            src, dst, log = (os.path.join(work, f"{w}.{ext}") for ext in ("in.json", "out.jsonl", "log"))
+            with open(src, "w") as f:
+                json.dump([jobs[i].to_json() for i in shard], f)
+            with open(log, "w") as errf:
+                p = subprocess.Popen([sys.executable, "-m", "segfast.gpucheck.triton_aot", "--worker", src, dst],
+                                     stdout=errf, stderr=subprocess.STDOUT, env=env)
+            procs.append((p, shard, dst, log))
+        rows = [None] * len(jobs)
+        for p, shard, dst, log in procs:
+            p.wait(timeout=timeout)
+            with open(log) as f:
+                err = f.read()
+            if p.returncode != 0:
+                raise RuntimeError(f"triton AOT worker failed (exit {p.returncode}):\n{err[-4000:]}")
+            with open(dst) as f:
+                got = [json.loads(line) for line in f if line.strip()]
+            if len(got) != len(shard):
+                raise RuntimeError(f"triton AOT worker returned {len(got)} rows for {len(shard)} jobs:\n{err[-4000:]}")
+            for i, row in zip(shard, got):
+                rows[i] = row
+    return rows
+
+
+# --------------------------------------------------------------------------
+# the worker side (no interpreter)
+# --------------------------------------------------------------------------
+
+_INT_VALUE = {("div16", "i32"): 32, ("plain", "i32"): 33, ("div16", "i64"): 2**33, ("plain", "i64"): 2**33 + 1}
+
+
+def _materialise(desc, variant: str, tensors: dict):
+    import torch
+    kind = desc[0]
+    if kind == "C":
+        return desc[1]
+    if kind == "T":
+        key = (desc[1], variant)
+        if key not in tensors:
+            dt = getattr(torch, desc[1])
+            base = torch.empty(64, dtype=dt)
+            tensors[key] = base if variant == "div16" else base[1:]  # 1 element off: not 16-byte aligned
+        return tensors[key]
+    if kind == "I":
+        if desc[1] == "0" or (desc[1] == "1" and variant == "div16"):
+            return int(desc[1])
+        return _INT_VALUE[(variant, "i32" if desc[1] == "1" else desc[1])]
+    if kind == "F":
+        return 0.5
+    if kind == "B":
+        return desc[1]
+    if kind == "N":
+        return None
+    raise ValueError(desc)
+
+
+def tool(name: str) -> Optional[str]:
+    """Path of a CUDA binary tool: Triton's bundled copy first, then PATH."""
+    try:
+        import triton.backends.nvidia as nv
+        p = os.path.join(os.path.dirname(nv.__file__), "bin", name)
+        if os.access(p, os.X_OK):
+            return p
+    except ImportError:  # pragma: no cover
+        pass
+    return shutil.which(name)
+
+
+_RES = re.compile(r"REG:(\d+)\s+STACK:(\d+)\s+SHARED:(\d+)\s+LOCAL:(\d+)")
+
+
+def cubin_resources(cubin: bytes, arch: int, ptx: Optional[str] = None) -> dict:
+    """-> {function name: {registers, stack, static_shared, local}} of a cubin
+    (cuobjdump --dump-resource-usage; ptxas -v on ``ptx`` when cuobjdump is missing)."""
+    cuobjdump = tool("cuobjdump")
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "k.cubin")
+        with open(path, "wb") as f:
+            f.write(cubin)
+        if cuobjdump:
+            out = subprocess.run([cuobjdump, "--dump-resource-usage", path], capture_output=True, text=True,
+                                 check=True).stdout
+            return parse_resource_usage(out)
+        ptxas = tool("ptxas")
+        if ptxas is None or ptx is None:
+            raise RuntimeError("neither cuobjdump nor ptxas found: cannot read register usage")
+        ppath = os.path.join(d, "k.ptx")
+        with open(ppath, "w") as f:
+            f.write(ptx)
+        sm = f"sm_{arch}a" if arch >= 90 else f"sm_{arch}"
+        r = subprocess.run([ptxas, "-v", f"-arch={sm}", ppath, "-o", os.path.join(d, "o.cubin")],
+                           capture_output=True, text=True, check=True)
+        return parse_ptxas_v(r.stderr + r.stdout)
+
+
+def parse_resource_usage(text: str) -> dict:
+    """Parse ``cuobjdump --dump-resource-usage`` output."""
+    out, name = {}, None
+    for line in text.splitlines():
+        m = re.match(r"\s*Function\s+(\S+):", line)
+        if m:
+            name = m.group(1)
+            continue
+        m = _RES.search(line)
+        if m and name is not None:
+            reg, stack, shared, local = map(int, m.groups())
+            out[name] = {"registers": reg, "stack": stack, "static_shared": shared, "local": local}
+            name = None
+    return out
+
+
+def parse_ptxas_v(text: str) -> dict:
+    """Parse ``ptxas -v`` / ``nvcc -Xptxas -v`` output."""
+    out, name = {}, None
+    for line in text.splitlines():
+        m = re.search(r"Compiling entry function '([^']+)'", line) or re.search(r"Function properties for (\S+)", line)
+        if m:
+            name = m.group(1)
+            out.setdefault(name, {"registers": 0, "stack": 0, "static_shared": 0, "local": 0})
+            continue
+        if name is None:
+            continue
+        m = re.search(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads", line)
+        if m:
+            out[name]["stack"] = int(m.group(1))
+            out[name]["local"] = max(out[name]["local"], int(m.group(2)), int(m.group(3)))
+        m = re.search(r"Used (\d+) registers", line)
+        if m:
+            out[name]["registers"] = int(m.group(1))
+            m2 = re.search(r"(\d+) bytes smem", line)
+            if m2:
+                out[name]["static_shared"] = int(m2.group(1))
+            m3 = re.search(r"(\d+) bytes lmem", line)
+            if m3:
+                out[name]["local"] = max(out[name]["local"], int(m3.group(1)))
+    return out
+
+
+def vector_counts(ptx: str, sass: str = "") -> dict:
+    """Global load/store instruction counts by vector width, and barriers."""
+    def count(pat, text):
+        return len(re.findall(pat, text))
+    c = {}
+    for op in ("ld", "st"):
+        total = count(rf"\b{op}\.global\b", ptx)
+        c[f"{op}_v4"] = count(rf"\b{op}\.global(?:\.\w+)*\.v4\b", ptx)
+        c[f"{op}_v2"] = count(rf"\b{op}\.global(?:\.\w+)*\.v2\b", ptx)
+        c[f"{op}_v1"] = total - c[f"{op}_v4"] - c[f"{op}_v2"]
+    c["bar_sync"] = count(r"\b(?:bar|barrier)\.sync\b", ptx)
+    if sass:
+        c["ldg128"] = count(r"\bLDG(?:\.\w+)*\.128\b", sass)
+        c["stg128"] = count(r"\bSTG(?:\.\w+)*\.128\b", sass)
+        c["ldg"] = count(r"\bLDG\b", sass)
+        c["stg"] = count(r"\bSTG\b", sass)
+    return c
+
+
+def _sass(cubin: bytes) -> str:
+    cuobjdump = tool("cuobjdump")
+    if not cuobjdump:
+        return ""
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "k.cubin")
+        with open(path, "wb") as f:
+            f.write(cubin)
+        r = subprocess.run([cuobjdump, "-sass", path], capture_output=True, text=True)
+        return r.stdout if r.returncode == 0 else ""
+
+
+def compile_job(job: Job, _cache: dict = {}) -> dict:  # noqa: B006  (per-process memo)
+    """Compile one job as ``JITFunction.run`` would; -> report row."""
+    import triton
+    from triton import knobs
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource, make_backend
+    from triton.runtime.jit import create_function_from_signature
+
+    la = job.launch
+    jf = getattr(importlib.import_module(la.module), la.kernel)
+    names = [p.name for p in jf.params]
+    row = {"kernel": la.kernel, "family": la.module.rsplit(".", 1)[-1], "arch": job.arch, "variant": job.variant,
+           "constexprs": la.constexprs(names),
+           "types": ",".join(a[1] if a[0] in ("T", "I") else a[0] for a in la.args if a[0] != "C"),
+           "error": None}
+    t0 = time.perf_counter()
+    try:
+        key = ("backend", job.arch)
+        if key not in _cache:
+            target = GPUTarget("cuda", job.arch, 32)
+            _cache[key] = (target, make_backend(target))
+        target, backend = _cache[key]
+        bkey = ("binder", la.module, la.kernel, job.arch)
+        if bkey not in _cache:
+            _cache[bkey] = create_function_from_signature(jf.signature, jf.params, backend)
+        binder = _cache[bkey]
+        tensors = _cache.setdefault("tensors", {})
+        kwargs = {n: _materialise(a, job.variant, tensors) for n, a in zip(names, la.args)}
+        kwargs.update(dict(la.options))
+        kwargs["debug"] = kwargs.get("debug", jf.debug) or knobs.runtime.debug
+        for k in ("instrumentation_mode", "fpsan_homomorphic_casts"):
+            if hasattr(knobs.compilation, k):
+                kwargs[k] = getattr(knobs.compilation, k)
+        bound, spec, opts = binder(**kwargs)
+        options, signature, constexprs, attrs = jf._pack_args(backend, opts, bound, spec, opts)
+        kernel = triton.compile(ASTSource(jf, signature, constexprs, attrs), target=target, options=options.__dict__)
+        md = kernel.metadata
+        row["num_warps"] = options.num_warps
+        row["num_stages"] = options.num_stages
+        row["shared"] = int(md.shared)
+        cubin = kernel.asm["cubin"]
+        ptx = kernel.asm.get("ptx", "")
+        res = cubin_resources(cubin, job.arch, ptx)
+        r = res.get(md.name) or (next(iter(res.values())) if len(res) == 1 else None)
+        if r is None:
+            raise RuntimeError(f"no resource usage for {md.name} in {sorted(res)}")
+        row.update(r)
+        row.update(vector_counts(ptx, _sass(cubin)))
+        row["specialised"] = sum(1 for v in attrs.values() if v)  # arguments with a divisibility hint
+    except Exception as e:  # reported, not raised: the sweep goes on
+        msg = str(e).strip()
+        row["error"] = f"{type(e).__name__}: {msg[-1500:]}"
+    row["compile_s"] = round(time.perf_counter() - t0, 3)
+    return row
+
+
+def _worker(src: str, dst: str) -> int:
+    import warnings
+    warnings.filterwarnings("ignore")
+    with open(src) as f:
+        jobs = [Job.from_json(d) for d in json.load(f)]
+    with open(dst, "w") as out:
+        for job in jobs:
+            out.write(json.dumps(compile_job(job), default=str) + "\n")
+            out.flush()
+    return 0
+
+
+# --------------------------------------------------------------------------
+# verdicts and the table
+# --------------------------------------------------------------------------
+
+
+def failures(rows: list) -> list:
+    """-> human-readable failures: compile errors, shared memory over the
+    target's per-block limit, spills in the streaming loss kernels."""
+    out = []
+    for r in rows:
+        what = f"{r['kernel']} sm_{r['arch']} {r['variant']} {r['constexprs']} [{r['types']}]"
+        if r.get("error"):
+            out.append(f"{what}: compile error: {r['error']}")
+            continue
+        limit = SMEM_LIMIT.get(r["arch"])
+        if limit is not None and r["shared"] > limit:
+            out.append(f"{what}: {r['shared']} B shared memory > the {limit} B per-block limit")
+        if r["kernel"] in NO_SPILL and r["local"] > 0:
+            out.append(f"{what}: spills ({r['local']} B local memory, {r['registers']} registers)")
+    return out
+
+
+COLUMNS = ("kernel", "arch", "variant", "num_warps", "registers", "local", "stack", "shared", "ld_v4", "ld_v2",
+           "ld_v1", "st_v4", "st_v1", "ldg128", "bar_sync", "compile_s")
+
+
+def summarise(rows: list) -> list:
+    """Per (kernel, arch): worst case over its configurations (max registers,
+    local, stack, shared; the vector counts of the config with most registers)."""
+    groups = {}
+    for r in rows:
+        if r.get("error"):
+            continue
+        groups.setdefault((r["family"], r["kernel"], r["arch"]), []).append(r)
+    out = []
+    for (fam, kernel, arch), rs in sorted(groups.items()):
+        worst = max(rs, key=lambda r: r["registers"])
+        s = dict(worst)
+        s["configs"] = len(rs)
+        for k in ("local", "stack", "shared"):
+            s[k] = max(r[k] for r in rs)
+        s["compile_s"] = round(sum(r["compile_s"] for r in rs), 1)
+        s["variant"] = "worst"
+        out.append(s)
+    return out
+
+
+def format_table(rows: list, columns=COLUMNS) -> str:
+    cols = [c for c in columns if any(c in r for r in rows)]
+    cells = [[str(r.get(c, "")) for c in cols] for r in rows]
+    width = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(cols)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(cols, width))]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(row, width)) for row in cells]
+    return "\n".join(lines)
+
+
+def report(level: str = "full", *, archs=ARCHS, workers: int = 2, cache_dir: Optional[str] = None):
+    """Record the workload of ``level`` ("full" | "quick"), compile it; -> (rows, launches, seconds)."""
+    from . import triton_workload
+    launches = record_launches(lambda: triton_workload.run(level))
+    jobs = expand(subset(launches), archs, ("div16",)) if level == "quick" else full_jobs(launches, archs)
+    t0 = time.perf_counter()
+    rows = compile_all(jobs, workers=workers, cache_dir=cache_dir)
+    return rows, launches, time.perf_counter() - t0
+
+
+def main(argv=None) -> int:
+    import argparse
+    ap = argparse.ArgumentParser(prog="python -m segfast.gpucheck.triton_aot",
+                                 description="Compile the Triton kernels for sm_80 / sm_90 and report resources.")
+    ap.add_argument("--worker", nargs=2, metavar=("JOBS", "ROWS"), help=argparse.SUPPRESS)
+    ap.add_argument("--level", choices=("quick", "full"), default="quick")
+    ap.add_argument("--arch", type=int, action="append", help="compute capability, e.g. 80 (repeatable)")
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--all-rows", action="store_true", help="one row per configuration, not per kernel")
+    args = ap.parse_args(argv)
+    if args.worker:
+        return _worker(*args.worker)
+    import torch
+    if "TRITON_INTERPRET" not in os.environ and not torch.cuda.is_available():
+        # without a GPU the workload runs the public ops on CPU tensors in the
+        # interpreter, which must be on before triton is imported
+        os.environ["TRITON_INTERPRET"] = "1"
+        os.execv(sys.executable, [sys.executable, "-m", "segfast.gpucheck.triton_aot"] + list(argv or sys.argv[1:]))
+    rows, launches, secs = report(args.level, archs=tuple(args.arch or ARCHS), workers=args.workers)
+    print(format_table(rows if args.all_rows else summarise(rows)))
+    print(f"\n{len(launches)} launch configurations, {len(rows)} compiles in {secs:.1f} s")
+    bad = failures(rows)
+    for f in bad:
+        print("FAIL", f)
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

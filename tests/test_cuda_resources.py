@@ -1,0 +1,114 @@
+"""Resource report of the CUDA kernels (segfast.gpucheck.cuda_resources):
+registers, spills, shared memory and occupancy from nvcc cubins, and the
+nms shared-memory decision. The compiling tests skip without nvcc and are
+slow (nvcc: the report compiles every .cu file for sm_80 and sm_90)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from segfast.gpucheck import cuda_resources as cr
+from segfast.gpucheck import triton_aot
+
+CSRC = Path(__file__).resolve().parents[1] / "csrc" / "cuda"
+needs_nvcc = pytest.mark.skipif(shutil.which("nvcc") is None or not CSRC.is_dir(),
+                                reason="nvcc is not on PATH (or no csrc/cuda sources)")
+
+
+def test_parse_resource_usage():
+    text = """
+Resource usage:
+ Common:
+  GLOBAL:0
+ Function _Z3fooPf:
+  REG:38 STACK:16 SHARED:1792 LOCAL:8 CONSTANT[2]:288 CONSTANT[0]:440 TEXTURE:0 SURFACE:0 SAMPLER:0
+ Function _Z3barv:
+  REG:27 STACK:0 SHARED:0 LOCAL:0 CONSTANT[0]:400 TEXTURE:0 SURFACE:0 SAMPLER:0
+"""
+    got = triton_aot.parse_resource_usage(text)
+    assert got == {"_Z3fooPf": {"registers": 38, "stack": 16, "static_shared": 1792, "local": 8},
+                   "_Z3barv": {"registers": 27, "stack": 0, "static_shared": 0, "local": 0}}
+
+
+def test_parse_ptxas_v():
+    text = """ptxas info    : Compiling entry function '_Z3foo' for 'sm_80'
+ptxas info    : Function properties for _Z3foo
+    24 bytes stack frame, 20 bytes spill stores, 20 bytes spill loads
+ptxas info    : Used 255 registers, 1024 bytes smem, 380 bytes cmem[0]
+"""
+    assert triton_aot.parse_ptxas_v(text) == {"_Z3foo": {"registers": 255, "stack": 24, "static_shared": 1024,
+                                                         "local": 20}}
+
+
+def test_split_name():
+    assert cr.split_name("void segfast::boxes::(anonymous namespace)::nms_mask_kernel<float>"
+                         "(segfast::boxes::NmsProblem, long, unsigned long long*)") == ("nms_mask_kernel", "float")
+    assert cr.split_name("segfast::crf::(anonymous namespace)::update_kernel(float const*, "
+                         "segfast::crf::(anonymous namespace)::SliceArgs, int)") == ("update_kernel", "")
+    assert cr.split_name("void segfast::pixel::(anonymous namespace)::softmax_kernel<0, double>"
+                         "(segfast::pixel::Problem, long)") == ("softmax_kernel", "0, double")
+
+
+def test_occupancy():
+    # 256 threads, 32 registers, no shared memory: 8 blocks fill sm_80's 64 warps
+    assert cr.occupancy(80, 256, 32, 0) == {"blocks_per_sm": 8, "occupancy": 1.0, "limiter": "threads"}
+    # 64 registers: 65536 / (64 * 32) = 32 warps -> 4 blocks of 8 warps
+    assert cr.occupancy(80, 256, 64, 0)["occupancy"] == 0.5
+    # 40 KiB of shared memory per block (+1 KiB reserved): 4 blocks in sm_80's 164 KiB, 5 in sm_90's 228
+    assert cr.occupancy(80, 128, 32, 40 * 1024) == {"blocks_per_sm": 4, "occupancy": 0.25, "limiter": "shared"}
+    assert cr.occupancy(90, 128, 32, 40 * 1024)["blocks_per_sm"] == 5
+
+
+def test_failure_rules():
+    base = dict(file="region.cu", kernel="stats_kernel", template="float, float", arch=80, block=256, registers=40,
+                local=0, stack=0, static_shared=1024, dynamic_shared=0, error=None)
+    assert cr.failures([base]) == []
+    assert "spills" in cr.failures([dict(base, local=16)])[0]
+    assert cr.failures([dict(base, file="crf.cu", local=16)]) == []  # spills fail the loss kernels only
+    over = dict(base, static_shared=520, dynamic_shared=48 * 1024)
+    assert "without the opt-in" in cr.failures([over])[0]
+    assert cr.failures([dict(over, opt_in=True)]) == []
+
+
+@needs_nvcc
+@pytest.mark.slow
+def test_nms_reduce_shared_memory_decision(tmp_path):
+    """nms_reduce_kernel asks for at most 48 KiB of shared memory: the kept /
+    diagonal words always, the removed words only while they fit; the switch
+    to global memory comes exactly where the total would pass 48 KiB."""
+    cbs = [1, 100, 6078, 6079, 6080, 6081, 65535]
+    exprs = {f"bytes_{cb}": f"nms_reduce_shared_bytes({cb})" for cb in cbs}
+    exprs.update({f"shared_{cb}": f"int(nms_removed_in_shared({cb}))" for cb in cbs})
+    exprs["max_bytes"] = "kNmsReduceMaxSharedBytes"
+    exprs["word"] = "kNmsWord"
+    got = cr.probe(CSRC / "boxes_match.cu", CSRC.parent, exprs, tmp_path)
+    fixed = (got["word"] + 1) * 8
+    last = (48 * 1024 - fixed) // 8  # the largest removed-word count kept in shared memory
+    assert last == 6079
+    for cb in cbs:
+        in_shared = cb <= last
+        assert got[f"shared_{cb}"] == int(in_shared), cb
+        assert got[f"bytes_{cb}"] == fixed + (cb * 8 if in_shared else 0), cb
+        assert got[f"bytes_{cb}"] <= 48 * 1024, cb
+    assert got["max_bytes"] == 48 * 1024
+
+
+@needs_nvcc
+@pytest.mark.slow
+def test_cuda_kernel_resources(capsys):
+    rows = cr.report(CSRC, (80, 90))
+    with capsys.disabled():
+        print("\n" + cr.format_table(rows))
+    assert cr.failures(rows) == []
+    seen = {(r["kernel"], r["arch"]) for r in rows}
+    for kernel in cr.LAUNCHES:
+        for arch in (80, 90):
+            assert (kernel, arch) in seen, f"{kernel} sm_{arch} missing from the report"
+    # the nms reduce launch: no static shared memory, its dynamic request within 48 KiB
+    nms = [r for r in rows if r["kernel"] == "nms_reduce_kernel"]
+    assert nms and all(r["static_shared"] + r["dynamic_shared"] <= 48 * 1024 for r in nms)
+    for r in rows:
+        assert 0 < r["occupancy"] <= 1, r

@@ -1,0 +1,132 @@
+"""Every Triton kernel configuration the dispatch code launches compiles for
+sm_80 and sm_90 (segfast.gpucheck.triton_aot): no GPU needed, Triton's own
+compiler and ptxas. The launches are recorded while the public ops run
+(in the interpreter without a GPU), so a new constexpr path or dtype is
+compiled as soon as the dispatch code can reach it.
+
+The quick sweep compiles one recorded launch per kernel function per arch;
+the full sweep (slow) every distinct launch of the full input matrix per
+arch (see segfast.gpucheck.triton_workload for what the matrix covers). Both fail on a compile error, shared memory
+over the per-block limit, or a spill in the streaming loss kernels.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import textwrap
+import time
+
+import pytest
+
+pytest.importorskip("triton")
+
+from conftest import triton_needs_run  # noqa: E402
+
+from segfast.gpucheck import triton_aot as aot  # noqa: E402
+from segfast.gpucheck import triton_workload  # noqa: E402
+
+WORKERS = min(2, os.cpu_count() or 1)
+
+
+def _names(launches):
+    return {(la.module, la.kernel) for la in launches}
+
+
+def test_describe_launch():
+    import torch
+
+    def k(x_ptr, n, s, f, flag, BLOCK: "tl.constexpr", MODE: "tl.constexpr" = 3):  # noqa: F821
+        pass
+
+    la = aot.describe_launch(k, (torch.zeros(3, dtype=torch.float16), 1, 2**40, 0.5, True), dict(BLOCK=64,
+                                                                                              num_warps=4))
+    assert la.kernel == "k"
+    assert la.args == (("T", "float16"), ("I", "1"), ("I", "i64"), ("F",), ("B", True), ("C", 64), ("C", 3))
+    assert la.options == (("num_warps", 4),)
+    assert aot.describe_launch(k, (torch.zeros(3), 5, 17, 1.0, False), dict(BLOCK=64)).args[1:3] == \
+        (("I", "i32"), ("I", "i32"))
+
+
+def test_vector_counts():
+    ptx = textwrap.dedent("""
+        ld.global.v4.b32 { %r1, %r2, %r3, %r4 }, [ %rd1 + 0 ];
+        @%p1 ld.global.nc.v2.b32 { %r5, %r6 }, [ %rd2 + 0 ];
+        ld.global.b16 %rs1, [ %rd3 + 0 ];
+        st.global.v4.b32 [ %rd4 + 0 ], { %r1, %r2, %r3, %r4 };
+        bar.sync 0;
+        barrier.sync 0;
+    """)
+    sass = "LDG.E.128 R4, desc[UR4][R2.64] ;\n STG.E.128 desc[UR4][R6.64], R8 ;\n LDG.E R1, [R2] ;"
+    c = aot.vector_counts(ptx, sass)
+    assert (c["ld_v4"], c["ld_v2"], c["ld_v1"], c["st_v4"], c["bar_sync"]) == (1, 1, 1, 1, 2)
+    assert (c["ldg128"], c["stg128"], c["ldg"]) == (1, 1, 2)
+
+
+def test_compile_reports_errors(tmp_path, monkeypatch):
+    """A kernel the interpreter runs but the compiler rejects (a plain global
+    read in jit code) is reported as a failure; the same kernel with a
+    constexpr global compiles, with its resources."""
+    (tmp_path / "aot_probe_kernels.py").write_text(textwrap.dedent("""
+        import triton
+        import triton.language as tl
+
+        SCALE = 2.0
+        SCALE_C = tl.constexpr(2.0)
+
+        @triton.jit
+        def bad_kernel(x_ptr, n, BLOCK: tl.constexpr):
+            i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+            tl.store(x_ptr + i, tl.load(x_ptr + i, mask=i < n) * SCALE, mask=i < n)
+
+        @triton.jit
+        def good_kernel(x_ptr, n, BLOCK: tl.constexpr):
+            i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+            tl.store(x_ptr + i, tl.load(x_ptr + i, mask=i < n) * SCALE_C, mask=i < n)
+    """))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path)] + sys.path))
+    args = (("T", "float32"), ("I", "i32"), ("C", 256))
+    jobs = [aot.Job(aot.Launch("aot_probe_kernels", name, args, (("num_warps", 4),)), "div16", 90)
+            for name in ("bad_kernel", "good_kernel")]
+    bad, good = aot.compile_all(jobs, workers=1)
+    assert "SCALE" in bad["error"]
+    assert len(aot.failures([bad])) == 1
+    assert good["error"] is None, good["error"]
+    assert good["registers"] > 0 and good["local"] == 0
+    assert good["ld_v2"] == 1 and good["ld_v1"] == 0  # 256 fp32 over 128 threads, 16-byte aligned: one 2-wide load
+    assert aot.failures([good]) == []
+
+
+@triton_needs_run()
+def test_quick_sweep(capsys):
+    """One launch of every kernel function compiles for sm_80 and sm_90."""
+    launches = aot.record_launches(lambda: triton_workload.run("quick"))
+    every = set(aot.kernel_functions())
+    assert _names(launches) == every
+    t0 = time.perf_counter()
+    rows = aot.compile_all(aot.expand(aot.subset(launches), variants=("div16",)), workers=WORKERS)
+    with capsys.disabled():
+        print("\n" + aot.format_table(aot.summarise(rows)))
+        print(f"{len(rows)} compiles in {time.perf_counter() - t0:.1f} s on {WORKERS} workers")
+    assert aot.failures(rows) == []
+    assert {(r["kernel"], r["arch"]) for r in rows} == {(k, a) for _, k in every for a in aot.ARCHS}
+
+
+@triton_needs_run()
+@pytest.mark.slow
+def test_full_sweep(capsys):
+    """Every distinct launch of the full input matrix (div16 variant; the
+    generic plain variant once per kernel and dtype set) compiles for sm_80
+    and sm_90 without a failure."""
+    t0 = time.perf_counter()
+    launches = aot.record_launches(lambda: triton_workload.run("full"))
+    t1 = time.perf_counter()
+    assert _names(launches) == set(aot.kernel_functions())
+    rows = aot.compile_all(aot.full_jobs(launches), workers=WORKERS)
+    t2 = time.perf_counter()
+    with capsys.disabled():
+        print("\n" + aot.format_table(aot.summarise(rows)))
+        print(f"{len(launches)} launches recorded in {t1 - t0:.1f} s; {len(rows)} compiles in {t2 - t1:.1f} s "
+              f"on {WORKERS} workers")
+    bad = aot.failures(rows)
+    assert bad == [], "\n".join(bad[:20])
