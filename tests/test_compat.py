@@ -309,6 +309,17 @@ def test_monai_focal_without_spatial_dims(backend, kw, monai_losses):
                                    cm.FocalLoss(backend=backend, **kw)(x, y))
 
 
+@pytest.mark.parametrize("name", ["DiceLoss", "TverskyLoss", "DiceCELoss", "DiceFocalLoss"])
+@pytest.mark.parametrize("kw", [dict(softmax=True), dict(sigmoid=True, batch=True, include_background=False),
+                                dict(softmax=True, batch=True, reduction="sum"),
+                                dict(softmax=True, include_background=False, reduction="sum")], ids=str)
+def test_monai_region_losses_without_spatial_dims(name, kw, monai_losses):
+    """(N, C) scores: MONAI sums over every dim at once (over N with batch=True); so do we."""
+    x = torch.randn(6, 3, dtype=torch.float64)
+    y = torch.randint(0, 3, (6, 1))
+    _compare(getattr(cm, name)(to_onehot_y=True, **kw), getattr(monai_losses, name)(to_onehot_y=True, **kw), x, y)
+
+
 @pytest.mark.parametrize("kw", [dict(use_softmax=True), dict(use_softmax=True, alpha=0.3, gamma=1.5),
                                 dict(use_softmax=True, alpha=[0.1, 0.2, 0.3, 0.4], reduction="sum"),
                                 dict(use_softmax=True, include_background=False, reduction="none")], ids=str)

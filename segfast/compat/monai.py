@@ -5,7 +5,9 @@
 same results (MONAI >= 1.4 semantics, soft_label and ignore_index included),
 computed by segfast's fused kernels. ``other_act`` is applied in PyTorch
 before the kernels (which then take probabilities). ``backend=`` is an extra
-keyword. MONAI itself is not needed.
+keyword. MONAI itself is not needed. MONAI's own loss tests pass with the
+import swapped (tools/run_peer_tests.py), but for TorchScript: the classes
+are not scriptable; use torch.compile or torch.export.
 """
 
 from __future__ import annotations
@@ -92,19 +94,26 @@ class _MonaiRegion(torch.nn.modules.loss._Loss):
             input, target, act=act, ignore_index=ignore, backend=self.backend)
         return _region.plane_stats(x, t, is_label, act, off, ign, backend, xent=xent)
 
-    def _pool(self, stats: Tensor) -> Tensor:
-        """include_background and batch applied to the sums [N, C, K]."""
+    def _pool(self, stats: Tensor, flat: bool = False) -> Tensor:
+        """include_background and batch applied to the sums [N, C, K]. ``flat``:
+        an input without spatial dims, (N, C), whose sums MONAI takes over
+        every dim at once without ``batch`` (a reduction over the empty list
+        of spatial dims), over N with it."""
         if not self.include_background:
             if stats.shape[1] == 1:
                 warnings.warn("single channel prediction, `include_background=False` ignored.", stacklevel=4)
             else:
                 stats = stats[:, 1:]
+        if flat and not self.batch:
+            return stats.sum((0, 1)).unsqueeze(0)
         return stats.sum(0) if self.batch else stats
 
     def _stats(self, input: Tensor, target: Tensor) -> Tensor:
-        return self._pool(self._raw_stats(input, target))
+        return self._pool(self._raw_stats(input, target), input.dim() == 2)
 
     def _reduce(self, f: Tensor, input: Tensor, broadcast: bool) -> Tensor:
+        if input.dim() == 2 and not self.batch:  # one score for the whole batch (see _pool)
+            return f.reshape(())
         if self.reduction == "mean":
             return f.mean()
         if self.reduction == "sum":
@@ -115,7 +124,11 @@ class _MonaiRegion(torch.nn.modules.loss._Loss):
 
 
 class DiceLoss(_MonaiRegion):
-    """monai.losses.DiceLoss, fused (the same arguments; ``backend=`` extra)."""
+    """monai.losses.DiceLoss, fused (the same arguments; ``backend=`` extra).
+
+    TorchScript is not supported (``torch.jit.script`` of this module fails);
+    compile with ``torch.compile`` or export with ``torch.export`` instead.
+    """
 
     def __init__(self, include_background=True, to_onehot_y=False, sigmoid=False, softmax=False,
                  other_act=None, squared_pred=False, jaccard=False, reduction="mean", smooth_nr=1e-5,
@@ -148,7 +161,11 @@ class DiceLoss(_MonaiRegion):
 
 
 class TverskyLoss(_MonaiRegion):
-    """monai.losses.TverskyLoss, fused (the same arguments; ``backend=`` extra)."""
+    """monai.losses.TverskyLoss, fused (the same arguments; ``backend=`` extra).
+
+    TorchScript is not supported (``torch.jit.script`` of this module fails);
+    compile with ``torch.compile`` or export with ``torch.export`` instead.
+    """
 
     def __init__(self, include_background=True, to_onehot_y=False, sigmoid=False, softmax=False,
                  other_act=None, alpha=0.5, beta=0.5, reduction="mean", smooth_nr=1e-5, smooth_dr=1e-5,
@@ -164,7 +181,11 @@ class TverskyLoss(_MonaiRegion):
 
 
 class GeneralizedDiceLoss(_MonaiRegion):
-    """monai.losses.GeneralizedDiceLoss, fused (the same arguments; ``backend=`` extra)."""
+    """monai.losses.GeneralizedDiceLoss, fused (the same arguments; ``backend=`` extra).
+
+    TorchScript is not supported (``torch.jit.script`` of this module fails);
+    compile with ``torch.compile`` or export with ``torch.export`` instead.
+    """
 
     def __init__(self, include_background=True, to_onehot_y=False, sigmoid=False, softmax=False,
                  other_act=None, w_type="square", reduction="mean", smooth_nr=1e-5, smooth_dr=1e-5,
@@ -201,6 +222,8 @@ class FocalLoss(torch.nn.modules.loss._Loss):
     NotImplementedError for what the one-pass kernels do not express:
     per-class alpha in the sigmoid form, ``ignore_index`` with one-hot
     targets, and "sum" with ``ignore_index``.
+    TorchScript is not supported (``torch.jit.script`` of this module fails);
+    compile with ``torch.compile`` or export with ``torch.export`` instead.
     """
 
     def __init__(self, include_background=True, to_onehot_y=False, gamma=2.0, alpha=None, weight=None,
@@ -311,7 +334,9 @@ class FocalLoss(torch.nn.modules.loss._Loss):
         if self.reduction == "sum":
             if self.ignore_index is not None:
                 raise NotImplementedError("segfast.compat.monai.FocalLoss: reduction='sum' with ignore_index")
-            return _pixel.pixel_loss(x, t, is_label, kind, scale0=1.0 / max(S, 1), **kw)
+            if input.dim() > 2:
+                return _pixel.pixel_loss(x, t, is_label, kind, scale0=1.0 / max(S, 1), **kw)
+            # MONAI's mean over the (empty list of) spatial dims averages every element
         if self.ignore_index is None:  # mean over every element
             return _pixel.pixel_loss(x, t, is_label, kind, scale0=1.0 / max(N * Cp * S, 1), **kw)
         # mean over valid pixels: the kernels' count is pixels (softmax) or pixels x C (sigmoid)
@@ -326,7 +351,11 @@ class DiceCELoss(torch.nn.modules.loss._Loss):
     and class-index targets, the cross-entropy sums come out of the Dice
     kernels (two passes over the logits in all, as ``segfast.dice_ce_loss``);
     otherwise the terms run side by side, and soft (C-channel) targets take
-    torch's cross_entropy for the CE term."""
+    torch's cross_entropy for the CE term.
+
+    TorchScript is not supported (``torch.jit.script`` of this module fails);
+    compile with ``torch.compile`` or export with ``torch.export`` instead.
+    """
 
     def __init__(self, include_background=True, to_onehot_y=False, sigmoid=False, softmax=False, other_act=None,
                  squared_pred=False, jaccard=False, reduction="mean", smooth_nr=1e-5, smooth_dr=1e-5, batch=False,
@@ -364,7 +393,7 @@ class DiceCELoss(torch.nn.modules.loss._Loss):
             # one pass: the cross-entropy sums come out of the Dice statistics
             # kernel (segfast.dice_ce_loss's path), their gradient out of its backward
             raw = d._raw_stats(input, target, xent=_region.ref.XENT_CE)
-            dice = d._loss(d._pool(raw[..., :_region.K]), input)
+            dice = d._loss(d._pool(raw[..., :_region.K], input.dim() == 2), input)
             s = raw.sum(0)
             C = s.shape[0]
             eps = float(self.label_smoothing)
@@ -392,7 +421,11 @@ class DiceFocalLoss(torch.nn.modules.loss._Loss):
     """monai.losses.DiceFocalLoss, fused (the same arguments; ``backend=`` extra):
     lambda_dice·DiceLoss + lambda_focal·FocalLoss, the focal term in MONAI's
     sigmoid form whatever the Dice activation (MONAI issue #8242; segfast's
-    own dice_focal_loss offers the softmax form)."""
+    own dice_focal_loss offers the softmax form).
+
+    TorchScript is not supported (``torch.jit.script`` of this module fails);
+    compile with ``torch.compile`` or export with ``torch.export`` instead.
+    """
 
     def __init__(self, include_background=True, to_onehot_y=False, sigmoid=False, softmax=False, other_act=None,
                  squared_pred=False, jaccard=False, reduction="mean", smooth_nr=1e-5, smooth_dr=1e-5, batch=False,

@@ -7,7 +7,9 @@ score per class, classes absent from the (masked) target zeroed but counted
 in the mean, ``smooth`` added to numerator and denominator, the denominator
 clamped to ``eps``, the soft-label intersection (Σp + Σt - Σ|p - t|)/2
 = Σmin(p, t), ``classes`` and ``class_weights``; TverskyLoss raises the
-aggregated loss to ``gamma``. ``backend=`` is an extra keyword.
+aggregated loss to ``gamma``. ``backend=`` is an extra keyword. smp's own
+tests/test_losses.py passes with the import swapped (tests/test_peers.py).
+The classes are not TorchScript-scriptable; use torch.compile or torch.export.
 """
 
 from __future__ import annotations
@@ -47,7 +49,11 @@ def load_smp_losses():
 
 
 class TverskyLoss(torch.nn.modules.loss._Loss):
-    """segmentation_models_pytorch.losses.TverskyLoss, fused."""
+    """segmentation_models_pytorch.losses.TverskyLoss, fused.
+
+    TorchScript is not supported (``torch.jit.script`` of this module fails);
+    compile with ``torch.compile`` or export with ``torch.export`` instead.
+    """
 
     def __init__(self, mode: str, classes: Optional[List[int]] = None, log_loss: bool = False,
                  from_logits: bool = True, smooth: float = 0.0, ignore_index: Optional[int] = None,
@@ -99,7 +105,11 @@ class TverskyLoss(torch.nn.modules.loss._Loss):
 
 
 class DiceLoss(TverskyLoss):
-    """segmentation_models_pytorch.losses.DiceLoss, fused."""
+    """segmentation_models_pytorch.losses.DiceLoss, fused.
+
+    TorchScript is not supported (``torch.jit.script`` of this module fails);
+    compile with ``torch.compile`` or export with ``torch.export`` instead.
+    """
 
     def __init__(self, mode: str, classes: Optional[List[int]] = None, log_loss: bool = False,
                  from_logits: bool = True, smooth: float = 0.0, ignore_index: Optional[int] = None,
@@ -109,7 +119,11 @@ class DiceLoss(TverskyLoss):
 
 
 class JaccardLoss(TverskyLoss):
-    """segmentation_models_pytorch.losses.JaccardLoss, fused."""
+    """segmentation_models_pytorch.losses.JaccardLoss, fused.
+
+    TorchScript is not supported (``torch.jit.script`` of this module fails);
+    compile with ``torch.compile`` or export with ``torch.export`` instead.
+    """
 
     def __init__(self, mode: str, classes: Optional[List[int]] = None, log_loss: bool = False,
                  from_logits: bool = True, smooth: float = 0.0, ignore_index: Optional[int] = None,
@@ -139,7 +153,11 @@ class FocalLoss(torch.nn.modules.loss._Loss):
     the valid pixels, then over classes (weighted by ``class_weights``).
     smp's p_t = exp(-bce) equals torchvision's on hard targets (the only ones
     tested). ``normalized``, ``reduced_threshold``, ``reduction="none"`` and
-    per-element ``ignore_index`` in multilabel mode raise NotImplementedError."""
+    per-element ``ignore_index`` in multilabel mode raise NotImplementedError.
+
+    TorchScript is not supported (``torch.jit.script`` of this module fails);
+    compile with ``torch.compile`` or export with ``torch.export`` instead.
+    """
 
     def __init__(self, mode: str, alpha: Optional[float] = None, gamma: Optional[float] = 2.0,
                  ignore_index: Optional[int] = None, from_logits: bool = True, eps: float = 1e-7,
@@ -193,7 +211,11 @@ class FocalLoss(torch.nn.modules.loss._Loss):
 class SoftBCEWithLogitsLoss(torch.nn.Module):
     """segmentation_models_pytorch.losses.SoftBCEWithLogitsLoss, fused: BCE with
     label smoothing ``smooth_factor``, ``weight``/``pos_weight`` (one per
-    channel), and ``ignore_index`` elements zeroed but counted in the mean."""
+    channel), and ``ignore_index`` elements zeroed but counted in the mean.
+
+    TorchScript is not supported (``torch.jit.script`` of this module fails);
+    compile with ``torch.compile`` or export with ``torch.export`` instead.
+    """
 
     def __init__(self, weight: Optional[Tensor] = None, ignore_index: Optional[int] = -100,
                  reduction: str = "mean", smooth_factor: Optional[float] = None,
@@ -235,7 +257,11 @@ class SoftCrossEntropyLoss(torch.nn.Module):
     """segmentation_models_pytorch.losses.SoftCrossEntropyLoss, fused: softmax
     cross entropy with label smoothing ``smooth_factor`` (ε/C on every class),
     ``ignore_index`` pixels zeroed but counted in the mean. ``dim`` must be 1.
-    ``reduction="none"`` returns [N, *spatial]."""
+    ``reduction="none"`` returns [N, *spatial].
+
+    TorchScript is not supported (``torch.jit.script`` of this module fails);
+    compile with ``torch.compile`` or export with ``torch.export`` instead.
+    """
 
     def __init__(self, reduction: str = "mean", smooth_factor: Optional[float] = None,
                  ignore_index: Optional[int] = -100, dim: int = 1, backend: Optional[str] = None):
@@ -279,6 +305,8 @@ class LovaszLoss(torch.nn.modules.loss._Loss):
     pixels are all ignored scores 0 (counted in the mean over images); smp
     returns an empty tensor for the whole batch then. ``backend=`` is an
     extra keyword (as everywhere: cpu, cuda, triton, torch).
+    TorchScript is not supported (``torch.jit.script`` of this module fails);
+    compile with ``torch.compile`` or export with ``torch.export`` instead.
     """
 
     def __init__(self, mode: str, per_image: bool = False, ignore_index: Optional[int] = None,

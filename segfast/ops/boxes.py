@@ -375,7 +375,9 @@ _DOC = """{title} of every pair of boxes1 [..., N, 4] and boxes2 [..., M, 4] -> 
     term is 0 where the enclosing area is <= 0, CIoU's atan(w/h) is ±pi/2 for h = 0
     and 0 for a 0 x 0 box (segfast/reference/boxes.py). Non-finite coordinates are
     not checked: they give NaN in their own box's row or column only. Empty sets give
-    empty results. The ``*_aligned`` forms pair boxes1[..., i] with boxes2[..., i]."""
+    empty results. The ``*_aligned`` forms pair boxes1[..., i] with boxes2[..., i].
+    TorchScript is not supported (``torch.jit.script`` fails): use ``torch.compile``
+    or ``torch.export``."""
 
 
 def box_iou(boxes1: Tensor, boxes2: Tensor, *, fmt: str = "xyxy", backend: Optional[str] = None) -> Tensor:

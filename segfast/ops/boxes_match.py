@@ -322,7 +322,7 @@ def nms(boxes: Tensor, scores: Tensor, iou_threshold: float, *, fmt: str = "xyxy
     torchvision's, a RuntimeError). Quantized boxes and scores are read as
     their dequantized values (torchvision's quantized nms keeps the same
     boxes). Works under torch.compile(fullgraph=True) (the output
-    size is data-dependent).
+    size is data-dependent); TorchScript is not supported.
     """
     b, s, _, thr, f, backend = prepare_nms(boxes, scores, None, iou_threshold, fmt, backend)
     return nms_op(b, s, None, thr, f, backend)
