@@ -718,6 +718,35 @@ std::vector<std::string> cuda_archs() {
 
 }  // namespace
 
+// ---- build and runtime versions (csrc/cuda/runtime_info.cu) -----------------------
+#ifdef SEGFAST_WITH_CUDA
+namespace segfast {
+namespace cuda {
+int runtime_version();
+int driver_version();
+}  // namespace cuda
+}  // namespace segfast
+#endif
+
+namespace {
+int cuda_runtime_version() {
+#ifdef SEGFAST_WITH_CUDA
+  return segfast::cuda::runtime_version();
+#else
+  return 0;
+#endif
+}
+
+int cuda_driver_version() {
+#ifdef SEGFAST_WITH_CUDA
+  return segfast::cuda::driver_version();
+#else
+  return 0;
+#endif
+}
+}  // namespace
+// ---- end of build and runtime versions ---------------------------------------------
+
 // ---- cached CPU blocks as DLPack tensors (csrc/cpu/block_cache.h) ----------------
 // The DLPack ABI (dlpack.h, v0.8 "dltensor" capsules), declared here so the
 // module needs no header of PyTorch's: torch.from_dlpack takes the capsule,
@@ -792,6 +821,19 @@ PYBIND11_MODULE(_C, m) {
   }, "True if the CUDA kernels were compiled in.");
   m.def("cuda_archs", &cuda_archs,
         "CUDA architectures compiled in (CMAKE_CUDA_ARCHITECTURES entries); [] without CUDA.");
+  m.def("cuda_runtime_version", &cuda_runtime_version,
+        "CUDA runtime (cudart, linked statically) the kernels were built with, as 1000 * major + "
+        "10 * minor (12080: 12.8); 0 without CUDA.");
+  m.def("cuda_driver_version", &cuda_driver_version,
+        "CUDA version the installed driver supports (cudaDriverGetVersion, same encoding); 0 without "
+        "CUDA kernels or without a driver.");
+  m.def("manylinux_build", []() {
+#ifdef SEGFAST_MANYLINUX
+    return true;
+#else
+    return false;
+#endif
+  }, "True if built with SEGFAST_MANYLINUX=ON (static libstdc++, glibc symbols <= 2.28).");
   m.def("openmp_max_threads", &segfast::region::openmp_max_threads,
         "omp_get_max_threads() in the extension's OpenMP runtime.");
   m.def("advise_huge_pages", &segfast::cpu::advise_huge_pages,

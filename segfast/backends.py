@@ -148,6 +148,80 @@ def cuda_archs() -> list[str]:
     return list(_C.cuda_archs()) if cuda_compiled() else []
 
 
+def _cuda_version_str(v: int) -> str:
+    """cudaRuntimeGetVersion / cudaDriverGetVersion encoding (1000 * major + 10 * minor) as 'major.minor'."""
+    return f"{v // 1000}.{v % 1000 // 10}"
+
+
+def _arch_entries(archs: list[str]) -> tuple[list[int], list[int], list[int]]:
+    """(SASS, exact-GPU SASS, PTX) compute capabilities (major * 10 + minor) of
+    CMAKE_CUDA_ARCHITECTURES entries: '80-real' is SASS, '90-virtual' PTX, a
+    plain '120' both; arch-specific '90a' is SASS for that GPU only."""
+    sass, exact, ptx = [], [], []
+    for a in archs:
+        num, _, kind = a.partition("-")
+        cc = int(num.rstrip("af"))
+        if num.endswith("a"):
+            exact.append(cc)
+            continue
+        if kind in ("", "real"):
+            sass.append(cc)
+        if kind in ("", "virtual") and not num.endswith("f"):
+            ptx.append(cc)
+    return sass, exact, ptx
+
+
+def cuda_fit_reason(capability: tuple[int, int], driver_version: int, archs: list[str],
+                    runtime_version: int) -> str | None:
+    """Why CUDA kernels built for ``archs`` (CMAKE_CUDA_ARCHITECTURES entries) with
+    the CUDA runtime ``runtime_version`` cannot run on a GPU of compute
+    ``capability`` under a driver supporting CUDA ``driver_version`` (both in
+    cudaDriverGetVersion's encoding, 12080 = 12.8), or None if they can.
+
+    The driver must be of the runtime's major version or newer (CUDA minor
+    version compatibility); SASS runs on GPUs of its major capability with an
+    equal or higher minor one (sm_80 on sm_86 / sm_89); otherwise PTX of a lower
+    capability is compiled by the driver, which must then be at least as new as
+    the toolkit that wrote it."""
+    rt = _cuda_version_str(runtime_version)
+    other = "or use backend='triton' or 'torch'"
+    if driver_version <= 0:
+        return (f"no NVIDIA driver was found (the CUDA kernels need a driver for CUDA "
+                f"{runtime_version // 1000}.0 or newer)")
+    if driver_version // 1000 < runtime_version // 1000:
+        need = {11: "450", 12: "525", 13: "580"}.get(runtime_version // 1000)
+        return (f"the CUDA kernels use the CUDA {rt} runtime, which needs an NVIDIA driver for CUDA "
+                f"{runtime_version // 1000}.0 or newer{f' (driver {need}+)' if need else ''}; this driver "
+                f"supports CUDA {_cuda_version_str(driver_version)}: update the NVIDIA driver, {other}")
+    cc = capability[0] * 10 + capability[1]
+    sass, exact, ptx = _arch_entries(archs)
+    if cc in exact or any(s // 10 == cc // 10 and s <= cc for s in sass):
+        return None
+    jit = [p for p in ptx if p <= cc]
+    if jit and driver_version >= runtime_version:
+        return None
+    carried = ", ".join([f"sm_{s}" for s in sorted(sass + exact)] + [f"compute_{p} (PTX)" for p in ptx]) or "nothing"
+    if jit:
+        return (f"this GPU (sm_{cc}) can only run the CUDA kernels' PTX (compute_{max(jit)}), which needs a driver "
+                f"for CUDA {rt} or newer to compile; this driver supports CUDA {_cuda_version_str(driver_version)}: "
+                f"update the NVIDIA driver, {other}")
+    return (f"the CUDA kernels carry {carried}, none of which runs on this GPU (compute capability "
+            f"{capability[0]}.{capability[1]}): build segfast from source for it (SEGFAST_CUDA=ON "
+            f"SKBUILD_CMAKE_ARGS=-DCMAKE_CUDA_ARCHITECTURES={cc} pip install --no-binary segfast segfast), {other}")
+
+
+@functools.lru_cache(maxsize=None)
+def _cuda_device_reason_cached(index: int) -> str | None:
+    capability = torch.cuda.get_device_capability(index)
+    return cuda_fit_reason(capability, int(_C.cuda_driver_version()), cuda_archs(), int(_C.cuda_runtime_version()))
+
+
+# A constant to torch.compile, like _triton_import_error.
+@torch.compiler.assume_constant_result
+def _cuda_device_reason(index: int) -> str | None:
+    return _cuda_device_reason_cached(index)
+
+
 @functools.lru_cache(maxsize=None)
 def _triton_import_error_cached() -> str | None:
     try:
@@ -185,7 +259,8 @@ def unavailable_reason(backend: str, device: torch.device) -> str | None:
             return "segfast._C was built without CUDA kernels (no nvcc at build time, or SEGFAST_CUDA=OFF)"
         if device.type != "cuda":
             return f"backend 'cuda' runs on CUDA tensors, got a tensor on {device}"
-        return None
+        reason = _cuda_device_reason(device.index if device.index is not None else torch.cuda.current_device())
+        return None if reason is None else f"{torch.cuda.get_device_name(device)}: {reason}"
     # triton
     err = _triton_import_error()
     if err is not None:
@@ -203,7 +278,7 @@ def unavailable_reason(backend: str, device: torch.device) -> str | None:
 def default_backend(device: torch.device) -> str:
     if device.type == "cuda":
         return "triton" if unavailable_reason("triton", device) is None else (
-            "cuda" if cuda_compiled() else "torch")
+            "cuda" if unavailable_reason("cuda", device) is None else "torch")
     if device.type == "cpu" and _C is not None:
         return "cpu"
     return "torch"
@@ -249,12 +324,16 @@ def info() -> dict:
         "extension": "built" if _C is not None else f"missing ({_C_ERROR})",
         "cuda_kernels_compiled": cuda_compiled(),
         "cuda_archs": cuda_archs(),
+        "cuda_runtime": _cuda_version_str(_C.cuda_runtime_version()) if cuda_compiled() else None,
+        "cuda_driver": (_cuda_version_str(_C.cuda_driver_version()) if cuda_compiled() and _C.cuda_driver_version()
+                        else None),
         "openmp_threads": cpu_threads(),
         "cpu_output_cache_mb": CACHE_LIMIT_MB,
         "gpu_visible": gpu,
         "gpu_name": torch.cuda.get_device_name() if gpu else None,
         "backends_cpu": available("cpu"),
         "backends_cuda": available("cuda") if gpu else [],
+        "cuda_backend_here": (unavailable_reason("cuda", torch.device("cuda")) or "usable") if gpu else None,
         "default_backend": default_backend(torch.device("cuda" if gpu else "cpu")),
         "triton_interpret": triton_interpret(),
     }

@@ -88,3 +88,54 @@ def test_no_top_level_triton_kernels_from_us():
         for loc in [spec.origin, *(spec.submodule_search_locations or [])]:
             assert not _under(loc, REPO / "triton_kernels"), loc
             assert "segfast" not in pathlib.Path(loc or "").parts, loc
+
+
+def test_cuda_versions_are_exposed():
+    from segfast import _C
+
+    rt, drv = _C.cuda_runtime_version(), _C.cuda_driver_version()
+    assert isinstance(rt, int) and isinstance(drv, int)
+    assert (rt > 0) == _C.has_cuda()  # 1000 * major + 10 * minor of the static cudart
+    assert drv >= 0 and (drv == 0 or _C.has_cuda())
+    assert isinstance(_C.manylinux_build(), bool)
+
+
+def _check_wheel():
+    pytest.importorskip("elftools", reason="pyelftools reads the module's ELF dynamic section")
+    spec = importlib.util.spec_from_file_location("check_wheel", REPO / "tools" / "check_wheel.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _module_requirements():
+    cw = _check_wheel()
+    path = importlib.util.find_spec("segfast._C").origin
+    return cw, *cw.elf_requirements(path)
+
+
+def test_module_needs_no_cuda_driver_or_shared_cudart():
+    # `import segfast` must work without a GPU driver: cudart is static and
+    # loads libcuda itself at the first CUDA call.
+    cw, needed, _ = _module_requirements()
+    assert not [n for n in needed if n.startswith(("libcuda.so", "libcudart.so"))], needed
+
+
+def test_manylinux_build_symbol_versions():
+    from segfast import _C
+
+    if not _C.manylinux_build():
+        pytest.skip("a development build (SEGFAST_MANYLINUX=OFF) may need the build machine's glibc/libstdc++")
+    cw, needed, versions = _module_requirements()
+    assert cw.too_new(versions) == [], f"needs symbol versions newer than manylinux_2_28: {cw.too_new(versions)}"
+    assert cw.forbidden_needed(needed) == [], needed
+
+
+def test_symbol_version_ceiling_logic():
+    cw = _check_wheel()
+    assert cw.too_new({"libc.so.6": ["GLIBC_2.2.5", "GLIBC_2.28"], "libstdc++.so.6": ["GLIBCXX_3.4.22"]}) == []
+    assert cw.too_new({"libm.so.6": ["GLIBC_2.29"]}) == ["GLIBC_2.29 (libm.so.6)"]
+    assert cw.too_new({"libstdc++.so.6": ["GLIBCXX_3.4.29", "CXXABI_1.3.13"]}) == [
+        "GLIBCXX_3.4.29 (libstdc++.so.6)", "CXXABI_1.3.13 (libstdc++.so.6)"]
+    assert cw.forbidden_needed(["libgomp.so.1", "libc.so.6", "libcudart.so.12", "libstdc++.so.6"]) == [
+        "libcudart.so.12", "libstdc++.so.6"]

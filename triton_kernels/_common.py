@@ -83,7 +83,10 @@ def load_target_tile(t_ptr, n64, c64, s64, stn, stc, sts, mask,
 def wrap(kernel):
     """The kernel as launched inside a torch.library triton_op."""
     import torch
-    return torch.library.wrap_triton(kernel)
+    # torch < 2.6 has no wrap_triton: the op is then an opaque custom op
+    # (segfast/ops/_common.py triton_op) and launches the kernel itself.
+    wrap_triton = getattr(torch.library, "wrap_triton", None)
+    return wrap_triton(kernel) if wrap_triton is not None else kernel
 
 
 def blocks(C: int, block_s, block_c, *, tile: int, max_single_c: int, loop_block_c: int):

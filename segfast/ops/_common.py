@@ -13,6 +13,10 @@ from torch import Tensor
 
 from .. import backends
 
+# torch.library.triton_op (torch 2.6+) lets torch.compile trace into the Triton
+# kernels; before it, the Triton ops are opaque custom ops (same results).
+triton_op = getattr(torch.library, "triton_op", torch.library.custom_op)
+
 FLOATS = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 LABELS = (torch.uint8, torch.int32, torch.int64)
 

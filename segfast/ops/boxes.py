@@ -15,8 +15,9 @@ Format conversion (xyxy, xywh, cxcywh) happens inside the kernels; the
 gradients are with respect to the boxes in their own format.
 """
 
-from __future__ import annotations
-
+# torch.library.custom_op infers the op schemas from annotations: they stay real
+# types (no `from __future__ import annotations`, whose strings torch 2.4 cannot
+# read; typing.List, as list[float] is unsupported before torch 2.7).
 import importlib.util
 import math
 from typing import Optional
@@ -26,7 +27,7 @@ from torch import Tensor
 
 from .. import backends
 from ..reference import boxes as ref
-from ._common import require
+from ._common import require, triton_op
 
 FMTS, KINDS, EPS = ref.FMTS, ref.KINDS, ref.EPS
 _FLOATS = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
@@ -265,22 +266,22 @@ box_loss_op.register_autograd(_backward_onepass, setup_context=_setup_onepass)
 
 if importlib.util.find_spec("triton") is not None:
 
-    @torch.library.triton_op("segfast::box_pairwise_triton", mutates_args=())
+    @triton_op("segfast::box_pairwise_triton", mutates_args=())
     def box_pairwise_triton_op(b1: Tensor, b2: Tensor, kind: int, fmt: int, eps: float) -> Tensor:
         return run_pairwise(b1, b2, kind, fmt, eps, "triton")
 
-    @torch.library.triton_op("segfast::box_pairwise_grad_triton", mutates_args=())
+    @triton_op("segfast::box_pairwise_grad_triton", mutates_args=())
     def box_pairwise_grad_triton_op(b1: Tensor, b2: Tensor, go: Tensor, kind: int, fmt: int, eps: float,
                                     need1: bool, need2: bool) -> tuple[Tensor, Tensor]:
         return run_pairwise_grad(b1, b2, go, kind, fmt, eps, need1, need2, "triton")
 
-    @torch.library.triton_op("segfast::box_aligned_triton", mutates_args=())
+    @triton_op("segfast::box_aligned_triton", mutates_args=())
     def box_aligned_triton_op(b1: Tensor, b2: Tensor, kind: int, fmt: int, loss: bool, eps: float, offset: float,
                               sign: float, need1: bool, need2: bool) -> tuple[Tensor, Tensor, Tensor]:
         out_dtype = _acc(b1) if loss else b1.dtype
         return run_aligned(b1, b2, kind, fmt, loss, eps, offset, sign, sign, out_dtype, need1, need2, "triton")
 
-    @torch.library.triton_op("segfast::box_loss_triton", mutates_args=())
+    @triton_op("segfast::box_loss_triton", mutates_args=())
     def box_loss_triton_op(b1: Tensor, b2: Tensor, kind: int, fmt: int, eps: float, mean: bool, need1: bool,
                            need2: bool) -> tuple[Tensor, Tensor, Tensor]:
         return _loss_onepass(b1, b2, kind, fmt, eps, mean, need1, need2, "triton")

@@ -18,8 +18,9 @@ oracle, states them; csrc/common/boxes_match.h has the kernel side):
 Matching and NMS are not differentiated: the ops take detached inputs.
 """
 
-from __future__ import annotations
-
+# torch.library.custom_op infers the op schemas from annotations: they stay real
+# types (no `from __future__ import annotations`, whose strings torch 2.4 cannot
+# read; typing.List, as list[float] is unsupported before torch 2.7).
 import importlib.util
 from typing import Optional
 
@@ -28,7 +29,7 @@ from torch import Tensor
 
 from .. import backends
 from ..reference import boxes_match as ref
-from ._common import FLOATS, require
+from ._common import FLOATS, require, triton_op
 
 FMTS = ref.FMTS
 INTS = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
@@ -257,7 +258,7 @@ HAVE_TRITON = importlib.util.find_spec("triton") is not None
 
 if HAVE_TRITON:
 
-    @torch.library.triton_op("segfast::box_iou_max_triton", mutates_args=())
+    @triton_op("segfast::box_iou_max_triton", mutates_args=())
     def box_iou_max_triton_op(boxes: Tensor, gt: Tensor, gt_valid: Optional[Tensor],
                               fmt: int) -> tuple[Tensor, Tensor, Tensor]:
         """box_iou_max_op with the Triton kernel (one program per anchor block and image)."""

@@ -37,11 +37,12 @@ through autograd). The kernel backends return marginals without gradient
 (CRF post-processing).
 """
 
-from __future__ import annotations
-
+# torch.library.custom_op infers the op schemas from annotations: they stay real
+# types (no `from __future__ import annotations`, whose strings torch 2.4 cannot
+# read; typing.List, as list[float] is unsupported before torch 2.7).
 import math
 from dataclasses import dataclass
-from typing import Optional, Sequence, Union
+from typing import List, Optional, Sequence, Union
 
 import torch
 from torch import Tensor
@@ -313,7 +314,7 @@ def _crf_threads(u: Tensor) -> int:
 
 
 @torch.library.custom_op("segfast::dense_crf_cpu", mutates_args=())
-def dense_crf_cpu_op(u: Tensor, image: Tensor, kparams: list[float], mat: Tensor, iterations: int,
+def dense_crf_cpu_op(u: Tensor, image: Tensor, kparams: List[float], mat: Tensor, iterations: int,
                      normalization: int, self_message: bool) -> Tensor:
     """Q [B, C, H, W] float32 from energies u [B, C, H, W] (POS applied) and the
     image; kparams: 8 per kernel (sx, sy, sr, sg, sb, bilateral, Potts weight,
@@ -507,7 +508,7 @@ def lattice_meanfield(u: Tensor, image: Tensor, kparams: list, mat: Tensor, iter
 
 
 @torch.library.custom_op("segfast::dense_crf_triton", mutates_args=())
-def dense_crf_triton_op(u: Tensor, image: Tensor, kparams: list[float], mat: Tensor, iterations: int,
+def dense_crf_triton_op(u: Tensor, image: Tensor, kparams: List[float], mat: Tensor, iterations: int,
                         normalization: int, self_message: bool) -> Tensor:
     """Triton form of :func:`dense_crf_cpu_op` (lattices built with torch on the device)."""
     return lattice_meanfield(u, image, kparams, mat.contiguous(), iterations, normalization, self_message,
@@ -515,7 +516,7 @@ def dense_crf_triton_op(u: Tensor, image: Tensor, kparams: list[float], mat: Ten
 
 
 @torch.library.custom_op("segfast::dense_crf_cuda", mutates_args=())
-def dense_crf_cuda_op(u: Tensor, image: Tensor, kparams: list[float], mat: Tensor, iterations: int,
+def dense_crf_cuda_op(u: Tensor, image: Tensor, kparams: List[float], mat: Tensor, iterations: int,
                       normalization: int, self_message: bool) -> Tensor:
     """CUDA C++ form of :func:`dense_crf_cpu_op` (lattices built with torch on the device)."""
     return lattice_meanfield(u, image, kparams, mat.contiguous(), iterations, normalization, self_message,

@@ -33,8 +33,9 @@ Ties in the errors keep the pixels' original order in every backend (stable
 sorts of the same keys), so the backends agree up to float rounding.
 """
 
-from __future__ import annotations
-
+# torch.library.custom_op infers the op schemas from annotations: they stay real
+# types (no `from __future__ import annotations`, whose strings torch 2.4 cannot
+# read; typing.List, as list[float] is unsupported before torch 2.7).
 import importlib.util
 from typing import Optional
 
@@ -42,7 +43,7 @@ import torch
 from torch import Tensor
 
 from .. import backends
-from ._common import acc_dtype, canonical, check_reduction, reduce_loss
+from ._common import acc_dtype, canonical, check_reduction, reduce_loss, triton_op
 
 FAMILY = "lovasz"
 BACKENDS_IMPLEMENTED = ("triton", "cuda", "cpu", "torch")
@@ -94,8 +95,7 @@ def lovasz_sort_weights(errors: Tensor, fg: Tensor, valid: Optional[Tensor] = No
 
 
 @torch.library.custom_op("segfast::lovasz_sort_weights", mutates_args=())
-def lovasz_sort_weights_op(errors: Tensor, fg: Tensor, valid: Optional[Tensor] = None,
-                           backend: str = "torch") -> Tensor:
+def lovasz_sort_weights_op(errors: Tensor, fg: Tensor, valid: Optional[Tensor], backend: str) -> Tensor:
     """Sort each segment's errors and return its Lovász weights, in the
     pixels' original order: the step of the Lovász losses that is not
     elementwise, with the ``torch``, ``cpu`` or ``cuda`` backend (``triton``:
@@ -215,7 +215,7 @@ HAVE_TRITON = importlib.util.find_spec("triton") is not None
 
 if HAVE_TRITON:
 
-    @torch.library.triton_op("segfast::lovasz_sort_weights_triton", mutates_args=())
+    @triton_op("segfast::lovasz_sort_weights_triton", mutates_args=())
     def lovasz_sort_weights_triton_op(errors: Tensor, fg: Tensor, valid: Optional[Tensor] = None) -> Tensor:
         """:func:`lovasz_sort_weights_op` with the Triton weights kernel."""
         from ..triton_kernels import lovasz as tk

@@ -13,8 +13,9 @@ One kernel, three uses (see reference/pixel.py for the terms l0, l1):
   the kernel again with the upstream gradient (``pixel_loss_grad``).
 """
 
-from __future__ import annotations
-
+# torch.library.custom_op infers the op schemas from annotations: they stay real
+# types (no `from __future__ import annotations`, whose strings torch 2.4 cannot
+# read; typing.List, as list[float] is unsupported before torch 2.7).
 import importlib.util
 import weakref
 from typing import Optional
@@ -24,7 +25,7 @@ from torch import Tensor
 
 from .. import backends
 from ..reference import pixel as ref
-from ._common import acc_dtype, num_chunks, target_args
+from ._common import acc_dtype, num_chunks, target_args, triton_op
 
 CE, FOCAL_SOFTMAX, FUSED, BCE, FOCAL_SIGMOID = ref.CE, ref.FOCAL_SOFTMAX, ref.FUSED, ref.BCE, ref.FOCAL_SIGMOID
 SOFTMAX_KINDS = ref.SOFTMAX_KINDS
@@ -275,7 +276,7 @@ pixel_loss_map_op.register_autograd(_backward_map_ext, setup_context=_setup_map)
 
 if importlib.util.find_spec("triton") is not None:
 
-    @torch.library.triton_op("segfast::pixel_loss_triton", mutates_args=())
+    @triton_op("segfast::pixel_loss_triton", mutates_args=())
     def pixel_loss_triton_op(x: Tensor, target: Tensor, weight: Optional[Tensor], pos_weight: Optional[Tensor],
                              beta: Optional[Tensor], is_label: bool, kind: int, label_offset: int,
                              ignore_value: Optional[float], gamma: float, alpha: float, smoothing: float,
@@ -283,7 +284,7 @@ if importlib.util.find_spec("triton") is not None:
         return _onepass(x, target, weight, pos_weight, beta, is_label, kind, label_offset, ignore_value, gamma,
                         alpha, smoothing, scale0, scale1, norm, "triton")
 
-    @torch.library.triton_op("segfast::pixel_loss_map_triton", mutates_args=())
+    @triton_op("segfast::pixel_loss_map_triton", mutates_args=())
     def pixel_loss_map_triton_op(x: Tensor, target: Tensor, weight: Optional[Tensor],
                                  pos_weight: Optional[Tensor], beta: Optional[Tensor], is_label: bool,
                                  kind: int, label_offset: int, ignore_value: Optional[float], gamma: float,
@@ -291,7 +292,7 @@ if importlib.util.find_spec("triton") is not None:
         return _run(x, target, weight, pos_weight, beta, is_label, kind, label_offset, ignore_value,
                     gamma, alpha, smoothing, scale0, scale1, "triton", want_map=True)[1].to(acc_dtype(x))
 
-    @torch.library.triton_op("segfast::pixel_loss_grad_triton", mutates_args=())
+    @triton_op("segfast::pixel_loss_grad_triton", mutates_args=())
     def pixel_loss_grad_triton_op(x: Tensor, target: Tensor, go: Tensor, weight: Optional[Tensor],
                                   pos_weight: Optional[Tensor], beta: Optional[Tensor], is_label: bool,
                                   kind: int, label_offset: int, ignore_value: Optional[float], gamma: float,

