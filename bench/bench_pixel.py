@@ -1,6 +1,8 @@
 """pytest-benchmark suite of the pixel-wise losses (cross entropy, the fused
-softmax + positive-sharing loss, Dice + CE): forward+backward per backend,
-the eager reference and MONAI where it has the loss.
+softmax + positive-sharing loss, softmax focal, Dice + CE, Dice + focal in
+MONAI's sigmoid form): forward+backward per backend, the eager reference,
+MONAI / smp where they have the loss, and segfast.compat's drop-in classes
+(compat_monai / compat_smp rows, segfast.bench.COMPAT).
 
     pytest bench/bench_pixel.py --benchmark-only
 """
@@ -11,7 +13,7 @@ import pytest
 
 from _bench import DEVICE, params, rows_for, run_benchmark
 
-OPS = ("cross_entropy", "fused", "dice_ce")
+OPS = ("cross_entropy", "fused", "focal", "dice_ce", "dice_focal")
 
 
 @pytest.mark.parametrize("case,name", params(OPS))

@@ -1,5 +1,6 @@
 """pytest-benchmark suite of the region losses (Dice, soft IoU, Tversky,
-generalized Dice): forward+backward per backend, the eager reference and MONAI.
+generalized Dice): forward+backward per backend, the eager reference, MONAI,
+smp, and segfast.compat's drop-in classes (compat_monai / compat_smp rows).
 
     pytest bench/ --benchmark-only --benchmark-json=bench.json
 """

@@ -4,7 +4,8 @@ Region losses share these arguments (keyword-only after ``target``):
 
 input
     Logits (or probabilities with ``from_logits=False``), shape (N, C, *spatial)
-    with 1 to 3 (or more) spatial dims; float32, float16, bfloat16 or float64.
+    with 0 to 3 (or more) spatial dims ((N, C) scores are one pixel per
+    sample); float32, float16, bfloat16 or float64.
     Any strides (channels_last included). Sums are accumulated in float32
     (float64 for float64 input); the loss is float32 (float64), the gradient
     has the input's dtype.

@@ -288,8 +288,10 @@ def test_bad_inputs():
         segfast.lovasz_hinge_loss(x, torch.rand(2, 3, 4, 5))
     with pytest.raises(ValueError, match="outside"):
         segfast.lovasz_hinge_loss(x[:, :1], y)  # binary labels must be {0, 1}
-    with pytest.raises(ValueError, match="spatial"):
-        segfast.lovasz_hinge_loss(torch.randn(2, 3), torch.rand(2, 3))
+    # (N, C) scores without spatial dims are one pixel per image (smp accepts them too)
+    x2, t2 = torch.randn(2, 3), (torch.rand(2, 3) > 0.5).float()
+    torch.testing.assert_close(segfast.lovasz_hinge_loss(x2, t2),
+                               segfast.lovasz_hinge_loss(x2[..., None], t2[..., None]))
     with pytest.raises(TypeError):
         segfast.lovasz_hinge_loss(x.long(), y)
     with pytest.raises(RuntimeError, match="not available|unknown"):
