@@ -118,7 +118,7 @@ def test_update_equals_pycocotools(name):
     m2 = COCOEvaluator()
     m2.update(preds2, targets2)
     np.testing.assert_allclose(m2.compute()["stats"].numpy(), out["stats"].numpy(), atol=1e-3)
-    m3 = COCOEvaluator(box_format="yxyx")
+    m3 = COCOEvaluator(box_format="cxcywh")
     m3.update([dict(p, boxes=torch.cat([p["boxes"][:, :2] + p["boxes"][:, 2:] / 2, p["boxes"][:, 2:]], 1))
                for p in preds],
               [dict(t, boxes=torch.cat([t["boxes"][:, :2] + t["boxes"][:, 2:] / 2, t["boxes"][:, 2:]], 1))
