@@ -118,6 +118,12 @@ def test_update_equals_pycocotools(name):
     m2 = COCOEvaluator()
     m2.update(preds2, targets2)
     np.testing.assert_allclose(m2.compute()["stats"].numpy(), out["stats"].numpy(), atol=1e-3)
+    m3 = COCOEvaluator(box_format="cxcywh")
+    m3.update([dict(p, boxes=torch.cat([p["boxes"][:, :2] + p["boxes"][:, 2:] / 2, p["boxes"][:, 2:]], 1))
+               for p in preds],
+              [dict(t, boxes=torch.cat([t["boxes"][:, :2] + t["boxes"][:, 2:] / 2, t["boxes"][:, 2:]], 1))
+               for t in targets])
+    np.testing.assert_allclose(m3.compute()["stats"].numpy(), out["stats"].numpy(), atol=1e-3)
 
 
 @needs_kernel
@@ -207,6 +213,7 @@ def test_faster_coco_eval_agrees():
     gt, dets = _make("crowds_empty")
     ev = _pycoco(gt, dets, lib="faster_coco_eval")
     out = COCOEvaluator.from_coco(gt, dets).compute()
+    # faster-coco-eval itself can differ from pycocotools in the last bit of a mean
     np.testing.assert_allclose(out["stats"].numpy(), np.asarray(ev.stats)[:12], rtol=0, atol=1e-12)
 
 
@@ -225,7 +232,7 @@ def test_empty_and_errors():
     with pytest.raises(ValueError, match="one entry per image"):
         m.update([], [{"boxes": torch.zeros(0, 4), "labels": torch.zeros(0)}])
     with pytest.raises(ValueError, match="box_format"):
-        COCOEvaluator(box_format="cxcywh")
+        COCOEvaluator(box_format="yxyx")
     m.reset()
     m.update([{"boxes": torch.tensor([[0.0, 0, 1, 1]]), "scores": torch.tensor([float("nan")]),
                "labels": torch.tensor([1])}], [{"boxes": torch.zeros(0, 4), "labels": torch.zeros(0)}])
@@ -326,3 +333,35 @@ def test_confusion_matrix_many_classes(backend):
     x, t = _logits(1, 70, 6, 7, seed=5)  # 70 * 70 bins: the Triton kernel's per-pixel atomics
     want = ref.confusion_matrix(x, t, 70, ignore_index=255)
     assert torch.equal(confusion_matrix(x, t, 70, ignore_index=255, backend=backend), want)
+
+
+@needs_kernel
+def test_crafted_quirks_equal_pycocotools():
+    """Equal IoU goes to the later gt; a crowd gt divides by the detection's
+    area; the first ignored gt stops a detection holding a regular match."""
+    img = [{"id": 7}, {"id": 3}, {"id": 5}]
+    anns = [
+        # image 3: A has IoU 0.5 with both gts (the later one wins), B then still matches gt 1
+        {"id": 1, "image_id": 3, "category_id": 1, "bbox": [0, 0, 10, 5], "area": 50, "iscrowd": 0},
+        {"id": 2, "image_id": 3, "category_id": 1, "bbox": [0, 5, 10, 5], "area": 50, "iscrowd": 0},
+        # image 5: a crowd region holding a small detection; a regular gt beside an identical crowd one
+        {"id": 3, "image_id": 5, "category_id": 1, "bbox": [0, 0, 100, 100], "area": 10000, "iscrowd": 1},
+        {"id": 4, "image_id": 5, "category_id": 1, "bbox": [200, 200, 20, 20], "area": 400, "iscrowd": 0},
+        {"id": 5, "image_id": 5, "category_id": 1, "bbox": [200, 200, 20, 20], "area": 400, "iscrowd": 1},
+        # image 7: a gt whose area field puts it in another range than its box
+        {"id": 6, "image_id": 7, "category_id": 2, "bbox": [0, 0, 40, 40], "area": 900, "iscrowd": 0},
+    ]
+    dets = [
+        {"image_id": 3, "category_id": 1, "bbox": [0, 0, 10, 10], "score": 0.9},  # A
+        {"image_id": 3, "category_id": 1, "bbox": [0, 0, 10, 6], "score": 0.8},  # B
+        {"image_id": 5, "category_id": 1, "bbox": [10, 10, 5, 5], "score": 0.7},
+        {"image_id": 5, "category_id": 1, "bbox": [200, 200, 20, 20], "score": 0.7},
+        {"image_id": 5, "category_id": 1, "bbox": [201, 200, 20, 20], "score": 0.6},
+        {"image_id": 7, "category_id": 2, "bbox": [1, 1, 40, 40], "score": 0.5},
+        {"image_id": 7, "category_id": 2, "bbox": [60, 60, 10, 10], "score": 0.5},
+    ]
+    gt = {"images": img, "annotations": anns, "categories": [{"id": 1}, {"id": 2}, {"id": 9}]}
+    ev = _pycoco(gt, dets)
+    out = COCOEvaluator.from_coco(gt, dets).compute()
+    _check_against(ev, out)
+    assert ev.eval["recall"][0, 0, 0, 2] == 1.0  # both gts of image 3 found at IoU 0.5

@@ -116,8 +116,8 @@ class COCOEvaluator:
     preds: a list (one per image) of dicts with ``boxes`` [N, 4], ``scores``
     [N], ``labels`` [N]; targets: dicts with ``boxes`` [M, 4], ``labels``
     [M] and optionally ``iscrowd`` [M] and ``area`` [M]. ``box_format``:
-    "xyxy" (default) or "xywh" (COCO's); boxes are evaluated in float64
-    xywh (xyxy becomes x, y, x2 - x, y2 - y).
+    "xyxy" (default), "xywh" (COCO's) or "cxcywh"; boxes are evaluated in
+    float64 xywh (xyxy becomes x, y, x2 - x, y2 - y, as torchmetrics does).
 
     ``compute()`` returns a dict: the 12 numbers under torchmetrics' keys
     (``map``, ``map_50``, ... ``mar_large``) and as ``stats`` [12] (in
@@ -133,8 +133,8 @@ class COCOEvaluator:
                  max_detection_thresholds: Optional[Sequence[int]] = None,
                  area_ranges: Optional[dict] = None, average: str = "coco", dist_sync: bool = True,
                  num_threads: Optional[int] = None):
-        if box_format not in ("xyxy", "xywh"):
-            raise ValueError(f"box_format must be 'xyxy' or 'xywh', got {box_format!r}")
+        if box_format not in ("xyxy", "xywh", "cxcywh"):
+            raise ValueError(f"box_format must be 'xyxy', 'xywh' or 'cxcywh', got {box_format!r}")
         if average not in ("coco", "all_points"):
             raise ValueError(f"average must be 'coco' or 'all_points', got {average!r}")
         self.box_format = box_format
@@ -208,6 +208,8 @@ class COCOEvaluator:
         b = b.detach().double()
         if self.box_format == "xyxy":
             b = torch.cat([b[:, :2], b[:, 2:] - b[:, :2]], 1)
+        elif self.box_format == "cxcywh":
+            b = torch.cat([b[:, :2] - b[:, 2:] / 2, b[:, 2:]], 1)
         return b
 
     @staticmethod
