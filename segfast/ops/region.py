@@ -309,9 +309,10 @@ def tp_fp_fn(stats: Tensor, squared: bool = False, soft: bool = False):
 
 def safe_ratio(num: Tensor, den: Tensor) -> Tensor:
     """num/den, and 1 where den == 0: an empty (or fully ignored) plane with no
-    smoothing has nothing to find and predicts nothing, so it scores 1."""
-    ok = den > 0
-    return torch.where(ok, num / torch.where(ok, den, torch.ones_like(den)), torch.ones_like(num))
+    smoothing has nothing to find and predicts nothing, so it scores 1. A NaN
+    (or infinite) denominator is not 0: NaN sums give a NaN score."""
+    zero = den == 0
+    return torch.where(zero, torch.ones_like(num), num / torch.where(zero, torch.ones_like(den), den))
 
 
 def sync(stats: Tensor, process_group=None) -> Tensor:

@@ -178,8 +178,8 @@ def region_loss(input: torch.Tensor, target: torch.Tensor, *, kind: str = "dice"
 
 def _safe_ratio(num, den):
     # An empty (or fully ignored) plane with no smoothing scores 1: nothing to
-    # find and nothing predicted.
-    return torch.where(den > 0, num / torch.where(den > 0, den, 1), torch.ones_like(num))
+    # find and nothing predicted. NaN sums (NaN or infinite logits) stay NaN.
+    return torch.where(den == 0, torch.ones_like(num), num / torch.where(den == 0, 1, den))
 
 
 def _reduce(f, reduction):
