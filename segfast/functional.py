@@ -17,7 +17,9 @@ mode
     channel; ``"binary"``: sigmoid, C = 1.
 ignore_index
     Pixels whose label equals it (for dense targets: elements whose value
-    equals it) add nothing to any sum: neither prediction nor target.
+    equals it) add nothing to any sum: neither prediction nor target. An
+    integer (int, numpy integer, 0-d integer tensor, or an integral float) in
+    [-2**53, 2**53]; anything else is a TypeError (ValueError out of range).
 weight
     Per-class weights, one per input channel (a scalar is broadcast), >= 0;
     each (image, class) loss is multiplied by its class weight before the

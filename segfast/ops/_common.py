@@ -5,6 +5,7 @@ the pixels of an image."""
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Optional
 
 import torch
@@ -70,8 +71,7 @@ def canonical(input: Tensor, target: Tensor, *, act: int, binary: bool = False,
     check_input(input, target)
     N, C = input.shape[:2]
     spatial = tuple(input.shape[2:])
-    if ignore_index is not None and (isinstance(ignore_index, bool) or not isinstance(ignore_index, (int, float))):
-        raise TypeError(f"ignore_index must be a number or None, got {ignore_index!r}")
+    ignore_index = check_ignore_index(ignore_index)
     floating = target.dtype in FLOATS or target.dtype == torch.bool
     if not floating and target.dtype not in LABELS:
         raise TypeError(f"class-index targets must be uint8/int32/int64, got {target.dtype}")
@@ -95,6 +95,37 @@ def canonical(input: Tensor, target: Tensor, *, act: int, binary: bool = False,
     backend = backends.choose(backend, input.device)
     ignore = None if ignore_index is None else float(ignore_index)
     return input.flatten(2), t, not floating, act, offset, ignore, backend
+
+
+# Labels and the ignore value meet the kernels as a double: integers beyond
+# 2**53 would not compare exactly.
+_IGNORE_MAX = 2**53
+
+
+def check_ignore_index(ignore_index):
+    """-> ignore_index as a Python int (or None). Integers of any kind (int,
+    numpy integers, 0-d integer tensors) and integral floats are accepted; a
+    non-integral number is a TypeError (a label is never 1.5), as in
+    torch.nn.functional.cross_entropy."""
+    if ignore_index is None:
+        return None
+    v = ignore_index
+    if isinstance(v, Tensor):
+        if v.numel() != 1 or v.dim() != 0 or v.dtype == torch.bool:
+            raise TypeError(f"ignore_index must be an integer or None, got a tensor of shape {tuple(v.shape)} "
+                            f"and dtype {v.dtype}")
+        v = v.item()
+    if isinstance(v, bool) or not isinstance(v, (numbers.Integral, numbers.Real)):
+        raise TypeError(f"ignore_index must be an integer or None, got {ignore_index!r}")
+    if not isinstance(v, numbers.Integral):
+        f = float(v)
+        if not f.is_integer():
+            raise TypeError(f"ignore_index must be an integer or None, got {ignore_index!r}")
+        v = f
+    v = int(v)
+    if abs(v) > _IGNORE_MAX:
+        raise ValueError(f"ignore_index must be in [-2**53, 2**53] (exact as a double), got {v}")
+    return v
 
 
 def _check_labels(t: Tensor, n: int, ignore_index) -> None:
