@@ -45,7 +45,15 @@ reduction
     segfast.compat.monai reproduces that).
 backend
     ``"triton"``, ``"cuda"``, ``"cpu"`` or ``"torch"``; default from
-    SEGFAST_BACKEND, else the device's default (see segfast.backends).
+    SEGFAST_BACKEND, else the device's default (see segfast.backends). The
+    Triton kernels compute in float32: ``"triton"`` refuses float64 input
+    (TypeError), and float64 input defaults to ``"cuda"`` (else ``"torch"``)
+    where Triton would be the default.
+
+Soft targets that require grad (distillation, mixup) get dLoss/dtarget on
+every backend. The kernel backends are differentiable once: a second
+derivative (``create_graph=True``) raises when it is taken; the ``torch``
+backend supports it.
 
 Empty and ignored planes: a plane whose denominator is 0 (possible only with
 zero smoothing: no target, no prediction, or every pixel ignored) scores 1,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
 from typing import Optional
 
 import torch
@@ -92,9 +93,26 @@ def canonical(input: Tensor, target: Tensor, *, act: int, binary: bool = False,
     offset = int(binary) if label_offset is None else label_offset
     if not floating and not torch.compiler.is_compiling() and t.numel():
         _check_labels(t, C + offset, ignore_index)
-    backend = backends.choose(backend, input.device)
+    backend = float64_backend(backend, input)
     ignore = None if ignore_index is None else float(ignore_index)
     return input.flatten(2), t, not floating, act, offset, ignore, backend
+
+
+def float64_backend(backend: Optional[str], input: Tensor) -> str:
+    """backends.choose, and float64 kept float64: the Triton kernels compute in
+    float32, so float64 input on ``triton`` is refused (a clear TypeError,
+    never float64 that is float32 inside) and by default goes to the CUDA C++
+    kernels (or torch) instead."""
+    if backend is None and not os.environ.get("SEGFAST_BACKEND") and input.dtype == torch.float64:
+        chosen = backends.choose(None, input.device)
+        if chosen == "triton":
+            return "cuda" if backends.unavailable_reason("cuda", input.device) is None else "torch"
+        return chosen
+    chosen = backends.choose(backend, input.device)
+    if chosen == "triton" and input.dtype == torch.float64:
+        raise TypeError("segfast: the triton backend computes in float32 and refuses float64 input "
+                        f"(shape {tuple(input.shape)}); use backend='cpu', 'cuda' or 'torch' for float64")
+    return chosen
 
 
 # Labels and the ignore value meet the kernels as a double: integers beyond
