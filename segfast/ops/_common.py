@@ -177,6 +177,27 @@ def check_weight(weight, C: int, device) -> Optional[Tensor]:
     return w
 
 
+def differentiable_once(grads: tuple, what: str) -> tuple:
+    """The gradients a kernel backward returns, marked as torch's
+    ``once_differentiable`` marks them: under create_graph=True they require
+    grad, and differentiating them again raises (instead of a second
+    derivative silently taken as 0). ``what`` names the loss family."""
+    if not torch.is_grad_enabled() or torch.compiler.is_compiling():
+        return grads
+    idx = [i for i, g in enumerate(grads) if isinstance(g, Tensor)]
+    if not idx:
+        return grads
+    err = torch._C._functions.DelayedError(
+        f"segfast: the {what} kernels are differentiable once; a second derivative "
+        "(create_graph=True, e.g. a gradient penalty) needs backend='torch'".encode(), len(idx))
+    outs = err(*[grads[i].detach().requires_grad_(True) for i in idx])
+    outs = (outs,) if isinstance(outs, Tensor) else tuple(outs)
+    grads = list(grads)
+    for i, o in zip(idx, outs):
+        grads[i] = o
+    return tuple(grads)
+
+
 def check_reduction(reduction: str) -> None:
     if reduction not in ("mean", "sum", "none"):
         raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")

@@ -24,7 +24,7 @@ from torch import Tensor
 
 from .. import backends
 from ..reference import pixel as ref
-from ._common import acc_dtype, num_chunks, target_args
+from ._common import acc_dtype, differentiable_once, num_chunks, target_args
 
 CE, FOCAL_SOFTMAX, FUSED, BCE, FOCAL_SIGMOID = ref.CE, ref.FOCAL_SOFTMAX, ref.FUSED, ref.BCE, ref.FOCAL_SIGMOID
 SOFTMAX_KINDS = ref.SOFTMAX_KINDS
@@ -195,8 +195,9 @@ def _scale_saved_grad(ctx, g_loss, g_dx):
     # Eager on CPU, reading grad_output is free: when it is 1 (loss.backward())
     # the gradient is returned as it is. Traced tensors are subclasses.
     if type(g_loss) is torch.Tensor and g_loss.device.type == "cpu" and float(g_loss) == 1.0:
-        return (dx,) + (None,) * ctx.n_rest
-    return (dx.mul_(g_loss.to(dx.dtype)) if ctx.owned else dx * g_loss.to(dx.dtype),) + (None,) * ctx.n_rest
+        return differentiable_once((dx,) + (None,) * ctx.n_rest, "pixel-loss")
+    return differentiable_once((dx.mul_(g_loss.to(dx.dtype)) if ctx.owned else dx * g_loss.to(dx.dtype),)
+                               + (None,) * ctx.n_rest, "pixel-loss")
 
 
 def _setup_onepass(ctx, inputs, output):
@@ -226,7 +227,7 @@ def _setup_map(ctx, inputs, output):
 def _backward_map_ext(ctx, g_map):
     x, target, w, pw, b = ctx.saved_tensors
     dx = pixel_loss_grad_op(x, target, g_map, w, pw, b, *ctx.args)
-    return (dx,) + (None,) * 14
+    return differentiable_once((dx,) + (None,) * 14, "pixel-loss")
 
 
 pixel_loss_op.register_autograd(_scale_saved_grad, setup_context=_setup_onepass)
@@ -263,7 +264,8 @@ if importlib.util.find_spec("triton") is not None:
 
     def _backward_map_triton(ctx, g_map):
         x, target, w, pw, b = ctx.saved_tensors
-        return (pixel_loss_grad_triton_op(x, target, g_map, w, pw, b, *ctx.args),) + (None,) * 13
+        return differentiable_once((pixel_loss_grad_triton_op(x, target, g_map, w, pw, b, *ctx.args),)
+                                   + (None,) * 13, "pixel-loss")
 
     pixel_loss_triton_op.register_autograd(_scale_saved_grad, setup_context=_setup_onepass)
     pixel_loss_map_triton_op.register_autograd(_backward_map_triton, setup_context=_setup_map)

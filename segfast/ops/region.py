@@ -20,7 +20,7 @@ from torch import Tensor
 from .. import backends
 from ..reference import region as ref
 from ._common import (acc_dtype, canonical, check_input, check_reduction, check_weight,  # noqa: F401
-                      num_chunks, target_args)
+                      differentiable_once, num_chunks, target_args)
 
 K = ref.K
 KX = ref.KX
@@ -161,7 +161,7 @@ def _setup(ctx, inputs, output):
 def _backward_ext(ctx, grad):
     x, target = ctx.saved_tensors
     dx = region_grad_op(x, target, grad, *ctx.args)
-    return dx, None, None, None, None, None, None, None, None
+    return differentiable_once((dx, None, None, None, None, None, None, None, None), "region-loss")
 
 
 region_stats_op.register_autograd(_backward_ext, setup_context=_setup)
@@ -187,13 +187,15 @@ class _EagerStats(torch.autograd.Function):
                            ctx.mr, ctx.q)
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
         x, target = ctx.saved_tensors
-        if ctx.q is not None:  # consumed: a second backward (retain_graph) recomputes from x
-            q, ctx.q = ctx.q, None
-            return (_grad_from_q(q, target, grad, ctx.args[2], ctx.args[3]),) + (None,) * 8
-        return (_grad_impl(x, target, grad, *ctx.args, mr=ctx.mr),) + (None,) * 8
+        with torch.no_grad():
+            if ctx.q is not None:  # consumed: a second backward (retain_graph) recomputes from x
+                q, ctx.q = ctx.q, None
+                dx = _grad_from_q(q, target, grad, ctx.args[2], ctx.args[3])
+            else:
+                dx = _grad_impl(x, target, grad, *ctx.args, mr=ctx.mr)
+        return differentiable_once((dx,) + (None,) * 8, "region-loss")
 
 
 def _eager_ok(*tensors) -> bool:
@@ -245,7 +247,7 @@ if HAVE_TRITON:
     def _backward_triton(ctx, grad):
         x, target = ctx.saved_tensors
         dx = region_grad_triton_op(x, target, grad, *ctx.args)
-        return dx, None, None, None, None, None, None, None
+        return differentiable_once((dx, None, None, None, None, None, None, None), "region-loss")
 
     region_stats_triton_op.register_autograd(_backward_triton, setup_context=_setup)
 
