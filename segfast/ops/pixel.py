@@ -281,6 +281,16 @@ def pixel_loss(x: Tensor, t: Tensor, is_label: bool, kind: int, *, label_offset:
                norm: int = NORM_SUM, reduce: bool = True, backend: str = "torch") -> Tensor:
     """(scale0·Σl0 + scale1·Σl1) / normalizer (``reduce``), or the per-pixel/element
     map scale0·l0 + scale1·l1."""
+    if backend != "torch" and not is_label and t.requires_grad and torch.is_grad_enabled():
+        # a soft target that trains: the kernel gives the loss and dLoss/dx,
+        # the eager terms (x detached) dLoss/dtarget
+        kw = dict(label_offset=label_offset, ignore_value=ignore_value, weight=weight, pos_weight=pos_weight,
+                  beta=beta, gamma=gamma, alpha=alpha, smoothing=smoothing, scale0=scale0, scale1=scale1,
+                  norm=norm, reduce=reduce)
+        out = pixel_loss(x, t.detach(), is_label, kind, backend=backend, **kw)
+        d = pixel_loss(x.detach(), t, is_label, kind, backend="torch", **kw)
+        d = d - d.detach()
+        return out + torch.where(torch.isfinite(d), d, torch.zeros_like(d))
     if backend == "torch":
         l0, l1, _ = ref.pixel_terms(x, t, is_label, kind, weight=weight, pos_weight=pos_weight, beta=beta,
                                     gamma=gamma, alpha=alpha, smoothing=smoothing, label_offset=label_offset,

@@ -266,11 +266,26 @@ def plane_stats(x: Tensor, target: Tensor, is_label: bool, act: int, label_offse
     args = (x, target, is_label, act, label_offset, ignore_value)
     if backend == "torch":
         return ref.region_stats(*args, xent, gamma)
+    if not is_label and target.requires_grad and torch.is_grad_enabled():
+        # soft targets that train (distillation, mixup): the kernels give the
+        # sums and dLoss/dx, torch adds dLoss/dtarget (the sums are affine in
+        # t per element given p: one eager pass, only when the target trains)
+        out = plane_stats(x, target.detach(), is_label, act, label_offset, ignore_value, backend, xent, gamma)
+        return with_grad_of(out, ref.region_stats(x.detach(), target, is_label, act, label_offset,
+                                                  ignore_value, xent, gamma))
     if backend == "triton":
         return region_stats_triton_op(*args, xent, float(gamma))
     if _eager_ok(x, target):
         return _EagerStats.apply(*args, backend, xent, float(gamma))
     return region_stats_op(*args, backend, xent, float(gamma))
+
+
+def with_grad_of(value: Tensor, other: Tensor) -> Tensor:
+    """``value``, with the gradient of ``other`` (the same quantity computed
+    differentiably in other variables): value + (other - other.detach()),
+    where the difference is finite (an infinite or NaN sum adds no gradient)."""
+    d = other - other.detach()
+    return value + torch.where(torch.isfinite(other), d, torch.zeros_like(d))
 
 
 # ---------------------------------------------------------------- validation
