@@ -356,6 +356,10 @@ def focal_loss(input: Tensor, target: Tensor, *, mode: str = "binary", alpha=Non
     class-index targets; ``alpha`` None (1), a number, or one per class.
     Mean over the valid pixels (not weighted by α). ``weight``: per-class
     factors in both forms.
+
+    Dense targets are used as given (soft targets in [0, 1]); where a value
+    outside [0, 1] makes 1 - p_t <= 0, the factor (1 - p_t)^γ is taken as 0
+    (1 for γ = 0), and its gradient as 0, on every backend.
     """
     if gamma < 0:
         raise ValueError("gamma must be >= 0")

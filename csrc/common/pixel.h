@@ -121,10 +121,12 @@ SEGFAST_HD Focal<T> make_focal(double gamma, double alpha) {
   return f;
 }
 
-// om^gamma for 0 <= om <= 1, gamma >= 0 (0^0 = 1, as torch), exact for gamma
-// in {0, 1, 2}.
+// om^gamma for om <= 1, gamma >= 0 (0^0 = 1, as torch), exact for gamma in
+// {0, 1, 2}. om <= 0 (1 - p_t of a dense target outside [0, 1]) counts as 0,
+// as in the reference's focal_factor.
 template <typename T>
 SEGFAST_HD T pow_gamma(T om, const Focal<T>& f) {
+  om = om > T(0) ? om : T(0);
   const T safe = om > T(0) ? om : T(1);
   T r = exp_t(f.gamma * log_t(safe));
   r = om > T(0) ? r : T(0);
