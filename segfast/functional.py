@@ -460,16 +460,36 @@ def dice_ce_loss(input: Tensor, target: Tensor, *, lambda_dice: float = 1.0, lam
     if both is not None:  # torch's mean: Σ_c w_c((1 - ε)·S7_c + ε/C·S8_c) / Σ_c w_c·T_c
         d, s = both
         C = s.shape[0]
-        num = (1.0 - label_smoothing) * s[:, 7] + (label_smoothing / C) * s[:, 8]
+        num = (1.0 - label_smoothing) * s[:, 7]
+        if label_smoothing:  # S8 is infinite with a -inf logit (a masked class): no 0·inf
+            num = num + (label_smoothing / C) * s[:, 8]
         den = s[:, 2]
         w = _region.check_weight(ce_weight, C, s.device)
         if w is not None:
             num, den = num * w.to(s.dtype), den * w.to(s.dtype)
         return lambda_dice * d + lambda_ce * _mean_over(num.sum(), den.sum())
     d = dice_loss(input, target, mode="multiclass", ignore_index=ignore_index, backend=backend, **dice_kwargs)
-    c = cross_entropy(input, target, weight=ce_weight, label_smoothing=label_smoothing,
-                      ignore_index=-100 if ignore_index is None else ignore_index, backend=backend)
+    if target.dtype.is_floating_point or target.dtype == torch.bool:
+        c = _soft_cross_entropy(input, target, ce_weight, label_smoothing, ignore_index)
+    else:
+        c = cross_entropy(input, target, weight=ce_weight, label_smoothing=label_smoothing,
+                          ignore_index=-100 if ignore_index is None else ignore_index, backend=backend)
     return lambda_dice * d + lambda_ce * c
+
+
+def _soft_cross_entropy(input: Tensor, target: Tensor, weight, label_smoothing: float, ignore_index) -> Tensor:
+    """torch.nn.functional.cross_entropy with one-hot / soft targets (class
+    probabilities), as MONAI's DiceCELoss takes them: eager torch on every
+    backend; differentiable in the target too."""
+    if ignore_index is not None:
+        raise ValueError("ignore_index with one-hot / soft targets: cross entropy has no ignored pixels there "
+                         "(pass class indices)")
+    x = input.double() if input.dtype == torch.float64 else input.float()
+    w = _region.check_weight(weight, x.shape[1], x.device)
+    if x.numel() == 0:
+        return x.new_zeros(())
+    return torch.nn.functional.cross_entropy(x, target.to(x.dtype), weight=None if w is None else w.to(x.dtype),
+                                             label_smoothing=float(label_smoothing))
 
 
 def dice_focal_loss(input: Tensor, target: Tensor, *, mode: str = "multiclass", lambda_dice: float = 1.0,
