@@ -333,7 +333,7 @@ def balanced_bce_loss(input: Tensor, target: Tensor, *, beta="auto", ignore_inde
         else:
             tv = t.double() if valid is None else torch.where(valid, t.double(), 0)
             npos = tv.flatten(1).sum(1)
-            nvalid = (torch.full((N,), t[0].numel(), dtype=torch.float64, device=t.device) if valid is None
+            nvalid = (torch.full((N,), t.shape[1:].numel(), dtype=torch.float64, device=t.device) if valid is None
                       else valid.flatten(1).sum(1).double())
         b = torch.where(nvalid > 0, 1 - npos / nvalid.clamp_min(1), 0.5)
     else:
@@ -414,13 +414,17 @@ def fused_loss(input: Tensor, target: Tensor, *, ws: float = 0.5, wp: float = 0.
 def _shared_views(input: Tensor, target: Tensor):
     if input.dim() < 3:
         return input, target
-    N = input.shape[0]
-    x3 = input.flatten(2)
+    N, C = input.shape[:2]
+    spatial = tuple(input.shape[2:])
+    shape = tuple(target.shape)
     if target.dtype.is_floating_point or target.dtype == torch.bool:
-        return x3, target.flatten(2) if target.dim() == input.dim() else target
-    if tuple(target.shape) in ((N, *input.shape[2:]), (N, 1, *input.shape[2:])):
-        return x3, target.reshape(N, -1)
-    return input, target  # a wrong shape: let the term's own check report it
+        if shape == (N, C, *spatial):
+            return input.flatten(2), target.flatten(2)
+        if C == 1 and shape == (N, *spatial):
+            return input.flatten(2), target.flatten(1)
+    elif shape in ((N, *spatial), (N, 1, *spatial)):
+        return input.flatten(2), target.flatten(1)  # flatten: N = 0 too
+    return input, target  # a wrong shape: the term's own check reports the user's shapes
 
 
 def _two_pass(input, target, ignore_index, backend, dice_kwargs, xent: int, gamma: float = 0.0):
@@ -446,12 +450,15 @@ def dice_ce_loss(input: Tensor, target: Tensor, *, lambda_dice: float = 1.0, lam
                  ignore_index=None, ce_weight=None, label_smoothing: float = 0.0, backend: Optional[str] = None,
                  **dice_kwargs) -> Tensor:
     """lambda_dice·dice_loss + lambda_ce·cross_entropy, as MONAI's DiceCELoss
-    (softmax, class-index targets). ``dice_kwargs`` go to :func:`dice_loss`.
+    (softmax). ``dice_kwargs`` go to :func:`dice_loss`.
 
-    Two passes over the logits in all: the cross-entropy sums come out of the
-    Dice statistics kernel and their gradient out of the Dice gradient kernel
-    (one-hot / soft targets and ``from_logits=False`` run the two terms'
-    kernels side by side).
+    Targets: class indices, or one-hot / soft targets (N, C, *spatial), for
+    which the CE term is torch's cross entropy with class probabilities
+    (eager torch on every backend; no ``ignore_index``).
+
+    Two passes over the logits in all with class indices: the cross-entropy
+    sums come out of the Dice statistics kernel and their gradient out of the
+    Dice gradient kernel (``from_logits=False`` runs the two terms side by side).
     """
     input, target = _shared_views(input, target)
     if not 0.0 <= label_smoothing <= 1.0:
@@ -632,9 +639,10 @@ def dense_crf(unary: Tensor, image: Tensor, *, iterations: int = 5, gaussian: Op
         setUnaryEnergy), logits (``"logits"``: U = -log_softmax) or
         probabilities (``"probs"``: U = -log(clip(p, 1e-5, 1))). Any C >= 1.
     image
-        [B, 3, H, W], uint8 or float on the 0-255 scale (the scale of srgb).
+        [B, 3, H, W], uint8 or float on the 0-255 scale (the scale of srgb; a
+        float image within [0, 1] draws a warning).
     iterations
-        Mean-field updates (>= 1): Q0 = softmax(-U), then ``iterations`` times
+        Mean-field updates (>= 0): Q0 = softmax(-U), then ``iterations`` times
         Q = softmax(-U - Σ_m μ_m K̃_m Q), every pixel at once
         (pydensecrf's ``inference(iterations)``).
     gaussian, bilateral
