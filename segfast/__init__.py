@@ -69,7 +69,7 @@ from .losses import (CIoULoss, DIoULoss, GIoULoss, IoUBalancedBCELoss, IoUBalanc
 from .functional import batched_nms, box_iou_max, nms  # noqa: E402
 # ---- end of the boxes_match family ----
 
-from . import metrics  # noqa: E402  (metrics family: segfast.metrics.COCOEvaluator, ConfusionMatrix)
+from . import metrics  # noqa: E402,F401  (metrics family: segfast.metrics.COCOEvaluator, ConfusionMatrix)
 
 
 def info(print_out: bool = True) -> dict:

@@ -18,7 +18,9 @@ mode
     channel; ``"binary"``: sigmoid, C = 1.
 ignore_index
     Pixels whose label equals it (for dense targets: elements whose value
-    equals it) add nothing to any sum: neither prediction nor target.
+    equals it) add nothing to any sum: neither prediction nor target. An
+    integer (int, numpy integer, 0-d integer tensor, or an integral float) in
+    [-2**53, 2**53]; anything else is a TypeError (ValueError out of range).
 weight
     Per-class weights, one per input channel (a scalar is broadcast), >= 0;
     each (image, class) loss is multiplied by its class weight before the
@@ -44,7 +46,15 @@ reduction
     segfast.compat.monai reproduces that).
 backend
     ``"triton"``, ``"cuda"``, ``"cpu"`` or ``"torch"``; default from
-    SEGFAST_BACKEND, else the device's default (see segfast.backends).
+    SEGFAST_BACKEND, else the device's default (see segfast.backends). The
+    Triton kernels compute in float32: ``"triton"`` refuses float64 input
+    (TypeError), and float64 input defaults to ``"cuda"`` (else ``"torch"``)
+    where Triton would be the default.
+
+Soft targets that require grad (distillation, mixup) get dLoss/dtarget on
+every backend. The kernel backends are differentiable once: a second
+derivative (``create_graph=True``) raises when it is taken; the ``torch``
+backend supports it.
 
 Empty and ignored planes: a plane whose denominator is 0 (possible only with
 zero smoothing: no target, no prediction, or every pixel ignored) scores 1,
@@ -324,7 +334,7 @@ def balanced_bce_loss(input: Tensor, target: Tensor, *, beta="auto", ignore_inde
         else:
             tv = t.double() if valid is None else torch.where(valid, t.double(), 0)
             npos = tv.flatten(1).sum(1)
-            nvalid = (torch.full((N,), t[0].numel(), dtype=torch.float64, device=t.device) if valid is None
+            nvalid = (torch.full((N,), t.shape[1:].numel(), dtype=torch.float64, device=t.device) if valid is None
                       else valid.flatten(1).sum(1).double())
         b = torch.where(nvalid > 0, 1 - npos / nvalid.clamp_min(1), 0.5)
     else:
@@ -347,6 +357,10 @@ def focal_loss(input: Tensor, target: Tensor, *, mode: str = "binary", alpha=Non
     class-index targets; ``alpha`` None (1), a number, or one per class.
     Mean over the valid pixels (not weighted by α). ``weight``: per-class
     factors in both forms.
+
+    Dense targets are used as given (soft targets in [0, 1]); where a value
+    outside [0, 1] makes 1 - p_t <= 0, the factor (1 - p_t)^γ is taken as 0
+    (1 for γ = 0), and its gradient as 0, on every backend.
     """
     if gamma < 0:
         raise ValueError("gamma must be >= 0")
@@ -401,13 +415,17 @@ def fused_loss(input: Tensor, target: Tensor, *, ws: float = 0.5, wp: float = 0.
 def _shared_views(input: Tensor, target: Tensor):
     if input.dim() < 3:
         return input, target
-    N = input.shape[0]
-    x3 = input.flatten(2)
+    N, C = input.shape[:2]
+    spatial = tuple(input.shape[2:])
+    shape = tuple(target.shape)
     if target.dtype.is_floating_point or target.dtype == torch.bool:
-        return x3, target.flatten(2) if target.dim() == input.dim() else target
-    if tuple(target.shape) in ((N, *input.shape[2:]), (N, 1, *input.shape[2:])):
-        return x3, target.reshape(N, -1)
-    return input, target  # a wrong shape: let the term's own check report it
+        if shape == (N, C, *spatial):
+            return input.flatten(2), target.flatten(2)
+        if C == 1 and shape == (N, *spatial):
+            return input.flatten(2), target.flatten(1)
+    elif shape in ((N, *spatial), (N, 1, *spatial)):
+        return input.flatten(2), target.flatten(1)  # flatten: N = 0 too
+    return input, target  # a wrong shape: the term's own check reports the user's shapes
 
 
 def _two_pass(input, target, ignore_index, backend, dice_kwargs, xent: int, gamma: float = 0.0):
@@ -433,12 +451,15 @@ def dice_ce_loss(input: Tensor, target: Tensor, *, lambda_dice: float = 1.0, lam
                  ignore_index=None, ce_weight=None, label_smoothing: float = 0.0, backend: Optional[str] = None,
                  **dice_kwargs) -> Tensor:
     """lambda_dice·dice_loss + lambda_ce·cross_entropy, as MONAI's DiceCELoss
-    (softmax, class-index targets). ``dice_kwargs`` go to :func:`dice_loss`.
+    (softmax). ``dice_kwargs`` go to :func:`dice_loss`.
 
-    Two passes over the logits in all: the cross-entropy sums come out of the
-    Dice statistics kernel and their gradient out of the Dice gradient kernel
-    (one-hot / soft targets and ``from_logits=False`` run the two terms'
-    kernels side by side).
+    Targets: class indices, or one-hot / soft targets (N, C, *spatial), for
+    which the CE term is torch's cross entropy with class probabilities
+    (eager torch on every backend; no ``ignore_index``).
+
+    Two passes over the logits in all with class indices: the cross-entropy
+    sums come out of the Dice statistics kernel and their gradient out of the
+    Dice gradient kernel (``from_logits=False`` runs the two terms side by side).
     """
     input, target = _shared_views(input, target)
     if not 0.0 <= label_smoothing <= 1.0:
@@ -447,16 +468,36 @@ def dice_ce_loss(input: Tensor, target: Tensor, *, lambda_dice: float = 1.0, lam
     if both is not None:  # torch's mean: Σ_c w_c((1 - ε)·S7_c + ε/C·S8_c) / Σ_c w_c·T_c
         d, s = both
         C = s.shape[0]
-        num = (1.0 - label_smoothing) * s[:, 7] + (label_smoothing / C) * s[:, 8]
+        num = (1.0 - label_smoothing) * s[:, 7]
+        if label_smoothing:  # S8 is infinite with a -inf logit (a masked class): no 0·inf
+            num = num + (label_smoothing / C) * s[:, 8]
         den = s[:, 2]
         w = _region.check_weight(ce_weight, C, s.device)
         if w is not None:
             num, den = num * w.to(s.dtype), den * w.to(s.dtype)
         return lambda_dice * d + lambda_ce * _mean_over(num.sum(), den.sum())
     d = dice_loss(input, target, mode="multiclass", ignore_index=ignore_index, backend=backend, **dice_kwargs)
-    c = cross_entropy(input, target, weight=ce_weight, label_smoothing=label_smoothing,
-                      ignore_index=-100 if ignore_index is None else ignore_index, backend=backend)
+    if target.dtype.is_floating_point or target.dtype == torch.bool:
+        c = _soft_cross_entropy(input, target, ce_weight, label_smoothing, ignore_index)
+    else:
+        c = cross_entropy(input, target, weight=ce_weight, label_smoothing=label_smoothing,
+                          ignore_index=-100 if ignore_index is None else ignore_index, backend=backend)
     return lambda_dice * d + lambda_ce * c
+
+
+def _soft_cross_entropy(input: Tensor, target: Tensor, weight, label_smoothing: float, ignore_index) -> Tensor:
+    """torch.nn.functional.cross_entropy with one-hot / soft targets (class
+    probabilities), as MONAI's DiceCELoss takes them: eager torch on every
+    backend; differentiable in the target too."""
+    if ignore_index is not None:
+        raise ValueError("ignore_index with one-hot / soft targets: cross entropy has no ignored pixels there "
+                         "(pass class indices)")
+    x = input.double() if input.dtype == torch.float64 else input.float()
+    w = _region.check_weight(weight, x.shape[1], x.device)
+    if x.numel() == 0:
+        return x.new_zeros(())
+    return torch.nn.functional.cross_entropy(x, target.to(x.dtype), weight=None if w is None else w.to(x.dtype),
+                                             label_smoothing=float(label_smoothing))
 
 
 def dice_focal_loss(input: Tensor, target: Tensor, *, mode: str = "multiclass", lambda_dice: float = 1.0,
@@ -599,9 +640,10 @@ def dense_crf(unary: Tensor, image: Tensor, *, iterations: int = 5, gaussian: Op
         setUnaryEnergy), logits (``"logits"``: U = -log_softmax) or
         probabilities (``"probs"``: U = -log(clip(p, 1e-5, 1))). Any C >= 1.
     image
-        [B, 3, H, W], uint8 or float on the 0-255 scale (the scale of srgb).
+        [B, 3, H, W], uint8 or float on the 0-255 scale (the scale of srgb; a
+        float image within [0, 1] draws a warning).
     iterations
-        Mean-field updates (>= 1): Q0 = softmax(-U), then ``iterations`` times
+        Mean-field updates (>= 0): Q0 = softmax(-U), then ``iterations`` times
         Q = softmax(-U - Σ_m μ_m K̃_m Q), every pixel at once
         (pydensecrf's ``inference(iterations)``).
     gaussian, bilateral

@@ -114,7 +114,8 @@ def read(path: Path | str = CSV_PATH) -> list[dict]:
 def _parse(key, v):
     if v == "" or v is None:
         return None
-    if key in ("median_ms", "iqr_ms", "per_image_ms", "logits_mb", "peak_extra_mb", "gbps") or key.startswith("speedup"):
+    if key in ("median_ms", "iqr_ms", "per_image_ms", "logits_mb", "peak_extra_mb", "gbps") \
+            or key.startswith("speedup"):
         return float(v)
     if key == "threads":
         return int(v)
@@ -135,8 +136,11 @@ def save_run(rows: list[dict], device: str, threads: int, path: Path | str = CSV
 def compare(rows: list[dict], prev: list[dict], threshold: float = 0.10) -> tuple[str, int]:
     """A table of this run's segfast rows against a previous run's, and the
     number of rows whose median grew by more than ``threshold``."""
-    key = lambda r: (r["op"], "x".join(map(str, r["shape"])) if isinstance(r["shape"], (list, tuple))
-                     else r["shape"], r["dtype"], r["backend"])  # noqa: E731
+    def key(r):
+        shape = r["shape"]
+        return (r["op"], "x".join(map(str, shape)) if isinstance(shape, (list, tuple)) else shape,
+                r["dtype"], r["backend"])
+
     before = {key(r): r["median_ms"] for r in prev if r.get("median_ms")}
     lines = ["| op | shape | backend | before ms | now ms | change |", "| --- | --- | --- | --- | --- | --- |"]
     slower = 0

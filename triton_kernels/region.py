@@ -99,12 +99,13 @@ def _focal_pow(om, e):
 
 
 @triton.jit
-def _dldp_tile(p, x, lse, lfg, k, gamma, g_base, c64, cmask, t_ptr, n64, s64, stn, stc, sts, pvalid, lab,
-               label_offset, ign_f, T_IS_LABEL: tl.constexpr, HAS_IGNORE: tl.constexpr,
+def _dldp_tile(p, x, m, lls, mf, llsf, k, gamma, g_base, c64, cmask, t_ptr, n64, s64, stn, stc, sts, pvalid,
+               lab, label_offset, ign_f, T_IS_LABEL: tl.constexpr, HAS_IGNORE: tl.constexpr,
                XK: tl.constexpr, KO: tl.constexpr):
     """(dL/dp, b) of one [BLOCK_C, BLOCK_S] class tile: targets and g read here.
-    b = v*b_c, the pixel term's dL/d(-log p) (0 without XK): lse (focal), lfg and k
-    (fused) are per-pixel [BLOCK_S] logsumexp, foreground logsumexp, [y >= 1]*gS8_y."""
+    b = v*b_c, the pixel term's dL/d(-log p) (0 without XK): logsumexp = m + lls
+    (focal), foreground logsumexp = mf + llsf and k = [y >= 1]*gS8_y (fused), all
+    per pixel [BLOCK_S]; -log p = (m - x) + lls keeps x - m exact for huge logits."""
     t, vb = load_target_tile(t_ptr, n64, c64, s64, stn, stc, sts,
                              cmask[:, None] & pvalid[None, :],
                              T_IS_LABEL, HAS_IGNORE, lab, label_offset, ign_f)
@@ -121,12 +122,13 @@ def _dldp_tile(p, x, lse, lfg, k, gamma, g_base, c64, cmask, t_ptr, n64, s64, st
     elif XK == 2:  # focal: [c == y] gS7_y q(p_y), q = (1-p)^(γ-1) (1 - p + γ p (-log p)); 1 for γ = 0
         g7 = tl.load(gc + 7, mask=cmask, other=0)
         om = 1.0 - p
-        q = _focal_pow(om, gamma - 1.0) * (om + gamma * p * (lse[None, :] - x))
+        q = _focal_pow(om, gamma - 1.0) * (om + gamma * p * ((m[None, :] - x) + lls[None, :]))
         q = tl.where(gamma == 0, 1.0, q)
         b = v * t * g7[:, None] * q
     elif XK == 3:  # fused: [c == y] gS7_c + [c >= 1] k p_c / (1 - p_0)
         g7 = tl.load(gc + 7, mask=cmask, other=0)
-        q = tl.where(c64[:, None] >= 1, tl.exp(x - lfg[None, :]), 0.0)
+        # classes past C (x = 0 there) could overflow exp: masked, or 0·inf makes NaN
+        q = tl.where(((c64 >= 1) & cmask)[:, None], tl.exp((x - mf[None, :]) - llsf[None, :]), 0.0)
         b = v * (t * g7[:, None] + k[None, :] * q)
     else:
         b = tl.zeros_like(p)
@@ -135,24 +137,28 @@ def _dldp_tile(p, x, lse, lfg, k, gamma, g_base, c64, cmask, t_ptr, n64, s64, st
 
 @triton.jit
 def _lse_fg(x_base, s64, smask, C, sxc, sxs, BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr):
-    """logsumexp over the classes 1..C-1 of a pixel block (the fused term), online."""
+    """logsumexp over the classes 1..C-1 of a pixel block (the fused term),
+    online, as (max, log of the sum of exp(x - max))."""
     m, rl = _softmax_max_rsum(x_base, s64, smask, C, sxc, sxs, BLOCK_C, BLOCK_S, 1)
-    return m - tl.log(rl)
+    return m, -tl.log(rl)
 
 
 @triton.jit
-def _pixel_term_sums(x, p, t, v, c64, lse, h, gamma, XK: tl.constexpr):
-    """(S7, S8) elementwise contributions of a pixel term; h = lse - lse_fg (fused)."""
-    nl = lse[None, :] - x
+def _pixel_term_sums(x, p, t, v, c64, m, lls, h, gamma, XK: tl.constexpr):
+    """(S7, S8) elementwise contributions of a pixel term; -log p = (m - x) + lls
+    in torch's order (logsumexp = m + lls); h = -log(1 - p_0) (fused)."""
+    nl = (m[None, :] - x) + lls[None, :]
+    # the label's class only: -log p of a masked (-inf) class is inf, and inf·0 is NaN
+    nl_t = tl.where(t != 0, nl, 0.0)
     if XK == 1:
-        s7 = nl * t * v
-        s8 = nl * v
+        s7 = nl_t * t * v
+        s8 = tl.where(v != 0, nl, 0.0)
     elif XK == 2:
-        s7 = _focal_pow(1.0 - p, gamma) * nl * t * v
+        s7 = _focal_pow(1.0 - p, gamma) * nl_t * t * v
         s8 = tl.zeros_like(p)
     else:
-        s7 = nl * t * v
-        s8 = tl.where(c64[:, None] >= 1, h[None, :] * t * v, 0.0)
+        s7 = nl_t * t * v
+        s8 = tl.where((c64[:, None] >= 1) & (t != 0), h[None, :] * t * v, 0.0)
     return s7, s8
 
 
@@ -169,7 +175,8 @@ def _softmax_max_rsum(x_base, s64, smask, C, sxc, sxs, BLOCK_C: tl.constexpr, BL
         x = load_tile(x_base, c64, s64, sxc, sxs, cmask[:, None] & smask[None, :])
         xm = tl.where(cmask[:, None], x, float("-inf"))
         m_new = tl.maximum(m, tl.max(xm, axis=0))
-        lsum = lsum * tl.exp(m - m_new) + tl.sum(tl.exp(xm - m_new[None, :]), axis=0)
+        mr = tl.where(m_new == float("-inf"), 0.0, m_new)  # all -inf so far: a sum of 0, not NaN
+        lsum = lsum * tl.exp(m - mr) + tl.sum(tl.exp(xm - mr[None, :]), axis=0)
         m = m_new
     return m, 1.0 / lsum
 
@@ -250,12 +257,13 @@ def _region_stats_kernel(
             aPP += pv * p
             aTT += t * t
             aM += tl.minimum(p, t) * v
-            if XK != 0:  # -log p = lse - x
-                lse = m + tl.log(esum)
-                h = lse
-                if XK == 3:
-                    h = lse - _lse_fg(x_base, s64, smask, C, sxc, sxs, BLOCK_C, BLOCK_S)
-                s7, s8 = _pixel_term_sums(tl.where(mask, x, 0.0), p, t, v, c64, lse, h, gamma, XK)
+            if XK != 0:  # -log p = (m - x) + log(sum)
+                lls = tl.log(esum)
+                h = lls
+                if XK == 3:  # -log(1 - p_0) = (m - mf) + (lls - llsf)
+                    mf, llsf = _lse_fg(x_base, s64, smask, C, sxc, sxs, BLOCK_C, BLOCK_S)
+                    h = (m - mf) + (lls - llsf)
+                s7, s8 = _pixel_term_sums(tl.where(mask, x, 0.0), p, t, v, c64, m, lls, h, gamma, XK)
                 aCE += tl.where(mask, s7, 0.0)
                 aLP += tl.where(mask, s8, 0.0)
         o = row + c64 * KO
@@ -287,10 +295,11 @@ def _region_stats_kernel(
             if ACT == 2:
                 m, rl = _softmax_max_rsum(x_base, s64, smask, C, sxc, sxs, BLOCK_C, BLOCK_S)
             if XK != 0:
-                lse = m - tl.log(rl)
-                h = lse
+                lls = -tl.log(rl)
+                h = lls
                 if XK == 3:
-                    h = lse - _lse_fg(x_base, s64, smask, C, sxc, sxs, BLOCK_C, BLOCK_S)
+                    mf, llsf = _lse_fg(x_base, s64, smask, C, sxc, sxs, BLOCK_C, BLOCK_S)
+                    h = (m - mf) + (lls - llsf)
             for c0 in range(0, C, BLOCK_C):
                 c64 = c0 + ar_c.to(tl.int64)
                 cmask = c64 < C
@@ -317,7 +326,7 @@ def _region_stats_kernel(
                 tl.store(o + 6, tl.load(o + 6, mask=cmask, other=0)
                          + tl.sum(tl.minimum(p, t) * v, axis=1), mask=cmask)
                 if XK != 0:
-                    s7, s8 = _pixel_term_sums(tl.where(mask, x, 0.0), p, t, v, c64, lse, h, gamma, XK)
+                    s7, s8 = _pixel_term_sums(tl.where(mask, x, 0.0), p, t, v, c64, m, lls, h, gamma, XK)
                     s7 = tl.where(mask, s7, 0.0)
                     s8 = tl.where(mask, s8, 0.0)
                     tl.store(o + 7, tl.load(o + 7, mask=cmask, other=0) + tl.sum(s7, axis=1), mask=cmask)
@@ -356,10 +365,11 @@ def _region_grad_kernel(
     lab, pvalid = load_labels(t_ptr, n64, s64, stn, sts, smask,
                               T_IS_LABEL, HAS_IGNORE, ign_i)
     # fused: lse_fg and k = [y >= 1] gS8_y per pixel (y = lab - label_offset)
-    lfg = tl.zeros([BLOCK_S], tl.float32)
+    mf = tl.zeros([BLOCK_S], tl.float32)
+    llsf = tl.zeros([BLOCK_S], tl.float32)
     k = tl.zeros([BLOCK_S], tl.float32)
     if XK == 3:
-        lfg = _lse_fg(x_base, s64, smask, C, sxc, sxs, BLOCK_C, BLOCK_S)
+        mf, llsf = _lse_fg(x_base, s64, smask, C, sxc, sxs, BLOCK_C, BLOCK_S)
         y = lab - label_offset
         k = tl.load(g_base + y * KO + 8, mask=pvalid & (y >= 1) & (y < C), other=0)
 
@@ -375,7 +385,7 @@ def _region_grad_kernel(
             m = tl.max(xm, axis=0)
             rl = 1.0 / tl.sum(tl.exp(xm - m[None, :]), axis=0)
         p = tl.where(cmask[:, None], _act(x, m, rl, ACT), 0.0)
-        a, b = _dldp_tile(p, x, m - tl.log(rl), lfg, k, gamma, g_base, c64, cmask, t_ptr, n64, s64, stn, stc, sts,
+        a, b = _dldp_tile(p, x, m, -tl.log(rl), mf, llsf, k, gamma, g_base, c64, cmask, t_ptr, n64, s64, stn, stc, sts,
                           pvalid, lab, label_offset, ign_f, T_IS_LABEL, HAS_IGNORE, XK, KO)
         dx = _dx(p, a, tl.sum(p * a - b, axis=0), ACT) - b
         tl.store(dx_base + c64[:, None] * sdc + s64[None, :] * sds,
@@ -392,7 +402,7 @@ def _region_grad_kernel(
                 mask = cmask[:, None] & smask[None, :]
                 x = load_tile(x_base, c64, s64, sxc, sxs, mask)
                 p = _act(x, m, rl, ACT)
-                a, b = _dldp_tile(p, x, m - tl.log(rl), lfg, k, gamma, g_base, c64, cmask, t_ptr, n64, s64,
+                a, b = _dldp_tile(p, x, m, -tl.log(rl), mf, llsf, k, gamma, g_base, c64, cmask, t_ptr, n64, s64,
                                   stn, stc, sts, pvalid, lab, label_offset, ign_f, T_IS_LABEL, HAS_IGNORE, XK, KO)
                 dot += tl.sum(tl.where(mask, p * a - b, 0.0), axis=0)
         # last pass: write dx
@@ -406,7 +416,7 @@ def _region_grad_kernel(
                 rl = m
                 dot = m
             p = _act(x, m, rl, ACT)
-            a, b = _dldp_tile(p, x, m - tl.log(rl), lfg, k, gamma, g_base, c64, cmask, t_ptr, n64, s64,
+            a, b = _dldp_tile(p, x, m, -tl.log(rl), mf, llsf, k, gamma, g_base, c64, cmask, t_ptr, n64, s64,
                               stn, stc, sts, pvalid, lab, label_offset, ign_f, T_IS_LABEL, HAS_IGNORE, XK, KO)
             dx = _dx(p, a, dot, ACT) - b
             tl.store(dx_base + c64[:, None] * sdc + s64[None, :] * sds,

@@ -121,10 +121,12 @@ SEGFAST_HD Focal<T> make_focal(double gamma, double alpha) {
   return f;
 }
 
-// om^gamma for 0 <= om <= 1, gamma >= 0 (0^0 = 1, as torch), exact for gamma
-// in {0, 1, 2}.
+// om^gamma for om <= 1, gamma >= 0 (0^0 = 1, as torch), exact for gamma in
+// {0, 1, 2}. om <= 0 (1 - p_t of a dense target outside [0, 1]) counts as 0,
+// as in the reference's focal_factor.
 template <typename T>
 SEGFAST_HD T pow_gamma(T om, const Focal<T>& f) {
+  om = om > T(0) ? om : T(0);
   const T safe = om > T(0) ? om : T(1);
   T r = exp_t(f.gamma * log_t(safe));
   r = om > T(0) ? r : T(0);
@@ -183,7 +185,8 @@ SEGFAST_HD void sigmoid_term(T x, T t, T wc, T a_pos, T a_neg, const Focal<T>& f
 //   FUSED: m = max_c x_c, mfg = max_{c>=1} x_c, sumfg = sum_{c>=1} exp(x_c - mfg),
 //     e0 = exp(x_0 - m); the stored exponentials are e_0 = e0 and
 //     e_c = exp(x_c - mfg) for c >= 1 (no underflow whatever x_0 - x_c is).
-//   xy = x_y, x0 = x_0, wx = sum_c w_c x_c (smoothing only), wy = w_y,
+//   xy = x_y, x0 = x_0, wx = sum_c w_c (m - x_c) (FUSED: sum_c w_c x_c; smoothing
+//   only), wy = w_y,
 //   W = sum_c w_c, invC = 1 / C, g = grad_output of the pixel.
 // Outputs: l0, l1 (0 where invalid, unscaled) and the gradient coefficients
 //   dx_c = e_c * (c == 0 ? k0 : k1) + [c == y] * kb + w_c * kw   (all 0 where invalid),
@@ -198,11 +201,15 @@ SEGFAST_HD void softmax_pixel(bool valid, T m, T sum, T so, T mfg, T sumfg, T e0
     r = exp_t(mfg - m);
     sum = e0 + r * sumfg;
   }
-  const T lse = m + log_t(sum);
+  // -log p_y = (m - x_y) + log(sum), in torch's order: exact for logits far
+  // from 0 (m + log(sum) would round log(sum) away at |m| >> 1)
+  const T lsum = log_t(sum);
+  const T nly = (m - xy) + lsum;
   T L0, L1 = T(0), a, b, cw = T(0);
   if (KIND == kFocalSoftmax) {
-    const T logp = xy - lse;
-    const T py = exp_t(logp);
+    const T logp = -nly;
+    // p_y below exp's clamp (-87 in float) is 0, not the clamp's value: p_y·log p_y -> 0
+    const T py = logp > T(-87) ? exp_t(logp) : T(0);
     const T om = so / sum;  // 1 - p_y, without cancellation
     const T pg = pow_gamma(om, f);
     const T pg1 = dpow_gamma(om, f.gamma, pg);
@@ -212,15 +219,19 @@ SEGFAST_HD void softmax_pixel(bool valid, T m, T sum, T so, T mfg, T sumfg, T e0
     b = -a;
   } else {
     const T ew = eps * invC;
-    L0 = (T(1) - eps) * wy * (lse - xy) + ew * (W * lse - wx);  // wx = 0 when eps = 0
+    // smoothing: ew·Σ_c w_c·(-log p_c) = ew·(W·log(sum) + wx), wx = Σ_c w_c·(m - x_c)
+    // (fused: ew·(W·lse - wx), wx = Σ_c w_c·x_c); skipped without smoothing, where
+    // an infinite logit would make 0·inf
+    const T sm = KIND == kFused ? W * (m + lsum) - wx : W * lsum + wx;
+    L0 = (T(1) - eps) * wy * nly + (ew > T(0) ? ew * sm : T(0));
     a = s0 * ((T(1) - eps) * wy + ew * W);
     b = -s0 * (T(1) - eps) * wy;
     cw = -s0 * ew;
   }
   T c0, c1;
   if (KIND == kFused) {
-    const T lse_fg = mfg + log_t(sumfg);
-    L1 = y0 ? lse - x0 : lse - lse_fg;
+    // -log p_0 = (m - x_0) + log(sum); -log(1 - p_0) = (m - mfg) + log(sum) - log(sumfg)
+    L1 = y0 ? (m - x0) + lsum : (m - mfg) + (lsum - log_t(sumfg));
     a += s1;
     b += y0 ? -s1 : T(0);
     const T inv = T(1) / sum;

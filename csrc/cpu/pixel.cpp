@@ -194,7 +194,7 @@ SEGFAST_INLINE void softmax_tile(const Problem& pr, Workspace<T>& w, int64_t n, 
       const T e = exp_t(xv - mr[i]);
       const bool hit = lb[i] == cc;
       xy[i] += hit ? xv : T(0);
-      wx[i] += wc * xv;
+      wx[i] += KIND == kFused ? wc * xv : wc * (mr[i] - xv);
       if (KIND == kFocalSoftmax) so[i] += hit ? T(0) : e;
       sr[i] += e;
       r[i] = e;

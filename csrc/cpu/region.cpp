@@ -426,7 +426,8 @@ struct FastWork {
   std::vector<float> vb;    // [tile] v
   std::vector<int32_t> lb;  // [tile] class or -1
   std::vector<float> tail;  // [C][VL] the last partial block, zero-padded
-  std::vector<float> lse;   // stats with xent: [tile] logsumexp
+  std::vector<float> lse;   // stats with xent: [tile] log of the sum of exp(x - max)
+  std::vector<float> mx;    // stats with xent: [tile] the max (logsumexp = mx + lse)
   std::vector<float> gt;    // grad: [6][C] gP, 2 gPP, gI, gM, gS7, gS8 of the image, sum gS8, gamma
   std::vector<double> acc;  // stats: [C][KX]
   // optional [2][N][S]: each pixel's max_c x and 1 / sum_c exp(x - max), written
@@ -440,7 +441,7 @@ struct FastWork {
   FastWork(int64_t C_, int64_t tile_, bool grad)
       : C(C_), tile(tile_), xb(C_ * tile_),
         eb(grad ? std::max<int64_t>(3, kGroup) * C_ * VL : C_ * tile_), rv(tile_), vb(tile_),
-        lb(tile_), tail(C_ * VL), lse(tile_), gt(grad ? 6 * C_ + 2 : 0), acc(grad ? 0 : C_ * KX) {}
+        lb(tile_), tail(C_ * VL), lse(tile_), mx(tile_), gt(grad ? 6 * C_ + 2 : 0), acc(grad ? 0 : C_ * KX) {}
 };
 
 // Labels of pixels [s0, s0 + len) of image n -> lb, vb, padded with (-1, 0) to pad_len(len).
@@ -578,7 +579,11 @@ SEGFAST_INLINE void fast_stats_item(const Problem& pr, FastWork& w, int64_t n, i
       }
       vsum += v;
       if (XK == kXentNone) continue;
-      for (int64_t l = 0; l < VL; ++l) lse[i + l] = m[l] + std::log(s[l]);  // per pixel
+      // per pixel: -log p = (m - x) + log(sum) in torch's order, exact for huge logits
+      for (int64_t l = 0; l < VL; ++l) {
+        lse[i + l] = std::log(s[l]);
+        w.mx[i + l] = m[l];
+      }
       if (XK == kXentCE) continue;
       // focal / fused: per pixel, into the label's plane
       vf sfg = vf{};
@@ -590,11 +595,11 @@ SEGFAST_INLINE void fast_stats_item(const Problem& pr, FastWork& w, int64_t n, i
         if (y < 0) continue;  // ignored or padding
         if (XK == kXentFocal) {
           const float py = eb[y * tile + i + l] / s[l];
-          const float nl = lse[i + l] - xblock(xs, w, y, i)[l];
+          const float nl = (m[l] - xblock(xs, w, y, i)[l]) + lse[i + l];
           acc[y * KX + kS7] += focal_value(py, nl, float(pr.gamma));
-        } else if (y >= 1) {  // fused: h = -log(1 - p_0) = lse - lse_fg
-          const float lfg = sfg[l] > kFgTiny ? m[l] + std::log(sfg[l]) : lse_fg_lane(xs, w, C, i, l);
-          acc[y * KX + kS8] += lse[i + l] - lfg;
+        } else if (y >= 1) {  // fused: h = -log(1 - p_0) = logsumexp - logsumexp_fg
+          acc[y * KX + kS8] += sfg[l] > kFgTiny ? lse[i + l] - std::log(sfg[l])
+                                                : (m[l] - lse_fg_lane(xs, w, C, i, l)) + lse[i + l];
         }
       }
     }
@@ -621,9 +626,9 @@ SEGFAST_INLINE void fast_stats_item(const Problem& pr, FastWork& w, int64_t n, i
       if (XK == kXentCE || XK == kXentFused) {  // -log p = lse - x: CE on the label's class
         vf aCE = vf{}, aLP = vf{};
         for (int64_t i = 0; i < lenp; i += VL) {
-          const vf nl = vload(lse + i) - vload(xblock(xs, w, c, i));
+          const vf nl = (vload(w.mx.data() + i) - vload(xblock(xs, w, c, i))) + vload(lse + i);
           aCE += viload(lb + i) == cc ? nl : vf{};
-          if (XK == kXentCE) aLP += vload(vb + i) * nl;  // LP on every valid pixel
+          if (XK == kXentCE) aLP += vload(vb + i) != 0.0f ? nl : vf{};  // LP on every valid pixel (no 0·inf)
         }
         acc[c * KX + kS7] += vhsum(aCE);
         acc[c * KX + kS8] += vhsum(aLP);
@@ -1138,20 +1143,22 @@ SEGFAST_INLINE void lse_fg_tile(const Problem& pr, Workspace<T>& w, int64_t n, i
 }
 
 // A pixel term's sums of one tile (labels, softmax; csrc/common/region.h) into
-// acc[c * KX + kS7 / kS8]. -log p = lse - x with x reloaded (w.xb holds p, and
+// acc[c * KX + kS7 / kS8]. -log p = (max - x) + log(sum) with x reloaded (w.xb holds p, and
 // log p would underflow where p does). After load_probs w.m holds the max and
-// w.r 1/sum; w.m becomes lse.
+// w.r 1/sum; w.r becomes log(sum).
 template <typename T>
 SEGFAST_INLINE void xent_stats(const Problem& pr, Workspace<T>& w, int64_t n, int64_t s0,
                                int64_t len, double* acc) {
   const int64_t lenp = pad_len(len), tile = w.tile;
-  T* __restrict lse = w.m.data();
-  const T* __restrict r = w.r.data();
-  for (int64_t i = 0; i < lenp; ++i) lse[i] -= std::log(r[i]);
+  // -log p = (m - x) + log(sum) in torch's order (exact for huge logits): w.m
+  // keeps the max, w.r becomes log(sum)
+  const T* __restrict mx = w.m.data();
+  T* __restrict ls = w.r.data();
+  for (int64_t i = 0; i < lenp; ++i) ls[i] = -std::log(ls[i]);
   T* __restrict h = w.hb.data();
-  if (pr.xent == kXentFused) {  // h = lse - lse_fg
+  if (pr.xent == kXentFused) {  // h = logsumexp - logsumexp_fg
     lse_fg_tile(pr, w, n, s0, len, h);
-    for (int64_t i = 0; i < lenp; ++i) h[i] = lse[i] - h[i];
+    for (int64_t i = 0; i < lenp; ++i) h[i] = (mx[i] - h[i]) + ls[i];
   }
   T* __restrict xr = w.xr.data();
   const int32_t* __restrict lb = w.lb.data();
@@ -1164,11 +1171,11 @@ SEGFAST_INLINE void xent_stats(const Problem& pr, Workspace<T>& w, int64_t n, in
     T s7 = T(0), s8 = T(0);
     const int32_t cc = int32_t(c);
     for (int64_t i = 0; i < lenp; ++i) {
-      const T nl = lse[i] - xr[i];
+      const T nl = (mx[i] - xr[i]) + ls[i];
       const bool hit = lb[i] == cc;
       if (pr.xent == kXentCE) {
         s7 += hit ? nl : T(0);
-        s8 += v[i] * nl;
+        s8 += v[i] != T(0) ? nl : T(0);  // a select: nl is inf for a -inf logit
       } else if (pr.xent == kXentFocal) {
         s7 += hit ? focal_value(p[i], nl, gamma) : T(0);
       } else {
@@ -1203,7 +1210,7 @@ SEGFAST_INLINE void xent_grad_prep(const Problem& pr, Workspace<T>& w, int64_t n
     if (pr.xent == kXentCE) {
       B[i] = g7 + *G8;
     } else if (pr.xent == kXentFocal) {  // -log p_y = max - log(1/sum) - x_y
-      const T nl = w.m[i] - std::log(w.r[i]) - load_x<T>(pr, n, y, s0 + i);
+      const T nl = (w.m[i] - load_x<T>(pr, n, y, s0 + i)) - std::log(w.r[i]);
       u[i] = B[i] = g7 * focal_dlogp(py, nl, gamma);
     } else {  // fused: k = [y >= 1] gS8_y / (1 - p_0), 1 - p_0 = sum_{c >= 1} p_c
       T fg = T(0);

@@ -87,7 +87,7 @@ __global__ void __launch_bounds__(kThreads) softmax_kernel(const Problem pr, con
         const T ev = exp_t(xv - (KIND == kFused ? mfg : m));
         const bool hit = y == c;
         xy += hit ? xv : T(0);
-        if (smooth) wx += (wt ? wt[c] : T(1)) * xv;
+        if (smooth) wx += (wt ? wt[c] : T(1)) * (KIND == kFused ? xv : m - xv);  // pixel.h softmax_pixel
         if (KIND == kFocalSoftmax) so += hit ? T(0) : ev;
         if (KIND == kFused) sumfg += ev;
         else sum += ev;

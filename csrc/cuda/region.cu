@@ -9,8 +9,8 @@
 //   reduce with warp shuffles, and lane 0 adds them into the block's own slot
 //   of the [N, P, C, 7] partial buffer. Each slot has exactly one writer and
 //   a fixed order of additions: deterministic, no atomics. With a pixel term
-//   (xent) it also sums S7 / S8 (csrc/common/region.h; -log p = lse - x,
-//   lse = max + log(sum)): K = 9 sums.
+//   (xent) it also sums S7 / S8 (csrc/common/region.h; -log p =
+//   (max - x) + log(sum)): K = 9 sums.
 // grad: one thread per pixel; grid (pixel block, image). Loops over C: once
 //   for the softmax max/sum, once for sum_k p_k a_k (softmax), once to write.
 #include <cuda_runtime.h>
@@ -110,7 +110,7 @@ __global__ void stats_kernel(const Problem pr, const int64_t P, A* __restrict__ 
           sm_v[i] = valid ? T(1) : T(0);
         }
         if (pr.act == kSoftmax) softmax_stats<T>(pr, n, s, &sm_m[i], &sm_inv[i]);
-        if (pr.xent == kXentFused) sm_h[i] = sm_m[i] - log(sm_inv[i]) - lse_fg<T>(pr, n, s);
+        if (pr.xent == kXentFused) sm_h[i] = (sm_m[i] - lse_fg<T>(pr, n, s)) - log(sm_inv[i]);
       }
       __syncthreads();
       // phase 2: one warp per class
@@ -131,16 +131,16 @@ __global__ void stats_kernel(const Problem pr, const int64_t P, A* __restrict__ 
             dense_tv<T>(pr, n, c, s, &t, &v);
           }
           accumulate<T, A>(acc, p, t, v);
-          if (pr.xent) {  // sm_inv holds 1/sum: lse = max - log(1/sum)
-            const T nl = sm_m[i] - log(sm_inv[i]) - x;
-            if (pr.xent == kXentCE) {
-              acc[kS7] += t * nl;
-              acc[kS8] += v * nl;
+          if (pr.xent) {  // sm_inv holds 1/sum: -log p = (max - x) - log(1/sum), torch's order
+            const T nl = (sm_m[i] - x) - log(sm_inv[i]);
+            if (pr.xent == kXentCE) {  // selects, not products: nl is inf for a -inf logit
+              acc[kS7] += t > T(0) ? t * nl : T(0);
+              acc[kS8] += v > T(0) ? v * nl : T(0);
             } else if (pr.xent == kXentFocal) {
               if (t > T(0)) acc[kS7] += focal_value(p, nl, T(pr.gamma));
             } else {
-              acc[kS7] += t * nl;
-              if (c >= 1) acc[kS8] += t * sm_h[i];
+              acc[kS7] += t > T(0) ? t * nl : T(0);
+              if (c >= 1 && t > T(0)) acc[kS8] += t * sm_h[i];
             }
           }
         }
@@ -185,7 +185,7 @@ __global__ void grad_kernel(const Problem pr, const G* __restrict__ g, void* __r
         for (int64_t c = 0; c < C; ++c) B += T(gn[c * KO + kS8]);
       } else if (pr.xent == kXentFocal) {  // b = [c == y] u, u = g7_y q(p_y)
         const T xy = load_x<T>(pr, n, cls, s);
-        g7y *= focal_dlogp(exp_t(xy - m) * inv, m - log(inv) - xy, T(pr.gamma));
+        g7y *= focal_dlogp(exp_t(xy - m) * inv, (m - xy) - log(inv), T(pr.gamma));
         B = g7y;
       } else {  // q_c = exp(x_c - lse_fg), k = [y >= 1] g8_y
         k = cls >= 1 ? T(gn[cls * KO + kS8]) : T(0);

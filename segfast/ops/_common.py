@@ -5,6 +5,7 @@ the pixels of an image."""
 from __future__ import annotations
 
 import math
+import numbers
 import os
 from typing import Optional
 
@@ -78,8 +79,7 @@ def canonical(input: Tensor, target: Tensor, *, act: int, binary: bool = False,
         input, target = input.unsqueeze(-1), target.unsqueeze(-1)
     N, C = input.shape[:2]
     spatial = tuple(input.shape[2:])
-    if ignore_index is not None and (isinstance(ignore_index, bool) or not isinstance(ignore_index, (int, float))):
-        raise TypeError(f"ignore_index must be a number or None, got {ignore_index!r}")
+    ignore_index = check_ignore_index(ignore_index)
     floating = target.dtype in FLOATS or target.dtype == torch.bool
     if not floating and target.dtype not in LABELS:
         raise TypeError(f"class-index targets must be uint8/int32/int64, got {target.dtype}")
@@ -100,7 +100,7 @@ def canonical(input: Tensor, target: Tensor, *, act: int, binary: bool = False,
     offset = int(binary) if label_offset is None else label_offset
     if not floating and not torch.compiler.is_compiling() and t.numel():
         _check_labels(t, C + offset, ignore_index)
-    backend = backends.choose(backend, input.device)
+    backend = float64_backend(backend, input)
     ignore = None if ignore_index is None else float(ignore_index)
     return input.flatten(2), t, not floating, act, offset, ignore, backend
 
@@ -130,6 +130,52 @@ def require(ok: Tensor, message: str) -> None:
             raise ValueError(message)
     else:
         torch._assert_async(ok, message)
+def float64_backend(backend: Optional[str], input: Tensor) -> str:
+    """backends.choose, and float64 kept float64: the Triton kernels compute in
+    float32, so float64 input on ``triton`` is refused (a clear TypeError,
+    never float64 that is float32 inside) and by default goes to the CUDA C++
+    kernels (or torch) instead."""
+    if backend is None and not os.environ.get("SEGFAST_BACKEND") and input.dtype == torch.float64:
+        chosen = backends.choose(None, input.device)
+        if chosen == "triton":
+            return "cuda" if backends.unavailable_reason("cuda", input.device) is None else "torch"
+        return chosen
+    chosen = backends.choose(backend, input.device)
+    if chosen == "triton" and input.dtype == torch.float64:
+        raise TypeError("segfast: the triton backend computes in float32 and refuses float64 input "
+                        f"(shape {tuple(input.shape)}); use backend='cpu', 'cuda' or 'torch' for float64")
+    return chosen
+
+
+# Labels and the ignore value meet the kernels as a double: integers beyond
+# 2**53 would not compare exactly.
+_IGNORE_MAX = 2**53
+
+
+def check_ignore_index(ignore_index):
+    """-> ignore_index as a Python int (or None). Integers of any kind (int,
+    numpy integers, 0-d integer tensors) and integral floats are accepted; a
+    non-integral number is a TypeError (a label is never 1.5), as in
+    torch.nn.functional.cross_entropy."""
+    if ignore_index is None:
+        return None
+    v = ignore_index
+    if isinstance(v, Tensor):
+        if v.numel() != 1 or v.dim() != 0 or v.dtype == torch.bool:
+            raise TypeError(f"ignore_index must be an integer or None, got a tensor of shape {tuple(v.shape)} "
+                            f"and dtype {v.dtype}")
+        v = v.item()
+    if isinstance(v, bool) or not isinstance(v, (numbers.Integral, numbers.Real)):
+        raise TypeError(f"ignore_index must be an integer or None, got {ignore_index!r}")
+    if not isinstance(v, numbers.Integral):
+        f = float(v)
+        if not f.is_integer():
+            raise TypeError(f"ignore_index must be an integer or None, got {ignore_index!r}")
+        v = f
+    v = int(v)
+    if abs(v) > _IGNORE_MAX:
+        raise ValueError(f"ignore_index must be in [-2**53, 2**53] (exact as a double), got {v}")
+    return v
 
 
 def _check_labels(t: Tensor, n: int, ignore_index) -> None:
@@ -173,6 +219,27 @@ def check_weight(weight, C: int, device) -> Optional[Tensor]:
         else:
             require(~(w < 0).any(), f"weight (shape {tuple(w.shape)}) entries must be >= 0")
     return w.to(device)
+
+
+def differentiable_once(grads: tuple, what: str) -> tuple:
+    """The gradients a kernel backward returns, marked as torch's
+    ``once_differentiable`` marks them: under create_graph=True they require
+    grad, and differentiating them again raises (instead of a second
+    derivative silently taken as 0). ``what`` names the loss family."""
+    if not torch.is_grad_enabled() or torch.compiler.is_compiling():
+        return grads
+    idx = [i for i, g in enumerate(grads) if isinstance(g, Tensor)]
+    if not idx:
+        return grads
+    err = torch._C._functions.DelayedError(
+        f"segfast: the {what} kernels are differentiable once; a second derivative "
+        "(create_graph=True, e.g. a gradient penalty) needs backend='torch'".encode(), len(idx))
+    outs = err(*[grads[i].detach().requires_grad_(True) for i in idx])
+    outs = (outs,) if isinstance(outs, Tensor) else tuple(outs)
+    grads = list(grads)
+    for i, o in zip(idx, outs):
+        grads[i] = o
+    return tuple(grads)
 
 
 def check_reduction(reduction: str) -> None:

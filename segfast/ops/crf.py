@@ -40,6 +40,8 @@ through autograd). The kernel backends return marginals without gradient
 # torch.library.custom_op infers the op schemas from annotations: they stay real
 # types (no `from __future__ import annotations`, whose strings torch 2.4 cannot
 # read; typing.List, as list[float] is unsupported before torch 2.7).
+import warnings
+
 import math
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Union
@@ -149,8 +151,8 @@ def _check(unary, image, iterations, normalization, method, unary_from, pos):
         raise ValueError(f"image is on {image.device} but unary is on {unary.device}")
     if isinstance(iterations, bool) or not isinstance(iterations, int):
         raise TypeError(f"iterations must be an int, got {iterations!r}")
-    if iterations < 1:
-        raise ValueError(f"iterations must be >= 1, got {iterations}")
+    if iterations < 0:
+        raise ValueError(f"iterations must be >= 0, got {iterations}")
     if normalization not in NORMALIZATIONS:
         raise ValueError(f"normalization must be one of {', '.join(NORMALIZATIONS)}, got {normalization!r}")
     if method not in METHODS:
@@ -233,7 +235,11 @@ def _check_range(kernels, image: Tensor, H: int, W: int) -> None:
     imax = 255.0
     if image.dtype != torch.uint8 and image.numel() and not torch.compiler.is_compiling():
         if host_checks(image.device):
-            imax = max(255.0, float(image.abs().max()))
+            amax = float(image.abs().max())
+            imax = max(255.0, amax)
+            if 0 < amax <= 1 and any(srgb is not None for _, srgb, _, _ in kernels):
+                warnings.warn("dense_crf: the float image is within [0, 1], but srgb is on the 0-255 scale, so the "
+                              "bilateral kernel sees almost no colour contrast; pass image * 255", stacklevel=3)
         else:  # 255 on the host, the image's largest value on the device
             srgb = [k[1] for k in kernels if k[1] is not None]
             if srgb:
@@ -269,6 +275,8 @@ def dense_crf(unary: Tensor, image: Tensor, *, iterations: int = 5, gaussian: Op
     u = energies(unary, unary_from, pos)
     if B == 0 or H * W == 0:
         return u.new_zeros((B, C, H, W), dtype=acc)
+    if iterations == 0:  # Q0 = softmax(-U), pydensecrf's inference(0)
+        return torch.softmax(-u, 1).to(acc)
     if method == "exact" or backend == "torch":
         ks = [(sxy, srgb, ref.potts(C, w, acc, unary.device) if m is None else m.to(acc))
               for sxy, srgb, w, m in kernels]

@@ -25,7 +25,7 @@ from torch import Tensor
 
 from .. import backends
 from ..reference import pixel as ref
-from ._common import acc_dtype, num_chunks, target_args, triton_op
+from ._common import acc_dtype, differentiable_once, num_chunks, target_args, triton_op
 
 CE, FOCAL_SOFTMAX, FUSED, BCE, FOCAL_SIGMOID = ref.CE, ref.FOCAL_SOFTMAX, ref.FUSED, ref.BCE, ref.FOCAL_SIGMOID
 SOFTMAX_KINDS = ref.SOFTMAX_KINDS
@@ -233,9 +233,9 @@ def _scale_saved_grad(ctx, g_loss, g_dx, g_s):
     # the gradient is returned as it is (s is 1 on the CPU). Traced tensors are
     # subclasses; a CUDA grad_output is never read.
     if type(g_loss) is torch.Tensor and g_loss.device.type == "cpu" and float(g_loss) == 1.0:
-        return (dx,) + (None,) * ctx.n_rest
+        return differentiable_once((dx,) + (None,) * ctx.n_rest, "pixel-loss")
     g = (g_loss * s).to(dx.dtype)
-    return (dx.mul_(g) if ctx.owned else dx * g,) + (None,) * ctx.n_rest
+    return differentiable_once((dx.mul_(g) if ctx.owned else dx * g,) + (None,) * ctx.n_rest, "pixel-loss")
 
 
 def _setup_onepass(ctx, inputs, output):
@@ -265,7 +265,7 @@ def _setup_map(ctx, inputs, output):
 def _backward_map_ext(ctx, g_map):
     x, target, w, pw, b = ctx.saved_tensors
     dx = pixel_loss_grad_op(x, target, g_map, w, pw, b, *ctx.args)
-    return (dx,) + (None,) * 14
+    return differentiable_once((dx,) + (None,) * 14, "pixel-loss")
 
 
 pixel_loss_op.register_autograd(_scale_saved_grad, setup_context=_setup_onepass)
@@ -302,7 +302,8 @@ if importlib.util.find_spec("triton") is not None:
 
     def _backward_map_triton(ctx, g_map):
         x, target, w, pw, b = ctx.saved_tensors
-        return (pixel_loss_grad_triton_op(x, target, g_map, w, pw, b, *ctx.args),) + (None,) * 13
+        return differentiable_once((pixel_loss_grad_triton_op(x, target, g_map, w, pw, b, *ctx.args),)
+                                   + (None,) * 13, "pixel-loss")
 
     pixel_loss_triton_op.register_autograd(_scale_saved_grad, setup_context=_setup_onepass)
     pixel_loss_map_triton_op.register_autograd(_backward_map_triton, setup_context=_setup_map)
@@ -318,6 +319,16 @@ def pixel_loss(x: Tensor, t: Tensor, is_label: bool, kind: int, *, label_offset:
                norm: int = NORM_SUM, reduce: bool = True, backend: str = "torch") -> Tensor:
     """(scale0·Σl0 + scale1·Σl1) / normalizer (``reduce``), or the per-pixel/element
     map scale0·l0 + scale1·l1."""
+    if backend != "torch" and not is_label and t.requires_grad and torch.is_grad_enabled():
+        # a soft target that trains: the kernel gives the loss and dLoss/dx,
+        # the eager terms (x detached) dLoss/dtarget
+        kw = dict(label_offset=label_offset, ignore_value=ignore_value, weight=weight, pos_weight=pos_weight,
+                  beta=beta, gamma=gamma, alpha=alpha, smoothing=smoothing, scale0=scale0, scale1=scale1,
+                  norm=norm, reduce=reduce)
+        out = pixel_loss(x, t.detach(), is_label, kind, backend=backend, **kw)
+        d = pixel_loss(x.detach(), t, is_label, kind, backend="torch", **kw)
+        d = d - d.detach()
+        return out + torch.where(torch.isfinite(d), d, torch.zeros_like(d))
     if backend == "torch":
         l0, l1, _ = ref.pixel_terms(x, t, is_label, kind, weight=weight, pos_weight=pos_weight, beta=beta,
                                     gamma=gamma, alpha=alpha, smoothing=smoothing, label_offset=label_offset,

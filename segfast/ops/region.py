@@ -21,7 +21,7 @@ from torch import Tensor
 from .. import backends
 from ..reference import region as ref
 from ._common import (acc_dtype, canonical, check_input, check_reduction, check_weight,  # noqa: F401
-                      num_chunks, target_args, triton_op)
+                      differentiable_once, num_chunks, target_args, triton_op)
 
 K = ref.K
 KX = ref.KX
@@ -162,7 +162,7 @@ def _setup(ctx, inputs, output):
 def _backward_ext(ctx, grad):
     x, target = ctx.saved_tensors
     dx = region_grad_op(x, target, grad, *ctx.args)
-    return dx, None, None, None, None, None, None, None, None
+    return differentiable_once((dx, None, None, None, None, None, None, None, None), "region-loss")
 
 
 region_stats_op.register_autograd(_backward_ext, setup_context=_setup)
@@ -188,13 +188,15 @@ class _EagerStats(torch.autograd.Function):
                            ctx.mr, ctx.q)
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
         x, target = ctx.saved_tensors
-        if ctx.q is not None:  # consumed: a second backward (retain_graph) recomputes from x
-            q, ctx.q = ctx.q, None
-            return (_grad_from_q(q, target, grad, ctx.args[2], ctx.args[3]),) + (None,) * 8
-        return (_grad_impl(x, target, grad, *ctx.args, mr=ctx.mr),) + (None,) * 8
+        with torch.no_grad():
+            if ctx.q is not None:  # consumed: a second backward (retain_graph) recomputes from x
+                q, ctx.q = ctx.q, None
+                dx = _grad_from_q(q, target, grad, ctx.args[2], ctx.args[3])
+            else:
+                dx = _grad_impl(x, target, grad, *ctx.args, mr=ctx.mr)
+        return differentiable_once((dx,) + (None,) * 8, "region-loss")
 
 
 def _eager_ok(*tensors) -> bool:
@@ -246,7 +248,7 @@ if HAVE_TRITON:
     def _backward_triton(ctx, grad):
         x, target = ctx.saved_tensors
         dx = region_grad_triton_op(x, target, grad, *ctx.args)
-        return dx, None, None, None, None, None, None, None
+        return differentiable_once((dx, None, None, None, None, None, None, None), "region-loss")
 
     region_stats_triton_op.register_autograd(_backward_triton, setup_context=_setup)
 
@@ -265,11 +267,26 @@ def plane_stats(x: Tensor, target: Tensor, is_label: bool, act: int, label_offse
     args = (x, target, is_label, act, label_offset, ignore_value)
     if backend == "torch":
         return ref.region_stats(*args, xent, gamma)
+    if not is_label and target.requires_grad and torch.is_grad_enabled():
+        # soft targets that train (distillation, mixup): the kernels give the
+        # sums and dLoss/dx, torch adds dLoss/dtarget (the sums are affine in
+        # t per element given p: one eager pass, only when the target trains)
+        out = plane_stats(x, target.detach(), is_label, act, label_offset, ignore_value, backend, xent, gamma)
+        return with_grad_of(out, ref.region_stats(x.detach(), target, is_label, act, label_offset,
+                                                  ignore_value, xent, gamma))
     if backend == "triton":
         return region_stats_triton_op(*args, xent, float(gamma))
     if _eager_ok(x, target):
         return _EagerStats.apply(*args, backend, xent, float(gamma))
     return region_stats_op(*args, backend, xent, float(gamma))
+
+
+def with_grad_of(value: Tensor, other: Tensor) -> Tensor:
+    """``value``, with the gradient of ``other`` (the same quantity computed
+    differentiably in other variables): value + (other - other.detach()),
+    where the difference is finite (an infinite or NaN sum adds no gradient)."""
+    d = other - other.detach()
+    return value + torch.where(torch.isfinite(other), d, torch.zeros_like(d))
 
 
 # ---------------------------------------------------------------- validation
@@ -310,9 +327,10 @@ def tp_fp_fn(stats: Tensor, squared: bool = False, soft: bool = False):
 
 def safe_ratio(num: Tensor, den: Tensor) -> Tensor:
     """num/den, and 1 where den == 0: an empty (or fully ignored) plane with no
-    smoothing has nothing to find and predicts nothing, so it scores 1."""
-    ok = den > 0
-    return torch.where(ok, num / torch.where(ok, den, torch.ones_like(den)), torch.ones_like(num))
+    smoothing has nothing to find and predicts nothing, so it scores 1. A NaN
+    (or infinite) denominator is not 0: NaN sums give a NaN score."""
+    zero = den == 0
+    return torch.where(zero, torch.ones_like(num), num / torch.where(zero, torch.ones_like(den), den))
 
 
 def sync(stats: Tensor, process_group=None) -> Tensor:

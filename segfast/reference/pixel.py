@@ -66,10 +66,8 @@ def pixel_terms(x, t, is_label, kind, *, weight=None, pos_weight=None, beta=None
             if smoothing:
                 l0 = l0 + (smoothing / C) * (-(w[None, :, None] * logp).sum(1))
         l1 = torch.zeros_like(l0)
-        if kind == FUSED:
-            lse = torch.logsumexp(xf, dim=1)
-            lse_fg = torch.logsumexp(xf[:, 1:], dim=1)
-            l1 = torch.where(y == 0, -logp[:, 0], -(lse_fg - lse))
+        if kind == FUSED:  # -log(1 - p_0) = -logsumexp_{c>=1} log p_c (exact for huge logits)
+            l1 = torch.where(y == 0, -logp[:, 0], -torch.logsumexp(logp[:, 1:], dim=1))
         zero = torch.zeros_like(l0)
         return torch.where(valid, l0, zero), torch.where(valid, l1, zero), valid
     # sigmoid kinds

@@ -79,13 +79,19 @@ def region_stats(x: torch.Tensor, target: torch.Tensor, is_label: bool, act: int
             raise ValueError("xent needs softmax and class-index targets")
         xf = x.to(p.dtype)
         nl = -torch.log_softmax(xf, dim=1)
+        # the label's class only: -log p_c of a class with a -inf logit is
+        # inf, and inf·0 would make the sum NaN
+        tv = t * v
+        hit = tv != 0
+        zero = torch.zeros_like(p)
+        nl_y = torch.where(hit, nl, zero)
         if xent == XENT_CE:
-            sums += [nl * t * v, nl * v]
+            sums += [nl_y * tv, torch.where(v != 0, nl, zero)]
         elif xent == XENT_FOCAL:
-            sums += [focal_factor(1 - p, gamma) * nl * t * v, torch.zeros_like(p)]
+            sums += [torch.where(hit, focal_factor(1 - p, gamma) * nl, zero) * tv, zero]
         elif xent == XENT_FUSED:
-            h = (torch.logsumexp(xf, 1) - torch.logsumexp(xf[:, 1:], 1)).unsqueeze(1) * t * v
-            sums += [nl * t * v, torch.cat([torch.zeros_like(h[:, :1]), h[:, 1:]], 1)]
+            h = torch.where(hit, -torch.logsumexp(-nl[:, 1:], 1, keepdim=True), zero) * tv
+            sums += [nl_y * tv, torch.cat([torch.zeros_like(h[:, :1]), h[:, 1:]], 1)]
         else:
             raise ValueError(f"unknown pixel term {xent}")
     return torch.stack([s.sum(dim=2) for s in sums], dim=2)
@@ -178,8 +184,8 @@ def region_loss(input: torch.Tensor, target: torch.Tensor, *, kind: str = "dice"
 
 def _safe_ratio(num, den):
     # An empty (or fully ignored) plane with no smoothing scores 1: nothing to
-    # find and nothing predicted.
-    return torch.where(den > 0, num / torch.where(den > 0, den, 1), torch.ones_like(num))
+    # find and nothing predicted. NaN sums (NaN or infinite logits) stay NaN.
+    return torch.where(den == 0, torch.ones_like(num), num / torch.where(den == 0, 1, den))
 
 
 def _reduce(f, reduction):
