@@ -62,7 +62,8 @@ PEERS = {
                   # a helper the test modules import (MONAI runs them with unittest); pytest would
                   # collect it as a test without its arguments
                   select="not test_script_save"),
-    "torchvision": dict(tests=["test/test_ops.py"], keep=[],
+    # test_ops.py reads optests_failures_dict.json beside it at import
+    "torchvision": dict(tests=["test/test_ops.py"], keep=[], optional=["test/optests_failures_dict.json"],
                         select="(TestNMS or TestBoxIou or TestGeneralizedBoxIou or TestDistanceBoxIoU or "
                                "TestCompleteBoxIou or TestGeneralizedBoxIouLoss or TestCompleteBoxIouLoss or "
                                "TestDistanceBoxIouLoss) and not test_schema and not test_autograd_registration "
@@ -133,7 +134,7 @@ def run(peer: str, src: Path | None = None, timeout: float = 900, swap: bool = T
     src = Path(src)
     with tempfile.TemporaryDirectory(prefix=f"segfast-peer-{peer}-") as work:
         work = Path(work)
-        for f in spec["tests"] + spec["keep"]:
+        for f in spec["tests"] + spec["keep"] + [f for f in spec.get("optional", []) if (src / f).is_file()]:
             (work / f).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(src / f, work / f)
         if swap:

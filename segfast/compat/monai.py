@@ -221,7 +221,11 @@ class FocalLoss(torch.nn.modules.loss._Loss):
     agree on hard targets. Raises
     NotImplementedError for what the one-pass kernels do not express:
     per-class alpha in the sigmoid form, ``ignore_index`` with one-hot
-    targets, and "sum" with ``ignore_index``.
+    targets, and "sum" with ``ignore_index``. ``use_softmax`` with one-hot or
+    soft targets (``to_onehot_y=False``) computes MONAI's formula in PyTorch
+    (the softmax kernels take class indices: pass those with
+    ``to_onehot_y=True`` for the fused path). Float label maps are cast as
+    MONAI's one_hot casts them; (N, C) inputs take (N,) or (N, 1) labels.
     TorchScript is not supported (``torch.jit.script`` of this module fails);
     compile with ``torch.compile`` or export with ``torch.export`` instead.
     """
