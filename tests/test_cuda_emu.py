@@ -98,7 +98,7 @@ def test_ballot_and_reduce_on_a_partial_warp(schedule):
 
 
 def test_atomics_under_contention(schedule):
-    blocks = 48
+    blocks = 96  # 24576 threads: the blocks run on several OS threads
     count, fsum, mx, total = emu.selftest("atomics", blocks)
     n = blocks * 256
     assert count == n and fsum == n and total == n

@@ -33,6 +33,7 @@ namespace {
 constexpr size_t kStackBytes = size_t(64) << 10;
 constexpr size_t kSmemDefault = size_t(48) << 10;   // per block without opt-in
 constexpr size_t kSmemOptinMax = size_t(163) << 10;  // sm_80 opt-in maximum
+constexpr uint64_t kParallelThreads = 16384;         // CUDA threads a launch needs to use OpenMP
 
 enum Schedule { kForward, kReverse, kShuffle };
 const char* const kScheduleNames[] = {"forward", "reverse", "shuffle"};
@@ -448,7 +449,10 @@ void launch_impl(const void* func, Body body, void* ctx, dim3 grid, dim3 block, 
   std::mutex m;
   cudaError_t code = cudaSuccess;
   std::string msg;
-#pragma omp parallel for schedule(dynamic, 1)
+  // OpenMP only for launches with work enough: opening a parallel region on a
+  // busy machine can wait out a preempted thread for a scheduler tick.
+  const bool parallel = nblocks > 1 && uint64_t(nblocks) * threads >= kParallelThreads;
+#pragma omp parallel for schedule(dynamic, 1) if (parallel)
   for (int64_t i = 0; i < nblocks; ++i) {
     if (failed.load(std::memory_order_relaxed)) continue;
     Worker& w = tl_worker;
