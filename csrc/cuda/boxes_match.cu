@@ -30,7 +30,9 @@ constexpr int kThreads = 256;  // anchors per block
 constexpr int kGtTile = 256;   // gts staged per shared-memory tile
 constexpr int kMaxGridY = 65535;
 constexpr int kReduceThreads = 256;
-constexpr int64_t kMaxSharedWords = 48 * 1024 / 8;
+// `removed` words nms_reduce_kernel keeps in dynamic shared memory: the 48 KiB
+// a block gets without opt-in, less its static diag[] and kept_word.
+constexpr int64_t kMaxSharedWords = 48 * 1024 / 8 - (kNmsWord + 1);
 
 template <typename T> struct BitsOf;
 template <> struct BitsOf<float> { using U = unsigned int; };
