@@ -808,9 +808,21 @@ py::capsule cpu_block(int64_t nbytes) {
 
 namespace segfast { namespace metrics { void register_metrics(py::module_& m); } }  // csrc/cpu/metrics.cpp
 
-PYBIND11_MODULE(_C, m) {
+#ifdef SEGFAST_CUDA_EMU
+// segfast._C_emu: this file again, with the csrc/cuda kernels compiled as C++
+// against the CUDA emulation layer (csrc/emu) and run on the CPU.
+void segfast_emu_register(py::module_& m);
+#define SEGFAST_MODULE_NAME _C_emu
+#else
+#define SEGFAST_MODULE_NAME _C
+#endif
+
+PYBIND11_MODULE(SEGFAST_MODULE_NAME, m) {
   segfast::metrics::register_metrics(m);  // metrics family
   m.doc() = "segfast compiled kernels (CPU/OpenMP and, when built, CUDA); no libtorch";
+#ifdef SEGFAST_CUDA_EMU
+  segfast_emu_register(m);
+#endif
 
   m.def("has_cuda", []() {
 #ifdef SEGFAST_WITH_CUDA

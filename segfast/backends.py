@@ -13,6 +13,7 @@ handed down.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 import math
@@ -41,6 +42,11 @@ try:  # the compiled extension; absent only in a source tree that was never buil
 except ImportError as e:  # pragma: no cover - exercised only on broken installs
     _C = None
     _C_ERROR = e
+
+try:  # the CUDA kernels on the CPU emulation layer (built with SEGFAST_CUDA_EMU=ON; tests)
+    from . import _C_emu  # type: ignore[attr-defined]
+except ImportError:
+    _C_emu = None
 
 # The cpu region kernels can keep softmax probabilities for the grad pass (ops/region.py _keeps_q).
 HAVE_REGION_PROBS = bool(getattr(_C, "REGION_GRAD_PROBS", False))
@@ -255,6 +261,8 @@ def unavailable_reason(backend: str, device: torch.device) -> str | None:
             return f"backend 'cpu' runs on CPU tensors, got a tensor on {device}"
         return None
     if backend == "cuda":
+        if device.type == "cpu" and _C_emu is not None:
+            return None  # emulated (segfast._C_emu): only when asked for, never a default
         if not cuda_compiled():
             return "segfast._C was built without CUDA kernels (no nvcc at build time, or SEGFAST_CUDA=OFF)"
         if device.type != "cuda":
@@ -306,6 +314,19 @@ def cuda_stream(device: torch.device) -> int:
     return torch.cuda.current_stream(device).cuda_stream
 
 
+@contextlib.contextmanager
+def cuda_launch(device: torch.device):
+    """``(module, stream)`` for launching the ``cuda`` backend's kernels on
+    tensors on ``device``: segfast._C and the current stream, inside
+    ``torch.cuda.device(device)``, for a GPU; segfast._C_emu and stream 0 (the
+    same kernels on the CPU emulation layer, synchronous) for a CPU tensor."""
+    if device.type == "cpu" and _C_emu is not None:
+        yield _C_emu, 0
+        return
+    with torch.cuda.device(device):
+        yield _C, cuda_stream(device)
+
+
 def info() -> dict:
     """What is built and usable here (also ``python -m segfast info``)."""
     from . import __version__
@@ -331,7 +352,8 @@ def info() -> dict:
         "cpu_output_cache_mb": CACHE_LIMIT_MB,
         "gpu_visible": gpu,
         "gpu_name": torch.cuda.get_device_name() if gpu else None,
-        "backends_cpu": available("cpu"),
+        "cuda_emulator": _C_emu is not None,
+        "backends_cpu": [b + " (emulated)" if b == "cuda" else b for b in available("cpu")],
         "backends_cuda": available("cuda") if gpu else [],
         "cuda_backend_here": (unavailable_reason("cuda", torch.device("cuda")) or "usable") if gpu else None,
         "default_backend": default_backend(torch.device("cuda" if gpu else "cpu")),

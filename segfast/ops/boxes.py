@@ -81,11 +81,10 @@ def _threads(n: int) -> int:
 
 
 def _launch(backend, device, name, *args, work: int):
-    fn = getattr(backends._C, name)
     if backend == "cpu":
-        return fn(*args, False, _threads(work))
-    with torch.cuda.device(device):
-        return fn(*args, True, backends.cuda_stream(device))
+        return getattr(backends._C, name)(*args, False, _threads(work))
+    with backends.cuda_launch(device) as (kernels, stream):
+        return getattr(kernels, name)(*args, True, stream)
 
 
 def _b3(b: Tensor):

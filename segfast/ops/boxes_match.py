@@ -175,8 +175,8 @@ def _launch_iou_max_ext(a, g, v, fmt, backend):
     if backend == "cpu":
         backends._C.box_iou_max_cpu(*args, backends.cpu_threads(N * max(M, 1) // 16))
     else:
-        with torch.cuda.device(a.device):
-            backends._C.box_iou_max_cuda(*args, backends.cuda_stream(a.device))
+        with backends.cuda_launch(a.device) as (kernels, stream):
+            kernels.box_iou_max_cuda(*args, stream)
     return mx, arg, _mark_padding(gmax, v)
 
 
@@ -217,8 +217,8 @@ def _nms_flags_ext(b: Tensor, cls: Optional[Tensor], thr: float, fmt: int, backe
         cb = -(-N // 64)
         mask = torch.empty((N, cb), dtype=torch.int64, device=b.device)
         removed = torch.empty(cb, dtype=torch.int64, device=b.device)  # used only past 48 KiB of words
-        with torch.cuda.device(b.device):
-            backends._C.nms_keep_cuda(*args, mask.data_ptr(), removed.data_ptr(), backends.cuda_stream(b.device))
+        with backends.cuda_launch(b.device) as (kernels, stream):
+            kernels.nms_keep_cuda(*args, mask.data_ptr(), removed.data_ptr(), stream)
     return keep
 
 

@@ -428,18 +428,19 @@ class _CudaSteps:
     """The same steps as _TritonSteps with the CUDA C++ kernels of csrc/cuda/crf.cu."""
 
     def __init__(self, device):
-        self.stream = backends.cuda_stream(device)
+        self.device = device
 
     def filter_grid(self, q: Tensor, lat, sw: Tensor) -> Tensor:
         P, C = q.shape
         grid = q.new_zeros((lat.M + 1, C))
-        backends._C.crf_splat_cuda(q.data_ptr(), lat.off32.data_ptr(), sw.data_ptr(), grid.data_ptr(), P, C,
-                                   lat.d + 1, self.stream)
         tmp = torch.empty_like(grid)
         tmp[lat.M].zero_()
-        for j in range(lat.d + 1):
-            backends._C.crf_blur_cuda(grid.data_ptr(), tmp.data_ptr(), lat.nb32[j].data_ptr(), lat.M, C, self.stream)
-            grid, tmp = tmp, grid
+        with backends.cuda_launch(self.device) as (kernels, stream):
+            kernels.crf_splat_cuda(q.data_ptr(), lat.off32.data_ptr(), sw.data_ptr(), grid.data_ptr(), P, C,
+                                   lat.d + 1, stream)
+            for j in range(lat.d + 1):
+                kernels.crf_blur_cuda(grid.data_ptr(), tmp.data_ptr(), lat.nb32[j].data_ptr(), lat.M, C, stream)
+                grid, tmp = tmp, grid
         return grid
 
     def update(self, U: Tensor, q: Tensor, runs, extra: Optional[Tensor]) -> None:
@@ -451,8 +452,9 @@ class _CudaSteps:
                 ptrs += [lat.off32.data_ptr(), slw.data_ptr(), grid.data_ptr(), lat.d + 1]
             else:
                 ptrs += [0, 0, 0, 1]
-        backends._C.crf_update_cuda(U.data_ptr(), q.data_ptr(), 0 if extra is None else extra.data_ptr(), *ptrs,
-                                    len(runs), P, C, self.stream)
+        with backends.cuda_launch(self.device) as (kernels, stream):
+            kernels.crf_update_cuda(U.data_ptr(), q.data_ptr(), 0 if extra is None else extra.data_ptr(), *ptrs,
+                                    len(runs), P, C, stream)
 
 
 def _slice(grid: Tensor, lat, w: Tensor) -> Tensor:

@@ -195,11 +195,11 @@ def _gpu_inputs(errors: Tensor, fg: Tensor, valid: Optional[Tensor]):
 
 
 def _launch_cuda(G, L, perm, f, v, total, w):
-    with torch.cuda.device(w.device):
-        backends._C.lovasz_weights_cuda(
+    with backends.cuda_launch(w.device) as (kernels, stream):
+        kernels.lovasz_weights_cuda(
             G, L, perm.data_ptr(), f.data_ptr(), backends.dtype_code(f),
             0 if v is None else v.data_ptr(), backends.DTYPE_CODES[torch.uint8], total.data_ptr(),
-            w.data_ptr(), backends.dtype_code(w), backends.cuda_stream(w.device))
+            w.data_ptr(), backends.dtype_code(w), stream)
 
 
 def _gpu_sort_weights(errors: Tensor, fg: Tensor, valid: Optional[Tensor], acc, launch) -> Tensor:

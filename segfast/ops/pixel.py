@@ -98,8 +98,8 @@ def _run(x, t, weight, pos_weight, beta, is_label, kind, label_offset, ignore_va
     if backend == "cpu":
         backends._C.pixel_loss_cpu(*args, backends.cpu_threads(x.numel()))
     else:
-        with torch.cuda.device(x.device):
-            backends._C.pixel_loss_cuda(*args, backends.cuda_stream(x.device))
+        with backends.cuda_launch(x.device) as (kernels, stream):
+            kernels.pixel_loss_cuda(*args, stream)
     return loss, lmap, dx
 
 

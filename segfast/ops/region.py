@@ -45,8 +45,8 @@ def _launch_stats_ext(x, t, is_label, act, label_offset, ignore_value, backend, 
         backends._C.region_stats_cpu(*args, backends.cpu_threads(x.numel()), 0 if mr is None else mr.data_ptr(),
                                      *((0, 0, 0) if q is None else (q.data_ptr(), q.stride(0), q.stride(1))))
     else:
-        with torch.cuda.device(x.device):
-            backends._C.region_stats_cuda(*args, backends.cuda_stream(x.device))
+        with backends.cuda_launch(x.device) as (kernels, stream):
+            kernels.region_stats_cuda(*args, stream)
     return out[:, 0] if P == 1 else out.sum(1)  # one chunk per image (N >= the workers): no sum op
 
 
@@ -63,8 +63,8 @@ def _launch_grad_ext(x, t, g, is_label, act, label_offset, ignore_value, backend
     if backend == "cpu":
         backends._C.region_grad_cpu(*args, backends.cpu_threads(x.numel()), 0 if mr is None else mr.data_ptr())
     else:
-        with torch.cuda.device(x.device):
-            backends._C.region_grad_cuda(*args, backends.cuda_stream(x.device))
+        with backends.cuda_launch(x.device) as (kernels, stream):
+            kernels.region_grad_cuda(*args, stream)
     return dx
 
 

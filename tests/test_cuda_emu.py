@@ -1,0 +1,263 @@
+"""The CUDA C++ kernels (csrc/cuda) on the CPU emulation layer (segfast._C_emu,
+built with SEGFAST_CUDA_EMU=ON): (a) self-tests of the emulator, (b) every
+kernel through the public ops, ``cuda`` backend on CPU tensors against the
+``cpu`` backend and the eager reference (``torch``), under several orders of
+the threads of a block (a missing __syncthreads shows only under some).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import segfast
+from segfast import backends
+
+emu = backends._C_emu
+pytestmark = pytest.mark.skipif(
+    emu is None, reason="segfast._C_emu is not built (install with SEGFAST_CUDA_EMU=ON)")
+
+SCHEDULES = ["forward", "reverse", "shuffle"]
+
+
+@pytest.fixture(params=SCHEDULES)
+def schedule(request):
+    before = emu.schedule()
+    emu.set_schedule(request.param, 12345)
+    yield request.param
+    emu.set_schedule(before)
+
+
+def close(got, want, rtol=1e-5, atol=1e-6, what=""):
+    torch.testing.assert_close(got.double(), want.double(), rtol=rtol, atol=atol, msg=lambda m: f"{what}: {m}")
+
+
+def agree(fn, *inputs, rtol=1e-5, atol=1e-6, grad=True):
+    """fn(*inputs, backend) for cuda (emulated), cpu and torch: values (and
+    gradients of the float inputs) agree."""
+    outs = {}
+    for b in ("cuda", "cpu", "torch"):
+        xs = [x.detach().clone().requires_grad_(grad and x.is_floating_point()) for x in inputs]
+        out = fn(*xs, b)
+        gs = []
+        if grad:
+            (out.double() * torch.linspace(0.5, 1.5, out.numel(), dtype=torch.float64).view_as(out)).sum().backward()
+            gs = [x.grad for x in xs if x.grad is not None]
+        outs[b] = (out.detach(), gs)
+    for ref in ("cpu", "torch"):
+        close(outs["cuda"][0], outs[ref][0], rtol, atol, f"value vs {ref}")
+        for g, w in zip(outs["cuda"][1], outs[ref][1]):
+            close(g, w, rtol, atol, f"gradient vs {ref}")
+    return outs["cuda"][0]
+
+
+# ---------------------------------------------------------------- (a) the emulator itself
+
+
+def test_module_and_backend():
+    assert emu.EMULATED and emu.has_cuda()
+    assert "cuda" in backends.available("cpu")
+    assert backends.default_backend(torch.device("cpu")) != "cuda"
+    assert "cuda (emulated)" in backends.info()["backends_cpu"]
+    with pytest.raises(ValueError, match="forward, reverse or shuffle"):
+        emu.set_schedule("backwards")
+
+
+def test_barrier_deadlock_is_reported():
+    with pytest.raises(RuntimeError, match="deadlock"):
+        emu.selftest("deadlock")
+
+
+def test_divergent_barrier_is_reported():
+    with pytest.raises(RuntimeError, match="divergent __syncthreads"):
+        emu.selftest("divergent_barrier")
+
+
+def test_mask_naming_an_exited_lane_is_reported():
+    with pytest.raises(RuntimeError, match="names lane 16, which has exited"):
+        emu.selftest("exited_lane")
+
+
+def test_warp_shuffles(schedule):
+    x = torch.tensor([i * 3 % 7 for i in range(64)], dtype=torch.float64).view(2, 32)
+    out = torch.tensor(emu.selftest("warp_scan")).view(2, 32, 3)
+    assert torch.equal(out[..., 0], x.cumsum(1))                       # shfl_up scan
+    assert torch.equal(out[..., 1], x.sum(1, keepdim=True).expand(2, 32))  # shfl_xor butterfly
+    assert torch.equal(out[..., 2], x.view(2, 4, 8)[:, :, 3:4].expand(2, 4, 8).reshape(2, 32))  # width 8
+
+
+def test_ballot_and_reduce_on_a_partial_warp(schedule):
+    out = torch.tensor(emu.selftest("ballot"), dtype=torch.float64).view(48, 2)
+    t = torch.arange(48)
+    bits = lambda ts: sum(1 << (int(i) % 32) for i in ts if i % 3 == 0)  # noqa: E731
+    want_ballot = torch.tensor([bits(range(32))] * 32 + [bits(range(32, 48))] * 16, dtype=torch.float64)
+    v = t * 7 % 11
+    want_max = torch.cat([v[:32].max().expand(32), v[32:].max().expand(16)]).double()
+    assert torch.equal(out[:, 0], want_ballot)
+    assert torch.equal(out[:, 1], want_max)
+
+
+def test_atomics_under_contention(schedule):
+    blocks = 96  # 24576 threads: the blocks run on several OS threads
+    count, fsum, mx, total = emu.selftest("atomics", blocks)
+    n = blocks * 256
+    assert count == n and fsum == n and total == n
+    assert mx == max((g * 2654435761) % (1 << 32) % 1000003 for g in range(n))
+
+
+def test_launch_configuration_limits():
+    assert emu.selftest("block_threads", 1024)[:4] == [0, 1, 2, 3]
+    with pytest.raises(RuntimeError, match="invalid configuration argument"):
+        emu.selftest("block_threads", 1025)
+    with pytest.raises(RuntimeError, match="invalid configuration argument"):
+        emu.selftest("grid_y", 65536)
+    assert emu.selftest("grid_y", 3)[:1] == [0]
+
+
+def test_shared_memory_limits():
+    assert emu.selftest("dynamic_smem", 48 * 1024) == [48 * 256]
+    with pytest.raises(RuntimeError, match="dynamic shared memory, over the per-block limit of 49152"):
+        emu.selftest("dynamic_smem", 48 * 1024 + 4)
+    assert emu.selftest("dynamic_smem_optin", 96 * 1024) == [96 * 256]  # cudaFuncSetAttribute opt-in
+    assert emu.selftest("static_and_dynamic", 44 * 1024) == [2]
+    with pytest.raises(RuntimeError, match="too much shared memory: 4096 bytes static"):
+        emu.selftest("static_and_dynamic", 44 * 1024 + 8)
+
+
+def test_schedules_expose_a_missing_barrier(schedule):
+    want = [float((t + 1) % 64 + 1) for t in range(64)]
+    assert emu.selftest("neighbour") == want
+    assert emu.selftest("neighbour_racy") != want  # reads shared memory its neighbour has not written
+
+
+# ---------------------------------------------------------------- (b) every CUDA kernel vs cpu and the reference
+
+
+def _logits(N, C, H, W, dtype=torch.float32):
+    return torch.randn(N, C, H, W, dtype=dtype) * 2
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_region_stats_and_grad(schedule, dtype):
+    """region stats_kernel / grad_kernel: softmax with labels and ignore, sigmoid with dense targets."""
+    x = _logits(2, 3, 9, 7, dtype)
+    lab = torch.randint(0, 3, (2, 9, 7))
+    lab[0, 0, :3] = 255
+    agree(lambda a, t, b: segfast.dice_loss(a, t, ignore_index=255, reduction="none", backend=b), x, lab)
+    tgt = (torch.rand(2, 3, 9, 7) > 0.5).to(dtype)
+    agree(lambda a, t, b: segfast.tversky_loss(a, t, mode="multilabel", alpha=0.3, beta=0.7, backend=b), x, tgt)
+
+
+@pytest.mark.parametrize("loss", ["ce", "focal", "fused"])
+def test_region_pixel_terms(schedule, loss):
+    """stats/grad with the fused pixel terms (xent CE, focal, fused)."""
+    x, lab = _logits(2, 4, 8, 5), torch.randint(0, 4, (2, 8, 5))
+    if loss == "ce":
+        fn = lambda a, t, b: segfast.dice_ce_loss(a, t, backend=b)  # noqa: E731
+    elif loss == "focal":
+        fn = lambda a, t, b: segfast.dice_focal_loss(a, t, gamma=2.0, backend=b)  # noqa: E731
+    else:
+        fn = lambda a, t, b: segfast.dice_fused_loss(a, t, backend=b)  # noqa: E731
+    agree(fn, x, lab, rtol=1e-4, atol=1e-5)
+
+
+def test_region_stats_many_classes_and_tiles(schedule):
+    """C > 8 (warps loop over classes) and S > one 1024-pixel tile."""
+    x, lab = _logits(1, 11, 40, 30), torch.randint(0, 11, (1, 40, 30))
+    agree(lambda a, t, b: segfast.jaccard_loss(a, t, reduction="none", backend=b), x, lab, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["ce", "focal_softmax", "fused", "bce", "focal_sigmoid"])
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_pixel_loss(schedule, kind, reduction):
+    """pixel softmax_kernel<CE / focal / fused> and sigmoid_kernel<BCE / focal>: loss sums, map, dx."""
+    x = _logits(2, 3, 6, 7)
+    lab = torch.randint(0, 3, (2, 6, 7))
+    lab[1, 2, :4] = 255
+    tgt = (torch.rand(2, 3, 6, 7) > 0.5).float()
+    w = torch.tensor([0.5, 1.0, 2.0])
+    if kind == "ce":
+        fn = lambda a, t, b: segfast.cross_entropy(a, t, weight=w, ignore_index=255, label_smoothing=0.1,  # noqa
+                                                   reduction=reduction, backend=b)
+    elif kind == "focal_softmax":
+        fn = lambda a, t, b: segfast.focal_loss(a, t, mode="multiclass", gamma=2.0, ignore_index=255,  # noqa
+                                                reduction=reduction, backend=b)
+    elif kind == "fused":
+        fn = lambda a, t, b: segfast.fused_loss(a, t, ignore_index=255, reduction=reduction, backend=b)  # noqa
+    elif kind == "bce":
+        fn = lambda a, t, b: segfast.binary_cross_entropy_with_logits(  # noqa
+            a, t, pos_weight=torch.tensor([1.0, 2.0, 0.5]), reduction=reduction, backend=b)
+    else:
+        fn = lambda a, t, b: segfast.focal_loss(a, t, mode="multilabel", alpha=0.25, reduction=reduction,  # noqa
+                                                backend=b)
+    agree(fn, x, tgt if kind in ("bce", "focal_sigmoid") else lab, rtol=1e-4, atol=1e-5)
+
+
+def test_lovasz_weights(schedule):
+    """lovasz weights_kernel: rows longer than one 1024-position tile (the carry), ties, ignore."""
+    x = _logits(2, 1, 40, 30)
+    t = (torch.rand(2, 1, 40, 30) > 0.5).long()
+    t[0, 0, :2] = 255
+    agree(lambda a, tt, b: segfast.lovasz_hinge_loss(a, tt, ignore_index=255, backend=b), x, t, rtol=1e-4, atol=1e-5)
+    xs, lab = _logits(1, 3, 8, 6), torch.randint(0, 3, (1, 8, 6))
+    agree(lambda a, tt, b: segfast.lovasz_softmax_loss(a, tt, backend=b), xs, lab, rtol=1e-4, atol=1e-5)
+
+
+def _boxes(*shape, dtype=torch.float32):
+    xy = torch.rand(*shape, 2, dtype=dtype) * 10
+    return torch.cat([xy, xy + torch.rand(*shape, 2, dtype=dtype) * 5 + 0.1], -1)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_box_pairwise_grad_aligned(schedule, dtype):
+    """boxes pairwise_fwd_kernel, pairwise_bwd_kernel<FIRST = true / false>, aligned_kernel."""
+    b1, b2 = _boxes(2, 5, dtype=dtype), _boxes(2, 37, dtype=dtype)  # 37 > one warp of lanes
+    agree(lambda p, q, b: segfast.box_iou(p, q, backend=b), b1, b2, grad=False)
+    agree(lambda p, q, b: segfast.complete_box_iou(p, q, backend=b), b1, b2, rtol=1e-4, atol=1e-5)
+    p, q = _boxes(40, dtype=dtype), _boxes(40, dtype=dtype)
+    agree(lambda u, v, b: segfast.ciou_loss(u, v, reduction="none", backend=b), p, q, rtol=1e-4, atol=1e-5)
+    agree(lambda u, v, b: segfast.generalized_box_iou_aligned(u, v, backend=b), p, q, grad=False)
+
+
+def test_box_iou_max(schedule):
+    """boxes_match iou_max_kernel: more gts than one shared-memory tile, padding, ties."""
+    a, g = _boxes(2, 300), _boxes(2, 260)
+    g[0, 7] = g[0, 3]  # a tie: the lower index wins
+    v = torch.rand(2, 260) > 0.2
+    got = segfast.box_iou_max(a, g, v, backend="cuda")
+    for b in ("cpu", "torch"):
+        want = segfast.box_iou_max(a, g, v, backend=b)
+        for x, y in zip(got, want):
+            assert torch.equal(x, y), b
+
+
+@pytest.mark.parametrize("classes", [False, True])
+def test_nms(schedule, classes):
+    """boxes_match nms_mask_kernel and nms_reduce_kernel (200 boxes: 4 mask words per row)."""
+    b = _boxes(200) * 0.5
+    s = torch.rand(200)
+    s[10] = s[20]  # tied scores
+    if classes:
+        idx = torch.randint(0, 3, (200,))
+        got = segfast.batched_nms(b, s, idx, 0.4, backend="cuda")
+        wants = [segfast.batched_nms(b, s, idx, 0.4, backend=k) for k in ("cpu", "torch")]
+    else:
+        got = segfast.nms(b, s, 0.4, backend="cuda")
+        wants = [segfast.nms(b, s, 0.4, backend=k) for k in ("cpu", "torch")]
+    for want in wants:
+        assert torch.equal(got, want)
+
+
+def test_dense_crf(schedule):
+    """crf splat_kernel (atomics), blur_kernel, update_kernel (one warp per pixel)."""
+    U = torch.randn(1, 3, 5, 6)
+    img = torch.randint(0, 256, (1, 3, 5, 6), dtype=torch.uint8)
+    got = segfast.dense_crf(U, img, iterations=2, backend="cuda")
+    for b in ("cpu", "torch"):
+        close(got, segfast.dense_crf(U, img, iterations=2, backend=b), 1e-4, 1e-5, b)
+
+
+def test_launch_error_reaches_python():
+    """A kernel fault is a RuntimeError from the op, not a crash (block over 1024 threads)."""
+    with pytest.raises(RuntimeError, match="launch failed: invalid configuration argument"):
+        emu.selftest("block_threads", 2048)
