@@ -638,9 +638,10 @@ def measure_train_step(device: torch.device, repeat: int = 10, min_time: float =
     net writes new ones), segfast's and MONAI's calls in turns, and in a loop of its own."""
     case = next((c for c in cases(device) if c.op == op), None)
     run = runners(case, device) if case is not None else {}
-    kernels = {k: v for k, v in run.items() if k in backends.BACKENDS and k != "torch"}
-    if "monai" not in run or not kernels:
+    default = backends.default_backend(device)  # what a user's loss runs on (never the Triton interpreter)
+    if "monai" not in run or default not in run or default == "torch":
         return []
+    kernels = {default: run[default]}
     x, y = make_inputs(case, device)
     N, C, H, W = case.shape
     net = _train_net(C).to(device=device, dtype=case.dtype)
