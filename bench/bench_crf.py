@@ -2,7 +2,9 @@
 mean-field iterations, the default kernels (Gaussian sxy=3 compat=3, bilateral
 sxy=80 srgb=13 compat=10), a natural-looking image (smooth background,
 flat-coloured shapes with edges, mild noise) and noisy unaries
-(segfast.bench.crf_inputs); times include building the lattices. Runners:
+(segfast.bench.crf_inputs); times include building the lattices. Also one
+uniform-noise image with 2 labels (segfast.bench.crf_noise_inputs), the
+bilateral kernel's hard case. Runners:
 segfast's backends usable here and, on CPU, pydensecrf looping over the batch.
 SEGFAST_BENCH_QUICK=1: 128 x 128.
 
@@ -60,6 +62,27 @@ def test_dense_crf(benchmark, name, B):
     info = dict(device=str(DEVICE), runner=name, batch=B, median_ms=ms, per_image_ms=ms / B)
     if "pydensecrf" in runners():
         info["speedup_vs_pydensecrf"] = median_ms("pydensecrf", B) / median_ms(name, B)
+    benchmark.extra_info.update(info)
+
+
+@functools.lru_cache(maxsize=None)
+def noise_median_ms(name: str) -> float:
+    u, im = sb.crf_noise_inputs(1, SIZE, SIZE, DEVICE)
+    times = sb.time_fn(lambda: runners()[name](u, im), DEVICE, repeat=ROUNDS, warmup=1)
+    return 1e3 * sorted(times)[len(times) // 2]
+
+
+@pytest.mark.parametrize("name", list(runners()))
+def test_dense_crf_noise(benchmark, name):
+    """The hard case of the bilateral kernel: a uniform-noise image (nearly every pixel
+    a lattice point of its own), 2 labels (segfast.bench.crf_noise_inputs)."""
+    benchmark.group = f"dense_crf-noise-1x2x{SIZE}x{SIZE}-it{sb.CRF_ITERATIONS}"
+    u, im = sb.crf_noise_inputs(1, SIZE, SIZE, DEVICE)
+    fn = runners()[name]
+    benchmark.pedantic(lambda: fn(u, im), rounds=ROUNDS, iterations=1, warmup_rounds=1)
+    info = dict(device=str(DEVICE), runner=name, batch=1, median_ms=1e3 * benchmark.stats.stats.median)
+    if "pydensecrf" in runners():
+        info["speedup_vs_pydensecrf"] = noise_median_ms("pydensecrf") / noise_median_ms(name)
     benchmark.extra_info.update(info)
 
 

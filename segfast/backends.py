@@ -18,6 +18,7 @@ import functools
 import importlib
 import math
 import os
+import time
 
 import torch
 
@@ -62,21 +63,70 @@ def dtype_code(t: torch.Tensor) -> int:
 CPU_GRAIN = 1 << 16
 
 
+# On a machine whose cores are taken by other processes (DataLoader workers,
+# other jobs), a kernel split in static shares over every core waits at its
+# closing barrier for the share of a thread that the scheduler has preempted,
+# a whole time slice or more, while the threads that are done spin and take
+# the core from the very work they wait for. A kernel run on the cores that
+# are free finishes sooner: the cpu backend counts the runnable threads of
+# other processes (/proc/loadavg, sampled at most every LOAD_SAMPLE_S) and
+# leaves them their cores. SEGFAST_CPU_ADAPTIVE=0 turns this off (always
+# torch's count), and so does torch.use_deterministic_algorithms(True): the
+# dense CRF's sums are ordered by its thread count (ops/crf.py).
+LOAD_SAMPLE_S = 0.01
+ADAPTIVE_THREADS = os.environ.get("SEGFAST_CPU_ADAPTIVE", "1") not in ("", "0")
+try:
+    _CORES = len(os.sched_getaffinity(0))
+except (AttributeError, OSError):  # not Linux
+    _CORES = os.cpu_count() or 1
+_loadavg = [None]  # the open /proc/loadavg (-1: none here)
+_sample = [-1.0, 0]  # [monotonic time, cores taken by other processes]
+
+
+def _cores_taken(own: int) -> int:
+    """Cores that runnable threads of other processes take: the machine's
+    runnable count less this process's ``own`` threads (which may be
+    spinning), sampled at most every LOAD_SAMPLE_S seconds; 0 without procfs."""
+    now = time.monotonic()
+    if now - _sample[0] >= LOAD_SAMPLE_S:
+        if _loadavg[0] is None:
+            try:
+                _loadavg[0] = os.open("/proc/loadavg", os.O_RDONLY)
+            except OSError:
+                _loadavg[0] = -1
+        running = 0
+        if _loadavg[0] >= 0:
+            try:  # "0.52 0.58 0.59 3/201 4242": the 4th field is runnable/all
+                running = int(os.pread(_loadavg[0], 128, 0).split()[3].split(b"/")[0])
+            except (OSError, ValueError, IndexError):
+                pass
+        _sample[0], _sample[1] = now, max(0, running - own)
+    return _sample[1]
+
+
 def cpu_threads(numel: int | None = None) -> int:
-    """OpenMP threads the cpu backend uses: torch's count, fewer for small work."""
+    """OpenMP threads the cpu backend uses: torch's count, fewer for small
+    work, and no more than the cores other processes leave free (see above)."""
     n = max(1, torch.get_num_threads())
     if numel is not None:
         n = max(1, min(n, numel // CPU_GRAIN))
+    if n > 1 and ADAPTIVE_THREADS and not torch.are_deterministic_algorithms_enabled():
+        taken = _cores_taken(torch.get_num_threads())
+        if taken:
+            n = max(1, min(n, _CORES - taken))
     return n
 
 
 # CPU outputs at least this large come from the block cache of segfast._C
-# (csrc/cpu/block_cache.h), up to SEGFAST_CPU_CACHE_MB cached (default 512, 0: off).
+# (csrc/cpu/block_cache.h). It keeps freed blocks up to the most bytes that
+# were live at once lately (a training step's gradients and the tensors kept
+# for backward: what the next step asks for again), and never more than
+# SEGFAST_CPU_CACHE_MB (default 256; 0: no cache).
 CACHE_MIN_BYTES = 4 << 20
 
 
 def _cache_limit_mb() -> int:
-    raw = os.environ.get("SEGFAST_CPU_CACHE_MB", "512")
+    raw = os.environ.get("SEGFAST_CPU_CACHE_MB", "256")
     try:
         mb = int(raw)
     except ValueError:

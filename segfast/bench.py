@@ -22,6 +22,7 @@ bench/bench_region.py runs the same cases under pytest-benchmark.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import dataclasses
 import gc
@@ -512,12 +513,13 @@ def measure(case: Case, device: torch.device, repeat: int = 10, memory: bool = T
 def format_table(rows: list[dict]) -> str:
     cols = [("op", "{}"), ("shape", "{}"), ("dtype", "{}"), ("backend", "{}"), ("median_ms", "{:.2f}"),
             ("iqr_ms", "{:.2f}"), ("speedup_vs_reference", "{:.2f}x"), ("speedup_vs_monai", "{:.2f}x"),
-            ("speedup_vs_smp", "{:.2f}x"), ("gbps", "{:.1f}"), ("peak_extra_mb", "{:.1f}")]
-    head = ["op", "shape", "dtype", "backend", "median ms", "IQR ms", "vs ref", "vs MONAI", "vs smp", "GB/s",
-            "peak MB"]
+            ("speedup_vs_smp", "{:.2f}x"), ("speedup_vs_pydensecrf", "{:.2f}x"), ("gbps", "{:.1f}"),
+            ("peak_extra_mb", "{:.1f}")]
+    head = ["op", "shape", "dtype", "backend", "median ms", "IQR ms", "vs ref", "vs MONAI", "vs smp",
+            "vs pydensecrf", "GB/s", "peak MB"]
     table = [head]
     for r in rows:
-        table.append([("-" if r[k] is None else fmt.format("x".join(map(str, r[k])) if k == "shape" else r[k]))
+        table.append([("-" if r.get(k) is None else fmt.format("x".join(map(str, r[k])) if k == "shape" else r[k]))
                       for k, fmt in cols])
     widths = [max(len(row[i]) for row in table) for i in range(len(head))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in table]
@@ -623,6 +625,138 @@ def measure_crf(device: torch.device, quick: bool = False, repeat: int = 5) -> l
     return rows
 
 
+# ---- load: the CRF on a noisy image, a training step, rows under background load ----
+
+def crf_noise_inputs(B: int, H: int, W: int, device, C: int = 2, seed: int = 0):
+    """-> (unary energies [B, C, H, W] float32, uniform-noise RGB image [B, 3, H, W] uint8): the
+    hard case of the bilateral kernel, where nearly every pixel is a lattice point of its own."""
+    g = torch.Generator().manual_seed(seed)
+    image = torch.randint(0, 256, (B, 3, H, W), generator=g, dtype=torch.uint8)
+    unary = -torch.log_softmax(torch.randn((B, C, H, W), generator=g), 1)
+    return unary.to(device), image.to(device)
+
+
+def measure_crf_noise(device: torch.device, quick: bool = False, repeat: int = 3) -> list[dict]:
+    """dense_crf(noise) rows: one uniform-noise 512 x 512 image (128 x 128 with quick), 2 labels;
+    the cpu backend against pydensecrf, called in turns (one call of each per round)."""
+    S = 128 if quick else 512
+    u, im = crf_noise_inputs(1, S, S, device)
+    run = crf_runners(device)
+    run.pop("torch", None)  # the eager lattice: seconds per image
+    times = _interleaved(run, lambda fn: fn(u, im), device, repeat, min_time=0.0)
+    rows = [dict(op="dense_crf(noise)", shape=list(u.shape), dtype="float32", labels="-", backend=name,
+                 device=str(device), median_ms=1e3 * statistics.median(t), iqr_ms=_iqr_ms(t),
+                 per_image_ms=1e3 * statistics.median(t), logits_mb=u.numel() * 4 / 2**20, peak_extra_mb=None,
+                 gbps=None, speedup_vs_monai=None, speedup_vs_smp=None, speedup_vs_reference=None)
+            for name, t in times.items()]
+    peer = times.get("pydensecrf")
+    for r in rows:
+        r["speedup_vs_pydensecrf"] = statistics.median(peer) / (r["median_ms"] * 1e-3) if peer else None
+    return rows
+
+
+def _iqr_ms(times: list[float]) -> float:
+    q = statistics.quantiles(times, n=4) if len(times) > 1 else [times[0]] * 3
+    return 1e3 * (q[2] - q[0])
+
+
+def _interleaved(fns: dict, call: Callable, device, repeat: int, min_time: float) -> dict:
+    """name -> wall times of ``call(fn)``, the contenders called in turns (one call of each per
+    round, after one warmup call each), so that a noisy machine slows them alike."""
+    for fn in fns.values():
+        call(fn)
+    _sync(device)
+    times = {name: [] for name in fns}
+    start = time.perf_counter()
+    while min(map(len, times.values())) < repeat or time.perf_counter() - start < min_time:
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            call(fn)
+            _sync(device)
+            times[name].append(time.perf_counter() - t0)
+    return times
+
+
+def _train_net(C: int) -> torch.nn.Module:
+    """A small segmentation net: RGB -> C logits at full resolution."""
+    nn = torch.nn
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(),
+                         nn.Conv2d(16, C, 1))
+
+
+def measure_train_step(device: torch.device, repeat: int = 10, min_time: float = MIN_TIME,
+                       op: str = "dice") -> list[dict]:
+    """What a user feels of the loss: rows of one training step (the net of _train_net forward,
+    the loss, backward) with segfast's loss and with MONAI's, same net, same data, the steps in
+    turns; beside them the loss alone (forward+backward) on fresh logits each call (a clone, as a
+    net writes new ones), segfast's and MONAI's calls in turns, and in a loop of its own."""
+    case = next((c for c in cases(device) if c.op == op), None)
+    run = runners(case, device) if case is not None else {}
+    default = backends.default_backend(device)  # what a user's loss runs on (never the Triton interpreter)
+    if "monai" not in run or default not in run or default == "torch":
+        return []
+    kernels = {default: run[default]}
+    x, y = make_inputs(case, device)
+    N, C, H, W = case.shape
+    net = _train_net(C).to(device=device, dtype=case.dtype)
+    image = torch.randn((N, 3, H, W), generator=torch.Generator().manual_seed(1)).to(device, case.dtype)
+    losses = dict(kernels, monai=run["monai"])
+
+    def train_step(loss):
+        net.zero_grad(set_to_none=True)
+        loss(net(image), y).backward()
+
+    def loss_step(loss):
+        xf = x.detach().clone().requires_grad_(True)
+        loss(xf, y).backward()
+
+    rows = []
+
+    def add(kind, times):
+        base = statistics.median(times["monai"])
+        for name, t in times.items():
+            rows.append(dict(op=f"{op}:{kind}", shape=list(case.shape), dtype=str(case.dtype)[6:],
+                             labels=str(case.label_dtype)[6:], backend=name, device=str(device),
+                             median_ms=1e3 * statistics.median(t), iqr_ms=_iqr_ms(t), logits_mb=None,
+                             peak_extra_mb=None, gbps=None, speedup_vs_reference=None, speedup_vs_smp=None,
+                             speedup_vs_monai=base / statistics.median(t)))
+
+    add("train_step", _interleaved(losses, train_step, device, repeat, min_time))
+    add("loss_interleaved", _interleaved(losses, loss_step, device, repeat, min_time))
+    alone = {name: time_fn(lambda: loss_step(fn), device, repeat=repeat, min_time=min_time)
+             for name, fn in losses.items()}
+    add("loss_own_loop", alone)
+    return rows
+
+
+# Each busy process of --under-load exits by itself after this many seconds
+# at most, even if the benchmark dies without stopping it.
+LOAD_MAX_S = 600
+
+
+@contextlib.contextmanager
+def background_load(seconds: float = LOAD_MAX_S):
+    """One busy process per core this process may run on (a pure-Python spin),
+    for the duration of the block (and never longer than ``seconds``)."""
+    import subprocess
+
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    spin = f"import time\nend = time.monotonic() + {float(seconds)}\nwhile time.monotonic() < end: pass"
+    procs = [subprocess.Popen([sys.executable, "-c", spin]) for _ in range(cores)]
+    try:
+        time.sleep(0.2)  # the spinners are running before the first timed call
+        yield cores
+    finally:
+        for pr in procs:
+            pr.kill()
+        for pr in procs:
+            pr.wait()
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="segfast-bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if visible)")
@@ -637,6 +771,9 @@ def main(argv=None) -> int:
     p.add_argument("--compare", default=None, metavar="RUN",
                    help="compare with a run of the results history (a run id, or 'latest'; "
                         "`python -m segfast.results runs` lists them); exits 1 if a row is >10%% slower")
+    p.add_argument("--under-load", action="store_true",
+                   help="CPU rows under a background load: one busy process per core, started and stopped by "
+                        "the benchmark (peak memory not measured)")
     p.add_argument("--probe-server", action="store_true", help=argparse.SUPPRESS)  # see peak_extra_mb
     args = p.parse_args(argv)
     if args.probe_server:
@@ -645,13 +782,30 @@ def main(argv=None) -> int:
     info = backends.info()
     print(f"segfast {info['segfast']}  torch {info['torch']}  device {device}"
           + (f" ({info['gpu_name']})" if device.type == "cuda" else f" ({torch.get_num_threads()} threads)"))
+    loaded = args.under_load and device.type == "cpu"
+    if loaded:
+        print("under load: one busy process per core during every row")
+
+    def load():
+        return background_load() if loaded else contextlib.nullcontext()
+
     rows = []
     for case in cases(device, quick=args.quick):
-        rows += measure(case, device, repeat=args.repeat, memory=not args.no_memory, min_time=args.min_time)
+        with load():
+            rows += measure(case, device, repeat=args.repeat, memory=not (args.no_memory or loaded),
+                            min_time=args.min_time)
         print(f"  measured {case.name}", file=sys.stderr)
-    rows += measure_crf(device, quick=args.quick)  # crf family (inference only)
+    with load():
+        rows += measure_train_step(device, repeat=args.repeat, min_time=args.min_time)
+    with load():
+        rows += measure_crf(device, quick=args.quick)  # crf family (inference only)
+    with load():
+        rows += measure_crf_noise(device, quick=args.quick)
     from .metrics import _bench as metrics_bench  # metrics family (CPU rows)
-    rows += metrics_bench.measure(device, args.quick, not args.no_memory)
+    with load():
+        rows += metrics_bench.measure(device, args.quick, not (args.no_memory or loaded))
+    for r in rows:
+        r["under_load"] = loaded
     print(format_table(rows))
     if args.json:
         with open(args.json, "w") as f:

@@ -31,7 +31,7 @@ README = ROOT / "README.md"
 # Peer columns: every ``speedup_vs_<peer>`` a benchmark row can carry.
 PEERS = ("reference", "monai", "smp", "pydensecrf", "torchmetrics", "pycocotools", "faster_coco_eval")
 
-COLUMNS = ["date", "device", "threads", "commit", "run", "op", "shape", "dtype", "labels", "backend",
+COLUMNS = ["date", "device", "threads", "under_load", "commit", "run", "op", "shape", "dtype", "labels", "backend",
            "median_ms", "iqr_ms", "per_image_ms", "logits_mb", "peak_extra_mb", "gbps",
            *[f"speedup_vs_{p}" for p in PEERS]]
 

@@ -13,6 +13,11 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+# Tests that pin torch's thread count get it: the cpu backend would otherwise
+# run on fewer threads while other processes keep this machine's cores busy
+# (backends.cpu_threads; tests/test_cpu_threads.py tests that on its own).
+os.environ.setdefault("SEGFAST_CPU_ADAPTIVE", "0")
+
 from segfast import backends  # noqa: E402
 
 # One per-dtype table (DESIGN.md): (rtol, atol) against the float64 reference.

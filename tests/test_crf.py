@@ -538,3 +538,25 @@ def test_gpu_backends_match_cpu(backend, C):
         kw = {k: (v.cuda() if isinstance(v, torch.Tensor) else v) for k, v in kw.items()}
         got = segfast.dense_crf(U.cuda(), img.cuda(), backend=backend, **kw)
         torch.testing.assert_close(got.cpu(), want, rtol=0, atol=1e-4)
+
+
+@needs_cpu
+@pytest.mark.parametrize("C", [1, 2, 3, 4])
+@pytest.mark.parametrize("case", ["potts", "matrix", "no_self"])
+def test_cpu_narrow_grids_on_a_noise_image(C, case):
+    """Few labels: the lattice values are rows of 1, 2 or 4 floats (grid_width),
+    narrower than the pixels' 8-lane rows, on every path (the Potts fast path,
+    matrix compatibilities, the self-message removal), on a uniform-noise image
+    (nearly every pixel a lattice point of its own)."""
+    H, W = 70, 97
+    g = torch.Generator().manual_seed(C)
+    U = -torch.log_softmax(torch.randn(1, C, H, W, generator=g), 1)
+    img = torch.randint(0, 256, (1, 3, H, W), generator=g, dtype=torch.uint8)
+    kw = dict(iterations=3)
+    if case == "matrix":
+        kw["compat"] = torch.rand(C, C, generator=g) * 4
+    elif case == "no_self":
+        kw["self_message"] = False
+    got = segfast.dense_crf(U, img, backend="cpu", **kw)
+    want = segfast.dense_crf(U, img, backend="torch", **kw)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-4)

@@ -165,3 +165,18 @@ def test_blocks_stay_on_small_pages_and_advise_huge_pages_is_exact():
     small = torch.empty(1000)
     assert backends._C.advise_huge_pages(small.data_ptr(), 0) == 0  # no whole page: nothing to do
     assert backends._C.advise_huge_pages(u.data_ptr() + 4096, (1 << 21) - 8192) == 0
+
+
+def test_cache_keeps_what_the_workload_lately_had_live():
+    """Freed blocks stay while a step of the same size may ask for them again,
+    and go once the workload has had less live for the last 32 acquisitions."""
+    backends.empty_cache()
+    three = [backends.empty_output(BIG, torch.float32, torch.device("cpu")) for _ in range(3)]
+    del three
+    assert _stats()["cached_blocks"] == 3
+    for _ in range(40):  # a steady step with one such output live at a time
+        t = backends.empty_output(BIG, torch.float32, torch.device("cpu"))
+        del t
+    s = _stats()
+    assert s["cached_blocks"] == 1 and s["hits"] > 0
+    backends.empty_cache()

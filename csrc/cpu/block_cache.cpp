@@ -20,12 +20,34 @@ namespace segfast {
 namespace cpu {
 namespace {
 
+// The cache holds no more than the most bytes that were live at once after
+// any of the last kWindow acquisitions: a training step's outputs (a loss's
+// gradient, the probabilities it keeps for backward) are what the next step
+// asks for again, and a workload that shrinks (a smaller batch, evaluation,
+// or no segfast call at all) lets the surplus go within kWindow calls instead
+// of keeping up to `limit` of freed memory for the rest of the process.
+constexpr int kWindow = 32;
+
 struct Cache {
   std::mutex mu;
   std::list<std::pair<void*, uint64_t>> free_blocks;  // oldest first
   std::unordered_map<void*, uint64_t> live;           // block -> size
   uint64_t cached_bytes = 0, live_bytes = 0, hits = 0, misses = 0;
-  uint64_t limit = uint64_t(512) << 20;
+  uint64_t limit = uint64_t(256) << 20;
+  // live bytes right after each of the last kWindow acquisitions (a ring)
+  uint64_t recent[kWindow] = {};
+  uint64_t acquisitions = 0;
+  // what the cache may hold now: the limit, and no more than was live at once lately
+  uint64_t keep() const {
+    uint64_t peak = 0;
+    for (uint64_t v : recent) peak = std::max(peak, v);
+    return std::min(limit, peak);
+  }
+  void acquired(void* p, uint64_t n) {
+    live.emplace(p, n);
+    live_bytes += n;
+    recent[acquisitions++ % kWindow] = live_bytes;
+  }
 };
 
 Cache& cache() {
@@ -85,9 +107,9 @@ void* block_acquire(uint64_t nbytes) {
       auto [p, size] = *best;
       c.free_blocks.erase(std::next(best).base());
       c.cached_bytes -= size;
-      c.live.emplace(p, size);
-      c.live_bytes += size;
+      c.acquired(p, size);
       ++c.hits;
+      shrink_locked(c, c.keep());
       return p;
     }
     ++c.misses;
@@ -95,8 +117,8 @@ void* block_acquire(uint64_t nbytes) {
   void* p = aligned_block(n, 4096);
   if (p == nullptr) return nullptr;
   std::lock_guard<std::mutex> g(c.mu);
-  c.live.emplace(p, n);
-  c.live_bytes += n;
+  c.acquired(p, n);
+  shrink_locked(c, c.keep());
   return p;
 }
 
@@ -109,11 +131,12 @@ void block_release(void* p) noexcept {
   const uint64_t n = it->second;
   c.live.erase(it);
   c.live_bytes -= n;
-  if (n > c.limit) {
+  const uint64_t keep = c.keep();
+  if (n > keep) {
     free_block(p);
     return;
   }
-  shrink_locked(c, c.limit - n);
+  shrink_locked(c, keep - n);
   c.free_blocks.emplace_back(p, n);
   c.cached_bytes += n;
 }

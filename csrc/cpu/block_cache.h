@@ -15,7 +15,11 @@
 // over L2 sets, where 2 MiB pages put rows 64 KiB apart in two sets (the
 // region grad pass ran up to 20% slower on huge pages in a C++ harness).
 // A released block is kept (most recent last) while the cache holds at most
-// `limit` bytes, the oldest freed first. acquire takes the smallest cached
+// the smaller of `limit` (SEGFAST_CPU_CACHE_MB, default 256) and the most
+// bytes that were live at once after any of the last 32 acquisitions, the
+// oldest freed first: enough for a training step's outputs to come back on
+// the next step, and no more than the workload lately had in use (see
+// block_cache.cpp). acquire takes the smallest cached
 // block of at least n and at most n + n/4 bytes, the most recently freed among
 // equals. Thread-safe (deleters run on any thread, without the GIL) and
 // fork-safe (the lock is held across fork()).

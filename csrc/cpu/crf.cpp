@@ -5,9 +5,9 @@
 // segfast/reference/crf.py for the semantics (pydensecrf's DenseCRF2D).
 //
 // Layout: label values are pixel-major rows of Cp (C rounded up to 8,
-// padding lanes kept at 0) and lattice values [M+1][Cp] (row M is the
-// "missing neighbour", always 0), so every inner loop runs over labels with
-// unit stride and vectorises. An image's pixels are split in static bands,
+// padding lanes kept at 0) and lattice values [M+1][G] (G = C rounded up to
+// 2, 4 or 8k: grid_width; row M is the "missing neighbour", always 0), so
+// every inner loop runs over labels with unit stride and vectorises. An image's pixels are split in static bands,
 // one per thread: each band fills a hash table of its own while the lattice
 // is built (merged in band order), and scatters (splats) its pixels' new
 // marginals into grid parts of its own right after computing them; the parts
@@ -53,6 +53,11 @@ SEGFAST_INLINE v8f load8(const float* p) {
 SEGFAST_INLINE void store8(float* p, v8f v) { std::memcpy(p, &v, sizeof(v)); }
 
 SEGFAST_INLINE void axpy_lanes(float* __restrict y, const float* __restrict x, float a, int64_t Cp) {
+  if (Cp == 2) {  // the grid rows of two labels (see grid_width)
+    y[0] += a * x[0];
+    y[1] += a * x[1];
+    return;
+  }
   if (Cp % kLanes) {
     for (int64_t c = 0; c < Cp; ++c) y[c] += a * x[c];
     return;
@@ -62,6 +67,11 @@ SEGFAST_INLINE void axpy_lanes(float* __restrict y, const float* __restrict x, f
 
 SEGFAST_INLINE void blur_lanes(float* __restrict t, const float* __restrict o, const float* __restrict a,
                                const float* __restrict b, int64_t Cp) {
+  if (Cp == 2) {
+    t[0] = o[0] + 0.5f * (a[0] + b[0]);
+    t[1] = o[1] + 0.5f * (a[1] + b[1]);
+    return;
+  }
   if (Cp % kLanes) {
     for (int64_t c = 0; c < Cp; ++c) t[c] = o[c] + 0.5f * (a[c] + b[c]);
     return;
@@ -71,6 +81,24 @@ SEGFAST_INLINE void blur_lanes(float* __restrict t, const float* __restrict o, c
 }
 
 typedef int32_t v8i __attribute__((vector_size(32), aligned(4)));
+
+// Lattice values (grids) hold G floats per point, G = grid_width(C): the
+// labels rounded up to 2, 4 or a multiple of 8, not always to 8 as the pixel
+// rows are. On a noisy image nearly every pixel adds lattice points of its
+// own (M is several times N), and the blur, the sums of the threads' parts
+// and the scatter/slice then move M x G floats per pass: padding 2 labels to
+// 8 lanes moved four times the bytes (and held four times the memory).
+int64_t grid_width(int64_t C) { return C <= 1 ? 1 : C <= 2 ? 2 : C <= 4 ? 4 : (C + 7) / 8 * 8; }
+
+// 8 lanes of a grid row of width G (G < 8: the rest 0); G >= 8: lanes [0, 8).
+SEGFAST_INLINE v8f load_grid8(const float* p, int64_t G) {
+  if (G >= kLanes) return load8(p);
+  v8f v = {};
+  if (G == 4) std::memcpy(&v, p, 4 * sizeof(float));
+  else if (G == 2) std::memcpy(&v, p, 2 * sizeof(float));
+  else v[0] = p[0];
+  return v;
+}
 
 // region::fast_expf lane by lane (x <= 88): the same reduction and polynomial,
 // written on vectors so that it vectorises wherever it is inlined.
@@ -138,21 +166,28 @@ void parallel_chunks(int64_t n, int nt, F&& fn) {
   for (int64_t c = 0; c < chunks; ++c) fn(c * kChunk, std::min(n, (c + 1) * kChunk));
 }
 
-// Open addressing, linear probing; keys stored once per point.
+// Open addressing, linear probing; keys stored once per point. A slot holds
+// the point's index and the low 32 bits of its key's hash, so a probe reads a
+// key (a second random access, into [M][d]) only when those agree, and the
+// table grows without reading keys. On a noisy image the table outgrows the
+// caches, and the lookups of absent blur neighbours and the slots passed
+// over on the way each cost a memory access fewer.
 struct HashTable {
+  static constexpr uint64_t kEmpty = ~uint64_t(0);
   int d;
-  std::vector<int32_t> keys;  // [M][d]
-  std::vector<int32_t> slot;  // point index or -1
+  std::vector<int32_t> keys;   // [M][d]
+  std::vector<uint64_t> slot;  // low 32 bits of the hash << 32 | point index, or kEmpty
   uint64_t mask = 0;
   int32_t size = 0;
 
   HashTable(int d_, int64_t expect) : d(d_) {
     uint64_t cap = 1024;
     while (cap < uint64_t(2 * expect)) cap <<= 1;
-    slot.assign(cap, -1);
+    slot.assign(cap, kEmpty);
     mask = cap - 1;
     keys.reserve(size_t(expect) * d_);
   }
+  static uint64_t tag(uint64_t h) { return h << 32; }  // of a hash; a slot's is s & ~0xffffffff
   bool same(int32_t p, const int32_t* k) const {
     const int32_t* q = &keys[size_t(p) * d];
     for (int i = 0; i < d; ++i)
@@ -160,35 +195,39 @@ struct HashTable {
     return true;
   }
   int32_t find(const int32_t* k) const {
-    for (uint64_t h = hash_key(k, d) & mask;; h = (h + 1) & mask) {
-      const int32_t p = slot[h];
-      if (p < 0) return -1;
-      if (same(p, k)) return p;
+    const uint64_t hv = hash_key(k, d);
+    for (uint64_t h = hv & mask;; h = (h + 1) & mask) {
+      const uint64_t s = slot[h];
+      if (s == kEmpty) return -1;
+      if ((s & ~uint64_t(0xffffffffu)) == tag(hv) && same(int32_t(uint32_t(s)), k)) return int32_t(uint32_t(s));
     }
   }
   int32_t insert(const int32_t* k) {
     if (uint64_t(2) * uint64_t(size + 1) > mask + 1) grow();
-    for (uint64_t h = hash_key(k, d) & mask;; h = (h + 1) & mask) {
-      const int32_t p = slot[h];
-      if (p < 0) {
+    const uint64_t hv = hash_key(k, d);
+    for (uint64_t h = hv & mask;; h = (h + 1) & mask) {
+      const uint64_t s = slot[h];
+      if (s == kEmpty) {
         if (size == INT32_MAX) throw std::length_error("segfast: CRF lattice has more than 2^31 points");
         keys.insert(keys.end(), k, k + d);
-        slot[h] = size;
+        slot[h] = tag(hv) | uint32_t(size);
         return size++;
       }
-      if (same(p, k)) return p;
+      if ((s & ~uint64_t(0xffffffffu)) == tag(hv) && same(int32_t(uint32_t(s)), k)) return int32_t(uint32_t(s));
     }
   }
   void grow() {
-    std::vector<int32_t> old(2 * (mask + 1), -1);
+    std::vector<uint64_t> old(2 * (mask + 1), kEmpty);
     slot.swap(old);
     mask = slot.size() - 1;
-    for (int32_t p = 0; p < size; ++p)
-      for (uint64_t h = hash_key(&keys[size_t(p) * d], d) & mask;; h = (h + 1) & mask)
-        if (slot[h] < 0) {
-          slot[h] = p;
+    for (uint64_t s : old) {
+      if (s == kEmpty) continue;
+      for (uint64_t h = (s >> 32) & mask;; h = (h + 1) & mask)
+        if (slot[h] == kEmpty) {
+          slot[h] = s;
           break;
         }
+    }
   }
 };
 
@@ -349,71 +388,71 @@ void build_lattice(Lattice& L, const float* feat, int64_t N, int d, int nt) {
 // summed point by point before the blur. A pixel is scattered right after its
 // marginals are computed, so Q is never re-read (nor, by default, stored).
 
-// grid rows off[r] += (weight[r] * s) * q for the d+1 vertices of one pixel
+// grid rows off[r] += (weight[r] * s) * q for the d+1 vertices of one pixel (G lanes)
 SEGFAST_INLINE void scatter_pixel(const int32_t* __restrict off, const float* __restrict w, int D1, float s,
-                                  const float* __restrict q, float* __restrict grid, int64_t Cp) {
-  for (int r = 0; r < D1; ++r) axpy_lanes(grid + int64_t(off[r]) * Cp, q, w[r] * s, Cp);
+                                  const float* __restrict q, float* __restrict grid, int64_t G) {
+  for (int r = 0; r < D1; ++r) axpy_lanes(grid + int64_t(off[r]) * G, q, w[r] * s, G);
 }
 
-// scatter_pixel for pixels [i0, i1) (rows of q, Cp apart) with weight factors pre;
-// D = d at compile time (0: read from L), so the vertex loop unrolls.
+// scatter_pixel for pixels [i0, i1) (rows of q, Cp apart) with weight factors pre
+// into a grid of width G; D = d at compile time (0: read from L), so the vertex loop unrolls.
 template <int D>
 SEGFAST_CLONES void scatter_rows_d(const Lattice& L, const float* __restrict pre, const float* __restrict q,
-                                   float* __restrict grid, int64_t Cp, int64_t i0, int64_t i1) {
+                                   float* __restrict grid, int64_t Cp, int64_t G, int64_t i0, int64_t i1) {
   const int D1 = (D > 0 ? D : L.d) + 1;
   for (int64_t i = i0; i < i1; ++i)
-    scatter_pixel(&L.offset[i * D1], &L.weight[i * D1], D1, pre[i], q + (i - i0) * Cp, grid, Cp);
+    scatter_pixel(&L.offset[i * D1], &L.weight[i * D1], D1, pre[i], q + (i - i0) * Cp, grid, G);
 }
 
-void scatter_rows(const Lattice& L, const float* pre, const float* q, float* grid, int64_t Cp, int64_t i0,
-                  int64_t i1) {
-  if (L.d == 2) scatter_rows_d<2>(L, pre, q, grid, Cp, i0, i1);
-  else if (L.d == 5) scatter_rows_d<5>(L, pre, q, grid, Cp, i0, i1);
-  else scatter_rows_d<0>(L, pre, q, grid, Cp, i0, i1);
+void scatter_rows(const Lattice& L, const float* pre, const float* q, float* grid, int64_t Cp, int64_t G,
+                  int64_t i0, int64_t i1) {
+  if (L.d == 2) scatter_rows_d<2>(L, pre, q, grid, Cp, G, i0, i1);
+  else if (L.d == 5) scatter_rows_d<5>(L, pre, q, grid, Cp, G, i0, i1);
+  else scatter_rows_d<0>(L, pre, q, grid, Cp, G, i0, i1);
 }
 
 SEGFAST_CLONES void blur_range(const int32_t* __restrict nb, const float* __restrict src, float* __restrict dst,
-                               int64_t Cp, int64_t p0, int64_t p1) {
+                               int64_t G, int64_t p0, int64_t p1) {
   for (int64_t p = p0; p < p1; ++p) {
-    const float* __restrict a = src + int64_t(nb[2 * p]) * Cp;
-    const float* __restrict b = src + int64_t(nb[2 * p + 1]) * Cp;
-    const float* __restrict o = src + p * Cp;
-    float* __restrict t = dst + p * Cp;
-    blur_lanes(t, o, a, b, Cp);
+    const float* __restrict a = src + int64_t(nb[2 * p]) * G;
+    const float* __restrict b = src + int64_t(nb[2 * p + 1]) * G;
+    const float* __restrict o = src + p * G;
+    float* __restrict t = dst + p * G;
+    blur_lanes(t, o, a, b, G);
   }
 }
 
 // grid[p] = sum over threads t of part[t][p] (then part[t][p] = 0, ready for
-// the next scatter), p < M, rows of Cp.
-SEGFAST_CLONES void gather_parts(float* const* part, int nparts, float* __restrict grid, int64_t Cp, int64_t p0,
+// the next scatter), p < M, rows of G.
+SEGFAST_CLONES void gather_parts(float* const* part, int nparts, float* __restrict grid, int64_t G, int64_t p0,
                                  int64_t p1) {
   float* __restrict a = part[0];
-  for (int64_t k = p0 * Cp; k < p1 * Cp; ++k) {
+  for (int64_t k = p0 * G; k < p1 * G; ++k) {
     grid[k] = a[k];
     a[k] = 0.f;
   }
   for (int t = 1; t < nparts; ++t) {
     float* __restrict b = part[t];
-    for (int64_t k = p0 * Cp; k < p1 * Cp; ++k) {
+    for (int64_t k = p0 * G; k < p1 * G; ++k) {
       grid[k] += b[k];
       b[k] = 0.f;
     }
   }
 }
 
-// grid = B(sum of the threads' scattered parts); grid, tmp: [M+1][Cp], row M stays 0.
-void sum_blur(const Lattice& L, std::vector<fvec>& parts, int64_t Cp, fvec& grid, fvec& tmp, int nt) {
+// grid = B(sum of the threads' scattered parts); grid, tmp: [M+1][G], row M stays 0.
+void sum_blur(const Lattice& L, std::vector<fvec>& parts, int64_t G, fvec& grid, fvec& tmp, int nt) {
   const int64_t M = L.M;
-  grid.resize(size_t(M + 1) * Cp);
-  tmp.resize(size_t(M + 1) * Cp);
-  std::fill(grid.begin() + M * Cp, grid.end(), 0.f);  // the missing neighbour
-  std::fill(tmp.begin() + M * Cp, tmp.end(), 0.f);
+  grid.resize(size_t(M + 1) * G);
+  tmp.resize(size_t(M + 1) * G);
+  std::fill(grid.begin() + M * G, grid.end(), 0.f);  // the missing neighbour
+  std::fill(tmp.begin() + M * G, tmp.end(), 0.f);
   std::vector<float*> part;
   for (auto& p : parts) part.push_back(p.data());
-  parallel_chunks(M, nt, [&](int64_t a, int64_t b) { gather_parts(part.data(), int(part.size()), grid.data(), Cp, a, b); });
+  parallel_chunks(M, nt, [&](int64_t a, int64_t b) { gather_parts(part.data(), int(part.size()), grid.data(), G, a, b); });
   for (int j = 0; j <= L.d; ++j) {
     const int32_t* nb = L.blur.data() + size_t(j) * M * 2;
-    parallel_chunks(M, nt, [&](int64_t a, int64_t b) { blur_range(nb, grid.data(), tmp.data(), Cp, a, b); });
+    parallel_chunks(M, nt, [&](int64_t a, int64_t b) { blur_range(nb, grid.data(), tmp.data(), G, a, b); });
     grid.swap(tmp);
   }
 }
@@ -517,7 +556,8 @@ struct KernelRun {
   const float* selfw;  // [N] the i = j term of K~, or nullptr (self-message kept)
   float potts;
   const float* pre;    // [N]
-  float* part;         // this thread's [M][Cp] scatter target, or nullptr (last iteration)
+  float* part;         // this thread's [M][G] scatter target, or nullptr (last iteration)
+  int64_t G;           // grid row width (grid_width(C))
 };
 
 constexpr int kMaxKernels = 2;  // gaussian and bilateral
@@ -544,7 +584,7 @@ SEGFAST_CLONES void meanfield_range(const KernelRun* kr, int K, const float* ut,
       const float* bw = r.L->weight.data() + i * D1;
       for (int v = 0; v < D1; ++v) {
         w[k][v] = bw[v] * r.fac[i];
-        g[k][v] = r.grid + int64_t(off[v]) * Cp;
+        g[k][v] = r.grid + int64_t(off[v]) * r.G;
       }
     }
     // Potts kernels: 8 lanes at a time, accumulated in registers over every kernel's vertices
@@ -554,7 +594,7 @@ SEGFAST_CLONES void meanfield_range(const KernelRun* kr, int K, const float* ut,
         const KernelRun& r = kr[k];
         if (r.mu) continue;
         const int D1 = r.L->d + 1;
-        for (int v = 0; v < D1; ++v) a += w[k][v] * load8(g[k][v] + c0);
+        for (int v = 0; v < D1; ++v) a += w[k][v] * load_grid8(g[k][v] + c0, r.G);
         if (r.selfw) a -= (r.selfw[i] * r.potts) * load8(q + c0);
       }
       store8(m + c0, a);
@@ -565,7 +605,7 @@ SEGFAST_CLONES void meanfield_range(const KernelRun* kr, int K, const float* ut,
       if (!r.mu) continue;
       const int D1 = r.L->d + 1;
       for (int64_t c = 0; c < Cp; ++c) t[c] = 0.f;
-      for (int v = 0; v < D1; ++v) axpy_lanes(t, g[k][v], w[k][v], Cp);
+      for (int v = 0; v < D1; ++v) axpy_lanes(t, g[k][v], w[k][v], r.G);
       if (r.selfw) axpy_lanes(t, q, -r.selfw[i], Cp);
       for (int64_t l = 0; l < C; ++l) {
         const float* __restrict row = r.mu + l * C;
@@ -581,7 +621,7 @@ SEGFAST_CLONES void meanfield_range(const KernelRun* kr, int K, const float* ut,
       const KernelRun& r = kr[k];
       if (!r.part) continue;
       const int D1 = r.L->d + 1;
-      scatter_pixel(r.L->offset.data() + i * D1, r.L->weight.data() + i * D1, D1, r.pre[i], qn, r.part, Cp);
+      scatter_pixel(r.L->offset.data() + i * D1, r.L->weight.data() + i * D1, D1, r.pre[i], qn, r.part, r.G);
     }
   }
 }
@@ -595,6 +635,7 @@ SEGFAST_CLONES void meanfield_potts(const KernelRun* kr, const float* ut, float*
   constexpr int NA = DA + 1, NB = DB > 0 ? DB + 1 : 0;
   const KernelRun& ra = kr[0];
   const KernelRun& rb = kr[DB > 0 ? 1 : 0];
+  const int64_t G = ra.G;  // both grids: grid_width(C)
   // three passes over the chunk (slice, softmax, scatter): each loop's pixels are
   // independent, so the core overlaps them (one fused loop was latency-bound)
   for (int64_t i = i0; i < i1; ++i) {
@@ -608,24 +649,24 @@ SEGFAST_CLONES void meanfield_potts(const KernelRun* kr, const float* ut, float*
     const float* gb[NB > 0 ? NB : 1];
     for (int v = 0; v < NA; ++v) {
       wa[v] = ba[v] * ra.fac[i];
-      ga[v] = ra.grid + int64_t(oa[v]) * Cp;
+      ga[v] = ra.grid + int64_t(oa[v]) * G;
     }
     for (int v = 0; v < NB; ++v) {
       wb[v] = bb[v] * rb.fac[i];
-      gb[v] = rb.grid + int64_t(ob[v]) * Cp;
+      gb[v] = rb.grid + int64_t(ob[v]) * G;
     }
     float* qn = qout + (i - i0) * Cp;
     for (int64_t c0 = 0; c0 < Cp; c0 += kLanes) {
       v8f a = -load8(u + c0);
-      for (int v = 0; v < NA; ++v) a += wa[v] * load8(ga[v] + c0);
-      for (int v = 0; v < NB; ++v) a += wb[v] * load8(gb[v] + c0);
+      for (int v = 0; v < NA; ++v) a += wa[v] * load_grid8(ga[v] + c0, G);
+      for (int v = 0; v < NB; ++v) a += wb[v] * load_grid8(gb[v] + c0, G);
       store8(qn + c0, a);
     }
   }
   for (int64_t i = i0; i < i1; ++i) softmax_lanes(qout + (i - i0) * Cp, qout + (i - i0) * Cp, C, Cp);
   if (!ra.part) return;
-  scatter_rows_d<DA>(*ra.L, ra.pre, qout, ra.part, Cp, i0, i1);
-  if (DB > 0) scatter_rows_d<DB>(*rb.L, rb.pre, qout, rb.part, Cp, i0, i1);
+  scatter_rows_d<DA>(*ra.L, ra.pre, qout, ra.part, Cp, G, i0, i1);
+  if (DB > 0) scatter_rows_d<DB>(*rb.L, rb.pre, qout, rb.part, Cp, G, i0, i1);
 }
 
 using PottsRange = void (*)(const KernelRun*, const float*, float*, int64_t, int64_t, int64_t, int64_t);
@@ -655,7 +696,7 @@ struct KernelSpec {
 struct ImageBuffers {
   std::vector<Lattice> lat;
   std::vector<fvec> pre, fac, selfw, grids;
-  std::vector<std::vector<fvec>> parts;  // [kernel][band] -> [M][Cp]
+  std::vector<std::vector<fvec>> parts;  // [kernel][band] -> [M][G]
   fvec feat, tmp, post, Q;
   // per kernel: its lattice and factors hold for every image of the call (the
   // spatial kernel: its features are pixel positions only)
@@ -691,6 +732,7 @@ void dense_crf_cpu(const void* U, int u_dtype, int64_t usB, int64_t usC, int64_t
   const int nt_all = num_threads > 0 ? int(num_threads) : omp_get_max_threads();
   const int64_t N = H * W;
   const int64_t Cp = (C + 7) / 8 * 8;
+  const int64_t G = grid_width(C);
   const size_t K = compat_ptrs.size();
   if (K > size_t(kMaxKernels)) throw std::invalid_argument("segfast: at most 2 CRF kernels");
   std::vector<KernelSpec> ks(K);
@@ -734,7 +776,7 @@ void dense_crf_cpu(const void* U, int u_dtype, int64_t usB, int64_t usC, int64_t
     for (size_t m = 0; m < K; ++m) {
       const KernelSpec& k = ks[m];
       if (bf.same_for_all[m]) {  // the spatial kernel's lattice and factors, from the previous image
-        bf.zero_parts(m, nb, size_t(lat[m].M) * Cp);
+        bf.zero_parts(m, nb, size_t(lat[m].M) * G);
         continue;
       }
       const int d = k.bilateral ? 5 : 2;
@@ -784,7 +826,7 @@ void dense_crf_cpu(const void* U, int u_dtype, int64_t usB, int64_t usC, int64_t
         selfw[m].resize(N);
         for (int64_t i = 0; i < N; ++i) selfw[m][i] = pre[m][i] * post[i];
       }
-      bf.zero_parts(m, nb, size_t(L.M) * Cp);
+      bf.zero_parts(m, nb, size_t(L.M) * G);
       bf.same_for_all[m] = !k.bilateral;
     }
     // [N][Cp] marginals, kept only for the self-message removal
@@ -797,17 +839,17 @@ void dense_crf_cpu(const void* U, int u_dtype, int64_t usB, int64_t usC, int64_t
       load_u_tile(U, u_dtype, usB, usC, usS, b, C, Cp, i0, len, ut, ut + len * Cp);
       float* q0 = Q ? Q + i0 * Cp : ut;
       softmax_neg_rows(ut, q0, len, C, Cp);
-      for (size_t m = 0; m < K; ++m) scatter_rows(lat[m], pre[m].data(), q0, parts[m][t].data(), Cp, i0, i1);
+      for (size_t m = 0; m < K; ++m) scatter_rows(lat[m], pre[m].data(), q0, parts[m][t].data(), Cp, G, i0, i1);
     });
     for (int64_t it = 0; it < iterations; ++it) {
       const bool last = it + 1 == iterations;
-      for (size_t m = 0; m < K; ++m) sum_blur(lat[m], parts[m], Cp, grids[m], tmp, nt);
+      for (size_t m = 0; m < K; ++m) sum_blur(lat[m], parts[m], G, grids[m], tmp, nt);
       bands([&](int t, int64_t i0, int64_t i1) {
         KernelRun runs[kMaxKernels];
         for (size_t m = 0; m < K; ++m)
           runs[m] = KernelRun{&lat[m], fac[m].data(), grids[m].data(), ks[m].mu,
                               self_message ? nullptr : selfw[m].data(), float(ks[m].potts), pre[m].data(),
-                              last ? nullptr : parts[m][t].data()};
+                              last ? nullptr : parts[m][t].data(), G};
         const int64_t len = i1 - i0;
         float* ut = thread_scratch(size_t(len) * (Cp + 1) + 2 * Cp);
         float* sc = ut + len * (Cp + 1);
