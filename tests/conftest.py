@@ -109,12 +109,3 @@ def monai_losses():
 def _seed():
     torch.manual_seed(0)
 
-
-def pytest_collection_modifyitems(config, items):
-    """Tests marked slow run only when asked for (-m slow, or any -m expression)."""
-    if config.getoption("-m"):
-        return
-    skip = pytest.mark.skip(reason="slow: run with -m slow")
-    for item in items:
-        if "slow" in item.keywords:
-            item.add_marker(skip)
