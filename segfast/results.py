@@ -38,7 +38,13 @@ COLUMNS = ["date", "device", "threads", "under_load", "commit", "run", "op", "sh
 # What the peers are called in the table, and what segfast's rows are (not peers).
 PEER_NAMES = {"monai": "MONAI", "smp": "smp", "pydensecrf": "pydensecrf", "torchmetrics": "torchmetrics",
               "pycocotools": "pycocotools", "faster_coco_eval": "faster-coco-eval"}
-NOT_SEGFAST = {"reference", "torch", *PEERS}
+
+
+
+def is_segfast(backend: str) -> bool:
+    """Whether a row measures segfast (a kernel backend, a compat class, or a
+    segfast entry point), not a baseline or a peer."""
+    return backend in ("cpu", "cuda", "triton") or backend.startswith(("segfast", "compat"))
 
 
 def device_name(device: str = "cpu", threads: int | None = None) -> str:
@@ -146,7 +152,7 @@ def compare(rows: list[dict], prev: list[dict], threshold: float = 0.10) -> tupl
     slower = 0
     for r in rows:
         b = before.get(key(r))
-        if b is None or r["backend"] in NOT_SEGFAST:
+        if b is None or not is_segfast(r["backend"]):
             continue
         change = r["median_ms"] / b - 1
         flag = " (slower)" if change > threshold else ""
@@ -200,7 +206,7 @@ def table(recs: list[dict]) -> str:
     runs at the newest commit that measured the op."""
     groups = defaultdict(list)
     for r in _latest_day(recs):
-        if r["backend"] in NOT_SEGFAST:
+        if not is_segfast(r["backend"]):
             continue
         groups[(r["device"], r["op"], r["shape"], r["dtype"], r["backend"])].append(r)
     peers = [p for p in PEERS if p != "reference" and any(r.get(f"speedup_vs_{p}") for r in recs)]
@@ -227,7 +233,7 @@ def plot(recs: list[dict], png: Path | str = PLOT_PATH) -> Path:
 
     groups = defaultdict(list)
     for r in _latest_day(recs):
-        if r["backend"] not in NOT_SEGFAST:
+        if is_segfast(r["backend"]):
             groups[(r["op"], r["backend"])].append(r)
     peers = [p for p in PEERS if any(r.get(f"speedup_vs_{p}") for r in recs)]
     labels = [f"{op}\n({backend})" for op, backend in groups]
