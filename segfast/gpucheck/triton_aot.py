@@ -374,14 +374,16 @@ def parse_ptxas_v(text: str) -> dict:
         m = re.search(r"Compiling entry function '([^']+)'", line) or re.search(r"Function properties for (\S+)", line)
         if m:
             name = m.group(1)
-            out.setdefault(name, {"registers": 0, "stack": 0, "static_shared": 0, "local": 0})
+            out.setdefault(name, {"registers": 0, "stack": 0, "static_shared": 0, "local": 0, "spill_stores": 0,
+                                  "spill_loads": 0})
             continue
         if name is None:
             continue
         m = re.search(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads", line)
         if m:
             out[name]["stack"] = int(m.group(1))
-            out[name]["local"] = max(out[name]["local"], int(m.group(2)), int(m.group(3)))
+            out[name]["spill_stores"] = int(m.group(2))
+            out[name]["spill_loads"] = int(m.group(3))
         m = re.search(r"Used (\d+) registers", line)
         if m:
             out[name]["registers"] = int(m.group(1))
