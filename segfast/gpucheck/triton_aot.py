@@ -32,8 +32,9 @@ closes that gap in three steps:
    count (``bar.sync``).
 
 ``failures(rows)`` lists what must not ship: a compile error, shared memory
-over the target's per-block limit, any local memory (spill) in the streaming
-loss kernels. ``python -m segfast.gpucheck.triton_aot`` prints the table.
+over the target's per-block limit, any spill (ptxas's spill stores, or local
+memory) in the streaming loss kernels. ``python -m segfast.gpucheck.triton_aot``
+prints the table.
 
 Not verified here: launching the compiled kernels (that needs a GPU), and
 64-bit integer arguments (tensors of >= 2^31 elements) are not among the
