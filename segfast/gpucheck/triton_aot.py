@@ -24,14 +24,17 @@ closes that gap in three steps:
    ``JITFunction.run`` (its binder, ``_pack_args``, ``triton.compile`` with an
    ``ASTSource`` and a ``GPUTarget``), and returns one report row per job:
    compile error, shared memory (kernel metadata), registers / local memory
-   (spills) / stack from the cubin (``cuobjdump --dump-resource-usage``,
-   Triton's own copy; ``ptxas -v`` as fallback), the global load/store vector
+   / stack from the cubin (``cuobjdump --dump-resource-usage``, Triton's own
+   copy; ``ptxas -v`` as fallback), spill stores / loads from the ptxas log
+   of the compile (spills go to the stack frame: cuobjdump's STACK, not
+   LOCAL), the global load/store vector
    widths (PTX ``ld.global.v4`` ..., SASS ``LDG.E.128`` ...) and the barrier
    count (``bar.sync``).
 
 ``failures(rows)`` lists what must not ship: a compile error, shared memory
-over the target's per-block limit, any local memory (spill) in the streaming
-loss kernels. ``python -m segfast.gpucheck.triton_aot`` prints the table.
+over the target's per-block limit, any spill (ptxas's spill stores, or local
+memory) in the streaming loss kernels. ``python -m segfast.gpucheck.triton_aot``
+prints the table.
 
 Not verified here: launching the compiled kernels (that needs a GPU), and
 64-bit integer arguments (tensors of >= 2^31 elements) are not among the
@@ -44,6 +47,7 @@ import contextlib
 import dataclasses
 import importlib
 import inspect
+import io
 import json
 import os
 import re
@@ -371,14 +375,16 @@ def parse_ptxas_v(text: str) -> dict:
         m = re.search(r"Compiling entry function '([^']+)'", line) or re.search(r"Function properties for (\S+)", line)
         if m:
             name = m.group(1)
-            out.setdefault(name, {"registers": 0, "stack": 0, "static_shared": 0, "local": 0})
+            out.setdefault(name, {"registers": 0, "stack": 0, "static_shared": 0, "local": 0, "spill_stores": 0,
+                                  "spill_loads": 0})
             continue
         if name is None:
             continue
         m = re.search(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads", line)
         if m:
             out[name]["stack"] = int(m.group(1))
-            out[name]["local"] = max(out[name]["local"], int(m.group(2)), int(m.group(3)))
+            out[name]["spill_stores"] = int(m.group(2))
+            out[name]["spill_loads"] = int(m.group(3))
         m = re.search(r"Used (\d+) registers", line)
         if m:
             out[name]["registers"] = int(m.group(1))
@@ -457,7 +463,17 @@ def compile_job(job: Job, _cache: dict = {}) -> dict:  # noqa: B006  (per-proces
                 kwargs[k] = getattr(knobs.compilation, k)
         bound, spec, opts = binder(**kwargs)
         options, signature, constexprs, attrs = jf._pack_args(backend, opts, bound, spec, opts)
-        kernel = triton.compile(ASTSource(jf, signature, constexprs, attrs), target=target, options=options.__dict__)
+        # ptxas -v's log (Triton prints it with dump_ptxas_log): spills go to
+        # the stack frame, which cuobjdump reports as STACK, not LOCAL
+        log = io.StringIO()
+        knobs.nvidia.dump_ptxas_log = True
+        try:
+            with contextlib.redirect_stdout(log):
+                kernel = triton.compile(ASTSource(jf, signature, constexprs, attrs), target=target,
+                                        options=options.__dict__)
+        finally:
+            knobs.nvidia.dump_ptxas_log = False
+        spills = re.findall(r"(\d+) bytes spill stores, (\d+) bytes spill loads", log.getvalue())
         md = kernel.metadata
         row["num_warps"] = options.num_warps
         row["num_stages"] = options.num_stages
@@ -469,6 +485,9 @@ def compile_job(job: Job, _cache: dict = {}) -> dict:  # noqa: B006  (per-proces
         if r is None:
             raise RuntimeError(f"no resource usage for {md.name} in {sorted(res)}")
         row.update(r)
+        # None: the kernel came from Triton's cache (no ptxas log); stack is the proxy then
+        row["spill_stores"] = sum(int(a) for a, _ in spills) if spills else None
+        row["spill_loads"] = sum(int(b) for _, b in spills) if spills else None
         row.update(vector_counts(ptx, _sass(cubin)))
         row["specialised"] = sum(1 for v in attrs.values() if v)  # arguments with a divisibility hint
     except Exception as e:  # reported, not raised: the sweep goes on
@@ -495,9 +514,10 @@ def _worker(src: str, dst: str) -> int:
 # --------------------------------------------------------------------------
 
 
-def failures(rows: list) -> list:
+def failures(rows: list, spills: bool = True) -> list:
     """-> human-readable failures: compile errors, shared memory over the
-    target's per-block limit, spills in the streaming loss kernels."""
+    target's per-block limit, spills in the streaming loss kernels (unless
+    ``spills`` is False)."""
     out = []
     for r in rows:
         what = f"{r['kernel']} sm_{r['arch']} {r['variant']} {r['constexprs']} [{r['types']}]"
@@ -507,13 +527,26 @@ def failures(rows: list) -> list:
         limit = SMEM_LIMIT.get(r["arch"])
         if limit is not None and r["shared"] > limit:
             out.append(f"{what}: {r['shared']} B shared memory > the {limit} B per-block limit")
-        if r["kernel"] in NO_SPILL and r["local"] > 0:
-            out.append(f"{what}: spills ({r['local']} B local memory, {r['registers']} registers)")
+        if spills and r["kernel"] in NO_SPILL and spilled(r):
+            out.append(f"{what}: spills ({spill_text(r)}, {r['registers']} registers)")
     return out
 
 
-COLUMNS = ("kernel", "arch", "variant", "num_warps", "registers", "local", "stack", "shared", "ld_v4", "ld_v2",
-           "ld_v1", "st_v4", "st_v1", "ldg128", "bar_sync", "compile_s")
+def spilled(row) -> bool:
+    """Spill stores in ptxas's log, else (no log) any local memory or stack."""
+    if row.get("spill_stores") is not None:
+        return row["spill_stores"] > 0 or row["local"] > 0
+    return row["local"] > 0 or row["stack"] > 0
+
+
+def spill_text(row) -> str:
+    if row.get("spill_stores") is not None:
+        return f"{row['spill_stores']} B spill stores, {row['local']} B local, {row['stack']} B stack"
+    return f"{row['local']} B local, {row['stack']} B stack"
+
+
+COLUMNS = ("kernel", "arch", "variant", "num_warps", "registers", "spill_stores", "local", "stack", "shared",
+           "ld_v4", "ld_v2", "ld_v1", "st_v4", "st_v1", "ldg128", "bar_sync", "compile_s")
 
 
 def summarise(rows: list) -> list:
@@ -529,8 +562,9 @@ def summarise(rows: list) -> list:
         worst = max(rs, key=lambda r: r["registers"])
         s = dict(worst)
         s["configs"] = len(rs)
-        for k in ("local", "stack", "shared"):
-            s[k] = max(r[k] for r in rs)
+        for k in ("local", "stack", "shared", "spill_stores"):
+            vals = [r.get(k) for r in rs if r.get(k) is not None]
+            s[k] = max(vals) if vals else None
         s["compile_s"] = round(sum(r["compile_s"] for r in rs), 1)
         s["variant"] = "worst"
         out.append(s)
