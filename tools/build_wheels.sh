@@ -35,8 +35,9 @@ export PATH="$tv/bin:$PATH"
 
 echo "== segfast release build: $(date -u +%Y-%m-%dT%H:%MZ) on $(uname -m), $(getconf GNU_LIBC_VERSION), $(gcc --version | head -1)"
 echo "   SEGFAST_CUDA=$cuda${CUDA_ARCHS:+ CUDA_ARCHS=$CUDA_ARCHS}; nvcc: $(command -v nvcc >/dev/null && nvcc --version | tail -2 | head -1 || echo none)"
-cmake_args=""
-[ -n "${CUDA_ARCHS:-}" ] && cmake_args="-DCMAKE_CUDA_ARCHITECTURES=$CUDA_ARCHS"
+# (a config setting, not SKBUILD_CMAKE_ARGS: that one splits the list at ';')
+arch_setting=()
+[ -n "${CUDA_ARCHS:-}" ] && arch_setting=(-C "cmake.define.CMAKE_CUDA_ARCHITECTURES=$CUDA_ARCHS")
 first=1
 status=0
 for py in "$@"; do
@@ -46,18 +47,27 @@ for py in "$@"; do
   rm -f "$out"/raw/segfast-*-"$tag"-*.whl
   t0=$(date +%s)
   # A build folder of its own: the release options never mix with a dev build's cache.
-  SEGFAST_MANYLINUX=ON SEGFAST_CUDA="$cuda" SKBUILD_CMAKE_ARGS="$cmake_args" \
-    "$py" -m pip wheel -q --no-deps ${NO_ISOLATION:+--no-build-isolation} -w "$out/raw" -C build-dir="${BUILD_DIR:-build/release-{wheel_tag\}}" "$repo" \
+  SEGFAST_MANYLINUX=ON SEGFAST_CUDA="$cuda" \
+    "$py" -m pip wheel -q --no-deps ${NO_ISOLATION:+--no-build-isolation} -w "$out/raw" "${arch_setting[@]}" \
+    -C build-dir="${BUILD_DIR:-build/release-{wheel_tag\}}" "$repo" \
     > "$out/raw/build-$tag.log" 2>&1 || { tail -30 "$out/raw/build-$tag.log"; exit 1; }
   raw="$(ls "$out"/raw/segfast-*-"$tag"-*.whl)"
   echo "built $(basename "$raw") in $(( $(date +%s) - t0 )) s ($(du -k "$raw" | cut -f1) KiB)"
   echo "-- auditwheel show"
   auditwheel show "$raw" | sed 's/^/   /'
   rm -f "$out"/wheelhouse/segfast-*-"$tag"-*.whl
-  auditwheel repair -q --plat manylinux_2_28_x86_64 --exclude libgomp.so.1 -w "$out/wheelhouse" "$raw"
+  auditwheel repair --plat manylinux_2_28_x86_64 --exclude libgomp.so.1 -w "$out/wheelhouse" "$raw"
   whl="$(ls "$out"/wheelhouse/segfast-*-"$tag"-*.whl)"
   echo "-- repaired: $(basename "$whl") ($(du -k "$whl" | cut -f1) KiB)"
   unzip -l "$whl" | awk '$4 ~ /\.so/ {print "   " $4}'
+  # At run time libgomp.so.1 is the one torch has loaded: resolve it there
+  # (the build machine's own libgomp may need a newer glibc than torch's).
+  torchlib="$("$py" -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "lib"))' 2>/dev/null || true)"
+  if [ -n "$torchlib" ] && [ -e "$torchlib/libgomp.so.1" ]; then
+    echo "-- auditwheel show (libgomp.so.1 from $torchlib)"
+    auditwheel show --ldpaths "$torchlib:/lib/x86_64-linux-gnu:/usr/lib/x86_64-linux-gnu:/lib64:/usr/lib64" "$whl" |
+      sed 's/^/   /'
+  fi
   echo "-- tools/check_wheel.py"
   flag=""; [ "$cuda" = ON ] && flag="--cuda"
   "$tv/bin/python" "$here/check_wheel.py" $flag "$whl" || status=1
