@@ -44,6 +44,10 @@ typedef CUstream_st* cudaStream_t;
 enum cudaFuncAttribute { cudaFuncAttributeMaxDynamicSharedMemorySize = 8 };
 
 cudaError_t cudaGetLastError();
+// The emulator stands for no particular CUDA release: version 0 of the runtime
+// and of the driver (csrc/cuda/runtime_info.cu reports them).
+#define CUDART_VERSION 0
+inline cudaError_t cudaDriverGetVersion(int* v) { *v = 0; return cudaSuccess; }
 cudaError_t cudaPeekAtLastError();
 const char* cudaGetErrorString(cudaError_t e);
 cudaError_t cudaDeviceSynchronize();
