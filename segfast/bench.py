@@ -638,7 +638,13 @@ def main(argv=None) -> int:
                    help="compare with a run of the results history (a run id, or 'latest'; "
                         "`python -m segfast.results runs` lists them); exits 1 if a row is >10%% slower")
     p.add_argument("--probe-server", action="store_true", help=argparse.SUPPRESS)  # see peak_extra_mb
+    p.add_argument("--gpu-model", default=None, metavar="MODEL",
+                   help="print the static performance report for this GPU model (h100, a100) "
+                        "instead of timing: launches, bytes, occupancy, load widths (no GPU needed)")
     args = p.parse_args(argv)
+    if args.gpu_model:
+        from .gpucheck import perf
+        return perf.main(["--gpu-model", args.gpu_model] + (["--quick"] if args.quick else []))
     if args.probe_server:
         return _probe_server()
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
