@@ -48,16 +48,18 @@ def test_bytes_model(traces):
         assert trace.bytes >= ideal, name
 
 
+def _over_target(name):
+    return pytest.param(name, marks=pytest.mark.xfail(
+        strict=True, reason=f"target: {name} forward + backward in <= {perf.LAUNCH_TARGETS[name]} kernel launches; "
+                            "the label check, the reduction of the partial sums, the loss formula and "
+                            "the backward's scaling are separate torch ops (`python -m segfast.gpucheck.perf --ops`)"))
+
+
 @needs_run
-@pytest.mark.parametrize("name", sorted(perf.LAUNCH_TARGETS))
-def test_launch_target(traces, name, request):
+@pytest.mark.parametrize("name", [_over_target("dice"), _over_target("dice_ce"), _over_target("ce")])
+def test_launch_target(traces, name):
     trace, _ = traces[name]
-    target = perf.LAUNCH_TARGETS[name]
-    if trace.kernels > target:
-        request.applymarker(pytest.mark.xfail(
-            strict=True, reason=f"{name} forward + backward launches {trace.kernels} kernels; the target "
-                                f"is <= {target} (fuse the loss formula on the [N, C, 7] sums)"))
-    assert trace.kernels <= target
+    assert trace.kernels <= perf.LAUNCH_TARGETS[name], [k.kernel for k in trace.launches] + trace.torch_ops
 
 
 @needs_run
@@ -93,3 +95,18 @@ def test_atomics_are_relaxed():
     for job, row in zip(jobs, triton_aot.compile_all(jobs, workers=WORKERS)):
         assert row["error"] is None, row["error"]
         assert (row["membar"], row["atomg"]) == (0, 0) and row["redg"] > 0, (job.launch.kernel, row)
+
+
+@needs_run
+def test_report_table(capsys):
+    assert perf.main(["--quick", "--no-compile"]) == 0
+    out = capsys.readouterr().out
+    assert "H100" in out and "_region_stats_kernel" in out and "8x21x128x128" in out
+
+
+def test_bench_routes_gpu_model(monkeypatch):
+    from segfast import bench
+    seen = []
+    monkeypatch.setattr(perf, "main", lambda argv: seen.append(argv) or 0)
+    assert bench.main(["--gpu-model", "h100", "--quick"]) == 0
+    assert seen == [["--gpu-model", "h100", "--quick"]]
