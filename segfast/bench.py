@@ -775,7 +775,13 @@ def main(argv=None) -> int:
                    help="CPU rows under a background load: one busy process per core, started and stopped by "
                         "the benchmark (peak memory not measured)")
     p.add_argument("--probe-server", action="store_true", help=argparse.SUPPRESS)  # see peak_extra_mb
+    p.add_argument("--gpu-model", default=None, metavar="MODEL",
+                   help="print the static performance report for this GPU model (h100, a100) "
+                        "instead of timing: launches, bytes, occupancy, load widths (no GPU needed)")
     args = p.parse_args(argv)
+    if args.gpu_model:
+        from .gpucheck import perf
+        return perf.main(["--gpu-model", args.gpu_model] + (["--quick"] if args.quick else []))
     if args.probe_server:
         return _probe_server()
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))

@@ -98,7 +98,7 @@ def run_and_check(x, t, is_label, kind, P=3, *, label_offset=0, ignore=None, w=N
     loss = torch.full((N_, P, 2), float("nan"), device=dev)
     dx = new_dx()
     launch(loss=loss, dx=dx)
-    L = -(-S_ // P)
+    L = TP.chunk_len(S_, P, TP._blocks(C, block_s, block_c)[2])  # the launcher's chunk length
     want = torch.zeros(N_, P, 2, dtype=torch.float64)
     for j in range(P):
         lo, hi = min(j * L, S_), min((j + 1) * L, S_)
@@ -242,7 +242,7 @@ def test_dense_target_dtypes(kind, tdtype):
 @pytest.mark.parametrize("kind", [FUSED, FOCAL_SIGMOID])
 def test_chunks_multi_block(kind, P):
     """block_s=16: several pixel blocks per chunk (P = 1, 3) and P > S with
-    empty chunks (P = 97: L = 1, chunks 91.. empty -> zeros)."""
+    empty chunks (P = 97: L = 16, chunks 6.. empty -> zeros)."""
     gen = torch.Generator().manual_seed(P + kind)
     C = 5
     x = make_x(C, gen=gen)

@@ -71,7 +71,7 @@ def run_and_check(x, t, is_label, act, P, label_offset=0, ignore=None, block_s=N
     rt, at = STATS_TOL[x.dtype]
     _close(out.sum(1).cpu(), want, rt, at, "stats")
     # chunk partials, checked against the reference on each chunk
-    L = -(-S // P)
+    L = R.chunk_len(S, P, R._blocks(C, block_s, block_c)[2])  # the launcher's chunk length
     for j in range(P):
         lo, hi = min(j * L, S), min((j + 1) * L, S)
         tj = t[:, lo:hi] if is_label else t[:, :, lo:hi]

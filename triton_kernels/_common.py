@@ -104,12 +104,26 @@ def blocks(C: int, block_s, block_c, *, tile: int, max_single_c: int, loop_block
     return single, block_c, block_s
 
 
-def chunks(N: int, S: int, block_s: int, sm_count: int, waves: int) -> int:
-    """About ``waves`` programs per SM over an (image, chunk) grid of N * P
-    programs, but at least 4 pixel blocks of ``block_s`` per chunk."""
-    max_p = max(1, -(-S // (4 * block_s)))
+def chunk_len(S: int, P: int, block_s: int) -> int:
+    """Pixels per chunk of an (image, chunk) grid of P chunks per image: the
+    ceil(S / P) a grid of P needs, rounded up to a multiple of ``block_s``.
+    A multiple of the block keeps every chunk start a multiple of 16 pixels
+    (BLOCK_S >= 16), which Triton's divisibility specialisation of L turns
+    into aligned 128-bit loads and stores; the last chunks may be short or
+    empty (an empty chunk writes zero partial sums)."""
+    L = -(-S // max(P, 1))
+    return max(block_s, -(-L // block_s) * block_s)
+
+
+def chunks(N: int, S: int, block_s: int, sm_count: int, waves: int, min_blocks: int = 2) -> int:
+    """P of an (image, chunk) grid of N * P programs: about ``waves`` programs
+    per SM, chunks of a whole number (at least ``min_blocks``, when S has
+    them) of pixel blocks of ``block_s``. ``chunk_len(S, P, block_s)`` is then
+    the chunk length and every chunk holds pixels."""
+    max_p = max(1, -(-S // (min_blocks * block_s)))
     want = max(1, -(-waves * sm_count // max(N, 1)))
-    return int(min(want, max_p))
+    P = min(want, max_p)
+    return -(-S // chunk_len(S, P, block_s))
 
 
 def target_args(t, t_is_label: bool, has_ignore: bool, ignore_value: float):

@@ -70,7 +70,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ._common import (blocks, chunk_bounds, chunks, load_labels, load_target_tile, load_tile,
+from ._common import (blocks, chunk_bounds, chunk_len, chunks, load_labels, load_target_tile, load_tile,
                       target_args, wrap)
 
 CE, FOCAL_SOFTMAX, FUSED, BCE, FOCAL_SIGMOID = 0, 1, 2, 3, 4
@@ -427,9 +427,9 @@ def _blocks(C: int, block_s, block_c):
 
 
 def default_chunks(N: int, C: int, S: int, sm_count: int = 132, waves: int = 4) -> int:
-    """A reasonable P for the ``loss`` output: about ``waves`` programs per SM
-    over the grid (N * P programs), but at least 4 pixel blocks per chunk.
-    (To tune on GPU.)"""
+    """P for a device of ``sm_count`` SMs: about ``waves`` programs per SM
+    over the grid of N * P programs, each streaming a whole number of pixel
+    blocks (see ``chunks``). (Programs per SM to tune on GPU.)"""
     _, _, block_s = _blocks(C, None, None)
     return chunks(N, S, block_s, sm_count, waves)
 
@@ -470,7 +470,7 @@ def launch_pixel(x, t, t_is_label: bool, N: int, C: int, S: int, P: int, kind: i
     single, BLOCK_C, BLOCK_S = _blocks(C, block_s, block_c)
     if want_loss:
         P = int(P)
-        L = -(-S // P)
+        L = chunk_len(S, P, BLOCK_S)
     else:  # one program per (image, pixel block)
         P = -(-S // BLOCK_S)
         L = BLOCK_S

@@ -51,7 +51,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ._common import (blocks, chunk_bounds, chunks, load_labels, load_target_tile, load_tile,
+from ._common import (blocks, chunk_bounds, chunk_len, chunks, load_labels, load_target_tile, load_tile,
                       target_args, wrap)
 
 ACT_IDENTITY, ACT_SIGMOID, ACT_SOFTMAX = 0, 1, 2
@@ -434,9 +434,9 @@ def _blocks(C: int, block_s, block_c):
 
 
 def default_chunks(N: int, C: int, S: int, sm_count: int = 132, waves: int = 4) -> int:
-    """A reasonable P for ``launch_stats``: about ``waves`` programs per SM over
-    the whole grid (N * P programs), but at least 4 pixel blocks per chunk so
-    each program streams a while. (To tune on GPU.)"""
+    """P for a device of ``sm_count`` SMs: about ``waves`` programs per SM
+    over the grid of N * P programs, each streaming a whole number of pixel
+    blocks (see ``chunks``). (Programs per SM to tune on GPU.)"""
     _, _, block_s = _blocks(C, None, None)
     return chunks(N, S, block_s, sm_count, waves)
 
@@ -454,7 +454,7 @@ def launch_stats(x, t, t_is_label: bool, out, N: int, C: int, S: int, P: int,
     t, (stn, stc, sts), has_ignore, ign_i, ign_f = target_args(t, t_is_label, has_ignore,
                                                                ignore_value)
     single, BLOCK_C, BLOCK_S = _blocks(C, block_s, block_c)
-    L = -(-S // P)
+    L = chunk_len(S, P, BLOCK_S)
     wrap(_region_stats_kernel)[(N * P,)](
         x, t, out,
         C, S, P, L,

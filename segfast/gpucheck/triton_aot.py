@@ -12,7 +12,8 @@ closes that gap in three steps:
    argument reduced to what Triton specialises on (tensor dtype, int / float /
    bool, constexpr values) and the launch options (num_warps, num_stages,
    enable_fp_fusion, ...). Duplicates are dropped.
-2. ``expand(launches)`` makes the integer-divisibility variants the JIT
+2. ``expand(launches)`` (or ``exact(fn, args, kwargs)``: the variant a
+   given launch gets, integers as divisible by 16 as its own are) makes the integer-divisibility variants the JIT
    launcher specialises on: ``div16`` (every pointer 16-byte aligned, every
    integer argument a multiple of 16, except those recorded as 0 or 1:
    unit strides and the like, which Triton turns into constants) and
@@ -147,8 +148,9 @@ def describe_launch(fn, args, kwargs) -> Launch:
 
 
 @contextlib.contextmanager
-def _hook(record: Callable):
-    """Call record(fn, args, kwargs) on every kernel launch (interpreted or compiled)."""
+def _hook(record: Callable, *, run: bool = True):
+    """Call record(fn, args, kwargs) on every kernel launch (interpreted or
+    compiled); with ``run=False`` the kernels are not run (outputs stay unwritten)."""
     from triton.runtime.jit import JITFunction
     classes = [JITFunction]
     try:
@@ -159,10 +161,12 @@ def _hook(record: Callable):
     saved = {cls: cls.__dict__["run"] for cls in classes}
 
     def make(orig):
-        def run(self, *args, grid, warmup, **kwargs):
-            record(self.fn, args, kwargs)
-            return orig(self, *args, grid=grid, warmup=warmup, **kwargs)
-        return run
+        def launch(self, *args, grid, warmup, **kwargs):
+            record(self.fn, args, dict(kwargs, grid=grid))
+            if run:
+                return orig(self, *args, grid=grid, warmup=warmup, **kwargs)
+            return None
+        return launch
 
     try:
         for cls, orig in saved.items():
@@ -178,6 +182,7 @@ def record_launches(run_fn: Callable[[], None]) -> list:
     seen = {}
 
     def record(fn, args, kwargs):
+        kwargs.pop("grid", None)
         launch = describe_launch(fn, args, kwargs)
         seen.setdefault(launch, None)
 
@@ -215,6 +220,19 @@ class Job:
     @staticmethod
     def from_json(d):
         return Job(Launch.from_json(d["launch"]), d["variant"], d["arch"])
+
+
+def exact(fn, args, kwargs) -> Launch:
+    """The ``Launch`` of one launch with the divisibility of its own integer
+    arguments (``("I", cls, divisible by 16)``), for a Job of variant
+    ``exact`` (tensors 16-byte aligned, as torch allocates them)."""
+    la = describe_launch(fn, args, kwargs)
+    sig = inspect.signature(fn)
+    bound = sig.bind(*args, **{k: v for k, v in kwargs.items() if k in sig.parameters})
+    bound.apply_defaults()
+    descs = tuple(d + (bound.arguments[n] % 16 == 0,) if d[0] == "I" else d
+                  for n, d in zip(sig.parameters, la.args))
+    return dataclasses.replace(la, args=descs)
 
 
 def expand(launches: Iterable[Launch], archs=ARCHS, variants=VARIANTS) -> list:
@@ -298,10 +316,12 @@ def _materialise(desc, variant: str, tensors: dict):
         if key not in tensors:
             dt = getattr(torch, desc[1])
             base = torch.empty(64, dtype=dt)
-            tensors[key] = base if variant == "div16" else base[1:]  # 1 element off: not 16-byte aligned
+            tensors[key] = base if variant != "plain" else base[1:]  # 1 element off: not 16-byte aligned
         return tensors[key]
     if kind == "I":
-        if desc[1] == "0" or (desc[1] == "1" and variant == "div16"):
+        if variant == "exact" and len(desc) > 2 and desc[1] not in ("0", "1"):
+            variant = "div16" if desc[2] else "plain"  # ("I", cls, divisible by 16): the launch's own hint
+        if desc[1] == "0" or (desc[1] == "1" and variant != "plain"):
             return int(desc[1])
         return _INT_VALUE[(variant, "i32" if desc[1] == "1" else desc[1])]
     if kind == "F":
@@ -413,6 +433,11 @@ def vector_counts(ptx: str, sass: str = "") -> dict:
         c["stg128"] = count(r"\bSTG(?:\.\w+)*\.128\b", sass)
         c["ldg"] = count(r"\bLDG\b", sass)
         c["stg"] = count(r"\bSTG\b", sass)
+        # fences and atomics: a value-returning ATOMG (or a fence around it)
+        # where a fire-and-forget REDG would do
+        c["membar"] = count(r"\bMEMBAR\b", sass)
+        c["atomg"] = count(r"\bATOMG\b", sass)
+        c["redg"] = count(r"\bREDG\b", sass)
     return c
 
 

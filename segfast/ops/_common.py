@@ -26,19 +26,42 @@ def acc_dtype(x: Tensor) -> torch.dtype:
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
-def num_chunks(N: int, S: int, device: torch.device) -> int:
-    """How many pixel chunks per image the reducing kernels split S into.
+# Work items per SM that the reducing kernels' grids aim for on CUDA.
+PROGRAMS_PER_SM = 4
+# Shortest pixel chunk of the CUDA C++ stats kernels: one shared-memory tile
+# (csrc/cuda/region.cu kTile).
+CUDA_MIN_CHUNK = 1024
 
-    Enough (image, chunk) work items to fill the machine, never chunks
-    smaller than one block of pixels.
+
+def sm_count(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def num_chunks(N: int, S: int, device: torch.device) -> int:
+    """How many pixel chunks per image the C++ / CUDA reducing kernels split S into.
+
+    Enough (image, chunk) work items to fill the machine (PROGRAMS_PER_SM
+    per SM on CUDA, 4 per thread on the CPU), never chunks smaller than one
+    tile of pixels. The Triton kernels size theirs with :func:`triton_chunks`.
     """
     if device.type == "cuda":
-        workers = 4 * torch.cuda.get_device_properties(device).multi_processor_count
-        min_chunk = 4096
+        workers = PROGRAMS_PER_SM * sm_count(device)
+        min_chunk = CUDA_MIN_CHUNK
     else:
         workers = 4 * backends.cpu_threads()
         min_chunk = 2048
     return max(1, min(math.ceil(workers / max(N, 1)), math.ceil(S / min_chunk)))
+
+
+def triton_chunks(tk, N: int, C: int, S: int, device: torch.device) -> int:
+    """P for the Triton kernel module ``tk`` (triton_kernels.region / .pixel):
+    on CUDA sized from the device's SM count, in chunks of whole pixel blocks
+    (``tk.default_chunks``; the launcher rounds the chunk length to a multiple
+    of BLOCK_S, which keeps the loads 128 bits wide); elsewhere (the
+    interpreter) :func:`num_chunks`."""
+    if device.type == "cuda":
+        return tk.default_chunks(N, C, S, sm_count(device), PROGRAMS_PER_SM)
+    return num_chunks(N, S, device)
 
 
 def target_args(t: Tensor, is_label: bool):
@@ -111,6 +134,13 @@ def host_checks(device: torch.device) -> bool:
     on a GPU each check then synchronises the stream). On CUDA they run on
     the device instead (see :func:`require`)."""
     return device.type != "cuda" or os.environ.get("SEGFAST_CHECKS", "") == "host"
+
+
+def is_one_on_host(g: Tensor) -> bool:
+    """Whether ``g`` is an eager CPU tensor equal to 1: read only where a
+    read is free (never a CUDA value, nor a traced subclass), so a backward
+    can skip scaling by a grad_output of 1."""
+    return type(g) is torch.Tensor and g.device.type == "cpu" and float(g) == 1.0
 
 
 def require(ok: Tensor, message: str) -> None:

@@ -27,6 +27,7 @@ from torch import Tensor
 
 from .. import backends
 from ..reference import boxes as ref
+from . import _common
 from ._common import require, triton_op
 
 FMTS, KINDS, EPS = ref.FMTS, ref.KINDS, ref.EPS
@@ -242,7 +243,7 @@ def _setup_onepass(ctx, inputs, output):
 def _scale(d: Tensor, go: Tensor) -> Tensor:
     if go.dim() == 0:
         # eager on CPU, grad_output 1 (loss.backward()) leaves the gradient as it is
-        if type(go) is torch.Tensor and go.device.type == "cpu" and float(go) == 1.0:
+        if _common.is_one_on_host(go):
             return d
         return d * go.to(d.dtype)
     return d * go.to(d.dtype)[:, None]

@@ -25,7 +25,8 @@ from torch import Tensor
 
 from .. import backends
 from ..reference import pixel as ref
-from ._common import acc_dtype, differentiable_once, num_chunks, target_args, triton_op
+from . import _common
+from ._common import acc_dtype, differentiable_once, num_chunks, target_args, triton_chunks, triton_op
 
 CE, FOCAL_SOFTMAX, FUSED, BCE, FOCAL_SIGMOID = ref.CE, ref.FOCAL_SOFTMAX, ref.FUSED, ref.BCE, ref.FOCAL_SIGMOID
 SOFTMAX_KINDS = ref.SOFTMAX_KINDS
@@ -69,7 +70,12 @@ def _run(x, t, weight, pos_weight, beta, is_label, kind, label_offset, ignore_va
     """Launch the pixel kernel of ``backend``; -> (loss partials [N, P, 2] | None, map | None, dx | None)."""
     N, C, S = x.shape
     acc = acc_dtype(x) if backend != "triton" else torch.float32
-    P = num_chunks(N, S, x.device)
+    if backend == "triton":
+        from ..triton_kernels import pixel as tk
+
+        P = triton_chunks(tk, N, C, S, x.device)
+    else:
+        P = num_chunks(N, S, x.device)
     loss = torch.empty((N, P, 2), dtype=acc, device=x.device) if want_loss else None
     lmap = backends.empty_output(_map_shape(x, kind), acc, x.device) if want_map else None
     dx = backends.empty_output(x.shape, x.dtype, x.device, like=x) if want_dx else None
@@ -84,8 +90,6 @@ def _run(x, t, weight, pos_weight, beta, is_label, kind, label_offset, ignore_va
     has_ignore = ignore_value is not None
     ign = float(ignore_value) if has_ignore else 0.0
     if backend == "triton":
-        from ..triton_kernels import pixel as tk
-
         tk.launch_pixel(x, t, is_label, N, C, S, P, kind, label_offset, has_ignore, ign, w, pw, b,
                         gamma, alpha, smoothing, scale0, scale1, loss, lmap, go, dx)
         return loss, lmap, dx
@@ -232,7 +236,7 @@ def _scale_saved_grad(ctx, g_loss, g_dx, g_s):
     # Eager on CPU, reading grad_output is free: when it is 1 (loss.backward())
     # the gradient is returned as it is (s is 1 on the CPU). Traced tensors are
     # subclasses; a CUDA grad_output is never read.
-    if type(g_loss) is torch.Tensor and g_loss.device.type == "cpu" and float(g_loss) == 1.0:
+    if _common.is_one_on_host(g_loss):
         return differentiable_once((dx,) + (None,) * ctx.n_rest, "pixel-loss")
     g = (g_loss * s).to(dx.dtype)
     return differentiable_once((dx.mul_(g) if ctx.owned else dx * g,) + (None,) * ctx.n_rest, "pixel-loss")

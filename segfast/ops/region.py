@@ -21,7 +21,7 @@ from torch import Tensor
 from .. import backends
 from ..reference import region as ref
 from ._common import (acc_dtype, canonical, check_input, check_reduction, check_weight,  # noqa: F401
-                      differentiable_once, num_chunks, target_args, triton_op)
+                      differentiable_once, num_chunks, target_args, triton_chunks, triton_op)
 
 K = ref.K
 KX = ref.KX
@@ -219,7 +219,7 @@ if HAVE_TRITON:
         from ..triton_kernels import region as tk
 
         N, C, S = x.shape
-        P = num_chunks(N, S, x.device)
+        P = triton_chunks(tk, N, C, S, x.device)
         out = torch.empty((N, P, C, KX if xent else K), dtype=torch.float32, device=x.device)
         if x.numel() != 0:
             t, _ = target_args(target, is_label)
