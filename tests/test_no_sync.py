@@ -28,6 +28,7 @@ ALLOWED_READS with the reason and the most reads it may do.
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 import traceback
@@ -251,6 +252,9 @@ class _CudaStub:
     def cuda_archs(self):
         return ["90"]
 
+    def cuda_driver_version(self):  # a driver for the runtime the module carries
+        return max(int(self._real.cuda_runtime_version()), 13000)
+
     def __getattr__(self, name):
         real = getattr(self._real, name)
         # *_cuda entry points; the box kernels take a trailing (on_gpu, stream) pair
@@ -298,6 +302,9 @@ def gpu(monkeypatch, fake_cuda_guard):
     import importlib
     launches: list[str] = []
     monkeypatch.setattr(backends, "_C", _CudaStub(backends._C, launches))
+    # the GPU fit check, memoised per device: a fresh memo for the stub's driver
+    monkeypatch.setattr(backends, "_cuda_device_reason_cached",
+                        functools.lru_cache(maxsize=None)(backends._cuda_device_reason_cached.__wrapped__))
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda *a, **k: _FakeProps())
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a, **k: _FakeProps.name)
     monkeypatch.setattr(torch.cuda, "current_stream", lambda *a, **k: _FakeStream())
