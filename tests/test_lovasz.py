@@ -378,9 +378,9 @@ def test_sort_weights_op_and_compile_fullgraph():
     opcheck passes and the losses compile with fullgraph=True."""
     from segfast.ops import lovasz as L
 
-    torch.library.opcheck(L.lovasz_sort_weights_op, (torch.rand(3, 20), torch.rand(3, 20) > 0.5, None))
+    torch.library.opcheck(L.lovasz_sort_weights_op, (torch.rand(3, 20), torch.rand(3, 20) > 0.5, None, "cpu"))
     torch.library.opcheck(L.lovasz_sort_weights_op,
-                          (torch.rand(2, 9, dtype=torch.float64), torch.rand(2, 9), torch.rand(2, 9) > 0.2))
+                          (torch.rand(2, 9, dtype=torch.float64), torch.rand(2, 9), torch.rand(2, 9) > 0.2, "cpu"))
     torch._dynamo.reset()
     x = torch.randn(2, 4, 9, 7, requires_grad=True)
     y = torch.randint(0, 4, (2, 9, 7))
