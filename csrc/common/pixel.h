@@ -207,7 +207,8 @@ SEGFAST_HD void softmax_pixel(bool valid, T m, T sum, T so, T mfg, T sumfg, T e0
   // -log p_y = (m - x_y) + log(sum), in torch's order: exact for logits far
   // from 0 (m + log(sum) would round log(sum) away at |m| >> 1)
   const T lsum = log_t(sum);
-  const T nly = (m - xy) + lsum;
+  // (an invalid pixel has no x_y: log(sum) keeps its unused terms finite, so 0·them is 0)
+  const T nly = valid ? (m - xy) + lsum : lsum;
   T L0, L1 = T(0), a, b, cw = T(0);
   if (KIND == kFocalSoftmax) {
     const T logp = -nly;
