@@ -442,8 +442,8 @@ def test_bad_input_errors(monkeypatch):
         segfast.dense_crf(torch.full_like(U, math.inf), img)
     with pytest.raises(ValueError, match="non-finite"):
         segfast.dense_crf(U, torch.full(img.shape, math.nan))
-    with pytest.raises(ValueError, match="iterations must be >= 1"):
-        segfast.dense_crf(U, img, iterations=0)
+    with pytest.raises(ValueError, match="iterations must be >= 0"):
+        segfast.dense_crf(U, img, iterations=-1)
     with pytest.raises(ValueError, match="sxy must be finite and > 0"):
         segfast.dense_crf(U, img, gaussian=segfast.Gaussian(sxy=-1.0))
     with pytest.raises(ValueError, match="srgb must be finite and > 0"):

@@ -164,6 +164,7 @@ def _sm_terms(y, v, g, m, ls, lny, xy, wy, x0, swx, W, mf, lsf, C,
     """Per-pixel (l0, l1), the dx coefficients (a, b, d, f, h), log(ls),
     1 - p_y and log(lsf) (lse = m + log(ls), lse_fg = mf + log(lsf))."""
     lls = tl.log(ls)
+    xy = tl.where(v, xy, m)  # an invalid pixel has no x_y: keep its (masked) terms finite
     q = lny / ls  # 1 - p_y, without cancellation
     G0 = tl.where(v, g * scale0, 0.0)
     G1 = tl.where(v, g * scale1, 0.0)

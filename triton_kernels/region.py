@@ -124,7 +124,7 @@ def _dldp_tile(p, x, m, lls, mf, llsf, k, gamma, g_base, c64, cmask, t_ptr, n64,
         om = 1.0 - p
         q = _focal_pow(om, gamma - 1.0) * (om + gamma * p * ((m[None, :] - x) + lls[None, :]))
         q = tl.where(gamma == 0, 1.0, q)
-        b = v * t * g7[:, None] * q
+        b = tl.where(t != 0, v * t * g7[:, None] * q, 0.0)  # q is NaN at a -inf logit (p = 0, -log p = inf)
     elif XK == 3:  # fused: [c == y] gS7_c + [c >= 1] k p_c / (1 - p_0)
         g7 = tl.load(gc + 7, mask=cmask, other=0)
         # classes past C (x = 0 there) could overflow exp: masked, or 0·inf makes NaN

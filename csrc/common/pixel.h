@@ -52,8 +52,10 @@ struct Problem : Inputs {  // x, targets, N, C, S, label decoding: problem.h
 
 // log(x) for float x >= FLT_MIN (smaller x are clamped), vectorisable (no
 // branches, no libm call): Cephes logf, x = m * 2^e with m in [sqrt(1/2), sqrt(2)),
-// degree-9 polynomial in m - 1 (~1-2 ulp). Not for inf / nan.
+// degree-9 polynomial in m - 1 (~1-2 ulp). NaN gives NaN and +inf gives +inf
+// (one blend at the end): a NaN or +inf logit must reach the loss.
 SEGFAST_HD float fast_logf(float x) {
+  const float x_in = x;
   x = x < 1.17549435e-38f ? 1.17549435e-38f : x;
   const int32_t u = int32_t(f32_bits(x));  // x > 0: sign bit clear
   // x = m * 2^e, m in [0.5, 1); the exponent is kept in float (vectorises)
@@ -75,7 +77,8 @@ SEGFAST_HD float fast_logf(float x) {
   y = y * m * z;
   y += -2.12194440e-4f * fe;
   y += -0.5f * z;
-  return m + y + 0.693359375f * fe;
+  const float r = m + y + 0.693359375f * fe;
+  return x_in <= 3.40282347e38f ? r : x_in + x_in;  // NaN, +inf: themselves
 }
 
 SEGFAST_HD float log_t(float x) {
@@ -204,7 +207,8 @@ SEGFAST_HD void softmax_pixel(bool valid, T m, T sum, T so, T mfg, T sumfg, T e0
   // -log p_y = (m - x_y) + log(sum), in torch's order: exact for logits far
   // from 0 (m + log(sum) would round log(sum) away at |m| >> 1)
   const T lsum = log_t(sum);
-  const T nly = (m - xy) + lsum;
+  // (an invalid pixel has no x_y: log(sum) keeps its unused terms finite, so 0·them is 0)
+  const T nly = valid ? (m - xy) + lsum : lsum;
   T L0, L1 = T(0), a, b, cw = T(0);
   if (KIND == kFocalSoftmax) {
     const T logp = -nly;

@@ -124,6 +124,8 @@ def canonical(input: Tensor, target: Tensor, *, act: int, binary: bool = False,
     if not floating and not torch.compiler.is_compiling() and t.numel():
         _check_labels(t, C + offset, ignore_index)
     backend = float64_backend(backend, input)
+    if ignore_index is not None and not floating and math.isinf(ignore_index):
+        ignore_index = None  # no label equals it
     ignore = None if ignore_index is None else float(ignore_index)
     return input.flatten(2), t, not floating, act, offset, ignore, backend
 
@@ -186,7 +188,8 @@ def check_ignore_index(ignore_index):
     """-> ignore_index as a Python int (or None). Integers of any kind (int,
     numpy integers, 0-d integer tensors) and integral floats are accepted; a
     non-integral number is a TypeError (a label is never 1.5), as in
-    torch.nn.functional.cross_entropy."""
+    torch.nn.functional.cross_entropy. +-inf is kept: a sentinel that no
+    label equals, which dense targets may hold."""
     if ignore_index is None:
         return None
     v = ignore_index
@@ -199,6 +202,8 @@ def check_ignore_index(ignore_index):
         raise TypeError(f"ignore_index must be an integer or None, got {ignore_index!r}")
     if not isinstance(v, numbers.Integral):
         f = float(v)
+        if math.isinf(f):  # a sentinel no label equals (dense targets may hold it)
+            return f
         if not f.is_integer():
             raise TypeError(f"ignore_index must be an integer or None, got {ignore_index!r}")
         v = f

@@ -88,7 +88,7 @@ def region_stats(x: torch.Tensor, target: torch.Tensor, is_label: bool, act: int
         if xent == XENT_CE:
             sums += [nl_y * tv, torch.where(v != 0, nl, zero)]
         elif xent == XENT_FOCAL:
-            sums += [torch.where(hit, focal_factor(1 - p, gamma) * nl, zero) * tv, zero]
+            sums += [torch.where(hit, focal_factor(1 - p, gamma) * nl_y, zero) * tv, zero]  # nl_y: no 0·inf
         elif xent == XENT_FUSED:
             h = torch.where(hit, -torch.logsumexp(-nl[:, 1:], 1, keepdim=True), zero) * tv
             sums += [nl_y * tv, torch.cat([torch.zeros_like(h[:, :1]), h[:, 1:]], 1)]
