@@ -85,7 +85,8 @@ def check_input(input, target) -> None:
 
 
 def canonical(input: Tensor, target: Tensor, *, act: int, binary: bool = False,
-              ignore_index=None, backend: Optional[str] = None, label_offset: Optional[int] = None):
+              ignore_index=None, backend: Optional[str] = None, label_offset: Optional[int] = None,
+              triton_float64: bool = False):
     """-> (x [N,C,S], t, is_label, act, label_offset, ignore_value, backend).
 
     Float/bool targets are dense [N, C, *] (or [N, *] when C = 1); integer
@@ -123,7 +124,8 @@ def canonical(input: Tensor, target: Tensor, *, act: int, binary: bool = False,
     offset = int(binary) if label_offset is None else label_offset
     if not floating and not torch.compiler.is_compiling() and t.numel():
         _check_labels(t, C + offset, ignore_index)
-    backend = float64_backend(backend, input)
+    # Families whose Triton kernels compute float64 in float64 (lovasz) say so.
+    backend = backends.choose(backend, input.device) if triton_float64 else float64_backend(backend, input)
     if ignore_index is not None and not floating and math.isinf(ignore_index):
         ignore_index = None  # no label equals it
     ignore = None if ignore_index is None else float(ignore_index)

@@ -380,7 +380,7 @@ def lovasz_hinge(input: Tensor, target: Tensor, *, per_image: bool = True, ignor
     binary = input.dim() >= 2 and input.shape[1] == 1 and isinstance(target, Tensor) and not (
         target.dtype.is_floating_point or target.dtype == torch.bool)
     x, t, is_label, _, off, ign, _ = canonical(input, target, act=1, binary=binary,
-                                               ignore_index=ignore_index, backend=backend)
+                                               ignore_index=ignore_index, backend=backend, triton_float64=True)
     N, C, S = x.shape
     acc = acc_dtype(x)
     if is_label:  # [N, S] class indices: channel c is label c + off (one-hot per channel)
@@ -517,7 +517,8 @@ def lovasz_softmax(input: Tensor, target: Tensor, *, classes="present", per_imag
     if not isinstance(input, Tensor):
         raise TypeError("input and target must be tensors")
     backend = choose_backend(backend, input.device)
-    x, t, is_label, _, _, ign, _ = canonical(input, target, act=2, ignore_index=ignore_index, backend=backend)
+    x, t, is_label, _, _, ign, _ = canonical(input, target, act=2, ignore_index=ignore_index, backend=backend,
+                                             triton_float64=True)
     if not is_label:
         raise TypeError(f"lovasz_softmax_loss takes class-index targets (uint8/int32/int64), got {target.dtype}")
     N, C, S = x.shape
