@@ -30,14 +30,14 @@ def test_boxes(benchmark, case, name):
     run_benchmark(benchmark, case, name)
 
 
-@pytest.mark.skipif(DEVICE.type != "cpu", reason="the CPU targets of issue 4")
+@pytest.mark.skipif(DEVICE.type != "cpu", reason="CPU speed targets")
 def test_target_ciou_cpu():
     """CIoU loss on 1M aligned pairs, forward+backward, fp32: cpu backend >= 3x the eager reference."""
     cpu = rows_for("ciou_loss")["cpu"]
     assert cpu["speedup_vs_reference"] >= 3.0, cpu
 
 
-@pytest.mark.skipif(DEVICE.type != "cpu", reason="the CPU targets of issue 4")
+@pytest.mark.skipif(DEVICE.type != "cpu", reason="CPU speed targets")
 def test_target_box_iou_max_cpu():
     """box_iou_max 200,000 x 500 fp32, one run: cpu backend >= 2x the eager
     full-matrix baseline, peak extra memory <= 10% of the baseline's."""

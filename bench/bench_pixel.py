@@ -21,7 +21,7 @@ def test_pixel_fwd_bwd(benchmark, case, name):
     run_benchmark(benchmark, case, name)
 
 
-@pytest.mark.skipif(DEVICE.type != "cpu", reason="the CPU targets of issue 3")
+@pytest.mark.skipif(DEVICE.type != "cpu", reason="CPU speed targets")
 @pytest.mark.parametrize("op", ["fused", "dice_ce"])
 def test_targets_cpu(op):
     """[8, 21, 128, 128] fp32, int64 labels, one run: >= 3x the eager reference;

@@ -19,7 +19,7 @@ def test_region_fwd_bwd(benchmark, case, name):
     run_benchmark(benchmark, case, name)
 
 
-@pytest.mark.skipif(DEVICE.type != "cpu", reason="the CPU targets of issue 2")
+@pytest.mark.skipif(DEVICE.type != "cpu", reason="CPU speed targets")
 def test_targets_cpu():
     """Multiclass Dice [8, 21, 128, 128] fp32, int64 labels, one run: cpu backend
     >= 4x MONAI, >= 3x the eager reference, peak extra memory <= 1.5x the logits."""

@@ -162,8 +162,8 @@ def empty_output(shape, dtype: torch.dtype, device: torch.device,
     A training step frees its gradient and asks for one of the same size on
     the next step; malloc gives large blocks back to the system (munmap, or a
     trimmed heap) and the next one is faulted in and zeroed by the kernel
-    again (csrc/cpu/block_cache.h: ~1.2 ms on a third of the steps for the
-    11 MiB Dice gradient of an 8 x 21 x 128 x 128 batch on a 2-core VM). The
+    again (csrc/cpu/block_cache.h: for an 11 MiB Dice gradient that costs
+    about as much as the loss's own kernels). The
     cache keeps freed blocks for reuse; ``segfast.empty_cache()`` gives them
     back, SEGFAST_CPU_CACHE_MB bounds it. The tensor is an ordinary CPU
     tensor (from DLPack) whose storage returns to the cache when it dies; it

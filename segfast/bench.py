@@ -309,9 +309,9 @@ def first_call(fn: Callable[[], None], device: torch.device) -> float:
 
 
 # Timed seconds per row at least (more calls than ``repeat`` where they are
-# fast): a median of ~10 calls of a 2 ms step moved by 20% between runs on the
-# 2-core VM, as the first calls after another row's are slower
-# (pytest-benchmark likewise times rounds for up to a second).
+# fast): the first calls after another row's are slower, so a median of a few
+# calls of a millisecond step is unstable (pytest-benchmark likewise times
+# rounds for up to a second).
 MIN_TIME = 0.25
 
 

@@ -139,8 +139,8 @@ SEGFAST_HD T pow_gamma(T om, const Focal<T>& f) {
   return r;
 }
 
-// g * om^(g - 1), taken as 0 where om == 0 (the brief's convention for the
-// focal gradient at p_t = 1), given pg = om^g.
+// g * om^(g - 1), taken as 0 where om == 0 (the limit for g > 1, and the
+// convention at p_t = 1 for g <= 1), given pg = om^g.
 template <typename T>
 SEGFAST_HD T dpow_gamma(T om, T g, T pg) {
   const T safe = om > T(0) ? om : T(1);

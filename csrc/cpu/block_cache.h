@@ -5,10 +5,9 @@
 // Why: a training step frees its gradient and allocates one of the same size
 // on the next step. glibc serves such blocks from mmap or from a heap top that
 // it trims once twice the block is free, so the next block is faulted in and
-// zeroed by the kernel again. For the 11 MiB Dice gradient of an
-// 8 x 21 x 128 x 128 batch on a 2-core VM a third of the steps did that, each
-// ~1.2 ms slower; with the cache the mean step went from 3.6 to 2.9 ms. (On
-// CUDA, PyTorch's caching allocator does this.)
+// zeroed by the kernel again: for the 11 MiB Dice gradient of an
+// 8 x 21 x 128 x 128 batch that costs about a millisecond, as much as the
+// loss's kernels. (On CUDA, PyTorch's caching allocator does this.)
 //
 // Blocks are page-aligned, on ordinary 4 KiB pages: a reused block faults no
 // more, and small pages scatter the C class rows of an [N, C, H, W] gradient

@@ -692,7 +692,7 @@ struct KernelSpec {
 
 // The buffers of one image's run, kept from image to image of a batch: the grids
 // are tens of MB each (over malloc's mmap threshold), and faulting them in afresh
-// for every image cost ~10% of a batch of 4 at 512 x 512 on a 2-core VM.
+// for every image would cost a noticeable share of a batch's time.
 struct ImageBuffers {
   std::vector<Lattice> lat;
   std::vector<fvec> pre, fac, selfw, grids;
@@ -722,9 +722,9 @@ struct ImageBuffers {
 // part per thread; the marginals are never stored for the whole image (only
 // with self-message removal, which needs the old ones). U is read from the
 // input a chunk at a time (transposed in cache) and the last iteration writes
-// straight to the output: on a 2-core VM first-touch page faults cost ~0.4 ms
-// per MB, as much as the filtering itself, and every pass over Q cost as much
-// as its arithmetic.
+// straight to the output: first-touch page faults cost about as much per MB
+// as the filtering itself, and every pass over Q costs as much as its
+// arithmetic.
 void dense_crf_cpu(const void* U, int u_dtype, int64_t usB, int64_t usC, int64_t usS, const void* img,
                    int im_dtype, int64_t isB, int64_t isC, int64_t isS, int64_t B, int64_t C, int64_t H,
                    int64_t W, const std::vector<double>& kparams, const std::vector<uintptr_t>& compat_ptrs,
