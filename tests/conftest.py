@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 
 import pytest
 import torch
@@ -109,3 +110,10 @@ def monai_losses():
 def _seed():
     torch.manual_seed(0)
 
+
+
+def free_port() -> int:
+    """A free TCP port on the loopback, for the process groups of the distributed tests."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

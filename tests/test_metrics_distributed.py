@@ -5,7 +5,6 @@ numbers and arrays exactly; the confusion matrix is all-reduced."""
 from __future__ import annotations
 
 import os
-import socket
 
 import pytest
 import torch
@@ -14,6 +13,7 @@ import torch.multiprocessing as mp
 
 from segfast.metrics import COCOEvaluator, ConfusionMatrix, synthetic_coco, to_tensors
 from segfast.metrics import detection as det_mod
+from conftest import free_port
 
 WORLD = 2
 
@@ -52,17 +52,11 @@ def _worker(rank, port, out):
         dist.destroy_process_group()
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed not built")
 @pytest.mark.skipif(det_mod._kernel() is None, reason="segfast._C has no coco_eval (extension not built)")
 def test_two_processes_equal_one():
     out = mp.Manager().dict()
-    mp.spawn(_worker, args=(_free_port(), out), nprocs=WORLD, join=True)
+    mp.spawn(_worker, args=(free_port(), out), nprocs=WORLD, join=True)
     preds, targets = _data()
     m = COCOEvaluator()
     m.update(preds, targets)
