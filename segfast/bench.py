@@ -409,7 +409,10 @@ def peak_extra_mb(case: Case, device: torch.device, names) -> dict:
     import subprocess
 
     if _PROBE_SERVER is None or _PROBE_SERVER.poll() is not None:
-        _PROBE_SERVER = subprocess.Popen([sys.executable, "-m", "segfast.bench", "--probe-server"],
+        # Started beside the segfast package this process imported: from a
+        # repository's root, ``-m`` would otherwise import the source tree.
+        here = os.path.dirname(os.path.dirname(os.path.abspath(backends.__file__)))
+        _PROBE_SERVER = subprocess.Popen([sys.executable, "-m", "segfast.bench", "--probe-server"], cwd=here,
                                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         atexit.register(_PROBE_SERVER.communicate)  # closes its stdin: it exits
     arg = json.dumps(dict(op=case.op, shape=list(case.shape), dtype=str(case.dtype)[6:],
