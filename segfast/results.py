@@ -194,7 +194,7 @@ def _range(vals, fmt, unit=""):
 
 
 def _g3(v):
-    return f"{v:.3g}"
+    return f"{v:.3g}" if abs(v) < 1000 else f"{v:,.0f}"
 
 
 def _x(v):
