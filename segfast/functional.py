@@ -1,65 +1,9 @@
-"""Functional API of segfast.
+"""Functional API of segfast: the losses, box ops and dense CRF as functions.
 
-Region losses share these arguments (keyword-only after ``target``):
-
-input
-    Logits (or probabilities with ``from_logits=False``), shape (N, C, *spatial)
-    with 0 to 3 (or more) spatial dims ((N, C) scores are one pixel per
-    sample); float32, float16, bfloat16 or float64.
-    Any strides (channels_last included). Sums are accumulated in float32
-    (float64 for float64 input); the loss is float32 (float64), the gradient
-    has the input's dtype.
-target
-    Class indices (N, *spatial) or (N, 1, *spatial) as uint8/int32/int64, in
-    [0, C) (in {0, 1} for ``mode="binary"``) or equal to ``ignore_index``; or
-    one-hot / soft targets (N, C, *spatial) in any float dtype (or bool).
-mode
-    ``"multiclass"``: softmax over C (C >= 2); ``"multilabel"``: sigmoid per
-    channel; ``"binary"``: sigmoid, C = 1.
-ignore_index
-    Pixels whose label equals it (for dense targets: elements whose value
-    equals it) add nothing to any sum: neither prediction nor target. An
-    integer (int, numpy integer, 0-d integer tensor, or an integral float) in
-    [-2**53, 2**53]; anything else is a TypeError (ValueError out of range).
-weight
-    Per-class weights, one per input channel (a scalar is broadcast), >= 0;
-    each (image, class) loss is multiplied by its class weight before the
-    reduction, as MONAI does (a weighted *sum* divided by the count, not a
-    weighted mean; segmentation_models_pytorch divides by the weights' sum).
-include_background
-    False drops channel 0 after the sums are computed (C must be >= 2).
-batch
-    False: one score per (image, class), then the reduction over N x C
-    (MONAI's ``batch=False``). True: sums pooled over the batch, one score per
-    class (segmentation_models_pytorch always pools).
-sync_stats, process_group
-    With ``batch=True``, all-reduce the pooled sums across processes before
-    the formula, so under DistributedDataParallel the loss equals the
-    single-process loss on the concatenated batch (see ops.region.sync).
-smooth_nr, smooth_dr
-    Added to numerator and denominator (MONAI's defaults, 1e-5).
-log_loss
-    Return -log(score) (score clamped to >= 1e-7) instead of 1 - score.
-reduction
-    ``"mean"`` | ``"sum"`` | ``"none"`` (the [N, C] or, with ``batch``, [C]
-    per-plane losses; MONAI's DiceLoss instead returns [N, C, 1, ...]:
-    segfast.compat.monai reproduces that).
-backend
-    ``"triton"``, ``"cuda"``, ``"cpu"`` or ``"torch"``; default from
-    SEGFAST_BACKEND, else the device's default (see segfast.backends). The
-    Triton kernels compute in float32: ``"triton"`` refuses float64 input
-    (TypeError), and float64 input defaults to ``"cuda"`` (else ``"torch"``)
-    where Triton would be the default.
-
-Soft targets that require grad (distillation, mixup) get dLoss/dtarget on
-every backend. The kernel backends are differentiable once: a second
-derivative (``create_graph=True``) raises when it is taken; the ``torch``
-backend supports it.
-
-Empty and ignored planes: a plane whose denominator is 0 (possible only with
-zero smoothing: no target, no prediction, or every pixel ignored) scores 1,
-so its loss is 0 rather than NaN. segmentation_models_pytorch instead zeroes
-the loss of every class absent from the target (compat.smp does that).
+Every function here is re-exported as ``segfast.<name>``; its docstring
+lists its arguments, result, errors and an example. Region losses (Dice,
+soft IoU, Tversky, generalized Dice) share most arguments; the shared part
+of their docstrings is written once below (``_REGION_DOC``).
 """
 
 from __future__ import annotations
@@ -74,8 +18,73 @@ from .ops import _common
 from .ops import pixel as _pixel
 from .ops import lovasz as _lovasz
 from .ops import crf as _crf
+from . import _doc
 
 __all__ = ["dice_loss", "jaccard_loss", "tversky_loss", "generalized_dice_loss", "region_stats"]
+
+# The arguments, result and errors every region loss shares, filled into
+# their docstrings at import (as torch does for its common arguments).
+_REGION_DOC = {
+    "region_args": """\
+input: logits (or probabilities with ``from_logits=False``), shape
+    (N, C, *spatial) with any number of spatial dims ((N, C) scores are
+    one pixel per sample); float32, float16, bfloat16 or float64, any
+    strides (channels_last included). Sums accumulate in float32 (float64
+    for float64 input); the gradient has the input's dtype.
+target: class indices (N, *spatial) or (N, 1, *spatial) as
+    uint8/int32/int64, in [0, C) ({0, 1} for ``mode="binary"``) or equal
+    to ``ignore_index``; or one-hot / soft targets (N, C, *spatial) in any
+    float dtype (or bool). Soft targets that require grad get dLoss/dtarget.
+mode: "multiclass" (softmax over C, C >= 2), "multilabel" (sigmoid per
+    channel) or "binary" (sigmoid, C = 1).
+from_logits: False takes ``input`` as probabilities.
+ignore_index: pixels whose label equals it (for dense targets: elements
+    whose value equals it) add nothing to any sum, neither prediction nor
+    target. An integer in [-2**53, 2**53] (int, numpy integer, 0-d integer
+    tensor, or an integral float).
+weight: per-class weights, one per input channel (a scalar is
+    broadcast), >= 0: each (image, class) loss is multiplied by its class
+    weight before the reduction, as MONAI does (a weighted sum divided by
+    the count; segmentation_models_pytorch divides by the weights' sum).
+include_background: False drops channel 0 after the sums are computed
+    (C must be >= 2).
+batch: False: one score per (image, class) (MONAI's ``batch=False``);
+    True: sums pooled over the batch, one score per class
+    (segmentation_models_pytorch always pools).
+smooth_nr: added to the numerator (MONAI's default 1e-5).
+smooth_dr: added to the denominator (MONAI's default 1e-5). With zero
+    smoothing a plane whose denominator is 0 (no target, no prediction,
+    or every pixel ignored) scores 1: its loss is 0, not NaN.
+log_loss: return -log(score) (score clamped to >= 1e-7) instead of
+    1 - score.
+reduction: "mean", "sum" or "none" (the per-plane losses, [N, C], or
+    [C] with ``batch``).
+sync_stats: with ``batch=True``, all-reduce the pooled sums across
+    processes before the formula, so under DistributedDataParallel the
+    loss equals the single-process loss on the concatenated batch.
+process_group: the process group of ``sync_stats`` (None: the default).
+backend: "triton", "cuda", "cpu" or "torch"; None reads
+    SEGFAST_BACKEND, else takes the device's default (see
+    :mod:`segfast.backends`). Triton computes in float32: "triton" refuses
+    float64 input, which defaults to "cuda" (else "torch") on GPU.""",
+    "region_returns": """\
+The reduced loss (0-d, float32; float64 for float64 input), or with
+``reduction="none"`` the per-plane losses [N, C] ([C] with ``batch``).
+Differentiable in ``input`` (and in soft targets); the kernel backends
+differentiate once (``create_graph=True`` raises), the torch backend
+twice.""",
+    "region_raises": """\
+ValueError: shapes that do not fit (naming both), an unknown ``mode`` or
+    ``reduction``, labels out of range, negative smoothing or weights,
+    ``include_background=False`` with C < 2, ``sync_stats`` without
+    ``batch``.
+TypeError: an unsupported dtype, a non-integer ``ignore_index``, float64
+    input on the triton backend.
+RuntimeError: a ``backend`` that is not built or does not fit the device.""",
+}
+
+
+_fill_doc = _doc.fill(_REGION_DOC)
 
 
 def region_stats(input: Tensor, target: Tensor, *, mode: str = "multiclass", from_logits: bool = True,
@@ -84,7 +93,37 @@ def region_stats(input: Tensor, target: Tensor, *, mode: str = "multiclass", fro
 
     Order: I = Σv·p·t, P = Σv·p, T = Σv·t, V = Σv, PP = Σv·p², TT = Σv·t²,
     M = Σv·min(p, t); p the activation of ``input``, t the target, v the valid
-    mask. Differentiable; build a custom region loss on it.
+    mask. Differentiable: build a custom region loss on it.
+
+    Args:
+        input: logits (N, C, *spatial), or probabilities with ``from_logits=False``.
+        target: class indices (N, *spatial) / (N, 1, *spatial), or one-hot / soft
+            targets (N, C, *spatial).
+        mode: "multiclass" (softmax over C), "multilabel" (sigmoid per channel)
+            or "binary" (sigmoid, C = 1).
+        from_logits: False takes ``input`` as probabilities.
+        ignore_index: label (or dense target value) whose pixels count nowhere.
+        backend: "triton", "cuda", "cpu" or "torch"; None picks the device's
+            default (see :mod:`segfast.backends`).
+
+    Returns:
+        Tensor [N, C, 7], float32 (float64 for float64 input).
+
+    Raises:
+        ValueError: shapes that do not fit, an unknown ``mode``, labels out of
+            range.
+        TypeError: an unsupported dtype or a non-integer ``ignore_index``.
+        RuntimeError: a ``backend`` that is not built or does not fit the device.
+
+    Example:
+        >>> import torch, segfast
+        >>> logits = torch.zeros(2, 3, 4, 4)
+        >>> labels = torch.zeros(2, 4, 4, dtype=torch.long)
+        >>> s = segfast.region_stats(logits, labels)
+        >>> s.shape
+        torch.Size([2, 3, 7])
+        >>> s[0, 0, :4].tolist()   # I, P, T, V of image 0, class 0
+        [5.333333492279053, 5.333333492279053, 16.0, 16.0]
     """
     return _region.plane_stats(*_region.prepare(input, target, mode, from_logits, ignore_index, backend))
 
@@ -126,11 +165,12 @@ def _check_common(reduction, smooth_nr, smooth_dr):
         raise ValueError("smooth_nr and smooth_dr must be >= 0")
 
 
+@_fill_doc
 def dice_loss(input: Tensor, target: Tensor, *, mode: str = "multiclass", from_logits: bool = True,
               ignore_index=None, weight=None, include_background: bool = True, batch: bool = False,
               smooth_nr: float = 1e-5, smooth_dr: float = 1e-5, log_loss: bool = False,
               reduction: str = "mean", sync_stats: bool = False, process_group=None,
-              backend: Optional[str] = None, _stats: Optional[Tensor] = None) -> Tensor:
+              backend: Optional[str] = None) -> Tensor:
     """Soft Dice loss: 1 - (2I + smooth_nr) / (P + T + smooth_dr) per plane.
 
     MONAI's DiceLoss formula and defaults (softmax=True, to_onehot_y=True for
@@ -141,11 +181,45 @@ def dice_loss(input: Tensor, target: Tensor, *, mode: str = "multiclass", from_l
     segmentation_models_pytorch: smoothing enters numerator and denominator
     separately (smp adds ``smooth`` to I and to each cardinality), classes
     absent from the target are not zeroed, statistics are per image unless
-    ``batch=True``. See the module docstring for every argument.
+    ``batch=True``. Two streaming passes over the logits: one for the sums,
+    one for the gradient.
+
+    Args:
+        {region_args}
+
+    Returns:
+        {region_returns}
+
+    Raises:
+        {region_raises}
+
+    Example:
+        >>> import torch, segfast
+        >>> logits = torch.zeros(2, 3, 4, 4, requires_grad=True)   # softmax: p = 1/3 everywhere
+        >>> labels = torch.zeros(2, 4, 4, dtype=torch.long)        # every pixel is class 0
+        >>> loss = segfast.dice_loss(logits, labels)                # class 0 scores 0.5, classes 1, 2 ~0
+        >>> round(loss.item(), 4)
+        0.8333
+        >>> loss.backward()
+        >>> logits.grad.shape
+        torch.Size([2, 3, 4, 4])
     """
+    return _dice_loss(input, target, None, mode=mode, from_logits=from_logits, ignore_index=ignore_index,
+                      weight=weight, include_background=include_background, batch=batch, smooth_nr=smooth_nr,
+                      smooth_dr=smooth_dr, log_loss=log_loss, reduction=reduction, sync_stats=sync_stats,
+                      process_group=process_group, backend=backend)
+
+
+def _dice_loss(input: Tensor, target: Tensor, stats: Optional[Tensor], *, mode: str = "multiclass",
+               from_logits: bool = True, ignore_index=None, weight=None, include_background: bool = True,
+               batch: bool = False, smooth_nr: float = 1e-5, smooth_dr: float = 1e-5, log_loss: bool = False,
+               reduction: str = "mean", sync_stats: bool = False, process_group=None,
+               backend: Optional[str] = None) -> Tensor:
+    """dice_loss, on the per-plane sums ``stats`` when the caller has them
+    already (the Dice + pixel-term path), else computing them."""
     _check_common(reduction, smooth_nr, smooth_dr)
     s = _pooled_stats(input, target, mode, from_logits, ignore_index, batch, sync_stats, process_group, backend,
-                      _stats)
+                      stats)
     # 2·tp + fp + fn = P + T; few small ops: at common sizes the formula's
     # autograd overhead is a visible part of the whole loss
     num, den = 2 * s[..., 0] + smooth_nr, s[..., 1] + s[..., 2] + smooth_dr
@@ -154,16 +228,34 @@ def dice_loss(input: Tensor, target: Tensor, *, mode: str = "multiclass", from_l
                    weight=weight, reduction=reduction)
 
 
+@_fill_doc
 def jaccard_loss(input: Tensor, target: Tensor, *, mode: str = "multiclass", from_logits: bool = True,
                  ignore_index=None, weight=None, include_background: bool = True, batch: bool = False,
                  smooth_nr: float = 1e-5, smooth_dr: float = 1e-5, log_loss: bool = False,
                  reduction: str = "mean", sync_stats: bool = False, process_group=None,
                  backend: Optional[str] = None) -> Tensor:
-    """Soft IoU (Jaccard) loss: 1 - (I + smooth_nr) / (P + T - I + smooth_dr).
+    """Soft IoU (Jaccard) loss: 1 - (I + smooth_nr) / (P + T - I + smooth_dr) per plane.
 
-    The IoU loss of Rahman & Wang and van Beers et al. Note MONAI's
-    ``DiceLoss(jaccard=True)`` computes 1 - (2I + nr) / (2(P + T - I) + dr),
-    which differs in how smoothing enters (compat.monai reproduces it).
+    The IoU loss of Rahman & Wang and van Beers et al. MONAI's
+    ``DiceLoss(jaccard=True)`` computes 1 - (2I + nr) / (2(P + T - I) + dr)
+    instead, which differs in how smoothing enters (segfast.compat.monai
+    reproduces it).
+
+    Args:
+        {region_args}
+
+    Returns:
+        {region_returns}
+
+    Raises:
+        {region_raises}
+
+    Example:
+        >>> import torch, segfast
+        >>> logits = torch.zeros(2, 3, 4, 4)
+        >>> labels = torch.zeros(2, 4, 4, dtype=torch.long)
+        >>> round(segfast.jaccard_loss(logits, labels).item(), 4)   # class 0: IoU 1/3
+        0.8889
     """
     _check_common(reduction, smooth_nr, smooth_dr)
     s = _pooled_stats(input, target, mode, from_logits, ignore_index, batch, sync_stats, process_group, backend)
@@ -173,6 +265,7 @@ def jaccard_loss(input: Tensor, target: Tensor, *, mode: str = "multiclass", fro
                    weight=weight, reduction=reduction)
 
 
+@_fill_doc
 def tversky_loss(input: Tensor, target: Tensor, *, mode: str = "multiclass", from_logits: bool = True,
                  ignore_index=None, weight=None, include_background: bool = True, batch: bool = False,
                  smooth_nr: float = 1e-5, smooth_dr: float = 1e-5, log_loss: bool = False,
@@ -182,9 +275,31 @@ def tversky_loss(input: Tensor, target: Tensor, *, mode: str = "multiclass", fro
     """Tversky loss: 1 - (I + nr) / (I + alpha·FP + beta·FN + dr), FP = P - I, FN = T - I.
 
     ``gamma`` != 1 gives the focal Tversky loss (1 - TI)^gamma, applied per
-    plane before the reduction (Abraham & Khan apply it per class; smp
-    raises the *mean* loss to gamma: compat.smp reproduces that). alpha
-    weighs false positives, beta false negatives, as in MONAI and smp.
+    plane before the reduction (Abraham & Khan apply it per class; smp raises
+    the *mean* loss to gamma: segfast.compat.smp reproduces that). ``alpha``
+    weighs false positives, ``beta`` false negatives, as in MONAI and smp.
+
+    Args:
+        {region_args}
+        alpha: weight of the false positives, >= 0.
+        beta: weight of the false negatives, >= 0.
+        gamma: focal exponent, > 0 (1: the plain Tversky loss).
+
+    Returns:
+        {region_returns}
+
+    Raises:
+        {region_raises}
+
+    Example:
+        >>> import torch, segfast
+        >>> logits = torch.zeros(2, 3, 4, 4)
+        >>> labels = torch.zeros(2, 4, 4, dtype=torch.long)
+        >>> loss = segfast.tversky_loss(logits, labels, alpha=0.3, beta=0.7, reduction="none")
+        >>> loss.shape
+        torch.Size([2, 3])
+        >>> round(loss[0, 0].item(), 4)   # 1 - I / (I + 0.7·FN), I = 16/3, FN = 32/3
+        0.5833
     """
     _check_common(reduction, smooth_nr, smooth_dr)
     if alpha < 0 or beta < 0 or gamma <= 0:
@@ -216,6 +331,7 @@ def generalized_dice_weights(tsum: Tensor, w_type: str, batch: bool) -> Tensor:
     return torch.where(inf, wmax.expand_as(w), w)
 
 
+@_fill_doc
 def generalized_dice_loss(input: Tensor, target: Tensor, *, mode: str = "multiclass",
                           from_logits: bool = True, ignore_index=None, weight=None,
                           include_background: bool = True, batch: bool = False,
@@ -224,9 +340,31 @@ def generalized_dice_loss(input: Tensor, target: Tensor, *, mode: str = "multicl
                           process_group=None, backend: Optional[str] = None) -> Tensor:
     """Generalized Dice loss (Sudre et al.): 1 - (2 Σ_c w_c I_c + nr) / (Σ_c w_c (P_c + T_c) + dr).
 
-    One score per image (per batch with ``batch=True``); ``reduction="none"``
-    returns [N] (a 0-d tensor with ``batch``). Class weights from ``w_type``
-    as MONAI's GeneralizedDiceLoss; ``weight`` (optional) multiplies them.
+    One score per image (per batch with ``batch=True``). Class weights from
+    ``w_type`` as MONAI's GeneralizedDiceLoss; ``weight`` (optional)
+    multiplies them.
+
+    Args:
+        {region_args}
+        w_type: class weights from the target sums T_c: "square" (1/T_c²),
+            "simple" (1/T_c) or "uniform" (1); a class absent from the target
+            gets the largest finite weight of its image (of the batch with
+            ``batch``).
+
+    Returns:
+        The reduced loss (0-d, float32; float64 for float64 input); with
+        ``reduction="none"`` one loss per image [N] (a 0-d tensor with
+        ``batch=True``). Differentiable in ``input`` (and in soft targets).
+
+    Raises:
+        {region_raises}
+
+    Example:
+        >>> import torch, segfast
+        >>> logits = torch.zeros(2, 3, 4, 4)
+        >>> labels = torch.zeros(2, 4, 4, dtype=torch.long)
+        >>> segfast.generalized_dice_loss(logits, labels, reduction="none").shape
+        torch.Size([2])
     """
     _check_common(reduction, smooth_nr, smooth_dr)
     s = _pooled_stats(input, target, mode, from_logits, ignore_index, batch, sync_stats, process_group, backend)
@@ -276,10 +414,43 @@ def _softmax_labels(input, target, ignore_index, backend, what):
 
 def cross_entropy(input: Tensor, target: Tensor, *, weight=None, ignore_index: Optional[int] = -100,
                   label_smoothing: float = 0.0, reduction: str = "mean", backend: Optional[str] = None) -> Tensor:
-    """Softmax cross entropy over C, torch.nn.functional.cross_entropy's semantics
-    for class-index targets: class ``weight``, ``ignore_index``, ``label_smoothing``;
-    "mean" divides by the summed weights of the valid pixels (0 if there are
-    none, where torch gives NaN). One pass over the logits."""
+    """Softmax cross entropy over C with torch.nn.functional.cross_entropy's semantics.
+
+    Class-index targets, class ``weight``, ``ignore_index`` and
+    ``label_smoothing`` as torch; "mean" divides by the summed weights of the
+    valid pixels (0 if there are none, where torch gives NaN). One pass over
+    the logits: the forward writes the gradient, the backward scales it.
+
+    Args:
+        input: logits (N, C, *spatial) or (N, C), C >= 2; float32, float16,
+            bfloat16 or float64, any strides.
+        target: class indices (N, *spatial) as uint8/int32/int64, in [0, C) or
+            equal to ``ignore_index``.
+        weight: per-class weights [C] (a scalar is broadcast), >= 0.
+        ignore_index: label whose pixels count nowhere (torch's default -100).
+        label_smoothing: ε in [0, 1]: the target becomes (1 - ε)·one-hot + ε/C.
+        reduction: "mean", "sum" or "none" (the per-pixel losses, [N, *spatial]).
+        backend: "triton", "cuda", "cpu" or "torch"; None picks the device's
+            default (see :mod:`segfast.backends`).
+
+    Returns:
+        The loss: 0-d for "mean" / "sum", [N, *spatial] for "none"; float32
+        (float64 for float64 input).
+
+    Raises:
+        ValueError: shapes that do not fit, C < 2, labels out of range,
+            ``label_smoothing`` outside [0, 1], negative weights, an unknown
+            ``reduction``.
+        TypeError: float (dense) targets or an unsupported dtype.
+        RuntimeError: a ``backend`` that is not built or does not fit the device.
+
+    Example:
+        >>> import torch, segfast
+        >>> logits = torch.zeros(2, 4, 8, 8)                 # uniform: CE = log 4 per pixel
+        >>> labels = torch.randint(0, 4, (2, 8, 8))
+        >>> round(segfast.cross_entropy(logits, labels).item(), 4)
+        1.3863
+    """
     x, t, is_label, _, off, ign, backend = _softmax_labels(input, target, ignore_index, backend, "cross_entropy")
     if not 0.0 <= label_smoothing <= 1.0:
         raise ValueError("label_smoothing must be in [0, 1]")
@@ -298,11 +469,40 @@ def _sigmoid_target(input, target, ignore_index, backend):
 def binary_cross_entropy_with_logits(input: Tensor, target: Tensor, *, weight=None, pos_weight=None,
                                      ignore_index=None, reduction: str = "mean",
                                      backend: Optional[str] = None) -> Tensor:
-    """BCE on logits, torch.nn.functional.binary_cross_entropy_with_logits's
-    semantics, with per-class ``weight`` and ``pos_weight`` ([C] or scalars) and
-    ``ignore_index`` (elements equal to it count nowhere: mean over the rest).
-    Targets: float/bool like the input, or class indices (one-hot per channel;
-    {0, 1} for C = 1)."""
+    """BCE on logits with torch.nn.functional.binary_cross_entropy_with_logits's semantics.
+
+    Per-class ``weight`` and ``pos_weight`` ([C] or scalars) and
+    ``ignore_index`` (elements equal to it count nowhere: the mean is over the
+    rest). One pass over the logits.
+
+    Args:
+        input: logits (N, C, *spatial) or (N, C).
+        target: float/bool targets of the input's shape, or class indices
+            (N, *spatial) (one-hot per channel; {0, 1} for C = 1).
+        weight: per-class factors [C] (or a scalar), >= 0.
+        pos_weight: per-class weight of the positive term [C] (or a scalar), >= 0.
+        ignore_index: target value (label or dense element) that counts nowhere.
+        reduction: "mean", "sum" or "none" (the per-element losses, [N, C, *spatial]).
+        backend: "triton", "cuda", "cpu" or "torch"; None picks the device's
+            default (see :mod:`segfast.backends`).
+
+    Returns:
+        The loss: 0-d for "mean" / "sum", [N, C, *spatial] for "none"; float32
+        (float64 for float64 input).
+
+    Raises:
+        ValueError: shapes that do not fit, labels out of range, negative
+            weights, an unknown ``reduction``.
+        TypeError: an unsupported dtype or a non-integer ``ignore_index``.
+        RuntimeError: a ``backend`` that is not built or does not fit the device.
+
+    Example:
+        >>> import torch, segfast
+        >>> logits = torch.zeros(2, 1, 8, 8)                 # p = 0.5: BCE = log 2
+        >>> masks = torch.rand(2, 1, 8, 8) > 0.5
+        >>> round(segfast.binary_cross_entropy_with_logits(logits, masks).item(), 4)
+        0.6931
+    """
     x, t, is_label, _, off, ign, backend = _sigmoid_target(input, target, ignore_index, backend)
     C = x.shape[1]
     w = _region.check_weight(weight, C, x.device)
@@ -316,9 +516,38 @@ def balanced_bce_loss(input: Tensor, target: Tensor, *, beta="auto", ignore_inde
                       reduction: str = "mean", backend: Optional[str] = None) -> Tensor:
     """Class-balanced BCE: L = -mean(β·t·log p + (1 - β)·(1 - t)·log(1 - p)).
 
-    ``beta="auto"``: per image, the fraction of negative (valid) elements, so
-    the rare positive class weighs more (Xie & Tu's HED weighting); or a
-    number in [0, 1] for every image."""
+    Xie & Tu's HED weighting: with ``beta="auto"`` the rare positive class
+    weighs more. One pass over the logits.
+
+    Args:
+        input: logits (N, C, *spatial).
+        target: float/bool targets of the input's shape, or class indices
+            (one-hot per channel; {0, 1} for C = 1).
+        beta: "auto" (per image, the fraction of negative valid elements) or a
+            number in [0, 1] for every image.
+        ignore_index: target value (label or dense element) that counts nowhere.
+        reduction: "mean", "sum" or "none" ([N, C, *spatial]).
+        backend: "triton", "cuda", "cpu" or "torch"; None picks the device's
+            default (see :mod:`segfast.backends`).
+
+    Returns:
+        The loss: 0-d for "mean" / "sum", [N, C, *spatial] for "none"; float32
+        (float64 for float64 input).
+
+    Raises:
+        ValueError: ``beta`` neither "auto" nor in [0, 1], shapes that do not
+            fit, an unknown ``reduction``.
+        TypeError: an unsupported dtype.
+        RuntimeError: a ``backend`` that is not built or does not fit the device.
+
+    Example:
+        >>> import torch, segfast
+        >>> edges = torch.zeros(1, 1, 8, 8)
+        >>> edges[..., 3, :] = 1                             # 1 positive row in 8: beta = 7/8
+        >>> loss = segfast.balanced_bce_loss(torch.zeros(1, 1, 8, 8), edges)
+        >>> round(loss.item(), 4)   # 8 positives weigh 7/8, 56 negatives 1/8: 14/64·log 2
+        0.1516
+    """
     x, t, is_label, _, off, ign, backend = _sigmoid_target(input, target, ignore_index, backend)
     N, C = x.shape[:2]
     if isinstance(beta, str):
@@ -347,20 +576,53 @@ def balanced_bce_loss(input: Tensor, target: Tensor, *, beta="auto", ignore_inde
 
 def focal_loss(input: Tensor, target: Tensor, *, mode: str = "binary", alpha=None, gamma: float = 2.0,
                weight=None, ignore_index=None, reduction: str = "mean", backend: Optional[str] = None) -> Tensor:
-    """Focal loss (Lin et al.).
+    """Focal loss (Lin et al.), sigmoid or softmax form by ``mode``.
 
     ``mode="binary"|"multilabel"``: the sigmoid form, torchvision's
     ``sigmoid_focal_loss``: bce·(1 - p_t)^γ·α_t, α_t = α·t + (1 - α)(1 - t);
-    ``alpha`` defaults to 0.25, a negative alpha disables it. Mean over the
-    valid elements.
-    ``mode="multiclass"``: the softmax form -α_c·(1 - p_t)^γ·log p_t on
-    class-index targets; ``alpha`` None (1), a number, or one per class.
-    Mean over the valid pixels (not weighted by α). ``weight``: per-class
-    factors in both forms.
+    mean over the valid elements. ``mode="multiclass"``: the softmax form
+    -α_c·(1 - p_t)^γ·log p_t on class-index targets; mean over the valid
+    pixels (not weighted by α). Dense targets are used as given (soft targets
+    in [0, 1]); where a value outside [0, 1] makes 1 - p_t <= 0, the factor
+    (1 - p_t)^γ and its gradient are taken as 0 (1 for γ = 0), on every
+    backend. One pass over the logits.
 
-    Dense targets are used as given (soft targets in [0, 1]); where a value
-    outside [0, 1] makes 1 - p_t <= 0, the factor (1 - p_t)^γ is taken as 0
-    (1 for γ = 0), and its gradient as 0, on every backend.
+    Args:
+        input: logits (N, C, *spatial) (C = 1 for "binary").
+        target: sigmoid form: float/bool targets of the input's shape or class
+            indices (one-hot per channel; {0, 1} for C = 1); softmax form:
+            class indices (N, *spatial).
+        mode: "binary", "multilabel" or "multiclass".
+        alpha: sigmoid form: a number <= 1 (default 0.25; negative disables
+            it); softmax form: None (1), a number, or one per class.
+        gamma: focusing exponent, >= 0.
+        weight: per-class factors [C] (or a scalar), >= 0, in both forms.
+        ignore_index: label (or dense target value) that counts nowhere.
+        reduction: "mean", "sum" or "none" ([N, C, *spatial] for the sigmoid
+            form, [N, *spatial] for the softmax form).
+        backend: "triton", "cuda", "cpu" or "torch"; None picks the device's
+            default (see :mod:`segfast.backends`).
+
+    Returns:
+        The loss: 0-d for "mean" / "sum", the per-element map for "none";
+        float32 (float64 for float64 input).
+
+    Raises:
+        ValueError: an unknown ``mode``, ``gamma`` < 0, ``alpha`` > 1 in the
+            sigmoid form, C != 1 with ``mode="binary"``, shapes that do not fit,
+            labels out of range.
+        TypeError: dense targets in the softmax form, an unsupported dtype.
+        RuntimeError: a ``backend`` that is not built or does not fit the device.
+
+    Example:
+        >>> import torch, segfast
+        >>> logits = torch.zeros(2, 1, 8, 8)                 # p = 0.5
+        >>> masks = torch.ones(2, 1, 8, 8)
+        >>> round(segfast.focal_loss(logits, masks, alpha=0.25, gamma=2).item(), 4)   # 0.25·0.25·log 2
+        0.0433
+        >>> labels = torch.zeros(2, 8, 8, dtype=torch.long)
+        >>> round(segfast.focal_loss(torch.zeros(2, 4, 8, 8), labels, mode="multiclass").item(), 4)
+        0.7798
     """
     if gamma < 0:
         raise ValueError("gamma must be >= 0")
@@ -389,13 +651,42 @@ def focal_loss(input: Tensor, target: Tensor, *, mode: str = "binary", alpha=Non
 
 def fused_loss(input: Tensor, target: Tensor, *, ws: float = 0.5, wp: float = 0.5, ignore_index=None,
                reduction: str = "mean", backend: Optional[str] = None) -> Tensor:
-    """The softmax + positive-sharing loss of Liu & Lew ("Improving the
-    Discrimination Between Foreground and Background for Semantic
-    Segmentation"): L = ws·L0 + wp·L1, L0 the softmax cross entropy, L1 the
+    """The softmax + positive-sharing loss of Liu & Lew: L = ws·L0 + wp·L1.
+
+    From "Improving the Discrimination Between Foreground and Background for
+    Semantic Segmentation": L0 is the softmax cross entropy, L1 the
     positive-sharing loss: class 0 is background; -log p0 on background
     pixels, -log(1 - p0) on foreground pixels (all object classes merged),
     with log(1 - p0) = logsumexp of the foreground logits - logsumexp of all.
-    Both terms are means over the valid pixels. One pass over the logits."""
+    Both terms are means over the valid pixels. One pass over the logits.
+
+    Args:
+        input: logits (N, C, *spatial), C >= 2, class 0 the background.
+        target: class indices (N, *spatial).
+        ws: weight of the cross-entropy term, >= 0.
+        wp: weight of the positive-sharing term, >= 0.
+        ignore_index: label whose pixels count nowhere.
+        reduction: "mean", "sum" or "none" ([N, *spatial]).
+        backend: "triton", "cuda", "cpu" or "torch"; None picks the device's
+            default (see :mod:`segfast.backends`).
+
+    Returns:
+        The loss: 0-d for "mean" / "sum", [N, *spatial] for "none"; float32
+        (float64 for float64 input).
+
+    Raises:
+        ValueError: negative ``ws`` / ``wp``, C < 2, shapes that do not fit,
+            labels out of range.
+        TypeError: dense targets or an unsupported dtype.
+        RuntimeError: a ``backend`` that is not built or does not fit the device.
+
+    Example:
+        >>> import torch, segfast
+        >>> logits = torch.zeros(2, 4, 8, 8)
+        >>> labels = torch.zeros(2, 8, 8, dtype=torch.long)  # all background: L0 = L1 = log 4
+        >>> round(segfast.fused_loss(logits, labels, ws=0.5, wp=0.5).item(), 4)
+        1.3863
+    """
     if ws < 0 or wp < 0:
         raise ValueError("ws and wp must be >= 0")
     x, t, is_label, _, off, ign, backend = _softmax_labels(input, target, ignore_index, backend, "fused_loss")
@@ -437,8 +728,8 @@ def _two_pass(input, target, ignore_index, backend, dice_kwargs, xent: int, gamm
         return None
     x, t, is_label, _, off, ign, be = _region.prepare(input, target, "multiclass", True, ignore_index, backend)
     stats = _region.plane_stats(x, t, is_label, _region.ACT["softmax"], off, ign, be, xent=xent, gamma=gamma)
-    d = dice_loss(input, target, mode="multiclass", ignore_index=ignore_index, backend=backend,
-                  _stats=stats[..., :_region.K], **dice_kwargs)
+    d = _dice_loss(input, target, stats[..., :_region.K], mode="multiclass", ignore_index=ignore_index,
+                   backend=backend, **dice_kwargs)
     return d, stats.sum(0)
 
 
@@ -450,16 +741,45 @@ def _mean_over(num: Tensor, den: Tensor) -> Tensor:
 def dice_ce_loss(input: Tensor, target: Tensor, *, lambda_dice: float = 1.0, lambda_ce: float = 1.0,
                  ignore_index=None, ce_weight=None, label_smoothing: float = 0.0, backend: Optional[str] = None,
                  **dice_kwargs) -> Tensor:
-    """lambda_dice·dice_loss + lambda_ce·cross_entropy, as MONAI's DiceCELoss
-    (softmax). ``dice_kwargs`` go to :func:`dice_loss`.
+    """lambda_dice·dice_loss + lambda_ce·cross_entropy, as MONAI's DiceCELoss (softmax).
 
-    Targets: class indices, or one-hot / soft targets (N, C, *spatial), for
-    which the CE term is torch's cross entropy with class probabilities
-    (eager torch on every backend; no ``ignore_index``).
+    With class-index targets the two terms cost two passes over the logits in
+    all: the cross-entropy sums come out of the Dice statistics kernel and
+    their gradient out of the Dice gradient kernel (``from_logits=False`` runs
+    the two terms side by side). With one-hot / soft targets (N, C, *spatial)
+    the CE term is torch's cross entropy with class probabilities (eager torch
+    on every backend; no ``ignore_index``).
 
-    Two passes over the logits in all with class indices: the cross-entropy
-    sums come out of the Dice statistics kernel and their gradient out of the
-    Dice gradient kernel (``from_logits=False`` runs the two terms side by side).
+    Args:
+        input: logits (N, C, *spatial), C >= 2.
+        target: class indices (N, *spatial) / (N, 1, *spatial), or one-hot / soft
+            targets (N, C, *spatial).
+        lambda_dice: weight of the Dice term.
+        lambda_ce: weight of the cross-entropy term.
+        ignore_index: label whose pixels count in neither term.
+        ce_weight: per-class weights [C] of the cross-entropy term.
+        label_smoothing: ε in [0, 1] of the cross-entropy term.
+        backend: "triton", "cuda", "cpu" or "torch"; None picks the device's
+            default (see :mod:`segfast.backends`).
+        **dice_kwargs: further keyword arguments of :func:`dice_loss`
+            (``weight``, ``include_background``, ``batch``, ``smooth_nr``, ...).
+
+    Returns:
+        The 0-d loss, float32 (float64 for float64 input).
+
+    Raises:
+        ValueError: ``label_smoothing`` outside [0, 1], ``ignore_index`` with
+            dense targets, and what :func:`dice_loss` and :func:`cross_entropy`
+            raise.
+        TypeError: an unsupported dtype.
+        RuntimeError: a ``backend`` that is not built or does not fit the device.
+
+    Example:
+        >>> import torch, segfast
+        >>> logits = torch.zeros(2, 3, 4, 4)
+        >>> labels = torch.zeros(2, 4, 4, dtype=torch.long)
+        >>> round(segfast.dice_ce_loss(logits, labels).item(), 4)   # 0.8333 + log 3
+        1.9319
     """
     input, target = _shared_views(input, target)
     if not 0.0 <= label_smoothing <= 1.0:
@@ -507,11 +827,42 @@ def dice_focal_loss(input: Tensor, target: Tensor, *, mode: str = "multiclass", 
 
     ``focal_form`` defaults to the Dice term's activation: "softmax" for
     ``mode="multiclass"``, "sigmoid" otherwise. MONAI's DiceFocalLoss always
-    uses the sigmoid focal form, even with softmax Dice (its issue #8242);
-    pass ``focal_form="sigmoid"`` (one-hot targets per channel) for that.
-    The softmax form with class-index targets costs two passes in all (the
-    focal sums ride in the Dice kernels); the others run the two terms'
-    kernels side by side."""
+    uses the sigmoid focal form, even with softmax Dice: pass
+    ``focal_form="sigmoid"`` (one-hot targets per channel) for that. The
+    softmax form with class-index targets costs two passes in all (the focal
+    sums ride in the Dice kernels); the others run the two terms' kernels
+    side by side.
+
+    Args:
+        input: logits (N, C, *spatial).
+        target: class indices or one-hot / soft targets, as :func:`dice_loss`.
+        mode: "multiclass", "multilabel" or "binary" (the Dice term's activation).
+        lambda_dice: weight of the Dice term.
+        lambda_focal: weight of the focal term.
+        focal_form: "softmax", "sigmoid" or None (from ``mode``).
+        alpha: the focal term's alpha (see :func:`focal_loss`).
+        gamma: focusing exponent, >= 0.
+        ignore_index: label (or dense target value) that counts in neither term.
+        backend: "triton", "cuda", "cpu" or "torch"; None picks the device's
+            default (see :mod:`segfast.backends`).
+        **dice_kwargs: further keyword arguments of :func:`dice_loss`.
+
+    Returns:
+        The 0-d loss, float32 (float64 for float64 input).
+
+    Raises:
+        ValueError: an unknown ``focal_form``, ``gamma`` < 0, and what
+            :func:`dice_loss` and :func:`focal_loss` raise.
+        TypeError: an unsupported dtype.
+        RuntimeError: a ``backend`` that is not built or does not fit the device.
+
+    Example:
+        >>> import torch, segfast
+        >>> logits = torch.zeros(2, 3, 4, 4)
+        >>> labels = torch.zeros(2, 4, 4, dtype=torch.long)
+        >>> round(segfast.dice_focal_loss(logits, labels, gamma=2).item(), 4)
+        1.3216
+    """
     form = focal_form or ("softmax" if mode == "multiclass" else "sigmoid")
     if form not in ("softmax", "sigmoid"):
         raise ValueError("focal_form must be 'softmax' or 'sigmoid'")
@@ -534,8 +885,39 @@ def dice_focal_loss(input: Tensor, target: Tensor, *, mode: str = "multiclass", 
 def dice_fused_loss(input: Tensor, target: Tensor, *, lambda_dice: float = 1.0, lambda_fused: float = 1.0,
                     ws: float = 0.5, wp: float = 0.5, ignore_index=None, backend: Optional[str] = None,
                     **dice_kwargs) -> Tensor:
-    """lambda_dice·dice_loss + lambda_fused·fused_loss (softmax, class-index
-    targets): two passes in all, the fused loss's sums ride in the Dice kernels."""
+    """lambda_dice·dice_loss + lambda_fused·fused_loss (softmax, class-index targets).
+
+    Two passes over the logits in all: the fused loss's sums ride in the Dice
+    kernels.
+
+    Args:
+        input: logits (N, C, *spatial), C >= 2, class 0 the background.
+        target: class indices (N, *spatial) / (N, 1, *spatial).
+        lambda_dice: weight of the Dice term.
+        lambda_fused: weight of the fused term.
+        ws: weight of the fused term's cross entropy, >= 0.
+        wp: weight of the fused term's positive-sharing loss, >= 0.
+        ignore_index: label whose pixels count in neither term.
+        backend: "triton", "cuda", "cpu" or "torch"; None picks the device's
+            default (see :mod:`segfast.backends`).
+        **dice_kwargs: further keyword arguments of :func:`dice_loss`.
+
+    Returns:
+        The 0-d loss, float32 (float64 for float64 input).
+
+    Raises:
+        ValueError: negative ``ws`` / ``wp``, and what :func:`dice_loss` and
+            :func:`fused_loss` raise.
+        TypeError: an unsupported dtype.
+        RuntimeError: a ``backend`` that is not built or does not fit the device.
+
+    Example:
+        >>> import torch, segfast
+        >>> logits = torch.zeros(2, 3, 4, 4)
+        >>> labels = torch.zeros(2, 4, 4, dtype=torch.long)
+        >>> round(segfast.dice_fused_loss(logits, labels).item(), 4)   # 0.8333 + log 3
+        1.9319
+    """
     if ws < 0 or wp < 0:
         raise ValueError("ws and wp must be >= 0")
     input, target = _shared_views(input, target)
@@ -561,20 +943,42 @@ def lovasz_hinge_loss(input: Tensor, target: Tensor, *, per_image: bool = True, 
                       reduction: str = "mean", backend: Optional[str] = None) -> Tensor:
     """Lovász hinge loss (Berman et al.), a surrogate of the Jaccard loss, on logits.
 
-    ``input``: logits (N, 1, *spatial) (binary) or (N, C, *spatial)
-    (multilabel). ``target``: float/bool masks of the input's shape ((N, *)
-    also accepted for C = 1; soft values in [0, 1] are used as they are), or
-    class indices (N, *) / (N, 1, *): {0, 1} for C = 1, one-hot per channel
-    for C > 1. Per segment, the errors e = 1 - x·(2t - 1) of all its
-    elements (every channel) sorted descending give
-    loss = Σ relu(e_(i))·(g_i - g_{i-1}), g the Jaccard loss of the first i
-    elements. ``per_image=True``: one segment per image, then ``reduction``
-    over images (``"none"``: [N]); False: the whole batch is one segment (a
-    0-d loss whatever ``reduction``). ``ignore_index``: pixels (label
-    targets) or elements (dense targets) equal to it are dropped; a segment
-    with nothing left scores 0. segmentation_models_pytorch's
-    ``LovaszLoss("binary" | "multilabel")`` (see segfast.compat.smp).
-    ``backend``: "cpu", "cuda", "triton" or "torch" (None: segfast.backends.choose).
+    Per segment, the errors e = 1 - x·(2t - 1) of all its elements (every
+    channel) sorted descending give loss = Σ relu(e_(i))·(g_i - g_{i-1}), g the
+    Jaccard loss of the first i elements. One batched sort for every segment.
+    segmentation_models_pytorch's ``LovaszLoss("binary" | "multilabel")``
+    (see segfast.compat.smp).
+
+    Args:
+        input: logits (N, 1, *spatial) (binary) or (N, C, *spatial) (multilabel).
+        target: float/bool masks of the input's shape ((N, *) also for C = 1;
+            soft values in [0, 1] are used as they are), or class indices
+            (N, *) / (N, 1, *): {0, 1} for C = 1, one-hot per channel for C > 1.
+        per_image: True: one segment per image, then ``reduction`` over images;
+            False: the whole batch is one segment (a 0-d loss whatever
+            ``reduction``).
+        ignore_index: pixels (label targets) or elements (dense targets) equal
+            to it are dropped; a segment with nothing left scores 0.
+        reduction: "mean", "sum" or "none" ([N], with ``per_image``).
+        backend: "triton", "cuda", "cpu" or "torch"; None picks the device's
+            default (see :mod:`segfast.backends`).
+
+    Returns:
+        The loss: 0-d, or [N] for ``reduction="none"`` with ``per_image``;
+        float32 (float64 for float64 input).
+
+    Raises:
+        ValueError: shapes that do not fit, labels out of range, an unknown
+            ``reduction``.
+        TypeError: an unsupported dtype.
+        RuntimeError: a ``backend`` that is not built or does not fit the device.
+
+    Example:
+        >>> import torch, segfast
+        >>> logits = torch.zeros(2, 1, 8, 8)                 # every error is 1
+        >>> masks = torch.rand(2, 1, 8, 8) > 0.5
+        >>> segfast.lovasz_hinge_loss(logits, masks).item()
+        1.0
     """
     return _lovasz.lovasz_hinge(input, target, per_image=per_image, ignore_index=ignore_index,
                                 reduction=reduction, backend=backend)
@@ -585,19 +989,45 @@ def lovasz_softmax_loss(input: Tensor, target: Tensor, *, classes="present", per
                         backend: Optional[str] = None) -> Tensor:
     """Lovász-softmax loss (Berman et al.) for multiclass segmentation.
 
-    ``input``: logits (N, C, *spatial), C >= 2 (probabilities with
-    ``from_logits=False``); ``target``: class indices (N, *) or (N, 1, *).
     For each segment (an image with ``per_image``, else the batch) and class
     c: the errors |fg_c - p_c| sorted descending, loss_c = Σ e_(i)·(g_i -
-    g_{i-1}), g the Jaccard loss of the first i pixels; the segment's loss
-    is the mean of loss_c over ``classes``: ``"present"`` (classes in the
-    segment's valid target; none present scores 0), ``"all"``, or a list of
-    class indices (repeats count twice, absent classes count). Ignored
-    pixels are dropped; a fully ignored segment scores 0 (and counts in the
-    mean over images). ``per_image=True``: ``reduction`` over images
-    (``"none"``: [N]); False: a 0-d loss. segmentation_models_pytorch's
-    ``LovaszLoss("multiclass")`` is ``classes="present"``.
-    ``backend``: "cpu", "cuda", "triton" or "torch" (None: segfast.backends.choose).
+    g_{i-1}), g the Jaccard loss of the first i pixels; the segment's loss is
+    the mean of loss_c over ``classes``. One batched sort for all images and
+    classes. segmentation_models_pytorch's ``LovaszLoss("multiclass")`` is
+    ``classes="present"``.
+
+    Args:
+        input: logits (N, C, *spatial), C >= 2 (probabilities with
+            ``from_logits=False``).
+        target: class indices (N, *) or (N, 1, *).
+        classes: "present" (classes in the segment's valid target; none
+            present scores 0), "all", or a list of class indices (repeats count
+            twice, absent classes count).
+        per_image: True: one segment per image, then ``reduction`` over images;
+            False: the batch is one segment (a 0-d loss).
+        ignore_index: label whose pixels are dropped; a fully ignored segment
+            scores 0 (and counts in the mean over images).
+        from_logits: False takes ``input`` as probabilities.
+        reduction: "mean", "sum" or "none" ([N], with ``per_image``).
+        backend: "triton", "cuda", "cpu" or "torch"; None picks the device's
+            default (see :mod:`segfast.backends`).
+
+    Returns:
+        The loss: 0-d, or [N] for ``reduction="none"`` with ``per_image``;
+        float32 (float64 for float64 input).
+
+    Raises:
+        ValueError: C < 2, shapes that do not fit, labels or ``classes`` out
+            of range, an unknown ``reduction``.
+        TypeError: dense targets or an unsupported dtype.
+        RuntimeError: a ``backend`` that is not built or does not fit the device.
+
+    Example:
+        >>> import torch, segfast
+        >>> logits = torch.zeros(2, 3, 4, 4)                 # p = 1/3 everywhere
+        >>> labels = torch.zeros(2, 4, 4, dtype=torch.long)
+        >>> round(segfast.lovasz_softmax_loss(logits, labels).item(), 4)   # class 0 only: error 2/3
+        0.6667
     """
     return _lovasz.lovasz_softmax(input, target, classes=classes, per_image=per_image,
                                   ignore_index=ignore_index, from_logits=from_logits, reduction=reduction,
@@ -632,48 +1062,62 @@ def dense_crf(unary: Tensor, image: Tensor, *, iterations: int = 5, gaussian: Op
               bilateral: Optional[Bilateral] = Bilateral(), compat=None, normalization: str = "symmetric",
               pos: Optional[Tensor] = None, method: str = "permutohedral", unary_from: str = "energy",
               self_message: bool = True, backend: Optional[str] = None) -> Tensor:
-    """Fully connected CRF with Gaussian edge potentials (Krähenbühl & Koltun,
-    NIPS 2011), batched mean field; pydensecrf's DenseCRF2D semantics.
+    """Fully connected CRF with Gaussian edge potentials, batched mean field.
 
-    unary
-        [B, C, H, W] float: energies (``unary_from="energy"``, pydensecrf's
-        setUnaryEnergy), logits (``"logits"``: U = -log_softmax) or
-        probabilities (``"probs"``: U = -log(clip(p, 1e-5, 1))). Any C >= 1.
-    image
-        [B, 3, H, W], uint8 or float on the 0-255 scale (the scale of srgb; a
-        float image within [0, 1] draws a warning).
-    iterations
-        Mean-field updates (>= 0): Q0 = softmax(-U), then ``iterations`` times
-        Q = softmax(-U - Σ_m μ_m K̃_m Q), every pixel at once
-        (pydensecrf's ``inference(iterations)``).
-    gaussian, bilateral
-        :class:`segfast.Gaussian` (sxy=3, compat=3) and :class:`segfast.Bilateral`
-        (sxy=80, srgb=13, compat=10), pydensecrf's documented example values;
-        None drops that kernel. sxy / srgb: one number or one per axis / channel.
-    compat
-        Overrides both kernels' compat: a number w is the Potts model as
-        pydensecrf applies it (μ = -w·I: the message adds w·K̃Q to the same
-        label's logit); a [C, C] matrix μ is symmetrized, (μ + μᵀ)/2, and its
-        entries are penalties (positive: the label pair is discouraged).
-    normalization
-        "symmetric" (K̃ = n K n, n = 1/sqrt(K·1), default), "after" (NIPS'11,
-        K̃ = K / K·1), "before" or "none".
-    pos
-        [B, H, W] pixel objectness (:func:`pixel_objectness`): the POS-CRF unary
-        θ_0 = -log p_0, θ_k = -log(p_k·exp(pos)) = U_k - pos for classes k >= 1.
-    method
-        "permutohedral" (O(N) per filter, one lattice per image and kernel,
-        reused by every iteration and label) or "exact" (the O(N²) sum, in
-        torch on every backend: small images and tests).
-    self_message
-        True (pydensecrf): the sum over j includes i. False removes the i = j
-        term, taken as K_ii = 1.
-    backend
-        "cpu", "triton", "cuda" or "torch" (None: cpu on CPU tensors, triton
-        on CUDA tensors, else cuda when built, else torch). Kernel backends
-        return no gradient; the torch backend is differentiable through autograd.
+    Krähenbühl & Koltun (NIPS 2011), with pydensecrf's DenseCRF2D semantics:
+    Q0 = softmax(-U), then ``iterations`` times Q = softmax(-U - Σ_m μ_m K̃_m Q),
+    every pixel at once. The permutohedral lattice of each image and kernel is
+    built once and reused by every iteration and label.
 
-    Returns Q [B, C, H, W], the marginals (float32; float64 for float64 unary).
+    Args:
+        unary: [B, C, H, W] float: energies (``unary_from="energy"``,
+            pydensecrf's setUnaryEnergy), logits (``"logits"``:
+            U = -log_softmax) or probabilities (``"probs"``:
+            U = -log(clip(p, 1e-5, 1))). Any C >= 1.
+        image: [B, 3, H, W], uint8 or float on the 0-255 scale (the scale of
+            srgb; a float image within [0, 1] draws a warning).
+        iterations: mean-field updates, >= 0 (pydensecrf's ``inference(iterations)``).
+        gaussian: :class:`segfast.Gaussian` spatial kernel (sxy=3, compat=3,
+            pydensecrf's documented example values); None drops it.
+        bilateral: :class:`segfast.Bilateral` appearance kernel (sxy=80,
+            srgb=13, compat=10); None drops it.
+        compat: overrides both kernels' compat: a number w is the Potts model
+            as pydensecrf applies it (the message adds w·K̃Q to the same
+            label's logit); a [C, C] matrix μ is symmetrized, (μ + μᵀ)/2, its
+            entries penalties (positive: the label pair is discouraged).
+        normalization: "symmetric" (K̃ = n K n, n = 1/sqrt(K·1), default),
+            "after" (NIPS'11, K̃ = K / K·1), "before" or "none".
+        pos: [B, H, W] pixel objectness (:func:`pixel_objectness`): the POS-CRF
+            unary θ_0 = -log p_0, θ_k = U_k - pos for classes k >= 1.
+        method: "permutohedral" (O(N) per filter) or "exact" (the O(N²) sum, in
+            torch on every backend: small images and tests).
+        unary_from: "energy", "logits" or "probs" (see ``unary``).
+        self_message: True (pydensecrf): the sum over j includes i; False
+            removes the i = j term, taken as K_ii = 1.
+        backend: "cpu", "triton", "cuda" or "torch" (None: cpu on CPU tensors,
+            triton on CUDA tensors, else cuda when built, else torch).
+
+    Returns:
+        Q [B, C, H, W], the marginals (float32; float64 for float64 unary).
+        Kernel backends return no gradient; the torch backend is
+        differentiable through autograd.
+
+    Raises:
+        ValueError: shapes that do not fit, negative ``iterations``, an
+            unknown ``normalization``, ``method`` or ``unary_from``, a bad
+            ``compat`` matrix.
+        TypeError: an unsupported dtype.
+        RuntimeError: a ``backend`` that is not built or does not fit the device.
+
+    Example:
+        >>> import torch, segfast
+        >>> logits = torch.randn(1, 3, 16, 16)
+        >>> image = torch.randint(0, 256, (1, 3, 16, 16), dtype=torch.uint8)
+        >>> q = segfast.dense_crf(logits, image, unary_from="logits", iterations=5)
+        >>> q.shape
+        torch.Size([1, 3, 16, 16])
+        >>> torch.allclose(q.sum(1), torch.ones(1, 16, 16))
+        True
     """
     return _crf.dense_crf(unary, image, iterations=iterations, gaussian=gaussian, bilateral=bilateral,
                           compat=compat, normalization=normalization, pos=pos, method=method,
@@ -681,15 +1125,31 @@ def dense_crf(unary: Tensor, image: Tensor, *, iterations: int = 5, gaussian: Op
 
 
 def pixel_objectness(proposals: Tensor, size=None) -> Tensor:
-    """pos [B, H, W] in [0, 1]: the fraction of object proposals containing
-    each pixel (Liu & Lew's POS-CRF), float32.
+    """pos [B, H, W] in [0, 1]: the fraction of object proposals containing each pixel.
 
-    proposals: boxes [B, G, 4] as (x1, y1, x2, y2) in pixel units, with
-    ``size=(H, W)``: pixel (x, y) is inside a box when its centre
-    (x + 0.5, y + 0.5) lies in [x1, x2) x [y1, y2) (boxes are clipped to the
-    image; empty or inverted boxes cover nothing but still count in G). Cost
-    O(G + H·W): a 2-D difference array and two prefix sums. Or masks
-    [B, G, H, W] (bool/uint8/float in [0, 1]): their mean over G.
-    G = 0 gives zeros.
+    Liu & Lew's POS-CRF term (the ``pos`` argument of :func:`dense_crf`).
+    Boxes: pixel (x, y) is inside a box when its centre (x + 0.5, y + 0.5)
+    lies in [x1, x2) x [y1, y2) (boxes are clipped to the image; empty or
+    inverted boxes cover nothing but still count in G); cost O(G + H·W), a
+    2-D difference array and two prefix sums. Masks: their mean over G.
+
+    Args:
+        proposals: boxes [B, G, 4] as (x1, y1, x2, y2) in pixel units (needs
+            ``size``), or masks [B, G, H, W] (bool/uint8/float in [0, 1]).
+        size: (H, W) of the image, for boxes.
+
+    Returns:
+        pos [B, H, W], float32; G = 0 gives zeros.
+
+    Raises:
+        ValueError: shapes that do not fit, boxes without ``size``.
+        TypeError: an unsupported dtype.
+
+    Example:
+        >>> import torch, segfast
+        >>> boxes = torch.tensor([[[0., 0., 4., 4.], [0., 0., 2., 2.]]])
+        >>> pos = segfast.pixel_objectness(boxes, (4, 4))
+        >>> pos[0, 0].tolist()
+        [1.0, 1.0, 0.5, 0.5]
     """
     return _crf.pixel_objectness(proposals, size)
