@@ -29,9 +29,32 @@ from ._common import require
 
 
 def matched_iou(pred_boxes: Tensor, gt_boxes: Tensor, *, fmt: str = "xyxy", backend: Optional[str] = None) -> Tensor:
-    """The aligned IoU of decoded predicted boxes and their ground truth [..., 4] -> [...],
-    float32 (float64 for float64 boxes), detached: the ``iou`` argument of the
-    IoU-balanced losses."""
+    """The aligned IoU of decoded predicted boxes and their ground truth, detached.
+
+    The ``iou`` argument of the IoU-balanced losses: computed without
+    gradient, in float32 (float64 for float64 boxes).
+
+    Args:
+        pred_boxes: [..., 4] decoded predicted boxes.
+        gt_boxes: [..., 4] their matched ground-truth boxes.
+        fmt: "xyxy", "xywh" or "cxcywh", for both.
+        backend: "triton", "cuda", "cpu" or "torch"; None picks the device's
+            default (see :mod:`segfast.backends`).
+
+    Returns:
+        [...] IoUs, float32 (float64 for float64 boxes), not requiring grad.
+
+    Raises:
+        ValueError: sets of different shapes or not [..., 4], an unknown ``fmt``.
+        TypeError: a non-tensor or an unsupported dtype.
+        RuntimeError: a ``backend`` that is not built or does not fit the device.
+
+    Example:
+        >>> import torch, segfast
+        >>> pred = torch.tensor([[0., 0., 2., 2.]], requires_grad=True)
+        >>> segfast.matched_iou(pred, torch.tensor([[0., 0., 2., 4.]]))
+        tensor([0.5000])
+    """
     with torch.no_grad():
         iou = _boxes.aligned(pred_boxes.detach(), gt_boxes.detach(), "iou", fmt=fmt, backend=backend,
                              what="matched_iou")
@@ -107,10 +130,44 @@ def _avg(avg_factor, default):
 def iou_balanced_focal_loss(pred: Tensor, target: Tensor, iou: Tensor, *, weight=None, gamma: float = 2.0,
                             alpha: float = 0.25, eta: float = 1.5, avg_factor=None,
                             loss_weight: float = 1.0) -> Tensor:
-    """IoU-balanced sigmoid focal loss. pred: logits [..., C]; target: {0, 1} [..., C] or
-    labels [...] (a label outside [0, C) is background); iou: [...] (see matched_iou);
-    weight: element weights broadcastable to pred. avg_factor default: the number of
-    positive elements (at least 1). Returns a float32 (float64) scalar."""
+    """IoU-balanced sigmoid focal loss (Wu et al.).
+
+    From "IoU-balanced Loss Functions for Single-stage Object Detection": the
+    focal loss of each positive element is scaled by iou^eta (detached),
+    renormalised so that the positives' total is unchanged.
+
+    Args:
+        pred: logits [..., C].
+        target: {0, 1} targets [..., C], or labels [...] (a label outside
+            [0, C) is background).
+        iou: [...] IoU of each sample with its ground truth (see
+            :func:`matched_iou`), in [0, 1].
+        weight: element weights broadcastable to ``pred``.
+        gamma: focusing exponent, >= 0.
+        alpha: weight of the positives.
+        eta: exponent of the IoU weights, >= 0.
+        avg_factor: the normaliser; default the number of positive elements
+            (at least 1).
+        loss_weight: factor of the whole loss, >= 0.
+
+    Returns:
+        The 0-d loss, float32 (float64 for float64 logits).
+
+    Raises:
+        ValueError: shapes that do not fit (naming the argument), ``iou``
+            values outside [0, 1], negative or non-finite hyper-parameters,
+            labels out of range.
+        TypeError: a non-float ``pred`` or ``iou``.
+
+    Example:
+        >>> import torch, segfast
+        >>> logits = torch.zeros(4, 3)
+        >>> labels = torch.tensor([0, 1, 2, 3])   # a label outside [0, C): background
+        >>> iou = torch.tensor([0.9, 0.5, 0.7, 0.0])
+        >>> loss = segfast.iou_balanced_focal_loss(logits, labels, iou)
+        >>> loss.shape
+        torch.Size([])
+    """
     what = "iou_balanced_focal_loss"
     _check_param(what, gamma=gamma, eta=eta, loss_weight=loss_weight)
     x = _logits_2d(pred, what)
@@ -126,9 +183,40 @@ def iou_balanced_focal_loss(pred: Tensor, target: Tensor, iou: Tensor, *, weight
 
 def iou_balanced_bce_loss(pred: Tensor, target: Tensor, iou: Tensor, *, weight=None, eta: float = 1.5,
                           avg_factor=None, loss_weight: float = 1.0) -> Tensor:
-    """IoU-balanced binary cross entropy on logits [..., C] (targets as in
-    iou_balanced_focal_loss). avg_factor default: the number of elements with
-    weight > 0 (at least 1), as the authors' code."""
+    """IoU-balanced binary cross entropy on logits.
+
+    The BCE of each positive element is scaled by iou^eta (detached),
+    renormalised so that the positives' total is unchanged.
+
+    Args:
+        pred: logits [..., C].
+        target: {0, 1} targets [..., C], or labels [...] (a label outside
+            [0, C) is background).
+        iou: [...] IoU of each sample (see :func:`matched_iou`), in [0, 1].
+        weight: element weights broadcastable to ``pred``.
+        eta: exponent of the IoU weights, >= 0.
+        avg_factor: the normaliser; default the number of elements with
+            weight > 0 (at least 1), as the authors' code.
+        loss_weight: factor of the whole loss, >= 0.
+
+    Returns:
+        The 0-d loss, float32 (float64 for float64 logits).
+
+    Raises:
+        ValueError: shapes that do not fit (naming the argument), ``iou``
+            values outside [0, 1], negative or non-finite hyper-parameters,
+            labels out of range.
+        TypeError: a non-float ``pred`` or ``iou``.
+
+    Example:
+        >>> import torch, segfast
+        >>> logits = torch.zeros(4, 3)
+        >>> labels = torch.tensor([0, 1, 2, 3])   # a label outside [0, C): background
+        >>> iou = torch.tensor([0.9, 0.5, 0.7, 0.0])
+        >>> loss = segfast.iou_balanced_bce_loss(logits, labels, iou)
+        >>> loss.shape
+        torch.Size([])
+    """
     what = "iou_balanced_bce_loss"
     _check_param(what, eta=eta, loss_weight=loss_weight)
     x = _logits_2d(pred, what)
@@ -145,10 +233,40 @@ def iou_balanced_bce_loss(pred: Tensor, target: Tensor, iou: Tensor, *, weight=N
 
 def iou_balanced_ce_loss(pred: Tensor, target: Tensor, iou: Tensor, *, weight=None, eta: float = 1.5,
                          background: int = 0, avg_factor=None, loss_weight: float = 1.0) -> Tensor:
-    """IoU-balanced softmax cross entropy: logits [..., C], labels [...] in [0, C); a
-    sample is positive when its label != ``background`` (the authors' code: 0).
-    weight: per-sample [...]. avg_factor default: the number of samples with
-    weight > 0 (at least 1)."""
+    """IoU-balanced softmax cross entropy.
+
+    A sample is positive when its label != ``background`` (the authors' code:
+    0); the cross entropy of each positive is scaled by iou^eta (detached),
+    renormalised so that the positives' total is unchanged.
+
+    Args:
+        pred: logits [..., C].
+        target: integer labels [...] in [0, C).
+        iou: [...] IoU of each sample (see :func:`matched_iou`), in [0, 1].
+        weight: per-sample weights [...].
+        eta: exponent of the IoU weights, >= 0.
+        background: the background label.
+        avg_factor: the normaliser; default the number of samples with
+            weight > 0 (at least 1).
+        loss_weight: factor of the whole loss, >= 0.
+
+    Returns:
+        The 0-d loss, float32 (float64 for float64 logits).
+
+    Raises:
+        ValueError: shapes that do not fit (naming the argument), ``iou``
+            values outside [0, 1], negative or non-finite hyper-parameters,
+            labels out of range.
+        TypeError: a non-float ``pred`` or ``iou``.
+
+    Example:
+        >>> import torch, segfast
+        >>> logits = torch.zeros(4, 3)                        # CE = log 3 for every sample
+        >>> labels = torch.tensor([0, 1, 2, 1])
+        >>> loss = segfast.iou_balanced_ce_loss(logits, labels, torch.tensor([0.9, 0.5, 0.7, 0.2]))
+        >>> round(loss.item(), 4)
+        1.0986
+    """
     what = "iou_balanced_ce_loss"
     _check_param(what, eta=eta, loss_weight=loss_weight)
     x = _logits_2d(pred, what)
@@ -175,11 +293,38 @@ def iou_balanced_ce_loss(pred: Tensor, target: Tensor, iou: Tensor, *, weight=No
 
 def iou_balanced_smooth_l1_loss(pred: Tensor, target: Tensor, iou: Tensor, *, weight=None, beta: float = 1.0,
                                 lam: float = 1.5, avg_factor=None, loss_weight: float = 1.0) -> Tensor:
-    """IoU-balanced smooth-L1 localization loss: pred, target regression targets
-    [..., 4]; iou [...]; weight broadcastable to pred (the authors: 1 on positives).
-    Σ smooth_l1(pred - target; beta) · weight · iou^lam (detached) / avg_factor ·
-    loss_weight; avg_factor default: (number of weights > 0) / 4 + 1e-6, as the
-    authors' code."""
+    """IoU-balanced smooth-L1 localization loss.
+
+    Σ smooth_l1(pred - target; beta)·weight·iou^lam (detached) / avg_factor ·
+    loss_weight.
+
+    Args:
+        pred: regression outputs [..., 4].
+        target: regression targets [..., 4].
+        iou: [...] IoU of each sample (see :func:`matched_iou`), in [0, 1].
+        weight: broadcastable to ``pred`` (the authors: 1 on positives).
+        beta: the smooth-L1 threshold, >= 0.
+        lam: exponent of the IoU weights, >= 0.
+        avg_factor: the normaliser; default (number of weights > 0) / 4 + 1e-6,
+            as the authors' code.
+        loss_weight: factor of the whole loss, >= 0.
+
+    Returns:
+        The 0-d loss, float32 (float64 for float64 input).
+
+    Raises:
+        ValueError: shapes that do not fit (naming the argument), ``iou``
+            values outside [0, 1], negative or non-finite hyper-parameters,
+            labels out of range.
+        TypeError: a non-float ``pred`` or ``iou``.
+
+    Example:
+        >>> import torch, segfast
+        >>> pred, target = torch.zeros(2, 4), torch.full((2, 4), 0.5)
+        >>> loss = segfast.iou_balanced_smooth_l1_loss(pred, target, torch.ones(2))
+        >>> round(loss.item(), 4)                     # 0.5·0.5² per coordinate, 8 / (8/4)
+        0.5
+    """
     what = "iou_balanced_smooth_l1_loss"
     _check_param(what, beta=beta, lam=lam, loss_weight=loss_weight)
     if not isinstance(pred, Tensor) or not isinstance(target, Tensor) or pred.shape != target.shape:

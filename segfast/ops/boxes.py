@@ -365,20 +365,73 @@ def box_loss(boxes1: Tensor, boxes2: Tensor, kind="iou", *, reduction: str = "no
 
 
 # ---------------------------------------------------------------- public API (re-exported by segfast)
-_DOC = """{title} of every pair of boxes1 [..., N, 4] and boxes2 [..., M, 4] -> [..., N, M]
-    (any number of equal leading batch dims), torchvision's {tv} semantics{extra}.
+_DOC = """{title} of every pair of boxes1 [..., N, 4] and boxes2 [..., M, 4] -> [..., N, M].
 
-    fmt: "xyxy" | "xywh" | "cxcywh". float32/float16/bfloat16/float64 (two dtypes are
-    promoted to one) or integer boxes (read as float32, a float32 result, as
-    torchvision's); computed in float32 (float64), returned in the boxes' dtype,
-    differentiable for both box sets. Degenerate boxes give finite values where
-    torchvision divides 0 by 0: IoU is 0 where the union is <= 0, GIoU's enclosing
-    term is 0 where the enclosing area is <= 0, CIoU's atan(w/h) is ±pi/2 for h = 0
-    and 0 for a 0 x 0 box (segfast/reference/boxes.py). Non-finite coordinates are
-    not checked: they give NaN in their own box's row or column only. Empty sets give
-    empty results. The ``*_aligned`` forms pair boxes1[..., i] with boxes2[..., i].
-    TorchScript is not supported (``torch.jit.script`` fails): use ``torch.compile``
-    or ``torch.export``."""
+    torchvision's ``{tv}`` semantics{extra}, with any number of equal leading
+    batch dims. Computed in float32 (float64). Degenerate boxes give finite
+    values where torchvision divides 0 by 0: IoU is 0 where the union is <= 0,
+    GIoU's enclosing term is 0 where the enclosing area is <= 0, CIoU's
+    atan(w/h) is ±pi/2 for h = 0 and 0 for a 0 x 0 box (segfast/reference/boxes.py).
+    Non-finite coordinates are not checked: they give NaN in their own box's
+    row or column only. Empty sets give empty results. TorchScript is not
+    supported (``torch.jit.script`` fails): use ``torch.compile`` or
+    ``torch.export``.
+
+    Args:
+        boxes1: [..., N, 4] boxes, float32/float16/bfloat16/float64, or integer
+            (read as float32, giving a float32 result, as torchvision's).
+        boxes2: [..., M, 4] boxes with the same leading dims (two float dtypes
+            are promoted to one).
+        fmt: "xyxy", "xywh" or "cxcywh", for both sets.
+{eps_arg}        backend: "triton", "cuda", "cpu" or "torch"; None picks the device's
+            default (see :mod:`segfast.backends`).
+
+    Returns:
+        [..., N, M] in the boxes' (promoted) dtype, differentiable for both box sets.
+
+    Raises:
+        ValueError: a set that is not [..., N, 4], batch dims that differ, sets
+            on two devices, an unknown ``fmt``.
+        TypeError: a non-tensor or an unsupported dtype.
+        RuntimeError: a ``backend`` that is not built or does not fit the device.
+
+    Example:
+        >>> import torch, segfast
+        >>> a = torch.tensor([[0., 0., 2., 2.]])
+        >>> b = torch.tensor([[0., 0., 2., 4.], [3., 0., 4., 2.]])
+        >>> segfast.{name}(a, b)
+        {value}
+    """
+_EPS_ARG = "        eps: added to the enclosing diagonal's square (and, for CIoU, alpha's denominator).\n"
+
+_ALIGNED_DOC = """{title} of aligned pairs: boxes1[..., i] with boxes2[..., i], [..., 4] -> [...].
+
+    The element-wise form of :func:`segfast.{pairwise}` (same semantics and
+    degenerate-box rules), without the N x M matrix.
+
+    Args:
+        boxes1: [..., 4] boxes, float32/float16/bfloat16/float64 or integer.
+        boxes2: [..., 4] boxes of the same shape.
+        fmt: "xyxy", "xywh" or "cxcywh", for both sets.
+{eps_arg}        backend: "triton", "cuda", "cpu" or "torch"; None picks the device's
+            default (see :mod:`segfast.backends`).
+
+    Returns:
+        [...] in the boxes' (promoted) dtype, differentiable for both box sets.
+
+    Raises:
+        ValueError: sets of different shapes or not [..., 4], sets on two
+            devices, an unknown ``fmt``.
+        TypeError: a non-tensor or an unsupported dtype.
+        RuntimeError: a ``backend`` that is not built or does not fit the device.
+
+    Example:
+        >>> import torch, segfast
+        >>> a = torch.tensor([[0., 0., 2., 2.], [0., 0., 1., 1.]])
+        >>> b = torch.tensor([[0., 0., 2., 4.], [0., 0., 1., 1.]])
+        >>> segfast.{name}(a, b)
+        {value}
+    """
 
 
 def box_iou(boxes1: Tensor, boxes2: Tensor, *, fmt: str = "xyxy", backend: Optional[str] = None) -> Tensor:
@@ -419,25 +472,60 @@ def complete_box_iou_aligned(boxes1: Tensor, boxes2: Tensor, *, fmt: str = "xyxy
     return aligned(boxes1, boxes2, "ciou", fmt=fmt, eps=eps, backend=backend, what="complete_box_iou_aligned")
 
 
-for _f, _t, _tv, _x in (
-        (box_iou, "IoU", "box_iou", ""), (generalized_box_iou, "Generalized IoU", "generalized_box_iou",
-                                          ": IoU - (area_c - union) / area_c"),
-        (distance_box_iou, "Distance IoU", "distance_box_iou", ": IoU - rho^2 / (c^2 + eps)"),
-        (complete_box_iou, "Complete IoU", "complete_box_iou",
+for _f, _t, _x, _v in (
+        (box_iou, "IoU", "", "tensor([[0.5000, 0.0000]])"),
+        (generalized_box_iou, "Generalized IoU", ": IoU - (area_c - union) / area_c",
+         "tensor([[ 0.5000, -0.2500]])"),
+        (distance_box_iou, "Distance IoU", ": IoU - rho^2 / (c^2 + eps)", "tensor([[ 0.4500, -0.3125]])"),
+        (complete_box_iou, "Complete IoU",
          ": DIoU - alpha v, v = 4/pi^2 (atan(w_gt/h_gt) - atan(w/h))^2, alpha = v / (1 - IoU + v + eps) "
-         "a constant in the backward")):
-    _f.__doc__ = _DOC.format(title=_t, tv=_tv, extra=_x)
-for _f in (box_iou_aligned, generalized_box_iou_aligned, distance_box_iou_aligned, complete_box_iou_aligned):
-    _f.__doc__ = "Aligned (element-wise) form: boxes1, boxes2 [..., N, 4] -> [..., N]. " + _DOC.format(
-        title="The IoU variant", tv="pairwise", extra="")
+         "a constant in the backward", "tensor([[ 0.4468, -0.3142]])")):
+    _f.__doc__ = _DOC.format(title=_t, tv=_f.__name__, extra=_x, name=_f.__name__, value=_v,
+                             eps_arg=_EPS_ARG if "eps" in _f.__code__.co_varnames else "")
+for _f, _p, _v in ((box_iou_aligned, box_iou, "tensor([0.5000, 1.0000])"),
+                   (generalized_box_iou_aligned, generalized_box_iou, "tensor([0.5000, 1.0000])"),
+                   (distance_box_iou_aligned, distance_box_iou, "tensor([0.4500, 1.0000])"),
+                   (complete_box_iou_aligned, complete_box_iou, "tensor([0.4468, 1.0000])")):
+    _f.__doc__ = _ALIGNED_DOC.format(title=_p.__doc__.split(" of ")[0], pairwise=_p.__name__, name=_f.__name__,
+                                     value=_v, eps_arg=_EPS_ARG if "eps" in _f.__code__.co_varnames else "")
 
-_LOSS_DOC = """{name} of aligned pairs boxes1, boxes2 [..., 4] (predictions, targets), torchvision's
-    ``{tv}`` semantics with eps={eps} (IoU = inter / (union + eps){extra}), also for fmt="xywh" |
-    "cxcywh". reduction "none" ([...]) | "mean" (0 for an empty input) | "sum"; the result is
-    float32 (float64 for float64 boxes). One pass computes the loss and its gradient (both box
-    sets). A pair with a non-finite coordinate gives NaN; with "mean" / "sum" that raises
-    ValueError (checked on the reduced loss after the kernel, not under torch.compile). CIoU's
-    atan(w/h) is finite for h = 0 (see box_iou)."""
+_LOSS_DOC = """{name} of aligned pairs boxes1, boxes2 [..., 4] (predictions, targets).
+
+    torchvision's ``{tv}`` semantics (IoU = inter / (union + eps){extra}), also
+    for fmt="xywh" | "cxcywh". One pass computes the loss and its gradient (both
+    box sets). A pair with a non-finite coordinate gives NaN; with "mean" /
+    "sum" that raises ValueError (checked on the reduced loss after the kernel,
+    not under torch.compile). CIoU's atan(w/h) is finite for h = 0 (see
+    :func:`segfast.box_iou`).
+
+    Args:
+        boxes1: [..., 4] predicted boxes, float32/float16/bfloat16/float64 or integer.
+        boxes2: [..., 4] target boxes of the same shape.
+        reduction: "none" ([...]), "mean" (0 for an empty input) or "sum".
+        fmt: "xyxy", "xywh" or "cxcywh", for both sets.
+        eps: added to the union (and to the other denominators), default {eps}.
+        backend: "triton", "cuda", "cpu" or "torch"; None picks the device's
+            default (see :mod:`segfast.backends`).
+
+    Returns:
+        The loss, [...] for "none", else 0-d; float32 (float64 for float64 boxes).
+
+    Raises:
+        ValueError: sets of different shapes or not [..., 4], an unknown
+            ``fmt`` or ``reduction``, a non-finite reduced loss.
+        TypeError: a non-tensor or an unsupported dtype.
+        RuntimeError: a ``backend`` that is not built or does not fit the device.
+
+    Example:
+        >>> import torch, segfast
+        >>> pred = torch.tensor([[0., 0., 2., 2.]], requires_grad=True)
+        >>> loss = segfast.{fn}(pred, torch.tensor([[0., 0., 2., 4.]]), reduction="mean")
+        >>> round(loss.item(), 4)
+        {value}
+        >>> loss.backward()
+        >>> pred.grad.shape
+        torch.Size([1, 4])
+    """
 
 
 def iou_loss(boxes1: Tensor, boxes2: Tensor, *, reduction: str = "none", fmt: str = "xyxy", eps: float = EPS,
@@ -463,10 +551,13 @@ def ciou_loss(boxes1: Tensor, boxes2: Tensor, *, reduction: str = "none", fmt: s
                     what="ciou_loss")
 
 
-iou_loss.__doc__ = _LOSS_DOC.format(name="1 - IoU", tv="1 - inter/(union + eps)", eps=EPS, extra="")
+iou_loss.__doc__ = _LOSS_DOC.format(name="1 - IoU", tv="1 - inter/(union + eps)", eps=EPS, extra="",
+                                    fn="iou_loss", value="0.5")
 giou_loss.__doc__ = _LOSS_DOC.format(name="1 - GIoU", tv="generalized_box_iou_loss", eps=EPS,
-                                     extra=", enclosing term (area_c - union) / (area_c + eps)")
+                                     extra=", enclosing term (area_c - union) / (area_c + eps)",
+                                     fn="giou_loss", value="0.5")
 diou_loss.__doc__ = _LOSS_DOC.format(name="1 - DIoU", tv="distance_box_iou_loss", eps=EPS,
-                                     extra=", rho^2 / (c^2 + eps)")
+                                     extra=", rho^2 / (c^2 + eps)", fn="diou_loss", value="0.55")
 ciou_loss.__doc__ = _LOSS_DOC.format(name="1 - CIoU", tv="complete_box_iou_loss", eps=EPS,
-                                     extra=", rho^2 / (c^2 + eps), alpha = v / (1 - IoU + v + eps)")
+                                     extra=", rho^2 / (c^2 + eps), alpha = v / (1 - IoU + v + eps)",
+                                     fn="ciou_loss", value="0.5532")

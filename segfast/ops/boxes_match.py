@@ -281,24 +281,43 @@ if HAVE_TRITON:
 
 def box_iou_max(boxes: Tensor, gt: Tensor, gt_valid: Optional[Tensor] = None, *, fmt: str = "xyxy",
                 backend: Optional[str] = None):
-    """For each anchor its best ground truth, and for each ground truth its
-    best anchor's IoU, without the N x M IoU matrix (memory O(N + M)).
+    """For each anchor its best ground truth, for each ground truth its best anchor's IoU.
 
-    boxes: [N, 4] or [B, N, 4] anchors / predictions; gt: [M, 4] or
-    [B, M, 4] ground truth; an unbatched side is shared by every image.
-    gt_valid: optional bool [M] / [B, M], False for padding (skipped).
-    fmt: "xyxy" (default), "xywh" or "cxcywh", for both.
+    Computed without the N x M IoU matrix (memory O(N + M)). IoUs are in
+    float32 (float64 for float64 boxes) whatever the box dtype, so thresholds
+    see unrounded values. Ties: the lowest gt index wins; an image without
+    valid gt gives max 0 and argmax -1; with valid gt but no overlap, max 0
+    and the first valid gt. Not differentiable: matching is a discrete
+    assignment, the inputs are detached.
 
-    Returns (max_iou [B, N], argmax [B, N] int64, gt_max_iou [B, M]) (no B
-    when neither input is batched); IoUs in float32 (float64 for float64
-    boxes), whatever the box dtype, so thresholds see unrounded values.
-    Ties: the lowest gt index wins; an image without valid gt gives max 0
-    and argmax -1; with valid gt but no overlap, max 0 and the first valid
-    gt. gt_max_iou is 0 for N = 0 and -1 for padded gts.
+    Args:
+        boxes: [N, 4] or [B, N, 4] anchors / predictions.
+        gt: [M, 4] or [B, M, 4] ground truth; an unbatched side is shared by
+            every image.
+        gt_valid: optional bool [M] / [B, M], False for padding (skipped).
+        fmt: "xyxy" (default), "xywh" or "cxcywh", for both.
+        backend: "triton", "cuda", "cpu" or "torch"; None picks the device's
+            default (see :mod:`segfast.backends`).
 
-    Coordinates must be finite (ValueError; padded gts are not checked;
-    checks are skipped under torch.compile). Not differentiable: matching
-    is a discrete assignment, the inputs are detached.
+    Returns:
+        (max_iou [B, N], argmax [B, N] int64, gt_max_iou [B, M]), without B
+        when neither input is batched. gt_max_iou is 0 for N = 0 and -1 for
+        padded gts.
+
+    Raises:
+        ValueError: shapes that are not [N, 4] / [B, N, 4] or whose batch
+            sizes differ, an unknown ``fmt``, non-finite coordinates (padded gts
+            are not checked; checks are skipped under torch.compile).
+        TypeError: a non-tensor or an unsupported dtype.
+        RuntimeError: a ``backend`` that is not built or does not fit the device.
+
+    Example:
+        >>> import torch, segfast
+        >>> anchors = torch.tensor([[0., 0., 2., 2.], [5., 5., 6., 6.]])
+        >>> gt = torch.tensor([[0., 0., 2., 4.], [0., 0., 1., 1.]])
+        >>> max_iou, argmax, gt_max = segfast.box_iou_max(anchors, gt)
+        >>> max_iou, argmax, gt_max
+        (tensor([0.5000, 0.0000]), tensor([0, 0]), tensor([0.5000, 0.2500]))
     """
     a, g, v, batched, f, backend = prepare_match(boxes, gt, gt_valid, fmt, backend)
     if backend == "triton":
@@ -312,18 +331,38 @@ def nms(boxes: Tensor, scores: Tensor, iou_threshold: float, *, fmt: str = "xyxy
         backend: Optional[str] = None) -> Tensor:
     """Non-maximum suppression with torchvision's semantics.
 
-    boxes [N, 4] (fmt "xyxy" default, "xywh", "cxcywh"), scores [N] float,
-    iou_threshold in [0, 1]. Returns the int64 indices of the kept boxes in
-    decreasing score order. Boxes are visited by decreasing score, equal
-    scores by increasing index (a stable sort, the same on every backend);
-    a box is discarded when its IoU with an already kept box is > the
-    threshold (equal is kept). IoU of degenerate boxes is 0. Coordinates
-    must be finite and scores not NaN (ValueError; skipped under
-    torch.compile). Wrong shapes raise ShapeError (a ValueError and, as
-    torchvision's, a RuntimeError). Quantized boxes and scores are read as
-    their dequantized values (torchvision's quantized nms keeps the same
-    boxes). Works under torch.compile(fullgraph=True) (the output
-    size is data-dependent); TorchScript is not supported.
+    Boxes are visited by decreasing score, equal scores by increasing index (a
+    stable sort, the same on every backend); a box is discarded when its IoU
+    with an already kept box is > ``iou_threshold`` (equal is kept). IoU of
+    degenerate boxes is 0. Quantized boxes and scores are read as their
+    dequantized values (torchvision's quantized nms keeps the same boxes).
+    Works under torch.compile(fullgraph=True) (the output size is
+    data-dependent); TorchScript is not supported.
+
+    Args:
+        boxes: [N, 4] boxes.
+        scores: [N] float scores.
+        iou_threshold: in [0, 1].
+        fmt: "xyxy" (default), "xywh" or "cxcywh".
+        backend: "triton", "cuda", "cpu" or "torch"; None picks the device's
+            default (see :mod:`segfast.backends`).
+
+    Returns:
+        int64 [K]: the indices of the kept boxes, in decreasing score order.
+
+    Raises:
+        ShapeError: wrong shapes (a ValueError and, as torchvision's, a
+            RuntimeError).
+        ValueError: non-finite coordinates or NaN scores (skipped under
+            torch.compile), ``iou_threshold`` outside [0, 1], an unknown ``fmt``.
+        TypeError: a non-tensor or an unsupported dtype.
+        RuntimeError: a ``backend`` that is not built or does not fit the device.
+
+    Example:
+        >>> import torch, segfast
+        >>> boxes = torch.tensor([[0., 0., 2., 2.], [0., 0., 2., 2.1], [3., 3., 4., 4.]])
+        >>> segfast.nms(boxes, torch.tensor([0.9, 0.8, 0.7]), iou_threshold=0.5)
+        tensor([0, 2])
     """
     b, s, _, thr, f, backend = prepare_nms(boxes, scores, None, iou_threshold, fmt, backend)
     return nms_op(b, s, None, thr, f, backend)
@@ -331,15 +370,40 @@ def nms(boxes: Tensor, scores: Tensor, iou_threshold: float, *, fmt: str = "xyxy
 
 def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: float, *, fmt: str = "xyxy",
                 backend: Optional[str] = None) -> Tensor:
-    """NMS within each category ``idxs`` [N] (integers): boxes of different
-    categories never suppress each other. Same output and tie rules as
-    :func:`nms`; empty ``boxes`` give an empty int64 result whatever the
-    other arguments (torchvision's shortcut).
+    """NMS within each category ``idxs``: boxes of different categories never suppress each other.
 
-    Not torchvision's coordinate-offset trick: the kernels compare the
-    categories of each pair directly, so the result is exactly per-category
-    NMS merged by score, with no precision lost to large offsets (it equals
-    torchvision's result wherever that one is not perturbed by the offsets).
+    Same output and tie rules as :func:`nms`; empty ``boxes`` give an empty
+    int64 result whatever the other arguments (torchvision's shortcut). Not
+    torchvision's coordinate-offset trick: the kernels compare the categories
+    of each pair directly, so the result is exactly per-category NMS merged by
+    score, with no precision lost to large offsets (it equals torchvision's
+    result wherever that one is not perturbed by the offsets).
+
+    Args:
+        boxes: [N, 4] boxes.
+        scores: [N] float scores.
+        idxs: [N] integer categories.
+        iou_threshold: in [0, 1].
+        fmt: "xyxy" (default), "xywh" or "cxcywh".
+        backend: "triton", "cuda", "cpu" or "torch"; None picks the device's
+            default (see :mod:`segfast.backends`).
+
+    Returns:
+        int64 [K]: the indices of the kept boxes, in decreasing score order.
+
+    Raises:
+        ShapeError: wrong shapes (a ValueError and a RuntimeError).
+        ValueError: non-finite coordinates or NaN scores, ``iou_threshold``
+            outside [0, 1], an unknown ``fmt``.
+        TypeError: a non-tensor, an unsupported dtype, non-integer ``idxs``.
+        RuntimeError: a ``backend`` that is not built or does not fit the device.
+
+    Example:
+        >>> import torch, segfast
+        >>> boxes = torch.tensor([[0., 0., 2., 2.], [0., 0., 2., 2.1], [3., 3., 4., 4.]])
+        >>> scores = torch.tensor([0.9, 0.8, 0.7])
+        >>> segfast.batched_nms(boxes, scores, torch.tensor([0, 1, 0]), iou_threshold=0.5)
+        tensor([0, 1, 2])
     """
     if isinstance(boxes, Tensor) and boxes.numel() == 0:  # torchvision: empty in, empty out, nothing checked
         return torch.empty((0,), dtype=torch.int64, device=boxes.device)

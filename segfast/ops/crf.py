@@ -68,8 +68,17 @@ Compat = Union[Number, Tensor]
 
 @dataclass(frozen=True)
 class Gaussian:
-    """Spatial kernel exp(-|p_i - p_j|² / 2 sxy²): sxy a number or (sx, sy) in
-    pixels; compat a Potts weight or a [C, C] compatibility matrix."""
+    """The spatial kernel of :func:`segfast.dense_crf`: exp(-|p_i - p_j|² / 2 sxy²).
+
+    Args:
+        sxy: standard deviation in pixels, one number or (sx, sy).
+        compat: a Potts weight, or a [C, C] compatibility matrix.
+
+    Example:
+        >>> import segfast
+        >>> segfast.Gaussian(sxy=3, compat=3)
+        Gaussian(sxy=3, compat=3)
+    """
 
     sxy: Union[Number, Sequence[Number]] = 3.0
     compat: Compat = 3.0
@@ -77,9 +86,18 @@ class Gaussian:
 
 @dataclass(frozen=True)
 class Bilateral:
-    """Appearance kernel exp(-|p_i - p_j|² / 2 sxy² - |I_i - I_j|² / 2 srgb²):
-    sxy a number or (sx, sy) in pixels, srgb a number or (sr, sg, sb) on the
-    0-255 scale; compat a Potts weight or a [C, C] compatibility matrix."""
+    """The appearance kernel of :func:`segfast.dense_crf`: exp(-|p_i - p_j|² / 2 sxy² - |I_i - I_j|² / 2 srgb²).
+
+    Args:
+        sxy: spatial standard deviation in pixels, one number or (sx, sy).
+        srgb: colour standard deviation on the 0-255 scale, one number or (sr, sg, sb).
+        compat: a Potts weight, or a [C, C] compatibility matrix.
+
+    Example:
+        >>> import segfast
+        >>> segfast.Bilateral(sxy=80, srgb=13, compat=10)
+        Bilateral(sxy=80, srgb=13, compat=10)
+    """
 
     sxy: Union[Number, Sequence[Number]] = 80.0
     srgb: Union[Number, Sequence[Number]] = 13.0
