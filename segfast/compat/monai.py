@@ -18,6 +18,7 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor
 
+from .. import _doc
 from ..functional import generalized_dice_weights
 from ..ops import _common
 from ..ops import region as _region
@@ -27,8 +28,11 @@ __all__ = ["ShapeError", "DiceLoss", "GeneralizedDiceLoss", "TverskyLoss", "Foca
 
 
 class ShapeError(ValueError, AssertionError):
-    """A target whose shape does not fit the input's. MONAI raises
-    AssertionError there, segfast ValueError: this is both."""
+    """A target whose shape does not fit the input's.
+
+    MONAI raises AssertionError there, segfast ValueError: this is both, so a
+    caller catching either sees it.
+    """
 
 
 def _float_labels(target: Tensor) -> Tensor:
@@ -124,10 +128,45 @@ class _MonaiRegion(torch.nn.modules.loss._Loss):
 
 
 class DiceLoss(_MonaiRegion):
-    """monai.losses.DiceLoss, fused (the same arguments; ``backend=`` extra).
+    """monai.losses.DiceLoss, fused: the same arguments and results.
 
-    TorchScript is not supported (``torch.jit.script`` of this module fails);
-    compile with ``torch.compile`` or export with ``torch.export`` instead.
+    1 - (2·I + smooth_nr) / (P + T + smooth_dr) per (image, class), or the
+    soft Jaccard form with ``jaccard=True``; MONAI >= 1.4 semantics, soft_label
+    and ignore_index included.
+
+    {torchscript}
+
+    Args:
+        {act_args}
+        squared_pred: use squared predictions and targets in the denominator.
+        jaccard: compute the Jaccard index (soft IoU) instead.
+        reduction: "mean", "sum" or "none" (MONAI's [N, C, 1, ...] shape).
+        {smooth_args}
+        weight: per-class weights (a scalar or one per kept class), >= 0.
+        soft_label: the soft-label form of the intersection (MONAI's).
+        ignore_index: class index whose pixels count nowhere.
+        {backend}
+
+    Returns:
+        Called as ``loss_fn(input, target)``: the loss, 0-d for "mean" / "sum",
+        [N, C, 1, ...] for "none" (MONAI's shapes).
+
+    Raises:
+        ValueError: incompatible activation flags, an unknown reduction, a bad
+            ``weight`` length or negative weights.
+        TypeError: ``other_act`` that is not callable.
+        ShapeError: a target whose shape does not fit the input's (when called).
+
+    Example:
+        >>> import torch
+        >>> from segfast.compat.monai import DiceLoss
+        >>> loss_fn = DiceLoss(softmax=True, to_onehot_y=True)
+        >>> logits = torch.zeros(2, 3, 4, 4, requires_grad=True)
+        >>> labels = torch.zeros(2, 1, 4, 4, dtype=torch.long)
+        >>> loss = loss_fn(logits, labels)
+        >>> round(loss.item(), 4)
+        0.8333
+        >>> loss.backward()
     """
 
     def __init__(self, include_background=True, to_onehot_y=False, sigmoid=False, softmax=False,
@@ -161,10 +200,42 @@ class DiceLoss(_MonaiRegion):
 
 
 class TverskyLoss(_MonaiRegion):
-    """monai.losses.TverskyLoss, fused (the same arguments; ``backend=`` extra).
+    """monai.losses.TverskyLoss, fused: the same arguments and results.
 
-    TorchScript is not supported (``torch.jit.script`` of this module fails);
-    compile with ``torch.compile`` or export with ``torch.export`` instead.
+    1 - (I + smooth_nr) / (I + alpha·FP + beta·FN + smooth_dr) per (image,
+    class).
+
+    {torchscript}
+
+    Args:
+        {act_args}
+        alpha: weight of the false positives.
+        beta: weight of the false negatives.
+        reduction: "mean", "sum" or "none" ([N, C]).
+        {smooth_args}
+        soft_label: the soft-label form of the intersection (MONAI's).
+        ignore_index: class index whose pixels count nowhere.
+        {backend}
+
+    Returns:
+        Called as ``loss_fn(input, target)``: the loss, 0-d for "mean" / "sum",
+        [N, C] for "none".
+
+    Raises:
+        ValueError: incompatible activation flags, an unknown reduction.
+        TypeError: ``other_act`` that is not callable.
+        ShapeError: a target whose shape does not fit the input's (when called).
+
+    Example:
+        >>> import torch
+        >>> from segfast.compat.monai import TverskyLoss
+        >>> loss_fn = TverskyLoss(softmax=True, to_onehot_y=True, alpha=0.3, beta=0.7)
+        >>> logits = torch.zeros(2, 3, 4, 4, requires_grad=True)
+        >>> labels = torch.zeros(2, 1, 4, 4, dtype=torch.long)
+        >>> loss = loss_fn(logits, labels)
+        >>> round(loss.item(), 4)
+        0.8611
+        >>> loss.backward()
     """
 
     def __init__(self, include_background=True, to_onehot_y=False, sigmoid=False, softmax=False,
@@ -181,10 +252,40 @@ class TverskyLoss(_MonaiRegion):
 
 
 class GeneralizedDiceLoss(_MonaiRegion):
-    """monai.losses.GeneralizedDiceLoss, fused (the same arguments; ``backend=`` extra).
+    """monai.losses.GeneralizedDiceLoss, fused: the same arguments and results.
 
-    TorchScript is not supported (``torch.jit.script`` of this module fails);
-    compile with ``torch.compile`` or export with ``torch.export`` instead.
+    One score per image (per batch with ``batch``), the class weights from
+    ``w_type`` computed in float32 as MONAI does.
+
+    {torchscript}
+
+    Args:
+        {act_args}
+        w_type: "square", "simple" or "uniform".
+        reduction: "mean", "sum" or "none" ([N, 1, 1, ...]).
+        {smooth_args}
+        soft_label: the soft-label form of the intersection (MONAI's).
+        {backend}
+
+    Returns:
+        Called as ``loss_fn(input, target)``: the loss, 0-d for "mean" / "sum".
+
+    Raises:
+        ValueError: incompatible activation flags, an unknown reduction or
+            ``w_type``.
+        TypeError: ``other_act`` that is not callable.
+        ShapeError: a target whose shape does not fit the input's (when called).
+
+    Example:
+        >>> import torch
+        >>> from segfast.compat.monai import GeneralizedDiceLoss
+        >>> loss_fn = GeneralizedDiceLoss(softmax=True, to_onehot_y=True)
+        >>> logits = torch.zeros(2, 3, 4, 4, requires_grad=True)
+        >>> labels = torch.zeros(2, 1, 4, 4, dtype=torch.long)
+        >>> loss = loss_fn(logits, labels)
+        >>> round(loss.item(), 4)
+        0.6666
+        >>> loss.backward()
     """
 
     def __init__(self, include_background=True, to_onehot_y=False, sigmoid=False, softmax=False,
@@ -208,26 +309,51 @@ class GeneralizedDiceLoss(_MonaiRegion):
 
 
 class FocalLoss(torch.nn.modules.loss._Loss):
-    """monai.losses.FocalLoss, fused (the same arguments; ``backend=`` extra).
+    """monai.losses.FocalLoss, fused: the same arguments and results.
 
     MONAI's conventions, reproduced: ``alpha=None`` applies no alpha (not
     0.25); a scalar alpha in the softmax form weighs background by 1 - alpha
     and every other class by alpha (ignored with include_background=False);
     include_background=False drops channel 0 *before* the softmax; "mean"
     divides by every element (N·C·spatial), or by the valid pixels with
-    ``ignore_index``; "sum" averages over space first. One difference: with
-    soft (non-binary) targets the sigmoid form uses torchvision's
-    p_t = p·t + (1 - p)(1 - t), where MONAI uses sigmoid(x(2t - 1)); they
-    agree on hard targets. Raises
-    NotImplementedError for what the one-pass kernels do not express:
-    per-class alpha in the sigmoid form, ``ignore_index`` with one-hot
-    targets, and "sum" with ``ignore_index``. ``use_softmax`` with one-hot or
-    soft targets (``to_onehot_y=False``) computes MONAI's formula in PyTorch
-    (the softmax kernels take class indices: pass those with
+    ``ignore_index``; "sum" averages over space first. With soft (non-binary)
+    targets the sigmoid form uses torchvision's p_t = p·t + (1 - p)(1 - t),
+    where MONAI uses sigmoid(x(2t - 1)); they agree on hard targets.
+    ``use_softmax`` with one-hot or soft targets computes MONAI's formula in
+    PyTorch (the softmax kernels take class indices: pass those with
     ``to_onehot_y=True`` for the fused path). Float label maps are cast as
     MONAI's one_hot casts them; (N, C) inputs take (N,) or (N, 1) labels.
-    TorchScript is not supported (``torch.jit.script`` of this module fails);
-    compile with ``torch.compile`` or export with ``torch.export`` instead.
+    {torchscript}
+
+    Args:
+        include_background: False drops channel 0.
+        to_onehot_y: the target holds class indices [N, 1, *spatial].
+        gamma: focusing exponent.
+        alpha: None, a scalar, or one per class (softmax form).
+        weight: per-class factors (a scalar or one per channel), >= 0.
+        reduction: "mean", "sum" or "none" ([N, C, *spatial]).
+        use_softmax: the softmax form (else the sigmoid form).
+        ignore_index: class index whose pixels count nowhere.
+        {backend}
+
+    Returns:
+        Called as ``loss_fn(input, target)``: the loss, 0-d for "mean" / "sum",
+        [N, C, *spatial] for "none".
+
+    Raises:
+        ValueError: an unknown reduction; when called, shapes that do not fit,
+            a bad ``weight`` or ``alpha`` length, negative weights.
+        NotImplementedError: when called, what the one-pass kernels do not
+            express: per-class alpha in the sigmoid form, ``ignore_index`` with
+            one-hot targets, "sum" with ``ignore_index``.
+
+    Example:
+        >>> import torch
+        >>> from segfast.compat.monai import FocalLoss
+        >>> loss_fn = FocalLoss(to_onehot_y=True, use_softmax=True, gamma=2.0)
+        >>> labels = torch.zeros(2, 1, 4, 4, dtype=torch.long)
+        >>> round(loss_fn(torch.zeros(2, 3, 4, 4), labels).item(), 4)
+        0.1628
     """
 
     def __init__(self, include_background=True, to_onehot_y=False, gamma=2.0, alpha=None, weight=None,
@@ -349,16 +475,45 @@ class FocalLoss(torch.nn.modules.loss._Loss):
 
 
 class DiceCELoss(torch.nn.modules.loss._Loss):
-    """monai.losses.DiceCELoss, fused (the same arguments; ``backend=`` extra):
-    lambda_dice·DiceLoss + lambda_ce·CrossEntropyLoss (BCEWithLogitsLoss with
-    pos_weight=weight for one channel). With ``softmax=True, to_onehot_y=True``
-    and class-index targets, the cross-entropy sums come out of the Dice
-    kernels (two passes over the logits in all, as ``segfast.dice_ce_loss``);
-    otherwise the terms run side by side, and soft (C-channel) targets take
-    torch's cross_entropy for the CE term.
+    """monai.losses.DiceCELoss, fused: lambda_dice·DiceLoss + lambda_ce·CrossEntropyLoss.
 
-    TorchScript is not supported (``torch.jit.script`` of this module fails);
-    compile with ``torch.compile`` or export with ``torch.export`` instead.
+    BCEWithLogitsLoss with pos_weight=weight for one channel. With
+    ``softmax=True, to_onehot_y=True`` and class-index targets the
+    cross-entropy sums come out of the Dice kernels (two passes over the logits
+    in all, as ``segfast.dice_ce_loss``); otherwise the terms run side by side,
+    and soft (C-channel) targets take torch's cross_entropy for the CE term.
+    {torchscript}
+
+    Args:
+        {act_args}
+        squared_pred: use squared predictions and targets in the denominator.
+        jaccard: compute the Jaccard index (soft IoU) instead of Dice.
+        reduction: "mean" or "sum".
+        {smooth_args}
+        weight: per-class weights of both terms (the Dice term drops channel 0's
+            with include_background=False).
+        lambda_dice: weight of the Dice term, >= 0.
+        lambda_ce: weight of the cross-entropy term, >= 0.
+        label_smoothing: ε of the cross-entropy term.
+        {backend}
+
+    Returns:
+        Called as ``loss_fn(input, target)``: the 0-d loss.
+
+    Raises:
+        ValueError: an unknown reduction, negative lambdas; when called, inputs
+            and targets of different ranks or channel counts.
+
+    Example:
+        >>> import torch
+        >>> from segfast.compat.monai import DiceCELoss
+        >>> loss_fn = DiceCELoss(softmax=True, to_onehot_y=True)
+        >>> logits = torch.zeros(2, 3, 4, 4, requires_grad=True)
+        >>> labels = torch.zeros(2, 1, 4, 4, dtype=torch.long)
+        >>> loss = loss_fn(logits, labels)
+        >>> round(loss.item(), 4)
+        1.9319
+        >>> loss.backward()
     """
 
     def __init__(self, include_background=True, to_onehot_y=False, sigmoid=False, softmax=False, other_act=None,
@@ -422,13 +577,43 @@ class DiceCELoss(torch.nn.modules.loss._Loss):
 
 
 class DiceFocalLoss(torch.nn.modules.loss._Loss):
-    """monai.losses.DiceFocalLoss, fused (the same arguments; ``backend=`` extra):
-    lambda_dice·DiceLoss + lambda_focal·FocalLoss, the focal term in MONAI's
-    sigmoid form whatever the Dice activation (MONAI issue #8242; segfast's
-    own dice_focal_loss offers the softmax form).
+    """monai.losses.DiceFocalLoss, fused: lambda_dice·DiceLoss + lambda_focal·FocalLoss.
 
-    TorchScript is not supported (``torch.jit.script`` of this module fails);
-    compile with ``torch.compile`` or export with ``torch.export`` instead.
+    The focal term in MONAI's sigmoid form whatever the Dice activation
+    (segfast's own dice_focal_loss offers the softmax form).
+
+    {torchscript}
+
+    Args:
+        {act_args}
+        squared_pred: use squared predictions and targets in the denominator.
+        jaccard: compute the Jaccard index (soft IoU) instead of Dice.
+        reduction: "mean", "sum" or "none".
+        {smooth_args}
+        gamma: the focal term's focusing exponent.
+        weight: per-class weights of both terms.
+        lambda_dice: weight of the Dice term, >= 0.
+        lambda_focal: weight of the focal term, >= 0.
+        alpha: the focal term's alpha (MONAI's convention, see FocalLoss).
+        {backend}
+
+    Returns:
+        Called as ``loss_fn(input, target)``: the loss (0-d for "mean" / "sum").
+
+    Raises:
+        ValueError: negative lambdas, an unknown reduction; when called, inputs
+            and targets of different ranks or channel counts.
+
+    Example:
+        >>> import torch
+        >>> from segfast.compat.monai import DiceFocalLoss
+        >>> loss_fn = DiceFocalLoss(softmax=True, to_onehot_y=True)
+        >>> logits = torch.zeros(2, 3, 4, 4, requires_grad=True)
+        >>> labels = torch.zeros(2, 1, 4, 4, dtype=torch.long)
+        >>> loss = loss_fn(logits, labels)
+        >>> round(loss.item(), 4)
+        1.0066
+        >>> loss.backward()
     """
 
     def __init__(self, include_background=True, to_onehot_y=False, sigmoid=False, softmax=False, other_act=None,
@@ -455,3 +640,27 @@ class DiceFocalLoss(torch.nn.modules.loss._Loss):
             raise ValueError("number of channels for target is neither 1 (without one-hot encoding) nor the same "
                              f"as input, got shape {input.shape} and {target.shape}.")
         return self.lambda_dice * self.dice(input, target) + self.lambda_focal * self.focal(input, target)
+
+
+# The parts the docstrings above share.
+_DOC = {
+    "torchscript": """\
+TorchScript is not supported (``torch.jit.script`` of this module fails);
+compile with ``torch.compile`` or export with ``torch.export`` instead.""",
+    "act_args": """\
+include_background: False drops channel 0 (ignored with one channel).
+to_onehot_y: the target holds class indices [N, 1, *spatial] (one-hot
+    encoded inside the kernels, never materialised).
+sigmoid: apply a sigmoid to the input.
+softmax: apply a softmax over the channels.
+other_act: a callable applied to the input in PyTorch before the kernels.""",
+    "smooth_args": """\
+smooth_nr: added to the numerator.
+smooth_dr: added to the denominator.
+batch: pool the sums over the batch before the formula.""",
+    "backend": 'backend: "triton", "cuda", "cpu", "torch" or None (the default of the device); not in MONAI.',
+}
+for _name in __all__:
+    _obj = globals()[_name]
+    if isinstance(_obj, type):
+        _obj.__doc__ = _doc.expand(_obj.__doc__, _DOC)

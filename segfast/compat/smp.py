@@ -19,6 +19,7 @@ from typing import List, Optional
 import torch
 from torch import Tensor
 
+from .. import _doc
 from ..ops import region as _region
 
 __all__ = ["DiceLoss", "JaccardLoss", "TverskyLoss", "FocalLoss", "SoftBCEWithLogitsLoss", "SoftCrossEntropyLoss",
@@ -49,10 +50,39 @@ def load_smp_losses():
 
 
 class TverskyLoss(torch.nn.modules.loss._Loss):
-    """segmentation_models_pytorch.losses.TverskyLoss, fused.
+    """segmentation_models_pytorch.losses.TverskyLoss, fused; ``gamma`` raises the mean loss.
 
-    TorchScript is not supported (``torch.jit.script`` of this module fails);
-    compile with ``torch.compile`` or export with ``torch.export`` instead.
+    The same arguments and semantics (smp >= 0.5): statistics pooled over the
+    batch, one score per class, classes absent from the (masked) target zeroed
+    but counted in the mean, ``smooth`` added to numerator and denominator,
+    the denominator clamped to ``eps``.
+
+    {torchscript}
+
+    Args:
+        {region_args}
+        alpha: weight of the false positives.
+        beta: weight of the false negatives.
+        gamma: exponent of the aggregated loss.
+        class_weights: per-class weights of the mean over classes.
+        {backend}
+
+    Returns:
+        Called as ``loss_fn(y_pred, y_true)``: the 0-d loss.
+
+    Raises:
+        {region_raises}
+
+    Example:
+        >>> import torch
+        >>> from segfast.compat.smp import TverskyLoss
+        >>> loss_fn = TverskyLoss("multiclass", alpha=0.3, beta=0.7)
+        >>> logits = torch.zeros(2, 3, 4, 4, requires_grad=True)
+        >>> labels = torch.zeros(2, 4, 4, dtype=torch.long)
+        >>> loss = loss_fn(logits, labels)
+        >>> round(loss.item(), 4)
+        0.1944
+        >>> loss.backward()
     """
 
     def __init__(self, mode: str, classes: Optional[List[int]] = None, log_loss: bool = False,
@@ -107,8 +137,34 @@ class TverskyLoss(torch.nn.modules.loss._Loss):
 class DiceLoss(TverskyLoss):
     """segmentation_models_pytorch.losses.DiceLoss, fused.
 
-    TorchScript is not supported (``torch.jit.script`` of this module fails);
-    compile with ``torch.compile`` or export with ``torch.export`` instead.
+    The same arguments and semantics (smp >= 0.5): statistics pooled over the
+    batch, one score per class, classes absent from the (masked) target zeroed
+    but counted in the mean, ``smooth`` added to numerator and denominator,
+    the denominator clamped to ``eps``.
+
+    {torchscript}
+
+    Args:
+        {region_args}
+        class_weights: per-class weights of the mean over classes.
+        {backend}
+
+    Returns:
+        Called as ``loss_fn(y_pred, y_true)``: the 0-d loss.
+
+    Raises:
+        {region_raises}
+
+    Example:
+        >>> import torch
+        >>> from segfast.compat.smp import DiceLoss
+        >>> loss_fn = DiceLoss("multiclass")
+        >>> logits = torch.zeros(2, 3, 4, 4, requires_grad=True)
+        >>> labels = torch.zeros(2, 4, 4, dtype=torch.long)
+        >>> loss = loss_fn(logits, labels)
+        >>> round(loss.item(), 4)
+        0.1667
+        >>> loss.backward()
     """
 
     def __init__(self, mode: str, classes: Optional[List[int]] = None, log_loss: bool = False,
@@ -121,8 +177,34 @@ class DiceLoss(TverskyLoss):
 class JaccardLoss(TverskyLoss):
     """segmentation_models_pytorch.losses.JaccardLoss, fused.
 
-    TorchScript is not supported (``torch.jit.script`` of this module fails);
-    compile with ``torch.compile`` or export with ``torch.export`` instead.
+    The same arguments and semantics (smp >= 0.5): statistics pooled over the
+    batch, one score per class, classes absent from the (masked) target zeroed
+    but counted in the mean, ``smooth`` added to numerator and denominator,
+    the denominator clamped to ``eps``.
+
+    {torchscript}
+
+    Args:
+        {region_args}
+        class_weights: per-class weights of the mean over classes.
+        {backend}
+
+    Returns:
+        Called as ``loss_fn(y_pred, y_true)``: the 0-d loss.
+
+    Raises:
+        {region_raises}
+
+    Example:
+        >>> import torch
+        >>> from segfast.compat.smp import JaccardLoss
+        >>> loss_fn = JaccardLoss("multiclass")
+        >>> logits = torch.zeros(2, 3, 4, 4, requires_grad=True)
+        >>> labels = torch.zeros(2, 4, 4, dtype=torch.long)
+        >>> loss = loss_fn(logits, labels)
+        >>> round(loss.item(), 4)
+        0.2222
+        >>> loss.backward()
     """
 
     def __init__(self, mode: str, classes: Optional[List[int]] = None, log_loss: bool = False,
@@ -148,15 +230,43 @@ def _per_class(v, C: int, device, what: str) -> Optional[Tensor]:
 
 
 class FocalLoss(torch.nn.modules.loss._Loss):
-    """segmentation_models_pytorch.losses.FocalLoss, fused: the sigmoid focal
-    loss per class (one class against the rest, in every mode), averaged over
-    the valid pixels, then over classes (weighted by ``class_weights``).
-    smp's p_t = exp(-bce) equals torchvision's on hard targets (the only ones
-    tested). ``normalized``, ``reduced_threshold``, ``reduction="none"`` and
-    per-element ``ignore_index`` in multilabel mode raise NotImplementedError.
+    """segmentation_models_pytorch.losses.FocalLoss, fused.
 
-    TorchScript is not supported (``torch.jit.script`` of this module fails);
-    compile with ``torch.compile`` or export with ``torch.export`` instead.
+    The sigmoid focal loss per class (one class against the rest, in every
+    mode), averaged over the valid pixels, then over classes (weighted by
+    ``class_weights``). smp's p_t = exp(-bce) equals torchvision's on hard
+    targets (the only ones tested).
+
+    {torchscript}
+
+    Args:
+        mode: "binary", "multiclass" or "multilabel".
+        alpha: weight of the positives (None: no alpha).
+        gamma: focusing exponent.
+        ignore_index: label whose pixels count nowhere (not in multilabel mode).
+        from_logits: False takes probabilities.
+        eps: the clamp of probabilities turned back into logits.
+        reduction: "mean" or "sum".
+        normalized: must be False.
+        reduced_threshold: must be None.
+        class_weights: per-class weights of the mean over classes.
+        {backend}
+
+    Returns:
+        Called as ``loss_fn(y_pred, y_true)``: the 0-d loss.
+
+    Raises:
+        ValueError: an unknown ``mode``, ``class_weights`` with ``mode="binary"``.
+        NotImplementedError: ``normalized``, ``reduced_threshold``,
+            ``reduction="none"``; per-element ``ignore_index`` in multilabel
+            mode (when called).
+
+    Example:
+        >>> import torch
+        >>> from segfast.compat.smp import FocalLoss
+        >>> loss_fn = FocalLoss("binary", alpha=0.25)
+        >>> round(loss_fn(torch.zeros(2, 1, 4, 4), torch.ones(2, 1, 4, 4)).item(), 4)
+        0.0433
     """
 
     def __init__(self, mode: str, alpha: Optional[float] = None, gamma: Optional[float] = 2.0,
@@ -209,12 +319,36 @@ class FocalLoss(torch.nn.modules.loss._Loss):
 
 
 class SoftBCEWithLogitsLoss(torch.nn.Module):
-    """segmentation_models_pytorch.losses.SoftBCEWithLogitsLoss, fused: BCE with
-    label smoothing ``smooth_factor``, ``weight``/``pos_weight`` (one per
-    channel), and ``ignore_index`` elements zeroed but counted in the mean.
+    """segmentation_models_pytorch.losses.SoftBCEWithLogitsLoss, fused.
 
-    TorchScript is not supported (``torch.jit.script`` of this module fails);
-    compile with ``torch.compile`` or export with ``torch.export`` instead.
+    BCE with label smoothing ``smooth_factor``, ``weight`` / ``pos_weight``
+    (one per channel), and ``ignore_index`` elements zeroed but counted in the
+    mean.
+
+    {torchscript}
+
+    Args:
+        weight: per-channel factors (or a scalar).
+        ignore_index: target value whose elements are zeroed.
+        reduction: "mean", "sum" or "none".
+        smooth_factor: label smoothing s: t becomes t·(1 - 2s) + s.
+        pos_weight: per-channel weight of the positive term.
+        {backend}
+
+    Returns:
+        Called as ``loss_fn(y_pred, y_true)``: the loss, 0-d for "mean" /
+        "sum", the input's shape for "none".
+
+    Raises:
+        ValueError: an unknown ``reduction``.
+        NotImplementedError: when called, weights that are not one per channel.
+
+    Example:
+        >>> import torch
+        >>> from segfast.compat.smp import SoftBCEWithLogitsLoss
+        >>> loss_fn = SoftBCEWithLogitsLoss(smooth_factor=0.1)
+        >>> round(loss_fn(torch.zeros(2, 1, 4, 4), torch.ones(2, 1, 4, 4)).item(), 4)
+        0.6931
     """
 
     def __init__(self, weight: Optional[Tensor] = None, ignore_index: Optional[int] = -100,
@@ -254,13 +388,36 @@ class SoftBCEWithLogitsLoss(torch.nn.Module):
 
 
 class SoftCrossEntropyLoss(torch.nn.Module):
-    """segmentation_models_pytorch.losses.SoftCrossEntropyLoss, fused: softmax
-    cross entropy with label smoothing ``smooth_factor`` (ε/C on every class),
-    ``ignore_index`` pixels zeroed but counted in the mean. ``dim`` must be 1.
-    ``reduction="none"`` returns [N, *spatial].
+    """segmentation_models_pytorch.losses.SoftCrossEntropyLoss, fused.
 
-    TorchScript is not supported (``torch.jit.script`` of this module fails);
-    compile with ``torch.compile`` or export with ``torch.export`` instead.
+    Softmax cross entropy with label smoothing ``smooth_factor`` (ε/C on every
+    class), ``ignore_index`` pixels zeroed but counted in the mean.
+
+    {torchscript}
+
+    Args:
+        reduction: "mean", "sum" or "none" ([N, *spatial]).
+        smooth_factor: label smoothing ε.
+        ignore_index: label whose pixels are zeroed.
+        dim: the class dimension; must be 1.
+        {backend}
+
+    Returns:
+        Called as ``loss_fn(y_pred, y_true)``: the loss, 0-d for "mean" /
+        "sum", [N, *spatial] for "none".
+
+    Raises:
+        ValueError: an unknown ``reduction``.
+        NotImplementedError: ``dim`` != 1.
+        TypeError: when called with dense targets.
+
+    Example:
+        >>> import torch
+        >>> from segfast.compat.smp import SoftCrossEntropyLoss
+        >>> loss_fn = SoftCrossEntropyLoss(smooth_factor=0.1)
+        >>> labels = torch.zeros(2, 4, 4, dtype=torch.long)
+        >>> round(loss_fn(torch.zeros(2, 3, 4, 4), labels).item(), 4)
+        1.0986
     """
 
     def __init__(self, reduction: str = "mean", smooth_factor: Optional[float] = None,
@@ -291,22 +448,44 @@ class SoftCrossEntropyLoss(torch.nn.Module):
 
 
 class LovaszLoss(torch.nn.modules.loss._Loss):
-    """segmentation_models_pytorch.losses.LovaszLoss, batched (one sort for
-    the whole batch instead of a Python loop over images and classes).
+    """segmentation_models_pytorch.losses.LovaszLoss, batched.
 
-    ``"binary"`` / ``"multilabel"``: the Lovász hinge on logits, all channels
-    of an image one segment (``per_image``) or the whole batch one segment;
-    targets of the input's shape (or (N, *) for binary), any dtype, elements
-    equal to ``ignore_index`` dropped. ``"multiclass"``: the Lovász-softmax
-    on softmax(y_pred) over the classes present, class-index targets.
-    As in smp, ``from_logits`` is accepted and ignored (smp always applies
-    the softmax in multiclass mode, and the hinge always takes logits). One
+    One sort for the whole batch instead of a Python loop over images and
+    classes. ``"binary"`` / ``"multilabel"``: the Lovász hinge on logits, all
+    channels of an image one segment (``per_image``) or the whole batch one
+    segment; targets of the input's shape (or (N, *) for binary), any dtype,
+    elements equal to ``ignore_index`` dropped. ``"multiclass"``: the
+    Lovász-softmax on softmax(y_pred) over the classes present, class-index
+    targets. As in smp, ``from_logits`` is accepted and ignored. One
     difference: in multiclass mode with ``per_image=True``, an image whose
     pixels are all ignored scores 0 (counted in the mean over images); smp
-    returns an empty tensor for the whole batch then. ``backend=`` is an
-    extra keyword (as everywhere: cpu, cuda, triton, torch).
-    TorchScript is not supported (``torch.jit.script`` of this module fails);
-    compile with ``torch.compile`` or export with ``torch.export`` instead.
+    returns an empty tensor for the whole batch then.
+
+    {torchscript}
+
+    Args:
+        mode: "binary", "multiclass" or "multilabel".
+        per_image: one segment per image (True) or the whole batch.
+        ignore_index: label (or target value) whose pixels are dropped.
+        from_logits: accepted and ignored, as in smp.
+        {backend}
+
+    Returns:
+        Called as ``loss_fn(y_pred, y_true)``: the 0-d loss.
+
+    Raises:
+        ValueError: an unknown ``mode``; when called, batch sizes or element
+            counts that differ.
+        TypeError: when called with non-tensors, or float targets in
+            multiclass mode.
+
+    Example:
+        >>> import torch
+        >>> from segfast.compat.smp import LovaszLoss
+        >>> loss_fn = LovaszLoss("multiclass")
+        >>> labels = torch.zeros(2, 4, 4, dtype=torch.long)
+        >>> round(loss_fn(torch.zeros(2, 3, 4, 4), labels).item(), 4)
+        0.6667
     """
 
     def __init__(self, mode: str, per_image: bool = False, ignore_index: Optional[int] = None,
@@ -336,3 +515,29 @@ class LovaszLoss(torch.nn.modules.loss._Loss):
         t = y_true.reshape(y_pred.shape).to(torch.float64 if y_pred.dtype == torch.float64 else torch.float32)
         return _lovasz.lovasz_hinge(y_pred, t, per_image=self.per_image, ignore_index=self.ignore_index,
                                     backend=self.backend)
+
+
+# The parts the docstrings above share.
+_DOC = {
+    "torchscript": """\
+TorchScript is not supported (``torch.jit.script`` of this module fails);
+compile with ``torch.compile`` or export with ``torch.export`` instead.""",
+    "region_args": """\
+mode: "binary", "multiclass" or "multilabel".
+classes: class indices the loss is averaged over (None: all).
+log_loss: -log(score) instead of 1 - score.
+from_logits: False takes probabilities.
+smooth: added to numerator and denominator.
+ignore_index: label (or target value) whose pixels count nowhere.
+eps: the denominator's lower clamp.""",
+    "region_raises": """\
+ValueError: an unknown ``mode``, ``classes`` or ``class_weights`` with
+    ``mode="binary"``; when called, batch sizes that differ or shapes
+    that do not fit.
+TypeError: when called in multiclass mode with float targets.""",
+    "backend": 'backend: "triton", "cuda", "cpu", "torch" or None (the default of the device); not in smp.',
+}
+for _name in __all__:
+    _obj = globals()[_name]
+    if isinstance(_obj, type):
+        _obj.__doc__ = _doc.expand(_obj.__doc__, _DOC)

@@ -110,22 +110,52 @@ def _kernel():
 
 
 class COCOEvaluator:
-    """COCO box mAP / mAR, stateful: ``update(preds, targets)`` per batch,
-    ``compute()``, ``reset()``; or ``COCOEvaluator.from_coco(gt, dets)``.
+    """COCO box mAP / mAR with pycocotools' numbers, stateful (torchmetrics-style).
 
-    preds: a list (one per image) of dicts with ``boxes`` [N, 4], ``scores``
-    [N], ``labels`` [N]; targets: dicts with ``boxes`` [M, 4], ``labels``
-    [M] and optionally ``iscrowd`` [M] and ``area`` [M]. ``box_format``:
-    "xyxy" (default), "xywh" (COCO's) or "cxcywh"; boxes are evaluated in
-    float64 xywh (xyxy becomes x, y, x2 - x, y2 - y, as torchmetrics does).
+    ``update(preds, targets)`` per batch, ``compute()``, ``reset()``; or
+    ``COCOEvaluator.from_coco(gt, dets)`` for COCO json input. Boxes are
+    evaluated in float64 xywh (xyxy becomes x, y, x2 - x, y2 - y, as
+    torchmetrics does). Matching and accumulation run in C++, all categories in
+    parallel; under torch.distributed ``compute()`` all-gathers the state. See
+    the module docstring for the exact rules. ``MeanAveragePrecision`` is the
+    same class.
 
-    ``compute()`` returns a dict: the 12 numbers under torchmetrics' keys
-    (``map``, ``map_50``, ... ``mar_large``) and as ``stats`` [12] (in
-    pycocotools' order, named by ``STAT_NAMES``), ``classes``,
-    ``map_per_class`` / ``mar_100_per_class`` (-1 for a class without gt),
-    and pycocotools' arrays ``precision`` [T, R, K, A, M], ``recall``
-    [T, K, A, M], ``scores`` [T, R, K, A, M] (float64 tensors).
-    See the module docstring for the exact rules.
+    Args:
+        box_format: "xyxy" (default), "xywh" (COCO's) or "cxcywh".
+        iou_thresholds: IoU thresholds (default pycocotools' 0.5:0.05:0.95).
+        rec_thresholds: increasing recall thresholds (default 0:0.01:1).
+        max_detection_thresholds: maxDets (default [1, 10, 100]).
+        area_ranges: {label: (lo, hi)} (default COCO's all/small/medium/large).
+        average: "coco" (the 101-point mean) or "all_points" (VOC 2010+ AP).
+        dist_sync: all-gather the state across processes in ``compute()``.
+        num_threads: threads of the C++ pass (None: torch's count).
+
+    Returns:
+        ``compute()`` returns a dict of float64 tensors: the 12 numbers under
+        torchmetrics' keys (``map``, ``map_50``, ... ``mar_large``) and as
+        ``stats`` [12] (pycocotools' order, named by ``STAT_NAMES``),
+        ``classes``, ``map_per_class`` / ``mar_100_per_class`` (-1 for a class
+        without gt), and pycocotools' ``precision`` [T, R, K, A, M], ``recall``
+        [T, K, A, M] and ``scores`` [T, R, K, A, M].
+
+    Raises:
+        ValueError: an unknown ``box_format`` or ``average``, thresholds that
+            are empty, non-finite or (recall) not increasing, maxDets that are
+            not positive integers, empty ``area_ranges``; in ``update``, entries
+            without the needed keys or of the wrong shapes.
+        TypeError: ``update`` arguments that are not lists of dicts.
+
+    Example:
+        >>> import torch
+        >>> from segfast.metrics import COCOEvaluator
+        >>> m = COCOEvaluator(box_format="xyxy")
+        >>> preds = [{"boxes": torch.tensor([[10., 10., 50., 50.]]), "scores": torch.tensor([0.9]),
+        ...           "labels": torch.tensor([1])}]
+        >>> targets = [{"boxes": torch.tensor([[10., 10., 50., 50.]]), "labels": torch.tensor([1])}]
+        >>> m.update(preds, targets)
+        >>> out = m.compute()
+        >>> round(out["map"].item(), 6), round(out["map_50"].item(), 6)
+        (1.0, 1.0)
     """
 
     def __init__(self, box_format: str = "xyxy", iou_thresholds: Optional[Sequence[float]] = None,
@@ -162,6 +192,11 @@ class COCOEvaluator:
     # ---- state
 
     def reset(self) -> None:
+        """Forget every update (and the state of ``from_coco``).
+
+        Returns:
+            None.
+        """
         self._dt = []  # per update: [n, 7] float64 (x, y, w, h, score, label, image)
         self._gt = []  # per update: [m, 9] float64 (x, y, w, h, area, label, crowd, id != 0, image)
         self._n_images = 0
@@ -170,6 +205,22 @@ class COCOEvaluator:
         self._cache = None
 
     def update(self, preds: list, targets: list) -> None:
+        """Add a batch of images: one prediction dict and one target dict per image.
+
+        Args:
+            preds: list of dicts with ``boxes`` [N, 4] (float), ``scores`` [N] and
+                ``labels`` [N] (integers).
+            targets: list of dicts with ``boxes`` [M, 4], ``labels`` [M] and
+                optionally ``iscrowd`` [M] and ``area`` [M] (default w·h).
+
+        Returns:
+            None.
+
+        Raises:
+            TypeError: arguments that are not lists (or tuples).
+            ValueError: lists of different lengths, a dict without a needed key, a
+                tensor of the wrong shape, non-integer labels.
+        """
         if not isinstance(preds, (list, tuple)) or not isinstance(targets, (list, tuple)):
             raise TypeError("preds and targets must be lists of dicts (one per image)")
         if len(preds) != len(targets):
@@ -230,11 +281,24 @@ class COCOEvaluator:
 
     @classmethod
     def from_coco(cls, gt, dets, **kwargs) -> "COCOEvaluator":
-        """An evaluator holding a COCO ground truth (dict or json path) and
-        results (list of {image_id, category_id, bbox [x, y, w, h], score},
-        or a json path), as ``COCO(gt)``, ``loadRes(dets)`` would. Images are
-        the gt's ``images``, categories its ``categories``; gts without
-        ``iscrowd`` are not crowd, gts without ``area`` get w·h."""
+        """An evaluator holding a COCO ground truth and results, as ``COCO(gt).loadRes(dets)``.
+
+        Images are the gt's ``images``, categories its ``categories``; gts without
+        ``iscrowd`` are not crowd, gts without ``area`` get w·h.
+
+        Args:
+            gt: a COCO ground-truth dict, or the path of its json file.
+            dets: a list of {image_id, category_id, bbox [x, y, w, h], score}, or
+                the path of its json file.
+            **kwargs: constructor arguments (``box_format`` must stay "xywh").
+
+        Returns:
+            COCOEvaluator: ready for ``compute()`` / ``summary()``.
+
+        Raises:
+            ValueError: a gt without ``images`` / ``annotations``, a box format
+                other than xywh, detections of images not in the gt.
+        """
         if isinstance(gt, (str, os.PathLike)):
             with open(gt) as f:
                 gt = json.load(f)
@@ -420,6 +484,13 @@ class COCOEvaluator:
                 one(0, area="large", max_dets=m3)]
 
     def compute(self) -> dict:
+        """The metrics of everything added so far (see the class docstring for the keys).
+
+        Returns:
+            dict of float64 tensors: ``map`` ... ``mar_large``, ``stats`` [12],
+            ``classes``, ``map_per_class``, ``mar_100_per_class``, ``precision``,
+            ``recall``, ``scores``.
+        """
         c = self._run()
         p, r, ap_all = c["precision"].numpy(), c["recall"].numpy(), c["ap_all"].numpy()
         stats = self._summarize(p, r, ap_all)
@@ -438,7 +509,11 @@ class COCOEvaluator:
         return out
 
     def summary(self) -> str:
-        """pycocotools' summarize() lines."""
+        """pycocotools' ``summarize()`` lines.
+
+        Returns:
+            str: the 12 lines, each ``STAT_NAMES[i] = value`` with 3 decimals.
+        """
         stats = self.compute()["stats"].tolist()
         return "\n".join(f" {name} = {v:0.3f}" for name, v in zip(STAT_NAMES, stats))
 
@@ -458,9 +533,22 @@ class COCOEvaluator:
         return c, key, int(t[0])
 
     def pr_curve(self, iou_threshold: float = 0.5, area: str = "all", max_dets: Optional[int] = None) -> dict:
-        """Per class: the raw (not interpolated) precision, recall and score
-        after each non-ignored detection in score order (pycocotools'
-        accumulation order). Returns {class id: (precision, recall, scores)}."""
+        """Per class, the raw (not interpolated) precision-recall curve.
+
+        The precision, recall and score after each non-ignored detection in score
+        order (pycocotools' accumulation order).
+
+        Args:
+            iou_threshold: one of the evaluator's IoU thresholds.
+            area: one of the area labels.
+            max_dets: one of the maxDets (None: the largest).
+
+        Returns:
+            dict: {class id: (precision, recall, scores)}, float64 tensors.
+
+        Raises:
+            ValueError: a threshold, area or maxDets the evaluator does not hold.
+        """
         c, key, t = self._curve_cell(iou_threshold, area, max_dets)
         off, sc, code = c["curves"][key]
         a = key[0]
@@ -476,9 +564,24 @@ class COCOEvaluator:
 
     def precision_recall_f1(self, score_threshold: float = 0.5, iou_threshold: float = 0.5, area: str = "all",
                             max_dets: Optional[int] = None) -> dict:
-        """Per class, counting the detections with score >= score_threshold:
-        precision tp / (tp + fp), recall tp / (non-ignored gts), F1; NaN
-        where a denominator is 0. Returns {"classes", "precision", "recall", "f1", "tp", "fp", "n_gt"}."""
+        """Per class precision, recall and F1 of the detections scoring >= score_threshold.
+
+        precision tp / (tp + fp), recall tp / (non-ignored gts), F1; NaN where a
+        denominator is 0.
+
+        Args:
+            score_threshold: the lowest score counted.
+            iou_threshold: one of the evaluator's IoU thresholds.
+            area: one of the area labels.
+            max_dets: one of the maxDets (None: the largest).
+
+        Returns:
+            dict: ``classes``, ``precision``, ``recall``, ``f1``, ``tp``, ``fp``,
+            ``n_gt`` (one entry per class).
+
+        Raises:
+            ValueError: a threshold, area or maxDets the evaluator does not hold.
+        """
         c, key, t = self._curve_cell(iou_threshold, area, max_dets)
         off, sc, code = c["curves"][key]
         a = key[0]
@@ -518,6 +621,29 @@ def synthetic_coco(n_images: int = 5000, n_categories: int = 80, gts_per_image: 
     (sometimes with a wrong label) and random boxes, scores rounded to
     ``score_decimals`` so that ties occur. Some images have no gt, some no
     detection; category ids are 1..n_categories, image ids shuffled.
+
+    Args:
+        n_images: number of images.
+        n_categories: number of categories.
+        gts_per_image: mean number of gts per image.
+        crowd_fraction: fraction of crowd gts.
+        dets_per_image: mean number of detections per image.
+        seed: the random seed.
+        empty_fraction: fraction of images without gt (and, independently,
+            without detection).
+        score_decimals: decimals the scores are rounded to.
+
+    Returns:
+        (gt, dets): a COCO ground-truth dict and a list of result dicts.
+
+    Raises:
+        ValueError: from numpy, for negative counts or fractions outside [0, 1].
+
+    Example:
+        >>> from segfast.metrics import synthetic_coco
+        >>> gt, dets = synthetic_coco(n_images=10, n_categories=3)
+        >>> len(gt["images"]), len(gt["categories"])
+        (10, 3)
     """
     rng = np.random.default_rng(seed)
     W, H = 640.0, 480.0
@@ -563,8 +689,30 @@ def synthetic_coco(n_images: int = 5000, n_categories: int = 80, gts_per_image: 
 
 
 def to_tensors(gt: dict, dets: list, box_format: str = "xywh"):
-    """(preds, targets) lists for ``update()``, one entry per gt image in
-    sorted id order, from COCO dicts (float64 boxes)."""
+    """(preds, targets) lists for ``COCOEvaluator.update()`` from COCO dicts.
+
+    One entry per gt image, in sorted id order, float64 boxes.
+
+    Args:
+        gt: a COCO ground-truth dict.
+        dets: a list of COCO result dicts.
+        box_format: "xywh" (COCO's) or "xyxy", the format of the returned boxes.
+
+    Returns:
+        (preds, targets): lists of dicts as ``update()`` takes them.
+
+    Raises:
+        KeyError: a detection of an image that is not in the gt.
+
+    Example:
+        >>> from segfast.metrics import COCOEvaluator, synthetic_coco, to_tensors
+        >>> gt, dets = synthetic_coco(n_images=10, n_categories=3)
+        >>> preds, targets = to_tensors(gt, dets, box_format="xyxy")
+        >>> m = COCOEvaluator(box_format="xyxy")
+        >>> m.update(preds, targets)
+        >>> m.compute()["stats"].shape
+        torch.Size([12])
+    """
     img_ids = sorted(im["id"] for im in gt["images"])
     pos = {i: n for n, i in enumerate(img_ids)}
     per_gt = [[] for _ in img_ids]

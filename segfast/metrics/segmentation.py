@@ -106,9 +106,39 @@ def _counts(preds: Tensor, target: Tensor, C: int, ignore_index, backend) -> Ten
 
 def confusion_matrix(preds: Tensor, target: Tensor, num_classes: int, ignore_index: Optional[int] = None,
                      backend: Optional[str] = None) -> Tensor:
-    """int64 [C, C] (rows: target, columns: prediction); see the module docstring.
-    A target outside [0, C) that is not ``ignore_index`` raises ValueError
-    (on GPU this reads one count back, a device sync)."""
+    """The [C, C] confusion matrix of a segmentation, counted in one read of the logits.
+
+    Rows are target classes, columns predicted classes (torchmetrics'
+    layout). From logits there is no argmax tensor and no one-hot: C++/OpenMP
+    on CPU, Triton on GPU. The prediction is the argmax over dim 1: the first
+    maximum wins and a NaN counts as the maximum, as ``torch.argmax``.
+
+    Args:
+        preds: logits / probabilities [N, C, *], or class indices shaped like
+            ``target`` [N, *].
+        target: class indices [N, *].
+        num_classes: C.
+        ignore_index: target value whose pixels are skipped.
+        backend: "triton", "cpu" or "torch"; None picks the device's default.
+
+    Returns:
+        int64 [C, C].
+
+    Raises:
+        ValueError: shapes that do not fit, a target outside [0, C) that is
+            not ``ignore_index`` (on GPU this reads one count back, a device
+            sync).
+        TypeError: an unsupported dtype.
+        RuntimeError: a ``backend`` that is not built or does not fit the device.
+
+    Example:
+        >>> import torch
+        >>> from segfast.metrics import confusion_matrix
+        >>> logits = torch.tensor([[[[2., 0.]], [[0., 1.]]]])   # [1, 2, 1, 2]: predicts 0, 1
+        >>> confusion_matrix(logits, torch.tensor([[[0, 0]]]), num_classes=2)
+        tensor([[1, 1],
+                [0, 0]])
+    """
     c = _counts(preds, target, num_classes, ignore_index, backend)
     if bool(c[-1] > 0):
         raise ValueError(f"target holds {int(c[-1])} values outside [0, {num_classes}) other than "
@@ -117,7 +147,31 @@ def confusion_matrix(preds: Tensor, target: Tensor, num_classes: int, ignore_ind
 
 
 def scores_from_confusion(cm: Tensor, absent: str = "nan") -> dict:
-    """Per-class IoU / Dice / accuracy and their means from a [C, C] matrix (float64)."""
+    """Per-class IoU, Dice and accuracy and their means from a [C, C] matrix.
+
+    A class with no target and no predicted pixel has IoU and Dice NaN and is
+    left out of the means; ``absent="zero"`` reports it as 0 instead
+    (torchmetrics' convention), still left out of the means.
+
+    Args:
+        cm: [C, C] counts, rows target, columns prediction.
+        absent: "nan" or "zero".
+
+    Returns:
+        dict: ``confusion_matrix`` (int64), per-class ``iou``, ``dice``,
+        ``class_accuracy`` and ``miou``, ``mean_dice``, ``pixel_accuracy``,
+        ``mean_class_accuracy`` (float64).
+
+    Raises:
+        ValueError: an unknown ``absent``.
+
+    Example:
+        >>> import torch
+        >>> from segfast.metrics import scores_from_confusion
+        >>> s = scores_from_confusion(torch.tensor([[3, 1], [0, 4]]))
+        >>> s["iou"].tolist(), s["pixel_accuracy"].item()
+        ([0.75, 0.8], 0.875)
+    """
     if absent not in ("nan", "zero"):
         raise ValueError(f"absent must be 'nan' or 'zero', got {absent!r}")
     cm = cm.double()
@@ -138,12 +192,32 @@ def scores_from_confusion(cm: Tensor, absent: str = "nan") -> dict:
 class ConfusionMatrix:
     """Accumulated [C, C] confusion matrix (int64) and the scores derived from it.
 
-    ``update(preds, target)``: logits [N, C, *] or class indices [N, *];
-    ``compute()`` -> dict with ``confusion_matrix``, per-class ``iou``,
-    ``dice``, ``class_accuracy``, and ``miou``, ``mean_dice``,
-    ``pixel_accuracy``, ``mean_class_accuracy`` (float64 tensors). Targets
-    outside [0, C) other than ``ignore_index`` raise at ``compute()`` (no
-    device sync in ``update``). See the module docstring for the absent-class rule.
+    ``update(preds, target)`` per batch (logits [N, C, *] or class indices
+    [N, *]), ``compute()``, ``reset()``. Under torch.distributed
+    ``compute()`` all-reduces the matrix. Targets outside [0, C) other than
+    ``ignore_index`` raise at ``compute()`` (no device sync in ``update``).
+
+    Args:
+        num_classes: C, a positive int.
+        ignore_index: target value whose pixels are skipped.
+        absent: "nan" (absent classes NaN, left out of the means) or "zero".
+        dist_sync: all-reduce across processes in ``compute()``.
+        backend: "triton", "cpu" or "torch"; None picks the device's default.
+
+    Returns:
+        ``compute()`` returns the dict of :func:`scores_from_confusion`.
+
+    Raises:
+        ValueError: ``num_classes`` not a positive int, an unknown ``absent``;
+            at ``compute()``, targets out of range.
+
+    Example:
+        >>> import torch
+        >>> from segfast.metrics import ConfusionMatrix
+        >>> m = ConfusionMatrix(2)
+        >>> m.update(torch.tensor([[[[2., 0.]], [[0., 1.]]]]), torch.tensor([[[0, 1]]]))
+        >>> m.compute()["miou"].item()
+        1.0
     """
 
     def __init__(self, num_classes: int, ignore_index: Optional[int] = None, absent: str = "nan",
@@ -157,13 +231,39 @@ class ConfusionMatrix:
         self.reset()
 
     def reset(self) -> None:
+        """Forget every update.
+
+        Returns:
+            None.
+        """
         self._counts = None
 
     def update(self, preds: Tensor, target: Tensor) -> None:
+        """Add the counts of a batch.
+
+        Args:
+            preds: logits [N, C, *] or class indices [N, *].
+            target: class indices [N, *].
+
+        Returns:
+            None.
+
+        Raises:
+            ValueError: shapes that do not fit.
+            TypeError: an unsupported dtype.
+        """
         c = _counts(preds, target, self.num_classes, self.ignore_index, self.backend)
         self._counts = c if self._counts is None else self._counts + c.to(self._counts.device)
 
     def compute(self) -> dict:
+        """The scores of everything added so far.
+
+        Returns:
+            dict: see :func:`scores_from_confusion`.
+
+        Raises:
+            ValueError: a target value outside [0, C) other than ``ignore_index``.
+        """
         C = self.num_classes
         c = self._counts if self._counts is not None else torch.zeros(C * C + 1, dtype=torch.int64)
         dist = torch.distributed
