@@ -36,6 +36,44 @@ DTYPE_CODES = {
     torch.bool: 7,
 }
 
+
+
+def _openmp_from_torch() -> None:
+    """Make the OpenMP runtime that torch loaded visible to segfast's modules.
+
+    segfast._C is compiled with OpenMP but does not link a runtime (a wheel
+    naming libgomp.so.1 is not manylinux, and a second runtime beside torch's
+    would oversubscribe the cores): its GOMP_*/omp_* references resolve in the
+    global symbol scope when the module loads. torch normally puts its
+    libgomp there; where it does not, the loaded copy is promoted to global,
+    else the system's libgomp is loaded.
+    """
+    import ctypes
+    import ctypes.util
+
+    def is_global() -> bool:
+        return hasattr(ctypes.CDLL(None), "omp_get_max_threads")
+
+    if is_global():
+        return
+    try:
+        with open("/proc/self/maps") as maps:
+            loaded = {line.split()[-1] for line in maps if "/lib" in line and "omp" in line.rsplit("/", 1)[-1]}
+    except OSError:
+        loaded = set()
+    for path in sorted(loaded):
+        with contextlib.suppress(OSError):
+            ctypes.CDLL(path, mode=os.RTLD_GLOBAL | os.RTLD_NOLOAD)
+            if is_global():
+                return
+    name = ctypes.util.find_library("gomp")
+    if name:
+        with contextlib.suppress(OSError):
+            ctypes.CDLL(name, mode=os.RTLD_GLOBAL)
+
+
+_openmp_from_torch()
+
 try:  # the compiled extension; absent only in a source tree that was never built
     from . import _C  # type: ignore[attr-defined]
 

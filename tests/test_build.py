@@ -121,6 +121,17 @@ def test_module_needs_no_cuda_driver_or_shared_cudart():
     assert not [n for n in needed if n.startswith(("libcuda.so", "libcudart.so"))], needed
 
 
+def test_openmp_runtime_is_torchs():
+    """The modules name no OpenMP runtime: they use the one torch loaded, so a
+    process has one thread pool and the wheel stays within manylinux."""
+    cw, needed, versions = _module_requirements()
+    assert not [n for n in needed if "omp" in n], needed
+    assert not [lib for lib in versions if "omp" in lib], versions
+    from segfast import _C
+
+    assert _C.openmp_max_threads() >= 1
+
+
 def test_manylinux_build_symbol_versions():
     from segfast import _C
 
@@ -138,4 +149,4 @@ def test_symbol_version_ceiling_logic():
     assert cw.too_new({"libstdc++.so.6": ["GLIBCXX_3.4.29", "CXXABI_1.3.13"]}) == [
         "GLIBCXX_3.4.29 (libstdc++.so.6)", "CXXABI_1.3.13 (libstdc++.so.6)"]
     assert cw.forbidden_needed(["libgomp.so.1", "libc.so.6", "libcudart.so.12", "libstdc++.so.6"]) == [
-        "libcudart.so.12", "libstdc++.so.6"]
+        "libgomp.so.1", "libcudart.so.12", "libstdc++.so.6"]

@@ -5,8 +5,8 @@
 #   tools/build_wheels.sh [PYTHON ...]          (default: python3)
 #
 # For each interpreter: build the wheel (SEGFAST_MANYLINUX=ON, SEGFAST_CUDA=ON
-# unless set), `auditwheel show`, `auditwheel repair` to manylinux_2_28
-# (libgomp.so.1 excluded: torch's process provides it), tools/check_wheel.py
+# unless set), `auditwheel show`, `auditwheel repair` to manylinux_2_28 (the
+# module names no OpenMP runtime: it uses torch's), tools/check_wheel.py
 # (symbol versions, NEEDED, the fatbin's architectures and size), then
 # tools/check_torch_floor.sh: the smoke test in fresh environments with each
 # of TORCH_VERSIONS (default: pyproject's floor and 2.13.0; empty: skip).
@@ -56,18 +56,10 @@ for py in "$@"; do
   echo "-- auditwheel show"
   auditwheel show "$raw" | sed 's/^/   /'
   rm -f "$out"/wheelhouse/segfast-*-"$tag"-*.whl
-  auditwheel repair --plat manylinux_2_28_x86_64 --exclude libgomp.so.1 -w "$out/wheelhouse" "$raw"
+  auditwheel repair --plat manylinux_2_28_x86_64 -w "$out/wheelhouse" "$raw"
   whl="$(ls "$out"/wheelhouse/segfast-*-"$tag"-*.whl)"
   echo "-- repaired: $(basename "$whl") ($(du -k "$whl" | cut -f1) KiB)"
   unzip -l "$whl" | awk '$4 ~ /\.so/ {print "   " $4}'
-  # At run time libgomp.so.1 is the one torch has loaded: resolve it there
-  # (the build machine's own libgomp may need a newer glibc than torch's).
-  torchlib="$("$py" -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "lib"))' 2>/dev/null || true)"
-  if [ -n "$torchlib" ] && [ -e "$torchlib/libgomp.so.1" ]; then
-    echo "-- auditwheel show (libgomp.so.1 from $torchlib)"
-    auditwheel show --ldpaths "$torchlib:/lib/x86_64-linux-gnu:/usr/lib/x86_64-linux-gnu:/lib64:/usr/lib64" "$whl" |
-      sed 's/^/   /'
-  fi
   echo "-- tools/check_wheel.py"
   flag=""; [ "$cuda" = ON ] && flag="--cuda"
   "$tv/bin/python" "$here/check_wheel.py" $flag "$whl" || status=1

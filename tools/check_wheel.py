@@ -6,8 +6,8 @@
   manylinux_2_28 and torch's own wheels require);
 - NEEDED: no libcuda (the driver is loaded at run time by cudart), no
   libcudart (static), no libstdc++ (static in the release build; libgcc_s.so.1
-  stays, as manylinux allows);
-  libgomp.so.1 is expected: torch's process provides it;
+  stays, as manylinux allows), no libgomp (the OpenMP runtime is the one
+  torch's process has loaded: segfast/backends.py);
 - with --cuda: the fatbin's architectures (cuobjdump --list-elf / --list-ptx)
   and its size.
 Reads the ELF with pyelftools (pip install pyelftools). Exit status 1 on a failed check.
@@ -27,7 +27,7 @@ from elftools.elf.dynamic import DynamicSection
 from elftools.elf.gnuversions import GNUVerNeedSection
 
 CEILINGS = {"GLIBC": (2, 28), "GLIBCXX": (3, 4, 22), "CXXABI": (1, 3, 11), "GCC": (7, 0, 0)}
-FORBIDDEN_NEEDED = ("libcuda.so", "libcudart.so", "libstdc++.so")
+FORBIDDEN_NEEDED = ("libcuda.so", "libcudart.so", "libstdc++.so", "libgomp.so", "libomp.so", "libiomp5.so")
 
 
 def _version(s):
