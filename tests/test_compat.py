@@ -508,3 +508,20 @@ def test_box_ops_take_torchvision_inputs():
     for fn in (segfast.giou_loss, segfast.diou_loss, segfast.ciou_loss):
         with pytest.raises(ValueError, match="Invalid"):
             fn(boxes[:2], boxes[:2], reduction="xyz")
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_monai_focal_ignore_single_channel_and_no_spatial_dims(reduction, monai_losses):
+    """ignore_index on a one-channel float target (MONAI compares it element-wise)
+    and on (N, C) inputs with (N, 1) labels."""
+    x = torch.randn(3, 1, 5, 6, dtype=torch.float64)
+    t = (torch.rand(3, 1, 5, 6) > 0.5).double()
+    t[0, 0, :2] = 255
+    _compare(cm.FocalLoss(ignore_index=255, reduction=reduction),
+             monai_losses.FocalLoss(ignore_index=255, reduction=reduction), x, t)
+    if reduction != "none":
+        x2, y2 = torch.randn(6, 4, dtype=torch.float64), torch.randint(0, 4, (6, 1))
+        y2[1] = 255
+        for sm in (False, True):
+            kw = dict(to_onehot_y=True, ignore_index=255, reduction=reduction, use_softmax=sm)
+            _compare(cm.FocalLoss(**kw), monai_losses.FocalLoss(**kw), x2, y2)
