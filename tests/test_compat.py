@@ -192,12 +192,39 @@ def test_monai_focal_dense_targets(backend, monai_losses):
         _compare(cm.FocalLoss(backend=backend, **kw), monai_losses.FocalLoss(**kw), x, hard)
 
 
-def test_monai_focal_unsupported_is_explicit():
-    x, y, _, onehot = _data("cpu")
-    with pytest.raises(NotImplementedError, match="per-class alpha"):
-        cm.FocalLoss(alpha=[0.1, 0.2, 0.3, 0.4])(x, onehot)
-    with pytest.raises(NotImplementedError, match="sum"):
-        cm.FocalLoss(to_onehot_y=True, ignore_index=255, reduction="sum")(x, y[:, None])
+MONAI_FOCAL_MORE = [
+    dict(alpha=[0.1, 0.5, 2.0, 0.7]),  # per-class alpha in the sigmoid form: the positives only
+    dict(alpha=[0.5, 2.0, 0.7], include_background=False, reduction="sum", gamma=1.5),
+    dict(alpha=[0.1, 0.5, 2.0, 0.7], reduction="none", weight=[1.0, 2.0, 0.5, 3.0]),
+    dict(ignore_index=2),  # one-hot targets: the pixels of class 2 are out
+    dict(ignore_index=255, reduction="sum"),  # a sentinel: the pixels with no class are out
+    dict(ignore_index=0, include_background=False, reduction="none"),
+    dict(ignore_index=-1, alpha=0.25, reduction="sum", include_background=False),
+]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("kw", MONAI_FOCAL_MORE, ids=str)
+def test_monai_focal_dense_ignore_and_alpha(backend, kw, monai_losses):
+    """One-hot targets with ignore_index (MONAI's pixel mask) and per-class
+    alpha, in the sigmoid form (the kernels) and the softmax form."""
+    x, _, _, onehot = _data(backend)
+    for extra in (dict(), dict(use_softmax=True)):
+        _compare(cm.FocalLoss(backend=backend, **kw, **extra), monai_losses.FocalLoss(**kw, **extra), x, onehot)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("kw", [dict(ignore_index=255, reduction="sum"),
+                                dict(ignore_index=2, reduction="sum", use_softmax=True),
+                                dict(ignore_index=255, reduction="sum", alpha=[0.1, 0.5, 2.0, 0.7])], ids=str)
+def test_monai_focal_labels_ignore_sum(backend, kw, monai_losses):
+    """"sum" with ignore_index: each image's loss over its own valid pixels."""
+    x, y, _, _ = _data(backend)
+    y[1, :5] = 2
+    if kw["ignore_index"] != 255:
+        y = y.clamp(0, 3)
+    _compare(cm.FocalLoss(to_onehot_y=True, backend=backend, **kw),
+             monai_losses.FocalLoss(to_onehot_y=True, **kw), x, y[:, None])
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -424,6 +451,9 @@ def test_compat_classes_take_the_native_kernels(monkeypatch):
         (lambda: cm.DiceLoss(softmax=True, to_onehot_y=True)(x, y[:, None]), lambda: segfast.dice_loss(x, y)),
         (lambda: cm.FocalLoss(to_onehot_y=True, use_softmax=True)(x, y[:, None]),
          lambda: segfast.focal_loss(x, y, mode="multiclass")),
+        (lambda: cm.FocalLoss()(x, onehot), lambda: segfast.focal_loss(x, onehot, mode="multilabel", alpha=-1)),
+        (lambda: cm.FocalLoss(ignore_index=2, reduction="sum")(x, onehot),  # MONAI's pixel mask, per-image sums
+         lambda: segfast.focal_loss(x, onehot, mode="multilabel", alpha=-1, ignore_index=2, reduction="none")),
         (lambda: cs.DiceLoss("multiclass")(x, y), lambda: segfast.dice_loss(x, y)),
         (lambda: cs.FocalLoss("multilabel")(x, onehot.float()),
          lambda: segfast.focal_loss(x, onehot.float(), mode="multilabel")),
@@ -439,6 +469,9 @@ def test_compat_classes_take_the_native_kernels(monkeypatch):
     calls.clear()
     cm.DiceCELoss(softmax=True, to_onehot_y=True)(x, y[:, None])
     assert calls == [("plane_stats", segfast.ops.region.ref.XENT_CE)]  # the CE sums ride in the Dice pass
+    calls.clear()
+    cm.FocalLoss(alpha=[0.1, 0.5, 2.0, 0.7])(x, onehot)  # MONAI's per-class alpha: positives, then negatives
+    assert calls == [("pixel_loss", segfast.ops.pixel.FOCAL_SIGMOID)] * 2
 
 
 @pytest.mark.filterwarnings("ignore:.*quantize_per_tensor")
@@ -475,3 +508,20 @@ def test_box_ops_take_torchvision_inputs():
     for fn in (segfast.giou_loss, segfast.diou_loss, segfast.ciou_loss):
         with pytest.raises(ValueError, match="Invalid"):
             fn(boxes[:2], boxes[:2], reduction="xyz")
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_monai_focal_ignore_single_channel_and_no_spatial_dims(reduction, monai_losses):
+    """ignore_index on a one-channel float target (MONAI compares it element-wise)
+    and on (N, C) inputs with (N, 1) labels."""
+    x = torch.randn(3, 1, 5, 6, dtype=torch.float64)
+    t = (torch.rand(3, 1, 5, 6) > 0.5).double()
+    t[0, 0, :2] = 255
+    _compare(cm.FocalLoss(ignore_index=255, reduction=reduction),
+             monai_losses.FocalLoss(ignore_index=255, reduction=reduction), x, t)
+    if reduction != "none":
+        x2, y2 = torch.randn(6, 4, dtype=torch.float64), torch.randint(0, 4, (6, 1))
+        y2[1] = 255
+        for sm in (False, True):
+            kw = dict(to_onehot_y=True, ignore_index=255, reduction=reduction, use_softmax=sm)
+            _compare(cm.FocalLoss(**kw), monai_losses.FocalLoss(**kw), x2, y2)

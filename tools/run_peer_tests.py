@@ -1,9 +1,10 @@
 #!/usr/bin/env python
 """Run a peer library's own loss / box-op tests against segfast.
 
-    python tools/run_peer_tests.py smp                      # sdist from PyPI, pinned below
-    python tools/run_peer_tests.py monai --src MONAI_CHECKOUT
-    python tools/run_peer_tests.py torchvision --src VISION_CHECKOUT
+    python tools/run_peer_tests.py smp            # the pinned archives below, downloaded once
+    python tools/run_peer_tests.py monai
+    python tools/run_peer_tests.py torchvision
+    python tools/run_peer_tests.py torchvision --src VISION_CHECKOUT   # another version's tests
 
 The peer's test files run unchanged under pytest (in a subprocess, in a
 scratch directory). Only the import is swapped: the adapter
@@ -13,13 +14,16 @@ peer's names (``segmentation_models_pytorch.losses.DiceLoss``,
 before the test modules import them. Test bodies and expected values stay
 the peer's.
 
-Where the tests come from:
-* smp: its sdist on PyPI holds tests/test_losses.py; the pinned file is
-  downloaded (sha256 checked) into a cache directory ($SEGFAST_PEER_CACHE,
-  default ~/.cache/segfast/peers). Nothing of it is kept in this repository.
-* MONAI and torchvision ship no tests on PyPI (MONAI's sdist has no tests/,
-  torchvision publishes no sdist), so they run from a local checkout of the
-  peer's repository given with --src.
+Where the tests come from: a pinned source archive per peer (ARCHIVES),
+downloaded into a cache directory ($SEGFAST_PEER_CACHE, default
+~/.cache/segfast/peers), its sha256 checked, the test files extracted.
+Nothing of it is kept in this repository.
+* smp: its release sdist on PyPI holds tests/test_losses.py.
+* MONAI: the release sdists from 1.6.0 on have no tests/; the newest archive
+  on PyPI that holds tests/losses is the weekly build monai-weekly
+  1.6.dev2615 (its helpers import the installed ``monai``).
+* torchvision publishes no sdist on PyPI; Debian's archive serves its
+  release source (bookworm's pytorch-vision 0.14.1), test/test_ops.py included.
 
 The result is one line per test case and a JSON summary; the exit status
 is 0 when every case passes except the documented differences in
@@ -44,25 +48,36 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ADAPTERS = HERE / "peer_adapters"
 
-# The pinned peer releases whose tests run from PyPI.
-SDISTS = {
-    "smp": dict(project="segmentation-models-pytorch", version="0.6.0",
+_MONAI_TESTS = [f"tests/losses/test_{n}.py" for n in
+                ("dice_loss", "generalized_dice_loss", "tversky_loss", "focal_loss", "dice_ce_loss",
+                 "dice_focal_loss")]
+_MONAI_KEEP = ["tests/test_utils.py", "tests/losses/__init__.py"]  # the sdist has no tests/__init__.py
+
+# The pinned peer sources: a PyPI file (project + filename) or a URL, its
+# sha256, and the files the run needs from it.
+ARCHIVES = {
+    "smp": dict(version="0.6.0", project="segmentation-models-pytorch",
                 filename="segmentation_models_pytorch-0.6.0.tar.gz",
                 sha256="5f90a7a43fac608f85a9dce66f65297d887605da9c2caafb44aa875c30180424",
                 files=["tests/test_losses.py"]),
+    "monai": dict(version="1.6.dev2615", project="monai-weekly", filename="monai_weekly-1.6.dev2615.tar.gz",
+                  sha256="e45503febe4220b4ddd6cc1a12c81279304dc9dcbccde4197c9b4a84e385fbcc",
+                  files=_MONAI_TESTS + _MONAI_KEEP),
+    "torchvision": dict(version="0.14.1", filename="pytorch-vision_0.14.1.orig.tar.gz",
+                        url="http://deb.debian.org/debian/pool/main/p/pytorch-vision/"
+                            "pytorch-vision_0.14.1.orig.tar.gz",
+                        sha256="ced67e1cf1f97e168cdf271851a4d0b6d382ab7936e7bcbb39aaa87239c324b6",
+                        files=["test/test_ops.py"]),
 }
 
-# Test files (relative to the peer's checkout / sdist root) and a -k selection.
+# Test files (relative to the peer's checkout / archive root) and a -k selection.
 PEERS = {
     "smp": dict(tests=["tests/test_losses.py"], keep=[], select=None),
-    "monai": dict(tests=[f"tests/losses/test_{n}.py" for n in
-                         ("dice_loss", "generalized_dice_loss", "tversky_loss", "focal_loss",
-                          "dice_ce_loss", "dice_focal_loss")],
-                  keep=["tests/__init__.py", "tests/test_utils.py", "tests/losses/__init__.py"],
+    "monai": dict(tests=_MONAI_TESTS, keep=_MONAI_KEEP,
                   # a helper the test modules import (MONAI runs them with unittest); pytest would
                   # collect it as a test without its arguments
                   select="not test_script_save"),
-    # test_ops.py reads optests_failures_dict.json beside it at import
+    # newer test_ops.py read optests_failures_dict.json beside them at import
     "torchvision": dict(tests=["test/test_ops.py"], keep=[], optional=["test/optests_failures_dict.json"],
                         select="(TestNMS or TestBoxIou or TestGeneralizedBoxIou or TestDistanceBoxIoU or "
                                "TestCompleteBoxIou or TestGeneralizedBoxIouLoss or TestCompleteBoxIouLoss or "
@@ -83,7 +98,7 @@ def cache_dir() -> Path:
     return Path(os.environ.get("SEGFAST_PEER_CACHE", Path.home() / ".cache" / "segfast" / "peers"))
 
 
-def _sdist_url(project: str, filename: str) -> str:
+def _pypi_url(project: str, filename: str) -> str:
     """The file's URL from PyPI's simple index (JSON form, PEP 691)."""
     req = urllib.request.Request(f"https://pypi.org/simple/{project}/",
                                  headers={"Accept": "application/vnd.pypi.simple.v1+json"})
@@ -95,18 +110,24 @@ def _sdist_url(project: str, filename: str) -> str:
     raise RuntimeError(f"{filename} is not on PyPI's index for {project}")
 
 
-def fetch_sdist(peer: str) -> Path:
-    """-> the directory holding the pinned sdist's test files (downloaded once)."""
-    spec = SDISTS[peer]
+def _download(url: str, dest: Path) -> None:
+    tmp = dest.with_suffix(".part")
+    with urllib.request.urlopen(url, timeout=120) as r, open(tmp, "wb") as f:
+        shutil.copyfileobj(r, f)
+    tmp.replace(dest)
+
+
+def fetch_archive(peer: str) -> Path:
+    """-> the directory holding the pinned archive's test files (downloaded
+    once). Raises OSError where the download is impossible (no network)."""
+    spec = ARCHIVES[peer]
     root = cache_dir() / f"{peer}-{spec['version']}"
     if all((root / f).is_file() for f in spec["files"]):
         return root
     root.mkdir(parents=True, exist_ok=True)
     archive = root / spec["filename"]
     if not archive.is_file():
-        tmp = archive.with_suffix(".part")
-        urllib.request.urlretrieve(_sdist_url(spec["project"], spec["filename"]), tmp)
-        tmp.replace(archive)
+        _download(spec.get("url") or _pypi_url(spec["project"], spec["filename"]), archive)
     digest = hashlib.sha256(archive.read_bytes()).hexdigest()
     if digest != spec["sha256"]:
         archive.unlink()
@@ -119,6 +140,7 @@ def fetch_sdist(peer: str) -> Path:
                 raise RuntimeError(f"{spec['filename']} has no {f}")
             (root / f).parent.mkdir(parents=True, exist_ok=True)
             (root / f).write_bytes(src.read())
+    archive.unlink()  # the extracted files are what the runs need
     return root
 
 
@@ -127,10 +149,9 @@ def run(peer: str, src: Path | None = None, timeout: float = 900, swap: bool = T
     "skipped": [...], "unexpected": [...], "version": ...}. ``swap=False``
     runs them against the installed peer itself (the baseline)."""
     spec = PEERS[peer]
+    version = ARCHIVES[peer]["version"] if src is None else str(src)
     if src is None:
-        if peer not in SDISTS:
-            raise SystemExit(f"{peer}'s tests are not on PyPI: pass --src with a checkout of its repository")
-        src = fetch_sdist(peer)
+        src = fetch_archive(peer)
     src = Path(src)
     with tempfile.TemporaryDirectory(prefix=f"segfast-peer-{peer}-") as work:
         work = Path(work)
@@ -149,7 +170,7 @@ def run(peer: str, src: Path | None = None, timeout: float = 900, swap: bool = T
         proc = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=timeout)
         if not report.is_file():
             raise RuntimeError(f"pytest produced no report:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
-        out = {"peer": peer, "version": SDISTS[peer]["version"] if peer in SDISTS else str(src),
+        out = {"peer": peer, "version": version,
                "passed": [], "failed": [], "skipped": []}
         for case in ET.parse(report).getroot().iter("testcase"):
             name = f"{case.get('classname')}::{case.get('name')}"
@@ -168,7 +189,7 @@ def run(peer: str, src: Path | None = None, timeout: float = 900, swap: bool = T
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("peer", choices=sorted(PEERS))
-    ap.add_argument("--src", type=Path, help="a checkout of the peer's repository (MONAI, torchvision)")
+    ap.add_argument("--src", type=Path, help="a checkout of the peer's repository instead of the pinned archive")
     ap.add_argument("-v", "--verbose", action="store_true", help="print pytest's output")
     ap.add_argument("--no-swap", action="store_true", help="run against the installed peer itself (baseline)")
     args = ap.parse_args(argv)

@@ -43,6 +43,15 @@ def _float_labels(target: Tensor) -> Tensor:
     return target
 
 
+def _onehot_keep(target: Tensor, ignore: int) -> Tensor:
+    """MONAI's ignore mask of a one-hot target [N, C, *] (monai.metrics.utils.
+    create_ignore_mask) as booleans [N, 1, *]: the pixels of the ignored
+    class, or (a sentinel index outside the classes) those with no class
+    at all, are out."""
+    keep = (target[:, ignore] == 0) if 0 <= ignore < target.shape[1] else (target.sum(1) > 0)
+    return keep.unsqueeze(1)
+
+
 class _MonaiRegion(torch.nn.modules.loss._Loss):
     def __init__(self, include_background=True, to_onehot_y=False, sigmoid=False, softmax=False,
                  other_act: Optional[Callable] = None, reduction="mean", smooth_nr=1e-5, smooth_dr=1e-5,
@@ -89,10 +98,7 @@ class _MonaiRegion(torch.nn.modules.loss._Loss):
             if not (target.dtype.is_floating_point or target.dtype == torch.bool):
                 target = target.to(input.dtype if input.dtype != torch.float64 else torch.float64)
             if ignore is not None and C > 1:
-                # MONAI masks whole pixels of a one-hot target: those of the
-                # ignored class, or (sentinel index) those with no class at all.
-                keep = (target[:, ignore] == 0) if 0 <= ignore < C else (target != 0).any(1)
-                target = torch.where(keep.unsqueeze(1), target, float("-inf"))
+                target = torch.where(_onehot_keep(target, ignore), target, float("-inf"))
                 ignore = float("-inf")
         x, t, is_label, act, off, ign, backend = _region.canonical(
             input, target, act=act, ignore_index=ignore, backend=self.backend)
@@ -314,15 +320,30 @@ class FocalLoss(torch.nn.modules.loss._Loss):
     MONAI's conventions, reproduced: ``alpha=None`` applies no alpha (not
     0.25); a scalar alpha in the softmax form weighs background by 1 - alpha
     and every other class by alpha (ignored with include_background=False);
+    a per-class alpha in the sigmoid form weighs the positives only;
     include_background=False drops channel 0 *before* the softmax; "mean"
     divides by every element (N·C·spatial), or by the valid pixels with
-    ``ignore_index``; "sum" averages over space first. With soft (non-binary)
-    targets the sigmoid form uses torchvision's p_t = p·t + (1 - p)(1 - t),
-    where MONAI uses sigmoid(x(2t - 1)); they agree on hard targets.
-    ``use_softmax`` with one-hot or soft targets computes MONAI's formula in
-    PyTorch (the softmax kernels take class indices: pass those with
-    ``to_onehot_y=True`` for the fused path). Float label maps are cast as
-    MONAI's one_hot casts them; (N, C) inputs take (N,) or (N, 1) labels.
+    ``ignore_index``; "sum" averages over space first (over each image's
+    valid pixels with ``ignore_index``). ``ignore_index`` on one-hot targets
+    masks whole pixels as MONAI does: those of the ignored class, or (a
+    sentinel index outside the classes) those with no class at all. Float
+    label maps are cast as MONAI's one_hot casts them; (N, C) inputs take
+    (N,) or (N, 1) labels.
+
+    Differences on soft (non-binary) targets only: the sigmoid form uses
+    torchvision's p_t = p·t + (1 - p)(1 - t) where MONAI uses
+    sigmoid(x(2t - 1)), and weighs by a per-class alpha as α·t + (1 - t)
+    where MONAI takes α only where t == 1; with ``ignore_index`` a pixel with
+    any weight on the ignored class is dropped, where MONAI scales its logits
+    and loss by 1 - t. They agree on hard targets.
+
+    The sigmoid form and the softmax form on class indices
+    (``to_onehot_y=True``) run segfast's pixel kernels, as
+    ``segfast.focal_loss``; a per-class alpha in the sigmoid form costs two
+    passes. ``use_softmax`` with one-hot or soft targets (``to_onehot_y=False``)
+    computes MONAI's formula in PyTorch: no kernel takes dense targets in the
+    softmax form (pass class indices with ``to_onehot_y=True`` for the fused
+    path).
     {torchscript}
 
     Args:
@@ -343,9 +364,6 @@ class FocalLoss(torch.nn.modules.loss._Loss):
     Raises:
         ValueError: an unknown reduction; when called, shapes that do not fit,
             a bad ``weight`` or ``alpha`` length, negative weights.
-        NotImplementedError: when called, what the one-pass kernels do not
-            express: per-class alpha in the sigmoid form, ``ignore_index`` with
-            one-hot targets, "sum" with ``ignore_index``.
 
     Example:
         >>> import torch
@@ -381,24 +399,29 @@ class FocalLoss(torch.nn.modules.loss._Loss):
             w = cw.expand(C).clone()
         return w
 
-    def _dense_softmax(self, x: Tensor, t: Tensor, alpha, w) -> Tensor:
+    def _dense_softmax(self, x: Tensor, t: Tensor, alpha, w, keep: Optional[Tensor]) -> Tensor:
         """The softmax form on one-hot or soft targets [N, C, *]:
-        -alpha_c·(1 - p_c)^gamma·log(p_c)·t_c, reduced as MONAI does."""
-        if x.dim() != t.dim() or x.shape != t.shape:
-            raise ValueError(f"ground truth has different shape ({t.shape}) from input ({x.shape})")
+        -alpha_c·(1 - p_c)^gamma·log(p_c)·t_c, reduced as MONAI does
+        (``keep``: the valid pixels [N, 1, *] with ignore_index)."""
         ls = x.float().log_softmax(1)
         loss = -(1 - ls.exp()).pow(self.gamma) * ls * t.float()
         bshape = [1, x.shape[1]] + [1] * (x.dim() - 2)
         if isinstance(alpha, Tensor):
-            if alpha.shape[0] != x.shape[1]:
-                raise ValueError(f"The length of alpha ({alpha.shape[0]}) must match the number of classes "
-                                 f"({x.shape[1]}).")
             loss = loss * alpha.to(loss).view(bshape)
         if w is not None:
             loss = loss * w.to(loss).view(bshape)
-        if self.reduction == "sum":
-            return loss.mean(dim=list(range(2, loss.dim()))).sum()
-        return loss.mean() if self.reduction == "mean" else loss
+        if keep is None:
+            if self.reduction == "sum":
+                return loss.mean(dim=list(range(2, loss.dim()))).sum()
+            return loss.mean() if self.reduction == "mean" else loss
+        keep = keep.to(loss.dtype)
+        loss = torch.where(keep != 0, loss, 0)
+        spatial = list(range(2, loss.dim()))
+        if self.reduction == "sum" and spatial:
+            return (loss.sum(spatial) / keep.sum(spatial).clamp(min=torch.finfo(keep.dtype).eps)).sum()
+        if self.reduction == "none":
+            return loss
+        return loss.sum() / keep.sum().clamp(min=torch.finfo(keep.dtype).eps)
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
         from ..ops import pixel as _pixel
@@ -410,21 +433,24 @@ class FocalLoss(torch.nn.modules.loss._Loss):
         drop = not self.include_background and C > 1
         if not self.include_background and C == 1:
             warnings.warn("single channel prediction, `include_background=False` ignored.", stacklevel=2)
+        ignore, keep = self.ignore_index, None
         if labels:
             target = _float_labels(target)
         else:
-            if self.ignore_index is not None and C > 1:
-                raise NotImplementedError("segfast.compat.monai.FocalLoss: ignore_index with one-hot targets")
             if target.shape != input.shape:
                 raise ValueError(f"ground truth has different shape ({target.shape}) from input ({input.shape})")
             if not (target.dtype.is_floating_point or target.dtype == torch.bool):
                 target = target.float()
+            if ignore is not None and C > 1:  # MONAI's mask, taken before the background is dropped
+                keep = _onehot_keep(target, ignore)
             if drop:
                 target = target[:, 1:]
         x_in = input[:, 1:] if drop else input
         Cp = x_in.shape[1]
         w = self._class_factors(Cp, input.device)
         alpha = self.alpha
+        if isinstance(alpha, Tensor) and alpha.shape[0] != Cp:
+            raise ValueError(f"The length of alpha ({alpha.shape[0]}) must match the number of classes ({Cp}).")
         if self.use_softmax:
             kind = _pixel.FOCAL_SOFTMAX
             if isinstance(alpha, float):
@@ -435,41 +461,55 @@ class FocalLoss(torch.nn.modules.loss._Loss):
                 else:
                     alpha = torch.tensor([1 - alpha] + [alpha] * (Cp - 1))
             if not labels:  # one-hot / soft targets: MONAI's formula in PyTorch
-                return self._dense_softmax(x_in, target, alpha, w)
+                return self._dense_softmax(x_in, target, alpha, w, keep)
             if isinstance(alpha, Tensor):
-                if alpha.shape[0] != Cp:
-                    raise ValueError(f"The length of alpha ({alpha.shape[0]}) must match the number of classes "
-                                     f"({Cp}).")
                 a = alpha.to(input.device, torch.float32)
                 w = a if w is None else a * w
             act, a_sig = _region.ACT["softmax"], 0.25
         else:
             kind = _pixel.FOCAL_SIGMOID
-            if isinstance(alpha, Tensor):
-                raise NotImplementedError("segfast.compat.monai.FocalLoss: per-class alpha in the sigmoid form")
-            act, a_sig = _region.ACT["sigmoid"], (-1.0 if alpha is None else alpha)
+            act, a_sig = _region.ACT["sigmoid"], (-1.0 if alpha is None or isinstance(alpha, Tensor) else alpha)
+        if keep is not None:  # the kernels skip elements equal to the ignore value
+            target = torch.where(keep, target, float("-inf"))
+            ignore = float("-inf")
         x, t, is_label, _, off, ign, backend = _region.canonical(
-            x_in, target, act=act, ignore_index=self.ignore_index, backend=self.backend,
+            x_in, target, act=act, ignore_index=ignore, backend=self.backend,
             label_offset=int(drop) if labels else 0)
-        kw = dict(label_offset=off, ignore_value=ign, weight=w, gamma=float(self.gamma), alpha=a_sig,
-                  backend=backend)
-        N, S = x.shape[0], x.shape[2]
+        kw = dict(label_offset=off, ignore_value=ign, gamma=float(self.gamma), backend=backend)
+        if kind == _pixel.FOCAL_SIGMOID and isinstance(alpha, Tensor):
+            # MONAI weighs the positives by alpha_c and the negatives by 1: the
+            # kernel's alpha_t is t with alpha = 1, 1 - t with alpha = 0
+            a = alpha.to(input.device, torch.float32)
+            pos = self._reduced(x, t, is_label, kind, input, weight=a if w is None else a * w, alpha=1.0, **kw)
+            return pos + self._reduced(x, t, is_label, kind, input, weight=w, alpha=0.0, **kw)
+        return self._reduced(x, t, is_label, kind, input, weight=w, alpha=a_sig, **kw)
+
+    def _reduced(self, x: Tensor, t: Tensor, is_label: bool, kind: int, input: Tensor, **kw) -> Tensor:
+        """The kernels' loss on canonical views, reduced as MONAI reduces."""
+        from ..ops import pixel as _pixel
+
+        N, Cp, S = x.shape
+        ignored = kw["ignore_value"] is not None
         if self.reduction == "none":
             m = _pixel.pixel_loss(x, t, is_label, kind, reduce=False, **kw)
             if kind == _pixel.FOCAL_SOFTMAX:  # MONAI's loss lives at the target class
-                y = t.long() - off
+                y = t.long() - kw["label_offset"]
                 onehot = (y.unsqueeze(1) == torch.arange(Cp, device=x.device).view(1, Cp, 1)).to(m.dtype)
                 m = m.unsqueeze(1) * onehot
             return m.view(N, Cp, *input.shape[2:])
-        if self.reduction == "sum":
-            if self.ignore_index is not None:
-                raise NotImplementedError("segfast.compat.monai.FocalLoss: reduction='sum' with ignore_index")
-            if input.dim() > 2:
+        if self.reduction == "sum" and input.dim() > 2:
+            if not ignored:  # MONAI's mean over space, then the sum
                 return _pixel.pixel_loss(x, t, is_label, kind, scale0=1.0 / max(S, 1), **kw)
-            # MONAI's mean over the (empty list of) spatial dims averages every element
-        if self.ignore_index is None:  # mean over every element
+            # each image's sum over its valid pixels
+            m = _pixel.pixel_loss(x, t, is_label, kind, reduce=False, **kw)
+            valid = (t != kw["ignore_value"]).reshape(N, -1).sum(1).to(m.dtype)
+            if not is_label:
+                valid = valid / Cp  # every channel of a valid pixel is valid
+            return (m.reshape(N, -1).sum(1) / valid.clamp(min=torch.finfo(m.dtype).eps)).sum()
+        # "mean" (and "sum" without spatial dims: MONAI's mean over the empty list of dims averages everything)
+        if not ignored:  # over every element
             return _pixel.pixel_loss(x, t, is_label, kind, scale0=1.0 / max(N * Cp * S, 1), **kw)
-        # mean over valid pixels: the kernels' count is pixels (softmax) or pixels x C (sigmoid)
+        # over the valid pixels: the kernels' count is pixels (softmax) or elements (sigmoid)
         scale = 1.0 if kind == _pixel.FOCAL_SOFTMAX else float(Cp)
         return _pixel.pixel_loss(x, t, is_label, kind, scale0=scale, norm=_pixel.NORM_COUNT, **kw)
 

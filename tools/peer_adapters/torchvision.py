@@ -42,11 +42,21 @@ def _devices(*extra):
     return ("cpu",) + tuple(pytest.param(d, marks=pytest.mark.skip(reason=f"no {d} here")) for d in extra)
 
 
+# the helper names of torchvision 0.14 (cpu_and_gpu) and of later releases (cpu_and_cuda, ...)
 _module("common_utils", assert_equal=lambda a, b, **kw: torch.testing.assert_close(a, b, rtol=0, atol=0, **kw),
-        cpu_and_cuda=lambda: _devices("cuda"), cpu_and_cuda_and_mps=lambda: _devices("cuda", "mps"),
+        cpu_and_gpu=lambda: _devices("cuda"), cpu_and_cuda=lambda: _devices("cuda"),
+        cpu_and_cuda_and_mps=lambda: _devices("cuda", "mps"),
         needs_cuda=pytest.mark.skip(reason="no cuda here"), needs_mps=pytest.mark.skip(reason="no mps here"))
 
 
 def pytest_configure(config):
     for m in ("opcheck_only_one", "needs_cuda", "needs_mps", "dont_collect"):
         config.addinivalue_line("markers", m)
+
+
+def pytest_collection_modifyitems(items):
+    # the needs_cuda / needs_mps marks skip, as torchvision's own conftest.py makes them
+    for item in items:
+        for mark in ("needs_cuda", "needs_mps"):
+            if item.get_closest_marker(mark) is not None:
+                item.add_marker(pytest.mark.skip(reason=f"no {mark[6:]} here"))
