@@ -84,8 +84,11 @@ GRAD_WARPS = 8
 STATS_WARPS = 4
 STATS_CLASS_LANES = 8
 STATS_STAGES = 1
-# Stats kernel, looped class tile (C > MAX_SINGLE_C).
-LOOP_STATS_WARPS = 8
+# Stats kernel, looped class tile (C > MAX_SINGLE_C): warps and elements of a
+# class-chunk tile, 8 per thread (4 with a pixel term); larger tiles or 8 warps
+# make ptxas spill a few bytes in some configurations on sm_80 or sm_90.
+LOOP_STATS_WARPS = 4
+LOOP_STATS_TILE = 1024
 
 
 # --------------------------------------------------------------------------
@@ -584,7 +587,7 @@ def _blocks(C: int, block_s, block_c):
                   loop_block_c=LOOP_BLOCK_C)
 
 
-def _stats_blocks(C: int, block_s, block_c, itemsize: int = 4):
+def _stats_blocks(C: int, block_s, block_c, itemsize: int = 4, xent: int = 0):
     """-> (SINGLE_C, BLOCK_C, BLOCK_S, num_warps, CL, VEC) of the stats kernel.
 
     Single class tile: CL = min(BLOCK_C, STATS_CLASS_LANES) lanes of a warp
@@ -593,6 +596,8 @@ def _stats_blocks(C: int, block_s, block_c, itemsize: int = 4):
     ``block_s`` overrides BLOCK_S (fewer warps, then shorter vectors)."""
     single, BLOCK_C, BLOCK_S = _blocks(C, block_s, block_c)
     if not single:
+        if block_s is None:
+            BLOCK_S = max((LOOP_STATS_TILE // 2 if xent else LOOP_STATS_TILE) // BLOCK_C, 16)
         return single, BLOCK_C, BLOCK_S, LOOP_STATS_WARPS, 1, 1
     CL = min(BLOCK_C, STATS_CLASS_LANES)
     PL = 32 // CL
@@ -612,11 +617,6 @@ def default_chunks(N: int, C: int, S: int, sm_count: int = 132, waves: int = 4) 
     blocks (see ``chunks``)."""
     block_s = _stats_blocks(C, None, None)[2]
     return chunks(N, S, block_s, sm_count, waves)
-
-
-def stats_chunk_len(C: int, S: int, P: int, block_s: int | None = None, itemsize: int = 4) -> int:
-    """Pixels per chunk of the stats kernel's (image, chunk) grid (see ``chunk_len``)."""
-    return chunk_len(S, P, _stats_blocks(C, block_s, None, itemsize)[2])
 
 
 def launch_stats(x, t, t_is_label: bool, out, N: int, C: int, S: int, P: int,
@@ -646,7 +646,7 @@ def launch_stats(x, t, t_is_label: bool, out, N: int, C: int, S: int, P: int,
                                                                ignore_value)
     has_flag = flag is not None and t_is_label
     has_conf = confusion is not None and t_is_label
-    single, BLOCK_C, BLOCK_S, warps, CL, VEC = _stats_blocks(C, block_s, block_c, x.element_size())
+    single, BLOCK_C, BLOCK_S, warps, CL, VEC = _stats_blocks(C, block_s, block_c, x.element_size(), xent)
     L = chunk_len(S, P, BLOCK_S)
     wrap(_region_stats_kernel)[(N * P,)](
         x, t, out, flag if has_flag else out, confusion if has_conf else out,
