@@ -34,7 +34,8 @@ void region_grad_cpu(const Problem& pr, const void* g, void* dx, int64_t dxsN, i
                      int64_t dxsS, int64_t num_threads, const float* mr);
 int openmp_max_threads();
 #ifdef SEGFAST_WITH_CUDA
-void region_stats_cuda(const Problem& pr, int64_t P, void* out, uintptr_t stream);
+void region_stats_cuda(const Problem& pr, int64_t P, void* out, uintptr_t stream, int32_t* flag = nullptr,
+                       int64_t* confusion = nullptr);
 void region_grad_cuda(const Problem& pr, const void* g, void* dx, int64_t dxsN, int64_t dxsC,
                       int64_t dxsS, uintptr_t stream);
 #endif
@@ -160,13 +161,15 @@ void grad_cpu(SEGFAST_PROBLEM_ARGS, int64_t act, int64_t xent, double gamma, int
 #endif
 
 void stats_cuda(SEGFAST_PROBLEM_ARGS, int64_t P, int64_t act, int64_t xent, double gamma, int64_t label_offset,
-                int64_t has_ignore, double ignore_value, uintptr_t out_ptr, uintptr_t stream) {
+                int64_t has_ignore, double ignore_value, uintptr_t out_ptr, uintptr_t stream, uintptr_t flag_ptr,
+                uintptr_t confusion_ptr) {
   const Problem pr = with_xent(make_problem(SEGFAST_PROBLEM_PASS), xent, gamma);
 #ifdef SEGFAST_WITH_CUDA
   py::gil_scoped_release nogil;
-  segfast::region::region_stats_cuda(pr, P, reinterpret_cast<void*>(out_ptr), stream);
+  segfast::region::region_stats_cuda(pr, P, reinterpret_cast<void*>(out_ptr), stream,
+                                     reinterpret_cast<int32_t*>(flag_ptr), reinterpret_cast<int64_t*>(confusion_ptr));
 #else
-  (void)pr; (void)P; (void)out_ptr; (void)stream;
+  (void)pr; (void)P; (void)out_ptr; (void)stream; (void)flag_ptr; (void)confusion_ptr;
   no_cuda();
 #endif
 }
@@ -899,7 +902,9 @@ PYBIND11_MODULE(SEGFAST_MODULE_NAME, m) {
       "Partial region sums: out [N, P, C, K] contiguous, K = 9 with xent else 7 (float64 if x is float64 else float32); "
       "chunk j of P covers pixels [j*L, min((j+1)*L, S)), L = ceil(S/P). cpu: mr_ptr, when not 0, "
       "receives the grad pass's per-pixel max and 1/sum (see region_grad_cpu); p_ptr, when not 0, "
-      "the float32 v*p [N, C, S] at strides psN, psC, 1 (see region_grad_probs_cpu).";
+      "the float32 v*p [N, C, S] at strides psN, psC, 1 (see region_grad_probs_cpu). cuda, class-index targets: "
+      "flag_ptr, when not 0, an int32 set to 1 by a label outside [0, C) that is not ignore_index; "
+      "confusion_ptr, when not 0, an int64 [C, C] to which the counts of (label, argmax of x) are added.";
   const char* grad_doc =
       "dLoss/dx from g = dLoss/dStats [N, C, K] contiguous (accumulation dtype); dx has x's "
       "dtype and strides dxsN, dxsC, dxsS. cpu: mr_ptr, when not 0, is the float32 [2, N, S] "
@@ -933,7 +938,8 @@ PYBIND11_MODULE(SEGFAST_MODULE_NAME, m) {
         py::arg("xsN"), py::arg("xsC"), py::arg("xsS"), py::arg("t_ptr"), py::arg("t_dtype"),
         py::arg("t_is_label"), py::arg("tsN"), py::arg("tsC"), py::arg("tsS"), py::arg("N"),
         py::arg("C"), py::arg("S"), py::arg("P"), py::arg("act"), py::arg("xent"), py::arg("gamma"), py::arg("label_offset"),
-        py::arg("has_ignore"), py::arg("ignore_value"), py::arg("out_ptr"), py::arg("stream"));
+        py::arg("has_ignore"), py::arg("ignore_value"), py::arg("out_ptr"), py::arg("stream"),
+        py::arg("flag_ptr") = 0, py::arg("confusion_ptr") = 0);
   m.def("region_grad_cuda", &grad_cuda, grad_doc, py::arg("x_ptr"), py::arg("x_dtype"),
         py::arg("xsN"), py::arg("xsC"), py::arg("xsS"), py::arg("t_ptr"), py::arg("t_dtype"),
         py::arg("t_is_label"), py::arg("tsN"), py::arg("tsC"), py::arg("tsS"), py::arg("N"),

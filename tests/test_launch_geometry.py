@@ -29,7 +29,7 @@ def fake_sms(monkeypatch):
 @pytest.mark.parametrize("N,C,S", [(8, 21, 128 * 128), (16, 21, 512 * 512), (1, 2, 128 * 128), (2, 150, 64 * 64)])
 def test_triton_grid_fills_device(fake_sms, tk, N, C, S):
     P = _common.triton_chunks(tk, N, C, S, CUDA)
-    block_s = tk._blocks(C, None, None)[2]
+    block_s = (TR._stats_blocks if tk is TR else tk._blocks)(C, None, None)[2]
     L = tc.chunk_len(S, P, block_s)
     assert block_s >= 16 and L % block_s == 0
     # every chunk holds pixels and together they cover the image
@@ -42,7 +42,7 @@ def test_benchmark_shape_geometry(fake_sms):
     """[8, 21, 128, 128] Dice: the stats grid has >= 2 programs per SM."""
     P = _common.triton_chunks(TR, 8, 21, 128 * 128, CUDA)
     assert 8 * P >= 2 * H100_SMS
-    assert tc.chunk_len(128 * 128, P, TR._blocks(21, None, None)[2]) % 16 == 0
+    assert tc.chunk_len(128 * 128, P, TR._stats_blocks(21, None, None)[2]) % 16 == 0
 
 
 @pytest.mark.parametrize("S", [1, 15, 16, 17, 91, 1000, 4097, 128 * 128 + 3])

@@ -71,7 +71,7 @@ def run_and_check(x, t, is_label, act, P, label_offset=0, ignore=None, block_s=N
     rt, at = STATS_TOL[x.dtype]
     _close(out.sum(1).cpu(), want, rt, at, "stats")
     # chunk partials, checked against the reference on each chunk
-    L = R.chunk_len(S, P, R._blocks(C, block_s, block_c)[2])  # the launcher's chunk length
+    L = R.chunk_len(S, P, R._stats_blocks(C, block_s, block_c, x.element_size())[2])  # the launcher's chunk length
     for j in range(P):
         lo, hi = min(j * L, S), min((j + 1) * L, S)
         tj = t[:, lo:hi] if is_label else t[:, :, lo:hi]
@@ -238,3 +238,81 @@ def test_through_triton_op():
     t = make_labels(N, 3, S, torch.int64, 255, gen=gen)
     got = stats_op(x.to(DEVICE), t.to(DEVICE), 2)
     _close(got.cpu(), ref.region_stats(x.double(), t, True, 2, 0, 255), 1e-5, 1e-6, "triton_op")
+
+
+def _stats_with(x, t, C, P, *, ignore=255, label_offset=0, flag=None, confusion=None, block_s=None, xent=0):
+    N, _, S = x.shape
+    out = torch.full((N, P, C, 9 if xent else 7), float("nan"), device=DEVICE)
+    R.launch_stats(x.to(DEVICE), t.to(DEVICE), True, out, N, C, S, P, 2, label_offset, ignore is not None,
+                   float(ignore if ignore is not None else 0), xent, block_s=block_s, flag=flag, confusion=confusion)
+    return out
+
+
+def _want_confusion(x, t, C, ignore, label_offset=0):
+    y = t.long() - label_offset
+    ok = (y >= 0) & (y < C)
+    if ignore is not None:
+        ok &= t.long() != ignore
+    pred = x.argmax(1)
+    return torch.bincount((y * C + pred)[ok], minlength=C * C).view(C, C)
+
+
+@needs_run
+@pytest.mark.parametrize("C", [1, 3, 21, 37])
+@pytest.mark.parametrize("P", [1, 3])
+def test_confusion_counts(C, P):
+    """confusion[y, argmax x] += 1 over the valid pixels, added to what the
+    tensor holds, with torch.argmax's ties (first maximum) and NaN (first NaN)."""
+    gen = torch.Generator().manual_seed(C * 3 + P)
+    x = make_x(N, C, S, 2, torch.float32, gen=gen)
+    x = torch.where(torch.rand(x.shape, generator=gen) < 0.3, x.round(), x)  # ties
+    x[0, :, 5] = 1.0  # an all-tied pixel: class 0
+    if C > 2:
+        x[0, 2, 6] = float("nan")
+        x[1, 1, 7] = float("nan")
+        x[1, C - 1, 7] = float("nan")
+        x[1, :, 8] = float("-inf")
+    t = make_labels(N, C, S, torch.uint8, 255, gen=gen)
+    t[0, 9] = C  # out of range: neither counted nor an error here
+    conf = torch.full((C, C), 5, dtype=torch.int64, device=DEVICE)
+    _stats_with(x, t, C, P, confusion=conf, block_s=16 if C > R.MAX_SINGLE_C else 32)  # several tiles per chunk
+    want = _want_confusion(x, t, C, 255) + 5
+    assert torch.equal(conf.cpu(), want), (conf.cpu() - want)
+
+
+@needs_run
+def test_confusion_labels_offset_and_stats_unchanged():
+    """label_offset, int64 labels with ignore -1, a pixel term: the confusion
+    output leaves the sums as they are without it."""
+    gen = torch.Generator().manual_seed(4)
+    C = 4
+    x = make_x(N, C, S, 2, torch.float32, gen=gen)
+    t = make_labels(N, C, S, torch.int64, -1, label_offset=1, gen=gen)
+    conf = torch.zeros((C, C), dtype=torch.int64, device=DEVICE)
+    got = _stats_with(x, t, C, 2, ignore=-1, label_offset=1, confusion=conf, xent=1)
+    plain = _stats_with(x, t, C, 2, ignore=-1, label_offset=1, xent=1)
+    assert torch.equal(got, plain)
+    assert torch.equal(conf.cpu(), _want_confusion(x, t, C, -1, 1))
+
+
+@needs_run
+@pytest.mark.parametrize("C", [3, 37])
+def test_bad_label_flag(C):
+    """flag is set by a label outside [offset, offset + C) other than the ignore
+    value, left alone otherwise; the sums are those without it."""
+    gen = torch.Generator().manual_seed(C)
+    x = make_x(N, C, S, 2, torch.float32, gen=gen)
+    t = make_labels(N, C, S, torch.int32, 255, gen=gen)
+    flag = torch.zeros(1, dtype=torch.int32, device=DEVICE)
+    clean = _stats_with(x, t, C, 3, flag=flag)
+    assert flag.item() == 0
+    assert torch.equal(clean, _stats_with(x, t, C, 3))
+    for bad in (C, -1, 254):
+        tb = t.clone()
+        tb[1, S - 1] = bad
+        flag.zero_()
+        _stats_with(x, tb, C, 3, flag=flag)
+        assert flag.item() != 0, bad
+    flag.zero_()
+    _stats_with(x, t, C, 3, ignore=None, flag=flag)  # 255 is no longer ignored
+    assert flag.item() != 0

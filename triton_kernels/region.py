@@ -27,9 +27,13 @@ Activation codes: 0 identity, 1 sigmoid, 2 softmax over C.
 
 Two code paths per kernel, chosen by the constexpr SINGLE_C:
 
-* C <= MAX_SINGLE_C: all classes sit in one [BLOCK_C, BLOCK_S] register tile
-  (BLOCK_C = next power of two >= C); stats keeps 7 tile-shaped fp32
-  accumulators and reduces them once at the end.
+* C <= MAX_SINGLE_C: all classes sit in one register tile (BLOCK_C = next
+  power of two >= C). The stats kernel's tile is 5-d, [CR, NW, CL, PL, VEC]
+  (see the kernel): 16-byte loads of logits and labels issued together at
+  the top of the tile loop, the reductions over classes inside a warp, the
+  sums over pixels accumulated per thread in registers and reduced across
+  warps once after the loop, so the loop has no block barrier. The grad
+  kernel handles one [BLOCK_C, BLOCK_S] tile per program.
 * larger C: loop over class chunks of BLOCK_C. Softmax first runs an online
   max / sum-of-exp pass over all classes of the pixel block. The stats kernel
   then adds each chunk's partial sums into its own (L2-resident) out row,
@@ -37,13 +41,18 @@ Two code paths per kernel, chosen by the constexpr SINGLE_C:
   sum_k p_k a_k. So large-C softmax reads x 2x (stats) / 3x (grad); these
   re-reads hit L2 only if BLOCK_S * C * itemsize per program is small.
 
+With class-index targets the stats launcher also offers, from the same pass,
+a bad-label flag and confusion counts (``launch_stats(flag=, confusion=)``);
+without them the kernel has no code for either (constexpr HAS_FLAG / HAS_CONF).
+
 Offsets are 64-bit (image index, class index, pixel index are cast to int64
 before multiplying by strides).
 
 GPU tuning left to do (untested on hardware; correctness verified in the
-Triton interpreter only): TILE / num_warps per path, MAX_SINGLE_C, the
-class-chunk BLOCK_C of the looped path, exp vs exp2, and an autotune key on
-(C, dtype, stride-1 axis).
+Triton interpreter, registers / spills / load widths / barriers in the
+compiled code for sm_80 and sm_90): STATS_WARPS, STATS_CLASS_LANES,
+STATS_STAGES, TILE / num_warps of the grad kernel and the looped path,
+MAX_SINGLE_C, exp vs exp2, and an autotune key on (C, dtype, stride-1 axis).
 """
 
 from __future__ import annotations
@@ -64,8 +73,22 @@ TILE = 2048
 MAX_SINGLE_C = 32
 # Class-chunk size of the looped path (C > MAX_SINGLE_C).
 LOOP_BLOCK_C = 16
-STATS_WARPS = 8
 GRAD_WARPS = 8
+# Stats kernel, single class tile: warps per program, lanes of a warp over the
+# classes (the rest over pixels), and the stages of the tile loop's software
+# pipeline (``tl.range(num_stages=)``). More than 1 compiles to cp.async into
+# shared memory, which puts two block barriers per tile into the loop, copies
+# int64 labels 8 bytes at a time and spills in the fused-loss kernel on sm_90;
+# with 1 the loop has no barrier and loads 16 bytes per instruction, and the
+# 4-warp programs (128 registers) leave 4 resident per SM to hide the latency.
+STATS_WARPS = 4
+STATS_CLASS_LANES = 8
+STATS_STAGES = 1
+# Stats kernel, looped class tile (C > MAX_SINGLE_C): warps and elements of a
+# class-chunk tile, 8 per thread (4 with a pixel term); larger tiles or 8 warps
+# make ptxas spill a few bytes in some configurations on sm_80 or sm_90.
+LOOP_STATS_WARPS = 4
+LOOP_STATS_TILE = 1024
 
 
 # --------------------------------------------------------------------------
@@ -144,10 +167,11 @@ def _lse_fg(x_base, s64, smask, C, sxc, sxs, BLOCK_C: tl.constexpr, BLOCK_S: tl.
 
 
 @triton.jit
-def _pixel_term_sums(x, p, t, v, c64, m, lls, h, gamma, XK: tl.constexpr):
+def _pixel_term_sums(x, p, t, v, c, m, lls, h, gamma, XK: tl.constexpr):
     """(S7, S8) elementwise contributions of a pixel term; -log p = (m - x) + lls
-    in torch's order (logsumexp = m + lls); h = -log(1 - p_0) (fused)."""
-    nl = (m[None, :] - x) + lls[None, :]
+    in torch's order (logsumexp = m + lls); h = -log(1 - p_0) (fused). c (class
+    index), m, lls and h come broadcastable to the tile's shape."""
+    nl = (m - x) + lls
     # the label's class only: -log p of a masked (-inf) class is inf, and inf·0 is NaN
     nl_t = tl.where(t != 0, nl, 0.0)
     if XK == 1:
@@ -158,7 +182,7 @@ def _pixel_term_sums(x, p, t, v, c64, m, lls, h, gamma, XK: tl.constexpr):
         s8 = tl.zeros_like(p)
     else:
         s7 = nl_t * t * v
-        s8 = tl.where((c64[:, None] >= 1) & (t != 0), h[None, :] * t * v, 0.0)
+        s8 = tl.where((c >= 1) & (t != 0), h * t * v, 0.0)
     return s7, s8
 
 
@@ -198,8 +222,79 @@ def _dx(p, a, dot, ACT: tl.constexpr):
 # --------------------------------------------------------------------------
 
 @triton.jit
+def _label_flags(lab, pvalid, C, label_offset):
+    """y = lab - label_offset and the per-pixel masks (valid and in [0, C), bad:
+    valid but out of range) of a label tile."""
+    y = lab - label_offset
+    inr = (y >= 0) & (y < C)
+    return y, pvalid & inr, pvalid & ~inr
+
+
+@triton.jit
+def _first_argmax(x, cidx, cmask, AXIS: tl.constexpr, BIG: tl.constexpr):
+    """(index, is-NaN) of torch.argmax over AXIS of x: the first NaN, else the
+    first maximum; cidx is the class index broadcast to x's shape."""
+    nan_i = tl.min(tl.where(cmask & (x != x), cidx, BIG), axis=AXIS)
+    xm = tl.where(cmask, x, float("-inf"))
+    mx = tl.max(xm, axis=AXIS)
+    max_i = tl.min(tl.where(cmask & (xm == tl.expand_dims(mx, AXIS)), cidx, BIG), axis=AXIS)
+    return tl.where(nan_i < BIG, nan_i, max_i), mx, nan_i < BIG
+
+
+@triton.jit
+def _bcast_c(a):
+    """A per-pixel [NW, PL, VEC] value broadcast over the class axes of a 5-d stats tile."""
+    return a[None, :, None, :, :]
+
+
+@triton.jit
+def _sum_px(a):
+    """[CR, NW, CL, PL] per-thread sums -> [CR, CL] sums over the program's pixels."""
+    return tl.sum(tl.sum(a, axis=3), axis=1)
+
+
+@triton.jit
+def _first_argmax5(x, c, cmask, BIG: tl.constexpr):
+    """torch.argmax over the class axes (0, 2) of a 5-d stats tile: the first
+    NaN, else the first maximum; c is the class index broadcast to x's shape."""
+    nan_i = tl.min(tl.min(tl.where(cmask & (x != x), c, BIG), axis=2), axis=0)
+    xm = tl.where(cmask, x, float("-inf"))
+    mx = _bcast_c(tl.max(tl.max(xm, axis=2), axis=0))
+    max_i = tl.min(tl.min(tl.where(cmask & (xm == mx), c, BIG), axis=2), axis=0)
+    return tl.where(nan_i < BIG, nan_i, max_i)
+
+
+@triton.jit
+def _argmax_pass(x_base, s64, smask, C, sxc, sxs, BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr):
+    """torch.argmax over the C classes of a pixel block, online over class chunks."""
+    ar_c = tl.arange(0, BLOCK_C)
+    best = tl.full([BLOCK_S], float("-inf"), tl.float32)
+    best_i = tl.zeros([BLOCK_S], tl.int64)
+    nan_i = tl.full([BLOCK_S], -1, tl.int64)
+    for c0 in range(0, C, BLOCK_C):
+        c64 = c0 + ar_c.to(tl.int64)
+        cmask = c64 < C
+        x = load_tile(x_base, c64, s64, sxc, sxs, cmask[:, None] & smask[None, :])
+        i, mx, isnan = _first_argmax(x, c64[:, None], cmask[:, None], 0, 2**62)
+        nan_i = tl.where((nan_i < 0) & isnan, i, nan_i)
+        upd = (mx > best) & ~isnan
+        best_i = tl.where(upd, i, best_i)
+        best = tl.where(upd, mx, best)
+    return tl.where(nan_i >= 0, nan_i, best_i)
+
+
+@triton.jit
+def _count_confusion(conf_ptr, y, pred, ok, cidx, C):
+    """conf[y, pred] += 1 (relaxed atomics) where ok and pred != y; cidx is the
+    class index of the tile, so each pixel's add is issued by the one lane
+    that holds class pred."""
+    off = ok & (pred != y) & (cidx == pred)
+    tl.atomic_add(conf_ptr + y * C + cidx, tl.where(off, 1, 0).to(tl.int64), mask=off, sem="relaxed")
+
+
+@triton.jit
 def _region_stats_kernel(
-    x_ptr, t_ptr, out_ptr,
+    x_ptr, t_ptr, out_ptr, flag_ptr, conf_ptr,
     C, S, P, L,
     sxn, sxc, sxs,
     stn, stc, sts,
@@ -208,6 +303,8 @@ def _region_stats_kernel(
     SINGLE_C: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr,
     gamma,
     XK: tl.constexpr, KO: tl.constexpr,
+    HAS_FLAG: tl.constexpr = False, HAS_CONF: tl.constexpr = False,
+    NW: tl.constexpr = 1, CL: tl.constexpr = 1, VEC: tl.constexpr = 4, STAGES: tl.constexpr = 1,
 ):
     pid = tl.program_id(0).to(tl.int64)
     n64, start, end = chunk_bounds(pid, P, L, S)
@@ -217,66 +314,114 @@ def _region_stats_kernel(
     ar_s = tl.arange(0, BLOCK_S)
 
     if SINGLE_C:
-        c64 = ar_c.to(tl.int64)
-        cmask = c64 < C
-        aI = tl.zeros([BLOCK_C, BLOCK_S], tl.float32)
-        aP = tl.zeros([BLOCK_C, BLOCK_S], tl.float32)
-        aT = tl.zeros([BLOCK_C, BLOCK_S], tl.float32)
-        aV = tl.zeros([BLOCK_C, BLOCK_S], tl.float32)
-        aPP = tl.zeros([BLOCK_C, BLOCK_S], tl.float32)
-        aTT = tl.zeros([BLOCK_C, BLOCK_S], tl.float32)
-        aM = tl.zeros([BLOCK_C, BLOCK_S], tl.float32)
-        aCE = tl.zeros([BLOCK_C, BLOCK_S], tl.float32)
-        aLP = tl.zeros([BLOCK_C, BLOCK_S], tl.float32)
-        for s0 in range(start, end, BLOCK_S):
-            s64 = s0 + ar_s.to(tl.int64)
-            smask = s64 < end
-            mask = cmask[:, None] & smask[None, :]
-            x = load_tile(x_base, c64, s64, sxc, sxs, mask)
+        # A tile is 5-d, [CR, NW, CL, PL, VEC]: class c = cr*CL + cl, pixel
+        # s0 + (w*PL + pl)*VEC + i. Triton lays it out with the VEC contiguous
+        # pixels in one thread (a 16-byte load), the CL x PL lanes of a warp over
+        # (classes, pixel vectors), the NW warps over pixels and the CR class
+        # rows in each thread's registers. So the reductions over classes
+        # (softmax, argmax) stay inside a warp (registers and shuffles), the sums
+        # over pixels accumulate per thread, and the only cross-warp reduction
+        # runs once after the loop: no block barrier in the loop besides the one
+        # of the software pipeline's shared-memory stages.
+        CR: tl.constexpr = BLOCK_C // CL
+        PL: tl.constexpr = 32 // CL
+        c5 = (tl.arange(0, CR)[:, None, None, None, None] * CL
+              + tl.arange(0, CL)[None, None, :, None, None]).to(tl.int64)
+        cm5 = c5 < C
+        # pixel offsets of a tile, [NW, PL, VEC]
+        offs = ((tl.arange(0, NW)[:, None, None] * PL + tl.arange(0, PL)[None, :, None]) * VEC
+                + tl.arange(0, VEC)[None, None, :])
+        aI = tl.zeros([CR, NW, CL, PL], tl.float32)
+        aP = tl.zeros([CR, NW, CL, PL], tl.float32)
+        aT = tl.zeros([CR, NW, CL, PL], tl.float32)
+        aV = tl.zeros([CR, NW, CL, PL], tl.float32)
+        aPP = tl.zeros([CR, NW, CL, PL], tl.float32)
+        aTT = tl.zeros([CR, NW, CL, PL], tl.float32)
+        aM = tl.zeros([CR, NW, CL, PL], tl.float32)
+        aCE = tl.zeros([CR, NW, CL, PL], tl.float32)
+        aLP = tl.zeros([CR, NW, CL, PL], tl.float32)
+        aD = tl.zeros([CR, NW, CL, PL], tl.int32)  # confusion diagonal
+        nbad = tl.zeros([1, NW, 1, PL, VEC], tl.int32)
+        for s0 in tl.range(start, end, BLOCK_S, num_stages=STAGES):
+            s3 = s0 + offs.to(tl.int64)
+            sm3 = s3 < end
+            s5 = s3[None, :, None, :, :]
+            mask = cm5 & sm3[None, :, None, :, :]
+            # logits and labels are both loaded before any arithmetic
+            x = tl.load(x_base + c5 * sxc + s5 * sxs, mask=mask, other=0).to(tl.float32)
+            lab5, pvalid5 = load_labels(t_ptr, n64, s5, stn, sts, sm3[None, :, None, :, :], T_IS_LABEL, HAS_IGNORE,
+                                        ign_i)
+            # zeros in x's register layout: t and v selected from them are computed
+            # in that layout too, not in the (smaller) label tile's, which would
+            # put a layout conversion through shared memory into the loop
+            zero = tl.where(mask, 0.0, x)
+            if T_IS_LABEL:
+                vb = cm5 & pvalid5
+                t = tl.where((lab5 == c5 + label_offset) & vb, 1.0, zero)
+            else:
+                tv = tl.load(t_ptr + n64 * stn + c5 * stc + s5 * sts, mask=mask, other=0).to(tl.float32)
+                vb = mask
+                if HAS_IGNORE:
+                    vb = vb & (tv != ign_f)
+                t = tl.where(vb, tv, zero)
+            v = tl.where(vb, 1.0, zero)
             if ACT == 2:
-                xm = tl.where(cmask[:, None], x, float("-inf"))
-                m = tl.max(xm, axis=0)
-                e = tl.exp(xm - m[None, :])
-                esum = tl.sum(e, axis=0)
-                p = e * (1.0 / esum)[None, :]
+                xm = tl.where(cm5, x, float("-inf"))
+                m = _bcast_c(tl.max(tl.max(xm, axis=2), axis=0))
+                e = tl.exp(xm - m)
+                esum = _bcast_c(tl.sum(tl.sum(e, axis=2), axis=0))
+                p = e * (1.0 / esum)
             elif ACT == 1:
                 p = tl.sigmoid(x)
             else:
                 p = x
-            lab, pvalid = load_labels(t_ptr, n64, s64, stn, sts, smask,
-                                      T_IS_LABEL, HAS_IGNORE, ign_i)
-            t, vb = load_target_tile(t_ptr, n64, c64, s64, stn, stc, sts,
-                                     cmask[:, None] & pvalid[None, :],
-                                     T_IS_LABEL, HAS_IGNORE, lab, label_offset, ign_f)
-            v = vb.to(tl.float32)
             pv = p * v
-            aI += pv * t
-            aP += pv
-            aT += t
-            aV += v
-            aPP += pv * p
-            aTT += t * t
-            aM += tl.minimum(p, t) * v
+            aI += tl.sum(pv * t, axis=4)
+            aP += tl.sum(pv, axis=4)
+            aT += tl.sum(t, axis=4)
+            aV += tl.sum(v, axis=4)
+            aPP += tl.sum(pv * p, axis=4)
+            aTT += tl.sum(t * t, axis=4)
+            aM += tl.sum(tl.minimum(p, t) * v, axis=4)
             if XK != 0:  # -log p = (m - x) + log(sum)
                 lls = tl.log(esum)
                 h = lls
-                if XK == 3:  # -log(1 - p_0) = (m - mf) + (lls - llsf)
-                    mf, llsf = _lse_fg(x_base, s64, smask, C, sxc, sxs, BLOCK_C, BLOCK_S)
+                if XK == 3:  # -log(1 - p_0) = (m - mf) + (lls - llsf), lse over classes 1..C-1
+                    xf = tl.where(cm5 & (c5 >= 1), x, float("-inf"))
+                    mf = _bcast_c(tl.max(tl.max(xf, axis=2), axis=0))
+                    mr = tl.where(mf == float("-inf"), 0.0, mf)  # no class 1..C-1: a sum of 0, not NaN
+                    llsf = tl.log(_bcast_c(tl.sum(tl.sum(tl.exp(xf - mr), axis=2), axis=0)))
                     h = (m - mf) + (lls - llsf)
-                s7, s8 = _pixel_term_sums(tl.where(mask, x, 0.0), p, t, v, c64, m, lls, h, gamma, XK)
-                aCE += tl.where(mask, s7, 0.0)
-                aLP += tl.where(mask, s8, 0.0)
+                s7, s8 = _pixel_term_sums(x, p, t, v, c5, m, lls, h, gamma, XK)
+                aCE += tl.sum(tl.where(mask, s7, 0.0), axis=4)
+                aLP += tl.sum(tl.where(mask, s8, 0.0), axis=4)
+            if T_IS_LABEL:
+                if HAS_FLAG or HAS_CONF:
+                    y, ok, bad = _label_flags(lab5, pvalid5, C, label_offset)
+                if HAS_FLAG:
+                    nbad |= bad.to(tl.int32)
+                if HAS_CONF:
+                    pred = _bcast_c(_first_argmax5(x, c5, cm5, BLOCK_C))
+                    aD += tl.sum(((t != 0) & (c5 == pred)).to(tl.int32), axis=4)
+                    _count_confusion(conf_ptr, y, pred, ok, c5, C)
+        c64 = (tl.arange(0, CR)[:, None] * CL + tl.arange(0, CL)[None, :]).to(tl.int64)
+        cmask = c64 < C
         o = row + c64 * KO
-        tl.store(o + 0, tl.sum(aI, axis=1), mask=cmask)
-        tl.store(o + 1, tl.sum(aP, axis=1), mask=cmask)
-        tl.store(o + 2, tl.sum(aT, axis=1), mask=cmask)
-        tl.store(o + 3, tl.sum(aV, axis=1), mask=cmask)
-        tl.store(o + 4, tl.sum(aPP, axis=1), mask=cmask)
-        tl.store(o + 5, tl.sum(aTT, axis=1), mask=cmask)
-        tl.store(o + 6, tl.sum(aM, axis=1), mask=cmask)
+        tl.store(o + 0, _sum_px(aI), mask=cmask)
+        tl.store(o + 1, _sum_px(aP), mask=cmask)
+        tl.store(o + 2, _sum_px(aT), mask=cmask)
+        tl.store(o + 3, _sum_px(aV), mask=cmask)
+        tl.store(o + 4, _sum_px(aPP), mask=cmask)
+        tl.store(o + 5, _sum_px(aTT), mask=cmask)
+        tl.store(o + 6, _sum_px(aM), mask=cmask)
         if XK != 0:
-            tl.store(o + 7, tl.sum(aCE, axis=1), mask=cmask)
-            tl.store(o + 8, tl.sum(aLP, axis=1), mask=cmask)
+            tl.store(o + 7, _sum_px(aCE), mask=cmask)
+            tl.store(o + 8, _sum_px(aLP), mask=cmask)
+        if HAS_FLAG:
+            tl.store(flag_ptr, 1, mask=tl.max(nbad) != 0)
+        if HAS_CONF:
+            d = _sum_px(aD).to(tl.int64)
+            tl.atomic_add(conf_ptr + c64 * (C + 1), d, mask=cmask & (d != 0), sem="relaxed")
     else:
         # Zero this program's out row, then accumulate into it chunk by chunk.
         zero = tl.zeros([BLOCK_C], tl.float32)
@@ -292,6 +437,14 @@ def _region_stats_kernel(
             smask = s64 < end
             lab, pvalid = load_labels(t_ptr, n64, s64, stn, sts, smask,
                                       T_IS_LABEL, HAS_IGNORE, ign_i)
+            if T_IS_LABEL:
+                if HAS_FLAG or HAS_CONF:
+                    y, ok, bad = _label_flags(lab, pvalid, C, label_offset)
+                if HAS_FLAG:
+                    tl.store(flag_ptr + ar_s * 0, tl.full([BLOCK_S], 1, tl.int32), mask=bad)
+                if HAS_CONF:
+                    pred = _argmax_pass(x_base, s64, smask, C, sxc, sxs, BLOCK_C, BLOCK_S)
+                    tl.atomic_add(conf_ptr + y * C + pred, tl.full([BLOCK_S], 1, tl.int64), mask=ok, sem="relaxed")
             if ACT == 2:
                 m, rl = _softmax_max_rsum(x_base, s64, smask, C, sxc, sxs, BLOCK_C, BLOCK_S)
             if XK != 0:
@@ -326,7 +479,8 @@ def _region_stats_kernel(
                 tl.store(o + 6, tl.load(o + 6, mask=cmask, other=0)
                          + tl.sum(tl.minimum(p, t) * v, axis=1), mask=cmask)
                 if XK != 0:
-                    s7, s8 = _pixel_term_sums(tl.where(mask, x, 0.0), p, t, v, c64, m, lls, h, gamma, XK)
+                    s7, s8 = _pixel_term_sums(tl.where(mask, x, 0.0), p, t, v, c64[:, None], m[None, :], lls[None, :],
+                                             h[None, :], gamma, XK)
                     s7 = tl.where(mask, s7, 0.0)
                     s8 = tl.where(mask, s8, 0.0)
                     tl.store(o + 7, tl.load(o + 7, mask=cmask, other=0) + tl.sum(s7, axis=1), mask=cmask)
@@ -428,35 +582,74 @@ def _region_grad_kernel(
 # --------------------------------------------------------------------------
 
 def _blocks(C: int, block_s, block_c):
-    """-> (SINGLE_C, BLOCK_C, BLOCK_S)."""
+    """-> (SINGLE_C, BLOCK_C, BLOCK_S) of the grad kernel and the stats kernel's looped path."""
     return blocks(C, block_s, block_c, tile=TILE, max_single_c=MAX_SINGLE_C,
                   loop_block_c=LOOP_BLOCK_C)
+
+
+def _stats_blocks(C: int, block_s, block_c, itemsize: int = 4, xent: int = 0):
+    """-> (SINGLE_C, BLOCK_C, BLOCK_S, num_warps, CL, VEC) of the stats kernel.
+
+    Single class tile: CL = min(BLOCK_C, STATS_CLASS_LANES) lanes of a warp
+    over the classes, 32 / CL over pixel vectors of VEC = 16 / itemsize pixels,
+    STATS_WARPS warps over pixels: BLOCK_S = STATS_WARPS * (32 / CL) * VEC.
+    ``block_s`` overrides BLOCK_S (fewer warps, then shorter vectors)."""
+    single, BLOCK_C, BLOCK_S = _blocks(C, block_s, block_c)
+    if not single:
+        if block_s is None:
+            BLOCK_S = max((LOOP_STATS_TILE // 2 if xent else LOOP_STATS_TILE) // BLOCK_C, 16)
+        return single, BLOCK_C, BLOCK_S, LOOP_STATS_WARPS, 1, 1
+    CL = min(BLOCK_C, STATS_CLASS_LANES)
+    PL = 32 // CL
+    VEC = max(16 // itemsize, 1)
+    warps = STATS_WARPS
+    if block_s is not None:
+        warps = max(1, min(warps, block_s // (PL * VEC)))
+        VEC = block_s // (PL * warps)
+        if VEC < 1 or VEC & (VEC - 1) or warps * PL * VEC != block_s:
+            raise ValueError(f"block_s={block_s} is not a tile of the stats kernel for C={C}")
+    return single, BLOCK_C, warps * PL * VEC, warps, CL, VEC
 
 
 def default_chunks(N: int, C: int, S: int, sm_count: int = 132, waves: int = 4) -> int:
     """P for a device of ``sm_count`` SMs: about ``waves`` programs per SM
     over the grid of N * P programs, each streaming a whole number of pixel
-    blocks (see ``chunks``). (Programs per SM to tune on GPU.)"""
-    _, _, block_s = _blocks(C, None, None)
+    blocks (see ``chunks``)."""
+    block_s = _stats_blocks(C, None, None)[2]
     return chunks(N, S, block_s, sm_count, waves)
 
 
 def launch_stats(x, t, t_is_label: bool, out, N: int, C: int, S: int, P: int,
                  act: int, label_offset: int, has_ignore: bool, ignore_value: float, xent: int = 0,
-                 gamma: float = 0.0, *, block_s: int | None = None, block_c: int | None = None) -> None:
+                 gamma: float = 0.0, *, block_s: int | None = None, block_c: int | None = None,
+                 flag=None, confusion=None) -> None:
     """Partial sums into ``out`` (float32, contiguous [N, P, C, 7], or 9 with ``xent``); see module doc.
 
     x: [N, C, S] (any strides); t: [N, S] labels if ``t_is_label`` else
     [N, C, S] dense. ``block_s`` / ``block_c`` override the tile (tests, tuning).
+
+    With labels, two optional outputs of the same pass:
+
+    * ``flag``: a 1-element int32 tensor, set to 1 when a label other than the
+      ignore value lies outside [label_offset, label_offset + C) (left as it is
+      otherwise: the caller zeroes it);
+    * ``confusion``: an int64 contiguous [C, C] tensor to which the hard counts
+      are added, row = target class, column = the logits' argmax over the classes
+      (``torch.argmax``'s: the first maximum, a NaN counts as the maximum), over
+      the pixels whose label is neither the ignore value nor out of range.
+
+    Both are ignored for dense targets.
     """
     if N * P * C == 0:
         return
     t, (stn, stc, sts), has_ignore, ign_i, ign_f = target_args(t, t_is_label, has_ignore,
                                                                ignore_value)
-    single, BLOCK_C, BLOCK_S = _blocks(C, block_s, block_c)
+    has_flag = flag is not None and t_is_label
+    has_conf = confusion is not None and t_is_label
+    single, BLOCK_C, BLOCK_S, warps, CL, VEC = _stats_blocks(C, block_s, block_c, x.element_size(), xent)
     L = chunk_len(S, P, BLOCK_S)
     wrap(_region_stats_kernel)[(N * P,)](
-        x, t, out,
+        x, t, out, flag if has_flag else out, confusion if has_conf else out,
         C, S, P, L,
         x.stride(0), x.stride(1), x.stride(2),
         stn, stc, sts,
@@ -464,7 +657,9 @@ def launch_stats(x, t, t_is_label: bool, out, N: int, C: int, S: int, P: int,
         ACT=int(act), T_IS_LABEL=bool(t_is_label), HAS_IGNORE=bool(has_ignore),
         SINGLE_C=single, BLOCK_C=BLOCK_C, BLOCK_S=BLOCK_S,
         gamma=float(gamma), XK=int(xent), KO=9 if xent else 7,
-        num_warps=STATS_WARPS,
+        HAS_FLAG=has_flag, HAS_CONF=has_conf, NW=warps if single else 1, CL=CL, VEC=VEC,
+        STAGES=STATS_STAGES if single else 1,
+        num_warps=warps,
     )
 
 

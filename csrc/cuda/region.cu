@@ -11,6 +11,11 @@
 //   a fixed order of additions: deterministic, no atomics. With a pixel term
 //   (xent) it also sums S7 / S8 (csrc/common/region.h; -log p =
 //   (max - x) + log(sum)): K = 9 sums.
+//   Optional outputs of phase 1 (class-index targets): a flag set to 1 by a
+//   label outside [0, C) that is not ignore_index, and confusion counts
+//   [C, C] (row: label, column: torch.argmax of the logits), counted in
+//   shared memory per block when C * C <= kSharedConf, then added to the
+//   global matrix with one atomic per nonzero bin.
 // grad: one thread per pixel; grid (pixel block, image). Loops over C: once
 //   for the softmax max/sum, once for sum_k p_k a_k (softmax), once to write.
 #include <cuda_runtime.h>
@@ -28,6 +33,7 @@ namespace {
 constexpr int kTile = 1024;        // pixels per stats tile (shared memory: ~12 KiB)
 constexpr int kGradThreads = 256;  // threads (pixels) per grad block
 constexpr int kMaxGridY = 65535;
+constexpr int kSharedConf = 1024;  // confusion bins a stats block counts in shared memory (C <= 32)
 
 // Max and 1/sum(exp(x - max)) over the classes first..C-1 of one pixel.
 template <typename T>
@@ -74,8 +80,25 @@ __device__ __forceinline__ A warp_sum(A v) {
   return v;
 }
 
+// torch.argmax over the C classes of one pixel: the first NaN, else the first maximum.
+template <typename T>
+__device__ __forceinline__ int64_t argmax_class(const Problem& pr, int64_t n, int64_t s) {
+  T best = load_x<T>(pr, n, 0, s);
+  int64_t arg = 0;
+  for (int64_t c = 1; c < pr.C && best == best; ++c) {
+    const T v = load_x<T>(pr, n, c, s);
+    if (v != v || v > best) {
+      best = v;
+      arg = c;
+    }
+  }
+  return arg;
+}
+
 template <typename T, typename A>
-__global__ void stats_kernel(const Problem pr, const int64_t P, A* __restrict__ out) {
+__global__ void stats_kernel(const Problem pr, const int64_t P, A* __restrict__ out, int32_t* __restrict__ flag,
+                             unsigned long long* __restrict__ conf) {
+  __shared__ unsigned sm_conf[kSharedConf];  // this block's confusion counts when C * C fits
   __shared__ T sm_m[kTile];
   __shared__ T sm_inv[kTile];
   __shared__ T sm_v[kTile];
@@ -87,6 +110,11 @@ __global__ void stats_kernel(const Problem pr, const int64_t P, A* __restrict__ 
   const int lane = threadIdx.x & 31;
   const int warp = threadIdx.x >> 5;
   const int nwarps = blockDim.x >> 5;
+  const bool shared_conf = conf != nullptr && C * C <= kSharedConf;
+  if (shared_conf) {
+    for (int64_t i = threadIdx.x; i < C * C; i += blockDim.x) sm_conf[i] = 0;
+    __syncthreads();
+  }
 
   for (int64_t n = blockIdx.y; n < pr.N; n += gridDim.y) {
     int64_t b, e;
@@ -105,9 +133,17 @@ __global__ void stats_kernel(const Problem pr, const int64_t P, A* __restrict__ 
         if (pr.t_is_label) {
           bool valid;
           const int64_t lab = load_i64(pr.t, pr.t_dtype, n * pr.tsN + s * pr.tsS);
-          sm_lab[i] = int32_t(decode_label(lab, C, pr.label_offset, pr.has_ignore,
-                                           pr.ignore_value, &valid));
+          const int64_t cls = decode_label(lab, C, pr.label_offset, pr.has_ignore, pr.ignore_value, &valid);
+          sm_lab[i] = int32_t(cls);
           sm_v[i] = valid ? T(1) : T(0);
+          if (flag != nullptr && valid && cls < 0) *flag = 1;  // out of range, not ignore_index
+          if (conf != nullptr && cls >= 0) {
+            const int64_t bin = cls * C + argmax_class<T>(pr, n, s);
+            if (shared_conf)
+              atomicAdd(&sm_conf[bin], 1u);
+            else
+              atomicAdd(&conf[bin], 1ull);
+          }
         }
         if (pr.act == kSoftmax) softmax_stats<T>(pr, n, s, &sm_m[i], &sm_inv[i]);
         if (pr.xent == kXentFused) sm_h[i] = (sm_m[i] - lse_fg<T>(pr, n, s)) - log(sm_inv[i]);
@@ -153,6 +189,11 @@ __global__ void stats_kernel(const Problem pr, const int64_t P, A* __restrict__ 
       }
       __syncthreads();  // shared memory is rewritten by the next tile
     }
+  }
+  if (shared_conf) {
+    __syncthreads();
+    for (int64_t i = threadIdx.x; i < C * C; i += blockDim.x)
+      if (sm_conf[i]) atomicAdd(&conf[i], (unsigned long long)sm_conf[i]);
   }
 }
 
@@ -236,17 +277,20 @@ unsigned grid_y(int64_t N) { return unsigned(N < kMaxGridY ? N : kMaxGridY); }
 
 }  // namespace
 
-void region_stats_cuda(const Problem& pr, int64_t P, void* out, uintptr_t stream) {
+void region_stats_cuda(const Problem& pr, int64_t P, void* out, uintptr_t stream, int32_t* flag,
+                       int64_t* confusion) {
   if (pr.N <= 0 || P <= 0 || pr.C <= 0) return;
   if (P > int64_t(0x7fffffff)) throw std::invalid_argument("segfast: P too large");
   const int warps = int(pr.C < 8 ? pr.C : 8);
   const dim3 grid(unsigned(P), grid_y(pr.N));
   const dim3 block(32 * warps);
   cudaStream_t st = reinterpret_cast<cudaStream_t>(stream);
+  if (!pr.t_is_label) flag = nullptr, confusion = nullptr;
+  auto* conf = reinterpret_cast<unsigned long long*>(confusion);
   if (pr.x_dtype == kFloat64)
-    stats_kernel<double, double><<<grid, block, 0, st>>>(pr, P, static_cast<double*>(out));
+    stats_kernel<double, double><<<grid, block, 0, st>>>(pr, P, static_cast<double*>(out), flag, conf);
   else
-    stats_kernel<float, float><<<grid, block, 0, st>>>(pr, P, static_cast<float*>(out));
+    stats_kernel<float, float><<<grid, block, 0, st>>>(pr, P, static_cast<float*>(out), flag, conf);
   check_launch("region_stats_cuda");
 }
 

@@ -1,0 +1,75 @@
+"""The optional outputs of the CUDA C++ region stats kernel (csrc/cuda/region.cu),
+run on the CPU emulation layer (segfast._C_emu, SEGFAST_CUDA_EMU=ON) under
+several thread orders: the bad-label flag and the confusion counts of the
+logits' argmax, against torch."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from segfast import backends
+
+emu = backends._C_emu
+pytestmark = pytest.mark.skipif(
+    emu is None, reason="segfast._C_emu is not built (install with SEGFAST_CUDA_EMU=ON)")
+
+
+@pytest.fixture(params=["forward", "reverse", "shuffle"])
+def schedule(request):
+    before = emu.schedule()
+    emu.set_schedule(request.param, 777)
+    yield request.param
+    emu.set_schedule(before)
+
+
+def _stats(x, t, P, ignore, flag=None, confusion=None, act=2):
+    N, C, S = x.shape
+    out = torch.empty((N, P, C, 7), dtype=torch.float64 if x.dtype == torch.float64 else torch.float32)
+    emu.region_stats_cuda(x.data_ptr(), backends.dtype_code(x), *x.stride(),
+                          t.data_ptr(), backends.dtype_code(t), 1, t.stride(0), 0, t.stride(1),
+                          N, C, S, P, act, 0, 0.0, 0, int(ignore is not None),
+                          float(ignore if ignore is not None else 0), out.data_ptr(), 0,
+                          flag_ptr=0 if flag is None else flag.data_ptr(),
+                          confusion_ptr=0 if confusion is None else confusion.data_ptr())
+    return out
+
+
+def _want(x, t, C, ignore):
+    ok = (t >= 0) & (t < C)
+    if ignore is not None:
+        ok &= t != ignore
+    return torch.bincount((t.long() * C + x.argmax(1))[ok], minlength=C * C).view(C, C)
+
+
+@pytest.mark.parametrize("C", [3, 21, 40])  # 40: more bins than a block counts in shared memory
+def test_confusion(schedule, C):
+    gen = torch.Generator().manual_seed(C)
+    N, S = 2, 300
+    x = torch.randn(N, C, S, generator=gen)
+    x = torch.where(torch.rand(x.shape, generator=gen) < 0.3, x.round(), x)  # ties: the first maximum
+    x[0, 1, 3] = float("nan")
+    x[1, C - 1, 4] = float("nan")
+    x[1, 0, 5] = float("nan")
+    t = torch.randint(0, C, (N, S), generator=gen)
+    t[torch.rand(N, S, generator=gen) < 0.2] = 255
+    t[0, 7] = C  # out of range: not counted
+    conf = torch.full((C, C), 2, dtype=torch.int64)
+    flag = torch.zeros(1, dtype=torch.int32)
+    got = _stats(x, t, 3, 255, flag, conf)
+    assert torch.equal(conf, _want(x, t, C, 255) + 2)
+    assert flag.item() == 1
+    torch.testing.assert_close(got, _stats(x, t, 3, 255), rtol=0, atol=0, equal_nan=True)  # the same sums
+
+
+def test_flag(schedule):
+    gen = torch.Generator().manual_seed(1)
+    C, N, S = 4, 2, 200
+    x = torch.randn(N, C, S, generator=gen, dtype=torch.float64)
+    t = torch.randint(0, C, (N, S), generator=gen).to(torch.uint8)
+    t[1, 10] = 255
+    flag = torch.zeros(1, dtype=torch.int32)
+    _stats(x, t, 2, 255, flag)
+    assert flag.item() == 0
+    _stats(x, t, 2, None, flag)  # 255 is a label now, out of range
+    assert flag.item() == 1
