@@ -208,9 +208,11 @@ def _region_stats_kernel(
     SINGLE_C: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr,
     gamma,
     XK: tl.constexpr, KO: tl.constexpr,
+    flag_ptr, HAS_FLAG: tl.constexpr,
 ):
     pid = tl.program_id(0).to(tl.int64)
     n64, start, end = chunk_bounds(pid, P, L, S)
+    nbad = tl.zeros([BLOCK_S], tl.int32)  # HAS_FLAG: valid labels outside [0, C + label_offset)
     x_base = x_ptr + n64 * sxn
     row = out_ptr + pid * C * KO  # out[n, j] is row n*P + j of [N*P, C, KO]
     ar_c = tl.arange(0, BLOCK_C)
@@ -245,6 +247,8 @@ def _region_stats_kernel(
                 p = x
             lab, pvalid = load_labels(t_ptr, n64, s64, stn, sts, smask,
                                       T_IS_LABEL, HAS_IGNORE, ign_i)
+            if HAS_FLAG:
+                nbad += (pvalid & ((lab < 0) | (lab >= C + label_offset))).to(tl.int32)
             t, vb = load_target_tile(t_ptr, n64, c64, s64, stn, stc, sts,
                                      cmask[:, None] & pvalid[None, :],
                                      T_IS_LABEL, HAS_IGNORE, lab, label_offset, ign_f)
@@ -292,6 +296,8 @@ def _region_stats_kernel(
             smask = s64 < end
             lab, pvalid = load_labels(t_ptr, n64, s64, stn, sts, smask,
                                       T_IS_LABEL, HAS_IGNORE, ign_i)
+            if HAS_FLAG:
+                nbad += (pvalid & ((lab < 0) | (lab >= C + label_offset))).to(tl.int32)
             if ACT == 2:
                 m, rl = _softmax_max_rsum(x_base, s64, smask, C, sxc, sxs, BLOCK_C, BLOCK_S)
             if XK != 0:
@@ -334,6 +340,8 @@ def _region_stats_kernel(
             # The threads that load a row element next time need not be the
             # ones that stored it: order the read-modify-writes.
             tl.debug_barrier()
+    if HAS_FLAG:  # any program that sees a bad label sets the flag (all write 1: no race on the value)
+        tl.store(flag_ptr, 1, mask=tl.max(nbad, axis=0) > 0)
 
 
 # --------------------------------------------------------------------------
@@ -352,9 +360,13 @@ def _region_grad_kernel(
     SINGLE_C: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr,
     gamma,
     XK: tl.constexpr, KO: tl.constexpr,
+    go_ptr, HAS_GO: tl.constexpr,
 ):
     pid = tl.program_id(0).to(tl.int64)
     n64 = pid // NBLK
+    go = 1.0
+    if HAS_GO:  # grad_output of a scalar loss, read on the device: g is dLoss/dStats at grad_output 1
+        go = tl.load(go_ptr).to(tl.float32)
     b64 = pid % NBLK
     s64 = b64 * BLOCK_S + tl.arange(0, BLOCK_S).to(tl.int64)
     smask = s64 < S
@@ -387,7 +399,7 @@ def _region_grad_kernel(
         p = tl.where(cmask[:, None], _act(x, m, rl, ACT), 0.0)
         a, b = _dldp_tile(p, x, m, -tl.log(rl), mf, llsf, k, gamma, g_base, c64, cmask, t_ptr, n64, s64, stn, stc, sts,
                           pvalid, lab, label_offset, ign_f, T_IS_LABEL, HAS_IGNORE, XK, KO)
-        dx = _dx(p, a, tl.sum(p * a - b, axis=0), ACT) - b
+        dx = (_dx(p, a, tl.sum(p * a - b, axis=0), ACT) - b) * go
         tl.store(dx_base + c64[:, None] * sdc + s64[None, :] * sds,
                  dx.to(dx_ptr.dtype.element_ty), mask=mask)
     else:
@@ -418,7 +430,7 @@ def _region_grad_kernel(
             p = _act(x, m, rl, ACT)
             a, b = _dldp_tile(p, x, m, -tl.log(rl), mf, llsf, k, gamma, g_base, c64, cmask, t_ptr, n64, s64,
                               stn, stc, sts, pvalid, lab, label_offset, ign_f, T_IS_LABEL, HAS_IGNORE, XK, KO)
-            dx = _dx(p, a, dot, ACT) - b
+            dx = (_dx(p, a, dot, ACT) - b) * go
             tl.store(dx_base + c64[:, None] * sdc + s64[None, :] * sds,
                      dx.to(dx_ptr.dtype.element_ty), mask=mask)
 
@@ -443,11 +455,15 @@ def default_chunks(N: int, C: int, S: int, sm_count: int = 132, waves: int = 4) 
 
 def launch_stats(x, t, t_is_label: bool, out, N: int, C: int, S: int, P: int,
                  act: int, label_offset: int, has_ignore: bool, ignore_value: float, xent: int = 0,
-                 gamma: float = 0.0, *, block_s: int | None = None, block_c: int | None = None) -> None:
+                 gamma: float = 0.0, *, block_s: int | None = None, block_c: int | None = None,
+                 flag=None) -> None:
     """Partial sums into ``out`` (float32, contiguous [N, P, C, 7], or 9 with ``xent``); see module doc.
 
     x: [N, C, S] (any strides); t: [N, S] labels if ``t_is_label`` else
     [N, C, S] dense. ``block_s`` / ``block_c`` override the tile (tests, tuning).
+    ``flag`` (labels only): a 1-element int32 tensor, zeroed by the caller, that
+    the kernel sets nonzero when a label that is not ignored lies outside
+    [0, C + label_offset); the caller checks it on the device.
     """
     if N * P * C == 0:
         return
@@ -464,15 +480,18 @@ def launch_stats(x, t, t_is_label: bool, out, N: int, C: int, S: int, P: int,
         ACT=int(act), T_IS_LABEL=bool(t_is_label), HAS_IGNORE=bool(has_ignore),
         SINGLE_C=single, BLOCK_C=BLOCK_C, BLOCK_S=BLOCK_S,
         gamma=float(gamma), XK=int(xent), KO=9 if xent else 7,
+        flag_ptr=out if flag is None else flag, HAS_FLAG=flag is not None and bool(t_is_label),
         num_warps=STATS_WARPS,
     )
 
 
 def launch_grad(x, t, t_is_label: bool, g, dx, N: int, C: int, S: int,
                 act: int, label_offset: int, has_ignore: bool, ignore_value: float, xent: int = 0,
-                gamma: float = 0.0, *, block_s: int | None = None, block_c: int | None = None) -> None:
+                gamma: float = 0.0, *, block_s: int | None = None, block_c: int | None = None,
+                go=None) -> None:
     """dLoss/dx into ``dx`` ([N, C, S], x's dtype, any strides) from g = dLoss/dStats
-    (float32, contiguous [N, C, 7], or 9 with ``xent``); see module doc."""
+    (float32, contiguous [N, C, 7], or 9 with ``xent``); see module doc. ``go``: a
+    one-element grad_output that scales g, read by the kernel (None: 1)."""
     if N * C * S == 0:
         return
     t, (stn, stc, sts), has_ignore, ign_i, ign_f = target_args(t, t_is_label, has_ignore,
@@ -489,5 +508,6 @@ def launch_grad(x, t, t_is_label: bool, g, dx, N: int, C: int, S: int,
         ACT=int(act), T_IS_LABEL=bool(t_is_label), HAS_IGNORE=bool(has_ignore),
         SINGLE_C=single, BLOCK_C=BLOCK_C, BLOCK_S=BLOCK_S,
         gamma=float(gamma), XK=int(xent), KO=9 if xent else 7,
+        go_ptr=g if go is None else go, HAS_GO=go is not None,
         num_warps=GRAD_WARPS,
     )
