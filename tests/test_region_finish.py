@@ -207,3 +207,19 @@ def test_compile_fullgraph_fused_op():
     torch.testing.assert_close(xc.grad, xe.grad)
     ref = F.dice_ce_loss(x.double(), y, label_smoothing=0.1, backend="torch")
     torch.testing.assert_close(got.double(), ref.detach(), rtol=2e-5, atol=1e-6)
+
+
+def test_opcheck_fused_op():
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    x, y = _case()
+    x, y = x.flatten(2).to(dev).requires_grad_(True), y.flatten(1).to(dev)
+    # the interpreter dereferences FakeTensors: the fake-tensor checks need a GPU
+    utils = (("test_schema", "test_autograd_registration") if dev == "cpu"
+             else ("test_schema", "test_faketensor", "test_autograd_registration", "test_aot_dispatch_dynamic"))
+    fp = [1.0, -1.0, 1.0, 1.0, 1e-5, 1e-5, 1.0, 0.5, 1.0, 2.0, 0.0, 0.0, 0.0]
+    w = torch.rand(4, device=dev)
+    torch.library.opcheck(R.region_loss_triton_op, (x, y, w, w, True, 2, 0, 3.0, 1, 0.0, fp, [0, 1, 1, 1], "bad"),
+                          test_utils=utils)
+    torch.library.opcheck(R.region_loss_triton_op, (x, y, None, None, True, 2, 0, None, 0, 0.0, fp, [1, 0, 0, 0], ""),
+                          test_utils=utils)
+    torch.library.opcheck(R.region_stats_triton_op, (x, y, True, 2, 0, None, 0, 0.0, "bad"), test_utils=utils)
