@@ -97,7 +97,7 @@ PIXEL = [
                           lambda_dice=0.3, lambda_ce=2.0, batch=True)),
     (F.dice_ce_loss, dict(include_background=False, reduction="sum", weight=[1.0, 1.0, 2.0, 3.0])),
     (F.dice_focal_loss, dict(gamma=2.0, alpha=[0.25, 0.5, 0.75, 1.0], ignore_index=255)),
-    (F.dice_focal_loss, dict(gamma=0.0, lambda_focal=0.5)),
+    (F.dice_focal_loss, dict(gamma=0.0, lambda_focal=0.5, alpha=0.3, weight=2.0)),  # scalar weights
     (F.dice_fused_loss, dict(ws=0.3, wp=0.7, ignore_index=255)),
 ]
 

@@ -398,8 +398,9 @@ def finish_loss(prep: tuple, *, weight=None, include_background: bool = True, ba
     fparams = [float(v) for v in (*ratio, smooth_nr, smooth_dr, gamma, lam_r, scale, lam_x, eps, ws, wp)]
     iparams = [int(gdl), int(batch), int(log_loss), c0]
     check = _label_check(t, is_label, C, off, ign, backend)
-    loss, _ = region_loss_triton_op(x, t, w, None if pw is None else pw.float(), is_label, act, off, ign,
-                                    int(xent), float(xgamma), fparams, iparams, check)
+    w, pw = (None if v is None else v.float().contiguous() for v in (w, pw))  # a scalar weight is expanded
+    loss, _ = region_loss_triton_op(x, t, w, pw, is_label, act, off, ign, int(xent), float(xgamma), fparams,
+                                    iparams, check)
     return loss
 
 
@@ -416,7 +417,9 @@ def with_grad_of(value: Tensor, other: Tensor) -> Tensor:
 
 def prepare(input: Tensor, target: Tensor, mode: str, from_logits: bool,
             ignore_index, backend: Optional[str]):
-    """Validate and canonicalise for a ``mode``; see ``canonical``."""
+    """Validate and canonicalise for a ``mode``; see ``canonical``. Where the
+    kernels check the labels' range on the device (LABEL_CHECK_BACKENDS), it is
+    left to them: pass the result to plane_stats(..., prepared=True) or finish_loss."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     check_input(input, target)
