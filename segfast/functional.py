@@ -125,7 +125,16 @@ def region_stats(input: Tensor, target: Tensor, *, mode: str = "multiclass", fro
         >>> s[0, 0, :4].tolist()   # I, P, T, V of image 0, class 0
         [5.333333492279053, 5.333333492279053, 16.0, 16.0]
     """
-    return _region.plane_stats(*_region.prepare(input, target, mode, from_logits, ignore_index, backend))
+    return _region.plane_stats(*_region.prepare(input, target, mode, from_logits, ignore_index, backend),
+                               prepared=True)
+
+
+def _fused_or_stats(input, target, mode, from_logits, ignore_index, backend, **finish):
+    """-> (the loss, None) where the kernels compute the whole loss
+    (ops.region.finish_loss: no torch op on the sums), else (None, the sums)."""
+    prep = _region.prepare(input, target, mode, from_logits, ignore_index, backend)
+    loss = _region.finish_loss(prep, **finish)
+    return (loss, None) if loss is not None else (None, _region.plane_stats(*prep, prepared=True))
 
 
 def _pooled_stats(input, target, mode, from_logits, ignore_index, batch, sync_stats,
@@ -218,6 +227,13 @@ def _dice_loss(input: Tensor, target: Tensor, stats: Optional[Tensor], *, mode: 
     """dice_loss, on the per-plane sums ``stats`` when the caller has them
     already (the Dice + pixel-term path), else computing them."""
     _check_common(reduction, smooth_nr, smooth_dr)
+    if stats is None:
+        loss, stats = _fused_or_stats(input, target, mode, from_logits, ignore_index, backend, weight=weight,
+                                      include_background=include_background, batch=batch, sync_stats=sync_stats,
+                                      reduction=reduction, smooth_nr=smooth_nr, smooth_dr=smooth_dr,
+                                      log_loss=log_loss)
+        if loss is not None:
+            return loss
     s = _pooled_stats(input, target, mode, from_logits, ignore_index, batch, sync_stats, process_group, backend,
                       stats)
     # 2·tp + fp + fn = P + T; few small ops: at common sizes the formula's
@@ -258,7 +274,13 @@ def jaccard_loss(input: Tensor, target: Tensor, *, mode: str = "multiclass", fro
         0.8889
     """
     _check_common(reduction, smooth_nr, smooth_dr)
-    s = _pooled_stats(input, target, mode, from_logits, ignore_index, batch, sync_stats, process_group, backend)
+    loss, s = _fused_or_stats(input, target, mode, from_logits, ignore_index, backend, weight=weight,
+                              include_background=include_background, batch=batch, sync_stats=sync_stats,
+                              reduction=reduction, ratio=(1.0, -1.0, 1.0, 1.0), smooth_nr=smooth_nr,
+                              smooth_dr=smooth_dr, log_loss=log_loss)
+    if loss is not None:
+        return loss
+    s = _pooled_stats(input, target, mode, from_logits, ignore_index, batch, sync_stats, process_group, backend, s)
     tp, fp, fn = _region.tp_fp_fn(s)
     score = _region.safe_ratio(tp + smooth_nr, tp + fp + fn + smooth_dr)
     return _finish(score, input, log_loss=log_loss, include_background=include_background,
@@ -304,7 +326,13 @@ def tversky_loss(input: Tensor, target: Tensor, *, mode: str = "multiclass", fro
     _check_common(reduction, smooth_nr, smooth_dr)
     if alpha < 0 or beta < 0 or gamma <= 0:
         raise ValueError("alpha and beta must be >= 0 and gamma > 0")
-    s = _pooled_stats(input, target, mode, from_logits, ignore_index, batch, sync_stats, process_group, backend)
+    loss, s = _fused_or_stats(input, target, mode, from_logits, ignore_index, backend, weight=weight,
+                              include_background=include_background, batch=batch, sync_stats=sync_stats,
+                              reduction=reduction, ratio=(1.0, 1.0 - alpha - beta, alpha, beta), smooth_nr=smooth_nr,
+                              smooth_dr=smooth_dr, log_loss=log_loss, gamma=gamma)
+    if loss is not None:
+        return loss
+    s = _pooled_stats(input, target, mode, from_logits, ignore_index, batch, sync_stats, process_group, backend, s)
     tp, fp, fn = _region.tp_fp_fn(s)
     score = _region.safe_ratio(tp + smooth_nr, tp + alpha * fp + beta * fn + smooth_dr)
     return _finish(score, input, log_loss=log_loss, include_background=include_background,
@@ -367,7 +395,16 @@ def generalized_dice_loss(input: Tensor, target: Tensor, *, mode: str = "multicl
         torch.Size([2])
     """
     _check_common(reduction, smooth_nr, smooth_dr)
-    s = _pooled_stats(input, target, mode, from_logits, ignore_index, batch, sync_stats, process_group, backend)
+    gdl = {"square": 1, "simple": 2, "uniform": 3}.get(w_type)
+    loss, s = None, None
+    if gdl is not None:
+        loss, s = _fused_or_stats(input, target, mode, from_logits, ignore_index, backend, weight=weight,
+                                  include_background=include_background, batch=batch, sync_stats=sync_stats,
+                                  reduction=reduction, gdl=gdl, smooth_nr=smooth_nr, smooth_dr=smooth_dr,
+                                  log_loss=log_loss)
+    if loss is not None:
+        return loss
+    s = _pooled_stats(input, target, mode, from_logits, ignore_index, batch, sync_stats, process_group, backend, s)
     C = input.shape[1]
     if not include_background:
         if C < 2:
@@ -719,15 +756,33 @@ def _shared_views(input: Tensor, target: Tensor):
     return input, target  # a wrong shape: the term's own check reports the user's shapes
 
 
-def _two_pass(input, target, ignore_index, backend, dice_kwargs, xent: int, gamma: float = 0.0):
+# dice_loss's formula arguments and defaults, as ops.region.finish_loss takes them
+_DICE_FINISH = dict(weight=None, include_background=True, batch=False, sync_stats=False, reduction="mean",
+                    smooth_nr=1e-5, smooth_dr=1e-5, log_loss=False)
+
+
+def _two_pass(input, target, ignore_index, backend, dice_kwargs, xent: int, gamma: float = 0.0,
+              lams=(1.0, 1.0), pixel_weight=None, **pixel):
     """Dice (softmax, class-index targets) plus the sums of a pixel term from the
-    same two kernel passes -> (dice loss, pooled sums [C, 9]), or None where
-    the terms must run separately (dense targets, probabilities)."""
+    same two kernel passes -> the loss lams[0]·Dice + lams[1]·(pixel term) where
+    the kernels compute it whole (ops.region.finish_loss, with the pixel term's
+    class weights ``pixel_weight`` and ``pixel`` arguments), else (dice loss,
+    pooled sums [C, 9]); None where the terms must run separately (dense
+    targets, probabilities)."""
     if not (dice_kwargs.get("from_logits", True) and isinstance(target, Tensor) and isinstance(input, Tensor)
             and not (target.dtype.is_floating_point or target.dtype == torch.bool)):
         return None
-    x, t, is_label, _, off, ign, be = _region.prepare(input, target, "multiclass", True, ignore_index, backend)
-    stats = _region.plane_stats(x, t, is_label, _region.ACT["softmax"], off, ign, be, xent=xent, gamma=gamma)
+    prep = _region.prepare(input, target, "multiclass", True, ignore_index, backend)
+    x, t, is_label, _, off, ign, be = prep
+    if set(dice_kwargs) <= set(_DICE_FINISH) | {"from_logits", "process_group"}:
+        finish = {**_DICE_FINISH, **{k: v for k, v in dice_kwargs.items() if k in _DICE_FINISH}}
+        _check_common(finish["reduction"], finish["smooth_nr"], finish["smooth_dr"])
+        loss = _region.finish_loss(prep, **finish, lam_r=lams[0], xent=xent, xgamma=gamma, lam_x=lams[1],
+                                   pw=_region.check_weight(pixel_weight, x.shape[1], x.device), **pixel)
+        if loss is not None:
+            return loss
+    stats = _region.plane_stats(x, t, is_label, _region.ACT["softmax"], off, ign, be, xent=xent, gamma=gamma,
+                                prepared=True)
     d = _dice_loss(input, target, stats[..., :_region.K], mode="multiclass", ignore_index=ignore_index,
                    backend=backend, **dice_kwargs)
     return d, stats.sum(0)
@@ -784,7 +839,10 @@ def dice_ce_loss(input: Tensor, target: Tensor, *, lambda_dice: float = 1.0, lam
     input, target = _shared_views(input, target)
     if not 0.0 <= label_smoothing <= 1.0:
         raise ValueError("label_smoothing must be in [0, 1]")
-    both = _two_pass(input, target, ignore_index, backend, dice_kwargs, _region.ref.XENT_CE)
+    both = _two_pass(input, target, ignore_index, backend, dice_kwargs, _region.ref.XENT_CE,
+                     lams=(lambda_dice, lambda_ce), pixel_weight=ce_weight, eps=label_smoothing)
+    if isinstance(both, Tensor):
+        return both
     if both is not None:  # torch's mean: Σ_c w_c((1 - ε)·S7_c + ε/C·S8_c) / Σ_c w_c·T_c
         d, s = both
         C = s.shape[0]
@@ -870,7 +928,10 @@ def dice_focal_loss(input: Tensor, target: Tensor, *, mode: str = "multiclass", 
         raise ValueError("gamma must be >= 0")
     input, target = _shared_views(input, target)
     if form == "softmax" and mode == "multiclass":
-        both = _two_pass(input, target, ignore_index, backend, dice_kwargs, _region.ref.XENT_FOCAL, float(gamma))
+        both = _two_pass(input, target, ignore_index, backend, dice_kwargs, _region.ref.XENT_FOCAL, float(gamma),
+                         lams=(lambda_dice, lambda_focal), pixel_weight=alpha)
+        if isinstance(both, Tensor):
+            return both
         if both is not None:  # mean over the valid pixels of α_c·S7_c (focal_loss's semantics)
             d, s = both
             a = _region.check_weight(1.0 if alpha is None else alpha, s.shape[0], s.device).to(s.dtype)
@@ -921,7 +982,10 @@ def dice_fused_loss(input: Tensor, target: Tensor, *, lambda_dice: float = 1.0, 
     if ws < 0 or wp < 0:
         raise ValueError("ws and wp must be >= 0")
     input, target = _shared_views(input, target)
-    both = _two_pass(input, target, ignore_index, backend, dice_kwargs, _region.ref.XENT_FUSED)
+    both = _two_pass(input, target, ignore_index, backend, dice_kwargs, _region.ref.XENT_FUSED,
+                     lams=(lambda_dice, lambda_fused), ws=ws, wp=wp)
+    if isinstance(both, Tensor):
+        return both
     if both is not None:  # (ws·CE + wp·(S7_0 + Σ_{c>=1} S8_c)) / valid pixels
         d, s = both
         ce, ps = s[:, 7].sum(), s[0, 7] + s[1:, 8].sum()

@@ -223,11 +223,12 @@ def _dx(p, a, dot, ACT: tl.constexpr):
 
 @triton.jit
 def _label_flags(lab, pvalid, C, label_offset):
-    """y = lab - label_offset and the per-pixel masks (valid and in [0, C), bad:
-    valid but out of range) of a label tile."""
+    """y = lab - label_offset and the per-pixel masks of a label tile: ok, a
+    valid label of a counted class (y in [0, C)); bad, a valid label outside
+    [0, C + label_offset) (labels below label_offset are classes without a
+    channel, e.g. the background of a binary loss: not counted, not bad)."""
     y = lab - label_offset
-    inr = (y >= 0) & (y < C)
-    return y, pvalid & inr, pvalid & ~inr
+    return y, pvalid & (y >= 0) & (y < C), pvalid & ((lab < 0) | (y >= C))
 
 
 @triton.jit
@@ -506,9 +507,13 @@ def _region_grad_kernel(
     SINGLE_C: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr,
     gamma,
     XK: tl.constexpr, KO: tl.constexpr,
+    go_ptr, HAS_GO: tl.constexpr,
 ):
     pid = tl.program_id(0).to(tl.int64)
     n64 = pid // NBLK
+    go = 1.0
+    if HAS_GO:  # grad_output of a scalar loss, read on the device: g is dLoss/dStats at grad_output 1
+        go = tl.load(go_ptr).to(tl.float32)
     b64 = pid % NBLK
     s64 = b64 * BLOCK_S + tl.arange(0, BLOCK_S).to(tl.int64)
     smask = s64 < S
@@ -541,7 +546,7 @@ def _region_grad_kernel(
         p = tl.where(cmask[:, None], _act(x, m, rl, ACT), 0.0)
         a, b = _dldp_tile(p, x, m, -tl.log(rl), mf, llsf, k, gamma, g_base, c64, cmask, t_ptr, n64, s64, stn, stc, sts,
                           pvalid, lab, label_offset, ign_f, T_IS_LABEL, HAS_IGNORE, XK, KO)
-        dx = _dx(p, a, tl.sum(p * a - b, axis=0), ACT) - b
+        dx = (_dx(p, a, tl.sum(p * a - b, axis=0), ACT) - b) * go
         tl.store(dx_base + c64[:, None] * sdc + s64[None, :] * sds,
                  dx.to(dx_ptr.dtype.element_ty), mask=mask)
     else:
@@ -572,7 +577,7 @@ def _region_grad_kernel(
             p = _act(x, m, rl, ACT)
             a, b = _dldp_tile(p, x, m, -tl.log(rl), mf, llsf, k, gamma, g_base, c64, cmask, t_ptr, n64, s64,
                               stn, stc, sts, pvalid, lab, label_offset, ign_f, T_IS_LABEL, HAS_IGNORE, XK, KO)
-            dx = _dx(p, a, dot, ACT) - b
+            dx = (_dx(p, a, dot, ACT) - b) * go
             tl.store(dx_base + c64[:, None] * sdc + s64[None, :] * sds,
                      dx.to(dx_ptr.dtype.element_ty), mask=mask)
 
@@ -665,9 +670,11 @@ def launch_stats(x, t, t_is_label: bool, out, N: int, C: int, S: int, P: int,
 
 def launch_grad(x, t, t_is_label: bool, g, dx, N: int, C: int, S: int,
                 act: int, label_offset: int, has_ignore: bool, ignore_value: float, xent: int = 0,
-                gamma: float = 0.0, *, block_s: int | None = None, block_c: int | None = None) -> None:
+                gamma: float = 0.0, *, block_s: int | None = None, block_c: int | None = None,
+                go=None) -> None:
     """dLoss/dx into ``dx`` ([N, C, S], x's dtype, any strides) from g = dLoss/dStats
-    (float32, contiguous [N, C, 7], or 9 with ``xent``); see module doc."""
+    (float32, contiguous [N, C, 7], or 9 with ``xent``); see module doc. ``go``: a
+    one-element grad_output that scales g, read by the kernel (None: 1)."""
     if N * C * S == 0:
         return
     t, (stn, stc, sts), has_ignore, ign_i, ign_f = target_args(t, t_is_label, has_ignore,
@@ -684,5 +691,6 @@ def launch_grad(x, t, t_is_label: bool, g, dx, N: int, C: int, S: int,
         ACT=int(act), T_IS_LABEL=bool(t_is_label), HAS_IGNORE=bool(has_ignore),
         SINGLE_C=single, BLOCK_C=BLOCK_C, BLOCK_S=BLOCK_S,
         gamma=float(gamma), XK=int(xent), KO=9 if xent else 7,
+        go_ptr=g if go is None else go, HAS_GO=go is not None,
         num_warps=GRAD_WARPS,
     )

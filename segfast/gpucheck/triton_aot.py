@@ -70,7 +70,7 @@ VARIANTS = ("div16", "plain")
 NO_SPILL = ("_region_stats_kernel", "_region_grad_kernel", "_pixel_softmax_kernel", "_pixel_sigmoid_kernel")
 
 # The families whose kernels the workload must reach (segfast.triton_kernels.<family>).
-FAMILIES = ("region", "pixel", "lovasz", "boxes", "boxes_match", "crf")
+FAMILIES = ("region", "region_finish", "pixel", "lovasz", "boxes", "boxes_match", "crf")
 
 
 # --------------------------------------------------------------------------

@@ -86,14 +86,17 @@ def check_input(input, target) -> None:
 
 def canonical(input: Tensor, target: Tensor, *, act: int, binary: bool = False,
               ignore_index=None, backend: Optional[str] = None, label_offset: Optional[int] = None,
-              triton_float64: bool = False):
+              triton_float64: bool = False, kernel_label_check: tuple = ()):
     """-> (x [N,C,S], t, is_label, act, label_offset, ignore_value, backend).
 
     Float/bool targets are dense [N, C, *] (or [N, *] when C = 1); integer
     targets are class indices [N, *] or [N, 1, *], in [0, C) (in {0, 1} when
     ``binary``) unless equal to ``ignore_index``. An input without spatial
     dims, (N, C), is read as one pixel per sample (targets (N, C), (N,) or
-    (N, 1)). ``label_offset`` (default:
+    (N, 1)). ``kernel_label_check``: the backends whose kernels check the
+    labels' range themselves on the device (the caller then asserts on
+    their flag); there, with device checks (:func:`host_checks` false), the
+    labels are not read here. ``label_offset`` (default:
     1 if ``binary`` else 0) says which label channel 0 stands for: input
     channel c is label c + label_offset, labels lie in [0, C + label_offset). Every error a user can
     trigger is raised here, before a kernel runs.
@@ -122,10 +125,11 @@ def canonical(input: Tensor, target: Tensor, *, act: int, binary: bool = False,
                              f"{(N, *spatial)}, got {shape}")
         t = target.flatten(1)
     offset = int(binary) if label_offset is None else label_offset
-    if not floating and not torch.compiler.is_compiling() and t.numel():
-        _check_labels(t, C + offset, ignore_index)
     # Families whose Triton kernels compute float64 in float64 (lovasz) say so.
     backend = backends.choose(backend, input.device) if triton_float64 else float64_backend(backend, input)
+    if (not floating and not torch.compiler.is_compiling() and t.numel()
+            and not (backend in kernel_label_check and not host_checks(t.device))):
+        _check_labels(t, C + offset, ignore_index)
     if ignore_index is not None and not floating and math.isinf(ignore_index):
         ignore_index = None  # no label equals it
     ignore = None if ignore_index is None else float(ignore_index)
@@ -215,12 +219,17 @@ def check_ignore_index(ignore_index):
     return v
 
 
+def label_message(t: Tensor, n: int, ignore_index) -> str:
+    """The error of a device-side label range check of ``t`` against [0, n)."""
+    return (f"target (shape {tuple(t.shape)}) has a label outside [0, {n})"
+            + ("" if ignore_index is None else f" that is not ignore_index={ignore_index}"))
+
+
 def _check_labels(t: Tensor, n: int, ignore_index) -> None:
     if not host_checks(t.device):
         v = t if ignore_index is None else torch.where(t == ignore_index, 0, t)
         lo, hi = torch.aminmax(v)
-        require((lo >= 0) & (hi < n), f"target (shape {tuple(t.shape)}) has a label outside [0, {n})"
-                + ("" if ignore_index is None else f" that is not ignore_index={ignore_index}"))
+        require((lo >= 0) & (hi < n), label_message(t, n, ignore_index))
         return
     if t.device.type == "cpu" and t.dim() == 2 and backends._C is not None:
         # one read in C++; torch needs an aminmax (after a compare and a where with ignore_index)

@@ -6,6 +6,16 @@ once and returns the K=7 per-plane sums (reference/region.py STATS order);
 ``region_grad`` reads them again with dLoss/dStats and writes dLoss/dLogits.
 Everything in between is PyTorch on the small [N, C, 7] tensor, so autograd
 gives dLoss/dStats and a new loss is a new formula, not a new kernel.
+
+On the ``triton`` backend the common losses (Dice, soft IoU, Tversky,
+generalized Dice, Dice + CE / focal / fused with a mean or sum) instead run
+:func:`finish_loss`: the stats kernel, one finish kernel that writes the
+loss and dLoss/dStats (triton_kernels/region_finish.py), and in the backward
+the grad kernel, which reads grad_output on the device. The label range
+check rides in the stats kernel (a device flag). Other variants (a
+``reduction="none"``, ``sync_stats``, soft targets or class weights that
+require grad, C > region_finish.MAX_C, empty inputs) and the other backends
+take the torch formulas of segfast/functional.py.
 """
 
 # torch.library.custom_op infers the op schemas from annotations: they stay real
@@ -13,18 +23,21 @@ gives dLoss/dStats and a new loss is a new formula, not a new kernel.
 # read; typing.List, as list[float] is unsupported before torch 2.7).
 import importlib.util
 import math
-from typing import Optional
+from typing import List, Optional, Tuple
 
 import torch
 from torch import Tensor
 
 from .. import backends
 from ..reference import region as ref
+from . import _common
 from ._common import (acc_dtype, canonical, check_input, check_reduction, check_weight,  # noqa: F401
                       differentiable_once, num_chunks, target_args, triton_chunks, triton_op)
 
 K = ref.K
 KX = ref.KX
+# Backends whose stats kernel checks the labels' range on the device (a flag).
+LABEL_CHECK_BACKENDS = ("triton",)
 ACT = {"identity": ref.ACT_IDENTITY, "sigmoid": ref.ACT_SIGMOID, "softmax": ref.ACT_SOFTMAX}
 MODES = ("binary", "multiclass", "multilabel")
 
@@ -214,8 +227,10 @@ if HAVE_TRITON:
     @triton_op("segfast::region_stats_triton", mutates_args=())
     def region_stats_triton_op(x: Tensor, target: Tensor, is_label: bool, act: int,
                                label_offset: int, ignore_value: Optional[float], xent: int = 0,
-                               gamma: float = 0.0) -> Tensor:
-        """Per-plane sums [N, C, 7] ([N, C, 9] with ``xent``) with the Triton kernels."""
+                               gamma: float = 0.0, check: str = "") -> Tensor:
+        """Per-plane sums [N, C, 7] ([N, C, 9] with ``xent``) with the Triton kernels.
+        ``check``: the error of a label outside the classes, asserted on the
+        device from the stats kernel's flag ("": labels not checked here)."""
         from ..triton_kernels import region as tk
 
         N, C, S = x.shape
@@ -223,8 +238,11 @@ if HAVE_TRITON:
         out = torch.empty((N, P, C, KX if xent else K), dtype=torch.float32, device=x.device)
         if x.numel() != 0:
             t, _ = target_args(target, is_label)
+            flag = torch.zeros(1, dtype=torch.int32, device=x.device) if check else None
             tk.launch_stats(x, t, is_label, out, N, C, S, P, act, label_offset,
-                            ignore_value is not None, float(ignore_value or 0.0), xent, gamma)
+                            ignore_value is not None, float(ignore_value or 0.0), xent, gamma, flag=flag)
+            if check:
+                torch._assert_async(flag == 0, check)
         else:
             out.zero_()
         return out.sum(1).to(acc_dtype(x))
@@ -233,7 +251,9 @@ if HAVE_TRITON:
     @triton_op("segfast::region_grad_triton", mutates_args=())
     def region_grad_triton_op(x: Tensor, target: Tensor, g: Tensor, is_label: bool, act: int,
                               label_offset: int, ignore_value: Optional[float], xent: int = 0,
-                              gamma: float = 0.0) -> Tensor:
+                              gamma: float = 0.0, go: Optional[Tensor] = None) -> Tensor:
+        """dLoss/dx from dLoss/dStats ``g``, times the one-element grad_output ``go``
+        (read by the kernel on the device) when given."""
         from ..triton_kernels import region as tk
 
         N, C, S = x.shape
@@ -241,23 +261,84 @@ if HAVE_TRITON:
         if x.numel() != 0:
             t, _ = target_args(target, is_label)
             tk.launch_grad(x, t, is_label, g.float().contiguous(), dx, N, C, S, act, label_offset,
-                           ignore_value is not None, float(ignore_value or 0.0), xent, gamma)
+                           ignore_value is not None, float(ignore_value or 0.0), xent, gamma, go=go)
         return dx
 
 
     def _backward_triton(ctx, grad):
         x, target = ctx.saved_tensors
-        dx = region_grad_triton_op(x, target, grad, *ctx.args)
-        return differentiable_once((dx, None, None, None, None, None, None, None), "region-loss")
+        dx = region_grad_triton_op(x, target, grad, *ctx.args[:6])
+        return differentiable_once((dx,) + (None,) * 8, "region-loss")
 
     region_stats_triton_op.register_autograd(_backward_triton, setup_context=_setup)
 
+    @triton_op("segfast::region_loss_triton", mutates_args=())
+    def region_loss_triton_op(x: Tensor, target: Tensor, w: Optional[Tensor], pw: Optional[Tensor],
+                              is_label: bool, act: int, label_offset: int, ignore_value: Optional[float],
+                              xent: int, gamma: float, fparams: List[float], iparams: List[int],
+                              check: str = "") -> Tuple[Tensor, Tensor]:
+        """-> (the scalar loss, dLoss/dStats [N, C, KO] at grad_output 1): the stats
+        kernel and the finish kernel (see :func:`finish_loss` for the parameters;
+        ``check`` as in region_stats_triton_op)."""
+        from ..triton_kernels import region as tk
+        from ..triton_kernels import region_finish as tf
+
+        N, C, S = x.shape
+        KO = KX if xent else K
+        P = triton_chunks(tk, N, C, S, x.device)
+        f32 = dict(dtype=torch.float32, device=x.device)
+        part = torch.empty((N, P, C, KO), **f32)
+        t, _ = target_args(target, is_label)
+        flag = torch.zeros(1, dtype=torch.int32, device=x.device) if check else None
+        tk.launch_stats(x, t, is_label, part, N, C, S, P, act, label_offset,
+                        ignore_value is not None, float(ignore_value or 0.0), xent, gamma, flag=flag)
+        sums, coef = torch.empty((N, C, KO), **f32), torch.empty((N, C, KO), **f32)
+        loss, ok = torch.empty((), **f32), torch.empty(1, dtype=torch.uint8, device=x.device)
+        cI, dI, dP, dT, nr, dr, pow_gamma, lam_r, scale_r, lam_x, eps, ws, wp = fparams
+        gdl, batch, log, c0 = iparams
+        tf.launch_finish(part, sums, coef, loss, ok, N, C, P, KO, flag=flag, w=w, pw=pw,
+                         ratio=(cI, dI, dP, dT), nr=nr, dr=dr, gamma=pow_gamma, log=bool(log), gdl=gdl,
+                         batch=bool(batch), c0=c0, lam_r=lam_r, scale_r=scale_r, xent=xent, lam_x=lam_x,
+                         eps=eps, ws=ws, wp=wp)
+        if check:
+            torch._assert_async(ok, check)
+        return loss, coef
+
+    def _setup_loss(ctx, inputs, output):
+        x, target = inputs[:2]
+        ctx.save_for_backward(x, target, output[1])
+        ctx.args = tuple(inputs[4:10])  # is_label, act, label_offset, ignore_value, xent, gamma
+        ctx.mark_non_differentiable(output[1])
+        ctx.set_materialize_grads(False)  # no zeros for the coefficients' (absent) gradient
+
+    def _backward_loss(ctx, grad, _grad_coef):
+        x, target, coef = ctx.saved_tensors
+        dx = region_grad_triton_op(x, target, coef, *ctx.args, go=grad.reshape(1))
+        return differentiable_once((dx,) + (None,) * 12, "region-loss")
+
+    region_loss_triton_op.register_autograd(_backward_loss, setup_context=_setup_loss)
+
+
+def _label_check(t: Tensor, is_label: bool, C: int, label_offset: int, ignore_value: Optional[float],
+                 backend: str) -> str:
+    """The error message the kernels assert with when they check the labels'
+    range on the device (see prepare), else ""."""
+    if not (is_label and backend in LABEL_CHECK_BACKENDS and t.numel() and not _common.host_checks(t.device)
+            and not torch.compiler.is_compiling()):
+        return ""
+    ign = None if ignore_value is None else (int(ignore_value) if float(ignore_value).is_integer()
+                                               else ignore_value)
+    return _common.label_message(t, C + label_offset, ign)
+
 
 def plane_stats(x: Tensor, target: Tensor, is_label: bool, act: int, label_offset: int,
-                ignore_value: Optional[float], backend: str, xent: int = 0, gamma: float = 0.0) -> Tensor:
+                ignore_value: Optional[float], backend: str, xent: int = 0, gamma: float = 0.0,
+                *, prepared: bool = False) -> Tensor:
     """Dispatch the stats kernel; x [N, C, S], target [N, S] or [N, C, S].
     A pixel term ``xent`` (XENT_CE / XENT_FOCAL / XENT_FUSED of
-    reference/region.py; softmax, class-index targets) adds two sums: [N, C, 9]."""
+    reference/region.py; softmax, class-index targets) adds two sums: [N, C, 9].
+    ``prepared``: the arguments come from :func:`prepare`, which leaves the
+    label range check to the kernels where they can do it."""
     if xent not in (ref.XENT_NONE, ref.XENT_CE, ref.XENT_FOCAL, ref.XENT_FUSED):
         raise ValueError(f"unknown pixel term {xent!r}")
     if xent and (act != ACT["softmax"] or not is_label):
@@ -271,14 +352,56 @@ def plane_stats(x: Tensor, target: Tensor, is_label: bool, act: int, label_offse
         # soft targets that train (distillation, mixup): the kernels give the
         # sums and dLoss/dx, torch adds dLoss/dtarget (the sums are affine in
         # t per element given p: one eager pass, only when the target trains)
-        out = plane_stats(x, target.detach(), is_label, act, label_offset, ignore_value, backend, xent, gamma)
+        out = plane_stats(x, target.detach(), is_label, act, label_offset, ignore_value, backend, xent, gamma,
+                          prepared=prepared)
         return with_grad_of(out, ref.region_stats(x.detach(), target, is_label, act, label_offset,
                                                   ignore_value, xent, gamma))
     if backend == "triton":
-        return region_stats_triton_op(*args, xent, float(gamma))
+        check = _label_check(target, is_label, x.shape[1], label_offset, ignore_value, backend) if prepared else ""
+        return region_stats_triton_op(*args, xent, float(gamma), check)
     if _eager_ok(x, target):
         return _EagerStats.apply(*args, backend, xent, float(gamma))
     return region_stats_op(*args, backend, xent, float(gamma))
+
+
+def finish_loss(prep: tuple, *, weight=None, include_background: bool = True, batch: bool = False,
+                sync_stats: bool = False, reduction: str = "mean", ratio=(2.0, 0.0, 1.0, 1.0), gdl: int = 0,
+                smooth_nr: float = 0.0, smooth_dr: float = 0.0, log_loss: bool = False, gamma: float = 1.0,
+                lam_r: float = 1.0, xent: int = 0, xgamma: float = 0.0, lam_x: float = 0.0,
+                pw: Optional[Tensor] = None, eps: float = 0.0, ws: float = 0.0, wp: float = 0.0) -> Optional[Tensor]:
+    """The whole loss from the kernels on ``prep`` (the output of :func:`prepare`),
+    or None where the torch formulas run instead (see the module doc).
+
+    The region term (``lam_r`` times): ``ratio`` = (cI, dI, dP, dT) gives the
+    per-plane score (cI·I + nr) / (dI·I + dP·P + dT·T + dr) (Dice (2, 0, 1, 1),
+    soft IoU (1, -1, 1, 1), Tversky (1, 1 - α - β, α, β)), unless ``gdl``
+    (1 square, 2 simple, 3 uniform) asks for the generalized Dice score; then
+    ``log_loss``, ``gamma``, ``weight``, ``include_background``, ``batch`` and
+    ``reduction`` as in segfast.functional. The pixel term (``lam_x`` times;
+    pixel-term sums ``xent`` with focal exponent ``xgamma``): the mean over the
+    valid pixels of the CE (class weights ``pw``, label smoothing ``eps``), the
+    focal loss (α = ``pw``) or the fused loss (``ws``, ``wp``)."""
+    x, t, is_label, act, off, ign, backend = prep
+    C = x.shape[1]
+    if not (backend == "triton" and HAVE_TRITON and reduction in ("mean", "sum") and not sync_stats
+            and x.numel() and (include_background or C >= 2)):
+        return None
+    from ..triton_kernels import region_finish as tf
+    if C > tf.MAX_C or not math.isfinite(xgamma) or (not is_label and t.requires_grad and torch.is_grad_enabled()):
+        return None
+    w = check_weight(weight, C, x.device)
+    if any(v is not None and v.requires_grad and torch.is_grad_enabled() for v in (w, pw)):
+        return None
+    c0 = 0 if include_background else 1
+    planes = 1 if batch else x.shape[0]
+    scale = 1.0 if reduction == "sum" else 1.0 / (planes if gdl else planes * (C - c0))
+    fparams = [float(v) for v in (*ratio, smooth_nr, smooth_dr, gamma, lam_r, scale, lam_x, eps, ws, wp)]
+    iparams = [int(gdl), int(batch), int(log_loss), c0]
+    check = _label_check(t, is_label, C, off, ign, backend)
+    w, pw = (None if v is None else v.float().contiguous() for v in (w, pw))  # a scalar weight is expanded
+    loss, _ = region_loss_triton_op(x, t, w, pw, is_label, act, off, ign, int(xent), float(xgamma), fparams,
+                                    iparams, check)
+    return loss
 
 
 def with_grad_of(value: Tensor, other: Tensor) -> Tensor:
@@ -294,7 +417,9 @@ def with_grad_of(value: Tensor, other: Tensor) -> Tensor:
 
 def prepare(input: Tensor, target: Tensor, mode: str, from_logits: bool,
             ignore_index, backend: Optional[str]):
-    """Validate and canonicalise for a ``mode``; see ``canonical``."""
+    """Validate and canonicalise for a ``mode``; see ``canonical``. Where the
+    kernels check the labels' range on the device (LABEL_CHECK_BACKENDS), it is
+    left to them: pass the result to plane_stats(..., prepared=True) or finish_loss."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     check_input(input, target)
@@ -306,7 +431,7 @@ def prepare(input: Tensor, target: Tensor, mode: str, from_logits: bool,
                          "use mode='binary'")
     act = ACT["softmax" if mode == "multiclass" else "sigmoid"] if from_logits else ACT["identity"]
     return canonical(input, target, act=act, binary=mode == "binary",
-                     ignore_index=ignore_index, backend=backend)
+                     ignore_index=ignore_index, backend=backend, kernel_label_check=LABEL_CHECK_BACKENDS)
 
 
 # ---------------------------------------------------------------- formulas on the sums
