@@ -664,14 +664,13 @@ def crf_cases(device: torch.device, quick: bool = False) -> list:
 
 def measure_crf_case(device: torch.device, B: int, H: int, W: int, repeat: int = 5) -> list[dict]:
     """dense_crf rows of one (B, H, W) case: segfast's backends and pydensecrf. The
-    eager torch backend (seconds per image) is timed in one call after a warmup
-    on one image, so that a batch's rows have their ratio to it too."""
+    eager torch backend (seconds per image) is timed on a batch in one call, with
+    no warmup call (crf_cases runs one image first), so that a batch's rows have
+    their ratio to it too."""
     u, im, _ = crf_inputs(B, H, W, device)
     rows = []
     for name, fn in crf_runners(device).items():
         if name == "torch":
-            if B > 1:
-                fn(u[:1], im[:1])  # warmup on one image
             times = time_fn(lambda: fn(u, im), device, repeat=2 if B == 1 else 1, warmup=1,
                             first=0.0 if B > 1 else None)
         else:
@@ -825,8 +824,9 @@ def background_load(seconds: float = LOAD_MAX_S):
             pr.wait()
 
 
-# The peers each column compares with, where they are installed (pip install "segfast[bench]").
-PEER_HELP = """peers (a column each, where installed; pip install "segfast[bench]" installs them all):
+# The peers each column compares with, where they are installed.
+PEER_HELP = """peers (a column each, where installed; pip install "segfast[bench]" installs them, and
+pip install --no-deps segmentation-models-pytorch==0.6.0 smp's loss modules):
   MONAI                        Dice, Tversky, generalized Dice, Dice+CE, Dice+focal, focal
   segmentation_models_pytorch  Dice, Jaccard, Tversky, soft CE, sigmoid focal, soft BCE, Lovasz
   pydensecrf (pydensecrf2)     dense CRF (CPU), one image at a time
@@ -886,6 +886,27 @@ def copy_bandwidth(device: torch.device, mb: int = COPY_MB, repeat: int = COPY_R
         _sync(device)
         best = min(best, time.perf_counter() - t0)
     return 2 * src.numel() * src.element_size() / best / 1e9
+
+
+# Peer -> (import name, what installs it).
+PEER_PACKAGES = {
+    "MONAI": ("monai", 'pip install "segfast[bench]"'),
+    "segmentation_models_pytorch": ("segmentation_models_pytorch",
+                                    "pip install --no-deps segmentation-models-pytorch==0.6.0"),
+    "pydensecrf": ("pydensecrf", 'pip install "segfast[bench]"'),
+    "torchmetrics": ("torchmetrics", 'pip install "segfast[bench]"'),
+    "pycocotools": ("pycocotools", 'pip install "segfast[bench]"'),
+    "faster-coco-eval": ("faster_coco_eval", 'pip install "segfast[bench]"'),
+}
+
+
+def missing_peers() -> list:
+    """Header lines naming the peers that are not installed (their columns stay
+    empty), each with the command that installs it; found without importing them."""
+    import importlib.util
+
+    return [f"peer not installed: {peer} ({how})" for peer, (module, how) in PEER_PACKAGES.items()
+            if importlib.util.find_spec(module) is None]
 
 
 # A machine is busy when the 1-minute load average exceeds this fraction of the
@@ -966,7 +987,7 @@ def main(argv=None) -> int:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     info = backends.info()
     load_avg = (_loadavg3() or (None,))[0]
-    for line in machine_header(device, info):
+    for line in machine_header(device, info) + missing_peers():
         print(line)
     copy_gbps = copy_bandwidth(device)
     info["copy_gbps"] = copy_gbps

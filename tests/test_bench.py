@@ -142,3 +142,14 @@ def test_busy_machine_warning(monkeypatch):
     monkeypatch.setattr(sb.os, "getloadavg", lambda: (64.0, 64.0, 64.0))
     assert sb.machine_header(torch.device("cpu"), info)[-1].startswith("warning: the machine is busy")
     assert sb.copy_bandwidth(torch.device("cpu"), mb=8, repeat=2) > 0
+
+
+def test_missing_peers_are_named_with_their_install_command(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "segmentation_models_pytorch" else real(name, *a))
+    lines = [line for line in sb.missing_peers() if "segmentation_models_pytorch" in line]
+    assert lines == ["peer not installed: segmentation_models_pytorch "
+                     "(pip install --no-deps segmentation-models-pytorch==0.6.0)"]
