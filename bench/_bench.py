@@ -1,5 +1,5 @@
 """Shared body of the pytest-benchmark suites (imported by bench_*.py): one forward+backward per
-(case, runner), with speed-ups over the eager reference and MONAI (medians
+(case, runner), with speed-ups over the eager reference, MONAI and smp (medians
 measured in the same run with segfast.bench's timer), GB/s for the bytes the
 kernels must move, and peak extra memory in each row's extra_info."""
 
@@ -38,12 +38,13 @@ def run_benchmark(benchmark, case, name):
     step = sb.fwd_bwd(sb.runners(case, DEVICE)[name], x, y)
     benchmark.pedantic(step, rounds=7, iterations=1, warmup_rounds=2)
     median_ms = 1e3 * benchmark.stats.stats.median
-    ref, monai = baseline_ms(case, "reference"), baseline_ms(case, "monai")
+    ref, monai, smp = baseline_ms(case, "reference"), baseline_ms(case, "monai"), baseline_ms(case, "smp")
     benchmark.extra_info.update(
         device=str(DEVICE), backend=name,
         gbps=sb.kernel_bytes(case) / (median_ms * 1e-3) / 1e9,
         speedup_vs_reference=ref / median_ms,
         speedup_vs_monai=None if monai is None else monai / median_ms,
+        speedup_vs_smp=None if smp is None else smp / median_ms,
         peak_extra_mb=sb.peak_extra_mb(case, DEVICE, [name]).get(name),
         logits_mb=x.numel() * x.element_size() / 2**20,
     )

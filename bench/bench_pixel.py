@@ -1,8 +1,9 @@
 """pytest-benchmark suite of the pixel-wise losses (cross entropy, the fused
-softmax + positive-sharing loss, softmax focal, Dice + CE, Dice + focal in
-MONAI's sigmoid form): forward+backward per backend, the eager reference,
-MONAI / smp where they have the loss, and segfast.compat's drop-in classes
-(compat_monai / compat_smp rows, segfast.bench.COMPAT).
+softmax + positive-sharing loss, softmax focal, sigmoid focal (smp's
+FocalLoss), BCE on dense targets (smp's SoftBCEWithLogitsLoss), Dice + CE,
+Dice + focal in MONAI's sigmoid form): forward+backward per backend, the
+eager reference, MONAI / smp where they have the loss, and segfast.compat's
+drop-in classes (compat_monai / compat_smp rows, segfast.bench.COMPAT).
 
     pytest bench/bench_pixel.py --benchmark-only
 """
@@ -13,7 +14,7 @@ import pytest
 
 from _bench import DEVICE, params, rows_for, run_benchmark
 
-OPS = ("cross_entropy", "fused", "focal", "dice_ce", "dice_focal")
+OPS = ("cross_entropy", "fused", "focal", "focal_sigmoid", "bce", "dice_ce", "dice_focal")
 
 
 @pytest.mark.parametrize("case,name", params(OPS))

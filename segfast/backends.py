@@ -18,6 +18,7 @@ import functools
 import importlib
 import math
 import os
+import sys
 import time
 
 import torch
@@ -319,6 +320,17 @@ def cuda_fit_reason(capability: tuple[int, int], driver_version: int, archs: lis
             f"SKBUILD_CMAKE_ARGS=-DCMAKE_CUDA_ARCHITECTURES={cc} pip install --no-binary segfast segfast), {other}")
 
 
+def constant_to_compile(fn):
+    """``torch.compiler.assume_constant_result`` without importing torch._dynamo
+    (a second of ``import segfast``) before torch.compile itself does: the mark
+    that function sets, set here. torch.compile calls ``fn`` once while tracing
+    and uses its result as a constant instead of tracing into it."""
+    if "torch._dynamo" in sys.modules:
+        return torch.compiler.assume_constant_result(fn)
+    fn._dynamo_marked_constant = True
+    return fn
+
+
 @functools.lru_cache(maxsize=None)
 def _cuda_device_reason_cached(index: int) -> str | None:
     capability = torch.cuda.get_device_capability(index)
@@ -326,9 +338,42 @@ def _cuda_device_reason_cached(index: int) -> str | None:
 
 
 # A constant to torch.compile, like _triton_import_error.
-@torch.compiler.assume_constant_result
+@constant_to_compile
 def _cuda_device_reason(index: int) -> str | None:
     return _cuda_device_reason_cached(index)
+
+
+# The Triton ops are registered when the triton backend is first asked for,
+# not at ``import segfast``: registering a torch.library.triton_op imports
+# triton and torch's compiler stack (seconds), which a user of the cpu or cuda
+# backends never needs. Each family hands its registration function to
+# ``triton_ops``; ``_triton_import_error`` (which every choice of the triton
+# backend passes through, also while torch.compile traces, as a constant)
+# imports triton and runs them, once.
+_TRITON_REGISTRATIONS: list = []
+_TRITON_REGISTERED = [False]
+
+
+def triton_ops(register):
+    """Decorator: ``register`` (a family's Triton op definitions) runs once,
+    when the triton backend is first found usable; at once if it already was."""
+    _TRITON_REGISTRATIONS.append(register)
+    if _TRITON_REGISTERED[0]:
+        register()
+    return register
+
+
+def triton_op_attr(module: str, name: str):
+    """A family module's ``__getattr__`` for its ``*_triton_op`` names: registers
+    the Triton ops (they are module globals once registered)."""
+    if name.endswith("_triton_op"):
+        err = _triton_import_error()
+        namespace = sys.modules[module].__dict__
+        if name in namespace:
+            return namespace[name]
+        if err is not None:
+            raise AttributeError(f"{module}.{name}: triton is not importable ({err})")
+    raise AttributeError(f"module {module!r} has no attribute {name!r}")
 
 
 @functools.lru_cache(maxsize=None)
@@ -338,11 +383,14 @@ def _triton_import_error_cached() -> str | None:
         importlib.import_module("segfast.triton_kernels")
     except Exception as e:  # ImportError, or a broken triton install
         return f"{type(e).__name__}: {e}"
+    _TRITON_REGISTERED[0] = True
+    for register in _TRITON_REGISTRATIONS:
+        register()
     return None
 
 
 # A constant to torch.compile: it would otherwise stop the graph at the cache.
-@torch.compiler.assume_constant_result
+@constant_to_compile
 def _triton_import_error() -> str | None:
     return _triton_import_error_cached()
 

@@ -1,7 +1,9 @@
-"""segfast-bench: forward+backward of each loss on every backend usable here,
-against the eager reference and the peer library (MONAI), in one run.
+"""segfast-bench: forward+backward of each loss (inference for the dense CRF,
+the box matching and the metrics) on every backend usable here, against the
+eager reference and the peer libraries, in one run.
 
     segfast-bench                      # the device present, a table
+    segfast-bench --help               # the peers, cases and defaults
     segfast-bench --json out.json      # also write the rows as JSON
     segfast-bench --save               # append them to bench/results/results.csv
     segfast-bench --compare latest     # regressions against the last saved run
@@ -9,14 +11,15 @@ against the eager reference and the peer library (MONAI), in one run.
 
 Each row times at least ``--repeat`` calls and ``--min-time`` seconds, after
 every row's first call. Columns: median and interquartile range of the wall
-time (ms), speed-up over the eager reference and over MONAI (measured in the
-same run), achieved GB/s for the bytes the two kernel passes must move
-(stats: read logits and targets; grad: read them again and write the
-gradient), and peak extra memory in MB beyond the inputs (CUDA: the caching
-allocator's peak; CPU: the process's peak resident set, with glibc told to
-return large blocks at once).
+time (ms), segfast's speed-up over the eager reference and over each peer
+(measured in the same run; filled on segfast's rows only), achieved GB/s for
+the bytes the kernel passes must move (stats: read logits and targets; grad:
+read them again and write the gradient) and its share of the machine's copy
+bandwidth (measured at the start), and peak extra memory in MB beyond the
+inputs (CUDA: the caching allocator's peak; CPU: the process's peak resident
+set, with glibc told to return large blocks at once).
 
-bench/bench_region.py runs the same cases under pytest-benchmark.
+bench/bench_<family>.py run the same cases under pytest-benchmark.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import argparse
 import contextlib
 import ctypes
 import dataclasses
+import functools
 import gc
 import importlib
 import json
@@ -97,11 +101,20 @@ OPS["dice_focal"] = (lambda x, y, backend=None: F.dice_focal_loss(x, y, focal_fo
                      _monai("DiceFocalLoss", softmax=True, to_onehot_y=True), 3, 2)
 OPS["focal"] = (lambda x, y, backend=None: F.focal_loss(x, y, mode="multiclass", backend=backend),
                 _ref_pixel(ref_pixel.FOCAL_SOFTMAX), _monai("FocalLoss", use_softmax=True, to_onehot_y=True), 1, 1)
+# The sigmoid focal loss, one class against the rest (smp's FocalLoss in every mode), on class indices.
+OPS["focal_sigmoid"] = (lambda x, y, backend=None: F.focal_loss(x, y, mode="multilabel", alpha=-1.0,
+                                                                backend=backend),
+                        _ref_pixel(ref_pixel.FOCAL_SIGMOID), None, 1, 1)
+# BCE on dense (one-hot, float) targets of the logits' shape: DENSE_TARGETS.
+OPS["bce"] = (lambda x, y, backend=None: F.binary_cross_entropy_with_logits(x, y, backend=backend),
+              torch.nn.functional.binary_cross_entropy_with_logits, None, 1, 1)
+DENSE_TARGETS = ("bce",)
 
 
 def _compat(module, name, *args, labels_1=False, **kw):
     """A class of segfast.compat.monai / .smp (module "compat.monai" / "compat.smp"),
-    or of the smp peer (module "smp"), on the op's inputs."""
+    or of the smp peer (module "smp"), on the op's inputs: class indices as int64
+    ([N, 1, ...] with ``labels_1``), dense float targets as they are."""
     def make():
         if module == "smp":
             from .compat.smp import load_smp_losses
@@ -112,7 +125,9 @@ def _compat(module, name, *args, labels_1=False, **kw):
         else:
             mod = importlib.import_module(f"segfast.{module}")
         loss = getattr(mod, name)(*args, **kw)
-        return (lambda x, y: loss(x, y.unsqueeze(1).long())) if labels_1 else (lambda x, y: loss(x, y.long()))
+        if labels_1:
+            return lambda x, y: loss(x, y.unsqueeze(1).long())
+        return lambda x, y: loss(x, y if y.dtype.is_floating_point else y.long())
     return make
 
 
@@ -138,6 +153,10 @@ COMPAT = {
                                            labels_1=True)},
     "focal": {"compat_monai": _compat("compat.monai", "FocalLoss", use_softmax=True, to_onehot_y=True,
                                       labels_1=True)},
+    "focal_sigmoid": {"smp": _compat("smp", "FocalLoss", "multiclass"),
+                      "compat_smp": _compat("compat.smp", "FocalLoss", "multiclass")},
+    "bce": {"smp": _compat("smp", "SoftBCEWithLogitsLoss"),
+            "compat_smp": _compat("compat.smp", "SoftBCEWithLogitsLoss")},
 }
 QUICK_OPS = ("dice", "fused")
 TORCH_ONLY = ()  # families whose kernels are not written yet (none now)
@@ -234,7 +253,8 @@ def cases(device: torch.device, quick: bool = False) -> list[Case]:
         shape, dtype, lab = (8, 21, 128, 128), torch.float32, torch.int64
     custom = {op: spec[0] for op, spec in BOX_CASES.items()}  # own shapes and inputs, fp32
     custom.update({op: spec["shape"](device) for op, spec in NOGRAD_OPS.items()})
-    out = [Case(op, shape, dtype, lab) for op in (QUICK_OPS if quick else OPS) if op not in custom]
+    out = [Case(op, shape, dtype, dtype if op in DENSE_TARGETS else lab)
+           for op in (QUICK_OPS if quick else OPS) if op not in custom]
     return out + ([] if quick else [Case(op, s, torch.float32, torch.int64) for op, s in custom.items()])
 
 
@@ -249,6 +269,8 @@ def make_inputs(case: Case, device: torch.device, seed: int = 0):
     # Piecewise-constant labels (blocks), like real masks rather than noise.
     coarse = torch.randint(0, c, (n, *[max(1, s // 16) for s in spatial]), generator=g)
     y = torch.nn.functional.interpolate(coarse[:, None].float(), size=spatial, mode="nearest")[:, 0]
+    if case.label_dtype.is_floating_point:  # dense targets: the labels one-hot, [N, C, ...]
+        y = torch.nn.functional.one_hot(y.long(), c).movedim(-1, 1)
     return x, y.to(device=device, dtype=case.label_dtype)
 
 
@@ -467,8 +489,9 @@ def _probe(case: Case, device: torch.device, names) -> dict:
 
 def kernel_bytes(case: Case) -> int:
     """Bytes the op's kernel passes must move: each pass reads logits and
-    labels, each gradient write writes the logits' size (region: 2 passes,
-    1 write; one-pass pixel loss: 1 and 1)."""
+    targets (class indices, or dense targets of the logits' shape), each
+    gradient write writes the logits' size (region: 2 passes, 1 write;
+    one-pass pixel loss: 1 and 1)."""
     if case.op in NOGRAD_OPS:
         return NOGRAD_OPS[case.op]["bytes"](case)
     if case.op in BOX_CASES:  # boxes family
@@ -476,9 +499,8 @@ def kernel_bytes(case: Case) -> int:
     n = 1
     for s in case.shape:
         n *= s
-    px = n // case.shape[1]
-    xb = n * torch.finfo(case.dtype).bits // 8
-    tb = px * torch.iinfo(case.label_dtype).bits // 8
+    xb = n * case.dtype.itemsize
+    tb = (n if case.label_dtype.is_floating_point else n // case.shape[1]) * case.label_dtype.itemsize
     _, _, _, passes, writes = OPS[case.op]
     return passes * (xb + tb) + writes * xb
 
@@ -513,17 +535,52 @@ def measure(case: Case, device: torch.device, repeat: int = 10, memory: bool = T
     return rows
 
 
-def format_table(rows: list[dict]) -> str:
+# Rows that are not segfast's: the eager baselines and the peers. The ratio
+# columns are segfast's speed-ups (its backends, "torch" included, and its
+# compat classes), left empty on these rows.
+BASELINES = ("reference", "argmax_bincount")
+
+
+def _is_segfast(backend: str) -> bool:
+    return results.is_segfast(backend) or backend == "torch"
+
+
+def _runner_label(backend: str) -> str:
+    if _is_segfast(backend):
+        return backend
+    return f"{backend} (baseline)" if backend in BASELINES else f"{backend} (peer)"
+
+
+def format_table(rows: list[dict], copy_gbps: Optional[float] = None) -> str:
+    """The rows as a text table: a ``vs <peer>`` column for every peer with a
+    figure in this run (segfast's speed-up over it, filled on segfast's rows
+    only), GB/s and, given the machine's copy bandwidth, its percentage."""
+    peers = [p for p in results.PEERS if any(r.get(f"speedup_vs_{p}") for r in rows)]
     cols = [("op", "{}"), ("shape", "{}"), ("dtype", "{}"), ("backend", "{}"), ("median_ms", "{:.2f}"),
-            ("iqr_ms", "{:.2f}"), ("speedup_vs_reference", "{:.2f}x"), ("speedup_vs_monai", "{:.2f}x"),
-            ("speedup_vs_smp", "{:.2f}x"), ("speedup_vs_pydensecrf", "{:.2f}x"), ("gbps", "{:.1f}"),
+            ("iqr_ms", "{:.2f}"), *[(f"speedup_vs_{p}", "{:.2f}x") for p in peers], ("gbps", "{:.1f}"),
             ("peak_extra_mb", "{:.1f}")]
-    head = ["op", "shape", "dtype", "backend", "median ms", "IQR ms", "vs ref", "vs MONAI", "vs smp",
-            "vs pydensecrf", "GB/s", "peak MB"]
+    head = ["op", "shape", "dtype", "runner", "median ms", "IQR ms",
+            *["vs ref" if p == "reference" else f"vs {results.PEER_NAMES[p]}" for p in peers], "GB/s",
+            "peak MB"]
+    if copy_gbps:
+        cols.insert(-1, ("copy_pct", "{:.0f}%"))
+        head.insert(-1, "of copy")
     table = [head]
     for r in rows:
-        table.append([("-" if r.get(k) is None else fmt.format("x".join(map(str, r[k])) if k == "shape" else r[k]))
-                      for k, fmt in cols])
+        r = dict(r, copy_pct=100 * r["gbps"] / copy_gbps if copy_gbps and r.get("gbps") else None)
+        mine = _is_segfast(r["backend"])
+        cells = []
+        for k, fmt in cols:
+            v = r.get(k)
+            if v is None or (k.startswith("speedup_vs_") and not mine):
+                cells.append("-")
+            elif k == "shape":
+                cells.append("x".join(map(str, v)))
+            elif k == "backend":
+                cells.append(_runner_label(v))
+            else:
+                cells.append(fmt.format(v))
+        table.append(cells)
     widths = [max(len(row[i]) for row in table) for i in range(len(head))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in table]
     lines.insert(1, "  ".join("-" * w for w in widths))
@@ -605,27 +662,34 @@ def crf_cases(device: torch.device, quick: bool = False) -> list:
     return [(1, 512, 512), (8 if device.type == "cuda" else 4, 512, 512)]
 
 
-def measure_crf(device: torch.device, quick: bool = False, repeat: int = 5) -> list[dict]:
+def measure_crf_case(device: torch.device, B: int, H: int, W: int, repeat: int = 5) -> list[dict]:
+    """dense_crf rows of one (B, H, W) case: segfast's backends and pydensecrf. The
+    eager torch backend (seconds per image) is timed on a batch in one call, with
+    no warmup call (crf_cases runs one image first), so that a batch's rows have
+    their ratio to it too."""
+    u, im, _ = crf_inputs(B, H, W, device)
     rows = []
-    for B, H, W in crf_cases(device, quick):
-        u, im, _ = crf_inputs(B, H, W, device)
-        run = crf_runners(device)
-        if B > 1:
-            run.pop("torch", None)  # the eager lattice takes seconds per image
-        for name, fn in run.items():
-            times = time_fn(lambda: fn(u, im), device, repeat=repeat if name != "torch" else 2, warmup=1)
-            q = statistics.quantiles(times, n=4) if len(times) > 1 else [times[0]] * 3
-            rows.append(dict(op="dense_crf", shape=[B, CRF_LABELS, H, W], dtype="float32", labels="-",
-                             backend=name, device=str(device), median_ms=1e3 * statistics.median(times),
-                             iqr_ms=1e3 * (q[2] - q[0]), per_image_ms=1e3 * statistics.median(times) / B,
-                             logits_mb=u.numel() * 4 / 2**20, peak_extra_mb=None, gbps=None,
-                             speedup_vs_monai=None, speedup_vs_smp=None))
-        group = [r for r in rows if r["shape"][0] == B and r["shape"][2] == H]
-        base = {r["backend"]: r["median_ms"] for r in group}
-        for r in group:
-            r["speedup_vs_reference"] = base["torch"] / r["median_ms"] if "torch" in base else None
-            r["speedup_vs_pydensecrf"] = base["pydensecrf"] / r["median_ms"] if "pydensecrf" in base else None
+    for name, fn in crf_runners(device).items():
+        if name == "torch":
+            times = time_fn(lambda: fn(u, im), device, repeat=2 if B == 1 else 1, warmup=1,
+                            first=0.0 if B > 1 else None)
+        else:
+            times = time_fn(lambda: fn(u, im), device, repeat=repeat, warmup=1)
+        rows.append(dict(op="dense_crf", shape=[B, CRF_LABELS, H, W], dtype="float32", labels="-",
+                         backend=name, device=str(device), median_ms=1e3 * statistics.median(times),
+                         iqr_ms=_iqr_ms(times), per_image_ms=1e3 * statistics.median(times) / B,
+                         logits_mb=u.numel() * 4 / 2**20, peak_extra_mb=None, gbps=None,
+                         speedup_vs_monai=None, speedup_vs_smp=None))
+    base = {r["backend"]: r["median_ms"] for r in rows}
+    for r in rows:
+        r["speedup_vs_reference"] = base["torch"] / r["median_ms"] if "torch" in base else None
+        r["speedup_vs_pydensecrf"] = base["pydensecrf"] / r["median_ms"] if "pydensecrf" in base else None
     return rows
+
+
+def measure_crf(device: torch.device, quick: bool = False, repeat: int = 5) -> list[dict]:
+    """dense_crf rows of every case of crf_cases."""
+    return [r for B, H, W in crf_cases(device, quick) for r in measure_crf_case(device, B, H, W, repeat)]
 
 
 # ---- load: the CRF on a noisy image, a training step, rows under background load ----
@@ -760,13 +824,33 @@ def background_load(seconds: float = LOAD_MAX_S):
             pr.wait()
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="segfast-bench", description=__doc__.split("\n\n")[0])
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if visible)")
-    p.add_argument("--repeat", type=int, default=10, help="timed calls per row at least (median reported)")
+# The peers each column compares with, where they are installed.
+PEER_HELP = """peers (a column each, where installed; pip install "segfast[bench]" installs them, and
+pip install --no-deps segmentation-models-pytorch==0.6.0 smp's loss modules):
+  MONAI                        Dice, Tversky, generalized Dice, Dice+CE, Dice+focal, focal
+  segmentation_models_pytorch  Dice, Jaccard, Tversky, soft CE, sigmoid focal, soft BCE, Lovasz
+  pydensecrf (pydensecrf2)     dense CRF (CPU), one image at a time
+  torchmetrics                 confusion matrix / mean IoU
+  pycocotools, faster-coco-eval  COCO mAP
+baselines: the eager PyTorch reference of every op (segfast/reference), argmax + bincount
+drop-in rows: compat_monai / compat_smp, the classes of segfast.compat beside the native call
+
+default cases: CPU logits 8x21x128x128 float32, int64 labels; CUDA 16x21x512x512 bfloat16,
+uint8 labels; boxes, NMS, dense CRF (512x512, 21 labels, batch 1 and 4 on CPU, 8 on CUDA),
+COCO mAP and the confusion matrix at their own sizes. --quick: only dice and fused, a
+128x128 CRF and the small metrics cases."""
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="segfast-bench", description=__doc__.split("\n\n")[0], epilog=PEER_HELP,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if a GPU is visible, else cpu)")
+    p.add_argument("--repeat", type=int, default=10, help="timed calls per row at least, median reported "
+                                                          "(default 10)")
     p.add_argument("--min-time", type=float, default=MIN_TIME,
                    help=f"timed seconds per row at least (default {MIN_TIME})")
-    p.add_argument("--quick", action="store_true", help="only " + " and ".join(QUICK_OPS))
+    p.add_argument("--quick", action="store_true",
+                   help="only " + " and ".join(QUICK_OPS) + ", a small CRF and the small metrics cases")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory pass")
     p.add_argument("--json", default=None, help="also write the rows to this JSON file")
     p.add_argument("--save", nargs="?", const="", default=None, metavar="CSV",
@@ -781,7 +865,120 @@ def main(argv=None) -> int:
     p.add_argument("--gpu-model", default=None, metavar="MODEL",
                    help="print the static performance report for this GPU model (h100, a100) "
                         "instead of timing: launches, bytes, occupancy, load widths (no GPU needed)")
-    args = p.parse_args(argv)
+    return p
+
+
+# The machine's own copy bandwidth, the yardstick of the GB/s column: one
+# tensor of COPY_MB copied into another (read + write), best of COPY_REPEAT.
+COPY_MB, COPY_REPEAT = 256, 5
+
+
+def copy_bandwidth(device: torch.device, mb: int = COPY_MB, repeat: int = COPY_REPEAT) -> float:
+    """GB/s of ``dst.copy_(src)`` for a tensor of ``mb`` MiB, counting the bytes read and written."""
+    src = torch.ones(mb << 18, dtype=torch.float32, device=device)
+    dst = torch.empty_like(src)
+    dst.copy_(src)  # pages faulted in, kernels loaded
+    _sync(device)
+    best = float("inf")
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        dst.copy_(src)
+        _sync(device)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * src.numel() * src.element_size() / best / 1e9
+
+
+# Peer -> (import name, what installs it).
+PEER_PACKAGES = {
+    "MONAI": ("monai", 'pip install "segfast[bench]"'),
+    "segmentation_models_pytorch": ("segmentation_models_pytorch",
+                                    "pip install --no-deps segmentation-models-pytorch==0.6.0"),
+    "pydensecrf": ("pydensecrf", 'pip install "segfast[bench]"'),
+    "torchmetrics": ("torchmetrics", 'pip install "segfast[bench]"'),
+    "pycocotools": ("pycocotools", 'pip install "segfast[bench]"'),
+    "faster-coco-eval": ("faster_coco_eval", 'pip install "segfast[bench]"'),
+}
+
+
+def missing_peers() -> list:
+    """Header lines naming the peers that are not installed (their columns stay
+    empty), each with the command that installs it; found without importing them."""
+    import importlib.util
+
+    return [f"peer not installed: {peer} ({how})" for peer, (module, how) in PEER_PACKAGES.items()
+            if importlib.util.find_spec(module) is None]
+
+
+# A machine is busy when the 1-minute load average exceeds this fraction of the
+# cores this process may run on: other processes take cores from the timed calls.
+BUSY_LOAD = 0.5
+
+
+def _loadavg3():
+    try:
+        return os.getloadavg()
+    except (AttributeError, OSError):  # not Unix
+        return None
+
+
+def machine_header(device: torch.device, info: dict) -> list:
+    """The lines that say what measured the run: versions, the CPU model, the
+    threads, the load average (with a warning when the machine is busy)."""
+    cores = backends._CORES
+    lines = [f"segfast {info['segfast']}  torch {info['torch']}  device {device}"
+             + (f" ({info['gpu_name']})" if device.type == "cuda" else "")]
+    cpu = f"cpu: {results.device_name('cpu')}, {torch.get_num_threads()} threads, {cores} cores available"
+    load = _loadavg3()
+    if load is not None:
+        cpu += f", load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}"
+    lines.append(cpu)
+    if load is not None and load[0] > BUSY_LOAD * cores:
+        lines.append(f"warning: the machine is busy (load average {load[0]:.1f} on {cores} cores): other "
+                     "processes take cores from the timed calls, so times are slower and noisier than on an "
+                     "idle machine; each speed-up is against a baseline or peer timed in the same run")
+    return lines
+
+
+class Progress:
+    """One line per stage on stderr: ``[i/n] name ...`` when it starts, its
+    seconds when it ends."""
+
+    def __init__(self, total: int):
+        self.total, self.done = total, 0
+
+    @contextlib.contextmanager
+    def stage(self, name: str):
+        self.done += 1
+        print(f"[{self.done}/{self.total}] {name} ...", end="", file=sys.stderr, flush=True)
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            print(f" {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
+
+
+def stages(device: torch.device, args) -> list:
+    """(name, zero-argument function returning rows) for every stage of a run."""
+    loaded = args.under_load and device.type == "cpu"
+    memory = not (args.no_memory or loaded)
+    out = [(case.name, functools.partial(measure, case, device, repeat=args.repeat, memory=memory,
+                                         min_time=args.min_time))
+           for case in cases(device, quick=args.quick)]
+    out.append(("training step (dice)", lambda: measure_train_step(device, repeat=args.repeat,
+                                                                   min_time=args.min_time)))
+    out += [(f"dense_crf[{B}x{CRF_LABELS}x{H}x{W}]", functools.partial(measure_crf_case, device, B, H, W))
+            for B, H, W in crf_cases(device, args.quick)]
+    out.append(("dense_crf(noise)", lambda: measure_crf_noise(device, quick=args.quick)))
+    if device.type == "cpu":  # the metrics family's CPU rows
+        def metrics(kind):
+            from .metrics import _bench as metrics_bench
+            return getattr(metrics_bench, f"measure_{kind}")(args.quick, memory=memory)
+        out += [("coco_map", lambda: metrics("detection")), ("confusion_matrix", lambda: metrics("segmentation"))]
+    return out
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
     if args.gpu_model:
         from .gpucheck import perf
         return perf.main(["--gpu-model", args.gpu_model] + (["--quick"] if args.quick else []))
@@ -789,33 +986,25 @@ def main(argv=None) -> int:
         return _probe_server()
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     info = backends.info()
-    print(f"segfast {info['segfast']}  torch {info['torch']}  device {device}"
-          + (f" ({info['gpu_name']})" if device.type == "cuda" else f" ({torch.get_num_threads()} threads)"))
+    load_avg = (_loadavg3() or (None,))[0]
+    for line in machine_header(device, info) + missing_peers():
+        print(line)
+    copy_gbps = copy_bandwidth(device)
+    info["copy_gbps"] = copy_gbps
+    print(f"copy bandwidth: {copy_gbps:.1f} GB/s (a {COPY_MB} MiB tensor copied, bytes read + written, "
+          f"best of {COPY_REPEAT}); the GB/s column counts the bytes the kernels must move")
     loaded = args.under_load and device.type == "cpu"
     if loaded:
         print("under load: one busy process per core during every row")
-
-    def load():
-        return background_load() if loaded else contextlib.nullcontext()
-
+    todo = stages(device, args)
+    progress = Progress(len(todo))
     rows = []
-    for case in cases(device, quick=args.quick):
-        with load():
-            rows += measure(case, device, repeat=args.repeat, memory=not (args.no_memory or loaded),
-                            min_time=args.min_time)
-        print(f"  measured {case.name}", file=sys.stderr)
-    with load():
-        rows += measure_train_step(device, repeat=args.repeat, min_time=args.min_time)
-    with load():
-        rows += measure_crf(device, quick=args.quick)  # crf family (inference only)
-    with load():
-        rows += measure_crf_noise(device, quick=args.quick)
-    from .metrics import _bench as metrics_bench  # metrics family (CPU rows)
-    with load():
-        rows += metrics_bench.measure(device, args.quick, not (args.no_memory or loaded))
+    for name, run in todo:
+        with progress.stage(name), (background_load() if loaded else contextlib.nullcontext()):
+            rows += run()
     for r in rows:
-        r["under_load"] = loaded
-    print(format_table(rows))
+        r.update(under_load=loaded, load_avg=load_avg, copy_gbps=copy_gbps)
+    print(format_table(rows, copy_gbps))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(dict(info=info, date=time.strftime("%Y-%m-%d"), rows=rows), f, indent=1)

@@ -31,9 +31,12 @@ README = ROOT / "README.md"
 # Peer columns: every ``speedup_vs_<peer>`` a benchmark row can carry.
 PEERS = ("reference", "monai", "smp", "pydensecrf", "torchmetrics", "pycocotools", "faster_coco_eval")
 
-COLUMNS = ["date", "device", "threads", "under_load", "commit", "run", "op", "shape", "dtype", "labels", "backend",
-           "median_ms", "iqr_ms", "per_image_ms", "logits_mb", "peak_extra_mb", "gbps",
+# load_avg: the 1-minute load average when the run started; copy_gbps: the
+# machine's copy bandwidth measured at its start (the yardstick of gbps).
+COLUMNS = ["date", "device", "threads", "under_load", "load_avg", "copy_gbps", "commit", "run", "op", "shape",
+           "dtype", "labels", "backend", "median_ms", "iqr_ms", "per_image_ms", "logits_mb", "peak_extra_mb", "gbps",
            *[f"speedup_vs_{p}" for p in PEERS]]
+FLOATS = ("load_avg", "copy_gbps", "median_ms", "iqr_ms", "per_image_ms", "logits_mb", "peak_extra_mb", "gbps")
 
 # What the peers are called in the table, and what segfast's rows are (not peers).
 PEER_NAMES = {"monai": "MONAI", "smp": "smp", "pydensecrf": "pydensecrf", "torchmetrics": "torchmetrics",
@@ -99,8 +102,19 @@ def _fmt(v):
 
 
 def append(recs: list[dict], path: Path | str = CSV_PATH) -> None:
+    """Append records; a history written with fewer columns is rewritten with
+    today's header first (the new columns empty in its old lines)."""
     path = Path(path)
     new = not path.exists() or path.stat().st_size == 0
+    if not new:
+        with open(path, newline="") as f:
+            header = next(csv.reader(f), [])
+        if header != COLUMNS:
+            old = read(path)
+            with open(path, "w", newline="") as f:
+                w = csv.DictWriter(f, fieldnames=COLUMNS)
+                w.writeheader()
+                w.writerows({k: _fmt(r.get(k)) for k in COLUMNS} for r in old)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a", newline="") as f:
         w = csv.DictWriter(f, fieldnames=COLUMNS)
@@ -120,8 +134,7 @@ def read(path: Path | str = CSV_PATH) -> list[dict]:
 def _parse(key, v):
     if v == "" or v is None:
         return None
-    if key in ("median_ms", "iqr_ms", "per_image_ms", "logits_mb", "peak_extra_mb", "gbps") \
-            or key.startswith("speedup"):
+    if key in FLOATS or key.startswith("speedup"):
         return float(v)
     if key == "threads":
         return int(v)

@@ -72,3 +72,18 @@ def test_the_history_renders():
     recs = results.read()
     assert recs, "bench/results/results.csv is missing or empty (tests run from the repository root)"
     assert "| dice |" in results.table(recs)
+
+
+def test_append_widens_an_older_header(tmp_path):
+    """A history written before a column existed gets today's header; its old lines keep their values."""
+    path = tmp_path / "r.csv"
+    old_cols = [c for c in results.COLUMNS if c not in ("load_avg", "copy_gbps")]
+    path.write_text(",".join(old_cols) + "\n" + ",".join("2026-01-01" if c == "date" else "7" if c == "median_ms"
+                                                        else "" for c in old_cols) + "\n")
+    recs = results.records([dict(_row(), load_avg=0.5, copy_gbps=12.0)], device="AMD EPYC", threads=2,
+                           commit="abc", date="2026-01-02", run="2026-01-02a")
+    results.append(recs, path)
+    assert path.read_text().splitlines()[0] == ",".join(results.COLUMNS)
+    got = results.read(path)
+    assert got[0]["median_ms"] == 7.0 and got[0]["copy_gbps"] is None
+    assert got[1]["copy_gbps"] == 12.0 and got[1]["load_avg"] == 0.5 and got[1]["median_ms"] == 2.0

@@ -18,7 +18,6 @@ gradients are with respect to the boxes in their own format.
 # torch.library.custom_op infers the op schemas from annotations: they stay real
 # types (no `from __future__ import annotations`, whose strings torch 2.4 cannot
 # read; typing.List, as list[float] is unsupported before torch 2.7).
-import importlib.util
 import math
 from typing import Optional
 
@@ -264,7 +263,11 @@ box_loss_op.register_autograd(_backward_onepass, setup_context=_setup_onepass)
 
 # ---------------------------------------------------------------- Triton ops
 
-if importlib.util.find_spec("triton") is not None:
+@backends.triton_ops
+def _register_triton_ops():
+    """The Triton ops, registered when the triton backend is first asked for
+    (backends.triton_ops); backends.choose() refuses that backend where Triton is missing."""
+    global box_pairwise_triton_op, box_pairwise_grad_triton_op, box_aligned_triton_op, box_loss_triton_op
 
     @triton_op("segfast::box_pairwise_triton", mutates_args=())
     def box_pairwise_triton_op(b1: Tensor, b2: Tensor, kind: int, fmt: int, eps: float) -> Tensor:
@@ -561,3 +564,7 @@ diou_loss.__doc__ = _LOSS_DOC.format(name="1 - DIoU", tv="distance_box_iou_loss"
 ciou_loss.__doc__ = _LOSS_DOC.format(name="1 - CIoU", tv="complete_box_iou_loss", eps=EPS,
                                      extra=", rho^2 / (c^2 + eps), alpha = v / (1 - IoU + v + eps)",
                                      fn="ciou_loss", value="0.5532")
+
+
+def __getattr__(name):  # the *_triton_op names, registered on first use
+    return backends.triton_op_attr(__name__, name)

@@ -21,7 +21,6 @@ Matching and NMS are not differentiated: the ops take detached inputs.
 # torch.library.custom_op infers the op schemas from annotations: they stay real
 # types (no `from __future__ import annotations`, whose strings torch 2.4 cannot
 # read; typing.List, as list[float] is unsupported before torch 2.7).
-import importlib.util
 from typing import Optional
 
 import torch
@@ -254,9 +253,11 @@ def _(boxes, scores, idxs, iou_threshold, fmt, backend):
 
 # ---------------------------------------------------------------- Triton
 
-HAVE_TRITON = importlib.util.find_spec("triton") is not None
-
-if HAVE_TRITON:
+@backends.triton_ops
+def _register_triton_ops():
+    """The Triton ops, registered when the triton backend is first asked for
+    (backends.triton_ops); backends.choose() refuses that backend where Triton is missing."""
+    global box_iou_max_triton_op
 
     @triton_op("segfast::box_iou_max_triton", mutates_args=())
     def box_iou_max_triton_op(boxes: Tensor, gt: Tensor, gt_valid: Optional[Tensor],
@@ -409,3 +410,7 @@ def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: floa
         return torch.empty((0,), dtype=torch.int64, device=boxes.device)
     b, s, i, thr, f, backend = prepare_nms(boxes, scores, idxs, iou_threshold, fmt, backend)
     return nms_op(b, s, i, thr, f, backend)
+
+
+def __getattr__(name):  # the *_triton_op names, registered on first use
+    return backends.triton_op_attr(__name__, name)

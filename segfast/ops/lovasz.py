@@ -36,7 +36,6 @@ sorts of the same keys), so the backends agree up to float rounding.
 # torch.library.custom_op infers the op schemas from annotations: they stay real
 # types (no `from __future__ import annotations`, whose strings torch 2.4 cannot
 # read; typing.List, as list[float] is unsupported before torch 2.7).
-import importlib.util
 from typing import Optional
 
 import torch
@@ -209,11 +208,11 @@ def _gpu_sort_weights(errors: Tensor, fg: Tensor, valid: Optional[Tensor], acc, 
     return w
 
 
-# Registered only where Triton is installed (it is optional at run time);
-# backends.choose() refuses backend="triton" elsewhere.
-HAVE_TRITON = importlib.util.find_spec("triton") is not None
-
-if HAVE_TRITON:
+@backends.triton_ops
+def _register_triton_ops():
+    """The Triton ops, registered when the triton backend is first asked for
+    (backends.triton_ops); backends.choose() refuses that backend where Triton is missing."""
+    global lovasz_sort_weights_triton_op
 
     @triton_op("segfast::lovasz_sort_weights_triton", mutates_args=())
     def lovasz_sort_weights_triton_op(errors: Tensor, fg: Tensor, valid: Optional[Tensor] = None) -> Tensor:
@@ -228,10 +227,6 @@ if HAVE_TRITON:
         if fg.dtype not in backends.DTYPE_CODES:
             fg = fg.to(acc)
         return _gpu_sort_weights(errors, fg, valid, acc, tk.launch_weights)
-else:  # pragma: no cover - triton missing
-
-    def lovasz_sort_weights_triton_op(errors, fg, valid=None):
-        raise RuntimeError("segfast: triton is not installed")
 
 
 def _torch_sort_weights(errors: Tensor, fg: Tensor, valid: Optional[Tensor], acc) -> Tensor:
@@ -570,3 +565,7 @@ def _softmax_reduce(seg: Tensor, present: Optional[Tensor], sel, inv: Optional[T
     if not per_image:
         return per.reshape(())
     return reduce_loss(per, reduction)
+
+
+def __getattr__(name):  # the *_triton_op names, registered on first use
+    return backends.triton_op_attr(__name__, name)

@@ -16,7 +16,6 @@ One kernel, three uses (see reference/pixel.py for the terms l0, l1):
 # torch.library.custom_op infers the op schemas from annotations: they stay real
 # types (no `from __future__ import annotations`, whose strings torch 2.4 cannot
 # read; typing.List, as list[float] is unsupported before torch 2.7).
-import importlib.util
 import weakref
 from typing import Optional
 
@@ -278,7 +277,11 @@ pixel_loss_map_op.register_autograd(_backward_map_ext, setup_context=_setup_map)
 
 # ---------------------------------------------------------------- Triton ops
 
-if importlib.util.find_spec("triton") is not None:
+@backends.triton_ops
+def _register_triton_ops():
+    """The Triton ops, registered when the triton backend is first asked for
+    (backends.triton_ops); backends.choose() refuses that backend where Triton is missing."""
+    global pixel_loss_triton_op, pixel_loss_map_triton_op, pixel_loss_grad_triton_op
 
     @triton_op("segfast::pixel_loss_triton", mutates_args=())
     def pixel_loss_triton_op(x: Tensor, target: Tensor, weight: Optional[Tensor], pos_weight: Optional[Tensor],
@@ -347,3 +350,7 @@ def pixel_loss(x: Tensor, t: Tensor, is_label: bool, kind: int, *, label_offset:
     if backend == "triton":
         return pixel_loss_triton_op(*args, norm)[0] if reduce else pixel_loss_map_triton_op(*args)
     return pixel_loss_op(*args, norm, backend)[0] if reduce else pixel_loss_map_op(*args, backend)
+
+
+def __getattr__(name):  # the *_triton_op names, registered on first use
+    return backends.triton_op_attr(__name__, name)

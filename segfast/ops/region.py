@@ -21,7 +21,6 @@ take the torch formulas of segfast/functional.py.
 # torch.library.custom_op infers the op schemas from annotations: they stay real
 # types (no `from __future__ import annotations`, whose strings torch 2.4 cannot
 # read; typing.List, as list[float] is unsupported before torch 2.7).
-import importlib.util
 import math
 from typing import List, Optional, Tuple
 
@@ -218,11 +217,11 @@ def _eager_ok(*tensors) -> bool:
 
 # ---------------------------------------------------------------- Triton
 
-# Registered only where Triton is installed (it is optional at run time);
-# backends.choose() refuses backend="triton" elsewhere.
-HAVE_TRITON = importlib.util.find_spec("triton") is not None
-
-if HAVE_TRITON:
+@backends.triton_ops
+def _register_triton_ops():
+    """The Triton ops, registered when the triton backend is first asked for
+    (backends.triton_ops); backends.choose() refuses that backend where Triton is missing."""
+    global region_stats_triton_op, region_grad_triton_op, region_loss_triton_op
 
     @triton_op("segfast::region_stats_triton", mutates_args=())
     def region_stats_triton_op(x: Tensor, target: Tensor, is_label: bool, act: int,
@@ -247,7 +246,6 @@ if HAVE_TRITON:
             out.zero_()
         return out.sum(1).to(acc_dtype(x))
 
-
     @triton_op("segfast::region_grad_triton", mutates_args=())
     def region_grad_triton_op(x: Tensor, target: Tensor, g: Tensor, is_label: bool, act: int,
                               label_offset: int, ignore_value: Optional[float], xent: int = 0,
@@ -263,7 +261,6 @@ if HAVE_TRITON:
             tk.launch_grad(x, t, is_label, g.float().contiguous(), dx, N, C, S, act, label_offset,
                            ignore_value is not None, float(ignore_value or 0.0), xent, gamma, go=go)
         return dx
-
 
     def _backward_triton(ctx, grad):
         x, target = ctx.saved_tensors
@@ -383,7 +380,7 @@ def finish_loss(prep: tuple, *, weight=None, include_background: bool = True, ba
     focal loss (α = ``pw``) or the fused loss (``ws``, ``wp``)."""
     x, t, is_label, act, off, ign, backend = prep
     C = x.shape[1]
-    if not (backend == "triton" and HAVE_TRITON and reduction in ("mean", "sum") and not sync_stats
+    if not (backend == "triton" and reduction in ("mean", "sum") and not sync_stats
             and x.numel() and (include_background or C >= 2)):
         return None
     from ..triton_kernels import region_finish as tf
@@ -474,3 +471,7 @@ def sync(stats: Tensor, process_group=None) -> Tensor:
         raise RuntimeError("sync_stats=True needs an initialised torch.distributed process group")
     group = process_group if process_group is not None else dist.group.WORLD
     return dnnf.all_reduce(stats, op=dist.ReduceOp.SUM, group=group)
+
+
+def __getattr__(name):  # the *_triton_op names, registered on first use
+    return backends.triton_op_attr(__name__, name)
