@@ -56,7 +56,7 @@ def _over_target(name):
 
 
 @needs_run
-@pytest.mark.parametrize("name", [_over_target("dice"), _over_target("dice_ce"), _over_target("ce")])
+@pytest.mark.parametrize("name", [_over_target("dice"), _over_target("dice_ce"), "ce"])
 def test_launch_target(traces, name):
     trace, _ = traces[name]
     assert trace.kernels <= perf.LAUNCH_TARGETS[name], [k.kernel for k in trace.launches] + trace.torch_ops

@@ -43,7 +43,8 @@ struct Problem : Inputs {  // x, targets, N, C, S, label decoding: problem.h
   double gamma, alpha, smoothing, scale0, scale1;
   void* loss;        // A[N, P, 2]: chunk sums of l0, l1 over valid pixels/elements
   void* map;         // A[N, S] (softmax kinds) / [N, C, S]: scale0*l0 + scale1*l1
-  const void* go;    // A, map's layout: grad_output (ones)
+  const void* go;    // A, map's layout: grad_output (ones); one value if go_scalar
+  bool go_scalar;    // go is a single value (a reduced loss's grad_output, read on the device)
   void* dx;          // x's dtype, strides dxsN, dxsC, dxsS
   int64_t dxsN, dxsC, dxsS;
 };

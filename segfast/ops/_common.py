@@ -86,7 +86,7 @@ def check_input(input, target) -> None:
 
 def canonical(input: Tensor, target: Tensor, *, act: int, binary: bool = False,
               ignore_index=None, backend: Optional[str] = None, label_offset: Optional[int] = None,
-              triton_float64: bool = False):
+              triton_float64: bool = False, kernel_checks_labels: bool = False):
     """-> (x [N,C,S], t, is_label, act, label_offset, ignore_value, backend).
 
     Float/bool targets are dense [N, C, *] (or [N, *] when C = 1); integer
@@ -96,7 +96,9 @@ def canonical(input: Tensor, target: Tensor, *, act: int, binary: bool = False,
     (N, 1)). ``label_offset`` (default:
     1 if ``binary`` else 0) says which label channel 0 stands for: input
     channel c is label c + label_offset, labels lie in [0, C + label_offset). Every error a user can
-    trigger is raised here, before a kernel runs.
+    trigger is raised here, before a kernel runs, except, with
+    ``kernel_checks_labels`` on the triton backend off the host checks, the
+    label range: that kernel checks it on the device itself.
     """
     check_input(input, target)
     if input.dim() == 2:  # (N, C) scores: one pixel per sample
@@ -122,10 +124,11 @@ def canonical(input: Tensor, target: Tensor, *, act: int, binary: bool = False,
                              f"{(N, *spatial)}, got {shape}")
         t = target.flatten(1)
     offset = int(binary) if label_offset is None else label_offset
-    if not floating and not torch.compiler.is_compiling() and t.numel():
-        _check_labels(t, C + offset, ignore_index)
     # Families whose Triton kernels compute float64 in float64 (lovasz) say so.
     backend = backends.choose(backend, input.device) if triton_float64 else float64_backend(backend, input)
+    in_kernel = kernel_checks_labels and backend == "triton" and not host_checks(input.device)
+    if not floating and not torch.compiler.is_compiling() and t.numel() and not in_kernel:
+        _check_labels(t, C + offset, ignore_index)
     if ignore_index is not None and not floating and math.isinf(ignore_index):
         ignore_index = None  # no label equals it
     ignore = None if ignore_index is None else float(ignore_index)
