@@ -198,11 +198,11 @@ void grad_cuda(SEGFAST_PROBLEM_ARGS, int64_t act, int64_t xent, double gamma, in
       double ignore_value, uintptr_t w_ptr, uintptr_t pw_ptr, uintptr_t beta_ptr, double gamma, \
       double alpha, double smoothing, double scale0, double scale1, uintptr_t loss_ptr,        \
       uintptr_t map_ptr, uintptr_t go_ptr, uintptr_t dx_ptr, int64_t dxsN, int64_t dxsC,      \
-      int64_t dxsS
+      int64_t dxsS, int64_t go_scalar
 #define SEGFAST_PIXEL_PASS                                                                     \
   x_ptr, x_dtype, xsN, xsC, xsS, t_ptr, t_dtype, t_is_label, tsN, tsC, tsS, N, C, S, P, kind, \
       label_offset, has_ignore, ignore_value, w_ptr, pw_ptr, beta_ptr, gamma, alpha, smoothing, \
-      scale0, scale1, loss_ptr, map_ptr, go_ptr, dx_ptr, dxsN, dxsC, dxsS
+      scale0, scale1, loss_ptr, map_ptr, go_ptr, dx_ptr, dxsN, dxsC, dxsS, go_scalar
 
 segfast::pixel::Problem make_pixel_problem(SEGFAST_PIXEL_ARGS) {
   using namespace segfast;
@@ -238,6 +238,7 @@ segfast::pixel::Problem make_pixel_problem(SEGFAST_PIXEL_ARGS) {
   pr.loss = reinterpret_cast<void*>(loss_ptr);
   pr.map = reinterpret_cast<void*>(map_ptr);
   pr.go = reinterpret_cast<const void*>(go_ptr);
+  pr.go_scalar = go_scalar != 0;
   pr.dx = reinterpret_cast<void*>(dx_ptr);
   pr.dxsN = dxsN; pr.dxsC = dxsC; pr.dxsS = dxsS;
   return pr;
@@ -959,7 +960,7 @@ PYBIND11_MODULE(SEGFAST_MODULE_NAME, m) {
       py::arg("w_ptr"), py::arg("pw_ptr"), py::arg("beta_ptr"), py::arg("gamma"),             \
       py::arg("alpha"), py::arg("smoothing"), py::arg("scale0"), py::arg("scale1"),           \
       py::arg("loss_ptr"), py::arg("map_ptr"), py::arg("go_ptr"), py::arg("dx_ptr"),          \
-      py::arg("dxsN"), py::arg("dxsC"), py::arg("dxsS")
+      py::arg("dxsN"), py::arg("dxsC"), py::arg("dxsS"), py::arg("go_scalar")
   m.def("pixel_loss_cpu", &pixel_cpu, pixel_doc, SEGFAST_PIXEL_PYARGS, py::arg("num_threads"));
   m.def("pixel_loss_cuda", &pixel_cuda, pixel_doc, SEGFAST_PIXEL_PYARGS, py::arg("stream"));
 #undef SEGFAST_PIXEL_PYARGS

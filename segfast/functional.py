@@ -440,13 +440,14 @@ def _pixel_reduce(x, t, is_label, kind, reduction, norm, *, spatial, **kw):
     return _pixel.pixel_loss(x, t, is_label, kind, norm=norm, reduce=True, **kw)
 
 
-def _softmax_labels(input, target, ignore_index, backend, what):
+def _softmax_labels(input, target, ignore_index, backend, what, reduction="none"):
     if input.dim() >= 3 and (target.dtype.is_floating_point or target.dtype == torch.bool):
         raise TypeError(f"{what} takes class-index targets (N, *spatial) as uint8/int32/int64")
     if input.dim() >= 2 and input.shape[1] < 2:
         raise ValueError(f"{what} needs C >= 2 channels (a softmax over one channel is constant)")
+    # a reduced loss on the triton backend checks its labels in the kernel (ops/pixel.py)
     return _region.canonical(input, target, act=_region.ACT["softmax"], ignore_index=ignore_index,
-                             backend=backend)
+                             backend=backend, kernel_label_check=("triton",) if reduction != "none" else ())
 
 
 def cross_entropy(input: Tensor, target: Tensor, *, weight=None, ignore_index: Optional[int] = -100,
@@ -455,8 +456,10 @@ def cross_entropy(input: Tensor, target: Tensor, *, weight=None, ignore_index: O
 
     Class-index targets, class ``weight``, ``ignore_index`` and
     ``label_smoothing`` as torch; "mean" divides by the summed weights of the
-    valid pixels (0 if there are none, where torch gives NaN). One pass over
-    the logits: the forward writes the gradient, the backward scales it.
+    valid pixels (0 if there are none, where torch gives NaN). The forward
+    reads the logits once; reduced on the triton and cuda backends, the
+    backward recomputes the gradient from the logits with grad_output read on
+    the device (one more read, one write of the gradient).
 
     Args:
         input: logits (N, C, *spatial) or (N, C), C >= 2; float32, float16,
@@ -488,7 +491,8 @@ def cross_entropy(input: Tensor, target: Tensor, *, weight=None, ignore_index: O
         >>> round(segfast.cross_entropy(logits, labels).item(), 4)
         1.3863
     """
-    x, t, is_label, _, off, ign, backend = _softmax_labels(input, target, ignore_index, backend, "cross_entropy")
+    x, t, is_label, _, off, ign, backend = _softmax_labels(input, target, ignore_index, backend, "cross_entropy",
+                                                           reduction)
     if not 0.0 <= label_smoothing <= 1.0:
         raise ValueError("label_smoothing must be in [0, 1]")
     w = _region.check_weight(weight, x.shape[1], x.device)
@@ -664,7 +668,8 @@ def focal_loss(input: Tensor, target: Tensor, *, mode: str = "binary", alpha=Non
     if gamma < 0:
         raise ValueError("gamma must be >= 0")
     if mode == "multiclass":
-        x, t, is_label, _, off, ign, backend = _softmax_labels(input, target, ignore_index, backend, "focal_loss")
+        x, t, is_label, _, off, ign, backend = _softmax_labels(input, target, ignore_index, backend, "focal_loss",
+                                                                   reduction)
         C = x.shape[1]
         a = _region.check_weight(1.0 if alpha is None else alpha, C, x.device)
         w = _region.check_weight(weight, C, x.device)
@@ -726,7 +731,8 @@ def fused_loss(input: Tensor, target: Tensor, *, ws: float = 0.5, wp: float = 0.
     """
     if ws < 0 or wp < 0:
         raise ValueError("ws and wp must be >= 0")
-    x, t, is_label, _, off, ign, backend = _softmax_labels(input, target, ignore_index, backend, "fused_loss")
+    x, t, is_label, _, off, ign, backend = _softmax_labels(input, target, ignore_index, backend, "fused_loss",
+                                                           reduction)
     return _pixel_reduce(x, t, is_label, _pixel.FUSED, reduction, _pixel.NORM_COUNT, spatial=input.shape[2:],
                          backend=backend, ignore_value=ign, scale0=float(ws), scale1=float(wp))
 

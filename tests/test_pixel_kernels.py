@@ -54,7 +54,7 @@ def run_kernel(x, t, is_label, kind, *, weight=None, pos_weight=None, beta=None,
         float(ignore_value if ignore_value is not None else 0.0),
         *(ptr(v) for v in opt), float(gamma), float(alpha), float(smoothing),
         float(scale0), float(scale1), ptr(out_loss), ptr(out_map), ptr(go_c), ptr(out_dx),
-        *(out_dx.stride() if dx else (0, 0, 0)), threads)
+        *(out_dx.stride() if dx else (0, 0, 0)), 0, threads)
     return out_loss, out_map, out_dx
 
 

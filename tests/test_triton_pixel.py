@@ -98,7 +98,7 @@ def run_and_check(x, t, is_label, kind, P=3, *, label_offset=0, ignore=None, w=N
     loss = torch.full((N_, P, 2), float("nan"), device=dev)
     dx = new_dx()
     launch(loss=loss, dx=dx)
-    L = TP.chunk_len(S_, P, TP._blocks(C, block_s, block_c)[2])  # the launcher's chunk length
+    L = TP.chunk_len(S_, P, TP.block_pixels(kind, C, block_s, block_c))  # the launcher's chunk length
     want = torch.zeros(N_, P, 2, dtype=torch.float64)
     for j in range(P):
         lo, hi = min(j * L, S_), min((j + 1) * L, S_)
@@ -377,3 +377,54 @@ def test_through_triton_op():
     (gx,) = torch.autograd.grad(l0.sum(), xr)
     _close(loss.cpu(), l0.detach().sum(1), *F32_TOL, "loss")
     _close(dx.cpu(), gx, *TOL[torch.float32], "dx")
+
+
+@needs_run
+@pytest.mark.parametrize("norm", [0, 1, 2])
+@pytest.mark.parametrize("kind", SOFTMAX)
+def test_reduced_in_kernel(kind, norm):
+    """``out``: the loss divided by its normalizer (NORM_SUM 1, NORM_COUNT the
+    valid pixels, NORM_WEIGHT their summed w_y), summed by the last program of
+    the launch; the ticket counter is zero again afterwards; a 0-d ``go``
+    with ``den`` scales dx by go / den; a non-ignored label out of range
+    makes the loss, the normalizer and then the gradient NaN."""
+    gen = torch.Generator().manual_seed(30 + kind + 3 * norm)
+    C, P = 5, 3
+    x = make_x(C, gen=gen)
+    t = make_labels(C, torch.int64, -100, gen=gen)
+    w = _weights(C, gen)
+    smoothing = 0.0 if kind == FOCAL_SOFTMAX else 0.1
+    scale0, scale1 = (0.5, 1.5) if kind == FUSED else (0.75, 0.0)
+    xd, td, wd = x.to(DEVICE), t.to(DEVICE), w.to(DEVICE)
+
+    def forward(labels):
+        ws = torch.full((N * P * 4,), float("nan"), device=DEVICE)
+        out = torch.full((), float("nan"), device=DEVICE)
+        den = torch.full((), float("nan"), device=DEVICE)
+        TP.launch_pixel(xd, labels, True, N, C, S, P, kind, 0, True, -100.0, wd, None, None, 2.0, 0.25,
+                        smoothing, scale0, scale1, ws, None, None, None, out=out, den=den, norm=norm)
+        return out, den
+
+    out, den = forward(td)
+    xr = x.double().requires_grad_()
+    l0, l1, _ = ref.pixel_terms(xr, t, True, kind, weight=w.double(), gamma=2.0, smoothing=smoothing,
+                                ignore_value=-100)
+    valid = t != -100
+    want_den = {0: torch.tensor(1.0, dtype=torch.float64), 1: valid.sum().double(),
+                2: w.double()[t.clamp(0)][valid].sum()}[norm]
+    want = (scale0 * l0 + scale1 * l1).sum() / want_den
+    _close(out.cpu(), want.detach(), *F32_TOL, "loss")
+    _close(den.cpu(), want_den, *F32_TOL, "normalizer")
+    assert int(TP.finish_counter(xd.device)[0]) == 0
+
+    dx = torch.full_like(xd, float("nan"))
+    TP.launch_pixel(xd, td, True, N, C, S, 1, kind, 0, True, -100.0, wd, None, None, 2.0, 0.25,
+                    smoothing, scale0, scale1, None, None, torch.tensor(0.7, device=DEVICE), dx, den=den)
+    (gx,) = torch.autograd.grad(want * 0.7, xr)
+    _close(dx.cpu(), gx, *TOL[torch.float32], "dx (go / den)")
+
+    bad = t.clone()
+    bad[1, 3] = C
+    out, den = forward(bad.to(DEVICE))
+    assert out.isnan() and den.isnan()
+    assert int(TP.finish_counter(xd.device)[0]) == 0

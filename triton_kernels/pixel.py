@@ -84,6 +84,15 @@ MAX_SINGLE_C = 64
 # Class-chunk size of the looped path (C > MAX_SINGLE_C).
 LOOP_BLOCK_C = 16
 NUM_WARPS = 8
+# Softmax kinds: warps per program and pixels per tile (4 per thread: one
+# 128-bit load of fp32 logits per class), classes unrolled up to MAX_UNROLL_C,
+# and the block of partials the finishing program sums per step.
+SOFTMAX_WARPS = 2
+SOFTMAX_BLOCK_S = 4 * 32 * SOFTMAX_WARPS
+MAX_UNROLL_C = 32
+FIN_BLOCK = 256
+# Normalizers of the in-kernel reduction (segfast.ops.pixel NORM_*).
+NORM_SUM, NORM_COUNT, NORM_WEIGHT = 0, 1, 2
 
 
 # --------------------------------------------------------------------------
@@ -115,46 +124,60 @@ def _pow(a, g):
 
 
 @triton.jit
-def _online(m, ls, xm):
-    """Merge a [BLOCK_C, BLOCK_S] tile (excluded entries -inf) into the running
-    (max, sum of exp(x - max)); -inf max (nothing seen yet) stays safe."""
-    m_new = tl.maximum(m, tl.max(xm, axis=0))
+def _sm_step(xc, c, y, w_ptr, m, ls, lny, xy, wy, x0, swx, mf, lsf,
+             KIND: tl.constexpr, HAS_W: tl.constexpr, HAS_SMOOTH: tl.constexpr):
+    """Class c of the per-thread online softmax: xc is x[:, c] of the pixel
+    block [BLOCK_S]; updates the running max / sums (m, ls: all classes,
+    lny: all but y, mf, lsf: c >= 1), gathers x_y, w_y, x_0 and (smoothing)
+    sum_c w_c x_c. A -inf max (nothing seen yet) stays safe."""
+    hit = y == c
+    m_new = tl.maximum(m, xc)
     mr = tl.where(m_new == float("-inf"), 0.0, m_new)
-    ls = ls * tl.exp(m - mr) + tl.sum(tl.exp(xm - mr[None, :]), axis=0)
-    return m_new, ls
+    scale = tl.exp(m - mr)
+    e = tl.exp(xc - mr)
+    ls = ls * scale + e
+    lny = lny * scale + tl.where(hit, 0.0, e)
+    m = m_new
+    xy += tl.where(hit, xc, 0.0)
+    if HAS_W:
+        wc = tl.load(w_ptr + c).to(tl.float32)
+    else:
+        wc = 1.0
+    wy += tl.where(hit, wc, 0.0)
+    if HAS_SMOOTH:
+        swx += wc * xc
+    if KIND == 2:
+        if c == 0:
+            x0 = xc
+        else:
+            f_new = tl.maximum(mf, xc)
+            fr = tl.where(f_new == float("-inf"), 0.0, f_new)
+            lsf = lsf * tl.exp(mf - fr) + tl.exp(xc - fr)
+            mf = f_new
+    return m, ls, lny, xy, wy, x0, swx, mf, lsf
 
 
 @triton.jit
-def _sm_tile(x, c64, cmask, y, w_ptr, m, ls, lny, xy, wy, x0, swx, W, mf, lsf,
-             KIND: tl.constexpr, HAS_W: tl.constexpr, HAS_SMOOTH: tl.constexpr):
-    """One class tile of the softmax online pass: updates the running per-pixel
-    max / sums (m, ls: all classes, lny: all but y, mf, lsf: c >= 1), gathers
-    x_y, w_y, x_0 and (smoothing) sum_c w_c x_c; W = sum_c w_c (a scalar)."""
-    onehot = c64[:, None] == y[None, :]
-    xm = tl.where(cmask[:, None], x, float("-inf"))
-    m_new = tl.maximum(m, tl.max(xm, axis=0))
-    mr = tl.where(m_new == float("-inf"), 0.0, m_new)
-    scale = tl.exp(m - mr)
-    e = tl.exp(xm - mr[None, :])
-    ls = ls * scale + tl.sum(e, axis=0)
-    lny = lny * scale + tl.sum(tl.where(onehot, 0.0, e), axis=0)
-    m = m_new
-    xy += tl.sum(tl.where(onehot, x, 0.0), axis=0)
-    if HAS_W:
-        wv = tl.load(w_ptr + c64, mask=cmask, other=0).to(tl.float32)
-        wy += tl.sum(tl.where(onehot, wv[:, None], 0.0), axis=0)
-        if HAS_SMOOTH:
-            W += tl.sum(wv, axis=0)
-            swx += tl.sum(tl.where(cmask[:, None], wv[:, None] * x, 0.0), axis=0)
-    else:
-        wy += tl.sum(tl.where(onehot, 1.0, 0.0), axis=0)
-        if HAS_SMOOTH:
-            W += tl.sum(tl.where(cmask, 1.0, 0.0), axis=0)
-            swx += tl.sum(tl.where(cmask[:, None], x, 0.0), axis=0)
+def _sm_dx(xc, c, y, w_ptr, a, b, d, f, h, m, lls, q, mf, llsf,
+           KIND: tl.constexpr, HAS_W: tl.constexpr, HAS_SMOOTH: tl.constexpr):
+    """dx[:, c] of the pixel block from the per-pixel coefficients (see module
+    doc). p = exp((x - m) - log(ls)) keeps x - m exact near the max; at
+    c == y, a*p_y - b = (a - b)*p_y - b*(1 - p_y) with 1 - p_y = q (no
+    cancellation)."""
+    p = tl.exp((xc - m) - lls)
+    dx = tl.where(y == c, (a - b) * p - b * q, a * p)
+    if HAS_SMOOTH:
+        if HAS_W:
+            dx -= d * tl.load(w_ptr + c).to(tl.float32)
+        else:
+            dx -= d
     if KIND == 2:
-        x0 += tl.sum(tl.where(c64[:, None] == 0, x, 0.0), axis=0)
-        mf, lsf = _online(mf, lsf, tl.where((c64 >= 1)[:, None], xm, float("-inf")))
-    return m, ls, lny, xy, wy, x0, swx, W, mf, lsf
+        if c == 0:
+            dx -= f
+        else:
+            mfs = tl.where(mf == float("-inf"), 0.0, mf)
+            dx -= h * tl.exp((xc - mfs) - llsf)
+    return dx
 
 
 @triton.jit
@@ -206,27 +229,53 @@ def _sm_terms(y, v, g, m, ls, lny, xy, wy, x0, swx, W, mf, lsf, C,
 
 
 @triton.jit
-def _sm_dx(x, c64, cmask, y, w_ptr, a, b, d, f, h, m, lls, q, mf, llsf,
-           KIND: tl.constexpr, HAS_W: tl.constexpr, HAS_SMOOTH: tl.constexpr):
-    """dx of one class tile from the per-pixel coefficients (see module doc).
-    p = exp((x - m) - log(ls)) keeps x - m exact near the max; at c == y,
-    a*p_y - b = (a - b)*p_y - b*(1 - p_y) with 1 - p_y = q (no cancellation)."""
-    p = tl.exp((x - m[None, :]) - lls[None, :])
-    onehot = c64[:, None] == y[None, :]
-    dx = tl.where(onehot, (a - b)[None, :] * p - (b * q)[None, :], a[None, :] * p)
-    if HAS_SMOOTH:
-        if HAS_W:
-            wv = tl.load(w_ptr + c64, mask=cmask, other=0).to(tl.float32)
-            dx -= d[None, :] * wv[:, None]
+def _load_class(x_base, c, s64, sxc, sxs, smask):
+    """x[c, s] of the pixel block as fp32 [BLOCK_S]; 0 off ``smask``."""
+    return tl.load(x_base + c * sxc + s64 * sxs, mask=smask, other=0).to(tl.float32)
+
+
+@triton.jit
+def _finish(part_ptr, out_ptr, den_ptr, cnt_ptr, pid, nprog, a0, a1, dn, nbad, scale0, scale1,
+            NORM: tl.constexpr, FIN_BLOCK: tl.constexpr):
+    """The reduction of the per-program partials by the last program to end.
+
+    Each program writes its (sum l0, sum l1, normalizer, bad labels) to
+    part[pid] and takes a ticket from the counter (acq_rel: its partials are
+    visible before the ticket); the program holding the last ticket sums the
+    partials of every program in a fixed order (deterministic), writes
+    the loss to out[0] and the normalizer to den[0], and resets the counter to 0 for the next launch.
+    A non-ignored label outside [0, C) makes the loss and the normalizer NaN
+    (so is then the gradient, which divides by the normalizer)."""
+    tl.store(part_ptr + pid * 4, a0)
+    tl.store(part_ptr + pid * 4 + 1, a1)
+    tl.store(part_ptr + pid * 4 + 2, dn)
+    tl.store(part_ptr + pid * 4 + 3, nbad)
+    tl.debug_barrier()
+    ticket = tl.atomic_add(cnt_ptr, 1, sem="acq_rel")
+    if ticket == nprog - 1:
+        tl.debug_barrier()
+        r = tl.arange(0, FIN_BLOCK)
+        s0 = tl.zeros([FIN_BLOCK], tl.float32)
+        s1 = tl.zeros([FIN_BLOCK], tl.float32)
+        sd = tl.zeros([FIN_BLOCK], tl.float32)
+        sb = tl.zeros([FIN_BLOCK], tl.float32)
+        for i0 in range(0, nprog, FIN_BLOCK):
+            i = i0 + r
+            ok = i < nprog
+            s0 += tl.load(part_ptr + i * 4, mask=ok, other=0, cache_modifier=".cg")
+            s1 += tl.load(part_ptr + i * 4 + 1, mask=ok, other=0, cache_modifier=".cg")
+            sd += tl.load(part_ptr + i * 4 + 2, mask=ok, other=0, cache_modifier=".cg")
+            sb += tl.load(part_ptr + i * 4 + 3, mask=ok, other=0, cache_modifier=".cg")
+        total = scale0 * tl.sum(s0, axis=0) + scale1 * tl.sum(s1, axis=0)
+        if NORM == 0:
+            den = tl.sum(sd, axis=0) * 0.0 + 1.0
         else:
-            dx -= d[None, :]
-    if KIND == 2:
-        fg = (c64 >= 1)[:, None]
-        mfs = tl.where(mf == float("-inf"), 0.0, mf)
-        qf = tl.exp((tl.where(fg, x, 0.0) - mfs[None, :]) - llsf[None, :])
-        dx -= tl.where(c64[:, None] == 0, f[None, :], 0.0)
-        dx -= tl.where(fg, h[None, :] * qf, 0.0)
-    return dx
+            den = tl.sum(sd, axis=0)
+        loss = tl.where(den > 0.0, total / tl.where(den > 0.0, den, 1.0), 0.0)  # a mean over nothing is 0
+        bad = tl.sum(sb, axis=0) > 0.0
+        tl.store(out_ptr, tl.where(bad, float("nan"), loss))
+        tl.store(den_ptr, tl.where(bad, float("nan"), den))
+        tl.atomic_xchg(cnt_ptr, 0, sem="relaxed")
 
 
 # --------------------------------------------------------------------------
@@ -235,7 +284,7 @@ def _sm_dx(x, c64, cmask, y, w_ptr, a, b, d, f, h, m, lls, q, mf, llsf,
 
 @triton.jit
 def _pixel_softmax_kernel(
-    x_ptr, t_ptr, w_ptr, go_ptr, loss_ptr, map_ptr, dx_ptr,
+    x_ptr, t_ptr, w_ptr, go_ptr, den_ptr, loss_ptr, out_ptr, cnt_ptr, map_ptr, dx_ptr,
     C, S, P, L,
     sxn, sxc, sxs,
     stn, sts,
@@ -243,29 +292,51 @@ def _pixel_softmax_kernel(
     label_offset, ign_i,
     gamma, smoothing, scale0, scale1,
     KIND: tl.constexpr, HAS_IGNORE: tl.constexpr, HAS_W: tl.constexpr,
-    HAS_SMOOTH: tl.constexpr, WANT_LOSS: tl.constexpr, WANT_MAP: tl.constexpr,
-    HAS_GO: tl.constexpr, WANT_DX: tl.constexpr,
-    SINGLE_C: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr,
+    HAS_SMOOTH: tl.constexpr, WANT_LOSS: tl.constexpr, FINISH: tl.constexpr, NORM: tl.constexpr,
+    WANT_MAP: tl.constexpr, GO: tl.constexpr, WANT_DX: tl.constexpr,
+    CONST_C: tl.constexpr, BLOCK_S: tl.constexpr, FIN_BLOCK: tl.constexpr,
 ):
+    """Each thread owns pixels and loops over the classes (CONST_C > 0: the
+    constexpr C, unrolled; else a loop over the runtime C): every per-pixel
+    reduction stays in registers, and the tile loop has no block barrier.
+    GO: 0 none (g = 1), 1 per pixel (go: [N, S]), 2 a scalar (go: 0-d,
+    g = go / den[0])."""
     pid = tl.program_id(0).to(tl.int64)
     n64, start, end = chunk_bounds(pid, P, L, S)
     x_base = x_ptr + n64 * sxn
     dx_base = dx_ptr + n64 * sdn
-    ar_c = tl.arange(0, BLOCK_C)
     ar_s = tl.arange(0, BLOCK_S)
     acc0 = tl.zeros([BLOCK_S], tl.float32)
     acc1 = tl.zeros([BLOCK_S], tl.float32)
+    accd = tl.zeros([BLOCK_S], tl.float32)
+    accb = tl.zeros([BLOCK_S], tl.float32)
+    if HAS_SMOOTH:
+        if HAS_W:
+            W = tl.load(w_ptr).to(tl.float32)
+            for c in range(1, C):
+                W += tl.load(w_ptr + c).to(tl.float32)
+        else:
+            W = C * 1.0
+    else:
+        W = 0.0
+    if GO == 2:
+        dg = tl.load(den_ptr)
+        gs = tl.where(dg > 0.0, tl.load(go_ptr).to(tl.float32) / tl.where(dg > 0.0, dg, 1.0), 0.0)
+        gs = tl.where(dg == dg, gs, dg)  # a NaN normalizer (bad labels) makes the gradient NaN
+    else:
+        gs = 1.0
 
     for s0 in range(start, end, BLOCK_S):
         s64 = s0 + ar_s.to(tl.int64)
         smask = s64 < end
         lab, pv = load_labels(t_ptr, n64, s64, stn, sts, smask, True, HAS_IGNORE, ign_i)
         y = lab - label_offset
-        v = pv & (y >= 0) & (y < C)
-        if HAS_GO:
+        inr = (y >= 0) & (y < C)
+        v = pv & inr
+        if GO == 1:
             g = tl.load(go_ptr + n64 * S + s64, mask=v, other=0).to(tl.float32)
         else:
-            g = tl.full([BLOCK_S], 1.0, tl.float32)
+            g = tl.full([BLOCK_S], 1.0, tl.float32) * gs
 
         m = tl.full([BLOCK_S], float("-inf"), tl.float32)
         mf = tl.full([BLOCK_S], float("-inf"), tl.float32)
@@ -276,24 +347,16 @@ def _pixel_softmax_kernel(
         x0 = tl.zeros([BLOCK_S], tl.float32)
         swx = tl.zeros([BLOCK_S], tl.float32)
         lsf = tl.zeros([BLOCK_S], tl.float32)
-        W = tl.sum(tl.zeros([BLOCK_C], tl.float32), axis=0)
-        if SINGLE_C:
-            c64 = ar_c.to(tl.int64)
-            cmask = c64 < C
-            mask = cmask[:, None] & smask[None, :]
-            x = load_tile(x_base, c64, s64, sxc, sxs, mask)
-            m, ls, lny, xy, wy, x0, swx, W, mf, lsf = _sm_tile(
-                x, c64, cmask, y, w_ptr, m, ls, lny, xy, wy, x0, swx, W, mf, lsf,
-                KIND, HAS_W, HAS_SMOOTH)
+        if CONST_C > 0:
+            for c in tl.static_range(CONST_C):
+                xc = _load_class(x_base, c, s64, sxc, sxs, smask)
+                m, ls, lny, xy, wy, x0, swx, mf, lsf = _sm_step(
+                    xc, c, y, w_ptr, m, ls, lny, xy, wy, x0, swx, mf, lsf, KIND, HAS_W, HAS_SMOOTH)
         else:
-            for c0 in range(0, C, BLOCK_C):
-                c64 = c0 + ar_c.to(tl.int64)
-                cmask = c64 < C
-                mask = cmask[:, None] & smask[None, :]
-                x = load_tile(x_base, c64, s64, sxc, sxs, mask)
-                m, ls, lny, xy, wy, x0, swx, W, mf, lsf = _sm_tile(
-                    x, c64, cmask, y, w_ptr, m, ls, lny, xy, wy, x0, swx, W, mf, lsf,
-                    KIND, HAS_W, HAS_SMOOTH)
+            for c in range(0, C):
+                xc = _load_class(x_base, c, s64, sxc, sxs, smask)
+                m, ls, lny, xy, wy, x0, swx, mf, lsf = _sm_step(
+                    xc, c, y, w_ptr, m, ls, lny, xy, wy, x0, swx, mf, lsf, KIND, HAS_W, HAS_SMOOTH)
 
         l0, l1, a, b, d, f, h, lls, q, llsf = _sm_terms(
             y, v, g, m, ls, lny, xy, wy, x0, swx, W, mf, lsf, C,
@@ -301,29 +364,35 @@ def _pixel_softmax_kernel(
         if WANT_LOSS:
             acc0 += tl.where(v, l0, 0.0)
             acc1 += tl.where(v, l1, 0.0)
+            if NORM == 1:
+                accd += tl.where(v, 1.0, 0.0)
+            if NORM == 2:
+                accd += tl.where(v, wy, 0.0)
+            accb += tl.where(pv & (~inr), 1.0, 0.0)
         if WANT_MAP:
             tl.store(map_ptr + n64 * S + s64, tl.where(v, scale0 * l0 + scale1 * l1, 0.0),
                      mask=smask)
         if WANT_DX:
-            if SINGLE_C:
-                dx = _sm_dx(x, c64, cmask, y, w_ptr, a, b, d, f, h, m, lls, q, mf, llsf,
-                            KIND, HAS_W, HAS_SMOOTH)
-                tl.store(dx_base + c64[:, None] * sdc + s64[None, :] * sds,
-                         dx.to(dx_ptr.dtype.element_ty), mask=mask)
+            if CONST_C > 0:
+                for c in tl.static_range(CONST_C):
+                    xc = _load_class(x_base, c, s64, sxc, sxs, smask)
+                    dx = _sm_dx(xc, c, y, w_ptr, a, b, d, f, h, m, lls, q, mf, llsf, KIND, HAS_W, HAS_SMOOTH)
+                    tl.store(dx_base + c * sdc + s64 * sds, dx.to(dx_ptr.dtype.element_ty), mask=smask)
             else:
-                for c0 in range(0, C, BLOCK_C):
-                    c64 = c0 + ar_c.to(tl.int64)
-                    cmask = c64 < C
-                    mask = cmask[:, None] & smask[None, :]
-                    x = load_tile(x_base, c64, s64, sxc, sxs, mask)
-                    dx = _sm_dx(x, c64, cmask, y, w_ptr, a, b, d, f, h, m, lls, q, mf, llsf,
-                                KIND, HAS_W, HAS_SMOOTH)
-                    tl.store(dx_base + c64[:, None] * sdc + s64[None, :] * sds,
-                             dx.to(dx_ptr.dtype.element_ty), mask=mask)
+                for c in range(0, C):
+                    xc = _load_class(x_base, c, s64, sxc, sxs, smask)
+                    dx = _sm_dx(xc, c, y, w_ptr, a, b, d, f, h, m, lls, q, mf, llsf, KIND, HAS_W, HAS_SMOOTH)
+                    tl.store(dx_base + c * sdc + s64 * sds, dx.to(dx_ptr.dtype.element_ty), mask=smask)
 
     if WANT_LOSS:
-        tl.store(loss_ptr + pid * 2, tl.sum(acc0, axis=0))
-        tl.store(loss_ptr + pid * 2 + 1, tl.sum(acc1, axis=0))
+        a0 = tl.sum(acc0, axis=0)
+        a1 = tl.sum(acc1, axis=0)
+        if FINISH:
+            _finish(loss_ptr, out_ptr, den_ptr, cnt_ptr, pid, tl.num_programs(0), a0, a1, tl.sum(accd, axis=0),
+                    tl.sum(accb, axis=0), scale0, scale1, NORM, FIN_BLOCK)
+        else:
+            tl.store(loss_ptr + pid * 2, a0)
+            tl.store(loss_ptr + pid * 2 + 1, a1)
 
 
 # --------------------------------------------------------------------------
@@ -422,17 +491,40 @@ def _pixel_sigmoid_kernel(
 # --------------------------------------------------------------------------
 
 def _blocks(C: int, block_s, block_c):
-    """-> (SINGLE_C, BLOCK_C, BLOCK_S)."""
+    """-> (SINGLE_C, BLOCK_C, BLOCK_S) of the sigmoid kernel's tiles."""
     return blocks(C, block_s, block_c, tile=TILE, max_single_c=MAX_SINGLE_C,
                   loop_block_c=LOOP_BLOCK_C)
 
 
-def default_chunks(N: int, C: int, S: int, sm_count: int = 132, waves: int = 4) -> int:
+def block_pixels(kind: int, C: int, block_s=None, block_c=None) -> int:
+    """Pixels per tile (BLOCK_S) of ``kind``'s kernel; ``block_s`` overrides."""
+    if int(kind) in SOFTMAX_KINDS:
+        return int(block_s) if block_s is not None else SOFTMAX_BLOCK_S
+    return _blocks(C, block_s, block_c)[2]
+
+
+def default_chunks(N: int, C: int, S: int, sm_count: int = 132, waves: int = 4, kind: int = CE) -> int:
     """P for a device of ``sm_count`` SMs: about ``waves`` programs per SM
     over the grid of N * P programs, each streaming a whole number of pixel
-    blocks (see ``chunks``). (Programs per SM to tune on GPU.)"""
-    _, _, block_s = _blocks(C, None, None)
-    return chunks(N, S, block_s, sm_count, waves)
+    blocks (see ``chunks``; one block is enough, so small images still give
+    several programs per SM)."""
+    return chunks(N, S, block_pixels(kind, C), sm_count, waves, min_blocks=1)
+
+
+_counters: dict = {}
+
+
+def finish_counter(device):
+    """The ticket counter of the in-kernel reduction on ``device``: int32 [1],
+    zero between launches (the last program of each launch resets it). One
+    per device: launches that finish in-kernel on one device run in stream
+    order (one stream at a time)."""
+    import torch
+    key = str(device)
+    cnt = _counters.get(key)
+    if cnt is None:
+        cnt = _counters[key] = torch.zeros(1, dtype=torch.int32, device=device)
+    return cnt
 
 
 def launch_pixel(x, t, t_is_label: bool, N: int, C: int, S: int, P: int, kind: int,
@@ -440,7 +532,8 @@ def launch_pixel(x, t, t_is_label: bool, N: int, C: int, S: int, P: int, kind: i
                  w, pw, beta,
                  gamma: float, alpha: float, smoothing: float, scale0: float, scale1: float,
                  loss, map, go, dx,
-                 *, block_s: int | None = None, block_c: int | None = None) -> None:
+                 *, block_s: int | None = None, block_c: int | None = None,
+                 out=None, norm: int = NORM_SUM, den=None, counter=None) -> None:
     """Pixel-loss sums / map / gradient; see the module doc.
 
     x: [N, C, S] logits (any strides, f32/f16/bf16); t: [N, S] labels if
@@ -449,6 +542,16 @@ def launch_pixel(x, t, t_is_label: bool, N: int, C: int, S: int, P: int, kind: i
     dx: tensors or None (see the module doc for layouts); every given output
     is fully written. ``block_s`` / ``block_c`` override the tile (tests,
     tuning).
+
+    Softmax kinds only: ``out`` (float32 0-d) asks for the reduced loss in
+    the same launch: ``loss`` is then a float32 workspace of N * P * 4
+    elements, out = (scale0 * sum l0 + scale1 * sum l1) / normalizer and
+    ``den`` (float32 0-d) = the normalizer, with ``norm`` NORM_SUM (1),
+    NORM_COUNT (valid pixels) or NORM_WEIGHT (summed w_y of the valid
+    pixels); both NaN if a non-ignored label is outside [label_offset,
+    label_offset + C). Without ``out``, ``den`` with a 0-d ``go`` scales dx
+    by go / den (the backward of that loss). ``counter``: the int32 ticket
+    counter of the reduction (zero; default ``finish_counter(x.device)``).
     """
     kind = int(kind)
     if kind not in SOFTMAX_KINDS + SIGMOID_KINDS:
@@ -456,19 +559,24 @@ def launch_pixel(x, t, t_is_label: bool, N: int, C: int, S: int, P: int, kind: i
     softmax = kind in SOFTMAX_KINDS
     if softmax and not t_is_label:
         raise ValueError("softmax pixel losses take class-index targets")
+    if (out is not None or den is not None) and not softmax:
+        raise ValueError("the in-kernel reduction and the scalar grad_output are for the softmax kinds")
     want_loss, want_map, want_dx = loss is not None, map is not None, dx is not None
     has_go = want_dx and go is not None
     if not (want_loss or want_map or want_dx):
         return
     if N * C * S == 0:  # nothing to stream; sums over nothing are 0
-        if want_loss:
+        if want_loss and out is None:
             loss.zero_()
+        if out is not None:
+            out.zero_()
+            den.fill_(1.0 if norm == NORM_SUM else 0.0)
         return
 
     t, (stn, stc, sts), has_ignore, ign_i, ign_f = target_args(t, t_is_label, has_ignore,
                                                                ignore_value)
 
-    single, BLOCK_C, BLOCK_S = _blocks(C, block_s, block_c)
+    BLOCK_S = block_pixels(kind, C, block_s, block_c)
     if want_loss:
         P = int(P)
         L = chunk_len(S, P, BLOCK_S)
@@ -484,11 +592,14 @@ def launch_pixel(x, t, t_is_label: bool, N: int, C: int, S: int, P: int, kind: i
     go_ = go if has_go else dummy
     dx_ = dx if want_dx else dummy
     sd = (dx.stride(0), dx.stride(1), dx.stride(2)) if want_dx else (0, 0, 0)
-    common = dict(WANT_LOSS=want_loss, WANT_MAP=want_map, HAS_GO=has_go, WANT_DX=want_dx,
-                  BLOCK_C=BLOCK_C, BLOCK_S=BLOCK_S, num_warps=NUM_WARPS)
+    common = dict(WANT_LOSS=want_loss, WANT_MAP=want_map, WANT_DX=want_dx, BLOCK_S=BLOCK_S)
     if softmax:
+        finish = out is not None
+        if finish and loss.numel() < N * P * 4:
+            raise ValueError(f"the reduction workspace needs {N * P * 4} elements, got {loss.numel()}")
         wrap(_pixel_softmax_kernel)[(N * P,)](
-            x, t, w_, go_, loss_, map_, dx_,
+            x, t, w_, go_, den if den is not None else dummy, loss_, out if finish else dummy,
+            (counter if counter is not None else finish_counter(x.device)) if finish else dummy, map_, dx_,
             C, S, P, L,
             x.stride(0), x.stride(1), x.stride(2),
             stn, sts,
@@ -497,7 +608,10 @@ def launch_pixel(x, t, t_is_label: bool, N: int, C: int, S: int, P: int, kind: i
             float(gamma), float(smoothing), float(scale0), float(scale1),
             KIND=kind, HAS_IGNORE=bool(has_ignore), HAS_W=w is not None,
             HAS_SMOOTH=kind != FOCAL_SOFTMAX and float(smoothing) != 0.0,
-            SINGLE_C=single, **common,
+            FINISH=finish, NORM=int(norm) if finish else NORM_SUM,
+            GO=(2 if den is not None and not finish else 1) if has_go else 0,
+            CONST_C=C if C <= MAX_UNROLL_C else 0, FIN_BLOCK=FIN_BLOCK,
+            num_warps=SOFTMAX_WARPS, **common,
         )
     else:
         wrap(_pixel_sigmoid_kernel)[(N * P,)](
@@ -512,5 +626,5 @@ def launch_pixel(x, t, t_is_label: bool, N: int, C: int, S: int, P: int, kind: i
             KIND=kind, T_IS_LABEL=bool(t_is_label), HAS_IGNORE=bool(has_ignore),
             HAS_W=w is not None, HAS_PW=kind == BCE and pw is not None,
             HAS_BETA=kind == BCE and beta is not None, HAS_ALPHA=float(alpha) >= 0.0,
-            **common,
+            HAS_GO=has_go, BLOCK_C=_blocks(C, block_s, block_c)[1], num_warps=NUM_WARPS, **common,
         )

@@ -43,7 +43,8 @@ struct Problem : Inputs {  // x, targets, N, C, S, label decoding: problem.h
   double gamma, alpha, smoothing, scale0, scale1;
   void* loss;        // A[N, P, 2]: chunk sums of l0, l1 over valid pixels/elements
   void* map;         // A[N, S] (softmax kinds) / [N, C, S]: scale0*l0 + scale1*l1
-  const void* go;    // A, map's layout: grad_output (ones)
+  const void* go;    // A, map's layout: grad_output (ones); one value if go_scalar
+  bool go_scalar;    // go is a single value (a reduced loss's grad_output, read on the device)
   void* dx;          // x's dtype, strides dxsN, dxsC, dxsS
   int64_t dxsN, dxsC, dxsS;
 };
@@ -89,6 +90,18 @@ SEGFAST_HD float log_t(float x) {
 #endif
 }
 SEGFAST_HD double log_t(double x) { return log(x); }
+
+// a / b for b in [1, C] (a sum of exponentials whose largest term is 1): on
+// the device in float one MUFU.RCP and a multiply (2 ulp), inline; IEEE
+// division there is a subroutine call whose saved registers spill.
+SEGFAST_HD float div_sum(float a, float b) {
+#if defined(__CUDA_ARCH__)
+  return __fdividef(a, b);
+#else
+  return a / b;
+#endif
+}
+SEGFAST_HD double div_sum(double a, double b) { return a / b; }
 
 // log(1 + e) for e in [0, 1]; on the host the u = 1 + e trick keeps full
 // relative accuracy for small e with the vectorisable log.
@@ -214,7 +227,7 @@ SEGFAST_HD void softmax_pixel(bool valid, T m, T sum, T so, T mfg, T sumfg, T e0
     const T logp = -nly;
     // p_y below exp's clamp (-87 in float) is 0, not the clamp's value: p_y·log p_y -> 0
     const T py = logp > T(-87) ? exp_t(logp) : T(0);
-    const T om = so / sum;  // 1 - p_y, without cancellation
+    const T om = div_sum(so, sum);  // 1 - p_y, without cancellation
     const T pg = pow_gamma(om, f);
     const T pg1 = dpow_gamma(om, f.gamma, pg);
     const T F = pg - pg1 * py * logp;
@@ -242,7 +255,7 @@ SEGFAST_HD void softmax_pixel(bool valid, T m, T sum, T so, T mfg, T sumfg, T e0
     c0 = a * inv;
     c1 = a * r * inv - (y0 ? T(0) : s1 / sumfg);
   } else {
-    c0 = a / sum;
+    c0 = div_sum(a, sum);
     c1 = c0;
   }
   *l0 = valid ? L0 : T(0);

@@ -99,10 +99,15 @@ SEGFAST_INLINE void load_labels(const Problem& pr, Workspace<T>& w, int64_t n, i
   }
 }
 
-// grad_output of `len` consecutive map entries starting at go_off (ones if absent).
+// grad_output of `len` consecutive map entries starting at go_off (ones if absent,
+// the one value if go_scalar).
 template <typename T>
 SEGFAST_INLINE void load_go(const Problem& pr, T* __restrict g, int64_t go_off, int64_t len) {
-  if (pr.go) {
+  if (pr.go && pr.go_scalar) {
+    const T v = *static_cast<const T*>(pr.go);
+#pragma omp simd
+    for (int64_t i = 0; i < len; ++i) g[i] = v;
+  } else if (pr.go) {
     const T* __restrict src = static_cast<const T*>(pr.go) + go_off;
 #pragma omp simd
     for (int64_t i = 0; i < len; ++i) g[i] = src[i];

@@ -92,7 +92,7 @@ __global__ void __launch_bounds__(kThreads) softmax_kernel(const Problem pr, con
         if (KIND == kFused) sumfg += ev;
         else sum += ev;
       }
-      const T g = pr.go ? static_cast<const T*>(pr.go)[n * pr.S + s] : T(1);
+      const T g = pr.go ? static_cast<const T*>(pr.go)[pr.go_scalar ? 0 : n * pr.S + s] : T(1);
       const T wy = wt ? wt[y < 0 ? 0 : y] : T(1);
       T l0, l1, k0, k1, kb, kw;
       softmax_pixel<KIND, T>(valid, m, sum, so, mfg, sumfg, e0, xy, x0, y == 0, wx, wy, W, invC,
@@ -170,7 +170,7 @@ __global__ void __launch_bounds__(kThreads) sigmoid_kernel(const Problem pr, con
         const int64_t moff = (n * C + c) * pr.S + s;
         if (pr.map) static_cast<T*>(pr.map)[moff] = sc0 * l;
         if (pr.dx) {
-          const T g = pr.go ? static_cast<const T*>(pr.go)[moff] : T(1);
+          const T g = pr.go ? static_cast<const T*>(pr.go)[pr.go_scalar ? 0 : moff] : T(1);
           store_as(pr.dx, pr.x_dtype, n * pr.dxsN + c * pr.dxsC + s * pr.dxsS,
                    ok ? g * sc0 * d : T(0));
         }

@@ -157,7 +157,10 @@ def _as_on_gpu(model: dict):
 
 def trace_call(fn: Callable, shape, model: dict, *, backward: bool = True) -> tuple:
     """Run ``fn(x, t)`` (+ backward) on ``shape`` with the kernels recorded,
-    not run; -> (Trace, ideal bytes)."""
+    not run; -> (Trace, ideal bytes). The steady state of a training step is
+    traced: a first call (kernels not run, nothing recorded) makes what the
+    ops keep per device, such as the ticket counter of an in-kernel
+    reduction."""
     import torch
     N, C, H, W = shape
     x = torch.empty(shape, dtype=torch.float32).requires_grad_(backward)
@@ -169,6 +172,14 @@ def trace_call(fn: Callable, shape, model: dict, *, backward: bool = True) -> tu
         la = triton_aot.exact(kfn, args, kwargs)
         trace.launches.append(KernelLaunch(kfn.__name__, _programs(grid), _tensor_bytes(args), la))
 
+    def skip(kfn, args, kwargs):
+        pass
+
+    with _as_on_gpu(model), triton_aot._hook(skip, run=False):
+        loss = fn(x, t)
+        if backward:
+            loss.backward()
+    x.grad = None
     with _as_on_gpu(model), triton_aot._hook(record, run=False), _dispatch_mode(trace):
         loss = fn(x, t)
         if backward:

@@ -95,11 +95,13 @@ def canonical(input: Tensor, target: Tensor, *, act: int, binary: bool = False,
     dims, (N, C), is read as one pixel per sample (targets (N, C), (N,) or
     (N, 1)). ``kernel_label_check``: the backends whose kernels check the
     labels' range themselves on the device (the caller then asserts on
-    their flag); there, with device checks (:func:`host_checks` false), the
+    their flag, or the loss turns NaN); there, with device checks (:func:`host_checks` false), the
     labels are not read here. ``label_offset`` (default:
     1 if ``binary`` else 0) says which label channel 0 stands for: input
     channel c is label c + label_offset, labels lie in [0, C + label_offset). Every error a user can
-    trigger is raised here, before a kernel runs.
+    trigger is raised here, before a kernel runs, except the labels' range on
+    the backends of ``kernel_label_check`` off the host checks: their kernels
+    check it on the device.
     """
     check_input(input, target)
     if input.dim() == 2:  # (N, C) scores: one pixel per sample

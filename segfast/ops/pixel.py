@@ -65,7 +65,8 @@ def _opt(t: Optional[Tensor], dtype) -> Optional[Tensor]:
 
 
 def _run(x, t, weight, pos_weight, beta, is_label, kind, label_offset, ignore_value, gamma, alpha,
-         smoothing, scale0, scale1, backend, *, want_loss=False, want_map=False, go=None, want_dx=False):
+         smoothing, scale0, scale1, backend, *, want_loss=False, want_map=False, go=None, go_scalar=False,
+         want_dx=False):
     """Launch the pixel kernel of ``backend``; -> (loss partials [N, P, 2] | None, map | None, dx | None)."""
     N, C, S = x.shape
     acc = acc_dtype(x) if backend != "triton" else torch.float32
@@ -97,7 +98,8 @@ def _run(x, t, weight, pos_weight, beta, is_label, kind, label_offset, ignore_va
             t.data_ptr(), backends.dtype_code(t), int(is_label), *ts,
             N, C, S, P, kind, label_offset, int(has_ignore), ign,
             ptr(w), ptr(pw), ptr(b), float(gamma), float(alpha), float(smoothing), float(scale0), float(scale1),
-            ptr(loss), ptr(lmap), ptr(go), ptr(dx), *(dx.stride() if dx is not None else (0, 0, 0)))
+            ptr(loss), ptr(lmap), ptr(go), ptr(dx), *(dx.stride() if dx is not None else (0, 0, 0)),
+            int(go_scalar))
     if backend == "cpu":
         backends._C.pixel_loss_cpu(*args, backends.cpu_threads(x.numel()))
     else:
@@ -124,9 +126,34 @@ def _normalizer_on_host(device: torch.device) -> bool:
     return device.type != "cuda"
 
 
+def _host_normalizer(x, target, is_label, kind, ignore_value, weight, norm) -> Optional[float]:
+    """The normalizer where the host knows it (see _onepass), else None."""
+    if norm == NORM_SUM:
+        return 1.0
+    if ignore_value is None and (norm == NORM_COUNT or weight is None):
+        return _count(x, target, is_label, kind)
+    if _normalizer_on_host(x.device):
+        return float(normalizer(x, target, is_label, kind, ignore_value, weight, norm))
+    return None
+
+
+_UNSET = object()
+
+
+def _inverse_normalizer(x, target, is_label, kind, ignore_value, weight, norm, d=_UNSET) -> float:
+    """The factor the kernel scales by: 1/normalizer where the host knows it
+    (0 for a mean over nothing), else 1/count (s carries the rest)."""
+    if d is _UNSET:
+        d = _host_normalizer(x, target, is_label, kind, ignore_value, weight, norm)
+    if d is None:
+        return 1.0 / max(_count(x, target, is_label, kind), 1.0)
+    return 1.0 / d if d > 0 else 0.0
+
+
 def _onepass(x, target, weight, pos_weight, beta, is_label, kind, label_offset, ignore_value, gamma, alpha,
-             smoothing, scale0, scale1, norm, backend):
-    """-> (loss, dx, s) with dLoss/dx = s·dx.
+             smoothing, scale0, scale1, norm, backend, want_dx=True):
+    """-> (loss, dx, s, inv) with dLoss/dx = s·dx (dx None without ``want_dx``)
+    and dx the gradient of inv·(scale0·Σl0 + scale1·Σl1).
 
     The normalizer is folded into the kernel's scales where the host knows
     it: from the shapes (a sum, or a mean without ignore_index and class
@@ -137,25 +164,18 @@ def _onepass(x, target, weight, pos_weight, beta, is_label, kind, label_offset, 
     backward's scaling by grad_output: no extra pass, no synchronisation."""
     acc = acc_dtype(x)
     count = _count(x, target, is_label, kind)
-    if norm == NORM_SUM:
-        d = 1.0
-    elif ignore_value is None and (norm == NORM_COUNT or weight is None):
-        d = count
-    elif _normalizer_on_host(x.device):
-        d = float(normalizer(x, target, is_label, kind, ignore_value, weight, norm))
-    else:
-        d = None
+    d = _host_normalizer(x, target, is_label, kind, ignore_value, weight, norm)
+    inv = _inverse_normalizer(x, target, is_label, kind, ignore_value, weight, norm, d)
     if d is not None:
-        inv = 1.0 / d if d > 0 else 0.0  # a mean over nothing is 0
         s = torch.ones((), dtype=acc, device=x.device)
     else:
-        inv = 1.0 / max(count, 1.0)
         den = normalizer(x, target, is_label, kind, ignore_value, weight, norm)
         s = torch.where(den > 0, count / torch.where(den > 0, den, 1), 0).to(acc)
     loss, _, dx = _run(x, target, weight, pos_weight, beta, is_label, kind, label_offset, ignore_value,
-                       gamma, alpha, smoothing, scale0 * inv, scale1 * inv, backend, want_loss=True, want_dx=True)
+                       gamma, alpha, smoothing, scale0 * inv, scale1 * inv, backend, want_loss=True,
+                       want_dx=want_dx)
     total = _total(loss, scale0 * inv, scale1 * inv).to(acc)
-    return (total if d is not None else total * s), dx, s
+    return (total if d is not None else total * s), dx, s, inv
 
 
 @torch.library.custom_op("segfast::pixel_loss", mutates_args=())
@@ -165,7 +185,19 @@ def pixel_loss_op(x: Tensor, target: Tensor, weight: Optional[Tensor], pos_weigh
                   scale0: float, scale1: float, norm: int, backend: str) -> tuple[Tensor, Tensor, Tensor]:
     """One pass: ((scale0·Σl0 + scale1·Σl1) / normalizer as a 0-d tensor, dx, s): dLoss/dx = s·dx."""
     return _onepass(x, target, weight, pos_weight, beta, is_label, kind, label_offset, ignore_value, gamma,
-                    alpha, smoothing, scale0, scale1, norm, backend)
+                    alpha, smoothing, scale0, scale1, norm, backend)[:3]
+
+
+@torch.library.custom_op("segfast::pixel_loss_recompute", mutates_args=())
+def pixel_loss_recompute_op(x: Tensor, target: Tensor, weight: Optional[Tensor], pos_weight: Optional[Tensor],
+                            beta: Optional[Tensor], is_label: bool, kind: int, label_offset: int,
+                            ignore_value: Optional[float], gamma: float, alpha: float, smoothing: float,
+                            scale0: float, scale1: float, norm: int, backend: str) -> tuple[Tensor, Tensor]:
+    """The loss of pixel_loss without its gradient: (loss, s), dLoss/dx = s·d(inv·Σ...)/dx,
+    which the backward recomputes with grad_output·s read on the device."""
+    loss, _, s, _ = _onepass(x, target, weight, pos_weight, beta, is_label, kind, label_offset, ignore_value,
+                             gamma, alpha, smoothing, scale0, scale1, norm, backend, want_dx=False)
+    return loss, s
 
 
 @torch.library.custom_op("segfast::pixel_loss_map", mutates_args=())
@@ -229,7 +261,7 @@ def _scale_saved_grad(ctx, g_loss, g_dx, g_s):
             if x is None or t is None:
                 raise RuntimeError("segfast: a second backward through a one-pass pixel loss recomputes the "
                                    "gradient from the logits and targets, which no longer exist")
-            _, dx, s = _onepass(x, t, *ctx.args)
+            _, dx, s, _ = _onepass(x, t, *ctx.args)
     else:
         dx, s = ctx.saved_tensors
     # Eager on CPU, reading grad_output is free: when it is 1 (loss.backward())
@@ -275,6 +307,47 @@ pixel_loss_op.register_autograd(_scale_saved_grad, setup_context=_setup_onepass)
 pixel_loss_map_op.register_autograd(_backward_map_ext, setup_context=_setup_map)
 
 
+@pixel_loss_recompute_op.register_fake
+def _(x, *rest):
+    return x.new_empty((), dtype=acc_dtype(x)), x.new_empty((), dtype=acc_dtype(x))
+
+
+@torch.library.custom_op("segfast::pixel_loss_recompute_grad", mutates_args=())
+def pixel_loss_recompute_grad_op(x: Tensor, target: Tensor, go: Tensor, weight: Optional[Tensor],
+                                 pos_weight: Optional[Tensor], beta: Optional[Tensor], is_label: bool, kind: int,
+                                 label_offset: int, ignore_value: Optional[float], gamma: float, alpha: float,
+                                 smoothing: float, scale0: float, scale1: float, norm: int, backend: str) -> Tensor:
+    """dx = go·d(inv·(scale0·Σl0 + scale1·Σl1))/dx for a 0-d ``go`` (grad_output
+    times s) the kernel reads on the device: one read of the logits, one write of dx."""
+    inv = _inverse_normalizer(x, target, is_label, kind, ignore_value, weight, norm)
+    return _run(x, target, weight, pos_weight, beta, is_label, kind, label_offset, ignore_value, gamma, alpha,
+                smoothing, scale0 * inv, scale1 * inv, backend, go=go, go_scalar=True, want_dx=True)[2]
+
+
+@pixel_loss_recompute_grad_op.register_fake
+def _(x, *rest):
+    return torch.empty_like(x)
+
+
+def _setup_recompute(ctx, inputs, output):
+    ctx.mark_non_differentiable(output[1])
+    ctx.set_materialize_grads(False)
+    x, target, w, pw, b, *args = inputs
+    ctx.save_for_backward(x, target, w, pw, b, output[1])
+    ctx.args = tuple(args)
+
+
+def _backward_recompute(ctx, g_loss, g_s):
+    if g_loss is None:
+        return (None,) * 16
+    x, target, w, pw, b, s = ctx.saved_tensors
+    dx = pixel_loss_recompute_grad_op(x, target, (g_loss * s).to(s.dtype), w, pw, b, *ctx.args)
+    return differentiable_once((dx,) + (None,) * 15, "pixel-loss")
+
+
+pixel_loss_recompute_op.register_autograd(_backward_recompute, setup_context=_setup_recompute)
+
+
 # ---------------------------------------------------------------- Triton ops
 
 @backends.triton_ops
@@ -282,6 +355,7 @@ def _register_triton_ops():
     """The Triton ops, registered when the triton backend is first asked for
     (backends.triton_ops); backends.choose() refuses that backend where Triton is missing."""
     global pixel_loss_triton_op, pixel_loss_map_triton_op, pixel_loss_grad_triton_op
+    global pixel_softmax_loss_triton_op, pixel_softmax_grad_triton_op
 
     @triton_op("segfast::pixel_loss_triton", mutates_args=())
     def pixel_loss_triton_op(x: Tensor, target: Tensor, weight: Optional[Tensor], pos_weight: Optional[Tensor],
@@ -289,7 +363,7 @@ def _register_triton_ops():
                              ignore_value: Optional[float], gamma: float, alpha: float, smoothing: float,
                              scale0: float, scale1: float, norm: int) -> tuple[Tensor, Tensor, Tensor]:
         return _onepass(x, target, weight, pos_weight, beta, is_label, kind, label_offset, ignore_value, gamma,
-                        alpha, smoothing, scale0, scale1, norm, "triton")
+                        alpha, smoothing, scale0, scale1, norm, "triton")[:3]
 
     @triton_op("segfast::pixel_loss_map_triton", mutates_args=())
     def pixel_loss_map_triton_op(x: Tensor, target: Tensor, weight: Optional[Tensor],
@@ -315,8 +389,79 @@ def _register_triton_ops():
     pixel_loss_triton_op.register_autograd(_scale_saved_grad, setup_context=_setup_onepass)
     pixel_loss_map_triton_op.register_autograd(_backward_map_triton, setup_context=_setup_map)
 
+    @triton_op("segfast::pixel_softmax_loss_triton", mutates_args=())
+    def pixel_softmax_loss_triton_op(x: Tensor, target: Tensor, weight: Optional[Tensor], counter: Tensor,
+                                     kind: int, label_offset: int, ignore_value: Optional[float], gamma: float,
+                                     smoothing: float, scale0: float, scale1: float,
+                                     norm: int) -> tuple[Tensor, Tensor]:
+        """A reduced softmax-kind loss in one launch: (loss, normalizer), both
+        float32 0-d; the kernel checks the labels (NaN for one out of range),
+        sums its partials in-kernel and divides by the normalizer it counted.
+        ``counter``: the kernel's ticket counter (zero before and after)."""
+        from ..triton_kernels import pixel as tk
+
+        N, C, S = x.shape
+        P = triton_chunks(tk, N, C, S, x.device)
+        ws = torch.empty(N * P * 4, dtype=torch.float32, device=x.device)
+        loss = torch.empty((), dtype=torch.float32, device=x.device)
+        den = torch.empty((), dtype=torch.float32, device=x.device)
+        t, _ = target_args(target, True)
+        tk.launch_pixel(x, t, True, N, C, S, P, kind, label_offset, ignore_value is not None,
+                        float(ignore_value) if ignore_value is not None else 0.0, _opt(weight, torch.float32),
+                        None, None, gamma, 0.25, smoothing, scale0, scale1, ws, None, None, None,
+                        out=loss, den=den, norm=norm, counter=counter)
+        return loss, den
+
+    @triton_op("segfast::pixel_softmax_grad_triton", mutates_args=())
+    def pixel_softmax_grad_triton_op(x: Tensor, target: Tensor, weight: Optional[Tensor], go: Tensor, den: Tensor,
+                                     kind: int, label_offset: int, ignore_value: Optional[float], gamma: float,
+                                     smoothing: float, scale0: float, scale1: float) -> Tensor:
+        """dx of pixel_softmax_loss_triton for the 0-d grad_output ``go``, read
+        on the device with its normalizer ``den``: one read of the logits and
+        labels, one write of dx."""
+        from ..triton_kernels import pixel as tk
+
+        N, C, S = x.shape
+        dx = backends.empty_output(x.shape, x.dtype, x.device, like=x)
+        t, _ = target_args(target, True)
+        tk.launch_pixel(x, t, True, N, C, S, 1, kind, label_offset, ignore_value is not None,
+                        float(ignore_value) if ignore_value is not None else 0.0, _opt(weight, torch.float32),
+                        None, None, gamma, 0.25, smoothing, scale0, scale1, None, None,
+                        go.to(torch.float32), dx, den=den)
+        return dx
+
+    def _setup_softmax_triton(ctx, inputs, output):
+        x, target, weight, _counter, *args = inputs
+        ctx.mark_non_differentiable(output[1])
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(x, target, weight, output[1])
+        ctx.args = tuple(args[:-1])  # kind .. scale1 (not norm)
+
+    def _backward_softmax_triton(ctx, g_loss, g_den):
+        if g_loss is None:
+            return (None,) * 12
+        x, target, weight, den = ctx.saved_tensors
+        dx = pixel_softmax_grad_triton_op(x, target, weight, g_loss, den, *ctx.args)
+        return differentiable_once((dx,) + (None,) * 11, "pixel-loss")
+
+    pixel_softmax_loss_triton_op.register_autograd(_backward_softmax_triton, setup_context=_setup_softmax_triton)
+
+    @pixel_softmax_grad_triton_op.register_fake
+    def _(x, *rest):
+        return torch.empty_like(x)
+
 
 # ---------------------------------------------------------------- dispatch
+
+
+def _finish_counter(device: torch.device) -> Tensor:
+    """The ticket counter of the Triton in-kernel reduction: the device's
+    persistent one (zero between launches, no memset per call); a fresh zero
+    under torch.compile, whose graphs must not capture a lazily made global."""
+    if torch.compiler.is_compiling():
+        return torch.zeros(1, dtype=torch.int32, device=device)
+    from ..triton_kernels import pixel as tk
+    return tk.finish_counter(device)
 
 
 def pixel_loss(x: Tensor, t: Tensor, is_label: bool, kind: int, *, label_offset: int = 0,
@@ -348,8 +493,16 @@ def pixel_loss(x: Tensor, t: Tensor, is_label: bool, kind: int, *, label_offset:
     args = (x, t, weight, pos_weight, beta, is_label, kind, label_offset, ignore_value, float(gamma),
             float(alpha), float(smoothing), float(scale0), float(scale1))
     if backend == "triton":
+        if reduce and kind in SOFTMAX_KINDS:
+            return pixel_softmax_loss_triton_op(x, t, weight, _finish_counter(x.device), kind, label_offset,
+                                                ignore_value, float(gamma), float(smoothing), float(scale0),
+                                                float(scale1), norm)[0]
         return pixel_loss_triton_op(*args, norm)[0] if reduce else pixel_loss_map_triton_op(*args)
-    return pixel_loss_op(*args, norm, backend)[0] if reduce else pixel_loss_map_op(*args, backend)
+    if not reduce:
+        return pixel_loss_map_op(*args, backend)
+    if backend == "cuda":  # the backward recomputes dx with grad_output read on the device
+        return pixel_loss_recompute_op(*args, norm, backend)[0]
+    return pixel_loss_op(*args, norm, backend)[0]
 
 
 def __getattr__(name):  # the *_triton_op names, registered on first use
