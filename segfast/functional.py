@@ -40,6 +40,17 @@ smooth_nr, smooth_dr
     Added to numerator and denominator (MONAI's defaults, 1e-5).
 log_loss
     Return -log(score) (score clamped to >= 1e-7) instead of 1 - score.
+confusion
+    A ``segfast.metrics.ConfusionMatrix`` (or an int64 [C, C] tensor on the
+    input's device) that the loss's statistics pass adds the confusion counts
+    of the prediction to: row = target class, column = argmax over the
+    classes of ``input`` (the first maximum; a NaN counts as the maximum, as
+    ``torch.argmax``), over the pixels whose label is not ``ignore_index``.
+    The logits are read once for the loss and the counts (on the ``triton``
+    and ``cuda`` backends an argmax on the device for now); a training loop
+    logs mIoU with ``cm.compute()``. Needs ``mode="multiclass"`` and
+    class-index targets; a ConfusionMatrix must have the loss's
+    ``ignore_index``. Not differentiable, no effect on the loss.
 reduction
     ``"mean"`` | ``"sum"`` | ``"none"`` (the [N, C] or, with ``batch``, [C]
     per-plane losses; MONAI's DiceLoss instead returns [N, C, 1, ...]:
@@ -79,21 +90,24 @@ __all__ = ["dice_loss", "jaccard_loss", "tversky_loss", "generalized_dice_loss",
 
 
 def region_stats(input: Tensor, target: Tensor, *, mode: str = "multiclass", from_logits: bool = True,
-                 ignore_index=None, backend: Optional[str] = None) -> Tensor:
+                 ignore_index=None, backend: Optional[str] = None, confusion=None) -> Tensor:
     """The per-(image, class) sums [N, C, 7] every region loss is built from.
 
     Order: I = Σv·p·t, P = Σv·p, T = Σv·t, V = Σv, PP = Σv·p², TT = Σv·t²,
     M = Σv·min(p, t); p the activation of ``input``, t the target, v the valid
-    mask. Differentiable; build a custom region loss on it.
+    mask. Differentiable; build a custom region loss on it. ``confusion``:
+    see the module docstring.
     """
-    return _region.plane_stats(*_region.prepare(input, target, mode, from_logits, ignore_index, backend))
+    conf = None if confusion is None else _region.confusion_target(confusion, input, target, mode, ignore_index)
+    return _region.plane_stats(*_region.prepare(input, target, mode, from_logits, ignore_index, backend),
+                               confusion=conf)
 
 
 def _pooled_stats(input, target, mode, from_logits, ignore_index, batch, sync_stats,
-                  process_group, backend, stats=None):
+                  process_group, backend, stats=None, confusion=None):
     if stats is None:
         stats = region_stats(input, target, mode=mode, from_logits=from_logits,
-                             ignore_index=ignore_index, backend=backend)
+                             ignore_index=ignore_index, backend=backend, confusion=confusion)
     if batch:
         stats = stats.sum(0)
     if sync_stats:
@@ -130,7 +144,7 @@ def dice_loss(input: Tensor, target: Tensor, *, mode: str = "multiclass", from_l
               ignore_index=None, weight=None, include_background: bool = True, batch: bool = False,
               smooth_nr: float = 1e-5, smooth_dr: float = 1e-5, log_loss: bool = False,
               reduction: str = "mean", sync_stats: bool = False, process_group=None,
-              backend: Optional[str] = None, _stats: Optional[Tensor] = None) -> Tensor:
+              backend: Optional[str] = None, confusion=None, _stats: Optional[Tensor] = None) -> Tensor:
     """Soft Dice loss: 1 - (2I + smooth_nr) / (P + T + smooth_dr) per plane.
 
     MONAI's DiceLoss formula and defaults (softmax=True, to_onehot_y=True for
@@ -145,7 +159,7 @@ def dice_loss(input: Tensor, target: Tensor, *, mode: str = "multiclass", from_l
     """
     _check_common(reduction, smooth_nr, smooth_dr)
     s = _pooled_stats(input, target, mode, from_logits, ignore_index, batch, sync_stats, process_group, backend,
-                      _stats)
+                      _stats, confusion)
     # 2·tp + fp + fn = P + T; few small ops: at common sizes the formula's
     # autograd overhead is a visible part of the whole loss
     num, den = 2 * s[..., 0] + smooth_nr, s[..., 1] + s[..., 2] + smooth_dr
@@ -158,7 +172,7 @@ def jaccard_loss(input: Tensor, target: Tensor, *, mode: str = "multiclass", fro
                  ignore_index=None, weight=None, include_background: bool = True, batch: bool = False,
                  smooth_nr: float = 1e-5, smooth_dr: float = 1e-5, log_loss: bool = False,
                  reduction: str = "mean", sync_stats: bool = False, process_group=None,
-                 backend: Optional[str] = None) -> Tensor:
+                 backend: Optional[str] = None, confusion=None) -> Tensor:
     """Soft IoU (Jaccard) loss: 1 - (I + smooth_nr) / (P + T - I + smooth_dr).
 
     The IoU loss of Rahman & Wang and van Beers et al. Note MONAI's
@@ -166,7 +180,8 @@ def jaccard_loss(input: Tensor, target: Tensor, *, mode: str = "multiclass", fro
     which differs in how smoothing enters (compat.monai reproduces it).
     """
     _check_common(reduction, smooth_nr, smooth_dr)
-    s = _pooled_stats(input, target, mode, from_logits, ignore_index, batch, sync_stats, process_group, backend)
+    s = _pooled_stats(input, target, mode, from_logits, ignore_index, batch, sync_stats, process_group, backend,
+                      confusion=confusion)
     tp, fp, fn = _region.tp_fp_fn(s)
     score = _region.safe_ratio(tp + smooth_nr, tp + fp + fn + smooth_dr)
     return _finish(score, input, log_loss=log_loss, include_background=include_background,
@@ -178,7 +193,7 @@ def tversky_loss(input: Tensor, target: Tensor, *, mode: str = "multiclass", fro
                  smooth_nr: float = 1e-5, smooth_dr: float = 1e-5, log_loss: bool = False,
                  alpha: float = 0.5, beta: float = 0.5, gamma: float = 1.0,
                  reduction: str = "mean", sync_stats: bool = False, process_group=None,
-                 backend: Optional[str] = None) -> Tensor:
+                 backend: Optional[str] = None, confusion=None) -> Tensor:
     """Tversky loss: 1 - (I + nr) / (I + alpha·FP + beta·FN + dr), FP = P - I, FN = T - I.
 
     ``gamma`` != 1 gives the focal Tversky loss (1 - TI)^gamma, applied per
@@ -189,7 +204,8 @@ def tversky_loss(input: Tensor, target: Tensor, *, mode: str = "multiclass", fro
     _check_common(reduction, smooth_nr, smooth_dr)
     if alpha < 0 or beta < 0 or gamma <= 0:
         raise ValueError("alpha and beta must be >= 0 and gamma > 0")
-    s = _pooled_stats(input, target, mode, from_logits, ignore_index, batch, sync_stats, process_group, backend)
+    s = _pooled_stats(input, target, mode, from_logits, ignore_index, batch, sync_stats, process_group, backend,
+                      confusion=confusion)
     tp, fp, fn = _region.tp_fp_fn(s)
     score = _region.safe_ratio(tp + smooth_nr, tp + alpha * fp + beta * fn + smooth_dr)
     return _finish(score, input, log_loss=log_loss, include_background=include_background,
@@ -221,7 +237,7 @@ def generalized_dice_loss(input: Tensor, target: Tensor, *, mode: str = "multicl
                           include_background: bool = True, batch: bool = False,
                           smooth_nr: float = 1e-5, smooth_dr: float = 1e-5, log_loss: bool = False,
                           w_type: str = "square", reduction: str = "mean", sync_stats: bool = False,
-                          process_group=None, backend: Optional[str] = None) -> Tensor:
+                          process_group=None, backend: Optional[str] = None, confusion=None) -> Tensor:
     """Generalized Dice loss (Sudre et al.): 1 - (2 Σ_c w_c I_c + nr) / (Σ_c w_c (P_c + T_c) + dr).
 
     One score per image (per batch with ``batch=True``); ``reduction="none"``
@@ -229,7 +245,8 @@ def generalized_dice_loss(input: Tensor, target: Tensor, *, mode: str = "multicl
     as MONAI's GeneralizedDiceLoss; ``weight`` (optional) multiplies them.
     """
     _check_common(reduction, smooth_nr, smooth_dr)
-    s = _pooled_stats(input, target, mode, from_logits, ignore_index, batch, sync_stats, process_group, backend)
+    s = _pooled_stats(input, target, mode, from_logits, ignore_index, batch, sync_stats, process_group, backend,
+                      confusion=confusion)
     C = input.shape[1]
     if not include_background:
         if C < 2:
@@ -435,8 +452,13 @@ def _two_pass(input, target, ignore_index, backend, dice_kwargs, xent: int, gamm
     if not (dice_kwargs.get("from_logits", True) and isinstance(target, Tensor) and isinstance(input, Tensor)
             and not (target.dtype.is_floating_point or target.dtype == torch.bool)):
         return None
+    dice_kwargs = dict(dice_kwargs)
+    conf = dice_kwargs.pop("confusion", None)
+    if conf is not None:
+        conf = _region.confusion_target(conf, input, target, "multiclass", ignore_index)
     x, t, is_label, _, off, ign, be = _region.prepare(input, target, "multiclass", True, ignore_index, backend)
-    stats = _region.plane_stats(x, t, is_label, _region.ACT["softmax"], off, ign, be, xent=xent, gamma=gamma)
+    stats = _region.plane_stats(x, t, is_label, _region.ACT["softmax"], off, ign, be, xent=xent, gamma=gamma,
+                                confusion=conf)
     d = dice_loss(input, target, mode="multiclass", ignore_index=ignore_index, backend=backend,
                   _stats=stats[..., :_region.K], **dice_kwargs)
     return d, stats.sum(0)

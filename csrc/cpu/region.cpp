@@ -45,6 +45,54 @@ int resolve_threads(int64_t num_threads) {
   return int(num_threads);
 }
 
+// ---- confusion counts of the argmax (optional, class-index targets) ---------------
+//
+// out[y * C + argmax_c x] += 1 for each pixel whose label y is valid (not ignored,
+// in [0, C)); the first maximum wins and a NaN counts as the maximum, as in
+// torch.argmax. Counted per thread in nh interleaved copies of the C x C table
+// (consecutive pixels of one class hit one bin: the copies break the chain of
+// increments through memory), added to out with atomics when the thread ends;
+// for C > kConfLocalMaxC, atomics straight into out.
+constexpr int64_t kConfLocalMaxC = 1024;
+
+class ConfCounts {
+ public:
+  ConfCounts(int64_t* out, int64_t C) : out_(out), C_(C) {
+    if (out && C <= kConfLocalMaxC) {
+      nh_ = C * C <= 4096 ? 4 : 1;
+      h_.assign(nh_ * C * C, 0);
+    }
+  }
+  explicit operator bool() const { return out_ != nullptr; }
+  // Pixels [0, len): label lb[l] (-1: not counted), argmax idx[l].
+  SEGFAST_INLINE void add(const int32_t* __restrict lb, const int32_t* __restrict idx, int64_t len) {
+    const int64_t C = C_;
+    if (h_.empty()) {
+      for (int64_t l = 0; l < len; ++l)
+        if (lb[l] >= 0) __atomic_fetch_add(out_ + int64_t(lb[l]) * C + idx[l], 1, __ATOMIC_RELAXED);
+      return;
+    }
+    int64_t* __restrict h = h_.data();
+    const int64_t CC = C * C, mask = nh_ - 1;
+    for (int64_t l = 0; l < len; ++l)
+      if (lb[l] >= 0) ++h[(l & mask) * CC + int64_t(lb[l]) * C + idx[l]];
+  }
+  void flush() {
+    const int64_t CC = C_ * C_;
+    for (int64_t b = 0; b < int64_t(h_.size()) && b < CC; ++b) {
+      int64_t v = 0;
+      for (int64_t k = 0; k < nh_; ++k) v += h_[k * CC + b];
+      if (v) __atomic_fetch_add(out_ + b, v, __ATOMIC_RELAXED);
+    }
+    std::fill(h_.begin(), h_.end(), 0);
+  }
+
+ private:
+  int64_t* out_;
+  int64_t C_, nh_ = 1;
+  std::vector<int64_t> h_;
+};
+
 template <typename T>
 struct Workspace {
   int64_t C = 0, tile = 0;
@@ -58,9 +106,13 @@ struct Workspace {
   std::vector<T> xr;    // xent: one reloaded row of x (stats) / per pixel u (grad)
   std::vector<T> hb;    // xent: per pixel h (stats) / B (grad)
   std::vector<double> acc;  // stats: [C][KX] chunk totals
-  Workspace(int64_t C_, int64_t tile_, bool dense, bool grad)
+  ConfCounts conf;          // stats: the optional confusion counts
+  std::vector<T> cbest, crow;     // conf: [tile] running max, one row of x
+  std::vector<int32_t> cidx;      // conf: [tile] its class
+  Workspace(int64_t C_, int64_t tile_, bool dense, bool grad, int64_t* conf_out = nullptr)
       : C(C_), tile(tile_), xb(C_ * tile_), m(tile_), r(tile_), vb(tile_), lb(tile_), xr(tile_),
-        hb(tile_) {
+        hb(tile_), conf(conf_out, C_) {
+    if (conf) { cbest.resize(tile_); crow.resize(tile_); cidx.resize(tile_); }
     if (dense) { tb.resize(C_ * tile_); vbd.resize(C_ * tile_); }
     if (grad) ab.resize(C_ * tile_);
     else { acc.resize(C_ * KX); ab.resize(tile_); }  // stats: ab is scratch
@@ -437,10 +489,12 @@ struct FastWork {
   // pass without a pixel term for grad_probs_cpu
   float* p_out = nullptr;
   int64_t p_sN = 0, p_sC = 0;
-  FastWork(int64_t C_, int64_t tile_, bool grad)
+  ConfCounts conf;  // stats: the optional confusion counts (conf_block)
+  FastWork(int64_t C_, int64_t tile_, bool grad, int64_t* conf_out = nullptr)
       : C(C_), tile(tile_), xb(C_ * tile_),
         eb(grad ? std::max<int64_t>(3, kGroup) * C_ * VL : C_ * tile_), rv(tile_), vb(tile_),
-        lb(tile_), tail(C_ * VL), lse(tile_), mx(tile_), gt(grad ? 6 * C_ + 2 : 0), acc(grad ? 0 : C_ * KX) {}
+        lb(tile_), tail(C_ * VL), lse(tile_), mx(tile_), gt(grad ? 6 * C_ + 2 : 0), acc(grad ? 0 : C_ * KX),
+        conf(conf_out, C_) {}
 };
 
 // Labels of pixels [s0, s0 + len) of image n -> lb, vb, padded with (-1, 0) to pad_len(len).
@@ -519,6 +573,27 @@ SEGFAST_INLINE float lse_fg_lane(const XSrc& xs, const FastWork& w, int64_t C, i
 // Below this sum of foreground exps (relative to the pixel's max) the fused
 // term recomputes the pixel with lse_fg_lane.
 constexpr float kFgTiny = 1e-30f;
+
+// The confusion counts of one tile's blocks (fast path), after its softmax: the
+// argmax of x where fast_xsrc put it (still in L2), one block of VL pixels at a
+// time; outside the softmax loop, which stays as it is without the counts.
+SEGFAST_INLINE void conf_blocks(const XSrc& xs, FastWork& w, int64_t C, int64_t lenp) {
+  int32_t ia[VL];
+  for (int64_t i = 0; i < lenp; i += VL) {
+    const float* x = xblock(xs, w, 0, i);
+    const int64_t xp = i < xs.full ? xs.pitch : VL;
+    vf best = vload(x);
+    vi idx = vi{};
+    for (int64_t c = 1; c < C; ++c) {
+      const vf v = vload(x + c * xp);
+      const vi up = (v > best) | ((v != v) & (best == best));
+      best = up ? v : best;
+      idx = up ? vi{} + int32_t(c) : idx;
+    }
+    std::memcpy(ia, &idx, sizeof(ia));
+    w.conf.add(w.lb.data() + i, ia, VL);
+  }
+}
 
 template <bool kV4, int XK>
 SEGFAST_INLINE void fast_stats_item(const Problem& pr, FastWork& w, int64_t n, int64_t P,
@@ -603,6 +678,7 @@ SEGFAST_INLINE void fast_stats_item(const Problem& pr, FastWork& w, int64_t n, i
       }
     }
     V += double(vhsum(vsum));
+    if (w.conf) conf_blocks(xs, w, C, lenp);
     const int32_t* __restrict lb = w.lb.data();
     for (int64_t c = 0; c < C; ++c) {
       const float* __restrict ec = eb + c * tile;
@@ -1220,6 +1296,15 @@ SEGFAST_INLINE void xent_grad_prep(const Problem& pr, Workspace<T>& w, int64_t n
   }
 }
 
+// The confusion counts of one tile (general path): the argmax of x, read again
+// row by row (w.xb holds the probabilities, whose ties are not the logits').
+template <typename T>
+SEGFAST_INLINE void conf_tile(const Problem& pr, Workspace<T>& w, int64_t n, int64_t s0, int64_t len) {
+  cpu::argmax_rows(pr.x, pr.x_dtype, n * pr.xsN + s0 * pr.xsS, pr.xsC, pr.xsS, pr.C, len,
+                   w.cbest.data(), w.cidx.data(), w.crow.data());
+  w.conf.add(w.lb.data(), w.cidx.data(), len);
+}
+
 template <typename T, typename A>
 SEGFAST_INLINE void stats_item_impl(const Problem& pr, Workspace<T>& w, int64_t n, int64_t P,
                                     int64_t j, A* __restrict out) {
@@ -1232,6 +1317,7 @@ SEGFAST_INLINE void stats_item_impl(const Problem& pr, Workspace<T>& w, int64_t 
     const int64_t len = std::min(tile, e - s0);
     load_probs(pr, w, n, s0, len);
     load_targets(pr, w, n, s0, len);
+    if (w.conf) conf_tile(pr, w, n, s0, len);
     for (int64_t c = 0; c < C; ++c) {
       const T* __restrict p = w.xb.data() + c * tile;
       const int64_t lenp = pad_len(len);  // padded pixels have v = 0, t = 0
@@ -1397,15 +1483,16 @@ void grad_item_f64(const Problem& pr, Workspace<double>& w, int64_t n, int64_t s
 }
 
 template <typename T, typename A, typename F>
-void run_stats(const Problem& pr, int64_t P, A* out, int nt, F item) {
+void run_stats(const Problem& pr, int64_t P, A* out, int nt, F item, int64_t* conf) {
   const int64_t items = pr.N * P;
   const int64_t tile = tile_for(pr.C);
   nt = int(std::max<int64_t>(1, std::min<int64_t>(nt, items)));
 #pragma omp parallel num_threads(nt)
   {
-    Workspace<T> w(pr.C, tile, !pr.t_is_label, false);
+    Workspace<T> w(pr.C, tile, !pr.t_is_label, false, conf);
 #pragma omp for schedule(static)
     for (int64_t it = 0; it < items; ++it) item(pr, w, it / P, P, it % P, out);
+    if (w.conf) w.conf.flush();
   }
 }
 
@@ -1429,11 +1516,11 @@ void run_grad(const Problem& pr, const G* g, void* dx, int64_t dxsN, int64_t dxs
 
 // Entry points (declared in csrc/bindings.cpp).
 void region_stats_cpu(const Problem& pr, int64_t P, void* out, int64_t num_threads, float* mr,
-                      float* p_out, int64_t p_sN, int64_t p_sC) {
+                      float* p_out, int64_t p_sN, int64_t p_sC, int64_t* conf) {
   if (pr.N <= 0 || P <= 0 || pr.C <= 0) return;
   const int nt = resolve_threads(num_threads);
   if (pr.x_dtype == kFloat64) {
-    run_stats<double>(pr, P, static_cast<double*>(out), nt, stats_item_f64);
+    run_stats<double>(pr, P, static_cast<double*>(out), nt, stats_item_f64, conf);
     return;
   }
 #if defined(SEGFAST_VEC)
@@ -1444,19 +1531,20 @@ void region_stats_cpu(const Problem& pr, int64_t P, void* out, int64_t num_threa
     const auto item = SEGFAST_FAST_STATS;
 #pragma omp parallel num_threads(ntt)
     {
-      FastWork w(pr.C, tile, false);
+      FastWork w(pr.C, tile, false, conf);
       w.mr_out = mr;
       w.p_out = p_out;
       w.p_sN = p_sN;
       w.p_sC = p_sC;
 #pragma omp for schedule(static)
       for (int64_t it = 0; it < items; ++it) item(pr, w, it / P, P, it % P, o);
+      if (w.conf) w.conf.flush();
     }
     return;
   }
 #endif
   {
-    run_stats<float>(pr, P, static_cast<float*>(out), nt, stats_item_f32);
+    run_stats<float>(pr, P, static_cast<float*>(out), nt, stats_item_f32, conf);
   }
 }
 
