@@ -74,4 +74,3 @@ def test_overhead():
     base = med["dice"]
     rows = {k: dict(median_ms=round(m, 3), overhead_vs_dice=round(m / base - 1, 4)) for k, m in med.items()}
     print(json.dumps(dict(device=str(DEVICE), shape=[N, C, H, W], rows=rows), indent=1))
-    assert med["dice+confusion="] < med["dice+ConfusionMatrix.update"]

@@ -367,15 +367,41 @@ SEGFAST_INLINE vf max_stash(const float* __restrict x, int64_t xp, int64_t C, fl
   return m1 > m ? m1 : m;
 }
 
+// The argmax over the classes of one block of x stashed in e (e[c * ep + l],
+// still in L1): the first maximum wins, a NaN counts as the maximum
+// (torch.argmax). For the confusion counts (ConfCounts).
+// NaN tests on the bits (integer compares): GCC scalarises the unordered float
+// compares of generic vectors.
+SEGFAST_INLINE vi visnan(vf v) {
+  vi b;
+  std::memcpy(&b, &v, sizeof(b));
+  return (b & 0x7fffffff) > 0x7f800000;
+}
+
+SEGFAST_INLINE vi argmax_stash(const float* __restrict e, int64_t ep, int64_t C) {
+  vf best = vload(e);
+  vi idx = vi{}, bnan = visnan(best);
+  for (int64_t c = 1; c < C; ++c) {
+    const vf v = vload(e + c * ep);
+    const vi vnan = visnan(v);
+    const vi up = (v > best) | (vnan & ~bnan);
+    best = up ? v : best;
+    bnan |= vnan & up;
+    idx = up ? vi{} + int32_t(c) : idx;
+  }
+  return idx;
+}
+
 // Softmax numerators of one block: e[c * ep + l] = exp(x[c * xp + l] - max_c x);
-// returns the per-pixel sums (and the max in *mout when asked). Prefetches
-// into the cache level kLocality (max_stash).
+// returns the per-pixel sums (and the max in *mout, the argmax in *am when
+// asked). Prefetches into the cache level kLocality (max_stash).
 template <bool kV4, int kLocality = 3>
 SEGFAST_INLINE vf softmax_block(const float* __restrict x, int64_t xp, int64_t C,
                                 float* __restrict e, int64_t ep, int64_t pf,
-                                vf* mout = nullptr) {
+                                vf* mout = nullptr, vi* am = nullptr) {
   const vf m = max_stash<kLocality>(x, xp, C, e, ep, pf);
   if (mout) *mout = m;
+  if (am) *am = argmax_stash(e, ep, C);
   vf s = vf{};
   for (int64_t c = 0; c < C; ++c) {
     const vf ec = vexp_sm<kV4>(vload(e + c * ep) - m);
@@ -395,10 +421,12 @@ SEGFAST_INLINE vf softmax_block(const float* __restrict x, int64_t xp, int64_t C
 // L2: kGroup x C lines ahead would evict each other from L1.
 constexpr int64_t kGroup = 4;
 
-// softmax_block for kGroup blocks: s[k], m[k] of block k; x stashed in e first.
+// softmax_block for kGroup blocks: s[k], m[k] (and am[k] when asked) of block k;
+// x stashed in e first.
 template <bool kV4>
 SEGFAST_INLINE void softmax_group(const float* __restrict x, int64_t xp, int64_t C,
-                                  float* __restrict e, int64_t ep, int64_t pf, vf* s, vf* m) {
+                                  float* __restrict e, int64_t ep, int64_t pf, vf* s, vf* m,
+                                  vi* am = nullptr) {
   constexpr int G = kGroup;
   for (int k = 0; k < G; ++k) {
     m[k] = vload(x + k * VL);
@@ -413,6 +441,8 @@ SEGFAST_INLINE void softmax_group(const float* __restrict x, int64_t xp, int64_t
       m[k] = xv > m[k] ? xv : m[k];
     }
   }
+  if (am)
+    for (int k = 0; k < G; ++k) am[k] = argmax_stash(e + k * VL, ep, C);
   for (int k = 0; k < G; ++k) s[k] = vf{};
   for (int64_t c = 0; c < C; ++c) {
     for (int k = 0; k < G; ++k) {
@@ -489,7 +519,7 @@ struct FastWork {
   // pass without a pixel term for grad_probs_cpu
   float* p_out = nullptr;
   int64_t p_sN = 0, p_sC = 0;
-  ConfCounts conf;  // stats: the optional confusion counts (conf_block)
+  ConfCounts conf;  // stats: the optional confusion counts (argmax_stash)
   FastWork(int64_t C_, int64_t tile_, bool grad, int64_t* conf_out = nullptr)
       : C(C_), tile(tile_), xb(C_ * tile_),
         eb(grad ? std::max<int64_t>(3, kGroup) * C_ * VL : C_ * tile_), rv(tile_), vb(tile_),
@@ -574,27 +604,6 @@ SEGFAST_INLINE float lse_fg_lane(const XSrc& xs, const FastWork& w, int64_t C, i
 // term recomputes the pixel with lse_fg_lane.
 constexpr float kFgTiny = 1e-30f;
 
-// The confusion counts of one tile's blocks (fast path), after its softmax: the
-// argmax of x where fast_xsrc put it (still in L2), one block of VL pixels at a
-// time; outside the softmax loop, which stays as it is without the counts.
-SEGFAST_INLINE void conf_blocks(const XSrc& xs, FastWork& w, int64_t C, int64_t lenp) {
-  int32_t ia[VL];
-  for (int64_t i = 0; i < lenp; i += VL) {
-    const float* x = xblock(xs, w, 0, i);
-    const int64_t xp = i < xs.full ? xs.pitch : VL;
-    vf best = vload(x);
-    vi idx = vi{};
-    for (int64_t c = 1; c < C; ++c) {
-      const vf v = vload(x + c * xp);
-      const vi up = (v > best) | ((v != v) & (best == best));
-      best = up ? v : best;
-      idx = up ? vi{} + int32_t(c) : idx;
-    }
-    std::memcpy(ia, &idx, sizeof(ia));
-    w.conf.add(w.lb.data() + i, ia, VL);
-  }
-}
-
 template <bool kV4, int XK>
 SEGFAST_INLINE void fast_stats_item(const Problem& pr, FastWork& w, int64_t n, int64_t P,
                                     int64_t j, float* __restrict out) {
@@ -615,6 +624,8 @@ SEGFAST_INLINE void fast_stats_item(const Problem& pr, FastWork& w, int64_t n, i
     float* __restrict lse = w.lse.data();
     const int64_t grouped = xs.full / (kGroup * VL) * (kGroup * VL);
     vf sg[kGroup], mg[kGroup];
+    vi ag[kGroup], am;  // the argmax (confusion counts), taken from the stash of x
+    const bool conf = bool(w.conf);
     for (int64_t i = 0; i < lenp; i += VL) {
       vf m, s;
       // Whole groups of blocks by softmax_group, prefetching two groups ahead;
@@ -624,16 +635,23 @@ SEGFAST_INLINE void fast_stats_item(const Problem& pr, FastWork& w, int64_t n, i
       if (i < grouped) {
         const int64_t k = (i / VL) % kGroup;
         const int64_t pf = s0 + i + kGroup * VL + 2 * kPrefetch <= e ? 2 * kPrefetch : 0;
-        if (k == 0 && !(XK == kXentNone &&
+        // (the unshifted softmax keeps no stash of x: not with the confusion counts)
+        if (k == 0 && !(XK == kXentNone && !conf &&
                         softmax_group_unshifted<kV4>(xs.base + i, xs.pitch, C, eb + i, tile, pf, sg, mg)))
-          softmax_group<kV4>(xs.base + i, xs.pitch, C, eb + i, tile, pf, sg, mg);
+          softmax_group<kV4>(xs.base + i, xs.pitch, C, eb + i, tile, pf, sg, mg, conf ? ag : nullptr);
         s = sg[k];
         m = mg[k];
+        if (conf) am = ag[k];
       } else if (i < xs.full) {
         s = softmax_block<kV4, 2>(xs.base + i, xs.pitch, C, eb + i, tile,
-                                  s0 + i + VL + kPrefetch <= e ? kPrefetch : 0, &m);
+                                  s0 + i + VL + kPrefetch <= e ? kPrefetch : 0, &m, conf ? &am : nullptr);
       } else {
-        s = softmax_block<kV4>(w.tail.data(), VL, C, eb + i, tile, 0, &m);
+        s = softmax_block<kV4>(w.tail.data(), VL, C, eb + i, tile, 0, &m, conf ? &am : nullptr);
+      }
+      if (conf) {
+        int32_t ia[VL];
+        std::memcpy(ia, &am, sizeof(ia));
+        w.conf.add(w.lb.data() + i, ia, VL);
       }
       const vf v = vload(vb + i);
       const vf rs = 1.0f / s;
@@ -678,7 +696,6 @@ SEGFAST_INLINE void fast_stats_item(const Problem& pr, FastWork& w, int64_t n, i
       }
     }
     V += double(vhsum(vsum));
-    if (w.conf) conf_blocks(xs, w, C, lenp);
     const int32_t* __restrict lb = w.lb.data();
     for (int64_t c = 0; c < C; ++c) {
       const float* __restrict ec = eb + c * tile;
