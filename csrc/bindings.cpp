@@ -26,7 +26,7 @@ using segfast::region::Problem;
 namespace segfast {
 namespace region {
 void region_stats_cpu(const Problem& pr, int64_t P, void* out, int64_t num_threads, float* mr,
-                      float* p_out, int64_t p_sN, int64_t p_sC);
+                      float* p_out, int64_t p_sN, int64_t p_sC, int64_t* conf);
 bool grad_probs_built();
 bool grad_probs_ok(const Problem& pr);
 void region_grad_probs_cpu(const Problem& pr, const float* g, int64_t num_threads);
@@ -120,15 +120,18 @@ Problem with_xent(Problem pr, int64_t xent, double gamma) {
 
 void stats_cpu(SEGFAST_PROBLEM_ARGS, int64_t P, int64_t act, int64_t xent, double gamma, int64_t label_offset,
                int64_t has_ignore, double ignore_value, uintptr_t out_ptr, int64_t num_threads,
-               uintptr_t mr_ptr, uintptr_t p_ptr, int64_t psN, int64_t psC) {
+               uintptr_t mr_ptr, uintptr_t p_ptr, int64_t psN, int64_t psC, uintptr_t conf_ptr) {
   const Problem pr = with_xent(make_problem(SEGFAST_PROBLEM_PASS), xent, gamma);
   if (p_ptr && (xent || !segfast::region::grad_probs_ok(pr)))
     throw std::invalid_argument("segfast._C: p_ptr needs act=softmax, class-index targets, x not "
                                 "float64, no pixel term (see region_grad_probs_cpu)");
+  if (conf_ptr && !pr.t_is_label)
+    throw std::invalid_argument("segfast._C: conf_ptr needs class-index targets");
   py::gil_scoped_release nogil;
   segfast::region::region_stats_cpu(pr, P, reinterpret_cast<void*>(out_ptr), num_threads,
                                     reinterpret_cast<float*>(mr_ptr),
-                                    reinterpret_cast<float*>(p_ptr), psN, psC);
+                                    reinterpret_cast<float*>(p_ptr), psN, psC,
+                                    reinterpret_cast<int64_t*>(conf_ptr));
 }
 
 // dx over q in place: q (the x arguments) is the v p that region_stats_cpu wrote at p_ptr.
@@ -903,9 +906,11 @@ PYBIND11_MODULE(SEGFAST_MODULE_NAME, m) {
       "Partial region sums: out [N, P, C, K] contiguous, K = 9 with xent else 7 (float64 if x is float64 else float32); "
       "chunk j of P covers pixels [j*L, min((j+1)*L, S)), L = ceil(S/P). cpu: mr_ptr, when not 0, "
       "receives the grad pass's per-pixel max and 1/sum (see region_grad_cpu); p_ptr, when not 0, "
-      "the float32 v*p [N, C, S] at strides psN, psC, 1 (see region_grad_probs_cpu). cuda, class-index targets: "
-      "flag_ptr, when not 0, an int32 set to 1 by a label outside [0, C) that is not ignore_index; "
-      "confusion_ptr, when not 0, an int64 [C, C] to which the counts of (label, argmax of x) are added.";
+      "the float32 v*p [N, C, S] at strides psN, psC, 1 (see region_grad_probs_cpu); conf_ptr, "
+      "when not 0 (class-index targets), the int64 [C, C] contiguous confusion counts, added to: "
+      "conf[label, argmax_c x] += 1 per valid pixel (first maximum, NaN as the maximum). cuda, "
+      "class-index targets: flag_ptr, when not 0, an int32 set to 1 by a label outside "
+      "[0, C + label_offset) that is not ignore_index; confusion_ptr, when not 0, as conf_ptr.";
   const char* grad_doc =
       "dLoss/dx from g = dLoss/dStats [N, C, K] contiguous (accumulation dtype); dx has x's "
       "dtype and strides dxsN, dxsC, dxsS. cpu: mr_ptr, when not 0, is the float32 [2, N, S] "
@@ -918,7 +923,7 @@ PYBIND11_MODULE(SEGFAST_MODULE_NAME, m) {
         py::arg("C"), py::arg("S"), py::arg("P"), py::arg("act"), py::arg("xent"), py::arg("gamma"), py::arg("label_offset"),
         py::arg("has_ignore"), py::arg("ignore_value"), py::arg("out_ptr"),
         py::arg("num_threads"), py::arg("mr_ptr") = 0, py::arg("p_ptr") = 0, py::arg("psN") = 0,
-        py::arg("psC") = 0);
+        py::arg("psC") = 0, py::arg("conf_ptr") = 0);
   m.attr("REGION_GRAD_PROBS") = py::bool_(segfast::region::grad_probs_built());
   m.def("region_grad_probs_cpu", &grad_probs_cpu,
         "dLoss/dx written over q = v p [N, C, S] (float32, unit pixel stride), which "

@@ -66,7 +66,16 @@ process_group: the process group of ``sync_stats`` (None: the default).
 backend: "triton", "cuda", "cpu" or "torch"; None reads
     SEGFAST_BACKEND, else takes the device's default (see
     :mod:`segfast.backends`). Triton computes in float32: "triton" refuses
-    float64 input, which defaults to "cuda" (else "torch") on GPU.""",
+    float64 input, which defaults to "cuda" (else "torch") on GPU.
+confusion: a ``segfast.metrics.ConfusionMatrix`` (or an int64 [C, C]
+    tensor on the input's device) to which the statistics pass adds the
+    confusion counts of the prediction: row = target class, column =
+    argmax over the classes of ``input`` (the first maximum; a NaN counts
+    as the maximum, as ``torch.argmax``), over the pixels whose label is
+    not ``ignore_index``. The logits are read once for the loss and the
+    counts; a training loop logs mIoU with ``cm.compute()``. Needs
+    ``mode="multiclass"`` and class-index targets; a ConfusionMatrix must
+    have the loss's ``ignore_index``. No effect on the loss.""",
     "region_returns": """\
 The reduced loss (0-d, float32; float64 for float64 input), or with
 ``reduction="none"`` the per-plane losses [N, C] ([C] with ``batch``).
@@ -88,7 +97,7 @@ _fill_doc = _doc.fill(_REGION_DOC)
 
 
 def region_stats(input: Tensor, target: Tensor, *, mode: str = "multiclass", from_logits: bool = True,
-                 ignore_index=None, backend: Optional[str] = None) -> Tensor:
+                 ignore_index=None, backend: Optional[str] = None, confusion=None) -> Tensor:
     """The per-(image, class) sums [N, C, 7] every region loss is built from.
 
     Order: I = Σv·p·t, P = Σv·p, T = Σv·t, V = Σv, PP = Σv·p², TT = Σv·t²,
@@ -105,6 +114,9 @@ def region_stats(input: Tensor, target: Tensor, *, mode: str = "multiclass", fro
         ignore_index: label (or dense target value) whose pixels count nowhere.
         backend: "triton", "cuda", "cpu" or "torch"; None picks the device's
             default (see :mod:`segfast.backends`).
+        confusion: a ``segfast.metrics.ConfusionMatrix`` or an int64 [C, C]
+            tensor to which the same pass adds the confusion counts (as the
+            region losses' ``confusion``).
 
     Returns:
         Tensor [N, C, 7], float32 (float64 for float64 input).
@@ -125,23 +137,26 @@ def region_stats(input: Tensor, target: Tensor, *, mode: str = "multiclass", fro
         >>> s[0, 0, :4].tolist()   # I, P, T, V of image 0, class 0
         [5.333333492279053, 5.333333492279053, 16.0, 16.0]
     """
+    conf = None if confusion is None else _region.confusion_target(confusion, input, target, mode, ignore_index)
     return _region.plane_stats(*_region.prepare(input, target, mode, from_logits, ignore_index, backend),
-                               prepared=True)
+                               prepared=True, confusion=conf)
 
 
-def _fused_or_stats(input, target, mode, from_logits, ignore_index, backend, **finish):
+def _fused_or_stats(input, target, mode, from_logits, ignore_index, backend, confusion=None, **finish):
     """-> (the loss, None) where the kernels compute the whole loss
-    (ops.region.finish_loss: no torch op on the sums), else (None, the sums)."""
+    (ops.region.finish_loss: no torch op on the sums), else (None, the sums).
+    With ``confusion`` the sums come from the stats kernel, which counts."""
+    conf = None if confusion is None else _region.confusion_target(confusion, input, target, mode, ignore_index)
     prep = _region.prepare(input, target, mode, from_logits, ignore_index, backend)
-    loss = _region.finish_loss(prep, **finish)
-    return (loss, None) if loss is not None else (None, _region.plane_stats(*prep, prepared=True))
+    loss = _region.finish_loss(prep, **finish) if conf is None else None
+    return (loss, None) if loss is not None else (None, _region.plane_stats(*prep, prepared=True, confusion=conf))
 
 
 def _pooled_stats(input, target, mode, from_logits, ignore_index, batch, sync_stats,
-                  process_group, backend, stats=None):
+                  process_group, backend, stats=None, confusion=None):
     if stats is None:
         stats = region_stats(input, target, mode=mode, from_logits=from_logits,
-                             ignore_index=ignore_index, backend=backend)
+                             ignore_index=ignore_index, backend=backend, confusion=confusion)
     if batch:
         stats = stats.sum(0)
     if sync_stats:
@@ -179,7 +194,7 @@ def dice_loss(input: Tensor, target: Tensor, *, mode: str = "multiclass", from_l
               ignore_index=None, weight=None, include_background: bool = True, batch: bool = False,
               smooth_nr: float = 1e-5, smooth_dr: float = 1e-5, log_loss: bool = False,
               reduction: str = "mean", sync_stats: bool = False, process_group=None,
-              backend: Optional[str] = None) -> Tensor:
+              backend: Optional[str] = None, confusion=None) -> Tensor:
     """Soft Dice loss: 1 - (2I + smooth_nr) / (P + T + smooth_dr) per plane.
 
     MONAI's DiceLoss formula and defaults (softmax=True, to_onehot_y=True for
@@ -216,22 +231,23 @@ def dice_loss(input: Tensor, target: Tensor, *, mode: str = "multiclass", from_l
     return _dice_loss(input, target, None, mode=mode, from_logits=from_logits, ignore_index=ignore_index,
                       weight=weight, include_background=include_background, batch=batch, smooth_nr=smooth_nr,
                       smooth_dr=smooth_dr, log_loss=log_loss, reduction=reduction, sync_stats=sync_stats,
-                      process_group=process_group, backend=backend)
+                      process_group=process_group, backend=backend, confusion=confusion)
 
 
 def _dice_loss(input: Tensor, target: Tensor, stats: Optional[Tensor], *, mode: str = "multiclass",
                from_logits: bool = True, ignore_index=None, weight=None, include_background: bool = True,
                batch: bool = False, smooth_nr: float = 1e-5, smooth_dr: float = 1e-5, log_loss: bool = False,
                reduction: str = "mean", sync_stats: bool = False, process_group=None,
-               backend: Optional[str] = None) -> Tensor:
+               backend: Optional[str] = None, confusion=None) -> Tensor:
     """dice_loss, on the per-plane sums ``stats`` when the caller has them
-    already (the Dice + pixel-term path), else computing them."""
+    already (the Dice + pixel-term path, which counts ``confusion`` itself),
+    else computing them."""
     _check_common(reduction, smooth_nr, smooth_dr)
     if stats is None:
         loss, stats = _fused_or_stats(input, target, mode, from_logits, ignore_index, backend, weight=weight,
                                       include_background=include_background, batch=batch, sync_stats=sync_stats,
                                       reduction=reduction, smooth_nr=smooth_nr, smooth_dr=smooth_dr,
-                                      log_loss=log_loss)
+                                      log_loss=log_loss, confusion=confusion)
         if loss is not None:
             return loss
     s = _pooled_stats(input, target, mode, from_logits, ignore_index, batch, sync_stats, process_group, backend,
@@ -249,7 +265,7 @@ def jaccard_loss(input: Tensor, target: Tensor, *, mode: str = "multiclass", fro
                  ignore_index=None, weight=None, include_background: bool = True, batch: bool = False,
                  smooth_nr: float = 1e-5, smooth_dr: float = 1e-5, log_loss: bool = False,
                  reduction: str = "mean", sync_stats: bool = False, process_group=None,
-                 backend: Optional[str] = None) -> Tensor:
+                 backend: Optional[str] = None, confusion=None) -> Tensor:
     """Soft IoU (Jaccard) loss: 1 - (I + smooth_nr) / (P + T - I + smooth_dr) per plane.
 
     The IoU loss of Rahman & Wang and van Beers et al. MONAI's
@@ -277,10 +293,11 @@ def jaccard_loss(input: Tensor, target: Tensor, *, mode: str = "multiclass", fro
     loss, s = _fused_or_stats(input, target, mode, from_logits, ignore_index, backend, weight=weight,
                               include_background=include_background, batch=batch, sync_stats=sync_stats,
                               reduction=reduction, ratio=(1.0, -1.0, 1.0, 1.0), smooth_nr=smooth_nr,
-                              smooth_dr=smooth_dr, log_loss=log_loss)
+                              smooth_dr=smooth_dr, log_loss=log_loss, confusion=confusion)
     if loss is not None:
         return loss
-    s = _pooled_stats(input, target, mode, from_logits, ignore_index, batch, sync_stats, process_group, backend, s)
+    s = _pooled_stats(input, target, mode, from_logits, ignore_index, batch, sync_stats, process_group, backend, s,
+                      confusion=confusion)
     tp, fp, fn = _region.tp_fp_fn(s)
     score = _region.safe_ratio(tp + smooth_nr, tp + fp + fn + smooth_dr)
     return _finish(score, input, log_loss=log_loss, include_background=include_background,
@@ -293,7 +310,7 @@ def tversky_loss(input: Tensor, target: Tensor, *, mode: str = "multiclass", fro
                  smooth_nr: float = 1e-5, smooth_dr: float = 1e-5, log_loss: bool = False,
                  alpha: float = 0.5, beta: float = 0.5, gamma: float = 1.0,
                  reduction: str = "mean", sync_stats: bool = False, process_group=None,
-                 backend: Optional[str] = None) -> Tensor:
+                 backend: Optional[str] = None, confusion=None) -> Tensor:
     """Tversky loss: 1 - (I + nr) / (I + alpha·FP + beta·FN + dr), FP = P - I, FN = T - I.
 
     ``gamma`` != 1 gives the focal Tversky loss (1 - TI)^gamma, applied per
@@ -329,10 +346,12 @@ def tversky_loss(input: Tensor, target: Tensor, *, mode: str = "multiclass", fro
     loss, s = _fused_or_stats(input, target, mode, from_logits, ignore_index, backend, weight=weight,
                               include_background=include_background, batch=batch, sync_stats=sync_stats,
                               reduction=reduction, ratio=(1.0, 1.0 - alpha - beta, alpha, beta), smooth_nr=smooth_nr,
-                              smooth_dr=smooth_dr, log_loss=log_loss, gamma=gamma)
+                              smooth_dr=smooth_dr, log_loss=log_loss, gamma=gamma,
+                              confusion=confusion)
     if loss is not None:
         return loss
-    s = _pooled_stats(input, target, mode, from_logits, ignore_index, batch, sync_stats, process_group, backend, s)
+    s = _pooled_stats(input, target, mode, from_logits, ignore_index, batch, sync_stats, process_group, backend, s,
+                      confusion=confusion)
     tp, fp, fn = _region.tp_fp_fn(s)
     score = _region.safe_ratio(tp + smooth_nr, tp + alpha * fp + beta * fn + smooth_dr)
     return _finish(score, input, log_loss=log_loss, include_background=include_background,
@@ -365,7 +384,7 @@ def generalized_dice_loss(input: Tensor, target: Tensor, *, mode: str = "multicl
                           include_background: bool = True, batch: bool = False,
                           smooth_nr: float = 1e-5, smooth_dr: float = 1e-5, log_loss: bool = False,
                           w_type: str = "square", reduction: str = "mean", sync_stats: bool = False,
-                          process_group=None, backend: Optional[str] = None) -> Tensor:
+                          process_group=None, backend: Optional[str] = None, confusion=None) -> Tensor:
     """Generalized Dice loss (Sudre et al.): 1 - (2 Σ_c w_c I_c + nr) / (Σ_c w_c (P_c + T_c) + dr).
 
     One score per image (per batch with ``batch=True``). Class weights from
@@ -401,10 +420,11 @@ def generalized_dice_loss(input: Tensor, target: Tensor, *, mode: str = "multicl
         loss, s = _fused_or_stats(input, target, mode, from_logits, ignore_index, backend, weight=weight,
                                   include_background=include_background, batch=batch, sync_stats=sync_stats,
                                   reduction=reduction, gdl=gdl, smooth_nr=smooth_nr, smooth_dr=smooth_dr,
-                                  log_loss=log_loss)
+                                  log_loss=log_loss, confusion=confusion)
     if loss is not None:
         return loss
-    s = _pooled_stats(input, target, mode, from_logits, ignore_index, batch, sync_stats, process_group, backend, s)
+    s = _pooled_stats(input, target, mode, from_logits, ignore_index, batch, sync_stats, process_group, backend, s,
+                      confusion=confusion)
     C = input.shape[1]
     if not include_background:
         if C < 2:
@@ -778,9 +798,13 @@ def _two_pass(input, target, ignore_index, backend, dice_kwargs, xent: int, gamm
     if not (dice_kwargs.get("from_logits", True) and isinstance(target, Tensor) and isinstance(input, Tensor)
             and not (target.dtype.is_floating_point or target.dtype == torch.bool)):
         return None
+    dice_kwargs = dict(dice_kwargs)
+    confusion = dice_kwargs.pop("confusion", None)
+    conf = None if confusion is None else _region.confusion_target(confusion, input, target, "multiclass",
+                                                                   ignore_index)
     prep = _region.prepare(input, target, "multiclass", True, ignore_index, backend)
     x, t, is_label, _, off, ign, be = prep
-    if set(dice_kwargs) <= set(_DICE_FINISH) | {"from_logits", "process_group"}:
+    if conf is None and set(dice_kwargs) <= set(_DICE_FINISH) | {"from_logits", "process_group"}:
         finish = {**_DICE_FINISH, **{k: v for k, v in dice_kwargs.items() if k in _DICE_FINISH}}
         _check_common(finish["reduction"], finish["smooth_nr"], finish["smooth_dr"])
         loss = _region.finish_loss(prep, **finish, lam_r=lams[0], xent=xent, xgamma=gamma, lam_x=lams[1],
@@ -788,7 +812,7 @@ def _two_pass(input, target, ignore_index, backend, dice_kwargs, xent: int, gamm
         if loss is not None:
             return loss
     stats = _region.plane_stats(x, t, is_label, _region.ACT["softmax"], off, ign, be, xent=xent, gamma=gamma,
-                                prepared=True)
+                                prepared=True, confusion=conf)
     d = _dice_loss(input, target, stats[..., :_region.K], mode="multiclass", ignore_index=ignore_index,
                    backend=backend, **dice_kwargs)
     return d, stats.sum(0)

@@ -379,6 +379,10 @@ def _seg_cases():
         "region_stats": (F_.region_stats, seg()),
         "dice_loss": (F_.dice_loss, seg()),
         "dice_loss[ignore_index]": (lambda x, t: F_.dice_loss(x, t, ignore_index=0), seg()),
+        "dice_loss[confusion]": (lambda x, t: F_.dice_loss(
+            x, t, ignore_index=0, confusion=segfast.metrics.ConfusionMatrix(C, ignore_index=0)), seg()),
+        "dice_ce_loss[confusion]": (lambda x, t: F_.dice_ce_loss(
+            x, t, confusion=torch.zeros(C, C, dtype=torch.int64, device="cuda")), seg()),
         "jaccard_loss": (F_.jaccard_loss, seg()),
         "tversky_loss": (F_.tversky_loss, seg()),
         "generalized_dice_loss": (F_.generalized_dice_loss, seg()),

@@ -159,5 +159,29 @@ struct HugePageAllocator {
 template <typename T>
 using huge_vector = std::vector<T, HugePageAllocator<T>>;
 
+// ---- argmax over the classes ----------------------------------------------------
+
+// idx[p] = argmax over the C rows of x (dtype code, element offset off, row stride
+// sC, pixel stride sS) of pixels [0, len): the first maximum wins, a NaN counts as
+// the maximum (torch.argmax). best and row are [len] scratch.
+template <typename T>
+SEGFAST_INLINE void argmax_rows(const void* x, int code, int64_t off, int64_t sC, int64_t sS,
+                                int64_t C, int64_t len, T* __restrict best,
+                                int32_t* __restrict idx, T* __restrict row) {
+  load_row(best, x, code, off, sS, len);
+  for (int64_t p = 0; p < len; ++p) idx[p] = 0;
+  for (int64_t c = 1; c < C; ++c) {
+    load_row(row, x, code, off + c * sC, sS, len);
+    const int32_t ci = int32_t(c);
+#pragma omp simd
+    for (int64_t p = 0; p < len; ++p) {
+      const T v = row[p], b = best[p];
+      const bool up = v > b || (v != v && b == b);
+      best[p] = up ? v : b;
+      idx[p] = up ? ci : idx[p];
+    }
+  }
+}
+
 }  // namespace cpu
 }  // namespace segfast

@@ -251,19 +251,7 @@ template <typename T>
 SEGFAST_CLONES void confusion_block(const void* x, int code, int64_t off, int64_t sC, int64_t sS,
                                     int64_t C, int64_t len, T* __restrict best,
                                     int32_t* __restrict idx, T* __restrict row) {
-  cpu::load_row(best, x, code, off, sS, len);
-  for (int64_t p = 0; p < len; ++p) idx[p] = 0;
-  for (int64_t c = 1; c < C; ++c) {
-    cpu::load_row(row, x, code, off + c * sC, sS, len);
-    const int32_t ci = int32_t(c);
-#pragma omp simd
-    for (int64_t p = 0; p < len; ++p) {
-      const T v = row[p], b = best[p];
-      const bool up = v > b || (v != v && b == b);
-      best[p] = up ? v : b;
-      idx[p] = up ? ci : idx[p];
-    }
-  }
+  cpu::argmax_rows(x, code, off, sC, sS, C, len, best, idx, row);
 }
 
 template <typename T>

@@ -45,6 +45,54 @@ int resolve_threads(int64_t num_threads) {
   return int(num_threads);
 }
 
+// ---- confusion counts of the argmax (optional, class-index targets) ---------------
+//
+// out[y * C + argmax_c x] += 1 for each pixel whose label y is valid (not ignored,
+// in [0, C)); the first maximum wins and a NaN counts as the maximum, as in
+// torch.argmax. Counted per thread in nh interleaved copies of the C x C table
+// (consecutive pixels of one class hit one bin: the copies break the chain of
+// increments through memory), added to out with atomics when the thread ends;
+// for C > kConfLocalMaxC, atomics straight into out.
+constexpr int64_t kConfLocalMaxC = 1024;
+
+class ConfCounts {
+ public:
+  ConfCounts(int64_t* out, int64_t C) : out_(out), C_(C) {
+    if (out && C <= kConfLocalMaxC) {
+      nh_ = C * C <= 4096 ? 4 : 1;
+      h_.assign(nh_ * C * C, 0);
+    }
+  }
+  explicit operator bool() const { return out_ != nullptr; }
+  // Pixels [0, len): label lb[l] (-1: not counted), argmax idx[l].
+  SEGFAST_INLINE void add(const int32_t* __restrict lb, const int32_t* __restrict idx, int64_t len) {
+    const int64_t C = C_;
+    if (h_.empty()) {
+      for (int64_t l = 0; l < len; ++l)
+        if (lb[l] >= 0) __atomic_fetch_add(out_ + int64_t(lb[l]) * C + idx[l], 1, __ATOMIC_RELAXED);
+      return;
+    }
+    int64_t* __restrict h = h_.data();
+    const int64_t CC = C * C, mask = nh_ - 1;
+    for (int64_t l = 0; l < len; ++l)
+      if (lb[l] >= 0) ++h[(l & mask) * CC + int64_t(lb[l]) * C + idx[l]];
+  }
+  void flush() {
+    const int64_t CC = C_ * C_;
+    for (int64_t b = 0; b < int64_t(h_.size()) && b < CC; ++b) {
+      int64_t v = 0;
+      for (int64_t k = 0; k < nh_; ++k) v += h_[k * CC + b];
+      if (v) __atomic_fetch_add(out_ + b, v, __ATOMIC_RELAXED);
+    }
+    std::fill(h_.begin(), h_.end(), 0);
+  }
+
+ private:
+  int64_t* out_;
+  int64_t C_, nh_ = 1;
+  std::vector<int64_t> h_;
+};
+
 template <typename T>
 struct Workspace {
   int64_t C = 0, tile = 0;
@@ -58,9 +106,13 @@ struct Workspace {
   std::vector<T> xr;    // xent: one reloaded row of x (stats) / per pixel u (grad)
   std::vector<T> hb;    // xent: per pixel h (stats) / B (grad)
   std::vector<double> acc;  // stats: [C][KX] chunk totals
-  Workspace(int64_t C_, int64_t tile_, bool dense, bool grad)
+  ConfCounts conf;          // stats: the optional confusion counts
+  std::vector<T> cbest, crow;     // conf: [tile] running max, one row of x
+  std::vector<int32_t> cidx;      // conf: [tile] its class
+  Workspace(int64_t C_, int64_t tile_, bool dense, bool grad, int64_t* conf_out = nullptr)
       : C(C_), tile(tile_), xb(C_ * tile_), m(tile_), r(tile_), vb(tile_), lb(tile_), xr(tile_),
-        hb(tile_) {
+        hb(tile_), conf(conf_out, C_) {
+    if (conf) { cbest.resize(tile_); crow.resize(tile_); cidx.resize(tile_); }
     if (dense) { tb.resize(C_ * tile_); vbd.resize(C_ * tile_); }
     if (grad) ab.resize(C_ * tile_);
     else { acc.resize(C_ * KX); ab.resize(tile_); }  // stats: ab is scratch
@@ -315,15 +367,41 @@ SEGFAST_INLINE vf max_stash(const float* __restrict x, int64_t xp, int64_t C, fl
   return m1 > m ? m1 : m;
 }
 
+// The argmax over the classes of one block of x stashed in e (e[c * ep + l],
+// still in L1): the first maximum wins, a NaN counts as the maximum
+// (torch.argmax). For the confusion counts (ConfCounts).
+// NaN tests on the bits (integer compares): GCC scalarises the unordered float
+// compares of generic vectors.
+SEGFAST_INLINE vi visnan(vf v) {
+  vi b;
+  std::memcpy(&b, &v, sizeof(b));
+  return (b & 0x7fffffff) > 0x7f800000;
+}
+
+SEGFAST_INLINE vi argmax_stash(const float* __restrict e, int64_t ep, int64_t C) {
+  vf best = vload(e);
+  vi idx = vi{}, bnan = visnan(best);
+  for (int64_t c = 1; c < C; ++c) {
+    const vf v = vload(e + c * ep);
+    const vi vnan = visnan(v);
+    const vi up = (v > best) | (vnan & ~bnan);
+    best = up ? v : best;
+    bnan |= vnan & up;
+    idx = up ? vi{} + int32_t(c) : idx;
+  }
+  return idx;
+}
+
 // Softmax numerators of one block: e[c * ep + l] = exp(x[c * xp + l] - max_c x);
-// returns the per-pixel sums (and the max in *mout when asked). Prefetches
-// into the cache level kLocality (max_stash).
+// returns the per-pixel sums (and the max in *mout, the argmax in *am when
+// asked). Prefetches into the cache level kLocality (max_stash).
 template <bool kV4, int kLocality = 3>
 SEGFAST_INLINE vf softmax_block(const float* __restrict x, int64_t xp, int64_t C,
                                 float* __restrict e, int64_t ep, int64_t pf,
-                                vf* mout = nullptr) {
+                                vf* mout = nullptr, vi* am = nullptr) {
   const vf m = max_stash<kLocality>(x, xp, C, e, ep, pf);
   if (mout) *mout = m;
+  if (am) *am = argmax_stash(e, ep, C);
   vf s = vf{};
   for (int64_t c = 0; c < C; ++c) {
     const vf ec = vexp_sm<kV4>(vload(e + c * ep) - m);
@@ -343,10 +421,12 @@ SEGFAST_INLINE vf softmax_block(const float* __restrict x, int64_t xp, int64_t C
 // L2: kGroup x C lines ahead would evict each other from L1.
 constexpr int64_t kGroup = 4;
 
-// softmax_block for kGroup blocks: s[k], m[k] of block k; x stashed in e first.
+// softmax_block for kGroup blocks: s[k], m[k] (and am[k] when asked) of block k;
+// x stashed in e first.
 template <bool kV4>
 SEGFAST_INLINE void softmax_group(const float* __restrict x, int64_t xp, int64_t C,
-                                  float* __restrict e, int64_t ep, int64_t pf, vf* s, vf* m) {
+                                  float* __restrict e, int64_t ep, int64_t pf, vf* s, vf* m,
+                                  vi* am = nullptr) {
   constexpr int G = kGroup;
   for (int k = 0; k < G; ++k) {
     m[k] = vload(x + k * VL);
@@ -361,6 +441,8 @@ SEGFAST_INLINE void softmax_group(const float* __restrict x, int64_t xp, int64_t
       m[k] = xv > m[k] ? xv : m[k];
     }
   }
+  if (am)
+    for (int k = 0; k < G; ++k) am[k] = argmax_stash(e + k * VL, ep, C);
   for (int k = 0; k < G; ++k) s[k] = vf{};
   for (int64_t c = 0; c < C; ++c) {
     for (int k = 0; k < G; ++k) {
@@ -437,10 +519,12 @@ struct FastWork {
   // pass without a pixel term for grad_probs_cpu
   float* p_out = nullptr;
   int64_t p_sN = 0, p_sC = 0;
-  FastWork(int64_t C_, int64_t tile_, bool grad)
+  ConfCounts conf;  // stats: the optional confusion counts (argmax_stash)
+  FastWork(int64_t C_, int64_t tile_, bool grad, int64_t* conf_out = nullptr)
       : C(C_), tile(tile_), xb(C_ * tile_),
         eb(grad ? std::max<int64_t>(3, kGroup) * C_ * VL : C_ * tile_), rv(tile_), vb(tile_),
-        lb(tile_), tail(C_ * VL), lse(tile_), mx(tile_), gt(grad ? 6 * C_ + 2 : 0), acc(grad ? 0 : C_ * KX) {}
+        lb(tile_), tail(C_ * VL), lse(tile_), mx(tile_), gt(grad ? 6 * C_ + 2 : 0), acc(grad ? 0 : C_ * KX),
+        conf(conf_out, C_) {}
 };
 
 // Labels of pixels [s0, s0 + len) of image n -> lb, vb, padded with (-1, 0) to pad_len(len).
@@ -540,6 +624,8 @@ SEGFAST_INLINE void fast_stats_item(const Problem& pr, FastWork& w, int64_t n, i
     float* __restrict lse = w.lse.data();
     const int64_t grouped = xs.full / (kGroup * VL) * (kGroup * VL);
     vf sg[kGroup], mg[kGroup];
+    vi ag[kGroup], am;  // the argmax (confusion counts), taken from the stash of x
+    const bool conf = bool(w.conf);
     for (int64_t i = 0; i < lenp; i += VL) {
       vf m, s;
       // Whole groups of blocks by softmax_group, prefetching two groups ahead;
@@ -549,16 +635,23 @@ SEGFAST_INLINE void fast_stats_item(const Problem& pr, FastWork& w, int64_t n, i
       if (i < grouped) {
         const int64_t k = (i / VL) % kGroup;
         const int64_t pf = s0 + i + kGroup * VL + 2 * kPrefetch <= e ? 2 * kPrefetch : 0;
-        if (k == 0 && !(XK == kXentNone &&
+        // (the unshifted softmax keeps no stash of x: not with the confusion counts)
+        if (k == 0 && !(XK == kXentNone && !conf &&
                         softmax_group_unshifted<kV4>(xs.base + i, xs.pitch, C, eb + i, tile, pf, sg, mg)))
-          softmax_group<kV4>(xs.base + i, xs.pitch, C, eb + i, tile, pf, sg, mg);
+          softmax_group<kV4>(xs.base + i, xs.pitch, C, eb + i, tile, pf, sg, mg, conf ? ag : nullptr);
         s = sg[k];
         m = mg[k];
+        if (conf) am = ag[k];
       } else if (i < xs.full) {
         s = softmax_block<kV4, 2>(xs.base + i, xs.pitch, C, eb + i, tile,
-                                  s0 + i + VL + kPrefetch <= e ? kPrefetch : 0, &m);
+                                  s0 + i + VL + kPrefetch <= e ? kPrefetch : 0, &m, conf ? &am : nullptr);
       } else {
-        s = softmax_block<kV4>(w.tail.data(), VL, C, eb + i, tile, 0, &m);
+        s = softmax_block<kV4>(w.tail.data(), VL, C, eb + i, tile, 0, &m, conf ? &am : nullptr);
+      }
+      if (conf) {
+        int32_t ia[VL];
+        std::memcpy(ia, &am, sizeof(ia));
+        w.conf.add(w.lb.data() + i, ia, VL);
       }
       const vf v = vload(vb + i);
       const vf rs = 1.0f / s;
@@ -1220,6 +1313,15 @@ SEGFAST_INLINE void xent_grad_prep(const Problem& pr, Workspace<T>& w, int64_t n
   }
 }
 
+// The confusion counts of one tile (general path): the argmax of x, read again
+// row by row (w.xb holds the probabilities, whose ties are not the logits').
+template <typename T>
+SEGFAST_INLINE void conf_tile(const Problem& pr, Workspace<T>& w, int64_t n, int64_t s0, int64_t len) {
+  cpu::argmax_rows(pr.x, pr.x_dtype, n * pr.xsN + s0 * pr.xsS, pr.xsC, pr.xsS, pr.C, len,
+                   w.cbest.data(), w.cidx.data(), w.crow.data());
+  w.conf.add(w.lb.data(), w.cidx.data(), len);
+}
+
 template <typename T, typename A>
 SEGFAST_INLINE void stats_item_impl(const Problem& pr, Workspace<T>& w, int64_t n, int64_t P,
                                     int64_t j, A* __restrict out) {
@@ -1232,6 +1334,7 @@ SEGFAST_INLINE void stats_item_impl(const Problem& pr, Workspace<T>& w, int64_t 
     const int64_t len = std::min(tile, e - s0);
     load_probs(pr, w, n, s0, len);
     load_targets(pr, w, n, s0, len);
+    if (w.conf) conf_tile(pr, w, n, s0, len);
     for (int64_t c = 0; c < C; ++c) {
       const T* __restrict p = w.xb.data() + c * tile;
       const int64_t lenp = pad_len(len);  // padded pixels have v = 0, t = 0
@@ -1397,15 +1500,16 @@ void grad_item_f64(const Problem& pr, Workspace<double>& w, int64_t n, int64_t s
 }
 
 template <typename T, typename A, typename F>
-void run_stats(const Problem& pr, int64_t P, A* out, int nt, F item) {
+void run_stats(const Problem& pr, int64_t P, A* out, int nt, F item, int64_t* conf) {
   const int64_t items = pr.N * P;
   const int64_t tile = tile_for(pr.C);
   nt = int(std::max<int64_t>(1, std::min<int64_t>(nt, items)));
 #pragma omp parallel num_threads(nt)
   {
-    Workspace<T> w(pr.C, tile, !pr.t_is_label, false);
+    Workspace<T> w(pr.C, tile, !pr.t_is_label, false, conf);
 #pragma omp for schedule(static)
     for (int64_t it = 0; it < items; ++it) item(pr, w, it / P, P, it % P, out);
+    if (w.conf) w.conf.flush();
   }
 }
 
@@ -1429,11 +1533,11 @@ void run_grad(const Problem& pr, const G* g, void* dx, int64_t dxsN, int64_t dxs
 
 // Entry points (declared in csrc/bindings.cpp).
 void region_stats_cpu(const Problem& pr, int64_t P, void* out, int64_t num_threads, float* mr,
-                      float* p_out, int64_t p_sN, int64_t p_sC) {
+                      float* p_out, int64_t p_sN, int64_t p_sC, int64_t* conf) {
   if (pr.N <= 0 || P <= 0 || pr.C <= 0) return;
   const int nt = resolve_threads(num_threads);
   if (pr.x_dtype == kFloat64) {
-    run_stats<double>(pr, P, static_cast<double*>(out), nt, stats_item_f64);
+    run_stats<double>(pr, P, static_cast<double*>(out), nt, stats_item_f64, conf);
     return;
   }
 #if defined(SEGFAST_VEC)
@@ -1444,19 +1548,20 @@ void region_stats_cpu(const Problem& pr, int64_t P, void* out, int64_t num_threa
     const auto item = SEGFAST_FAST_STATS;
 #pragma omp parallel num_threads(ntt)
     {
-      FastWork w(pr.C, tile, false);
+      FastWork w(pr.C, tile, false, conf);
       w.mr_out = mr;
       w.p_out = p_out;
       w.p_sN = p_sN;
       w.p_sC = p_sC;
 #pragma omp for schedule(static)
       for (int64_t it = 0; it < items; ++it) item(pr, w, it / P, P, it % P, o);
+      if (w.conf) w.conf.flush();
     }
     return;
   }
 #endif
   {
-    run_stats<float>(pr, P, static_cast<float*>(out), nt, stats_item_f32);
+    run_stats<float>(pr, P, static_cast<float*>(out), nt, stats_item_f32, conf);
   }
 }
 

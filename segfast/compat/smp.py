@@ -88,7 +88,7 @@ class TverskyLoss(torch.nn.modules.loss._Loss):
     def __init__(self, mode: str, classes: Optional[List[int]] = None, log_loss: bool = False,
                  from_logits: bool = True, smooth: float = 0.0, ignore_index: Optional[int] = None,
                  eps: float = 1e-7, alpha: float = 0.5, beta: float = 0.5, gamma: float = 1.0,
-                 class_weights: Optional[List[float]] = None, backend: Optional[str] = None):
+                 class_weights: Optional[List[float]] = None, backend: Optional[str] = None, confusion=None):
         super().__init__()
         if mode not in _region.MODES:
             raise ValueError(f"mode must be one of {_region.MODES}, got {mode!r}")
@@ -101,6 +101,7 @@ class TverskyLoss(torch.nn.modules.loss._Loss):
         self.alpha, self.beta, self.gamma, self.backend = alpha, beta, gamma, backend
         self.classes = None if classes is None else torch.as_tensor(classes, dtype=torch.long)
         self.class_weights = None if class_weights is None else torch.as_tensor(class_weights, dtype=torch.float)
+        self.confusion = confusion  # segfast's addition (multiclass): see segfast.functional's ``confusion``
 
     def forward(self, y_pred: Tensor, y_true: Tensor) -> Tensor:
         if y_true.size(0) != y_pred.size(0):
@@ -119,9 +120,11 @@ class TverskyLoss(torch.nn.modules.loss._Loss):
                 y_true = y_true.reshape(y_true.shape[0], 1, -1)
             else:
                 y_true = y_true.reshape(y_true.shape[0], -1)
+        conf = None if self.confusion is None else _region.confusion_target(
+            self.confusion, y_pred, y_true, self.mode, self.ignore_index)
         stats = _region.plane_stats(*_region.canonical(
             y_pred, y_true, act=_region.ACT[act], binary=self.mode == BINARY_MODE,
-            ignore_index=self.ignore_index, backend=self.backend)).sum(0)
+            ignore_index=self.ignore_index, backend=self.backend), confusion=conf).sum(0)
         tp, fp, fn = _region.tp_fp_fn(stats, soft=True)
         score = (tp + self.smooth) / (tp + self.alpha * fp + self.beta * fn + self.smooth).clamp_min(self.eps)
         loss = -torch.log(score.clamp_min(self.eps)) if self.log_loss else 1.0 - score
@@ -169,9 +172,10 @@ class DiceLoss(TverskyLoss):
 
     def __init__(self, mode: str, classes: Optional[List[int]] = None, log_loss: bool = False,
                  from_logits: bool = True, smooth: float = 0.0, ignore_index: Optional[int] = None,
-                 eps: float = 1e-7, class_weights: Optional[List[float]] = None, backend: Optional[str] = None):
+                 eps: float = 1e-7, class_weights: Optional[List[float]] = None, backend: Optional[str] = None,
+                 confusion=None):
         super().__init__(mode, classes, log_loss, from_logits, smooth, ignore_index, eps, 0.5, 0.5, 1.0,
-                         class_weights, backend)
+                         class_weights, backend, confusion)
 
 
 class JaccardLoss(TverskyLoss):
@@ -209,9 +213,10 @@ class JaccardLoss(TverskyLoss):
 
     def __init__(self, mode: str, classes: Optional[List[int]] = None, log_loss: bool = False,
                  from_logits: bool = True, smooth: float = 0.0, ignore_index: Optional[int] = None,
-                 eps: float = 1e-7, class_weights: Optional[List[float]] = None, backend: Optional[str] = None):
+                 eps: float = 1e-7, class_weights: Optional[List[float]] = None, backend: Optional[str] = None,
+                 confusion=None):
         super().__init__(mode, classes, log_loss, from_logits, smooth, ignore_index, eps, 1.0, 1.0, 1.0,
-                         class_weights, backend)
+                         class_weights, backend, confusion)
 
 
 # ------------------------------------------------------------------ pixel losses

@@ -18,6 +18,12 @@ OpenMP, one histogram per thread), on GPU a Triton kernel
 under torch.distributed ``compute()`` all-reduces the matrix) and derives
 per-class IoU, mean IoU, Dice/F1, pixel accuracy and mean class accuracy.
 
+A region loss counts it for free: ``segfast.dice_loss(logits, labels,
+confusion=cm)`` (and jaccard, tversky, generalized Dice, Dice + CE / focal /
+fused, their modules) adds the argmax's counts to ``cm`` from the loss's own
+read of the logits (class-index targets, ``mode="multiclass"``; the loss's
+``ignore_index`` must be ``cm``'s).
+
 Absent classes: a class with no target and no predicted pixel has IoU and
 Dice NaN (0 / 0) and is left out of the means (NaN-mean); a class with no
 target pixel has class accuracy NaN, left out of the mean class accuracy.
@@ -254,6 +260,18 @@ class ConfusionMatrix:
         """
         c = _counts(preds, target, self.num_classes, self.ignore_index, self.backend)
         self._counts = c if self._counts is None else self._counts + c.to(self._counts.device)
+
+    def counts_view(self, device) -> Tensor:
+        """The int64 [C, C] matrix counted so far (rows: target, columns:
+        prediction), as a view on ``device`` (the counts move there) that a
+        loss's ``confusion=`` argument adds to in place (segfast.dice_loss and
+        the other region losses)."""
+        C = self.num_classes
+        if self._counts is None:
+            self._counts = torch.zeros(C * C + 1, dtype=torch.int64, device=device)
+        elif self._counts.device != torch.device(device):
+            self._counts = self._counts.to(device)
+        return self._counts[: C * C].view(C, C)
 
     def compute(self) -> dict:
         """The scores of everything added so far.

@@ -30,8 +30,8 @@ from torch import Tensor
 from .. import backends
 from ..reference import region as ref
 from . import _common
-from ._common import (acc_dtype, canonical, check_input, check_reduction, check_weight,  # noqa: F401
-                      differentiable_once, num_chunks, target_args, triton_chunks, triton_op)
+from ._common import (acc_dtype, canonical, check_ignore_index, check_input, check_reduction,  # noqa: F401
+                      check_weight, differentiable_once, num_chunks, target_args, triton_chunks, triton_op)
 
 K = ref.K
 KX = ref.KX
@@ -44,7 +44,8 @@ MODES = ("binary", "multiclass", "multilabel")
 # ---------------------------------------------------------------- C++ / CUDA
 
 
-def _launch_stats_ext(x, t, is_label, act, label_offset, ignore_value, backend, xent, gamma, mr=None, q=None):
+def _launch_stats_ext(x, t, is_label, act, label_offset, ignore_value, backend, xent, gamma, mr=None, q=None,
+                      conf=None):
     N, C, S = x.shape
     P = num_chunks(N, S, x.device)
     out = torch.empty((N, P, C, KX if xent else K), dtype=acc_dtype(x), device=x.device)
@@ -55,10 +56,11 @@ def _launch_stats_ext(x, t, is_label, act, label_offset, ignore_value, backend, 
             float(ignore_value if ignore_value is not None else 0.0), out.data_ptr())
     if backend == "cpu":
         backends._C.region_stats_cpu(*args, backends.cpu_threads(x.numel()), 0 if mr is None else mr.data_ptr(),
-                                     *((0, 0, 0) if q is None else (q.data_ptr(), q.stride(0), q.stride(1))))
+                                     *((0, 0, 0) if q is None else (q.data_ptr(), q.stride(0), q.stride(1))),
+                                     conf_ptr=0 if conf is None else conf.data_ptr())
     else:
         with backends.cuda_launch(x.device) as (kernels, stream):
-            kernels.region_stats_cuda(*args, stream)
+            kernels.region_stats_cuda(*args, stream, confusion_ptr=0 if conf is None else conf.data_ptr())
     return out[:, 0] if P == 1 else out.sum(1)  # one chunk per image (N >= the workers): no sum op
 
 
@@ -82,13 +84,15 @@ def _launch_grad_ext(x, t, g, is_label, act, label_offset, ignore_value, backend
 
 def _stats_impl(x: Tensor, target: Tensor, is_label: bool, act: int, label_offset: int,
                     ignore_value: Optional[float], backend: str, xent: int = 0, gamma: float = 0.0,
-                mr: Optional[Tensor] = None, q: Optional[Tensor] = None) -> Tensor:
+                mr: Optional[Tensor] = None, q: Optional[Tensor] = None, conf: Optional[Tensor] = None) -> Tensor:
     """Per-plane sums [N, C, 7] ([N, C, 9] with ``xent``) with the C++ (``cpu``) or CUDA (``cuda``) kernels.
     ``mr`` (cpu, see _keeps_mr): filled with each pixel's softmax max and 1/sum for the grad pass;
-    ``q`` (cpu, see _keeps_q): filled with v·p for _grad_from_q."""
+    ``q`` (cpu, see _keeps_q): filled with v·p for _grad_from_q;
+    ``conf`` (see _conf_kernel_supported): int64 [C, C] confusion counts, added to."""
     if x.numel() == 0:
         return x.new_zeros((x.shape[0], x.shape[1], KX if xent else K), dtype=acc_dtype(x))
-    return _launch_stats_ext(x, target, is_label, act, label_offset, ignore_value, backend, xent, gamma, mr, q)
+    return _launch_stats_ext(x, target, is_label, act, label_offset, ignore_value, backend, xent, gamma, mr, q,
+                             conf)
 
 
 def _grad_impl(x: Tensor, target: Tensor, g: Tensor, is_label: bool, act: int,
@@ -187,7 +191,7 @@ class _EagerStats(torch.autograd.Function):
     tensors see the op."""
 
     @staticmethod
-    def forward(ctx, x, target, is_label, act, label_offset, ignore_value, backend, xent, gamma):
+    def forward(ctx, x, target, is_label, act, label_offset, ignore_value, backend, xent, gamma, conf=None):
         ctx.save_for_backward(x, target)
         ctx.args = (is_label, act, label_offset, ignore_value, backend, xent, gamma)
         ctx.mr = ctx.q = None
@@ -197,7 +201,7 @@ class _EagerStats(torch.autograd.Function):
             elif _keeps_mr(x, is_label, act, backend, xent):
                 ctx.mr = torch.empty((2, x.shape[0], x.shape[2]), dtype=torch.float32)
         return _stats_impl(x, target, is_label, act, label_offset, ignore_value, backend, xent, gamma,
-                           ctx.mr, ctx.q)
+                           ctx.mr, ctx.q, conf)
 
     @staticmethod
     def backward(ctx, grad):
@@ -208,7 +212,7 @@ class _EagerStats(torch.autograd.Function):
                 dx = _grad_from_q(q, target, grad, ctx.args[2], ctx.args[3])
             else:
                 dx = _grad_impl(x, target, grad, *ctx.args, mr=ctx.mr)
-        return differentiable_once((dx,) + (None,) * 8, "region-loss")
+        return differentiable_once((dx,) + (None,) * 9, "region-loss")
 
 
 def _eager_ok(*tensors) -> bool:
@@ -330,12 +334,14 @@ def _label_check(t: Tensor, is_label: bool, C: int, label_offset: int, ignore_va
 
 def plane_stats(x: Tensor, target: Tensor, is_label: bool, act: int, label_offset: int,
                 ignore_value: Optional[float], backend: str, xent: int = 0, gamma: float = 0.0,
-                *, prepared: bool = False) -> Tensor:
+                *, prepared: bool = False, confusion: Optional[Tensor] = None) -> Tensor:
     """Dispatch the stats kernel; x [N, C, S], target [N, S] or [N, C, S].
     A pixel term ``xent`` (XENT_CE / XENT_FOCAL / XENT_FUSED of
     reference/region.py; softmax, class-index targets) adds two sums: [N, C, 9].
     ``prepared``: the arguments come from :func:`prepare`, which leaves the
-    label range check to the kernels where they can do it."""
+    label range check to the kernels where they can do it. ``confusion``
+    (class-index targets; see confusion_target): int64 [C, C] on x's device,
+    += the counts of (label, argmax of x) over the valid pixels."""
     if xent not in (ref.XENT_NONE, ref.XENT_CE, ref.XENT_FOCAL, ref.XENT_FUSED):
         raise ValueError(f"unknown pixel term {xent!r}")
     if xent and (act != ACT["softmax"] or not is_label):
@@ -343,6 +349,15 @@ def plane_stats(x: Tensor, target: Tensor, is_label: bool, act: int, label_offse
     if not (gamma >= 0 and math.isfinite(gamma)):
         raise ValueError("gamma must be finite and >= 0")
     args = (x, target, is_label, act, label_offset, ignore_value)
+    if confusion is not None:  # -------- confusion counts (see "confusion counts" below)
+        if not _conf_kernel_supported(backend):
+            confusion_from_argmax(x, target, label_offset, ignore_value, confusion)
+        elif _eager_ok(x, target, confusion):
+            return _EagerStats.apply(*args, backend, xent, float(gamma), confusion)
+        else:
+            out, counts = region_stats_conf_op(*args, backend, xent, float(gamma))
+            confusion.add_(counts)
+            return out
     if backend == "torch":
         return ref.region_stats(*args, xent, gamma)
     if not is_label and target.requires_grad and torch.is_grad_enabled():
@@ -407,6 +422,104 @@ def with_grad_of(value: Tensor, other: Tensor) -> Tensor:
     where the difference is finite (an infinite or NaN sum adds no gradient)."""
     d = other - other.detach()
     return value + torch.where(torch.isfinite(other), d, torch.zeros_like(d))
+
+
+# ---------------------------------------------------------------- confusion counts
+#
+# A loss's stats pass can also count the confusion matrix of the argmax over
+# classes (row: label, column: argmax, the first maximum, a NaN as the
+# maximum, as torch.argmax), over the valid pixels: the logits are read once
+# for both. The kernels add to an int64 [C, C] contiguous tensor on x's
+# device. Backends whose stats kernel does not take it yet count with
+# argmax + index_add_ on the device (confusion_from_argmax): a second read of
+# the logits, no host sync.
+
+
+def _conf_kernel_supported(backend: str) -> bool:
+    """Whether ``backend``'s stats kernel counts the confusion matrix itself
+    (the Triton kernel can too, ``launch_stats(confusion=)``; its op does not
+    take the counts yet, so the triton backend counts with the fallback)."""
+    return backend in ("cpu", "cuda")
+
+
+def confusion_from_argmax(x: Tensor, target: Tensor, label_offset: int, ignore_value: Optional[float],
+                          confusion: Tensor) -> None:
+    """confusion += counts of (label, argmax_c x) over the valid pixels; x [N, C, S], target [N, S]."""
+    C = x.shape[1]
+    if x.numel() == 0:
+        return
+    with torch.no_grad():
+        y = target.long() - label_offset
+        valid = (y >= 0) & (y < C)
+        if ignore_value is not None:
+            valid &= target != int(ignore_value)
+        bins = torch.where(valid, y * C + x.argmax(1), 0)
+        confusion.view(-1).index_add_(0, bins.reshape(-1), valid.reshape(-1).long())
+
+
+def _stats_conf_op(x: Tensor, target: Tensor, is_label: bool, act: int, label_offset: int,
+                   ignore_value: Optional[float], backend: str, xent: int = 0,
+                   gamma: float = 0.0) -> Tuple[Tensor, Tensor]:
+    """_stats_op that also returns the confusion counts [C, C] (int64) of the same pass."""
+    conf = torch.zeros((x.shape[1], x.shape[1]), dtype=torch.int64, device=x.device)
+    return _stats_impl(x, target, is_label, act, label_offset, ignore_value, backend, xent, gamma,
+                       conf=conf), conf
+
+
+region_stats_conf_op = torch.library.custom_op("segfast::region_stats_conf", _stats_conf_op, mutates_args=())
+
+
+@region_stats_conf_op.register_fake
+def _(x, target, is_label, act, label_offset, ignore_value, backend, xent=0, gamma=0.0):
+    C = x.shape[1]
+    return (x.new_empty((x.shape[0], C, KX if xent else K), dtype=acc_dtype(x)),
+            x.new_empty((C, C), dtype=torch.int64))
+
+
+def _backward_conf(ctx, grad, _grad_counts):
+    return _backward_ext(ctx, grad)
+
+
+region_stats_conf_op.register_autograd(_backward_conf, setup_context=_setup)
+
+
+def confusion_target(confusion, input: Tensor, target: Tensor, mode: str, ignore_index) -> Tensor:
+    """Check a loss's ``confusion=`` argument against its input and return the
+    int64 [C, C] tensor the stats pass adds to: a plain tensor as given, or a
+    segfast.metrics.ConfusionMatrix's own counts. Raises before any kernel runs."""
+    from ..metrics.segmentation import ConfusionMatrix
+
+    if mode != "multiclass":
+        raise ValueError(f"confusion= counts the argmax over the classes: it needs mode='multiclass', "
+                         f"got mode={mode!r}")
+    if not isinstance(input, Tensor) or not isinstance(target, Tensor):
+        raise TypeError("input and target must be tensors")
+    if target.dtype.is_floating_point or target.dtype == torch.bool:
+        raise ValueError(f"confusion= needs class-index targets (N, *spatial), got a dense {target.dtype} "
+                         f"target of shape {tuple(target.shape)}")
+    C = input.shape[1] if input.dim() >= 2 else None
+    if isinstance(confusion, ConfusionMatrix):
+        if confusion.num_classes != C:
+            raise ValueError(f"confusion=ConfusionMatrix(num_classes={confusion.num_classes}) does not match "
+                             f"input of shape {tuple(input.shape)} ({C} classes)")
+        if confusion.ignore_index != check_ignore_index(ignore_index):
+            raise ValueError(f"confusion=ConfusionMatrix(ignore_index={confusion.ignore_index}) and the loss's "
+                             f"ignore_index={ignore_index} differ: give both the same ignore_index")
+        return confusion.counts_view(input.device)
+    if not isinstance(confusion, Tensor):
+        raise TypeError(f"confusion must be a segfast.metrics.ConfusionMatrix or an int64 [C, C] tensor, "
+                        f"got {type(confusion).__name__}")
+    if confusion.dtype != torch.int64:
+        raise TypeError(f"confusion must be an int64 tensor, got {confusion.dtype}")
+    if tuple(confusion.shape) != (C, C):
+        raise ValueError(f"confusion must be [C, C] = [{C}, {C}] for input of shape {tuple(input.shape)}, "
+                         f"got {tuple(confusion.shape)}")
+    if confusion.device != input.device:
+        raise ValueError(f"confusion is on {confusion.device} but input is on {input.device}")
+    if not confusion.is_contiguous():
+        raise ValueError(f"confusion must be contiguous (it is added to in place), got strides "
+                         f"{confusion.stride()}")
+    return confusion
 
 
 # ---------------------------------------------------------------- validation
