@@ -374,3 +374,74 @@ def test_dense_crf_warns_on_unit_scale_image():
         warnings.simplefilter("error")
         F.dense_crf(u, torch.rand(1, 3, 5, 6) * 255, backend="cpu")
         F.dense_crf(u, torch.rand(1, 3, 5, 6), bilateral=None, backend="cpu")
+
+
+# ---------------------------------------------------------------- infinite logits in the sigmoid and fused kernels
+
+
+def _match_reference(fn, x, t, backend, **kw):
+    """Loss and gradient of ``backend`` against the float64 reference: NaN / inf
+    exactly where the reference's are, close elsewhere."""
+    if backend == "triton" and x.dtype == torch.float64:
+        x = x.float()  # triton refuses float64
+    lw, xw = _grads_no_target(fn, x.double(), t, "torch", **kw)
+    lg, xg = _grads_no_target(fn, x, t, backend, **kw)
+    torch.testing.assert_close(lg.double(), lw, rtol=1e-5, atol=1e-6, equal_nan=True)
+    assert torch.equal(torch.isfinite(xg), torch.isfinite(xw)), (xg, xw)
+    fin = torch.isfinite(xw)
+    torch.testing.assert_close(xg.double()[fin], xw[fin], rtol=1e-4, atol=1e-6)
+
+
+def _grads_no_target(fn, x, t, backend, **kw):
+    x = x.detach().clone().requires_grad_(True)
+    loss = fn(x, t, backend=backend, **kw)
+    loss.backward()
+    return loss.detach(), x.grad
+
+
+@pytest.mark.parametrize("backend", KERNELS)
+def test_sigmoid_focal_neg_inf_logit_of_a_negative(backend):
+    """x = -inf with t = 0: p_t = 1 exactly, so the focal factor and its gradient are 0
+    (the fast exp once gave exp(-inf) = exp(-87), a factor of 1e-38 times an infinite
+    ce: a NaN gradient where the reference's is 0)."""
+    x = torch.tensor([[[-INF, 0.5, 2.0]], [[1.0, -INF, -0.5]]])
+    t = torch.tensor([[1, 1, 0], [0, 0, 1]], dtype=torch.float32).view(2, 1, 3)
+    fn = lambda x, t, **k: F.focal_loss(x, t, mode="multilabel", gamma=1.5, reduction="none", **k).sum()
+    _match_reference(fn, x, t, backend)
+    _, xg = _grads_no_target(fn, x, t, backend)
+    assert xg[1, 0, 1] == 0
+
+
+@pytest.mark.parametrize("backend", KERNELS)
+@pytest.mark.parametrize("name", ["bce", "focal"])
+def test_sigmoid_nan_logit_of_an_ignored_element(name, backend):
+    """An ignored element's gradient is 0·d, as the reference's and the softmax
+    kinds': a NaN logit there gives a NaN gradient, not 0."""
+    fn = {"bce": lambda x, t, **k: F.binary_cross_entropy_with_logits(x, t, **k),
+          "focal": lambda x, t, **k: F.focal_loss(x, t, mode="multilabel", gamma=1.5, **k)}[name]
+    x = torch.tensor([[[float("nan"), 0.5, -1.0]], [[1.0, 2.0, -0.5]]])
+    t = torch.tensor([[[255, 1, 0]], [[0, 1, 1]]], dtype=torch.float32)
+    _match_reference(fn, x, t, backend, ignore_index=255)
+
+
+@pytest.mark.parametrize("backend", KERNELS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_dice_fused_huge_logit_gap_gradient(backend, dtype):
+    """Class 0 ahead of every foreground class by more than exp's range: the fused
+    term's q_c = p_c / (1 - p_0) is 0 / 0 from the probabilities and must come
+    from the logits (the general path once gave a gradient error of 0.5)."""
+    x = torch.tensor([[[-843.0, 2176.0, 5.0], [-4868.0, 14943.0, -1.0], [-900.0, -3e4, 0.5]]], dtype=dtype)
+    y = torch.tensor([[1, 2, 0]])
+    _match_reference(lambda x, t, **k: F.dice_fused_loss(x, t, **k), x, y, backend)
+
+
+@pytest.mark.parametrize("backend", KERNELS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("label", [0, 1])
+def test_dice_fused_all_foreground_neg_inf(backend, dtype, label):
+    """Every foreground logit -inf: -log(1 - p_0) is inf (torch's logsumexp of all
+    -inf is -inf, not NaN), and the gradient is NaN on every class of that pixel, as
+    the reference's."""
+    x = torch.tensor([[[-0.14, 0.3, 1.0], [-INF, 2.0, -1.0]]], dtype=dtype)
+    y = torch.tensor([[label, 0, 1]])
+    _match_reference(lambda x, t, **k: F.dice_fused_loss(x, t, **k), x, y, backend)

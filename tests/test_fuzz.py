@@ -65,14 +65,6 @@ REGION = {"dice", "dice_multilabel", "dice_binary", "jaccard", "tversky", "gener
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 LAYOUTS = ["contiguous", "channels_last", "strided", "expanded"]
 REGIMES = ["normal", "large", "inf", "nan", "ties"]
-# Known bugs, left out of the draw until the kernels are fixed: dice_fused
-# with logits of +-1e4 or +-inf disagrees with the reference on the cpu and
-# cuda backends (a NaN loss, or a gradient error of 0.5); the cpu sigmoid
-# focal gradient at +-inf logits with C = 1000 is non-finite where the
-# reference's is finite.
-KNOWN_BUGS = {"dice_fused": ("large", "inf"), "focal_sigmoid": ("inf",)}
-
-
 def _leaf_and_view(base: torch.Tensor, layout: str):
     """(leaf shape, view of the leaf with base's [N, C, *spatial] shape)."""
     N, C, *sp = base.shape
@@ -101,7 +93,7 @@ def cases(draw):
     spatial = tuple(draw(st.lists(st.integers(1, 2 if big_c else 5), min_size=ndim, max_size=ndim)))
     dtype = draw(st.sampled_from(DTYPES))
     layout = draw(st.sampled_from(LAYOUTS))
-    regime = draw(st.sampled_from([r for r in REGIMES if r not in KNOWN_BUGS.get(name, ())]))
+    regime = draw(st.sampled_from(REGIMES))
     target = draw(st.sampled_from(kinds))
     ignore = target == "labels" and draw(st.booleans())
     kw = {}
@@ -228,8 +220,6 @@ def test_fuzz_backends_match_reference(case):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason="the long run still finds non-finite-input bugs in the cpu sigmoid kernels "
-                   "(bce, sigmoid focal) at C = 1000 besides KNOWN_BUGS; it fails until they are fixed")
 @SLOW
 @given(case=cases())
 def test_fuzz_backends_match_reference_many(case):

@@ -466,7 +466,9 @@ def _pixel_sigmoid_kernel(
                 else:
                     at = 1.0
                 l0 = wc * at * ce * pg
-                dl = wc * at * ((s - t) * pg - gamma * ce * pg * r * (2.0 * t - 1.0))
+                # the factor's own gradient: none where it is constant (1 - p_t <= 0, gamma = 0)
+                fd = tl.where((omp > 0.0) & (gamma > 0.0), gamma * ce * pg * r * (2.0 * t - 1.0), 0.0)
+                dl = wc * at * ((s - t) * pg - fd)
             if WANT_LOSS:
                 acc += tl.where(v, l0, 0.0)
             moff = (n64 * C + c64[:, None]) * S + s64[None, :]
@@ -477,7 +479,7 @@ def _pixel_sigmoid_kernel(
                     g = tl.load(go_ptr + moff, mask=v, other=0).to(tl.float32)
                 else:
                     g = 1.0
-                dx = tl.where(v, (g * scale0) * dl, 0.0)
+                dx = (tl.where(v, g, 0.0) * scale0) * dl  # invalid: 0·dl (NaN stays NaN, as the reference)
                 tl.store(dx_base + c64[:, None] * sdc + s64[None, :] * sds,
                          dx.to(dx_ptr.dtype.element_ty), mask=mask)
 

@@ -188,8 +188,12 @@ SEGFAST_HD void sigmoid_term(T x, T t, T wc, T a_pos, T a_neg, const Focal<T>& f
     const T pg = pow_gamma(om, f);
     const T pg1 = dpow_gamma(om, f.gamma, pg);
     const T smt = s * tc - sc * t;  // s - t
+    // the focal factor's own gradient, ce * d(om^gamma)/dx: none where the
+    // factor is constant (om <= 0, the reference's focal_factor select, or
+    // gamma = 0, torch's pow backward), so an infinite ce there adds no 0·inf
+    const T fd = om > T(0) && f.gamma > T(0) ? pg1 * ce * s * sc * (T(2) * t - T(1)) : T(0);
     *l = wc * at * ce * pg;
-    *d = wc * at * (smt * pg - pg1 * ce * s * sc * (T(2) * t - T(1)));
+    *d = wc * at * (smt * pg - fd);
   }
 }
 

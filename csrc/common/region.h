@@ -51,8 +51,8 @@ SEGFAST_HD int num_stats(const Problem& pr) { return pr.xent ? KX : K; }
 
 // exp(x) for float, vectorisable (no branches, no libm call): Cephes-style
 // range reduction x = n*ln2 + r, |r| <= ln2/2, degree-6 polynomial (~1-2 ulp).
-// x is clamped to [-87, 88]: exp(-87) ~ 1.6e-38 stands in for smaller values
-// (below float's normal range), which is harmless for softmax / sigmoid.
+// x is clamped to [-87, 88] for the reduction; below -87 the result is 0
+// (float's subnormal range is flushed), exp(-inf) = 0, and NaN stays NaN.
 // exp(r) for |r| <= ln2/2 (fast_expf's reduced argument): a degree-6
 // polynomial. V is float or a float vector (GCC/Clang vector extension), so
 // CPU kernels can run it on whole vectors.
@@ -68,6 +68,7 @@ SEGFAST_HD V expf_reduced(V r) {
 }
 
 SEGFAST_HD float fast_expf(float x) {
+  const float x_in = x;
   x = x < -87.0f ? -87.0f : x;
   x = x > 88.0f ? 88.0f : x;
   // round(x / ln2) to nearest even with the 1.5*2^23 trick (no floorf call)
@@ -79,7 +80,10 @@ SEGFAST_HD float fast_expf(float x) {
   r = r - fn * -2.12194440e-4f;
   const float y = expf_reduced(r);
   const float scale = bits_f32(uint32_t(n + 127) << 23);
-  return y * scale;
+  // below the clamp the result is 0 (as expf's, to within float's subnormals):
+  // exp(-inf) must be 0, not exp(-87), or 1 - sigmoid and a masked class's
+  // probability come out nonzero at an infinite logit (and 0·inf terms, NaN)
+  return x_in < -87.0f ? 0.0f : y * scale;
 }
 
 SEGFAST_HD float exp_t(float x) {

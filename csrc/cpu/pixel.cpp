@@ -312,7 +312,9 @@ SEGFAST_INLINE void sigmoid_tile(const Problem& pr, Workspace<T>& w, int64_t n, 
       sigmoid_term<KIND, T>(xr[i], tr[i], wc, a_pos, a_neg, focal, &l, &d);
       const bool v = tv[i] != T(0);
       l0[i] = v ? l : T(0);
-      row[i] = v ? g[i] * sc0 * d : T(0);
+      // an invalid element's gradient is 0·d, as the reference's (and the
+      // softmax kinds'): a NaN logit there gives NaN, as in torch
+      row[i] = (v ? g[i] : T(0)) * sc0 * d;
     }
     if (pr.loss) {
       double a = 0.0;

@@ -109,12 +109,13 @@ struct Workspace {
   ConfCounts conf;          // stats: the optional confusion counts
   std::vector<T> cbest, crow;     // conf: [tile] running max, one row of x
   std::vector<int32_t> cidx;      // conf: [tile] its class
+  std::vector<T> qb, qs;    // grad, fused term: q_c [C][tile], sum_c q_c [tile] (fused_q)
   Workspace(int64_t C_, int64_t tile_, bool dense, bool grad, int64_t* conf_out = nullptr)
       : C(C_), tile(tile_), xb(C_ * tile_), m(tile_), r(tile_), vb(tile_), lb(tile_), xr(tile_),
         hb(tile_), conf(conf_out, C_) {
     if (conf) { cbest.resize(tile_); crow.resize(tile_); cidx.resize(tile_); }
     if (dense) { tb.resize(C_ * tile_); vbd.resize(C_ * tile_); }
-    if (grad) ab.resize(C_ * tile_);
+    if (grad) { ab.resize(C_ * tile_); qb.resize(C_ * tile_); qs.resize(tile_); }
     else { acc.resize(C_ * KX); ab.resize(tile_); }  // stats: ab is scratch
   }
 };
@@ -596,6 +597,7 @@ SEGFAST_INLINE float lse_fg_lane(const XSrc& xs, const FastWork& w, int64_t C, i
                                  int64_t l) {
   float m = -INFINITY, s = 0.0f;
   for (int64_t c = 1; c < C; ++c) m = std::max(m, xblock(xs, w, c, i)[l]);
+  m = std::isinf(m) ? 0.0f : m;  // torch's logsumexp: all -inf gives -inf, a +inf gives +inf
   for (int64_t c = 1; c < C; ++c) s += std::exp(xblock(xs, w, c, i)[l] - m);
   return m + std::log(s);
 }
@@ -832,6 +834,7 @@ SEGFAST_INLINE void grad_block(const float* x, int64_t xp, int64_t C,
     for (int64_t c = 1; c < C; ++c) sfg += vload(e + c * VL);
     const vf rf = 1.0f / sfg;
     for (int64_t c = 1; c < C; ++c) vstore(q_buf + c * VL, vload(e + c * VL) * rf);
+    alignas(64) float qnan[VL] = {};
     for (int64_t l = 0; l < VL; ++l) {
       const int32_t y = lbp[l];
       ub[l] = y >= 1 ? g8[y] : 0.0f;
@@ -840,9 +843,12 @@ SEGFAST_INLINE void grad_block(const float* x, int64_t xp, int64_t C,
         for (int64_t c = 1; c < C; ++c) mf = std::max(mf, x[c * xp + l]);
         for (int64_t c = 1; c < C; ++c) sf += (q_buf[c * VL + l] = std::exp(x[c * xp + l] - mf));
         for (int64_t c = 1; c < C; ++c) q_buf[c * VL + l] /= sf;
+        // every foreground logit -inf (or a NaN): q is 0/0, and, as in the
+        // reference (logsumexp's backward), NaN reaches every class of the pixel
+        if (!(mf > -INFINITY)) qnan[l] = NAN;
       }
     }
-    B = gy + vload(ub);
+    B = gy + vload(ub) + vload(qnan);
   }
   dot -= B;
   const vf v = vload(vbp), u = vload(ub);
@@ -1230,6 +1236,8 @@ SEGFAST_INLINE void lse_fg_tile(const Problem& pr, Workspace<T>& w, int64_t n, i
         else h[i] += exp_t(xr[i] - mx[i]);
       }
     }
+    if (pass == 0)  // torch's logsumexp: all -inf gives -inf, a +inf gives +inf (not NaN)
+      for (int64_t i = 0; i < lenp; ++i) mx[i] = std::isinf(mx[i]) ? T(0) : mx[i];
   }
   for (int64_t i = 0; i < lenp; ++i) h[i] = mx[i] + std::log(h[i]);
 }
@@ -1296,7 +1304,10 @@ SEGFAST_INLINE void xent_grad_prep(const Problem& pr, Workspace<T>& w, int64_t n
   for (int64_t i = 0; i < len; ++i) {
     const int32_t y = lb[i];
     B[i] = u[i] = T(0);
-    if (y < 0) continue;  // ignored: v = 0 anyway
+    if (y < 0) {  // ignored: v = 0 anyway (0·B: NaN where the fused q is, as the reference)
+      if (pr.xent == kXentFused) B[i] = T(0) * w.qs[i];
+      continue;
+    }
     const T g7 = T(gn[y * KO + kS7]), g8 = T(gn[y * KO + kS8]);
     const T py = w.xb[y * tile + i];
     if (pr.xent == kXentCE) {
@@ -1304,11 +1315,9 @@ SEGFAST_INLINE void xent_grad_prep(const Problem& pr, Workspace<T>& w, int64_t n
     } else if (pr.xent == kXentFocal) {  // -log p_y = max - log(1/sum) - x_y
       const T nl = (w.m[i] - load_x<T>(pr, n, y, s0 + i)) - std::log(w.r[i]);
       u[i] = B[i] = g7 * focal_dlogp(py, nl, gamma);
-    } else {  // fused: k = [y >= 1] gS8_y / (1 - p_0), 1 - p_0 = sum_{c >= 1} p_c
-      T fg = T(0);
-      for (int64_t c = 1; c < C; ++c) fg += w.xb[c * tile + i];
-      u[i] = y >= 1 && fg > T(0) ? g8 / fg : T(0);
-      B[i] = g7 + (y >= 1 ? g8 : T(0));
+    } else {  // fused: k = [y >= 1] gS8_y; b_c = k q_c with q_c = exp(x_c - lse_fg) (fused_q)
+      u[i] = y >= 1 ? g8 : T(0);
+      B[i] = g7 + u[i] * w.qs[i];
     }
   }
 }
@@ -1320,6 +1329,28 @@ SEGFAST_INLINE void conf_tile(const Problem& pr, Workspace<T>& w, int64_t n, int
   cpu::argmax_rows(pr.x, pr.x_dtype, n * pr.xsN + s0 * pr.xsS, pr.xsC, pr.xsS, pr.C, len,
                    w.cbest.data(), w.cidx.data(), w.crow.data());
   w.conf.add(w.lb.data(), w.cidx.data(), len);
+}
+
+// Fused term: q_c = p_c / (1 - p_0) = exp(x_c - lse_fg) for c >= 1 into w.qb [C][tile]
+// and sum_c q_c into w.qs (1, or NaN where every foreground logit is -inf or one is
+// NaN: the reference's logsumexp backward, NaN on every class of the pixel). From x,
+// not from p: the p_c underflow (to 0 / 0) when class 0 leads by more than exp's range.
+template <typename T>
+SEGFAST_INLINE void fused_q(const Problem& pr, Workspace<T>& w, int64_t n, int64_t s0, int64_t len) {
+  const int64_t tile = w.tile;
+  T* __restrict lfg = w.qs.data();
+  lse_fg_tile(pr, w, n, s0, len, lfg);  // uses w.xr and w.ab as scratch
+  T* __restrict qs = w.hb.data();
+  for (int64_t i = 0; i < len; ++i) qs[i] = T(0);
+  for (int64_t c = 1; c < pr.C; ++c) {
+    T* __restrict q = w.qb.data() + c * tile;
+    load_row(q, pr.x, pr.x_dtype, n * pr.xsN + c * pr.xsC + s0 * pr.xsS, pr.xsS, len);
+    for (int64_t i = 0; i < len; ++i) {
+      q[i] = exp_t(q[i] - lfg[i]);
+      qs[i] += q[i];
+    }
+  }
+  for (int64_t i = 0; i < len; ++i) w.qs[i] = qs[i] == qs[i] ? T(1) : qs[i];
 }
 
 template <typename T, typename A>
@@ -1421,6 +1452,7 @@ SEGFAST_INLINE void grad_item_impl(const Problem& pr, Workspace<T>& w, int64_t n
   T* __restrict B = w.hb.data();   // xent: B = sum_c b_c per pixel
   T* __restrict u = w.xr.data();   // xent: focal u / fused k per pixel
   T G8 = T(0);                     // CE: sum_c gS8_c
+  if (pr.xent == kXentFused) fused_q(pr, w, n, s0, len);
   if (pr.xent) xent_grad_prep(pr, w, n, s0, len, g, &G8);  // reads w.r: before dot
   if (pr.act == kSoftmax) {
 #pragma omp simd
@@ -1476,7 +1508,7 @@ SEGFAST_INLINE void grad_item_impl(const Problem& pr, Workspace<T>& w, int64_t n
           T b;
           if (pr.xent == kXentCE) b = g8 + (hit ? g7 : T(0));
           else if (pr.xent == kXentFocal) b = hit ? u[i] : T(0);
-          else b = (hit ? g7 : T(0)) + (c >= 1 ? u[i] * p[i] : T(0));
+          else b = (hit ? g7 : T(0)) + (c >= 1 ? u[i] * w.qb[c * tile + i] : T(0));
           a[i] = p[i] * (a[i] - dot[i] + v[i] * B[i]) - v[i] * b;
         }
       } else {

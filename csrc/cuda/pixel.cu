@@ -172,7 +172,7 @@ __global__ void __launch_bounds__(kThreads) sigmoid_kernel(const Problem pr, con
         if (pr.dx) {
           const T g = pr.go ? static_cast<const T*>(pr.go)[pr.go_scalar ? 0 : moff] : T(1);
           store_as(pr.dx, pr.x_dtype, n * pr.dxsN + c * pr.dxsC + s * pr.dxsS,
-                   ok ? g * sc0 * d : T(0));
+                   (ok ? g : T(0)) * sc0 * d);  // 0·d: NaN stays NaN, as the reference
         }
       }
     }

@@ -68,9 +68,11 @@ __device__ __forceinline__ void dense_tv(const Problem& pr, int64_t n, int64_t c
 // logsumexp of x over the classes 1..C-1 of one pixel (fused term), stable.
 template <typename T>
 __device__ __forceinline__ T lse_fg(const Problem& pr, int64_t n, int64_t s) {
-  T m, inv;
-  softmax_stats<T>(pr, n, s, &m, &inv, 1);
-  return m - log(inv);
+  T m = T(-INFINITY), sum = T(0);
+  for (int64_t c = 1; c < pr.C; ++c) m = fmax(m, load_x<T>(pr, n, c, s));
+  m = isinf(m) ? T(0) : m;  // torch's logsumexp: all -inf gives -inf, a +inf gives +inf
+  for (int64_t c = 1; c < pr.C; ++c) sum += exp_t(load_x<T>(pr, n, c, s) - m);
+  return m + log(sum);
 }
 
 template <typename A>
@@ -230,9 +232,12 @@ __global__ void grad_kernel(const Problem pr, const G* __restrict__ g, void* __r
         B = g7y;
       } else {  // q_c = exp(x_c - lse_fg), k = [y >= 1] g8_y
         k = cls >= 1 ? T(gn[cls * KO + kS8]) : T(0);
-        lfg = lse_fg<T>(pr, n, s);
         B = g7y + k;
       }
+    }
+    if (fused) {  // every pixel (an ignored one too): q_c = exp(x_c - lfg) <= 1
+      lfg = lse_fg<T>(pr, n, s);
+      if (!(lfg > T(-INFINITY))) B = T(NAN);  // q = 0/0: NaN on every class, as the reference
     }
     T dot = -vlab * B;
     if (pr.act == kSoftmax) {
