@@ -158,7 +158,7 @@ def test_quick_sweep(capsys):
     rows = aot.compile_all(aot.expand(aot.subset(launches), variants=("div16",)), workers=WORKERS)
     with capsys.disabled():
         print("\n" + aot.format_table(aot.summarise(rows)))
-        print(f"{len(rows)} compiles in {time.perf_counter() - t0:.1f} s on {WORKERS} workers")
+        print(aot.time_report(rows, time.perf_counter() - t0, WORKERS))
     assert aot.failures(rows) == []
     assert {(r["kernel"], r["arch"]) for r in rows} == {(k, a) for _, k in every for a in aot.ARCHS}
 
