@@ -17,6 +17,7 @@ are reworked.
 
 from __future__ import annotations
 
+import itertools
 import os
 import sys
 import textwrap
@@ -51,6 +52,52 @@ def test_describe_launch():
     assert la.options == (("num_warps", 4),)
     assert aot.describe_launch(k, (torch.zeros(3), 5, 17, 1.0, False), dict(BLOCK=64)).args[1:3] == \
         (("I", "i32"), ("I", "i32"))
+
+
+def _toy_launch(x_dt, t_dt, weighted, C):
+    """The launch a toy dispatcher makes: labels or a dense target (a
+    constexpr), an optional weight tensor (a constexpr, None otherwise), the
+    gradient in the input's dtype, a class tile with the pixel tile and
+    warps following it."""
+    label = t_dt in ("int64", "uint8")
+    block_c = 1 << max(C - 1, 0).bit_length() if C <= 8 else 4
+    block_s, warps = (2048 // block_c, 8) if C <= 8 else (128, 4)
+    args = (("T", x_dt), ("T", t_dt), ("T", "float32") if weighted else ("N",), ("T", x_dt), ("I", "i32"),
+            ("C", label), ("C", weighted), ("C", block_c), ("C", block_s), ("C", C <= 8))
+    return aot.Launch("toy", "toy_kernel", args, (("num_warps", warps),))
+
+
+TOY_X = ("float32", "float16", "bfloat16")
+TOY_T = ("int64", "uint8", "float32", "bool")
+TOY_C = (1, 2, 3, 5, 9)  # tiles 1, 2, 4, 8 and the looped tile
+
+
+def test_config_space_toy():
+    """From a sparse set of recorded launches (each choice seen, overlapping
+    at one common setting), the derivation gives exactly the toy
+    dispatcher's full cross product: no combination missed, none invented."""
+    every = {_toy_launch(*c) for c in itertools.product(TOY_X, TOY_T, (False, True), TOY_C)}
+    recorded = [_toy_launch("float32", "int64", False, C) for C in TOY_C]
+    recorded += [_toy_launch(x, "int64", False, 3) for x in TOY_X]
+    recorded += [_toy_launch("float32", t, w, 3) for t in TOY_T for w in (False, True)]
+    assert len(set(recorded)) < len(every) // 5
+    (space,) = aot.config_space(recorded)
+    got = set(space.launches)
+    assert got - every == set(), sorted(got - every, key=repr)[:5]
+    assert every - got == set(), sorted(every - got, key=repr)[:5]
+    assert len(space.launches) == len(got)
+    # the input and its gradient share a dtype; the label flag fixes the target's class
+    assert [0, 3] in space.arg_groups
+    assert space.couplings[1] == [("C", 5)] and space.couplings[2] == [("C", 6)]
+
+
+def test_config_space_needs_overlap():
+    """A flag seen only with one tile and its opposite only with another
+    reads as dependent on the tile: the derivation keeps those pairs only,
+    so the workload must show every choice at a common setting."""
+    recorded = [_toy_launch("float32", "int64", False, 3), _toy_launch("float32", "int64", True, 9)]
+    (space,) = aot.config_space(recorded)
+    assert len(space.launches) == 2
 
 
 def test_vector_counts():
@@ -112,7 +159,7 @@ def test_quick_sweep(capsys):
     rows = aot.compile_all(aot.expand(aot.subset(launches), variants=("div16",)), workers=WORKERS)
     with capsys.disabled():
         print("\n" + aot.format_table(aot.summarise(rows)))
-        print(f"{len(rows)} compiles in {time.perf_counter() - t0:.1f} s on {WORKERS} workers")
+        print(aot.time_report(rows, time.perf_counter() - t0, WORKERS))
     assert aot.failures(rows) == []
     assert {(r["kernel"], r["arch"]) for r in rows} == {(k, a) for _, k in every for a in aot.ARCHS}
 
@@ -127,12 +174,15 @@ def test_full_sweep(capsys):
     launches = aot.record_launches(lambda: triton_workload.run("full"))
     t1 = time.perf_counter()
     assert _names(launches) == set(aot.kernel_functions())
-    rows = aot.compile_all(aot.full_jobs(launches), workers=WORKERS)
+    jobs = aot.full_jobs(launches)
+    space = sum(len(ks.launches) for ks in aot.config_space(launches))
+    rows = aot.compile_all(jobs, workers=WORKERS)
     t2 = time.perf_counter()
     with capsys.disabled():
         print("\n" + aot.format_table(aot.summarise(rows)))
-        print(f"{len(launches)} launches recorded in {t1 - t0:.1f} s; {len(rows)} compiles in {t2 - t1:.1f} s "
-              f"on {WORKERS} workers")
+        print(f"{len(launches)} launches recorded in {t1 - t0:.1f} s, {space} in the derived configuration "
+              f"space (per arch); "
+              + aot.time_report(rows, t2 - t1, WORKERS) + f"; load average {os.getloadavg()[0]:.1f}")
     bad = aot.failures(rows, spills=False)
     assert bad == [], "\n".join(bad[:20])
     spills = [f for f in aot.failures(rows) if f not in bad]

@@ -46,9 +46,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import importlib
 import inspect
 import io
+import itertools
 import json
 import os
 import re
@@ -92,6 +94,9 @@ class Launch:
     kernel: str
     args: tuple
     options: tuple
+
+    def constexprs_tuple(self) -> tuple:
+        return tuple(a[1] for a in self.args if a[0] == "C")
 
     def constexprs(self, names: list) -> dict:
         return {n: a[1] for n, a in zip(names, self.args) if a[0] == "C"}
@@ -204,6 +209,164 @@ def kernel_functions() -> list:
 
 
 # --------------------------------------------------------------------------
+# the configuration space
+# --------------------------------------------------------------------------
+
+
+def arg_class(desc) -> str:
+    """What a constexpr can encode about an argument: None, a bool / integer /
+    floating tensor, or the kind of a scalar (int, float, bool)."""
+    if desc[0] == "T":
+        dt = desc[1]
+        return "bool" if dt == "bool" else "int" if dt.startswith(("int", "uint")) else "float"
+    return desc[0]
+
+
+def _partitions(pairs) -> bool:
+    """True when ``pairs`` ((a, b) observations, a taking >= 2 values) show b
+    determined by a as a class: the sets of b seen with each value of a are
+    pairwise disjoint."""
+    seen = {}
+    for a, b in pairs:
+        seen.setdefault(a, set()).add(b)
+    if len(seen) < 2:
+        return False
+    groups = list(seen.values())
+    return all(not (groups[i] & groups[j]) for i in range(len(groups)) for j in range(i + 1, len(groups)))
+
+
+def _components(keys: list, linked) -> list:
+    """Connected components of ``keys`` under the symmetric relation ``linked``."""
+    parent = {k: k for k in keys}
+
+    def root(k):
+        while parent[k] != k:
+            k = parent[k]
+        return k
+    for i, a in enumerate(keys):
+        for b in keys[i + 1:]:
+            if linked(a, b):
+                parent[root(a)] = root(b)
+    comps = {}
+    for k in keys:
+        comps.setdefault(root(k), []).append(k)
+    return list(comps.values())
+
+
+@dataclasses.dataclass
+class KernelSpace:
+    """The configuration space of one kernel function, derived from its
+    recorded launches (see ``config_space``)."""
+
+    module: str
+    kernel: str
+    config_groups: list   # [[key, ...], ...]: keys ("C", index) constexpr / ("O", name) option
+    arg_groups: list      # [[position, ...], ...] of the non-constexpr arguments
+    couplings: dict       # position -> [key, ...] whose value fixes the argument's class
+    launches: list        # every launch of the space
+
+    def recorded_configs(self) -> int:
+        return len({_config(la) for la in self.launches})
+
+
+def _config(la: Launch) -> tuple:
+    return tuple(a for a in la.args if a[0] == "C") + la.options
+
+
+def config_space(launches: Iterable[Launch]) -> list:
+    """Every launch the dispatch code can make, per kernel function, from the
+    launches it was seen to make -> [KernelSpace].
+
+    The launch configuration (constexpr values and launch options) and the
+    non-constexpr arguments (tensor dtypes, None, scalar kinds) are taken
+    apart into independent parts whose cross product is the space:
+
+    * two configuration keys are dependent when the values of one split the
+      values seen with the other into disjoint sets (``BLOCK_S`` follows
+      ``BLOCK_C``, a label flag follows the loss form); dependent keys form a
+      group whose recorded value tuples are kept as they are; the groups are
+      crossed. A key that was seen with overlapping values of another
+      (every loss form at some common class tile) is independent of it.
+    * an argument's class (``arg_class``) is coupled to a configuration key
+      when the key's values split the classes seen at that position into
+      disjoint sets (a label-or-dense flag, a has-weight flag against None);
+      a configuration then allows at that position the recorded values whose
+      class it was seen with.
+    * two arguments whose recorded values determine each other (the
+      gradient has the input's dtype) form a group of recorded value tuples;
+      the groups are crossed.
+    """
+    by_kernel = {}
+    for la in launches:
+        by_kernel.setdefault((la.module, la.kernel), []).append(la)
+    out = []
+    for (module, kernel), las in by_kernel.items():
+        nargs = len(las[0].args)
+        cpos = [i for i in range(nargs) if las[0].args[i][0] == "C"]
+        apos = [i for i in range(nargs) if las[0].args[i][0] != "C"]
+        keys = [("C", i) for i in cpos] + [("O", n) for n in sorted({o[0] for la in las for o in la.options})]
+
+        def val(la, key):
+            if key[0] == "C":
+                return la.args[key[1]][1]
+            return dict(la.options).get(key[1], None)
+
+        def dep(a, b):
+            pairs = [(val(la, a), val(la, b)) for la in las]
+            return _partitions(pairs) or _partitions([(y, x) for x, y in pairs])
+        cgroups = _components(keys, dep)
+        couplings = {}
+        for p in apos:
+            couplings[p] = [k for k in keys if _partitions([(val(la, k), arg_class(la.args[p])) for la in las])]
+
+        def tied(p, q):
+            pairs = {(la.args[p], la.args[q]) for la in las}
+            return (len({a for a, _ in pairs}) == len(pairs) == len({b for _, b in pairs}) and len(pairs) >= 2)
+        # scalar arguments (int / float / bool) vary with shapes, not with the
+        # dispatch's choices (divisibility is ``expand``'s variants): a launch
+        # takes those of the first recorded launch of its configuration
+        scalar = [p for p in apos if all(la.args[p][0] in ("I", "F", "B") for la in las)]
+        scalars = {}
+        for la in las:
+            scalars.setdefault(_config(la), tuple(la.args[p] for p in scalar))
+        first_scalars = tuple(las[0].args[p] for p in scalar)
+        agroups = _components([p for p in apos if p not in scalar], tied)
+
+        # configurations: the cross product of the groups' recorded tuples
+        cvals = [sorted({tuple(val(la, k) for k in g) for la in las}, key=repr) for g in cgroups]
+        # allowed classes per (position, key value), and recorded tuples per argument group
+        allowed = {(p, k, val(la, k)): set() for la in las for p in apos for k in couplings[p]}
+        for la in las:
+            for p in apos:
+                for k in couplings[p]:
+                    allowed[(p, k, val(la, k))].add(arg_class(la.args[p]))
+        avals = [sorted({tuple(la.args[p] for p in g) for la in las}, key=repr) for g in agroups]
+        space = []
+        for combo in itertools.product(*cvals):
+            cfg = {k: v for g, t in zip(cgroups, combo) for k, v in zip(g, t)}
+
+            def ok(p, d):
+                return all(arg_class(d) in allowed.get((p, k, cfg[k]), ()) for k in couplings[p])
+            choices = [[t for t in vals if all(ok(p, d) for p, d in zip(g, t))] for g, vals in zip(agroups, avals)]
+            for argc in itertools.product(*choices):
+                args = [None] * nargs
+                for i in cpos:
+                    args[i] = ("C", cfg[("C", i)])
+                for g, t in zip(agroups, argc):
+                    for p, d in zip(g, t):
+                        args[p] = d
+                cfg_key = tuple(args[i] for i in cpos) + tuple(
+                    sorted((k[1], cfg[k]) for k in keys if k[0] == "O" and cfg[k] is not None))
+                for p, d in zip(scalar, scalars.get(cfg_key, first_scalars)):
+                    args[p] = d
+                options = tuple(sorted((k[1], cfg[k]) for k in keys if k[0] == "O" and cfg[k] is not None))
+                space.append(Launch(module, kernel, tuple(args), options))
+        out.append(KernelSpace(module, kernel, cgroups, agroups, {p: ks for p, ks in couplings.items() if ks},
+                               space))
+    return out
+
+
+# --------------------------------------------------------------------------
 # compile jobs
 # --------------------------------------------------------------------------
 
@@ -250,17 +413,36 @@ def subset(launches: Iterable[Launch], by_dtypes: bool = False) -> list:
     return list(first.values())
 
 
-def full_jobs(launches: Iterable[Launch], archs=ARCHS) -> list:
-    """Every launch in the ``div16`` variant; the generic ``plain`` variant of
-    the first launch of each kernel function."""
+def full_jobs(launches: Iterable[Launch], archs=ARCHS, space: bool = False) -> list:
+    """Every launch (``space``: every launch of the configuration space of
+    ``launches``, ``config_space``) in the ``div16`` variant; the generic
+    ``plain`` variant of the first recorded launch of each kernel function."""
     launches = list(launches)
-    return expand(launches, archs, ("div16",)) + expand(subset(launches), archs, ("plain",))
+    every = [la for ks in config_space(launches) for la in ks.launches] if space else launches
+    return expand(every, archs, ("div16",)) + expand(subset(launches), archs, ("plain",))
+
+
+def time_report(rows: list, wall_s: float, workers: int) -> str:
+    """Where the compile time went: Triton's frontend and LLVM (source to
+    PTX) and ptxas, which runs once per distinct PTX (``_ptxas_once``)."""
+    total = sum(r["compile_s"] for r in rows)
+    ptxas = sum(r.get("ptxas_s") or 0.0 for r in rows)
+    runs = sum(1 for r in rows if r.get("ptxas_s") and not r.get("ptxas_reused"))
+    reused = sum(1 for r in rows if r.get("ptxas_reused"))
+    return (f"{len(rows)} compiles in {wall_s:.1f} s on {workers} workers ({total:.1f} s of compile time): "
+            f"frontend to PTX {total - ptxas:.1f} s, ptxas {ptxas:.1f} s over {runs} distinct PTX "
+            f"({reused} compiles reused a ptxas run)")
 
 
 def compile_all(jobs: list, *, workers: int = 2, cache_dir: Optional[str] = None, timeout: float = 3600) -> list:
     """Compile ``jobs`` in ``workers`` subprocesses (Triton imported with the
     interpreter off, ``TRITON_CACHE_DIR`` = ``cache_dir`` or a fresh temporary
-    folder); -> one report row (dict) per job, in order."""
+    folder); -> one report row (dict) per job, in order.
+
+    Every worker reads the whole list and claims the next unclaimed job
+    (a file created exclusively), so the load balances itself; jobs of one
+    kernel are adjacent, so a worker reuses its imports and binders and the
+    ptxas runs of identical PTX (``_ptxas_once``)."""
     if not jobs:
         return []
     workers = max(1, min(workers, len(jobs)))
@@ -270,32 +452,40 @@ def compile_all(jobs: list, *, workers: int = 2, cache_dir: Optional[str] = None
         env = dict(os.environ)
         env.pop("TRITON_INTERPRET", None)
         env["TRITON_CACHE_DIR"] = cache_dir
-        # Group jobs by kernel so each worker reuses its imports and caches.
-        order = sorted(range(len(jobs)), key=lambda i: (jobs[i].launch.module, jobs[i].launch.kernel))
-        shards = [order[w::workers] for w in range(workers)]
+        env["SEGFAST_AOT_PTXAS_CACHE"] = os.path.join(cache_dir, "ptxas")
+        os.makedirs(env["SEGFAST_AOT_PTXAS_CACHE"], exist_ok=True)
+        order = sorted(range(len(jobs)), key=lambda i: (jobs[i].launch.module, jobs[i].launch.kernel, jobs[i].arch,
+                                                        repr(jobs[i].launch.constexprs_tuple()), jobs[i].variant))
         work = stack.enter_context(tempfile.TemporaryDirectory(prefix="segfast-triton-aot-jobs-"))
+        src = os.path.join(work, "jobs.json")
+        with open(src, "w") as f:
+            json.dump([[i, jobs[i].to_json()] for i in order], f)
+        os.makedirs(os.path.join(work, "claims"))
         procs = []
-        for w, shard in enumerate(shards):
-            src, dst, log = (os.path.join(work, f"{w}.{ext}") for ext in ("in.json", "out.jsonl", "log"))
-            with open(src, "w") as f:
-                json.dump([jobs[i].to_json() for i in shard], f)
+        for w in range(workers):
+            dst, log = (os.path.join(work, f"{w}.{ext}") for ext in ("out.jsonl", "log"))
             with open(log, "w") as errf:
                 p = subprocess.Popen([sys.executable, "-m", "segfast.gpucheck.triton_aot", "--worker", src, dst],
                                      stdout=errf, stderr=subprocess.STDOUT, env=env)
-            procs.append((p, shard, dst, log))
+            procs.append((p, dst, log))
         rows = [None] * len(jobs)
-        for p, shard, dst, log in procs:
+        errs = []
+        for p, dst, log in procs:
             p.wait(timeout=timeout)
             with open(log) as f:
                 err = f.read()
             if p.returncode != 0:
                 raise RuntimeError(f"triton AOT worker failed (exit {p.returncode}):\n{err[-4000:]}")
+            errs.append(err)
             with open(dst) as f:
-                got = [json.loads(line) for line in f if line.strip()]
-            if len(got) != len(shard):
-                raise RuntimeError(f"triton AOT worker returned {len(got)} rows for {len(shard)} jobs:\n{err[-4000:]}")
-            for i, row in zip(shard, got):
-                rows[i] = row
+                for line in f:
+                    if line.strip():
+                        i, row = json.loads(line)
+                        rows[i] = row
+        missing = [i for i, r in enumerate(rows) if r is None]
+        if missing:
+            raise RuntimeError(f"triton AOT workers returned no row for {len(missing)} of {len(jobs)} jobs:\n"
+                               + "\n".join(e[-2000:] for e in errs))
     return rows
 
 
@@ -453,6 +643,46 @@ def _sass(cubin: bytes) -> str:
         return r.stdout if r.returncode == 0 else ""
 
 
+_PTXAS = {"cache_dir": None, "seconds": 0.0, "hit": False}
+
+
+def _ptxas_once(backend=None, stages=None, options=None, language=None, capability=None):
+    """Triton's stage hook: run the cubin stage (ptxas) once per distinct PTX.
+    Configurations whose PTX is identical (dtype variants that lower to the
+    same code, options ptxas ignores) reuse the cubin and ptxas log of the
+    first, from ``_PTXAS["cache_dir"]`` (shared by the workers). Called
+    without arguments, Triton asks for the hook's part of its cache key."""
+    if stages is None:
+        return "segfast-ptxas-once", "1"
+    make = stages["cubin"]
+
+    def cubin(src, metadata):
+        key = hashlib.sha256("\0".join([src, str(options.enable_fp_fusion), str(options.ptx_options),
+                                         str(capability)]).encode()).hexdigest()
+        d = _PTXAS["cache_dir"]
+        path = os.path.join(d, key) if d else None
+        if path and os.path.exists(path + ".cubin") and os.path.exists(path + ".log"):
+            with open(path + ".log") as f:
+                print(f.read())
+            _PTXAS["hit"] = True
+            with open(path + ".cubin", "rb") as f:
+                return f.read()
+        t0 = time.perf_counter()
+        log = io.StringIO()
+        with contextlib.redirect_stdout(log):
+            out = make(src, metadata)
+        _PTXAS["seconds"] += time.perf_counter() - t0
+        print(log.getvalue())
+        if path:
+            for ext, data, mode in ((".log", log.getvalue(), "w"), (".cubin", out, "wb")):
+                tmp = f"{path}.{os.getpid()}{ext}"
+                with open(tmp, mode) as f:
+                    f.write(data)
+                os.replace(tmp, path + ext)
+        return out
+    stages["cubin"] = cubin
+
+
 def compile_job(job: Job, _cache: dict = {}) -> dict:  # noqa: B006  (per-process memo)
     """Compile one job as ``JITFunction.run`` would; -> report row."""
     import triton
@@ -492,12 +722,17 @@ def compile_job(job: Job, _cache: dict = {}) -> dict:  # noqa: B006  (per-proces
         # the stack frame, which cuobjdump reports as STACK, not LOCAL
         log = io.StringIO()
         knobs.nvidia.dump_ptxas_log = True
+        knobs.runtime.add_stages_inspection_hook = _ptxas_once
+        _PTXAS.update(seconds=0.0, hit=False)
         try:
             with contextlib.redirect_stdout(log):
                 kernel = triton.compile(ASTSource(jf, signature, constexprs, attrs), target=target,
                                         options=options.__dict__)
         finally:
             knobs.nvidia.dump_ptxas_log = False
+            knobs.runtime.add_stages_inspection_hook = None
+        row["ptxas_s"] = round(_PTXAS["seconds"], 3)
+        row["ptxas_reused"] = _PTXAS["hit"]
         spills = re.findall(r"(\d+) bytes spill stores, (\d+) bytes spill loads", log.getvalue())
         md = kernel.metadata
         row["num_warps"] = options.num_warps
@@ -525,11 +760,17 @@ def compile_job(job: Job, _cache: dict = {}) -> dict:  # noqa: B006  (per-proces
 def _worker(src: str, dst: str) -> int:
     import warnings
     warnings.filterwarnings("ignore")
+    _PTXAS["cache_dir"] = os.environ.get("SEGFAST_AOT_PTXAS_CACHE") or None
     with open(src) as f:
-        jobs = [Job.from_json(d) for d in json.load(f)]
+        jobs = json.load(f)
+    claims = os.path.join(os.path.dirname(src), "claims")
     with open(dst, "w") as out:
-        for job in jobs:
-            out.write(json.dumps(compile_job(job), default=str) + "\n")
+        for i, job in jobs:
+            try:
+                os.close(os.open(os.path.join(claims, str(i)), os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            except FileExistsError:
+                continue  # another worker has it
+            out.write(json.dumps([i, compile_job(Job.from_json(job))], default=str) + "\n")
             out.flush()
     return 0
 
@@ -570,7 +811,7 @@ def spill_text(row) -> str:
     return f"{row['local']} B local, {row['stack']} B stack"
 
 
-COLUMNS = ("kernel", "arch", "variant", "num_warps", "registers", "spill_stores", "local", "stack", "shared",
+COLUMNS = ("kernel", "arch", "variant", "configs", "num_warps", "registers", "spill_stores", "local", "stack", "shared",
            "ld_v4", "ld_v2", "ld_v1", "st_v4", "st_v1", "ldg128", "bar_sync", "compile_s")
 
 
@@ -606,10 +847,14 @@ def format_table(rows: list, columns=COLUMNS) -> str:
 
 
 def report(level: str = "full", *, archs=ARCHS, workers: int = 2, cache_dir: Optional[str] = None):
-    """Record the workload of ``level`` ("full" | "quick"), compile it; -> (rows, launches, seconds)."""
+    """Record the workload of ``level`` ("full" | "quick"; "space": the full
+    workload's derived configuration space), compile it; -> (rows, launches, seconds)."""
     from . import triton_workload
-    launches = record_launches(lambda: triton_workload.run(level))
-    jobs = expand(subset(launches), archs, ("div16",)) if level == "quick" else full_jobs(launches, archs)
+    launches = record_launches(lambda: triton_workload.run("quick" if level == "quick" else "full"))
+    if level == "quick":
+        jobs = expand(subset(launches), archs, ("div16",))
+    else:
+        jobs = full_jobs(launches, archs, space=level == "space")
     t0 = time.perf_counter()
     rows = compile_all(jobs, workers=workers, cache_dir=cache_dir)
     return rows, launches, time.perf_counter() - t0
@@ -620,7 +865,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m segfast.gpucheck.triton_aot",
                                  description="Compile the Triton kernels for sm_80 / sm_90 and report resources.")
     ap.add_argument("--worker", nargs=2, metavar=("JOBS", "ROWS"), help=argparse.SUPPRESS)
-    ap.add_argument("--level", choices=("quick", "full"), default="quick")
+    ap.add_argument("--level", choices=("quick", "full", "space"), default="quick",
+                    help="space: every launch of the derived configuration space (hours on 2 cores)")
     ap.add_argument("--arch", type=int, action="append", help="compute capability, e.g. 80 (repeatable)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--all-rows", action="store_true", help="one row per configuration, not per kernel")
@@ -635,7 +881,7 @@ def main(argv=None) -> int:
         os.execv(sys.executable, [sys.executable, "-m", "segfast.gpucheck.triton_aot"] + list(argv or sys.argv[1:]))
     rows, launches, secs = report(args.level, archs=tuple(args.arch or ARCHS), workers=args.workers)
     print(format_table(rows if args.all_rows else summarise(rows)))
-    print(f"\n{len(launches)} launch configurations, {len(rows)} compiles in {secs:.1f} s")
+    print(f"\n{len(launches)} launch configurations recorded; " + time_report(rows, secs, args.workers))
     bad = failures(rows)
     for f in bad:
         print("FAIL", f)

@@ -69,10 +69,30 @@ def _backward(loss):
     loss.float().sum().backward()
 
 
-# Class counts by class tile: region MAX_SINGLE_C = 32, pixel 64 (next power of
-# two up to it, then a looped tile).
-REGION_TILES = (2, 3, 5, 9, 17, 33)
-PIXEL_TILES = (2, 3, 5, 9, 17, 33, 65)
+def class_counts(tiles, max_c: int, min_c: int = 1) -> tuple:
+    """The smallest class count C in min_c..max_c of each distinct value of
+    ``tiles(C)`` (a launcher's own class-tile choice), in order of C."""
+    seen = {}
+    for C in range(min_c, max_c + 1):
+        seen.setdefault(repr(tiles(C)), C)
+    return tuple(seen.values())
+
+
+def _launcher_tiles(family: str) -> tuple:
+    """Class counts reaching every class tile of a region / pixel launcher:
+    its ``_blocks(C, None, None)`` over C from 2 (softmax needs two classes;
+    the workload's binary and sigmoid cases take C = 1) up to twice its
+    largest single tile (the looped path's tile does not change beyond it)."""
+    import importlib
+    mod = importlib.import_module(f"segfast.triton_kernels.{family}")
+    return class_counts(lambda C: mod._blocks(C, None, None), 2 * mod.MAX_SINGLE_C + 1, min_c=2)
+
+
+def _crf_tiles() -> tuple:
+    """Label counts reaching every CRF class tile up to 256 labels (its
+    launcher takes ``next_power_of_2(C)``, with no upper bound)."""
+    import triton
+    return class_counts(triton.next_power_of_2, 129)
 N, S = 2, 4  # images, side of the square image
 
 
@@ -126,7 +146,7 @@ def _region(level):
     _region_case(1, f32, i64, f32, 255, "binary")
     _region_case(1, f32, i64, f32, None, "sigmoid")
     # every class tile
-    for C in REGION_TILES:
+    for C in _launcher_tiles("region"):
         _region_case(C, f32, i64, f32, None, "dice")
     _region_case(17, f32, i64, f32, None, "sigmoid")
     # every input dtype (single and looped tile), every target dtype
@@ -197,7 +217,7 @@ def _pixel(level):
     _pixel_case(1, f32, i64, f32, 255, "bce_labels", "mean")
     _pixel_case(1, f32, i64, f32, None, "sfocal_labels", "none", opt=True)
     # every class tile
-    for C in PIXEL_TILES:
+    for C in _launcher_tiles("pixel"):
         _pixel_case(C, f32, i64, f32, None, "ce", "mean")
     for C in (17, 65):
         _pixel_case(C, f32, i64, f32, None, "bce", "mean")
@@ -296,7 +316,7 @@ def _crf(level):
     for kw in cases:
         sf.dense_crf(u, img, iterations=1, **kw, **_BE)
     if level == "full":  # other label counts: the class tile follows C
-        for c in (1, 17):
+        for c in _crf_tiles():
             sf.dense_crf(torch.randn(B, c, H, W, generator=g).to(_dev()), img, iterations=1, **_BE)
 
 
