@@ -368,7 +368,7 @@ def _pixel_softmax_kernel(
                 accd += tl.where(v, 1.0, 0.0)
             if NORM == 2:
                 accd += tl.where(v, wy, 0.0)
-            accb += tl.where(pv & (~inr), 1.0, 0.0)
+            accb += tl.where(pv & ((lab < 0) | (y >= C)), 1.0, 0.0)  # below label_offset: a class without a channel
         if WANT_MAP:
             tl.store(map_ptr + n64 * S + s64, tl.where(v, scale0 * l0 + scale1 * l1, 0.0),
                      mask=smask)
