@@ -250,8 +250,8 @@ def test_compile_fullgraph_confusion_matrix_cpu():
 
 
 def test_kernel_routing():
-    """Which backends count inside the stats kernel (the rest: argmax + index_add_ on the device)."""
-    assert _region._conf_kernel_supported("cpu")
+    """Which backends count inside the stats kernel (torch: argmax + index_add_ on the device)."""
+    assert all(_region._conf_kernel_supported(b) for b in ("cpu", "cuda", "triton"))
     assert not _region._conf_kernel_supported("torch")
 
 

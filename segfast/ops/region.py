@@ -225,15 +225,9 @@ def _eager_ok(*tensors) -> bool:
 def _register_triton_ops():
     """The Triton ops, registered when the triton backend is first asked for
     (backends.triton_ops); backends.choose() refuses that backend where Triton is missing."""
-    global region_stats_triton_op, region_grad_triton_op, region_loss_triton_op
+    global region_stats_triton_op, region_grad_triton_op, region_loss_triton_op, region_stats_conf_triton_op
 
-    @triton_op("segfast::region_stats_triton", mutates_args=())
-    def region_stats_triton_op(x: Tensor, target: Tensor, is_label: bool, act: int,
-                               label_offset: int, ignore_value: Optional[float], xent: int = 0,
-                               gamma: float = 0.0, check: str = "") -> Tensor:
-        """Per-plane sums [N, C, 7] ([N, C, 9] with ``xent``) with the Triton kernels.
-        ``check``: the error of a label outside the classes, asserted on the
-        device from the stats kernel's flag ("": labels not checked here)."""
+    def stats(x, target, is_label, act, label_offset, ignore_value, xent, gamma, check, confusion=None):
         from ..triton_kernels import region as tk
 
         N, C, S = x.shape
@@ -242,13 +236,32 @@ def _register_triton_ops():
         if x.numel() != 0:
             t, _ = target_args(target, is_label)
             flag = torch.zeros(1, dtype=torch.int32, device=x.device) if check else None
-            tk.launch_stats(x, t, is_label, out, N, C, S, P, act, label_offset,
-                            ignore_value is not None, float(ignore_value or 0.0), xent, gamma, flag=flag)
+            tk.launch_stats(x, t, is_label, out, N, C, S, P, act, label_offset, ignore_value is not None,
+                            float(ignore_value or 0.0), xent, gamma, flag=flag, confusion=confusion)
             if check:
                 torch._assert_async(flag == 0, check)
         else:
             out.zero_()
         return out.sum(1).to(acc_dtype(x))
+
+    @triton_op("segfast::region_stats_triton", mutates_args=())
+    def region_stats_triton_op(x: Tensor, target: Tensor, is_label: bool, act: int,
+                               label_offset: int, ignore_value: Optional[float], xent: int = 0,
+                               gamma: float = 0.0, check: str = "") -> Tensor:
+        """Per-plane sums [N, C, 7] ([N, C, 9] with ``xent``) with the Triton kernels.
+        ``check``: the error of a label outside the classes, asserted on the
+        device from the stats kernel's flag ("": labels not checked here)."""
+        return stats(x, target, is_label, act, label_offset, ignore_value, xent, gamma, check)
+
+    @triton_op("segfast::region_stats_conf_triton", mutates_args=())
+    def region_stats_conf_triton_op(x: Tensor, target: Tensor, is_label: bool, act: int,
+                                    label_offset: int, ignore_value: Optional[float], xent: int = 0,
+                                    gamma: float = 0.0, check: str = "") -> Tuple[Tensor, Tensor]:
+        """region_stats_triton_op and the confusion counts [C, C] (int64) of the
+        same pass (class-index targets)."""
+        C = x.shape[1]
+        conf = torch.zeros((C, C), dtype=torch.int64, device=x.device)
+        return stats(x, target, is_label, act, label_offset, ignore_value, xent, gamma, check, conf), conf
 
     @triton_op("segfast::region_grad_triton", mutates_args=())
     def region_grad_triton_op(x: Tensor, target: Tensor, g: Tensor, is_label: bool, act: int,
@@ -272,6 +285,13 @@ def _register_triton_ops():
         return differentiable_once((dx,) + (None,) * 8, "region-loss")
 
     region_stats_triton_op.register_autograd(_backward_triton, setup_context=_setup)
+
+    def _setup_conf(ctx, inputs, output):
+        ctx.mark_non_differentiable(output[1])
+        _setup(ctx, inputs, output[0])
+
+    region_stats_conf_triton_op.register_autograd(lambda ctx, grad, _counts: _backward_triton(ctx, grad),
+                                                  setup_context=_setup_conf)
 
     @triton_op("segfast::region_loss_triton", mutates_args=())
     def region_loss_triton_op(x: Tensor, target: Tensor, w: Optional[Tensor], pw: Optional[Tensor],
@@ -350,6 +370,11 @@ def plane_stats(x: Tensor, target: Tensor, is_label: bool, act: int, label_offse
         raise ValueError("gamma must be finite and >= 0")
     args = (x, target, is_label, act, label_offset, ignore_value)
     if confusion is not None:  # -------- confusion counts (see "confusion counts" below)
+        if backend == "triton":
+            check = _label_check(target, is_label, x.shape[1], label_offset, ignore_value, backend) if prepared else ""
+            out, counts = region_stats_conf_triton_op(*args, xent, float(gamma), check)
+            confusion.add_(counts)
+            return out
         if not _conf_kernel_supported(backend):
             confusion_from_argmax(x, target, label_offset, ignore_value, confusion)
         elif _eager_ok(x, target, confusion):
@@ -430,16 +455,13 @@ def with_grad_of(value: Tensor, other: Tensor) -> Tensor:
 # classes (row: label, column: argmax, the first maximum, a NaN as the
 # maximum, as torch.argmax), over the valid pixels: the logits are read once
 # for both. The kernels add to an int64 [C, C] contiguous tensor on x's
-# device. Backends whose stats kernel does not take it yet count with
-# argmax + index_add_ on the device (confusion_from_argmax): a second read of
-# the logits, no host sync.
+# device. The torch backend counts with argmax + index_add_
+# (confusion_from_argmax): a second read of the logits, no host sync.
 
 
 def _conf_kernel_supported(backend: str) -> bool:
-    """Whether ``backend``'s stats kernel counts the confusion matrix itself
-    (the Triton kernel can too, ``launch_stats(confusion=)``; its op does not
-    take the counts yet, so the triton backend counts with the fallback)."""
-    return backend in ("cpu", "cuda")
+    """Whether ``backend``'s stats kernel counts the confusion matrix itself."""
+    return backend in ("cpu", "cuda", "triton")
 
 
 def confusion_from_argmax(x: Tensor, target: Tensor, label_offset: int, ignore_value: Optional[float],
