@@ -144,11 +144,11 @@ def region_stats(input: Tensor, target: Tensor, *, mode: str = "multiclass", fro
 
 def _fused_or_stats(input, target, mode, from_logits, ignore_index, backend, confusion=None, **finish):
     """-> (the loss, None) where the kernels compute the whole loss
-    (ops.region.finish_loss: no torch op on the sums), else (None, the sums).
-    With ``confusion`` the sums come from the stats kernel, which counts."""
+    (ops.region.finish_loss: no torch op on the sums), else (None, the sums);
+    either adds the confusion counts of its stats pass to ``confusion``."""
     conf = None if confusion is None else _region.confusion_target(confusion, input, target, mode, ignore_index)
     prep = _region.prepare(input, target, mode, from_logits, ignore_index, backend)
-    loss = _region.finish_loss(prep, **finish) if conf is None else None
+    loss = _region.finish_loss(prep, **finish, confusion=conf)
     return (loss, None) if loss is not None else (None, _region.plane_stats(*prep, prepared=True, confusion=conf))
 
 
@@ -804,11 +804,12 @@ def _two_pass(input, target, ignore_index, backend, dice_kwargs, xent: int, gamm
                                                                    ignore_index)
     prep = _region.prepare(input, target, "multiclass", True, ignore_index, backend)
     x, t, is_label, _, off, ign, be = prep
-    if conf is None and set(dice_kwargs) <= set(_DICE_FINISH) | {"from_logits", "process_group"}:
+    if set(dice_kwargs) <= set(_DICE_FINISH) | {"from_logits", "process_group"}:
         finish = {**_DICE_FINISH, **{k: v for k, v in dice_kwargs.items() if k in _DICE_FINISH}}
         _check_common(finish["reduction"], finish["smooth_nr"], finish["smooth_dr"])
         loss = _region.finish_loss(prep, **finish, lam_r=lams[0], xent=xent, xgamma=gamma, lam_x=lams[1],
-                                   pw=_region.check_weight(pixel_weight, x.shape[1], x.device), **pixel)
+                                   pw=_region.check_weight(pixel_weight, x.shape[1], x.device), confusion=conf,
+                                   **pixel)
         if loss is not None:
             return loss
     stats = _region.plane_stats(x, t, is_label, _region.ACT["softmax"], off, ign, be, xent=xent, gamma=gamma,

@@ -29,7 +29,7 @@ def fake_sms(monkeypatch):
 @pytest.mark.parametrize("N,C,S", [(8, 21, 128 * 128), (16, 21, 512 * 512), (1, 2, 128 * 128), (2, 150, 64 * 64)])
 def test_triton_grid_fills_device(fake_sms, tk, N, C, S):
     P = _common.triton_chunks(tk, N, C, S, CUDA)
-    block_s = (TR._stats_blocks if tk is TR else tk._blocks)(C, None, None)[2]
+    block_s = TR._stats_blocks(C, None, None)[2] if tk is TR else TP.block_pixels(TP.CE, C)
     L = tc.chunk_len(S, P, block_s)
     assert block_s >= 16 and L % block_s == 0
     # every chunk holds pixels and together they cover the image
@@ -74,3 +74,13 @@ def test_cpu_chunks_unchanged():
     from segfast import backends
     workers = 4 * backends.cpu_threads()
     assert _common.num_chunks(8, 128 * 128, torch.device("cpu")) == max(1, min(-(-workers // 8), 8))
+
+
+@pytest.mark.parametrize("kind", [TP.CE, TP.FOCAL_SOFTMAX, TP.BCE, TP.FOCAL_SIGMOID])
+@pytest.mark.parametrize("N,C,S", [(1, 2, 128 * 128), (8, 21, 128 * 128)])
+def test_triton_pixel_chunks_follow_the_kind(fake_sms, kind, N, C, S):
+    """The sigmoid and softmax pixel kernels tile differently: each kind's grid
+    has no empty chunk."""
+    P = _common.triton_chunks(TP, N, C, S, CUDA, kind=kind)
+    L = tc.chunk_len(S, P, TP.block_pixels(kind, C))
+    assert (P - 1) * L < S <= P * L

@@ -66,6 +66,9 @@ class TverskyLoss(torch.nn.modules.loss._Loss):
         gamma: exponent of the aggregated loss.
         class_weights: per-class weights of the mean over classes.
         {backend}
+        confusion: segfast's addition ("multiclass", class-index targets): a
+            ``segfast.metrics.ConfusionMatrix`` or an int64 [C, C] tensor that
+            each call adds the counts of (label, argmax) to, from the same pass.
 
     Returns:
         Called as ``loss_fn(y_pred, y_true)``: the 0-d loss.
@@ -151,6 +154,9 @@ class DiceLoss(TverskyLoss):
         {region_args}
         class_weights: per-class weights of the mean over classes.
         {backend}
+        confusion: segfast's addition ("multiclass", class-index targets): a
+            ``segfast.metrics.ConfusionMatrix`` or an int64 [C, C] tensor that
+            each call adds the counts of (label, argmax) to, from the same pass.
 
     Returns:
         Called as ``loss_fn(y_pred, y_true)``: the 0-d loss.
@@ -192,6 +198,9 @@ class JaccardLoss(TverskyLoss):
         {region_args}
         class_weights: per-class weights of the mean over classes.
         {backend}
+        confusion: segfast's addition ("multiclass", class-index targets): a
+            ``segfast.metrics.ConfusionMatrix`` or an int64 [C, C] tensor that
+            each call adds the counts of (label, argmax) to, from the same pass.
 
     Returns:
         Called as ``loss_fn(y_pred, y_true)``: the 0-d loss.

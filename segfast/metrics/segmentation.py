@@ -265,7 +265,23 @@ class ConfusionMatrix:
         """The int64 [C, C] matrix counted so far (rows: target, columns:
         prediction), as a view on ``device`` (the counts move there) that a
         loss's ``confusion=`` argument adds to in place (segfast.dice_loss and
-        the other region losses)."""
+        the other region losses).
+
+        Args:
+            device: where the counts live from now on.
+
+        Returns:
+            The [C, C] int64 view of the counts.
+
+        Raises:
+            RuntimeError: a device torch cannot allocate on.
+
+        Example:
+            >>> import segfast
+            >>> cm = segfast.metrics.ConfusionMatrix(3)
+            >>> cm.counts_view("cpu").shape
+            torch.Size([3, 3])
+        """
         C = self.num_classes
         if self._counts is None:
             self._counts = torch.zeros(C * C + 1, dtype=torch.int64, device=device)

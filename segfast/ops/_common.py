@@ -53,14 +53,15 @@ def num_chunks(N: int, S: int, device: torch.device) -> int:
     return max(1, min(math.ceil(workers / max(N, 1)), math.ceil(S / min_chunk)))
 
 
-def triton_chunks(tk, N: int, C: int, S: int, device: torch.device) -> int:
+def triton_chunks(tk, N: int, C: int, S: int, device: torch.device, **kw) -> int:
     """P for the Triton kernel module ``tk`` (triton_kernels.region / .pixel):
     on CUDA sized from the device's SM count, in chunks of whole pixel blocks
     (``tk.default_chunks``; the launcher rounds the chunk length to a multiple
     of BLOCK_S, which keeps the loads 128 bits wide); elsewhere (the
-    interpreter) :func:`num_chunks`."""
+    interpreter) :func:`num_chunks`. ``kw`` goes to ``default_chunks`` (the
+    pixel kernels' ``kind``, whose tiles differ)."""
     if device.type == "cuda":
-        return tk.default_chunks(N, C, S, sm_count(device), PROGRAMS_PER_SM)
+        return tk.default_chunks(N, C, S, sm_count(device), PROGRAMS_PER_SM, **kw)
     return num_chunks(N, S, device)
 
 

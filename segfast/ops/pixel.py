@@ -73,7 +73,7 @@ def _run(x, t, weight, pos_weight, beta, is_label, kind, label_offset, ignore_va
     if backend == "triton":
         from ..triton_kernels import pixel as tk
 
-        P = triton_chunks(tk, N, C, S, x.device)
+        P = triton_chunks(tk, N, C, S, x.device, kind=kind)
     else:
         P = num_chunks(N, S, x.device)
     loss = torch.empty((N, P, 2), dtype=acc, device=x.device) if want_loss else None

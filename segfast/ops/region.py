@@ -297,10 +297,11 @@ def _register_triton_ops():
     def region_loss_triton_op(x: Tensor, target: Tensor, w: Optional[Tensor], pw: Optional[Tensor],
                               is_label: bool, act: int, label_offset: int, ignore_value: Optional[float],
                               xent: int, gamma: float, fparams: List[float], iparams: List[int],
-                              check: str = "") -> Tuple[Tensor, Tensor]:
-        """-> (the scalar loss, dLoss/dStats [N, C, KO] at grad_output 1): the stats
-        kernel and the finish kernel (see :func:`finish_loss` for the parameters;
-        ``check`` as in region_stats_triton_op)."""
+                              check: str = "", count: bool = False) -> Tuple[Tensor, Tensor, Tensor]:
+        """-> (the scalar loss, dLoss/dStats [N, C, KO] at grad_output 1, the
+        confusion counts [C, C] of the stats pass with ``count``, else [0, 0]):
+        the stats kernel and the finish kernel (see :func:`finish_loss` for the
+        parameters; ``check`` as in region_stats_triton_op)."""
         from ..triton_kernels import region as tk
         from ..triton_kernels import region_finish as tf
 
@@ -311,8 +312,9 @@ def _register_triton_ops():
         part = torch.empty((N, P, C, KO), **f32)
         t, _ = target_args(target, is_label)
         flag = torch.zeros(1, dtype=torch.int32, device=x.device) if check else None
-        tk.launch_stats(x, t, is_label, part, N, C, S, P, act, label_offset,
-                        ignore_value is not None, float(ignore_value or 0.0), xent, gamma, flag=flag)
+        counts = torch.zeros((C, C) if count else (0, 0), dtype=torch.int64, device=x.device)
+        tk.launch_stats(x, t, is_label, part, N, C, S, P, act, label_offset, ignore_value is not None,
+                        float(ignore_value or 0.0), xent, gamma, flag=flag, confusion=counts if count else None)
         sums, coef = torch.empty((N, C, KO), **f32), torch.empty((N, C, KO), **f32)
         loss, ok = torch.empty((), **f32), torch.empty(1, dtype=torch.uint8, device=x.device)
         cI, dI, dP, dT, nr, dr, pow_gamma, lam_r, scale_r, lam_x, eps, ws, wp = fparams
@@ -323,19 +325,19 @@ def _register_triton_ops():
                          eps=eps, ws=ws, wp=wp)
         if check:
             torch._assert_async(ok, check)
-        return loss, coef
+        return loss, coef, counts
 
     def _setup_loss(ctx, inputs, output):
         x, target = inputs[:2]
         ctx.save_for_backward(x, target, output[1])
         ctx.args = tuple(inputs[4:10])  # is_label, act, label_offset, ignore_value, xent, gamma
-        ctx.mark_non_differentiable(output[1])
+        ctx.mark_non_differentiable(output[1], output[2])
         ctx.set_materialize_grads(False)  # no zeros for the coefficients' (absent) gradient
 
-    def _backward_loss(ctx, grad, _grad_coef):
+    def _backward_loss(ctx, grad, _grad_coef, _grad_counts):
         x, target, coef = ctx.saved_tensors
         dx = region_grad_triton_op(x, target, coef, *ctx.args, go=grad.reshape(1))
-        return differentiable_once((dx,) + (None,) * 12, "region-loss")
+        return differentiable_once((dx,) + (None,) * 13, "region-loss")
 
     region_loss_triton_op.register_autograd(_backward_loss, setup_context=_setup_loss)
 
@@ -405,9 +407,11 @@ def finish_loss(prep: tuple, *, weight=None, include_background: bool = True, ba
                 sync_stats: bool = False, reduction: str = "mean", ratio=(2.0, 0.0, 1.0, 1.0), gdl: int = 0,
                 smooth_nr: float = 0.0, smooth_dr: float = 0.0, log_loss: bool = False, gamma: float = 1.0,
                 lam_r: float = 1.0, xent: int = 0, xgamma: float = 0.0, lam_x: float = 0.0,
-                pw: Optional[Tensor] = None, eps: float = 0.0, ws: float = 0.0, wp: float = 0.0) -> Optional[Tensor]:
+                pw: Optional[Tensor] = None, eps: float = 0.0, ws: float = 0.0, wp: float = 0.0,
+                confusion: Optional[Tensor] = None) -> Optional[Tensor]:
     """The whole loss from the kernels on ``prep`` (the output of :func:`prepare`),
     or None where the torch formulas run instead (see the module doc).
+    ``confusion`` (see confusion_target): += the counts of the same stats pass.
 
     The region term (``lam_r`` times): ``ratio`` = (cI, dI, dP, dT) gives the
     per-plane score (cI·I + nr) / (dI·I + dP·P + dT·T + dr) (Dice (2, 0, 1, 1),
@@ -436,8 +440,10 @@ def finish_loss(prep: tuple, *, weight=None, include_background: bool = True, ba
     iparams = [int(gdl), int(batch), int(log_loss), c0]
     check = _label_check(t, is_label, C, off, ign, backend)
     w, pw = (None if v is None else v.float().contiguous() for v in (w, pw))  # a scalar weight is expanded
-    loss, _ = region_loss_triton_op(x, t, w, pw, is_label, act, off, ign, int(xent), float(xgamma), fparams,
-                                    iparams, check)
+    loss, _, counts = region_loss_triton_op(x, t, w, pw, is_label, act, off, ign, int(xent), float(xgamma),
+                                            fparams, iparams, check, confusion is not None)
+    if confusion is not None:
+        confusion.add_(counts)
     return loss
 
 
