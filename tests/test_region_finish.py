@@ -223,3 +223,12 @@ def test_opcheck_fused_op():
     torch.library.opcheck(R.region_loss_triton_op, (x, y, None, None, True, 2, 0, None, 0, 0.0, fp, [1, 0, 0, 0], ""),
                           test_utils=utils)
     torch.library.opcheck(R.region_stats_triton_op, (x, y, True, 2, 0, None, 0, 0.0, "bad"), test_utils=utils)
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(gamma=2.0), dict(log_loss=True)])
+def test_nan_logit_gives_nan(kw):
+    """NaN in, NaN out through the finish kernel's score transforms (the power
+    of the focal Tversky form and the log of log_loss must not clamp a NaN)."""
+    x = torch.tensor([[[float("nan")], [0.3]]])
+    t = torch.softmax(torch.randn(1, 2, 1, generator=torch.Generator().manual_seed(0)), 1)
+    assert torch.isnan(F.tversky_loss(x, t, backend="triton", **kw))

@@ -313,8 +313,8 @@ def _pixel_softmax_kernel(
     if HAS_SMOOTH:
         if HAS_W:
             W = tl.load(w_ptr).to(tl.float32)
-            for c in range(1, C):
-                W += tl.load(w_ptr + c).to(tl.float32)
+            for k in range(1, C):
+                W += tl.load(w_ptr + k).to(tl.float32)
         else:
             W = C * 1.0
     else:

@@ -64,8 +64,9 @@ def _col(tile, kk, k):
 
 @triton.jit
 def _pow(b, e):
-    """b^e for b >= 0 (0^e = 0 for e > 0, 1 for e = 0)."""
-    return tl.where(b > 0, tl.exp(e * tl.log(tl.maximum(b, 1e-38))), tl.where(e == 0, 1.0, 0.0))
+    """b^e for b >= 0 (0^e = 0 for e > 0, 1 for e = 0); a NaN b stays NaN."""
+    small = tl.where(b == b, tl.where(e == 0, 1.0, 0.0), b)
+    return tl.where(b > 0, tl.exp(e * tl.log(tl.maximum(b, 1e-38))), small)
 
 
 @triton.jit
@@ -80,13 +81,13 @@ def _safe_ratio(num, den):
 def _score_loss(score, gamma, LOG: tl.constexpr, POW: tl.constexpr):
     """-> (f, df/dscore) of the score."""
     if LOG:
-        f = -tl.log(tl.maximum(score, 1e-7))
+        f = -tl.log(tl.maximum(score, 1e-7, propagate_nan=tl.PropagateNan.ALL))
         dfds = tl.where(score >= 1e-7, -1.0 / score, 0.0)
     else:
         f = 1.0 - score
         dfds = tl.full(score.shape, -1.0, tl.float32)
     if POW:
-        fc = tl.maximum(f, 0.0)
+        fc = tl.maximum(f, 0.0, propagate_nan=tl.PropagateNan.ALL)
         dfds = tl.where(f >= 0, gamma * _pow(fc, gamma - 1.0), 0.0) * dfds
         f = _pow(fc, gamma)
     return f, dfds
