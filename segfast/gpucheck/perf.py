@@ -144,8 +144,8 @@ def _as_on_gpu(model: dict):
     from ..ops import _common, pixel, region
     saved = (_common.host_checks, _common.is_one_on_host, region.triton_chunks, pixel.triton_chunks)
 
-    def chunks(tk, N, C, S, device):
-        return tk.default_chunks(N, C, S, model["sms"], _common.PROGRAMS_PER_SM)
+    def chunks(tk, N, C, S, device, **kw):
+        return tk.default_chunks(N, C, S, model["sms"], _common.PROGRAMS_PER_SM, **kw)
     _common.host_checks = lambda device: False
     _common.is_one_on_host = lambda g: False  # a CUDA grad_output is never read
     region.triton_chunks = pixel.triton_chunks = chunks
@@ -175,7 +175,9 @@ def trace_call(fn: Callable, shape, model: dict, *, backward: bool = True) -> tu
     def skip(kfn, args, kwargs):
         pass
 
-    with _as_on_gpu(model), triton_aot._hook(skip, run=False):
+    # The device checks read flags the kernels would write: not run, they would
+    # read uninitialised memory, so the warm-up drops them as the trace does.
+    with _as_on_gpu(model), triton_aot._hook(skip, run=False), _dispatch_mode(Trace()):
         loss = fn(x, t)
         if backward:
             loss.backward()
