@@ -150,3 +150,59 @@ def test_symbol_version_ceiling_logic():
         "GLIBCXX_3.4.29 (libstdc++.so.6)", "CXXABI_1.3.13 (libstdc++.so.6)"]
     assert cw.forbidden_needed(["libgomp.so.1", "libc.so.6", "libcudart.so.12", "libstdc++.so.6"]) == [
         "libgomp.so.1", "libcudart.so.12", "libstdc++.so.6"]
+
+
+# ---- the CUDA 12 route of a machine without nvcc 12: clang + PyPI redistributables
+
+_CUDA12 = REPO / "tools" / "cuda12"
+
+
+def _run_fatbinary_wrapper(tmp_path, args, extra_sass=""):
+    """Run tools/cuda12/fatbinary with a stand-in fatbinary and ptxas that log their arguments."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    shutil.copy(_CUDA12 / "fatbinary", bin_dir / "fatbinary")
+    log = tmp_path / "log"
+    for tool in ("ptxas", "real_fatbinary"):
+        p = bin_dir / tool
+        p.write_text(f"#!{sys.executable}\nimport sys\nopen({str(log)!r}, 'a').write({tool!r} + ' ' + ' '.join(sys.argv[1:]) + '\\n')\n")
+        p.chmod(0o755)
+    env = dict(os.environ, SEGFAST_FATBINARY=str(bin_dir / "real_fatbinary"), SEGFAST_EXTRA_SASS=extra_sass)
+    r = subprocess.run([sys.executable, str(bin_dir / "fatbinary"), *args], env=env, capture_output=True, text=True)
+    return r, (log.read_text().splitlines() if log.exists() else [])
+
+
+def test_cuda12_fatbinary_wrapper_translates_clangs_images(tmp_path):
+    args = ["-64", "--create", "out.fatbin", "--image=profile=sm_75,file=a.cubin",
+            "--image=profile=sm_90,file=b.cubin", "--image=profile=compute_90,file=b.s"]
+    r, log = _run_fatbinary_wrapper(tmp_path, args, extra_sass="100,120")
+    assert r.returncode == 0, r.stderr
+    ptxas = [line for line in log if line.startswith("ptxas")]
+    assert [line.split()[2] for line in ptxas] == ["-arch=sm_100", "-arch=sm_120"]
+    assert all(" b.s " in line for line in ptxas)  # from the newest PTX
+    (fat,) = [line.split()[1:] for line in log if line.startswith("real_fatbinary")]
+    assert fat[:4] == ["--compress=false", "-64", "--create", "out.fatbin"]
+    images = fat[4:]
+    assert images[:3] == ["--image3=kind=elf,sm=75,file=a.cubin", "--image3=kind=elf,sm=90,file=b.cubin",
+                          "--image3=kind=ptx,sm=90,file=b.s"]
+    assert [i.split(",")[1] for i in images[3:]] == ["sm=100", "sm=120"]
+    assert not any(a.startswith("--image=") for a in fat)
+
+
+def test_cuda12_fatbinary_wrapper_needs_ptx_for_extra_sass(tmp_path):
+    r, _ = _run_fatbinary_wrapper(tmp_path, ["--create", "o", "--image=profile=sm_80,file=a.cubin"], extra_sass="100")
+    assert r.returncode != 0 and "PTX image" in (r.stderr + r.stdout)
+
+
+def test_cuda12_requirements_are_pinned_with_hashes():
+    lines = [line for line in (_CUDA12 / "requirements.txt").read_text().splitlines()
+             if line.strip() and not line.startswith("#")]
+    assert {line.split("==")[0] for line in lines} >= {"nvidia-cuda-nvcc-cu12", "nvidia-cuda-runtime-cu12"}
+    for line in lines:
+        assert "==12." in line or "==10." in line, line
+        assert "--hash=sha256:" in line, line

@@ -12,7 +12,9 @@
 # of TORCH_VERSIONS (default: pyproject's floor and 2.13.0; empty: skip).
 #
 # Environment: SEGFAST_CUDA (ON), CUDA_ARCHS (CMakeLists.txt's release list when
-# unset), OUT (dist/release), TORCH_VERSIONS, TORCH_CHECK_FIRST_ONLY=1 (torch
+# unset; its SASS is then required: SASS_REQUIRED), TOOLKIT_MAJOR (every SASS
+# image from that CUDA major version), CUDACXX and CUDAToolkit_ROOT (the CUDA
+# 12 route of this machine: clang with tools/cuda12/setup_toolkit.sh), OUT (dist/release), TORCH_VERSIONS, TORCH_CHECK_FIRST_ONLY=1 (torch
 # checks for the first interpreter only; the others get the newest version),
 # BUILD_DIR (build/release-{wheel_tag}) with NO_ISOLATION=1 (the interpreter's
 # own scikit-build-core and pybind11): BUILD_DIR=build/{wheel_tag} then reuses
@@ -34,7 +36,12 @@ tv="$out/tools-venv"
 export PATH="$tv/bin:$PATH"
 
 echo "== segfast release build: $(date -u +%Y-%m-%dT%H:%MZ) on $(uname -m), $(getconf GNU_LIBC_VERSION), $(gcc --version | head -1)"
-echo "   SEGFAST_CUDA=$cuda${CUDA_ARCHS:+ CUDA_ARCHS=$CUDA_ARCHS}; nvcc: $(command -v nvcc >/dev/null && nvcc --version | tail -2 | head -1 || echo none)"
+if [ -n "${CUDACXX:-}" ]; then
+  compiler="$CUDACXX ($("$CUDACXX" --version | head -1))${CUDAToolkit_ROOT:+, toolkit $CUDAToolkit_ROOT}"
+else
+  compiler="nvcc: $(command -v nvcc >/dev/null && nvcc --version | tail -2 | head -1 || echo none)"
+fi
+echo "   SEGFAST_CUDA=$cuda${CUDA_ARCHS:+ CUDA_ARCHS=$CUDA_ARCHS}; CUDA compiler $compiler"
 # (a config setting, not SKBUILD_CMAKE_ARGS: that one splits the list at ';')
 arch_setting=()
 [ -n "${CUDA_ARCHS:-}" ] && arch_setting=(-C "cmake.define.CMAKE_CUDA_ARCHITECTURES=$CUDA_ARCHS")
@@ -61,8 +68,16 @@ for py in "$@"; do
   echo "-- repaired: $(basename "$whl") ($(du -k "$whl" | cut -f1) KiB)"
   unzip -l "$whl" | awk '$4 ~ /\.so/ {print "   " $4}'
   echo "-- tools/check_wheel.py"
-  flag=""; [ "$cuda" = ON ] && flag="--cuda"
-  "$tv/bin/python" "$here/check_wheel.py" $flag "$whl" || status=1
+  flags=()
+  if [ "$cuda" = ON ]; then
+    flags=(--cuda)
+    # the release architectures (CMakeLists.txt) unless CUDA_ARCHS narrows them
+    [ -z "${CUDA_ARCHS:-}" ] && flags+=(--sass "${SASS_REQUIRED:-75,80,86,89,90,100,120}")
+    [ -n "${TOOLKIT_MAJOR:-}" ] && flags+=(--toolkit-major "$TOOLKIT_MAJOR")
+  fi
+  # cuobjdump: CUOBJDUMP, else the copy in the build interpreter's Triton wheel
+  [ -n "${CUOBJDUMP:-}" ] || CUOBJDUMP="$("$py" -c 'import os, triton; print(os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump"))' 2>/dev/null || true)"
+  CUOBJDUMP="$CUOBJDUMP" "$tv/bin/python" "$here/check_wheel.py" "${flags[@]}" "$whl" || status=1
   versions="$torch_versions"
   [ "$first" = 0 ] && [ "${TORCH_CHECK_FIRST_ONLY:-0}" = 1 ] && versions="${torch_versions##* }"
   if [ -n "$versions" ]; then

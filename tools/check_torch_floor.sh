@@ -7,7 +7,8 @@
 # Default versions: the floor pyproject.toml declares (torch>=X) and 2.13.0.
 # PyPI's Linux torch wheels are CUDA builds with nvidia-* dependencies (a few
 # GB each); the environments live under ${SEGFAST_CHECK_VENVS:-/tmp/segfast-torch-check}.
-# PYTHON picks the interpreter (default python3). Prints one block per
+# PYTHON picks the interpreter (default python3); SEGFAST_CHECK_REUSE=1 keeps an
+# environment that already has that torch and reinstalls only segfast. Prints one block per
 # version and exits non-zero if any version fails.
 set -uo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -28,12 +29,19 @@ root="${SEGFAST_CHECK_VENVS:-/tmp/segfast-torch-check}"
 mkdir -p "$root"
 status=0
 for tv in "$@"; do
+  tv_failed=0
   env="$root/torch-$tv-$("$py" -c 'import sys; print("cp%d%d" % sys.version_info[:2])')"
   echo "=== torch $tv: $(basename "$wheel") ($(date -u +%Y-%m-%dT%H:%MZ), $("$py" -V))"
-  rm -rf "$env"
-  "$py" -m venv "$env"
-  if ! "$env/bin/pip" install -q --disable-pip-version-check "torch==$tv" numpy >"$env.pip.log" 2>&1 ||
-     ! "$env/bin/pip" install -q --disable-pip-version-check --no-deps "$wheel" >>"$env.pip.log" 2>&1; then
+  if [ "${SEGFAST_CHECK_REUSE:-0}" = 1 ] && "$env/bin/python" -c "import torch, sys; sys.exit(torch.__version__.split('+')[0] != '$tv')" 2>/dev/null; then
+    echo "(reusing $env: torch $tv is installed there; only segfast is reinstalled)"
+    : >"$env.pip.log"
+  else
+    rm -rf "$env"
+    "$py" -m venv "$env"
+    "$env/bin/pip" install -q --disable-pip-version-check "torch==$tv" numpy >"$env.pip.log" 2>&1 || tv_failed=1
+  fi
+  if [ "${tv_failed:-0}" = 1 ] ||
+     ! "$env/bin/pip" install -q --disable-pip-version-check --no-deps --force-reinstall "$wheel" >>"$env.pip.log" 2>&1; then
     echo "FAIL pip install (torch==$tv); last lines of $env.pip.log:"
     grep -v "^WARNING: Location" "$env.pip.log" | tail -5
     status=1

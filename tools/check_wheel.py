@@ -8,8 +8,11 @@
   libcudart (static), no libstdc++ (static in the release build; libgcc_s.so.1
   stays, as manylinux allows), no libgomp (the OpenMP runtime is the one
   torch's process has loaded: segfast/backends.py);
-- with --cuda: the fatbin's architectures (cuobjdump --list-elf / --list-ptx)
-  and its size.
+- with --cuda: the fatbin's architectures (cuobjdump --list-elf / --list-ptx),
+  its size, the toolkit versions of the ptxas that assembled each SASS image
+  and the PTX ISA version; --sass 75,80,... fails when an architecture's
+  SASS is missing, --toolkit-major 12 when an image comes from another major
+  CUDA version (a CUDA 12 driver loads only CUDA 12 images).
 Reads the ELF with pyelftools (pip install pyelftools). Exit status 1 on a failed check.
 """
 
@@ -106,6 +109,15 @@ def fatbin(path):
     return sass, ptxs, size
 
 
+def toolchain(path):
+    """({toolkit versions of the ptxas runs that made the SASS}, {PTX ISA versions})."""
+    exe = _cuobjdump()
+    notes = subprocess.run([exe, "-elf", path], capture_output=True, text=True).stdout
+    text = subprocess.run([exe, "-ptx", path], capture_output=True, text=True).stdout
+    return (sorted(set(re.findall(r"Tool Kit Version: ([0-9.]+)", notes))),
+            sorted(set(re.findall(r"^\.version ([0-9.]+)", text, re.M))))
+
+
 def module_paths(arg, tmp):
     if arg.endswith(".whl"):
         with zipfile.ZipFile(arg) as z:
@@ -119,6 +131,9 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("paths", nargs="+", help="wheels or .so files")
     ap.add_argument("--cuda", action="store_true", help="also list the fatbin (the module must carry CUDA kernels)")
+    ap.add_argument("--sass", default="", help="with --cuda: architectures whose SASS must be present, e.g. 75,80,90")
+    ap.add_argument("--toolkit-major", type=int, default=None,
+                    help="with --cuda: the CUDA major version every SASS image must come from")
     args = ap.parse_args(argv)
     ok = True
     for arg in args.paths:
@@ -145,6 +160,19 @@ def main(argv=None):
                     if not sass:
                         print("  FAIL no CUDA code in the module")
                         ok = False
+                    kits, isas = toolchain(so)
+                    print(f"  SASS assembled by CUDA {', '.join(kits) or '?'}; PTX ISA {', '.join(isas) or '-'}")
+                    want = {f"sm_{a.strip()}" for a in args.sass.split(",") if a.strip()}
+                    missing = sorted(want - set(sass), key=lambda a: int(re.sub(r"\D", "", a)))
+                    if want:
+                        print(f"  {'FAIL' if missing else 'ok  '} SASS for {args.sass}"
+                              + (f": missing {', '.join(missing)}" if missing else ""))
+                    other = [k for k in kits if args.toolkit_major is not None
+                             and int(k.split(".")[0]) != args.toolkit_major]
+                    if args.toolkit_major is not None:
+                        print(f"  {'FAIL' if other or not kits else 'ok  '} SASS from CUDA {args.toolkit_major}.x only"
+                              + (f": found {', '.join(other)}" if other else ""))
+                    ok = ok and not missing and not other and (args.toolkit_major is None or bool(kits))
     return 0 if ok else 1
 
 

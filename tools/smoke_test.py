@@ -65,7 +65,8 @@ b1, b2 = boxes(8), boxes(8)
 
 print(f"segfast {segfast.__version__}, torch {torch.__version__}, python {sys.version.split()[0]}")
 info = segfast.info(print_out=False)
-print(f"extension {info['extension']}, cuda kernels {info['cuda_kernels_compiled']} {info['cuda_archs']}, "
+print(f"extension {info['extension']}, cuda kernels {info['cuda_kernels_compiled']} {info['cuda_archs']} "
+      f"(CUDA runtime {info.get('cuda_runtime')}, driver {info.get('cuda_driver')}), "
       f"cpu backends {info['backends_cpu']}")
 if segfast.backends._C is None:
     sys.exit("FAIL the compiled extension segfast._C is missing")

@@ -21,6 +21,7 @@
 #include <string>
 
 #include "../common/boxes_match.h"
+#include "clang_compat.h"
 
 namespace segfast {
 namespace boxes {
