@@ -206,3 +206,48 @@ def test_cuda12_requirements_are_pinned_with_hashes():
     for line in lines:
         assert "==12." in line or "==10." in line, line
         assert "--hash=sha256:" in line, line
+
+
+# ---- the torch floor: op signatures that torch 2.4's schema inference reads
+
+def _op_functions():
+    """(file, function) for every function decorated with custom_op(...) / triton_op(...)."""
+    import ast
+
+    for path in sorted((REPO / "segfast").rglob("*.py")):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.FunctionDef):
+                continue
+            for dec in node.decorator_list:
+                f = dec.func if isinstance(dec, ast.Call) else None
+                name = getattr(f, "attr", None) or getattr(f, "id", None)
+                if name in ("custom_op", "triton_op"):
+                    yield path, tree, node
+
+
+def test_op_signatures_fit_the_torch_floor():
+    """torch 2.4's infer_schema takes defaults of int, float, bool and None only,
+    rejects the builtin generics (``list[float]``: torch < 2.7) and cannot read
+    string annotations (``from __future__ import annotations``)."""
+    import ast
+
+    found, bad = 0, []
+    for path, tree, fn in _op_functions():
+        found += 1
+        where = f"{path.relative_to(REPO)}:{fn.lineno} {fn.name}"
+        if any(isinstance(n, ast.ImportFrom) and n.module == "__future__"
+               and any(a.name == "annotations" for a in n.names) for n in tree.body):
+            bad.append(f"{where}: the module imports annotations from __future__")
+        args = fn.args.args + fn.args.kwonlyargs
+        defaults = list(fn.args.defaults) + [d for d in fn.args.kw_defaults if d is not None]
+        for d in defaults:
+            v = d.operand if isinstance(d, ast.UnaryOp) else d
+            if not (isinstance(v, ast.Constant) and (v.value is None or type(v.value) in (int, float, bool))):
+                bad.append(f"{where}: default {ast.unparse(d)}")
+        for a in args:
+            for n in ast.walk(a.annotation) if a.annotation is not None else ():
+                if isinstance(n, ast.Subscript) and isinstance(n.value, ast.Name) and n.value.id in ("list", "tuple"):
+                    bad.append(f"{where}: {a.arg}: {ast.unparse(a.annotation)} (use typing.List / Tuple)")
+    assert found > 25, found
+    assert bad == [], "\n".join(bad)

@@ -247,16 +247,17 @@ def _register_triton_ops():
     @triton_op("segfast::region_stats_triton", mutates_args=())
     def region_stats_triton_op(x: Tensor, target: Tensor, is_label: bool, act: int,
                                label_offset: int, ignore_value: Optional[float], xent: int = 0,
-                               gamma: float = 0.0, check: str = "") -> Tensor:
+                               gamma: float = 0.0, check: Optional[str] = None) -> Tensor:
         """Per-plane sums [N, C, 7] ([N, C, 9] with ``xent``) with the Triton kernels.
         ``check``: the error of a label outside the classes, asserted on the
-        device from the stats kernel's flag ("": labels not checked here)."""
+        device from the stats kernel's flag (None or "": labels not checked here;
+        a None default, as torch 2.4's schema inference takes no str default)."""
         return stats(x, target, is_label, act, label_offset, ignore_value, xent, gamma, check)
 
     @triton_op("segfast::region_stats_conf_triton", mutates_args=())
     def region_stats_conf_triton_op(x: Tensor, target: Tensor, is_label: bool, act: int,
                                     label_offset: int, ignore_value: Optional[float], xent: int = 0,
-                                    gamma: float = 0.0, check: str = "") -> Tuple[Tensor, Tensor]:
+                                    gamma: float = 0.0, check: Optional[str] = None) -> Tuple[Tensor, Tensor]:
         """region_stats_triton_op and the confusion counts [C, C] (int64) of the
         same pass (class-index targets)."""
         C = x.shape[1]
@@ -297,7 +298,7 @@ def _register_triton_ops():
     def region_loss_triton_op(x: Tensor, target: Tensor, w: Optional[Tensor], pw: Optional[Tensor],
                               is_label: bool, act: int, label_offset: int, ignore_value: Optional[float],
                               xent: int, gamma: float, fparams: List[float], iparams: List[int],
-                              check: str = "", count: bool = False) -> Tuple[Tensor, Tensor, Tensor]:
+                              check: Optional[str] = None, count: bool = False) -> Tuple[Tensor, Tensor, Tensor]:
         """-> (the scalar loss, dLoss/dStats [N, C, KO] at grad_output 1, the
         confusion counts [C, C] of the stats pass with ``count``, else [0, 0]):
         the stats kernel and the finish kernel (see :func:`finish_loss` for the
