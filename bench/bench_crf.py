@@ -3,10 +3,10 @@ mean-field iterations, the default kernels (Gaussian sxy=3 compat=3, bilateral
 sxy=80 srgb=13 compat=10), a natural-looking image (smooth background,
 flat-coloured shapes with edges, mild noise) and noisy unaries
 (segfast.bench.crf_inputs); times include building the lattices. Also one
-uniform-noise image with 2 labels (segfast.bench.crf_noise_inputs), the
-bilateral kernel's hard case. Runners:
-segfast's backends usable here and, on CPU, pydensecrf looping over the batch.
-SEGFAST_BENCH_QUICK=1: 128 x 128.
+uniform-noise image with 2 and 21 labels (segfast.bench.crf_noise_inputs),
+the bilateral kernel's hard case (its lattice has about 1.5 points per
+pixel). Runners: segfast's backends usable here and, on CPU, pydensecrf
+looping over the batch. SEGFAST_BENCH_QUICK=1: 128 x 128.
 
     pytest bench/bench_crf.py --benchmark-only --benchmark-json=bench.json
 
@@ -65,24 +65,28 @@ def test_dense_crf(benchmark, name, B):
     benchmark.extra_info.update(info)
 
 
+NOISE_LABELS = (2, 21)
+
+
 @functools.lru_cache(maxsize=None)
-def noise_median_ms(name: str) -> float:
-    u, im = sb.crf_noise_inputs(1, SIZE, SIZE, DEVICE)
+def noise_median_ms(name: str, C: int) -> float:
+    u, im = sb.crf_noise_inputs(1, SIZE, SIZE, DEVICE, C=C)
     times = sb.time_fn(lambda: runners()[name](u, im), DEVICE, repeat=ROUNDS, warmup=1)
     return 1e3 * sorted(times)[len(times) // 2]
 
 
+@pytest.mark.parametrize("C", NOISE_LABELS)
 @pytest.mark.parametrize("name", list(runners()))
-def test_dense_crf_noise(benchmark, name):
+def test_dense_crf_noise(benchmark, name, C):
     """The hard case of the bilateral kernel: a uniform-noise image (nearly every pixel
-    a lattice point of its own), 2 labels (segfast.bench.crf_noise_inputs)."""
-    benchmark.group = f"dense_crf-noise-1x2x{SIZE}x{SIZE}-it{sb.CRF_ITERATIONS}"
-    u, im = sb.crf_noise_inputs(1, SIZE, SIZE, DEVICE)
+    a lattice point of its own), 2 or 21 labels (segfast.bench.crf_noise_inputs)."""
+    benchmark.group = f"dense_crf-noise-1x{C}x{SIZE}x{SIZE}-it{sb.CRF_ITERATIONS}"
+    u, im = sb.crf_noise_inputs(1, SIZE, SIZE, DEVICE, C=C)
     fn = runners()[name]
     benchmark.pedantic(lambda: fn(u, im), rounds=ROUNDS, iterations=1, warmup_rounds=1)
     info = dict(device=str(DEVICE), runner=name, batch=1, median_ms=1e3 * benchmark.stats.stats.median)
     if "pydensecrf" in runners():
-        info["speedup_vs_pydensecrf"] = noise_median_ms("pydensecrf") / noise_median_ms(name)
+        info["speedup_vs_pydensecrf"] = noise_median_ms("pydensecrf", C) / noise_median_ms(name, C)
     benchmark.extra_info.update(info)
 
 

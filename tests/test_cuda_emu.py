@@ -248,9 +248,11 @@ def test_nms(schedule, classes):
         assert torch.equal(got, want)
 
 
-def test_dense_crf(schedule):
-    """crf splat_kernel (atomics), blur_kernel, update_kernel (one warp per pixel)."""
-    U = torch.randn(1, 3, 5, 6)
+@pytest.mark.parametrize("C", [2, 3, 21, 40])  # update_kernel: 2, 4, 8, 16 lanes per pixel
+def test_dense_crf(schedule, C):
+    """crf splat_kernel (atomics), blur_kernel, update_kernel (lanes per pixel follow C;
+    30 pixels: the last warp has groups past the last pixel)."""
+    U = torch.randn(1, C, 5, 6)
     img = torch.randint(0, 256, (1, 3, 5, 6), dtype=torch.uint8)
     got = segfast.dense_crf(U, img, iterations=2, backend="cuda")
     for b in ("cpu", "torch"):

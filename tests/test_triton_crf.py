@@ -24,7 +24,8 @@ pytestmark = [triton_needs_run(), pytest.mark.skipif(
 
 @pytest.mark.parametrize("C,H,W,kw", [
     (3, 9, 11, {}),
-    (21, 7, 9, dict(normalization="after")),
+    (21, 7, 9, dict(normalization="after")),  # labels in 3 tiles of 8
+    (40, 3, 5, dict(self_message=False)),  # 3 tiles of 16, the last one partial
     (4, 10, 12, dict(self_message=False)),
     (4, 10, 12, dict(compat="matrix")),
     (2, 8, 9, dict(gaussian=None)),

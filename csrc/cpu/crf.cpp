@@ -216,6 +216,13 @@ struct HashTable {
       if ((s & ~uint64_t(0xffffffffu)) == tag(hv) && same(int32_t(uint32_t(s)), k)) return int32_t(uint32_t(s));
     }
   }
+  // the slot where a probe for hash hv starts, and (when it holds a point with the
+  // same tag) that point's key: what find will read first
+  void prefetch(uint64_t hv) const { __builtin_prefetch(&slot[hv & mask]); }
+  void prefetch_key(uint64_t hv) const {
+    const uint64_t s = slot[hv & mask];
+    if (s != kEmpty && (s & ~uint64_t(0xffffffffu)) == tag(hv)) __builtin_prefetch(&keys[size_t(uint32_t(s)) * d]);
+  }
   void grow() {
     std::vector<uint64_t> old(2 * (mask + 1), kEmpty);
     slot.swap(old);
@@ -357,53 +364,46 @@ void build_lattice(Lattice& L, const float* feat, int64_t N, int d, int nt) {
       const int32_t* map = remap[t].data();
       for (int64_t k = lo(t) * D1; k < lo(t + 1) * D1; ++k) L.offset[k] = map[L.offset[k]];
     });
-  // 4. blur neighbours. On a noisy image the table and the keys are far larger than
-  // the caches and each lookup's slot is a cache miss that the core cannot overlap
-  // (probe, compare, then the next): the 2(d+1) slots of the point kAhead ahead are
-  // prefetched, and kAhead / 2 ahead (the slots then cached) the keys of the points
-  // they name, so the misses of consecutive points overlap.
-  L.blur.resize(size_t(D1) * M * 2);
+  // 4. blur neighbours. Along direction j the point after key k is n2(k) and the
+  // one before it n1(k), with n1(n2(k)) = k: one lookup per point and direction
+  // finds both links (q = n2(p) gives q's n1 = p; a point has at most one
+  // predecessor, so no two threads write the same entry). On a noisy image the
+  // table and the keys are far larger than the caches and each lookup's slot is
+  // a cache miss that the core cannot overlap (probe, compare, then the next):
+  // the d+1 slots of the point kAhead ahead are prefetched, and kAhead / 2 ahead
+  // (the slots then cached) the keys of the points they name.
+  L.blur.assign(size_t(D1) * M * 2, M);  // M: no neighbour
   const HashTable& tb = *table;
   constexpr int64_t kAhead = 8;
-  auto neighbour_keys = [d](const int32_t* key, int j, int32_t* n1, int32_t* n2) {
-    for (int k = 0; k < d; ++k) {
-      n1[k] = key[k] - 1;
-      n2[k] = key[k] + 1;
-    }
-    if (j < d) {
-      n1[j] = key[j] + d;
-      n2[j] = key[j] - d;
-    }
+  auto next_key = [d](const int32_t* key, int j, int32_t* n2) {
+    for (int k = 0; k < d; ++k) n2[k] = key[k] + 1;
+    if (j < d) n2[j] = key[j] - d;
   };
+  int32_t* blur = L.blur.data();
   parallel_chunks(M, nt, [&](int64_t p0, int64_t p1) {
-    int32_t n1[kMaxD], n2[kMaxD];
+    int32_t n2[kMaxD];
     for (int64_t p = p0; p < p1; ++p) {
       if (p + kAhead < p1) {
         const int32_t* ka = &tb.keys[size_t(p + kAhead) * d];
         for (int j = 0; j < D1; ++j) {
-          neighbour_keys(ka, j, n1, n2);
-          __builtin_prefetch(&tb.slot[hash_key(n1, d) & tb.mask]);
-          __builtin_prefetch(&tb.slot[hash_key(n2, d) & tb.mask]);
+          next_key(ka, j, n2);
+          tb.prefetch(hash_key(n2, d));
         }
       }
       if (p + kAhead / 2 < p1) {
         const int32_t* kb = &tb.keys[size_t(p + kAhead / 2) * d];
         for (int j = 0; j < D1; ++j) {
-          neighbour_keys(kb, j, n1, n2);
-          for (const int32_t* nk : {n1, n2}) {
-            const uint64_t hv = hash_key(nk, d);
-            const uint64_t sl = tb.slot[hv & tb.mask];
-            if (sl != HashTable::kEmpty && (sl & ~uint64_t(0xffffffffu)) == HashTable::tag(hv))
-              __builtin_prefetch(&tb.keys[size_t(uint32_t(sl)) * d]);
-          }
+          next_key(kb, j, n2);
+          tb.prefetch_key(hash_key(n2, d));
         }
       }
       const int32_t* key = &tb.keys[size_t(p) * d];
       for (int j = 0; j < D1; ++j) {
-        neighbour_keys(key, j, n1, n2);
-        const int32_t a = tb.find(n1), b = tb.find(n2);
-        L.blur[(size_t(j) * M + p) * 2 + 0] = a < 0 ? M : a;
-        L.blur[(size_t(j) * M + p) * 2 + 1] = b < 0 ? M : b;
+        next_key(key, j, n2);
+        const int32_t q = tb.find(n2);
+        if (q < 0) continue;
+        blur[(size_t(j) * M + p) * 2 + 1] = q;
+        blur[(size_t(j) * M + q) * 2 + 0] = int32_t(p);
       }
     }
   });

@@ -9,6 +9,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <initializer_list>
 #include <stdexcept>
 #include <string>
 
@@ -61,15 +62,24 @@ __device__ __forceinline__ float slice_one(const SliceArgs& a, int64_t i, int64_
   return s;
 }
 
-// One warp per pixel, lanes over labels: q = softmax(-u + slices + extra).
-// The logits are parked in q, then exponentiated and normalised in place.
+// Groups of L lanes per pixel (32 / L pixels per warp), each lane over labels
+// sub, sub + L, ...: q = softmax(-u + slices + extra). L follows C
+// (label_lanes): 2 labels take 2 lanes, 21 take 8 lanes of 3 labels, so few
+// lanes idle. The logits are parked in q, then exponentiated and normalised in
+// place. Every lane of a warp runs the same trips (a group past P idles), so
+// the full-mask shuffles stay converged.
+template <int L>
 __global__ void update_kernel(const float* __restrict__ U, float* __restrict__ Q, const float* __restrict__ extra,
                               SliceArgs a, SliceArgs b, int nk, int64_t P, int64_t C) {
-  const int lane = threadIdx.x & 31;
+  constexpr int kGroups = 32 / L;
+  const int lane = threadIdx.x & 31, sub = lane % L;
   const int64_t warps = int64_t(gridDim.x) * (blockDim.x >> 5);
-  for (int64_t i = int64_t(blockIdx.x) * (blockDim.x >> 5) + (threadIdx.x >> 5); i < P; i += warps) {
+  for (int64_t base = (int64_t(blockIdx.x) * (blockDim.x >> 5) + (threadIdx.x >> 5)) * kGroups; base < P;
+       base += warps * kGroups) {
+    const int64_t i = base + lane / L;
+    const int64_t cend = i < P ? C : 0;  // a group past the last pixel: no labels
     float mx = -INFINITY;
-    for (int64_t c = lane; c < C; c += 32) {
+    for (int64_t c = sub; c < cend; c += L) {
       float m = -U[i * C + c];
       if (nk > 0) m += slice_one(a, i, c, C);
       if (nk > 1) m += slice_one(b, i, c, C);
@@ -77,17 +87,31 @@ __global__ void update_kernel(const float* __restrict__ U, float* __restrict__ Q
       Q[i * C + c] = m;
       mx = fmaxf(mx, m);
     }
-    for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+    for (int o = L / 2; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
     float s = 0.f;
-    for (int64_t c = lane; c < C; c += 32) {
+    for (int64_t c = sub; c < cend; c += L) {
       const float e = __expf(Q[i * C + c] - mx);
       Q[i * C + c] = e;
       s += e;
     }
-    for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+    for (int o = L / 2; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
     const float inv = 1.f / s;
-    for (int64_t c = lane; c < C; c += 32) Q[i * C + c] *= inv;
+    for (int64_t c = sub; c < cend; c += L) Q[i * C + c] *= inv;
   }
+}
+
+// Lanes per pixel for C labels: the power of two up to 32 that pads C least
+// (ties: more lanes), from next_power_of_2(C) when that is at most 32, else 32, 16, 8
+// (triton_kernels/crf.py blocks() makes the same choice of label tile).
+int label_lanes(int64_t C) {
+  int64_t small = 1;
+  while (small < C) small <<= 1;
+  int best = small <= 32 ? int(small) : 32;
+  auto padded = [C](int l) { return (C + l - 1) / l * l; };
+  if (small > 8)
+    for (int l : {16, 8})
+      if (l < small && padded(l) < padded(best)) best = l;
+  return best;
 }
 
 }  // namespace
@@ -110,7 +134,18 @@ void crf_update_cuda(const float* U, float* Q, const float* extra, const int32_t
                      int nk, int64_t P, int64_t C, uintptr_t stream) {
   if (P == 0) return;
   const SliceArgs a{off1, w1, grid1, D1a}, b{off2, w2, grid2, D1b};
-  update_kernel<<<blocks_for(P, 8), 256, 0, reinterpret_cast<cudaStream_t>(stream)>>>(U, Q, extra, a, b, nk, P, C);
+  const int lanes = label_lanes(C);
+  const int64_t groups = (P + 32 / lanes - 1) / (32 / lanes);  // warps needed
+  const dim3 blocks(blocks_for(groups, 8)), threads(256);
+  cudaStream_t s = reinterpret_cast<cudaStream_t>(stream);
+  switch (lanes) {
+    case 1: update_kernel<1><<<blocks, threads, 0, s>>>(U, Q, extra, a, b, nk, P, C); break;
+    case 2: update_kernel<2><<<blocks, threads, 0, s>>>(U, Q, extra, a, b, nk, P, C); break;
+    case 4: update_kernel<4><<<blocks, threads, 0, s>>>(U, Q, extra, a, b, nk, P, C); break;
+    case 8: update_kernel<8><<<blocks, threads, 0, s>>>(U, Q, extra, a, b, nk, P, C); break;
+    case 16: update_kernel<16><<<blocks, threads, 0, s>>>(U, Q, extra, a, b, nk, P, C); break;
+    default: update_kernel<32><<<blocks, threads, 0, s>>>(U, Q, extra, a, b, nk, P, C); break;
+  }
   check(cudaGetLastError(), "update");
 }
 

@@ -89,10 +89,12 @@ def _launcher_tiles(family: str) -> tuple:
 
 
 def _crf_tiles() -> tuple:
-    """Label counts reaching every CRF class tile up to 256 labels (its
-    launcher takes ``next_power_of_2(C)``, with no upper bound)."""
-    import triton
-    return class_counts(triton.next_power_of_2, 129)
+    """Label counts reaching every CRF tile choice (``triton_kernels.crf.blocks``)
+    up to 129 labels (past 32 the choice repeats: tiles of 8, 16 or 32)."""
+    from segfast.triton_kernels import crf
+    return class_counts(lambda C: (crf.blocks(C), C <= crf.blocks(C)[1]), 129)
+
+
 N, S = 2, 4  # images, side of the square image
 
 

@@ -398,8 +398,6 @@ def _batch_features(image: Tensor, sxy, srgb) -> Tensor:
 
 
 class _TritonSteps:
-    BLOCK_P = 64
-
     def __init__(self):
         import triton
 
@@ -407,26 +405,29 @@ class _TritonSteps:
 
         self.tk, self.triton = tk, triton
 
-    def _grid(self, n):
-        return (self.triton.cdiv(max(n, 1), self.BLOCK_P),)
+    def _grid(self, n, C, per_tile: bool = True):
+        """(pixel blocks, label tiles) of n rows; per_tile=False: one program per pixel block."""
+        bp, bc = self.tk.blocks(C)
+        return (self.triton.cdiv(max(n, 1), bp), self.triton.cdiv(C, bc) if per_tile else 1)
 
     def filter_grid(self, q: Tensor, lat, sw: Tensor) -> Tensor:
         """blur(splat(q)) [M+1, C] with splat weights sw [P, d+1]."""
         P, C = q.shape
-        bc = self.triton.next_power_of_2(C)
+        bp, bc = self.tk.blocks(C)
         grid = q.new_zeros((lat.M + 1, C))
-        self.tk.crf_splat_kernel[self._grid(P)](q, lat.off32, sw, grid, P, C, D1=lat.d + 1,
-                                                BLOCK_P=self.BLOCK_P, BLOCK_C=bc)
+        self.tk.crf_splat_kernel[self._grid(P, C)](q, lat.off32, sw, grid, P, C, D1=lat.d + 1,
+                                                   BLOCK_P=bp, BLOCK_C=bc)
         tmp = torch.empty_like(grid)
         tmp[lat.M].zero_()
         for j in range(lat.d + 1):
-            self.tk.crf_blur_kernel[self._grid(lat.M)](grid, tmp, lat.nb32[j], lat.M, C, BLOCK_P=self.BLOCK_P,
-                                                       BLOCK_C=bc)
+            self.tk.crf_blur_kernel[self._grid(lat.M, C)](grid, tmp, lat.nb32[j], lat.M, C, BLOCK_P=bp,
+                                                          BLOCK_C=bc)
             grid, tmp = tmp, grid
         return grid
 
     def update(self, U: Tensor, q: Tensor, runs, extra: Optional[Tensor]) -> None:
         P, C = U.shape
+        bp, bc = self.tk.blocks(C)
         a = runs[0] if runs else None
         b = runs[1] if len(runs) > 1 else a
         dummy_i = torch.zeros(1, dtype=torch.int32, device=U.device)
@@ -434,11 +435,11 @@ class _TritonSteps:
         args = []
         for r in (a, b):
             args += [dummy_i, dummy_f, dummy_f] if r is None else [r[0].off32, r[1], r[2]]
-        self.tk.crf_update_kernel[self._grid(P)](
+        self.tk.crf_update_kernel[self._grid(P, C, per_tile=False)](
             U, q, dummy_f if extra is None else extra, *args, P, C,
             D1A=3 if a is None else a[0].d + 1, D1B=3 if b is None else b[0].d + 1,
-            HAS1=a is not None, HAS2=len(runs) > 1, HAS_EXTRA=extra is not None, BLOCK_P=self.BLOCK_P,
-            BLOCK_C=self.triton.next_power_of_2(C))
+            HAS1=a is not None, HAS2=len(runs) > 1, HAS_EXTRA=extra is not None, BLOCK_P=bp, BLOCK_C=bc,
+            ONE_TILE=C <= bc)
 
 
 class _CudaSteps:
