@@ -36,7 +36,7 @@ from ._common import wrap
 BLOCK_N = 128  # anchors per program: one per thread
 BLOCK_M = 8  # gts per tile, held by every thread
 IOU_MAX_WARPS = 4
-NMS_BLOCK_R = 64  # rows per mask program
+NMS_BLOCK_R = 16  # rows per mask program (x 64 columns: 8 pairs per thread)
 NMS_BLOCK_W = 128  # removed words per vector in the sweep
 NO_FMA = dict(enable_fp_fusion=False)
 
