@@ -32,6 +32,13 @@ closes that gap in three steps:
    widths (PTX ``ld.global.v4`` ..., SASS ``LDG.E.128`` ...) and the barrier
    count (``bar.sync``).
 
+``config_space(launches)`` derives from the recorded launches every launch
+the dispatch code can make (``KernelSpace``: its size, its configurations),
+and ``covering_set(launches)`` the recorded launches plus a covering set of
+that space (every configuration, or every pair of configuration values for a
+kernel with more than 200 configurations, and every argument dtype / None
+tuple with every value of every other factor): what the slow tier compiles.
+
 ``failures(rows)`` lists what must not ship: a compile error, shared memory
 over the target's per-block limit, any spill (ptxas's spill stores, or local
 memory) in the streaming loss kernels. ``python -m segfast.gpucheck.triton_aot``
