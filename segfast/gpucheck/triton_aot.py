@@ -37,7 +37,8 @@ the dispatch code can make (``KernelSpace``: its size, its configurations),
 and ``covering_set(launches)`` the recorded launches plus a covering set of
 that space (every configuration, or every pair of configuration values for a
 kernel with more than 200 configurations, and every argument dtype / None
-tuple with every value of every other factor): what the slow tier compiles.
+tuple with every value of every other factor, within the pairs of values
+that the recorded launches showed together): what the slow tier compiles.
 
 ``failures(rows)`` lists what must not ship: a compile error, shared memory
 over the target's per-block limit, any spill (ptxas's spill stores, or local
@@ -323,15 +324,36 @@ class KernelSpace:
     def recorded_configs(self) -> int:
         return len({_config(la) for la in self.recorded})
 
+    def _factors(self, la: Launch) -> list:
+        """A launch's factor values: configuration groups' value tuples, and
+        the argument groups' classes (``arg_class``: None, int / float / bool
+        tensor, scalar kind), the level at which pairs must have been seen."""
+        opts = dict(la.options)
+        out = [("G", n, tuple(la.args[k[1]][1] if k[0] == "C" else opts.get(k[1]) for k in g))
+               for n, g in enumerate(self.config_groups)]
+        return out + [("a", n, tuple(arg_class(la.args[p]) for p in g)) for n, g in enumerate(self.arg_groups)]
+
+    def seen(self) -> set:
+        """Every pair of factor values (``_factors``) some recorded launch combines."""
+        if not hasattr(self, "_seen"):
+            self._seen = {(a, b) for la in self.recorded for a, b in itertools.combinations(self._factors(la), 2)}
+        return self._seen
+
+    def consistent(self, la: Launch) -> bool:
+        """Every pair of its factor values (configuration values, argument
+        classes) was seen together in a recorded launch."""
+        seen = self.seen()
+        return all(pair in seen for pair in itertools.combinations(self._factors(la), 2))
+
     def covering(self, max_configs: int = 200) -> list:
         """A covering subset of ``launches`` (greedy, AETG-like). The factors
         are the configuration groups (constexpr values and launch options
         that vary together) and the argument groups (dtypes, None).
 
-        * Every configuration once at least when the kernel has at most
-          ``max_configs``; beyond that every pair of two configuration
-          groups' values (the configurations' product is then too large to
-          compile: ``num_configs``).
+        * Every configuration (that is ``consistent``, below) once at least
+          when the kernel has at most ``max_configs``; beyond that every pair
+          of two configuration groups' values (the configurations' product
+          is then too large to compile: ``num_configs``).
         * Every pair of factor values that some launch of the space combines
           (two argument groups' tuples, an argument group's tuple and a
           configuration group's tuple), so every argument tuple (each dtype
@@ -339,13 +361,33 @@ class KernelSpace:
           every other factor.
 
         Each launch takes, factor by factor, the value that covers the most
-        pairs not yet covered; leftover pairs get launches of their own."""
+        pairs not yet covered; leftover pairs get launches of their own.
+
+        Every launch is ``consistent``: two configuration values, or an
+        argument class and a configuration value or another argument's class,
+        combine only if a recorded launch combined them (the derivation
+        cannot tell a choice the workload did not reach from one the
+        dispatch never makes: a compound loss term under a sigmoid, a
+        normaliser left None where the kernel reads it). Dtypes within a
+        class cross freely."""
         ng, na = len(self.config_groups), len(self.arg_groups)
         full = self.num_configs() <= max_configs
+        seen = self.seen()
+
+        def acls(i, t):
+            return ("a", i, tuple(arg_class(d) for d in t))
+
+        def ok_gg(k, w, m, x):
+            return ((("G", k, w), ("G", m, x)) if k < m else (("G", m, x), ("G", k, w))) in seen
+
+        def ok_aa(i, t, j, u):
+            return ((acls(i, t), acls(j, u)) if i < j else (acls(j, u), acls(i, t))) in seen
 
         def fits(k, w, fixed):
             """Value w of configuration group k allows the argument tuples ``fixed`` ({group: tuple})."""
             for i, t in fixed.items():
+                if (("G", k, w), acls(i, t)) not in seen:
+                    return False
                 for p, d in zip(self.arg_groups[i], t):
                     for key in self.couplings.get(p, ()):
                         if key in self.config_groups[k]:
@@ -367,10 +409,11 @@ class KernelSpace:
                 need.update((("A", i, v), ("G", k, w)) for k in range(ng) for w in cv_all[k] if fits(k, w, {i: v}))
                 for j in range(i + 1, na):
                     need.update((("A", i, v), ("A", j, u)) for u in self.arg_values[j]
-                                if all(any(fits(k, w, {i: v, j: u}) for w in cv_all[k]) for k in range(ng)))
+                                if ok_aa(i, v, j, u)
+                                and all(any(fits(k, w, {i: v, j: u}) for w in cv_all[k]) for k in range(ng)))
         if not full:
             need.update(gpair(k, w, m, x) for k in range(ng) for m in range(k + 1, ng) for w in cv_all[k]
-                        for x in cv_all[m])
+                        for x in cv_all[m] if ok_gg(k, w, m, x))
 
         def gain(new, chosen_g, chosen_a):
             kind, n, val = new
@@ -386,15 +429,20 @@ class KernelSpace:
             """Complete a launch greedily: configuration groups, then argument groups."""
             for k in range(ng):
                 if k not in chosen_g:
-                    cands = [w for w in cv_all[k] if fits(k, w, chosen_a)]
+                    cands = [w for w in cv_all[k] if fits(k, w, chosen_a)
+                             and all(ok_gg(k, w, m, x) for m, x in chosen_g.items())]
+                    if not cands:
+                        return False
                     chosen_g[k] = max(cands, key=lambda w: gain(("G", k, w), chosen_g, chosen_a))
             cfg = {key: v for k, t in chosen_g.items() for key, v in zip(self.config_groups[k], t)}
-            ch = self.choices(cfg)
+            ch = [[t for t in c if all(fits(k, w, {i: t}) for k, w in chosen_g.items())]
+                  for i, c in enumerate(self.choices(cfg))]
             for i in sorted(range(na), key=lambda i: len(ch[i])):
                 if i not in chosen_a:
-                    if not ch[i]:
+                    cands = [t for t in ch[i] if all(ok_aa(i, t, j, u) for j, u in chosen_a.items())]
+                    if not cands:
                         return False
-                    chosen_a[i] = max(ch[i], key=lambda v: gain(("A", i, v), chosen_g, chosen_a))
+                    chosen_a[i] = max(cands, key=lambda v: gain(("A", i, v), chosen_g, chosen_a))
                 elif chosen_a[i] not in ch[i]:
                     return False
             cv = [chosen_g[k] for k in range(ng)]
@@ -408,7 +456,8 @@ class KernelSpace:
 
         if full:
             for combo in itertools.product(*cv_all):
-                add(dict(enumerate(combo)), {})
+                if all(ok_gg(k, combo[k], m, combo[m]) for k in range(ng) for m in range(k + 1, ng)):
+                    add(dict(enumerate(combo)), {})
         for a, b in sorted(need, key=repr):  # leftover pairs, in a fixed order
             if (a, b) not in need:
                 continue
