@@ -10,7 +10,8 @@ semantics in segfast/reference/boxes.py); computed in fp32.
   tile that is summed over m once after the loop; d2 likewise over n (its
   tile transposed, so go's contiguous m runs across the lanes). One writer
   per output row: no atomics, deterministic. Two pairs per thread keep the
-  CIoU gradient at <= 80 registers (sm_80 / sm_90), no spill.
+  gradients at <= 90 registers without spills in the configurations
+  measured (CIoU / DIoU, each format, float16 to float64; sm_80 and sm_90).
 * ``launch_aligned``: program per block of pairs writes out = offset + sign *
   value and gscale * d value / d box for both sets (one pass).
 
@@ -27,7 +28,7 @@ import triton.language as tl
 from ._common import wrap
 
 BLOCK_N, BLOCK_M = 32, 64
-# the gradient's tile: 16 own x 16 other boxes, 2 pairs per thread (CIoU: <= 80 registers, >= 6 programs per SM)
+# the gradient's tile: 16 own x 16 other boxes, 2 pairs per thread (<= 90 registers: >= 5 programs per SM)
 GRAD_BR, GRAD_BL, GRAD_WARPS = 16, 16, 4
 BLOCK_K = 256
 PI = tl.constexpr(3.141592653589793)  # a constexpr global: jit code may read it
