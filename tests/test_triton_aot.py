@@ -1,18 +1,28 @@
-"""Every Triton kernel configuration the dispatch code launches compiles for
-sm_80 and sm_90 (segfast.gpucheck.triton_aot): no GPU needed, Triton's own
-compiler and ptxas. The launches are recorded while the public ops run
-(in the interpreter without a GPU), so a new constexpr path or dtype is
-compiled as soon as the dispatch code can reach it.
+"""Every Triton kernel compiles for sm_80 and sm_90 (segfast.gpucheck.triton_aot):
+no GPU needed, Triton's own compiler and ptxas. The launches are recorded
+while the public ops run (in the interpreter without a GPU), so a new
+constexpr path or dtype is compiled as soon as the dispatch code can reach it.
 
-The quick sweep compiles one recorded launch per kernel function per arch;
-the full sweep (slow) every distinct launch of the full input matrix per
-arch (see segfast.gpucheck.triton_workload for what the matrix covers). Both fail on a compile error, shared memory
-over the per-block limit, or a spill in the streaming loss kernels (spill
-stores in ptxas's log: spills land in the stack frame, which cuobjdump counts
-as STACK, not LOCAL). The full sweep fails on any spill in the region
-kernels; it still finds a few configurations of the pixel loss kernels that
-spill 4-12 bytes and reports them as an expected failure until those kernels
-are reworked.
+The quick sweep (default tier) compiles one recorded launch of every kernel
+function per arch. The full sweep (slow tier) compiles, per arch, the
+recorded launches of the full input matrix (segfast.gpucheck.triton_workload)
+and the covering set of the configuration space derived from them
+(``KernelSpace.covering``, about 560 launches per arch): every configuration
+(constexpr values and launch options) of a kernel with at most 200 of them,
+every pair of configuration values beyond, and every argument dtype / None
+tuple paired with every value of every other factor, keeping to pairs of
+configuration values and argument classes that a recorded launch showed
+together. Not compiled: the rest of the derived space
+(about 441,000 launches per arch, 21,320 configurations, most of them the
+region stats kernel's; ``--level space`` of the module compiles it in hours),
+64-bit integer arguments, and the plain (unaligned) variant beyond one
+launch per kernel. Both sweeps fail on a compile error, shared memory over
+the per-block limit, or a spill in the streaming loss kernels (spill stores
+in ptxas's log: spills land in the stack frame, which cuobjdump counts as
+STACK, not LOCAL). The full sweep fails on any spill in the region kernels;
+it still finds a few configurations of the pixel loss kernels that spill
+4-12 bytes and reports them as an expected failure until those kernels are
+reworked.
 """
 
 from __future__ import annotations
@@ -100,6 +110,47 @@ def test_config_space_needs_overlap():
     assert len(space.launches) == 2
 
 
+def _factor_pairs(ks, launches, configs=True):
+    """Every pair of factor values (configuration groups' and argument groups'
+    tuples) that ``launches`` combine; without ``configs`` the pairs of two
+    configuration groups are left out."""
+    def factors(la):
+        opts = dict(la.options)
+        out = [("G", n, tuple(la.args[k[1]][1] if k[0] == "C" else opts.get(k[1]) for k in g))
+               for n, g in enumerate(ks.config_groups)]
+        return out + [("A", n, tuple(la.args[p] for p in g)) for n, g in enumerate(ks.arg_groups)]
+    return {(a, b) for la in launches for a, b in itertools.combinations(factors(la), 2)
+            if configs or a[0] == "A" or b[0] == "A"}
+
+
+@pytest.mark.parametrize("max_configs", [1000, 1])
+def test_covering(max_configs):
+    """The covering set is part of the space and keeps to pairs of values
+    that a recorded launch combined (a tile seen with labels only stays with
+    labels); within that, it has every configuration (or, when the kernel has
+    more than ``max_configs``, every pair of two configuration groups'
+    values), every argument tuple and every pair of factor values; and it is
+    far smaller."""
+    recorded = [_toy_launch("float32", "int64", False, C) for C in TOY_C]
+    recorded += [_toy_launch(x, "int64", False, 3) for x in TOY_X]
+    recorded += [_toy_launch("float32", t, w, 3) for t in TOY_T for w in (False, True)]
+    (space,) = aot.config_space(recorded)
+    every = space.launches
+    assert space.size() == len(every) == 120 and space.num_configs() == 20
+    cover = space.covering(max_configs=max_configs)
+    assert set(cover) <= set(every) and len(set(cover)) == len(cover)
+    # the covering set keeps to pairs seen together (at the argument class level)
+    assert all(space.consistent(la) for la in cover)
+    consistent = [la for la in every if space.consistent(la)]
+    assert set(recorded) <= set(consistent) and len(consistent) < len(every)
+    assert _factor_pairs(space, cover) >= _factor_pairs(space, consistent)
+    if max_configs >= space.num_configs():
+        assert {aot._config(la) for la in cover} == {aot._config(la) for la in consistent}
+    assert len(cover) <= len(every) // 5
+    # the recorded launches and the covering sets of every kernel
+    assert set(aot.covering_set(recorded)) >= set(recorded) | set(space.covering())
+
+
 def test_vector_counts():
     ptx = textwrap.dedent("""
         ld.global.v4.b32 { %r1, %r2, %r3, %r4 }, [ %rd1 + 0 ];
@@ -167,21 +218,29 @@ def test_quick_sweep(capsys):
 @triton_needs_run()
 @pytest.mark.slow
 def test_full_sweep(capsys):
-    """Every distinct launch of the full input matrix (div16 variant; the
-    generic plain variant once per kernel and dtype set) compiles for sm_80
-    and sm_90 without a failure."""
+    """The covering set of the full workload (``aot.covering_set``: every
+    recorded launch, and per kernel function every configuration, or every
+    pair of configuration values beyond 200 configurations, with every
+    argument dtype / None tuple and every pair of factor values the
+    configuration space combines, within the pairs the recording showed;
+    div16 variant; the generic plain variant once per kernel) compiles for sm_80 and sm_90 without a failure. The
+    rest of the derived space (its size is printed) is not compiled here:
+    ``python -m segfast.gpucheck.triton_aot --level space`` does."""
     t0 = time.perf_counter()
     launches = aot.record_launches(lambda: triton_workload.run("full"))
     t1 = time.perf_counter()
     assert _names(launches) == set(aot.kernel_functions())
+    spaces = aot.config_space(launches)
     jobs = aot.full_jobs(launches)
-    space = sum(len(ks.launches) for ks in aot.config_space(launches))
-    rows = aot.compile_all(jobs, workers=WORKERS)
+    assert {(j.launch.module, j.launch.kernel) for j in jobs} == set(aot.kernel_functions())
+    cache = os.environ.get("SEGFAST_AOT_CACHE")  # a persistent Triton cache for reruns (CI starts without)
+    rows = aot.compile_all(jobs, workers=WORKERS, cache_dir=cache)
     t2 = time.perf_counter()
     with capsys.disabled():
         print("\n" + aot.format_table(aot.summarise(rows)))
-        print(f"{len(launches)} launches recorded in {t1 - t0:.1f} s, {space} in the derived configuration "
-              f"space (per arch); "
+        print(f"{len(launches)} launches recorded in {t1 - t0:.1f} s; configuration space per arch: "
+              f"{sum(ks.size() for ks in spaces)} launches, {sum(ks.num_configs() for ks in spaces)} "
+              f"configurations; compiled: {len(jobs) // len(aot.ARCHS)} per arch; "
               + aot.time_report(rows, t2 - t1, WORKERS) + f"; load average {os.getloadavg()[0]:.1f}")
     bad = aot.failures(rows, spills=False)
     assert bad == [], "\n".join(bad[:20])

@@ -69,3 +69,36 @@ def test_nms_words_and_sweep(dtype, classes):
         want = ref.nms_keep_sorted(ref.to_xyxy(bs, 0), thr, cs)
         got = K.nms_keep(bs, cs, thr, 0, block_r=32, block_w=2)  # 2 words per vector: the sweep loops
         assert torch.equal(got.bool(), want)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_iou_max_first_index_rule(dtype):
+    """The argmax's tie rule inside one gt tile and across tiles (the
+    float32 kernel orders packed (IoU, index) keys): equal IoUs go to the
+    lowest valid index; a row without overlap gets IoU 0 and the first valid
+    gt; an image without a valid gt gets -1; invalid gts never win."""
+    g0 = torch.Generator().manual_seed(5)
+    gt = random_xyxy(3, 19, gen=g0, integer=True).to(dtype)
+    a = random_xyxy(3, 40, gen=g0, integer=True).to(dtype)
+    gt[:, 1] = torch.tensor([10.0, 10.0, 30.0, 40.0], dtype=dtype)
+    gt[:, 4] = gt[:, 1]  # same tile as 1 (tiles of 8)
+    gt[:, 6] = gt[:, 1]
+    gt[:, 13] = gt[:, 1]  # a later tile
+    a[:, :6] = gt[:, 1:2]  # IoU 1 with 1, 4, 6, 13
+    a[:, 6:9] = torch.tensor([1000.0, 1000.0, 1001.0, 1001.0], dtype=dtype)  # overlaps nothing
+    v = torch.ones(3, 19, dtype=torch.bool)
+    v[1, :2] = False  # image 1: gt 1 invalid, 4 is the first valid duplicate; 2 the first valid gt
+    v[2] = False  # image 2: nothing valid
+    a, gt, v = a.to(DEVICE), gt.to(DEVICE), v.to(DEVICE)
+    want = ref.box_iou_max(a, gt, v, 0)
+    got = run_iou_max(a, gt, v, 0, block_n=16, block_m=8)
+    for x, y in zip(got, want):
+        assert torch.equal(x, y)
+    mx, arg, _ = got
+    assert (arg[0, :6] == 1).all() and (arg[1, :6] == 4).all() and (arg[2] == -1).all()
+    assert (mx[0, :6] == 1).all() and (mx[2] == 0).all()
+    assert (arg[0, 6:9] == 0).all() and (arg[1, 6:9] == 2).all() and (mx[:2, 6:9] == 0).all()
+    # the default tiles
+    got = run_iou_max(a, gt, v, 0)
+    for x, y in zip(got, want):
+        assert torch.equal(x, y)

@@ -6,8 +6,12 @@ semantics in segfast/reference/boxes.py); computed in fp32.
 * ``launch_pairwise``: program (b, n-block, m-block) writes a [BLOCK_N, BLOCK_M]
   tile of out [B, N, M].
 * ``launch_pairwise_grad``: d1 [B, N, 4]: program (b, n-block) loops over the
-  m-blocks and sums its tile's gradients over m; d2 likewise over n. One writer
-  per output row: no atomics, deterministic.
+  m-blocks, adding each [GRAD_BR, GRAD_BL] tile's gradients into a register
+  tile that is summed over m once after the loop; d2 likewise over n (its
+  tile transposed, so go's contiguous m runs across the lanes). One writer
+  per output row: no atomics, deterministic. Two pairs per thread keep the
+  gradients at <= 90 registers without spills in the configurations
+  measured (CIoU / DIoU, each format, float16 to float64; sm_80 and sm_90).
 * ``launch_aligned``: program per block of pairs writes out = offset + sign *
   value and gscale * d value / d box for both sets (one pass).
 
@@ -24,6 +28,8 @@ import triton.language as tl
 from ._common import wrap
 
 BLOCK_N, BLOCK_M = 32, 64
+# the gradient's tile: 16 own x 16 other boxes, 2 pairs per thread (<= 90 registers: >= 5 programs per SM)
+GRAD_BR, GRAD_BL, GRAD_WARPS = 16, 16, 4
 BLOCK_K = 256
 PI = tl.constexpr(3.141592653589793)  # a constexpr global: jit code may read it
 
@@ -231,7 +237,11 @@ def _pairwise_kernel(p1, sB1, sK1, s41, p2, sB2, sK2, s42, out, N, M, eps,
 def _pairwise_grad_kernel(p1, sB1, sK1, s41, p2, sB2, sK2, s42, go, d, N, M, eps,
                           KIND: tl.constexpr, FMT: tl.constexpr, FIRST: tl.constexpr,
                           BR: tl.constexpr, BL: tl.constexpr):
-    """d [B, K, 4] for the own set (FIRST: boxes1, rows n; else boxes2, rows m)."""
+    """d [B, K, 4] for the own set (FIRST: boxes1, rows n; else boxes2, rows m).
+    The tile keeps go's contiguous index (m) on its last axis: [BR own, BL
+    other] for FIRST, [BL other, BR own] otherwise. Each thread adds its pairs'
+    gradients into a register tile; the tile is summed over the other set once,
+    after the loop (no reduction inside it)."""
     b = tl.program_id(0).to(tl.int64)
     r = tl.program_id(1).to(tl.int64) * BR + tl.arange(0, BR).to(tl.int64)
     if FIRST:
@@ -243,41 +253,46 @@ def _pairwise_grad_kernel(p1, sB1, sK1, s41, p2, sB2, sK2, s42, go, d, N, M, eps
     rm = r < K
     if FIRST:
         qx1, qy1, qx2, qy2 = _load_box(p1, b * sB1 + r * sK1, s41, rm, FMT)
+        a0 = tl.zeros([BR, BL], dtype=tl.float32)
     else:
         qx1, qy1, qx2, qy2 = _load_box(p2, b * sB2 + r * sK2, s42, rm, FMT)
-    a0 = tl.zeros([BR], dtype=tl.float32)
-    a1 = tl.zeros([BR], dtype=tl.float32)
-    a2 = tl.zeros([BR], dtype=tl.float32)
-    a3 = tl.zeros([BR], dtype=tl.float32)
+        a0 = tl.zeros([BL, BR], dtype=tl.float32)
+    a1 = a0
+    a2 = a0
+    a3 = a0
     for l0 in range(0, L, BL):
         lidx = l0 + tl.arange(0, BL).to(tl.int64)
         lm = lidx < L
-        mask = rm[:, None] & lm[None, :]
         if FIRST:
             ox1, oy1, ox2, oy2 = _load_box(p2, b * sB2 + lidx * sK2, s42, lm, FMT)
-            g = tl.load(go + (b * N + r[:, None]) * M + lidx[None, :], mask=mask, other=0.0)
+            g = tl.load(go + (b * N + r[:, None]) * M + lidx[None, :], mask=rm[:, None] & lm[None, :], other=0.0)
             res = _pair(qx1[:, None], qy1[:, None], qx2[:, None], qy2[:, None], ox1[None, :], oy1[None, :],
                         ox2[None, :], oy2[None, :], eps, g, KIND, False, True)
-            a0 += tl.sum(res[1], axis=1)
-            a1 += tl.sum(res[2], axis=1)
-            a2 += tl.sum(res[3], axis=1)
-            a3 += tl.sum(res[4], axis=1)
+            a0 += res[1]
+            a1 += res[2]
+            a2 += res[3]
+            a3 += res[4]
         else:
             ox1, oy1, ox2, oy2 = _load_box(p1, b * sB1 + lidx * sK1, s41, lm, FMT)
-            g = tl.load(go + (b * N + lidx[None, :]) * M + r[:, None], mask=mask, other=0.0)
-            res = _pair(ox1[None, :], oy1[None, :], ox2[None, :], oy2[None, :], qx1[:, None], qy1[:, None],
-                        qx2[:, None], qy2[:, None], eps, g, KIND, False, True)
-            a0 += tl.sum(res[5], axis=1)
-            a1 += tl.sum(res[6], axis=1)
-            a2 += tl.sum(res[7], axis=1)
-            a3 += tl.sum(res[8], axis=1)
-    a0, a1, a2, a3 = _grad_fmt(a0, a1, a2, a3, FMT)
+            g = tl.load(go + (b * N + lidx[:, None]) * M + r[None, :], mask=lm[:, None] & rm[None, :], other=0.0)
+            res = _pair(ox1[:, None], oy1[:, None], ox2[:, None], oy2[:, None], qx1[None, :], qy1[None, :],
+                        qx2[None, :], qy2[None, :], eps, g, KIND, False, True)
+            a0 += res[5]
+            a1 += res[6]
+            a2 += res[7]
+            a3 += res[8]
+    if FIRST:
+        s0, s1, s2, s3 = _grad_fmt(tl.sum(a0, axis=1), tl.sum(a1, axis=1), tl.sum(a2, axis=1), tl.sum(a3, axis=1),
+                                   FMT)
+    else:
+        s0, s1, s2, s3 = _grad_fmt(tl.sum(a0, axis=0), tl.sum(a1, axis=0), tl.sum(a2, axis=0), tl.sum(a3, axis=0),
+                                   FMT)
     base = d + (b * K + r) * 4
     ty = d.dtype.element_ty
-    tl.store(base, a0.to(ty), mask=rm)
-    tl.store(base + 1, a1.to(ty), mask=rm)
-    tl.store(base + 2, a2.to(ty), mask=rm)
-    tl.store(base + 3, a3.to(ty), mask=rm)
+    tl.store(base, s0.to(ty), mask=rm)
+    tl.store(base + 1, s1.to(ty), mask=rm)
+    tl.store(base + 2, s2.to(ty), mask=rm)
+    tl.store(base + 3, s3.to(ty), mask=rm)
 
 
 @triton.jit
@@ -323,8 +338,8 @@ def launch_pairwise(b1, b2, out, kind: int, fmt: int, eps: float, *, block_n=BLO
                                  KIND=int(kind), FMT=int(fmt), BN=block_n, BM=block_m)
 
 
-def launch_pairwise_grad(b1, b2, go, d1, d2, kind: int, fmt: int, eps: float, *, block_r=BLOCK_N,
-                         block_l=BLOCK_M) -> None:
+def launch_pairwise_grad(b1, b2, go, d1, d2, kind: int, fmt: int, eps: float, *, block_r=GRAD_BR,
+                         block_l=GRAD_BL) -> None:
     """d1 [B, N, 4], d2 [B, M, 4] (contiguous, or None to skip) from go [B, N, M] (fp32, contiguous)."""
     B, N, M = go.shape
     if B * N * M == 0:
@@ -334,7 +349,8 @@ def launch_pairwise_grad(b1, b2, go, d1, d2, kind: int, fmt: int, eps: float, *,
             continue
         grid = (B, triton.cdiv(K, block_r))
         wrap(_pairwise_grad_kernel)[grid](b1, *b1.stride(), b2, *b2.stride(), go, d, N, M, float(eps),
-                                          KIND=int(kind), FMT=int(fmt), FIRST=first, BR=block_r, BL=block_l)
+                                          KIND=int(kind), FMT=int(fmt), FIRST=first, BR=block_r, BL=block_l,
+                                          num_warps=GRAD_WARPS)
 
 
 def launch_aligned(b1, b2, out, d1, d2, kind: int, fmt: int, loss: bool, eps: float, offset: float, sign: float,
@@ -344,7 +360,6 @@ def launch_aligned(b1, b2, out, d1, d2, kind: int, fmt: int, loss: bool, eps: fl
     if K == 0:
         return
     grid = (triton.cdiv(K, block_k),)
-    wrap(_aligned_kernel)[grid](b1, *b1.stride(), b2, *b2.stride(), out, d1 if d1 is not None else out,
-                                d2 if d2 is not None else out, K, float(eps), float(offset), float(sign),
-                                float(gscale), KIND=int(kind), FMT=int(fmt), LOSS=bool(loss),
+    wrap(_aligned_kernel)[grid](b1, *b1.stride(), b2, *b2.stride(), out, d1, d2, K, float(eps), float(offset),
+                                float(sign), float(gscale), KIND=int(kind), FMT=int(fmt), LOSS=bool(loss),
                                 HAS_D1=d1 is not None, HAS_D2=d2 is not None, BK=block_k)

@@ -8,10 +8,14 @@ as the reference and the C++ kernels, kernels are launched with
 ``/`` on float32 is an approximate division on GPU).
 
 * ``launch_iou_max``: grid (anchor block, image). A program holds BLOCK_N
-  anchors and sweeps the image's gts in tiles of BLOCK_M: a [BLOCK_N,
-  BLOCK_M] IoU tile, its row max / argmax (ties: the lowest column; across
-  tiles a strict > keeps the earlier one) and its column max, added to the
-  per-gt max with ``tl.atomic_max`` (IoU >= 0). Memory: the outputs only.
+  anchors, one per thread, and sweeps the image's gts in tiles of BLOCK_M:
+  a [BLOCK_M, BLOCK_N] IoU tile (each thread: the tile's gts against its
+  anchor, ~50 registers in float32, ~100 in float64), its per-anchor
+  argmax inside the thread (float32: the max of int64 keys packing the
+  IoU's bits over 2^32 - 1 - gt index, so ties keep the lowest index, in
+  one tile and across tiles; float64: value and index with a strict > across
+  tiles) and its per-gt max over the program's anchors, added to gmax with
+  a relaxed ``tl.atomic_max`` (a RED: IoU >= 0). Memory: the outputs only.
 * ``nms_keep``: a mask kernel writes, for boxes sorted by score, 64-bit
   words ``mask[i, c]`` (bit k: box i suppresses box 64c + k > i), a grid of
   (column word, row block) programs; then ONE program sweeps the 64-box
@@ -29,9 +33,10 @@ import triton.language as tl
 
 from ._common import wrap
 
-BLOCK_N = 128  # anchors per program
-BLOCK_M = 32  # gts per tile
-NMS_BLOCK_R = 64  # rows per mask program
+BLOCK_N = 128  # anchors per program: one per thread
+BLOCK_M = 8  # gts per tile, held by every thread
+IOU_MAX_WARPS = 4
+NMS_BLOCK_R = 16  # rows per mask program (x 64 columns: 8 pairs per thread)
 NMS_BLOCK_W = 128  # removed words per vector in the sweep
 NO_FMA = dict(enable_fp_fusion=False)
 
@@ -82,17 +87,34 @@ def _iou(ax1, ay1, ax2, ay2, aa, bx1, by1, bx2, by2, ba, F64: tl.constexpr):
 
 
 @triton.jit
+def _argmax_key(iou, idx):
+    """One int64 key per (IoU >= 0, gt index) pair whose order is the
+    argmax's: the IoU's float32 bits (non-negative floats order as their
+    bits) above 2^32 - 1 - index, so the larger IoU wins and, among equal
+    IoUs, the lower index. A valid pair's key is > 0."""
+    bits = iou.to(tl.int32, bitcast=True).to(tl.int64)
+    return (bits << 32) | (4294967295 - idx)
+
+
+@triton.jit
 def _iou_max_kernel(a_ptr, g_ptr, v_ptr, mx_ptr, arg_ptr, gmax_ptr, N, M,
                     asB, asN, as4, gsB, gsM, gs4, vsB, vsM,
                     HAS_VALID: tl.constexpr, FMT: tl.constexpr, F64: tl.constexpr,
                     BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr):
+    """The tile is [BLOCK_M gts, BLOCK_N anchors] with the anchors across the
+    lanes, so each thread holds the BLOCK_M gts of its anchor: the row argmax
+    is a reduction inside the thread (no shuffle), over one int64 key per
+    pair in float32 (``_argmax_key``; float64 keeps the value and index)."""
     b = tl.program_id(1).to(tl.int64)
     offs_n = tl.program_id(0).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
     nmask = offs_n < N
     ax1, ay1, ax2, ay2 = _load_box(a_ptr, b * asB + offs_n * asN, as4, nmask, FMT, F64)
     aa = (ax2 - ax1) * (ay2 - ay1)
-    best = tl.full([BLOCK_N], -1.0, ax1.dtype)
-    barg = tl.full([BLOCK_N], -1, tl.int64)
+    if F64:
+        best = tl.full([BLOCK_N], -1.0, tl.float64)
+        barg = tl.full([BLOCK_N], -1, tl.int64)
+    else:
+        key = tl.zeros([BLOCK_N], tl.int64)  # 0: no valid gt seen
     for m0 in range(0, M, BLOCK_M):
         offs_m = m0 + tl.arange(0, BLOCK_M).to(tl.int64)
         mmask = offs_m < M
@@ -102,15 +124,24 @@ def _iou_max_kernel(a_ptr, g_ptr, v_ptr, mx_ptr, arg_ptr, gmax_ptr, N, M,
             gv = mmask & (tl.load(v_ptr + b * vsB + offs_m * vsM, mask=mmask, other=0) != 0)
         else:
             gv = mmask
-        iou = _iou(ax1, ay1, ax2, ay2, aa, gx1, gy1, gx2, gy2, ga, F64)
-        masked = tl.where(gv[None, :], iou, -1.0)
-        bm, ba = tl.max(masked, axis=1, return_indices=True, return_indices_tie_break_left=True)
-        take = bm > best
-        best = tl.where(take, bm, best)
-        barg = tl.where(take, ba.to(tl.int64) + m0, barg)
-        col = tl.max(tl.where(nmask[:, None], iou, 0.0), axis=0)
-        # relaxed: the sums are read after the kernel ends; no fence, and RED where unused
+        # gts as rows: min, max and + are commutative, so the bits are the anchors-as-rows ones
+        iou = _iou(gx1, gy1, gx2, gy2, ga, ax1, ay1, ax2, ay2, aa, F64)
+        if F64:
+            bm, ba = tl.max(tl.where(gv[:, None], iou, -1.0), axis=0, return_indices=True,
+                            return_indices_tie_break_left=True)
+            take = bm > best  # strict: an earlier tile keeps a tie
+            best = tl.where(take, bm, best)
+            barg = tl.where(take, ba.to(tl.int64) + m0, barg)
+        else:
+            k = tl.where(gv[:, None], _argmax_key(iou, offs_m[:, None]), 0)
+            key = tl.maximum(key, tl.max(k, axis=0))
+        col = tl.max(tl.where(nmask[None, :], iou, 0.0), axis=1)
+        # relaxed: the maxima are read after the kernel ends; no fence, and RED where unused
         tl.atomic_max(gmax_ptr + b * M + offs_m, col, mask=gv, sem="relaxed")
+    if not F64:
+        has = key > 0
+        best = tl.where(has, (key >> 32).to(tl.int32).to(tl.float32, bitcast=True), 0.0)
+        barg = tl.where(has, 4294967295 - (key & 4294967295), -1)
     tl.store(mx_ptr + b * N + offs_n, tl.maximum(best, 0.0), mask=nmask)
     tl.store(arg_ptr + b * N + offs_n, barg, mask=nmask)
 
@@ -122,13 +153,15 @@ def launch_iou_max(a, g, v, fmt: int, mx, arg, gmax, *, block_n: int = BLOCK_N, 
     B, N, M = a.shape[0], a.shape[1], g.shape[1]
     if B > 65535:
         raise ValueError(f"segfast: the triton box_iou_max takes at most 65535 images, got {B}")
-    vv = v.view(torch.uint8) if v is not None else mx
+    if M >= 2**31:
+        raise ValueError(f"segfast: the triton box_iou_max takes fewer than 2**31 gts per image, got {M}")
+    vv = v.view(torch.uint8) if v is not None else None
     vs = v.stride() if v is not None else (0, 0)
     grid = (triton.cdiv(N, block_n), B)
     wrap(_iou_max_kernel)[grid](
         a, g, vv, mx, arg, gmax, N, M, *a.stride(), *g.stride(), *vs,
         HAS_VALID=v is not None, FMT=int(fmt), F64=a.dtype == torch.float64,
-        BLOCK_N=block_n, BLOCK_M=block_m, num_warps=4, **NO_FMA)
+        BLOCK_N=block_n, BLOCK_M=block_m, num_warps=IOU_MAX_WARPS, **NO_FMA)
 
 
 @triton.jit
@@ -198,9 +231,8 @@ def nms_keep(b, cls, iou_threshold: float, fmt: int, *, block_r: int = NMS_BLOCK
     mask = torch.empty((N, CB), dtype=torch.int64, device=b.device)
     removed = torch.zeros(CB, dtype=torch.int64, device=b.device)
     keep = torch.empty(N, dtype=torch.uint8, device=b.device)
-    c = cls if cls is not None else removed
     wrap(_nms_mask_kernel)[(CB, triton.cdiv(N, block_r))](
-        b, c, thr, mask, N, CB, b.stride(0), b.stride(1),
+        b, cls, thr, mask, N, CB, b.stride(0), b.stride(1),
         HAS_CLS=cls is not None, FMT=int(fmt), F64=b.dtype == torch.float64, BLOCK_R=block_r,
         num_warps=4, **NO_FMA)
     wrap(_nms_sweep_kernel)[(1,)](mask, removed, keep, N, CB, BLOCK_W=block_w, num_warps=1)

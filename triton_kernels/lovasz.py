@@ -69,6 +69,6 @@ def launch_weights(G, L, perm, f, v, total, w):
     """Write w [G*L] (float32 / float64) from perm, f, v (or None) and total; see the module docstring."""
     import torch
 
-    wrap(_weights_kernel)[(G,)](perm, f, perm if v is None else v, total, w, L,
+    wrap(_weights_kernel)[(G,)](perm, f, v, total, w, L,
                                 HAS_VALID=v is not None, F64=w.dtype == torch.float64,
                                 BLOCK=BLOCK, num_warps=WARPS)

@@ -587,12 +587,12 @@ def launch_pixel(x, t, t_is_label: bool, N: int, C: int, S: int, P: int, kind: i
         L = BLOCK_S
     if N * P == 0:
         return
-    dummy = x
-    w_ = w if w is not None else dummy
-    loss_ = loss if want_loss else dummy
-    map_ = map if want_map else dummy
-    go_ = go if has_go else dummy
-    dx_ = dx if want_dx else dummy
+    # absent optional tensors are None (the kernel's flags keep them unread);
+    # dx stands in for itself with x, whose dtype it has (the kernel forms its base pointer)
+    loss_ = loss if want_loss else None
+    map_ = map if want_map else None
+    go_ = go if has_go else None
+    dx_ = dx if want_dx else x
     sd = (dx.stride(0), dx.stride(1), dx.stride(2)) if want_dx else (0, 0, 0)
     common = dict(WANT_LOSS=want_loss, WANT_MAP=want_map, WANT_DX=want_dx, BLOCK_S=BLOCK_S)
     if softmax:
@@ -600,8 +600,8 @@ def launch_pixel(x, t, t_is_label: bool, N: int, C: int, S: int, P: int, kind: i
         if finish and loss.numel() < N * P * 4:
             raise ValueError(f"the reduction workspace needs {N * P * 4} elements, got {loss.numel()}")
         wrap(_pixel_softmax_kernel)[(N * P,)](
-            x, t, w_, go_, den if den is not None else dummy, loss_, out if finish else dummy,
-            (counter if counter is not None else finish_counter(x.device)) if finish else dummy, map_, dx_,
+            x, t, w, go_, den, loss_, out if finish else None,
+            (counter if counter is not None else finish_counter(x.device)) if finish else None, map_, dx_,
             C, S, P, L,
             x.stride(0), x.stride(1), x.stride(2),
             stn, sts,
@@ -617,7 +617,7 @@ def launch_pixel(x, t, t_is_label: bool, N: int, C: int, S: int, P: int, kind: i
         )
     else:
         wrap(_pixel_sigmoid_kernel)[(N * P,)](
-            x, t, w_, pw if pw is not None else dummy, beta if beta is not None else dummy,
+            x, t, w, pw, beta,
             go_, loss_, map_, dx_,
             C, S, P, L,
             x.stride(0), x.stride(1), x.stride(2),

@@ -691,6 +691,6 @@ def launch_grad(x, t, t_is_label: bool, g, dx, N: int, C: int, S: int,
         ACT=int(act), T_IS_LABEL=bool(t_is_label), HAS_IGNORE=bool(has_ignore),
         SINGLE_C=single, BLOCK_C=BLOCK_C, BLOCK_S=BLOCK_S,
         gamma=float(gamma), XK=int(xent), KO=9 if xent else 7,
-        go_ptr=g if go is None else go, HAS_GO=go is not None,
+        go_ptr=go, HAS_GO=go is not None,
         num_warps=GRAD_WARPS,
     )

@@ -254,8 +254,7 @@ def launch_finish(part, sums, coef, loss, ok, N: int, C: int, P: int, KO: int, *
     BLOCK_P = max(1, min(triton.next_power_of_2(max(P, 1)), FINISH_TILE // (BLOCK_C * BLOCK_K)))
     cI, dI, dP, dT = (float(v) for v in ratio)
     wrap(_region_finish_kernel)[(1,)](
-        part, sums, coef, loss, ok, ok if flag is None else flag, ok if w is None else w,
-        ok if pw is None else pw,
+        part, sums, coef, loss, ok, flag, w, pw,
         N, C, P,
         cI, dI, dP, dT, float(nr), float(dr), float(gamma), float(lam_r), float(scale_r), int(c0),
         float(lam_x), float(eps), float(ws), float(wp),

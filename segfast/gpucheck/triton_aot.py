@@ -32,6 +32,14 @@ closes that gap in three steps:
    widths (PTX ``ld.global.v4`` ..., SASS ``LDG.E.128`` ...) and the barrier
    count (``bar.sync``).
 
+``config_space(launches)`` derives from the recorded launches every launch
+the dispatch code can make (``KernelSpace``: its size, its configurations),
+and ``covering_set(launches)`` the recorded launches plus a covering set of
+that space (every configuration, or every pair of configuration values for a
+kernel with more than 200 configurations, and every argument dtype / None
+tuple with every value of every other factor, within the pairs of values
+that the recorded launches showed together): what the slow tier compiles.
+
 ``failures(rows)`` lists what must not ship: a compile error, shared memory
 over the target's per-block limit, any spill (ptxas's spill stores, or local
 memory) in the streaming loss kernels. ``python -m segfast.gpucheck.triton_aot``
@@ -52,6 +60,7 @@ import inspect
 import io
 import itertools
 import json
+import math
 import os
 import re
 import shutil
@@ -256,17 +265,207 @@ def _components(keys: list, linked) -> list:
 @dataclasses.dataclass
 class KernelSpace:
     """The configuration space of one kernel function, derived from its
-    recorded launches (see ``config_space``)."""
+    recorded launches (see ``config_space``): the cross product of the
+    configuration groups' recorded tuples, and per configuration the cross
+    product of the argument groups' tuples that it allows. ``launches``
+    enumerates it, ``size`` counts it, ``covering`` picks the covering set."""
 
     module: str
     kernel: str
     config_groups: list   # [[key, ...], ...]: keys ("C", index) constexpr / ("O", name) option
     arg_groups: list      # [[position, ...], ...] of the non-constexpr arguments
     couplings: dict       # position -> [key, ...] whose value fixes the argument's class
-    launches: list        # every launch of the space
+    nargs: int = 0
+    config_values: list = dataclasses.field(default_factory=list)  # per config group: recorded tuples
+    arg_values: list = dataclasses.field(default_factory=list)     # per argument group: recorded tuples
+    allowed: dict = dataclasses.field(default_factory=dict)        # (position, key, value) -> classes
+    scalar_pos: list = dataclasses.field(default_factory=list)
+    scalars: dict = dataclasses.field(default_factory=dict)        # config key -> scalar descriptions
+    recorded: list = dataclasses.field(default_factory=list)       # the recorded launches
+
+    def configs(self):
+        """Every configuration: {key: value}."""
+        for combo in itertools.product(*self.config_values):
+            yield {k: v for g, t in zip(self.config_groups, combo) for k, v in zip(g, t)}
+
+    def choices(self, cfg: dict) -> list:
+        """Per argument group, the recorded tuples that ``cfg`` allows."""
+        def ok(p, d):
+            return all(arg_class(d) in self.allowed.get((p, k, cfg[k]), ()) for k in self.couplings.get(p, ()))
+        return [[t for t in vals if all(ok(p, d) for p, d in zip(g, t))]
+                for g, vals in zip(self.arg_groups, self.arg_values)]
+
+    def make(self, cfg: dict, argc) -> Launch:
+        args = [None] * self.nargs
+        for k, v in cfg.items():
+            if k[0] == "C":
+                args[k[1]] = ("C", v)
+        for g, t in zip(self.arg_groups, argc):
+            for p, d in zip(g, t):
+                args[p] = d
+        options = tuple(sorted((k[1], v) for k, v in cfg.items() if k[0] == "O" and v is not None))
+        cfg_key = tuple(args[i] for i in range(self.nargs) if args[i] is not None and args[i][0] == "C") + options
+        first = tuple(self.recorded[0].args[p] for p in self.scalar_pos)
+        for p, d in zip(self.scalar_pos, self.scalars.get(cfg_key, first)):
+            args[p] = d
+        return Launch(self.module, self.kernel, tuple(args), options)
+
+    @property
+    def launches(self) -> list:
+        """Every launch of the space (can be large: see ``size``)."""
+        return [self.make(cfg, argc) for cfg in self.configs() for argc in itertools.product(*self.choices(cfg))]
+
+    def size(self) -> int:
+        return sum(math.prod(len(c) for c in self.choices(cfg)) for cfg in self.configs())
+
+    def num_configs(self) -> int:
+        return math.prod(len(v) for v in self.config_values)
 
     def recorded_configs(self) -> int:
-        return len({_config(la) for la in self.launches})
+        return len({_config(la) for la in self.recorded})
+
+    def _factors(self, la: Launch) -> list:
+        """A launch's factor values: configuration groups' value tuples, and
+        the argument groups' classes (``arg_class``: None, int / float / bool
+        tensor, scalar kind), the level at which pairs must have been seen."""
+        opts = dict(la.options)
+        out = [("G", n, tuple(la.args[k[1]][1] if k[0] == "C" else opts.get(k[1]) for k in g))
+               for n, g in enumerate(self.config_groups)]
+        return out + [("a", n, tuple(arg_class(la.args[p]) for p in g)) for n, g in enumerate(self.arg_groups)]
+
+    def seen(self) -> set:
+        """Every pair of factor values (``_factors``) some recorded launch combines."""
+        if not hasattr(self, "_seen"):
+            self._seen = {(a, b) for la in self.recorded for a, b in itertools.combinations(self._factors(la), 2)}
+        return self._seen
+
+    def consistent(self, la: Launch) -> bool:
+        """Every pair of its factor values (configuration values, argument
+        classes) was seen together in a recorded launch."""
+        seen = self.seen()
+        return all(pair in seen for pair in itertools.combinations(self._factors(la), 2))
+
+    def covering(self, max_configs: int = 200) -> list:
+        """A covering subset of ``launches`` (greedy, AETG-like). The factors
+        are the configuration groups (constexpr values and launch options
+        that vary together) and the argument groups (dtypes, None).
+
+        * Every configuration (that is ``consistent``, below) once at least
+          when the kernel has at most ``max_configs``; beyond that every pair
+          of two configuration groups' values (the configurations' product
+          is then too large to compile: ``num_configs``).
+        * Every pair of factor values that some launch of the space combines
+          (two argument groups' tuples, an argument group's tuple and a
+          configuration group's tuple), so every argument tuple (each dtype
+          class an argument takes, None) is compiled, with every value of
+          every other factor.
+
+        Each launch takes, factor by factor, the value that covers the most
+        pairs not yet covered; leftover pairs get launches of their own.
+
+        Every launch is ``consistent``: two configuration values, or an
+        argument class and a configuration value or another argument's class,
+        combine only if a recorded launch combined them (the derivation
+        cannot tell a choice the workload did not reach from one the
+        dispatch never makes: a compound loss term under a sigmoid, a
+        normaliser left None where the kernel reads it). Dtypes within a
+        class cross freely."""
+        ng, na = len(self.config_groups), len(self.arg_groups)
+        full = self.num_configs() <= max_configs
+        seen = self.seen()
+
+        def acls(i, t):
+            return ("a", i, tuple(arg_class(d) for d in t))
+
+        def ok_gg(k, w, m, x):
+            return ((("G", k, w), ("G", m, x)) if k < m else (("G", m, x), ("G", k, w))) in seen
+
+        def ok_aa(i, t, j, u):
+            return ((acls(i, t), acls(j, u)) if i < j else (acls(j, u), acls(i, t))) in seen
+
+        def fits(k, w, fixed):
+            """Value w of configuration group k allows the argument tuples ``fixed`` ({group: tuple})."""
+            for i, t in fixed.items():
+                if (("G", k, w), acls(i, t)) not in seen:
+                    return False
+                for p, d in zip(self.arg_groups[i], t):
+                    for key in self.couplings.get(p, ()):
+                        if key in self.config_groups[k]:
+                            val = w[self.config_groups[k].index(key)]
+                            if arg_class(d) not in self.allowed.get((p, key, val), ()):
+                                return False
+            return True
+
+        def gpair(k, w, m, x):
+            return (("G", k, w), ("G", m, x)) if k < m else (("G", m, x), ("G", k, w))
+
+        def apair(i, v, j, u):
+            return (("A", i, v), ("A", j, u)) if i < j else (("A", j, u), ("A", i, v))
+
+        cv_all = self.config_values
+        need = set()
+        for i in range(na):
+            for v in self.arg_values[i]:
+                need.update((("A", i, v), ("G", k, w)) for k in range(ng) for w in cv_all[k] if fits(k, w, {i: v}))
+                for j in range(i + 1, na):
+                    need.update((("A", i, v), ("A", j, u)) for u in self.arg_values[j]
+                                if ok_aa(i, v, j, u)
+                                and all(any(fits(k, w, {i: v, j: u}) for w in cv_all[k]) for k in range(ng)))
+        if not full:
+            need.update(gpair(k, w, m, x) for k in range(ng) for m in range(k + 1, ng) for w in cv_all[k]
+                        for x in cv_all[m] if ok_gg(k, w, m, x))
+
+        def gain(new, chosen_g, chosen_a):
+            kind, n, val = new
+            g = sum(gpair(n, val, m, x) in need for m, x in chosen_g.items() if m != n) if kind == "G" else 0
+            if kind == "G":
+                return g + sum((("A", i, v), ("G", n, val)) in need for i, v in chosen_a.items())
+            return (sum((("A", n, val), ("G", m, x)) in need for m, x in chosen_g.items())
+                    + sum(apair(n, val, i, v) in need for i, v in chosen_a.items() if i != n))
+
+        out = []
+
+        def add(chosen_g, chosen_a):
+            """Complete a launch greedily: configuration groups, then argument groups."""
+            for k in range(ng):
+                if k not in chosen_g:
+                    cands = [w for w in cv_all[k] if fits(k, w, chosen_a)
+                             and all(ok_gg(k, w, m, x) for m, x in chosen_g.items())]
+                    if not cands:
+                        return False
+                    chosen_g[k] = max(cands, key=lambda w: gain(("G", k, w), chosen_g, chosen_a))
+            cfg = {key: v for k, t in chosen_g.items() for key, v in zip(self.config_groups[k], t)}
+            ch = [[t for t in c if all(fits(k, w, {i: t}) for k, w in chosen_g.items())]
+                  for i, c in enumerate(self.choices(cfg))]
+            for i in sorted(range(na), key=lambda i: len(ch[i])):
+                if i not in chosen_a:
+                    cands = [t for t in ch[i] if all(ok_aa(i, t, j, u) for j, u in chosen_a.items())]
+                    if not cands:
+                        return False
+                    chosen_a[i] = max(cands, key=lambda v: gain(("A", i, v), chosen_g, chosen_a))
+                elif chosen_a[i] not in ch[i]:
+                    return False
+            cv = [chosen_g[k] for k in range(ng)]
+            argc = [chosen_a[i] for i in range(na)]
+            need.difference_update(gpair(k, cv[k], m, cv[m]) for k in range(ng) for m in range(k + 1, ng))
+            for i, v in enumerate(argc):
+                need.difference_update((("A", i, v), ("G", k, w)) for k, w in enumerate(cv))
+                need.difference_update(apair(i, v, j, u) for j, u in enumerate(argc) if j > i)
+            out.append(self.make(cfg, argc))
+            return True
+
+        if full:
+            for combo in itertools.product(*cv_all):
+                if all(ok_gg(k, combo[k], m, combo[m]) for k in range(ng) for m in range(k + 1, ng)):
+                    add(dict(enumerate(combo)), {})
+        for a, b in sorted(need, key=repr):  # leftover pairs, in a fixed order
+            if (a, b) not in need:
+                continue
+            chosen_g = {t[1]: t[2] for t in (a, b) if t[0] == "G"}
+            chosen_a = {t[1]: t[2] for t in (a, b) if t[0] == "A"}
+            if not add(chosen_g, chosen_a):
+                need.discard((a, b))  # no launch of the space has it
+        return list(dict.fromkeys(out))
 
 
 def _config(la: Launch) -> tuple:
@@ -329,40 +528,16 @@ def config_space(launches: Iterable[Launch]) -> list:
         scalars = {}
         for la in las:
             scalars.setdefault(_config(la), tuple(la.args[p] for p in scalar))
-        first_scalars = tuple(las[0].args[p] for p in scalar)
         agroups = _components([p for p in apos if p not in scalar], tied)
-
-        # configurations: the cross product of the groups' recorded tuples
         cvals = [sorted({tuple(val(la, k) for k in g) for la in las}, key=repr) for g in cgroups]
-        # allowed classes per (position, key value), and recorded tuples per argument group
         allowed = {(p, k, val(la, k)): set() for la in las for p in apos for k in couplings[p]}
         for la in las:
             for p in apos:
                 for k in couplings[p]:
                     allowed[(p, k, val(la, k))].add(arg_class(la.args[p]))
         avals = [sorted({tuple(la.args[p] for p in g) for la in las}, key=repr) for g in agroups]
-        space = []
-        for combo in itertools.product(*cvals):
-            cfg = {k: v for g, t in zip(cgroups, combo) for k, v in zip(g, t)}
-
-            def ok(p, d):
-                return all(arg_class(d) in allowed.get((p, k, cfg[k]), ()) for k in couplings[p])
-            choices = [[t for t in vals if all(ok(p, d) for p, d in zip(g, t))] for g, vals in zip(agroups, avals)]
-            for argc in itertools.product(*choices):
-                args = [None] * nargs
-                for i in cpos:
-                    args[i] = ("C", cfg[("C", i)])
-                for g, t in zip(agroups, argc):
-                    for p, d in zip(g, t):
-                        args[p] = d
-                cfg_key = tuple(args[i] for i in cpos) + tuple(
-                    sorted((k[1], cfg[k]) for k in keys if k[0] == "O" and cfg[k] is not None))
-                for p, d in zip(scalar, scalars.get(cfg_key, first_scalars)):
-                    args[p] = d
-                options = tuple(sorted((k[1], cfg[k]) for k in keys if k[0] == "O" and cfg[k] is not None))
-                space.append(Launch(module, kernel, tuple(args), options))
         out.append(KernelSpace(module, kernel, cgroups, agroups, {p: ks for p, ks in couplings.items() if ks},
-                               space))
+                               nargs, cvals, avals, allowed, scalar, scalars, las))
     return out
 
 
@@ -413,12 +588,27 @@ def subset(launches: Iterable[Launch], by_dtypes: bool = False) -> list:
     return list(first.values())
 
 
-def full_jobs(launches: Iterable[Launch], archs=ARCHS, space: bool = False) -> list:
-    """Every launch (``space``: every launch of the configuration space of
-    ``launches``, ``config_space``) in the ``div16`` variant; the generic
-    ``plain`` variant of the first recorded launch of each kernel function."""
+def covering_set(launches: Iterable[Launch]) -> list:
+    """The recorded launches and, per kernel function, ``KernelSpace.covering``
+    of their configuration space (duplicates dropped)."""
     launches = list(launches)
-    every = [la for ks in config_space(launches) for la in ks.launches] if space else launches
+    return list(dict.fromkeys(launches + [la for ks in config_space(launches) for la in ks.covering()]))
+
+
+def full_jobs(launches: Iterable[Launch], archs=ARCHS, space: str = "cover") -> list:
+    """The ``div16`` jobs of ``space``: "recorded" (the launches as given),
+    "cover" (``covering_set``) or "space" (every launch of the configuration
+    space, ``config_space``); and the generic ``plain`` variant of the first
+    recorded launch of each kernel function."""
+    launches = list(launches)
+    if space == "space":
+        every = [la for ks in config_space(launches) for la in ks.launches]
+    elif space == "cover":
+        every = covering_set(launches)
+    elif space == "recorded":
+        every = launches
+    else:
+        raise ValueError(f"space must be 'recorded', 'cover' or 'space', got {space!r}")
     return expand(every, archs, ("div16",)) + expand(subset(launches), archs, ("plain",))
 
 
@@ -847,14 +1037,15 @@ def format_table(rows: list, columns=COLUMNS) -> str:
 
 
 def report(level: str = "full", *, archs=ARCHS, workers: int = 2, cache_dir: Optional[str] = None):
-    """Record the workload of ``level`` ("full" | "quick"; "space": the full
-    workload's derived configuration space), compile it; -> (rows, launches, seconds)."""
+    """Record the workload of ``level`` and compile it ("quick": one launch
+    per kernel function; "full": ``covering_set`` of the full workload;
+    "space": every launch of its configuration space); -> (rows, launches, seconds)."""
     from . import triton_workload
     launches = record_launches(lambda: triton_workload.run("quick" if level == "quick" else "full"))
     if level == "quick":
         jobs = expand(subset(launches), archs, ("div16",))
     else:
-        jobs = full_jobs(launches, archs, space=level == "space")
+        jobs = full_jobs(launches, archs, space="space" if level == "space" else "cover")
     t0 = time.perf_counter()
     rows = compile_all(jobs, workers=workers, cache_dir=cache_dir)
     return rows, launches, time.perf_counter() - t0
@@ -866,7 +1057,8 @@ def main(argv=None) -> int:
                                  description="Compile the Triton kernels for sm_80 / sm_90 and report resources.")
     ap.add_argument("--worker", nargs=2, metavar=("JOBS", "ROWS"), help=argparse.SUPPRESS)
     ap.add_argument("--level", choices=("quick", "full", "space"), default="quick",
-                    help="space: every launch of the derived configuration space (hours on 2 cores)")
+                    help="quick: one launch per kernel; full: the recorded launches and the covering set of "
+                         "their configuration space; space: every launch of that space (hours on 2 cores)")
     ap.add_argument("--arch", type=int, action="append", help="compute capability, e.g. 80 (repeatable)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--all-rows", action="store_true", help="one row per configuration, not per kernel")

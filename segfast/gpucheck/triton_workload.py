@@ -16,9 +16,10 @@ single class tile and on the looped tile, every class tile, every input dtype
 (single and looped tile), every target dtype, channels_last; for the boxes
 every kind x gradients wanted, every format and dtype (CIoU); box matching
 every format and dtype; CRF each pairwise-kernel combination. It is not the
-full cross product (thousands of compiles): dtype x loss form pairs beyond
-those listed are not compiled. ``run("quick")``: float32, one or two
-launches per kernel function.
+full cross product: ``triton_aot.config_space`` derives that from these
+launches, and the slow tier compiles its covering set (every pair of choices,
+``KernelSpace.covering``). ``run("quick")``: float32, one or two launches
+per kernel function.
 """
 
 from __future__ import annotations
