@@ -49,23 +49,25 @@ def wide_traces():
 @needs_run
 def test_dice_grid_fills_h100(traces, wide_traces):
     for trace in [traces["dice"][0], *wide_traces.values()]:
-        stats = [k for k in trace.launches if k.kernel == "_region_stats_kernel"]
-        assert stats and all(k.programs >= 2 * H100["sms"] for k in stats)
+        for kernel in ("_region_stats_kernel", "_region_grad_kernel"):
+            ks = [k for k in trace.launches if k.kernel == kernel]
+            assert ks and all(k.programs >= 2 * H100["sms"] for k in ks), kernel
 
 
 @needs_run
 @pytest.mark.slow
 def test_wide_class_tile_compiles_lean(wide_traces):
-    """The stats kernel at C > 32 (the wide class tile), Dice and Dice + CE, on
-    sm_80 and sm_90: 128-bit loads, no spill, no block barrier inside a loop,
-    and registers that leave at least 2 programs per SM."""
+    """The streaming region kernels at C > 32 (the stats kernel's wide class
+    tile, the grad kernel's class loop), Dice and Dice + CE, on sm_80 and
+    sm_90: 128-bit loads, no spill, no block barrier inside a loop, and
+    registers that leave at least 2 programs per SM."""
     jobs = {}
     for trace in wide_traces.values():
         for k in trace.launches:
-            if k.kernel == "_region_stats_kernel":
+            if k.kernel in ("_region_stats_kernel", "_region_grad_kernel"):
                 for arch in (80, 90):
                     jobs.setdefault(triton_aot.Job(k.launch, "exact", arch), None)
-    assert len(jobs) == 2 * len(WIDE_SHAPES) * 2
+    assert len(jobs) == 2 * 2 * len(WIDE_SHAPES) * 2
     for job, row in zip(jobs, triton_aot.compile_all(list(jobs), workers=WORKERS)):
         assert row["error"] is None, row["error"]
         where = (job.arch, job.launch.constexprs, row)

@@ -41,9 +41,10 @@ Two code paths per kernel, chosen by the constexpr SINGLE_C:
   max / sum-of-exp pass over all classes of the pixel block. The stats kernel
   (C > STATS_MAX_C) then adds each chunk's partial sums into its own
   (L2-resident) out row, separated by barriers; the grad kernel with softmax
-  needs a third pass for sum_k p_k a_k. So large-C softmax reads x 2x
-  (stats) / 3x (grad); these re-reads hit L2 only if BLOCK_S * C * itemsize
-  per program is small.
+  needs a third pass for sum_k p_k a_k, over chunks of GRAD_LOOP_BLOCK_C
+  classes held in each thread (no barrier in its loops). So large-C softmax
+  reads x 2x (stats) / 3x (grad); these re-reads hit L2 only if BLOCK_S * C
+  * itemsize per program is small.
 
 With class-index targets the stats launcher also offers, from the same pass,
 a bad-label flag and confusion counts (``launch_stats(flag=, confusion=)``);
@@ -78,6 +79,14 @@ MAX_SINGLE_C = 32
 # Class-chunk size of the looped path (C > MAX_SINGLE_C).
 LOOP_BLOCK_C = 16
 GRAD_WARPS = 8
+# Grad kernel, class loop (C > MAX_SINGLE_C): a [GRAD_LOOP_BLOCK_C, BLOCK_S]
+# tile with the warps' lanes over pixel vectors of 4 (BLOCK_S = 32 * 4 *
+# GRAD_LOOP_WARPS) and the classes of a chunk in each thread's registers, so
+# the reductions over classes (softmax max and sum, sum_k p_k a_k) need no
+# block barrier in the class loops; 2-warp programs keep the grid at 4 per SM
+# of an H100 at [8, C, 128, 128].
+GRAD_LOOP_BLOCK_C = 4
+GRAD_LOOP_WARPS = 2
 # Stats kernel, single class tile: warps per program, lanes of a warp over the
 # classes (the rest over pixels), and the stages of the tile loop's software
 # pipeline (``tl.range(num_stages=)``). More than 1 compiles to cp.async into
@@ -601,9 +610,17 @@ def _region_grad_kernel(
 # --------------------------------------------------------------------------
 
 def _blocks(C: int, block_s, block_c):
-    """-> (SINGLE_C, BLOCK_C, BLOCK_S) of the grad kernel and the stats kernel's looped path."""
+    """-> (SINGLE_C, BLOCK_C, BLOCK_S) of a single class tile, or of the stats kernel's looped path."""
     return blocks(C, block_s, block_c, tile=TILE, max_single_c=MAX_SINGLE_C,
                   loop_block_c=LOOP_BLOCK_C)
+
+
+def _grad_blocks(C: int, block_s, block_c):
+    """-> (SINGLE_C, BLOCK_C, BLOCK_S, num_warps) of the grad kernel (see GRAD_LOOP_BLOCK_C)."""
+    single, BLOCK_C, BLOCK_S = _blocks(C, block_s, block_c)
+    if single:
+        return single, BLOCK_C, BLOCK_S, GRAD_WARPS
+    return single, block_c or GRAD_LOOP_BLOCK_C, block_s or 32 * 4 * GRAD_LOOP_WARPS, GRAD_LOOP_WARPS
 
 
 def _stats_blocks(C: int, block_s, block_c, itemsize: int = 4, xent: int = 0):
@@ -702,7 +719,7 @@ def launch_grad(x, t, t_is_label: bool, g, dx, N: int, C: int, S: int,
         return
     t, (stn, stc, sts), has_ignore, ign_i, ign_f = target_args(t, t_is_label, has_ignore,
                                                                ignore_value)
-    single, BLOCK_C, BLOCK_S = _blocks(C, block_s, block_c)
+    single, BLOCK_C, BLOCK_S, warps = _grad_blocks(C, block_s, block_c)
     nblk = -(-S // BLOCK_S)
     wrap(_region_grad_kernel)[(N * nblk,)](
         x, t, g, dx,
@@ -715,5 +732,5 @@ def launch_grad(x, t, t_is_label: bool, g, dx, N: int, C: int, S: int,
         SINGLE_C=single, BLOCK_C=BLOCK_C, BLOCK_S=BLOCK_S,
         gamma=float(gamma), XK=int(xent), KO=9 if xent else 7,
         go_ptr=g if go is None else go, HAS_GO=go is not None,
-        num_warps=GRAD_WARPS,
+        num_warps=warps,
     )
