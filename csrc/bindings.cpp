@@ -37,7 +37,9 @@ int openmp_max_threads();
 void region_stats_cuda(const Problem& pr, int64_t P, void* out, uintptr_t stream, int32_t* flag = nullptr,
                        int64_t* confusion = nullptr);
 void region_grad_cuda(const Problem& pr, const void* g, void* dx, int64_t dxsN, int64_t dxsC,
-                      int64_t dxsS, uintptr_t stream);
+                      int64_t dxsS, uintptr_t stream, const void* go = nullptr);
+void region_finish_cuda(const Finish& fp, bool f64, const void* part, void* sums, void* coef, void* loss,
+                        uint8_t* ok, const int32_t* flag, const void* w, const void* pw, uintptr_t stream);
 #endif
 }  // namespace region
 }  // namespace segfast
@@ -179,14 +181,43 @@ void stats_cuda(SEGFAST_PROBLEM_ARGS, int64_t P, int64_t act, int64_t xent, doub
 
 void grad_cuda(SEGFAST_PROBLEM_ARGS, int64_t act, int64_t xent, double gamma, int64_t label_offset, int64_t has_ignore,
                double ignore_value, uintptr_t g_ptr, uintptr_t dx_ptr, int64_t dxsN, int64_t dxsC,
-               int64_t dxsS, uintptr_t stream) {
+               int64_t dxsS, uintptr_t stream, uintptr_t go_ptr) {
   const Problem pr = with_xent(make_problem(SEGFAST_PROBLEM_PASS), xent, gamma);
 #ifdef SEGFAST_WITH_CUDA
   py::gil_scoped_release nogil;
   segfast::region::region_grad_cuda(pr, reinterpret_cast<const void*>(g_ptr),
-                                    reinterpret_cast<void*>(dx_ptr), dxsN, dxsC, dxsS, stream);
+                                    reinterpret_cast<void*>(dx_ptr), dxsN, dxsC, dxsS, stream,
+                                    reinterpret_cast<const void*>(go_ptr));
 #else
-  (void)pr; (void)g_ptr; (void)dx_ptr; (void)dxsN; (void)dxsC; (void)dxsS; (void)stream;
+  (void)pr; (void)g_ptr; (void)dx_ptr; (void)dxsN; (void)dxsC; (void)dxsS; (void)stream; (void)go_ptr;
+  no_cuda();
+#endif
+}
+
+void finish_cuda(uintptr_t part_ptr, uintptr_t sums_ptr, uintptr_t coef_ptr, uintptr_t loss_ptr, uintptr_t ok_ptr,
+                 uintptr_t flag_ptr, uintptr_t w_ptr, uintptr_t pw_ptr, int64_t dtype, int64_t N, int64_t C,
+                 int64_t P, int64_t KO, double cI, double dI, double dP, double dT, double nr, double dr,
+                 double gamma, double lam_r, double scale_r, double lam_x, double eps, double ws, double wp,
+                 int64_t gdl, int64_t batch, int64_t log, int64_t c0, int64_t xent, uintptr_t stream) {
+  using namespace segfast::region;
+  if (dtype != segfast::kFloat32 && dtype != segfast::kFloat64)
+    throw std::invalid_argument("segfast._C: region_finish_cuda needs float32 or float64 sums");
+  if (N <= 0 || P <= 0 || C <= 0 || C > kFinishMaxC)
+    throw std::invalid_argument("segfast._C: region_finish_cuda needs N, P >= 1 and 1 <= C <= REGION_FINISH_MAX_C");
+  if (xent < kXentNone || xent > kXentFused || KO != (xent ? KX : K) || gdl < kGdlNone || gdl > kGdlUniform)
+    throw std::invalid_argument("segfast._C: region_finish_cuda: xent, KO or gdl out of range");
+  const Finish fp{N, C, P, int(KO), cI, dI, dP, dT, nr, dr, gamma, lam_r, scale_r, lam_x, eps, ws, wp,
+                  int(gdl), int(batch != 0), int(log != 0), int(c0), int(xent)};
+#ifdef SEGFAST_WITH_CUDA
+  py::gil_scoped_release nogil;
+  region_finish_cuda(fp, dtype == segfast::kFloat64, reinterpret_cast<const void*>(part_ptr),
+                     reinterpret_cast<void*>(sums_ptr), reinterpret_cast<void*>(coef_ptr),
+                     reinterpret_cast<void*>(loss_ptr), reinterpret_cast<uint8_t*>(ok_ptr),
+                     reinterpret_cast<const int32_t*>(flag_ptr), reinterpret_cast<const void*>(w_ptr),
+                     reinterpret_cast<const void*>(pw_ptr), stream);
+#else
+  (void)fp; (void)part_ptr; (void)sums_ptr; (void)coef_ptr; (void)loss_ptr; (void)ok_ptr; (void)flag_ptr;
+  (void)w_ptr; (void)pw_ptr; (void)stream;
   no_cuda();
 #endif
 }
@@ -915,7 +946,8 @@ PYBIND11_MODULE(SEGFAST_MODULE_NAME, m) {
       "dLoss/dx from g = dLoss/dStats [N, C, K] contiguous (accumulation dtype); dx has x's "
       "dtype and strides dxsN, dxsC, dxsS. cpu: mr_ptr, when not 0, is the float32 [2, N, S] "
       "of per-pixel max and 1/sum that region_stats_cpu wrote (softmax, class-index targets, "
-      "x not float64), so the grad pass skips the max.";
+      "x not float64), so the grad pass skips the max. cuda: go_ptr, when not 0, one value in g's "
+      "dtype (a scalar loss's grad_output) that scales dx, read on the device.";
 
   m.def("region_stats_cpu", &stats_cpu, stats_doc, py::arg("x_ptr"), py::arg("x_dtype"),
         py::arg("xsN"), py::arg("xsC"), py::arg("xsS"), py::arg("t_ptr"), py::arg("t_dtype"),
@@ -951,7 +983,21 @@ PYBIND11_MODULE(SEGFAST_MODULE_NAME, m) {
         py::arg("t_is_label"), py::arg("tsN"), py::arg("tsC"), py::arg("tsS"), py::arg("N"),
         py::arg("C"), py::arg("S"), py::arg("act"), py::arg("xent"), py::arg("gamma"), py::arg("label_offset"),
         py::arg("has_ignore"), py::arg("ignore_value"), py::arg("g_ptr"), py::arg("dx_ptr"),
-        py::arg("dxsN"), py::arg("dxsC"), py::arg("dxsS"), py::arg("stream"));
+        py::arg("dxsN"), py::arg("dxsC"), py::arg("dxsS"), py::arg("stream"), py::arg("go_ptr") = 0);
+  m.attr("REGION_FINISH_MAX_C") = py::int_(segfast::region::kFinishMaxC);
+  m.def("region_finish_cuda", &finish_cuda,
+        "The region loss from the stats kernel's partial sums part [N, P, C, KO] (float32, or float64 "
+        "with dtype, contiguous), one block: sums [N, C, KO] (the sums over the chunks), coef "
+        "[N, C, KO] (dLoss/dsums at grad_output 1), loss (one value), ok (one uint8: 1 unless the "
+        "int32 at flag_ptr is set; flag_ptr 0: 1). w_ptr, pw_ptr: the region term's and the pixel "
+        "term's class weights [C] in the sums' dtype, or 0. The formula: csrc/common/region.h Finish "
+        "(triton_kernels/region_finish.py).",
+        py::arg("part_ptr"), py::arg("sums_ptr"), py::arg("coef_ptr"), py::arg("loss_ptr"), py::arg("ok_ptr"),
+        py::arg("flag_ptr"), py::arg("w_ptr"), py::arg("pw_ptr"), py::arg("dtype"), py::arg("N"), py::arg("C"),
+        py::arg("P"), py::arg("KO"), py::arg("cI"), py::arg("dI"), py::arg("dP"), py::arg("dT"), py::arg("nr"),
+        py::arg("dr"), py::arg("gamma"), py::arg("lam_r"), py::arg("scale_r"), py::arg("lam_x"), py::arg("eps"),
+        py::arg("ws"), py::arg("wp"), py::arg("gdl"), py::arg("batch"), py::arg("log"), py::arg("c0"),
+        py::arg("xent"), py::arg("stream"));
 
   const char* pixel_doc =
       "Pixel losses (CE, focal, fused, BCE, sigmoid focal; segfast/reference/pixel.py "

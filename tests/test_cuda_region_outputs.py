@@ -1,13 +1,15 @@
-"""The optional outputs of the CUDA C++ region stats kernel (csrc/cuda/region.cu),
-run on the CPU emulation layer (segfast._C_emu, SEGFAST_CUDA_EMU=ON) under
-several thread orders: the bad-label flag and the confusion counts of the
-logits' argmax, against torch."""
+"""The CUDA C++ region kernels (csrc/cuda/region.cu) beyond plain sums, run on
+the CPU emulation layer (segfast._C_emu, SEGFAST_CUDA_EMU=ON) under several
+thread orders: the stats kernel's bad-label flag and confusion counts of the
+logits' argmax, against torch; the finish kernel and the grad kernel reading
+grad_output, against the cpu backend."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
+import segfast
 from segfast import backends
 
 emu = backends._C_emu
@@ -73,3 +75,38 @@ def test_flag(schedule):
     assert flag.item() == 0
     _stats(x, t, 2, None, flag)  # 255 is a label now, out of range
     assert flag.item() == 1
+
+
+FINISH_CASES = {  # the finish kernel's branches: pixel terms, generalized Dice (block reductions per image), powers
+    "dice_ce": lambda x, t, b: segfast.dice_ce_loss(x, t, ignore_index=255, label_smoothing=0.1,
+                                                    ce_weight=[1.0, 2.0, 0.5] + [1.0] * (x.shape[1] - 3), backend=b),
+    "dice_fused": lambda x, t, b: segfast.dice_fused_loss(x, t, ignore_index=255, backend=b),
+    "gdl": lambda x, t, b: segfast.generalized_dice_loss(x, t, ignore_index=255, include_background=False,
+                                                         backend=b),
+    "focal_tversky_batch": lambda x, t, b: segfast.tversky_loss(x, t, ignore_index=255, alpha=0.3, beta=0.7,
+                                                                gamma=1.5, batch=True, reduction="sum", backend=b),
+}
+
+
+@pytest.mark.parametrize("C", [3, 40])
+@pytest.mark.parametrize("case", sorted(FINISH_CASES))
+def test_finish_kernel_agrees_with_cpu(schedule, monkeypatch, case, C):
+    """region_finish_cuda (the whole loss from the partial sums, one block) and
+    the grad kernel reading grad_output, against the cpu backend's torch
+    formulas, under several thread orders (its block reductions share memory)."""
+    calls = []
+    real = emu.region_finish_cuda
+    monkeypatch.setattr(emu, "region_finish_cuda", lambda *a: calls.append(a) or real(*a))
+    gen = torch.Generator().manual_seed(C)
+    x = torch.randn(2, C, 9, 7, generator=gen) * 2
+    t = torch.randint(0, C, (2, 9, 7), generator=gen)
+    t[0, 1, :4] = 255
+    got = {}
+    for b in ("cuda", "cpu"):
+        xb = x.clone().requires_grad_(True)
+        loss = FINISH_CASES[case](xb, t, b)
+        loss.backward(torch.tensor(-1.7))
+        got[b] = (loss.detach(), xb.grad)
+    assert len(calls) == 1
+    torch.testing.assert_close(got["cuda"][0], got["cpu"][0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(got["cuda"][1], got["cpu"][1], rtol=1e-4, atol=1e-6)

@@ -1,8 +1,11 @@
 """Static performance facts of the Triton loss path on an H100
 (segfast.gpucheck.perf): launches and host reads per public call, and the
-global load width of the streaming kernels compiled ahead of time for sm_90
-at the benchmark shape. No GPU needed: the calls run in the interpreter
-with the kernels recorded, not run."""
+global load width, spills and barriers of the streaming kernels compiled
+ahead of time for sm_90 (sm_80 too for the wide class tile) at the
+benchmark shapes. No GPU needed: the calls run in the interpreter with the
+kernels recorded, not run. The cuda backend's launches per call are counted
+on fake CUDA tensors with its kernels stubbed (tests/test_no_sync.py's
+harness)."""
 
 from __future__ import annotations
 
@@ -13,12 +16,15 @@ import pytest
 pytest.importorskip("triton")
 
 from conftest import triton_needs_run  # noqa: E402
+from test_no_sync import fake_cuda_guard, gpu  # noqa: E402,F401  (fixtures: fake CUDA tensors, stubbed kernels)
 
 from segfast.gpucheck import perf, triton_aot  # noqa: E402
 
 needs_run = triton_needs_run()
 H100 = perf.MODELS["h100"]
 SHAPE = (8, 21, 128, 128)
+# C > 32: the stats kernel's wide class tile (ADE20K's 150 classes, and 64)
+WIDE_SHAPES = ((8, 64, 128, 128), (8, 150, 128, 128))
 WORKERS = min(2, os.cpu_count() or 1)
 
 
@@ -34,11 +40,56 @@ def test_no_host_sync(traces, name):
     assert trace.syncs == []
 
 
+@pytest.fixture(scope="module")
+def wide_traces():
+    return {(name, shape): perf.trace_call(perf._calls()[name], shape, H100)[0]
+            for shape in WIDE_SHAPES for name in ("dice", "dice_ce")}
+
+
 @needs_run
-def test_dice_grid_fills_h100(traces):
-    trace, _ = traces["dice"]
-    stats = [k for k in trace.launches if k.kernel == "_region_stats_kernel"]
-    assert stats and all(k.programs >= 2 * H100["sms"] for k in stats)
+def test_dice_grid_fills_h100(traces, wide_traces):
+    for trace in [traces["dice"][0], *wide_traces.values()]:
+        for kernel in ("_region_stats_kernel", "_region_grad_kernel"):
+            ks = [k for k in trace.launches if k.kernel == kernel]
+            assert ks and all(k.programs >= 2 * H100["sms"] for k in ks), kernel
+
+
+@needs_run
+@pytest.mark.slow
+def test_wide_class_tile_compiles_lean(wide_traces):
+    """The streaming region kernels at C > 32 (the stats kernel's wide class
+    tile, the grad kernel's class loop), Dice and Dice + CE, on sm_80 and
+    sm_90: 128-bit loads, no spill, no block barrier inside a loop, and
+    registers that leave at least 2 programs per SM."""
+    jobs = {}
+    for trace in wide_traces.values():
+        for k in trace.launches:
+            if k.kernel in ("_region_stats_kernel", "_region_grad_kernel"):
+                for arch in (80, 90):
+                    jobs.setdefault(triton_aot.Job(k.launch, "exact", arch), None)
+    assert len(jobs) == 2 * 2 * len(WIDE_SHAPES) * 2
+    for job, row in zip(jobs, triton_aot.compile_all(list(jobs), workers=WORKERS)):
+        assert row["error"] is None, row["error"]
+        where = (job.arch, job.launch.constexprs, row)
+        assert row["ldg128"] > 0 and row["local"] == 0 and row["bar_loop"] == 0, where
+        assert perf.occupancy(row, H100) >= 2, where
+
+
+def test_loop_barriers_counted():
+    ptx = """
+        bar.sync 0;
+    $L__BB0_1:
+        ld.global.v4.b32 {%r1, %r2, %r3, %r4}, [%rd1];
+        bar.sync 0;
+        @%p1 bra $L__BB0_1;
+    $L__BB0_2:
+        @%p2 bra $L__BB0_3;
+        barrier.sync 0;
+    $L__BB0_3:
+        ret;
+    """
+    assert triton_aot.loop_barriers(ptx) == 1
+    assert triton_aot.vector_counts(ptx)["bar_sync"] == 3
 
 
 @needs_run
@@ -103,3 +154,62 @@ def test_bench_routes_gpu_model(monkeypatch):
     monkeypatch.setattr(perf, "main", lambda argv: seen.append(argv) or 0)
     assert bench.main(["--gpu-model", "h100", "--quick"]) == 0
     assert seen == [["--gpu-model", "h100", "--quick"]]
+
+
+# ---------------------------------------------------------------- cuda backend: launches per call
+
+
+def _cuda_launches(name):
+    """-> (kernel launches, host reads) of one forward + backward of ``name`` on
+    the cuda backend: its C++ kernels (stubbed) and the torch ops that launch
+    a CUDA kernel, on fake CUDA tensors at the benchmark shape."""
+    import torch
+    import test_no_sync as ns
+    from torch.utils._pytree import tree_leaves
+
+    ops = []
+
+    class Count(ns.HostReads):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            name = func.__name__.split(".")[0]
+            on_cuda = any((isinstance(a, torch.Tensor) and a.device.type == "cuda")  # a factory's device too
+                          or (isinstance(a, torch.device) and a.type == "cuda")
+                          for a in tree_leaves((args, kwargs or {})))
+            writes = [r.alias_info is None or r.alias_info.is_write for r in func._schema.returns]
+            if (func.namespace == "aten" and on_cuda and name not in perf.NO_KERNEL
+                    and (any(writes) or name.startswith("_assert"))):
+                ops.append(name)
+            return super().__torch_dispatch__(func, types, args, kwargs)
+    return Count, ops
+
+
+@pytest.mark.parametrize("name", ["dice", "dice_ce", "dice_ce_ignore"])
+def test_cuda_launch_target(gpu, monkeypatch, name):  # noqa: F811 (the imported fixture)
+    """Dice and Dice + CE on the cuda backend: the stats kernel (which flags bad
+    labels), the finish kernel, the device assertion, the grad kernel (which reads
+    grad_output), and the flag's and the seed's fills: within the targets, no
+    host read."""
+    import torch
+    import test_no_sync as ns
+    from segfast import functional as F
+
+    Count, ops = _cuda_launches(name)
+    monkeypatch.setattr(ns, "HostReads", Count)
+    monkeypatch.setenv("SEGFAST_BACKEND", "cuda")
+    N, C, H, W = SHAPE
+    loss = {"dice": lambda x, t: F.dice_loss(x, t),
+            "dice_ce": lambda x, t: F.dice_ce_loss(x, t),
+            "dice_ce_ignore": lambda x, t: F.dice_ce_loss(x, t, ignore_index=255)}[name]
+
+    def step(x, t):  # loss.backward(): the seed is ones_like(loss)
+        value = loss(x, t)
+        ns.run_backward([value])
+        return value.detach()
+    reads, launches, err = gpu(step, lambda: (torch.randn(N, C, H, W, device="cuda", requires_grad=True),
+                                              torch.randint(0, C, (N, H, W), device="cuda")))
+    if err is not None:
+        raise err
+    assert reads == []
+    assert "region_finish_cuda" in launches, launches
+    target = perf.LAUNCH_TARGETS[name.replace("_ignore", "")]
+    assert len(launches) + len(ops) <= target, (launches, ops)

@@ -169,9 +169,11 @@ def test_identity_ties():
 @needs_run
 @pytest.mark.parametrize("act", [0, 1, 2])
 def test_large_C_class_loop(act):
-    """C > MAX_SINGLE_C: looped classes, with several pixel blocks per chunk."""
+    """C > MAX_SINGLE_C: looped classes in the grad kernel and the stats
+    kernel's wide class tile, with several pixel blocks per chunk."""
     C = 70
-    assert C > R.MAX_SINGLE_C
+    assert R.MAX_SINGLE_C < C <= R.STATS_MAX_C
+    assert R._stats_blocks(C, None, None)[0] and not R._blocks(C, None, None)[0]
     gen = torch.Generator().manual_seed(70 + act)
     x = make_x(N, C, S, act, torch.float32, layout="channels_last", gen=gen)
     t = make_labels(N, C, S, torch.uint8, 255, gen=gen)
@@ -179,6 +181,30 @@ def test_large_C_class_loop(act):
     if act == 2:
         td = make_dense(N, C, S, torch.float32, -1.0, gen=gen)
         run_and_check(x, td, False, act, P=1, ignore=-1.0, block_s=32)
+
+
+@needs_run
+@pytest.mark.parametrize("C", [64, 150, 256])
+def test_wide_class_tile(C):
+    """The stats kernel's wide class tile at the class counts of its layouts
+    (CL = 16, 32 with 8 class rows, the largest C), float16 logits, and the
+    default tile (no block_s)."""
+    gen = torch.Generator().manual_seed(C)
+    x = make_x(N, C, S, 2, torch.float32, gen=gen)
+    t = make_labels(N, C, S, torch.int64, 255, gen=gen)
+    run_and_check(x, t, True, 2, P=3, ignore=255)
+    run_and_check(x.half(), t, True, 2, P=2, ignore=255)
+
+
+@needs_run
+@pytest.mark.parametrize("C", [40, 300])
+def test_stats_class_chunk_loop(C):
+    """The stats kernel's class-chunk loop: above STATS_MAX_C, or asked for with block_c."""
+    gen = torch.Generator().manual_seed(C)
+    x = make_x(N, C, S, 2, torch.float32, gen=gen)
+    t = make_labels(N, C, S, torch.int64, 255, gen=gen)
+    assert not R._stats_blocks(C, None, 16 if C < R.STATS_MAX_C else None)[0]
+    run_and_check(x, t, True, 2, P=2, ignore=255, block_s=16, block_c=16 if C < R.STATS_MAX_C else None)
 
 
 @needs_run

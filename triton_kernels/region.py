@@ -27,19 +27,24 @@ Activation codes: 0 identity, 1 sigmoid, 2 softmax over C.
 
 Two code paths per kernel, chosen by the constexpr SINGLE_C:
 
-* C <= MAX_SINGLE_C: all classes sit in one register tile (BLOCK_C = next
-  power of two >= C). The stats kernel's tile is 5-d, [CR, NW, CL, PL, VEC]
-  (see the kernel): 16-byte loads of logits and labels issued together at
-  the top of the tile loop, the reductions over classes inside a warp, the
-  sums over pixels accumulated per thread in registers and reduced across
-  warps once after the loop, so the loop has no block barrier. The grad
-  kernel handles one [BLOCK_C, BLOCK_S] tile per program.
+* one class tile (BLOCK_C = next power of two >= C): the grad kernel for
+  C <= MAX_SINGLE_C, the stats kernel for C <= STATS_MAX_C. The stats
+  kernel's tile is 5-d, [CR, NW, CL, PL, VEC] (see the kernel): 16-byte
+  loads of logits and labels issued together at the top of the tile loop,
+  the reductions over classes inside a warp, the sums over pixels
+  accumulated per thread in registers and reduced across warps once after
+  the loop, so the loop has no block barrier. Above MAX_SINGLE_C classes the
+  tile is wide: all lanes of a warp over the classes (16 at BLOCK_C = 64),
+  at most 8 class rows per thread, 4-pixel vectors. The grad kernel handles
+  one [BLOCK_C, BLOCK_S] tile per program.
 * larger C: loop over class chunks of BLOCK_C. Softmax first runs an online
   max / sum-of-exp pass over all classes of the pixel block. The stats kernel
-  then adds each chunk's partial sums into its own (L2-resident) out row,
-  separated by barriers; the grad kernel with softmax needs a third pass for
-  sum_k p_k a_k. So large-C softmax reads x 2x (stats) / 3x (grad); these
-  re-reads hit L2 only if BLOCK_S * C * itemsize per program is small.
+  (C > STATS_MAX_C) then adds each chunk's partial sums into its own
+  (L2-resident) out row, separated by barriers; the grad kernel with softmax
+  needs a third pass for sum_k p_k a_k, over chunks of GRAD_LOOP_BLOCK_C
+  classes held in each thread (no barrier in its loops). So large-C softmax
+  reads x 2x (stats) / 3x (grad); these re-reads hit L2 only if BLOCK_S * C
+  * itemsize per program is small.
 
 With class-index targets the stats launcher also offers, from the same pass,
 a bad-label flag and confusion counts (``launch_stats(flag=, confusion=)``);
@@ -74,6 +79,14 @@ MAX_SINGLE_C = 32
 # Class-chunk size of the looped path (C > MAX_SINGLE_C).
 LOOP_BLOCK_C = 16
 GRAD_WARPS = 8
+# Grad kernel, class loop (C > MAX_SINGLE_C): a [GRAD_LOOP_BLOCK_C, BLOCK_S]
+# tile with the warps' lanes over pixel vectors of 4 (BLOCK_S = 32 * 4 *
+# GRAD_LOOP_WARPS) and the classes of a chunk in each thread's registers, so
+# the reductions over classes (softmax max and sum, sum_k p_k a_k) need no
+# block barrier in the class loops; 2-warp programs keep the grid at 4 per SM
+# of an H100 at [8, C, 128, 128].
+GRAD_LOOP_BLOCK_C = 4
+GRAD_LOOP_WARPS = 2
 # Stats kernel, single class tile: warps per program, lanes of a warp over the
 # classes (the rest over pixels), and the stages of the tile loop's software
 # pipeline (``tl.range(num_stages=)``). More than 1 compiles to cp.async into
@@ -84,7 +97,13 @@ GRAD_WARPS = 8
 STATS_WARPS = 4
 STATS_CLASS_LANES = 8
 STATS_STAGES = 1
-# Stats kernel, looped class tile (C > MAX_SINGLE_C): warps and elements of a
+# Stats kernel, wide class tile (MAX_SINGLE_C < C <= STATS_MAX_C): the same
+# 5-d register tile with more lanes of a warp over the classes (CL = 16 for
+# BLOCK_C = 64, 32 above, so a thread holds BLOCK_C / CL <= 8 class rows) and
+# 4-pixel vectors of the logits (one 16-byte load for float32).
+STATS_MAX_C = 256
+STATS_WIDE_VEC = 4
+# Stats kernel, looped class tile (C > STATS_MAX_C): warps and elements of a
 # class-chunk tile, 8 per thread (4 with a pixel term); larger tiles or 8 warps
 # make ptxas spill a few bytes in some configurations on sm_80 or sm_90.
 LOOP_STATS_WARPS = 4
@@ -382,8 +401,12 @@ def _region_stats_kernel(
             aT += tl.sum(t, axis=4)
             aV += tl.sum(v, axis=4)
             aPP += tl.sum(pv * p, axis=4)
-            aTT += tl.sum(t * t, axis=4)
-            aM += tl.sum(tl.minimum(p, t) * v, axis=4)
+            # one-hot labels: TT = T, and with p in [0, 1] (softmax, sigmoid) M = I
+            # (min(p, 1) = p, min(p, 0) = 0): two fewer accumulators
+            if not T_IS_LABEL:
+                aTT += tl.sum(t * t, axis=4)
+            if not (T_IS_LABEL and ACT != 0):
+                aM += tl.sum(tl.minimum(p, t) * v, axis=4)
             if XK != 0:  # -log p = (m - x) + log(sum)
                 lls = tl.log(esum)
                 h = lls
@@ -413,8 +436,8 @@ def _region_stats_kernel(
         tl.store(o + 2, _sum_px(aT), mask=cmask)
         tl.store(o + 3, _sum_px(aV), mask=cmask)
         tl.store(o + 4, _sum_px(aPP), mask=cmask)
-        tl.store(o + 5, _sum_px(aTT), mask=cmask)
-        tl.store(o + 6, _sum_px(aM), mask=cmask)
+        tl.store(o + 5, _sum_px(aT if T_IS_LABEL else aTT), mask=cmask)
+        tl.store(o + 6, _sum_px(aI if (T_IS_LABEL and ACT != 0) else aM), mask=cmask)
         if XK != 0:
             tl.store(o + 7, _sum_px(aCE), mask=cmask)
             tl.store(o + 8, _sum_px(aLP), mask=cmask)
@@ -587,26 +610,43 @@ def _region_grad_kernel(
 # --------------------------------------------------------------------------
 
 def _blocks(C: int, block_s, block_c):
-    """-> (SINGLE_C, BLOCK_C, BLOCK_S) of the grad kernel and the stats kernel's looped path."""
+    """-> (SINGLE_C, BLOCK_C, BLOCK_S) of a single class tile, or of the stats kernel's looped path."""
     return blocks(C, block_s, block_c, tile=TILE, max_single_c=MAX_SINGLE_C,
                   loop_block_c=LOOP_BLOCK_C)
+
+
+def _grad_blocks(C: int, block_s, block_c):
+    """-> (SINGLE_C, BLOCK_C, BLOCK_S, num_warps) of the grad kernel (see GRAD_LOOP_BLOCK_C)."""
+    single, BLOCK_C, BLOCK_S = _blocks(C, block_s, block_c)
+    if single:
+        return single, BLOCK_C, BLOCK_S, GRAD_WARPS
+    return single, block_c or GRAD_LOOP_BLOCK_C, block_s or 32 * 4 * GRAD_LOOP_WARPS, GRAD_LOOP_WARPS
 
 
 def _stats_blocks(C: int, block_s, block_c, itemsize: int = 4, xent: int = 0):
     """-> (SINGLE_C, BLOCK_C, BLOCK_S, num_warps, CL, VEC) of the stats kernel.
 
-    Single class tile: CL = min(BLOCK_C, STATS_CLASS_LANES) lanes of a warp
-    over the classes, 32 / CL over pixel vectors of VEC = 16 / itemsize pixels,
-    STATS_WARPS warps over pixels: BLOCK_S = STATS_WARPS * (32 / CL) * VEC.
-    ``block_s`` overrides BLOCK_S (fewer warps, then shorter vectors)."""
+    Single class tile (C <= STATS_MAX_C unless ``block_c`` asks for the class
+    loop): CL = min(BLOCK_C, STATS_CLASS_LANES) lanes of a warp over the
+    classes (wide tile, BLOCK_C > MAX_SINGLE_C: min(32, BLOCK_C / 4)), 32 / CL
+    over pixel vectors of VEC = 16 / itemsize pixels (wide: at most
+    STATS_WIDE_VEC), STATS_WARPS warps over pixels: BLOCK_S = STATS_WARPS *
+    (32 / CL) * VEC. ``block_s`` overrides BLOCK_S (fewer warps, then shorter
+    vectors)."""
     single, BLOCK_C, BLOCK_S = _blocks(C, block_s, block_c)
+    if not single and block_c is None and C <= STATS_MAX_C:
+        single, BLOCK_C = True, triton.next_power_of_2(C)
     if not single:
         if block_s is None:
             BLOCK_S = max((LOOP_STATS_TILE // 2 if xent else LOOP_STATS_TILE) // BLOCK_C, 16)
         return single, BLOCK_C, BLOCK_S, LOOP_STATS_WARPS, 1, 1
-    CL = min(BLOCK_C, STATS_CLASS_LANES)
-    PL = 32 // CL
     VEC = max(16 // itemsize, 1)
+    if BLOCK_C <= MAX_SINGLE_C:
+        CL = min(BLOCK_C, STATS_CLASS_LANES)
+    else:  # wide tile
+        CL = min(32, BLOCK_C // 4)
+        VEC = min(VEC, STATS_WIDE_VEC)
+    PL = 32 // CL
     warps = STATS_WARPS
     if block_s is not None:
         warps = max(1, min(warps, block_s // (PL * VEC)))
@@ -679,7 +719,7 @@ def launch_grad(x, t, t_is_label: bool, g, dx, N: int, C: int, S: int,
         return
     t, (stn, stc, sts), has_ignore, ign_i, ign_f = target_args(t, t_is_label, has_ignore,
                                                                ignore_value)
-    single, BLOCK_C, BLOCK_S = _blocks(C, block_s, block_c)
+    single, BLOCK_C, BLOCK_S, warps = _grad_blocks(C, block_s, block_c)
     nblk = -(-S // BLOCK_S)
     wrap(_region_grad_kernel)[(N * nblk,)](
         x, t, g, dx,
@@ -692,5 +732,5 @@ def launch_grad(x, t, t_is_label: bool, g, dx, N: int, C: int, S: int,
         SINGLE_C=single, BLOCK_C=BLOCK_C, BLOCK_S=BLOCK_S,
         gamma=float(gamma), XK=int(xent), KO=9 if xent else 7,
         go_ptr=go, HAS_GO=go is not None,
-        num_warps=GRAD_WARPS,
+        num_warps=warps,
     )

@@ -176,6 +176,27 @@ SEGFAST_HD void accumulate(A* acc, T p, T t, T v) {
   acc[kM] += v * (p < t ? p : t);
 }
 
+// ---- finish (the loss from the partial sums; CUDA region_finish_cuda) ------------------
+
+// Largest C the CUDA finish kernel takes: one thread per class in one block.
+constexpr int kFinishMaxC = 1024;
+enum Gdl : int { kGdlNone = 0, kGdlSquare = 1, kGdlSimple = 2, kGdlUniform = 3 };
+
+// The formula of a region loss (+ a pixel term) on the sums, as
+// triton_kernels/region_finish.py takes it: the region term lam_r * R, R the
+// ratio score safe(cI*I + nr, dI*I + dP*P + dT*T + dr) per plane (or the
+// generalized Dice score, gdl), f = 1 - score or -log(max(score, 1e-7)) (log),
+// max(f, 0)^gamma, times the class weight, over the classes c >= c0, times
+// scale_r; per (image, class) plane or per class of the pooled sums (batch).
+// The pixel term lam_x * X (xent): a mean over the valid pixels of the pooled
+// S7, S8 (CE with label smoothing eps, focal, fused with ws, wp).
+struct Finish {
+  int64_t N, C, P;
+  int KO;  // sums per plane in part / sums / coef: 7, or 9 with a pixel term
+  double cI, dI, dP, dT, nr, dr, gamma, lam_r, scale_r, lam_x, eps, ws, wp;
+  int gdl, batch, log, c0, xent;
+};
+
 // Chunk j of P over S pixels: [begin, end), possibly empty.
 SEGFAST_HD void chunk_range(int64_t S, int64_t P, int64_t j, int64_t* begin, int64_t* end) {
   const int64_t L = (S + P - 1) / P;

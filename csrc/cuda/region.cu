@@ -16,8 +16,14 @@
 //   [C, C] (row: label, column: torch.argmax of the logits), counted in
 //   shared memory per block when C * C <= kSharedConf, then added to the
 //   global matrix with one atomic per nonzero bin.
+// finish: one block, one thread per class (C <= kFinishMaxC): the loss and
+//   dLoss/dStats at grad_output 1 from the stats kernel's partial sums, the
+//   formulas of triton_kernels/region_finish.py (struct Finish in region.h).
+//   The sums over chunks, images and classes run in a fixed order (block
+//   reductions through shared memory): deterministic, no atomics.
 // grad: one thread per pixel; grid (pixel block, image). Loops over C: once
-//   for the softmax max/sum, once for sum_k p_k a_k (softmax), once to write.
+//   for the softmax max/sum, once for sum_k p_k a_k (softmax), once to write;
+//   each value times grad_output, read on the device when given.
 #include <cuda_runtime.h>
 
 #include <cstdint>
@@ -34,6 +40,7 @@ constexpr int kTile = 1024;        // pixels per stats tile (shared memory: ~12 
 constexpr int kGradThreads = 256;  // threads (pixels) per grad block
 constexpr int kMaxGridY = 65535;
 constexpr int kSharedConf = 1024;  // confusion bins a stats block counts in shared memory (C <= 32)
+constexpr int kFinishThreads = kFinishMaxC;
 
 // Max and 1/sum(exp(x - max)) over the classes first..C-1 of one pixel.
 template <typename T>
@@ -199,12 +206,184 @@ __global__ void stats_kernel(const Problem pr, const int64_t P, A* __restrict__ 
   }
 }
 
+// ---- finish ----------------------------------------------------------------------------
+
+// The sum (or the maximum) of v over the block, the same value in every
+// thread; red: 32 values of shared memory. Every thread must call it.
+template <typename A>
+__device__ A block_reduce(A v, A* red, bool is_max) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) {
+    const A u = __shfl_xor_sync(0xffffffffu, v, o);
+    v = is_max ? (u > v ? u : v) : v + u;
+  }
+  __syncthreads();  // the previous reduction's readers are done with red
+  if (lane == 0) red[warp] = v;
+  __syncthreads();
+  A r = red[0];
+  for (int w = 1; w < nwarps; ++w) r = is_max ? (red[w] > r ? red[w] : r) : r + red[w];
+  return r;
+}
+
+// b^e for b >= 0 (0^e = 0 for e > 0, 1 for e = 0); a NaN b stays NaN.
+template <typename T>
+__device__ __forceinline__ T pow_nonneg(T b, T e) {
+  if (b > T(0)) return pow_t(b, e);
+  return b == b ? (e == T(0) ? T(1) : T(0)) : b;
+}
+
+// num/den, 1 where den == 0; *rden = 1/den (0 there).
+template <typename T>
+__device__ __forceinline__ T safe_score(T num, T den, T* rden) {
+  const bool zero = den == T(0);
+  *rden = zero ? T(0) : T(1) / den;
+  return zero ? T(1) : num * *rden;
+}
+
+// The loss f of a score and df/dscore: 1 - score or -log(max(score, 1e-7)),
+// then max(f, 0)^gamma (pw); NaN stays NaN.
+template <typename T>
+__device__ __forceinline__ T score_loss(T score, T gamma, bool log_loss, bool pw, T* dfds) {
+  T f;
+  if (log_loss) {
+    f = -log(score == score && score < T(1e-7) ? T(1e-7) : score);
+    *dfds = score >= T(1e-7) ? T(-1) / score : T(0);
+  } else {
+    f = T(1) - score;
+    *dfds = T(-1);
+  }
+  if (pw) {
+    const T fc = f == f && f < T(0) ? T(0) : f;
+    *dfds = (f >= T(0) ? gamma * pow_nonneg(fc, gamma - T(1)) : T(0)) * *dfds;
+    f = pow_nonneg(fc, gamma);
+  }
+  return f;
+}
+
+template <typename A>
+__global__ void __launch_bounds__(kFinishThreads)
+    finish_kernel(const Finish fp, const A* __restrict__ part, A* __restrict__ sums, A* __restrict__ coef,
+                  A* __restrict__ loss, uint8_t* __restrict__ ok, const int32_t* __restrict__ flag,
+                  const A* __restrict__ w, const A* __restrict__ pw) {
+  __shared__ A red[32];
+  const int64_t C = fp.C, KO = fp.KO, P = fp.P, row = C * KO;
+  // 1. the sums per image: the chunks' partial sums in chunk order
+  for (int64_t i = threadIdx.x; i < fp.N * row; i += blockDim.x) {
+    const int64_t n = i / row;
+    const A* src = part + n * P * row + (i - n * row);
+    A acc = A(0);
+    for (int64_t p = 0; p < P; ++p) acc += src[p * row];
+    sums[i] = acc;
+  }
+  __syncthreads();  // sums[n] is read below by the thread of each class
+
+  const int64_t c = threadIdx.x;
+  const bool in = c < C, keep = in && c >= fp.c0;
+  const A wc = w != nullptr ? (in ? w[c] : A(0)) : A(1);
+  A pI = A(0), pP = A(0), pT = A(0), p7 = A(0), p8 = A(0);  // pooled over the batch
+  if (in) {
+    for (int64_t n = 0; n < fp.N; ++n) {
+      const A* sc = sums + n * row + c * KO;
+      pI += sc[kI];
+      pP += sc[kP];
+      pT += sc[kT];
+      if (fp.xent) {
+        p7 += sc[kS7];
+        p8 += sc[kS8];
+      }
+    }
+  }
+
+  // 2. the pixel term on the pooled sums, and its coefficients (the same for every image)
+  A total = A(0), g7 = A(0), g8 = A(0);
+  if (fp.xent) {
+    const A u = in ? (pw != nullptr ? pw[c] : A(1)) : A(0), eps = A(fp.eps), ws = A(fp.ws), wp = A(fp.wp);
+    A num, den, u7, u8 = A(0);
+    if (fp.xent == kXentCE) {
+      A nc = (A(1) - eps) * p7;
+      if (fp.eps != 0) nc += (eps / A(C)) * p8;  // S8 is infinite with a -inf logit: no 0*inf
+      num = block_reduce(in ? nc * u : A(0), red, false);
+      den = block_reduce(in ? pT * u : A(0), red, false);
+      u7 = (A(1) - eps) * u;
+      if (fp.eps != 0) u8 = (eps / A(C)) * u;
+    } else if (fp.xent == kXentFocal) {
+      num = block_reduce(in ? u * p7 : A(0), red, false);
+      den = block_reduce(in ? pT : A(0), red, false);
+      u7 = u;
+    } else {  // fused
+      num = ws * block_reduce(in ? p7 : A(0), red, false) +
+            wp * block_reduce(in ? (c == 0 ? p7 : p8) : A(0), red, false);
+      den = block_reduce(in ? pT : A(0), red, false);
+      u7 = ws + (c == 0 ? wp : A(0));
+      u8 = c >= 1 ? wp : A(0);
+    }
+    const bool pos = den > A(0);
+    const A rden = pos ? A(1) / den : A(0);
+    total = A(fp.lam_x) * (pos ? num * rden : A(0));
+    g7 = in ? A(fp.lam_x) * u7 * rden : A(0);
+    g8 = in ? A(fp.lam_x) * u8 * rden : A(0);
+  }
+
+  // 3. the region term and the coefficients of every image
+  const A gscale = A(fp.lam_r) * A(fp.scale_r), gamma = A(fp.gamma);
+  const bool log_loss = fp.log != 0, pw_loss = fp.gamma != 1.0;
+  A ratio_sum = A(0);  // this class's weighted losses (ratio term), summed over the block at the end
+  A gI = A(0), gP = A(0), gT = A(0);
+  auto plane = [&](A I, A Pc, A T) {
+    if (fp.gdl != kGdlNone) {
+      A cw = fp.gdl == kGdlSquare ? A(1) / (T * T) : (fp.gdl == kGdlSimple ? A(1) / T : A(1));
+      const bool inf = cw == A(INFINITY);
+      cw = keep && !inf ? cw : A(0);
+      const A mx = block_reduce(cw, red, true);  // an absent class takes the largest finite weight
+      cw = (keep && inf ? mx : cw) * wc;
+      A rden, dfds;
+      const A score = safe_score(A(2) * block_reduce(cw * I, red, false) + A(fp.nr),
+                                 block_reduce(cw * (Pc + T), red, false) + A(fp.dr), &rden);
+      total += gscale * score_loss(score, A(1), log_loss, false, &dfds);
+      const A gnum = gscale * dfds * rden, gden = -gscale * dfds * score * rden;
+      gI = A(2) * cw * gnum;
+      gP = cw * gden;
+      gT = cw * gden;
+    } else {
+      A rden, dfds;
+      const A score = safe_score(A(fp.cI) * I + A(fp.nr),
+                                 A(fp.dI) * I + A(fp.dP) * Pc + A(fp.dT) * T + A(fp.dr), &rden);
+      const A f = score_loss(score, gamma, log_loss, pw_loss, &dfds);
+      const A gs = keep ? gscale * wc * dfds : A(0);
+      const A gnum = gs * rden, gden = -gs * score * rden;
+      ratio_sum += keep ? f * wc : A(0);
+      gI = gnum * A(fp.cI) + gden * A(fp.dI);
+      gP = gden * A(fp.dP);
+      gT = gden * A(fp.dT);
+    }
+  };
+  if (fp.batch) plane(pI, pP, pT);
+  for (int64_t n = 0; n < fp.N; ++n) {
+    if (!fp.batch) {
+      const A* sc = sums + n * row + c * KO;
+      plane(in ? sc[kI] : A(0), in ? sc[kP] : A(0), in ? sc[kT] : A(0));
+    }
+    if (in) {
+      A* g = coef + n * row + c * KO;
+      for (int k = 0; k < KO; ++k)
+        g[k] = k == kI ? gI : k == kP ? gP : k == kT ? gT : k == kS7 ? g7 : k == kS8 ? g8 : A(0);
+    }
+  }
+  const A ratio_total = block_reduce(ratio_sum, red, false);
+  if (threadIdx.x == 0) {
+    *loss = total + gscale * ratio_total;
+    *ok = flag == nullptr || *flag == 0 ? 1 : 0;
+  }
+}
+
 template <typename T, typename G>
 __global__ void grad_kernel(const Problem pr, const G* __restrict__ g, void* __restrict__ dx,
-                            const int64_t dxsN, const int64_t dxsC, const int64_t dxsS) {
+                            const int64_t dxsN, const int64_t dxsC, const int64_t dxsS, const G* __restrict__ go) {
   const int64_t s = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (s >= pr.S) return;
   const int64_t C = pr.C;
+  const T gout = go != nullptr ? T(*go) : T(1);  // grad_output of a scalar loss: g is dLoss/dStats at 1
   for (int64_t n = blockIdx.y; n < pr.N; n += gridDim.y) {
     int64_t cls = -1;
     T vlab = T(1);
@@ -266,7 +445,7 @@ __global__ void grad_kernel(const Problem pr, const G* __restrict__ g, void* __r
       }
       else if (pr.act == kSigmoid) d = a * p * (T(1) - p);
       else d = a;
-      store_as(dx, pr.x_dtype, n * dxsN + c * dxsC + s * dxsS, d);
+      store_as(dx, pr.x_dtype, n * dxsN + c * dxsC + s * dxsS, d * gout);
     }
   }
 }
@@ -300,7 +479,7 @@ void region_stats_cuda(const Problem& pr, int64_t P, void* out, uintptr_t stream
 }
 
 void region_grad_cuda(const Problem& pr, const void* g, void* dx, int64_t dxsN, int64_t dxsC,
-                      int64_t dxsS, uintptr_t stream) {
+                      int64_t dxsS, uintptr_t stream, const void* go) {
   if (pr.N <= 0 || pr.C <= 0 || pr.S <= 0) return;
   const int64_t blocks = (pr.S + kGradThreads - 1) / kGradThreads;
   if (blocks > int64_t(0x7fffffff)) throw std::invalid_argument("segfast: S too large");
@@ -308,11 +487,28 @@ void region_grad_cuda(const Problem& pr, const void* g, void* dx, int64_t dxsN, 
   cudaStream_t st = reinterpret_cast<cudaStream_t>(stream);
   if (pr.x_dtype == kFloat64)
     grad_kernel<double, double><<<grid, kGradThreads, 0, st>>>(
-        pr, static_cast<const double*>(g), dx, dxsN, dxsC, dxsS);
+        pr, static_cast<const double*>(g), dx, dxsN, dxsC, dxsS, static_cast<const double*>(go));
   else
     grad_kernel<float, float><<<grid, kGradThreads, 0, st>>>(
-        pr, static_cast<const float*>(g), dx, dxsN, dxsC, dxsS);
+        pr, static_cast<const float*>(g), dx, dxsN, dxsC, dxsS, static_cast<const float*>(go));
   check_launch("region_grad_cuda");
+}
+
+void region_finish_cuda(const Finish& fp, bool f64, const void* part, void* sums, void* coef, void* loss,
+                        uint8_t* ok, const int32_t* flag, const void* w, const void* pw, uintptr_t stream) {
+  if (fp.N <= 0 || fp.C <= 0 || fp.P <= 0) throw std::invalid_argument("segfast: region_finish_cuda: empty sums");
+  if (fp.C > kFinishMaxC) throw std::invalid_argument("segfast: region_finish_cuda: C > kFinishMaxC");
+  if (fp.KO != (fp.xent ? KX : K)) throw std::invalid_argument("segfast: region_finish_cuda: KO");
+  cudaStream_t st = reinterpret_cast<cudaStream_t>(stream);
+  if (f64)
+    finish_kernel<double><<<1, kFinishThreads, 0, st>>>(
+        fp, static_cast<const double*>(part), static_cast<double*>(sums), static_cast<double*>(coef),
+        static_cast<double*>(loss), ok, flag, static_cast<const double*>(w), static_cast<const double*>(pw));
+  else
+    finish_kernel<float><<<1, kFinishThreads, 0, st>>>(
+        fp, static_cast<const float*>(part), static_cast<float*>(sums), static_cast<float*>(coef),
+        static_cast<float*>(loss), ok, flag, static_cast<const float*>(w), static_cast<const float*>(pw));
+  check_launch("region_finish_cuda");
 }
 
 }  // namespace region

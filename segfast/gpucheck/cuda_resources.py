@@ -77,6 +77,7 @@ LAUNCHES = {
     # region_stats_cuda: block = 32 * min(C, 8) threads
     "stats_kernel": Launch("region.cu", tuple(32 * w for w in range(1, 9))),
     "grad_kernel": Launch("region.cu", ("kGradThreads",)),
+    "finish_kernel": Launch("region.cu", ("kFinishThreads",)),
 }
 
 

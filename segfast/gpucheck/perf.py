@@ -14,7 +14,7 @@ hints of its own arguments (``triton_aot.exact``). It reports:
   of the gradient) and the bytes the launches move;
 * per streaming kernel launch: programs against the SM count, registers,
   theoretical programs per SM, global load / store vector widths and
-  barriers of the compiled kernel.
+  barriers of the compiled kernel (in all, and inside a loop).
 
 Bytes a launch moves are modelled, not measured: a Triton kernel reads or
 writes each of its tensor arguments once (the kernels' paths at C <= 32
@@ -41,7 +41,7 @@ MODELS = {
     "h100": dict(name="H100 SXM", arch=90, sms=132, regs=65536, warps=64, blocks=32, smem=228 * 1024),
     "a100": dict(name="A100", arch=80, sms=108, regs=65536, warps=64, blocks=32, smem=164 * 1024),
 }
-SHAPES = ((8, 21, 128, 128), (16, 21, 512, 512))
+SHAPES = ((8, 21, 128, 128), (16, 21, 512, 512), (8, 64, 128, 128), (8, 150, 128, 128))
 STREAMING = triton_aot.NO_SPILL  # the streaming loss kernels
 # Launches per forward + backward that a fused formula reaches.
 LAUNCH_TARGETS = {"dice": 10, "dice_ce": 12, "ce": 3}
@@ -234,7 +234,7 @@ def report(model_name: str = "h100", shapes=SHAPES, *, compile: bool = True, wor
             k["error"] = row["error"][:200]
             continue
         for key in ("registers", "num_warps", "local", "ld_v4", "ld_v2", "ld_v1", "st_v4", "st_v1",
-                    "ldg128", "stg128", "ldg", "stg", "bar_sync"):
+                    "ldg128", "stg128", "ldg", "stg", "bar_sync", "bar_loop"):
             if key in row:
                 k[key] = row[key]
         occ = occupancy(row, model) if row else None
@@ -247,7 +247,8 @@ def report(model_name: str = "h100", shapes=SHAPES, *, compile: bool = True, wor
 CALL_COLUMNS = ("call", "shape", "launches", "target", "triton", "torch_ops", "syncs", "ideal_MB", "moved_MB",
                 "moved_x")
 KERNEL_COLUMNS = ("call", "shape", "kernel", "programs", "per_sm", "MB", "num_warps", "registers", "occ", "waves",
-                  "local", "ld_v4", "ld_v1", "st_v4", "st_v1", "ldg128", "stg128", "bar_sync", "error")
+                  "local", "ld_v4", "ld_v1", "st_v4", "st_v1", "ldg128", "stg128", "bar_sync", "bar_loop",
+                  "error")
 
 
 def format_report(rep: dict, *, ops: bool = False) -> str:

@@ -797,6 +797,22 @@ def parse_ptxas_v(text: str) -> dict:
     return out
 
 
+def loop_barriers(ptx: str) -> int:
+    """Barriers (bar.sync / barrier.sync) inside a loop of the PTX: between a
+    label and a later branch back to it."""
+    lines = ptx.splitlines()
+    labels, spans = {}, []
+    for i, line in enumerate(lines):
+        m = re.match(r"\s*(\$?[\w$]+):", line)
+        if m:
+            labels[m.group(1)] = i
+        m = re.search(r"\bbra(?:\.uni)?\s+(\$?[\w$]+)\s*;", line)
+        if m and m.group(1) in labels:
+            spans.append((labels[m.group(1)], i))
+    bars = [i for i, line in enumerate(lines) if re.search(r"\b(?:bar|barrier)\.sync\b", line)]
+    return sum(any(a <= i <= b for a, b in spans) for i in bars)
+
+
 def vector_counts(ptx: str, sass: str = "") -> dict:
     """Global load/store instruction counts by vector width, and barriers."""
     def count(pat, text):
@@ -808,6 +824,7 @@ def vector_counts(ptx: str, sass: str = "") -> dict:
         c[f"{op}_v2"] = count(rf"\b{op}\.global(?:\.\w+)*\.v2\b", ptx)
         c[f"{op}_v1"] = total - c[f"{op}_v4"] - c[f"{op}_v2"]
     c["bar_sync"] = count(r"\b(?:bar|barrier)\.sync\b", ptx)
+    c["bar_loop"] = loop_barriers(ptx)
     if sass:
         c["ldg128"] = count(r"\bLDG(?:\.\w+)*\.128\b", sass)
         c["stg128"] = count(r"\bSTG(?:\.\w+)*\.128\b", sass)

@@ -81,12 +81,15 @@ def class_counts(tiles, max_c: int, min_c: int = 1) -> tuple:
 
 def _launcher_tiles(family: str) -> tuple:
     """Class counts reaching every class tile of a region / pixel launcher:
-    its ``_blocks(C, None, None)`` over C from 2 (softmax needs two classes;
-    the workload's binary and sigmoid cases take C = 1) up to twice its
-    largest single tile (the looped path's tile does not change beyond it)."""
+    its ``_blocks(C, None, None)`` (and the region stats kernel's
+    ``_stats_blocks``) over C from 2 (softmax needs two classes; the
+    workload's binary and sigmoid cases take C = 1) up to twice its largest
+    single tile (the looped path's tile does not change beyond it)."""
     import importlib
     mod = importlib.import_module(f"segfast.triton_kernels.{family}")
-    return class_counts(lambda C: mod._blocks(C, None, None), 2 * mod.MAX_SINGLE_C + 1, min_c=2)
+    stats = getattr(mod, "_stats_blocks", lambda C, block_s, block_c: None)
+    return class_counts(lambda C: (mod._blocks(C, None, None), stats(C, None, None)),
+                        2 * max(mod.MAX_SINGLE_C, getattr(mod, "STATS_MAX_C", 0)) + 1, min_c=2)
 
 
 def _crf_tiles() -> tuple:

@@ -7,15 +7,17 @@ once and returns the K=7 per-plane sums (reference/region.py STATS order);
 Everything in between is PyTorch on the small [N, C, 7] tensor, so autograd
 gives dLoss/dStats and a new loss is a new formula, not a new kernel.
 
-On the ``triton`` backend the common losses (Dice, soft IoU, Tversky,
-generalized Dice, Dice + CE / focal / fused with a mean or sum) instead run
-:func:`finish_loss`: the stats kernel, one finish kernel that writes the
-loss and dLoss/dStats (triton_kernels/region_finish.py), and in the backward
-the grad kernel, which reads grad_output on the device. The label range
-check rides in the stats kernel (a device flag). Other variants (a
+On the ``triton`` and ``cuda`` backends the common losses (Dice, soft IoU,
+Tversky, generalized Dice, Dice + CE / focal / fused with a mean or sum)
+instead run :func:`finish_loss`: the stats kernel, one finish kernel that
+writes the loss and dLoss/dStats (triton_kernels/region_finish.py,
+region_finish_cuda in csrc/cuda/region.cu), and in the backward the grad
+kernel, which reads grad_output on the device. The label range check rides
+in the stats kernel (a device flag). Other variants (a
 ``reduction="none"``, ``sync_stats``, soft targets or class weights that
-require grad, C > region_finish.MAX_C, empty inputs) and the other backends
-take the torch formulas of segfast/functional.py.
+require grad, C > region_finish.MAX_C (CUDA_FINISH_MAX_C on cuda), empty
+inputs) and the other backends take the torch formulas of
+segfast/functional.py.
 """
 
 # torch.library.custom_op infers the op schemas from annotations: they stay real
@@ -36,7 +38,8 @@ from ._common import (acc_dtype, canonical, check_ignore_index, check_input, che
 K = ref.K
 KX = ref.KX
 # Backends whose stats kernel checks the labels' range on the device (a flag).
-LABEL_CHECK_BACKENDS = ("triton",)
+# On cuda only finish_loss reads the flag; plane_stats checks with torch ops.
+LABEL_CHECK_BACKENDS = ("triton", "cuda")
 ACT = {"identity": ref.ACT_IDENTITY, "sigmoid": ref.ACT_SIGMOID, "softmax": ref.ACT_SOFTMAX}
 MODES = ("binary", "multiclass", "multilabel")
 
@@ -44,16 +47,22 @@ MODES = ("binary", "multiclass", "multilabel")
 # ---------------------------------------------------------------- C++ / CUDA
 
 
+def _stats_ext_args(x, t, is_label, act, label_offset, ignore_value, xent, gamma, P, out) -> tuple:
+    """The leading arguments of region_stats_cpu / region_stats_cuda: partial sums of P chunks into ``out``."""
+    N, C, S = x.shape
+    t, ts = target_args(t, is_label)
+    return (x.data_ptr(), backends.dtype_code(x), *x.stride(),
+            t.data_ptr(), backends.dtype_code(t), int(is_label), *ts,
+            N, C, S, P, act, int(xent), float(gamma), label_offset, int(ignore_value is not None),
+            float(ignore_value if ignore_value is not None else 0.0), out.data_ptr())
+
+
 def _launch_stats_ext(x, t, is_label, act, label_offset, ignore_value, backend, xent, gamma, mr=None, q=None,
                       conf=None):
     N, C, S = x.shape
     P = num_chunks(N, S, x.device)
     out = torch.empty((N, P, C, KX if xent else K), dtype=acc_dtype(x), device=x.device)
-    t, ts = target_args(t, is_label)
-    args = (x.data_ptr(), backends.dtype_code(x), *x.stride(),
-            t.data_ptr(), backends.dtype_code(t), int(is_label), *ts,
-            N, C, S, P, act, int(xent), float(gamma), label_offset, int(ignore_value is not None),
-            float(ignore_value if ignore_value is not None else 0.0), out.data_ptr())
+    args = _stats_ext_args(x, t, is_label, act, label_offset, ignore_value, xent, gamma, P, out)
     if backend == "cpu":
         backends._C.region_stats_cpu(*args, backends.cpu_threads(x.numel()), 0 if mr is None else mr.data_ptr(),
                                      *((0, 0, 0) if q is None else (q.data_ptr(), q.stride(0), q.stride(1))),
@@ -64,7 +73,7 @@ def _launch_stats_ext(x, t, is_label, act, label_offset, ignore_value, backend, 
     return out[:, 0] if P == 1 else out.sum(1)  # one chunk per image (N >= the workers): no sum op
 
 
-def _launch_grad_ext(x, t, g, is_label, act, label_offset, ignore_value, backend, xent, gamma, mr=None):
+def _launch_grad_ext(x, t, g, is_label, act, label_offset, ignore_value, backend, xent, gamma, mr=None, go=None):
     N, C, S = x.shape
     dx = backends.empty_output(x.shape, x.dtype, x.device, like=x)
     g = g.to(acc_dtype(x)).contiguous()
@@ -78,7 +87,7 @@ def _launch_grad_ext(x, t, g, is_label, act, label_offset, ignore_value, backend
         backends._C.region_grad_cpu(*args, backends.cpu_threads(x.numel()), 0 if mr is None else mr.data_ptr())
     else:
         with backends.cuda_launch(x.device) as (kernels, stream):
-            kernels.region_grad_cuda(*args, stream)
+            kernels.region_grad_cuda(*args, stream, go_ptr=0 if go is None else go.data_ptr())
     return dx
 
 
@@ -219,6 +228,89 @@ def _eager_ok(*tensors) -> bool:
     return not torch.compiler.is_compiling() and all(type(t) in (Tensor, torch.nn.Parameter) for t in tensors)
 
 
+# ---------------------------------------------------------------- CUDA: the whole loss (finish_loss)
+#
+# On the cuda backend finish_loss runs as on triton: the stats kernel (which
+# sets the label flag), region_finish_cuda (one block: the partial sums ->
+# the loss, dLoss/dStats at grad_output 1 and the flag's verdict), one
+# _assert_async; the backward is the grad kernel, which reads grad_output on
+# the device. No value reaches the host.
+
+# Largest C of region_finish_cuda (csrc/common/region.h kFinishMaxC).
+CUDA_FINISH_MAX_C = 1024
+
+
+def _loss_cuda(x: Tensor, target: Tensor, w: Optional[Tensor], pw: Optional[Tensor], is_label: bool, act: int,
+               label_offset: int, ignore_value: Optional[float], xent: int, gamma: float, fparams: List[float],
+               iparams: List[int], check: str = "", count: bool = False) -> Tuple[Tensor, Tensor, Tensor]:
+    """-> (the scalar loss, dLoss/dStats [N, C, KO] at grad_output 1, the confusion
+    counts [C, C] of the stats pass with ``count``, else [0, 0]) with the CUDA
+    kernels; the arguments as region_loss_triton's (see :func:`finish_loss`)."""
+    N, C, S = x.shape
+    KO = KX if xent else K
+    P = num_chunks(N, S, x.device)
+    acc = dict(dtype=acc_dtype(x), device=x.device)
+    part = torch.empty((N, P, C, KO), **acc)
+    flag = torch.zeros(1, dtype=torch.int32, device=x.device) if check else None
+    counts = (torch.zeros if count else torch.empty)((C, C) if count else (0, 0), dtype=torch.int64, device=x.device)
+    sums, coef, loss = torch.empty((N, C, KO), **acc), torch.empty((N, C, KO), **acc), torch.empty((), **acc)
+    ok = torch.empty(1, dtype=torch.uint8, device=x.device)
+    w, pw = (None if v is None else v.to(acc_dtype(x)).contiguous() for v in (w, pw))
+    ptr = lambda v: 0 if v is None else v.data_ptr()  # noqa: E731
+    with backends.cuda_launch(x.device) as (kernels, stream):
+        kernels.region_stats_cuda(*_stats_ext_args(x, target, is_label, act, label_offset, ignore_value, xent,
+                                                   gamma, P, part),
+                                  stream, flag_ptr=ptr(flag), confusion_ptr=ptr(counts if count else None))
+        kernels.region_finish_cuda(part.data_ptr(), sums.data_ptr(), coef.data_ptr(), loss.data_ptr(),
+                                   ok.data_ptr(), ptr(flag), ptr(w), ptr(pw), backends.dtype_code(part), N, C, P,
+                                   KO, *(float(v) for v in fparams), *(int(v) for v in iparams), int(xent), stream)
+    if check:
+        torch._assert_async(ok, check)
+    return loss, coef, counts
+
+
+def _grad_go_cuda(x: Tensor, target: Tensor, coef: Tensor, go: Tensor, is_label: bool, act: int,
+                  label_offset: int, ignore_value: Optional[float], xent: int, gamma: float) -> Tensor:
+    """dLoss/dx of region_loss_cuda: grad_output ``go`` (one value) times dLoss/dStats ``coef``, read by the kernel."""
+    return _launch_grad_ext(x, target, coef, is_label, act, label_offset, ignore_value, "cuda", xent, gamma,
+                            go=go.reshape(1).to(coef.dtype))
+
+
+region_loss_cuda_op = torch.library.custom_op("segfast::region_loss_cuda", _loss_cuda, mutates_args=())
+region_grad_go_cuda_op = torch.library.custom_op("segfast::region_grad_go_cuda", _grad_go_cuda, mutates_args=())
+
+
+@region_loss_cuda_op.register_fake
+def _(x, target, w, pw, is_label, act, label_offset, ignore_value, xent, gamma, fparams, iparams, check="",
+      count=False):
+    C = x.shape[1]
+    return (x.new_empty((), dtype=acc_dtype(x)), x.new_empty((x.shape[0], C, KX if xent else K), dtype=acc_dtype(x)),
+            x.new_empty((C, C) if count else (0, 0), dtype=torch.int64))
+
+
+@region_grad_go_cuda_op.register_fake
+def _(x, target, coef, go, is_label, act, label_offset, ignore_value, xent, gamma):
+    return torch.empty_like(x)
+
+
+def _setup_loss(ctx, inputs, output):
+    """setup_context of the whole-loss ops (region_loss_triton, region_loss_cuda)."""
+    x, target = inputs[:2]
+    ctx.save_for_backward(x, target, output[1])
+    ctx.args = tuple(inputs[4:10])  # is_label, act, label_offset, ignore_value, xent, gamma
+    ctx.mark_non_differentiable(output[1], output[2])
+    ctx.set_materialize_grads(False)  # no zeros for the coefficients' (absent) gradient
+
+
+def _backward_loss_cuda(ctx, grad, _grad_coef, _grad_counts):
+    x, target, coef = ctx.saved_tensors
+    dx = region_grad_go_cuda_op(x, target, coef, grad, *ctx.args)
+    return differentiable_once((dx,) + (None,) * 13, "region-loss")
+
+
+region_loss_cuda_op.register_autograd(_backward_loss_cuda, setup_context=_setup_loss)
+
+
 # ---------------------------------------------------------------- Triton
 
 @backends.triton_ops
@@ -328,13 +420,6 @@ def _register_triton_ops():
             torch._assert_async(ok, check)
         return loss, coef, counts
 
-    def _setup_loss(ctx, inputs, output):
-        x, target = inputs[:2]
-        ctx.save_for_backward(x, target, output[1])
-        ctx.args = tuple(inputs[4:10])  # is_label, act, label_offset, ignore_value, xent, gamma
-        ctx.mark_non_differentiable(output[1], output[2])
-        ctx.set_materialize_grads(False)  # no zeros for the coefficients' (absent) gradient
-
     def _backward_loss(ctx, grad, _grad_coef, _grad_counts):
         x, target, coef = ctx.saved_tensors
         dx = region_grad_triton_op(x, target, coef, *ctx.args, go=grad.reshape(1))
@@ -350,9 +435,21 @@ def _label_check(t: Tensor, is_label: bool, C: int, label_offset: int, ignore_va
     if not (is_label and backend in LABEL_CHECK_BACKENDS and t.numel() and not _common.host_checks(t.device)
             and not torch.compiler.is_compiling()):
         return ""
-    ign = None if ignore_value is None else (int(ignore_value) if float(ignore_value).is_integer()
-                                               else ignore_value)
-    return _common.label_message(t, C + label_offset, ign)
+    return _common.label_message(t, C + label_offset, _ignore_label(ignore_value))
+
+
+def _ignore_label(ignore_value: Optional[float]):
+    """The ignore value as the user's label: an int where integral."""
+    return None if ignore_value is None else (int(ignore_value) if float(ignore_value).is_integer()
+                                              else ignore_value)
+
+
+def _cuda_label_check(t: Tensor, is_label: bool, C: int, label_offset: int, ignore_value: Optional[float]) -> None:
+    """The labels' range check that :func:`prepare` leaves to the cuda kernels,
+    on the paths whose stats op has no flag (all but finish_loss): torch ops
+    and an assertion on the device."""
+    if _label_check(t, is_label, C, label_offset, ignore_value, "cuda"):
+        _common._check_labels(t, C + label_offset, _ignore_label(ignore_value))
 
 
 def plane_stats(x: Tensor, target: Tensor, is_label: bool, act: int, label_offset: int,
@@ -372,6 +469,8 @@ def plane_stats(x: Tensor, target: Tensor, is_label: bool, act: int, label_offse
     if not (gamma >= 0 and math.isfinite(gamma)):
         raise ValueError("gamma must be finite and >= 0")
     args = (x, target, is_label, act, label_offset, ignore_value)
+    if prepared and backend == "cuda":
+        _cuda_label_check(target, is_label, x.shape[1], label_offset, ignore_value)
     if confusion is not None:  # -------- confusion counts (see "confusion counts" below)
         if backend == "triton":
             check = _label_check(target, is_label, x.shape[1], label_offset, ignore_value, backend) if prepared else ""
@@ -425,11 +524,15 @@ def finish_loss(prep: tuple, *, weight=None, include_background: bool = True, ba
     focal loss (α = ``pw``) or the fused loss (``ws``, ``wp``)."""
     x, t, is_label, act, off, ign, backend = prep
     C = x.shape[1]
-    if not (backend == "triton" and reduction in ("mean", "sum") and not sync_stats
+    if not (backend in ("triton", "cuda") and reduction in ("mean", "sum") and not sync_stats
             and x.numel() and (include_background or C >= 2)):
         return None
-    from ..triton_kernels import region_finish as tf
-    if C > tf.MAX_C or not math.isfinite(xgamma) or (not is_label and t.requires_grad and torch.is_grad_enabled()):
+    if backend == "triton":
+        from ..triton_kernels import region_finish as tf
+        max_c, loss_op = tf.MAX_C, region_loss_triton_op
+    else:
+        max_c, loss_op = CUDA_FINISH_MAX_C, region_loss_cuda_op
+    if C > max_c or not math.isfinite(xgamma) or (not is_label and t.requires_grad and torch.is_grad_enabled()):
         return None
     w = check_weight(weight, C, x.device)
     if any(v is not None and v.requires_grad and torch.is_grad_enabled() for v in (w, pw)):
@@ -441,8 +544,8 @@ def finish_loss(prep: tuple, *, weight=None, include_background: bool = True, ba
     iparams = [int(gdl), int(batch), int(log_loss), c0]
     check = _label_check(t, is_label, C, off, ign, backend)
     w, pw = (None if v is None else v.float().contiguous() for v in (w, pw))  # a scalar weight is expanded
-    loss, _, counts = region_loss_triton_op(x, t, w, pw, is_label, act, off, ign, int(xent), float(xgamma),
-                                            fparams, iparams, check, confusion is not None)
+    loss, _, counts = loss_op(x, t, w, pw, is_label, act, off, ign, int(xent), float(xgamma),
+                              fparams, iparams, check, confusion is not None)
     if confusion is not None:
         confusion.add_(counts)
     return loss
