@@ -241,6 +241,18 @@ def test_monai_dice_ce(backend, kw, monai_losses):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("kw", [dict(softmax=True), dict(softmax=True, weight=torch.tensor([1.0, 2.0, 0.5, 3.0]),
+                                                         label_smoothing=0.1, reduction="sum"),
+                                dict(sigmoid=True, include_background=False, lambda_ce=0.5)], ids=str)
+def test_monai_dice_ce_dense_targets(backend, kw, monai_losses):
+    """One-hot and soft targets: the CE term is torch's cross entropy on class probabilities."""
+    x, _, soft, onehot = _data(backend)
+    theirs = dict(kw, weight=kw["weight"].double()) if "weight" in kw else kw
+    for target in (onehot, soft / soft.sum(1, keepdim=True)):
+        _compare(cm.DiceCELoss(backend=backend, **kw), monai_losses.DiceCELoss(**theirs), x, target)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("kw", [dict(to_onehot_y=True, softmax=True),
                                 dict(to_onehot_y=True, sigmoid=True, alpha=0.25, gamma=1.0, lambda_focal=2.0),
                                 dict(to_onehot_y=True, softmax=True, include_background=False)], ids=str)
@@ -528,25 +540,17 @@ def test_monai_focal_ignore_single_channel_and_no_spatial_dims(reduction, monai_
 
 
 def _kernels_only(monkeypatch):
-    """Record the kernel entry points of segfast._C that run, and make every
-    eager path fail: the references, and torch's own losses and log-softmax."""
+    """Record the kernel entry points of segfast._C that run; -> (calls, the
+    context in which segfast's eager paths fail: tools/peer_adapters/kernels_only.py)."""
+    import importlib.util
+    from pathlib import Path
+
     from segfast import backends
-    from segfast.reference import lovasz as ref_lovasz
-    from segfast.reference import pixel as ref_pixel
-    from segfast.reference import region as ref_region
 
-    def fail(name):
-        def f(*a, **kw):
-            raise AssertionError(f"eager fallback: {name}")
-        return f
-
-    for mod, names in ((ref_pixel, ["pixel_terms"]), (ref_region, ["region_stats", "region_loss"]),
-                       (ref_lovasz, ["lovasz_hinge", "lovasz_softmax"]),
-                       (torch.nn.functional, ["cross_entropy", "binary_cross_entropy_with_logits", "log_softmax",
-                                              "logsigmoid", "nll_loss"]),
-                       (torch, ["log_softmax"]), (torch.Tensor, ["log_softmax"])):
-        for name in names:
-            monkeypatch.setattr(mod, name, fail(f"{getattr(mod, '__name__', mod)}.{name}"))
+    path = Path(__file__).resolve().parents[1] / "tools" / "peer_adapters" / "kernels_only.py"
+    spec = importlib.util.spec_from_file_location("segfast_kernels_only", path)
+    guard = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(guard)
     calls = []
 
     class Recorder:
@@ -561,7 +565,7 @@ def _kernels_only(monkeypatch):
 
     real = backends._C
     monkeypatch.setattr(backends, "_C", Recorder())
-    return calls
+    return calls, guard.eager_paths_fail
 
 
 def _audit_cases():
@@ -590,6 +594,7 @@ def _audit_cases():
         ("monai.FocalLoss", cm.FocalLoss(use_softmax=True, include_background=False, reduction="none"), x, norm),
         ("monai.DiceCELoss", cm.DiceCELoss(softmax=True, to_onehot_y=True), x, L),
         ("monai.DiceCELoss", cm.DiceCELoss(sigmoid=True), x[:, :1], b),
+        ("monai.DiceCELoss", cm.DiceCELoss(softmax=True, label_smoothing=0.1), x, norm),
         ("monai.DiceFocalLoss", cm.DiceFocalLoss(softmax=True, to_onehot_y=True), x, L),
         ("monai.DiceFocalLoss", cm.DiceFocalLoss(sigmoid=True, alpha=0.25), x, onehot),
         ("smp.DiceLoss", cs.DiceLoss("multiclass"), x, y),
@@ -621,12 +626,12 @@ def test_compat_class_runs_kernels_only(case, monkeypatch):
     kernels of segfast._C run and no eager path does (the references,
     torch's losses and log-softmax all fail when called)."""
     name, loss, x, t = _audit_cases()[case]
-    calls = _kernels_only(monkeypatch)
+    calls, eager_paths_fail = _kernels_only(monkeypatch)
     xg = x.detach().requires_grad_(True)
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), eager_paths_fail():
         warnings.simplefilter("ignore")
         out = loss(xg, t)
-    out.sum().backward()
+        out.sum().backward()
     assert calls, name
     assert xg.grad is not None and torch.isfinite(xg.grad).all()
 

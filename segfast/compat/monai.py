@@ -492,7 +492,9 @@ class DiceCELoss(torch.nn.modules.loss._Loss):
     ``softmax=True, to_onehot_y=True`` and class-index targets the
     cross-entropy sums come out of the Dice kernels (two passes over the logits
     in all, as ``segfast.dice_ce_loss``); otherwise the terms run side by side,
-    and soft (C-channel) targets take torch's cross_entropy for the CE term.
+    on segfast's kernels: one-hot or soft (C-channel) targets take torch's
+    cross entropy on class probabilities (the mean over pixels, weights not
+    normalized) from the softmax focal kernel at gamma = 0.
     {torchscript}
 
     Args:
@@ -582,9 +584,25 @@ class DiceCELoss(torch.nn.modules.loss._Loss):
             ce = F.cross_entropy(input, target[:, 0].long(), weight=self.ce_weight, reduction=self.reduction,
                                  label_smoothing=self.label_smoothing, backend=self.backend)
         else:
-            ce = torch.nn.functional.cross_entropy(input, target.to(input.dtype), weight=self.ce_weight,
-                                                   reduction=self.reduction, label_smoothing=self.label_smoothing)
+            ce = self._dense_ce(input, target)
         return self.lambda_dice * dice + self.lambda_ce * ce
+
+    def _dense_ce(self, input: Tensor, target: Tensor) -> Tensor:
+        """torch's cross entropy on class probabilities (one-hot or soft
+        targets [N, C, *]), -Σ_c w_c·t_c·log p_c per pixel, summed or averaged
+        over the pixels: the softmax focal kernel at gamma = 0."""
+        from ..ops import pixel as _pixel
+
+        C = input.shape[1]
+        t = target if target.dtype.is_floating_point else target.to(input.dtype)
+        eps = float(self.label_smoothing)
+        if eps:
+            t = t * (1.0 - eps) + eps / C
+        x, t, _, _, _, _, backend = _region.canonical(input, t, act=_region.ACT["softmax"], backend=self.backend)
+        w = None if self.ce_weight is None else _common.check_weight(self.ce_weight, C, x.device)
+        scale = 1.0 / max(x.shape[0] * x.shape[2], 1) if self.reduction == "mean" else 1.0
+        return _pixel.pixel_loss(x, t, False, _pixel.FOCAL_SOFTMAX, gamma=0.0, weight=w, scale0=scale,
+                                 backend=backend)
 
 
 class DiceFocalLoss(torch.nn.modules.loss._Loss):
