@@ -247,8 +247,8 @@ segfast::pixel::Problem make_pixel_problem(SEGFAST_PIXEL_ARGS) {
                    S, 0, label_offset, has_ignore, ignore_value);
   if (kind < kCE || kind > kFocalSigmoid)
     throw std::invalid_argument("segfast._C: pixel loss kind must be 0-4");
-  if (is_softmax_kind(int(kind)) && !t_is_label)
-    throw std::invalid_argument("segfast._C: softmax pixel losses take class-index targets");
+  if (is_softmax_kind(int(kind)) && kind != kFocalSoftmax && !t_is_label)
+    throw std::invalid_argument("segfast._C: softmax pixel losses other than focal take class-index targets");
   if (C < 1) throw std::invalid_argument("segfast._C: pixel losses need C >= 1");
   if (kind == kFused && C < 2) throw std::invalid_argument("segfast._C: the fused loss needs C >= 2");
   if (C >= (int64_t(1) << 31)) throw std::invalid_argument("segfast._C: C too large");

@@ -108,7 +108,12 @@ OPS["focal_sigmoid"] = (lambda x, y, backend=None: F.focal_loss(x, y, mode="mult
 # BCE on dense (one-hot, float) targets of the logits' shape: DENSE_TARGETS.
 OPS["bce"] = (lambda x, y, backend=None: F.binary_cross_entropy_with_logits(x, y, backend=backend),
               torch.nn.functional.binary_cross_entropy_with_logits, None, 1, 1)
-DENSE_TARGETS = ("bce",)
+# The softmax focal loss on dense (one-hot, float) targets: MONAI's FocalLoss(use_softmax=True) without to_onehot_y.
+OPS["focal_dense"] = (lambda x, y, backend=None: F.focal_loss(x, y, mode="multiclass", backend=backend),
+                      lambda x, y: (ref_pixel.pixel_terms(x.flatten(2), y.flatten(2), False, ref_pixel.FOCAL_SOFTMAX)[0]
+                                    .sum() / (y.numel() // y.shape[1])),
+                      lambda: importlib.import_module("monai.losses").FocalLoss(use_softmax=True), 1, 1)
+DENSE_TARGETS = ("bce", "focal_dense")
 
 
 def _compat(module, name, *args, labels_1=False, **kw):
@@ -153,6 +158,7 @@ COMPAT = {
                                            labels_1=True)},
     "focal": {"compat_monai": _compat("compat.monai", "FocalLoss", use_softmax=True, to_onehot_y=True,
                                       labels_1=True)},
+    "focal_dense": {"compat_monai": _compat("compat.monai", "FocalLoss", use_softmax=True)},
     "focal_sigmoid": {"smp": _compat("smp", "FocalLoss", "multiclass"),
                       "compat_smp": _compat("compat.smp", "FocalLoss", "multiclass")},
     "bce": {"smp": _compat("smp", "SoftBCEWithLogitsLoss"),

@@ -455,7 +455,7 @@ def _pixel_reduce(x, t, is_label, kind, reduction, norm, *, spatial, **kw):
     if reduction == "none":
         m = _pixel.pixel_loss(x, t, is_label, kind, reduce=False, **kw)
         N = x.shape[0]
-        return m.view(N, *spatial) if kind in _pixel.SOFTMAX_KINDS else m.view(N, x.shape[1], *spatial)
+        return m.view(N, *spatial) if _pixel.per_pixel(kind, is_label) else m.view(N, x.shape[1], *spatial)
     norm = norm if reduction == "mean" else _pixel.NORM_SUM
     return _pixel.pixel_loss(x, t, is_label, kind, norm=norm, reduce=True, **kw)
 
@@ -643,7 +643,12 @@ def focal_loss(input: Tensor, target: Tensor, *, mode: str = "binary", alpha=Non
     ``sigmoid_focal_loss``: bce·(1 - p_t)^γ·α_t, α_t = α·t + (1 - α)(1 - t);
     mean over the valid elements. ``mode="multiclass"``: the softmax form
     -α_c·(1 - p_t)^γ·log p_t on class-index targets; mean over the valid
-    pixels (not weighted by α). Dense targets are used as given (soft targets
+    pixels (not weighted by α). On dense (one-hot or soft) targets the
+    softmax form is MONAI's ``softmax_focal_loss``,
+    -Σ_c α_c·t_c·(1 - p_c)^γ·log p_c per pixel, one term per element (so
+    one-hot targets give the loss of their class indices), mean over the
+    valid pixels; ``ignore_index`` there drops every pixel with a channel
+    equal to it. Dense targets are used as given (soft targets
     in [0, 1]); where a value outside [0, 1] makes 1 - p_t <= 0, the factor
     (1 - p_t)^γ and its gradient are taken as 0 (1 for γ = 0), on every
     backend. One pass over the logits.
@@ -652,7 +657,8 @@ def focal_loss(input: Tensor, target: Tensor, *, mode: str = "binary", alpha=Non
         input: logits (N, C, *spatial) (C = 1 for "binary").
         target: sigmoid form: float/bool targets of the input's shape or class
             indices (one-hot per channel; {0, 1} for C = 1); softmax form:
-            class indices (N, *spatial).
+            class indices (N, *spatial), or float/bool one-hot or soft targets
+            of the input's shape.
         mode: "binary", "multilabel" or "multiclass".
         alpha: sigmoid form: a number <= 1 (default 0.25; negative disables
             it); softmax form: None (1), a number, or one per class.
@@ -660,7 +666,8 @@ def focal_loss(input: Tensor, target: Tensor, *, mode: str = "binary", alpha=Non
         weight: per-class factors [C] (or a scalar), >= 0, in both forms.
         ignore_index: label (or dense target value) that counts nowhere.
         reduction: "mean", "sum" or "none" ([N, C, *spatial] for the sigmoid
-            form, [N, *spatial] for the softmax form).
+            form and the softmax form on dense targets, [N, *spatial] for the
+            softmax form on class indices).
         backend: "triton", "cuda", "cpu" or "torch"; None picks the device's
             default (see :mod:`segfast.backends`).
 
@@ -672,7 +679,7 @@ def focal_loss(input: Tensor, target: Tensor, *, mode: str = "binary", alpha=Non
         ValueError: an unknown ``mode``, ``gamma`` < 0, ``alpha`` > 1 in the
             sigmoid form, C != 1 with ``mode="binary"``, shapes that do not fit,
             labels out of range.
-        TypeError: dense targets in the softmax form, an unsupported dtype.
+        TypeError: an unsupported dtype.
         RuntimeError: a ``backend`` that is not built or does not fit the device.
 
     Example:
@@ -684,12 +691,21 @@ def focal_loss(input: Tensor, target: Tensor, *, mode: str = "binary", alpha=Non
         >>> labels = torch.zeros(2, 8, 8, dtype=torch.long)
         >>> round(segfast.focal_loss(torch.zeros(2, 4, 8, 8), labels, mode="multiclass").item(), 4)
         0.7798
+        >>> onehot = torch.nn.functional.one_hot(labels, 4).permute(0, 3, 1, 2).float()
+        >>> round(segfast.focal_loss(torch.zeros(2, 4, 8, 8), onehot, mode="multiclass").item(), 4)
+        0.7798
     """
     if gamma < 0:
         raise ValueError("gamma must be >= 0")
     if mode == "multiclass":
-        x, t, is_label, _, off, ign, backend = _softmax_labels(input, target, ignore_index, backend, "focal_loss",
-                                                                   reduction)
+        if target.dtype.is_floating_point or target.dtype == torch.bool:  # one-hot / soft targets
+            if input.dim() >= 2 and input.shape[1] < 2:
+                raise ValueError("focal_loss needs C >= 2 channels (a softmax over one channel is constant)")
+            x, t, is_label, _, off, ign, backend = _region.canonical(
+                input, target, act=_region.ACT["softmax"], ignore_index=ignore_index, backend=backend)
+        else:
+            x, t, is_label, _, off, ign, backend = _softmax_labels(input, target, ignore_index, backend,
+                                                                   "focal_loss", reduction)
         C = x.shape[1]
         a = _region.check_weight(1.0 if alpha is None else alpha, C, x.device)
         w = _region.check_weight(weight, C, x.device)

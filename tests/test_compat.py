@@ -241,6 +241,18 @@ def test_monai_dice_ce(backend, kw, monai_losses):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("kw", [dict(softmax=True), dict(softmax=True, weight=torch.tensor([1.0, 2.0, 0.5, 3.0]),
+                                                         label_smoothing=0.1, reduction="sum"),
+                                dict(sigmoid=True, include_background=False, lambda_ce=0.5)], ids=str)
+def test_monai_dice_ce_dense_targets(backend, kw, monai_losses):
+    """One-hot and soft targets: the CE term is torch's cross entropy on class probabilities."""
+    x, _, soft, onehot = _data(backend)
+    theirs = dict(kw, weight=kw["weight"].double()) if "weight" in kw else kw
+    for target in (onehot, soft / soft.sum(1, keepdim=True)):
+        _compare(cm.DiceCELoss(backend=backend, **kw), monai_losses.DiceCELoss(**theirs), x, target)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("kw", [dict(to_onehot_y=True, softmax=True),
                                 dict(to_onehot_y=True, sigmoid=True, alpha=0.25, gamma=1.0, lambda_focal=2.0),
                                 dict(to_onehot_y=True, softmax=True, include_background=False)], ids=str)
@@ -525,3 +537,128 @@ def test_monai_focal_ignore_single_channel_and_no_spatial_dims(reduction, monai_
         for sm in (False, True):
             kw = dict(to_onehot_y=True, ignore_index=255, reduction=reduction, use_softmax=sm)
             _compare(cm.FocalLoss(**kw), monai_losses.FocalLoss(**kw), x2, y2)
+
+
+def _kernels_only(monkeypatch):
+    """Record the kernel entry points of segfast._C that run; -> (calls, the
+    context in which segfast's eager paths fail: tools/peer_adapters/kernels_only.py)."""
+    import importlib.util
+    from pathlib import Path
+
+    from segfast import backends
+
+    path = Path(__file__).resolve().parents[1] / "tools" / "peer_adapters" / "kernels_only.py"
+    spec = importlib.util.spec_from_file_location("segfast_kernels_only", path)
+    guard = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(guard)
+    calls = []
+
+    class Recorder:
+        def __getattr__(self, name):
+            fn = getattr(real, name)
+            if callable(fn) and name.endswith("_cpu"):
+                def call(*a, **kw):
+                    calls.append(name)
+                    return fn(*a, **kw)
+                return call
+            return fn
+
+    real = backends._C
+    monkeypatch.setattr(backends, "_C", Recorder())
+    return calls, guard.eager_paths_fail
+
+
+def _audit_cases():
+    """(name, loss, input, target) for each compat class and the argument sets it runs on kernels."""
+    x, y, soft, onehot = _data("cpu", dtype=torch.float32)
+    y = y.clamp(0, 3)
+    soft, onehot = soft.float(), onehot.float()
+    norm = soft / soft.sum(1, keepdim=True)
+    yi = y.clone()
+    yi[0, :3] = 255
+    b = (soft[:, :1] > 0.5).float()
+    L = y[:, None]
+    cases = [
+        ("monai.DiceLoss", cm.DiceLoss(softmax=True, to_onehot_y=True), x, L),
+        ("monai.DiceLoss", cm.DiceLoss(sigmoid=True, batch=True), x, onehot),
+        ("monai.DiceLoss", cm.DiceLoss(softmax=True, soft_label=True, ignore_index=1), x, onehot),
+        ("monai.GeneralizedDiceLoss", cm.GeneralizedDiceLoss(softmax=True, to_onehot_y=True), x, L),
+        ("monai.TverskyLoss", cm.TverskyLoss(softmax=True, to_onehot_y=True, alpha=0.3, beta=0.7), x, L),
+        ("monai.TverskyLoss", cm.TverskyLoss(sigmoid=True), x, soft),
+        ("monai.FocalLoss", cm.FocalLoss(), x, onehot),
+        ("monai.FocalLoss", cm.FocalLoss(to_onehot_y=True, alpha=[0.1, 0.5, 2.0, 0.7]), x, L),
+        ("monai.FocalLoss", cm.FocalLoss(to_onehot_y=True, use_softmax=True, ignore_index=255), x, yi[:, None]),
+        ("monai.FocalLoss", cm.FocalLoss(use_softmax=True), x, onehot),
+        ("monai.FocalLoss", cm.FocalLoss(use_softmax=True, alpha=0.3, reduction="sum"), x, norm),
+        ("monai.FocalLoss", cm.FocalLoss(use_softmax=True, ignore_index=2, reduction="sum"), x, onehot),
+        ("monai.FocalLoss", cm.FocalLoss(use_softmax=True, include_background=False, reduction="none"), x, norm),
+        ("monai.DiceCELoss", cm.DiceCELoss(softmax=True, to_onehot_y=True), x, L),
+        ("monai.DiceCELoss", cm.DiceCELoss(sigmoid=True), x[:, :1], b),
+        ("monai.DiceCELoss", cm.DiceCELoss(softmax=True, label_smoothing=0.1), x, norm),
+        ("monai.DiceFocalLoss", cm.DiceFocalLoss(softmax=True, to_onehot_y=True), x, L),
+        ("monai.DiceFocalLoss", cm.DiceFocalLoss(sigmoid=True, alpha=0.25), x, onehot),
+        ("smp.DiceLoss", cs.DiceLoss("multiclass"), x, y),
+        ("smp.DiceLoss", cs.DiceLoss("multilabel"), x, onehot),
+        ("smp.DiceLoss", cs.DiceLoss("binary"), x[:, :1], b),
+        ("smp.JaccardLoss", cs.JaccardLoss("multiclass"), x, y),
+        ("smp.TverskyLoss", cs.TverskyLoss("multiclass", alpha=0.3, beta=0.7), x, y),
+        ("smp.FocalLoss", cs.FocalLoss("multiclass"), x, y),
+        ("smp.FocalLoss", cs.FocalLoss("multilabel"), x, onehot),
+        ("smp.FocalLoss", cs.FocalLoss("binary"), x[:, :1], b),
+        ("smp.SoftBCEWithLogitsLoss", cs.SoftBCEWithLogitsLoss(smooth_factor=0.1), x, onehot),
+        ("smp.SoftCrossEntropyLoss", cs.SoftCrossEntropyLoss(smooth_factor=0.1), x, y),
+        ("smp.LovaszLoss", cs.LovaszLoss("multiclass"), x, y),
+        ("smp.LovaszLoss", cs.LovaszLoss("multilabel"), x, onehot),
+        ("smp.LovaszLoss", cs.LovaszLoss("binary"), x[:, :1], b),
+    ]
+    return cases
+
+
+def test_every_compat_class_is_audited():
+    names = {c[0] for c in _audit_cases()}
+    assert names == ({f"monai.{n}" for n in cm.__all__ if n != "ShapeError"}
+                     | {f"smp.{n}" for n in cs.__all__ if n.endswith("Loss")})
+
+
+@pytest.mark.parametrize("case", range(len(_audit_cases())))
+def test_compat_class_runs_kernels_only(case, monkeypatch):
+    """Each compat class, forward and backward, on the cpu backend: the
+    kernels of segfast._C run and no eager path does (the references,
+    torch's losses and log-softmax all fail when called)."""
+    name, loss, x, t = _audit_cases()[case]
+    calls, eager_paths_fail = _kernels_only(monkeypatch)
+    xg = x.detach().requires_grad_(True)
+    with warnings.catch_warnings(), eager_paths_fail():
+        warnings.simplefilter("ignore")
+        out = loss(xg, t)
+        out.sum().backward()
+    assert calls, name
+    assert xg.grad is not None and torch.isfinite(xg.grad).all()
+
+
+def test_every_compat_class_has_a_benchmark_row():
+    """segfast-bench times each compat class beside the native call and the peer."""
+    import inspect
+
+    from segfast import bench
+
+    rows = {(inspect.getclosurevars(make).nonlocals["module"], inspect.getclosurevars(make).nonlocals["name"])
+            for extra in bench.COMPAT.values() for key, make in extra.items() if key.startswith("compat_")}
+    want = ({("compat.monai", n) for n in cm.__all__ if n != "ShapeError"}
+            | {("compat.smp", n) for n in cs.__all__ if n.endswith("Loss")})
+    assert want <= rows, want - rows
+
+
+def test_dense_softmax_focal_benchmark_rows(monai_losses):
+    """The dense-target focal case: one-hot float targets; the compat row gives MONAI's value."""
+    from segfast import bench
+
+    c = bench.Case("focal_dense", (2, 3, 16, 16), torch.float32, torch.float32)
+    x, y = bench.make_inputs(c, torch.device("cpu"))
+    assert y.shape == x.shape and y.dtype == torch.float32
+    run = bench.runners(c, torch.device("cpu"))
+    assert {"cpu", "reference", "monai", "compat_monai"} <= set(run), set(run)
+    vals = {name: float(fn(x, y).detach()) for name, fn in run.items()}
+    assert vals["compat_monai"] == pytest.approx(vals["monai"], rel=1e-5)
+    assert vals["cpu"] == pytest.approx(vals["reference"], rel=1e-5)
+    assert vals["cpu"] == pytest.approx(3 * vals["monai"], rel=1e-5)  # native: mean over pixels, MONAI: elements

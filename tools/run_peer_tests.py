@@ -12,7 +12,9 @@ scratch directory). Only the import is swapped: the adapter
 peer's names (``segmentation_models_pytorch.losses.DiceLoss``,
 ``monai.losses.DiceLoss``, ``torchvision.ops.box_iou``, ...) at segfast's
 before the test modules import them. Test bodies and expected values stay
-the peer's.
+the peer's. For MONAI and smp the plugin tools/peer_adapters/kernels_only.py
+runs too: while a compat class runs, every eager path of segfast fails, so a
+case passes only on segfast's kernels.
 
 Where the tests come from: a pinned source archive per peer (ARCHIVES),
 downloaded into a cache directory ($SEGFAST_PEER_CACHE, default
@@ -158,11 +160,15 @@ def run(peer: str, src: Path | None = None, timeout: float = 900, swap: bool = T
         for f in spec["tests"] + spec["keep"] + [f for f in spec.get("optional", []) if (src / f).is_file()]:
             (work / f).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(src / f, work / f)
+        plugins = []
         if swap:
             shutil.copyfile(ADAPTERS / f"{peer}.py", work / "conftest.py")
+            if peer in ("monai", "smp"):
+                shutil.copyfile(ADAPTERS / "kernels_only.py", work / "kernels_only.py")
+                plugins = ["-p", "kernels_only"]
         (work / "pytest.ini").write_text("[pytest]\naddopts = -p no:cacheprovider\n")
         report = work / "report.xml"
-        cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:randomly", f"--junitxml={report}",
+        cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:randomly", *plugins, f"--junitxml={report}",
                "-W", "ignore::DeprecationWarning", *spec["tests"]]
         if spec["select"]:
             cmd += ["-k", spec["select"]]

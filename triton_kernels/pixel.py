@@ -28,7 +28,9 @@ index and counts as invalid (contributes 0; the Python layer rejects such
 labels beforehand); for the sigmoid kinds it is a valid pixel with an
 all-zero target, as in the reference (binary labels {0, 1} with C = 1 and
 label_offset = 1), like csrc/common/pixel.h. Dense targets (sigmoid kinds):
-v = !(t == ignore) per element, t = 0 where invalid.
+v = !(t == ignore) per element, t = 0 where invalid. FOCAL_SOFTMAX on dense
+targets has a kernel of its own (``_pixel_softmax_dense_kernel``): one term
+per element, a pixel with any channel equal to the ignore value invalid.
 
 Closed-form gradients, with p = softmax(x), y the label, s = sigmoid(x); the
 softmax dx of every kind has the form
@@ -72,6 +74,7 @@ import triton.language as tl
 
 from ._common import (blocks, chunk_bounds, chunk_len, chunks, load_labels, load_target_tile, load_tile,
                       target_args, wrap)
+from .region import _softmax_max_rsum
 
 CE, FOCAL_SOFTMAX, FUSED, BCE, FOCAL_SIGMOID = 0, 1, 2, 3, 4
 SOFTMAX_KINDS = (CE, FOCAL_SOFTMAX, FUSED)
@@ -396,6 +399,118 @@ def _pixel_softmax_kernel(
 
 
 # --------------------------------------------------------------------------
+# softmax focal on dense targets
+# --------------------------------------------------------------------------
+
+@triton.jit
+def _pixel_softmax_dense_kernel(
+    x_ptr, t_ptr, w_ptr, go_ptr, loss_ptr, map_ptr, dx_ptr,
+    C, S, P, L,
+    sxn, sxc, sxs,
+    stn, stc, sts,
+    sdn, sdc, sds,
+    ign_f, gamma, scale0,
+    HAS_IGNORE: tl.constexpr, HAS_W: tl.constexpr, WANT_LOSS: tl.constexpr, WANT_MAP: tl.constexpr,
+    HAS_GO: tl.constexpr, WANT_DX: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr,
+):
+    """FOCAL_SOFTMAX on dense targets [N, C, S], one term per element
+    (MONAI's softmax_focal_loss): l_c = -w_c·t_c·(1 - p_c)^gamma·log p_c and
+    dx_c = p_c·Σ_k g_k·aq_k - g_c·aq_c with aq_c = w_c·t_c·q_c, q = -df/dlog p.
+    Class chunks of BLOCK_C: an online pass for max and sum of exp, a pass
+    for the terms (loss, map, Σ g·aq), a pass for dx. A pixel with any
+    channel equal to the ignore value counts nowhere. map and go: [N, C, S]."""
+    pid = tl.program_id(0).to(tl.int64)
+    n64, start, end = chunk_bounds(pid, P, L, S)
+    x_base = x_ptr + n64 * sxn
+    t_base = t_ptr + n64 * stn
+    dx_base = dx_ptr + n64 * sdn
+    ar_c = tl.arange(0, BLOCK_C)
+    ar_s = tl.arange(0, BLOCK_S)
+    acc = tl.zeros([BLOCK_S], tl.float32)
+    for s0 in range(start, end, BLOCK_S):
+        s64 = s0 + ar_s.to(tl.int64)
+        smask = s64 < end
+        m, rl = _softmax_max_rsum(x_base, s64, smask, C, sxc, sxs, BLOCK_C, BLOCK_S)
+        ls = 1.0 / rl
+        lls = tl.log(ls)
+        lp = tl.zeros([BLOCK_S], tl.float32)
+        bsum = tl.zeros([BLOCK_S], tl.float32)
+        nbad = tl.zeros([BLOCK_S], tl.int32)
+        for c0 in range(0, C, BLOCK_C):
+            c64 = c0 + ar_c.to(tl.int64)
+            cmask = c64 < C
+            mask = cmask[:, None] & smask[None, :]
+            x = load_tile(x_base, c64, s64, sxc, sxs, mask)
+            t = load_tile(t_base, c64, s64, stc, sts, mask)
+            if HAS_IGNORE:
+                bad = mask & (t == ign_f)
+                nbad += tl.sum(bad.to(tl.int32), axis=0)
+                t = tl.where(bad, 0.0, t)
+            if HAS_W:
+                wc = tl.load(w_ptr + c64, mask=cmask, other=0).to(tl.float32)[:, None]
+            else:
+                wc = 1.0
+            l, aq, p = _dense_focal(x, t, wc, m, ls, lls, gamma)
+            l = tl.where(mask, l, 0.0)
+            lp += tl.sum(l, axis=0)
+            moff = (n64 * C + c64[:, None]) * S + s64[None, :]
+            if HAS_GO:
+                g = tl.load(go_ptr + moff, mask=mask, other=0).to(tl.float32)
+            else:
+                g = 1.0
+            bsum += tl.sum(tl.where(mask, g * aq, 0.0), axis=0)
+            if WANT_MAP:
+                tl.store(map_ptr + moff, scale0 * l, mask=mask)
+        valid = smask & (nbad == 0)
+        acc += tl.where(valid, lp, 0.0)
+        if WANT_MAP:
+            if HAS_IGNORE:
+                for c0 in range(0, C, BLOCK_C):
+                    c64 = c0 + ar_c.to(tl.int64)
+                    mask = (c64 < C)[:, None] & (smask & (nbad > 0))[None, :]
+                    tl.store(map_ptr + (n64 * C + c64[:, None]) * S + s64[None, :],
+                             tl.zeros([BLOCK_C, BLOCK_S], tl.float32), mask=mask)
+        if WANT_DX:
+            gv = tl.where(valid, scale0, 0.0)[None, :]  # 0·d: NaN stays NaN, as the reference
+            for c0 in range(0, C, BLOCK_C):
+                c64 = c0 + ar_c.to(tl.int64)
+                cmask = c64 < C
+                mask = cmask[:, None] & smask[None, :]
+                x = load_tile(x_base, c64, s64, sxc, sxs, mask)
+                t = tl.where(valid[None, :], load_tile(t_base, c64, s64, stc, sts, mask), 0.0)
+                if HAS_W:
+                    wc = tl.load(w_ptr + c64, mask=cmask, other=0).to(tl.float32)[:, None]
+                else:
+                    wc = 1.0
+                l, aq, p = _dense_focal(x, t, wc, m, ls, lls, gamma)
+                if HAS_GO:
+                    g = tl.load(go_ptr + (n64 * C + c64[:, None]) * S + s64[None, :], mask=mask,
+                                other=0).to(tl.float32)
+                else:
+                    g = 1.0
+                dx = gv * (p * bsum[None, :] - g * aq)
+                tl.store(dx_base + c64[:, None] * sdc + s64[None, :] * sds,
+                         dx.to(dx_ptr.dtype.element_ty), mask=mask)
+    if WANT_LOSS:
+        tl.store(loss_ptr + pid * 2, tl.sum(acc, axis=0))
+        tl.store(loss_ptr + pid * 2 + 1, 0.0)
+
+
+@triton.jit
+def _dense_focal(x, t, wc, m, ls, lls, gamma):
+    """(l, aq, p) of a [BLOCK_C, BLOCK_S] tile (csrc/common/pixel.h
+    dense_focal_term); m, ls, lls: the pixels' max, sum of exp and its log."""
+    e = tl.exp(x - m[None, :])
+    p = e / ls[None, :]
+    om = (ls[None, :] - e) / ls[None, :]  # 1 - p
+    logp = (x - m[None, :]) - lls[None, :]
+    pg = _pow(tl.maximum(om, 0.0), gamma)
+    ratio = tl.where(om > 0.0, logp / tl.where(om > 0.0, om, 1.0), 0.0)
+    a = wc * t
+    return -a * pg * logp, a * (pg - gamma * p * pg * ratio), p
+
+
+# --------------------------------------------------------------------------
 # sigmoid kinds (BCE, FOCAL_SIGMOID)
 # --------------------------------------------------------------------------
 
@@ -539,8 +654,9 @@ def launch_pixel(x, t, t_is_label: bool, N: int, C: int, S: int, P: int, kind: i
     """Pixel-loss sums / map / gradient; see the module doc.
 
     x: [N, C, S] logits (any strides, f32/f16/bf16); t: [N, S] labels if
-    ``t_is_label`` else [N, C, S] dense (sigmoid kinds only; bool is viewed as
-    uint8). w, pw: [C], beta: [N] contiguous float32 or None. loss, map, go,
+    ``t_is_label`` else [N, C, S] dense (sigmoid kinds and FOCAL_SOFTMAX, whose
+    map and go are then [N, C, S]; bool is viewed as uint8). w, pw: [C],
+    beta: [N] contiguous float32 or None. loss, map, go,
     dx: tensors or None (see the module doc for layouts); every given output
     is fully written. ``block_s`` / ``block_c`` override the tile (tests,
     tuning).
@@ -559,8 +675,10 @@ def launch_pixel(x, t, t_is_label: bool, N: int, C: int, S: int, P: int, kind: i
     if kind not in SOFTMAX_KINDS + SIGMOID_KINDS:
         raise ValueError(f"unknown pixel loss kind {kind}")
     softmax = kind in SOFTMAX_KINDS
-    if softmax and not t_is_label:
-        raise ValueError("softmax pixel losses take class-index targets")
+    if softmax and not t_is_label and kind != FOCAL_SOFTMAX:
+        raise ValueError("softmax pixel losses other than focal take class-index targets")
+    if softmax and not t_is_label and (out is not None or den is not None):
+        raise ValueError("the in-kernel reduction takes class-index targets")
     if (out is not None or den is not None) and not softmax:
         raise ValueError("the in-kernel reduction and the scalar grad_output are for the softmax kinds")
     want_loss, want_map, want_dx = loss is not None, map is not None, dx is not None
@@ -578,7 +696,9 @@ def launch_pixel(x, t, t_is_label: bool, N: int, C: int, S: int, P: int, kind: i
     t, (stn, stc, sts), has_ignore, ign_i, ign_f = target_args(t, t_is_label, has_ignore,
                                                                ignore_value)
 
-    BLOCK_S = block_pixels(kind, C, block_s, block_c)
+    dense_softmax = softmax and not t_is_label
+    BLOCK_S = (_blocks(C, block_s, block_c)[2] if dense_softmax
+               else block_pixels(kind, C, block_s, block_c))
     if want_loss:
         P = int(P)
         L = chunk_len(S, P, BLOCK_S)
@@ -595,7 +715,18 @@ def launch_pixel(x, t, t_is_label: bool, N: int, C: int, S: int, P: int, kind: i
     dx_ = dx if want_dx else x
     sd = (dx.stride(0), dx.stride(1), dx.stride(2)) if want_dx else (0, 0, 0)
     common = dict(WANT_LOSS=want_loss, WANT_MAP=want_map, WANT_DX=want_dx, BLOCK_S=BLOCK_S)
-    if softmax:
+    if dense_softmax:
+        wrap(_pixel_softmax_dense_kernel)[(N * P,)](
+            x, t, w_, go_, loss_, map_, dx_,
+            C, S, P, L,
+            x.stride(0), x.stride(1), x.stride(2),
+            stn, stc, sts,
+            sd[0], sd[1], sd[2],
+            ign_f, float(gamma), float(scale0),
+            HAS_IGNORE=bool(has_ignore), HAS_W=w is not None, HAS_GO=has_go,
+            BLOCK_C=_blocks(C, block_s, block_c)[1], num_warps=NUM_WARPS, **common,
+        )
+    elif softmax:
         finish = out is not None
         if finish and loss.numel() < N * P * 4:
             raise ValueError(f"the reduction workspace needs {N * P * 4} elements, got {loss.numel()}")

@@ -9,7 +9,8 @@
 // per-pixel coefficients of the gradient,
 //   dx_c = e_c * (c == 0 ? k0 : k1) + [c == y] * kb + w_c * kw,
 // with e_c the stored exponentials (see softmax_pixel). Sigmoid kinds (BCE,
-// FOCAL_SIGMOID) give one term per element (sigmoid_term).
+// FOCAL_SIGMOID) give one term per element (sigmoid_term), and so does
+// FOCAL_SOFTMAX on dense targets (dense_focal_term).
 #pragma once
 
 #include <cmath>
@@ -269,6 +270,28 @@ SEGFAST_HD void softmax_pixel(bool valid, T m, T sum, T so, T mfg, T sumfg, T e0
   *k1 = gv * c1;
   *kb = gv * b;
   *kw = gv * cw;
+}
+
+// ---- softmax focal on dense targets: one element -----------------------------------
+
+// Element c of a pixel (MONAI's softmax_focal_loss on one-hot or soft targets):
+// xc its logit, m the pixel's max, ec = exp(xc - m), sum = sum_k e_k, lsum =
+// log(sum), tc the target (0 where ignored), wc the class weight. Out: the
+// loss l = -wc·tc·(1 - p)^gamma·log p, aq = wc·tc·q with q = -df/dlog p of
+// f = -(1 - p)^gamma·log p, and p. The pixel's gradient is
+//   dx_c = p_c·Σ_k g_k·aq_k - g_c·aq_c   (g: grad_output of each element).
+template <typename T>
+SEGFAST_HD void dense_focal_term(T xc, T ec, T m, T sum, T lsum, T tc, T wc, const Focal<T>& f,
+                                 T* l, T* aq, T* p) {
+  const T logp = (xc - m) - lsum;
+  const T pc = div_sum(ec, sum);
+  const T om = div_sum(sum - ec, sum);  // 1 - p
+  const T pg = pow_gamma(om, f);
+  const T pg1 = dpow_gamma(om, f.gamma, pg);
+  const T a = wc * tc;
+  *l = -a * pg * logp;
+  *aq = a * (pg - pg1 * pc * logp);
+  *p = pc;
 }
 
 // Class of a label pixel for the softmax kinds, or -1 (ignored, or outside

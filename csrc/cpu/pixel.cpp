@@ -59,6 +59,7 @@ struct Workspace {
   std::vector<T> tv;  // dense validity row [tile]
   std::vector<T> m, mfg, sum, sumfg, so, xy, x0, wx, g, l0, l1, k0, k1, kb, kw;  // [tile]
   std::vector<T> row;  // [tile] output row
+  std::vector<T> ab;   // [C][tile] g_c·aq_c, softmax focal on dense targets
   std::vector<int32_t> lb;
   std::vector<uint8_t> vb;
   std::vector<T> w, pw;  // [C]
@@ -70,6 +71,7 @@ struct Workspace {
         vb(tile_), w(pr.C, T(1)), pw(pr.C, T(1)) {
     if (is_softmax_kind(pr.kind)) xb.resize(pr.C * tile_);
     else xb.resize(tile_);
+    if (is_softmax_kind(pr.kind) && !pr.t_is_label) ab.resize(pr.C * tile_);
     if (pr.w) std::copy(static_cast<const T*>(pr.w), static_cast<const T*>(pr.w) + C, w.begin());
     if (pr.pw)
       std::copy(static_cast<const T*>(pr.pw), static_cast<const T*>(pr.pw) + C, pw.begin());
@@ -258,6 +260,100 @@ SEGFAST_INLINE void softmax_tile(const Problem& pr, Workspace<T>& w, int64_t n, 
   }
 }
 
+// ---- softmax focal on dense targets: one tile, one term per element ------------------
+// A pixel with any channel equal to the ignore value counts nowhere (loss,
+// map and gradient 0; 0·d keeps a NaN logit NaN).
+
+template <typename T>
+SEGFAST_INLINE void softmax_dense_tile(const Problem& pr, Workspace<T>& w, int64_t n, int64_t s0,
+                                       int64_t len, double* acc0) {
+  const int64_t C = pr.C, tile = w.tile;
+  T* xb = w.xb.data();  // logits [C][tile]
+  T* ab = w.ab.data();  // g_c·aq_c [C][tile]
+  for (int64_t c = 0; c < C; ++c)
+    load_row(xb + c * tile, pr.x, pr.x_dtype, n * pr.xsN + c * pr.xsC + s0 * pr.xsS, pr.xsS, len);
+  T* __restrict m = w.m.data();
+  T* __restrict sum = w.sum.data();
+  T* __restrict lsum = w.xy.data();
+  T* __restrict bsum = w.so.data();  // Σ_k g_k·aq_k
+  T* __restrict lp = w.l0.data();    // the pixel's loss
+  T* __restrict tv = w.tv.data();    // the pixel's validity
+  T* __restrict tr = w.tb.data();
+  T* __restrict g = w.g.data();
+#pragma omp simd
+  for (int64_t i = 0; i < len; ++i) m[i] = xb[i];
+  for (int64_t c = 1; c < C; ++c) {
+    const T* __restrict r = xb + c * tile;
+#pragma omp simd
+    for (int64_t i = 0; i < len; ++i) m[i] = r[i] > m[i] ? r[i] : m[i];
+  }
+#pragma omp simd
+  for (int64_t i = 0; i < len; ++i) sum[i] = T(0);
+  for (int64_t c = 0; c < C; ++c) {
+    const T* __restrict r = xb + c * tile;
+#pragma omp simd
+    for (int64_t i = 0; i < len; ++i) sum[i] += exp_t(r[i] - m[i]);
+  }
+#pragma omp simd
+  for (int64_t i = 0; i < len; ++i) {
+    lsum[i] = log_t(sum[i]);
+    bsum[i] = T(0);
+    lp[i] = T(0);
+    tv[i] = T(1);
+  }
+  const Focal<T> focal = make_focal<T>(pr.gamma, pr.alpha);
+  const T sc0 = T(pr.scale0);
+  const T ign = T(pr.ignore_value);  // compared in the compute type, as torch does
+  const bool hi = pr.has_ignore;
+  for (int64_t c = 0; c < C; ++c) {
+    const T* __restrict r = xb + c * tile;
+    T* __restrict a = ab + c * tile;
+    load_row(tr, pr.t, pr.t_dtype, n * pr.tsN + c * pr.tsC + s0 * pr.tsS, pr.tsS, len);
+    const int64_t moff = (n * C + c) * pr.S + s0;
+    load_go(pr, g, moff, len);
+    T* __restrict mp = pr.map ? static_cast<T*>(pr.map) + moff : w.row.data();
+    const T wc = w.w[c];
+#pragma omp simd
+    for (int64_t i = 0; i < len; ++i) {
+      const bool bad = hi && tr[i] == ign;
+      tv[i] = bad ? T(0) : tv[i];
+      T l, aq, p;
+      dense_focal_term<T>(r[i], exp_t(r[i] - m[i]), m[i], sum[i], lsum[i], bad ? T(0) : tr[i], wc,
+                          focal, &l, &aq, &p);
+      lp[i] += l;
+      mp[i] = sc0 * l;
+      a[i] = g[i] * aq;
+      bsum[i] += a[i];
+    }
+  }
+  if (pr.loss) {
+    double acc = 0.0;
+#pragma omp simd reduction(+ : acc)
+    for (int64_t i = 0; i < len; ++i) acc += tv[i] != T(0) ? double(lp[i]) : 0.0;
+    *acc0 += acc;
+  }
+  if (pr.map) {
+    for (int64_t c = 0; c < C; ++c) {
+      T* __restrict mp = static_cast<T*>(pr.map) + (n * C + c) * pr.S + s0;
+#pragma omp simd
+      for (int64_t i = 0; i < len; ++i) mp[i] = tv[i] != T(0) ? mp[i] : T(0);
+    }
+  }
+  if (pr.dx) {
+    T* __restrict row = w.row.data();
+    for (int64_t c = 0; c < C; ++c) {
+      const T* __restrict r = xb + c * tile;
+      const T* __restrict a = ab + c * tile;
+#pragma omp simd
+      for (int64_t i = 0; i < len; ++i) {
+        const T p = div_sum(exp_t(r[i] - m[i]), sum[i]);
+        row[i] = (tv[i] != T(0) ? sc0 : T(0)) * (p * bsum[i] - a[i]);
+      }
+      store_row(pr.dx, pr.x_dtype, n * pr.dxsN + c * pr.dxsC + s0 * pr.dxsS, pr.dxsS, row, len);
+    }
+  }
+}
+
 // ---- sigmoid kinds: one tile of pixels [s0, s0 + len) of image n, all classes --------
 
 template <int KIND, typename T>
@@ -345,7 +441,10 @@ SEGFAST_INLINE void item_impl(const Problem& pr, Workspace<T>& w, int64_t n, int
     const int64_t len = std::min(w.tile, e - s0);
     switch (pr.kind) {
       case kCE: softmax_tile<kCE, T>(pr, w, n, s0, len, &a0, &a1); break;
-      case kFocalSoftmax: softmax_tile<kFocalSoftmax, T>(pr, w, n, s0, len, &a0, &a1); break;
+      case kFocalSoftmax:
+        if (pr.t_is_label) softmax_tile<kFocalSoftmax, T>(pr, w, n, s0, len, &a0, &a1);
+        else softmax_dense_tile<T>(pr, w, n, s0, len, &a0);
+        break;
       case kFused: softmax_tile<kFused, T>(pr, w, n, s0, len, &a0, &a1); break;
       case kBCE: sigmoid_tile<kBCE, T>(pr, w, n, s0, len, &a0); break;
       default: sigmoid_tile<kFocalSigmoid, T>(pr, w, n, s0, len, &a0); break;

@@ -123,6 +123,78 @@ __global__ void __launch_bounds__(kThreads) softmax_kernel(const Problem pr, con
   }
 }
 
+// Softmax focal on dense targets: one thread per pixel, one term per element
+// (dense_focal_term); three loops over the classes (max, sum, terms) and one
+// more for dx. A pixel with any channel equal to the ignore value counts nowhere.
+template <typename T>
+__global__ void __launch_bounds__(kThreads) softmax_dense_kernel(const Problem pr, const int64_t Pe) {
+  __shared__ T sm[kThreads];
+  const int64_t C = pr.C;
+  const int64_t j = blockIdx.x;
+  const T* __restrict__ wt = static_cast<const T*>(pr.w);
+  const Focal<T> focal = make_focal<T>(pr.gamma, pr.alpha);
+  const T sc0 = T(pr.scale0);
+  const T ign = T(pr.ignore_value);
+  for (int64_t n = blockIdx.y; n < pr.N; n += gridDim.y) {
+    int64_t b, e;
+    chunk_range(pr.S, Pe, j, &b, &e);
+    T acc = T(0);
+    for (int64_t s = b + threadIdx.x; s < e; s += blockDim.x) {
+      T m = load_x<T>(pr, n, 0, s);
+      for (int64_t c = 1; c < C; ++c) {
+        const T v = load_x<T>(pr, n, c, s);
+        m = v > m ? v : m;
+      }
+      T sum = T(0);
+      for (int64_t c = 0; c < C; ++c) sum += exp_t(load_x<T>(pr, n, c, s) - m);
+      const T lsum = log_t(sum);
+      T lpix = T(0), bsum = T(0);
+      bool valid = true;
+      for (int64_t c = 0; c < C; ++c) {
+        const T xv = load_x<T>(pr, n, c, s);
+        T tc;
+        load_as(pr.t, pr.t_dtype, n * pr.tsN + c * pr.tsC + s * pr.tsS, tc);
+        const bool bad = pr.has_ignore && tc == ign;
+        valid = valid && !bad;
+        T l, aq, p;
+        dense_focal_term<T>(xv, exp_t(xv - m), m, sum, lsum, bad ? T(0) : tc, wt ? wt[c] : T(1),
+                            focal, &l, &aq, &p);
+        const int64_t moff = (n * C + c) * pr.S + s;
+        const T g = pr.go ? static_cast<const T*>(pr.go)[pr.go_scalar ? 0 : moff] : T(1);
+        lpix += l;
+        bsum += g * aq;
+        if (pr.map) static_cast<T*>(pr.map)[moff] = sc0 * l;
+      }
+      acc += valid ? lpix : T(0);
+      if (pr.map && !valid)
+        for (int64_t c = 0; c < C; ++c) static_cast<T*>(pr.map)[(n * C + c) * pr.S + s] = T(0);
+      if (pr.dx) {
+        const T gv = valid ? sc0 : T(0);  // 0·d: NaN stays NaN, as the reference
+        for (int64_t c = 0; c < C; ++c) {
+          const T xv = load_x<T>(pr, n, c, s);
+          T tc;
+          load_as(pr.t, pr.t_dtype, n * pr.tsN + c * pr.tsC + s * pr.tsS, tc);
+          T l, aq, p;
+          dense_focal_term<T>(xv, exp_t(xv - m), m, sum, lsum, valid ? tc : T(0),
+                              wt ? wt[c] : T(1), focal, &l, &aq, &p);
+          const int64_t moff = (n * C + c) * pr.S + s;
+          const T g = pr.go ? static_cast<const T*>(pr.go)[pr.go_scalar ? 0 : moff] : T(1);
+          store_as(pr.dx, pr.x_dtype, n * pr.dxsN + c * pr.dxsC + s * pr.dxsS,
+                   gv * (p * bsum - g * aq));
+        }
+      }
+    }
+    if (pr.loss) {
+      acc = block_sum(acc, sm);
+      if (threadIdx.x == 0) {
+        T* o = static_cast<T*>(pr.loss) + (n * pr.P + j) * 2;
+        o[0] = acc;
+        o[1] = T(0);
+      }
+    }
+  }
+}
+
 template <int KIND, typename T>
 __global__ void __launch_bounds__(kThreads) sigmoid_kernel(const Problem pr, const int64_t Pe) {
   __shared__ T sm[kThreads];
@@ -198,7 +270,10 @@ template <typename T>
 void launch(const Problem& pr, int64_t Pe, dim3 grid, cudaStream_t st) {
   switch (pr.kind) {
     case kCE: softmax_kernel<kCE, T><<<grid, kThreads, 0, st>>>(pr, Pe); break;
-    case kFocalSoftmax: softmax_kernel<kFocalSoftmax, T><<<grid, kThreads, 0, st>>>(pr, Pe); break;
+    case kFocalSoftmax:
+      if (pr.t_is_label) softmax_kernel<kFocalSoftmax, T><<<grid, kThreads, 0, st>>>(pr, Pe);
+      else softmax_dense_kernel<T><<<grid, kThreads, 0, st>>>(pr, Pe);
+      break;
     case kFused: softmax_kernel<kFused, T><<<grid, kThreads, 0, st>>>(pr, Pe); break;
     case kBCE: sigmoid_kernel<kBCE, T><<<grid, kThreads, 0, st>>>(pr, Pe); break;
     default: sigmoid_kernel<kFocalSigmoid, T><<<grid, kThreads, 0, st>>>(pr, Pe); break;

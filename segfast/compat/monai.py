@@ -337,13 +337,10 @@ class FocalLoss(torch.nn.modules.loss._Loss):
     any weight on the ignored class is dropped, where MONAI scales its logits
     and loss by 1 - t. They agree on hard targets.
 
-    The sigmoid form and the softmax form on class indices
-    (``to_onehot_y=True``) run segfast's pixel kernels, as
-    ``segfast.focal_loss``; a per-class alpha in the sigmoid form costs two
-    passes. ``use_softmax`` with one-hot or soft targets (``to_onehot_y=False``)
-    computes MONAI's formula in PyTorch: no kernel takes dense targets in the
-    softmax form (pass class indices with ``to_onehot_y=True`` for the fused
-    path).
+    Every form runs segfast's pixel kernels, as ``segfast.focal_loss``: the
+    sigmoid form, and the softmax form on class indices
+    (``to_onehot_y=True``) or on one-hot / soft targets; a per-class alpha
+    in the sigmoid form costs two passes.
     {torchscript}
 
     Args:
@@ -399,30 +396,6 @@ class FocalLoss(torch.nn.modules.loss._Loss):
             w = cw.expand(C).clone()
         return w
 
-    def _dense_softmax(self, x: Tensor, t: Tensor, alpha, w, keep: Optional[Tensor]) -> Tensor:
-        """The softmax form on one-hot or soft targets [N, C, *]:
-        -alpha_c·(1 - p_c)^gamma·log(p_c)·t_c, reduced as MONAI does
-        (``keep``: the valid pixels [N, 1, *] with ignore_index)."""
-        ls = x.float().log_softmax(1)
-        loss = -(1 - ls.exp()).pow(self.gamma) * ls * t.float()
-        bshape = [1, x.shape[1]] + [1] * (x.dim() - 2)
-        if isinstance(alpha, Tensor):
-            loss = loss * alpha.to(loss).view(bshape)
-        if w is not None:
-            loss = loss * w.to(loss).view(bshape)
-        if keep is None:
-            if self.reduction == "sum":
-                return loss.mean(dim=list(range(2, loss.dim()))).sum()
-            return loss.mean() if self.reduction == "mean" else loss
-        keep = keep.to(loss.dtype)
-        loss = torch.where(keep != 0, loss, 0)
-        spatial = list(range(2, loss.dim()))
-        if self.reduction == "sum" and spatial:
-            return (loss.sum(spatial) / keep.sum(spatial).clamp(min=torch.finfo(keep.dtype).eps)).sum()
-        if self.reduction == "none":
-            return loss
-        return loss.sum() / keep.sum().clamp(min=torch.finfo(keep.dtype).eps)
-
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
         from ..ops import pixel as _pixel
 
@@ -460,8 +433,6 @@ class FocalLoss(torch.nn.modules.loss._Loss):
                     alpha = None
                 else:
                     alpha = torch.tensor([1 - alpha] + [alpha] * (Cp - 1))
-            if not labels:  # one-hot / soft targets: MONAI's formula in PyTorch
-                return self._dense_softmax(x_in, target, alpha, w, keep)
             if isinstance(alpha, Tensor):
                 a = alpha.to(input.device, torch.float32)
                 w = a if w is None else a * w
@@ -492,7 +463,7 @@ class FocalLoss(torch.nn.modules.loss._Loss):
         ignored = kw["ignore_value"] is not None
         if self.reduction == "none":
             m = _pixel.pixel_loss(x, t, is_label, kind, reduce=False, **kw)
-            if kind == _pixel.FOCAL_SOFTMAX:  # MONAI's loss lives at the target class
+            if _pixel.per_pixel(kind, is_label):  # MONAI's loss lives at the target class
                 y = t.long() - kw["label_offset"]
                 onehot = (y.unsqueeze(1) == torch.arange(Cp, device=x.device).view(1, Cp, 1)).to(m.dtype)
                 m = m.unsqueeze(1) * onehot
@@ -521,7 +492,9 @@ class DiceCELoss(torch.nn.modules.loss._Loss):
     ``softmax=True, to_onehot_y=True`` and class-index targets the
     cross-entropy sums come out of the Dice kernels (two passes over the logits
     in all, as ``segfast.dice_ce_loss``); otherwise the terms run side by side,
-    and soft (C-channel) targets take torch's cross_entropy for the CE term.
+    on segfast's kernels: one-hot or soft (C-channel) targets take torch's
+    cross entropy on class probabilities (the mean over pixels, weights not
+    normalized) from the softmax focal kernel at gamma = 0.
     {torchscript}
 
     Args:
@@ -611,9 +584,25 @@ class DiceCELoss(torch.nn.modules.loss._Loss):
             ce = F.cross_entropy(input, target[:, 0].long(), weight=self.ce_weight, reduction=self.reduction,
                                  label_smoothing=self.label_smoothing, backend=self.backend)
         else:
-            ce = torch.nn.functional.cross_entropy(input, target.to(input.dtype), weight=self.ce_weight,
-                                                   reduction=self.reduction, label_smoothing=self.label_smoothing)
+            ce = self._dense_ce(input, target)
         return self.lambda_dice * dice + self.lambda_ce * ce
+
+    def _dense_ce(self, input: Tensor, target: Tensor) -> Tensor:
+        """torch's cross entropy on class probabilities (one-hot or soft
+        targets [N, C, *]), -Σ_c w_c·t_c·log p_c per pixel, summed or averaged
+        over the pixels: the softmax focal kernel at gamma = 0."""
+        from ..ops import pixel as _pixel
+
+        C = input.shape[1]
+        t = target if target.dtype.is_floating_point else target.to(input.dtype)
+        eps = float(self.label_smoothing)
+        if eps:
+            t = t * (1.0 - eps) + eps / C
+        x, t, _, _, _, _, backend = _region.canonical(input, t, act=_region.ACT["softmax"], backend=self.backend)
+        w = None if self.ce_weight is None else _common.check_weight(self.ce_weight, C, x.device)
+        scale = 1.0 / max(x.shape[0] * x.shape[2], 1) if self.reduction == "mean" else 1.0
+        return _pixel.pixel_loss(x, t, False, _pixel.FOCAL_SOFTMAX, gamma=0.0, weight=w, scale0=scale,
+                                 backend=backend)
 
 
 class DiceFocalLoss(torch.nn.modules.loss._Loss):

@@ -9,8 +9,13 @@ One kernel, three uses (see reference/pixel.py for the terms l0, l1):
   the labels alone); the backward only scales that gradient by grad_output
   (and on CPU skips even that when grad_output is 1). Nothing else is saved.
 * ``pixel_loss_map``: reduction="none": the per-pixel (softmax kinds) or
-  per-element (sigmoid kinds) map scale0·l0 + scale1·l1; its backward runs
-  the kernel again with the upstream gradient (``pixel_loss_grad``).
+  per-element (sigmoid kinds, and softmax focal on dense targets) map
+  scale0·l0 + scale1·l1; its backward runs the kernel again with the
+  upstream gradient (``pixel_loss_grad``).
+
+Softmax focal also takes dense (one-hot or soft) targets [N, C, S]: one
+term per element, MONAI's softmax_focal_loss; a pixel with any channel equal
+to the ignore value counts nowhere, and the counts (NORM_COUNT) are pixels.
 """
 
 # torch.library.custom_op infers the op schemas from annotations: they stay real
@@ -31,6 +36,16 @@ CE, FOCAL_SOFTMAX, FUSED, BCE, FOCAL_SIGMOID = ref.CE, ref.FOCAL_SOFTMAX, ref.FU
 SOFTMAX_KINDS = ref.SOFTMAX_KINDS
 
 
+def per_pixel(kind: int, is_label: bool) -> bool:
+    """Whether ``kind`` on these targets has one term per pixel (softmax
+    kinds on class indices), not one per element."""
+    return kind in SOFTMAX_KINDS and is_label
+
+
+def _dense_softmax(kind: int, is_label: bool) -> bool:
+    return kind in SOFTMAX_KINDS and not is_label
+
+
 # How a reduced loss is normalized: NORM_SUM none (a sum); NORM_COUNT the
 # number of valid pixels (softmax kinds) or elements (sigmoid kinds);
 # NORM_WEIGHT the summed class weights w_y of the valid pixels (torch's
@@ -46,18 +61,21 @@ def normalizer(x: Tensor, t: Tensor, is_label: bool, kind: int, ignore_value: Op
     if norm == NORM_SUM:
         return torch.ones((), dtype=acc, device=x.device)
     valid = None if ignore_value is None else t != ignore_value
+    if valid is not None and _dense_softmax(kind, is_label):
+        valid = valid.all(1)  # a pixel with any ignored channel counts nowhere
     if norm == NORM_WEIGHT and weight is not None:
         y = t.long() if valid is None else torch.where(valid, t.long(), 0)
         wy = weight.to(acc)[y.clamp(0, x.shape[1] - 1)]
         return (wy if valid is None else torch.where(valid, wy, 0)).sum()
-    n = (torch.tensor(float(t.numel()), dtype=acc, device=x.device) if valid is None
-         else valid.sum().to(acc))
+    if valid is None:
+        return torch.tensor(_count(x, t, is_label, kind), dtype=acc, device=x.device)
+    n = valid.sum().to(acc)
     return n * x.shape[1] if (is_label and kind not in SOFTMAX_KINDS) else n
 
 
-def _map_shape(x: Tensor, kind: int):
+def _map_shape(x: Tensor, kind: int, is_label: bool):
     N, C, S = x.shape
-    return (N, S) if kind in SOFTMAX_KINDS else (N, C, S)
+    return (N, S) if per_pixel(kind, is_label) else (N, C, S)
 
 
 def _opt(t: Optional[Tensor], dtype) -> Optional[Tensor]:
@@ -77,7 +95,7 @@ def _run(x, t, weight, pos_weight, beta, is_label, kind, label_offset, ignore_va
     else:
         P = num_chunks(N, S, x.device)
     loss = torch.empty((N, P, 2), dtype=acc, device=x.device) if want_loss else None
-    lmap = backends.empty_output(_map_shape(x, kind), acc, x.device) if want_map else None
+    lmap = backends.empty_output(_map_shape(x, kind, is_label), acc, x.device) if want_map else None
     dx = backends.empty_output(x.shape, x.dtype, x.device, like=x) if want_dx else None
     go = None if go is None else go.to(acc).contiguous()
     w, pw, b = _opt(weight, acc), _opt(pos_weight, acc), _opt(beta, acc)
@@ -118,6 +136,8 @@ def _total(loss: Tensor, scale0: float, scale1: float) -> Tensor:
 
 def _count(x: Tensor, t: Tensor, is_label: bool, kind: int) -> float:
     """Pixels (softmax kinds) or elements (sigmoid kinds) of the batch."""
+    if _dense_softmax(kind, is_label):
+        return float(t.numel() // max(x.shape[1], 1))
     return float(t.numel() * (x.shape[1] if (is_label and kind not in SOFTMAX_KINDS) else 1))
 
 
@@ -227,7 +247,7 @@ def _(x, target, weight, pos_weight, beta, is_label, kind, *rest):
 
 @pixel_loss_map_op.register_fake
 def _(x, target, weight, pos_weight, beta, is_label, kind, *rest):
-    return x.new_empty(_map_shape(x, kind), dtype=acc_dtype(x))
+    return x.new_empty(_map_shape(x, kind, is_label), dtype=acc_dtype(x))
 
 
 @pixel_loss_grad_op.register_fake
@@ -493,7 +513,7 @@ def pixel_loss(x: Tensor, t: Tensor, is_label: bool, kind: int, *, label_offset:
     args = (x, t, weight, pos_weight, beta, is_label, kind, label_offset, ignore_value, float(gamma),
             float(alpha), float(smoothing), float(scale0), float(scale1))
     if backend == "triton":
-        if reduce and kind in SOFTMAX_KINDS:
+        if reduce and per_pixel(kind, is_label):
             return pixel_softmax_loss_triton_op(x, t, weight, _finish_counter(x.device), kind, label_offset,
                                                 ignore_value, float(gamma), float(smoothing), float(scale0),
                                                 float(scale1), norm)[0]

@@ -11,6 +11,11 @@ softmax kinds (class-index targets, one term per pixel, maps [N, S]):
   FUSED         l0 = CE as above; l1 = -log p_0 on background pixels (y = 0),
                 -log(1 - p_0) on foreground pixels, computed stably as
                 -(logsumexp_{c>=1} x_c - logsumexp_c x_c)
+FOCAL_SOFTMAX also takes dense (one-hot or soft) targets t [N, C, S]: one
+term per element (maps [N, C, S]), MONAI's softmax_focal_loss,
+  l0 = -w_c * t_c * (1 - p_c)^gamma * log p_c,
+and a pixel with any channel equal to ignore_value counts nowhere (all its
+elements 0).
 sigmoid kinds (one term per element, maps [N, C, S]; t from dense targets or
 one-hot of labels):
   BCE           l0 = -w_c * (a_pos * t * log s + a_neg * (1 - t) * log(1 - s)),
@@ -41,6 +46,18 @@ def focal_factor(om: torch.Tensor, gamma: float) -> torch.Tensor:
     return torch.where(pos, safe ** gamma, torch.full_like(om, 1.0 if gamma == 0 else 0.0))
 
 
+def _dense_softmax_focal(xf, t, w, gamma, ignore_value):
+    """FOCAL_SOFTMAX on dense targets: per-element terms [N, C, S]."""
+    tt = t.to(xf.dtype)
+    valid = torch.ones_like(tt[:, :1], dtype=torch.bool) if ignore_value is None else \
+        (tt != ignore_value).all(1, keepdim=True)
+    valid = valid.expand_as(tt)
+    logp = torch.log_softmax(xf, dim=1)
+    l0 = -w.view(1, -1, 1) * torch.where(valid, tt, 0) * focal_factor(1 - logp.exp(), gamma) * logp
+    zero = torch.zeros_like(l0)
+    return torch.where(valid, l0, zero), zero, valid
+
+
 def pixel_terms(x, t, is_label, kind, *, weight=None, pos_weight=None, beta=None, gamma=2.0,
                 alpha=0.25, smoothing=0.0, label_offset=0, ignore_value=None):
     """-> (l0, l1, valid): per-pixel [N, S] (softmax kinds) or per-element
@@ -50,7 +67,9 @@ def pixel_terms(x, t, is_label, kind, *, weight=None, pos_weight=None, beta=None
     w = torch.ones(C, dtype=xf.dtype, device=x.device) if weight is None else weight.to(xf)
     if kind in SOFTMAX_KINDS:
         if not is_label:
-            raise ValueError("softmax pixel losses take class-index targets")
+            if kind != FOCAL_SOFTMAX:
+                raise ValueError("softmax pixel losses other than focal take class-index targets")
+            return _dense_softmax_focal(xf, t, w, gamma, ignore_value)
         lab = t.long()
         valid = torch.ones_like(lab, dtype=torch.bool) if ignore_value is None else lab != ignore_value
         valid = valid & (lab >= label_offset) & (lab < label_offset + C)  # no class of this input: no loss
