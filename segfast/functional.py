@@ -521,10 +521,12 @@ def cross_entropy(input: Tensor, target: Tensor, *, weight=None, ignore_index: O
                          ignore_value=ign, weight=w, smoothing=float(label_smoothing))
 
 
-def _sigmoid_target(input, target, ignore_index, backend):
+def _sigmoid_target(input, target, ignore_index, backend, reduction="none"):
     binary = input.shape[1] == 1 and not (target.dtype.is_floating_point or target.dtype == torch.bool)
+    # a reduced loss on the triton backend checks its labels in the kernel (ops/pixel.py)
     return _region.canonical(input, target, act=_region.ACT["sigmoid"], binary=binary,
-                             ignore_index=ignore_index, backend=backend)
+                             ignore_index=ignore_index, backend=backend,
+                             kernel_label_check=("triton",) if reduction != "none" else ())
 
 
 def binary_cross_entropy_with_logits(input: Tensor, target: Tensor, *, weight=None, pos_weight=None,
@@ -564,7 +566,7 @@ def binary_cross_entropy_with_logits(input: Tensor, target: Tensor, *, weight=No
         >>> round(segfast.binary_cross_entropy_with_logits(logits, masks).item(), 4)
         0.6931
     """
-    x, t, is_label, _, off, ign, backend = _sigmoid_target(input, target, ignore_index, backend)
+    x, t, is_label, _, off, ign, backend = _sigmoid_target(input, target, ignore_index, backend, reduction)
     C = x.shape[1]
     w = _region.check_weight(weight, C, x.device)
     pw = _region.check_weight(pos_weight, C, x.device)
@@ -609,7 +611,7 @@ def balanced_bce_loss(input: Tensor, target: Tensor, *, beta="auto", ignore_inde
         >>> round(loss.item(), 4)   # 8 positives weigh 7/8, 56 negatives 1/8: 14/64·log 2
         0.1516
     """
-    x, t, is_label, _, off, ign, backend = _sigmoid_target(input, target, ignore_index, backend)
+    x, t, is_label, _, off, ign, backend = _sigmoid_target(input, target, ignore_index, backend, reduction)
     N, C = x.shape[:2]
     if isinstance(beta, str):
         if beta != "auto":
@@ -717,7 +719,7 @@ def focal_loss(input: Tensor, target: Tensor, *, mode: str = "binary", alpha=Non
         raise ValueError(f"mode must be 'binary', 'multilabel' or 'multiclass', got {mode!r}")
     if mode == "binary" and input.shape[1] != 1:
         raise ValueError(f"mode='binary' needs input with 1 channel, got C={input.shape[1]}")
-    x, t, is_label, _, off, ign, backend = _sigmoid_target(input, target, ignore_index, backend)
+    x, t, is_label, _, off, ign, backend = _sigmoid_target(input, target, ignore_index, backend, reduction)
     w = _region.check_weight(weight, x.shape[1], x.device)
     a = 0.25 if alpha is None else float(alpha)
     if a > 1:

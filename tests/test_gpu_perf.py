@@ -100,10 +100,25 @@ def test_bytes_model(traces):
 
 
 @needs_run
-@pytest.mark.parametrize("name", ["dice", "dice_ce", "ce"])
+@pytest.mark.parametrize("name", ["ce", "bce", "focal_sigmoid"])
+def test_pixel_grid_fills_h100(traces, name):
+    """The pixel loss kernels (forward and backward) run >= 2 programs per SM."""
+    trace, _ = traces[name]
+    pixel = [k for k in trace.launches if k.kernel.startswith("_pixel_")]
+    assert len(pixel) == 2 and all(k.programs >= 2 * H100["sms"] for k in pixel), pixel
+
+
+@needs_run
+@pytest.mark.parametrize("name", sorted(perf.LAUNCH_TARGETS))
 def test_launch_target(traces, name):
     trace, _ = traces[name]
     assert trace.kernels <= perf.LAUNCH_TARGETS[name], [k.kernel for k in trace.launches] + trace.torch_ops
+
+
+def _constexprs(launch) -> dict:
+    import importlib
+    fn = getattr(importlib.import_module(launch.module), launch.kernel)
+    return launch.constexprs(list(fn.arg_names))
 
 
 @needs_run
@@ -111,19 +126,23 @@ def test_launch_target(traces, name):
 def test_streaming_loads_are_128_bit(traces):
     """Each streaming loss kernel at the benchmark shape (float32 logits,
     int64 labels, the H100 grid) loads with 128-bit LDGs: the chunk length is a
-    multiple of the pixel block, so Triton keeps the divisibility hint."""
+    multiple of the pixel block, so Triton keeps the divisibility hint. The
+    pixel backward kernels have no block barrier."""
     jobs = {}
     for trace, _ in traces.values():
         for k in trace.launches:
             if k.kernel in perf.STREAMING:
                 jobs.setdefault(triton_aot.Job(k.launch, "exact", 90), None)
     assert {j.launch.kernel for j in jobs} >= {"_region_stats_kernel", "_region_grad_kernel",
-                                               "_pixel_softmax_kernel"}
+                                               "_pixel_softmax_kernel", "_pixel_sigmoid_kernel"}
     rows = triton_aot.compile_all(list(jobs), workers=WORKERS)
     for job, row in zip(jobs, rows):
         assert row["error"] is None, row["error"]
         assert row["ldg128"] > 0, (job.launch.kernel, row)
         assert row["local"] == 0, (job.launch.kernel, row)
+        if job.launch.kernel.startswith("_pixel_") and not _constexprs(job.launch)["WANT_LOSS"]:
+            # the pixel backward: no block barrier anywhere, so none in its tile loop
+            assert row["bar_sync"] == 0, (job.launch.kernel, row)
 
 
 @needs_run

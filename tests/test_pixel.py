@@ -193,14 +193,25 @@ def test_one_pass_keeps_only_the_gradient(backend):
 
 
 @pytest.mark.parametrize("backend", [b for b in kernel_backends() if b in ("triton", "cuda")])
-def test_backward_recomputes_with_grad_output(backend):
+@pytest.mark.parametrize("name", ["ce", "bce", "focal_sigmoid", "balanced"])
+def test_backward_recomputes_with_grad_output(backend, name):
     """GPU backends: the forward writes no gradient; the backward runs the
     kernel once with grad_output (times the normalizer's share) as a 0-d
     tensor it reads itself (no second pass scaling dx), also through a
-    retained graph."""
+    retained graph; softmax and sigmoid kinds alike."""
     x = torch.randn(2, 5, 6, 7, requires_grad=True)
     y = _labels(2, 5, (6, 7), ignore=255)
     w = torch.rand(5) + 0.5
+    t = torch.rand(2, 5, 6, 7)
+    t[t < 0.1] = -1.0  # ignored elements
+    calls = {
+        "ce": lambda be, x: SF.cross_entropy(x, y, weight=w, ignore_index=255, label_smoothing=0.1, backend=be),
+        "bce": lambda be, x: SF.binary_cross_entropy_with_logits(x, t, weight=w, pos_weight=w + 0.5,
+                                                                 ignore_index=-1, backend=be),
+        "focal_sigmoid": lambda be, x: SF.focal_loss(x, y, mode="multilabel", gamma=1.5, weight=w,
+                                                     ignore_index=255, backend=be),
+        "balanced": lambda be, x: SF.balanced_bce_loss(x, t, ignore_index=-1, backend=be),
+    }
     scaled = []
     orig = torch.Tensor.mul_
 
@@ -210,7 +221,7 @@ def test_backward_recomputes_with_grad_output(backend):
 
     torch.Tensor.mul_ = no_mul_
     try:
-        loss = SF.cross_entropy(x, y, weight=w, ignore_index=255, label_smoothing=0.1, backend=backend)
+        loss = calls[name](backend, x)
         (loss * 3).backward(retain_graph=True)
         g1 = x.grad.clone()
         x.grad = None
@@ -219,7 +230,9 @@ def test_backward_recomputes_with_grad_output(backend):
         torch.Tensor.mul_ = orig
     assert not any(len(s) == 3 for s in scaled)  # no full-size rescaling of dx
     xr = x.detach().clone().requires_grad_()
-    F.cross_entropy(xr, y, weight=w, ignore_index=255, label_smoothing=0.1).backward()
+    want = calls[name]("torch", xr)
+    want.backward()
+    torch.testing.assert_close(loss.detach(), want.detach().float(), rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(g1, 3 * xr.grad, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(x.grad, 0.5 * xr.grad, rtol=1e-5, atol=1e-6)
 

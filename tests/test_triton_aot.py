@@ -242,10 +242,5 @@ def test_full_sweep(capsys):
               f"{sum(ks.size() for ks in spaces)} launches, {sum(ks.num_configs() for ks in spaces)} "
               f"configurations; compiled: {len(jobs) // len(aot.ARCHS)} per arch; "
               + aot.time_report(rows, t2 - t1, WORKERS) + f"; load average {os.getloadavg()[0]:.1f}")
-    bad = aot.failures(rows, spills=False)
+    bad = aot.failures(rows)  # spills in the streaming loss kernels included
     assert bad == [], "\n".join(bad[:20])
-    spills = [f for f in aot.failures(rows) if f not in bad]
-    region = [f for f in spills if f.startswith("_region_")]
-    assert region == [], "\n".join(region)
-    if spills:  # known: a few bytes of spills in some pixel-loss configurations
-        pytest.xfail(f"{len(spills)} loss-kernel configurations spill:\n" + "\n".join(spills))

@@ -428,3 +428,60 @@ def test_reduced_in_kernel(kind, norm):
     out, den = forward(bad.to(DEVICE))
     assert out.isnan() and den.isnan()
     assert int(TP.finish_counter(xd.device)[0]) == 0
+
+
+@needs_run
+@pytest.mark.parametrize("norm", [0, 1])
+@pytest.mark.parametrize("dense", [False, True])
+@pytest.mark.parametrize("kind", SIGMOID)
+def test_reduced_in_kernel_sigmoid(kind, dense, norm):
+    """The sigmoid kinds reduce in the launch too: ``out`` = the loss over the
+    valid elements (NORM_COUNT) or their sum, ``den`` the count; the counter
+    is zero afterwards; a 0-d ``go`` with ``den`` scales dx by go / den; a
+    label out of [0, label_offset + C) that is not ignored makes the loss,
+    the normalizer and the gradient NaN."""
+    gen = torch.Generator().manual_seed(50 + kind + 3 * norm + 7 * dense)
+    C, P = 5, 3
+    x = make_x(C, gen=gen)
+    ignore = -1.0 if dense else 255
+    t = make_dense(C, torch.float32, ignore, gen=gen) if dense else make_labels(C, torch.int64, ignore, gen=gen)
+    w = _weights(C, gen)
+    pw = _weights(C, gen, lo=1.0) if kind == BCE else None
+    beta = torch.rand(N, generator=gen, dtype=torch.float64).float() if kind == BCE else None
+    scale0 = 0.75
+    xd, td = x.to(DEVICE), t.to(DEVICE)
+    opt = lambda a: None if a is None else a.to(DEVICE)  # noqa: E731
+
+    def forward(target):
+        ws = torch.full((N * P * 4,), float("nan"), device=DEVICE)
+        out = torch.full((), float("nan"), device=DEVICE)
+        den = torch.full((), float("nan"), device=DEVICE)
+        TP.launch_pixel(xd, target, not dense, N, C, S, P, kind, 0, True, float(ignore), opt(w), opt(pw),
+                        opt(beta), 2.0, 0.25, 0.0, scale0, 0.0, ws, None, None, None, out=out, den=den, norm=norm)
+        return out, den
+
+    out, den = forward(td)
+    xr = x.double().requires_grad_()
+    l0, _, _ = ref.pixel_terms(xr, t, not dense, kind, weight=w.double(),
+                               pos_weight=None if pw is None else pw.double(),
+                               beta=None if beta is None else beta.double(), gamma=2.0, alpha=0.25,
+                               ignore_value=ignore)
+    valid = (t != ignore).double()
+    want_den = torch.tensor(1.0, dtype=torch.float64) if norm == 0 else valid.sum() * (1 if dense else C)
+    want = scale0 * l0.sum() / want_den
+    _close(out.cpu(), want.detach(), *F32_TOL, "loss")
+    _close(den.cpu(), want_den, *F32_TOL, "normalizer")
+    assert int(TP.finish_counter(xd.device)[0]) == 0
+
+    dx = torch.full_like(xd, float("nan"))
+    TP.launch_pixel(xd, td, not dense, N, C, S, 1, kind, 0, True, float(ignore), opt(w), opt(pw), opt(beta),
+                    2.0, 0.25, 0.0, scale0, 0.0, None, None, torch.tensor(0.7, device=DEVICE), dx, den=den)
+    (gx,) = torch.autograd.grad(want * 0.7, xr)
+    _close(dx.cpu(), gx, *TOL[torch.float32], "dx (go / den)")
+
+    if not dense:
+        bad = t.clone()
+        bad[1, 3] = C
+        out, den = forward(bad.to(DEVICE))
+        assert out.isnan() and den.isnan()
+        assert int(TP.finish_counter(xd.device)[0]) == 0

@@ -17,6 +17,47 @@ import triton.language as tl
 
 
 @triton.jit
+def log1p(u):
+    """log(1 + u), accurate for small |u| (u > -1; u == -1 gives 0, callers
+    select another branch there)."""
+    v = 1.0 + u
+    d = v - 1.0
+    tiny = d == 0.0
+    return tl.where(tiny, u, tl.log(tl.where(v > 0.0, v, 1.0)) * (u / tl.where(tiny, 1.0, d)))
+
+
+@triton.jit
+def softplus(z):
+    """log(1 + exp(z)), stable."""
+    return tl.maximum(z, 0.0) + log1p(tl.exp(-tl.abs(z)))
+
+
+@triton.jit
+def focal_pow(a, g):
+    """a^g for a >= 0 and g >= 0, the focal factor (1 - p)^gamma: 0^0 = 1
+    (as torch), 0^g = 0 for g > 0, a <= 0 counts as 0; a NaN ``a`` stays NaN."""
+    pos = a > 0.0
+    small = tl.where(a == a, tl.where(g == 0.0, 1.0, 0.0), a)
+    return tl.where(pos, tl.exp(g * tl.log(tl.where(pos, a, 1.0))), small)
+
+
+@triton.jit
+def sigmoid_parts(x):
+    """-> (softplus(x), softplus(-x), s, 1 - s) of s = sigmoid(x), from one exp
+    and one log: -log(1 - s) and -log(s) without cancellation, 1 - s without
+    cancellation; +-inf give the limits, NaN stays NaN."""
+    e = tl.exp(-tl.abs(x))  # in [0, 1]
+    lp = log1p(e)
+    inv = 1.0 / (1.0 + e)
+    pos = x >= 0.0
+    sp_pos = tl.where(pos, x, 0.0) + lp
+    sp_neg = tl.where(pos, 0.0, -x) + lp
+    s = tl.where(pos, inv, e * inv)
+    oms = tl.where(pos, e * inv, inv)
+    return sp_pos, sp_neg, s, oms
+
+
+@triton.jit
 def chunk_bounds(pid, P, L, S):
     """Program ``pid`` of an (image, chunk) grid of N * P programs -> (n64,
     start, end): image n and pixels [j*L, min((j+1)*L, S)) of its chunk j."""

@@ -18,9 +18,11 @@ FOCAL_SIGMOID=4). The per-element terms l0, l1 are those of
 * ``dx``: [N, C, S], x's dtype, any strides: g*(scale0*dl0/dx + scale1*dl1/dx)
   with g = go (float32 contiguous, map's layout) or 1; 0 where invalid.
 
-Forward of a mean loss = (loss, dx) in one read of x (the gradient is written
-in the forward); reduction "none" = (map); its backward = (go, dx). Without
-``loss`` the grid is one program per (image, pixel block) instead.
+Reduced losses (``out``): the forward is (loss) and the last program to end
+sums every program's partials and divides by the normalizer (see
+``launch_pixel``); the backward is (dx) with a 0-d go and that normalizer,
+read on the device. Reduction "none" = (map); its backward = (go, dx).
+Without ``loss`` the grid is one program per (image, pixel block).
 
 Validity: class-index targets: v = !(ignore) per pixel. A label outside
 [label_offset, label_offset + C) is, for the softmax kinds, never used as an
@@ -41,29 +43,29 @@ with per-pixel coefficients a, b, d, f, h (zero for invalid pixels), so the
 dx pass needs only max and log-sum (and those over c >= 1 for FUSED) and
 1 - p_y beside x.
 
-Softmax kinds, two code paths chosen by the constexpr SINGLE_C:
+Both kernels share one layout: each thread owns 4 pixels (one 128-bit load
+of fp32 logits per class and thread; BLOCK_S pixels per program) and loops
+over the classes (the softmax forward unrolled in full for C <= MAX_UNROLL_C,
+other loops SOFTMAX_UNROLL / SIGMOID_UNROLL classes per step), so the labels are read
+once per pixel, every per-pixel reduction stays in registers and the tile
+loop has no block barrier (its only barriers are in the end-of-program sums
+and the finishing step). The softmax kernel runs an online pass over the
+classes (max, sum of exp, the sum of exp without the label's class: 1 - p_y
+without cancellation, x_y, w_y, (smoothing) sum_c w_c x_c, and for FUSED the
+same over c >= 1), then the terms per pixel, then a second loop over the
+classes for dx (re-reading the pixel block's logits, which are in L1/L2).
 
-* C <= MAX_SINGLE_C: all classes of a pixel block sit in one
-  [BLOCK_C, BLOCK_S] register tile; x is read once (loss, map and dx).
-* larger C: loop over class chunks of LOOP_BLOCK_C: an online pass gives
-  max, sum of exp, the sum of exp without the label's class (1 - p_y without
-  cancellation, for focal), x_y, w_y and (smoothing) sum_c w_c x_c, and for
-  FUSED the same over c >= 1; the terms follow per pixel, and a second pass
-  writes dx. So x is read 1x (loss / map) or 2x (with dx; the re-read hits L2
-  when BLOCK_S * C * itemsize per program is small).
-
-Sigmoid kinds are elementwise: a loop over class chunks (one chunk when
-C <= MAX_SINGLE_C), log s = -softplus(-x) and log(1 - s) = -softplus(x).
-Powers (1 - p)^gamma use exp(gamma * log), with 0^0 = 1; the focal
-gradients' (1 - p)^(gamma - 1) terms are written as (1 - p)^gamma * r with a
-bounded r so gamma < 1 and tiny 1 - p neither overflow nor give 0 * inf.
+Sigmoid kinds are elementwise: per class, softplus(+-x), s and 1 - s from
+one exp and one log (``sigmoid_parts``). Powers (1 - p)^gamma use
+exp(gamma * log), with 0^0 = 1; the focal gradients' (1 - p)^(gamma - 1)
+terms are written as (1 - p)^gamma * r with a bounded r so gamma < 1 and tiny
+1 - p neither overflow nor give 0 * inf.
 
 Offsets are 64-bit (image, class, pixel indices cast to int64 before they
 multiply strides).
 
 GPU tuning left to do (correctness verified in the Triton interpreter only):
-TILE / num_warps per kind and path, MAX_SINGLE_C (softmax with dx keeps
-about 4 tile-shaped fp32 values live), LOOP_BLOCK_C, exp vs exp2, and
+WARPS and pixels per thread, MAX_UNROLL_C, exp vs exp2, and
 ``default_chunks`` (the loss grid is N * P programs, each streaming L pixels).
 """
 
@@ -72,27 +74,29 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ._common import (blocks, chunk_bounds, chunk_len, chunks, load_labels, load_target_tile, load_tile,
-                      target_args, wrap)
+from ._common import (blocks, chunk_bounds, chunk_len, chunks, focal_pow, load_labels, load_target_tile, load_tile,
+                      log1p, sigmoid_parts, target_args, wrap)
 from .region import _softmax_max_rsum
 
 CE, FOCAL_SOFTMAX, FUSED, BCE, FOCAL_SIGMOID = 0, 1, 2, 3, 4
 SOFTMAX_KINDS = (CE, FOCAL_SOFTMAX, FUSED)
 SIGMOID_KINDS = (BCE, FOCAL_SIGMOID)
 
-# Register tile (classes x pixels) of one program, as in region.py.
-TILE = 2048
-# Largest C handled by a single class tile; above it the class loop is used.
-MAX_SINGLE_C = 64
-# Class-chunk size of the looped path (C > MAX_SINGLE_C).
-LOOP_BLOCK_C = 16
-NUM_WARPS = 8
-# Softmax kinds: warps per program and pixels per tile (4 per thread: one
-# 128-bit load of fp32 logits per class), classes unrolled up to MAX_UNROLL_C,
-# and the block of partials the finishing program sums per step.
-SOFTMAX_WARPS = 2
-SOFTMAX_BLOCK_S = 4 * 32 * SOFTMAX_WARPS
-MAX_UNROLL_C = 32
+# Warps per program and pixels per tile (4 per thread: one 128-bit load of
+# fp32 logits per class), classes unrolled up to MAX_UNROLL_C (the softmax
+# forward; beyond it, and in every other loop over classes, a few classes
+# per step), and the block of partials the finishing program sums per step.
+WARPS = 2
+BLOCK_S = 4 * 32 * WARPS
+MAX_UNROLL_C = 24
+# Classes per step of the loops that are not unrolled in full (the softmax
+# kernel's backward and C > MAX_UNROLL_C, the sigmoid kernel's class loop):
+# the most that compiles without spills for sm_80 and sm_90.
+SOFTMAX_UNROLL = 2
+SIGMOID_UNROLL = 4
+# The AOT workload's view of the class tiles (segfast.gpucheck.triton_workload):
+# C up to MAX_SINGLE_C is unrolled, each C its own compile.
+MAX_SINGLE_C = MAX_UNROLL_C
 FIN_BLOCK = 256
 # Normalizers of the in-kernel reduction (segfast.ops.pixel NORM_*).
 NORM_SUM, NORM_COUNT, NORM_WEIGHT = 0, 1, 2
@@ -101,30 +105,6 @@ NORM_SUM, NORM_COUNT, NORM_WEIGHT = 0, 1, 2
 # --------------------------------------------------------------------------
 # device helpers
 # --------------------------------------------------------------------------
-
-@triton.jit
-def _log1p(u):
-    """log(1 + u), accurate for small |u| (u > -1; u == -1 gives 0, callers
-    select another branch there)."""
-    v = 1.0 + u
-    d = v - 1.0
-    tiny = d == 0.0
-    return tl.where(tiny, u, tl.log(tl.where(v > 0.0, v, 1.0)) * (u / tl.where(tiny, 1.0, d)))
-
-
-@triton.jit
-def _softplus(z):
-    """log(1 + exp(z)), stable."""
-    return tl.maximum(z, 0.0) + _log1p(tl.exp(-tl.abs(z)))
-
-
-@triton.jit
-def _pow(a, g):
-    """a^g for a >= 0, with 0^0 = 1 and 0^g = 0 (g > 0)."""
-    pos = a > 0.0
-    zero_pow = tl.where(g == 0.0, 1.0, 0.0)
-    return tl.where(pos, tl.exp(g * tl.log(tl.where(pos, a, 1.0))), zero_pow)
-
 
 @triton.jit
 def _sm_step(xc, c, y, w_ptr, m, ls, lny, xy, wy, x0, swx, mf, lsf,
@@ -201,9 +181,9 @@ def _sm_terms(y, v, g, m, ls, lny, xy, wy, x0, swx, W, mf, lsf, C,
     l1 = zero
     llsf = zero
     if KIND == 1:
-        logpy = tl.where(q < 0.5, _log1p(-q), (xy - m) - lls)
+        logpy = tl.where(q < 0.5, log1p(-q), (xy - m) - lls)
         py = tl.exp(logpy)
-        qg = _pow(q, gamma)
+        qg = focal_pow(q, gamma)
         l0 = -wy * qg * logpy
         ratio = tl.where(q > 0.0, logpy / tl.where(q > 0.0, q, 1.0), 0.0)
         Fc = qg - gamma * py * qg * ratio
@@ -222,7 +202,7 @@ def _sm_terms(y, v, g, m, ls, lny, xy, wy, x0, swx, W, mf, lsf, C,
             has_fg = lsf > 0.0
             llsf = tl.log(tl.where(has_fg, lsf, 1.0))
             p0 = tl.exp((x0 - m) - lls)
-            l1_fg = tl.where(p0 < 0.5, -_log1p(-p0), (m - mf) + (lls - llsf))
+            l1_fg = tl.where(p0 < 0.5, -log1p(-p0), (m - mf) + (lls - llsf))
             bg = y == 0
             l1 = tl.where(bg, (m - x0) + lls, l1_fg)
             a += G1
@@ -235,6 +215,15 @@ def _sm_terms(y, v, g, m, ls, lny, xy, wy, x0, swx, W, mf, lsf, C,
 def _load_class(x_base, c, s64, sxc, sxs, smask):
     """x[c, s] of the pixel block as fp32 [BLOCK_S]; 0 off ``smask``."""
     return tl.load(x_base + c * sxc + s64 * sxs, mask=smask, other=0).to(tl.float32)
+
+
+@triton.jit
+def _go_over_den(go_ptr, den_ptr):
+    """grad_output / normalizer of a reduced loss, both 0-d and read on the
+    device: 0 for a mean over nothing, NaN for a NaN normalizer (bad labels)."""
+    dg = tl.load(den_ptr)
+    gs = tl.where(dg > 0.0, tl.load(go_ptr).to(tl.float32) / tl.where(dg > 0.0, dg, 1.0), 0.0)
+    return tl.where(dg == dg, gs, dg)
 
 
 @triton.jit
@@ -297,11 +286,12 @@ def _pixel_softmax_kernel(
     KIND: tl.constexpr, HAS_IGNORE: tl.constexpr, HAS_W: tl.constexpr,
     HAS_SMOOTH: tl.constexpr, WANT_LOSS: tl.constexpr, FINISH: tl.constexpr, NORM: tl.constexpr,
     WANT_MAP: tl.constexpr, GO: tl.constexpr, WANT_DX: tl.constexpr,
-    CONST_C: tl.constexpr, BLOCK_S: tl.constexpr, FIN_BLOCK: tl.constexpr,
+    CONST_C: tl.constexpr, UNROLL: tl.constexpr, BLOCK_S: tl.constexpr, FIN_BLOCK: tl.constexpr,
 ):
     """Each thread owns pixels and loops over the classes (CONST_C > 0: the
-    constexpr C, unrolled; else a loop over the runtime C): every per-pixel
-    reduction stays in registers, and the tile loop has no block barrier.
+    constexpr C, unrolled, for the forward; else, and for the dx pass, a loop
+    over the runtime C, UNROLL classes per step): every per-pixel reduction
+    stays in registers, and the tile loop has no block barrier.
     GO: 0 none (g = 1), 1 per pixel (go: [N, S]), 2 a scalar (go: 0-d,
     g = go / den[0])."""
     pid = tl.program_id(0).to(tl.int64)
@@ -323,9 +313,7 @@ def _pixel_softmax_kernel(
     else:
         W = 0.0
     if GO == 2:
-        dg = tl.load(den_ptr)
-        gs = tl.where(dg > 0.0, tl.load(go_ptr).to(tl.float32) / tl.where(dg > 0.0, dg, 1.0), 0.0)
-        gs = tl.where(dg == dg, gs, dg)  # a NaN normalizer (bad labels) makes the gradient NaN
+        gs = _go_over_den(go_ptr, den_ptr)
     else:
         gs = 1.0
 
@@ -356,7 +344,7 @@ def _pixel_softmax_kernel(
                 m, ls, lny, xy, wy, x0, swx, mf, lsf = _sm_step(
                     xc, c, y, w_ptr, m, ls, lny, xy, wy, x0, swx, mf, lsf, KIND, HAS_W, HAS_SMOOTH)
         else:
-            for c in range(0, C):
+            for c in tl.range(0, C, loop_unroll_factor=UNROLL):
                 xc = _load_class(x_base, c, s64, sxc, sxs, smask)
                 m, ls, lny, xy, wy, x0, swx, mf, lsf = _sm_step(
                     xc, c, y, w_ptr, m, ls, lny, xy, wy, x0, swx, mf, lsf, KIND, HAS_W, HAS_SMOOTH)
@@ -376,16 +364,13 @@ def _pixel_softmax_kernel(
             tl.store(map_ptr + n64 * S + s64, tl.where(v, scale0 * l0 + scale1 * l1, 0.0),
                      mask=smask)
         if WANT_DX:
-            if CONST_C > 0:
-                for c in tl.static_range(CONST_C):
-                    xc = _load_class(x_base, c, s64, sxc, sxs, smask)
-                    dx = _sm_dx(xc, c, y, w_ptr, a, b, d, f, h, m, lls, q, mf, llsf, KIND, HAS_W, HAS_SMOOTH)
-                    tl.store(dx_base + c * sdc + s64 * sds, dx.to(dx_ptr.dtype.element_ty), mask=smask)
-            else:
-                for c in range(0, C):
-                    xc = _load_class(x_base, c, s64, sxc, sxs, smask)
-                    dx = _sm_dx(xc, c, y, w_ptr, a, b, d, f, h, m, lls, q, mf, llsf, KIND, HAS_W, HAS_SMOOTH)
-                    tl.store(dx_base + c * sdc + s64 * sds, dx.to(dx_ptr.dtype.element_ty), mask=smask)
+            # a loop (not unrolled in full) re-reads x from the cache: unrolled, the
+            # compiler keeps each thread's whole [C, 4] block live from the first
+            # pass and spills (sm_80, C >= 24); the backward's first pass loops too
+            for c in tl.range(0, C, loop_unroll_factor=UNROLL):
+                xc = _load_class(x_base, c, s64, sxc, sxs, smask)
+                dx = _sm_dx(xc, c, y, w_ptr, a, b, d, f, h, m, lls, q, mf, llsf, KIND, HAS_W, HAS_SMOOTH)
+                tl.store(dx_base + c * sdc + s64 * sds, dx.to(dx_ptr.dtype.element_ty), mask=smask)
 
     if WANT_LOSS:
         a0 = tl.sum(acc0, axis=0)
@@ -515,8 +500,70 @@ def _dense_focal(x, t, wc, m, ls, lls, gamma):
 # --------------------------------------------------------------------------
 
 @triton.jit
+def _sig_class(x_base, t_ptr, w_ptr, pw_ptr, go_ptr, map_ptr, dx_base, c, n64, s64, smask, lab, pv,
+               bn, a_neg, gs, acc, accd, C, S, stn, stc, sts, sxc, sxs, sdc, sds, label_offset, ign_f,
+               gamma, alpha, scale0,
+               KIND: tl.constexpr, T_IS_LABEL: tl.constexpr, HAS_IGNORE: tl.constexpr,
+               HAS_W: tl.constexpr, HAS_PW: tl.constexpr, HAS_ALPHA: tl.constexpr,
+               WANT_LOSS: tl.constexpr, WANT_MAP: tl.constexpr, GO: tl.constexpr, WANT_DX: tl.constexpr):
+    """Class c of the pixel block [BLOCK_S]: writes the map / dx of its
+    elements and returns the running sums (acc + l0, accd + 1) over its
+    valid elements."""
+    x = _load_class(x_base, c, s64, sxc, sxs, smask)
+    if T_IS_LABEL:
+        # a label out of [label_offset, label_offset + C): all-zero target, still valid
+        v = pv
+        t = tl.where(pv & (lab == c + label_offset), 1.0, 0.0)
+    else:
+        tv = tl.load(t_ptr + n64 * stn + c * stc + s64 * sts, mask=smask, other=0).to(tl.float32)
+        if HAS_IGNORE:
+            v = smask & (tv != ign_f)
+        else:
+            v = smask
+        t = tl.where(v, tv, 0.0)
+    if HAS_W:
+        wc = tl.load(w_ptr + c).to(tl.float32)
+    else:
+        wc = 1.0
+    sp_pos, sp_neg, s, oms = sigmoid_parts(x)  # -log(1 - s), -log s, s, 1 - s
+    if KIND == 3:
+        if HAS_PW:
+            a_pos = tl.load(pw_ptr + c).to(tl.float32) * bn
+        else:
+            a_pos = bn
+        l0 = wc * (a_pos * t * sp_neg + a_neg * (1.0 - t) * sp_pos)
+        dl = wc * (a_neg * (1.0 - t) * s - a_pos * t * oms)
+    else:
+        ce = t * sp_neg + (1.0 - t) * sp_pos
+        omp = s * (1.0 - t) + oms * t  # 1 - p_t
+        pg = focal_pow(omp, gamma)
+        # s(1-s) / (1-p_t) <= 1: (1-p_t)^(gamma-1) s(1-s) = pg * r
+        r = tl.where(omp > 0.0, s * oms / tl.where(omp > 0.0, omp, 1.0), 0.0)
+        if HAS_ALPHA:
+            wc = wc * (alpha * t + (1.0 - alpha) * (1.0 - t))
+        l0 = wc * ce * pg
+        # the factor's own gradient: none where it is constant (1 - p_t <= 0, gamma = 0)
+        fd = tl.where((omp > 0.0) & (gamma > 0.0), gamma * ce * pg * r * (2.0 * t - 1.0), 0.0)
+        dl = wc * ((s - t) * pg - fd)
+    moff = (n64 * C + c) * S + s64
+    if WANT_MAP:
+        tl.store(map_ptr + moff, tl.where(v, scale0 * l0, 0.0), mask=smask)
+    if WANT_DX:
+        if GO == 1:
+            g = tl.load(go_ptr + moff, mask=v, other=0).to(tl.float32)
+        else:
+            g = tl.where(v, gs, 0.0)
+        dx = (g * scale0) * dl  # invalid: 0·dl (NaN stays NaN, as the reference)
+        tl.store(dx_base + c * sdc + s64 * sds, dx.to(dx_base.dtype.element_ty), mask=smask)
+    if WANT_LOSS:
+        acc += tl.where(v, l0, 0.0)
+        accd += tl.where(v, 1.0, 0.0)
+    return acc, accd
+
+
+@triton.jit
 def _pixel_sigmoid_kernel(
-    x_ptr, t_ptr, w_ptr, pw_ptr, beta_ptr, go_ptr, loss_ptr, map_ptr, dx_ptr,
+    x_ptr, t_ptr, w_ptr, pw_ptr, beta_ptr, go_ptr, den_ptr, loss_ptr, out_ptr, cnt_ptr, map_ptr, dx_ptr,
     C, S, P, L,
     sxn, sxc, sxs,
     stn, stc, sts,
@@ -525,99 +572,75 @@ def _pixel_sigmoid_kernel(
     gamma, alpha, scale0,
     KIND: tl.constexpr, T_IS_LABEL: tl.constexpr, HAS_IGNORE: tl.constexpr,
     HAS_W: tl.constexpr, HAS_PW: tl.constexpr, HAS_BETA: tl.constexpr,
-    HAS_ALPHA: tl.constexpr, WANT_LOSS: tl.constexpr, WANT_MAP: tl.constexpr,
-    HAS_GO: tl.constexpr, WANT_DX: tl.constexpr,
-    BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr,
+    HAS_ALPHA: tl.constexpr, WANT_LOSS: tl.constexpr, FINISH: tl.constexpr, NORM: tl.constexpr,
+    WANT_MAP: tl.constexpr, GO: tl.constexpr, WANT_DX: tl.constexpr,
+    UNROLL: tl.constexpr, BLOCK_S: tl.constexpr, FIN_BLOCK: tl.constexpr,
 ):
+    """Elementwise, as the softmax kernel is laid out: each thread owns pixels
+    and loops over the classes (UNROLL classes per step: the classes are
+    independent, and a full unroll lets the compiler hoist every class's
+    loads and math at once, past 255 registers), so the labels are loaded
+    once per pixel, every value keeps one layout and the tile loop has no
+    block barrier. GO: 0 none (g = 1), 1 per element (go: [N, C, S]), 2 a
+    scalar (go: 0-d, g = go / den[0])."""
     pid = tl.program_id(0).to(tl.int64)
     n64, start, end = chunk_bounds(pid, P, L, S)
     x_base = x_ptr + n64 * sxn
     dx_base = dx_ptr + n64 * sdn
-    ar_c = tl.arange(0, BLOCK_C)
     ar_s = tl.arange(0, BLOCK_S)
-    acc = tl.zeros([BLOCK_C, BLOCK_S], tl.float32)
+    acc = tl.zeros([BLOCK_S], tl.float32)
+    accd = tl.zeros([BLOCK_S], tl.float32)
+    accb = tl.zeros([BLOCK_S], tl.float32)
     if HAS_BETA:
         bn = tl.load(beta_ptr + n64).to(tl.float32)
         a_neg = 1.0 - bn
     else:
         bn = 1.0
         a_neg = 1.0
+    if GO == 2:
+        gs = _go_over_den(go_ptr, den_ptr)
+    else:
+        gs = 1.0
 
     for s0 in range(start, end, BLOCK_S):
         s64 = s0 + ar_s.to(tl.int64)
         smask = s64 < end
-        # a label out of [label_offset, label_offset + C): all-zero target, still valid
         lab, pv = load_labels(t_ptr, n64, s64, stn, sts, smask, T_IS_LABEL, HAS_IGNORE, ign_i)
-        for c0 in range(0, C, BLOCK_C):
-            c64 = c0 + ar_c.to(tl.int64)
-            cmask = c64 < C
-            mask = cmask[:, None] & smask[None, :]
-            x = load_tile(x_base, c64, s64, sxc, sxs, mask)
-            t, v = load_target_tile(t_ptr, n64, c64, s64, stn, stc, sts, mask & pv[None, :],
-                                    T_IS_LABEL, HAS_IGNORE, lab, label_offset, ign_f)
-            if HAS_W:
-                wc = tl.load(w_ptr + c64, mask=cmask, other=0).to(tl.float32)[:, None]
-            else:
-                wc = 1.0
-            sp_neg = _softplus(-x)  # -log s
-            sp_pos = _softplus(x)   # -log(1 - s)
-            s = tl.exp(-sp_neg)
-            oms = tl.exp(-sp_pos)
-            if KIND == 3:
-                if HAS_PW:
-                    a_pos = tl.load(pw_ptr + c64, mask=cmask, other=0).to(tl.float32)[:, None] * bn
-                else:
-                    a_pos = bn
-                l0 = wc * (a_pos * t * sp_neg + a_neg * (1.0 - t) * sp_pos)
-                dl = wc * (a_neg * (1.0 - t) * s - a_pos * t * oms)
-            else:
-                ce = t * sp_neg + (1.0 - t) * sp_pos
-                omp = s * (1.0 - t) + oms * t  # 1 - p_t
-                pg = _pow(omp, gamma)
-                # s(1-s) / (1-p_t) <= 1: (1-p_t)^(gamma-1) s(1-s) = pg * r
-                r = tl.where(omp > 0.0, s * oms / tl.where(omp > 0.0, omp, 1.0), 0.0)
-                if HAS_ALPHA:
-                    at = alpha * t + (1.0 - alpha) * (1.0 - t)
-                else:
-                    at = 1.0
-                l0 = wc * at * ce * pg
-                # the factor's own gradient: none where it is constant (1 - p_t <= 0, gamma = 0)
-                fd = tl.where((omp > 0.0) & (gamma > 0.0), gamma * ce * pg * r * (2.0 * t - 1.0), 0.0)
-                dl = wc * at * ((s - t) * pg - fd)
-            if WANT_LOSS:
-                acc += tl.where(v, l0, 0.0)
-            moff = (n64 * C + c64[:, None]) * S + s64[None, :]
-            if WANT_MAP:
-                tl.store(map_ptr + moff, tl.where(v, scale0 * l0, 0.0), mask=mask)
-            if WANT_DX:
-                if HAS_GO:
-                    g = tl.load(go_ptr + moff, mask=v, other=0).to(tl.float32)
-                else:
-                    g = 1.0
-                dx = (tl.where(v, g, 0.0) * scale0) * dl  # invalid: 0·dl (NaN stays NaN, as the reference)
-                tl.store(dx_base + c64[:, None] * sdc + s64[None, :] * sds,
-                         dx.to(dx_ptr.dtype.element_ty), mask=mask)
+        for c in tl.range(0, C, loop_unroll_factor=UNROLL):
+            acc, accd = _sig_class(x_base, t_ptr, w_ptr, pw_ptr, go_ptr, map_ptr, dx_base, c, n64, s64, smask,
+                                   lab, pv, bn, a_neg, gs, acc, accd, C, S, stn, stc, sts, sxc, sxs, sdc, sds,
+                                   label_offset, ign_f, gamma, alpha, scale0, KIND, T_IS_LABEL, HAS_IGNORE,
+                                   HAS_W, HAS_PW, HAS_ALPHA, WANT_LOSS, WANT_MAP, GO, WANT_DX)
+        if WANT_LOSS and T_IS_LABEL:
+            accb += tl.where(pv & ((lab < 0) | (lab >= C + label_offset)), 1.0, 0.0)
 
     if WANT_LOSS:
-        tl.store(loss_ptr + pid * 2, tl.sum(tl.sum(acc, axis=1), axis=0))
-        tl.store(loss_ptr + pid * 2 + 1, 0.0)
+        a0 = tl.sum(acc, axis=0)
+        if FINISH:
+            _finish(loss_ptr, out_ptr, den_ptr, cnt_ptr, pid, tl.num_programs(0), a0, 0.0, tl.sum(accd, axis=0),
+                    tl.sum(accb, axis=0), scale0, 0.0, NORM, FIN_BLOCK)
+        else:
+            tl.store(loss_ptr + pid * 2, a0)
+            tl.store(loss_ptr + pid * 2 + 1, 0.0)
 
 
 # --------------------------------------------------------------------------
 # launcher
 # --------------------------------------------------------------------------
 
-def _blocks(C: int, block_s, block_c):
-    """-> (SINGLE_C, BLOCK_C, BLOCK_S) of the sigmoid kernel's tiles."""
-    return blocks(C, block_s, block_c, tile=TILE, max_single_c=MAX_SINGLE_C,
-                  loop_block_c=LOOP_BLOCK_C)
+def _blocks(C: int, block_s=None, block_c=None):
+    """-> (unrolled, a class-count representative, BLOCK_S): the kernels'
+    choices for C; C's of one representative (the next power of two up to
+    MAX_UNROLL_C, 0 beyond) compile alike but for the unroll count."""
+    unrolled = C <= MAX_UNROLL_C
+    return unrolled, triton.next_power_of_2(max(C, 1)) if unrolled else 0, block_pixels(CE, C, block_s)
 
 
 def block_pixels(kind: int, C: int, block_s=None, block_c=None) -> int:
-    """Pixels per tile (BLOCK_S) of ``kind``'s kernel; ``block_s`` overrides."""
-    if int(kind) in SOFTMAX_KINDS:
-        return int(block_s) if block_s is not None else SOFTMAX_BLOCK_S
-    return _blocks(C, block_s, block_c)[2]
+    """Pixels per tile (BLOCK_S) of ``kind``'s kernel (every kind: BLOCK_S);
+    ``block_s`` overrides. ``block_c`` is accepted and ignored (the classes
+    are a per-thread loop)."""
+    return int(block_s) if block_s is not None else BLOCK_S
 
 
 def default_chunks(N: int, C: int, S: int, sm_count: int = 132, waves: int = 4, kind: int = CE) -> int:
@@ -661,13 +684,13 @@ def launch_pixel(x, t, t_is_label: bool, N: int, C: int, S: int, P: int, kind: i
     is fully written. ``block_s`` / ``block_c`` override the tile (tests,
     tuning).
 
-    Softmax kinds only: ``out`` (float32 0-d) asks for the reduced loss in
-    the same launch: ``loss`` is then a float32 workspace of N * P * 4
-    elements, out = (scale0 * sum l0 + scale1 * sum l1) / normalizer and
-    ``den`` (float32 0-d) = the normalizer, with ``norm`` NORM_SUM (1),
-    NORM_COUNT (valid pixels) or NORM_WEIGHT (summed w_y of the valid
-    pixels); both NaN if a non-ignored label is outside [label_offset,
-    label_offset + C). Without ``out``, ``den`` with a 0-d ``go`` scales dx
+    ``out`` (float32 0-d) asks for the reduced loss in the same launch:
+    ``loss`` is then a float32 workspace of N * P * 4 elements, out =
+    (scale0 * sum l0 + scale1 * sum l1) / normalizer and ``den`` (float32
+    0-d) = the normalizer, with ``norm`` NORM_SUM (1), NORM_COUNT (valid
+    pixels; for the sigmoid kinds valid elements) or NORM_WEIGHT (summed w_y
+    of the valid pixels, softmax kinds); both NaN if a non-ignored label is
+    outside [0, label_offset + C) Without ``out``, ``den`` with a 0-d ``go`` scales dx
     by go / den (the backward of that loss). ``counter``: the int32 ticket
     counter of the reduction (zero; default ``finish_counter(x.device)``).
     """
@@ -679,8 +702,8 @@ def launch_pixel(x, t, t_is_label: bool, N: int, C: int, S: int, P: int, kind: i
         raise ValueError("softmax pixel losses other than focal take class-index targets")
     if softmax and not t_is_label and (out is not None or den is not None):
         raise ValueError("the in-kernel reduction takes class-index targets")
-    if (out is not None or den is not None) and not softmax:
-        raise ValueError("the in-kernel reduction and the scalar grad_output are for the softmax kinds")
+    if out is not None and not softmax and norm == NORM_WEIGHT:
+        raise ValueError("the sigmoid kinds normalize by a count or not at all")
     want_loss, want_map, want_dx = loss is not None, map is not None, dx is not None
     has_go = want_dx and go is not None
     if not (want_loss or want_map or want_dx):
@@ -714,25 +737,31 @@ def launch_pixel(x, t, t_is_label: bool, N: int, C: int, S: int, P: int, kind: i
     go_ = go if has_go else None
     dx_ = dx if want_dx else x
     sd = (dx.stride(0), dx.stride(1), dx.stride(2)) if want_dx else (0, 0, 0)
-    common = dict(WANT_LOSS=want_loss, WANT_MAP=want_map, WANT_DX=want_dx, BLOCK_S=BLOCK_S)
     if dense_softmax:
         wrap(_pixel_softmax_dense_kernel)[(N * P,)](
-            x, t, w_, go_, loss_, map_, dx_,
+            x, t, w, go_, loss_, map_, dx_,
             C, S, P, L,
             x.stride(0), x.stride(1), x.stride(2),
             stn, stc, sts,
             sd[0], sd[1], sd[2],
             ign_f, float(gamma), float(scale0),
             HAS_IGNORE=bool(has_ignore), HAS_W=w is not None, HAS_GO=has_go,
-            BLOCK_C=_blocks(C, block_s, block_c)[1], num_warps=NUM_WARPS, **common,
+            WANT_LOSS=want_loss, WANT_MAP=want_map, WANT_DX=want_dx, BLOCK_S=BLOCK_S,
+            BLOCK_C=_blocks(C, block_s, block_c)[1], num_warps=WARPS,
         )
-    elif softmax:
-        finish = out is not None
-        if finish and loss.numel() < N * P * 4:
-            raise ValueError(f"the reduction workspace needs {N * P * 4} elements, got {loss.numel()}")
+        return
+    finish = out is not None
+    if finish and loss.numel() < N * P * 4:
+        raise ValueError(f"the reduction workspace needs {N * P * 4} elements, got {loss.numel()}")
+    common = dict(WANT_LOSS=want_loss, WANT_MAP=want_map, WANT_DX=want_dx, BLOCK_S=BLOCK_S,
+                  FINISH=finish, NORM=int(norm) if finish else NORM_SUM,
+                  GO=(2 if den is not None and not finish else 1) if has_go else 0,
+                  FIN_BLOCK=FIN_BLOCK, num_warps=WARPS)
+    out_ = out if finish else None
+    cnt_ = (counter if counter is not None else finish_counter(x.device)) if finish else None
+    if softmax:
         wrap(_pixel_softmax_kernel)[(N * P,)](
-            x, t, w, go_, den, loss_, out if finish else None,
-            (counter if counter is not None else finish_counter(x.device)) if finish else None, map_, dx_,
+            x, t, w, go_, den, loss_, out_, cnt_, map_, dx_,
             C, S, P, L,
             x.stride(0), x.stride(1), x.stride(2),
             stn, sts,
@@ -741,15 +770,12 @@ def launch_pixel(x, t, t_is_label: bool, N: int, C: int, S: int, P: int, kind: i
             float(gamma), float(smoothing), float(scale0), float(scale1),
             KIND=kind, HAS_IGNORE=bool(has_ignore), HAS_W=w is not None,
             HAS_SMOOTH=kind != FOCAL_SOFTMAX and float(smoothing) != 0.0,
-            FINISH=finish, NORM=int(norm) if finish else NORM_SUM,
-            GO=(2 if den is not None and not finish else 1) if has_go else 0,
-            CONST_C=C if C <= MAX_UNROLL_C else 0, FIN_BLOCK=FIN_BLOCK,
-            num_warps=SOFTMAX_WARPS, **common,
+            CONST_C=C if C <= MAX_UNROLL_C and not want_dx else 0, UNROLL=SOFTMAX_UNROLL, **common,
         )
     else:
         wrap(_pixel_sigmoid_kernel)[(N * P,)](
             x, t, w, pw, beta,
-            go_, loss_, map_, dx_,
+            go_, den, loss_, out_, cnt_, map_, dx_,
             C, S, P, L,
             x.stride(0), x.stride(1), x.stride(2),
             stn, stc, sts,
@@ -759,5 +785,5 @@ def launch_pixel(x, t, t_is_label: bool, N: int, C: int, S: int, P: int, kind: i
             KIND=kind, T_IS_LABEL=bool(t_is_label), HAS_IGNORE=bool(has_ignore),
             HAS_W=w is not None, HAS_PW=kind == BCE and pw is not None,
             HAS_BETA=kind == BCE and beta is not None, HAS_ALPHA=float(alpha) >= 0.0,
-            HAS_GO=has_go, BLOCK_C=_blocks(C, block_s, block_c)[1], num_warps=NUM_WARPS, **common,
+            UNROLL=SIGMOID_UNROLL, **common,
         )

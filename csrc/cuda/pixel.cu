@@ -41,8 +41,13 @@ __device__ __forceinline__ A block_sum(A v, A* sm) {
   return r;
 }
 
+// No __launch_bounds__ on the two loss kernels: given the 256-thread bound,
+// ptxas (CUDA 13) trims them to 40-64 registers for occupancy and spills 8-16 B
+// of the chunk bounds and per-pixel sums (sm_80 and sm_90); unbounded they keep
+// everything in registers (40-107, at most 27k of an SM's 64k per 256-thread
+// block, so 2-6 blocks per SM). Launched with kThreads threads only.
 template <int KIND, typename T>
-__global__ void __launch_bounds__(kThreads) softmax_kernel(const Problem pr, const int64_t Pe) {
+__global__ void softmax_kernel(const Problem pr, const int64_t Pe) {
   __shared__ T sm[kThreads];
   const int64_t C = pr.C;
   const int64_t j = blockIdx.x;
@@ -196,7 +201,7 @@ __global__ void __launch_bounds__(kThreads) softmax_dense_kernel(const Problem p
 }
 
 template <int KIND, typename T>
-__global__ void __launch_bounds__(kThreads) sigmoid_kernel(const Problem pr, const int64_t Pe) {
+__global__ void sigmoid_kernel(const Problem pr, const int64_t Pe) {
   __shared__ T sm[kThreads];
   const int64_t C = pr.C;
   const int64_t j = blockIdx.x;

@@ -44,7 +44,7 @@ MODELS = {
 SHAPES = ((8, 21, 128, 128), (16, 21, 512, 512), (8, 64, 128, 128), (8, 150, 128, 128))
 STREAMING = triton_aot.NO_SPILL  # the streaming loss kernels
 # Launches per forward + backward that a fused formula reaches.
-LAUNCH_TARGETS = {"dice": 10, "dice_ce": 12, "ce": 3}
+LAUNCH_TARGETS = {"dice": 10, "dice_ce": 12, "ce": 3, "bce": 3, "focal_sigmoid": 3}
 
 # Torch ops that launch no CUDA kernel (views, metadata, allocation).
 NO_KERNEL = {
@@ -65,6 +65,9 @@ def _calls():
         "dice": lambda x, t: F.dice_loss(x, t, mode="multiclass", backend="triton"),
         "ce": lambda x, t: F.cross_entropy(x, t, backend="triton"),
         "dice_ce": lambda x, t: F.dice_ce_loss(x, t, backend="triton"),
+        # the sigmoid kinds on the same class indices (one-hot per channel)
+        "bce": lambda x, t: F.binary_cross_entropy_with_logits(x, t, backend="triton"),
+        "focal_sigmoid": lambda x, t: F.focal_loss(x, t, mode="multilabel", backend="triton"),
     }
 
 

@@ -306,7 +306,7 @@ def _setup_onepass(ctx, inputs, output):
     if ctx.owned:
         ctx.dx, ctx.s = output[1], output[2]
         ctx.x, ctx.t = _WeakView(inputs[0]), _WeakView(inputs[1])
-        ctx.args = tuple(inputs[2:]) + (("triton",) if len(inputs) == 15 else ())
+        ctx.args = tuple(inputs[2:])
     else:
         ctx.save_for_backward(output[1], output[2])
 
@@ -374,16 +374,9 @@ pixel_loss_recompute_op.register_autograd(_backward_recompute, setup_context=_se
 def _register_triton_ops():
     """The Triton ops, registered when the triton backend is first asked for
     (backends.triton_ops); backends.choose() refuses that backend where Triton is missing."""
-    global pixel_loss_triton_op, pixel_loss_map_triton_op, pixel_loss_grad_triton_op
+    global pixel_loss_map_triton_op, pixel_loss_grad_triton_op
     global pixel_softmax_loss_triton_op, pixel_softmax_grad_triton_op
-
-    @triton_op("segfast::pixel_loss_triton", mutates_args=())
-    def pixel_loss_triton_op(x: Tensor, target: Tensor, weight: Optional[Tensor], pos_weight: Optional[Tensor],
-                             beta: Optional[Tensor], is_label: bool, kind: int, label_offset: int,
-                             ignore_value: Optional[float], gamma: float, alpha: float, smoothing: float,
-                             scale0: float, scale1: float, norm: int) -> tuple[Tensor, Tensor, Tensor]:
-        return _onepass(x, target, weight, pos_weight, beta, is_label, kind, label_offset, ignore_value, gamma,
-                        alpha, smoothing, scale0, scale1, norm, "triton")[:3]
+    global pixel_sigmoid_loss_triton_op, pixel_sigmoid_grad_triton_op
 
     @triton_op("segfast::pixel_loss_map_triton", mutates_args=())
     def pixel_loss_map_triton_op(x: Tensor, target: Tensor, weight: Optional[Tensor],
@@ -406,7 +399,6 @@ def _register_triton_ops():
         return differentiable_once((pixel_loss_grad_triton_op(x, target, g_map, w, pw, b, *ctx.args),)
                                    + (None,) * 13, "pixel-loss")
 
-    pixel_loss_triton_op.register_autograd(_scale_saved_grad, setup_context=_setup_onepass)
     pixel_loss_map_triton_op.register_autograd(_backward_map_triton, setup_context=_setup_map)
 
     @triton_op("segfast::pixel_softmax_loss_triton", mutates_args=())
@@ -418,19 +410,8 @@ def _register_triton_ops():
         float32 0-d; the kernel checks the labels (NaN for one out of range),
         sums its partials in-kernel and divides by the normalizer it counted.
         ``counter``: the kernel's ticket counter (zero before and after)."""
-        from ..triton_kernels import pixel as tk
-
-        N, C, S = x.shape
-        P = triton_chunks(tk, N, C, S, x.device)
-        ws = torch.empty(N * P * 4, dtype=torch.float32, device=x.device)
-        loss = torch.empty((), dtype=torch.float32, device=x.device)
-        den = torch.empty((), dtype=torch.float32, device=x.device)
-        t, _ = target_args(target, True)
-        tk.launch_pixel(x, t, True, N, C, S, P, kind, label_offset, ignore_value is not None,
-                        float(ignore_value) if ignore_value is not None else 0.0, _opt(weight, torch.float32),
-                        None, None, gamma, 0.25, smoothing, scale0, scale1, ws, None, None, None,
-                        out=loss, den=den, norm=norm, counter=counter)
-        return loss, den
+        return _reduced_triton(x, target, True, weight, None, None, counter, kind, label_offset, ignore_value,
+                               gamma, 0.25, smoothing, scale0, scale1, norm)
 
     @triton_op("segfast::pixel_softmax_grad_triton", mutates_args=())
     def pixel_softmax_grad_triton_op(x: Tensor, target: Tensor, weight: Optional[Tensor], go: Tensor, den: Tensor,
@@ -439,16 +420,8 @@ def _register_triton_ops():
         """dx of pixel_softmax_loss_triton for the 0-d grad_output ``go``, read
         on the device with its normalizer ``den``: one read of the logits and
         labels, one write of dx."""
-        from ..triton_kernels import pixel as tk
-
-        N, C, S = x.shape
-        dx = backends.empty_output(x.shape, x.dtype, x.device, like=x)
-        t, _ = target_args(target, True)
-        tk.launch_pixel(x, t, True, N, C, S, 1, kind, label_offset, ignore_value is not None,
-                        float(ignore_value) if ignore_value is not None else 0.0, _opt(weight, torch.float32),
-                        None, None, gamma, 0.25, smoothing, scale0, scale1, None, None,
-                        go.to(torch.float32), dx, den=den)
-        return dx
+        return _reduced_grad_triton(x, target, True, weight, None, None, go, den, kind, label_offset, ignore_value,
+                                    gamma, 0.25, smoothing, scale0, scale1)
 
     def _setup_softmax_triton(ctx, inputs, output):
         x, target, weight, _counter, *args = inputs
@@ -469,6 +442,82 @@ def _register_triton_ops():
     @pixel_softmax_grad_triton_op.register_fake
     def _(x, *rest):
         return torch.empty_like(x)
+
+    @triton_op("segfast::pixel_sigmoid_loss_triton", mutates_args=())
+    def pixel_sigmoid_loss_triton_op(x: Tensor, target: Tensor, weight: Optional[Tensor],
+                                     pos_weight: Optional[Tensor], beta: Optional[Tensor], counter: Tensor,
+                                     is_label: bool, kind: int, label_offset: int, ignore_value: Optional[float],
+                                     gamma: float, alpha: float, scale0: float, norm: int) -> tuple[Tensor, Tensor]:
+        """A reduced sigmoid-kind loss (BCE, balanced BCE, sigmoid focal) in one
+        launch, as pixel_softmax_loss_triton: (loss, normalizer: the valid
+        elements for NORM_COUNT), float32 0-d, NaN for a label out of range."""
+        return _reduced_triton(x, target, is_label, weight, pos_weight, beta, counter, kind, label_offset,
+                               ignore_value, gamma, alpha, 0.0, scale0, 0.0, norm)
+
+    @triton_op("segfast::pixel_sigmoid_grad_triton", mutates_args=())
+    def pixel_sigmoid_grad_triton_op(x: Tensor, target: Tensor, weight: Optional[Tensor],
+                                     pos_weight: Optional[Tensor], beta: Optional[Tensor], go: Tensor, den: Tensor,
+                                     is_label: bool, kind: int, label_offset: int, ignore_value: Optional[float],
+                                     gamma: float, alpha: float, scale0: float) -> Tensor:
+        """dx of pixel_sigmoid_loss_triton for the 0-d grad_output ``go``, read on
+        the device with ``den``: one read of logits and targets, one write of dx."""
+        return _reduced_grad_triton(x, target, is_label, weight, pos_weight, beta, go, den, kind, label_offset,
+                                    ignore_value, gamma, alpha, 0.0, scale0, 0.0)
+
+    def _setup_sigmoid_triton(ctx, inputs, output):
+        x, target, weight, pos_weight, beta, _counter, *args = inputs
+        ctx.mark_non_differentiable(output[1])
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(x, target, weight, pos_weight, beta, output[1])
+        ctx.args = tuple(args[:-1])  # is_label .. scale0 (not norm)
+
+    def _backward_sigmoid_triton(ctx, g_loss, g_den):
+        if g_loss is None:
+            return (None,) * 14
+        x, target, weight, pos_weight, beta, den = ctx.saved_tensors
+        dx = pixel_sigmoid_grad_triton_op(x, target, weight, pos_weight, beta, g_loss, den, *ctx.args)
+        return differentiable_once((dx,) + (None,) * 13, "pixel-loss")
+
+    pixel_sigmoid_loss_triton_op.register_autograd(_backward_sigmoid_triton, setup_context=_setup_sigmoid_triton)
+
+    @pixel_sigmoid_grad_triton_op.register_fake
+    def _(x, *rest):
+        return torch.empty_like(x)
+
+
+def _reduced_triton(x, target, is_label, weight, pos_weight, beta, counter, kind, label_offset, ignore_value,
+                    gamma, alpha, smoothing, scale0, scale1, norm):
+    """(loss, normalizer) of a reduced pixel loss from one Triton launch
+    (the kernel's last program reduces; see triton_kernels.pixel.launch_pixel)."""
+    from ..triton_kernels import pixel as tk
+
+    N, C, S = x.shape
+    P = triton_chunks(tk, N, C, S, x.device)
+    ws = torch.empty(N * P * 4, dtype=torch.float32, device=x.device)
+    loss = torch.empty((), dtype=torch.float32, device=x.device)
+    den = torch.empty((), dtype=torch.float32, device=x.device)
+    t, _ = target_args(target, is_label)
+    tk.launch_pixel(x, t, is_label, N, C, S, P, kind, label_offset, ignore_value is not None,
+                    float(ignore_value) if ignore_value is not None else 0.0, _opt(weight, torch.float32),
+                    _opt(pos_weight, torch.float32), _opt(beta, torch.float32), gamma, alpha, smoothing, scale0,
+                    scale1, ws, None, None, None, out=loss, den=den, norm=norm, counter=counter)
+    return loss, den
+
+
+def _reduced_grad_triton(x, target, is_label, weight, pos_weight, beta, go, den, kind, label_offset, ignore_value,
+                         gamma, alpha, smoothing, scale0, scale1):
+    """dx of a reduced pixel loss for the 0-d grad_output ``go`` and normalizer
+    ``den``, both read by the kernel on the device."""
+    from ..triton_kernels import pixel as tk
+
+    N, C, S = x.shape
+    dx = backends.empty_output(x.shape, x.dtype, x.device, like=x)
+    t, _ = target_args(target, is_label)
+    tk.launch_pixel(x, t, is_label, N, C, S, 1, kind, label_offset, ignore_value is not None,
+                    float(ignore_value) if ignore_value is not None else 0.0, _opt(weight, torch.float32),
+                    _opt(pos_weight, torch.float32), _opt(beta, torch.float32), gamma, alpha, smoothing, scale0,
+                    scale1, None, None, go.to(torch.float32), dx, den=den)
+    return dx
 
 
 # ---------------------------------------------------------------- dispatch
@@ -513,11 +562,19 @@ def pixel_loss(x: Tensor, t: Tensor, is_label: bool, kind: int, *, label_offset:
     args = (x, t, weight, pos_weight, beta, is_label, kind, label_offset, ignore_value, float(gamma),
             float(alpha), float(smoothing), float(scale0), float(scale1))
     if backend == "triton":
-        if reduce and per_pixel(kind, is_label):
+        if not reduce:
+            return pixel_loss_map_triton_op(*args)
+        if kind in SOFTMAX_KINDS and not is_label:  # dense targets (softmax focal): the map kernel, reduced here
+            m = pixel_loss_map_triton_op(*args)
+            d = normalizer(x, t, is_label, kind, ignore_value, weight, norm)
+            return torch.where(d > 0, m.sum() / torch.where(d > 0, d, 1), 0)
+        if kind in SOFTMAX_KINDS:
             return pixel_softmax_loss_triton_op(x, t, weight, _finish_counter(x.device), kind, label_offset,
                                                 ignore_value, float(gamma), float(smoothing), float(scale0),
                                                 float(scale1), norm)[0]
-        return pixel_loss_triton_op(*args, norm)[0] if reduce else pixel_loss_map_triton_op(*args)
+        return pixel_sigmoid_loss_triton_op(x, t, weight, pos_weight, beta, _finish_counter(x.device), is_label,
+                                            kind, label_offset, ignore_value, float(gamma), float(alpha),
+                                            float(scale0), norm)[0]
     if not reduce:
         return pixel_loss_map_op(*args, backend)
     if backend == "cuda":  # the backward recomputes dx with grad_output read on the device
