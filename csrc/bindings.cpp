@@ -29,6 +29,8 @@ void region_stats_cpu(const Problem& pr, int64_t P, void* out, int64_t num_threa
                       float* p_out, int64_t p_sN, int64_t p_sC, int64_t* conf);
 bool grad_probs_built();
 bool grad_probs_ok(const Problem& pr);
+int64_t region_keeps(int64_t x_dtype, bool t_is_label, int64_t act, int64_t xent, int64_t C,
+                     int64_t xsS);
 void region_grad_probs_cpu(const Problem& pr, const float* g, int64_t num_threads);
 void region_grad_cpu(const Problem& pr, const void* g, void* dx, int64_t dxsN, int64_t dxsC,
                      int64_t dxsS, int64_t num_threads, const float* mr);
@@ -957,6 +959,12 @@ PYBIND11_MODULE(SEGFAST_MODULE_NAME, m) {
         py::arg("num_threads"), py::arg("mr_ptr") = 0, py::arg("p_ptr") = 0, py::arg("psN") = 0,
         py::arg("psC") = 0, py::arg("conf_ptr") = 0);
   m.attr("REGION_GRAD_PROBS") = py::bool_(segfast::region::grad_probs_built());
+  m.def("region_keeps_cpu", &segfast::region::region_keeps,
+        "What region_stats_cpu keeps for the grad pass with these inputs, as bits: 1, each pixel's "
+        "softmax max and 1/sum (mr_ptr, [2, N, S] float32); 2, v*p in the gradient's buffer (p_ptr, "
+        "then region_grad_probs_cpu); 0, neither.",
+        py::arg("x_dtype"), py::arg("t_is_label"), py::arg("act"), py::arg("xent"), py::arg("C"),
+        py::arg("xsS"));
   m.def("region_grad_probs_cpu", &grad_probs_cpu,
         "dLoss/dx written over q = v p [N, C, S] (float32, unit pixel stride), which "
         "region_stats_cpu wrote at p_ptr (softmax, class-index targets, no pixel term), from "

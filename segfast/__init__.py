@@ -43,33 +43,13 @@ def _refuse_shadowed_source_tree():
 _refuse_shadowed_source_tree()
 
 from . import backends  # noqa: E402
+from ._families import namespaces as _namespaces, public as _public  # noqa: E402
 from .backends import empty_cache  # noqa: E402
-from .functional import (balanced_bce_loss, binary_cross_entropy_with_logits, cross_entropy,  # noqa: E402
-                         dice_ce_loss, dice_focal_loss, dice_fused_loss, dice_loss, focal_loss, fused_loss,
-                         generalized_dice_loss, jaccard_loss, lovasz_hinge_loss, lovasz_softmax_loss, region_stats,
-                         tversky_loss)
-from .functional import Bilateral, Gaussian, dense_crf, pixel_objectness  # noqa: E402  (crf family)
-from .losses import DenseCRF  # noqa: E402  (crf family)
-from .losses import (BalancedBCELoss, BCEWithLogitsLoss, CrossEntropyLoss, DiceCELoss, DiceFocalLoss,  # noqa: E402
-                     DiceFusedLoss, DiceLoss, FocalLoss, FusedLoss, GeneralizedDiceLoss, JaccardLoss,
-                     LovaszHingeLoss, LovaszSoftmaxLoss, TverskyLoss)
 
-# ---- boxes family (segfast/ops/boxes.py, segfast/ops/box_losses.py) ----
-from .functional import (box_iou, box_iou_aligned, ciou_loss, complete_box_iou,  # noqa: E402
-                         complete_box_iou_aligned, diou_loss, distance_box_iou, distance_box_iou_aligned,
-                         generalized_box_iou, generalized_box_iou_aligned, giou_loss, iou_balanced_bce_loss,
-                         iou_balanced_ce_loss, iou_balanced_focal_loss, iou_balanced_smooth_l1_loss, iou_loss,
-                         matched_iou)
-from .losses import (CIoULoss, DIoULoss, GIoULoss, IoUBalancedBCELoss, IoUBalancedCELoss,  # noqa: E402
-                     IoUBalancedFocalLoss, IoUBalancedSmoothL1Loss, IoULoss)
-# ---- end of the boxes family ----
-
-
-# ---- boxes_match family ----
-from .functional import batched_nms, box_iou_max, nms  # noqa: E402
-# ---- end of the boxes_match family ----
-
-from . import metrics  # noqa: E402,F401  (metrics family: segfast.metrics.COCOEvaluator, ConfusionMatrix)
+# Every family's public functions and Modules (segfast/_families.py), and the
+# families with a namespace of their own (segfast.metrics).
+globals().update(_public())
+globals().update(_namespaces())
 
 
 def info(print_out: bool = True) -> dict:
@@ -100,18 +80,4 @@ def info(print_out: bool = True) -> dict:
     return d
 
 
-__all__ = ["dice_loss", "jaccard_loss", "tversky_loss", "generalized_dice_loss", "region_stats",
-           "cross_entropy", "binary_cross_entropy_with_logits", "balanced_bce_loss", "focal_loss", "fused_loss",
-           "dice_ce_loss", "dice_focal_loss", "dice_fused_loss", "lovasz_hinge_loss", "lovasz_softmax_loss",
-           "DiceLoss", "JaccardLoss", "TverskyLoss", "GeneralizedDiceLoss",
-           "CrossEntropyLoss", "BCEWithLogitsLoss", "BalancedBCELoss", "FocalLoss", "FusedLoss",
-           "DiceCELoss", "DiceFocalLoss", "DiceFusedLoss", "LovaszHingeLoss", "LovaszSoftmaxLoss",
-           "info", "empty_cache", "backends", "__version__"]
-__all__ += ["box_iou_max", "nms", "batched_nms"]  # boxes_match family
-__all__ += ["box_iou", "generalized_box_iou", "distance_box_iou", "complete_box_iou", "box_iou_aligned",
-            "generalized_box_iou_aligned", "distance_box_iou_aligned", "complete_box_iou_aligned", "iou_loss",
-            "giou_loss", "diou_loss", "ciou_loss", "iou_balanced_focal_loss", "iou_balanced_bce_loss",
-            "iou_balanced_ce_loss", "iou_balanced_smooth_l1_loss", "matched_iou"]  # boxes family
-__all__ += ["IoULoss", "GIoULoss", "DIoULoss", "CIoULoss", "IoUBalancedFocalLoss", "IoUBalancedBCELoss",
-            "IoUBalancedCELoss", "IoUBalancedSmoothL1Loss"]
-__all__ += ["dense_crf", "pixel_objectness", "DenseCRF", "Gaussian", "Bilateral"]  # crf family
+__all__ = [*_public(), "info", "empty_cache", "backends", "__version__"]

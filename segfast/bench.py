@@ -40,7 +40,7 @@ from typing import Callable, Optional
 
 import torch
 
-from . import backends, results
+from . import _families, backends, results
 from . import functional as F
 from .reference import lovasz as ref_lovasz
 from .reference import pixel as ref_pixel
@@ -975,11 +975,9 @@ def stages(device: torch.device, args) -> list:
     out += [(f"dense_crf[{B}x{CRF_LABELS}x{H}x{W}]", functools.partial(measure_crf_case, device, B, H, W))
             for B, H, W in crf_cases(device, args.quick)]
     out.append(("dense_crf(noise)", lambda: measure_crf_noise(device, quick=args.quick)))
-    if device.type == "cpu":  # the metrics family's CPU rows
-        def metrics(kind):
-            from .metrics import _bench as metrics_bench
-            return getattr(metrics_bench, f"measure_{kind}")(args.quick, memory=memory)
-        out += [("coco_map", lambda: metrics("detection")), ("confusion_matrix", lambda: metrics("segmentation"))]
+    family_args = argparse.Namespace(**vars(args), memory=memory)
+    for module in _families.bench_modules():  # the families' own stages (segfast/_families.py)
+        out += module.stages(device, family_args)
     return out
 
 

@@ -96,3 +96,73 @@ def test_compile_fullgraph_is_the_first_call(tmp_path):
         assert dl < 1e-5 and dg < 1e-5, (b, dl, dg)
     assert got["after"] == have_triton
     assert "triton" in got["err"] or got["traced"] or not have_triton, got
+
+
+def test_every_public_name_comes_from_its_family():
+    """segfast, segfast.functional and segfast.losses hold exactly the names the
+    families list in their __all__ (segfast/_families.py): functions in
+    functional, Modules in losses, both at the top level."""
+    import inspect
+
+    import torch
+
+    import segfast
+    import segfast.functional
+    import segfast.losses
+    from segfast import _families
+
+    declared = {}
+    for fam in _families.FAMILIES:
+        mod = importlib.import_module(fam.module)
+        assert mod.__all__, fam.module
+        for name in mod.__all__:
+            obj = getattr(mod, name)
+            assert not callable(obj) or obj.__module__.startswith(fam.module), (fam.module, name)
+            if not fam.namespace:
+                declared[name] = getattr(mod, name)
+    is_module = {n: inspect.isclass(o) and issubclass(o, torch.nn.Module) for n, o in declared.items()}
+    assert set(segfast.functional.__all__) == {n for n in declared if not is_module[n]}
+    assert set(segfast.losses.__all__) == {n for n in declared if is_module[n]}
+    assert set(segfast.__all__) == set(declared) | {"info", "empty_cache", "backends", "__version__"}
+    for name, obj in declared.items():
+        assert getattr(segfast, name) is obj
+        assert getattr(segfast.losses if is_module[name] else segfast.functional, name) is obj
+    assert segfast.metrics is importlib.import_module("segfast.metrics")
+
+
+def test_a_new_family_is_one_line(monkeypatch):
+    """A family added to the list (its own module: a function, a Module, bench
+    stages) is collected with no other change: its function and Module, and
+    its segfast-bench stages."""
+    import types
+
+    import torch
+
+    import segfast.bench as sb
+    from segfast import _families
+
+    fam = types.ModuleType("segfast_test_family")
+
+    def twice(x):
+        return 2 * x
+
+    class Twice(torch.nn.Module):
+        def forward(self, x):
+            return twice(x)
+
+    fam.twice, fam.Twice, fam.__all__ = twice, Twice, ["twice", "Twice"]
+    fam.stages = lambda device, args: [("twice", lambda: [dict(op="twice", quick=args.quick)])]
+    monkeypatch.setitem(sys.modules, "segfast_test_family", fam)
+    monkeypatch.setattr(_families, "FAMILIES",
+                        _families.FAMILIES + (_families.Family("segfast_test_family", bench="segfast_test_family"),))
+    assert _families.public(modules=False)["twice"] is twice
+    assert _families.public(modules=True)["Twice"] is Twice
+    stages = dict(sb.stages(torch.device("cpu"), sb.parser().parse_args(["--quick", "--no-memory"])))
+    assert stages["twice"]() == [dict(op="twice", quick=True)]
+    assert {"coco_map", "confusion_matrix"} <= set(stages)  # the metrics family's own stages
+    clash = types.ModuleType("segfast_test_clash")
+    clash.dice_loss, clash.__all__ = twice, ["dice_loss"]
+    monkeypatch.setitem(sys.modules, "segfast_test_clash", clash)
+    monkeypatch.setattr(_families, "FAMILIES", _families.FAMILIES + (_families.Family("segfast_test_clash"),))
+    with pytest.raises(ImportError, match="both define 'dice_loss'"):
+        _families.public()

@@ -1645,6 +1645,28 @@ bool grad_probs_ok(const Problem& pr) {
 #endif
 }
 
+// What region_stats_cpu keeps for the grad pass, as bits: 1, each pixel's
+// softmax max and 1/sum ([2, N, S] float32, its mr argument, which
+// region_grad_cpu reads instead of taking the max again); 2, v*p in the
+// buffer that becomes dLoss/dx (its p_out, then region_grad_probs_cpu:
+// float32 x with unit pixel stride, so that q and the gradient share dtype
+// and layout). The fast path keeps them, without a pixel term. The caller
+// allocates what this answers: these conditions are written here only.
+int64_t region_keeps(int64_t x_dtype, bool t_is_label, int64_t act, int64_t xent, int64_t C,
+                     int64_t xsS) {
+#if defined(SEGFAST_VEC)
+  Problem pr{};
+  pr.x_dtype = int(x_dtype);
+  pr.t_is_label = t_is_label;
+  pr.act = int(act);
+  pr.C = C;
+  if (xent != kXentNone || !fast_ok(pr)) return 0;
+  return 1 | (x_dtype == kFloat32 && xsS == 1 ? 2 : 0);
+#else
+  return 0;
+#endif
+}
+
 void region_grad_probs_cpu(const Problem& pr, const float* g, int64_t num_threads) {
   if (pr.N <= 0 || pr.C <= 0 || pr.S <= 0) return;
 #if defined(SEGFAST_VEC)

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from .. import _doc
-from ..functional import generalized_dice_weights
+from ..ops.region import generalized_dice_weights
 from ..ops import _common
 from ..ops import region as _region
 from ..ops._common import require

@@ -1,5 +1,5 @@
-"""Benchmark rows of the metrics family (used by segfast-bench and
-bench/bench_metrics.py).
+"""Benchmark rows of the metrics family: its segfast-bench stages (:func:`stages`,
+collected through segfast/_families.py) and bench/bench_metrics.py.
 
 Detection: ``synthetic_coco`` (seed 0: 5,000 images, 80 categories, ~7 gts
 per image with ~2% crowd, ~100 detections per image, scores with 3
@@ -229,6 +229,17 @@ def measure_segmentation(quick: bool = False, repeat: int = 3, memory: bool = Tr
                          speedup_vs_monai=None, speedup_vs_smp=None,
                          equal_to_bincount=bool(torch.equal(mats[k], mats["argmax_bincount"]))))
     return rows
+
+
+def stages(device: torch.device, args) -> list:
+    """segfast-bench's stages of the metrics family, (name, zero-argument function
+    returning rows): COCO mAP and the confusion matrix, CPU rows only (the GPU
+    paths are not timed here). ``args``: segfast-bench's arguments (``quick``,
+    ``memory``)."""
+    if device.type != "cpu":
+        return []
+    return [("coco_map", lambda: measure_detection(args.quick, memory=args.memory)),
+            ("confusion_matrix", lambda: measure_segmentation(args.quick, memory=args.memory))]
 
 
 def measure(device: torch.device, quick: bool = False, memory: bool = True) -> list:

@@ -23,9 +23,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .. import _doc
 from ..reference import boxes as ref
 from . import boxes as _boxes
 from ._common import require
+
+
+__all__ = ["iou_balanced_focal_loss", "iou_balanced_bce_loss", "iou_balanced_ce_loss", "iou_balanced_smooth_l1_loss",
+           "matched_iou", "IoUBalancedFocalLoss", "IoUBalancedBCELoss", "IoUBalancedCELoss", "IoUBalancedSmoothL1Loss"]
 
 
 def matched_iou(pred_boxes: Tensor, gt_boxes: Tensor, *, fmt: str = "xyxy", backend: Optional[str] = None) -> Tensor:
@@ -344,3 +349,144 @@ def iou_balanced_smooth_l1_loss(pred: Tensor, target: Tensor, iou: Tensor, *, we
     L = ref.smooth_l1(p, tg, beta)
     default = (w > 0).sum().to(acc) / 4 + 1e-6
     return loss_weight * (L * iw).sum() / _avg(avg_factor, default)
+
+
+# ---------------------------------------------------------------- Modules
+
+
+class _IoUBalancedLoss(torch.nn.Module):
+    """IoU-balanced losses: forward(pred, target, iou, weight=None, avg_factor=None)."""
+    _fn = None
+
+    def __init__(self, **kwargs):
+        super().__init__()
+        self.kwargs = kwargs
+
+    def forward(self, pred, target, iou, weight=None, avg_factor=None):
+        return type(self)._fn(pred, target, iou, weight=weight, avg_factor=avg_factor, **self.kwargs)
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{k}={v!r}" for k, v in self.kwargs.items())
+
+
+class IoUBalancedFocalLoss(_IoUBalancedLoss):
+    """Module form of :func:`segfast.iou_balanced_focal_loss`.
+
+    Holds the hyper-parameters; ``forward(pred, target, iou, weight=None,
+    avg_factor=None)`` calls :func:`segfast.iou_balanced_focal_loss`.
+
+    Args:
+        gamma: focusing exponent.
+        alpha: weight of the positives.
+        eta: exponent of the IoU weights.
+        loss_weight: factor of the whole loss.
+
+    Returns:
+        {balanced_returns}
+
+    Raises:
+        {module_raises}
+
+    Example:
+        >>> import torch, segfast
+        >>> loss_fn = segfast.IoUBalancedFocalLoss(eta=1.5)
+        >>> logits, labels = torch.zeros(4, 3), torch.tensor([0, 1, 2, 3])   # label 3: background
+        >>> loss_fn(logits, labels, torch.full((4,), 0.5)).shape
+        torch.Size([])
+    """
+    _fn = staticmethod(iou_balanced_focal_loss)
+
+    def __init__(self, gamma=2.0, alpha=0.25, eta=1.5, loss_weight=1.0):
+        super().__init__(gamma=gamma, alpha=alpha, eta=eta, loss_weight=loss_weight)
+
+
+class IoUBalancedBCELoss(_IoUBalancedLoss):
+    """Module form of :func:`segfast.iou_balanced_bce_loss`.
+
+    Holds the hyper-parameters; ``forward(pred, target, iou, weight=None,
+    avg_factor=None)`` calls :func:`segfast.iou_balanced_bce_loss`.
+
+    Args:
+        eta: exponent of the IoU weights.
+        loss_weight: factor of the whole loss.
+
+    Returns:
+        {balanced_returns}
+
+    Raises:
+        {module_raises}
+
+    Example:
+        >>> import torch, segfast
+        >>> loss_fn = segfast.IoUBalancedBCELoss(eta=1.5)
+        >>> logits, labels = torch.zeros(4, 3), torch.tensor([0, 1, 2, 3])
+        >>> loss_fn(logits, labels, torch.full((4,), 0.5)).shape
+        torch.Size([])
+    """
+    _fn = staticmethod(iou_balanced_bce_loss)
+
+    def __init__(self, eta=1.5, loss_weight=1.0):
+        super().__init__(eta=eta, loss_weight=loss_weight)
+
+
+class IoUBalancedCELoss(_IoUBalancedLoss):
+    """Module form of :func:`segfast.iou_balanced_ce_loss`.
+
+    Holds the hyper-parameters; ``forward(pred, target, iou, weight=None,
+    avg_factor=None)`` calls :func:`segfast.iou_balanced_ce_loss`.
+
+    Args:
+        eta: exponent of the IoU weights.
+        background: the background label.
+        loss_weight: factor of the whole loss.
+
+    Returns:
+        {balanced_returns}
+
+    Raises:
+        {module_raises}
+
+    Example:
+        >>> import torch, segfast
+        >>> loss_fn = segfast.IoUBalancedCELoss(eta=1.5, background=0)
+        >>> logits, labels = torch.zeros(4, 3), torch.tensor([0, 1, 2, 1])
+        >>> round(loss_fn(logits, labels, torch.full((4,), 0.5)).item(), 4)
+        1.0986
+    """
+    _fn = staticmethod(iou_balanced_ce_loss)
+
+    def __init__(self, eta=1.5, background=0, loss_weight=1.0):
+        super().__init__(eta=eta, background=background, loss_weight=loss_weight)
+
+
+class IoUBalancedSmoothL1Loss(_IoUBalancedLoss):
+    """Module form of :func:`segfast.iou_balanced_smooth_l1_loss`.
+
+    Holds the hyper-parameters; ``forward(pred, target, iou, weight=None,
+    avg_factor=None)`` calls :func:`segfast.iou_balanced_smooth_l1_loss`.
+
+    Args:
+        beta: the smooth-L1 threshold.
+        lam: exponent of the IoU weights.
+        loss_weight: factor of the whole loss.
+
+    Returns:
+        {balanced_returns}
+
+    Raises:
+        {module_raises}
+
+    Example:
+        >>> import torch, segfast
+        >>> loss_fn = segfast.IoUBalancedSmoothL1Loss(beta=1.0, lam=1.5)
+        >>> deltas = torch.zeros(2, 4)
+        >>> loss_fn(deltas, deltas, torch.ones(2)).item()
+        0.0
+    """
+    _fn = staticmethod(iou_balanced_smooth_l1_loss)
+
+    def __init__(self, beta=1.0, lam=1.5, loss_weight=1.0):
+        super().__init__(beta=beta, lam=lam, loss_weight=loss_weight)
+
+
+_doc.fill_modules(globals(), __name__)

@@ -24,12 +24,16 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .. import backends
+from .. import _doc, backends
 from ..reference import boxes as ref
 from . import _common
 from ._common import require, triton_op
 
 FMTS, KINDS, EPS = ref.FMTS, ref.KINDS, ref.EPS
+__all__ = ["box_iou", "generalized_box_iou", "distance_box_iou", "complete_box_iou", "box_iou_aligned",
+           "generalized_box_iou_aligned", "distance_box_iou_aligned", "complete_box_iou_aligned", "iou_loss",
+           "giou_loss", "diou_loss", "ciou_loss", "IoULoss", "GIoULoss", "DIoULoss", "CIoULoss"]
+
 _FLOATS = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 _INTS = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
 
@@ -568,3 +572,124 @@ ciou_loss.__doc__ = _LOSS_DOC.format(name="1 - CIoU", tv="complete_box_iou_loss"
 
 def __getattr__(name):  # the *_triton_op names, registered on first use
     return backends.triton_op_attr(__name__, name)
+
+
+# ---------------------------------------------------------------- Modules
+
+
+class _BoxLoss(torch.nn.Module):
+    """Box losses on aligned pairs: forward(boxes1, boxes2)."""
+    _fn = None
+
+    def __init__(self, reduction: str = "mean", fmt: str = "xyxy", eps: float = 1e-7, backend=None):
+        super().__init__()
+        self.kwargs = dict(reduction=reduction, fmt=fmt, eps=eps, backend=backend)
+
+    def forward(self, boxes1: torch.Tensor, boxes2: torch.Tensor) -> torch.Tensor:
+        return type(self)._fn(boxes1, boxes2, **self.kwargs)
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{k}={v!r}" for k, v in self.kwargs.items())
+
+
+class IoULoss(_BoxLoss):
+    """Module form of :func:`segfast.iou_loss`: the 1 - IoU loss of aligned box pairs.
+
+    ``forward(boxes1, boxes2)`` calls :func:`segfast.iou_loss` on predictions and
+    targets [..., 4].
+
+    Args:
+        {box_args}
+
+    Returns:
+        {box_returns}
+
+    Raises:
+        {module_raises}
+
+    Example:
+        >>> import torch, segfast
+        >>> loss_fn = segfast.IoULoss()
+        >>> pred = torch.tensor([[0., 0., 2., 2.]])
+        >>> round(loss_fn(pred, torch.tensor([[0., 0., 2., 4.]])).item(), 4)
+        0.5
+    """
+    _fn = staticmethod(iou_loss)
+
+
+class GIoULoss(_BoxLoss):
+    """Module form of :func:`segfast.giou_loss`: the 1 - GIoU loss of aligned box pairs.
+
+    ``forward(boxes1, boxes2)`` calls :func:`segfast.giou_loss` on predictions and
+    targets [..., 4].
+
+    Args:
+        {box_args}
+
+    Returns:
+        {box_returns}
+
+    Raises:
+        {module_raises}
+
+    Example:
+        >>> import torch, segfast
+        >>> loss_fn = segfast.GIoULoss()
+        >>> pred = torch.tensor([[0., 0., 2., 2.]])
+        >>> round(loss_fn(pred, torch.tensor([[0., 0., 2., 4.]])).item(), 4)
+        0.5
+    """
+    _fn = staticmethod(giou_loss)
+
+
+class DIoULoss(_BoxLoss):
+    """Module form of :func:`segfast.diou_loss`: the 1 - DIoU loss of aligned box pairs.
+
+    ``forward(boxes1, boxes2)`` calls :func:`segfast.diou_loss` on predictions and
+    targets [..., 4].
+
+    Args:
+        {box_args}
+
+    Returns:
+        {box_returns}
+
+    Raises:
+        {module_raises}
+
+    Example:
+        >>> import torch, segfast
+        >>> loss_fn = segfast.DIoULoss()
+        >>> pred = torch.tensor([[0., 0., 2., 2.]])
+        >>> round(loss_fn(pred, torch.tensor([[0., 0., 2., 4.]])).item(), 4)
+        0.55
+    """
+    _fn = staticmethod(diou_loss)
+
+
+class CIoULoss(_BoxLoss):
+    """Module form of :func:`segfast.ciou_loss`: the 1 - CIoU loss of aligned box pairs.
+
+    ``forward(boxes1, boxes2)`` calls :func:`segfast.ciou_loss` on predictions and
+    targets [..., 4].
+
+    Args:
+        {box_args}
+
+    Returns:
+        {box_returns}
+
+    Raises:
+        {module_raises}
+
+    Example:
+        >>> import torch, segfast
+        >>> loss_fn = segfast.CIoULoss()
+        >>> pred = torch.tensor([[0., 0., 2., 2.]])
+        >>> round(loss_fn(pred, torch.tensor([[0., 0., 2., 4.]])).item(), 4)
+        0.5532
+    """
+    _fn = staticmethod(ciou_loss)
+
+
+_doc.fill_modules(globals(), __name__)

@@ -31,6 +31,8 @@ from ..reference import boxes_match as ref
 from ._common import FLOATS, require, triton_op
 
 FMTS = ref.FMTS
+
+__all__ = ["box_iou_max", "nms", "batched_nms"]
 INTS = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
 
 

@@ -49,11 +49,12 @@ from typing import List, Optional, Sequence, Union
 import torch
 from torch import Tensor
 
-from .. import backends
+from .. import _doc, backends
 from ..reference import crf as ref
 from ._common import host_checks, require
 
 FAMILY = "crf"
+__all__ = ["dense_crf", "pixel_objectness", "Gaussian", "Bilateral", "DenseCRF"]
 NORMALIZATIONS = {"symmetric": 0, "after": 1, "before": 2, "none": 3}
 METHODS = ("permutohedral", "exact")
 UNARY_FROM = ("energy", "logits", "probs")
@@ -282,7 +283,63 @@ def dense_crf(unary: Tensor, image: Tensor, *, iterations: int = 5, gaussian: Op
               bilateral: Optional[Bilateral] = Bilateral(), compat: Optional[Compat] = None,
               normalization: str = "symmetric", pos: Optional[Tensor] = None, method: str = "permutohedral",
               unary_from: str = "energy", self_message: bool = True, backend: Optional[str] = None) -> Tensor:
-    """See :func:`segfast.functional.dense_crf`."""
+    """Fully connected CRF with Gaussian edge potentials, batched mean field.
+
+    Krähenbühl & Koltun (NIPS 2011), with pydensecrf's DenseCRF2D semantics:
+    Q0 = softmax(-U), then ``iterations`` times Q = softmax(-U - Σ_m μ_m K̃_m Q),
+    every pixel at once. The permutohedral lattice of each image and kernel is
+    built once and reused by every iteration and label.
+
+    Args:
+        unary: [B, C, H, W] float: energies (``unary_from="energy"``,
+            pydensecrf's setUnaryEnergy), logits (``"logits"``:
+            U = -log_softmax) or probabilities (``"probs"``:
+            U = -log(clip(p, 1e-5, 1))). Any C >= 1.
+        image: [B, 3, H, W], uint8 or float on the 0-255 scale (the scale of
+            srgb; a float image within [0, 1] draws a warning).
+        iterations: mean-field updates, >= 0 (pydensecrf's ``inference(iterations)``).
+        gaussian: :class:`segfast.Gaussian` spatial kernel (sxy=3, compat=3,
+            pydensecrf's documented example values); None drops it.
+        bilateral: :class:`segfast.Bilateral` appearance kernel (sxy=80,
+            srgb=13, compat=10); None drops it.
+        compat: overrides both kernels' compat: a number w is the Potts model
+            as pydensecrf applies it (the message adds w·K̃Q to the same
+            label's logit); a [C, C] matrix μ is symmetrized, (μ + μᵀ)/2, its
+            entries penalties (positive: the label pair is discouraged).
+        normalization: "symmetric" (K̃ = n K n, n = 1/sqrt(K·1), default),
+            "after" (NIPS'11, K̃ = K / K·1), "before" or "none".
+        pos: [B, H, W] pixel objectness (:func:`pixel_objectness`): the POS-CRF
+            unary θ_0 = -log p_0, θ_k = U_k - pos for classes k >= 1.
+        method: "permutohedral" (O(N) per filter) or "exact" (the O(N²) sum, in
+            torch on every backend: small images and tests).
+        unary_from: "energy", "logits" or "probs" (see ``unary``).
+        self_message: True (pydensecrf): the sum over j includes i; False
+            removes the i = j term, taken as K_ii = 1.
+        backend: "cpu", "triton", "cuda" or "torch" (None: cpu on CPU tensors,
+            triton on CUDA tensors, else cuda when built, else torch).
+
+    Returns:
+        Q [B, C, H, W], the marginals (float32; float64 for float64 unary).
+        Kernel backends return no gradient; the torch backend is
+        differentiable through autograd.
+
+    Raises:
+        ValueError: shapes that do not fit, negative ``iterations``, an
+            unknown ``normalization``, ``method`` or ``unary_from``, a bad
+            ``compat`` matrix.
+        TypeError: an unsupported dtype.
+        RuntimeError: a ``backend`` that is not built or does not fit the device.
+
+    Example:
+        >>> import torch, segfast
+        >>> logits = torch.randn(1, 3, 16, 16)
+        >>> image = torch.randint(0, 256, (1, 3, 16, 16), dtype=torch.uint8)
+        >>> q = segfast.dense_crf(logits, image, unary_from="logits", iterations=5)
+        >>> q.shape
+        torch.Size([1, 3, 16, 16])
+        >>> torch.allclose(q.sum(1), torch.ones(1, 16, 16))
+        True
+    """
     _check(unary, image, iterations, normalization, method, unary_from, pos)
     B, C, H, W = unary.shape
     backend = choose_backend(backend, unary.device)
@@ -565,7 +622,33 @@ def _(u, image, kparams, mat, iterations, normalization, self_message):
 
 
 def pixel_objectness(proposals: Tensor, size=None) -> Tensor:
-    """See :func:`segfast.functional.pixel_objectness`."""
+    """pos [B, H, W] in [0, 1]: the fraction of object proposals containing each pixel.
+
+    Liu & Lew's POS-CRF term (the ``pos`` argument of :func:`dense_crf`).
+    Boxes: pixel (x, y) is inside a box when its centre (x + 0.5, y + 0.5)
+    lies in [x1, x2) x [y1, y2) (boxes are clipped to the image; empty or
+    inverted boxes cover nothing but still count in G); cost O(G + H·W), a
+    2-D difference array and two prefix sums. Masks: their mean over G.
+
+    Args:
+        proposals: boxes [B, G, 4] as (x1, y1, x2, y2) in pixel units (needs
+            ``size``), or masks [B, G, H, W] (bool/uint8/float in [0, 1]).
+        size: (H, W) of the image, for boxes.
+
+    Returns:
+        pos [B, H, W], float32; G = 0 gives zeros.
+
+    Raises:
+        ValueError: shapes that do not fit, boxes without ``size``.
+        TypeError: an unsupported dtype.
+
+    Example:
+        >>> import torch, segfast
+        >>> boxes = torch.tensor([[[0., 0., 4., 4.], [0., 0., 2., 2.]]])
+        >>> pos = segfast.pixel_objectness(boxes, (4, 4))
+        >>> pos[0, 0].tolist()
+        [1.0, 1.0, 0.5, 0.5]
+    """
     if not isinstance(proposals, Tensor):
         raise TypeError("proposals must be a tensor: boxes [B, G, 4] or masks [B, G, H, W]")
     if proposals.dim() == 4:  # masks
@@ -604,3 +687,53 @@ def pixel_objectness(proposals: Tensor, size=None) -> Tensor:
         diff.scatter_add_(1, yy * base + xx, s * one)
     cnt = diff.view(B, H + 1, W + 1).cumsum(1).cumsum(2)[:, :H, :W]
     return cnt.to(torch.float32) / G
+
+
+# ---------------------------------------------------------------- Module
+
+
+class DenseCRF(torch.nn.Module):
+    """Module form of :func:`segfast.dense_crf`: holds the CRF parameters.
+
+    Args:
+        iterations: mean-field updates, >= 0.
+        gaussian: :class:`segfast.Gaussian` spatial kernel, or None.
+        bilateral: :class:`segfast.Bilateral` appearance kernel, or None.
+        compat: overrides both kernels' compat (a number or a [C, C] matrix).
+        normalization: "symmetric", "after", "before" or "none".
+        method: "permutohedral" or "exact".
+        unary_from: "energy", "logits" or "probs".
+        self_message: whether the message sum includes the pixel itself.
+        backend: "cpu", "triton", "cuda", "torch" or None (the device's default).
+
+    Returns:
+        Called as ``crf(unary, image, pos=None)``: the marginals Q
+        [B, C, H, W] of :func:`segfast.dense_crf`.
+
+    Raises:
+        {module_raises}
+
+    Example:
+        >>> import torch, segfast
+        >>> crf = segfast.DenseCRF(iterations=3, unary_from="logits")
+        >>> image = torch.randint(0, 256, (1, 3, 16, 16), dtype=torch.uint8)
+        >>> crf(torch.randn(1, 2, 16, 16), image).shape
+        torch.Size([1, 2, 16, 16])
+    """
+
+    def __init__(self, iterations: int = 5, gaussian=Gaussian(), bilateral=Bilateral(), compat=None,
+                 normalization: str = "symmetric", method: str = "permutohedral", unary_from: str = "energy",
+                 self_message: bool = True, backend=None):
+        super().__init__()
+        self.kwargs = dict(iterations=iterations, gaussian=gaussian, bilateral=bilateral, compat=compat,
+                           normalization=normalization, method=method, unary_from=unary_from,
+                           self_message=self_message, backend=backend)
+
+    def forward(self, unary: torch.Tensor, image: torch.Tensor, pos=None) -> torch.Tensor:
+        return dense_crf(unary, image, pos=pos, **self.kwargs)
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{k}={v!r}" for k, v in self.kwargs.items())
+
+
+_doc.fill_modules(globals(), __name__, default_fn="dense_crf")

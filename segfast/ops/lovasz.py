@@ -41,10 +41,12 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .. import backends
+from .. import _doc, backends
+from .pixel import _PixelLoss
 from ._common import acc_dtype, canonical, check_reduction, reduce_loss, triton_op
 
 FAMILY = "lovasz"
+__all__ = ["lovasz_hinge_loss", "lovasz_softmax_loss", "LovaszHingeLoss", "LovaszSoftmaxLoss"]
 BACKENDS_IMPLEMENTED = ("triton", "cuda", "cpu", "torch")
 # Above this fraction of candidates, sorting whole rows beats compacting them first (torch backend).
 DENSE_FRACTION = 0.5
@@ -569,3 +571,171 @@ def _softmax_reduce(seg: Tensor, present: Optional[Tensor], sel, inv: Optional[T
 
 def __getattr__(name):  # the *_triton_op names, registered on first use
     return backends.triton_op_attr(__name__, name)
+
+
+# ---------------------------------------------------------------- the public functions and Modules
+# Sort-based: one batched sort + weights step for every segment, no Python
+# loop over images or classes; cpu / cuda / triton kernels.
+
+
+def lovasz_hinge_loss(input: Tensor, target: Tensor, *, per_image: bool = True, ignore_index=None,
+                      reduction: str = "mean", backend: Optional[str] = None) -> Tensor:
+    """Lovász hinge loss (Berman et al.), a surrogate of the Jaccard loss, on logits.
+
+    Per segment, the errors e = 1 - x·(2t - 1) of all its elements (every
+    channel) sorted descending give loss = Σ relu(e_(i))·(g_i - g_{i-1}), g the
+    Jaccard loss of the first i elements. One batched sort for every segment.
+    segmentation_models_pytorch's ``LovaszLoss("binary" | "multilabel")``
+    (see segfast.compat.smp).
+
+    Args:
+        input: logits (N, 1, *spatial) (binary) or (N, C, *spatial) (multilabel).
+        target: float/bool masks of the input's shape ((N, *) also for C = 1;
+            soft values in [0, 1] are used as they are), or class indices
+            (N, *) / (N, 1, *): {0, 1} for C = 1, one-hot per channel for C > 1.
+        per_image: True: one segment per image, then ``reduction`` over images;
+            False: the whole batch is one segment (a 0-d loss whatever
+            ``reduction``).
+        ignore_index: pixels (label targets) or elements (dense targets) equal
+            to it are dropped; a segment with nothing left scores 0.
+        reduction: "mean", "sum" or "none" ([N], with ``per_image``).
+        backend: "triton", "cuda", "cpu" or "torch"; None picks the device's
+            default (see :mod:`segfast.backends`).
+
+    Returns:
+        The loss: 0-d, or [N] for ``reduction="none"`` with ``per_image``;
+        float32 (float64 for float64 input).
+
+    Raises:
+        ValueError: shapes that do not fit, labels out of range, an unknown
+            ``reduction``.
+        TypeError: an unsupported dtype.
+        RuntimeError: a ``backend`` that is not built or does not fit the device.
+
+    Example:
+        >>> import torch, segfast
+        >>> logits = torch.zeros(2, 1, 8, 8)                 # every error is 1
+        >>> masks = torch.rand(2, 1, 8, 8) > 0.5
+        >>> segfast.lovasz_hinge_loss(logits, masks).item()
+        1.0
+    """
+    return lovasz_hinge(input, target, per_image=per_image, ignore_index=ignore_index,
+                                reduction=reduction, backend=backend)
+
+
+def lovasz_softmax_loss(input: Tensor, target: Tensor, *, classes="present", per_image: bool = False,
+                        ignore_index=None, from_logits: bool = True, reduction: str = "mean",
+                        backend: Optional[str] = None) -> Tensor:
+    """Lovász-softmax loss (Berman et al.) for multiclass segmentation.
+
+    For each segment (an image with ``per_image``, else the batch) and class
+    c: the errors |fg_c - p_c| sorted descending, loss_c = Σ e_(i)·(g_i -
+    g_{i-1}), g the Jaccard loss of the first i pixels; the segment's loss is
+    the mean of loss_c over ``classes``. One batched sort for all images and
+    classes. segmentation_models_pytorch's ``LovaszLoss("multiclass")`` is
+    ``classes="present"``.
+
+    Args:
+        input: logits (N, C, *spatial), C >= 2 (probabilities with
+            ``from_logits=False``).
+        target: class indices (N, *) or (N, 1, *).
+        classes: "present" (classes in the segment's valid target; none
+            present scores 0), "all", or a list of class indices (repeats count
+            twice, absent classes count).
+        per_image: True: one segment per image, then ``reduction`` over images;
+            False: the batch is one segment (a 0-d loss).
+        ignore_index: label whose pixels are dropped; a fully ignored segment
+            scores 0 (and counts in the mean over images).
+        from_logits: False takes ``input`` as probabilities.
+        reduction: "mean", "sum" or "none" ([N], with ``per_image``).
+        backend: "triton", "cuda", "cpu" or "torch"; None picks the device's
+            default (see :mod:`segfast.backends`).
+
+    Returns:
+        The loss: 0-d, or [N] for ``reduction="none"`` with ``per_image``;
+        float32 (float64 for float64 input).
+
+    Raises:
+        ValueError: C < 2, shapes that do not fit, labels or ``classes`` out
+            of range, an unknown ``reduction``.
+        TypeError: dense targets or an unsupported dtype.
+        RuntimeError: a ``backend`` that is not built or does not fit the device.
+
+    Example:
+        >>> import torch, segfast
+        >>> logits = torch.zeros(2, 3, 4, 4)                 # p = 1/3 everywhere
+        >>> labels = torch.zeros(2, 4, 4, dtype=torch.long)
+        >>> round(segfast.lovasz_softmax_loss(logits, labels).item(), 4)   # class 0 only: error 2/3
+        0.6667
+    """
+    return lovasz_softmax(input, target, classes=classes, per_image=per_image,
+                                  ignore_index=ignore_index, from_logits=from_logits, reduction=reduction,
+                                  backend=backend)
+
+
+class LovaszHingeLoss(_PixelLoss):
+    """Module form of :func:`segfast.lovasz_hinge_loss` (binary / multilabel, logits).
+
+    Holds the arguments (class-weight tensors as buffers, so ``.to(device)``
+    moves them); ``forward(input, target)`` calls :func:`segfast.lovasz_hinge_loss`.
+
+    Args:
+        per_image: one segment per image (True) or the whole batch.
+        ignore_index: label (or dense target value) whose elements are dropped.
+        {reduction}
+        {backend}
+
+    Returns:
+        {module_returns}
+
+    Raises:
+        {module_raises}
+
+    Example:
+        >>> import torch, segfast
+        >>> loss_fn = segfast.LovaszHingeLoss(per_image=True)
+        >>> loss_fn(torch.zeros(2, 1, 8, 8), torch.ones(2, 1, 8, 8)).item()
+        1.0
+    """
+    _fn = staticmethod(lovasz_hinge_loss)
+
+    def __init__(self, per_image=True, ignore_index=None, reduction="mean", backend=None):
+        super().__init__(per_image=per_image, ignore_index=ignore_index, reduction=reduction, backend=backend)
+
+
+class LovaszSoftmaxLoss(_PixelLoss):
+    """Module form of :func:`segfast.lovasz_softmax_loss` (multiclass).
+
+    Holds the arguments (class-weight tensors as buffers, so ``.to(device)``
+    moves them); ``forward(input, target)`` calls :func:`segfast.lovasz_softmax_loss`.
+
+    Args:
+        classes: "present", "all" or a list of class indices.
+        per_image: one segment per image (True) or the whole batch.
+        ignore_index: label whose pixels are dropped.
+        from_logits: False takes probabilities.
+        {reduction}
+        {backend}
+
+    Returns:
+        {module_returns}
+
+    Raises:
+        {module_raises}
+
+    Example:
+        >>> import torch, segfast
+        >>> loss_fn = segfast.LovaszSoftmaxLoss(classes="present")
+        >>> labels = torch.zeros(2, 4, 4, dtype=torch.long)
+        >>> round(loss_fn(torch.zeros(2, 3, 4, 4), labels).item(), 4)
+        0.6667
+    """
+    _fn = staticmethod(lovasz_softmax_loss)
+
+    def __init__(self, classes="present", per_image=False, ignore_index=None, from_logits=True,
+                 reduction="mean", backend=None):
+        super().__init__(classes=classes, per_image=per_image, ignore_index=ignore_index,
+                         from_logits=from_logits, reduction=reduction, backend=backend)
+
+
+_doc.fill_modules(globals(), __name__)

@@ -27,13 +27,17 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .. import backends
+from .. import _doc, backends
 from ..reference import pixel as ref
 from . import _common
+from . import region as _region
 from ._common import acc_dtype, differentiable_once, num_chunks, target_args, triton_chunks, triton_op
 
 CE, FOCAL_SOFTMAX, FUSED, BCE, FOCAL_SIGMOID = ref.CE, ref.FOCAL_SOFTMAX, ref.FUSED, ref.BCE, ref.FOCAL_SIGMOID
 SOFTMAX_KINDS = ref.SOFTMAX_KINDS
+
+__all__ = ["cross_entropy", "binary_cross_entropy_with_logits", "balanced_bce_loss", "focal_loss",
+           "fused_loss", "CrossEntropyLoss", "BCEWithLogitsLoss", "BalancedBCELoss", "FocalLoss", "FusedLoss"]
 
 
 def per_pixel(kind: int, is_label: bool) -> bool:
@@ -584,3 +588,528 @@ def pixel_loss(x: Tensor, t: Tensor, is_label: bool, kind: int, *, label_offset:
 
 def __getattr__(name):  # the *_triton_op names, registered on first use
     return backends.triton_op_attr(__name__, name)
+
+
+# ---------------------------------------------------------------- the public functions and Modules
+#
+# One pass when reduced ("mean"/"sum"): the forward writes the gradient and
+# the backward only scales it (segfast/ops/pixel.py). Normalizers come from
+# the labels alone, inside the op. A mean over zero valid pixels is 0.
+
+
+
+def _pixel_reduce(x, t, is_label, kind, reduction, norm, *, spatial, **kw):
+    """Sum, mean (normalizer ``norm``, see ops.pixel) or the per-pixel map
+    reshaped to the input's spatial shape."""
+    _common.check_reduction(reduction)
+    if reduction == "none":
+        m = pixel_loss(x, t, is_label, kind, reduce=False, **kw)
+        N = x.shape[0]
+        return m.view(N, *spatial) if per_pixel(kind, is_label) else m.view(N, x.shape[1], *spatial)
+    norm = norm if reduction == "mean" else NORM_SUM
+    return pixel_loss(x, t, is_label, kind, norm=norm, reduce=True, **kw)
+
+
+def _softmax_labels(input, target, ignore_index, backend, what, reduction="none"):
+    if input.dim() >= 3 and (target.dtype.is_floating_point or target.dtype == torch.bool):
+        raise TypeError(f"{what} takes class-index targets (N, *spatial) as uint8/int32/int64")
+    if input.dim() >= 2 and input.shape[1] < 2:
+        raise ValueError(f"{what} needs C >= 2 channels (a softmax over one channel is constant)")
+    # a reduced loss on the triton backend checks its labels in the kernel (ops/pixel.py)
+    return _region.canonical(input, target, act=_region.ACT["softmax"], ignore_index=ignore_index,
+                             backend=backend, kernel_label_check=("triton",) if reduction != "none" else ())
+
+
+def cross_entropy(input: Tensor, target: Tensor, *, weight=None, ignore_index: Optional[int] = -100,
+                  label_smoothing: float = 0.0, reduction: str = "mean", backend: Optional[str] = None) -> Tensor:
+    """Softmax cross entropy over C with torch.nn.functional.cross_entropy's semantics.
+
+    Class-index targets, class ``weight``, ``ignore_index`` and
+    ``label_smoothing`` as torch; "mean" divides by the summed weights of the
+    valid pixels (0 if there are none, where torch gives NaN). The forward
+    reads the logits once; reduced on the triton and cuda backends, the
+    backward recomputes the gradient from the logits with grad_output read on
+    the device (one more read, one write of the gradient).
+
+    Args:
+        input: logits (N, C, *spatial) or (N, C), C >= 2; float32, float16,
+            bfloat16 or float64, any strides.
+        target: class indices (N, *spatial) as uint8/int32/int64, in [0, C) or
+            equal to ``ignore_index``.
+        weight: per-class weights [C] (a scalar is broadcast), >= 0.
+        ignore_index: label whose pixels count nowhere (torch's default -100).
+        label_smoothing: ε in [0, 1]: the target becomes (1 - ε)·one-hot + ε/C.
+        reduction: "mean", "sum" or "none" (the per-pixel losses, [N, *spatial]).
+        backend: "triton", "cuda", "cpu" or "torch"; None picks the device's
+            default (see :mod:`segfast.backends`).
+
+    Returns:
+        The loss: 0-d for "mean" / "sum", [N, *spatial] for "none"; float32
+        (float64 for float64 input).
+
+    Raises:
+        ValueError: shapes that do not fit, C < 2, labels out of range,
+            ``label_smoothing`` outside [0, 1], negative weights, an unknown
+            ``reduction``.
+        TypeError: float (dense) targets or an unsupported dtype.
+        RuntimeError: a ``backend`` that is not built or does not fit the device.
+
+    Example:
+        >>> import torch, segfast
+        >>> logits = torch.zeros(2, 4, 8, 8)                 # uniform: CE = log 4 per pixel
+        >>> labels = torch.randint(0, 4, (2, 8, 8))
+        >>> round(segfast.cross_entropy(logits, labels).item(), 4)
+        1.3863
+    """
+    x, t, is_label, _, off, ign, backend = _softmax_labels(input, target, ignore_index, backend, "cross_entropy",
+                                                           reduction)
+    if not 0.0 <= label_smoothing <= 1.0:
+        raise ValueError("label_smoothing must be in [0, 1]")
+    w = _region.check_weight(weight, x.shape[1], x.device)
+    norm = NORM_COUNT if w is None else NORM_WEIGHT
+    return _pixel_reduce(x, t, is_label, CE, reduction, norm, spatial=input.shape[2:], backend=backend,
+                         ignore_value=ign, weight=w, smoothing=float(label_smoothing))
+
+
+def _sigmoid_target(input, target, ignore_index, backend, reduction="none"):
+    binary = input.shape[1] == 1 and not (target.dtype.is_floating_point or target.dtype == torch.bool)
+    # a reduced loss on the triton backend checks its labels in the kernel (pixel_loss)
+    return _region.canonical(input, target, act=_region.ACT["sigmoid"], binary=binary,
+                             ignore_index=ignore_index, backend=backend,
+                             kernel_label_check=("triton",) if reduction != "none" else ())
+
+
+def binary_cross_entropy_with_logits(input: Tensor, target: Tensor, *, weight=None, pos_weight=None,
+                                     ignore_index=None, reduction: str = "mean",
+                                     backend: Optional[str] = None) -> Tensor:
+    """BCE on logits with torch.nn.functional.binary_cross_entropy_with_logits's semantics.
+
+    Per-class ``weight`` and ``pos_weight`` ([C] or scalars) and
+    ``ignore_index`` (elements equal to it count nowhere: the mean is over the
+    rest). One pass over the logits.
+
+    Args:
+        input: logits (N, C, *spatial) or (N, C).
+        target: float/bool targets of the input's shape, or class indices
+            (N, *spatial) (one-hot per channel; {0, 1} for C = 1).
+        weight: per-class factors [C] (or a scalar), >= 0.
+        pos_weight: per-class weight of the positive term [C] (or a scalar), >= 0.
+        ignore_index: target value (label or dense element) that counts nowhere.
+        reduction: "mean", "sum" or "none" (the per-element losses, [N, C, *spatial]).
+        backend: "triton", "cuda", "cpu" or "torch"; None picks the device's
+            default (see :mod:`segfast.backends`).
+
+    Returns:
+        The loss: 0-d for "mean" / "sum", [N, C, *spatial] for "none"; float32
+        (float64 for float64 input).
+
+    Raises:
+        ValueError: shapes that do not fit, labels out of range, negative
+            weights, an unknown ``reduction``.
+        TypeError: an unsupported dtype or a non-integer ``ignore_index``.
+        RuntimeError: a ``backend`` that is not built or does not fit the device.
+
+    Example:
+        >>> import torch, segfast
+        >>> logits = torch.zeros(2, 1, 8, 8)                 # p = 0.5: BCE = log 2
+        >>> masks = torch.rand(2, 1, 8, 8) > 0.5
+        >>> round(segfast.binary_cross_entropy_with_logits(logits, masks).item(), 4)
+        0.6931
+    """
+    x, t, is_label, _, off, ign, backend = _sigmoid_target(input, target, ignore_index, backend, reduction)
+    C = x.shape[1]
+    w = _region.check_weight(weight, C, x.device)
+    pw = _region.check_weight(pos_weight, C, x.device)
+    return _pixel_reduce(x, t, is_label, BCE, reduction, NORM_COUNT,
+                         spatial=input.shape[2:], backend=backend, ignore_value=ign, label_offset=off,
+                         weight=w, pos_weight=pw)
+
+
+def balanced_bce_loss(input: Tensor, target: Tensor, *, beta="auto", ignore_index=None,
+                      reduction: str = "mean", backend: Optional[str] = None) -> Tensor:
+    """Class-balanced BCE: L = -mean(β·t·log p + (1 - β)·(1 - t)·log(1 - p)).
+
+    Xie & Tu's HED weighting: with ``beta="auto"`` the rare positive class
+    weighs more. One pass over the logits.
+
+    Args:
+        input: logits (N, C, *spatial).
+        target: float/bool targets of the input's shape, or class indices
+            (one-hot per channel; {0, 1} for C = 1).
+        beta: "auto" (per image, the fraction of negative valid elements) or a
+            number in [0, 1] for every image.
+        ignore_index: target value (label or dense element) that counts nowhere.
+        reduction: "mean", "sum" or "none" ([N, C, *spatial]).
+        backend: "triton", "cuda", "cpu" or "torch"; None picks the device's
+            default (see :mod:`segfast.backends`).
+
+    Returns:
+        The loss: 0-d for "mean" / "sum", [N, C, *spatial] for "none"; float32
+        (float64 for float64 input).
+
+    Raises:
+        ValueError: ``beta`` neither "auto" nor in [0, 1], shapes that do not
+            fit, an unknown ``reduction``.
+        TypeError: an unsupported dtype.
+        RuntimeError: a ``backend`` that is not built or does not fit the device.
+
+    Example:
+        >>> import torch, segfast
+        >>> edges = torch.zeros(1, 1, 8, 8)
+        >>> edges[..., 3, :] = 1                             # 1 positive row in 8: beta = 7/8
+        >>> loss = segfast.balanced_bce_loss(torch.zeros(1, 1, 8, 8), edges)
+        >>> round(loss.item(), 4)   # 8 positives weigh 7/8, 56 negatives 1/8: 14/64·log 2
+        0.1516
+    """
+    x, t, is_label, _, off, ign, backend = _sigmoid_target(input, target, ignore_index, backend, reduction)
+    N, C = x.shape[:2]
+    if isinstance(beta, str):
+        if beta != "auto":
+            raise ValueError("beta must be 'auto' or a number in [0, 1]")
+        valid = None if ign is None else t != ign
+        if is_label:
+            pos = t == off if C == 1 else t.new_ones(()).expand_as(t)  # one-hot: one positive per valid pixel
+            pos = pos if valid is None else pos & valid
+            npos = pos.flatten(1).sum(1).double()
+            nvalid = (torch.full((N,), t.shape[1], dtype=torch.float64, device=t.device) if valid is None
+                      else valid.flatten(1).sum(1).double()) * C
+        else:
+            tv = t.double() if valid is None else torch.where(valid, t.double(), 0)
+            npos = tv.flatten(1).sum(1)
+            nvalid = (torch.full((N,), t.shape[1:].numel(), dtype=torch.float64, device=t.device) if valid is None
+                      else valid.flatten(1).sum(1).double())
+        b = torch.where(nvalid > 0, 1 - npos / nvalid.clamp_min(1), 0.5)
+    else:
+        if not 0.0 <= float(beta) <= 1.0:
+            raise ValueError("beta must be in [0, 1]")
+        b = torch.full((N,), float(beta), device=x.device)
+    return _pixel_reduce(x, t, is_label, BCE, reduction, NORM_COUNT,
+                         spatial=input.shape[2:], backend=backend, ignore_value=ign, label_offset=off, beta=b)
+
+
+def focal_loss(input: Tensor, target: Tensor, *, mode: str = "binary", alpha=None, gamma: float = 2.0,
+               weight=None, ignore_index=None, reduction: str = "mean", backend: Optional[str] = None) -> Tensor:
+    """Focal loss (Lin et al.), sigmoid or softmax form by ``mode``.
+
+    ``mode="binary"|"multilabel"``: the sigmoid form, torchvision's
+    ``sigmoid_focal_loss``: bce·(1 - p_t)^γ·α_t, α_t = α·t + (1 - α)(1 - t);
+    mean over the valid elements. ``mode="multiclass"``: the softmax form
+    -α_c·(1 - p_t)^γ·log p_t on class-index targets; mean over the valid
+    pixels (not weighted by α). On dense (one-hot or soft) targets the
+    softmax form is MONAI's ``softmax_focal_loss``,
+    -Σ_c α_c·t_c·(1 - p_c)^γ·log p_c per pixel, one term per element (so
+    one-hot targets give the loss of their class indices), mean over the
+    valid pixels; ``ignore_index`` there drops every pixel with a channel
+    equal to it. Dense targets are used as given (soft targets
+    in [0, 1]); where a value outside [0, 1] makes 1 - p_t <= 0, the factor
+    (1 - p_t)^γ and its gradient are taken as 0 (1 for γ = 0), on every
+    backend. One pass over the logits.
+
+    Args:
+        input: logits (N, C, *spatial) (C = 1 for "binary").
+        target: sigmoid form: float/bool targets of the input's shape or class
+            indices (one-hot per channel; {0, 1} for C = 1); softmax form:
+            class indices (N, *spatial), or float/bool one-hot or soft targets
+            of the input's shape.
+        mode: "binary", "multilabel" or "multiclass".
+        alpha: sigmoid form: a number <= 1 (default 0.25; negative disables
+            it); softmax form: None (1), a number, or one per class.
+        gamma: focusing exponent, >= 0.
+        weight: per-class factors [C] (or a scalar), >= 0, in both forms.
+        ignore_index: label (or dense target value) that counts nowhere.
+        reduction: "mean", "sum" or "none" ([N, C, *spatial] for the sigmoid
+            form and the softmax form on dense targets, [N, *spatial] for the
+            softmax form on class indices).
+        backend: "triton", "cuda", "cpu" or "torch"; None picks the device's
+            default (see :mod:`segfast.backends`).
+
+    Returns:
+        The loss: 0-d for "mean" / "sum", the per-element map for "none";
+        float32 (float64 for float64 input).
+
+    Raises:
+        ValueError: an unknown ``mode``, ``gamma`` < 0, ``alpha`` > 1 in the
+            sigmoid form, C != 1 with ``mode="binary"``, shapes that do not fit,
+            labels out of range.
+        TypeError: an unsupported dtype.
+        RuntimeError: a ``backend`` that is not built or does not fit the device.
+
+    Example:
+        >>> import torch, segfast
+        >>> logits = torch.zeros(2, 1, 8, 8)                 # p = 0.5
+        >>> masks = torch.ones(2, 1, 8, 8)
+        >>> round(segfast.focal_loss(logits, masks, alpha=0.25, gamma=2).item(), 4)   # 0.25·0.25·log 2
+        0.0433
+        >>> labels = torch.zeros(2, 8, 8, dtype=torch.long)
+        >>> round(segfast.focal_loss(torch.zeros(2, 4, 8, 8), labels, mode="multiclass").item(), 4)
+        0.7798
+        >>> onehot = torch.nn.functional.one_hot(labels, 4).permute(0, 3, 1, 2).float()
+        >>> round(segfast.focal_loss(torch.zeros(2, 4, 8, 8), onehot, mode="multiclass").item(), 4)
+        0.7798
+    """
+    if gamma < 0:
+        raise ValueError("gamma must be >= 0")
+    if mode == "multiclass":
+        if target.dtype.is_floating_point or target.dtype == torch.bool:  # one-hot / soft targets
+            if input.dim() >= 2 and input.shape[1] < 2:
+                raise ValueError("focal_loss needs C >= 2 channels (a softmax over one channel is constant)")
+            x, t, is_label, _, off, ign, backend = _region.canonical(
+                input, target, act=_region.ACT["softmax"], ignore_index=ignore_index, backend=backend)
+        else:
+            x, t, is_label, _, off, ign, backend = _softmax_labels(input, target, ignore_index, backend,
+                                                                   "focal_loss", reduction)
+        C = x.shape[1]
+        a = _region.check_weight(1.0 if alpha is None else alpha, C, x.device)
+        w = _region.check_weight(weight, C, x.device)
+        w = a if w is None else a * w
+        return _pixel_reduce(x, t, is_label, FOCAL_SOFTMAX, reduction, NORM_COUNT,
+                             spatial=input.shape[2:], backend=backend, ignore_value=ign, weight=w,
+                             gamma=float(gamma))
+    if mode not in ("binary", "multilabel"):
+        raise ValueError(f"mode must be 'binary', 'multilabel' or 'multiclass', got {mode!r}")
+    if mode == "binary" and input.shape[1] != 1:
+        raise ValueError(f"mode='binary' needs input with 1 channel, got C={input.shape[1]}")
+    x, t, is_label, _, off, ign, backend = _sigmoid_target(input, target, ignore_index, backend, reduction)
+    w = _region.check_weight(weight, x.shape[1], x.device)
+    a = 0.25 if alpha is None else float(alpha)
+    if a > 1:
+        raise ValueError("alpha must be <= 1 (negative disables it)")
+    return _pixel_reduce(x, t, is_label, FOCAL_SIGMOID, reduction, NORM_COUNT,
+                         spatial=input.shape[2:], backend=backend, ignore_value=ign, label_offset=off, weight=w,
+                         gamma=float(gamma), alpha=a)
+
+
+def fused_loss(input: Tensor, target: Tensor, *, ws: float = 0.5, wp: float = 0.5, ignore_index=None,
+               reduction: str = "mean", backend: Optional[str] = None) -> Tensor:
+    """The softmax + positive-sharing loss of Liu & Lew: L = ws·L0 + wp·L1.
+
+    From "Improving the Discrimination Between Foreground and Background for
+    Semantic Segmentation": L0 is the softmax cross entropy, L1 the
+    positive-sharing loss: class 0 is background; -log p0 on background
+    pixels, -log(1 - p0) on foreground pixels (all object classes merged),
+    with log(1 - p0) = logsumexp of the foreground logits - logsumexp of all.
+    Both terms are means over the valid pixels. One pass over the logits.
+
+    Args:
+        input: logits (N, C, *spatial), C >= 2, class 0 the background.
+        target: class indices (N, *spatial).
+        ws: weight of the cross-entropy term, >= 0.
+        wp: weight of the positive-sharing term, >= 0.
+        ignore_index: label whose pixels count nowhere.
+        reduction: "mean", "sum" or "none" ([N, *spatial]).
+        backend: "triton", "cuda", "cpu" or "torch"; None picks the device's
+            default (see :mod:`segfast.backends`).
+
+    Returns:
+        The loss: 0-d for "mean" / "sum", [N, *spatial] for "none"; float32
+        (float64 for float64 input).
+
+    Raises:
+        ValueError: negative ``ws`` / ``wp``, C < 2, shapes that do not fit,
+            labels out of range.
+        TypeError: dense targets or an unsupported dtype.
+        RuntimeError: a ``backend`` that is not built or does not fit the device.
+
+    Example:
+        >>> import torch, segfast
+        >>> logits = torch.zeros(2, 4, 8, 8)
+        >>> labels = torch.zeros(2, 8, 8, dtype=torch.long)  # all background: L0 = L1 = log 4
+        >>> round(segfast.fused_loss(logits, labels, ws=0.5, wp=0.5).item(), 4)
+        1.3863
+    """
+    if ws < 0 or wp < 0:
+        raise ValueError("ws and wp must be >= 0")
+    x, t, is_label, _, off, ign, backend = _softmax_labels(input, target, ignore_index, backend, "fused_loss",
+                                                           reduction)
+    return _pixel_reduce(x, t, is_label, FUSED, reduction, NORM_COUNT, spatial=input.shape[2:],
+                         backend=backend, ignore_value=ign, scale0=float(ws), scale1=float(wp))
+
+
+class _PixelLoss(torch.nn.Module):
+    """Holds keyword arguments (class-weight tensors as buffers, so .to()
+    moves them) and calls the functional form."""
+    _fn = None
+    _tensor_args = ("weight", "pos_weight", "ce_weight")
+
+    def __init__(self, **kwargs):
+        super().__init__()
+        self.kwargs = {}
+        for k, v in kwargs.items():
+            if k in self._tensor_args and v is not None and not isinstance(v, str):
+                self.register_buffer(k, torch.as_tensor(v, dtype=torch.float32))
+            else:
+                self.kwargs[k] = v
+
+    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        buffers = {k: b for k, b in self.named_buffers(recurse=False)}
+        return type(self)._fn(input, target, **self.kwargs, **buffers)
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{k}={v!r}" for k, v in self.kwargs.items())
+
+
+class CrossEntropyLoss(_PixelLoss):
+    """Module form of :func:`segfast.cross_entropy` (one pass over the logits).
+
+    Holds the arguments (class-weight tensors as buffers, so ``.to(device)``
+    moves them); ``forward(input, target)`` calls :func:`segfast.cross_entropy`.
+
+    Args:
+        weight: per-class weights [C], >= 0.
+        ignore_index: label whose pixels count nowhere.
+        label_smoothing: ε in [0, 1].
+        {reduction}
+        {backend}
+
+    Returns:
+        {module_returns}
+
+    Raises:
+        {module_raises}
+
+    Example:
+        >>> import torch, segfast
+        >>> loss_fn = segfast.CrossEntropyLoss(ignore_index=255)
+        >>> labels = torch.randint(0, 4, (2, 8, 8))
+        >>> round(loss_fn(torch.zeros(2, 4, 8, 8), labels).item(), 4)
+        1.3863
+    """
+    _fn = staticmethod(cross_entropy)
+
+    def __init__(self, weight=None, ignore_index=-100, label_smoothing=0.0, reduction="mean", backend=None):
+        super().__init__(weight=weight, ignore_index=ignore_index, label_smoothing=label_smoothing,
+                         reduction=reduction, backend=backend)
+
+
+class BCEWithLogitsLoss(_PixelLoss):
+    """Module form of :func:`segfast.binary_cross_entropy_with_logits`.
+
+    Holds the arguments (class-weight tensors as buffers, so ``.to(device)``
+    moves them); ``forward(input, target)`` calls :func:`segfast.binary_cross_entropy_with_logits`.
+
+    Args:
+        weight: per-class factors [C], >= 0.
+        pos_weight: per-class weight of the positive term [C], >= 0.
+        ignore_index: target value that counts nowhere.
+        {reduction}
+        {backend}
+
+    Returns:
+        {module_returns}
+
+    Raises:
+        {module_raises}
+
+    Example:
+        >>> import torch, segfast
+        >>> loss_fn = segfast.BCEWithLogitsLoss(pos_weight=torch.tensor([2.0]))
+        >>> masks = torch.zeros(2, 1, 8, 8)
+        >>> round(loss_fn(torch.zeros(2, 1, 8, 8), masks).item(), 4)
+        0.6931
+    """
+    _fn = staticmethod(binary_cross_entropy_with_logits)
+
+    def __init__(self, weight=None, pos_weight=None, ignore_index=None, reduction="mean", backend=None):
+        super().__init__(weight=weight, pos_weight=pos_weight, ignore_index=ignore_index, reduction=reduction,
+                         backend=backend)
+
+
+class BalancedBCELoss(_PixelLoss):
+    """Module form of :func:`segfast.balanced_bce_loss` (HED's class-balanced BCE).
+
+    Holds the arguments (class-weight tensors as buffers, so ``.to(device)``
+    moves them); ``forward(input, target)`` calls :func:`segfast.balanced_bce_loss`.
+
+    Args:
+        beta: "auto" (per image, the fraction of negative elements) or a number in [0, 1].
+        ignore_index: target value that counts nowhere.
+        {reduction}
+        {backend}
+
+    Returns:
+        {module_returns}
+
+    Raises:
+        {module_raises}
+
+    Example:
+        >>> import torch, segfast
+        >>> loss_fn = segfast.BalancedBCELoss(beta=0.5)
+        >>> round(loss_fn(torch.zeros(1, 1, 8, 8), torch.ones(1, 1, 8, 8)).item(), 4)   # 0.5·log 2
+        0.3466
+    """
+    _fn = staticmethod(balanced_bce_loss)
+
+    def __init__(self, beta="auto", ignore_index=None, reduction="mean", backend=None):
+        super().__init__(beta=beta, ignore_index=ignore_index, reduction=reduction, backend=backend)
+
+
+class FocalLoss(_PixelLoss):
+    """Module form of :func:`segfast.focal_loss` (sigmoid or softmax form by ``mode``).
+
+    Holds the arguments (class-weight tensors as buffers, so ``.to(device)``
+    moves them); ``forward(input, target)`` calls :func:`segfast.focal_loss`.
+
+    Args:
+        mode: "binary", "multilabel" (sigmoid form) or "multiclass" (softmax form).
+        alpha: see :func:`segfast.focal_loss` (None: 0.25 in the sigmoid form, 1 in the softmax form).
+        gamma: focusing exponent, >= 0.
+        weight: per-class factors [C], >= 0.
+        ignore_index: label (or dense target value) that counts nowhere.
+        {reduction}
+        {backend}
+
+    Returns:
+        {module_returns}
+
+    Raises:
+        {module_raises}
+
+    Example:
+        >>> import torch, segfast
+        >>> loss_fn = segfast.FocalLoss("multiclass", gamma=2.0)
+        >>> labels = torch.zeros(2, 8, 8, dtype=torch.long)
+        >>> round(loss_fn(torch.zeros(2, 4, 8, 8), labels).item(), 4)
+        0.7798
+    """
+    _fn = staticmethod(focal_loss)
+
+    def __init__(self, mode="binary", alpha=None, gamma=2.0, weight=None, ignore_index=None, reduction="mean",
+                 backend=None):
+        super().__init__(mode=mode, alpha=alpha, gamma=gamma, weight=weight, ignore_index=ignore_index,
+                         reduction=reduction, backend=backend)
+
+
+class FusedLoss(_PixelLoss):
+    """Module form of :func:`segfast.fused_loss` (softmax + positive sharing).
+
+    Holds the arguments (class-weight tensors as buffers, so ``.to(device)``
+    moves them); ``forward(input, target)`` calls :func:`segfast.fused_loss`.
+
+    Args:
+        ws: weight of the cross-entropy term, >= 0.
+        wp: weight of the positive-sharing term, >= 0.
+        ignore_index: label whose pixels count nowhere.
+        {reduction}
+        {backend}
+
+    Returns:
+        {module_returns}
+
+    Raises:
+        {module_raises}
+
+    Example:
+        >>> import torch, segfast
+        >>> loss_fn = segfast.FusedLoss(ws=0.5, wp=0.5)
+        >>> labels = torch.zeros(2, 8, 8, dtype=torch.long)
+        >>> round(loss_fn(torch.zeros(2, 4, 8, 8), labels).item(), 4)
+        1.3863
+    """
+    _fn = staticmethod(fused_loss)
+
+    def __init__(self, ws=0.5, wp=0.5, ignore_index=None, reduction="mean", backend=None):
+        super().__init__(ws=ws, wp=wp, ignore_index=ignore_index, reduction=reduction, backend=backend)
+
+
+_doc.fill_modules(globals(), __name__)

@@ -1,5 +1,12 @@
-"""Region losses (Dice, soft IoU, Tversky, generalized Dice): the two kernels
-as torch.library ops, input validation, and the formulas on the sums.
+"""Region losses (Dice, soft IoU, Tversky, generalized Dice): the public
+functions and Modules, the two kernels as torch.library ops, input
+validation, and the formulas on the sums.
+
+A loss call goes one way: its arguments checked (``_check_args``), the
+tensors validated and canonicalised and the backend chosen (:func:`prepare`),
+the kernels run (:func:`finish_loss` where they compute the whole loss, else
+:func:`plane_stats`, then the pooling of the sums), the formula on the sums,
+the reduction (``_finish``).
 
 Kernels (see docs/design.md): ``region_stats`` reads logits and targets
 once and returns the K=7 per-plane sums (reference/region.py STATS order);
@@ -16,8 +23,8 @@ kernel, which reads grad_output on the device. The label range check rides
 in the stats kernel (a device flag). Other variants (a
 ``reduction="none"``, ``sync_stats``, soft targets or class weights that
 require grad, C > region_finish.MAX_C (CUDA_FINISH_MAX_C on cuda), empty
-inputs) and the other backends take the torch formulas of
-segfast/functional.py.
+inputs) and the other backends take the torch formulas of the loss
+functions below.
 """
 
 # torch.library.custom_op infers the op schemas from annotations: they stay real
@@ -29,7 +36,7 @@ from typing import List, Optional, Tuple
 import torch
 from torch import Tensor
 
-from .. import backends
+from .. import _doc, backends
 from ..reference import region as ref
 from . import _common
 from ._common import (acc_dtype, canonical, check_ignore_index, check_input, check_reduction,  # noqa: F401
@@ -42,6 +49,9 @@ KX = ref.KX
 LABEL_CHECK_BACKENDS = ("triton", "cuda")
 ACT = {"identity": ref.ACT_IDENTITY, "sigmoid": ref.ACT_SIGMOID, "softmax": ref.ACT_SOFTMAX}
 MODES = ("binary", "multiclass", "multilabel")
+
+__all__ = ["region_stats", "dice_loss", "jaccard_loss", "tversky_loss", "generalized_dice_loss",
+           "DiceLoss", "JaccardLoss", "TverskyLoss", "GeneralizedDiceLoss"]
 
 
 # ---------------------------------------------------------------- C++ / CUDA
@@ -95,8 +105,8 @@ def _stats_impl(x: Tensor, target: Tensor, is_label: bool, act: int, label_offse
                     ignore_value: Optional[float], backend: str, xent: int = 0, gamma: float = 0.0,
                 mr: Optional[Tensor] = None, q: Optional[Tensor] = None, conf: Optional[Tensor] = None) -> Tensor:
     """Per-plane sums [N, C, 7] ([N, C, 9] with ``xent``) with the C++ (``cpu``) or CUDA (``cuda``) kernels.
-    ``mr`` (cpu, see _keeps_mr): filled with each pixel's softmax max and 1/sum for the grad pass;
-    ``q`` (cpu, see _keeps_q): filled with v·p for _grad_from_q;
+    ``mr`` (cpu, see _keeps): filled with each pixel's softmax max and 1/sum for the grad pass;
+    ``q`` (cpu, see _keeps): filled with v·p for _grad_from_q;
     ``conf`` (see _conf_kernel_supported): int64 [C, C] confusion counts, added to."""
     if x.numel() == 0:
         return x.new_zeros((x.shape[0], x.shape[1], KX if xent else K), dtype=acc_dtype(x))
@@ -113,27 +123,33 @@ def _grad_impl(x: Tensor, target: Tensor, g: Tensor, is_label: bool, act: int,
     return _launch_grad_ext(x, target, g, is_label, act, label_offset, ignore_value, backend, xent, gamma, mr)
 
 
+# What the cpu stats pass keeps for the grad pass (bits of csrc/cpu/region.cpp region_keeps).
+KEEP_MAX_SUM, KEEP_PROBS = 1, 2
+
+
+def _keeps(x: Tensor, is_label: bool, act: int, backend: str, xent: int) -> int:
+    """What the cpu stats pass keeps for the grad pass on these inputs, as the
+    kernels decide it (csrc/cpu/region.cpp region_keeps): KEEP_PROBS, q = v·p,
+    the probabilities it computes anyway, in the buffer that becomes dLoss/dx
+    (the grad pass then writes dx over q without computing an exp:
+    :func:`_grad_from_q`; the gradient's memory is taken at the forward
+    instead of the backward, and a forward + backward peaks no higher); else
+    KEEP_MAX_SUM, each pixel's softmax max and 1/sum ([2, N, S] float32), so
+    that the grad pass skips its max pass; 0, neither."""
+    if backend != "cpu" or x.numel() == 0:
+        return 0
+    return backends._C.region_keeps_cpu(backends.dtype_code(x), bool(is_label), act, xent, x.shape[1],
+                                        x.stride(2))
+
+
 def _keeps_mr(x: Tensor, is_label: bool, act: int, backend: str, xent: int) -> bool:
-    """Whether the cpu stats pass keeps each pixel's softmax max and 1/sum
-    ([2, N, S] float32, 5% of float32 logits at C = 21) for the grad pass, which
-    then skips its max pass: the kernels' fast path (csrc/cpu/region.cpp
-    fast_ok) with no pixel term."""
-    return (backend == "cpu" and is_label and act == ACT["softmax"] and not xent
-            and x.dtype != torch.float64 and x.numel() > 0)
+    """Whether the cpu stats pass can keep each pixel's softmax max and 1/sum (see _keeps)."""
+    return bool(_keeps(x, is_label, act, backend, xent) & KEEP_MAX_SUM)
 
 
 def _keeps_q(x: Tensor, is_label: bool, act: int, backend: str, xent: int) -> bool:
-    """Whether the cpu stats pass keeps q = v·p, the probabilities it computes
-    anyway, in the buffer that becomes dLoss/dx: the grad pass then reads q
-    and writes dx over it without recomputing a single exp (the exps are most
-    of both passes' arithmetic). The gradient's memory is then taken at the
-    forward instead of the backward; a forward + backward peaks no higher
-    (1.0x the logits at 8 x 21 x 128 x 128, against 1.09x with _keeps_mr).
-    float32 input with unit pixel stride, so the gradient and q share dtype
-    and layout; else _keeps_mr. Dice step at 8 x 21 x 128 x 128 on 2 cores:
-    stats +0.1 ms, grad -0.22 ms."""
-    return (_keeps_mr(x, is_label, act, backend, xent) and x.dtype == torch.float32
-            and x.stride(2) == 1 and backends.HAVE_REGION_PROBS)
+    """Whether the cpu stats pass can keep q = v·p for the grad pass (see _keeps)."""
+    return bool(_keeps(x, is_label, act, backend, xent) & KEEP_PROBS)
 
 
 def _grad_from_q(q: Tensor, target: Tensor, g: Tensor, label_offset: int, ignore_value: Optional[float]) -> Tensor:
@@ -204,10 +220,11 @@ class _EagerStats(torch.autograd.Function):
         ctx.save_for_backward(x, target)
         ctx.args = (is_label, act, label_offset, ignore_value, backend, xent, gamma)
         ctx.mr = ctx.q = None
-        if ctx.needs_input_grad[0]:
-            if _keeps_q(x, is_label, act, backend, xent):  # x's layout, so unit pixel stride too
+        keep = _keeps(x, is_label, act, backend, xent) if ctx.needs_input_grad[0] else 0
+        if keep:
+            if keep & KEEP_PROBS:  # x's layout, so unit pixel stride too
                 ctx.q = backends.empty_output(x.shape, x.dtype, x.device, like=x)
-            elif _keeps_mr(x, is_label, act, backend, xent):
+            else:
                 ctx.mr = torch.empty((2, x.shape[0], x.shape[2]), dtype=torch.float32)
         return _stats_impl(x, target, is_label, act, label_offset, ignore_value, backend, xent, gamma,
                            ctx.mr, ctx.q, conf)
@@ -518,7 +535,7 @@ def finish_loss(prep: tuple, *, weight=None, include_background: bool = True, ba
     soft IoU (1, -1, 1, 1), Tversky (1, 1 - α - β, α, β)), unless ``gdl``
     (1 square, 2 simple, 3 uniform) asks for the generalized Dice score; then
     ``log_loss``, ``gamma``, ``weight``, ``include_background``, ``batch`` and
-    ``reduction`` as in segfast.functional. The pixel term (``lam_x`` times;
+    ``reduction`` as in the loss functions below. The pixel term (``lam_x`` times;
     pixel-term sums ``xent`` with focal exponent ``xgamma``): the mean over the
     valid pixels of the CE (class weights ``pw``, label smoothing ``eps``), the
     focal loss (α = ``pw``) or the fused loss (``ws``, ``wp``)."""
@@ -720,3 +737,579 @@ def sync(stats: Tensor, process_group=None) -> Tensor:
 
 def __getattr__(name):  # the *_triton_op names, registered on first use
     return backends.triton_op_attr(__name__, name)
+
+
+# ---------------------------------------------------------------- the public functions and Modules
+
+# The arguments, result and errors every region loss shares, filled into
+# their docstrings at import (as torch does for its common arguments).
+_REGION_DOC = {
+    "region_args": """\
+input: logits (or probabilities with ``from_logits=False``), shape
+    (N, C, *spatial) with any number of spatial dims ((N, C) scores are
+    one pixel per sample); float32, float16, bfloat16 or float64, any
+    strides (channels_last included). Sums accumulate in float32 (float64
+    for float64 input); the gradient has the input's dtype.
+target: class indices (N, *spatial) or (N, 1, *spatial) as
+    uint8/int32/int64, in [0, C) ({0, 1} for ``mode="binary"``) or equal
+    to ``ignore_index``; or one-hot / soft targets (N, C, *spatial) in any
+    float dtype (or bool). Soft targets that require grad get dLoss/dtarget.
+mode: "multiclass" (softmax over C, C >= 2), "multilabel" (sigmoid per
+    channel) or "binary" (sigmoid, C = 1).
+from_logits: False takes ``input`` as probabilities.
+ignore_index: pixels whose label equals it (for dense targets: elements
+    whose value equals it) add nothing to any sum, neither prediction nor
+    target. An integer in [-2**53, 2**53] (int, numpy integer, 0-d integer
+    tensor, or an integral float).
+weight: per-class weights, one per input channel (a scalar is
+    broadcast), >= 0: each (image, class) loss is multiplied by its class
+    weight before the reduction, as MONAI does (a weighted sum divided by
+    the count; segmentation_models_pytorch divides by the weights' sum).
+include_background: False drops channel 0 after the sums are computed
+    (C must be >= 2).
+batch: False: one score per (image, class) (MONAI's ``batch=False``);
+    True: sums pooled over the batch, one score per class
+    (segmentation_models_pytorch always pools).
+smooth_nr: added to the numerator (MONAI's default 1e-5).
+smooth_dr: added to the denominator (MONAI's default 1e-5). With zero
+    smoothing a plane whose denominator is 0 (no target, no prediction,
+    or every pixel ignored) scores 1: its loss is 0, not NaN.
+log_loss: return -log(score) (score clamped to >= 1e-7) instead of
+    1 - score.
+reduction: "mean", "sum" or "none" (the per-plane losses, [N, C], or
+    [C] with ``batch``).
+sync_stats: with ``batch=True``, all-reduce the pooled sums across
+    processes before the formula, so under DistributedDataParallel the
+    loss equals the single-process loss on the concatenated batch.
+process_group: the process group of ``sync_stats`` (None: the default).
+backend: "triton", "cuda", "cpu" or "torch"; None reads
+    SEGFAST_BACKEND, else takes the device's default (see
+    :mod:`segfast.backends`). Triton computes in float32: "triton" refuses
+    float64 input, which defaults to "cuda" (else "torch") on GPU.
+confusion: a ``segfast.metrics.ConfusionMatrix`` (or an int64 [C, C]
+    tensor on the input's device) to which the statistics pass adds the
+    confusion counts of the prediction: row = target class, column =
+    argmax over the classes of ``input`` (the first maximum; a NaN counts
+    as the maximum, as ``torch.argmax``), over the pixels whose label is
+    not ``ignore_index``. The logits are read once for the loss and the
+    counts; a training loop logs mIoU with ``cm.compute()``. Needs
+    ``mode="multiclass"`` and class-index targets; a ConfusionMatrix must
+    have the loss's ``ignore_index``. No effect on the loss.""",
+    "region_returns": """\
+The reduced loss (0-d, float32; float64 for float64 input), or with
+``reduction="none"`` the per-plane losses [N, C] ([C] with ``batch``).
+Differentiable in ``input`` (and in soft targets); the kernel backends
+differentiate once (``create_graph=True`` raises), the torch backend
+twice.""",
+    "region_raises": """\
+ValueError: shapes that do not fit (naming both), an unknown ``mode`` or
+    ``reduction``, labels out of range, negative smoothing or weights,
+    ``include_background=False`` with C < 2, ``sync_stats`` without
+    ``batch``.
+TypeError: an unsupported dtype, a non-integer ``ignore_index``, float64
+    input on the triton backend.
+RuntimeError: a ``backend`` that is not built or does not fit the device.""",
+}
+
+
+_fill_doc = _doc.fill(_REGION_DOC)
+
+
+def region_stats(input: Tensor, target: Tensor, *, mode: str = "multiclass", from_logits: bool = True,
+                 ignore_index=None, backend: Optional[str] = None, confusion=None) -> Tensor:
+    """The per-(image, class) sums [N, C, 7] every region loss is built from.
+
+    Order: I = Σv·p·t, P = Σv·p, T = Σv·t, V = Σv, PP = Σv·p², TT = Σv·t²,
+    M = Σv·min(p, t); p the activation of ``input``, t the target, v the valid
+    mask. Differentiable: build a custom region loss on it.
+
+    Args:
+        input: logits (N, C, *spatial), or probabilities with ``from_logits=False``.
+        target: class indices (N, *spatial) / (N, 1, *spatial), or one-hot / soft
+            targets (N, C, *spatial).
+        mode: "multiclass" (softmax over C), "multilabel" (sigmoid per channel)
+            or "binary" (sigmoid, C = 1).
+        from_logits: False takes ``input`` as probabilities.
+        ignore_index: label (or dense target value) whose pixels count nowhere.
+        backend: "triton", "cuda", "cpu" or "torch"; None picks the device's
+            default (see :mod:`segfast.backends`).
+        confusion: a ``segfast.metrics.ConfusionMatrix`` or an int64 [C, C]
+            tensor to which the same pass adds the confusion counts (as the
+            region losses' ``confusion``).
+
+    Returns:
+        Tensor [N, C, 7], float32 (float64 for float64 input).
+
+    Raises:
+        ValueError: shapes that do not fit, an unknown ``mode``, labels out of
+            range.
+        TypeError: an unsupported dtype or a non-integer ``ignore_index``.
+        RuntimeError: a ``backend`` that is not built or does not fit the device.
+
+    Example:
+        >>> import torch, segfast
+        >>> logits = torch.zeros(2, 3, 4, 4)
+        >>> labels = torch.zeros(2, 4, 4, dtype=torch.long)
+        >>> s = segfast.region_stats(logits, labels)
+        >>> s.shape
+        torch.Size([2, 3, 7])
+        >>> s[0, 0, :4].tolist()   # I, P, T, V of image 0, class 0
+        [5.333333492279053, 5.333333492279053, 16.0, 16.0]
+    """
+    conf = None if confusion is None else confusion_target(confusion, input, target, mode, ignore_index)
+    return plane_stats(*prepare(input, target, mode, from_logits, ignore_index, backend),
+                               prepared=True, confusion=conf)
+
+
+def _region_sums(input, target, mode, from_logits, ignore_index, backend, confusion, process_group, **finish):
+    """Validate and canonicalise (:func:`prepare`, which chooses the backend),
+    then the kernels: -> (the loss, None) where they compute the whole loss
+    (:func:`finish_loss`: no torch op on the sums), else (None, the sums pooled
+    as ``finish``'s ``batch`` and ``sync_stats`` ask). Either adds the
+    confusion counts of its stats pass to ``confusion``."""
+    conf = None if confusion is None else confusion_target(confusion, input, target, mode, ignore_index)
+    prep = prepare(input, target, mode, from_logits, ignore_index, backend)
+    loss = finish_loss(prep, **finish, confusion=conf)
+    if loss is not None:
+        return loss, None
+    stats = plane_stats(*prep, prepared=True, confusion=conf)
+    return None, _pool(stats, finish["batch"], finish["sync_stats"], process_group)
+
+
+def _pool(stats: Tensor, batch: bool, sync_stats: bool, process_group) -> Tensor:
+    """The per-plane sums summed over the batch (``batch``), then over the
+    processes (``sync_stats``)."""
+    if batch:
+        stats = stats.sum(0)
+    if sync_stats:
+        stats = sync(stats, process_group)
+    return stats
+
+
+def _finish(score: Tensor, input: Tensor, *, log_loss, include_background, weight, reduction,
+            gamma: float = 1.0) -> Tensor:
+    f = -torch.log(score.clamp_min(1e-7)) if log_loss else 1.0 - score
+    if gamma != 1.0:
+        f = f.clamp_min(0) ** gamma
+    w = check_weight(weight, input.shape[1], f.device)
+    if not include_background:
+        f = f[..., 1:]
+        w = None if w is None else w[1:]
+    if w is not None:
+        f = f * w.to(f.dtype)
+    return _common.reduce_loss(f, reduction)
+
+
+def _check_common(reduction, smooth_nr, smooth_dr):
+    check_reduction(reduction)
+    if smooth_nr < 0 or smooth_dr < 0:
+        raise ValueError("smooth_nr and smooth_dr must be >= 0")
+
+
+def _check_args(input, reduction, smooth_nr, smooth_dr, batch, sync_stats, include_background):
+    """The region losses' checks of their arguments, before anything runs
+    (the tensors' own checks follow in :func:`prepare`)."""
+    _check_common(reduction, smooth_nr, smooth_dr)
+    if sync_stats and not batch:
+        raise ValueError("sync_stats=True needs batch=True: per-image sums need no sync")
+    if not include_background and isinstance(input, Tensor) and input.dim() >= 2 and input.shape[1] < 2:
+        raise ValueError("include_background=False needs C >= 2 channels")
+
+
+@_fill_doc
+def dice_loss(input: Tensor, target: Tensor, *, mode: str = "multiclass", from_logits: bool = True,
+              ignore_index=None, weight=None, include_background: bool = True, batch: bool = False,
+              smooth_nr: float = 1e-5, smooth_dr: float = 1e-5, log_loss: bool = False,
+              reduction: str = "mean", sync_stats: bool = False, process_group=None,
+              backend: Optional[str] = None, confusion=None) -> Tensor:
+    """Soft Dice loss: 1 - (2I + smooth_nr) / (P + T + smooth_dr) per plane.
+
+    MONAI's DiceLoss formula and defaults (softmax=True, to_onehot_y=True for
+    multiclass labels). Differences from MONAI: the activation is chosen by
+    ``mode``/``from_logits`` instead of sigmoid/softmax flags, class-index
+    targets need no ``to_onehot_y``, ``reduction="none"`` returns [N, C],
+    ``ignore_index`` masks predictions and targets alike. Differences from
+    segmentation_models_pytorch: smoothing enters numerator and denominator
+    separately (smp adds ``smooth`` to I and to each cardinality), classes
+    absent from the target are not zeroed, statistics are per image unless
+    ``batch=True``. Two streaming passes over the logits: one for the sums,
+    one for the gradient.
+
+    Args:
+        {region_args}
+
+    Returns:
+        {region_returns}
+
+    Raises:
+        {region_raises}
+
+    Example:
+        >>> import torch, segfast
+        >>> logits = torch.zeros(2, 3, 4, 4, requires_grad=True)   # softmax: p = 1/3 everywhere
+        >>> labels = torch.zeros(2, 4, 4, dtype=torch.long)        # every pixel is class 0
+        >>> loss = segfast.dice_loss(logits, labels)                # class 0 scores 0.5, classes 1, 2 ~0
+        >>> round(loss.item(), 4)
+        0.8333
+        >>> loss.backward()
+        >>> logits.grad.shape
+        torch.Size([2, 3, 4, 4])
+    """
+    return _dice_loss(input, target, None, mode=mode, from_logits=from_logits, ignore_index=ignore_index,
+                      weight=weight, include_background=include_background, batch=batch, smooth_nr=smooth_nr,
+                      smooth_dr=smooth_dr, log_loss=log_loss, reduction=reduction, sync_stats=sync_stats,
+                      process_group=process_group, backend=backend, confusion=confusion)
+
+
+def _dice_loss(input: Tensor, target: Tensor, stats: Optional[Tensor], *, mode: str = "multiclass",
+               from_logits: bool = True, ignore_index=None, weight=None, include_background: bool = True,
+               batch: bool = False, smooth_nr: float = 1e-5, smooth_dr: float = 1e-5, log_loss: bool = False,
+               reduction: str = "mean", sync_stats: bool = False, process_group=None,
+               backend: Optional[str] = None, confusion=None) -> Tensor:
+    """dice_loss, on the per-plane sums ``stats`` when the caller has them
+    already (the Dice + pixel-term path, which counts ``confusion`` itself),
+    else computing them."""
+    _check_args(input, reduction, smooth_nr, smooth_dr, batch, sync_stats, include_background)
+    if stats is None:
+        loss, s = _region_sums(input, target, mode, from_logits, ignore_index, backend, confusion, process_group,
+                               weight=weight, include_background=include_background, batch=batch,
+                               sync_stats=sync_stats, reduction=reduction, smooth_nr=smooth_nr,
+                               smooth_dr=smooth_dr, log_loss=log_loss)
+        if loss is not None:
+            return loss
+    else:
+        s = _pool(stats, batch, sync_stats, process_group)
+    # 2·tp + fp + fn = P + T; few small ops: at common sizes the formula's
+    # autograd overhead is a visible part of the whole loss
+    num, den = 2 * s[..., 0] + smooth_nr, s[..., 1] + s[..., 2] + smooth_dr
+    score = num / den if smooth_dr > 0 else safe_ratio(num, den)
+    return _finish(score, input, log_loss=log_loss, include_background=include_background,
+                   weight=weight, reduction=reduction)
+
+
+@_fill_doc
+def jaccard_loss(input: Tensor, target: Tensor, *, mode: str = "multiclass", from_logits: bool = True,
+                 ignore_index=None, weight=None, include_background: bool = True, batch: bool = False,
+                 smooth_nr: float = 1e-5, smooth_dr: float = 1e-5, log_loss: bool = False,
+                 reduction: str = "mean", sync_stats: bool = False, process_group=None,
+                 backend: Optional[str] = None, confusion=None) -> Tensor:
+    """Soft IoU (Jaccard) loss: 1 - (I + smooth_nr) / (P + T - I + smooth_dr) per plane.
+
+    The IoU loss of Rahman & Wang and van Beers et al. MONAI's
+    ``DiceLoss(jaccard=True)`` computes 1 - (2I + nr) / (2(P + T - I) + dr)
+    instead, which differs in how smoothing enters (segfast.compat.monai
+    reproduces it).
+
+    Args:
+        {region_args}
+
+    Returns:
+        {region_returns}
+
+    Raises:
+        {region_raises}
+
+    Example:
+        >>> import torch, segfast
+        >>> logits = torch.zeros(2, 3, 4, 4)
+        >>> labels = torch.zeros(2, 4, 4, dtype=torch.long)
+        >>> round(segfast.jaccard_loss(logits, labels).item(), 4)   # class 0: IoU 1/3
+        0.8889
+    """
+    _check_args(input, reduction, smooth_nr, smooth_dr, batch, sync_stats, include_background)
+    loss, s = _region_sums(input, target, mode, from_logits, ignore_index, backend, confusion, process_group,
+                           weight=weight, include_background=include_background, batch=batch,
+                           sync_stats=sync_stats, reduction=reduction, ratio=(1.0, -1.0, 1.0, 1.0),
+                           smooth_nr=smooth_nr, smooth_dr=smooth_dr, log_loss=log_loss)
+    if loss is not None:
+        return loss
+    tp, fp, fn = tp_fp_fn(s)
+    score = safe_ratio(tp + smooth_nr, tp + fp + fn + smooth_dr)
+    return _finish(score, input, log_loss=log_loss, include_background=include_background,
+                   weight=weight, reduction=reduction)
+
+
+@_fill_doc
+def tversky_loss(input: Tensor, target: Tensor, *, mode: str = "multiclass", from_logits: bool = True,
+                 ignore_index=None, weight=None, include_background: bool = True, batch: bool = False,
+                 smooth_nr: float = 1e-5, smooth_dr: float = 1e-5, log_loss: bool = False,
+                 alpha: float = 0.5, beta: float = 0.5, gamma: float = 1.0,
+                 reduction: str = "mean", sync_stats: bool = False, process_group=None,
+                 backend: Optional[str] = None, confusion=None) -> Tensor:
+    """Tversky loss: 1 - (I + nr) / (I + alpha·FP + beta·FN + dr), FP = P - I, FN = T - I.
+
+    ``gamma`` != 1 gives the focal Tversky loss (1 - TI)^gamma, applied per
+    plane before the reduction (Abraham & Khan apply it per class; smp raises
+    the *mean* loss to gamma: segfast.compat.smp reproduces that). ``alpha``
+    weighs false positives, ``beta`` false negatives, as in MONAI and smp.
+
+    Args:
+        {region_args}
+        alpha: weight of the false positives, >= 0.
+        beta: weight of the false negatives, >= 0.
+        gamma: focal exponent, > 0 (1: the plain Tversky loss).
+
+    Returns:
+        {region_returns}
+
+    Raises:
+        {region_raises}
+
+    Example:
+        >>> import torch, segfast
+        >>> logits = torch.zeros(2, 3, 4, 4)
+        >>> labels = torch.zeros(2, 4, 4, dtype=torch.long)
+        >>> loss = segfast.tversky_loss(logits, labels, alpha=0.3, beta=0.7, reduction="none")
+        >>> loss.shape
+        torch.Size([2, 3])
+        >>> round(loss[0, 0].item(), 4)   # 1 - I / (I + 0.7·FN), I = 16/3, FN = 32/3
+        0.5833
+    """
+    _check_args(input, reduction, smooth_nr, smooth_dr, batch, sync_stats, include_background)
+    if alpha < 0 or beta < 0 or gamma <= 0:
+        raise ValueError("alpha and beta must be >= 0 and gamma > 0")
+    loss, s = _region_sums(input, target, mode, from_logits, ignore_index, backend, confusion, process_group,
+                           weight=weight, include_background=include_background, batch=batch,
+                           sync_stats=sync_stats, reduction=reduction, ratio=(1.0, 1.0 - alpha - beta, alpha, beta),
+                           smooth_nr=smooth_nr, smooth_dr=smooth_dr, log_loss=log_loss, gamma=gamma)
+    if loss is not None:
+        return loss
+    tp, fp, fn = tp_fp_fn(s)
+    score = safe_ratio(tp + smooth_nr, tp + alpha * fp + beta * fn + smooth_dr)
+    return _finish(score, input, log_loss=log_loss, include_background=include_background,
+                   weight=weight, reduction=reduction, gamma=gamma)
+
+
+# generalized_dice_loss's w_type -> the finish kernel's code of its class weights
+GDL_WEIGHTS = {"square": 1, "simple": 2, "uniform": 3}
+
+
+def generalized_dice_weights(tsum: Tensor, w_type: str, batch: bool) -> Tensor:
+    """Class weights of the generalized Dice loss from the target sums, MONAI's way:
+    1/T² ("square"), 1/T ("simple") or 1 ("uniform"); a class absent from the
+    target (infinite weight) gets the largest finite weight of its image
+    (of the batch when ``batch``)."""
+    tsum = tsum.detach()
+    if w_type == "square":
+        w = torch.reciprocal(tsum * tsum)
+    elif w_type == "simple":
+        w = torch.reciprocal(tsum)
+    elif w_type == "uniform":
+        w = torch.ones_like(tsum)
+    else:
+        raise ValueError(f"w_type must be 'square', 'simple' or 'uniform', got {w_type!r}")
+    inf = torch.isinf(w)
+    w = torch.where(inf, torch.zeros_like(w), w)
+    wmax = w.max() if batch else w.max(dim=-1, keepdim=True).values
+    return torch.where(inf, wmax.expand_as(w), w)
+
+
+@_fill_doc
+def generalized_dice_loss(input: Tensor, target: Tensor, *, mode: str = "multiclass",
+                          from_logits: bool = True, ignore_index=None, weight=None,
+                          include_background: bool = True, batch: bool = False,
+                          smooth_nr: float = 1e-5, smooth_dr: float = 1e-5, log_loss: bool = False,
+                          w_type: str = "square", reduction: str = "mean", sync_stats: bool = False,
+                          process_group=None, backend: Optional[str] = None, confusion=None) -> Tensor:
+    """Generalized Dice loss (Sudre et al.): 1 - (2 Σ_c w_c I_c + nr) / (Σ_c w_c (P_c + T_c) + dr).
+
+    One score per image (per batch with ``batch=True``). Class weights from
+    ``w_type`` as MONAI's GeneralizedDiceLoss; ``weight`` (optional)
+    multiplies them.
+
+    Args:
+        {region_args}
+        w_type: class weights from the target sums T_c: "square" (1/T_c²),
+            "simple" (1/T_c) or "uniform" (1); a class absent from the target
+            gets the largest finite weight of its image (of the batch with
+            ``batch``).
+
+    Returns:
+        The reduced loss (0-d, float32; float64 for float64 input); with
+        ``reduction="none"`` one loss per image [N] (a 0-d tensor with
+        ``batch=True``). Differentiable in ``input`` (and in soft targets).
+
+    Raises:
+        {region_raises}
+
+    Example:
+        >>> import torch, segfast
+        >>> logits = torch.zeros(2, 3, 4, 4)
+        >>> labels = torch.zeros(2, 4, 4, dtype=torch.long)
+        >>> segfast.generalized_dice_loss(logits, labels, reduction="none").shape
+        torch.Size([2])
+    """
+    _check_args(input, reduction, smooth_nr, smooth_dr, batch, sync_stats, include_background)
+    gdl = GDL_WEIGHTS.get(w_type)
+    if gdl is None:
+        raise ValueError(f"w_type must be 'square', 'simple' or 'uniform', got {w_type!r}")
+    loss, s = _region_sums(input, target, mode, from_logits, ignore_index, backend, confusion, process_group,
+                           weight=weight, include_background=include_background, batch=batch,
+                           sync_stats=sync_stats, reduction=reduction, gdl=gdl, smooth_nr=smooth_nr,
+                           smooth_dr=smooth_dr, log_loss=log_loss)
+    if loss is not None:
+        return loss
+    C = input.shape[1]
+    if not include_background:
+        s = s[..., 1:, :]
+    tp, fp, fn = tp_fp_fn(s)
+    w = generalized_dice_weights(tp + fn, w_type, batch)
+    user_w = check_weight(weight, C, s.device)
+    if user_w is not None:
+        w = w * (user_w if include_background else user_w[1:]).to(w.dtype)
+    score = safe_ratio(2 * (tp * w).sum(-1) + smooth_nr, ((2 * tp + fp + fn) * w).sum(-1) + smooth_dr)
+    f = -torch.log(score.clamp_min(1e-7)) if log_loss else 1.0 - score
+    return _common.reduce_loss(f, reduction)
+
+
+class _RegionLoss(torch.nn.Module):
+    _fn = None
+
+    def __init__(self, mode: str = "multiclass", *, from_logits: bool = True, ignore_index=None,
+                 weight=None, include_background: bool = True, batch: bool = False,
+                 smooth_nr: float = 1e-5, smooth_dr: float = 1e-5, log_loss: bool = False,
+                 reduction: str = "mean", sync_stats: bool = False, process_group=None,
+                 backend=None, **extra):
+        super().__init__()
+        self.kwargs = dict(mode=mode, from_logits=from_logits, ignore_index=ignore_index,
+                           include_background=include_background, batch=batch, smooth_nr=smooth_nr,
+                           smooth_dr=smooth_dr, log_loss=log_loss, reduction=reduction,
+                           sync_stats=sync_stats, process_group=process_group, backend=backend, **extra)
+        # A buffer, so .to(device) moves the class weights with the module.
+        self.register_buffer("weight", None if weight is None else torch.as_tensor(weight, dtype=torch.float32))
+
+    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return type(self)._fn(input, target, weight=self.weight, **self.kwargs)
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{k}={v!r}" for k, v in self.kwargs.items() if k != "process_group")
+
+
+class DiceLoss(_RegionLoss):
+    """Module form of :func:`segfast.dice_loss`: the soft Dice loss.
+
+    Holds the arguments; ``forward(input, target)`` calls :func:`segfast.dice_loss`
+    (see it for the shapes, the formula and each argument).
+
+    Args:
+        mode: "multiclass", "multilabel" or "binary".
+        {region_kwargs}
+
+    Returns:
+        {module_returns}
+
+    Raises:
+        {module_raises}
+
+    Example:
+        >>> import torch, segfast
+        >>> loss_fn = segfast.DiceLoss("multiclass")
+        >>> logits = torch.zeros(2, 3, 4, 4, requires_grad=True)
+        >>> labels = torch.zeros(2, 4, 4, dtype=torch.long)
+        >>> loss = loss_fn(logits, labels)
+        >>> round(loss.item(), 4)
+        0.8333
+        >>> loss.backward()
+    """
+    _fn = staticmethod(dice_loss)
+
+
+class JaccardLoss(_RegionLoss):
+    """Module form of :func:`segfast.jaccard_loss`: the soft IoU loss.
+
+    Holds the arguments; ``forward(input, target)`` calls :func:`segfast.jaccard_loss`
+    (see it for the shapes, the formula and each argument).
+
+    Args:
+        mode: "multiclass", "multilabel" or "binary".
+        {region_kwargs}
+
+    Returns:
+        {module_returns}
+
+    Raises:
+        {module_raises}
+
+    Example:
+        >>> import torch, segfast
+        >>> loss_fn = segfast.JaccardLoss("multiclass")
+        >>> logits = torch.zeros(2, 3, 4, 4, requires_grad=True)
+        >>> labels = torch.zeros(2, 4, 4, dtype=torch.long)
+        >>> loss = loss_fn(logits, labels)
+        >>> round(loss.item(), 4)
+        0.8889
+        >>> loss.backward()
+    """
+    _fn = staticmethod(jaccard_loss)
+
+
+class TverskyLoss(_RegionLoss):
+    """Module form of :func:`segfast.tversky_loss`; gamma != 1 gives the focal Tversky loss.
+
+    Holds the arguments; ``forward(input, target)`` calls :func:`segfast.tversky_loss`
+    (see it for the shapes, the formula and each argument).
+
+    Args:
+        mode: "multiclass", "multilabel" or "binary".
+        alpha: weight of the false positives, >= 0.
+        beta: weight of the false negatives, >= 0.
+        gamma: focal exponent, > 0.
+        {region_kwargs}
+
+    Returns:
+        {module_returns}
+
+    Raises:
+        {module_raises}
+
+    Example:
+        >>> import torch, segfast
+        >>> loss_fn = segfast.TverskyLoss("multiclass", alpha=0.3, beta=0.7)
+        >>> logits = torch.zeros(2, 3, 4, 4, requires_grad=True)
+        >>> labels = torch.zeros(2, 4, 4, dtype=torch.long)
+        >>> loss = loss_fn(logits, labels)
+        >>> round(loss.item(), 4)
+        0.8611
+        >>> loss.backward()
+    """
+    _fn = staticmethod(tversky_loss)
+
+    def __init__(self, mode: str = "multiclass", *, alpha: float = 0.5, beta: float = 0.5,
+                 gamma: float = 1.0, **kwargs):
+        super().__init__(mode, alpha=alpha, beta=beta, gamma=gamma, **kwargs)
+
+
+class GeneralizedDiceLoss(_RegionLoss):
+    """Module form of :func:`segfast.generalized_dice_loss`.
+
+    Holds the arguments; ``forward(input, target)`` calls :func:`segfast.generalized_dice_loss`
+    (see it for the shapes, the formula and each argument).
+
+    Args:
+        mode: "multiclass", "multilabel" or "binary".
+        w_type: class weights from the target sums: "square", "simple" or "uniform".
+        {region_kwargs}
+
+    Returns:
+        {module_returns}
+
+    Raises:
+        {module_raises}
+
+    Example:
+        >>> import torch, segfast
+        >>> loss_fn = segfast.GeneralizedDiceLoss("multiclass")
+        >>> logits = torch.zeros(2, 3, 4, 4, requires_grad=True)
+        >>> labels = torch.zeros(2, 4, 4, dtype=torch.long)
+        >>> loss = loss_fn(logits, labels)
+        >>> round(loss.item(), 4)
+        0.6666
+        >>> loss.backward()
+    """
+    _fn = staticmethod(generalized_dice_loss)
+
+    def __init__(self, mode: str = "multiclass", *, w_type: str = "square", **kwargs):
+        super().__init__(mode, w_type=w_type, **kwargs)
+
+
+_doc.fill_modules(globals(), __name__)
