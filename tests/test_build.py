@@ -211,19 +211,22 @@ def test_cuda12_requirements_are_pinned_with_hashes():
 # ---- the torch floor: op signatures that torch 2.4's schema inference reads
 
 def _op_functions():
-    """(file, function) for every function decorated with custom_op(...) / triton_op(...)."""
+    """(file, tree, function) for every function that custom_op / triton_op
+    registers: as a decorator, or passed to the call (``custom_op(name, fn, ...)``)."""
     import ast
+
+    def is_op(call):
+        f = call.func if isinstance(call, ast.Call) else None
+        return (getattr(f, "attr", None) or getattr(f, "id", None)) in ("custom_op", "triton_op")
 
     for path in sorted((REPO / "segfast").rglob("*.py")):
         tree = ast.parse(path.read_text())
-        for node in ast.walk(tree):
-            if not isinstance(node, ast.FunctionDef):
-                continue
-            for dec in node.decorator_list:
-                f = dec.func if isinstance(dec, ast.Call) else None
-                name = getattr(f, "attr", None) or getattr(f, "id", None)
-                if name in ("custom_op", "triton_op"):
-                    yield path, tree, node
+        defs = [n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)]
+        passed = {c.args[1].id for c in ast.walk(tree)
+                  if is_op(c) and len(c.args) > 1 and isinstance(c.args[1], ast.Name)}
+        for node in defs:
+            if node.name in passed or any(is_op(d) for d in node.decorator_list):
+                yield path, tree, node
 
 
 def test_op_signatures_fit_the_torch_floor():

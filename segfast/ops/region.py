@@ -259,7 +259,7 @@ CUDA_FINISH_MAX_C = 1024
 
 def _loss_cuda(x: Tensor, target: Tensor, w: Optional[Tensor], pw: Optional[Tensor], is_label: bool, act: int,
                label_offset: int, ignore_value: Optional[float], xent: int, gamma: float, fparams: List[float],
-               iparams: List[int], check: str = "", count: bool = False) -> Tuple[Tensor, Tensor, Tensor]:
+               iparams: List[int], check: Optional[str] = None, count: bool = False) -> Tuple[Tensor, Tensor, Tensor]:
     """-> (the scalar loss, dLoss/dStats [N, C, KO] at grad_output 1, the confusion
     counts [C, C] of the stats pass with ``count``, else [0, 0]) with the CUDA
     kernels; the arguments as region_loss_triton's (see :func:`finish_loss`)."""
