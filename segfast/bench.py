@@ -974,6 +974,8 @@ def stages(device: torch.device, args) -> list:
             from .metrics import _bench as metrics_bench
             return getattr(metrics_bench, f"measure_{kind}")(args.quick, memory=memory)
         out += [("coco_map", lambda: metrics("detection")), ("confusion_matrix", lambda: metrics("segmentation"))]
+    from .metrics import _bench as metrics_bench  # a Dice step with confusion=, beside its peers
+    out.append(("dice_step_confusion", lambda: metrics_bench.measure_loss_confusion(device, args.quick)))
     return out
 
 
