@@ -102,6 +102,27 @@ def test_no_ties_many_pixels(backend):
         torch.testing.assert_close(cm, reference(x, t, C), rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("C", [3, 21, 40])
+def test_whole_tiles_ties_nan_inf(backend, C):
+    """Many pixels per image (whole tiles, the cpu kernel's grouped blocks), tied logits,
+    NaN and +-inf inside whole blocks, and blocks whose logits lie beyond the range of
+    the cpu kernel's single-read softmax (which then takes the shifted one)."""
+    N, S = 2, 1500
+    x = logits(N, C, S)
+    x[0, C // 2, 500] = float("nan")
+    x[1, C - 1, 700:720] = float("nan")
+    x[0, :, 600] = float("-inf")
+    x[1, 0, 300] = x[1, C - 1, 300] = float("inf")
+    x[0, :, 200:264] += 100.0
+    x[1, :, 900:1000] -= 40.0
+    x[1, 1, 950] = float("nan")
+    t = labels(N, S, C)
+    cm = torch.zeros(C, C, dtype=torch.int64)
+    F.dice_loss(x, t, ignore_index=IGN, backend=backend, confusion=cm)
+    torch.testing.assert_close(cm, reference(x, t, C, IGN), rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("C", [70, 1030])
 def test_many_classes_cpu(C):
     """C x C tables larger than the interleaved per-thread copies, and larger than any per-thread table."""

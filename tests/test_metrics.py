@@ -335,8 +335,7 @@ def test_confusion_matrix_many_classes(backend):
     assert torch.equal(confusion_matrix(x, t, 70, ignore_index=255, backend=backend), want)
 
 
-@needs_kernel
-def test_crafted_quirks_equal_pycocotools():
+def crafted_quirks():
     """Equal IoU goes to the later gt; a crowd gt divides by the detection's
     area; the first ignored gt stops a detection holding a regular match."""
     img = [{"id": 7}, {"id": 3}, {"id": 5}]
@@ -361,6 +360,12 @@ def test_crafted_quirks_equal_pycocotools():
         {"image_id": 7, "category_id": 2, "bbox": [60, 60, 10, 10], "score": 0.5},
     ]
     gt = {"images": img, "annotations": anns, "categories": [{"id": 1}, {"id": 2}, {"id": 9}]}
+    return gt, dets
+
+
+@needs_kernel
+def test_crafted_quirks_equal_pycocotools():
+    gt, dets = crafted_quirks()
     ev = _pycoco(gt, dets)
     out = COCOEvaluator.from_coco(gt, dets).compute()
     _check_against(ev, out)

@@ -59,9 +59,12 @@ namespace {
 
 enum : uint8_t { kIgnored = 0, kTP = 1, kFP = 2 };
 
+void coco_accumulate_category(const CocoArgs& a, int64_t k, const double* sc, const int32_t* rank,
+                              const uint8_t* code, int64_t n);
+
 // One category: evaluateImg on each of its images, then accumulate.
 void coco_category(const CocoArgs& a, int64_t k) {
-  const int64_t T = a.T, R = a.R, K = a.K, A = a.A, M = a.M;
+  const int64_t T = a.T, A = a.A, M = a.M;
   const int64_t last_det = a.max_dets[M - 1];
   std::vector<double> sc;       // kept detections, image order, score order inside an image
   std::vector<int32_t> rank;    // their rank inside the image
@@ -154,8 +157,16 @@ void coco_category(const CocoArgs& a, int64_t k) {
     }
   }
   for (int64_t ar = 0; ar < A; ++ar) a.npig[k * A + ar] = npig[ar];
-  // accumulate: one stable sort by decreasing score over the category's images in id order
-  const int64_t n = int64_t(sc.size());
+  coco_accumulate_category(a, k, sc.data(), rank.data(), code.data(), int64_t(sc.size()));
+}
+
+// accumulate of one category: its n kept detections (images in id order, score order
+// inside an image) with their score, rank inside the image and codes [n, A, T];
+// a.npig[k * A + ar] its regular gts. One stable sort by decreasing score.
+void coco_accumulate_category(const CocoArgs& a, int64_t k, const double* sc, const int32_t* rank,
+                              const uint8_t* code, int64_t n) {
+  const int64_t T = a.T, R = a.R, K = a.K, A = a.A, M = a.M;
+  const int64_t* npig = a.npig + k * A;
   std::vector<int64_t> ord(n);
   std::iota(ord.begin(), ord.end(), 0);
   std::stable_sort(ord.begin(), ord.end(), [&](int64_t x, int64_t y) { return sc[x] > sc[y]; });
@@ -240,6 +251,36 @@ void coco_eval(int64_t K, int64_t I, int64_t T, int64_t R, int64_t A, int64_t M,
   for (int64_t k = 0; k < K; ++k) coco_category(a, k);
 }
 
+// accumulate alone, of matching codes computed elsewhere (the Triton kernel): the kept
+// detections of category k are rows cat_off[k]..cat_off[k+1] of sc / rank / code [D, A, T];
+// npig [K, A] is an input here.
+void coco_accumulate(int64_t K, int64_t T, int64_t R, int64_t A, int64_t M, uintptr_t cat_off,
+                     uintptr_t sc, uintptr_t rank, uintptr_t code, uintptr_t rec_thr, uintptr_t max_dets,
+                     uintptr_t precision, uintptr_t recall, uintptr_t scores, uintptr_t ap_all, uintptr_t npig,
+                     int64_t curve_a, int64_t curve_m, uintptr_t curve_off, int64_t curve_total,
+                     uintptr_t curve_score, uintptr_t curve_code, int64_t num_threads) {
+  if (K < 0 || T < 1 || R < 1 || A < 1 || M < 1)
+    throw std::invalid_argument("segfast._C.coco_accumulate: bad sizes");
+  CocoArgs a{};
+  a.K = K, a.I = 0, a.T = T, a.R = R, a.A = A, a.M = M;
+  a.rec_thr = ptr<const double>(rec_thr);
+  a.max_dets = ptr<const int64_t>(max_dets);
+  a.precision = ptr<double>(precision), a.recall = ptr<double>(recall);
+  a.scores = ptr<double>(scores), a.ap_all = ptr<double>(ap_all), a.npig = ptr<int64_t>(npig);
+  a.curve_a = curve_a, a.curve_m = curve_m, a.curve_off = ptr<const int64_t>(curve_off);
+  a.curve_total = curve_total, a.curve_score = ptr<double>(curve_score);
+  a.curve_code = ptr<uint8_t>(curve_code);
+  const int64_t* off = ptr<const int64_t>(cat_off);
+  const double* s = ptr<const double>(sc);
+  const int32_t* rk = ptr<const int32_t>(rank);
+  const uint8_t* c = ptr<const uint8_t>(code);
+  py::gil_scoped_release nogil;
+  const int nt = int(std::max<int64_t>(1, std::min<int64_t>(num_threads, std::max<int64_t>(K, 1))));
+#pragma omp parallel for schedule(dynamic, 1) num_threads(nt)
+  for (int64_t k = 0; k < K; ++k)
+    coco_accumulate_category(a, k, s + off[k], rk + off[k], c + off[k] * A * T, off[k + 1] - off[k]);
+}
+
 // ---- confusion matrix from logits -----------------------------------------------------------
 // hist[target * C + argmax_c x] += 1 over the pixels whose target is not ignore_index; the
 // first maximum wins, a NaN counts as the maximum (torch.argmax); targets outside [0, C)
@@ -318,6 +359,15 @@ void register_metrics(py::module_& m) {
         py::arg("gt_box"), py::arg("gt_area"), py::arg("gt_crowd"), py::arg("gt_idnz"),
         py::arg("gt_off"), py::arg("dt_box"), py::arg("dt_score"), py::arg("dt_off"),
         py::arg("iou_thr"), py::arg("rec_thr"), py::arg("area_rng"), py::arg("max_dets"),
+        py::arg("precision"), py::arg("recall"), py::arg("scores"), py::arg("ap_all"), py::arg("npig"),
+        py::arg("curve_a"), py::arg("curve_m"), py::arg("curve_off"), py::arg("curve_total"),
+        py::arg("curve_score"), py::arg("curve_code"), py::arg("num_threads"));
+  m.def("coco_accumulate", &coco_accumulate,
+        "pycocotools' accumulate alone, of matching codes [D, A, T] (0 ignored, 1 tp, 2 fp) with "
+        "scores [D] and ranks inside the image [D] int32, rows of category k from cat_off[k]; npig "
+        "[K, A] given; the outputs and the optional curve as coco_eval's.",
+        py::arg("K"), py::arg("T"), py::arg("R"), py::arg("A"), py::arg("M"), py::arg("cat_off"),
+        py::arg("sc"), py::arg("rank"), py::arg("code"), py::arg("rec_thr"), py::arg("max_dets"),
         py::arg("precision"), py::arg("recall"), py::arg("scores"), py::arg("ap_all"), py::arg("npig"),
         py::arg("curve_a"), py::arg("curve_m"), py::arg("curve_off"), py::arg("curve_total"),
         py::arg("curve_score"), py::arg("curve_code"), py::arg("num_threads"));

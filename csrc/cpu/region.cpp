@@ -49,17 +49,18 @@ int resolve_threads(int64_t num_threads) {
 //
 // out[y * C + argmax_c x] += 1 for each pixel whose label y is valid (not ignored,
 // in [0, C)); the first maximum wins and a NaN counts as the maximum, as in
-// torch.argmax. Counted per thread in nh interleaved copies of the C x C table
-// (consecutive pixels of one class hit one bin: the copies break the chain of
-// increments through memory), added to out with atomics when the thread ends;
-// for C > kConfLocalMaxC, atomics straight into out.
+// torch.argmax. Counted per thread in int32 tables that stay in L1 (16 KiB): nh
+// interleaved copies of the C x C table for C * C <= 1024 (consecutive pixels of
+// one class hit one bin: the copies break the chain of increments through memory),
+// one copy above; added to out with atomics when the thread ends (or before an
+// int32 could overflow); for C > kConfLocalMaxC, atomics straight into out.
 constexpr int64_t kConfLocalMaxC = 1024;
 
 class ConfCounts {
  public:
   ConfCounts(int64_t* out, int64_t C) : out_(out), C_(C) {
     if (out && C <= kConfLocalMaxC) {
-      nh_ = C * C <= 4096 ? 4 : 1;
+      nh_ = C * C <= 1024 ? 4 : 1;
       h_.assign(nh_ * C * C, 0);
     }
   }
@@ -72,10 +73,11 @@ class ConfCounts {
         if (lb[l] >= 0) __atomic_fetch_add(out_ + int64_t(lb[l]) * C + idx[l], 1, __ATOMIC_RELAXED);
       return;
     }
-    int64_t* __restrict h = h_.data();
+    int32_t* __restrict h = h_.data();
     const int64_t CC = C * C, mask = nh_ - 1;
     for (int64_t l = 0; l < len; ++l)
       if (lb[l] >= 0) ++h[(l & mask) * CC + int64_t(lb[l]) * C + idx[l]];
+    if ((pending_ += len) > kFlushAt) flush();
   }
   void flush() {
     const int64_t CC = C_ * C_;
@@ -85,12 +87,14 @@ class ConfCounts {
       if (v) __atomic_fetch_add(out_ + b, v, __ATOMIC_RELAXED);
     }
     std::fill(h_.begin(), h_.end(), 0);
+    pending_ = 0;
   }
 
  private:
+  static constexpr int64_t kFlushAt = int64_t(1) << 30;  // pixels, far below an int32 bin's limit
   int64_t* out_;
-  int64_t C_, nh_ = 1;
-  std::vector<int64_t> h_;
+  int64_t C_, nh_ = 1, pending_ = 0;
+  std::vector<int32_t> h_;
 };
 
 template <typename T>
@@ -368,8 +372,8 @@ SEGFAST_INLINE vf max_stash(const float* __restrict x, int64_t xp, int64_t C, fl
   return m1 > m ? m1 : m;
 }
 
-// The argmax over the classes of one block of x stashed in e (e[c * ep + l],
-// still in L1): the first maximum wins, a NaN counts as the maximum
+// The argmax over the classes of one block of x (e[c * ep + l]: the stash of x in L1,
+// or x itself): the first maximum wins, a NaN counts as the maximum
 // (torch.argmax). For the confusion counts (ConfCounts).
 // NaN tests on the bits (integer compares): GCC scalarises the unordered float
 // compares of generic vectors.
@@ -377,6 +381,12 @@ SEGFAST_INLINE vi visnan(vf v) {
   vi b;
   std::memcpy(&b, &v, sizeof(b));
   return (b & 0x7fffffff) > 0x7f800000;
+}
+
+SEGFAST_INLINE bool any_lane(vi b) {
+  int32_t r = 0;
+  for (int64_t l = 0; l < VL; ++l) r |= b[l];
+  return r != 0;
 }
 
 SEGFAST_INLINE vi argmax_stash(const float* __restrict e, int64_t ep, int64_t C) {
@@ -422,9 +432,10 @@ SEGFAST_INLINE vf softmax_block(const float* __restrict x, int64_t xp, int64_t C
 // L2: kGroup x C lines ahead would evict each other from L1.
 constexpr int64_t kGroup = 4;
 
-// softmax_block for kGroup blocks: s[k], m[k] (and am[k] when asked) of block k;
-// x stashed in e first.
-template <bool kV4>
+// softmax_block for kGroup blocks: s[k], m[k] of block k; x stashed in e first.
+// kArg: am[k] = the class of the first maximum, from the same compares as the max
+// (true where no x of the pixel is NaN: the caller redoes a block whose sum is NaN).
+template <bool kV4, bool kArg = false>
 SEGFAST_INLINE void softmax_group(const float* __restrict x, int64_t xp, int64_t C,
                                   float* __restrict e, int64_t ep, int64_t pf, vf* s, vf* m,
                                   vi* am = nullptr) {
@@ -433,17 +444,22 @@ SEGFAST_INLINE void softmax_group(const float* __restrict x, int64_t xp, int64_t
     m[k] = vload(x + k * VL);
     vstore(e + k * VL, m[k]);
     if (pf) __builtin_prefetch(x + k * VL + pf, 0, 2);
+    if constexpr (kArg) am[k] = vi{};
   }
   for (int64_t c = 1; c < C; ++c) {
     for (int k = 0; k < G; ++k) {
       const vf xv = vload(x + c * xp + k * VL);
       vstore(e + c * ep + k * VL, xv);
       if (pf) __builtin_prefetch(x + c * xp + k * VL + pf, 0, 2);
-      m[k] = xv > m[k] ? xv : m[k];
+      if constexpr (kArg) {
+        const vi up = xv > m[k];
+        m[k] = up ? xv : m[k];
+        am[k] = up ? vi{} + int32_t(c) : am[k];
+      } else {
+        m[k] = xv > m[k] ? xv : m[k];
+      }
     }
   }
-  if (am)
-    for (int k = 0; k < G; ++k) am[k] = argmax_stash(e + k * VL, ep, C);
   for (int k = 0; k < G; ++k) s[k] = vf{};
   for (int64_t c = 0; c < C; ++c) {
     for (int k = 0; k < G; ++k) {
@@ -464,21 +480,30 @@ SEGFAST_INLINE void softmax_group(const float* __restrict x, int64_t xp, int64_t
 // sums use the max (lse, the fused term's underflow test).
 constexpr float kUnshiftedLo = -20.0f, kUnshiftedHi = 80.0f;
 
-template <bool kV4>
+// kArg: am[k] as softmax_group's (valid with the result: the running max starts
+// below the pixel's max, so the strict compares still keep its first class).
+template <bool kV4, bool kArg = false>
 SEGFAST_INLINE bool softmax_group_unshifted(const float* __restrict x, int64_t xp, int64_t C,
                                             float* __restrict e, int64_t ep, int64_t pf, vf* s,
-                                            vf* m) {
+                                            vf* m, vi* am = nullptr) {
   constexpr int G = kGroup;
   vf mx[G];
   for (int k = 0; k < G; ++k) {
     mx[k] = vsplat(kUnshiftedLo);
     s[k] = vf{};
+    if constexpr (kArg) am[k] = vi{};
   }
   for (int64_t c = 0; c < C; ++c) {
     for (int k = 0; k < G; ++k) {
       const vf xv = vload(x + c * xp + k * VL);
       if (pf) __builtin_prefetch(x + c * xp + k * VL + pf, 0, 2);
-      mx[k] = xv > mx[k] ? xv : mx[k];
+      if constexpr (kArg) {
+        const vi up = xv > mx[k];
+        mx[k] = up ? xv : mx[k];
+        am[k] = up ? vi{} + int32_t(c) : am[k];
+      } else {
+        mx[k] = xv > mx[k] ? xv : mx[k];
+      }
       const vf ec = vexp_sm<kV4>(xv);
       vstore(e + c * ep + k * VL, ec);
       s[k] += ec;
@@ -520,7 +545,7 @@ struct FastWork {
   // pass without a pixel term for grad_probs_cpu
   float* p_out = nullptr;
   int64_t p_sN = 0, p_sC = 0;
-  ConfCounts conf;  // stats: the optional confusion counts (argmax_stash)
+  ConfCounts conf;  // stats: the optional confusion counts
   FastWork(int64_t C_, int64_t tile_, bool grad, int64_t* conf_out = nullptr)
       : C(C_), tile(tile_), xb(C_ * tile_),
         eb(grad ? std::max<int64_t>(3, kGroup) * C_ * VL : C_ * tile_), rv(tile_), vb(tile_),
@@ -637,13 +662,23 @@ SEGFAST_INLINE void fast_stats_item(const Problem& pr, FastWork& w, int64_t n, i
       if (i < grouped) {
         const int64_t k = (i / VL) % kGroup;
         const int64_t pf = s0 + i + kGroup * VL + 2 * kPrefetch <= e ? 2 * kPrefetch : 0;
-        // (the unshifted softmax keeps no stash of x: not with the confusion counts)
-        if (k == 0 && !(XK == kXentNone && !conf &&
-                        softmax_group_unshifted<kV4>(xs.base + i, xs.pitch, C, eb + i, tile, pf, sg, mg)))
-          softmax_group<kV4>(xs.base + i, xs.pitch, C, eb + i, tile, pf, sg, mg, conf ? ag : nullptr);
+        if (k == 0) {
+          const float* xg = xs.base + i;
+          if (conf) {
+            if (!(XK == kXentNone &&
+                  softmax_group_unshifted<kV4, true>(xg, xs.pitch, C, eb + i, tile, pf, sg, mg, ag)))
+              softmax_group<kV4, true>(xg, xs.pitch, C, eb + i, tile, pf, sg, mg, ag);
+          } else if (!(XK == kXentNone &&
+                       softmax_group_unshifted<kV4>(xg, xs.pitch, C, eb + i, tile, pf, sg, mg))) {
+            softmax_group<kV4>(xg, xs.pitch, C, eb + i, tile, pf, sg, mg);
+          }
+        }
         s = sg[k];
         m = mg[k];
-        if (conf) am = ag[k];
+        if (conf) {
+          am = ag[k];
+          if (any_lane(visnan(s))) am = argmax_stash(xs.base + i, xs.pitch, C);  // torch's NaN rule
+        }
       } else if (i < xs.full) {
         s = softmax_block<kV4, 2>(xs.base + i, xs.pitch, C, eb + i, tile,
                                   s0 + i + VL + kPrefetch <= e ? kPrefetch : 0, &m, conf ? &am : nullptr);

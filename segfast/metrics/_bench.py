@@ -231,15 +231,81 @@ def measure_segmentation(quick: bool = False, repeat: int = 3, memory: bool = Tr
     return rows
 
 
+LOSS_CONF = dict(N=8, C=21, H=128, W=128, ignore=255)
+LOSS_CONF_QUICK = dict(N=2, C=21, H=64, W=64, ignore=255)
+
+
+def loss_confusion_steps(device: torch.device, N=8, C=21, H=128, W=128, ignore=255) -> dict:
+    """name -> one Dice training step (forward + backward) on [N, C, H, W] float32 logits and
+    int64 labels: alone, with ``confusion=`` (the counts from the loss's statistics pass),
+    and followed by a separate ``ConfusionMatrix.update`` (a second read of the logits)."""
+    from .. import functional as F
+    from .segmentation import ConfusionMatrix
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(N, C, H, W, generator=g).to(device).requires_grad_(True)
+    t = torch.randint(0, C, (N, H, W), generator=g)
+    t[torch.rand(N, H, W, generator=g) < 0.05] = ignore
+    t = t.to(device)
+    cm = ConfusionMatrix(C, ignore_index=ignore)
+
+    def plain():
+        F.dice_loss(x, t, ignore_index=ignore).backward()
+        x.grad = None
+
+    def fused():
+        F.dice_loss(x, t, ignore_index=ignore, confusion=cm).backward()
+        x.grad = None
+
+    def separate():
+        F.dice_loss(x, t, ignore_index=ignore).backward()
+        cm.update(x.detach(), t)
+        x.grad = None
+
+    return {"dice": plain, "dice+confusion=": fused, "dice+ConfusionMatrix.update": separate}
+
+
+def measure_loss_confusion(device: torch.device, quick: bool = False, repeat: int = 15,
+                           classes: int | None = None) -> list:
+    """Rows of a Dice step with ``confusion=`` beside the same step without it and with a
+    separate ``ConfusionMatrix.update``: medians of the three steps interleaved round by
+    round (the same load on all)."""
+    from ..bench import time_fn
+
+    cfg = dict(LOSS_CONF_QUICK if quick else LOSS_CONF)
+    if classes is not None:
+        cfg["C"] = classes
+    steps = loss_confusion_steps(device, **cfg)
+    times = {k: [] for k in steps}
+    for fn in steps.values():
+        fn()
+    for _ in range(repeat):
+        for k, fn in steps.items():
+            times[k] += time_fn(fn, device, repeat=1, warmup=1)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    rows = []
+    for k in steps:
+        q = statistics.quantiles(times[k], n=4)
+        rows.append(dict(op="dice_step_confusion", shape=[cfg["N"], cfg["C"], cfg["H"], cfg["W"]],
+                         dtype="float32", labels="int64", backend=k, device=device.type,
+                         median_ms=1e3 * med[k], iqr_ms=1e3 * (q[2] - q[0]), gbps=None, peak_extra_mb=None,
+                         speedup_vs_reference=None, speedup_vs_monai=None, speedup_vs_smp=None,
+                         overhead_vs_dice=med[k] / med["dice"] - 1))
+    return rows
+
+
 def stages(device: torch.device, args) -> list:
     """segfast-bench's stages of the metrics family, (name, zero-argument function
-    returning rows): COCO mAP and the confusion matrix, CPU rows only (the GPU
-    paths are not timed here). ``args``: segfast-bench's arguments (``quick``,
-    ``memory``)."""
-    if device.type != "cpu":
-        return []
-    return [("coco_map", lambda: measure_detection(args.quick, memory=args.memory)),
-            ("confusion_matrix", lambda: measure_segmentation(args.quick, memory=args.memory))]
+    returning rows): COCO mAP and the confusion matrix (CPU rows only: the GPU
+    paths are not timed here), and a Dice step with ``confusion=`` beside the
+    same step without it and with a separate update. ``args``: segfast-bench's
+    arguments (``quick``, ``memory``)."""
+    out = []
+    if device.type == "cpu":
+        out += [("coco_map", lambda: measure_detection(args.quick, memory=args.memory)),
+                ("confusion_matrix", lambda: measure_segmentation(args.quick, memory=args.memory))]
+    out.append(("dice_step_confusion", lambda: measure_loss_confusion(device, args.quick)))
+    return out
 
 
 def measure(device: torch.device, quick: bool = False, memory: bool = True) -> list:

@@ -46,9 +46,15 @@ Options (never the default): any ``max_detection_thresholds`` list, custom
 over the detections in score order, with P_n the right-to-left envelope of
 the precision (as the VOC 2010+ devkit), in place of the 101-point mean.
 
-The per-image matching and the accumulation run in one C++ pass
-(csrc/cpu/metrics.cpp, parallel over categories); tensors on a GPU are
-copied to the host once, in ``compute()``. Under torch.distributed,
+On the host the per-image matching and the accumulation run in one C++
+pass (csrc/cpu/metrics.cpp, parallel over categories). With the ``triton``
+backend (the default for tensors on a GPU) the IoU and the greedy matching
+run on the tensors' device instead, one Triton program per (category,
+image) group with detections (triton_kernels/metrics.py, float64, no fused
+multiply-add, so every IoU and every match is the C++ pass's); the per-detection
+codes, scores and ranks then go to the host for the C++ accumulation. Both
+paths give the same arrays bit for bit (checked in Triton's interpreter; on
+a GPU unverified until one runs it). Under torch.distributed,
 ``compute()`` all-gathers every process's state (padded tensors); images
 are then ordered by rank, then by arrival, so processes that each hold a
 contiguous slice of the dataset, in rank order, reproduce the
@@ -129,6 +135,11 @@ class COCOEvaluator:
         average: "coco" (the 101-point mean) or "all_points" (VOC 2010+ AP).
         dist_sync: all-gather the state across processes in ``compute()``.
         num_threads: threads of the C++ pass (None: torch's count).
+        backend: where the matching runs: "cpu" (the C++ pass on the host; GPU
+            tensors are copied there), "triton" (the IoU and matching on the
+            tensors' device, the accumulation on the host; CPU tensors need
+            TRITON_INTERPRET=1); None: "triton" for tensors on a GPU when Triton
+            is usable, else "cpu".
 
     Returns:
         ``compute()`` returns a dict of float64 tensors: the 12 numbers under
@@ -139,7 +150,7 @@ class COCOEvaluator:
         [T, K, A, M] and ``scores`` [T, R, K, A, M].
 
     Raises:
-        ValueError: an unknown ``box_format`` or ``average``, thresholds that
+        ValueError: an unknown ``box_format``, ``average`` or ``backend``, thresholds that
             are empty, non-finite or (recall) not increasing, maxDets that are
             not positive integers, empty ``area_ranges``; in ``update``, entries
             without the needed keys or of the wrong shapes.
@@ -162,12 +173,15 @@ class COCOEvaluator:
                  rec_thresholds: Optional[Sequence[float]] = None,
                  max_detection_thresholds: Optional[Sequence[int]] = None,
                  area_ranges: Optional[dict] = None, average: str = "coco", dist_sync: bool = True,
-                 num_threads: Optional[int] = None):
+                 num_threads: Optional[int] = None, backend: Optional[str] = None):
         if box_format not in ("xyxy", "xywh", "cxcywh"):
             raise ValueError(f"box_format must be 'xyxy', 'xywh' or 'cxcywh', got {box_format!r}")
         if average not in ("coco", "all_points"):
             raise ValueError(f"average must be 'coco' or 'all_points', got {average!r}")
+        if backend not in (None, "cpu", "triton"):
+            raise ValueError(f"backend must be None, 'cpu' or 'triton', got {backend!r}")
         self.box_format = box_format
+        self.backend = backend
         self.average = average
         self.dist_sync = dist_sync
         self.num_threads = num_threads
@@ -354,7 +368,7 @@ class COCOEvaluator:
         n_img = self._n_images
         dist = torch.distributed
         if not (self.dist_sync and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
-            return dt.cpu(), gt.cpu(), n_img
+            return dt, gt, n_img
         dev = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else dt.device
         sizes = torch.tensor([dt.shape[0], gt.shape[0], n_img], dtype=torch.int64, device=dev)
         all_sizes = [torch.empty_like(sizes) for _ in range(dist.get_world_size())]
@@ -367,7 +381,7 @@ class COCOEvaluator:
             pad[: x.shape[0]] = x.to(dev)
             out = [torch.empty_like(pad) for _ in range(len(all_sizes))]
             dist.all_gather(out, pad)
-            return [o[: int(all_sizes[r, col])].cpu() for r, o in enumerate(out)]
+            return [o[: int(all_sizes[r, col])] for r, o in enumerate(out)]
 
         dts, gts = gather(dt, 0), gather(gt, 1)
         offset = 0
@@ -388,8 +402,12 @@ class COCOEvaluator:
             raise ValueError("preds: boxes and scores must be finite")
         if not torch.isfinite(gt[:, :5]).all():
             raise ValueError("targets: boxes and areas must be finite")
+        on_device = self._matching_backend(dt.device) == "triton"
+        if not on_device:
+            dt, gt = dt.cpu(), gt.cpu()
+        dev = dt.device
         if self._cat_ids is not None:
-            cats = torch.from_numpy(self._cat_ids).double()
+            cats = torch.from_numpy(self._cat_ids).double().to(dev)
         else:
             cats = torch.unique(torch.cat([dt[:, 5], gt[:, 5]]))
         K, T, R = len(cats), len(self.iou_thrs), len(self.rec_thrs)
@@ -398,17 +416,15 @@ class COCOEvaluator:
         def group(rows, lab_col, img_col):
             lab = rows[:, lab_col].contiguous()
             k = torch.searchsorted(cats, lab).clamp_(max=max(K - 1, 0))
-            keep = cats[k] == lab if K else torch.zeros(len(rows), dtype=torch.bool)
+            keep = cats[k] == lab if K else torch.zeros(len(rows), dtype=torch.bool, device=dev)
             rows, k = rows[keep], k[keep]
             key = k * I + rows[:, img_col].long()
             key, order = torch.sort(key, stable=True)
             rows = rows[order]
-            off = torch.zeros(K * I + 1, dtype=torch.int64)
-            off[1:] = torch.cumsum(torch.bincount(key, minlength=K * I), 0)
-            return rows, key, off
+            return rows, key, _offsets(key, K * I)
 
         dt, dkey, dt_off = group(dt, 5, 6)
-        gt, _, gt_off = group(gt, 5, 8)
+        gt, gkey, gt_off = group(gt, 5, 8)
         dt_box, dt_score = dt[:, :4].contiguous(), dt[:, 4].contiguous()
         gt_box, gt_area = gt[:, :4].contiguous(), gt[:, 4].contiguous()
         gt_crowd = gt[:, 6].to(torch.uint8)
@@ -422,25 +438,29 @@ class COCOEvaluator:
         rec_thr = torch.from_numpy(self.rec_thrs)
         area_rng = torch.from_numpy(self.area_rng)
         max_dets = torch.tensor(self.max_dets, dtype=torch.int64)
+        dt_off_host = dt_off.cpu()
         curves = dict(self._cache.get("curves", {})) if self._cache else {}
         c_off = torch.zeros(K + 1, dtype=torch.int64)
         c_score = torch.zeros(0, dtype=torch.float64)
         c_code = torch.zeros(T, 0, dtype=torch.uint8)
         if curve is not None:
-            per_group = (dt_off[1:] - dt_off[:-1]).clamp(max=self.max_dets[curve[1]])
+            per_group = (dt_off_host[1:] - dt_off_host[:-1]).clamp(max=self.max_dets[curve[1]])
             c_off[1:] = torch.cumsum(per_group.reshape(K, I).sum(1), 0) if K else c_off[1:]
             n = int(c_off[-1])
             c_score = torch.zeros(n, dtype=torch.float64)
             c_code = torch.zeros(T, n, dtype=torch.uint8)
         fn = _kernel()
-        if fn is not None:
+        outs = (precision, recall, scores, ap_all, npig)
+        curve_args = (-1 if curve is None else curve[0], -1 if curve is None else curve[1], c_off.data_ptr(),
+                      c_score.numel(), c_score.data_ptr(), c_code.data_ptr() if curve is not None else 0)
+        if on_device:
+            self._match_on_device(K, I, dt, dkey, dt_off, gt, gkey, gt_off, rec_thr, max_dets, outs, curve_args)
+        elif fn is not None:
             from .. import backends
             fn(K, I, T, R, A, M, gt_box.data_ptr(), gt_area.data_ptr(), gt_crowd.data_ptr(), gt_idnz.data_ptr(),
                gt_off.data_ptr(), dt_box.data_ptr(), dt_score.data_ptr(), dt_off.data_ptr(), iou_thr.data_ptr(),
                rec_thr.data_ptr(), area_rng.data_ptr(), max_dets.data_ptr(), precision.data_ptr(),
-               recall.data_ptr(), scores.data_ptr(), ap_all.data_ptr(), npig.data_ptr(),
-               -1 if curve is None else curve[0], -1 if curve is None else curve[1], c_off.data_ptr(),
-               c_score.numel(), c_score.data_ptr(), c_code.data_ptr() if curve is not None else 0,
+               recall.data_ptr(), scores.data_ptr(), ap_all.data_ptr(), npig.data_ptr(), *curve_args,
                self.num_threads or backends.cpu_threads())
         else:  # no compiled extension: the eager reference
             if curve is not None:
@@ -449,13 +469,63 @@ class COCOEvaluator:
             out = ref.coco_eval(K, I, gt_box.numpy(), gt_area.numpy(), gt_crowd.numpy(), gt_idnz.numpy(),
                                 gt_off.numpy(), dt_box.numpy(), dt_score.numpy(), dt_off.numpy(), self.iou_thrs,
                                 self.rec_thrs, self.area_rng, self.max_dets)
-            for dst, src in zip((precision, recall, scores, ap_all, npig), out):
+            for dst, src in zip(outs, out):
                 dst.copy_(torch.from_numpy(src))
         if curve is not None:
             curves[curve] = (c_off, c_score, c_code)
+        cats = cats.cpu()
         self._cache = dict(cats=cats, precision=precision, recall=recall, scores=scores, ap_all=ap_all,
                            npig=npig, curves=curves)
         return self._cache
+
+    def _matching_backend(self, device: torch.device) -> str:
+        from .. import backends
+        if self.backend is None:
+            usable = device.type == "cuda" and backends.unavailable_reason("triton", device) is None
+            return "triton" if usable else "cpu"
+        if self.backend == "triton":
+            reason = backends.unavailable_reason("triton", device)
+            if reason is not None:
+                raise RuntimeError(f"COCOEvaluator(backend='triton'): {reason}")
+        return self.backend
+
+    def _match_on_device(self, K, I, dt, dkey, dt_off, gt, gkey, gt_off, rec_thr, max_dets, outs, curve_args):
+        """IoU and matching on the tensors' device (Triton), accumulation in C++ on the host."""
+        from .. import backends
+        from ..triton_kernels import metrics as tk
+        acc = getattr(backends._C, "coco_accumulate", None)
+        if acc is None:
+            raise RuntimeError("COCOEvaluator(backend='triton') needs the compiled extension (segfast._C)")
+        dev = dt.device
+        T, R, A, M = len(self.iou_thrs), len(self.rec_thrs), len(self.area_rng), len(self.max_dets)
+        # per group: stable by decreasing score, cut to maxDets[-1]
+        order = torch.sort(dt[:, 4], descending=True, stable=True).indices
+        order = order[torch.sort(dkey[order], stable=True).indices]
+        dt, dkey = dt[order], dkey[order]
+        rank = torch.arange(dt.shape[0], device=dev) - dt_off[dkey]
+        keep = rank < self.max_dets[-1]
+        dt, dkey, rank = dt[keep], dkey[keep], rank[keep]
+        kept_off = _offsets(dkey, K * I)
+        groups = torch.nonzero(kept_off[1:] > kept_off[:-1]).flatten()
+        max_gts = int((gt_off[1:] - gt_off[:-1]).max()) if K * I else 0
+        thr = torch.from_numpy(np.minimum(self.iou_thrs, 1 - 1e-10)).to(dev)
+        area_rng = torch.from_numpy(self.area_rng).to(dev)
+        crowd = gt[:, 6] != 0
+        code = tk.coco_match(groups, gt_off, kept_off, gt[:, :4].contiguous(), gt[:, 4].contiguous(),
+                             crowd.to(torch.uint8), gt[:, 7].to(torch.uint8), dt[:, :4].contiguous(), thr,
+                             area_rng, max_gts)
+        area = gt[:, 4:5]
+        regular = ~crowd[:, None] & (area >= area_rng[:, 0]) & (area <= area_rng[:, 1])  # [Ng, A]
+        npig = torch.zeros(K, A, dtype=torch.int64, device=dev).index_add_(0, gkey // max(I, 1), regular.long())
+        precision, recall, scores, ap_all, npig_out = outs
+        npig_out.copy_(npig)
+        cat_off = kept_off[torch.arange(K + 1, device=dev) * I].cpu()
+        sc = dt[:, 4].contiguous().cpu()
+        rank = rank.to(torch.int32).cpu()
+        code = code.cpu()
+        acc(K, T, R, A, M, cat_off.data_ptr(), sc.data_ptr(), rank.data_ptr(), code.data_ptr(),
+            rec_thr.data_ptr(), max_dets.data_ptr(), precision.data_ptr(), recall.data_ptr(), scores.data_ptr(),
+            ap_all.data_ptr(), npig_out.data_ptr(), *curve_args, self.num_threads or backends.cpu_threads())
 
     def _summarize(self, p, r, ap_all):
         labels, md = self.area_labels, self.max_dets
@@ -594,6 +664,13 @@ class COCOEvaluator:
         prec, rec = tp / (tp + fp), tp / n_gt
         return dict(classes=c["cats"].long(), precision=prec, recall=rec, f1=2 * prec * rec / (prec + rec),
                     tp=tp, fp=fp, n_gt=n_gt)
+
+
+def _offsets(key: Tensor, n: int) -> Tensor:
+    """[n + 1] start rows of each key value in the sorted ``key`` (and the total)."""
+    off = torch.zeros(n + 1, dtype=torch.int64, device=key.device)
+    off[1:] = torch.cumsum(torch.bincount(key, minlength=n), 0)
+    return off
 
 
 def _mean_valid(x: Tensor) -> Tensor:
