@@ -489,7 +489,7 @@ def _dense_focal(x, t, wc, m, ls, lls, gamma):
     p = e / ls[None, :]
     om = (ls[None, :] - e) / ls[None, :]  # 1 - p
     logp = (x - m[None, :]) - lls[None, :]
-    pg = _pow(tl.maximum(om, 0.0), gamma)
+    pg = focal_pow(tl.maximum(om, 0.0), gamma)
     ratio = tl.where(om > 0.0, logp / tl.where(om > 0.0, om, 1.0), 0.0)
     a = wc * t
     return -a * pg * logp, a * (pg - gamma * p * pg * ratio), p

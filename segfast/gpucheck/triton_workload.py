@@ -171,8 +171,9 @@ def _region(level):
 
 def _pixel_case(C, dt, lt, tt, ign, form, red, opt=False):
     """One pixel loss, forward and backward. form: ce / focal / fused (softmax,
-    labels), bce / balanced / sfocal (sigmoid, dense targets), bce_labels /
-    sfocal_labels (sigmoid, C = 1 with labels); opt: with the optional weights
+    labels), bce / balanced / sfocal (sigmoid, dense targets), dfocal (softmax
+    focal, dense targets), bce_labels / sfocal_labels (sigmoid, C = 1 with
+    labels); opt: with the optional weights
     (class weight + label smoothing, alpha, pos_weight)."""
     import segfast as sf
     x = _logits(N, C, S, dt)
@@ -199,6 +200,8 @@ def _pixel_case(C, dt, lt, tt, ign, form, red, opt=False):
                                                       reduction=red, **_BE)
         elif form == "balanced":
             out = sf.balanced_bce_loss(x, t, ignore_index=ign_d, reduction=red, **_BE)
+        elif form == "dfocal":
+            out = sf.focal_loss(x, t, mode="multiclass", alpha=w, ignore_index=ign_d, reduction=red, **_BE)
         else:
             out = sf.focal_loss(x, t, mode="multilabel", alpha=0.25 if opt else None, ignore_index=ign_d,
                                 reduction=red, **_BE)
@@ -210,13 +213,14 @@ def _pixel(level):
     if level == "quick":
         _pixel_case(3, f32, i64, f32, None, "ce", "mean")
         _pixel_case(3, f32, i64, f32, None, "bce", "mean")
+        _pixel_case(3, f32, i64, f32, None, "dfocal", "mean")
         return
-    forms = ("ce", "focal", "fused", "bce", "balanced", "sfocal")
+    forms = ("ce", "focal", "fused", "bce", "balanced", "sfocal", "dfocal")
     # every loss form x ignore_index or not (with the optional weights), and
     # without them; loss sums + gradient (mean) or map, then gradient (none)
     for ign, form in itertools.product((None, 255), forms):
         _pixel_case(3, f32, i64, f32, ign, form, "mean", opt=True)
-    for form in ("ce", "focal", "bce", "sfocal"):
+    for form in ("ce", "focal", "bce", "sfocal", "dfocal"):
         _pixel_case(3, f32, i64, f32, None, form, "mean")
     for form in forms:
         _pixel_case(65, f32, i64, f32, 255, form, "none", opt=True)

@@ -320,6 +320,8 @@ def _setup_loss(ctx, inputs, output):
 
 
 def _backward_loss_cuda(ctx, grad, _grad_coef, _grad_counts):
+    if grad is None:  # the loss is not in the graph that asks (no materialised zeros)
+        return (None,) * 14
     x, target, coef = ctx.saved_tensors
     dx = region_grad_go_cuda_op(x, target, coef, grad, *ctx.args)
     return differentiable_once((dx,) + (None,) * 13, "region-loss")
@@ -438,6 +440,8 @@ def _register_triton_ops():
         return loss, coef, counts
 
     def _backward_loss(ctx, grad, _grad_coef, _grad_counts):
+        if grad is None:  # the loss is not in the graph that asks (no materialised zeros)
+            return (None,) * 14
         x, target, coef = ctx.saved_tensors
         dx = region_grad_triton_op(x, target, coef, *ctx.args, go=grad.reshape(1))
         return differentiable_once((dx,) + (None,) * 13, "region-loss")
