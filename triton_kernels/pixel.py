@@ -636,6 +636,18 @@ def _blocks(C: int, block_s=None, block_c=None):
     return unrolled, triton.next_power_of_2(max(C, 1)) if unrolled else 0, block_pixels(CE, C, block_s)
 
 
+# The dense-target softmax kernel streams [BLOCK_C, BLOCK_S] tiles of about
+# DENSE_TILE elements: one class tile up to DENSE_MAX_SINGLE_C classes, class
+# chunks of DENSE_LOOP_BLOCK_C beyond.
+DENSE_TILE, DENSE_MAX_SINGLE_C, DENSE_LOOP_BLOCK_C, DENSE_WARPS = 2048, 64, 16, 8
+
+
+def _dense_blocks(C: int, block_s=None, block_c=None):
+    """-> (SINGLE_C, BLOCK_C, BLOCK_S) of the dense softmax kernel's tiles."""
+    return blocks(C, block_s, block_c, tile=DENSE_TILE, max_single_c=DENSE_MAX_SINGLE_C,
+                  loop_block_c=DENSE_LOOP_BLOCK_C)
+
+
 def block_pixels(kind: int, C: int, block_s=None, block_c=None) -> int:
     """Pixels per tile (BLOCK_S) of ``kind``'s kernel (every kind: BLOCK_S);
     ``block_s`` overrides. ``block_c`` is accepted and ignored (the classes
@@ -720,7 +732,7 @@ def launch_pixel(x, t, t_is_label: bool, N: int, C: int, S: int, P: int, kind: i
                                                                ignore_value)
 
     dense_softmax = softmax and not t_is_label
-    BLOCK_S = (_blocks(C, block_s, block_c)[2] if dense_softmax
+    BLOCK_S = (_dense_blocks(C, block_s, block_c)[2] if dense_softmax
                else block_pixels(kind, C, block_s, block_c))
     if want_loss:
         P = int(P)
@@ -747,7 +759,7 @@ def launch_pixel(x, t, t_is_label: bool, N: int, C: int, S: int, P: int, kind: i
             ign_f, float(gamma), float(scale0),
             HAS_IGNORE=bool(has_ignore), HAS_W=w is not None, HAS_GO=has_go,
             WANT_LOSS=want_loss, WANT_MAP=want_map, WANT_DX=want_dx, BLOCK_S=BLOCK_S,
-            BLOCK_C=_blocks(C, block_s, block_c)[1], num_warps=WARPS,
+            BLOCK_C=_dense_blocks(C, block_s, block_c)[1], num_warps=DENSE_WARPS,
         )
         return
     finish = out is not None

@@ -132,7 +132,7 @@ __global__ void softmax_kernel(const Problem pr, const int64_t Pe) {
 // (dense_focal_term); three loops over the classes (max, sum, terms) and one
 // more for dx. A pixel with any channel equal to the ignore value counts nowhere.
 template <typename T>
-__global__ void __launch_bounds__(kThreads) softmax_dense_kernel(const Problem pr, const int64_t Pe) {
+__global__ void softmax_dense_kernel(const Problem pr, const int64_t Pe) {
   __shared__ T sm[kThreads];
   const int64_t C = pr.C;
   const int64_t j = blockIdx.x;

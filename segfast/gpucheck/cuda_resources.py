@@ -73,6 +73,7 @@ LAUNCHES = {
     "update_kernel": Launch("crf.cu", (256,)),
     "weights_kernel": Launch("lovasz.cu", ("kThreads",)),
     "softmax_kernel": Launch("pixel.cu", ("kThreads",)),
+    "softmax_dense_kernel": Launch("pixel.cu", ("kThreads",)),
     "sigmoid_kernel": Launch("pixel.cu", ("kThreads",)),
     # region_stats_cuda: block = 32 * min(C, 8) threads
     "stats_kernel": Launch("region.cu", tuple(32 * w for w in range(1, 9))),
