@@ -286,8 +286,7 @@ void pixel_cpu(SEGFAST_PIXEL_ARGS, int64_t num_threads) {
   segfast::pixel::pixel_loss_cpu(pr, num_threads);
 }
 
-void pixel_cuda(SEGFAST_PIXEL_ARGS, uintptr_t stream) {
-  const segfast::pixel::Problem pr = make_pixel_problem(SEGFAST_PIXEL_PASS);
+void run_pixel_cuda(const segfast::pixel::Problem& pr, uintptr_t stream) {
 #ifdef SEGFAST_WITH_CUDA
   py::gil_scoped_release nogil;
   segfast::pixel::pixel_loss_cuda(pr, stream);
@@ -295,6 +294,27 @@ void pixel_cuda(SEGFAST_PIXEL_ARGS, uintptr_t stream) {
   (void)pr; (void)stream;
   no_cuda();
 #endif
+}
+
+void pixel_cuda(SEGFAST_PIXEL_ARGS, uintptr_t stream) {
+  run_pixel_cuda(make_pixel_problem(SEGFAST_PIXEL_PASS), stream);
+}
+
+// A reduced loss on the device: the loss and its normaliser (out_ptr, den_ptr:
+// 0-d, loss_ptr an [N, P, 4] workspace, counter_ptr a zero uint32), or dx of
+// one with a single go_ptr scaled by go / den (out_ptr 0).
+void pixel_reduced_cuda(SEGFAST_PIXEL_ARGS, int64_t norm, uintptr_t out_ptr, uintptr_t den_ptr,
+                        uintptr_t counter_ptr, uintptr_t stream) {
+  segfast::pixel::Problem pr = make_pixel_problem(SEGFAST_PIXEL_PASS);
+  if (norm < segfast::pixel::kNormSum || norm > segfast::pixel::kNormWeight)
+    throw std::invalid_argument("segfast._C: norm must be 0-2");
+  if (out_ptr && (!loss_ptr || !counter_ptr))
+    throw std::invalid_argument("segfast._C: a reduced pixel loss needs loss_ptr (workspace) and counter_ptr");
+  pr.norm = int(norm);
+  pr.out = reinterpret_cast<void*>(out_ptr);
+  pr.den = reinterpret_cast<void*>(den_ptr);
+  pr.counter = reinterpret_cast<unsigned*>(counter_ptr);
+  run_pixel_cuda(pr, stream);
 }
 
 // ---- boxes_match family (box_iou_max, nms) ---------------------------------------
@@ -1022,6 +1042,13 @@ PYBIND11_MODULE(SEGFAST_MODULE_NAME, m) {
       py::arg("dxsN"), py::arg("dxsC"), py::arg("dxsS"), py::arg("go_scalar")
   m.def("pixel_loss_cpu", &pixel_cpu, pixel_doc, SEGFAST_PIXEL_PYARGS, py::arg("num_threads"));
   m.def("pixel_loss_cuda", &pixel_cuda, pixel_doc, SEGFAST_PIXEL_PYARGS, py::arg("stream"));
+  m.def("pixel_reduced_cuda", &pixel_reduced_cuda,
+        "A reduced pixel loss whole on the device (pixel_loss_cuda's arguments and norm 0-2: sum, count, "
+        "class weights): with out_ptr, the loss and its normaliser into out_ptr / den_ptr (0-d), loss_ptr "
+        "an [N, P, 4] workspace, counter_ptr a uint32 that is 0 (and is left 0); without, dx for the "
+        "single grad_output go_ptr scaled by go / den (den_ptr).",
+        SEGFAST_PIXEL_PYARGS, py::arg("norm"), py::arg("out_ptr"), py::arg("den_ptr"), py::arg("counter_ptr"),
+        py::arg("stream"));
 #undef SEGFAST_PIXEL_PYARGS
 
   // ---- boxes_match family ----

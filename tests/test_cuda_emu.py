@@ -162,7 +162,7 @@ def test_region_pixel_terms(schedule, loss):
 
 
 def test_region_stats_many_classes_and_tiles(schedule):
-    """C > 8 (warps loop over classes) and S > one 1024-pixel tile."""
+    """C = 11 (16 class lanes, 2 runs per warp) and S = 1200 (loop steps of 1024 pixels and a partial one)."""
     x, lab = _logits(1, 11, 40, 30), torch.randint(0, 11, (1, 40, 30))
     agree(lambda a, t, b: segfast.jaccard_loss(a, t, reduction="none", backend=b), x, lab, rtol=1e-4, atol=1e-5)
 
@@ -191,6 +191,71 @@ def test_pixel_loss(schedule, kind, reduction):
         fn = lambda a, t, b: segfast.focal_loss(a, t, mode="multilabel", alpha=0.25, reduction=reduction,  # noqa
                                                 backend=b)
     agree(fn, x, tgt if kind in ("bce", "focal_sigmoid") else lab, rtol=1e-4, atol=1e-5)
+
+
+def _pixel_layout(a, layout):
+    if layout == "offset":  # one element into its storage: not 16-byte aligned
+        return a.new_empty(a.numel() + 1)[1:].view(a.shape).copy_(a)
+    if layout == "strided":  # pixels 2 apart
+        return torch.stack([a, a], -1)[..., 0]
+    return a
+
+
+REDUCED = {
+    "ce": lambda a, t, d, b: segfast.cross_entropy(a, t, weight=torch.tensor([0.5, 1.0, 2.0]), ignore_index=255,
+                                                   label_smoothing=0.1, backend=b),
+    "ce_sum": lambda a, t, d, b: segfast.cross_entropy(a, t, ignore_index=255, reduction="sum", backend=b),
+    "focal_softmax": lambda a, t, d, b: segfast.focal_loss(a, t, mode="multiclass", ignore_index=255, backend=b),
+    "fused": lambda a, t, d, b: segfast.fused_loss(a, t, ignore_index=255, backend=b),
+    "bce_labels": lambda a, t, d, b: segfast.focal_loss(a, t, mode="multilabel", ignore_index=255, backend=b),
+    "bce_dense": lambda a, t, d, b: segfast.binary_cross_entropy_with_logits(
+        a, d, pos_weight=torch.tensor([1.0, 2.0, 0.5]), ignore_index=-1, backend=b),
+    "focal_dense": lambda a, t, d, b: segfast.focal_loss(a, d.clamp(min=0), mode="multiclass", backend=b),
+}
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "offset", "strided"])
+@pytest.mark.parametrize("kind", sorted(REDUCED))
+def test_pixel_reduced(schedule, kind, layout):
+    """The reduced pixel losses of the cuda backend: one launch whose blocks sum
+    the loss and count its normaliser, the last one reducing; the gradient with
+    grad_output / normaliser read on the device. Runs of 4 pixels with vector
+    access (contiguous, S = 48), their element fallback (misaligned, strided,
+    S = 50 ending inside a run), against the cpu backend and torch."""
+    gen = torch.Generator().manual_seed(len(kind))
+    for H, W in ((4, 12), (5, 10)):
+        x = torch.randn(3, 3, H, W, generator=gen) * 2
+        lab = torch.randint(0, 3, (3, H, W), generator=gen)
+        lab[1, 2, :4] = 255
+        dense = (torch.rand(3, 3, H, W, generator=gen) > 0.5).float()
+        dense[0, 1, 0, :3] = -1
+        agree(lambda a, t, b: REDUCED[kind](_pixel_layout(a, layout), t, dense, b), x, lab, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["ce", "bce"])
+def test_pixel_reduced_bad_label_and_counter(schedule, kind):
+    """A non-ignored label outside the classes makes the loss and its normaliser
+    NaN in the kernel (on a GPU, no host check runs before it); the ticket
+    counter is left at 0 for the next launch."""
+    from segfast.ops import pixel as P
+    gen = torch.Generator().manual_seed(3)
+    x, t = torch.randn(2, 3, 50, generator=gen), torch.randint(0, 3, (2, 50), generator=gen)
+    t[0, 4] = 255
+    counter = torch.zeros(1, dtype=torch.int32)
+    k = P.CE if kind == "ce" else P.BCE
+
+    def run(t):
+        return P.pixel_reduced_cuda_op(x, t, None, None, None, counter, True, k, 0, 255.0, 2.0, 0.25, 0.0,
+                                       1.0, 0.0, P.NORM_COUNT)
+    loss, den = run(t)
+    assert counter.item() == 0
+    assert den.item() == (99 if kind == "ce" else 99 * 3)
+    if kind == "ce":
+        close(loss, segfast.cross_entropy(x, t, ignore_index=255, backend="torch"), rtol=1e-5, atol=1e-6)
+    bad = t.clone()
+    bad[1, 7] = 3
+    loss, den = run(bad)
+    assert loss.isnan() and den.isnan() and counter.item() == 0
 
 
 def test_lovasz_weights(schedule):

@@ -110,3 +110,40 @@ def test_finish_kernel_agrees_with_cpu(schedule, monkeypatch, case, C):
     assert len(calls) == 1
     torch.testing.assert_close(got["cuda"][0], got["cpu"][0], rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(got["cuda"][1], got["cpu"][1], rtol=1e-4, atol=1e-6)
+
+
+def _layout(x, layout):
+    """x [N, C, S] in the layout a test asks for: its values, other strides or alignment."""
+    if layout == "offset":  # a view one element into its storage: no 16-byte alignment
+        return x.new_empty(x.numel() + 1)[1:].view(x.shape).copy_(x)
+    if layout == "strided":  # pixels 2 apart
+        return torch.stack([x, x], -1)[..., 0]
+    if layout == "half":
+        return x.half()
+    return x.contiguous()
+
+
+def _sums(x, t, C, ignore):
+    """The 7 sums of the softmax stats pass, in float64 from torch ops."""
+    p = torch.softmax(x.double(), 1)
+    v = (t != ignore).double().unsqueeze(1) if ignore is not None else torch.ones_like(p[:, :1])
+    oh = torch.nn.functional.one_hot(torch.where(t == ignore, 0, t).long(), C).permute(0, 2, 1).double() * v
+    return torch.stack([(v * p * oh).sum(2), (v * p).sum(2), oh.sum(2), v.sum(2).expand(-1, C),
+                        (v * p * p).sum(2), (oh * oh).sum(2), (v * torch.minimum(p, oh)).sum(2)], -1)
+
+
+@pytest.mark.parametrize("C", [2, 5, 40, 130, 300])  # class lanes G x classes per lane: 2x1, 8x1, 32x2, 32x8; wide
+@pytest.mark.parametrize("layout", ["contiguous", "offset", "strided", "half"])
+def test_stats_runs_and_layouts(schedule, C, layout):
+    """The stats kernel's runs of 4 pixels: vector loads (contiguous, S a
+    multiple of 4), their element fallback (a misaligned base, a pixel stride,
+    S = 50 cutting a row's runs), float16; chunks that end inside a run (P = 3),
+    int32 labels. The sums over the chunks equal torch's."""
+    gen = torch.Generator().manual_seed(C)
+    for S in (48, 50):
+        x = torch.randn(2, C, S, generator=gen) * 2
+        t = torch.randint(0, C, (2, S), generator=gen, dtype=torch.int32)
+        t[0, :5] = 255
+        xl = _layout(x, layout)
+        got = _stats(xl, t, 3, 255).sum(1)
+        torch.testing.assert_close(got.double(), _sums(xl.float(), t, C, 255), rtol=1e-4, atol=1e-4)

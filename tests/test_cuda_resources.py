@@ -75,6 +75,46 @@ def test_failure_rules():
     assert cr.failures([dict(over, opt_in=True)]) == []
 
 
+SASS = """
+\t\tFunction : _Z4loopv
+        /*0000*/                   LDG.E.128 R4, [R2.64] ;             /* 0x0 */
+        /*0010*/                   BAR.SYNC.DEFER_BLOCKING 0x0 ;       /* 0x0 */
+        /*0020*/                   LDG.E R8, [R2.64] ;                 /* 0x0 */
+        /*0030*/                   BAR.SYNC.DEFER_BLOCKING 0x0 ;       /* 0x0 */
+        /*0040*/              @!P0 BRA 0x20 ;                          /* 0x0 */
+        /*0050*/                   STG.E.128 [R2.64], R4 ;             /* 0x0 */
+        /*0060*/               @P1 BRA 0x0 ;                           /* 0x0 */
+        /*0070*/                   EXIT ;                              /* 0x0 */
+\t\tFunction : _Z4flatv
+        /*0000*/                   LDG.E.64 R4, [R2.64] ;              /* 0x0 */
+        /*0010*/                   BAR.SYNC.DEFER_BLOCKING 0x0 ;       /* 0x0 */
+        /*0020*/                   STG.E [R2.64], R4 ;                 /* 0x0 */
+        /*0030*/               @P0 BRA 0x70 ;                          /* 0x0 */
+        /*0040*/                   EXIT ;                              /* 0x0 */
+"""
+
+
+def test_sass_counts():
+    """Vector widths and barriers from SASS: a barrier inside a loop nested in
+    another runs per tile (bar_loop); one in the outer loop only is not counted."""
+    funcs = cr.sass_functions(SASS)
+    assert set(funcs) == {"_Z4loopv", "_Z4flatv"}
+    assert cr.sass_counts(funcs["_Z4loopv"]) == {"ldg128": 1, "ldg": 2, "stg128": 1, "stg": 1, "bar_sync": 2,
+                                                 "bar_loop": 1}
+    assert cr.sass_counts(funcs["_Z4flatv"]) == {"ldg128": 0, "ldg": 1, "stg128": 0, "stg": 1, "bar_sync": 1,
+                                                 "bar_loop": 0}
+
+
+def test_streaming_rules():
+    base = dict(file="region.cu", kernel="stats_kernel", template="float, float, 1", arch=80, block=256,
+                registers=71, local=0, stack=0, static_shared=13312, dynamic_shared=0, error=None, ldg128=18,
+                bar_loop=0)
+    assert cr.failures([base]) == []
+    assert "tile loop" in cr.failures([dict(base, bar_loop=2)])[0]
+    assert cr.failures([dict(base, kernel="stats_wide_kernel", bar_loop=2, ldg128=0)]) == []
+    assert "128-bit" in cr.failures([dict(base, kernel="softmax_kernel", file="pixel.cu", ldg128=0)])[0]
+
+
 @needs_nvcc
 @pytest.mark.slow
 def test_nms_reduce_shared_memory_decision(tmp_path):

@@ -202,23 +202,34 @@ def _cuda_launches(name):
     return Count, ops
 
 
-@pytest.mark.parametrize("name", ["dice", "dice_ce", "dice_ce_ignore"])
+@pytest.mark.parametrize("name", ["dice", "dice_ce", "dice_ce_ignore", "ce", "ce_ignore", "bce", "focal_sigmoid"])
 def test_cuda_launch_target(gpu, monkeypatch, name):  # noqa: F811 (the imported fixture)
     """Dice and Dice + CE on the cuda backend: the stats kernel (which flags bad
     labels), the finish kernel, the device assertion, the grad kernel (which reads
-    grad_output), and the flag's and the seed's fills: within the targets, no
-    host read."""
+    grad_output), and the flag's and the seed's fills; the pixel losses: one
+    kernel forward (the loss, its normalizer and the label check), one backward
+    (grad_output / normalizer read on the device) and the seed's fill. Within
+    the targets, no host read."""
     import torch
     import test_no_sync as ns
     from segfast import functional as F
 
+    from segfast.ops import pixel as P
+
     Count, ops = _cuda_launches(name)
     monkeypatch.setattr(ns, "HostReads", Count)
+    # the steady state of a training step: the pixel losses' ticket counter is
+    # made (zeroed) once per device, by the first call (as perf.trace_call's warm-up)
+    monkeypatch.setattr(P, "_cuda_counter", lambda device: torch.empty(1, dtype=torch.int32, device=device))
     monkeypatch.setenv("SEGFAST_BACKEND", "cuda")
     N, C, H, W = SHAPE
     loss = {"dice": lambda x, t: F.dice_loss(x, t),
             "dice_ce": lambda x, t: F.dice_ce_loss(x, t),
-            "dice_ce_ignore": lambda x, t: F.dice_ce_loss(x, t, ignore_index=255)}[name]
+            "dice_ce_ignore": lambda x, t: F.dice_ce_loss(x, t, ignore_index=255),
+            "ce": lambda x, t: F.cross_entropy(x, t),
+            "ce_ignore": lambda x, t: F.cross_entropy(x, t, ignore_index=255),
+            "bce": lambda x, t: F.binary_cross_entropy_with_logits(x, t),
+            "focal_sigmoid": lambda x, t: F.focal_loss(x, t, mode="multilabel")}[name]
 
     def step(x, t):  # loss.backward(): the seed is ones_like(loss)
         value = loss(x, t)
@@ -229,6 +240,6 @@ def test_cuda_launch_target(gpu, monkeypatch, name):  # noqa: F811 (the imported
     if err is not None:
         raise err
     assert reads == []
-    assert "region_finish_cuda" in launches, launches
+    assert ("region_finish_cuda" if name.startswith("dice") else "pixel_reduced_cuda") in launches, launches
     target = perf.LAUNCH_TARGETS[name.replace("_ignore", "")]
     assert len(launches) + len(ops) <= target, (launches, ops)

@@ -309,6 +309,12 @@ def test_opcheck(backend):
     args = (x, t, None, torch.rand(4), torch.rand(2), False, P.BCE, 0, None, 2.0, 0.25, 0.0, 1.0, 0.0)
     torch.library.opcheck(P.pixel_loss_op, args + (P.NORM_COUNT, backend))
     torch.library.opcheck(P.pixel_loss_map_op, args + (backend,))
+    if backend == "cuda":  # the reduced op of that backend (its counter is 0 before and after)
+        counter = torch.zeros(1, dtype=torch.int32)
+        torch.library.opcheck(P.pixel_reduced_cuda_op, (x, y, torch.rand(4), None, None, counter, True, P.CE, 0,
+                                                        None, 2.0, 0.25, 0.1, 0.05, 0.0, P.NORM_WEIGHT))
+        torch.library.opcheck(P.pixel_reduced_cuda_op, (x, t, None, torch.rand(4), torch.rand(2), counter, False,
+                                                        P.BCE, 0, None, 2.0, 0.25, 0.0, 1.0, 0.0, P.NORM_COUNT))
 
 
 @pytest.mark.parametrize("backend", [b for b in kernel_backends() if b != "triton"])

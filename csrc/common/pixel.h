@@ -48,7 +48,17 @@ struct Problem : Inputs {  // x, targets, N, C, S, label decoding: problem.h
   bool go_scalar;    // go is a single value (a reduced loss's grad_output, read on the device)
   void* dx;          // x's dtype, strides dxsN, dxsC, dxsS
   int64_t dxsN, dxsC, dxsS;
+  // A reduced loss computed whole on the device (CUDA; the CPU kernels ignore these):
+  int norm = 0;                 // Norm: the normaliser the kernel counts
+  void* out = nullptr;          // A 0-d: the loss; loss is then an [N, P, 4] workspace
+  void* den = nullptr;          // A 0-d: its normaliser, written with out; with a single go, dx is scaled by go / den
+  unsigned* counter = nullptr;  // the ticket counter of the last block's reduction: 0 before and after
 };
+
+// The normaliser of a reduced loss (segfast/ops/pixel.py NORM_*): none (a sum),
+// the valid pixels (softmax kinds) or elements (sigmoid kinds), or the summed
+// class weights w_y of the valid pixels.
+enum Norm : int { kNormSum = 0, kNormCount = 1, kNormWeight = 2 };
 
 // ---- log ------------------------------------------------------------------------
 

@@ -1,21 +1,28 @@
 // Region family, CUDA kernels. Same math as the CPU kernels
 // (csrc/common/region.h); see segfast/ops/region.py for the calling side.
 //
-// stats: grid (chunk j, image n). A block walks its chunk in tiles of kTile
-//   pixels. Phase 1 (all threads, one pixel each): decode labels and, for
-//   softmax, the per-pixel max and 1/sum over the C classes (a loop, any C)
-//   into shared memory. Phase 2: warp w owns classes w, w + nwarps, ...; its
-//   lanes run over the tile's pixels, accumulate the 7 sums in registers,
-//   reduce with warp shuffles, and lane 0 adds them into the block's own slot
-//   of the [N, P, C, 7] partial buffer. Each slot has exactly one writer and
-//   a fixed order of additions: deterministic, no atomics. With a pixel term
-//   (xent) it also sums S7 / S8 (csrc/common/region.h; -log p =
-//   (max - x) + log(sum)): K = 9 sums.
-//   Optional outputs of phase 1 (class-index targets): a flag set to 1 by a
-//   label outside [0, C) that is not ignore_index, and confusion counts
-//   [C, C] (row: label, column: torch.argmax of the logits), counted in
-//   shared memory per block when C * C <= kSharedConf, then added to the
-//   global matrix with one atomic per nonzero bin.
+// stats: grid (chunk j, image n), kStatsThreads threads. C <= kRegMaxC
+//   (stats_kernel): the lanes of a warp are G (a power of 2) class lanes x
+//   32 / G runs of kVec consecutive pixels (csrc/cuda/vec.cuh); lane g holds
+//   the classes g, g + G, ... (CPT of them, a template argument) of its run, so
+//   each thread reads its run's logits (one 128-bit load per class where the
+//   rows are contiguous and aligned) and labels once. The softmax max and sum
+//   (and the fused term's logsumexp, the confusion argmax) reduce over the G
+//   class lanes with warp shuffles; the K sums accumulate per thread in
+//   registers across the whole chunk. The tile loop has no block barrier: the
+//   sums reduce over the pixel lanes with shuffles and over the warps through
+//   shared memory once, after the loop, in a fixed order, into the block's own
+//   slot of the [N, P, C, K] partial buffer (one writer, deterministic, no
+//   atomics). With a pixel term (xent) it also sums S7 / S8 (csrc/common/
+//   region.h; -log p = (max - x) + log(sum)): K = 9 sums.
+//   C > kRegMaxC (stats_wide_kernel): a block walks its chunk in tiles of
+//   kTile pixels: per-pixel softmax data into shared memory, then one warp per
+//   class; two block barriers per tile.
+//   Optional outputs (class-index targets): a flag set to 1 by a label
+//   outside [0, C) that is not ignore_index, and confusion counts [C, C] (row:
+//   label, column: torch.argmax of the logits), counted in shared memory per
+//   block when C * C <= kSharedConf, then added to the global matrix with one
+//   atomic per nonzero bin.
 // finish: one block, one thread per class (C <= kFinishMaxC): the loss and
 //   dLoss/dStats at grad_output 1 from the stats kernel's partial sums, the
 //   formulas of triton_kernels/region_finish.py (struct Finish in region.h).
@@ -31,12 +38,16 @@
 #include <string>
 
 #include "../common/region.h"
+#include "vec.cuh"
 
 namespace segfast {
 namespace region {
 namespace {
 
-constexpr int kTile = 1024;        // pixels per stats tile (shared memory: ~12 KiB)
+constexpr int kStatsThreads = 256;  // threads per stats block
+constexpr int kStatsWarps = kStatsThreads / 32;
+constexpr int kRegMaxC = 256;      // largest C of stats_kernel: 32 class lanes x 8 classes
+constexpr int kTile = 1024;        // pixels per stats_wide_kernel tile (shared memory: ~12 KiB)
 constexpr int kGradThreads = 256;  // threads (pixels) per grad block
 constexpr int kMaxGridY = 65535;
 constexpr int kSharedConf = 1024;  // confusion bins a stats block counts in shared memory (C <= 32)
@@ -104,8 +115,221 @@ __device__ __forceinline__ int64_t argmax_class(const Problem& pr, int64_t n, in
   return arg;
 }
 
+using vec::kVec;
+
+// Confusion counts of a stats block: in shared memory (sm) when C * C bins fit,
+// else straight into the global matrix. conf_begin zeroes the block's bins
+// (-> whether it counts in shared memory), conf_add counts one pixel,
+// conf_end adds the block's bins to the matrix. Every thread calls begin / end.
+__device__ __forceinline__ bool conf_begin(unsigned* sm, const unsigned long long* conf, int64_t C) {
+  const bool shared = conf != nullptr && C * C <= kSharedConf;
+  if (shared) {
+    for (int64_t i = threadIdx.x; i < C * C; i += blockDim.x) sm[i] = 0;
+    __syncthreads();
+  }
+  return shared;
+}
+
+__device__ __forceinline__ void conf_add(unsigned* sm, unsigned long long* conf, bool shared, int64_t bin) {
+  if (shared)
+    atomicAdd(&sm[bin], 1u);
+  else
+    atomicAdd(&conf[bin], 1ull);
+}
+
+__device__ __forceinline__ void conf_end(const unsigned* sm, unsigned long long* conf, bool shared, int64_t C) {
+  if (!shared) return;
+  __syncthreads();
+  for (int64_t i = threadIdx.x; i < C * C; i += blockDim.x)
+    if (sm[i]) atomicAdd(&conf[i], (unsigned long long)sm[i]);
+}
+
+// (v, i) beats (u, k) in torch.argmax's order: a NaN first, else the larger
+// value; ties (and two NaNs) to the lower class.
+template <typename T>
+__device__ __forceinline__ bool argmax_beats(T v, int i, T u, int k) {
+  const bool nv = v != v, nu = u != u;
+  if (nv || nu) return nv && (!nu || i < k);
+  return v > u || (v == u && i < k);
+}
+
+// The stats pass for C <= G * CPT (see the top of the file). lg = log2(G).
+template <typename T, typename A, int CPT>
+__global__ void stats_kernel(const Problem pr, const int64_t P, const int lg, const bool vx, const bool vt,
+                             A* __restrict__ out, int32_t* __restrict__ flag, unsigned long long* __restrict__ conf) {
+  __shared__ unsigned sm_conf[kSharedConf];  // this block's confusion counts when C * C fits
+  __shared__ A red[kStatsWarps][32][KX];     // the warps' sums, reduced after the loop
+
+  const int64_t C = pr.C;
+  const int64_t j = blockIdx.x;
+  const int G = 1 << lg;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int g = lane & (G - 1);
+  const int64_t run = int64_t(warp) * (32 >> lg) + (lane >> lg);  // this thread's run within a step
+  const int64_t step = int64_t(kStatsWarps) * (32 >> lg) * kVec;  // pixels per loop step (whole block)
+  const int KO = num_stats(pr);
+  const bool shared_conf = conf_begin(sm_conf, conf, C);
+
+  for (int64_t n = blockIdx.y; n < pr.N; n += gridDim.y) {
+    int64_t b, e;
+    vec::run_chunk(pr.S, P, j, &b, &e);
+    A acc[CPT][KX];
+#pragma unroll
+    for (int q = 0; q < CPT; ++q)
+#pragma unroll
+      for (int k = 0; k < KX; ++k) acc[q][k] = A(0);
+
+    for (int64_t s0 = b; s0 < e; s0 += step) {  // the same trip count in every thread: shuffles below
+      const int64_t s = s0 + run * kVec;
+      const int cnt = vec::run_count(s, e);
+      int64_t cls[kVec];
+      T vlab[kVec];
+      if (pr.t_is_label) {
+        int64_t lab[kVec];
+        vec::load4<int64_t>(pr.t, pr.t_dtype, n * pr.tsN + s * pr.tsS, pr.tsS, vt, cnt, lab);
+#pragma unroll
+        for (int i = 0; i < kVec; ++i) {
+          bool valid;
+          cls[i] = decode_label(lab[i], C, pr.label_offset, pr.has_ignore, pr.ignore_value, &valid);
+          valid = valid && i < cnt;
+          cls[i] = i < cnt ? cls[i] : int64_t(-1);
+          vlab[i] = valid ? T(1) : T(0);
+          if (flag != nullptr && g == 0 && valid && cls[i] < 0) *flag = 1;  // out of range, not ignore_index
+        }
+      }
+      T x[CPT][kVec];
+#pragma unroll
+      for (int q = 0; q < CPT; ++q) {
+        const int64_t c = int64_t(q) * G + g;
+        if (c < C) vec::load4<T>(pr.x, pr.x_dtype, n * pr.xsN + c * pr.xsC + s * pr.xsS, pr.xsS, vx, cnt, x[q]);
+        else
+#pragma unroll
+          for (int i = 0; i < kVec; ++i) x[q][i] = T(0);
+      }
+      // per pixel: softmax max and 1/sum, the fused term h, over the class lanes
+      T m[kVec], inv[kVec], h[kVec];
+#pragma unroll
+      for (int i = 0; i < kVec; ++i) {
+        m[i] = T(0), inv[i] = T(1), h[i] = T(0);
+        if (pr.act != kSoftmax) continue;
+        T mi = T(-INFINITY);
+#pragma unroll
+        for (int q = 0; q < CPT; ++q)
+          if (int64_t(q) * G + g < C) mi = x[q][i] > mi ? x[q][i] : mi;
+        for (int o = 1; o < G; o <<= 1) {
+          const T u = __shfl_xor_sync(0xffffffffu, mi, o);
+          mi = u > mi ? u : mi;
+        }
+        T sum = T(0);
+#pragma unroll
+        for (int q = 0; q < CPT; ++q)
+          if (int64_t(q) * G + g < C) sum += exp_t(x[q][i] - mi);
+        for (int o = 1; o < G; o <<= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+        m[i] = mi;
+        inv[i] = T(1) / sum;
+        if (pr.xent == kXentFused) {  // lse over the classes 1..C-1, as lse_fg
+          T mf = T(-INFINITY), sf = T(0);
+#pragma unroll
+          for (int q = 0; q < CPT; ++q) {
+            const int64_t c = int64_t(q) * G + g;
+            if (c >= 1 && c < C) mf = fmax(mf, x[q][i]);
+          }
+          for (int o = 1; o < G; o <<= 1) mf = fmax(mf, __shfl_xor_sync(0xffffffffu, mf, o));
+          mf = isinf(mf) ? T(0) : mf;
+#pragma unroll
+          for (int q = 0; q < CPT; ++q) {
+            const int64_t c = int64_t(q) * G + g;
+            if (c >= 1 && c < C) sf += exp_t(x[q][i] - mf);
+          }
+          for (int o = 1; o < G; o <<= 1) sf += __shfl_xor_sync(0xffffffffu, sf, o);
+          h[i] = (mi - (mf + log(sf))) - log(inv[i]);
+        }
+      }
+      if (conf != nullptr && pr.t_is_label) {  // torch.argmax over the class lanes
+#pragma unroll
+        for (int i = 0; i < kVec; ++i) {
+          T best = T(-INFINITY);
+          int arg = 0x7fffffff;
+#pragma unroll
+          for (int q = 0; q < CPT; ++q) {
+            const int c = q * G + g;
+            if (c < C && argmax_beats(x[q][i], c, best, arg)) best = x[q][i], arg = c;
+          }
+          for (int o = 1; o < G; o <<= 1) {
+            const T u = __shfl_xor_sync(0xffffffffu, best, o);
+            const int k = __shfl_xor_sync(0xffffffffu, arg, o);
+            if (argmax_beats(u, k, best, arg)) best = u, arg = k;
+          }
+          if (g == 0 && cls[i] >= 0) {
+            const int64_t bin = cls[i] * C + arg;
+            conf_add(sm_conf, conf, shared_conf, bin);
+          }
+        }
+      }
+      // the sums of this thread's classes
+#pragma unroll
+      for (int q = 0; q < CPT; ++q) {
+        const int64_t c = int64_t(q) * G + g;
+        if (c >= C) continue;
+        T tv[kVec], vv[kVec];
+        if (!pr.t_is_label) {
+          T raw[kVec];
+          vec::load4<T>(pr.t, pr.t_dtype, n * pr.tsN + c * pr.tsC + s * pr.tsS, pr.tsS, vt, cnt, raw);
+#pragma unroll
+          for (int i = 0; i < kVec; ++i) decode_dense(raw[i], pr.has_ignore, pr.ignore_value, &tv[i], &vv[i]);
+        } else {
+#pragma unroll
+          for (int i = 0; i < kVec; ++i) tv[i] = cls[i] == c ? T(1) : T(0), vv[i] = vlab[i];
+        }
+#pragma unroll
+        for (int i = 0; i < kVec; ++i) {
+          if (i >= cnt) continue;
+          const T xv = x[q][i], t = tv[i], v = vv[i];
+          const T p = pr.act == kSoftmax ? exp_t(xv - m[i]) * inv[i] : activate<T>(pr, xv, T(0), T(1));
+          accumulate<T, A>(acc[q], p, t, v);
+          if (pr.xent) {  // inv holds 1/sum: -log p = (max - x) - log(1/sum), torch's order
+            const T nl = (m[i] - xv) - log(inv[i]);
+            if (pr.xent == kXentCE) {  // selects, not products: nl is inf for a -inf logit
+              acc[q][kS7] += t > T(0) ? t * nl : T(0);
+              acc[q][kS8] += v > T(0) ? v * nl : T(0);
+            } else if (pr.xent == kXentFocal) {
+              if (t > T(0)) acc[q][kS7] += focal_value(p, nl, T(pr.gamma));
+            } else {
+              acc[q][kS7] += t > T(0) ? t * nl : T(0);
+              if (c >= 1 && t > T(0)) acc[q][kS8] += t * h[i];
+            }
+          }
+        }
+      }
+    }
+
+    // after the loop: over the pixel lanes (shuffles), then over the warps (shared memory)
+    A* __restrict__ o = out + (n * P + j) * C * KO;
+#pragma unroll
+    for (int q = 0; q < CPT; ++q) {
+#pragma unroll
+      for (int k = 0; k < KX; ++k) {
+        A a = acc[q][k];
+        for (int off = 16; off >= G; off >>= 1) a += __shfl_xor_sync(0xffffffffu, a, off);
+        if (lane < G) red[warp][lane][k] = a;
+      }
+      __syncthreads();
+      for (int idx = threadIdx.x; idx < G * KO; idx += blockDim.x) {
+        const int gg = idx / KO, k = idx - gg * KO;
+        const int64_t c = int64_t(q) * G + gg;
+        if (c >= C) continue;
+        A r = A(0);
+        for (int w = 0; w < kStatsWarps; ++w) r += red[w][gg][k];
+        o[c * KO + k] = r;
+      }
+      __syncthreads();  // red is rewritten by the next class slot
+    }
+  }
+  conf_end(sm_conf, conf, shared_conf, C);
+}
+
 template <typename T, typename A>
-__global__ void stats_kernel(const Problem pr, const int64_t P, A* __restrict__ out, int32_t* __restrict__ flag,
+__global__ void stats_wide_kernel(const Problem pr, const int64_t P, A* __restrict__ out, int32_t* __restrict__ flag,
                              unsigned long long* __restrict__ conf) {
   __shared__ unsigned sm_conf[kSharedConf];  // this block's confusion counts when C * C fits
   __shared__ T sm_m[kTile];
@@ -119,11 +343,7 @@ __global__ void stats_kernel(const Problem pr, const int64_t P, A* __restrict__ 
   const int lane = threadIdx.x & 31;
   const int warp = threadIdx.x >> 5;
   const int nwarps = blockDim.x >> 5;
-  const bool shared_conf = conf != nullptr && C * C <= kSharedConf;
-  if (shared_conf) {
-    for (int64_t i = threadIdx.x; i < C * C; i += blockDim.x) sm_conf[i] = 0;
-    __syncthreads();
-  }
+  const bool shared_conf = conf_begin(sm_conf, conf, C);
 
   for (int64_t n = blockIdx.y; n < pr.N; n += gridDim.y) {
     int64_t b, e;
@@ -148,10 +368,7 @@ __global__ void stats_kernel(const Problem pr, const int64_t P, A* __restrict__ 
           if (flag != nullptr && valid && cls < 0) *flag = 1;  // out of range, not ignore_index
           if (conf != nullptr && cls >= 0) {
             const int64_t bin = cls * C + argmax_class<T>(pr, n, s);
-            if (shared_conf)
-              atomicAdd(&sm_conf[bin], 1u);
-            else
-              atomicAdd(&conf[bin], 1ull);
+            conf_add(sm_conf, conf, shared_conf, bin);
           }
         }
         if (pr.act == kSoftmax) softmax_stats<T>(pr, n, s, &sm_m[i], &sm_inv[i]);
@@ -199,11 +416,7 @@ __global__ void stats_kernel(const Problem pr, const int64_t P, A* __restrict__ 
       __syncthreads();  // shared memory is rewritten by the next tile
     }
   }
-  if (shared_conf) {
-    __syncthreads();
-    for (int64_t i = threadIdx.x; i < C * C; i += blockDim.x)
-      if (sm_conf[i]) atomicAdd(&conf[i], (unsigned long long)sm_conf[i]);
-  }
+  conf_end(sm_conf, conf, shared_conf, C);
 }
 
 // ---- finish ----------------------------------------------------------------------------
@@ -459,22 +672,45 @@ void check_launch(const char* what) {
 
 unsigned grid_y(int64_t N) { return unsigned(N < kMaxGridY ? N : kMaxGridY); }
 
+template <typename T, typename A>
+void launch_stats(const Problem& pr, int64_t P, A* out, cudaStream_t st, int32_t* flag, unsigned long long* conf) {
+  const dim3 grid(unsigned(P), grid_y(pr.N));
+  const int64_t C = pr.C;
+  // float64 at 8 classes per lane would spill (255 registers): the wide kernel from 129 classes
+  if (C > kRegMaxC || (sizeof(T) == 8 && C > kRegMaxC / 2)) {
+    stats_wide_kernel<T, A><<<grid, kStatsThreads, 0, st>>>(pr, P, out, flag, conf);
+    return;
+  }
+  // CPT classes per lane, G = 2^lg class lanes: the fewest classes per thread
+  const int cpt = C <= 32 ? 1 : C <= 64 ? 2 : C <= 128 ? 4 : 8;
+  int lg = 0;
+  while ((int64_t(1) << lg) * cpt < C) ++lg;
+  const bool vx = vec::vec_ok(pr.x, pr.x_dtype, pr.xsS, pr.xsN, pr.xsC);
+  const bool vt = vec::vec_ok(pr.t, pr.t_dtype, pr.tsS, pr.tsN, pr.t_is_label ? 0 : pr.tsC);
+  switch (cpt) {
+    case 1: stats_kernel<T, A, 1><<<grid, kStatsThreads, 0, st>>>(pr, P, lg, vx, vt, out, flag, conf); break;
+    case 2: stats_kernel<T, A, 2><<<grid, kStatsThreads, 0, st>>>(pr, P, lg, vx, vt, out, flag, conf); break;
+    case 4: stats_kernel<T, A, 4><<<grid, kStatsThreads, 0, st>>>(pr, P, lg, vx, vt, out, flag, conf); break;
+    default:
+      if constexpr (sizeof(T) == 4)
+        stats_kernel<T, A, 8><<<grid, kStatsThreads, 0, st>>>(pr, P, lg, vx, vt, out, flag, conf);
+      break;
+  }
+}
+
 }  // namespace
 
 void region_stats_cuda(const Problem& pr, int64_t P, void* out, uintptr_t stream, int32_t* flag,
                        int64_t* confusion) {
   if (pr.N <= 0 || P <= 0 || pr.C <= 0) return;
   if (P > int64_t(0x7fffffff)) throw std::invalid_argument("segfast: P too large");
-  const int warps = int(pr.C < 8 ? pr.C : 8);
-  const dim3 grid(unsigned(P), grid_y(pr.N));
-  const dim3 block(32 * warps);
   cudaStream_t st = reinterpret_cast<cudaStream_t>(stream);
   if (!pr.t_is_label) flag = nullptr, confusion = nullptr;
   auto* conf = reinterpret_cast<unsigned long long*>(confusion);
   if (pr.x_dtype == kFloat64)
-    stats_kernel<double, double><<<grid, block, 0, st>>>(pr, P, static_cast<double*>(out), flag, conf);
+    launch_stats<double, double>(pr, P, static_cast<double*>(out), st, flag, conf);
   else
-    stats_kernel<float, float><<<grid, block, 0, st>>>(pr, P, static_cast<float*>(out), flag, conf);
+    launch_stats<float, float>(pr, P, static_cast<float*>(out), st, flag, conf);
   check_launch("region_stats_cuda");
 }
 

@@ -10,9 +10,15 @@ dynamic shared memory it requests (a C++ expression evaluated by compiling
 and running a small host program against the .cu file), which give the
 theoretical occupancy and the 48 KiB check.
 
+Each row also counts, from the kernel's SASS (``cuobjdump -sass``), its
+128-bit and all global loads / stores and its block barriers, in all and
+inside a loop nested in the per-image loop (``bar_loop``: per tile).
+
 ``failures(rows)``: a compile error, any spill in the loss kernels (region,
-pixel), a launch whose static + dynamic shared memory can exceed 48 KiB
-without the opt-in attribute (cudaFuncAttributeMaxDynamicSharedMemorySize),
+pixel), a block barrier in the tile loop of a streaming loss kernel
+(``NO_LOOP_BARRIER``) or one without 128-bit loads (``VECTOR_LOADS``), a
+launch whose static + dynamic shared memory can exceed 48 KiB without the
+opt-in attribute (cudaFuncAttributeMaxDynamicSharedMemorySize),
 a kernel without a ``LAUNCHES`` entry.
 
 Not verified here: the occupancy is the theoretical one (the calculator's
@@ -47,6 +53,11 @@ SM = {
 }
 
 LOSS_FILES = ("region.cu", "pixel.cu")  # streaming loss kernels: no spills
+# Streaming loss kernels whose tile loop has no block barrier (the C > 256
+# stats kernel keeps two per tile), and those that read their rows with
+# 128-bit loads where they are contiguous and aligned (csrc/cuda/vec.cuh).
+NO_LOOP_BARRIER = ("stats_kernel", "grad_kernel", "softmax_kernel", "softmax_dense_kernel", "sigmoid_kernel")
+VECTOR_LOADS = ("stats_kernel", "softmax_kernel", "sigmoid_kernel")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,8 +86,8 @@ LAUNCHES = {
     "softmax_kernel": Launch("pixel.cu", ("kThreads",)),
     "softmax_dense_kernel": Launch("pixel.cu", ("kThreads",)),
     "sigmoid_kernel": Launch("pixel.cu", ("kThreads",)),
-    # region_stats_cuda: block = 32 * min(C, 8) threads
-    "stats_kernel": Launch("region.cu", tuple(32 * w for w in range(1, 9))),
+    "stats_kernel": Launch("region.cu", ("kStatsThreads",)),
+    "stats_wide_kernel": Launch("region.cu", ("kStatsThreads",)),
     "grad_kernel": Launch("region.cu", ("kGradThreads",)),
     "finish_kernel": Launch("region.cu", ("kFinishThreads",)),
 }
@@ -93,6 +104,39 @@ def _run(cmd, **kw):
     return r
 
 
+_SASS_LINE = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(.*?);")
+
+
+def sass_functions(sass: str) -> dict:
+    """``cuobjdump -sass`` text -> {mangled function name: its instructions}."""
+    parts = re.split(r"^\s*Function : (\S+)\s*$", sass, flags=re.M)
+    return {parts[i]: parts[i + 1] for i in range(1, len(parts) - 1, 2)}
+
+
+def sass_counts(text: str) -> dict:
+    """Global access widths and barriers of one function's SASS: 128-bit and all
+    LDG / STG, BAR.SYNC in all and ``bar_loop``, those inside a loop nested in
+    another (a span from a branch target to a later branch back to it): the
+    kernels loop over images outermost (n += gridDim.y), so a barrier inside
+    any loop within that one runs per tile, not once per image."""
+    ins = [(int(a, 16), op) for a, op in _SASS_LINE.findall(text)]
+    spans = []
+    for addr, op in ins:
+        m = re.search(r"\bBRA(?:\.\w+)*\s+(?:`\(\.L_x_\d+\)|0x([0-9a-f]+))", op)
+        if m and m.group(1) is not None and int(m.group(1), 16) <= addr:
+            spans.append((int(m.group(1), 16), addr))
+    bars = [addr for addr, op in ins if re.match(r"(?:@!?U?P\w+\s+)?BAR\.SYNC", op)]
+
+    def depth(a):
+        return sum(lo <= a <= hi for lo, hi in spans)
+    ops = [op for _, op in ins]
+    return {"ldg128": sum(bool(re.search(r"\bLDG(?:\.\w+)*\.128\b", o)) for o in ops),
+            "ldg": sum(bool(re.search(r"\bLDG\b", o)) for o in ops),
+            "stg128": sum(bool(re.search(r"\bSTG(?:\.\w+)*\.128\b", o)) for o in ops),
+            "stg": sum(bool(re.search(r"\bSTG\b", o)) for o in ops),
+            "bar_sync": len(bars), "bar_loop": sum(depth(a) >= 2 for a in bars)}
+
+
 def compile_cubin(src: Path, arch: int, include: Path, out_dir: Path) -> dict:
     """-> {mangled kernel name: resources} of ``src`` compiled for sm_<arch>."""
     out = out_dir / f"{src.stem}.sm_{arch}.cubin"
@@ -104,8 +148,11 @@ def compile_cubin(src: Path, arch: int, include: Path, out_dir: Path) -> dict:
         res = log
     else:
         res = parse_resource_usage(_run([cuobjdump, "--dump-resource-usage", str(out)]).stdout)
+    funcs = sass_functions(_run([cuobjdump, "-sass", str(out)]).stdout) if cuobjdump else {}
     for name, row in res.items():
         row["spill_stores"] = log.get(name, {}).get("spill_stores")
+        if name in funcs:
+            row.update(sass_counts(funcs[name]))
     return res
 
 
@@ -194,14 +241,15 @@ def occupancy(arch: int, block: int, registers: int, smem: int) -> dict:
     return {"blocks_per_sm": blocks, "occupancy": round(blocks * warps / max_warps, 3), "limiter": limiter}
 
 
-def report(source_dir, archs=ARCHS, *, workers: int = 2, work_dir: Optional[str] = None) -> list:
+def report(source_dir, archs=ARCHS, *, workers: int = 2, work_dir: Optional[str] = None, files=None) -> list:
     """-> one row per (kernel instantiation, arch, block size) of source_dir/*.cu
-    (source_dir: the csrc/cuda folder; its parent is the include root)."""
+    (source_dir: the csrc/cuda folder; its parent is the include root; ``files``:
+    only these file names)."""
     if nvcc() is None:
         raise RuntimeError("nvcc not found on PATH")
     source_dir = Path(source_dir).resolve()
     include = source_dir.parent
-    sources = sorted(source_dir.glob("*.cu"))
+    sources = sorted(p for p in source_dir.glob("*.cu") if files is None or p.name in files)
     with tempfile.TemporaryDirectory(prefix="segfast-cuda-res-") as tmp:
         out_dir = Path(work_dir or tmp)
         tasks = {}
@@ -258,6 +306,10 @@ def failures(rows: list, spills: bool = True) -> list:
         if spills and r["file"] in LOSS_FILES and (r["local"] > 0 or (r.get("spill_stores") or 0) > 0):
             out.append(f"{what}: spills ({r.get('spill_stores')} B spill stores, {r['local']} B local memory, "
                        f"{r['registers']} registers)")
+        if r["file"] in LOSS_FILES and r["kernel"] in NO_LOOP_BARRIER and r.get("bar_loop"):
+            out.append(f"{what}: {r['bar_loop']} block barriers inside its tile loop")
+        if r["file"] in LOSS_FILES and r["kernel"] in VECTOR_LOADS and r.get("ldg128") == 0:
+            out.append(f"{what}: no 128-bit global load (LDG.E.128)")
         total = r["static_shared"] + r["dynamic_shared"]
         if total > DEFAULT_SMEM and not r.get("opt_in"):
             out.append(f"{what}: {r['static_shared']} B static + up to {r['dynamic_shared']} B dynamic shared memory"
@@ -269,7 +321,8 @@ def failures(rows: list, spills: bool = True) -> list:
 
 COLUMNS = ("file", "kernel", "template", "arch", "block", "registers", "spill_stores", "local", "stack",
            "static_shared",
-           "dynamic_shared", "blocks_per_sm", "occupancy", "limiter")
+           "dynamic_shared", "blocks_per_sm", "occupancy", "limiter", "ldg128", "ldg", "stg128", "stg", "bar_sync",
+           "bar_loop")
 
 
 def format_table(rows: list, columns=COLUMNS) -> str:

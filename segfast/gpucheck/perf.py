@@ -22,7 +22,8 @@ read a tile of x once), a torch op reads its inputs and writes its outputs.
 Timings need a GPU: ``segfast-bench`` on one.
 
 ``python -m segfast.gpucheck.perf --gpu-model h100`` (or ``segfast-bench
---gpu-model h100``) prints the table.
+--gpu-model h100``) prints the table; ``--cuda`` adds the cuda backend's
+streaming kernels, compiled with nvcc (``cuda_report``).
 """
 
 from __future__ import annotations
@@ -247,6 +248,29 @@ def report(model_name: str = "h100", shapes=SHAPES, *, compile: bool = True, wor
     return {"model": model, "calls": calls, "kernels": kernels}
 
 
+CUDA_STREAMING = ("stats_kernel", "stats_wide_kernel", "grad_kernel", "softmax_kernel", "softmax_dense_kernel",
+                  "sigmoid_kernel")
+CUDA_COLUMNS = ("file", "kernel", "template", "block", "registers", "spill_stores", "blocks_per_sm", "occupancy",
+                "ldg128", "ldg", "stg128", "stg", "bar_sync", "bar_loop", "error")
+
+
+def cuda_report(model_name: str = "h100", *, workers: int = 2) -> list:
+    """The cuda backend's streaming loss kernels (csrc/cuda/region.cu,
+    pixel.cu) compiled with nvcc for the model's architecture: registers and
+    theoretical occupancy from ptxas, 128-bit / all global loads and stores and
+    block barriers (in all, and per tile: ``bar_loop``) from the SASS
+    (gpucheck.cuda_resources). Launches per call of that backend are counted
+    on fake CUDA tensors in tests/test_gpu_perf.py (same targets)."""
+    from pathlib import Path
+
+    from . import cuda_resources as cr
+    src = Path(__file__).resolve().parents[2] / "csrc" / "cuda"
+    if cr.nvcc() is None or not src.is_dir():
+        raise RuntimeError("the CUDA rows need nvcc on PATH and the csrc/cuda sources (a source checkout)")
+    rows = cr.report(src, (MODELS[model_name]["arch"],), workers=workers, files=cr.LOSS_FILES)
+    return [r for r in rows if r["kernel"] in CUDA_STREAMING or r.get("error")]
+
+
 CALL_COLUMNS = ("call", "shape", "launches", "target", "triton", "torch_ops", "syncs", "ideal_MB", "moved_MB",
                 "moved_x")
 KERNEL_COLUMNS = ("call", "shape", "kernel", "programs", "per_sm", "MB", "num_warps", "registers", "occ", "waves",
@@ -272,6 +296,8 @@ def main(argv=None) -> int:
     ap.add_argument("--no-compile", action="store_true", help="skip the AOT compile (no resource columns)")
     ap.add_argument("--ops", action="store_true", help="list each call's launches")
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--cuda", action="store_true",
+                    help="also the cuda backend's loss kernels, compiled with nvcc (minutes)")
     args = ap.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET") != "1":
         # the calls run on CPU tensors in the interpreter, on before triton is imported
@@ -280,6 +306,10 @@ def main(argv=None) -> int:
     rep = report(args.gpu_model, SHAPES[:1] if args.quick else SHAPES, compile=not args.no_compile,
                  workers=args.workers)
     print(format_report(rep, ops=args.ops))
+    if args.cuda:
+        from .triton_aot import format_table
+        print(f"\ncuda backend, sm_{rep['model']['arch']}: streaming loss kernels (nvcc, 256-thread blocks)")
+        print(format_table(cuda_report(args.gpu_model, workers=args.workers), CUDA_COLUMNS))
     return 0
 
 

@@ -28,8 +28,8 @@ def acc_dtype(x: Tensor) -> torch.dtype:
 
 # Work items per SM that the reducing kernels' grids aim for on CUDA.
 PROGRAMS_PER_SM = 4
-# Shortest pixel chunk of the CUDA C++ stats kernels: one shared-memory tile
-# (csrc/cuda/region.cu kTile).
+# Shortest pixel chunk of the CUDA C++ reducing kernels: one loop step of a
+# 256-thread block over runs of 4 pixels (csrc/cuda/vec.cuh).
 CUDA_MIN_CHUNK = 1024
 
 

@@ -212,18 +212,6 @@ def pixel_loss_op(x: Tensor, target: Tensor, weight: Optional[Tensor], pos_weigh
                     alpha, smoothing, scale0, scale1, norm, backend)[:3]
 
 
-@torch.library.custom_op("segfast::pixel_loss_recompute", mutates_args=())
-def pixel_loss_recompute_op(x: Tensor, target: Tensor, weight: Optional[Tensor], pos_weight: Optional[Tensor],
-                            beta: Optional[Tensor], is_label: bool, kind: int, label_offset: int,
-                            ignore_value: Optional[float], gamma: float, alpha: float, smoothing: float,
-                            scale0: float, scale1: float, norm: int, backend: str) -> tuple[Tensor, Tensor]:
-    """The loss of pixel_loss without its gradient: (loss, s), dLoss/dx = s·d(inv·Σ...)/dx,
-    which the backward recomputes with grad_output·s read on the device."""
-    loss, _, s, _ = _onepass(x, target, weight, pos_weight, beta, is_label, kind, label_offset, ignore_value,
-                             gamma, alpha, smoothing, scale0, scale1, norm, backend, want_dx=False)
-    return loss, s
-
-
 @torch.library.custom_op("segfast::pixel_loss_map", mutates_args=())
 def pixel_loss_map_op(x: Tensor, target: Tensor, weight: Optional[Tensor], pos_weight: Optional[Tensor],
                       beta: Optional[Tensor], is_label: bool, kind: int, label_offset: int,
@@ -331,45 +319,109 @@ pixel_loss_op.register_autograd(_scale_saved_grad, setup_context=_setup_onepass)
 pixel_loss_map_op.register_autograd(_backward_map_ext, setup_context=_setup_map)
 
 
-@pixel_loss_recompute_op.register_fake
+_CUDA_COUNTERS: dict = {}
+
+
+def _cuda_counter(device: torch.device) -> Tensor:
+    """The ticket counter of the cuda backend's reduced pixel losses: one per
+    device, zero between launches (the kernel's last block resets it); a fresh
+    zero under torch.compile, whose graphs must not capture a lazily made global."""
+    if torch.compiler.is_compiling():
+        return torch.zeros(1, dtype=torch.int32, device=device)
+    counter = _CUDA_COUNTERS.get(device)
+    if counter is None:
+        counter = torch.zeros(1, dtype=torch.int32, device=device)
+        if type(counter) is torch.Tensor:  # not a traced or fake tensor
+            _CUDA_COUNTERS[device] = counter
+    return counter
+
+
+def _run_reduced_cuda(x, target, weight, pos_weight, beta, is_label, kind, label_offset, ignore_value, gamma,
+                      alpha, smoothing, scale0, scale1, norm, *, counter=None, go=None, den=None):
+    """One launch of pixel_reduced_cuda: -> (loss, den) with ``counter``, else dx
+    for the 0-d grad_output ``go`` and normaliser ``den``, read on the device."""
+    N, C, S = x.shape
+    acc = acc_dtype(x)
+    ptr = lambda a: 0 if a is None else a.data_ptr()  # noqa: E731
+    w, pw, b = _opt(weight, acc), _opt(pos_weight, acc), _opt(beta, acc)
+    t, ts = target_args(target, is_label)
+    has_ignore = ignore_value is not None
+    if counter is not None:
+        P = num_chunks(N, S, x.device)
+        ws = torch.empty((N, P, 4), dtype=acc, device=x.device)
+        loss, d = torch.empty((), dtype=acc, device=x.device), torch.empty((), dtype=acc, device=x.device)
+        dx = None
+    else:
+        P, ws, loss, d = 1, None, None, den
+        dx = backends.empty_output(x.shape, x.dtype, x.device, like=x)
+        go = go.to(acc).contiguous()
+    args = (x.data_ptr(), backends.dtype_code(x), *x.stride(), t.data_ptr(), backends.dtype_code(t), int(is_label),
+            *ts, N, C, S, P, kind, label_offset, int(has_ignore), float(ignore_value) if has_ignore else 0.0,
+            ptr(w), ptr(pw), ptr(b), float(gamma), float(alpha), float(smoothing), float(scale0), float(scale1),
+            ptr(ws), 0, ptr(go), ptr(dx), *(dx.stride() if dx is not None else (0, 0, 0)), int(go is not None),
+            norm, ptr(loss), ptr(d), ptr(counter))
+    with backends.cuda_launch(x.device) as (kernels, stream):
+        kernels.pixel_reduced_cuda(*args, stream)
+    return (loss, d) if counter is not None else dx
+
+
+@torch.library.custom_op("segfast::pixel_reduced_cuda", mutates_args=())
+def pixel_reduced_cuda_op(x: Tensor, target: Tensor, weight: Optional[Tensor], pos_weight: Optional[Tensor],
+                          beta: Optional[Tensor], counter: Tensor, is_label: bool, kind: int, label_offset: int,
+                          ignore_value: Optional[float], gamma: float, alpha: float, smoothing: float,
+                          scale0: float, scale1: float, norm: int) -> tuple[Tensor, Tensor]:
+    """A reduced pixel loss on the cuda backend in one launch: (loss, normalizer),
+    0-d in the accumulation dtype. The kernel counts the normalizer, checks the
+    labels (both NaN for a label out of range) and its last block reduces.
+    ``counter``: the kernel's ticket counter (zero before and after)."""
+    if x.numel() == 0:
+        z = torch.zeros((), dtype=acc_dtype(x), device=x.device)
+        return z, z.clone()
+    return _run_reduced_cuda(x, target, weight, pos_weight, beta, is_label, kind, label_offset, ignore_value, gamma,
+                             alpha, smoothing, scale0, scale1, norm, counter=counter)
+
+
+@pixel_reduced_cuda_op.register_fake
 def _(x, *rest):
     return x.new_empty((), dtype=acc_dtype(x)), x.new_empty((), dtype=acc_dtype(x))
 
 
-@torch.library.custom_op("segfast::pixel_loss_recompute_grad", mutates_args=())
-def pixel_loss_recompute_grad_op(x: Tensor, target: Tensor, go: Tensor, weight: Optional[Tensor],
-                                 pos_weight: Optional[Tensor], beta: Optional[Tensor], is_label: bool, kind: int,
-                                 label_offset: int, ignore_value: Optional[float], gamma: float, alpha: float,
-                                 smoothing: float, scale0: float, scale1: float, norm: int, backend: str) -> Tensor:
-    """dx = go·d(inv·(scale0·Σl0 + scale1·Σl1))/dx for a 0-d ``go`` (grad_output
-    times s) the kernel reads on the device: one read of the logits, one write of dx."""
-    inv = _inverse_normalizer(x, target, is_label, kind, ignore_value, weight, norm)
-    return _run(x, target, weight, pos_weight, beta, is_label, kind, label_offset, ignore_value, gamma, alpha,
-                smoothing, scale0 * inv, scale1 * inv, backend, go=go, go_scalar=True, want_dx=True)[2]
+@torch.library.custom_op("segfast::pixel_reduced_grad_cuda", mutates_args=())
+def pixel_reduced_grad_cuda_op(x: Tensor, target: Tensor, go: Tensor, den: Tensor, weight: Optional[Tensor],
+                               pos_weight: Optional[Tensor], beta: Optional[Tensor], is_label: bool, kind: int,
+                               label_offset: int, ignore_value: Optional[float], gamma: float, alpha: float,
+                               smoothing: float, scale0: float, scale1: float) -> Tensor:
+    """dx of pixel_reduced_cuda for the 0-d grad_output ``go`` and its normalizer
+    ``den``, both read by the kernel on the device: one read of the logits and
+    targets, one write of dx, no pass to scale it."""
+    if x.numel() == 0:
+        return torch.zeros_like(x)
+    return _run_reduced_cuda(x, target, weight, pos_weight, beta, is_label, kind, label_offset, ignore_value, gamma,
+                             alpha, smoothing, scale0, scale1, NORM_SUM, go=go, den=den)
 
 
-@pixel_loss_recompute_grad_op.register_fake
+@pixel_reduced_grad_cuda_op.register_fake
 def _(x, *rest):
     return torch.empty_like(x)
 
 
-def _setup_recompute(ctx, inputs, output):
+def _setup_reduced_cuda(ctx, inputs, output):
+    x, target, w, pw, b, _counter, *args = inputs
     ctx.mark_non_differentiable(output[1])
     ctx.set_materialize_grads(False)
-    x, target, w, pw, b, *args = inputs
     ctx.save_for_backward(x, target, w, pw, b, output[1])
-    ctx.args = tuple(args)
+    ctx.args = tuple(args[:-1])  # is_label .. scale1 (not norm)
 
 
-def _backward_recompute(ctx, g_loss, g_s):
+def _backward_reduced_cuda(ctx, g_loss, g_den):
     if g_loss is None:
         return (None,) * 16
-    x, target, w, pw, b, s = ctx.saved_tensors
-    dx = pixel_loss_recompute_grad_op(x, target, (g_loss * s).to(s.dtype), w, pw, b, *ctx.args)
+    x, target, w, pw, b, den = ctx.saved_tensors
+    dx = pixel_reduced_grad_cuda_op(x, target, g_loss, den, w, pw, b, *ctx.args)
     return differentiable_once((dx,) + (None,) * 15, "pixel-loss")
 
 
-pixel_loss_recompute_op.register_autograd(_backward_recompute, setup_context=_setup_recompute)
+pixel_reduced_cuda_op.register_autograd(_backward_reduced_cuda, setup_context=_setup_reduced_cuda)
 
 
 # ---------------------------------------------------------------- Triton ops
@@ -581,8 +633,10 @@ def pixel_loss(x: Tensor, t: Tensor, is_label: bool, kind: int, *, label_offset:
                                             float(scale0), norm)[0]
     if not reduce:
         return pixel_loss_map_op(*args, backend)
-    if backend == "cuda":  # the backward recomputes dx with grad_output read on the device
-        return pixel_loss_recompute_op(*args, norm, backend)[0]
+    if backend == "cuda":  # one launch; the backward recomputes dx with grad_output read on the device
+        return pixel_reduced_cuda_op(x, t, weight, pos_weight, beta, _cuda_counter(x.device), is_label, kind,
+                                     label_offset, ignore_value, float(gamma), float(alpha), float(smoothing),
+                                     float(scale0), float(scale1), norm)[0]
     return pixel_loss_op(*args, norm, backend)[0]
 
 
@@ -617,7 +671,7 @@ def _softmax_labels(input, target, ignore_index, backend, what, reduction="none"
         raise ValueError(f"{what} needs C >= 2 channels (a softmax over one channel is constant)")
     # a reduced loss on the triton backend checks its labels in the kernel (ops/pixel.py)
     return _region.canonical(input, target, act=_region.ACT["softmax"], ignore_index=ignore_index,
-                             backend=backend, kernel_label_check=("triton",) if reduction != "none" else ())
+                             backend=backend, kernel_label_check=("triton", "cuda") if reduction != "none" else ())
 
 
 def cross_entropy(input: Tensor, target: Tensor, *, weight=None, ignore_index: Optional[int] = -100,
@@ -676,7 +730,7 @@ def _sigmoid_target(input, target, ignore_index, backend, reduction="none"):
     # a reduced loss on the triton backend checks its labels in the kernel (pixel_loss)
     return _region.canonical(input, target, act=_region.ACT["sigmoid"], binary=binary,
                              ignore_index=ignore_index, backend=backend,
-                             kernel_label_check=("triton",) if reduction != "none" else ())
+                             kernel_label_check=("triton", "cuda") if reduction != "none" else ())
 
 
 def binary_cross_entropy_with_logits(input: Tensor, target: Tensor, *, weight=None, pos_weight=None,
