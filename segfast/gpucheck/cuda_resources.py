@@ -10,8 +10,8 @@ dynamic shared memory it requests (a C++ expression evaluated by compiling
 and running a small host program against the .cu file), which give the
 theoretical occupancy and the 48 KiB check.
 
-``failures(rows)``: a compile error, any spill in the loss kernels (region,
-pixel), a launch whose static + dynamic shared memory can exceed 48 KiB
+``failures(rows)``: a compile error, any spill in the loss and metrics
+kernels (region, pixel, metrics), a launch whose static + dynamic shared memory can exceed 48 KiB
 without the opt-in attribute (cudaFuncAttributeMaxDynamicSharedMemorySize),
 a kernel without a ``LAUNCHES`` entry.
 
@@ -46,7 +46,7 @@ SM = {
     90: dict(threads=2048, blocks=32, regs=65536, smem=228 * 1024, smem_block=227 * 1024, reserved=1024),
 }
 
-LOSS_FILES = ("region.cu", "pixel.cu")  # streaming loss kernels: no spills
+LOSS_FILES = ("region.cu", "pixel.cu", "metrics.cu")  # streaming loss and metrics kernels: no spills
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,6 +72,8 @@ LAUNCHES = {
     "blur_kernel": Launch("crf.cu", (256,)),
     "update_kernel": Launch("crf.cu", (256,)),
     "weights_kernel": Launch("lovasz.cu", ("kThreads",)),
+    "confusion_kernel": Launch("metrics.cu", ("kConfThreads",), "kConfMaxSharedBytes"),
+    "coco_match_kernel": Launch("metrics.cu", ("kCocoThreads",), "kCocoSharedBytes"),
     "softmax_kernel": Launch("pixel.cu", ("kThreads",)),
     "softmax_dense_kernel": Launch("pixel.cu", ("kThreads",)),
     "sigmoid_kernel": Launch("pixel.cu", ("kThreads",)),
@@ -248,7 +250,7 @@ def report(source_dir, archs=ARCHS, *, workers: int = 2, work_dir: Optional[str]
 
 
 def failures(rows: list, spills: bool = True) -> list:
-    """-> human-readable failures (``spills``: include spills in the loss kernels)."""
+    """-> human-readable failures (``spills``: include spills in the LOSS_FILES kernels)."""
     out = []
     for r in rows:
         what = f"{r['file']}:{r['kernel']}<{r.get('template', '')}> sm_{r['arch']} block {r.get('block')}"
