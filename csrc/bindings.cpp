@@ -866,6 +866,110 @@ py::capsule cpu_block(int64_t nbytes) {
 }
 }  // namespace dlpack
 
+// ---- metrics family, CUDA (csrc/cuda/metrics.cu; the CPU kernels register their own bindings in
+// csrc/cpu/metrics.cpp, compiled once for _C and _C_emu) ------------------------------------------
+
+#include "common/metrics.h"
+
+namespace segfast {
+namespace metrics {
+#ifdef SEGFAST_WITH_CUDA
+void confusion_cuda(const ConfusionProblem& p, uintptr_t stream);
+void coco_match_cuda(const CocoMatchProblem& p, void* scratch, int64_t scratch_bytes, uintptr_t stream);
+#endif
+}  // namespace metrics
+}  // namespace segfast
+
+namespace {
+
+void confusion_cuda(uintptr_t x, int64_t x_dtype, bool logits, int64_t N, int64_t C, int64_t S, int64_t xsN,
+                    int64_t xsC, int64_t xsS, uintptr_t t, int64_t t_dtype, int64_t tsN, int64_t tsS,
+                    bool has_ignore, int64_t ignore, uintptr_t out, uintptr_t stream) {
+  using namespace segfast;
+  const auto is_index = [](int64_t code) { return code == kUInt8 || code == kInt32 || code == kInt64; };
+  if (logits ? !dtype_is_float(int(x_dtype)) : !is_index(x_dtype))
+    throw std::invalid_argument("segfast._C: confusion_cuda: preds must be float logits or uint8/int32/int64 "
+                                "class indices");
+  if (!is_index(t_dtype)) throw std::invalid_argument("segfast._C: confusion_cuda: targets must be uint8/int32/int64");
+  if (N < 0 || S < 0 || C < 1 || C >= (int64_t(1) << 31))
+    throw std::invalid_argument("segfast._C: confusion_cuda: bad sizes");
+  metrics::ConfusionProblem p;
+  p.x = reinterpret_cast<const void*>(x);
+  p.x_dtype = int(x_dtype);
+  p.logits = logits;
+  p.xsN = xsN; p.xsC = xsC; p.xsS = xsS;
+  p.t = reinterpret_cast<const void*>(t);
+  p.t_dtype = int(t_dtype);
+  p.tsN = tsN; p.tsS = tsS;
+  p.N = N; p.C = C; p.S = S;
+  p.has_ignore = has_ignore;
+  p.ignore = ignore;
+  p.out = reinterpret_cast<int64_t*>(out);
+#ifdef SEGFAST_WITH_CUDA
+  py::gil_scoped_release nogil;
+  metrics::confusion_cuda(p, stream);
+#else
+  (void)p; (void)stream;
+  no_cuda();
+#endif
+}
+
+void coco_match_cuda(uintptr_t groups, int64_t n_groups, uintptr_t gt_off, uintptr_t dt_off, uintptr_t gt_box,
+                     uintptr_t gt_area, uintptr_t gt_crowd, uintptr_t gt_idnz, uintptr_t dt_box, uintptr_t thr,
+                     uintptr_t area_rng, int64_t T, int64_t A, int64_t max_gts, uintptr_t code, uintptr_t scratch,
+                     int64_t scratch_bytes, uintptr_t stream) {
+  using namespace segfast;
+  if (n_groups < 0 || T < 1 || A < 1 || max_gts < 0)
+    throw std::invalid_argument("segfast._C: coco_match_cuda: bad sizes");
+  metrics::CocoMatchProblem p;
+  p.groups = reinterpret_cast<const int64_t*>(groups);
+  p.n_groups = n_groups;
+  p.gt_off = reinterpret_cast<const int64_t*>(gt_off);
+  p.dt_off = reinterpret_cast<const int64_t*>(dt_off);
+  p.gt_box = reinterpret_cast<const double*>(gt_box);
+  p.gt_area = reinterpret_cast<const double*>(gt_area);
+  p.gt_crowd = reinterpret_cast<const uint8_t*>(gt_crowd);
+  p.gt_idnz = reinterpret_cast<const uint8_t*>(gt_idnz);
+  p.dt_box = reinterpret_cast<const double*>(dt_box);
+  p.thr = reinterpret_cast<const double*>(thr);
+  p.area_rng = reinterpret_cast<const double*>(area_rng);
+  p.T = T; p.A = A; p.max_gts = max_gts;
+  p.code = reinterpret_cast<uint8_t*>(code);
+#ifdef SEGFAST_WITH_CUDA
+  py::gil_scoped_release nogil;
+  metrics::coco_match_cuda(p, reinterpret_cast<void*>(scratch), scratch_bytes, stream);
+#else
+  (void)p; (void)scratch; (void)scratch_bytes; (void)stream;
+  no_cuda();
+#endif
+}
+
+void register_metrics_cuda(py::module_& m) {
+  m.def("confusion_cuda", &confusion_cuda,
+        "out[target*C + pred] += 1 (int64 [C*C+1] on the device; last slot: targets outside [0, C) that are "
+        "not ignore_index, and class-index preds outside [0, C)) with pred the argmax over C of logits "
+        "x [N, C, S] (logits=True) or the class indices x [N, S]; targets [N, S]; element strides.",
+        py::arg("x"), py::arg("x_dtype"), py::arg("logits"), py::arg("N"), py::arg("C"), py::arg("S"),
+        py::arg("xsN"), py::arg("xsC"), py::arg("xsS"), py::arg("t"), py::arg("t_dtype"), py::arg("tsN"),
+        py::arg("tsS"), py::arg("has_ignore"), py::arg("ignore"), py::arg("out"), py::arg("stream"));
+  m.def("coco_match_cuda", &coco_match_cuda,
+        "COCO greedy matching of the (category, image) groups listed in groups [n_groups] (csrc/common/metrics.h "
+        "CocoMatchProblem): code [D, A, T] uint8 (0 ignored, 1 tp, 2 fp), as coco_eval's; scratch: device bytes, "
+        "at least coco_match_scratch_bytes(max_gts, A, T, n_groups) (0: none needed).",
+        py::arg("groups"), py::arg("n_groups"), py::arg("gt_off"), py::arg("dt_off"), py::arg("gt_box"),
+        py::arg("gt_area"), py::arg("gt_crowd"), py::arg("gt_idnz"), py::arg("dt_box"), py::arg("thr"),
+        py::arg("area_rng"), py::arg("T"), py::arg("A"), py::arg("max_gts"), py::arg("code"), py::arg("scratch"),
+        py::arg("scratch_bytes"), py::arg("stream"));
+  m.def("coco_match_scratch_bytes", &segfast::metrics::coco_match_scratch_bytes,
+        "Global scratch bytes coco_match_cuda needs for groups of at most max_gts gts (0 when a block's state "
+        "fits its shared memory).",
+        py::arg("max_gts"), py::arg("A"), py::arg("T"), py::arg("n_groups"));
+}
+
+}  // namespace
+
+// ---- end of the metrics family, CUDA ----------------------------------------------------------
+
 namespace segfast { namespace metrics { void register_metrics(py::module_& m); } }  // csrc/cpu/metrics.cpp
 
 #ifdef SEGFAST_CUDA_EMU
@@ -879,6 +983,7 @@ void segfast_emu_register(py::module_& m);
 
 PYBIND11_MODULE(SEGFAST_MODULE_NAME, m) {
   segfast::metrics::register_metrics(m);  // metrics family
+  register_metrics_cuda(m);               // metrics family, CUDA
   m.doc() = "segfast compiled kernels (CPU/OpenMP and, when built, CUDA); no libtorch";
 #ifdef SEGFAST_CUDA_EMU
   segfast_emu_register(m);

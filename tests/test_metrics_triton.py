@@ -51,27 +51,35 @@ def _same(a, b):
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
 
 
-@pytest.mark.parametrize("make", list(CASES.values()), ids=list(CASES))
-def test_triton_matching_equals_host(make):
-    gt, dets = make()
-    host = COCOEvaluator.from_coco(gt, dets, backend="cpu")
-    dev = COCOEvaluator.from_coco(gt, dets, backend="triton")
+def device_matching(gt, dets, backend, **kw):
+    """The device matching's arrays equal the C++ host pass's bit for bit; -> (host, device) evaluators."""
+    host = COCOEvaluator.from_coco(gt, dets, backend="cpu", **kw)
+    dev = COCOEvaluator.from_coco(gt, dets, backend=backend, **kw)
     _same(_arrays(dev), _arrays(host))
-    _check_against(_pycoco(gt, dets), dev.compute())
+    return host, dev
 
 
-def test_triton_matching_options_and_curves():
+def options_and_curves(backend, iou_thresholds):
+    """Non-default options and the PR curves: the device matching gives the host's numbers."""
     gt, dets = _with_dup_gts()
     areas = {"all": (0.0, 1e10), "tiny": (0.0, 16.0 ** 2), "rest": (16.0 ** 2, 1e10)}
-    kw = dict(max_detection_thresholds=[1, 5, 20], area_ranges=areas, average="all_points",
-              iou_thresholds=[0.3, 0.5, 0.7])
-    host = COCOEvaluator.from_coco(gt, dets, backend="cpu", **kw)
-    dev = COCOEvaluator.from_coco(gt, dets, backend="triton", **kw)
-    _same(_arrays(dev), _arrays(host))
+    host, dev = device_matching(gt, dets, backend, max_detection_thresholds=[1, 5, 20], area_ranges=areas,
+                                average="all_points", iou_thresholds=iou_thresholds)
     np.testing.assert_array_equal(dev.compute()["stats"].numpy(), host.compute()["stats"].numpy())
     for cls, (p, r, s) in host.pr_curve(iou_threshold=0.5, area="tiny", max_dets=5).items():
         p2, r2, s2 = dev.pr_curve(iou_threshold=0.5, area="tiny", max_dets=5)[cls]
         assert torch.equal(p, p2) and torch.equal(r, r2) and torch.equal(s, s2)
+
+
+@pytest.mark.parametrize("make", list(CASES.values()), ids=list(CASES))
+def test_triton_matching_equals_host(make):
+    gt, dets = make()
+    _, dev = device_matching(gt, dets, "triton")
+    _check_against(_pycoco(gt, dets), dev.compute())
+
+
+def test_triton_matching_options_and_curves():
+    options_and_curves("triton", [0.3, 0.5, 0.7])
 
 
 @pytest.mark.slow
@@ -87,6 +95,6 @@ def test_triton_matching_update_path():
 
 def test_backend_argument():
     with pytest.raises(ValueError, match="backend"):
-        COCOEvaluator(backend="cuda")
+        COCOEvaluator(backend="gpu")
     # CPU tensors default to the host pass
     assert COCOEvaluator()._matching_backend(torch.device("cpu")) == "cpu"

@@ -19,8 +19,10 @@
 #include "common.h"
 
 // IoU and area products are rounded one by one, as pycocotools' C code does
-// them (no fused multiply-add).
+// them (no fused multiply-add); the shared rules come after the pragma so
+// that it covers them too.
 #pragma GCC optimize("fp-contract=off")
+#include "../common/metrics.h"
 
 namespace py = pybind11;
 
@@ -57,8 +59,6 @@ struct CocoArgs {
 
 namespace {
 
-enum : uint8_t { kIgnored = 0, kTP = 1, kFP = 2 };
-
 void coco_accumulate_category(const CocoArgs& a, int64_t k, const double* sc, const int32_t* rank,
                               const uint8_t* code, int64_t n);
 
@@ -70,7 +70,7 @@ void coco_category(const CocoArgs& a, int64_t k) {
   std::vector<int32_t> rank;    // their rank inside the image
   std::vector<uint8_t> code;    // [n, A, T]
   std::vector<int64_t> npig(A, 0);
-  std::vector<int64_t> dord, gord;
+  std::vector<int64_t> dord;
   std::vector<double> iou;
   std::vector<uint8_t> gig, gtm;
   for (int64_t i = 0; i < a.I; ++i) {
@@ -85,23 +85,10 @@ void coco_category(const CocoArgs& a, int64_t k) {
                      [&](int64_t x, int64_t y) { return a.dt_score[x] > a.dt_score[y]; });
     const int64_t D = std::min<int64_t>(nd, last_det);
     // IoU [D, ng] (maskApi.c bbIou: crowd gts divide by the detection's area)
-    iou.assign(D * ng, 0.0);
-    for (int64_t j = 0; j < ng; ++j) {
-      const double* G = a.gt_box + 4 * (g0 + j);
-      const double ga = G[2] * G[3];
-      const bool crowd = a.gt_crowd[g0 + j] != 0;
-      for (int64_t d = 0; d < D; ++d) {
-        const double* B = a.dt_box + 4 * dord[d];
-        const double da = B[2] * B[3];
-        const double w = std::fmin(B[2] + B[0], G[2] + G[0]) - std::fmax(B[0], G[0]);
-        if (w <= 0) continue;
-        const double h = std::fmin(B[3] + B[1], G[3] + G[1]) - std::fmax(B[1], G[1]);
-        if (h <= 0) continue;
-        const double in = w * h;
-        const double u = crowd ? da : da + ga - in;
-        iou[d * ng + j] = in / u;
-      }
-    }
+    iou.resize(D * ng);
+    for (int64_t d = 0; d < D; ++d)
+      for (int64_t j = 0; j < ng; ++j)
+        iou[d * ng + j] = coco_iou(a.dt_box + 4 * dord[d], a.gt_box + 4 * (g0 + j), a.gt_crowd[g0 + j] != 0);
     const size_t base = sc.size();
     sc.resize(base + D);
     rank.resize(base + D);
@@ -112,46 +99,25 @@ void coco_category(const CocoArgs& a, int64_t k) {
     }
     gig.resize(ng);
     gtm.resize(ng);
-    gord.resize(ng);
+    const uint8_t* crowd = a.gt_crowd + g0;
+    const auto matched = [&](int64_t j) { return gtm[j] != 0; };
     for (int64_t ar = 0; ar < A; ++ar) {
       const double lo = a.area_rng[2 * ar], hi = a.area_rng[2 * ar + 1];
-      // gts: ignored (crowd or area outside [lo, hi]) last, stable
-      int64_t n_reg = 0;
+      // ignored gts: crowd or area outside [lo, hi]
       for (int64_t j = 0; j < ng; ++j) {
         const double ar_j = a.gt_area[g0 + j];
-        gig[j] = (a.gt_crowd[g0 + j] || ar_j < lo || ar_j > hi) ? 1 : 0;
-        n_reg += gig[j] == 0;
+        gig[j] = (crowd[j] || ar_j < lo || ar_j > hi) ? 1 : 0;
+        npig[ar] += gig[j] == 0;
       }
-      npig[ar] += n_reg;
-      int64_t p0 = 0, p1 = n_reg;
-      for (int64_t j = 0; j < ng; ++j) gord[gig[j] ? p1++ : p0++] = j;
       for (int64_t t = 0; t < T; ++t) {
         std::fill(gtm.begin(), gtm.end(), uint8_t(0));
-        const double thr0 = std::min(a.iou_thr[t], 1 - 1e-10);
+        const double thr = std::min(a.iou_thr[t], 1 - 1e-10);
         for (int64_t d = 0; d < D; ++d) {
-          double thr = thr0;
-          int64_t m = -1;
-          const double* row = iou.data() + d * ng;
-          for (int64_t q = 0; q < ng; ++q) {
-            const int64_t j = gord[q];
-            if (gtm[j] && !a.gt_crowd[g0 + j]) continue;
-            if (m > -1 && !gig[m] && gig[j]) break;
-            if (row[j] < thr) continue;
-            thr = row[j];
-            m = j;
-          }
-          bool ig = false, hit = false;
-          if (m > -1) {
-            gtm[m] = 1;
-            ig = gig[m] != 0;
-            hit = a.gt_idnz[g0 + m] != 0;
-          }
-          if (!hit) {  // dtm == 0: unmatched detections outside the range are ignored
-            const double* B = a.dt_box + 4 * dord[d];
-            const double da = B[2] * B[3];
-            ig = ig || da < lo || da > hi;
-          }
-          code[((base + d) * A + ar) * T + t] = ig ? kIgnored : (hit ? kTP : kFP);
+          const int64_t m = coco_greedy(iou.data() + d * ng, gig.data(), crowd, ng, thr, matched);
+          if (m > -1) gtm[m] = 1;
+          const double* B = a.dt_box + 4 * dord[d];
+          code[((base + d) * A + ar) * T + t] =
+              coco_code(m, gig.data(), a.gt_idnz + g0, coco_mul(B[2], B[3]), lo, hi);
         }
       }
     }
@@ -190,8 +156,8 @@ void coco_accumulate_category(const CocoArgs& a, int64_t k, const double* sc, co
             a.curve_code[t * a.curve_total + coff + nd] = c;
             if (t == 0) a.curve_score[coff + nd] = sc[x];
           }
-          tp += c == kTP;
-          fp += c == kFP;
+          tp += c == kCocoTP;
+          fp += c == kCocoFP;
           rc[nd] = tp / np_;
           pr[nd] = tp / (fp + tp + eps);
           ss[nd] = sc[x];
@@ -316,12 +282,8 @@ void confusion_run(uintptr_t x, int code, int64_t N, int64_t C, int64_t S, int64
                          row.data());
       for (int64_t p = 0; p < len; ++p) {
         const int64_t y = load_i64(tp, t_code, n * tsN + (s0 + p) * tsS);
-        if (has_ignore && y == ignore) continue;
-        if (y < 0 || y >= C) {
-          ++h[C * C];
-          continue;
-        }
-        ++h[y * C + idx[p]];
+        const int64_t bin = confusion_bin(y, idx[p], C, has_ignore, ignore);
+        if (bin != kConfSkip) ++h[bin == kConfBad ? C * C : bin];
       }
     }
   }

@@ -14,11 +14,11 @@ Each row also counts, from the kernel's SASS (``cuobjdump -sass``), its
 128-bit and all global loads / stores and its block barriers, in all and
 inside a loop nested in the per-image loop (``bar_loop``: per tile).
 
-``failures(rows)``: a compile error, any spill in the loss kernels (region,
-pixel), a block barrier in the tile loop of a streaming loss kernel
-(``NO_LOOP_BARRIER``) or one without 128-bit loads (``VECTOR_LOADS``), a
-launch whose static + dynamic shared memory can exceed 48 KiB without the
-opt-in attribute (cudaFuncAttributeMaxDynamicSharedMemorySize),
+``failures(rows)``: a compile error, any spill in the loss and metrics
+kernels (region, pixel, metrics), a block barrier in the tile loop of a
+streaming loss kernel (``NO_LOOP_BARRIER``) or one without 128-bit loads
+(``VECTOR_LOADS``), a launch whose static + dynamic shared memory can exceed
+48 KiB without the opt-in attribute (cudaFuncAttributeMaxDynamicSharedMemorySize),
 a kernel without a ``LAUNCHES`` entry.
 
 Not verified here: the occupancy is the theoretical one (the calculator's
@@ -52,7 +52,7 @@ SM = {
     90: dict(threads=2048, blocks=32, regs=65536, smem=228 * 1024, smem_block=227 * 1024, reserved=1024),
 }
 
-LOSS_FILES = ("region.cu", "pixel.cu")  # streaming loss kernels: no spills
+LOSS_FILES = ("region.cu", "pixel.cu", "metrics.cu")  # streaming loss and metrics kernels: no spills
 # Streaming loss kernels whose tile loop has no block barrier (the C > 256
 # stats kernel keeps two per tile), and those that read their rows with
 # 128-bit loads where they are contiguous and aligned (csrc/cuda/vec.cuh).
@@ -83,6 +83,8 @@ LAUNCHES = {
     "blur_kernel": Launch("crf.cu", (256,)),
     "update_kernel": Launch("crf.cu", (256,)),
     "weights_kernel": Launch("lovasz.cu", ("kThreads",)),
+    "confusion_kernel": Launch("metrics.cu", ("kConfThreads",), "kConfMaxSharedBytes"),
+    "coco_match_kernel": Launch("metrics.cu", ("kCocoThreads",), "kCocoSharedBytes"),
     "softmax_kernel": Launch("pixel.cu", ("kThreads",)),
     "softmax_dense_kernel": Launch("pixel.cu", ("kThreads",)),
     "sigmoid_kernel": Launch("pixel.cu", ("kThreads",)),
@@ -296,7 +298,7 @@ def report(source_dir, archs=ARCHS, *, workers: int = 2, work_dir: Optional[str]
 
 
 def failures(rows: list, spills: bool = True) -> list:
-    """-> human-readable failures (``spills``: include spills in the loss kernels)."""
+    """-> human-readable failures (``spills``: include spills in the LOSS_FILES kernels)."""
     out = []
     for r in rows:
         what = f"{r['file']}:{r['kernel']}<{r.get('template', '')}> sm_{r['arch']} block {r.get('block')}"

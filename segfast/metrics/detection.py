@@ -51,10 +51,12 @@ pass (csrc/cpu/metrics.cpp, parallel over categories). With the ``triton``
 backend (the default for tensors on a GPU) the IoU and the greedy matching
 run on the tensors' device instead, one Triton program per (category,
 image) group with detections (triton_kernels/metrics.py, float64, no fused
-multiply-add, so every IoU and every match is the C++ pass's); the per-detection
-codes, scores and ranks then go to the host for the C++ accumulation. Both
-paths give the same arrays bit for bit (checked in Triton's interpreter; on
-a GPU unverified until one runs it). Under torch.distributed,
+multiply-add, so every IoU and every match is the C++ pass's); with the
+``cuda`` backend one CUDA C++ block per group (csrc/cuda/metrics.cu, the
+C++ pass's own rules from csrc/common/metrics.h); the per-detection
+codes, scores and ranks then go to the host for the C++ accumulation. All
+paths give the same arrays bit for bit (checked in Triton's interpreter and
+the CUDA emulator; on a GPU unverified until one runs it). Under torch.distributed,
 ``compute()`` all-gathers every process's state (padded tensors); images
 are then ordered by rank, then by arrival, so processes that each hold a
 contiguous slice of the dataset, in rank order, reproduce the
@@ -136,9 +138,11 @@ class COCOEvaluator:
         dist_sync: all-gather the state across processes in ``compute()``.
         num_threads: threads of the C++ pass (None: torch's count).
         backend: where the matching runs: "cpu" (the C++ pass on the host; GPU
-            tensors are copied there), "triton" (the IoU and matching on the
-            tensors' device, the accumulation on the host; CPU tensors need
-            TRITON_INTERPRET=1); None: "triton" for tensors on a GPU when Triton
+            tensors are copied there), "triton" or "cuda" (the IoU and matching
+            on the tensors' device, a Triton or a CUDA C++ kernel, the
+            accumulation on the host; on CPU tensors Triton needs
+            TRITON_INTERPRET=1, CUDA the emulated build); None: for tensors on
+            a GPU the device's default backend ("triton", else "cuda") when one
             is usable, else "cpu".
 
     Returns:
@@ -178,8 +182,8 @@ class COCOEvaluator:
             raise ValueError(f"box_format must be 'xyxy', 'xywh' or 'cxcywh', got {box_format!r}")
         if average not in ("coco", "all_points"):
             raise ValueError(f"average must be 'coco' or 'all_points', got {average!r}")
-        if backend not in (None, "cpu", "triton"):
-            raise ValueError(f"backend must be None, 'cpu' or 'triton', got {backend!r}")
+        if backend not in (None, "cpu", "triton", "cuda"):
+            raise ValueError(f"backend must be None, 'cpu', 'triton' or 'cuda', got {backend!r}")
         self.box_format = box_format
         self.backend = backend
         self.average = average
@@ -402,7 +406,8 @@ class COCOEvaluator:
             raise ValueError("preds: boxes and scores must be finite")
         if not torch.isfinite(gt[:, :5]).all():
             raise ValueError("targets: boxes and areas must be finite")
-        on_device = self._matching_backend(dt.device) == "triton"
+        matching = self._matching_backend(dt.device)
+        on_device = matching in ("triton", "cuda")
         if not on_device:
             dt, gt = dt.cpu(), gt.cpu()
         dev = dt.device
@@ -454,7 +459,8 @@ class COCOEvaluator:
         curve_args = (-1 if curve is None else curve[0], -1 if curve is None else curve[1], c_off.data_ptr(),
                       c_score.numel(), c_score.data_ptr(), c_code.data_ptr() if curve is not None else 0)
         if on_device:
-            self._match_on_device(K, I, dt, dkey, dt_off, gt, gkey, gt_off, rec_thr, max_dets, outs, curve_args)
+            self._match_on_device(matching, K, I, dt, dkey, dt_off, gt, gkey, gt_off, rec_thr, max_dets, outs,
+                                  curve_args)
         elif fn is not None:
             from .. import backends
             fn(K, I, T, R, A, M, gt_box.data_ptr(), gt_area.data_ptr(), gt_crowd.data_ptr(), gt_idnz.data_ptr(),
@@ -481,21 +487,21 @@ class COCOEvaluator:
     def _matching_backend(self, device: torch.device) -> str:
         from .. import backends
         if self.backend is None:
-            usable = device.type == "cuda" and backends.unavailable_reason("triton", device) is None
-            return "triton" if usable else "cpu"
-        if self.backend == "triton":
-            reason = backends.unavailable_reason("triton", device)
+            b = backends.default_backend(device) if device.type == "cuda" else "cpu"
+            return b if b in ("triton", "cuda") else "cpu"
+        if self.backend in ("triton", "cuda"):
+            reason = backends.unavailable_reason(self.backend, device)
             if reason is not None:
-                raise RuntimeError(f"COCOEvaluator(backend='triton'): {reason}")
+                raise RuntimeError(f"COCOEvaluator(backend={self.backend!r}): {reason}")
         return self.backend
 
-    def _match_on_device(self, K, I, dt, dkey, dt_off, gt, gkey, gt_off, rec_thr, max_dets, outs, curve_args):
-        """IoU and matching on the tensors' device (Triton), accumulation in C++ on the host."""
+    def _match_on_device(self, backend, K, I, dt, dkey, dt_off, gt, gkey, gt_off, rec_thr, max_dets, outs,
+                         curve_args):
+        """IoU and matching on the tensors' device (Triton or CUDA C++), accumulation in C++ on the host."""
         from .. import backends
-        from ..triton_kernels import metrics as tk
         acc = getattr(backends._C, "coco_accumulate", None)
         if acc is None:
-            raise RuntimeError("COCOEvaluator(backend='triton') needs the compiled extension (segfast._C)")
+            raise RuntimeError(f"COCOEvaluator(backend={backend!r}) needs the compiled extension (segfast._C)")
         dev = dt.device
         T, R, A, M = len(self.iou_thrs), len(self.rec_thrs), len(self.area_rng), len(self.max_dets)
         # per group: stable by decreasing score, cut to maxDets[-1]
@@ -511,9 +517,13 @@ class COCOEvaluator:
         thr = torch.from_numpy(np.minimum(self.iou_thrs, 1 - 1e-10)).to(dev)
         area_rng = torch.from_numpy(self.area_rng).to(dev)
         crowd = gt[:, 6] != 0
-        code = tk.coco_match(groups, gt_off, kept_off, gt[:, :4].contiguous(), gt[:, 4].contiguous(),
-                             crowd.to(torch.uint8), gt[:, 7].to(torch.uint8), dt[:, :4].contiguous(), thr,
-                             area_rng, max_gts)
+        args = (groups, gt_off, kept_off, gt[:, :4].contiguous(), gt[:, 4].contiguous(), crowd.to(torch.uint8),
+                gt[:, 7].to(torch.uint8), dt[:, :4].contiguous(), thr, area_rng)
+        if backend == "cuda":
+            code = _coco_match_cuda(*args, T, A, max_gts)
+        else:
+            from ..triton_kernels import metrics as tk
+            code = tk.coco_match(*args, max_gts)
         area = gt[:, 4:5]
         regular = ~crowd[:, None] & (area >= area_rng[:, 0]) & (area <= area_rng[:, 1])  # [Ng, A]
         npig = torch.zeros(K, A, dtype=torch.int64, device=dev).index_add_(0, gkey // max(I, 1), regular.long())
@@ -664,6 +674,24 @@ class COCOEvaluator:
         prec, rec = tp / (tp + fp), tp / n_gt
         return dict(classes=c["cats"].long(), precision=prec, recall=rec, f1=2 * prec * rec / (prec + rec),
                     tp=tp, fp=fp, n_gt=n_gt)
+
+
+def _coco_match_cuda(groups, gt_off, dt_off, gt_box, gt_area, gt_crowd, gt_idnz, dt_box, thr, area_rng, T, A,
+                     max_gts) -> Tensor:
+    """The CUDA matching kernel (csrc/cuda/metrics.cu; emulated for CPU tensors): the arguments and the
+    codes [D, A, T] of triton_kernels.metrics.coco_match."""
+    from .. import backends
+    dev = dt_box.device
+    code = torch.empty(dt_box.shape[0], A, T, dtype=torch.uint8, device=dev)
+    with backends.cuda_launch(dev) as (mod, stream):
+        nbytes = mod.coco_match_scratch_bytes(max_gts, A, T, groups.numel())
+        scratch = torch.empty(nbytes, dtype=torch.uint8, device=dev) if nbytes else None
+        xs = [x.contiguous() for x in (groups, gt_off, dt_off, gt_box, gt_area, gt_crowd, gt_idnz, dt_box, thr,
+                                       area_rng)]
+        ptrs = [x.data_ptr() for x in xs]
+        mod.coco_match_cuda(ptrs[0], groups.numel(), *ptrs[1:], T, A, max_gts, code.data_ptr(),
+                            0 if scratch is None else scratch.data_ptr(), nbytes, stream)
+    return code
 
 
 def _offsets(key: Tensor, n: int) -> Tensor:

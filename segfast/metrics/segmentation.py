@@ -11,8 +11,14 @@ other target outside [0, C) is an error.
 From logits the matrix is counted in one read of the logits, with no
 argmax tensor and no one-hot: on CPU a C++ kernel (csrc/cpu/metrics.cpp,
 OpenMP, one histogram per thread), on GPU a Triton kernel
-(triton_kernels/metrics.py), otherwise argmax + ``torch.bincount`` (the
-``torch`` backend, segfast/reference/metrics.py).
+(triton_kernels/metrics.py) or, with ``backend="cuda"``, a CUDA C++ kernel
+(csrc/cuda/metrics.cu: a shared-memory histogram per block, added to the
+int64 matrix with relaxed atomics), otherwise argmax + ``torch.bincount``
+(the ``torch`` backend, segfast/reference/metrics.py). From class indices
+the ``cuda`` backend counts with the same kernel, the others with
+``torch.bincount``. On CPU tensors a class-index prediction outside [0, C)
+is a ValueError; on a GPU (no host sync) it counts with the out-of-range
+targets and raises at ``compute()``.
 
 ``ConfusionMatrix`` accumulates it (``update``, ``compute``, ``reset``;
 under torch.distributed ``compute()`` all-reduces the matrix) and derives
@@ -34,6 +40,7 @@ means (as ``MulticlassJaccardIndex(average="macro")`` weighs them 0).
 
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
@@ -71,26 +78,27 @@ def _check(preds, target, num_classes, ignore_index):
 def _counts(preds: Tensor, target: Tensor, C: int, ignore_index, backend) -> Tensor:
     """int64 [C*C + 1]: the matrix, flat, and the count of targets outside [0, C) (not ignored)."""
     logits = _check(preds, target, C, ignore_index)
+    b = backends.choose(backend, preds.device)
     if not logits:
         p, t = preds.reshape(-1).long(), target.reshape(-1).long()
         valid = t != ignore_index if ignore_index is not None else torch.ones_like(t, dtype=torch.bool)
-        good = valid & (t >= 0) & (t < C) & (p >= 0) & (p < C)
-        bad_pred = valid & (t >= 0) & (t < C) & ~good
-        flat = torch.where(good, t * C + p, torch.where(valid, C * C, C * C + 1))
-        out = torch.bincount(flat, minlength=C * C + 2)[: C * C + 1]
-        if preds.device.type == "cpu" and bool(bad_pred.any()):
+        in_range = valid & (t >= 0) & (t < C)
+        good = in_range & (p >= 0) & (p < C)
+        if preds.device.type == "cpu" and not bool(good.eq(in_range).all()):
             raise ValueError(f"preds holds class indices outside [0, {C})")
-        return out
-    N = preds.shape[0]
-    x = preds.reshape(N, C, -1)
-    t = target.reshape(N, -1)
-    if t.dtype not in (torch.uint8, torch.int32, torch.int64):
-        t = t.long()
-    b = backends.choose(backend, preds.device)
-    if b == "cuda":  # no CUDA C++ kernel in this family: Triton where it runs
-        b = "triton" if backends.unavailable_reason("triton", preds.device) is None else "torch"
+        if b == "cuda":  # class indices outside [0, C) (on a GPU: unchecked) count in the last slot
+            return _cuda_counts(preds.reshape(1, -1), target.reshape(1, -1), C, ignore_index, False)
+        flat = torch.where(good, t * C + p, torch.where(valid, C * C, C * C + 1))
+        return torch.bincount(flat, minlength=C * C + 2)[: C * C + 1]
+    N, S = preds.shape[0], math.prod(preds.shape[2:])
+    x = preds.reshape(N, C, S)
+    t = target.reshape(N, S)
     if b == "cpu" and not hasattr(backends._C, "confusion_logits_cpu"):
         b = "torch"
+    if b == "cuda":
+        return _cuda_counts(x, t, C, ignore_index, True)
+    if t.dtype not in (torch.uint8, torch.int32, torch.int64):
+        t = t.long()
     if b == "cpu":
         out = torch.zeros(C * C + 1, dtype=torch.int64)
         backends._C.confusion_logits_cpu(
@@ -110,14 +118,36 @@ def _counts(preds: Tensor, target: Tensor, C: int, ignore_index, backend) -> Ten
     return _counts(p.reshape(target.shape), target, C, ignore_index, backend)
 
 
+_INDEX = (torch.uint8, torch.int32, torch.int64)  # the index dtypes the kernels read
+
+
+def _cuda_counts(x: Tensor, t: Tensor, C: int, ignore_index, logits: bool) -> Tensor:
+    """The CUDA kernel (csrc/cuda/metrics.cu; emulated for CPU tensors): logits x [N, C, S] or
+    class indices x [N, S], targets t [N, S] -> int64 [C*C + 1] on x's device, no host sync."""
+    if not logits and x.dtype not in _INDEX:
+        x = x.long()
+    if t.dtype not in _INDEX:
+        t = t.long()
+    N, S = t.shape
+    out = torch.zeros(C * C + 1, dtype=torch.int64, device=x.device)
+    xsC = x.stride(1) if logits else 0
+    xsS = x.stride(-1)
+    with backends.cuda_launch(x.device) as (mod, stream):
+        mod.confusion_cuda(x.data_ptr(), backends.dtype_code(x), logits, N, C, S, x.stride(0), xsC, xsS,
+                           t.data_ptr(), backends.dtype_code(t), t.stride(0), t.stride(1), ignore_index is not None,
+                           0 if ignore_index is None else ignore_index, out.data_ptr(), stream)
+    return out
+
+
 def confusion_matrix(preds: Tensor, target: Tensor, num_classes: int, ignore_index: Optional[int] = None,
                      backend: Optional[str] = None) -> Tensor:
     """The [C, C] confusion matrix of a segmentation, counted in one read of the logits.
 
     Rows are target classes, columns predicted classes (torchmetrics'
     layout). From logits there is no argmax tensor and no one-hot: C++/OpenMP
-    on CPU, Triton on GPU. The prediction is the argmax over dim 1: the first
-    maximum wins and a NaN counts as the maximum, as ``torch.argmax``.
+    on CPU, Triton or CUDA C++ on GPU. The prediction is the argmax over dim
+    1: the first maximum wins and a NaN counts as the maximum, as
+    ``torch.argmax``.
 
     Args:
         preds: logits / probabilities [N, C, *], or class indices shaped like
@@ -125,7 +155,7 @@ def confusion_matrix(preds: Tensor, target: Tensor, num_classes: int, ignore_ind
         target: class indices [N, *].
         num_classes: C.
         ignore_index: target value whose pixels are skipped.
-        backend: "triton", "cpu" or "torch"; None picks the device's default.
+        backend: "triton", "cuda", "cpu" or "torch"; None picks the device's default.
 
     Returns:
         int64 [C, C].
@@ -208,7 +238,7 @@ class ConfusionMatrix:
         ignore_index: target value whose pixels are skipped.
         absent: "nan" (absent classes NaN, left out of the means) or "zero".
         dist_sync: all-reduce across processes in ``compute()``.
-        backend: "triton", "cpu" or "torch"; None picks the device's default.
+        backend: "triton", "cuda", "cpu" or "torch"; None picks the device's default.
 
     Returns:
         ``compute()`` returns the dict of :func:`scores_from_confusion`.
