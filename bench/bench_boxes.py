@@ -10,8 +10,8 @@ backend usable here:
 
 Each row's extra_info has the speed-up over the reference (medians measured
 in the same run), GB/s for the bytes the kernels must move where that means
-something, and the peak extra memory. The cases live in segfast/bench.py
-(BOX_CASES, NOGRAD_OPS), so ``segfast-bench`` runs them too.
+something, and the peak extra memory. The cases live in
+segfast/ops/_bench_boxes.py, so ``segfast-bench`` runs them too.
 
     pytest bench/bench_boxes.py --benchmark-only --benchmark-json=bench.json
 """

@@ -39,7 +39,7 @@ INPUTS = ("random", "confident")
 
 
 def make_inputs(kind: str = "random", seed: int = 0):
-    """``random``: N(0, 1) logits (the issue's case); ``confident``: 8·onehot(label)
+    """``random``: N(0, 1) logits; ``confident``: 8·onehot(label)
     + N(0, 1), like a trained network: nearly every pixel's rank then matters,
     so little of the sort can be skipped (segfast's worst case)."""
     g = torch.Generator().manual_seed(seed)
@@ -94,7 +94,7 @@ def test_lovasz_softmax_fwd_bwd(benchmark, name, kind, per_image):
     benchmark.extra_info.update(info)
 
 
-@pytest.mark.skipif(DEVICE.type != "cpu" or QUICK, reason="the CPU target of the Lovász issue")
+@pytest.mark.skipif(DEVICE.type != "cpu" or QUICK, reason="CPU speed target")
 def test_target_cpu():
     """segfast (default backend) >= 3x smp's LovaszLoss (multiclass, per_image) on
     [8, 21, 128, 128], random logits, medians of 5 runs; prints every case."""

@@ -3,7 +3,8 @@ softmax + positive-sharing loss, softmax focal, sigmoid focal (smp's
 FocalLoss), BCE on dense targets (smp's SoftBCEWithLogitsLoss), Dice + CE,
 Dice + focal in MONAI's sigmoid form): forward+backward per backend, the
 eager reference, MONAI / smp where they have the loss, and segfast.compat's
-drop-in classes (compat_monai / compat_smp rows, segfast.bench.COMPAT).
+drop-in classes (compat_monai / compat_smp rows; the cases are declared in
+segfast/ops/_bench_pixel.py and _bench_region_pixel.py).
 
     pytest bench/bench_pixel.py --benchmark-only
 """

@@ -8,8 +8,9 @@ below: the functions (and parameter classes such as ``segfast.Gaussian``)
 become ``segfast.<name>`` and ``segfast.functional.<name>``, the Modules
 ``segfast.<Name>`` and ``segfast.losses.<Name>``. A family with its own
 namespace (``segfast.metrics``) is imported as a submodule of segfast
-instead. ``bench`` names the module whose ``stages(device, args)`` gives the
-family's segfast-bench stages; segfast/bench.py imports it when a run starts.
+instead. ``bench`` names the family's benchmark module: its ``OPS`` (op name
+-> segfast.bench.Op) are the cases segfast-bench times, its ``stages(device,
+args)`` any stages of its own; segfast/bench.py imports it when a run starts.
 Adding a family is adding its files and one line here (docs/design.md shows
 it with the metrics family).
 """
@@ -22,19 +23,19 @@ from typing import NamedTuple, Optional
 
 class Family(NamedTuple):
     module: str                   # defines the public names, listed in its __all__
-    bench: Optional[str] = None   # its segfast-bench stages: stages(device, args) -> [(name, run)]
+    bench: Optional[str] = None   # its segfast-bench cases (OPS) and stages(device, args) -> [(name, run)]
     namespace: bool = False       # True: its names stay under segfast.<module's last name>
 
 
 FAMILIES = (
-    Family("segfast.ops.region"),
-    Family("segfast.ops.pixel"),
-    Family("segfast.ops.region_pixel"),
-    Family("segfast.ops.lovasz"),
-    Family("segfast.ops.boxes"),
+    Family("segfast.ops.region", bench="segfast.ops._bench_region"),
+    Family("segfast.ops.pixel", bench="segfast.ops._bench_pixel"),
+    Family("segfast.ops.region_pixel", bench="segfast.ops._bench_region_pixel"),
+    Family("segfast.ops.lovasz", bench="segfast.ops._bench_lovasz"),
+    Family("segfast.ops.boxes", bench="segfast.ops._bench_boxes"),  # with boxes_match's ops
     Family("segfast.ops.box_losses"),
     Family("segfast.ops.boxes_match"),
-    Family("segfast.ops.crf"),
+    Family("segfast.ops.crf", bench="segfast.ops._bench_crf"),
     Family("segfast.metrics", bench="segfast.metrics._bench", namespace=True),
 )
 

@@ -88,7 +88,7 @@ try:  # the CUDA kernels on the CPU emulation layer (built with SEGFAST_CUDA_EMU
 except ImportError:
     _C_emu = None
 
-# The cpu region kernels can keep softmax probabilities for the grad pass (ops/region.py _keeps_q).
+# The cpu region kernels can keep softmax probabilities for the grad pass (ops/region.py _keeps).
 HAVE_REGION_PROBS = bool(getattr(_C, "REGION_GRAD_PROBS", False))
 
 

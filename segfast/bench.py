@@ -19,7 +19,12 @@ bandwidth (measured at the start), and peak extra memory in MB beyond the
 inputs (CUDA: the caching allocator's peak; CPU: the process's peak resident
 set, with glibc told to return large blocks at once).
 
-bench/bench_<family>.py run the same cases under pytest-benchmark.
+Each family declares its cases in a bench module of its own
+(segfast/ops/_bench_<family>.py, segfast/metrics/_bench.py: an ``OPS``
+table of :class:`Op` and/or ``stages(device, args)``), named by its line in
+segfast/_families.py; this module collects them and holds the timer, the
+memory probe and the table. bench/bench_<family>.py run the same cases
+under pytest-benchmark.
 """
 
 from __future__ import annotations
@@ -41,10 +46,6 @@ from typing import Callable, Optional
 import torch
 
 from . import _families, backends, results
-from . import functional as F
-from .reference import lovasz as ref_lovasz
-from .reference import pixel as ref_pixel
-from .reference import region as ref
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,8 +60,55 @@ class Case:
         return f"{self.op}[{'x'.join(map(str, self.shape))},{str(self.dtype)[6:]}]"
 
 
-def _ref_pixel(kind, **kw):
+@dataclasses.dataclass(frozen=True)
+class Op:
+    """One benchmark op, declared by its family's bench module in its ``OPS``
+    (op name -> Op): segfast-bench times it on every backend usable here
+    against its baseline and peers, and bench/bench_<family>.py under
+    pytest-benchmark.
+
+    ``fn(x, y, backend=...)`` is segfast's call, ``reference(x, y)`` the eager
+    baseline; ``extra`` maps a runner name to a factory of another
+    ``loss(x, y)`` timed beside them: a peer ("monai", "smp") or a drop-in
+    class of segfast.compat ("compat_monai", "compat_smp"); a factory that
+    raises ImportError (peer not installed) gives no row. ``passes`` and
+    ``writes``: the kernel passes over (logits, targets) and the gradient
+    writes, the bytes of the GB/s column. An op with ``shape`` (device ->
+    shape) has inputs of its own (``inputs(case, device, seed)``, the bytes
+    ``bytes(case)``), float32 and int64, and is left out of ``--quick``;
+    otherwise it runs on the dense loss case (:func:`loss_shape`), class-index
+    targets or, with ``dense_targets``, one-hot float targets."""
+
+    fn: Callable
+    reference: Callable
+    extra: dict = dataclasses.field(default_factory=dict)
+    passes: int = 0
+    writes: int = 0
+    dense_targets: bool = False
+    quick: bool = False           # one of --quick's cases
+    also_torch: bool = False      # segfast's torch backend timed beside the kernels
+    shape: Optional[Callable] = None
+    inputs: Optional[Callable] = None
+    bytes: Optional[Callable] = None
+    gbps: bool = True             # a GB/s figure (off where the bytes are not what limits the op)
+
+
+def ops() -> dict:
+    """op name -> :class:`Op`: every family's ``OPS``, collected in the
+    families' order (segfast/_families.py)."""
+    out = {}
+    for module in _families.bench_modules():
+        for name, op in getattr(module, "OPS", {}).items():
+            if name in out:
+                raise ValueError(f"segfast-bench: two families declare the op {name!r}")
+            out[name] = op
+    return out
+
+
+def mean_pixel_reference(kind, **kw):
     """Eager reference of a mean pixel loss (reference/pixel.py terms)."""
+    from .reference import pixel as ref_pixel
+
     def loss(x, y):
         x3, y2 = x.flatten(2), y.flatten(1)
         l0, l1, valid = ref_pixel.pixel_terms(x3, y2, True, kind, **kw)
@@ -69,57 +117,22 @@ def _ref_pixel(kind, **kw):
     return loss
 
 
-def _monai(name, **kw):
+def monai_peer(name, labels_1=True, **kw):
+    """Factory of MONAI's loss class ``name`` on the op's inputs (class indices as
+    int64 [N, 1, ...] with ``labels_1``, dense targets as they are)."""
     def make():
         import monai.losses as ml
 
         loss = getattr(ml, name)(**kw)
-        return lambda x, y: loss(x, y.unsqueeze(1).long())
+        return (lambda x, y: loss(x, y.unsqueeze(1).long())) if labels_1 else loss
     return make
 
 
-# op -> (segfast function, eager reference, MONAI peer factory or None, kernel passes over (x, t), dx writes)
-OPS = {
-    "dice": (F.dice_loss, lambda x, y: ref.region_loss(x, y, kind="dice"),
-             _monai("DiceLoss", softmax=True, to_onehot_y=True), 2, 1),
-    "jaccard": (F.jaccard_loss, lambda x, y: ref.region_loss(x, y, kind="jaccard"), None, 2, 1),
-    "tversky": (F.tversky_loss, lambda x, y: ref.region_loss(x, y, kind="tversky"),
-                _monai("TverskyLoss", softmax=True, to_onehot_y=True), 2, 1),
-    "generalized_dice": (F.generalized_dice_loss, lambda x, y: ref.region_loss(x, y, kind="generalized_dice"),
-                         _monai("GeneralizedDiceLoss", softmax=True, to_onehot_y=True), 2, 1),
-    "cross_entropy": (F.cross_entropy, _ref_pixel(ref_pixel.CE), None, 1, 1),
-    "fused": (F.fused_loss, _ref_pixel(ref_pixel.FUSED), None, 1, 1),
-    "lovasz_softmax": (lambda x, y, backend=None: F.lovasz_softmax_loss(x, y, per_image=True, backend=backend),
-                       lambda x, y: ref_lovasz.lovasz_softmax(x, y, per_image=True, dtype=torch.float32),
-                       None, 1, 1),
-    "dice_ce": (F.dice_ce_loss,
-                lambda x, y: ref.region_loss(x, y, kind="dice") + _ref_pixel(ref_pixel.CE)(x, y),
-                _monai("DiceCELoss", softmax=True, to_onehot_y=True), 3, 2),
-}
-OPS["dice_focal"] = (lambda x, y, backend=None: F.dice_focal_loss(x, y, focal_form="sigmoid", backend=backend),
-                     lambda x, y: ref.region_loss(x, y, kind="dice") + _ref_pixel(ref_pixel.FOCAL_SIGMOID)(x, y),
-                     _monai("DiceFocalLoss", softmax=True, to_onehot_y=True), 3, 2)
-OPS["focal"] = (lambda x, y, backend=None: F.focal_loss(x, y, mode="multiclass", backend=backend),
-                _ref_pixel(ref_pixel.FOCAL_SOFTMAX), _monai("FocalLoss", use_softmax=True, to_onehot_y=True), 1, 1)
-# The sigmoid focal loss, one class against the rest (smp's FocalLoss in every mode), on class indices.
-OPS["focal_sigmoid"] = (lambda x, y, backend=None: F.focal_loss(x, y, mode="multilabel", alpha=-1.0,
-                                                                backend=backend),
-                        _ref_pixel(ref_pixel.FOCAL_SIGMOID), None, 1, 1)
-# BCE on dense (one-hot, float) targets of the logits' shape: DENSE_TARGETS.
-OPS["bce"] = (lambda x, y, backend=None: F.binary_cross_entropy_with_logits(x, y, backend=backend),
-              torch.nn.functional.binary_cross_entropy_with_logits, None, 1, 1)
-# The softmax focal loss on dense (one-hot, float) targets: MONAI's FocalLoss(use_softmax=True) without to_onehot_y.
-OPS["focal_dense"] = (lambda x, y, backend=None: F.focal_loss(x, y, mode="multiclass", backend=backend),
-                      lambda x, y: (ref_pixel.pixel_terms(x.flatten(2), y.flatten(2), False, ref_pixel.FOCAL_SOFTMAX)[0]
-                                    .sum() / (y.numel() // y.shape[1])),
-                      lambda: importlib.import_module("monai.losses").FocalLoss(use_softmax=True), 1, 1)
-DENSE_TARGETS = ("bce", "focal_dense")
-
-
-def _compat(module, name, *args, labels_1=False, **kw):
-    """A class of segfast.compat.monai / .smp (module "compat.monai" / "compat.smp"),
-    or of the smp peer (module "smp"), on the op's inputs: class indices as int64
-    ([N, 1, ...] with ``labels_1``), dense float targets as they are."""
+def compat_peer(module, name, *args, labels_1=False, **kw):
+    """Factory of a class of segfast.compat.monai / .smp (module "compat.monai" /
+    "compat.smp"), or of the smp peer (module "smp"), on the op's inputs: class
+    indices as int64 ([N, 1, ...] with ``labels_1``), dense float targets as
+    they are."""
     def make():
         if module == "smp":
             from .compat.smp import load_smp_losses
@@ -136,140 +149,34 @@ def _compat(module, name, *args, labels_1=False, **kw):
     return make
 
 
-# op -> extra rows: the drop-in classes beside the native function and their peer
-# ("compat_monai" / "compat_smp" rows; "smp" the smp peer where the op has one)
-COMPAT = {
-    "dice": {"compat_monai": _compat("compat.monai", "DiceLoss", softmax=True, to_onehot_y=True, labels_1=True),
-             "smp": _compat("smp", "DiceLoss", "multiclass"),
-             "compat_smp": _compat("compat.smp", "DiceLoss", "multiclass")},
-    "jaccard": {"smp": _compat("smp", "JaccardLoss", "multiclass"),
-                "compat_smp": _compat("compat.smp", "JaccardLoss", "multiclass")},
-    "tversky": {"compat_monai": _compat("compat.monai", "TverskyLoss", softmax=True, to_onehot_y=True,
-                                        labels_1=True),
-                "smp": _compat("smp", "TverskyLoss", "multiclass"),
-                "compat_smp": _compat("compat.smp", "TverskyLoss", "multiclass")},
-    "generalized_dice": {"compat_monai": _compat("compat.monai", "GeneralizedDiceLoss", softmax=True,
-                                                 to_onehot_y=True, labels_1=True)},
-    "cross_entropy": {"smp": _compat("smp", "SoftCrossEntropyLoss", smooth_factor=0.0),
-                      "compat_smp": _compat("compat.smp", "SoftCrossEntropyLoss", smooth_factor=0.0)},
-    "lovasz_softmax": {"compat_smp": _compat("compat.smp", "LovaszLoss", "multiclass", per_image=True)},
-    "dice_ce": {"compat_monai": _compat("compat.monai", "DiceCELoss", softmax=True, to_onehot_y=True, labels_1=True)},
-    "dice_focal": {"compat_monai": _compat("compat.monai", "DiceFocalLoss", softmax=True, to_onehot_y=True,
-                                           labels_1=True)},
-    "focal": {"compat_monai": _compat("compat.monai", "FocalLoss", use_softmax=True, to_onehot_y=True,
-                                      labels_1=True)},
-    "focal_dense": {"compat_monai": _compat("compat.monai", "FocalLoss", use_softmax=True)},
-    "focal_sigmoid": {"smp": _compat("smp", "FocalLoss", "multiclass"),
-                      "compat_smp": _compat("compat.smp", "FocalLoss", "multiclass")},
-    "bce": {"smp": _compat("smp", "SoftBCEWithLogitsLoss"),
-            "compat_smp": _compat("compat.smp", "SoftBCEWithLogitsLoss")},
-}
-QUICK_OPS = ("dice", "fused")
-TORCH_ONLY = ()  # families whose kernels are not written yet (none now)
-ALSO_TORCH = ("lovasz_softmax",)  # kernels measured next to the torch backend (a batched torch sort)
+def loss_shape(device: torch.device) -> tuple:
+    """(logits shape, dtype, label dtype) of the dense loss cases on this device."""
+    if device.type == "cuda":
+        return (16, 21, 512, 512), torch.bfloat16, torch.uint8
+    return (8, 21, 128, 128), torch.float32, torch.int64
 
 
-# ---- boxes_match family: ops without a backward (box_iou_max, nms) ----
-# NOGRAD_OPS: op -> shape(device), inputs(case, device, generator), bytes(case). They join OPS
-# (function, eager baseline); make_inputs / cases / kernel_bytes look here first, and
-# fwd_bwd calls backward only on a loss that has a gradient.
-from .ops import boxes_match as _bm  # noqa: E402
-from .reference import boxes_match as _ref_bm  # noqa: E402
-
-
-def _random_boxes(n, g, lo, hi, extent=1000.0):
-    xy = torch.rand(n, 2, generator=g) * extent
-    wh = lo + torch.rand(n, 2, generator=g) * (hi - lo)
-    return torch.cat([xy, xy + wh], 1)
-
-
-def _match_inputs(case, device, g):
-    B, N, M = case.shape
-    a = torch.stack([_random_boxes(N, g, 8, 256) for _ in range(B)])
-    gt = torch.stack([_random_boxes(M, g, 16, 300) for _ in range(B)])
-    return a.to(device=device, dtype=case.dtype), gt.to(device=device, dtype=case.dtype)
-
-
-def _nms_inputs(case, device, g):
-    (N,) = case.shape
-    return (_random_boxes(N, g, 20, 120).to(device=device, dtype=case.dtype),
-            torch.rand(N, generator=g).to(device))
-
-
-NOGRAD_OPS = {
-    "box_iou_max": dict(
-        shape=lambda device: (1, 200_000, 500), inputs=_match_inputs,
-        bytes=lambda c: (c.shape[0] * (c.shape[1] + c.shape[2]) * 4 * torch.finfo(c.dtype).bits // 8
-                         + c.shape[0] * (c.shape[1] * 12 + c.shape[2] * 4))),
-    "nms": dict(
-        shape=lambda device: (10_000,), inputs=_nms_inputs,
-        bytes=lambda c: c.shape[0] * (4 * torch.finfo(c.dtype).bits // 8 + 4 + 8)),
-}
-OPS["box_iou_max"] = (_bm.box_iou_max, _ref_bm.box_iou_max_full, None, 0, 0)
-OPS["nms"] = (lambda b, s, backend=None: _bm.nms(b, s, 0.5, backend=backend),
-              lambda b, s: _ref_bm.nms(b, s, 0.5), None, 0, 0)
-# ---- end of the boxes_match family ----
-
-
-# ---- boxes family: cases with their own inputs (x, y = boxes1, boxes2) -----------------------
-def _box_inputs(case: Case, device: torch.device, seed: int = 0):
-    """xyxy boxes in [0, 512)^2, sides in [1, 65); boxes1 requires grad only for
-    the forward+backward cases (the pairwise IoU is timed forward only)."""
-    g = torch.Generator(device="cpu").manual_seed(seed)
-
-    def boxes(n):
-        xy = torch.rand(n, 2, generator=g) * 512
-        return torch.cat([xy, xy + 1 + torch.rand(n, 2, generator=g) * 64], -1).to(device=device, dtype=case.dtype)
-
-    n = case.shape[0]
-    m = case.shape[1] if len(case.shape) > 1 else n
-    return boxes(n).requires_grad_(BOX_CASES[case.op][1]), boxes(m)
-
-
-def _box_bytes(case: Case) -> int:
-    """Pairwise: read both sets, write [N, M]; aligned loss: read both sets, write the gradient."""
-    e = torch.finfo(case.dtype).bits // 8
-    if len(case.shape) > 1:
-        n, m = case.shape
-        return (4 * (n + m) + n * m) * e
-    return 3 * 4 * case.shape[0] * e
-
-
-def _box_ops():
-    from .ops import boxes as box_ops
-    from .reference import boxes as ref_boxes
-
-    return {
-        "box_iou": (box_ops.box_iou, lambda x, y: ref_boxes.pairwise(x, y, ref_boxes.IOU), None, 0, 0),
-        "ciou_loss": (lambda x, y, backend=None: box_ops.ciou_loss(x, y, reduction="mean", backend=backend),
-                      lambda x, y: ref_boxes.box_loss(x, y, ref_boxes.CIOU, "mean"), None, 0, 0),
-    }
-
-
-# op -> (shape, timed with backward); more box ops (matching, NMS) can be added here
-BOX_CASES = {"box_iou": ((4096, 4096), False), "ciou_loss": ((1 << 20,), True)}
-OPS.update(_box_ops())
-# ---- end of the boxes family ----
+def op_cases(table: dict, device: torch.device, quick: bool = False) -> list:
+    """The cases of the ops of ``table`` (name -> Op): the dense loss cases first,
+    then (without ``quick``) those with a shape of their own."""
+    shape, dtype, lab = loss_shape(device)
+    out = [Case(name, shape, dtype, dtype if op.dense_targets else lab)
+           for name, op in table.items() if op.shape is None and (op.quick or not quick)]
+    return out + ([] if quick else [Case(name, op.shape(device), torch.float32, torch.int64)
+                                    for name, op in table.items() if op.shape is not None])
 
 
 def cases(device: torch.device, quick: bool = False) -> list[Case]:
-    if device.type == "cuda":
-        shape, dtype, lab = (16, 21, 512, 512), torch.bfloat16, torch.uint8
-    else:
-        shape, dtype, lab = (8, 21, 128, 128), torch.float32, torch.int64
-    custom = {op: spec[0] for op, spec in BOX_CASES.items()}  # own shapes and inputs, fp32
-    custom.update({op: spec["shape"](device) for op, spec in NOGRAD_OPS.items()})
-    out = [Case(op, shape, dtype, dtype if op in DENSE_TARGETS else lab)
-           for op in (QUICK_OPS if quick else OPS) if op not in custom]
-    return out + ([] if quick else [Case(op, s, torch.float32, torch.int64) for op, s in custom.items()])
+    """The cases of every family's ops, family by family."""
+    return [c for module in _families.bench_modules()
+            for c in op_cases(getattr(module, "OPS", {}), device, quick)]
 
 
 def make_inputs(case: Case, device: torch.device, seed: int = 0):
-    if case.op in BOX_CASES:  # boxes family
-        return _box_inputs(case, device, seed)
+    op = ops()[case.op]
+    if op.inputs is not None:
+        return op.inputs(case, device, seed)
     g = torch.Generator(device="cpu").manual_seed(seed)
-    if case.op in NOGRAD_OPS:
-        return NOGRAD_OPS[case.op]["inputs"](case, device, g)
     x = torch.randn(case.shape, generator=g).to(device=device, dtype=case.dtype).requires_grad_(True)
     n, c, *spatial = case.shape
     # Piecewise-constant labels (blocks), like real masks rather than noise.
@@ -281,32 +188,16 @@ def make_inputs(case: Case, device: torch.device, seed: int = 0):
 
 
 def runners(case: Case, device: torch.device) -> dict[str, Callable]:
-    """name -> loss(x, y); 'reference' is the eager baseline, 'monai' the peer."""
-    fn, reference, monai, _, _ = OPS[case.op]
-    out = {}
-    kernels = [b for b in backends.available(device) if b != "torch"]
-    if case.op in TORCH_ONLY:  # no kernels yet: the batched torch implementation
-        kernels = ["torch"]
-    elif case.op in ALSO_TORCH:
-        kernels.append("torch")
-    for b in kernels:
-        out[b] = (lambda b: lambda x, y: fn(x, y, backend=b))(b)
-    out["reference"] = reference
-    if monai is not None:
-        try:
-            out["monai"] = monai()
-        except Exception:
-            pass
-    if case.op == "lovasz_softmax":
-        from .compat.smp import load_smp_losses
-
-        smp = load_smp_losses()
-        if smp is not None:
-            out["smp"] = smp.LovaszLoss("multiclass", per_image=True)
-    for name, make in COMPAT.get(case.op, {}).items():
+    """name -> loss(x, y): segfast's backends, 'reference' (the eager baseline),
+    then the op's peers and drop-in classes (:attr:`Op.extra`) that load here."""
+    op = ops()[case.op]
+    kernels = [b for b in backends.available(device) if b != "torch"] + (["torch"] if op.also_torch else [])
+    out = {b: (lambda b: lambda x, y: op.fn(x, y, backend=b))(b) for b in kernels}
+    out["reference"] = op.reference
+    for name, make in op.extra.items():
         try:
             out[name] = make()
-        except ImportError:  # the smp peer is optional
+        except ImportError:  # a peer that is not installed
             pass
     return out
 
@@ -427,8 +318,8 @@ def peak_extra_mb(case: Case, device: torch.device, names) -> dict:
 
     On CPU every case is probed in a process of its own (the probe changes
     malloc's behaviour, and a peak depends on what the heap already holds),
-    forked by a --probe-server that imports torch and segfast once: a fresh
-    interpreter per case spent 3.5 s on imports, a third of segfast-bench.
+    forked by a --probe-server that imports torch and segfast once, so that no
+    case pays for a fresh interpreter's imports.
     """
     global _PROBE_SERVER
     if device.type != "cpu":
@@ -460,6 +351,7 @@ def _probe_server() -> int:
         import monai.losses  # noqa: F401
     except ImportError:
         pass
+    ops()  # the families' bench modules, imported once
     for line in sys.stdin:
         r, w = os.pipe()
         pid = os.fork()
@@ -498,17 +390,15 @@ def kernel_bytes(case: Case) -> int:
     targets (class indices, or dense targets of the logits' shape), each
     gradient write writes the logits' size (region: 2 passes, 1 write;
     one-pass pixel loss: 1 and 1)."""
-    if case.op in NOGRAD_OPS:
-        return NOGRAD_OPS[case.op]["bytes"](case)
-    if case.op in BOX_CASES:  # boxes family
-        return _box_bytes(case)
+    op = ops()[case.op]
+    if op.bytes is not None:
+        return op.bytes(case)
     n = 1
     for s in case.shape:
         n *= s
     xb = n * case.dtype.itemsize
     tb = (n if case.label_dtype.is_floating_point else n // case.shape[1]) * case.label_dtype.itemsize
-    _, _, _, passes, writes = OPS[case.op]
-    return passes * (xb + tb) + writes * xb
+    return op.passes * (xb + tb) + op.writes * xb
 
 
 def measure(case: Case, device: torch.device, repeat: int = 10, memory: bool = True,
@@ -536,7 +426,7 @@ def measure(case: Case, device: torch.device, repeat: int = 10, memory: bool = T
         r["speedup_vs_monai"] = base["monai"] / r["median_ms"] if "monai" in base else None
         r["speedup_vs_smp"] = base["smp"] / r["median_ms"] if "smp" in base else None
         r["gbps"] = (kernel_bytes(case) / (r["median_ms"] * 1e-3) / 1e9
-                     if r["backend"] in backends.BACKENDS and case.op not in TORCH_ONLY + tuple(NOGRAD_OPS)
+                     if r["backend"] in backends.BACKENDS and ops()[case.op].gbps
                      else None)
     return rows
 
@@ -593,147 +483,12 @@ def format_table(rows: list[dict], copy_gbps: Optional[float] = None) -> str:
     return "\n".join(lines)
 
 
-# ---- crf family ------------------------------------------------------------------
-# Dense CRF inference (no backward): 21 labels, 5 iterations, the default kernels, on a
-# natural-looking image (smooth background, flat-coloured shapes with edges, mild noise)
-# with noisy unaries; times include building the lattices. Peer: pydensecrf, one image
-# at a time (CPU only).
-
-CRF_LABELS, CRF_ITERATIONS = 21, 5
-
-
-def crf_inputs(B: int, H: int, W: int, device, C: int = CRF_LABELS, seed: int = 0):
-    """-> (unary energies [B, C, H, W] float32, image [B, 3, H, W] uint8, ground truth [B, H, W])."""
-    g = torch.Generator().manual_seed(seed)
-    ys, xs = torch.meshgrid(torch.arange(H), torch.arange(W), indexing="ij")
-    imgs, gts = [], []
-    for _ in range(B):
-        coarse = torch.rand((1, 3, 4, 4), generator=g)
-        img = torch.nn.functional.interpolate(coarse, size=(H, W), mode="bicubic", align_corners=False)[0]
-        img = img.clamp(0, 1) * 120 + 60
-        gt = torch.zeros((H, W), dtype=torch.long)
-        for c in range(1, min(C, 12)):
-            cy, cx = float(torch.rand((), generator=g)) * H, float(torch.rand((), generator=g)) * W
-            r = (0.05 + 0.12 * float(torch.rand((), generator=g))) * min(H, W)
-            inside = ((ys - cy) ** 2 + (xs - cx) ** 2 < r * r) if c % 2 else (
-                ((ys - cy).abs() < r) & ((xs - cx).abs() < 1.4 * r))
-            img[:, inside] = (torch.rand(3, generator=g) * 255).view(3, 1)
-            gt[inside] = c
-        imgs.append((img + 6 * torch.randn((3, H, W), generator=g)).round().clamp(0, 255).to(torch.uint8))
-        gts.append(gt)
-    gt = torch.stack(gts)
-    logits = 1.0 * torch.nn.functional.one_hot(gt, C).permute(0, 3, 1, 2).float()
-    logits += 1.2 * torch.randn(logits.shape, generator=g)
-    unary = -torch.log_softmax(logits, 1)
-    return unary.to(device), torch.stack(imgs).to(device), gt.to(device)
-
-
-def pydensecrf_loop():
-    """pydensecrf over a batch, one image at a time (None if not installed)."""
-    try:
-        import numpy as np
-        import pydensecrf.densecrf as dcrf
-    except ImportError:
-        return None
-
-    def run(unary, image):
-        B, C, H, W = unary.shape
-        out = []
-        for b in range(B):
-            d = dcrf.DenseCRF2D(W, H, C)
-            d.setUnaryEnergy(np.ascontiguousarray(unary[b].reshape(C, -1).cpu().numpy()))
-            d.addPairwiseGaussian(sxy=3, compat=3)
-            d.addPairwiseBilateral(sxy=80, srgb=13, compat=10,
-                                   rgbim=np.ascontiguousarray(image[b].permute(1, 2, 0).cpu().numpy()))
-            out.append(np.array(d.inference(CRF_ITERATIONS)))
-        return out
-    return run
-
-
-def crf_runners(device: torch.device) -> dict:
-    out = {}
-    for b in backends.available(device):
-        if b in ("cpu", "cuda", "torch"):
-            out[b] = (lambda b: lambda u, im: F.dense_crf(u, im, iterations=CRF_ITERATIONS, backend=b))(b)
-    peer = pydensecrf_loop() if device.type == "cpu" else None
-    if peer is not None:
-        out["pydensecrf"] = peer
-    return out
-
-
-def crf_cases(device: torch.device, quick: bool = False) -> list:
-    """(B, H, W) per row: one image and a batch (4 on CPU, 8 on GPU) of 512 x 512."""
-    if quick:
-        return [(1, 128, 128)]
-    return [(1, 512, 512), (8 if device.type == "cuda" else 4, 512, 512)]
-
-
-def measure_crf_case(device: torch.device, B: int, H: int, W: int, repeat: int = 5) -> list[dict]:
-    """dense_crf rows of one (B, H, W) case: segfast's backends and pydensecrf. The
-    eager torch backend (seconds per image) is timed on a batch in one call, with
-    no warmup call (crf_cases runs one image first), so that a batch's rows have
-    their ratio to it too."""
-    u, im, _ = crf_inputs(B, H, W, device)
-    rows = []
-    for name, fn in crf_runners(device).items():
-        if name == "torch":
-            times = time_fn(lambda: fn(u, im), device, repeat=2 if B == 1 else 1, warmup=1,
-                            first=0.0 if B > 1 else None)
-        else:
-            times = time_fn(lambda: fn(u, im), device, repeat=repeat, warmup=1)
-        rows.append(dict(op="dense_crf", shape=[B, CRF_LABELS, H, W], dtype="float32", labels="-",
-                         backend=name, device=str(device), median_ms=1e3 * statistics.median(times),
-                         iqr_ms=_iqr_ms(times), per_image_ms=1e3 * statistics.median(times) / B,
-                         logits_mb=u.numel() * 4 / 2**20, peak_extra_mb=None, gbps=None,
-                         speedup_vs_monai=None, speedup_vs_smp=None))
-    base = {r["backend"]: r["median_ms"] for r in rows}
-    for r in rows:
-        r["speedup_vs_reference"] = base["torch"] / r["median_ms"] if "torch" in base else None
-        r["speedup_vs_pydensecrf"] = base["pydensecrf"] / r["median_ms"] if "pydensecrf" in base else None
-    return rows
-
-
-def measure_crf(device: torch.device, quick: bool = False, repeat: int = 5) -> list[dict]:
-    """dense_crf rows of every case of crf_cases."""
-    return [r for B, H, W in crf_cases(device, quick) for r in measure_crf_case(device, B, H, W, repeat)]
-
-
-# ---- load: the CRF on a noisy image, a training step, rows under background load ----
-
-def crf_noise_inputs(B: int, H: int, W: int, device, C: int = 2, seed: int = 0):
-    """-> (unary energies [B, C, H, W] float32, uniform-noise RGB image [B, 3, H, W] uint8): the
-    hard case of the bilateral kernel, where nearly every pixel is a lattice point of its own."""
-    g = torch.Generator().manual_seed(seed)
-    image = torch.randint(0, 256, (B, 3, H, W), generator=g, dtype=torch.uint8)
-    unary = -torch.log_softmax(torch.randn((B, C, H, W), generator=g), 1)
-    return unary.to(device), image.to(device)
-
-
-def measure_crf_noise(device: torch.device, quick: bool = False, repeat: int = 3) -> list[dict]:
-    """dense_crf(noise) rows: one uniform-noise 512 x 512 image (128 x 128 with quick), 2 labels;
-    the cpu backend against pydensecrf, called in turns (one call of each per round)."""
-    S = 128 if quick else 512
-    u, im = crf_noise_inputs(1, S, S, device)
-    run = crf_runners(device)
-    run.pop("torch", None)  # the eager lattice: seconds per image
-    times = _interleaved(run, lambda fn: fn(u, im), device, repeat, min_time=0.0)
-    rows = [dict(op="dense_crf(noise)", shape=list(u.shape), dtype="float32", labels="-", backend=name,
-                 device=str(device), median_ms=1e3 * statistics.median(t), iqr_ms=_iqr_ms(t),
-                 per_image_ms=1e3 * statistics.median(t), logits_mb=u.numel() * 4 / 2**20, peak_extra_mb=None,
-                 gbps=None, speedup_vs_monai=None, speedup_vs_smp=None, speedup_vs_reference=None)
-            for name, t in times.items()]
-    peer = times.get("pydensecrf")
-    for r in rows:
-        r["speedup_vs_pydensecrf"] = statistics.median(peer) / (r["median_ms"] * 1e-3) if peer else None
-    return rows
-
-
-def _iqr_ms(times: list[float]) -> float:
+def iqr_ms(times: list[float]) -> float:
     q = statistics.quantiles(times, n=4) if len(times) > 1 else [times[0]] * 3
     return 1e3 * (q[2] - q[0])
 
 
-def _interleaved(fns: dict, call: Callable, device, repeat: int, min_time: float) -> dict:
+def interleaved(fns: dict, call: Callable, device, repeat: int, min_time: float) -> dict:
     """name -> wall times of ``call(fn)``, the contenders called in turns (one call of each per
     round, after one warmup call each), so that a noisy machine slows them alike."""
     for fn in fns.values():
@@ -748,59 +503,6 @@ def _interleaved(fns: dict, call: Callable, device, repeat: int, min_time: float
             _sync(device)
             times[name].append(time.perf_counter() - t0)
     return times
-
-
-def _train_net(C: int) -> torch.nn.Module:
-    """A small segmentation net: RGB -> C logits at full resolution."""
-    nn = torch.nn
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(),
-                         nn.Conv2d(16, C, 1))
-
-
-def measure_train_step(device: torch.device, repeat: int = 10, min_time: float = MIN_TIME,
-                       op: str = "dice") -> list[dict]:
-    """What a user feels of the loss: rows of one training step (the net of _train_net forward,
-    the loss, backward) with segfast's loss and with MONAI's, same net, same data, the steps in
-    turns; beside them the loss alone (forward+backward) on fresh logits each call (a clone, as a
-    net writes new ones), segfast's and MONAI's calls in turns, and in a loop of its own."""
-    case = next((c for c in cases(device) if c.op == op), None)
-    run = runners(case, device) if case is not None else {}
-    default = backends.default_backend(device)  # what a user's loss runs on (never the Triton interpreter)
-    if "monai" not in run or default not in run or default == "torch":
-        return []
-    kernels = {default: run[default]}
-    x, y = make_inputs(case, device)
-    N, C, H, W = case.shape
-    net = _train_net(C).to(device=device, dtype=case.dtype)
-    image = torch.randn((N, 3, H, W), generator=torch.Generator().manual_seed(1)).to(device, case.dtype)
-    losses = dict(kernels, monai=run["monai"])
-
-    def train_step(loss):
-        net.zero_grad(set_to_none=True)
-        loss(net(image), y).backward()
-
-    def loss_step(loss):
-        xf = x.detach().clone().requires_grad_(True)
-        loss(xf, y).backward()
-
-    rows = []
-
-    def add(kind, times):
-        base = statistics.median(times["monai"])
-        for name, t in times.items():
-            rows.append(dict(op=f"{op}:{kind}", shape=list(case.shape), dtype=str(case.dtype)[6:],
-                             labels=str(case.label_dtype)[6:], backend=name, device=str(device),
-                             median_ms=1e3 * statistics.median(t), iqr_ms=_iqr_ms(t), logits_mb=None,
-                             peak_extra_mb=None, gbps=None, speedup_vs_reference=None, speedup_vs_smp=None,
-                             speedup_vs_monai=base / statistics.median(t)))
-
-    add("train_step", _interleaved(losses, train_step, device, repeat, min_time))
-    add("loss_interleaved", _interleaved(losses, loss_step, device, repeat, min_time))
-    alone = {name: time_fn(lambda: loss_step(fn), device, repeat=repeat, min_time=min_time)
-             for name, fn in losses.items()}
-    add("loss_own_loop", alone)
-    return rows
 
 
 # Each busy process of --under-load exits by itself after this many seconds
@@ -856,7 +558,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--min-time", type=float, default=MIN_TIME,
                    help=f"timed seconds per row at least (default {MIN_TIME})")
     p.add_argument("--quick", action="store_true",
-                   help="only " + " and ".join(QUICK_OPS) + ", a small CRF and the small metrics cases")
+                   help="only each family's quick cases: Dice, fused, a small CRF and the small metrics cases")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory pass")
     p.add_argument("--json", default=None, help="also write the rows to this JSON file")
     p.add_argument("--save", nargs="?", const="", default=None, metavar="CSV",
@@ -963,21 +665,23 @@ class Progress:
             print(f" {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
 
 
+def case_stages(table: dict, device: torch.device, args) -> list:
+    """A stage (:func:`measure`) per case of the ops of ``table`` (name -> Op)."""
+    return [(case.name, functools.partial(measure, case, device, repeat=args.repeat, memory=args.memory,
+                                          min_time=args.min_time))
+            for case in op_cases(table, device, quick=args.quick)]
+
+
 def stages(device: torch.device, args) -> list:
     """(name, zero-argument function returning rows) for every stage of a run."""
     loaded = args.under_load and device.type == "cpu"
     memory = not (args.no_memory or loaded)
-    out = [(case.name, functools.partial(measure, case, device, repeat=args.repeat, memory=memory,
-                                         min_time=args.min_time))
-           for case in cases(device, quick=args.quick)]
-    out.append(("training step (dice)", lambda: measure_train_step(device, repeat=args.repeat,
-                                                                   min_time=args.min_time)))
-    out += [(f"dense_crf[{B}x{CRF_LABELS}x{H}x{W}]", functools.partial(measure_crf_case, device, B, H, W))
-            for B, H, W in crf_cases(device, args.quick)]
-    out.append(("dense_crf(noise)", lambda: measure_crf_noise(device, quick=args.quick)))
     family_args = argparse.Namespace(**vars(args), memory=memory)
-    for module in _families.bench_modules():  # the families' own stages (segfast/_families.py)
-        out += module.stages(device, family_args)
+    out = []
+    for module in _families.bench_modules():  # each family's cases, then its own stages (segfast/_families.py)
+        out += case_stages(getattr(module, "OPS", {}), device, family_args)
+        if hasattr(module, "stages"):
+            out += module.stages(device, family_args)
     return out
 
 

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import segfast.bench as sb
+from segfast.ops import _bench_crf, _bench_region
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the CPU probe reads /proc/self")
@@ -52,14 +53,14 @@ def test_train_step_and_noise_crf_rows():
     come with the loss-alone rows beside them; the noise-image CRF row has the
     pydensecrf column when pydensecrf is installed."""
     pytest.importorskip("monai")
-    rows = sb.measure_train_step(torch.device("cpu"), repeat=1, min_time=0.0)
+    rows = _bench_region.measure_train_step(torch.device("cpu"), repeat=1, min_time=0.0)
     kinds = {(r["op"], r["backend"]) for r in rows}
     for kind in ("train_step", "loss_interleaved", "loss_own_loop"):
         assert (f"dice:{kind}", "cpu") in kinds and (f"dice:{kind}", "monai") in kinds
     assert all(r["median_ms"] > 0 and r["speedup_vs_monai"] > 0 for r in rows)
-    crf = sb.measure_crf_noise(torch.device("cpu"), quick=True, repeat=1)
+    crf = _bench_crf.measure_crf_noise(torch.device("cpu"), quick=True, repeat=1)
     assert {r["backend"] for r in crf} >= {"cpu"} and all(r["shape"] == [1, 2, 128, 128] for r in crf)
-    if sb.pydensecrf_loop() is not None:
+    if _bench_crf.pydensecrf_loop() is not None:
         assert all(r["speedup_vs_pydensecrf"] > 0 for r in crf)
     assert "vs pydensecrf" in sb.format_table(rows + crf)
 

@@ -643,7 +643,7 @@ def test_every_compat_class_has_a_benchmark_row():
     from segfast import bench
 
     rows = {(inspect.getclosurevars(make).nonlocals["module"], inspect.getclosurevars(make).nonlocals["name"])
-            for extra in bench.COMPAT.values() for key, make in extra.items() if key.startswith("compat_")}
+            for op in bench.ops().values() for key, make in op.extra.items() if key.startswith("compat_")}
     want = ({("compat.monai", n) for n in cm.__all__ if n != "ShapeError"}
             | {("compat.smp", n) for n in cs.__all__ if n.endswith("Loss")})
     assert want <= rows, want - rows

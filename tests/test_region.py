@@ -253,13 +253,13 @@ def test_large_C_loops_over_classes(backend):
 @pytest.mark.parametrize("grads", ["plain", "squared", "all"])
 @pytest.mark.parametrize("layout", ["contiguous", "tail", "channels_last", "bfloat16", "ignore"])
 def test_cpu_grad_with_kept_softmax(layout, grads):
-    """In eager mode the cpu stats pass keeps what the grad pass needs: the
-    probabilities v·p themselves, in the buffer that becomes the gradient,
-    for float32 input with unit pixel stride (ops/region.py _keeps_q), else
-    each pixel's softmax max and 1/sum (_keeps_mr). Either gives the same
-    gradient as the op path that recomputes everything (torch.compile's) and
-    as the reference, for full and partial pixel blocks, ignored pixels, and
-    every kind of dLoss/dStats (plain I/P/T; with PP; with M)."""
+    """The cpu stats pass keeps what the grad pass needs: the probabilities
+    v·p themselves, in the buffer that becomes the gradient, for float32
+    input with unit pixel stride, else each pixel's softmax max and 1/sum
+    (ops/region.py _keeps). Either gives the same gradient as the grad pass
+    that recomputes everything (keep=0) and as the reference, for full and
+    partial pixel blocks, ignored pixels, and every kind of dLoss/dStats
+    (plain I/P/T; with PP; with M)."""
     from segfast.ops import region as ops
 
     spatial = (37, 53) if layout == "tail" else (16, 24)
@@ -272,10 +272,11 @@ def test_cpu_grad_with_kept_softmax(layout, grads):
     ign = 255 if layout == "ignore" else None
     args = ops.prepare(x, t, "multiclass", True, ign, "cpu")
     x3, rest = args[0], args[1:]
-    assert ops._keeps_mr(x3, rest[1], rest[2], "cpu", 0)
-    assert ops._keeps_q(x3, rest[1], rest[2], "cpu", 0) == (layout in ("contiguous", "tail", "ignore"))
+    keep = ops._keeps(x3, rest[1], rest[2], "cpu", 0)
+    assert keep & ops.KEEP_MAX_SUM
+    assert bool(keep & ops.KEEP_PROBS) == (layout in ("contiguous", "tail", "ignore"))
     kept = ops.plane_stats(*args)  # eager: _EagerStats, keeps them
-    op = ops.region_stats_op(*args)  # the torch.library op: recomputes them
+    op = ops.region_stats_op(*args, 0, 0.0, 0)[0]  # the torch.library op told to keep nothing: recomputes
     assert torch.equal(kept, op)
     g = torch.randn_like(kept)
     if grads != "all":
@@ -314,12 +315,12 @@ def test_logit_ranges(backend):
     assert_close(got, want, torch.float32)
     assert_close(dx, 1.7 * want_dx, torch.float32)
     assert dx[1, 3:7, 8:].abs().max() < 1e-30
-    if backend == "cpu":  # the op path's grad pass (torch.compile's) takes its own softmax
+    if backend == "cpu":  # the grad pass that keeps nothing takes its own softmax
         from segfast.ops import region as ops
 
         xg = x.detach().requires_grad_(True)
         x64 = x.detach().double().requires_grad_(True)
-        stats = ops.region_stats_op(*ops.prepare(xg, t, "multiclass", True, None, "cpu"))
+        stats = ops.region_stats_op(*ops.prepare(xg, t, "multiclass", True, None, "cpu"))[0]
         want_stats = ops.plane_stats(*ops.prepare(x64, t, "multiclass", True, None, "torch"))
         g = torch.randn_like(stats)
         g[..., 3:] = 0  # the plain grad pass
@@ -340,6 +341,52 @@ def test_cpu_kept_probs_second_backward():
     torch.testing.assert_close(g1, g2, rtol=1e-5, atol=1e-8)
     _, want = ref_loss("dice", x, t, go=torch.tensor(2.5))
     assert_close(g1, want, torch.float32)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cpu_eager_and_compiled_take_the_same_kernel_path(monkeypatch, dtype):
+    """What the cpu stats pass keeps for the grad pass is decided once, by the
+    kernels (ops/region.py _keeps): an eager call and the same call under
+    torch.compile(fullgraph=True) make the same kernel calls (float32: the
+    probabilities kept and the gradient written over them; bfloat16: the
+    softmax max and 1/sum kept) and give the same loss and gradient."""
+    from segfast import backends
+
+    calls = []
+
+    def record(name, real, tag):
+        def call(*a, **k):
+            calls.append((name,) + tag(a))
+            return real(*a, **k)
+        return call
+
+    # which buffers each call was given: the kept max/sum, the kept probabilities
+    monkeypatch.setattr(backends._C, "region_stats_cpu", record(
+        "stats", backends._C.region_stats_cpu, lambda a: (a[-4] != 0, a[-3] != 0)))
+    monkeypatch.setattr(backends._C, "region_grad_cpu", record(
+        "grad", backends._C.region_grad_cpu, lambda a: (a[-1] != 0,)))
+    monkeypatch.setattr(backends._C, "region_grad_probs_cpu", record(
+        "grad_probs", backends._C.region_grad_probs_cpu, lambda a: ()))
+    x, t = make_case(2, 5, (8, 12), "multiclass", "labels")
+    x = x.to(dtype)
+
+    def step(fn):
+        xg = x.detach().requires_grad_(True)
+        calls.clear()
+        loss = fn(xg, t)
+        loss.backward()
+        return loss.detach(), xg.grad, list(calls)
+
+    def dice(xg, t):
+        return F.dice_loss(xg, t, backend="cpu")
+
+    eager = step(dice)
+    compiled = step(torch.compile(dice, fullgraph=True, backend="aot_eager"))
+    assert eager[2] == compiled[2], (eager[2], compiled[2])
+    assert eager[2][-1][0] == ("grad_probs" if dtype == torch.float32 else "grad"), eager[2]
+    assert eager[2][0] == ("stats", dtype != torch.float32, dtype == torch.float32), eager[2]
+    torch.testing.assert_close(compiled[0], eager[0])
+    torch.testing.assert_close(compiled[1], eager[1])
 
 
 def test_modules_match_functional():

@@ -12,7 +12,7 @@ pytest.importorskip("triton")
 
 import segfast  # noqa: E402
 from segfast import backends  # noqa: E402
-from segfast import bench as sb  # noqa: E402
+from segfast.ops import _bench_crf as sb  # noqa: E402
 from segfast.ops import crf as ops  # noqa: E402
 from segfast.reference import crf as ref  # noqa: E402
 

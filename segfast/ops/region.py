@@ -106,7 +106,7 @@ def _stats_impl(x: Tensor, target: Tensor, is_label: bool, act: int, label_offse
                 mr: Optional[Tensor] = None, q: Optional[Tensor] = None, conf: Optional[Tensor] = None) -> Tensor:
     """Per-plane sums [N, C, 7] ([N, C, 9] with ``xent``) with the C++ (``cpu``) or CUDA (``cuda``) kernels.
     ``mr`` (cpu, see _keeps): filled with each pixel's softmax max and 1/sum for the grad pass;
-    ``q`` (cpu, see _keeps): filled with v·p for _grad_from_q;
+    ``q`` (cpu, see _keeps): filled with v·p for _grad_probs;
     ``conf`` (see _conf_kernel_supported): int64 [C, C] confusion counts, added to."""
     if x.numel() == 0:
         return x.new_zeros((x.shape[0], x.shape[1], KX if xent else K), dtype=acc_dtype(x))
@@ -127,33 +127,50 @@ def _grad_impl(x: Tensor, target: Tensor, g: Tensor, is_label: bool, act: int,
 KEEP_MAX_SUM, KEEP_PROBS = 1, 2
 
 
+@backends.constant_to_compile
+def _kernel_keeps(x_dtype: int, is_label: bool, act: int, xent: int, C: int, pixel_stride: int) -> int:
+    """csrc/cpu/region.cpp region_keeps: a constant to torch.compile."""
+    return int(backends._C.region_keeps_cpu(x_dtype, is_label, act, xent, C, pixel_stride))
+
+
 def _keeps(x: Tensor, is_label: bool, act: int, backend: str, xent: int) -> int:
-    """What the cpu stats pass keeps for the grad pass on these inputs, as the
-    kernels decide it (csrc/cpu/region.cpp region_keeps): KEEP_PROBS, q = v·p,
-    the probabilities it computes anyway, in the buffer that becomes dLoss/dx
-    (the grad pass then writes dx over q without computing an exp:
-    :func:`_grad_from_q`; the gradient's memory is taken at the forward
-    instead of the backward, and a forward + backward peaks no higher); else
-    KEEP_MAX_SUM, each pixel's softmax max and 1/sum ([2, N, S] float32), so
-    that the grad pass skips its max pass; 0, neither."""
+    """What the stats pass keeps for the grad pass of a call that needs dLoss/dx,
+    as the cpu kernels decide it (csrc/cpu/region.cpp region_keeps), the same
+    for eager calls and under torch.compile: KEEP_PROBS, q = v·p, the
+    probabilities it computes anyway, in the buffer that becomes dLoss/dx
+    (the grad pass then writes dx over q without computing an exp; the
+    gradient's memory is taken at the forward instead of the backward, and a
+    forward + backward peaks no higher); else KEEP_MAX_SUM, each pixel's
+    softmax max and 1/sum ([2, N, S] float32), so that the grad pass skips its
+    max pass; 0, neither."""
     if backend != "cpu" or x.numel() == 0:
         return 0
-    return backends._C.region_keeps_cpu(backends.dtype_code(x), bool(is_label), act, xent, x.shape[1],
-                                        x.stride(2))
+    return _kernel_keeps(backends.dtype_code(x), bool(is_label), act, xent, x.shape[1], x.stride(2))
 
 
-def _keeps_mr(x: Tensor, is_label: bool, act: int, backend: str, xent: int) -> bool:
-    """Whether the cpu stats pass can keep each pixel's softmax max and 1/sum (see _keeps)."""
-    return bool(_keeps(x, is_label, act, backend, xent) & KEEP_MAX_SUM)
+def _kept_buffer(x: Tensor, keep: int) -> Tensor:
+    """The buffer of what the stats pass keeps (see _keeps): q in x's layout, the
+    softmax max and 1/sum [2, N, S] float32, or an empty tensor."""
+    if keep & KEEP_PROBS:  # x's layout, so unit pixel stride too
+        return backends.empty_output(x.shape, x.dtype, x.device, like=x)
+    if keep & KEEP_MAX_SUM:
+        return torch.empty((2, x.shape[0], x.shape[2]), dtype=torch.float32, device=x.device)
+    return x.new_empty(0)
 
 
-def _keeps_q(x: Tensor, is_label: bool, act: int, backend: str, xent: int) -> bool:
-    """Whether the cpu stats pass can keep q = v·p for the grad pass (see _keeps)."""
-    return bool(_keeps(x, is_label, act, backend, xent) & KEEP_PROBS)
+def _stats_keep(x: Tensor, target: Tensor, is_label: bool, act: int, label_offset: int,
+                ignore_value: Optional[float], backend: str, xent: int, gamma: float, keep: int,
+                conf: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+    """-> (the sums, what the pass kept for the grad pass: see _keeps)."""
+    kept = _kept_buffer(x, keep)
+    stats = _stats_impl(x, target, is_label, act, label_offset, ignore_value, backend, xent, gamma,
+                        kept if keep & KEEP_MAX_SUM and not keep & KEEP_PROBS else None,
+                        kept if keep & KEEP_PROBS else None, conf)
+    return stats, kept
 
 
-def _grad_from_q(q: Tensor, target: Tensor, g: Tensor, label_offset: int, ignore_value: Optional[float]) -> Tensor:
-    """dLoss/dx written over q (see _keeps_q) from dLoss/dStats ``g`` [N, C, 7]; returns q."""
+def _grad_probs(q: Tensor, target: Tensor, g: Tensor, label_offset: int, ignore_value: Optional[float]) -> None:
+    """dLoss/dx written over q (the KEEP_PROBS buffer, see _keeps) from dLoss/dStats ``g`` [N, C, 7]."""
     N, C, S = q.shape
     g = g.to(torch.float32).contiguous()
     t, ts = target_args(target, True)
@@ -162,36 +179,51 @@ def _grad_from_q(q: Tensor, target: Tensor, g: Tensor, label_offset: int, ignore
                                       int(ignore_value is not None),
                                       float(ignore_value if ignore_value is not None else 0.0),
                                       g.data_ptr(), backends.cpu_threads(q.numel()))
-    return q
 
 
 def _stats_op(x: Tensor, target: Tensor, is_label: bool, act: int, label_offset: int,
-              ignore_value: Optional[float], backend: str, xent: int = 0, gamma: float = 0.0) -> Tensor:
-    """_stats_impl as a torch.library op (nothing kept for the grad pass)."""
-    return _stats_impl(x, target, is_label, act, label_offset, ignore_value, backend, xent, gamma)
+              ignore_value: Optional[float], backend: str, xent: int = 0, gamma: float = 0.0,
+              keep: int = 0) -> Tuple[Tensor, Tensor]:
+    """_stats_keep as a torch.library op: (the sums, the kept buffer)."""
+    return _stats_keep(x, target, is_label, act, label_offset, ignore_value, backend, xent, gamma, keep)
 
 
 def _grad_op(x: Tensor, target: Tensor, g: Tensor, is_label: bool, act: int, label_offset: int,
-             ignore_value: Optional[float], backend: str, xent: int = 0, gamma: float = 0.0) -> Tensor:
-    """_grad_impl as a torch.library op."""
-    return _grad_impl(x, target, g, is_label, act, label_offset, ignore_value, backend, xent, gamma)
+             ignore_value: Optional[float], backend: str, xent: int = 0, gamma: float = 0.0,
+             mr: Optional[Tensor] = None) -> Tensor:
+    """_grad_impl as a torch.library op (``mr``: the kept softmax max and 1/sum, or None)."""
+    return _grad_impl(x, target, g, is_label, act, label_offset, ignore_value, backend, xent, gamma, mr)
 
 
 region_stats_op = torch.library.custom_op("segfast::region_stats", _stats_op, mutates_args=())
 region_grad_op = torch.library.custom_op("segfast::region_grad", _grad_op, mutates_args=())
+region_grad_probs_op = torch.library.custom_op("segfast::region_grad_probs", _grad_probs, mutates_args=("q",))
 
 
 # ---------------------------------------------------------------- fake + autograd
 
 
+def _fake_kept(x: Tensor, keep: int) -> Tensor:
+    if keep & KEEP_PROBS:
+        return torch.empty_strided(x.shape, x.stride(), dtype=x.dtype, device=x.device)
+    if keep & KEEP_MAX_SUM:
+        return x.new_empty((2, x.shape[0], x.shape[2]), dtype=torch.float32)
+    return x.new_empty(0)
+
+
 @region_stats_op.register_fake
-def _(x, target, is_label, act, label_offset, ignore_value, backend, xent=0, gamma=0.0):
-    return x.new_empty((x.shape[0], x.shape[1], KX if xent else K), dtype=acc_dtype(x))
+def _(x, target, is_label, act, label_offset, ignore_value, backend, xent=0, gamma=0.0, keep=0):
+    return x.new_empty((x.shape[0], x.shape[1], KX if xent else K), dtype=acc_dtype(x)), _fake_kept(x, keep)
 
 
 @region_grad_op.register_fake
-def _(x, target, g, is_label, act, label_offset, ignore_value, backend, xent=0, gamma=0.0):
+def _(x, target, g, is_label, act, label_offset, ignore_value, backend, xent=0, gamma=0.0, mr=None):
     return torch.empty_like(x)
+
+
+@region_grad_probs_op.register_fake
+def _(q, target, g, label_offset, ignore_value):
+    return None
 
 
 def _setup(ctx, inputs, output):
@@ -200,45 +232,57 @@ def _setup(ctx, inputs, output):
     ctx.args = (is_label, act, label_offset, ignore_value) + tuple(inputs[6:])
 
 
-def _backward_ext(ctx, grad):
-    x, target = ctx.saved_tensors
-    dx = region_grad_op(x, target, grad, *ctx.args)
-    return differentiable_once((dx, None, None, None, None, None, None, None, None), "region-loss")
+def _setup_keep(ctx, inputs, output):
+    """setup_context of the ops that return the kept buffer (their last output) and take ``keep`` last."""
+    x, target, is_label, act, label_offset, ignore_value = inputs[:6]
+    ctx.save_for_backward(x, target, output[-1])
+    ctx.args = (is_label, act, label_offset, ignore_value) + tuple(inputs[6:9])
+    ctx.keep = inputs[9]
+    ctx.consumed = False
 
 
-region_stats_op.register_autograd(_backward_ext, setup_context=_setup)
+def _kept_grad(ctx, grad, grad_probs, grad_ext) -> Tensor:
+    """dLoss/dx from dLoss/dStats ``grad`` through what the stats pass kept
+    (ctx.keep, see _keeps): written over q (``grad_probs``), or by the grad
+    pass with the kept softmax max and 1/sum or without (``grad_ext``). q
+    becomes the first gradient: a second backward (retain_graph) recomputes
+    from x."""
+    x, target, kept = ctx.saved_tensors
+    if ctx.keep & KEEP_PROBS and not ctx.consumed:
+        ctx.consumed = True
+        grad_probs(kept, target, grad, ctx.args[2], ctx.args[3])
+        return kept
+    mr = kept if ctx.keep & KEEP_MAX_SUM and not ctx.keep & KEEP_PROBS else None
+    return grad_ext(x, target, grad, *ctx.args, mr=mr)
+
+
+def _backward_ext(ctx, grad, *_unused):
+    dx = _kept_grad(ctx, grad, region_grad_probs_op, region_grad_op)
+    return differentiable_once((dx,) + (None,) * 9, "region-loss")
+
+
+region_stats_op.register_autograd(_backward_ext, setup_context=_setup_keep)
 
 
 class _EagerStats(torch.autograd.Function):
-    """The same kernels as region_stats_op without torch.library's Python
-    dispatch (about 0.1 ms a call each way, a fair share of a small loss):
-    used in eager mode on plain tensors; torch.compile, export and fake
-    tensors see the op."""
+    """The same kernels, the same kept buffer and the same grad pass as
+    region_stats_op, without torch.library's Python dispatch (about 0.1 ms a
+    call each way, a fair share of a small loss): used in eager mode on plain
+    tensors; torch.compile, export and fake tensors see the op."""
 
     @staticmethod
-    def forward(ctx, x, target, is_label, act, label_offset, ignore_value, backend, xent, gamma, conf=None):
-        ctx.save_for_backward(x, target)
-        ctx.args = (is_label, act, label_offset, ignore_value, backend, xent, gamma)
-        ctx.mr = ctx.q = None
-        keep = _keeps(x, is_label, act, backend, xent) if ctx.needs_input_grad[0] else 0
-        if keep:
-            if keep & KEEP_PROBS:  # x's layout, so unit pixel stride too
-                ctx.q = backends.empty_output(x.shape, x.dtype, x.device, like=x)
-            else:
-                ctx.mr = torch.empty((2, x.shape[0], x.shape[2]), dtype=torch.float32)
-        return _stats_impl(x, target, is_label, act, label_offset, ignore_value, backend, xent, gamma,
-                           ctx.mr, ctx.q, conf)
+    def forward(ctx, x, target, is_label, act, label_offset, ignore_value, backend, xent, gamma, keep, conf=None):
+        stats, kept = _stats_keep(x, target, is_label, act, label_offset, ignore_value, backend, xent, gamma, keep,
+                                  conf)
+        _setup_keep(ctx, (x, target, is_label, act, label_offset, ignore_value, backend, xent, gamma, keep),
+                    (stats, kept))
+        return stats
 
     @staticmethod
     def backward(ctx, grad):
-        x, target = ctx.saved_tensors
         with torch.no_grad():
-            if ctx.q is not None:  # consumed: a second backward (retain_graph) recomputes from x
-                q, ctx.q = ctx.q, None
-                dx = _grad_from_q(q, target, grad, ctx.args[2], ctx.args[3])
-            else:
-                dx = _grad_impl(x, target, grad, *ctx.args, mr=ctx.mr)
-        return differentiable_once((dx,) + (None,) * 9, "region-loss")
+            dx = _kept_grad(ctx, grad, _grad_probs, _grad_impl)
+        return differentiable_once((dx,) + (None,) * 10, "region-loss")
 
 
 def _eager_ok(*tensors) -> bool:
@@ -490,6 +534,8 @@ def plane_stats(x: Tensor, target: Tensor, is_label: bool, act: int, label_offse
     if not (gamma >= 0 and math.isfinite(gamma)):
         raise ValueError("gamma must be finite and >= 0")
     args = (x, target, is_label, act, label_offset, ignore_value)
+    # what the stats pass keeps for the grad pass, eager or compiled: the kernels decide (_keeps)
+    keep = _keeps(x, is_label, act, backend, xent) if x.requires_grad and torch.is_grad_enabled() else 0
     if prepared and backend == "cuda":
         _cuda_label_check(target, is_label, x.shape[1], label_offset, ignore_value)
     if confusion is not None:  # -------- confusion counts (see "confusion counts" below)
@@ -501,9 +547,9 @@ def plane_stats(x: Tensor, target: Tensor, is_label: bool, act: int, label_offse
         if not _conf_kernel_supported(backend):
             confusion_from_argmax(x, target, label_offset, ignore_value, confusion)
         elif _eager_ok(x, target, confusion):
-            return _EagerStats.apply(*args, backend, xent, float(gamma), confusion)
+            return _EagerStats.apply(*args, backend, xent, float(gamma), keep, confusion)
         else:
-            out, counts = region_stats_conf_op(*args, backend, xent, float(gamma))
+            out, counts, _ = region_stats_conf_op(*args, backend, xent, float(gamma), keep)
             confusion.add_(counts)
             return out
     if backend == "torch":
@@ -520,8 +566,8 @@ def plane_stats(x: Tensor, target: Tensor, is_label: bool, act: int, label_offse
         check = _label_check(target, is_label, x.shape[1], label_offset, ignore_value, backend) if prepared else ""
         return region_stats_triton_op(*args, xent, float(gamma), check)
     if _eager_ok(x, target):
-        return _EagerStats.apply(*args, backend, xent, float(gamma))
-    return region_stats_op(*args, backend, xent, float(gamma))
+        return _EagerStats.apply(*args, backend, xent, float(gamma), keep)
+    return region_stats_op(*args, backend, xent, float(gamma), keep)[0]
 
 
 def finish_loss(prep: tuple, *, weight=None, include_background: bool = True, batch: bool = False,
@@ -612,28 +658,26 @@ def confusion_from_argmax(x: Tensor, target: Tensor, label_offset: int, ignore_v
 
 def _stats_conf_op(x: Tensor, target: Tensor, is_label: bool, act: int, label_offset: int,
                    ignore_value: Optional[float], backend: str, xent: int = 0,
-                   gamma: float = 0.0) -> Tuple[Tensor, Tensor]:
-    """_stats_op that also returns the confusion counts [C, C] (int64) of the same pass."""
+                   gamma: float = 0.0, keep: int = 0) -> Tuple[Tensor, Tensor, Tensor]:
+    """_stats_op that also returns the confusion counts [C, C] (int64) of the same pass:
+    (the sums, the counts, the kept buffer)."""
     conf = torch.zeros((x.shape[1], x.shape[1]), dtype=torch.int64, device=x.device)
-    return _stats_impl(x, target, is_label, act, label_offset, ignore_value, backend, xent, gamma,
-                       conf=conf), conf
+    stats, kept = _stats_keep(x, target, is_label, act, label_offset, ignore_value, backend, xent, gamma, keep,
+                              conf)
+    return stats, conf, kept
 
 
 region_stats_conf_op = torch.library.custom_op("segfast::region_stats_conf", _stats_conf_op, mutates_args=())
 
 
 @region_stats_conf_op.register_fake
-def _(x, target, is_label, act, label_offset, ignore_value, backend, xent=0, gamma=0.0):
+def _(x, target, is_label, act, label_offset, ignore_value, backend, xent=0, gamma=0.0, keep=0):
     C = x.shape[1]
     return (x.new_empty((x.shape[0], C, KX if xent else K), dtype=acc_dtype(x)),
-            x.new_empty((C, C), dtype=torch.int64))
+            x.new_empty((C, C), dtype=torch.int64), _fake_kept(x, keep))
 
 
-def _backward_conf(ctx, grad, _grad_counts):
-    return _backward_ext(ctx, grad)
-
-
-region_stats_conf_op.register_autograd(_backward_conf, setup_context=_setup)
+region_stats_conf_op.register_autograd(_backward_ext, setup_context=_setup_keep)
 
 
 def confusion_target(confusion, input: Tensor, target: Tensor, mode: str, ignore_index) -> Tensor:
