@@ -223,3 +223,13 @@ def test_cuda_backend_choice():
     assert COCOEvaluator()._matching_backend(torch.device("cpu")) == "cpu"
     assert COCOEvaluator(backend="cuda")._matching_backend(torch.device("cpu")) == "cuda"
     assert det_mod._kernel() is not None
+
+
+def test_device_benchmark_rows():
+    """segfast-bench's device stage of the confusion matrix (a GPU's triton and cuda rows),
+    run here on the emulated cuda backend: the rows exist and their matrices equal bincount's."""
+    from segfast.metrics import _bench
+
+    rows = _bench.measure_segmentation_device(torch.device("cpu"), quick=True, repeat=1, backend_names=("cuda",))
+    assert [r["backend"] for r in rows] == ["argmax_bincount", "cuda"]
+    assert all(r["equal_to_bincount"] and r["median_ms"] > 0 and r["gbps"] > 0 for r in rows)

@@ -231,6 +231,51 @@ def measure_segmentation(quick: bool = False, repeat: int = 3, memory: bool = Tr
     return rows
 
 
+def measure_segmentation_device(device: torch.device, quick: bool = False, repeat: int = 10,
+                                backend_names=("triton", "cuda")) -> list:
+    """Rows of the confusion matrix from logits on ``device`` (the SEG batch, one
+    ``update`` per call) for each segfast backend in ``backend_names`` that runs
+    there, beside argmax + ``torch.bincount`` on the same device: medians of the
+    calls interleaved round by round, and GB/s of the one read of logits and
+    labels the kernels must make."""
+    from .. import backends
+    from ..bench import time_fn
+    from ..reference import metrics as ref
+    from .segmentation import ConfusionMatrix
+
+    cfg = SEG_QUICK if quick else SEG
+    g = torch.Generator().manual_seed(0)
+    B, C, H, W = cfg["batch"], cfg["C"], cfg["H"], cfg["W"]
+    x = torch.randn(B, C, H, W, generator=g).to(device)
+    t = torch.randint(0, C, (B, H, W), generator=g)
+    t[:, : H // 8] = cfg["ignore"]
+    t = t.to(device)
+    run = {"argmax_bincount": lambda: ref.confusion_matrix(x, t, C, ignore_index=cfg["ignore"])}
+    for b in backend_names:
+        if backends.unavailable_reason(b, device) is None:
+            def one(b=b):
+                m = ConfusionMatrix(C, ignore_index=cfg["ignore"], backend=b)
+                m.update(x, t)
+                return m._counts[:-1].view(C, C)
+            run[b] = one
+    mats = {k: fn() for k, fn in run.items()}
+    times = {k: [] for k in run}
+    for _ in range(repeat):
+        for k, fn in run.items():
+            times[k] += time_fn(fn, device, repeat=1, warmup=1)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    nbytes = x.numel() * x.element_size() + t.numel() * t.element_size()
+    rows = []
+    for k in run:
+        q = statistics.quantiles(times[k], n=4) if len(times[k]) > 1 else [times[k][0]] * 3
+        rows.append(dict(op="confusion_matrix", shape=[B, C, H, W], dtype="float32", labels="int64", backend=k,
+                         device=device.type, median_ms=1e3 * med[k], iqr_ms=1e3 * (q[2] - q[0]),
+                         gbps=nbytes / med[k] / 1e9, peak_extra_mb=None,
+                         speedup_vs_reference=med["argmax_bincount"] / med[k], speedup_vs_monai=None,
+                         speedup_vs_smp=None, equal_to_bincount=bool(torch.equal(mats[k], mats["argmax_bincount"]))))
+    return rows
+
+
 LOSS_CONF = dict(N=8, C=21, H=128, W=128, ignore=255)
 LOSS_CONF_QUICK = dict(N=2, C=21, H=64, W=64, ignore=255)
 
@@ -296,14 +341,17 @@ def measure_loss_confusion(device: torch.device, quick: bool = False, repeat: in
 
 def stages(device: torch.device, args) -> list:
     """segfast-bench's stages of the metrics family, (name, zero-argument function
-    returning rows): COCO mAP and the confusion matrix (CPU rows only: the GPU
-    paths are not timed here), and a Dice step with ``confusion=`` beside the
-    same step without it and with a separate update. ``args``: segfast-bench's
-    arguments (``quick``, ``memory``)."""
+    returning rows): COCO mAP and the confusion matrix against their peers (CPU
+    rows), the confusion matrix's device kernels (triton, cuda) against argmax +
+    bincount on a GPU, and a Dice step with ``confusion=`` beside the same step
+    without it and with a separate update. ``args``: segfast-bench's arguments
+    (``quick``, ``memory``)."""
     out = []
     if device.type == "cpu":
         out += [("coco_map", lambda: measure_detection(args.quick, memory=args.memory)),
                 ("confusion_matrix", lambda: measure_segmentation(args.quick, memory=args.memory))]
+    else:
+        out.append(("confusion_matrix", lambda: measure_segmentation_device(device, args.quick)))
     out.append(("dice_step_confusion", lambda: measure_loss_confusion(device, args.quick)))
     return out
 

@@ -80,15 +80,11 @@ def _counts(preds: Tensor, target: Tensor, C: int, ignore_index, backend) -> Ten
     logits = _check(preds, target, C, ignore_index)
     b = backends.choose(backend, preds.device)
     if not logits:
-        p, t = preds.reshape(-1).long(), target.reshape(-1).long()
-        valid = t != ignore_index if ignore_index is not None else torch.ones_like(t, dtype=torch.bool)
-        in_range = valid & (t >= 0) & (t < C)
-        good = in_range & (p >= 0) & (p < C)
-        if preds.device.type == "cpu" and not bool(good.eq(in_range).all()):
-            raise ValueError(f"preds holds class indices outside [0, {C})")
-        if b == "cuda":  # class indices outside [0, C) (on a GPU: unchecked) count in the last slot
+        if b == "cuda":
+            if preds.device.type == "cpu":
+                _index_bins(preds, target, C, ignore_index)  # the host check of the predictions
             return _cuda_counts(preds.reshape(1, -1), target.reshape(1, -1), C, ignore_index, False)
-        flat = torch.where(good, t * C + p, torch.where(valid, C * C, C * C + 1))
+        flat = _index_bins(preds, target, C, ignore_index)
         return torch.bincount(flat, minlength=C * C + 2)[: C * C + 1]
     N, S = preds.shape[0], math.prod(preds.shape[2:])
     x = preds.reshape(N, C, S)
@@ -116,6 +112,19 @@ def _counts(preds: Tensor, target: Tensor, C: int, ignore_index, backend) -> Ten
         return out
     p = x.argmax(1)
     return _counts(p.reshape(target.shape), target, C, ignore_index, backend)
+
+
+def _index_bins(preds: Tensor, target: Tensor, C: int, ignore_index) -> Tensor:
+    """The bin of every pixel from class indices: target * C + pred; C * C for a target, or on a
+    GPU a prediction (no host sync), outside [0, C); C * C + 1 when ignored. On CPU tensors a
+    prediction outside [0, C) is a ValueError."""
+    p, t = preds.reshape(-1).long(), target.reshape(-1).long()
+    valid = t != ignore_index if ignore_index is not None else torch.ones_like(t, dtype=torch.bool)
+    in_range = valid & (t >= 0) & (t < C)
+    good = in_range & (p >= 0) & (p < C)
+    if preds.device.type == "cpu" and not bool(good.eq(in_range).all()):
+        raise ValueError(f"preds holds class indices outside [0, {C})")
+    return torch.where(good, t * C + p, torch.where(valid, C * C, C * C + 1))
 
 
 _INDEX = (torch.uint8, torch.int32, torch.int64)  # the index dtypes the kernels read
