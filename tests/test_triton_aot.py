@@ -19,10 +19,7 @@ region stats kernel's; ``--level space`` of the module compiles it in hours),
 launch per kernel. Both sweeps fail on a compile error, shared memory over
 the per-block limit, or a spill in the streaming loss kernels (spill stores
 in ptxas's log: spills land in the stack frame, which cuobjdump counts as
-STACK, not LOCAL). The full sweep fails on any spill in the region kernels;
-it still finds a few configurations of the pixel loss kernels that spill
-4-12 bytes and reports them as an expected failure until those kernels are
-reworked.
+STACK, not LOCAL).
 """
 
 from __future__ import annotations
@@ -243,9 +240,4 @@ def test_full_sweep(capsys):
               f"configurations; compiled: {len(jobs) // len(aot.ARCHS)} per arch; "
               + aot.time_report(rows, t2 - t1, WORKERS) + f"; load average {os.getloadavg()[0]:.1f}")
     bad = aot.failures(rows)  # spills in the streaming loss kernels included
-    # Known: the region grad kernel's class-chunk loop spills a few bytes on
-    # sm_80 for mixed logit / target dtypes; every other spill fails.
-    known = [f for f in bad if f.startswith("_region_grad_kernel sm_80") and "spills" in f]
-    assert [f for f in bad if f not in known] == [], "\n".join(bad[:20])
-    if known:
-        pytest.xfail(f"{len(known)} region grad configurations spill on sm_80:\n" + "\n".join(known))
+    assert bad == [], "\n".join(bad[:20])

@@ -184,6 +184,29 @@ def test_large_C_class_loop(act):
 
 
 @needs_run
+@pytest.mark.parametrize("x_dt,t_dt,tile", [(torch.bfloat16, None, (2, 512)), (torch.float32, torch.bool, (1, 1024)),
+                                            (torch.float32, torch.float16, (2, 512)),
+                                            (torch.float16, torch.float64, (2, 512)),
+                                            (torch.float32, torch.float64, (4, 256))])
+def test_grad_class_loop_default_tiles(x_dt, t_dt, tile):
+    """The grad kernel's class loop at its default tiles: 16-byte pixel
+    vectors of the narrowest of the logits' and dense targets' dtypes (BLOCK_S
+    = 64 of them), 16 / vector classes per chunk; C odd, so the last chunk is
+    partial."""
+    C = 35
+    itemsize = x_dt.itemsize if t_dt is None else min(x_dt.itemsize, t_dt.itemsize)
+    assert R._grad_blocks(C, None, None, itemsize)[1:] == tile + (R.GRAD_LOOP_WARPS,)
+    gen = torch.Generator().manual_seed(35)
+    x = make_x(N, C, S, 2, x_dt, gen=gen)
+    if t_dt is None:
+        run_and_check(x, make_labels(N, C, S, torch.int64, 255, gen=gen), True, 2, P=2, ignore=255)
+    elif t_dt == torch.bool:
+        run_and_check(x, make_dense(N, C, S, torch.float64, None, kind="onehot", gen=gen).to(t_dt), False, 2, P=1)
+    else:
+        run_and_check(x, make_dense(N, C, S, t_dt, -1.0, gen=gen), False, 2, P=1, ignore=-1.0)
+
+
+@needs_run
 @pytest.mark.parametrize("C", [64, 150, 256])
 def test_wide_class_tile(C):
     """The stats kernel's wide class tile at the class counts of its layouts

@@ -41,8 +41,8 @@ Two code paths per kernel, chosen by the constexpr SINGLE_C:
   max / sum-of-exp pass over all classes of the pixel block. The stats kernel
   (C > STATS_MAX_C) then adds each chunk's partial sums into its own
   (L2-resident) out row, separated by barriers; the grad kernel with softmax
-  needs a third pass for sum_k p_k a_k, over chunks of GRAD_LOOP_BLOCK_C
-  classes held in each thread (no barrier in its loops). So large-C softmax
+  needs a third pass for sum_k p_k a_k, over chunks of classes held in
+  each thread (no barrier in its loops; see GRAD_LOOP_ELEMS). So large-C softmax
   reads x 2x (stats) / 3x (grad); these re-reads hit L2 only if BLOCK_S * C
   * itemsize per program is small.
 
@@ -79,13 +79,18 @@ MAX_SINGLE_C = 32
 # Class-chunk size of the looped path (C > MAX_SINGLE_C).
 LOOP_BLOCK_C = 16
 GRAD_WARPS = 8
-# Grad kernel, class loop (C > MAX_SINGLE_C): a [GRAD_LOOP_BLOCK_C, BLOCK_S]
-# tile with the warps' lanes over pixel vectors of 4 (BLOCK_S = 32 * 4 *
-# GRAD_LOOP_WARPS) and the classes of a chunk in each thread's registers, so
-# the reductions over classes (softmax max and sum, sum_k p_k a_k) need no
-# block barrier in the class loops; 2-warp programs keep the grid at 4 per SM
-# of an H100 at [8, C, 128, 128].
-GRAD_LOOP_BLOCK_C = 4
+# Grad kernel, class loop (C > MAX_SINGLE_C): a [BLOCK_C, BLOCK_S] tile with
+# the warps' lanes over pixel vectors of VEC = 16 bytes / the narrowest tile
+# dtype (logits or dense targets; BLOCK_S = 32 * VEC * GRAD_LOOP_WARPS) and
+# the classes of a chunk in each thread's registers, BLOCK_C =
+# GRAD_LOOP_ELEMS / VEC of them (4 for float32, 2 for 16-bit, 1 for 8-bit
+# targets), so the reductions over classes (softmax max and sum, sum_k p_k
+# a_k) need no block barrier in the class loops. A pixel tile narrower than
+# 32 * VEC * warps would put the second warp over the classes (Triton gives
+# each thread VEC contiguous pixels of the narrowest dtype), the class
+# reductions through shared memory, and spills into 16-bit configurations.
+# 2-warp programs keep the grid at 4 per SM of an H100 at [8, C, 128, 128].
+GRAD_LOOP_ELEMS = 16
 GRAD_LOOP_WARPS = 2
 # Stats kernel, single class tile: warps per program, lanes of a warp over the
 # classes (the rest over pixels), and the stages of the tile loop's software
@@ -615,12 +620,15 @@ def _blocks(C: int, block_s, block_c):
                   loop_block_c=LOOP_BLOCK_C)
 
 
-def _grad_blocks(C: int, block_s, block_c):
-    """-> (SINGLE_C, BLOCK_C, BLOCK_S, num_warps) of the grad kernel (see GRAD_LOOP_BLOCK_C)."""
+def _grad_blocks(C: int, block_s, block_c, itemsize: int = 4):
+    """-> (SINGLE_C, BLOCK_C, BLOCK_S, num_warps) of the grad kernel; ``itemsize``:
+    the narrowest of the logits' and dense targets' element sizes (see GRAD_LOOP_ELEMS)."""
     single, BLOCK_C, BLOCK_S = _blocks(C, block_s, block_c)
     if single:
         return single, BLOCK_C, BLOCK_S, GRAD_WARPS
-    return single, block_c or GRAD_LOOP_BLOCK_C, block_s or 32 * 4 * GRAD_LOOP_WARPS, GRAD_LOOP_WARPS
+    vec = max(16 // itemsize, 1)
+    return (single, block_c or max(GRAD_LOOP_ELEMS // vec, 1), block_s or 32 * vec * GRAD_LOOP_WARPS,
+            GRAD_LOOP_WARPS)
 
 
 def _stats_blocks(C: int, block_s, block_c, itemsize: int = 4, xent: int = 0):
@@ -719,7 +727,8 @@ def launch_grad(x, t, t_is_label: bool, g, dx, N: int, C: int, S: int,
         return
     t, (stn, stc, sts), has_ignore, ign_i, ign_f = target_args(t, t_is_label, has_ignore,
                                                                ignore_value)
-    single, BLOCK_C, BLOCK_S, warps = _grad_blocks(C, block_s, block_c)
+    itemsize = x.element_size() if t_is_label else min(x.element_size(), t.element_size())
+    single, BLOCK_C, BLOCK_S, warps = _grad_blocks(C, block_s, block_c, itemsize)
     nblk = -(-S // BLOCK_S)
     wrap(_region_grad_kernel)[(N * nblk,)](
         x, t, g, dx,

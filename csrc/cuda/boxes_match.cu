@@ -106,6 +106,7 @@ __global__ void __launch_bounds__(kThreads) iou_max_kernel(IouMaxProblem p) {
         smax[t] = 0;
       }
       __syncthreads();
+#pragma unroll 4  // ptxas's own unrolling spills a few bytes (float, sm_90)
       for (int t = 0; t < mt; ++t) {
         if (!sval[t]) continue;  // uniform over the block
         const Box<T> g{sx1[t], sy1[t], sx2[t], sy2[t]};
@@ -150,6 +151,7 @@ __global__ void __launch_bounds__(kNmsWord) nms_mask_kernel(NmsProblem p, int64_
   const int64_t ci = p.cls ? p.cls[i] : 0;
   const T thr = T(p.threshold);
   unsigned long long word = 0;
+#pragma unroll 1  // unrolled, ptxas spills a few bytes (double on sm_90, float on sm_80)
   for (int k = (c == rb ? threadIdx.x + 1 : 0); k < ncol; ++k) {
     const Box<T> bj{sx1[k], sy1[k], sx2[k], sy2[k]};
     if (suppresses(iou_rn(bi, bj, ai, sar[k]), thr, ci, scls[k])) word |= 1ull << k;

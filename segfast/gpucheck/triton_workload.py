@@ -13,7 +13,8 @@ kernel, and the interactions that select code paths together: for the
 region and pixel losses every loss form (activation, label / dense target,
 compound term, optional weights, reduction) x ignore_index or not on a
 single class tile and on the looped tile, every class tile, every input dtype
-(single and looped tile), every target dtype, channels_last; for the boxes
+(single and looped tile), every target dtype (dense targets of 8 and 16
+bits on the looped tile too: its tile follows them), channels_last; for the boxes
 every kind x gradients wanted, every format and dtype (CIoU); box matching
 every format and dtype; CRF each pairwise-kernel combination. It is not the
 full cross product: ``triton_aot.config_space`` derives that from these
@@ -164,6 +165,8 @@ def _region(level):
         _region_case(3, f32, lt, f32, 255, "dice")
     for tt in FLOATS[1:] + (torch.bool,):
         _region_case(3, f32, i64, tt, 255, "sigmoid")
+    for tt in (torch.float16, torch.bool):  # the grad kernel's looped tile follows the narrowest tile dtype
+        _region_case(33, f32, i64, tt, 255, "dense_softmax")
     # channels_last (unit class stride)
     _region_case(3, f32, i64, f32, None, "dice", "channels_last")
     _region_case(33, f32, i64, f32, None, "sigmoid", "channels_last")
