@@ -243,3 +243,22 @@ def test_cuda_launch_target(gpu, monkeypatch, name):  # noqa: F811 (the imported
     assert ("region_finish_cuda" if name.startswith("dice") else "pixel_reduced_cuda") in launches, launches
     target = perf.LAUNCH_TARGETS[name.replace("_ignore", "")]
     assert len(launches) + len(ops) <= target, (launches, ops)
+
+
+def test_cuda_rows(monkeypatch):
+    """perf --cuda: the cuda backend's streaming loss kernels of region.cu and
+    pixel.cu, compiled for the model's architecture (the compile is the slow
+    tier's test_cuda_resources; here the rows it keeps)."""
+    from segfast.gpucheck import cuda_resources as cr
+    seen = {}
+
+    def report(src, archs, workers, files):
+        seen.update(archs=archs, files=files)
+        return [dict(kernel="stats_kernel"), dict(kernel="finish_kernel"), dict(kernel="softmax_kernel"),
+                dict(kernel="nms_mask_kernel", error="compile error")]
+    monkeypatch.setattr(cr, "nvcc", lambda: "nvcc")
+    monkeypatch.setattr(cr, "report", report)
+    rows = perf.cuda_report("a100")
+    assert seen == {"archs": (80,), "files": cr.LOSS_FILES}
+    assert [r["kernel"] for r in rows] == ["stats_kernel", "softmax_kernel", "nms_mask_kernel"]
+    assert set(perf.CUDA_STREAMING) >= set(cr.NO_LOOP_BARRIER) | set(cr.VECTOR_LOADS)
