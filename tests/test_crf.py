@@ -356,7 +356,7 @@ def test_cpu_crf_threads_agree():
 
 
 @needs_cpu
-@pytest.mark.parametrize("self_message", [True, False])
+@pytest.mark.parametrize("self_message", [True, pytest.param(False, marks=pytest.mark.slow)])
 def test_cpu_crf_batch_reuses_buffers(self_message):
     """The images of a batch run one after the other in the same buffers
     (lattices, grids, grid parts, marginals), resized from image to image:
@@ -377,11 +377,13 @@ def test_cpu_crf_batch_reuses_buffers(self_message):
 
 
 @needs_cpu
-@pytest.mark.parametrize("case", ["no_self", "matrix", "after", "none"])
+# the normalizations scale each pixel alone (test_cpu_matches_torch covers them): slow tier here
+@pytest.mark.parametrize("case", ["no_self", "matrix", pytest.param("after", marks=pytest.mark.slow),
+                                  pytest.param("none", marks=pytest.mark.slow)])
 def test_cpu_options_on_several_threads(case):
     """The option paths with the pixels split in bands: the marginals kept for
     self-message removal, matrix compatibilities, the other normalizations."""
-    C, H, W = 21, 96, 101
+    C, H, W = 21, 96, 101  # the smallest image split in 3 bands (C * H * W elements decide)
     U, img, _ = batch(1, C, H, W, seed=13)
     kw = dict(iterations=3)
     if case == "no_self":
