@@ -291,8 +291,9 @@ def make_nms(N, dtype, fmt="xyxy", gen=None, ties=True):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("thr", [0.0, 0.3, 0.7, 1.0])
+# each dtype and each threshold once per backend: the threshold is one scalar
+# compare, independent of how the dtype's boxes are loaded
+@pytest.mark.parametrize("dtype,thr", list(zip(DTYPES, [0.0, 0.3, 0.7, 1.0])))
 def test_nms_matches_reference(backend, dtype, thr):
     N = 150 if small(backend) else 1500
     b, s = make_nms(N, dtype)
@@ -305,7 +306,7 @@ def test_nms_matches_reference(backend, dtype, thr):
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("fmt", FMTS)
 def test_batched_nms_matches_reference(backend, fmt):
-    N = 140 if small(backend) else 1200
+    N = 140 if small(backend) else 600
     b, s = make_nms(N, torch.float32, fmt=fmt)
     i = torch.randint(0, 5, (N,)).to(DEVICE)
     want = ref.nms_by_class(b, s, i, 0.4, fmt=ops.FMTS[fmt])

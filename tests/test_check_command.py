@@ -96,6 +96,7 @@ def test_sanitizer_absent(monkeypatch):
     assert A.step_sanitizer(10).status == "skip"
 
 
+@pytest.mark.slow  # its steps rerun tests/test_triton_aot.py and tests/test_cuda_resources.py
 def test_check_command_end_to_end():
     """``python -m segfast check --gpu`` here (no GPU): says so, runs the CPU-side checks, exits 0."""
     import torch

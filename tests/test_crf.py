@@ -169,8 +169,10 @@ def test_exact_method_matches_plain_loop(backend):
 
 
 @needs_cpu
-@pytest.mark.parametrize("C,H,W", [(2, 17, 23), (21, 16, 19), (60, 9, 13), (3, 1, 7)])
-@pytest.mark.parametrize("normalization", ["symmetric", "after"])
+# each shape once, each normalization on two of them (the normalization is a
+# per-pixel scale, independent of the class count and the image's shape)
+@pytest.mark.parametrize("C,H,W,normalization", [(2, 17, 23, "symmetric"), (21, 16, 19, "after"),
+                                                 (60, 9, 13, "symmetric"), (3, 1, 7, "after")])
 def test_cpu_matches_torch(C, H, W, normalization):
     U, img, _ = batch(2, C, H, W, seed=C)
     kw = dict(iterations=4, normalization=normalization, bilateral=segfast.Bilateral(8.0, 13.0, 10.0))
@@ -186,7 +188,7 @@ def test_cpu_matches_torch(C, H, W, normalization):
                                   "none", "one_kernel", "gaussian_only", "aniso", "pos", "logits", "probs"])
 def test_cpu_matches_torch_options(case):
     C, H, W = 5, 14, 17
-    U, img, _ = batch(2, C, H, W, seed=3)
+    U, img, _ = batch(1, C, H, W, seed=3)  # batches: test_cpu_matches_torch
     kw = dict(iterations=3)
     if case == "float_image":
         img = img.float() + 0.25
@@ -212,7 +214,7 @@ def test_cpu_matches_torch_options(case):
         kw["gaussian"] = segfast.Gaussian((2.0, 4.0), 2.0)
         kw["bilateral"] = segfast.Bilateral((20.0, 9.0), (10.0, 13.0, 30.0), 6.0)
     elif case == "pos":
-        kw["pos"] = torch.rand(2, H, W)
+        kw["pos"] = torch.rand(1, H, W)
     elif case == "logits":
         kw["unary_from"] = "logits"
     elif case == "probs":
@@ -354,7 +356,7 @@ def test_cpu_crf_threads_agree():
 
 
 @needs_cpu
-@pytest.mark.parametrize("self_message", [True, False])
+@pytest.mark.parametrize("self_message", [True, pytest.param(False, marks=pytest.mark.slow)])
 def test_cpu_crf_batch_reuses_buffers(self_message):
     """The images of a batch run one after the other in the same buffers
     (lattices, grids, grid parts, marginals), resized from image to image:
@@ -375,11 +377,13 @@ def test_cpu_crf_batch_reuses_buffers(self_message):
 
 
 @needs_cpu
-@pytest.mark.parametrize("case", ["no_self", "matrix", "after", "none"])
+# the normalizations scale each pixel alone (test_cpu_matches_torch covers them): slow tier here
+@pytest.mark.parametrize("case", ["no_self", "matrix", pytest.param("after", marks=pytest.mark.slow),
+                                  pytest.param("none", marks=pytest.mark.slow)])
 def test_cpu_options_on_several_threads(case):
     """The option paths with the pixels split in bands: the marginals kept for
     self-message removal, matrix compatibilities, the other normalizations."""
-    C, H, W = 21, 96, 101
+    C, H, W = 21, 96, 101  # the smallest image split in 3 bands (C * H * W elements decide)
     U, img, _ = batch(1, C, H, W, seed=13)
     kw = dict(iterations=3)
     if case == "no_self":

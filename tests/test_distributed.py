@@ -51,6 +51,7 @@ def _worker(rank, port, out):
         dist.destroy_process_group()
 
 
+@pytest.mark.slow  # two spawned processes, each importing torch and segfast
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed not built")
 def test_sync_stats_two_processes():
     out = mp.Manager().dict()
