@@ -35,6 +35,7 @@ void region_grad_probs_cpu(const Problem& pr, const float* g, int64_t num_thread
 void region_grad_cpu(const Problem& pr, const void* g, void* dx, int64_t dxsN, int64_t dxsC,
                      int64_t dxsS, int64_t num_threads, const float* mr);
 int openmp_max_threads();
+const char* region_isa();
 #ifdef SEGFAST_WITH_CUDA
 void region_stats_cuda(const Problem& pr, int64_t P, void* out, uintptr_t stream, int32_t* flag = nullptr,
                        int64_t* confusion = nullptr);
@@ -1013,6 +1014,10 @@ PYBIND11_MODULE(SEGFAST_MODULE_NAME, m) {
   }, "True if built with SEGFAST_MANYLINUX=ON (static libstdc++, glibc symbols <= 2.28).");
   m.def("openmp_max_threads", &segfast::region::openmp_max_threads,
         "omp_get_max_threads() in the extension's OpenMP runtime.");
+  m.def("region_isa", &segfast::region::region_isa,
+        "The instruction set whose build the CPU region kernels run: 'avx512', 'avx2' or 'baseline' "
+        "(SEGFAST_CPU_ISA, else the best the CPU has; read once per process). ValueError for a "
+        "SEGFAST_CPU_ISA that is not one of these or that this CPU or build cannot run.");
   m.def("advise_huge_pages", &segfast::cpu::advise_huge_pages,
         "madvise(MADV_HUGEPAGE) on the whole 2 MiB pages inside [ptr, ptr + nbytes) (Linux; "
         "else a no-op); 0 or madvise's -1.",

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import segfast
-from segfast import functional as F
+from segfast import backends, functional as F
 from segfast.reference import region as ref
 
 from conftest import kernel_backends, tol
@@ -253,13 +253,13 @@ def test_large_C_loops_over_classes(backend):
 @pytest.mark.parametrize("grads", ["plain", "squared", "all"])
 @pytest.mark.parametrize("layout", ["contiguous", "tail", "channels_last", "bfloat16", "ignore"])
 def test_cpu_grad_with_kept_softmax(layout, grads):
-    """The cpu stats pass keeps what the grad pass needs: the probabilities
-    v·p themselves, in the buffer that becomes the gradient, for float32
-    input with unit pixel stride, else each pixel's softmax max and 1/sum
-    (ops/region.py _keeps). Either gives the same gradient as the grad pass
-    that recomputes everything (keep=0) and as the reference, for full and
-    partial pixel blocks, ignored pixels, and every kind of dLoss/dStats
-    (plain I/P/T; with PP; with M)."""
+    """In eager mode the cpu stats pass keeps the probabilities v·p, in the
+    buffer that becomes the gradient, for float32 input with unit pixel
+    stride on the fast path (ops/region.py _keeps: KEEP_PROBS; the AVX-512 build), and
+    nothing else (not each pixel's max and 1/sum: never KEEP_MAX_SUM). Either
+    way the gradient is the op path's, which recomputes everything
+    (torch.compile's), for full and partial pixel blocks, ignored pixels, and
+    every kind of dLoss/dStats (plain I/P/T; with PP; with M)."""
     from segfast.ops import region as ops
 
     spatial = (37, 53) if layout == "tail" else (16, 24)
@@ -273,8 +273,9 @@ def test_cpu_grad_with_kept_softmax(layout, grads):
     args = ops.prepare(x, t, "multiclass", True, ign, "cpu")
     x3, rest = args[0], args[1:]
     keep = ops._keeps(x3, rest[1], rest[2], "cpu", 0)
-    assert keep & ops.KEEP_MAX_SUM
-    assert bool(keep & ops.KEEP_PROBS) == (layout in ("contiguous", "tail", "ignore"))
+    assert not keep & ops.KEEP_MAX_SUM
+    fast = backends._C.region_isa() == "avx512"
+    assert bool(keep & ops.KEEP_PROBS) == (fast and layout in ("contiguous", "tail", "ignore"))
     kept = ops.plane_stats(*args)  # eager: _EagerStats, keeps them
     op = ops.region_stats_op(*args, 0, 0.0, 0)[0]  # the torch.library op told to keep nothing: recomputes
     assert torch.equal(kept, op)

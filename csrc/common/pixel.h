@@ -18,7 +18,8 @@
 
 #include "dtypes.h"
 #include "problem.h"
-#include "region.h"  // fast_expf / exp_t / sigmoid, chunk_range
+#include "pixel_terms.h"  // exp_t, log_t, the focal power
+#include "region.h"       // chunk_range, decode_label
 
 namespace segfast {
 namespace pixel {
@@ -29,7 +30,6 @@ enum Kind : int { kCE = 0, kFocalSoftmax = 1, kFused = 2, kBCE = 3, kFocalSigmoi
 SEGFAST_HD bool is_softmax_kind(int kind) { return kind >= kCE && kind <= kFused; }
 
 using region::chunk_range;
-using region::exp_t;
 
 // Everything one pixel-loss call reads and writes. Strides are in elements
 // (any value). The optional pointers are null when absent; A is the
@@ -59,117 +59,6 @@ struct Problem : Inputs {  // x, targets, N, C, S, label decoding: problem.h
 // the valid pixels (softmax kinds) or elements (sigmoid kinds), or the summed
 // class weights w_y of the valid pixels.
 enum Norm : int { kNormSum = 0, kNormCount = 1, kNormWeight = 2 };
-
-// ---- log ------------------------------------------------------------------------
-
-// log(x) for float x >= FLT_MIN (smaller x are clamped), vectorisable (no
-// branches, no libm call): Cephes logf, x = m * 2^e with m in [sqrt(1/2), sqrt(2)),
-// degree-9 polynomial in m - 1 (~1-2 ulp). NaN gives NaN and +inf gives +inf
-// (one blend at the end): a NaN or +inf logit must reach the loss.
-SEGFAST_HD float fast_logf(float x) {
-  const float x_in = x;
-  x = x < 1.17549435e-38f ? 1.17549435e-38f : x;
-  const int32_t u = int32_t(f32_bits(x));  // x > 0: sign bit clear
-  // x = m * 2^e, m in [0.5, 1); the exponent is kept in float (vectorises)
-  float fe = float(u >> 23) - 126.0f;
-  float m = bits_f32(uint32_t((u & 0x007fffff) | 0x3f000000));
-  const bool small = m < 0.707106781186547524f;
-  fe = small ? fe - 1.0f : fe;
-  m = small ? m + m - 1.0f : m - 1.0f;  // m - 1 in [-0.293, 0.414)
-  const float z = m * m;
-  float y = 7.0376836292e-2f;
-  y = y * m - 1.1514610310e-1f;
-  y = y * m + 1.1676998740e-1f;
-  y = y * m - 1.2420140846e-1f;
-  y = y * m + 1.4249322787e-1f;
-  y = y * m - 1.6668057665e-1f;
-  y = y * m + 2.0000714765e-1f;
-  y = y * m - 2.4999993993e-1f;
-  y = y * m + 3.3333331174e-1f;
-  y = y * m * z;
-  y += -2.12194440e-4f * fe;
-  y += -0.5f * z;
-  const float r = m + y + 0.693359375f * fe;
-  return x_in <= 3.40282347e38f ? r : x_in + x_in;  // NaN, +inf: themselves
-}
-
-SEGFAST_HD float log_t(float x) {
-#if defined(__CUDA_ARCH__)
-  return logf(x);
-#else
-  return fast_logf(x);
-#endif
-}
-SEGFAST_HD double log_t(double x) { return log(x); }
-
-// a / b for b in [1, C] (a sum of exponentials whose largest term is 1): on
-// the device in float one MUFU.RCP and a multiply (2 ulp), inline; IEEE
-// division there is a subroutine call whose saved registers spill.
-SEGFAST_HD float div_sum(float a, float b) {
-#if defined(__CUDA_ARCH__)
-  return __fdividef(a, b);
-#else
-  return a / b;
-#endif
-}
-SEGFAST_HD double div_sum(double a, double b) { return a / b; }
-
-// log(1 + e) for e in [0, 1]; on the host the u = 1 + e trick keeps full
-// relative accuracy for small e with the vectorisable log.
-SEGFAST_HD float log1p_t(float e) {
-#if defined(__CUDA_ARCH__)
-  return log1pf(e);
-#else
-  const float u = 1.0f + e;
-  const float d = u - 1.0f;
-  return d == 0.0f ? e : fast_logf(u) * (e / d);
-#endif
-}
-SEGFAST_HD double log1p_t(double e) { return log1p(e); }
-
-// Focal parameters, prepared once per call (outside the vectorised loops):
-// GCC does not vectorise a select on a loop-invariant condition, so the special
-// cases are blend factors k (exact: k * a + (1 - k) * b for k in {0, 1}).
-template <typename T>
-struct Focal {
-  T gamma, k0, k1, k2;  // k_i = (gamma == i)
-  T alpha, ka;          // ka = (alpha >= 0)
-};
-
-template <typename T>
-SEGFAST_HD Focal<T> make_focal(double gamma, double alpha) {
-  Focal<T> f;
-  f.gamma = T(gamma);
-  f.k0 = gamma == 0.0 ? T(1) : T(0);
-  f.k1 = gamma == 1.0 ? T(1) : T(0);
-  f.k2 = gamma == 2.0 ? T(1) : T(0);
-  f.alpha = T(alpha);
-  f.ka = alpha >= 0.0 ? T(1) : T(0);
-  return f;
-}
-
-// om^gamma for om <= 1, gamma >= 0 (0^0 = 1, as torch), exact for gamma in
-// {0, 1, 2}. om <= 0 (1 - p_t of a dense target outside [0, 1]) counts as 0,
-// as in the reference's focal_factor.
-template <typename T>
-SEGFAST_HD T pow_gamma(T om, const Focal<T>& f) {
-  om = om > T(0) ? om : T(0);
-  const T safe = om > T(0) ? om : T(1);
-  T r = exp_t(f.gamma * log_t(safe));
-  r = om > T(0) ? r : T(0);
-  r = f.k1 * om + (T(1) - f.k1) * r;
-  r = f.k2 * (om * om) + (T(1) - f.k2) * r;
-  r = f.k0 + (T(1) - f.k0) * r;
-  return r;
-}
-
-// g * om^(g - 1), taken as 0 where om == 0 (the limit for g > 1, and the
-// convention at p_t = 1 for g <= 1), given pg = om^g.
-template <typename T>
-SEGFAST_HD T dpow_gamma(T om, T g, T pg) {
-  const T safe = om > T(0) ? om : T(1);
-  return om > T(0) ? g * pg / safe : T(0);
-}
 
 // ---- sigmoid kinds: one element ----------------------------------------------------
 
@@ -243,11 +132,10 @@ SEGFAST_HD void softmax_pixel(bool valid, T m, T sum, T so, T mfg, T sumfg, T e0
     // p_y below exp's clamp (-87 in float) is 0, not the clamp's value: p_y·log p_y -> 0
     const T py = logp > T(-87) ? exp_t(logp) : T(0);
     const T om = div_sum(so, sum);  // 1 - p_y, without cancellation
-    const T pg = pow_gamma(om, f);
-    const T pg1 = dpow_gamma(om, f.gamma, pg);
-    const T F = pg - pg1 * py * logp;
-    L0 = -wy * pg * logp;
-    a = s0 * wy * F;
+    T pg, q;
+    focal_terms(om, py, nly, f, &pg, &q);
+    L0 = wy * pg * nly;
+    a = s0 * wy * q;
     b = -a;
   } else {
     const T ew = eps * invC;
@@ -296,11 +184,11 @@ SEGFAST_HD void dense_focal_term(T xc, T ec, T m, T sum, T lsum, T tc, T wc, con
   const T logp = (xc - m) - lsum;
   const T pc = div_sum(ec, sum);
   const T om = div_sum(sum - ec, sum);  // 1 - p
-  const T pg = pow_gamma(om, f);
-  const T pg1 = dpow_gamma(om, f.gamma, pg);
+  T pg, q;
+  focal_terms(om, pc, -logp, f, &pg, &q);
   const T a = wc * tc;
-  *l = -a * pg * logp;
-  *aq = a * (pg - pg1 * pc * logp);
+  *l = a * pg * -logp;
+  *aq = a * q;
   *p = pc;
 }
 

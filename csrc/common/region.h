@@ -25,10 +25,13 @@
 #include <cstdint>
 
 #include "dtypes.h"
+#include "pixel_terms.h"  // exp_t, the focal power
 #include "problem.h"
 
 namespace segfast {
 namespace region {
+
+using segfast::expf_reduced;  // region::expf_reduced, the CPU CRF kernels' exp
 
 constexpr int K = 7;
 constexpr int KX = 9;  // with a pixel term's sums
@@ -47,53 +50,7 @@ struct Problem : Inputs {
 // Sums per plane in the kernels' output and dLoss/dStats input.
 SEGFAST_HD int num_stats(const Problem& pr) { return pr.xent ? KX : K; }
 
-// ---- exp / activations ------------------------------------------------------
-
-// exp(x) for float, vectorisable (no branches, no libm call): Cephes-style
-// range reduction x = n*ln2 + r, |r| <= ln2/2, degree-6 polynomial (~1-2 ulp).
-// x is clamped to [-87, 88] for the reduction; below -87 the result is 0
-// (float's subnormal range is flushed), exp(-inf) = 0, and NaN stays NaN.
-// exp(r) for |r| <= ln2/2 (fast_expf's reduced argument): a degree-6
-// polynomial. V is float or a float vector (GCC/Clang vector extension), so
-// CPU kernels can run it on whole vectors.
-template <typename V>
-SEGFAST_HD V expf_reduced(V r) {
-  V p = V{} + 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  return p * (r * r) + r + 1.0f;
-}
-
-SEGFAST_HD float fast_expf(float x) {
-  const float x_in = x;
-  x = x < -87.0f ? -87.0f : x;
-  x = x > 88.0f ? 88.0f : x;
-  // round(x / ln2) to nearest even with the 1.5*2^23 trick (no floorf call)
-  const float magic = 12582912.0f;
-  float t = x * 1.44269504088896341f + magic;
-  const int32_t n = int32_t(f32_bits(t)) - int32_t(0x4B400000);
-  const float fn = t - magic;
-  float r = x - fn * 0.693359375f;
-  r = r - fn * -2.12194440e-4f;
-  const float y = expf_reduced(r);
-  const float scale = bits_f32(uint32_t(n + 127) << 23);
-  // below the clamp the result is 0 (as expf's, to within float's subnormals):
-  // exp(-inf) must be 0, not exp(-87), or 1 - sigmoid and a masked class's
-  // probability come out nonzero at an infinite logit (and 0·inf terms, NaN)
-  return x_in < -87.0f ? 0.0f : y * scale;
-}
-
-SEGFAST_HD float exp_t(float x) {
-#if defined(__CUDA_ARCH__)
-  return expf(x);
-#else
-  return fast_expf(x);
-#endif
-}
-SEGFAST_HD double exp_t(double x) { return exp(x); }
+// ---- activations ----------------------------------------------------------------
 
 // Numerically stable sigmoid: e = exp(-|x|) never overflows.
 template <typename T>
@@ -126,28 +83,11 @@ SEGFAST_HD void decode_dense(T value, bool has_ignore, double ignore_value, T* t
   *t = ign ? T(0) : value;
 }
 
-// ---- pixel terms (xent) -------------------------------------------------------------
-
+// The power of the region formulas (the focal Tversky exponent of the finish
+// kernel), exact for e in {1, 2}. The pixel terms' focal power is
+// pixel_terms.h's pow_gamma.
 SEGFAST_HD float pow_t(float b, float e) { return e == 2.0f ? b * b : (e == 1.0f ? b : powf(b, e)); }
 SEGFAST_HD double pow_t(double b, double e) { return e == 2.0 ? b * b : (e == 1.0 ? b : pow(b, e)); }
-
-// Focal: f = (1 - p)^gamma * nl with nl = -log p (torch's 0^0 = 1).
-template <typename T>
-SEGFAST_HD T focal_value(T p, T nl, T gamma) {
-  const T om = T(1) - p;
-  return (om > T(0) ? pow_t(om, gamma) : (gamma == T(0) ? T(1) : T(0))) * nl;
-}
-
-// q = -df/dlog p = (1 - p)^gamma - gamma p (1 - p)^(gamma - 1) log p, 1 for gamma = 0
-// and 0 at p = 1 (its limit for gamma > 0).
-template <typename T>
-SEGFAST_HD T focal_dlogp(T p, T nl, T gamma) {
-  if (gamma == T(0)) return T(1);
-  const T om = T(1) - p;
-  if (!(om > T(0))) return T(0);
-  const T w = pow_t(om, gamma - T(1));
-  return w * (om + gamma * p * nl);
-}
 
 // ---- gradient ----------------------------------------------------------------------
 
@@ -163,17 +103,18 @@ SEGFAST_HD T dloss_dp(T p, T t, T v, const G* g) {
   return v * (T(g[kI]) * t + T(g[kP]) + T(2) * T(g[kPP]) * p + T(g[kM]) * min_grad(p, t));
 }
 
-// The 7 contributions of one element, added into acc[0..6].
+// The 7 contributions of one element, added into acc[k * stride], k = 0..6
+// (stride: the lanes of the CPU kernels' vectorised sums).
 template <typename T, typename A>
-SEGFAST_HD void accumulate(A* acc, T p, T t, T v) {
+SEGFAST_HD void accumulate(A* acc, T p, T t, T v, int64_t stride = 1) {
   const T vp = v * p;
-  acc[kI] += vp * t;
-  acc[kP] += vp;
-  acc[kT] += v * t;
-  acc[kV] += v;
-  acc[kPP] += vp * p;
-  acc[kTT] += v * t * t;
-  acc[kM] += v * (p < t ? p : t);
+  acc[kI * stride] += vp * t;
+  acc[kP * stride] += vp;
+  acc[kT * stride] += v * t;
+  acc[kV * stride] += v;
+  acc[kPP * stride] += vp * p;
+  acc[kTT * stride] += v * t * t;
+  acc[kM * stride] += v * (p < t ? p : t);
 }
 
 // ---- finish (the loss from the partial sums; CUDA region_finish_cuda) ------------------

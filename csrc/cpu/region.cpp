@@ -1,14 +1,15 @@
 // Region family, CPU kernels (C++ / OpenMP). See csrc/common/region.h for the
 // math and segfast/ops/region.py for the calling side.
 //
-// Both passes work on tiles of `tile` pixels x all C classes, copied into
-// per-thread float (double for float64 input) buffers laid out [C][tile], so
-// every inner loop runs over pixels with unit stride and vectorises
-// (exp included: fast_expf is branch-free). Hot float paths are compiled
-// twice (x86-64-v3 = AVX2+FMA, and baseline x86-64) with GCC function
-// multiversioning (SEGFAST_CLONES, csrc/cpu/common.h), chosen at load time
-// by CPU features, so the wheel stays portable. (Not "arch=haswell": that
-// clone is picked only on CPUs that *are* Haswell, not on newer ones.)
+// Both passes work on tiles of pixels x all C classes. The common case
+// (softmax, class-index targets, float32 / float16 / bfloat16 logits: the
+// "fast path") runs in blocks of VL pixels held in GCC generic vectors; every
+// other input (dense targets, sigmoid or no activation, float64) takes the
+// general tile code, whose inner loops run over pixels with unit stride in
+// per-thread [C][tile] buffers and vectorise (exp included: fast_expf is
+// branch-free). The general path is built once per instruction set, the fast
+// path for AVX-512 only (see "instruction sets" below); one build is chosen
+// per process.
 #include <omp.h>
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
@@ -17,7 +18,10 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
+#include <stdexcept>
+#include <string>
 #include <vector>
 
 #include "../common/region.h"
@@ -30,14 +34,42 @@ namespace {
 using cpu::load_row;
 using cpu::store_row;
 
-constexpr int64_t W = 16;  // lanes of the hand-vectorised reductions; tiles are padded to W
+// ---- tuning ---------------------------------------------------------------------------
+//
+// Every constant that sets the kernels' speed and none of their results. They
+// fit x86-64 cores with 32-48 KiB of L1 and 1-2 MiB of L2 per core, measured on
+// softmax Dice (+ CE) steps at [8, 21, 128, 128]; on another machine, retune them
+// with bench/bench_region.py.
+//
+// Lanes per block of the fast path and of the general path's hand-vectorised
+// sums: one AVX-512 register of floats (two AVX2, four SSE); tiles are padded to it.
+constexpr int64_t W = 16;
+// Bytes of one [C][tile] float buffer: the general path holds 2-4 of them per
+// thread, the fast path's stash of exps 1, which then stay in L2.
+constexpr int64_t kTileBytes = 128 << 10;
+constexpr int64_t kTileMin = 16, kTileMax = 256;  // pixels per tile, multiples of W
+// Software prefetch distance (elements) along each class row where x (dx) is
+// read (written) in place: C rows whose pitch is a large power of two defeat
+// the hardware prefetchers. Read and write prefetches go to L2 (locality 2):
+// the C lines of a block ahead would evict each other from one L1 set.
+constexpr int64_t kPrefetch = 4 * W;
+// Confusion counts (ConfCounts): per-thread int32 tables up to C = kConfLocalMaxC
+// (else atomics straight into the output), kConfCopies interleaved copies of
+// the table while C * C <= kConfCopiesMaxCC (consecutive pixels of one class hit
+// one bin: the copies break the chain of increments through memory).
+constexpr int64_t kConfLocalMaxC = 1024, kConfCopies = 4, kConfCopiesMaxCC = 1024;
+// Blocks of VL pixels that the grad pass from kept probabilities (grad_probs_group)
+// works on together, class by class: one block's C lines share an L1 set
+// whenever the row pitch is a multiple of 4 KiB, kGroup consecutive blocks
+// spread over kGroup sets.
+constexpr int64_t kGroup = 4;
+
 SEGFAST_INLINE int64_t pad_len(int64_t len) { return (len + W - 1) / W * W; }
 
-// Pixels per tile: ~128 KiB per [C][tile] float buffer, 16..256, multiple of 16.
 int64_t tile_for(int64_t C) {
-  int64_t t = 32768 / std::max<int64_t>(C, 1);
-  t = std::min<int64_t>(256, std::max<int64_t>(16, t));
-  return t & ~int64_t(15);
+  int64_t t = kTileBytes / int64_t(sizeof(float)) / std::max<int64_t>(C, 1);
+  t = std::min<int64_t>(kTileMax, std::max<int64_t>(kTileMin, t));
+  return t & ~(W - 1);
 }
 
 int resolve_threads(int64_t num_threads) {
@@ -45,22 +77,87 @@ int resolve_threads(int64_t num_threads) {
   return int(num_threads);
 }
 
+// ---- instruction sets: SEGFAST_CPU_ISA=avx512|avx2|baseline -------------------------
+//
+// The general path's entries (SEGFAST_ISA_ENTRY) are built three times:
+// AVX-512 (x86-64-v4), AVX2 + FMA (x86-64-v3) and baseline x86-64; the fast
+// path's for AVX-512 only (SEGFAST_V4; fast_ok). The best build the CPU runs
+// is chosen on the first call, once per process. SEGFAST_CPU_ISA pins one
+// (the tests run all three on one machine); a value that is not one of the
+// three, or a build the CPU cannot run, is a ValueError naming the value.
+// ("arch=x86-64-v3", not "arch=haswell": that would be taken only on CPUs
+// that are Haswell.) Builds other than GCC >= 12 on x86-64 Linux have one
+// build, for the compiler's target, which region_isa() names "baseline".
+#if !defined(__clang__) && defined(__GNUC__) && defined(__x86_64__) && defined(__linux__) && \
+    !defined(SEGFAST_NO_CLONES) && __GNUC__ >= 12
+#define SEGFAST_AVX512 1
+#define SEGFAST_V4 __attribute__((target("arch=x86-64-v4")))
+#define SEGFAST_V3 __attribute__((target("arch=x86-64-v3")))
+#endif
+enum class Isa { kBaseline = 0, kAvx2 = 1, kAvx512 = 2 };
+const char* const kIsaNames[] = {"baseline", "avx2", "avx512"};
+
+Isa choose_isa() {
+#if defined(SEGFAST_AVX512)
+  const Isa best = __builtin_cpu_supports("x86-64-v4")   ? Isa::kAvx512
+                   : __builtin_cpu_supports("x86-64-v3") ? Isa::kAvx2
+                                                         : Isa::kBaseline;
+  const char* built = "";
+#else
+  const Isa best = Isa::kBaseline;
+  const char* built = " (this build of segfast has the baseline kernels only)";
+#endif
+  const char* env = std::getenv("SEGFAST_CPU_ISA");
+  if (env == nullptr || *env == '\0') return best;
+  const std::string want(env);
+  for (int i = 0; i < 3; ++i) {
+    if (want != kIsaNames[i]) continue;
+    if (i > int(best))
+      throw std::invalid_argument("SEGFAST_CPU_ISA='" + want + "': not supported here; the best is '" +
+                                  kIsaNames[int(best)] + "'" + built);
+    return Isa(i);
+  }
+  throw std::invalid_argument("SEGFAST_CPU_ISA='" + want + "': must be avx512, avx2 or baseline");
+}
+
+Isa cpu_isa() {
+  static const Isa isa = choose_isa();  // read once (an invalid value throws on every call)
+  return isa;
+}
+
+template <class F>
+F pick_isa(F v4, F v3, F base) {
+  const Isa isa = cpu_isa();
+  return isa == Isa::kAvx512 ? v4 : isa == Isa::kAvx2 ? v3 : base;
+}
+
+// SEGFAST_ISA_ENTRY(name, impl, PARAMS, ARGS) defines name##_v4, name##_v3 and
+// name##_base, void PARAMS { impl ARGS; } for each instruction set;
+// SEGFAST_ISA_PICK(name) is the one cpu_isa() chose.
+#if defined(SEGFAST_AVX512)
+#define SEGFAST_ISA_ENTRY(name, impl, PARAMS, ARGS) \
+  SEGFAST_V4 void name##_v4 PARAMS { impl ARGS; }  \
+  SEGFAST_V3 void name##_v3 PARAMS { impl ARGS; }  \
+  void name##_base PARAMS { impl ARGS; }
+#define SEGFAST_ISA_PICK(name) pick_isa(name##_v4, name##_v3, name##_base)
+#else
+#define SEGFAST_ISA_ENTRY(name, impl, PARAMS, ARGS) void name##_base PARAMS { impl ARGS; }
+#define SEGFAST_ISA_PICK(name) (cpu_isa(), name##_base)
+#endif
+
 // ---- confusion counts of the argmax (optional, class-index targets) ---------------
 //
 // out[y * C + argmax_c x] += 1 for each pixel whose label y is valid (not ignored,
 // in [0, C)); the first maximum wins and a NaN counts as the maximum, as in
-// torch.argmax. Counted per thread in int32 tables that stay in L1 (16 KiB): nh
-// interleaved copies of the C x C table for C * C <= 1024 (consecutive pixels of
-// one class hit one bin: the copies break the chain of increments through memory),
-// one copy above; added to out with atomics when the thread ends (or before an
+// torch.argmax. Counted per thread in int32 tables that stay in L1 (16 KiB; see
+// kConfCopies), added to out with atomics when the thread ends (or before an
 // int32 could overflow); for C > kConfLocalMaxC, atomics straight into out.
-constexpr int64_t kConfLocalMaxC = 1024;
 
 class ConfCounts {
  public:
   ConfCounts(int64_t* out, int64_t C) : out_(out), C_(C) {
     if (out && C <= kConfLocalMaxC) {
-      nh_ = C * C <= 1024 ? 4 : 1;
+      nh_ = C * C <= kConfCopiesMaxCC ? kConfCopies : 1;
       h_.assign(nh_ * C * C, 0);
     }
   }
@@ -241,33 +338,22 @@ SEGFAST_INLINE void load_probs(const Problem& pr, Workspace<T>& w, int64_t n, in
 // per (pixel, class) only P += v*p and PP += v*p^2 need every class; I (= M, as
 // min(p, t) = p*t for p in [0, 1] and t in {0, 1}) and T (= TT) only involve
 // the pixel's own class, done with a compare mask. Work goes in blocks of VL = 16
-// pixels x all C classes with GCC generic vectors (one zmm in the AVX-512 build,
-// two ymm in the x86-64-v3 clone, four xmm in the baseline one): the softmax max,
-// exp and sum stay in registers, and x is read straight from the input when it
+// pixels x all C classes, one zmm register each (GCC generic vectors; the fast
+// path is built for AVX-512 only, see fast_ok): the softmax max, exp and sum
+// stay in registers, and x is read straight from the input when it
 // is float32 with unit pixel stride (else a converted copy of the tile is used),
 // with software prefetch: C rows with a large power-of-two pitch defeat the
 // hardware prefetchers. Grad: dx_c = v p_c (a_c - sum_k p_k a_k) per block, with
-// a_c = gP + 2 gPP p_c + [c == label] gI (+ gM h when some gM != 0), dx written
+// a_c = gP + 2 gPP p_c + [c == label] gI + gM h, dx written
 // straight to the output when it is float32 with unit pixel stride.
 // Everything else (dense targets, other activations, float64) takes the
 // general tile code below.
 
-#if defined(__GNUC__)
+#if defined(SEGFAST_AVX512)
 #define SEGFAST_VEC 1
-#if !defined(__clang__) && defined(__x86_64__) && defined(__linux__) && \
-    !defined(SEGFAST_NO_CLONES) && __GNUC__ >= 12
-// An AVX-512 build of the fast paths (exp with vrndscaleps / vscalefps), chosen at
-// run time; the generic-vector build keeps the x86-64-v3 / baseline clones.
-#define SEGFAST_AVX512 1
-#define SEGFAST_V4 __attribute__((target("arch=x86-64-v4")))
-#define SEGFAST_CLONES_V3 __attribute__((target_clones("arch=x86-64-v3", "default")))
-#else
-#define SEGFAST_CLONES_V3 SEGFAST_CLONES
-#endif
-constexpr int64_t VL = 16;
+constexpr int64_t VL = W;
 typedef float vf __attribute__((vector_size(64)));
 typedef int32_t vi __attribute__((vector_size(64)));
-static_assert(W == VL, "tiles are padded to the vector length");
 
 SEGFAST_INLINE vf vload(const float* p) { vf v; std::memcpy(&v, p, sizeof(v)); return v; }
 SEGFAST_INLINE vi viload(const int32_t* p) { vi v; std::memcpy(&v, p, sizeof(v)); return v; }
@@ -290,32 +376,13 @@ SEGFAST_INLINE float vhsum(vf v) {
 }
 
 // exp(x) for x <= 0 (softmax: x - max), lane-wise, ~2e-7 relative error (about
-// fast_expf's, csrc/common/region.h): the same range reduction x = n ln2 + r,
-// |r| <= ln2/2; only the lower clamp (a NaN-propagating max); a degree-5
-// minimax polynomial 1 + r + r^2 (c2 + c3 r + c4 r^2 + c5 r^3) in Horner form;
-// 2^n applied by adding n to the exponent field (the result stays normal: x >= -87).
-SEGFAST_INLINE vf vexp_nonpos(vf x) {
-  const vf lo = vsplat(-87.0f);
-  x = lo > x ? lo : x;
-  const float magic = 12582912.0f;  // 1.5 * 2^23: bits(t) = bits(magic) + n
-  const vf t = x * 1.44269504088896341f + magic;
-  const vf fn = t - magic;
-  vf r = x - fn * 0.693359375f;
-  r = r - fn * -2.12194440e-4f;
-  vf p = vsplat(8.3128365e-3f);
-  p = p * r + 4.1889237e-2f;
-  p = p * r + 1.6667112e-1f;
-  p = p * r + 4.9999242e-1f;
-  p = p * r + 1.0f;
-  p = p * r + 1.0f;
-  return (vf)((vi)p + ((vi)t << 23));  // (bits(magic) << 23) == 0 mod 2^32
-}
-
-#if defined(SEGFAST_AVX512)
-// vexp_nonpos with AVX-512: n = round(x log2e) by vrndscaleps, 2^n by vscalefps.
+// fast_expf's, csrc/common/pixel_terms.h): x = n ln2 + r, |r| <= ln2/2 with
+// n = round(x log2e) by vrndscaleps; only the lower clamp (a NaN-propagating
+// max; the result stays normal: x >= -87); a degree-5 minimax polynomial
+// 1 + r + r^2 (c2 + c3 r + c4 r^2 + c5 r^3) in Horner form; 2^n by vscalefps.
 // Not always_inline: it can only be inlined into AVX-512 code, which the
-// flatten attribute of the *_v4 entry points below does.
-SEGFAST_V4 inline vf vexp_nonpos_v4(vf xv) {
+// flatten attribute of the entry points below does.
+SEGFAST_V4 inline vf vexp_nonpos(vf xv) {
   const __m512 x = _mm512_max_ps(_mm512_set1_ps(-87.0f), (__m512)xv);  // NaN x -> NaN
   const __m512 fn = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
@@ -329,22 +396,13 @@ SEGFAST_V4 inline vf vexp_nonpos_v4(vf xv) {
   p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
   return (vf)_mm512_scalef_ps(p, fn);
 }
-#endif
-
-template <bool kV4>
-SEGFAST_INLINE vf vexp_sm(vf x) {
-#if defined(SEGFAST_AVX512)
-  if constexpr (kV4) return vexp_nonpos_v4(x);
-#endif
-  return vexp_nonpos(x);
-}
 
 // Per-pixel max over the C classes of one block, copying x into e on the way
 // (e[c * ep + l] = x[c * xp + l]); prefetches each row pf elements ahead into
 // the cache level kLocality (__builtin_prefetch's). Callers take their exps
 // from e: the C rows of x lie a multiple of 4 KiB apart whenever H W is a
 // multiple of 1024, so the block's C lines share one L1 set and would come from
-// L2 a second time (8% of the stats pass at 8 x 21 x 128 x 128).
+// L2 a second time.
 template <int kLocality>
 SEGFAST_INLINE vf max_stash(const float* __restrict x, int64_t xp, int64_t C, float* __restrict e,
                             int64_t ep, int64_t pf) {
@@ -383,12 +441,6 @@ SEGFAST_INLINE vi visnan(vf v) {
   return (b & 0x7fffffff) > 0x7f800000;
 }
 
-SEGFAST_INLINE bool any_lane(vi b) {
-  int32_t r = 0;
-  for (int64_t l = 0; l < VL; ++l) r |= b[l];
-  return r != 0;
-}
-
 SEGFAST_INLINE vi argmax_stash(const float* __restrict e, int64_t ep, int64_t C) {
   vf best = vload(e);
   vi idx = vi{}, bnan = visnan(best);
@@ -406,7 +458,7 @@ SEGFAST_INLINE vi argmax_stash(const float* __restrict e, int64_t ep, int64_t C)
 // Softmax numerators of one block: e[c * ep + l] = exp(x[c * xp + l] - max_c x);
 // returns the per-pixel sums (and the max in *mout, the argmax in *am when
 // asked). Prefetches into the cache level kLocality (max_stash).
-template <bool kV4, int kLocality = 3>
+template <int kLocality = 3>
 SEGFAST_INLINE vf softmax_block(const float* __restrict x, int64_t xp, int64_t C,
                                 float* __restrict e, int64_t ep, int64_t pf,
                                 vf* mout = nullptr, vi* am = nullptr) {
@@ -415,120 +467,18 @@ SEGFAST_INLINE vf softmax_block(const float* __restrict x, int64_t xp, int64_t C
   if (am) *am = argmax_stash(e, ep, C);
   vf s = vf{};
   for (int64_t c = 0; c < C; ++c) {
-    const vf ec = vexp_sm<kV4>(vload(e + c * ep) - m);
+    const vf ec = vexp_nonpos(vload(e + c * ep) - m);
     vstore(e + c * ep, ec);
     s += ec;
   }
   return s;
 }
 
-// Groups of kGroup consecutive blocks, worked class by class (softmax_group,
-// grad_group_plain): the lines read or written together are then kGroup
-// consecutive lines in kGroup L1 sets, where one block's C lines share a set
-// whenever the row pitch H W * 4 is a multiple of 4 KiB (any H W that is a
-// multiple of 1024), and the kGroup exp chains overlap, which makes both
-// passes markedly faster than block by block. (A row-by-row copy of the whole tile avoids
-// the aliasing too, but stalls on DRAM when x is not cached.) Prefetches go to
-// L2: kGroup x C lines ahead would evict each other from L1.
-constexpr int64_t kGroup = 4;
-
-// softmax_block for kGroup blocks: s[k], m[k] of block k; x stashed in e first.
-// kArg: am[k] = the class of the first maximum, from the same compares as the max
-// (true where no x of the pixel is NaN: the caller redoes a block whose sum is NaN).
-template <bool kV4, bool kArg = false>
-SEGFAST_INLINE void softmax_group(const float* __restrict x, int64_t xp, int64_t C,
-                                  float* __restrict e, int64_t ep, int64_t pf, vf* s, vf* m,
-                                  vi* am = nullptr) {
-  constexpr int G = kGroup;
-  for (int k = 0; k < G; ++k) {
-    m[k] = vload(x + k * VL);
-    vstore(e + k * VL, m[k]);
-    if (pf) __builtin_prefetch(x + k * VL + pf, 0, 2);
-    if constexpr (kArg) am[k] = vi{};
-  }
-  for (int64_t c = 1; c < C; ++c) {
-    for (int k = 0; k < G; ++k) {
-      const vf xv = vload(x + c * xp + k * VL);
-      vstore(e + c * ep + k * VL, xv);
-      if (pf) __builtin_prefetch(x + c * xp + k * VL + pf, 0, 2);
-      if constexpr (kArg) {
-        const vi up = xv > m[k];
-        m[k] = up ? xv : m[k];
-        am[k] = up ? vi{} + int32_t(c) : am[k];
-      } else {
-        m[k] = xv > m[k] ? xv : m[k];
-      }
-    }
-  }
-  for (int k = 0; k < G; ++k) s[k] = vf{};
-  for (int64_t c = 0; c < C; ++c) {
-    for (int k = 0; k < G; ++k) {
-      const vf ec = vexp_sm<kV4>(vload(e + c * ep + k * VL) - m[k]);
-      vstore(e + c * ep + k * VL, ec);
-      s[k] += ec;
-    }
-  }
-}
-
-// softmax_group in one pass without the max: e = exp(x), as softmax is
-// shift-invariant; m[k] = 0. Valid, and true, when every pixel's max lies in
-// [kUnshiftedLo, kUnshiftedHi]: the sum cannot overflow, and a class the
-// exp's lower clamp (-87) touches has p < e^-67 either way. Else false, and
-// the caller takes softmax_group (a NaN x gives NaN exps here as there). The
-// max pass and its stash are gone: x is read once (Dice step at
-// 8 x 21 x 128 x 128: stats pass -24%). Only without a pixel term, whose
-// sums use the max (lse, the fused term's underflow test).
-constexpr float kUnshiftedLo = -20.0f, kUnshiftedHi = 80.0f;
-
-// kArg: am[k] as softmax_group's (valid with the result: the running max starts
-// below the pixel's max, so the strict compares still keep its first class).
-template <bool kV4, bool kArg = false>
-SEGFAST_INLINE bool softmax_group_unshifted(const float* __restrict x, int64_t xp, int64_t C,
-                                            float* __restrict e, int64_t ep, int64_t pf, vf* s,
-                                            vf* m, vi* am = nullptr) {
-  constexpr int G = kGroup;
-  vf mx[G];
-  for (int k = 0; k < G; ++k) {
-    mx[k] = vsplat(kUnshiftedLo);
-    s[k] = vf{};
-    if constexpr (kArg) am[k] = vi{};
-  }
-  for (int64_t c = 0; c < C; ++c) {
-    for (int k = 0; k < G; ++k) {
-      const vf xv = vload(x + c * xp + k * VL);
-      if (pf) __builtin_prefetch(x + c * xp + k * VL + pf, 0, 2);
-      if constexpr (kArg) {
-        const vi up = xv > mx[k];
-        mx[k] = up ? xv : mx[k];
-        am[k] = up ? vi{} + int32_t(c) : am[k];
-      } else {
-        mx[k] = xv > mx[k] ? xv : mx[k];
-      }
-      const vf ec = vexp_sm<kV4>(xv);
-      vstore(e + c * ep + k * VL, ec);
-      s[k] += ec;
-    }
-  }
-  vi bad = vi{};
-  for (int k = 0; k < G; ++k) {
-    bad |= mx[k] > vsplat(kUnshiftedHi);  // (starting at kUnshiftedLo: a max below it stays there)
-    bad |= mx[k] == vsplat(kUnshiftedLo) ? vi{} - 1 : vi{};
-    m[k] = vf{};
-  }
-  for (int64_t l = 0; l < VL; ++l)
-    if (bad[l]) return false;
-  return true;
-}
-
-// Software prefetch distance (elements) along each class row when x (dx) is
-// read (written) in place.
-constexpr int64_t kPrefetch = 4 * VL;
-
 struct FastWork {
   int64_t C = 0, tile = 0;
   std::vector<float> xb;    // [C][tile] converted x (when it cannot be read in place)
   std::vector<float> eb;    // stats: [C][tile] exp numerators; grad: [3][C][VL] e, a, q
-                            // (grad_block) or [C][kGroup][VL] e (grad_group_plain)
+                            // (grad_block, grad_block_plain) or [C][kGroup][VL] q (grad_probs)
   std::vector<float> rv;    // stats: [tile] v / sum
   std::vector<float> vb;    // [tile] v
   std::vector<int32_t> lb;  // [tile] class or -1
@@ -537,10 +487,6 @@ struct FastWork {
   std::vector<float> mx;    // stats with xent: [tile] the max (logsumexp = mx + lse)
   std::vector<float> gt;    // grad: [6][C] gP, 2 gPP, gI, gM, gS7, gS8 of the image, sum gS8, gamma
   std::vector<double> acc;  // stats: [C][KX]
-  // optional [2][N][S]: each pixel's max_c x and 1 / sum_c exp(x - max), written
-  // by the stats pass (mr_out), read by the grad pass (mr_in)
-  float* mr_out = nullptr;
-  const float* mr_in = nullptr;
   // optional float32 [N][C][S] (strides p_sN, p_sC, 1): v p, written by the stats
   // pass without a pixel term for grad_probs_cpu
   float* p_out = nullptr;
@@ -631,7 +577,7 @@ SEGFAST_INLINE float lse_fg_lane(const XSrc& xs, const FastWork& w, int64_t C, i
 // term recomputes the pixel with lse_fg_lane.
 constexpr float kFgTiny = 1e-30f;
 
-template <bool kV4, int XK>
+template <int XK>
 SEGFAST_INLINE void fast_stats_item(const Problem& pr, FastWork& w, int64_t n, int64_t P,
                                     int64_t j, float* __restrict out) {
   const int64_t C = pr.C, tile = w.tile;
@@ -642,6 +588,7 @@ SEGFAST_INLINE void fast_stats_item(const Problem& pr, FastWork& w, int64_t n, i
   double V = 0.0;
   float* __restrict eb = w.eb.data();
   float* __restrict rv = w.rv.data();
+  const Focal<float> focal = make_focal<float>(pr.gamma, -1.0);
   for (int64_t s0 = b; s0 < e; s0 += tile) {
     const int64_t len = std::min(tile, e - s0), lenp = pad_len(len);
     fast_labels(pr, w, n, s0, len);
@@ -649,41 +596,17 @@ SEGFAST_INLINE void fast_stats_item(const Problem& pr, FastWork& w, int64_t n, i
     const float* __restrict vb = w.vb.data();
     vf vsum = vf{};
     float* __restrict lse = w.lse.data();
-    const int64_t grouped = xs.full / (kGroup * VL) * (kGroup * VL);
-    vf sg[kGroup], mg[kGroup];
-    vi ag[kGroup], am;  // the argmax (confusion counts), taken from the stash of x
+    vi am;  // the argmax (confusion counts), taken from the stash of x
     const bool conf = bool(w.conf);
     for (int64_t i = 0; i < lenp; i += VL) {
       vf m, s;
-      // Whole groups of blocks by softmax_group, prefetching two groups ahead;
-      // the rest block by block. Either prefetch goes on into the next tile of
-      // the chunk, into L2 only (as the grad pass does): -8% against L1 and
-      // stopping at the tile's end.
-      if (i < grouped) {
-        const int64_t k = (i / VL) % kGroup;
-        const int64_t pf = s0 + i + kGroup * VL + 2 * kPrefetch <= e ? 2 * kPrefetch : 0;
-        if (k == 0) {
-          const float* xg = xs.base + i;
-          if (conf) {
-            if (!(XK == kXentNone &&
-                  softmax_group_unshifted<kV4, true>(xg, xs.pitch, C, eb + i, tile, pf, sg, mg, ag)))
-              softmax_group<kV4, true>(xg, xs.pitch, C, eb + i, tile, pf, sg, mg, ag);
-          } else if (!(XK == kXentNone &&
-                       softmax_group_unshifted<kV4>(xg, xs.pitch, C, eb + i, tile, pf, sg, mg))) {
-            softmax_group<kV4>(xg, xs.pitch, C, eb + i, tile, pf, sg, mg);
-          }
-        }
-        s = sg[k];
-        m = mg[k];
-        if (conf) {
-          am = ag[k];
-          if (any_lane(visnan(s))) am = argmax_stash(xs.base + i, xs.pitch, C);  // torch's NaN rule
-        }
-      } else if (i < xs.full) {
-        s = softmax_block<kV4, 2>(xs.base + i, xs.pitch, C, eb + i, tile,
+      // The prefetch goes on into the next tile of the chunk, into L2 only (as
+      // the grad pass does).
+      if (i < xs.full) {
+        s = softmax_block<2>(xs.base + i, xs.pitch, C, eb + i, tile,
                                   s0 + i + VL + kPrefetch <= e ? kPrefetch : 0, &m, conf ? &am : nullptr);
       } else {
-        s = softmax_block<kV4>(w.tail.data(), VL, C, eb + i, tile, 0, &m, conf ? &am : nullptr);
+        s = softmax_block(w.tail.data(), VL, C, eb + i, tile, 0, &m, conf ? &am : nullptr);
       }
       if (conf) {
         int32_t ia[VL];
@@ -693,19 +616,6 @@ SEGFAST_INLINE void fast_stats_item(const Problem& pr, FastWork& w, int64_t n, i
       const vf v = vload(vb + i);
       const vf rs = 1.0f / s;
       vstore(rv + i, v * rs);
-      if (w.mr_out) {  // kept for the grad pass (grad_block_plain)
-        float* mo = w.mr_out + n * pr.S + s0 + i;
-        float* ro = mo + pr.N * pr.S;
-        if (i + VL <= len) {
-          vstore(mo, m);
-          vstore(ro, rs);
-        } else {
-          for (int64_t l = 0; l < len - i; ++l) {
-            mo[l] = m[l];
-            ro[l] = rs[l];
-          }
-        }
-      }
       vsum += v;
       if (XK == kXentNone) continue;
       // per pixel: -log p = (m - x) + log(sum) in torch's order, exact for huge logits
@@ -725,7 +635,7 @@ SEGFAST_INLINE void fast_stats_item(const Problem& pr, FastWork& w, int64_t n, i
         if (XK == kXentFocal) {
           const float py = eb[y * tile + i + l] / s[l];
           const float nl = (m[l] - xblock(xs, w, y, i)[l]) + lse[i + l];
-          acc[y * KX + kS7] += focal_value(py, nl, float(pr.gamma));
+          acc[y * KX + kS7] += focal_value(py, nl, focal);
         } else if (y >= 1) {  // fused: h = -log(1 - p_0) = logsumexp - logsumexp_fg
           acc[y * KX + kS8] += sfg[l] > kFgTiny ? lse[i + l] - std::log(sfg[l])
                                                 : (m[l] - lse_fg_lane(xs, w, C, i, l)) + lse[i + l];
@@ -741,7 +651,7 @@ SEGFAST_INLINE void fast_stats_item(const Problem& pr, FastWork& w, int64_t n, i
       vf aP = vf{}, aPP = vf{}, aI = vf{}, aT = vf{};
       for (int64_t i = 0; i < lenp; i += VL) {
         const vf q = vload(ec + i) * vload(rv + i);  // v * p
-        if (po) {  // prefetched for writing a tile ahead, into L2 (stats + grad -20%)
+        if (po) {  // prefetched for writing a tile ahead, into L2
           if (s0 + tile + i < e) __builtin_prefetch(po + tile + i, 1, 2);
           if (i + VL <= len) vstore(po + i, q);
           else for (int64_t l = 0; l < len - i; ++l) po[i + l] = q[l];
@@ -780,36 +690,20 @@ SEGFAST_INLINE void fast_stats_item(const Problem& pr, FastWork& w, int64_t n, i
   }
 }
 
-SEGFAST_CLONES_V3 void fast_stats_f32(const Problem& pr, FastWork& w, int64_t n, int64_t P,
-                                      int64_t j, float* out) {
+SEGFAST_V4 __attribute__((flatten)) void fast_stats_f32(const Problem& pr, FastWork& w, int64_t n,
+                                                        int64_t P, int64_t j, float* out) {
   switch (pr.xent) {
-    case kXentCE: fast_stats_item<false, kXentCE>(pr, w, n, P, j, out); break;
-    case kXentFocal: fast_stats_item<false, kXentFocal>(pr, w, n, P, j, out); break;
-    case kXentFused: fast_stats_item<false, kXentFused>(pr, w, n, P, j, out); break;
-    default: fast_stats_item<false, kXentNone>(pr, w, n, P, j, out);
+    case kXentCE: fast_stats_item<kXentCE>(pr, w, n, P, j, out); break;
+    case kXentFocal: fast_stats_item<kXentFocal>(pr, w, n, P, j, out); break;
+    case kXentFused: fast_stats_item<kXentFused>(pr, w, n, P, j, out); break;
+    default: fast_stats_item<kXentNone>(pr, w, n, P, j, out);
   }
 }
-#if defined(SEGFAST_AVX512)
-SEGFAST_V4 __attribute__((flatten)) void fast_stats_f32_v4(const Problem& pr, FastWork& w,
-                                                           int64_t n, int64_t P, int64_t j,
-                                                           float* out) {
-  switch (pr.xent) {
-    case kXentCE: fast_stats_item<true, kXentCE>(pr, w, n, P, j, out); break;
-    case kXentFocal: fast_stats_item<true, kXentFocal>(pr, w, n, P, j, out); break;
-    case kXentFused: fast_stats_item<true, kXentFused>(pr, w, n, P, j, out); break;
-    default: fast_stats_item<true, kXentNone>(pr, w, n, P, j, out);
-  }
-}
-bool have_v4() {
-  static const bool ok = __builtin_cpu_supports("x86-64-v4");
-  return ok;
-}
-#endif
 
 // dLoss/dx of one block (softmax, labels): a_c = v (gP + 2 gPP p + [c == lb] gI + gM h),
 // dx_c = p_c (a_c - sum_k p_k a_k); with a pixel term XK also + v (p_c B - b_c)
 // (csrc/common/region.h). gt: [6][C] tables (fast_grad_item), then sum gS8, gamma.
-template <bool kV4, bool kHasM, int XK>
+template <int XK>
 SEGFAST_INLINE void grad_block(const float* x, int64_t xp, int64_t C,
                                const int32_t* __restrict lbp, const float* __restrict vbp,
                                const float* __restrict gt, float* __restrict e,
@@ -823,7 +717,7 @@ SEGFAST_INLINE void grad_block(const float* x, int64_t xp, int64_t C,
   const float* __restrict g7 = gt + 4 * C;
   const float* __restrict g8 = gt + 5 * C;
   vf m;
-  const vf s = softmax_block<kV4>(x, xp, C, e, VL, pf, &m);
+  const vf s = softmax_block(x, xp, C, e, VL, pf, &m);
   const vf r = 1.0f / s;
   const vi lb = viload(lbp);
   const vf rv = r * vload(vbp);
@@ -833,11 +727,8 @@ SEGFAST_INLINE void grad_block(const float* x, int64_t xp, int64_t C,
     const vi hit = lb == int32_t(c);
     vf a = p * gPP2[c] + gP[c];
     a = hit ? a + gI[c] : a;
-    if (kHasM) {
-      const vf t = hit ? vsplat(1.0f) : vf{};
-      const vf h = p < t ? vsplat(1.0f) : (p == t ? vsplat(0.5f) : vf{});
-      a += gM[c] * h;
-    }
+    const vf t = hit ? vsplat(1.0f) : vf{};
+    a += gM[c] * (p < t ? vsplat(1.0f) : (p == t ? vsplat(0.5f) : vf{}));  // d min(p, t) / dp
     if (XK == kXentCE || XK == kXentFused) gy = hit ? gy + g7[c] : gy;  // gS7_y
     dot += p * a;
     vstore(a_buf + c * VL, a);
@@ -856,12 +747,13 @@ SEGFAST_INLINE void grad_block(const float* x, int64_t xp, int64_t C,
   if (XK == kXentCE) {
     B = gy + gt[6 * C];
   } else if (XK == kXentFocal) {
+    const Focal<float> focal = make_focal<float>(gt[6 * C + 1], -1.0);
     for (int64_t l = 0; l < VL; ++l) {
       const int32_t y = lbp[l];
       if (y < 0) { ub[l] = 0.0f; continue; }
       const float py = e[y * VL + l] * r[l];
       const float nl = m[l] + std::log(s[l]) - x[y * xp + l];
-      ub[l] = g7[y] * focal_dlogp(py, nl, gt[6 * C + 1]);
+      ub[l] = g7[y] * focal_dlogp(py, nl, focal);
     }
     B = vload(ub);
   } else {  // fused: q_c = e_c / sum_{c >= 1} e_c, k = [y >= 1] gS8_y
@@ -903,31 +795,23 @@ SEGFAST_INLINE void grad_block(const float* x, int64_t xp, int64_t C,
 // Dice, IoU, Tversky without squared_pred / soft targets): a_c = gP_c + [c == lb] gI_c,
 // so sum_k p_k a_k is accumulated in the exp pass and the a pass is gone. x is
 // prefetched into L2 only: the C lines of a block ahead would evict each other
-// from one L1 set. Without mrp (the stats pass's
-// max and 1/sum, at mrp and mrp + mr_pitch) the max is taken here, x stashed
-// in e as in softmax_block.
-template <bool kV4>
+// from one L1 set. x is stashed in e with the max, as in softmax_block.
 SEGFAST_INLINE void grad_block_plain(const float* x, int64_t xp, int64_t C,
                                      const int32_t* __restrict lbp, const float* __restrict vbp,
                                      const float* __restrict gt, float* __restrict e, float* dst,
-                                     int64_t dp, int64_t pf, const float* mrp = nullptr,
-                                     int64_t mr_pitch = 0) {
+                                     int64_t dp, int64_t pf) {
   const float* __restrict gP = gt;
   const float* __restrict gI = gt + 2 * C;
-  // the max and 1/sum of the stats pass when it kept them (no max pass: -13%)
-  const vf m = mrp ? vload(mrp) : max_stash<2>(x, xp, C, e, VL, pf);
-  const float* xs = mrp ? x : e;
-  const int64_t xsp = mrp ? xp : VL;
+  const vf m = max_stash<2>(x, xp, C, e, VL, pf);
   const vi lb = viload(lbp);
   vf s = vf{}, d = vf{};  // sum_c e_c, sum_c e_c a_c
   for (int64_t c = 0; c < C; ++c) {
-    if (mrp && pf) __builtin_prefetch(x + c * xp + pf, 0, 2);
-    const vf ec = vexp_sm<kV4>(vload(xs + c * xsp) - m);
+    const vf ec = vexp_nonpos(vload(e + c * VL) - m);
     vstore(e + c * VL, ec);
     s += ec;
     d += ec * (lb == int32_t(c) ? vsplat(gP[c] + gI[c]) : vsplat(gP[c]));
   }
-  const vf r = mrp ? vload(mrp + mr_pitch) : 1.0f / s;
+  const vf r = 1.0f / s;
   const vf rv = r * vload(vbp);
   const vf dot = d * r;
   for (int64_t c = 0; c < C; ++c) {
@@ -937,71 +821,10 @@ SEGFAST_INLINE void grad_block_plain(const float* x, int64_t xp, int64_t C,
   }
 }
 
-// grad_block_plain for kGroup blocks, class by class (see kGroup), with the
-// stats pass's max and 1/sum (mrp: no max pass) or, without them, the
-// unshifted softmax (softmax_group_unshifted); false, with nothing written,
-// where that does not apply: the caller then takes grad_block_plain.
-template <bool kV4>
-SEGFAST_INLINE bool grad_group_plain(const float* x, int64_t xp, int64_t C,
-                                     const int32_t* __restrict lbp, const float* __restrict vbp,
-                                     const float* __restrict gt, float* __restrict e, float* dst,
-                                     int64_t dp, int64_t pf, const float* mrp, int64_t mr_pitch) {
-  constexpr int G = kGroup;
-  const float* __restrict gP = gt;
-  const float* __restrict gI = gt + 2 * C;
-  vf r[G], d[G];  // 1 / sum_c e_c, sum_c e_c a_c
-  vi lb[G];
-  for (int k = 0; k < G; ++k) {
-    lb[k] = viload(lbp + k * VL);
-    d[k] = vf{};
-  }
-  // x is read in full before dst is written: dst may be x
-  if (mrp) {
-    vf m[G];
-    for (int k = 0; k < G; ++k) {
-      m[k] = vload(mrp + k * VL);
-      r[k] = vload(mrp + mr_pitch + k * VL);
-    }
-    for (int64_t c = 0; c < C; ++c) {
-      const float* xc = x + c * xp;
-      const vf a0 = vsplat(gP[c]), a1 = vsplat(gP[c] + gI[c]);
-      for (int k = 0; k < G; ++k) {
-        if (pf) __builtin_prefetch(xc + k * VL + pf, 0, 2);
-        const vf ec = vexp_sm<kV4>(vload(xc + k * VL) - m[k]);
-        vstore(e + (c * G + k) * VL, ec);
-        d[k] += ec * (lb[k] == int32_t(c) ? a1 : a0);
-      }
-    }
-  } else {  // no kept max and 1/sum: the unshifted softmax where it applies
-    vf s[G], m[G];
-    if (!softmax_group_unshifted<kV4>(x, xp, C, e, G * VL, pf, s, m)) return false;
-    for (int64_t c = 0; c < C; ++c) {
-      const vf a0 = vsplat(gP[c]), a1 = vsplat(gP[c] + gI[c]);
-      for (int k = 0; k < G; ++k) d[k] += vload(e + (c * G + k) * VL) * (lb[k] == int32_t(c) ? a1 : a0);
-    }
-    for (int k = 0; k < G; ++k) r[k] = 1.0f / s[k];
-  }
-  vf rv[G], dot[G];
-  for (int k = 0; k < G; ++k) {
-    rv[k] = r[k] * vload(vbp + k * VL);
-    dot[k] = d[k] * r[k];
-  }
-  for (int64_t c = 0; c < C; ++c) {
-    const vf a0 = vsplat(gP[c]), a1 = vsplat(gP[c] + gI[c]);
-    float* dc = dst + c * dp;
-    for (int k = 0; k < G; ++k) {
-      const vf a = lb[k] == int32_t(c) ? a1 : a0;
-      vstore(dc + k * VL, (vload(e + (c * G + k) * VL) * rv[k]) * (a - dot[k]));
-      if (pf) __builtin_prefetch(dc + k * VL + pf, 1, 2);
-    }
-  }
-  return true;
-}
+// kind: kGradPlain (grad_block_plain: dLoss/dPP = dLoss/dM = 0), kGradFull (grad_block).
+constexpr int kGradPlain = 0, kGradFull = 1;
 
-// kind: kGradPlain (grad_block_plain), kGradFull, kGradM (some dLoss/dM != 0).
-constexpr int kGradPlain = 0, kGradFull = 1, kGradM = 2;
-
-template <bool kV4, int kKind, int XK>
+template <int kKind, int XK>
 SEGFAST_INLINE void fast_grad_tile(const Problem& pr, FastWork& w, int64_t n, int64_t s0,
                                    int64_t len, const XSrc& xs, void* dx, int64_t dxsN,
                                    int64_t dxsC, int64_t dxsS) {
@@ -1009,47 +832,20 @@ SEGFAST_INLINE void fast_grad_tile(const Problem& pr, FastWork& w, int64_t n, in
   const float* gt = w.gt.data();
   float* eb = w.eb.data();
   float* xb = w.xb.data();
-  alignas(64) float mr_tail[2 * VL];
   // the block at tile pixel i: x (pitch xp) -> dst (pitch dp)
   auto block = [&](const float* x, int64_t xp, int64_t i, float* dst, int64_t dp, int64_t pf) {
     const int32_t* lbp = w.lb.data() + i;
     const float* vbp = w.vb.data() + i;
     if constexpr (kKind == kGradPlain && XK == kXentNone) {
-      const float* mrp = nullptr;
-      int64_t pitch = 0;
-      if (w.mr_in) {
-        mrp = w.mr_in + n * pr.S + s0 + i;
-        pitch = pr.N * pr.S;
-        if (i + VL > len) {  // the last, partial block: lanes past len read as m = 0, r = 0
-          for (int64_t l = 0; l < VL; ++l) {
-            const bool in = i + l < len;
-            mr_tail[l] = in ? mrp[l] : 0.0f;
-            mr_tail[VL + l] = in ? mrp[pitch + l] : 0.0f;
-          }
-          mrp = mr_tail;
-          pitch = VL;
-        }
-      }
-      grad_block_plain<kV4>(x, xp, C, lbp, vbp, gt, eb, dst, dp, pf, mrp, pitch);
+      grad_block_plain(x, xp, C, lbp, vbp, gt, eb, dst, dp, pf);
     } else {
-      grad_block<kV4, kKind == kGradM, XK>(x, xp, C, lbp, vbp, gt, eb, dst, dp, pf);
+      grad_block<XK>(x, xp, C, lbp, vbp, gt, eb, dst, dp, pf);
     }
   };
   // blocks [0, full) of the tile from x (pitch xp) to dst (pitch dp); with pf_on,
-  // prefetching on into the next tile. Whole groups go to grad_group_plain
-  // (not past len: mr_in has no padding).
+  // prefetching on into the next tile.
   auto blocks = [&](const float* x, int64_t xp, float* dst, int64_t dp, int64_t full, bool pf_on) {
-    int64_t i = 0;
-    if constexpr (kKind == kGradPlain && XK == kXentNone) {
-      constexpr int64_t GL = kGroup * VL, pf = 2 * kPrefetch;
-      for (; i + GL <= std::min(full, len); i += GL) {
-        if (!grad_group_plain<kV4>(x + i, xp, C, w.lb.data() + i, w.vb.data() + i, gt, eb, dst + i,
-                                   dp, pf_on && s0 + i + GL + pf <= pr.S ? pf : 0,
-                                   w.mr_in ? w.mr_in + n * pr.S + s0 + i : nullptr, pr.N * pr.S))
-          for (int64_t b = i; b < i + GL; b += VL) block(x + b, xp, b, dst + b, dp, 0);  // shifted
-      }
-    }
-    for (; i < full; i += VL)
+    for (int64_t i = 0; i < full; i += VL)
       block(x + i, xp, i, dst + i, dp, pf_on && s0 + i + VL + kPrefetch <= pr.S ? kPrefetch : 0);
   };
   const bool direct = xs.base != xb && dxsS == 1;  // x read in place (float32), dx unit stride
@@ -1077,7 +873,7 @@ SEGFAST_INLINE void fast_grad_tile(const Problem& pr, FastWork& w, int64_t n, in
 }
 
 // Image n's dLoss/dStats g as the per-class tables of w.gt (FastWork::gt), built
-// once per image and thread; -> the grad kind (kGradPlain / kGradFull / kGradM).
+// once per image and thread; -> the grad kind (kGradPlain / kGradFull).
 SEGFAST_INLINE int grad_tables(const Problem& pr, FastWork& w, int64_t n, const float* __restrict g,
                                int64_t* gt_image) {
   const int64_t C = pr.C;
@@ -1099,26 +895,25 @@ SEGFAST_INLINE int grad_tables(const Problem& pr, FastWork& w, int64_t n, const 
     gt[6 * C + 1] = float(pr.gamma);
     *gt_image = n;
   }
-  bool has_m = false, has_pp = false;
+  bool has_m = false, has_pp = false;  // the plain kind: dLoss/dPP = dLoss/dM = 0
   for (int64_t c = 0; c < C; ++c) {
     has_m |= gt[3 * C + c] != 0.0f;
     has_pp |= gt[C + c] != 0.0f;
   }
-  return has_m ? kGradM : has_pp ? kGradFull : kGradPlain;
+  return has_m || has_pp ? kGradFull : kGradPlain;
 }
 
-template <bool kV4>
-SEGFAST_INLINE void fast_grad_item(const Problem& pr, FastWork& w, int64_t n, int64_t s0,
-                                   const float* __restrict g, void* dx, int64_t dxsN,
-                                   int64_t dxsC, int64_t dxsS, int64_t* gt_image) {
+SEGFAST_V4 __attribute__((flatten)) void fast_grad_f32(const Problem& pr, FastWork& w, int64_t n,
+                                                       int64_t s0, const float* __restrict g, void* dx,
+                                                       int64_t dxsN, int64_t dxsC, int64_t dxsS,
+                                                       int64_t* gt_image) {
   const int64_t len = std::min(w.tile, pr.S - s0);
   const int kind = grad_tables(pr, w, n, g, gt_image);
   fast_labels(pr, w, n, s0, len);
   const XSrc xs = fast_xsrc(pr, w, n, s0, len);
-#define SEGFAST_XK(XK)                                                                  \
-  (kind == kGradM      ? fast_grad_tile<kV4, kGradM, XK>(pr, w, n, s0, len, xs, dx, dxsN, dxsC, dxsS) \
-   : kind == kGradFull ? fast_grad_tile<kV4, kGradFull, XK>(pr, w, n, s0, len, xs, dx, dxsN, dxsC, dxsS) \
-                       : fast_grad_tile<kV4, kGradPlain, XK>(pr, w, n, s0, len, xs, dx, dxsN, dxsC, dxsS))
+#define SEGFAST_XK(XK)                                                                          \
+  (kind == kGradFull ? fast_grad_tile<kGradFull, XK>(pr, w, n, s0, len, xs, dx, dxsN, dxsC, dxsS) \
+                     : fast_grad_tile<kGradPlain, XK>(pr, w, n, s0, len, xs, dx, dxsN, dxsC, dxsS))
   switch (pr.xent) {
     case kXentCE: SEGFAST_XK(kXentCE); break;
     case kXentFocal: SEGFAST_XK(kXentFocal); break;
@@ -1127,25 +922,6 @@ SEGFAST_INLINE void fast_grad_item(const Problem& pr, FastWork& w, int64_t n, in
   }
 #undef SEGFAST_XK
 }
-
-SEGFAST_CLONES_V3 void fast_grad_f32(const Problem& pr, FastWork& w, int64_t n, int64_t s0,
-                                     const float* g, void* dx, int64_t dxsN, int64_t dxsC,
-                                     int64_t dxsS, int64_t* gt_image) {
-  fast_grad_item<false>(pr, w, n, s0, g, dx, dxsN, dxsC, dxsS, gt_image);
-}
-#if defined(SEGFAST_AVX512)
-SEGFAST_V4 __attribute__((flatten)) void fast_grad_f32_v4(const Problem& pr, FastWork& w,
-                                                          int64_t n, int64_t s0, const float* g,
-                                                          void* dx, int64_t dxsN, int64_t dxsC,
-                                                          int64_t dxsS, int64_t* gt_image) {
-  fast_grad_item<true>(pr, w, n, s0, g, dx, dxsN, dxsC, dxsS, gt_image);
-}
-#define SEGFAST_FAST_GRAD (have_v4() ? fast_grad_f32_v4 : fast_grad_f32)
-#define SEGFAST_FAST_STATS (have_v4() ? fast_stats_f32_v4 : fast_stats_f32)
-#else
-#define SEGFAST_FAST_GRAD fast_grad_f32
-#define SEGFAST_FAST_STATS fast_stats_f32
-#endif
 
 // ---- grad from the stats pass's probabilities ----------------------------------------
 //
@@ -1156,20 +932,16 @@ SEGFAST_V4 __attribute__((flatten)) void fast_grad_f32_v4(const Problem& pr, Fas
 // which is grad_block's dx, as v is 0 or 1 and a padded or ignored pixel has q = 0.
 
 // a_c of kGroup-style blocks (see grad_block).
-template <int kKind>
 SEGFAST_INLINE vf probs_a(vf q, vi hit, const float* gt, int64_t C, int64_t c) {
-  vf a = kKind == kGradPlain ? vsplat(gt[c]) : q * gt[C + c] + gt[c];
+  vf a = q * gt[C + c] + gt[c];
   a = hit ? a + gt[2 * C + c] : a;
-  if (kKind == kGradM) {
-    const vf t = hit ? vsplat(1.0f) : vf{};
-    a += gt[3 * C + c] * (q < t ? vsplat(1.0f) : (q == t ? vsplat(0.5f) : vf{}));
-  }
-  return a;
+  const vf t = hit ? vsplat(1.0f) : vf{};
+  return a + gt[3 * C + c] * (q < t ? vsplat(1.0f) : (q == t ? vsplat(0.5f) : vf{}));
 }
 
 // G consecutive blocks of q (pitch qp between classes), in place, class by class
 // (see kGroup); q is stashed in e on the first pass, so it is read once.
-template <int G, int kKind>
+template <int G>
 SEGFAST_INLINE void grad_probs_group(float* q, int64_t qp, int64_t C, const int32_t* __restrict lbp,
                                      const float* __restrict gt, float* __restrict e, int64_t pf) {
   vi lb[G];
@@ -1184,19 +956,18 @@ SEGFAST_INLINE void grad_probs_group(float* q, int64_t qp, int64_t C, const int3
       if (pf) __builtin_prefetch(qc + k * VL + pf, 1, 2);
       const vf qv = vload(qc + k * VL);
       vstore(e + (c * G + k) * VL, qv);
-      d[k] += qv * probs_a<kKind>(qv, lb[k] == int32_t(c), gt, C, c);
+      d[k] += qv * probs_a(qv, lb[k] == int32_t(c), gt, C, c);
     }
   }
   for (int64_t c = 0; c < C; ++c) {
     float* qc = q + c * qp;
     for (int k = 0; k < G; ++k) {
       const vf qv = vload(e + (c * G + k) * VL);
-      vstore(qc + k * VL, qv * (probs_a<kKind>(qv, lb[k] == int32_t(c), gt, C, c) - d[k]));
+      vstore(qc + k * VL, qv * (probs_a(qv, lb[k] == int32_t(c), gt, C, c) - d[k]));
     }
   }
 }
 
-template <int kKind>
 SEGFAST_INLINE void grad_probs_tile(const Problem& pr, FastWork& w, float* q, int64_t qsC,
                                     int64_t s0, int64_t len) {
   const int64_t C = pr.C;
@@ -1207,49 +978,34 @@ SEGFAST_INLINE void grad_probs_tile(const Problem& pr, FastWork& w, float* q, in
   const int64_t full = len / VL * VL;
   int64_t i = 0;
   for (; i + GL <= full; i += GL)
-    grad_probs_group<kGroup, kKind>(q + i, qsC, C, lb + i, gt, eb, s0 + i + GL + pf <= pr.S ? pf : 0);
-  for (; i < full; i += VL) grad_probs_group<1, kKind>(q + i, qsC, C, lb + i, gt, eb, 0);
+    grad_probs_group<kGroup>(q + i, qsC, C, lb + i, gt, eb, s0 + i + GL + pf <= pr.S ? pf : 0);
+  for (; i < full; i += VL) grad_probs_group<1>(q + i, qsC, C, lb + i, gt, eb, 0);
   if (full < len) {  // the partial last block, through w.tail (padding: q = 0, lb = -1)
     float* tl = w.tail.data();
     for (int64_t c = 0; c < C; ++c)
       for (int64_t l = 0; l < VL; ++l) tl[c * VL + l] = full + l < len ? q[c * qsC + full + l] : 0.0f;
-    grad_probs_group<1, kKind>(tl, VL, C, lb + full, gt, eb, 0);
+    grad_probs_group<1>(tl, VL, C, lb + full, gt, eb, 0);
     for (int64_t c = 0; c < C; ++c)
       for (int64_t l = 0; full + l < len; ++l) q[c * qsC + full + l] = tl[c * VL + l];
   }
 }
 
 // One (image n, tile at s0) work item; q = pr.x (float32, pixel stride 1).
-SEGFAST_INLINE void grad_probs_item(const Problem& pr, FastWork& w, int64_t n, int64_t s0,
-                                    const float* g, int64_t* gt_image) {
+SEGFAST_V4 __attribute__((flatten)) void grad_probs_f32(const Problem& pr, FastWork& w, int64_t n,
+                                                        int64_t s0, const float* g, int64_t* gt_image) {
   const int64_t len = std::min(w.tile, pr.S - s0);
-  const int kind = grad_tables(pr, w, n, g, gt_image);
+  grad_tables(pr, w, n, g, gt_image);
   fast_labels(pr, w, n, s0, len);
   float* q = const_cast<float*>(static_cast<const float*>(pr.x)) + n * pr.xsN + s0;
-  if (kind == kGradM) grad_probs_tile<kGradM>(pr, w, q, pr.xsC, s0, len);
-  else if (kind == kGradFull) grad_probs_tile<kGradFull>(pr, w, q, pr.xsC, s0, len);
-  else grad_probs_tile<kGradPlain>(pr, w, q, pr.xsC, s0, len);
+  grad_probs_tile(pr, w, q, pr.xsC, s0, len);
 }
 
-SEGFAST_CLONES_V3 void grad_probs_f32(const Problem& pr, FastWork& w, int64_t n, int64_t s0,
-                                      const float* g, int64_t* gt_image) {
-  grad_probs_item(pr, w, n, s0, g, gt_image);
-}
-#if defined(SEGFAST_AVX512)
-SEGFAST_V4 __attribute__((flatten)) void grad_probs_f32_v4(const Problem& pr, FastWork& w, int64_t n,
-                                                           int64_t s0, const float* g,
-                                                           int64_t* gt_image) {
-  grad_probs_item(pr, w, n, s0, g, gt_image);
-}
-#define SEGFAST_GRAD_PROBS (have_v4() ? grad_probs_f32_v4 : grad_probs_f32)
-#else
-#define SEGFAST_GRAD_PROBS grad_probs_f32
-#endif
-
+// The fast path runs in the AVX-512 build only: its 16-lane generic vectors
+// compiled for AVX2 or baseline x86-64 run slower than the general path there.
 bool fast_ok(const Problem& pr) {
-  return pr.t_is_label && pr.act == kSoftmax && pr.x_dtype != kFloat64 && pr.C < (int64_t(1) << 30);
+  return cpu_isa() == Isa::kAvx512 && pr.t_is_label && pr.act == kSoftmax && pr.x_dtype != kFloat64 && pr.C < (int64_t(1) << 30);
 }
-#endif  // __GNUC__
+#endif  // SEGFAST_VEC
 
 // ---- stats: one (image, chunk) work item ---------------------------------------------
 
@@ -1298,7 +1054,7 @@ SEGFAST_INLINE void xent_stats(const Problem& pr, Workspace<T>& w, int64_t n, in
   T* __restrict xr = w.xr.data();
   const int32_t* __restrict lb = w.lb.data();
   const T* __restrict v = w.vb.data();
-  const T gamma = T(pr.gamma);
+  const Focal<T> focal = make_focal<T>(pr.gamma, -1.0);
   for (int64_t c = 0; c < pr.C; ++c) {
     load_row(xr, pr.x, pr.x_dtype, n * pr.xsN + c * pr.xsC + s0 * pr.xsS, pr.xsS, len);
     for (int64_t i = len; i < lenp; ++i) xr[i] = T(0);
@@ -1312,7 +1068,7 @@ SEGFAST_INLINE void xent_stats(const Problem& pr, Workspace<T>& w, int64_t n, in
         s7 += hit ? nl : T(0);
         s8 += v[i] != T(0) ? nl : T(0);  // a select: nl is inf for a -inf logit
       } else if (pr.xent == kXentFocal) {
-        s7 += hit ? focal_value(p[i], nl, gamma) : T(0);
+        s7 += hit ? focal_value(p[i], nl, focal) : T(0);
       } else {
         s7 += hit ? nl : T(0);
         s8 += hit && c >= 1 ? h[i] : T(0);
@@ -1335,7 +1091,7 @@ SEGFAST_INLINE void xent_grad_prep(const Problem& pr, Workspace<T>& w, int64_t n
   const G* gn = g + n * C * KO;
   if (pr.xent == kXentCE)
     for (int64_t c = 0; c < C; ++c) *G8 += T(gn[c * KO + kS8]);
-  const T gamma = T(pr.gamma);
+  const Focal<T> focal = make_focal<T>(pr.gamma, -1.0);
   for (int64_t i = 0; i < len; ++i) {
     const int32_t y = lb[i];
     B[i] = u[i] = T(0);
@@ -1349,7 +1105,7 @@ SEGFAST_INLINE void xent_grad_prep(const Problem& pr, Workspace<T>& w, int64_t n
       B[i] = g7 + *G8;
     } else if (pr.xent == kXentFocal) {  // -log p_y = max - log(1/sum) - x_y
       const T nl = (w.m[i] - load_x<T>(pr, n, y, s0 + i)) - std::log(w.r[i]);
-      u[i] = B[i] = g7 * focal_dlogp(py, nl, gamma);
+      u[i] = B[i] = g7 * focal_dlogp(py, nl, focal);
     } else {  // fused: k = [y >= 1] gS8_y; b_c = k q_c with q_c = exp(x_c - lse_fg) (fused_q)
       u[i] = y >= 1 ? g8 : T(0);
       B[i] = g7 + u[i] * w.qs[i];
@@ -1404,55 +1160,26 @@ SEGFAST_INLINE void stats_item_impl(const Problem& pr, Workspace<T>& w, int64_t 
     for (int64_t c = 0; c < C; ++c) {
       const T* __restrict p = w.xb.data() + c * tile;
       const int64_t lenp = pad_len(len);  // padded pixels have v = 0, t = 0
-      T a[K][W] = {};
+      T a[K][W] = {};  // lane l of sum k: a[k][l] (accumulate with lane stride W)
       if (pr.t_is_label) {
         const int32_t* __restrict lb = w.lb.data();
         const T* __restrict v = w.vb.data();
         const int32_t cc = int32_t(c);
-        for (int64_t i0 = 0; i0 < lenp; i0 += W) {
-          for (int64_t l = 0; l < W; ++l) {
-            const int64_t i = i0 + l;
-            const T pi = p[i], vi = v[i];
-            const T t = T(lb[i] == cc);  // already 0 on invalid pixels; t*t = t
-            const T vp = vi * pi;
-            const T mn = pi < t ? pi : t;
-            a[0][l] += vp * t;
-            a[1][l] += vp;
-            a[2][l] += t;
-            a[3][l] += vi;
-            a[4][l] += vp * pi;
-            a[6][l] += vi * mn;
-          }
-        }
-        for (int64_t l = 0; l < W; ++l) a[5][l] = a[2][l];
+        for (int64_t i0 = 0; i0 < lenp; i0 += W)
+          for (int64_t l = 0; l < W; ++l)  // t = 0 on invalid pixels (lb = -1)
+            accumulate(&a[0][l], p[i0 + l], T(lb[i0 + l] == cc), v[i0 + l], W);
       } else {
         const T* __restrict tt = w.tb.data() + c * tile;
         const T* __restrict v = w.vbd.data() + c * tile;
-        for (int64_t i0 = 0; i0 < lenp; i0 += W) {
-          for (int64_t l = 0; l < W; ++l) {
-            const int64_t i = i0 + l;
-            const T pi = p[i], vi = v[i], t = tt[i];
-            const T vp = vi * pi;
-            const T vt = vi * t;
-            const T mn = pi < t ? pi : t;
-            a[0][l] += vp * t;
-            a[1][l] += vp;
-            a[2][l] += vt;
-            a[3][l] += vi;
-            a[4][l] += vp * pi;
-            a[5][l] += vt * t;
-            a[6][l] += vi * mn;
-          }
-        }
-      }
-      T a0 = 0, a1 = 0, a2 = 0, a3 = 0, a4 = 0, a5 = 0, a6 = 0;
-      for (int64_t l = 0; l < W; ++l) {
-        a0 += a[0][l]; a1 += a[1][l]; a2 += a[2][l]; a3 += a[3][l];
-        a4 += a[4][l]; a5 += a[5][l]; a6 += a[6][l];
+        for (int64_t i0 = 0; i0 < lenp; i0 += W)
+          for (int64_t l = 0; l < W; ++l) accumulate(&a[0][l], p[i0 + l], tt[i0 + l], v[i0 + l], W);
       }
       double* ac = acc + c * KX;
-      ac[0] += a0; ac[1] += a1; ac[2] += a2; ac[3] += a3;
-      ac[4] += a4; ac[5] += a5; ac[6] += a6;
+      for (int k = 0; k < K; ++k) {
+        T sk = T(0);
+        for (int64_t l = 0; l < W; ++l) sk += a[k][l];
+        ac[k] += sk;
+      }
     }
     if (pr.xent) xent_stats(pr, w, n, s0, len, acc);
   }
@@ -1462,10 +1189,9 @@ SEGFAST_INLINE void stats_item_impl(const Problem& pr, Workspace<T>& w, int64_t 
     for (int64_t k = 0; k < KO; ++k) o[c * KO + k] = A(acc[c * KX + k]);
 }
 
-SEGFAST_CLONES void stats_item_f32(const Problem& pr, Workspace<float>& w, int64_t n, int64_t P,
-                                   int64_t j, float* out) {
-  stats_item_impl<float, float>(pr, w, n, P, j, out);
-}
+SEGFAST_ISA_ENTRY(stats_item_f32, (stats_item_impl<float, float>),
+                  (const Problem& pr, Workspace<float>& w, int64_t n, int64_t P, int64_t j, float* out),
+                  (pr, w, n, P, j, out))
 
 void stats_item_f64(const Problem& pr, Workspace<double>& w, int64_t n, int64_t P, int64_t j,
                     double* out) {
@@ -1555,11 +1281,10 @@ SEGFAST_INLINE void grad_item_impl(const Problem& pr, Workspace<T>& w, int64_t n
   }
 }
 
-SEGFAST_CLONES void grad_item_f32(const Problem& pr, Workspace<float>& w, int64_t n, int64_t s0,
-                                  const float* g, void* dx, int64_t dxsN, int64_t dxsC,
-                                  int64_t dxsS) {
-  grad_item_impl<float, float>(pr, w, n, s0, g, dx, dxsN, dxsC, dxsS);
-}
+SEGFAST_ISA_ENTRY(grad_item_f32, (grad_item_impl<float, float>),
+                  (const Problem& pr, Workspace<float>& w, int64_t n, int64_t s0, const float* g,
+                   void* dx, int64_t dxsN, int64_t dxsC, int64_t dxsS),
+                  (pr, w, n, s0, g, dx, dxsN, dxsC, dxsS))
 
 void grad_item_f64(const Problem& pr, Workspace<double>& w, int64_t n, int64_t s0,
                    const double* g, void* dx, int64_t dxsN, int64_t dxsC, int64_t dxsS) {
@@ -1612,11 +1337,10 @@ void region_stats_cpu(const Problem& pr, int64_t P, void* out, int64_t num_threa
     const int64_t items = pr.N * P, tile = tile_for(pr.C);
     const int ntt = int(std::max<int64_t>(1, std::min<int64_t>(nt, items)));
     float* o = static_cast<float*>(out);
-    const auto item = SEGFAST_FAST_STATS;
+    const auto item = fast_stats_f32;
 #pragma omp parallel num_threads(ntt)
     {
       FastWork w(pr.C, tile, false, conf);
-      w.mr_out = mr;
       w.p_out = p_out;
       w.p_sN = p_sN;
       w.p_sC = p_sC;
@@ -1628,7 +1352,7 @@ void region_stats_cpu(const Problem& pr, int64_t P, void* out, int64_t num_threa
   }
 #endif
   {
-    run_stats<float>(pr, P, static_cast<float*>(out), nt, stats_item_f32, conf);
+    run_stats<float>(pr, P, static_cast<float*>(out), nt, SEGFAST_ISA_PICK(stats_item_f32), conf);
   }
 }
 
@@ -1646,11 +1370,10 @@ void region_grad_cpu(const Problem& pr, const void* g, void* dx, int64_t dxsN, i
     const int64_t tiles = (pr.S + tile - 1) / tile, items = pr.N * tiles;
     const int ntt = int(std::max<int64_t>(1, std::min<int64_t>(nt, items)));
     const float* gf = static_cast<const float*>(g);
-    const auto item = SEGFAST_FAST_GRAD;
+    const auto item = fast_grad_f32;
 #pragma omp parallel num_threads(ntt)
     {
       FastWork w(pr.C, tile, true);
-      w.mr_in = mr;
       int64_t gt_image = -1;
 #pragma omp for schedule(static)
       for (int64_t it = 0; it < items; ++it)
@@ -1660,7 +1383,8 @@ void region_grad_cpu(const Problem& pr, const void* g, void* dx, int64_t dxsN, i
   }
 #endif
   {
-    run_grad<float>(pr, static_cast<const float*>(g), dx, dxsN, dxsC, dxsS, nt, grad_item_f32);
+    run_grad<float>(pr, static_cast<const float*>(g), dx, dxsN, dxsC, dxsS, nt,
+                    SEGFAST_ISA_PICK(grad_item_f32));
   }
 }
 
@@ -1680,13 +1404,14 @@ bool grad_probs_ok(const Problem& pr) {
 #endif
 }
 
-// What region_stats_cpu keeps for the grad pass, as bits: 1, each pixel's
-// softmax max and 1/sum ([2, N, S] float32, its mr argument, which
-// region_grad_cpu reads instead of taking the max again); 2, v*p in the
+// What region_stats_cpu keeps for the grad pass, as bits: 2, v*p in the
 // buffer that becomes dLoss/dx (its p_out, then region_grad_probs_cpu:
 // float32 x with unit pixel stride, so that q and the gradient share dtype
-// and layout). The fast path keeps them, without a pixel term. The caller
-// allocates what this answers: these conditions are written here only.
+// and layout), on the fast path without a pixel term; else 0. (Bit 1, each
+// pixel's softmax max and 1/sum in the mr arguments, is never set: the grad
+// pass's own max pass costs as much, so region_stats_cpu and region_grad_cpu
+// ignore mr.) The caller allocates what this answers: these conditions are
+// written here only.
 int64_t region_keeps(int64_t x_dtype, bool t_is_label, int64_t act, int64_t xent, int64_t C,
                      int64_t xsS) {
 #if defined(SEGFAST_VEC)
@@ -1696,7 +1421,7 @@ int64_t region_keeps(int64_t x_dtype, bool t_is_label, int64_t act, int64_t xent
   pr.act = int(act);
   pr.C = C;
   if (xent != kXentNone || !fast_ok(pr)) return 0;
-  return 1 | (x_dtype == kFloat32 && xsS == 1 ? 2 : 0);
+  return x_dtype == kFloat32 && xsS == 1 ? 2 : 0;
 #else
   return 0;
 #endif
@@ -1708,7 +1433,7 @@ void region_grad_probs_cpu(const Problem& pr, const float* g, int64_t num_thread
   const int64_t tile = tile_for(pr.C);
   const int64_t tiles = (pr.S + tile - 1) / tile, items = pr.N * tiles;
   const int nt = int(std::max<int64_t>(1, std::min<int64_t>(resolve_threads(num_threads), items)));
-  const auto item = SEGFAST_GRAD_PROBS;
+  const auto item = grad_probs_f32;
 #pragma omp parallel num_threads(nt)
   {
     FastWork w(pr.C, tile, true);
@@ -1720,6 +1445,9 @@ void region_grad_probs_cpu(const Problem& pr, const float* g, int64_t num_thread
 }
 
 int openmp_max_threads() { return omp_get_max_threads(); }
+
+// The instruction set whose build the region kernels run (see "instruction sets").
+const char* region_isa() { return kIsaNames[int(cpu_isa())]; }
 
 }  // namespace region
 }  // namespace segfast

@@ -399,7 +399,7 @@ __global__ void stats_wide_kernel(const Problem pr, const int64_t P, A* __restri
               acc[kS7] += t > T(0) ? t * nl : T(0);
               acc[kS8] += v > T(0) ? v * nl : T(0);
             } else if (pr.xent == kXentFocal) {
-              if (t > T(0)) acc[kS7] += focal_value(p, nl, T(pr.gamma));
+              if (t > T(0)) acc[kS7] += focal_value(p, nl, make_focal<T>(pr.gamma, -1.0));
             } else {
               acc[kS7] += t > T(0) ? t * nl : T(0);
               if (c >= 1 && t > T(0)) acc[kS8] += t * sm_h[i];
@@ -620,7 +620,7 @@ __global__ void grad_kernel(const Problem pr, const G* __restrict__ g, void* __r
         for (int64_t c = 0; c < C; ++c) B += T(gn[c * KO + kS8]);
       } else if (pr.xent == kXentFocal) {  // b = [c == y] u, u = g7_y q(p_y)
         const T xy = load_x<T>(pr, n, cls, s);
-        g7y *= focal_dlogp(exp_t(xy - m) * inv, (m - xy) - log(inv), T(pr.gamma));
+        g7y *= focal_dlogp(exp_t(xy - m) * inv, (m - xy) - log(inv), make_focal<T>(pr.gamma, -1.0));
         B = g7y;
       } else {  // q_c = exp(x_c - lse_fg), k = [y >= 1] g8_y
         k = cls >= 1 ? T(gn[cls * KO + kS8]) : T(0);
