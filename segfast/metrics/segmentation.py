@@ -89,14 +89,12 @@ def _counts(preds: Tensor, target: Tensor, C: int, ignore_index, backend) -> Ten
     b = backends.choose(backend, preds.device)
     if b == "cuda":  # no CUDA C++ kernel in this family: Triton where it runs
         b = "triton" if backends.unavailable_reason("triton", preds.device) is None else "torch"
-    if b == "cpu" and not hasattr(backends._C, "confusion_logits_cpu"):
+    if b == "cpu" and not hasattr(getattr(backends._C, "cpu", None), "confusion_logits"):
         b = "torch"
     if b == "cpu":
         out = torch.zeros(C * C + 1, dtype=torch.int64)
-        backends._C.confusion_logits_cpu(
-            x.data_ptr(), backends.dtype_code(x), N, C, x.shape[2], x.stride(0), x.stride(1), x.stride(2),
-            t.data_ptr(), backends.dtype_code(t), t.stride(0), t.stride(1), ignore_index is not None,
-            0 if ignore_index is None else ignore_index, out.data_ptr(), backends.cpu_threads(x.numel()))
+        view = backends.view
+        backends._C.cpu.confusion_logits(view(x), view(t), ignore_index, view(out), backends.cpu_threads(x.numel()))
         return out
     if b == "triton":
         from ..triton_kernels import metrics as tk

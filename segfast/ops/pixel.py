@@ -87,9 +87,9 @@ def _opt(t: Optional[Tensor], dtype) -> Optional[Tensor]:
 
 
 def _run(x, t, weight, pos_weight, beta, is_label, kind, label_offset, ignore_value, gamma, alpha,
-         smoothing, scale0, scale1, backend, *, want_loss=False, want_map=False, go=None, go_scalar=False,
-         want_dx=False):
-    """Launch the pixel kernel of ``backend``; -> (loss partials [N, P, 2] | None, map | None, dx | None)."""
+         smoothing, scale0, scale1, backend, *, want_loss=False, want_map=False, go=None, want_dx=False):
+    """Launch the pixel kernel of ``backend``; -> (loss partials [N, P, 2] | None, map | None, dx | None).
+    ``go``: grad_output of the map, or a 0-d one read on the device."""
     N, C, S = x.shape
     acc = acc_dtype(x) if backend != "triton" else torch.float32
     if backend == "triton":
@@ -108,25 +108,22 @@ def _run(x, t, weight, pos_weight, beta, is_label, kind, label_offset, ignore_va
             if out is not None:
                 out.zero_()
         return loss, lmap, dx
-    t, ts = target_args(t, is_label)
-    has_ignore = ignore_value is not None
-    ign = float(ignore_value) if has_ignore else 0.0
     if backend == "triton":
-        tk.launch_pixel(x, t, is_label, N, C, S, P, kind, label_offset, has_ignore, ign, w, pw, b,
-                        gamma, alpha, smoothing, scale0, scale1, loss, lmap, go, dx)
+        t, _ = target_args(t, is_label)
+        has_ignore = ignore_value is not None
+        tk.launch_pixel(x, t, is_label, N, C, S, P, kind, label_offset, has_ignore,
+                        float(ignore_value) if has_ignore else 0.0, w, pw, b, gamma, alpha, smoothing, scale0,
+                        scale1, loss, lmap, go, dx)
         return loss, lmap, dx
-    ptr = lambda a: 0 if a is None else a.data_ptr()  # noqa: E731
-    args = (x.data_ptr(), backends.dtype_code(x), *x.stride(),
-            t.data_ptr(), backends.dtype_code(t), int(is_label), *ts,
-            N, C, S, P, kind, label_offset, int(has_ignore), ign,
-            ptr(w), ptr(pw), ptr(b), float(gamma), float(alpha), float(smoothing), float(scale0), float(scale1),
-            ptr(loss), ptr(lmap), ptr(go), ptr(dx), *(dx.stride() if dx is not None else (0, 0, 0)),
-            int(go_scalar))
+    view = backends.view
+    args = (view(x), view(target_args(t, is_label)[0]), kind, label_offset,
+            None if ignore_value is None else float(ignore_value), view(w), view(pw), view(b), float(gamma),
+            float(alpha), float(smoothing), float(scale0), float(scale1), view(loss), view(lmap), view(go), view(dx))
     if backend == "cpu":
-        backends._C.pixel_loss_cpu(*args, backends.cpu_threads(x.numel()))
+        backends._C.cpu.pixel_loss(*args, backends.cpu_threads(x.numel()))
     else:
         with backends.cuda_launch(x.device) as (kernels, stream):
-            kernels.pixel_loss_cuda(*args, stream)
+            kernels.pixel_loss(*args, stream)
     return loss, lmap, dx
 
 
@@ -345,7 +342,7 @@ def pixel_loss_recompute_grad_op(x: Tensor, target: Tensor, go: Tensor, weight: 
     times s) the kernel reads on the device: one read of the logits, one write of dx."""
     inv = _inverse_normalizer(x, target, is_label, kind, ignore_value, weight, norm)
     return _run(x, target, weight, pos_weight, beta, is_label, kind, label_offset, ignore_value, gamma, alpha,
-                smoothing, scale0 * inv, scale1 * inv, backend, go=go, go_scalar=True, want_dx=True)[2]
+                smoothing, scale0 * inv, scale1 * inv, backend, go=go, want_dx=True)[2]
 
 
 @pixel_loss_recompute_grad_op.register_fake
