@@ -229,6 +229,6 @@ def test_cuda_launch_target(gpu, monkeypatch, name):  # noqa: F811 (the imported
     if err is not None:
         raise err
     assert reads == []
-    assert "region_finish_cuda" in launches, launches
+    assert "region_finish" in launches, launches
     target = perf.LAUNCH_TARGETS[name.replace("_ignore", "")]
     assert len(launches) + len(ops) <= target, (launches, ops)
