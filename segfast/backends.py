@@ -5,10 +5,13 @@ environment variable, else the default for the tensor's device. A backend
 that is not available, or does not fit the device, is an error: never a
 silent fallback.
 
-segfast._C does not link libtorch. Kernels receive raw data pointers,
-element strides, the dtype codes below and (on GPU) the CUDA stream, all as
-Python ints; the Python layer validates everything before a pointer is
-handed down.
+segfast._C does not link libtorch. A tensor reaches a kernel as its DLPack
+capsule (:func:`view`: data pointer, dtype, sizes, element strides, device),
+scalars as Python numbers and, on GPU, the CUDA stream as an int; the C++
+side checks each view's rank, dtype, device and the sizes views share, and
+the Python layer validates the user's arguments before a kernel runs. The kernels are
+grouped by backend: ``_C.cpu.<name>(..., num_threads)`` and
+``<_C or _C_emu>.cuda.<name>(..., stream)`` (see :func:`cuda_launch`).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import sys
 import time
 
 import torch
+from torch.utils.dlpack import to_dlpack as _to_dlpack
 
 BACKENDS = ("triton", "cuda", "cpu", "torch")
 
@@ -89,11 +93,26 @@ except ImportError:
     _C_emu = None
 
 # The cpu region kernels can keep softmax probabilities for the grad pass (ops/region.py _keeps).
-HAVE_REGION_PROBS = bool(getattr(_C, "REGION_GRAD_PROBS", False))
+HAVE_REGION_PROBS = bool(getattr(getattr(_C, "cpu", None), "REGION_GRAD_PROBS", False))
 
 
 def dtype_code(t: torch.Tensor) -> int:
     return DTYPE_CODES[t.dtype]
+
+
+def view(t: torch.Tensor | None):
+    """The kernels' view of ``t``: its DLPack capsule (data pointer, dtype,
+    sizes, element strides, device; csrc/bind/view.h reads it without
+    consuming it), which keeps ``t``'s memory alive while the capsule lives;
+    None for an absent optional tensor."""
+    if t is None:
+        return None
+    try:
+        return _to_dlpack(t)
+    except (RuntimeError, TypeError, BufferError):
+        # torch versions that refuse a tensor requiring grad, or bool (read as uint8 by every kernel)
+        t = t.detach()
+        return _to_dlpack(t.view(torch.uint8) if t.dtype == torch.bool else t)
 
 
 # Elements per OpenMP thread below which a kernel runs on fewer threads: a
@@ -467,15 +486,15 @@ def cuda_stream(device: torch.device) -> int:
 
 @contextlib.contextmanager
 def cuda_launch(device: torch.device):
-    """``(module, stream)`` for launching the ``cuda`` backend's kernels on
-    tensors on ``device``: segfast._C and the current stream, inside
-    ``torch.cuda.device(device)``, for a GPU; segfast._C_emu and stream 0 (the
-    same kernels on the CPU emulation layer, synchronous) for a CPU tensor."""
+    """``(kernels, stream)`` for launching the ``cuda`` backend's kernels on
+    tensors on ``device``: segfast._C.cuda and the current stream, inside
+    ``torch.cuda.device(device)``, for a GPU; segfast._C_emu.cuda and stream 0
+    (the same kernels on the CPU emulation layer, synchronous) for a CPU tensor."""
     if device.type == "cpu" and _C_emu is not None:
-        yield _C_emu, 0
+        yield _C_emu.cuda, 0
         return
     with torch.cuda.device(device):
-        yield _C, cuda_stream(device)
+        yield _C.cuda, cuda_stream(device)
 
 
 def info() -> dict:

@@ -553,15 +553,24 @@ def _kernels_only(monkeypatch):
     spec.loader.exec_module(guard)
     calls = []
 
-    class Recorder:
+    class Kernels:
+        """segfast._C.cpu, each entry recording its name when called."""
+
         def __getattr__(self, name):
-            fn = getattr(real, name)
-            if callable(fn) and name.endswith("_cpu"):
-                def call(*a, **kw):
-                    calls.append(name)
-                    return fn(*a, **kw)
-                return call
-            return fn
+            fn = getattr(real.cpu, name)
+            if not callable(fn):
+                return fn
+
+            def call(*a, **kw):
+                calls.append(name)
+                return fn(*a, **kw)
+            return call
+
+    class Recorder:
+        cpu = Kernels()
+
+        def __getattr__(self, name):
+            return getattr(real, name)
 
     real = backends._C
     monkeypatch.setattr(backends, "_C", Recorder())

@@ -28,12 +28,9 @@ def schedule(request):
 def _stats(x, t, P, ignore, flag=None, confusion=None, act=2):
     N, C, S = x.shape
     out = torch.empty((N, P, C, 7), dtype=torch.float64 if x.dtype == torch.float64 else torch.float32)
-    emu.region_stats_cuda(x.data_ptr(), backends.dtype_code(x), *x.stride(),
-                          t.data_ptr(), backends.dtype_code(t), 1, t.stride(0), 0, t.stride(1),
-                          N, C, S, P, act, 0, 0.0, 0, int(ignore is not None),
-                          float(ignore if ignore is not None else 0), out.data_ptr(), 0,
-                          flag_ptr=0 if flag is None else flag.data_ptr(),
-                          confusion_ptr=0 if confusion is None else confusion.data_ptr())
+    view = backends.view
+    emu.cuda.region_stats(view(x), view(t), view(out), act, 0, 0.0, 0, None if ignore is None else float(ignore),
+                          view(confusion), view(flag), 0)
     return out
 
 
@@ -91,12 +88,12 @@ FINISH_CASES = {  # the finish kernel's branches: pixel terms, generalized Dice 
 @pytest.mark.parametrize("C", [3, 40])
 @pytest.mark.parametrize("case", sorted(FINISH_CASES))
 def test_finish_kernel_agrees_with_cpu(schedule, monkeypatch, case, C):
-    """region_finish_cuda (the whole loss from the partial sums, one block) and
+    """cuda.region_finish (the whole loss from the partial sums, one block) and
     the grad kernel reading grad_output, against the cpu backend's torch
     formulas, under several thread orders (its block reductions share memory)."""
     calls = []
-    real = emu.region_finish_cuda
-    monkeypatch.setattr(emu, "region_finish_cuda", lambda *a: calls.append(a) or real(*a))
+    real = emu.cuda.region_finish
+    monkeypatch.setattr(emu.cuda, "region_finish", lambda *a: calls.append(a) or real(*a))
     gen = torch.Generator().manual_seed(C)
     x = torch.randn(2, C, 9, 7, generator=gen) * 2
     t = torch.randint(0, C, (2, 9, 7), generator=gen)

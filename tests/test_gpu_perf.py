@@ -240,7 +240,7 @@ def test_cuda_launch_target(gpu, monkeypatch, name):  # noqa: F811 (the imported
     if err is not None:
         raise err
     assert reads == []
-    assert ("region_finish_cuda" if name.startswith("dice") else "pixel_reduced_cuda") in launches, launches
+    assert ("region_finish" if name.startswith("dice") else "pixel_reduced") in launches, launches
     target = perf.LAUNCH_TARGETS[name.replace("_ignore", "")]
     assert len(launches) + len(ops) <= target, (launches, ops)
 

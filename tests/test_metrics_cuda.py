@@ -25,7 +25,7 @@ from test_metrics import SETS, _check_against, _make, _pycoco, crafted_quirks
 from test_metrics_triton import _arrays, _same, _with_dup_gts, device_matching, options_and_curves
 
 emu = backends._C_emu
-pytestmark = pytest.mark.skipif(emu is None or not hasattr(emu, "confusion_cuda"),
+pytestmark = pytest.mark.skipif(emu is None or not hasattr(emu.cuda, "confusion"),
                                 reason="segfast._C_emu is not built (install with SEGFAST_CUDA_EMU=ON)")
 
 
@@ -129,9 +129,8 @@ def test_confusion_from_class_indices(schedule):
         seg_mod._counts(bad, t, 6, 255, "cuda")
     # the kernel itself (what a GPU does, no host check): such a prediction counts in the last slot
     out = torch.zeros(37, dtype=torch.int64)
-    pf, tf = bad.reshape(-1), t.reshape(-1)
-    emu.confusion_cuda(pf.data_ptr(), backends.dtype_code(pf), False, 1, 6, pf.numel(), 0, 0, 1, tf.data_ptr(),
-                       backends.dtype_code(tf), 0, 1, True, 255, out.data_ptr(), 0)
+    emu.cuda.confusion(backends.view(bad.reshape(1, -1)), backends.view(t.reshape(1, -1)), 255,
+                       backends.view(out), 0)
     assert torch.equal(out, _want(bad, t, 6, 255, logits=False))
 
 
@@ -212,7 +211,7 @@ def test_cuda_matching_global_scratch(schedule):
     gt = {"images": [{"id": 1}, {"id": 2}], "annotations": anns, "categories": [{"id": 1}]}
     thr = np.linspace(0.05, 0.95, 100)
     areas = {"all": (0.0, 1e10), "small": (0.0, 400.0), "large": (400.0, 1e10)}
-    assert emu.coco_match_scratch_bytes(n, len(areas), len(thr), 2) > 0
+    assert emu.cuda.coco_match_scratch_bytes(n, len(areas), len(thr), 2) > 0
     host, _ = device_matching(gt, dets, "cuda", iou_thresholds=thr, area_ranges=areas)
     assert host.compute()["map"] > 0.02  # 60 of the 1000 gts found
 

@@ -1,6 +1,6 @@
 """The metrics family's cuda dispatch never reads a device value on the host:
 ``ConfusionMatrix.update`` from logits and from class indices on fake CUDA
-tensors (tests/test_no_sync.py's harness: the ``*_cuda`` entry points record
+tensors (tests/test_no_sync.py's harness: the ``_C.cuda`` entry points record
 and run nothing) launches the CUDA kernel and reads nothing back."""
 
 from __future__ import annotations
@@ -31,4 +31,4 @@ def test_confusion_update_no_host_sync(gpu, make):  # noqa: F811
     reads, launches, err = gpu(m.update, make)
     assert err is None, err
     assert reads == [], "\n".join(reads)
-    assert launches == ["confusion_cuda"]
+    assert launches == ["confusion"]

@@ -7,7 +7,7 @@ validation and launcher-argument code of segfast is the real one:
 
 * Triton launches go through ``triton_kernels.<family>.wrap``, replaced by a
   launcher that records the launch and runs nothing;
-* the ``segfast._C.*_cuda`` entry points are replaced by recorders that run
+* the ``segfast._C.cuda`` entry points are replaced by recorders that run
   nothing (``_C`` reports CUDA kernels compiled);
 * segfast's ``torch.library`` ops run their real implementation, not their
   fake one;
@@ -240,11 +240,39 @@ class _NoDevice:
         return False
 
 
+class _View:
+    """What segfast.backends.view hands a kernel, for a fake tensor (which has
+    no memory to export through DLPack): its sizes and device."""
+
+    def __init__(self, t: torch.Tensor):
+        self.shape, self.is_cuda = tuple(t.shape), t.device.type == "cuda"
+
+
+def _fake_view(t):
+    return None if t is None else _View(t)
+
+
+class _CudaKernels:
+    """segfast._C.cuda whose entry points record the launch and run nothing."""
+
+    def __init__(self, launches):
+        self._launches = launches
+
+    def __getattr__(self, name):
+        def launch(*args, **kwargs):
+            for a in (*args, *kwargs.values()):
+                assert a is None or isinstance(a, (int, float, bool, list, _View)), \
+                    f"{name}: a kernel argument is neither a number nor a view: {type(a).__name__}"
+                assert not isinstance(a, _View) or a.is_cuda, f"{name}: a view of a CPU tensor reached a CUDA kernel"
+            self._launches.append(name)
+        return launch
+
+
 class _CudaStub:
-    """segfast._C with CUDA kernels "compiled": *_cuda entry points record and run nothing."""
+    """segfast._C with CUDA kernels "compiled": the ``cuda`` entry points record and run nothing."""
 
     def __init__(self, real, launches):
-        self._real, self._launches = real, launches
+        self._real, self.cuda = real, _CudaKernels(launches)
 
     def has_cuda(self):
         return True
@@ -256,18 +284,7 @@ class _CudaStub:
         return max(int(self._real.cuda_runtime_version()), 13000)
 
     def __getattr__(self, name):
-        real = getattr(self._real, name)
-        # *_cuda entry points; the box kernels take a trailing (on_gpu, stream) pair
-        gpu_entry = name.endswith("_cuda") or (name.startswith("box_") and not name.endswith("_cpu"))
-
-        def launch(*args, **kwargs):
-            if name.endswith("_cuda") or args[-2] is True:
-                assert all(isinstance(a, (int, float, bool)) for a in args), \
-                    f"{name}: a kernel argument is not a Python number: {[type(a).__name__ for a in args]}"
-                self._launches.append(name)
-                return None
-            return real(*args, **kwargs)
-        return launch if gpu_entry else real
+        return getattr(self._real, name)
 
 
 class _Launcher:
@@ -302,6 +319,7 @@ def gpu(monkeypatch, fake_cuda_guard):
     import importlib
     launches: list[str] = []
     monkeypatch.setattr(backends, "_C", _CudaStub(backends._C, launches))
+    monkeypatch.setattr(backends, "view", _fake_view)
     # the GPU fit check, memoised per device: a fresh memo for the stub's driver
     monkeypatch.setattr(backends, "_cuda_device_reason_cached",
                         functools.lru_cache(maxsize=None)(backends._cuda_device_reason_cached.__wrapped__))

@@ -1,4 +1,4 @@
-"""segfast._C.pixel_loss_cpu against the float64 reference (segfast/reference/pixel.py).
+"""segfast._C.cpu.pixel_loss against the float64 reference (segfast/reference/pixel.py).
 
 The kernel is called on raw pointers, as segfast/ops will: loss partial sums per
 (image, chunk), the per-pixel / per-element map, and dx = go * d(map)/dx, each
@@ -17,7 +17,7 @@ from segfast.reference.pixel import BCE, CE, FOCAL_SIGMOID, FOCAL_SOFTMAX, FUSED
 from conftest import tol
 
 _C = backends._C
-pytestmark = pytest.mark.skipif(_C is None or not hasattr(_C, "pixel_loss_cpu"),
+pytestmark = pytest.mark.skipif(_C is None or not hasattr(getattr(_C, "cpu", None), "pixel_loss"),
                                 reason="segfast._C with the pixel kernels is not built")
 
 N, S_ODD = 3, 37 * 53
@@ -30,7 +30,7 @@ def _acc(x):
 def run_kernel(x, t, is_label, kind, *, weight=None, pos_weight=None, beta=None, gamma=2.0,
                alpha=0.25, smoothing=0.0, label_offset=0, ignore_value=None, scale0=1.0,
                scale1=1.0, P=1, loss=True, map=False, go=None, dx=True, threads=2):
-    """Calls pixel_loss_cpu; outputs not asked for are None. Outputs start as NaN so
+    """Calls _C.cpu.pixel_loss; outputs not asked for are None. Outputs start as NaN so
     a slot the kernel leaves unwritten fails the comparison."""
     n, C, S = x.shape
     A = _acc(x)
@@ -41,20 +41,12 @@ def run_kernel(x, t, is_label, kind, *, weight=None, pos_weight=None, beta=None,
     out_dx = torch.full_like(x, float("nan")) if dx else None
     go_c = go.to(A).contiguous() if go is not None else None
     tt = t.view(torch.uint8) if t.dtype == torch.bool else t
-    ts = (tt.stride(0), 0, tt.stride(1)) if is_label else tuple(tt.stride())
     opt = [v.to(A).contiguous() if v is not None else None for v in (weight, pos_weight, beta)]
-
-    def ptr(v):
-        return v.data_ptr() if v is not None else 0
-
-    _C.pixel_loss_cpu(
-        x.data_ptr(), backends.dtype_code(x), *x.stride(),
-        tt.data_ptr(), backends.dtype_code(tt), int(is_label), *ts,
-        n, C, S, P, kind, label_offset, int(ignore_value is not None),
-        float(ignore_value if ignore_value is not None else 0.0),
-        *(ptr(v) for v in opt), float(gamma), float(alpha), float(smoothing),
-        float(scale0), float(scale1), ptr(out_loss), ptr(out_map), ptr(go_c), ptr(out_dx),
-        *(out_dx.stride() if dx else (0, 0, 0)), 0, threads)
+    view = backends.view
+    _C.cpu.pixel_loss(
+        view(x), view(tt), kind, label_offset, None if ignore_value is None else float(ignore_value),
+        *(view(v) for v in opt), float(gamma), float(alpha), float(smoothing), float(scale0), float(scale1),
+        view(out_loss), view(out_map), view(go_c), view(out_dx), threads)
     return out_loss, out_map, out_dx
 
 

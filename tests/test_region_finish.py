@@ -308,7 +308,7 @@ def test_cuda_confusion_counts_from_the_finish_path(monkeypatch):
 @needs_cuda
 def test_cuda_finish_max_c_matches_the_module():
     from segfast import backends
-    assert backends._C_emu.REGION_FINISH_MAX_C == R.CUDA_FINISH_MAX_C
+    assert backends._C_emu.cuda.REGION_FINISH_MAX_C == R.CUDA_FINISH_MAX_C
 
 
 @needs_cuda

@@ -291,6 +291,9 @@ void confusion_run(uintptr_t x, int code, int64_t N, int64_t C, int64_t S, int64
     for (int64_t b = 0; b < bins; ++b) out[b] += local[i][b];
 }
 
+}  // namespace
+
+// The cpu.confusion_logits entry's kernel (registered in csrc/bind/metrics.cpp).
 void confusion_logits(uintptr_t x, int64_t x_code, int64_t N, int64_t C, int64_t S, int64_t sN,
                       int64_t sC, int64_t sS, uintptr_t t, int64_t t_code, int64_t tsN, int64_t tsS,
                       bool has_ignore, int64_t ignore, uintptr_t out, int64_t num_threads) {
@@ -308,8 +311,6 @@ void confusion_logits(uintptr_t x, int64_t x_code, int64_t N, int64_t C, int64_t
     confusion_run<float>(x, int(x_code), N, C, S, sN, sC, sS, t, int(t_code), tsN, tsS, has_ignore,
                          ignore, o, nt);
 }
-
-}  // namespace
 
 void register_metrics(py::module_& m) {
   m.def("coco_eval", &coco_eval,
@@ -333,12 +334,6 @@ void register_metrics(py::module_& m) {
         py::arg("precision"), py::arg("recall"), py::arg("scores"), py::arg("ap_all"), py::arg("npig"),
         py::arg("curve_a"), py::arg("curve_m"), py::arg("curve_off"), py::arg("curve_total"),
         py::arg("curve_score"), py::arg("curve_code"), py::arg("num_threads"));
-  m.def("confusion_logits_cpu", &confusion_logits,
-        "out[target*C + argmax] += 1 (int64 [C*C+1], last slot: targets outside [0, C)) from logits "
-        "[N, C, S] and targets [N, S], element strides, in one read of the logits.",
-        py::arg("x"), py::arg("x_dtype"), py::arg("N"), py::arg("C"), py::arg("S"), py::arg("sN"),
-        py::arg("sC"), py::arg("sS"), py::arg("t"), py::arg("t_dtype"), py::arg("tsN"), py::arg("tsS"),
-        py::arg("has_ignore"), py::arg("ignore"), py::arg("out"), py::arg("num_threads"));
 }
 
 }  // namespace metrics

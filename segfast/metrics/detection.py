@@ -683,14 +683,12 @@ def _coco_match_cuda(groups, gt_off, dt_off, gt_box, gt_area, gt_crowd, gt_idnz,
     from .. import backends
     dev = dt_box.device
     code = torch.empty(dt_box.shape[0], A, T, dtype=torch.uint8, device=dev)
-    with backends.cuda_launch(dev) as (mod, stream):
-        nbytes = mod.coco_match_scratch_bytes(max_gts, A, T, groups.numel())
+    with backends.cuda_launch(dev) as (kernels, stream):
+        nbytes = kernels.coco_match_scratch_bytes(max_gts, A, T, groups.numel())
         scratch = torch.empty(nbytes, dtype=torch.uint8, device=dev) if nbytes else None
-        xs = [x.contiguous() for x in (groups, gt_off, dt_off, gt_box, gt_area, gt_crowd, gt_idnz, dt_box, thr,
-                                       area_rng)]
-        ptrs = [x.data_ptr() for x in xs]
-        mod.coco_match_cuda(ptrs[0], groups.numel(), *ptrs[1:], T, A, max_gts, code.data_ptr(),
-                            0 if scratch is None else scratch.data_ptr(), nbytes, stream)
+        xs = [backends.view(x.contiguous()) for x in (groups, gt_off, dt_off, gt_box, gt_area, gt_crowd, gt_idnz,
+                                                      dt_box, thr, area_rng)]
+        kernels.coco_match(*xs, max_gts, backends.view(code), backends.view(scratch), stream)
     return code
 
 

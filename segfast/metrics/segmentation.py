@@ -89,7 +89,7 @@ def _counts(preds: Tensor, target: Tensor, C: int, ignore_index, backend) -> Ten
     N, S = preds.shape[0], math.prod(preds.shape[2:])
     x = preds.reshape(N, C, S)
     t = target.reshape(N, S)
-    if b == "cpu" and not hasattr(backends._C, "confusion_logits_cpu"):
+    if b == "cpu" and not hasattr(getattr(backends._C, "cpu", None), "confusion_logits"):
         b = "torch"
     if b == "cuda":
         return _cuda_counts(x, t, C, ignore_index, True)
@@ -97,10 +97,8 @@ def _counts(preds: Tensor, target: Tensor, C: int, ignore_index, backend) -> Ten
         t = t.long()
     if b == "cpu":
         out = torch.zeros(C * C + 1, dtype=torch.int64)
-        backends._C.confusion_logits_cpu(
-            x.data_ptr(), backends.dtype_code(x), N, C, x.shape[2], x.stride(0), x.stride(1), x.stride(2),
-            t.data_ptr(), backends.dtype_code(t), t.stride(0), t.stride(1), ignore_index is not None,
-            0 if ignore_index is None else ignore_index, out.data_ptr(), backends.cpu_threads(x.numel()))
+        view = backends.view
+        backends._C.cpu.confusion_logits(view(x), view(t), ignore_index, view(out), backends.cpu_threads(x.numel()))
         return out
     if b == "triton":
         from ..triton_kernels import metrics as tk
@@ -137,14 +135,10 @@ def _cuda_counts(x: Tensor, t: Tensor, C: int, ignore_index, logits: bool) -> Te
         x = x.long()
     if t.dtype not in _INDEX:
         t = t.long()
-    N, S = t.shape
     out = torch.zeros(C * C + 1, dtype=torch.int64, device=x.device)
-    xsC = x.stride(1) if logits else 0
-    xsS = x.stride(-1)
-    with backends.cuda_launch(x.device) as (mod, stream):
-        mod.confusion_cuda(x.data_ptr(), backends.dtype_code(x), logits, N, C, S, x.stride(0), xsC, xsS,
-                           t.data_ptr(), backends.dtype_code(t), t.stride(0), t.stride(1), ignore_index is not None,
-                           0 if ignore_index is None else ignore_index, out.data_ptr(), stream)
+    view = backends.view
+    with backends.cuda_launch(x.device) as (kernels, stream):
+        kernels.confusion(view(x), view(t), ignore_index, view(out), stream)
     return out
 
 

@@ -237,8 +237,7 @@ def _check_labels(t: Tensor, n: int, ignore_index) -> None:
     if t.device.type == "cpu" and t.dim() == 2 and backends._C is not None:
         # one read in C++; torch needs an aminmax (after a compare and a where with ignore_index)
         ign = ignore_index is not None and float(ignore_index).is_integer() and abs(ignore_index) < 2**62
-        lo, hi = backends._C.label_range_cpu(t.data_ptr(), backends.dtype_code(t), t.shape[0], t.shape[1],
-                                             *t.stride(), int(ign), int(ignore_index) if ign else 0,
+        lo, hi = backends._C.cpu.label_range(backends.view(t), int(ignore_index) if ign else None,
                                              backends.cpu_threads(t.numel()))
         if lo > hi:  # every label ignored
             return

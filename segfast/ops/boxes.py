@@ -86,13 +86,9 @@ def _threads(n: int) -> int:
 
 def _launch(backend, device, name, *args, work: int):
     if backend == "cpu":
-        return getattr(backends._C, name)(*args, False, _threads(work))
+        return getattr(backends._C.cpu, name)(*args, _threads(work))
     with backends.cuda_launch(device) as (kernels, stream):
-        return getattr(kernels, name)(*args, True, stream)
-
-
-def _b3(b: Tensor):
-    return (b.data_ptr(), backends.dtype_code(b), *b.stride())
+        return getattr(kernels, name)(*args, stream)
 
 
 # ---------------------------------------------------------------- kernel runs
@@ -107,8 +103,9 @@ def run_pairwise(b1: Tensor, b2: Tensor, kind: int, fmt: int, eps: float, backen
         from ..triton_kernels import boxes as tk
         tk.launch_pairwise(b1, b2, out, kind, fmt, eps)
         return out
-    _launch(backend, b1.device, "box_pairwise", *_b3(b1), *_b3(b2), B, N, M, kind, fmt, float(eps),
-            out.data_ptr(), backends.dtype_code(out), work=out.numel())
+    view = backends.view
+    _launch(backend, b1.device, "box_pairwise", view(b1), view(b2), kind, fmt, float(eps), view(out),
+            work=out.numel())
     return out
 
 
@@ -124,9 +121,9 @@ def run_pairwise_grad(b1, b2, go, kind, fmt, eps, need1, need2, backend):
         from ..triton_kernels import boxes as tk
         tk.launch_pairwise_grad(b1, b2, go, d1 if need1 else None, d2 if need2 else None, kind, fmt, eps)
         return d1, d2
-    ptr = lambda t, need: t.data_ptr() if need else 0  # noqa: E731
-    _launch(backend, b1.device, "box_pairwise_grad", *_b3(b1), *_b3(b2), B, N, M, kind, fmt, float(eps),
-            go.data_ptr(), ptr(d1, need1), ptr(d2, need2), backends.dtype_code(b1), work=B * N * M)
+    view = backends.view
+    _launch(backend, b1.device, "box_pairwise_grad", view(b1), view(b2), kind, fmt, float(eps), view(go),
+            view(d1) if need1 else None, view(d2) if need2 else None, work=B * N * M)
     return d1, d2
 
 
@@ -143,11 +140,10 @@ def run_aligned(b1, b2, kind, fmt, loss, eps, offset, sign, gscale, out_dtype, n
         tk.launch_aligned(b1, b2, out, d1 if need1 else None, d2 if need2 else None, kind, fmt, loss, eps,
                           offset, sign, gscale)
         return out, d1, d2
-    ptr = lambda t, need: t.data_ptr() if need else 0  # noqa: E731
-    _launch(backend, b1.device, "box_aligned", b1.data_ptr(), backends.dtype_code(b1), *b1.stride(),
-            b2.data_ptr(), backends.dtype_code(b2), *b2.stride(), K, kind, fmt, bool(loss), float(eps),
-            float(offset), float(sign), float(gscale), out.data_ptr(), backends.dtype_code(out),
-            ptr(d1, need1), ptr(d2, need2), backends.dtype_code(b1), work=K * 8)
+    view = backends.view
+    _launch(backend, b1.device, "box_aligned", view(b1), view(b2), kind, fmt, bool(loss), float(eps), float(offset),
+            float(sign), float(gscale), view(out), view(d1) if need1 else None, view(d2) if need2 else None,
+            work=K * 8)
     return out, d1, d2
 
 

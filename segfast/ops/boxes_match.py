@@ -169,15 +169,13 @@ def _launch_iou_max_ext(a, g, v, fmt, backend):
     mx = torch.empty((B, N), dtype=acc, device=a.device)
     arg = torch.empty((B, N), dtype=torch.int64, device=a.device)
     gmax = torch.zeros((B, M), dtype=acc, device=a.device)
-    vv = None if v is None else v.view(torch.uint8)
-    args = (a.data_ptr(), backends.dtype_code(a), *a.stride(), g.data_ptr(), *g.stride(),
-            0 if vv is None else vv.data_ptr(), *((0, 0) if vv is None else vv.stride()),
-            B, N, M, fmt, mx.data_ptr(), arg.data_ptr(), gmax.data_ptr())
+    view = backends.view
+    args = (view(a), view(g), view(v), fmt, view(mx), view(arg), view(gmax))
     if backend == "cpu":
-        backends._C.box_iou_max_cpu(*args, backends.cpu_threads(N * max(M, 1) // 16))
+        backends._C.cpu.box_iou_max(*args, backends.cpu_threads(N * max(M, 1) // 16))
     else:
         with backends.cuda_launch(a.device) as (kernels, stream):
-            kernels.box_iou_max_cuda(*args, stream)
+            kernels.box_iou_max(*args, stream)
     return mx, arg, _mark_padding(gmax, v)
 
 
@@ -210,16 +208,16 @@ box_iou_max_op.register_fake(_iou_max_fake)
 def _nms_flags_ext(b: Tensor, cls: Optional[Tensor], thr: float, fmt: int, backend: str) -> Tensor:
     N = b.shape[0]
     keep = torch.empty(N, dtype=torch.uint8, device=b.device)
-    args = (b.data_ptr(), backends.dtype_code(b), b.stride(0), b.stride(1),
-            0 if cls is None else cls.data_ptr(), N, fmt, thr, keep.data_ptr())
+    view = backends.view
+    args = (view(b), view(cls), fmt, thr, view(keep))
     if backend == "cpu":
-        backends._C.nms_keep_cpu(*args)
+        backends._C.cpu.nms_keep(*args)
     else:
         cb = -(-N // 64)
         mask = torch.empty((N, cb), dtype=torch.int64, device=b.device)
         removed = torch.empty(cb, dtype=torch.int64, device=b.device)  # used only past 48 KiB of words
         with backends.cuda_launch(b.device) as (kernels, stream):
-            kernels.nms_keep_cuda(*args, mask.data_ptr(), removed.data_ptr(), stream)
+            kernels.nms_keep(*args, view(mask), view(removed), stream)
     return keep
 
 

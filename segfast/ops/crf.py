@@ -373,20 +373,6 @@ def dense_crf(unary: Tensor, image: Tensor, *, iterations: int = 5, gaussian: Op
     return q.to(acc)
 
 
-def _launch_args(u: Tensor, image: Tensor, kparams, mat: Tensor):
-    B, C, H, W = u.shape
-    u3, im3 = u.reshape(B, C, H * W), image.reshape(B, 3, H * W)
-    K = len(kparams) // 8
-    kp, ptrs = [], []
-    for m in range(K):
-        kp += kparams[8 * m: 8 * m + 7]
-        ptrs.append(mat[m].data_ptr() if kparams[8 * m + 7] else 0)
-    out = backends.empty_output((B, C, H, W), torch.float32, u.device)
-    # u3 / im3 may be copies (reshape of a non-viewable layout): the caller keeps them alive
-    return (u3.data_ptr(), backends.dtype_code(u3), *u3.stride(), im3.data_ptr(), backends.dtype_code(im3),
-            *im3.stride(), B, C, H, W, kp, ptrs), out, (u3, im3)
-
-
 def _crf_threads(u: Tensor) -> int:
     """An image splits its pixels across threads only when it is large (each
     iteration opens a few parallel regions); batches of small images run one
@@ -401,11 +387,13 @@ def dense_crf_cpu_op(u: Tensor, image: Tensor, kparams: List[float], mat: Tensor
     """Q [B, C, H, W] float32 from energies u [B, C, H, W] (POS applied) and the
     image; kparams: 8 per kernel (sx, sy, sr, sg, sb, bilateral, Potts weight,
     uses matrix), mat [K, C, C] float32 symmetric compatibilities."""
-    mat = mat.contiguous()
-    args, out, keep = _launch_args(u, image, kparams, mat)
-    backends._C.dense_crf_cpu(*args, iterations, normalization, self_message, out.data_ptr(),
-                              _crf_threads(u))
-    del keep
+    B, C, H, W = u.shape
+    out = backends.empty_output((B, C, H, W), torch.float32, u.device)
+    # named, not temporaries: reshape and contiguous may copy, and a view does not keep its tensor alive
+    u3, im3, mat = u.reshape(B, C, H * W), image.reshape(B, 3, H * W), mat.contiguous()
+    view = backends.view
+    backends._C.cpu.dense_crf(view(u3), view(im3), H, W, [float(k) for k in kparams], view(mat), iterations,
+                              normalization, self_message, view(out), _crf_threads(u))
     return out
 
 
@@ -423,8 +411,8 @@ def lattice_cpu(features: Tensor):
     weight = torch.empty((N, d + 1), dtype=torch.float32)
     cap = N * (d + 1)
     blur = torch.empty(((d + 1) * cap * 2,), dtype=torch.int32)
-    M = backends._C.crf_lattice_cpu(f.data_ptr(), N, d, offset.data_ptr(), weight.data_ptr(), blur.data_ptr(),
-                                    cap, backends.cpu_threads())
+    view = backends.view
+    M = backends._C.cpu.crf_lattice(view(f), view(offset), view(weight), view(blur), backends.cpu_threads())
     return ref.Lattice(d=d, M=M, offset=offset.long(), weight=weight,
                        blur=blur[: (d + 1) * M * 2].view(d + 1, M, 2).long())
 
@@ -510,26 +498,22 @@ class _CudaSteps:
         grid = q.new_zeros((lat.M + 1, C))
         tmp = torch.empty_like(grid)
         tmp[lat.M].zero_()
+        view = backends.view
         with backends.cuda_launch(self.device) as (kernels, stream):
-            kernels.crf_splat_cuda(q.data_ptr(), lat.off32.data_ptr(), sw.data_ptr(), grid.data_ptr(), P, C,
-                                   lat.d + 1, stream)
+            kernels.crf_splat(view(q), view(lat.off32), view(sw), view(grid), stream)
             for j in range(lat.d + 1):
-                kernels.crf_blur_cuda(grid.data_ptr(), tmp.data_ptr(), lat.nb32[j].data_ptr(), lat.M, C, stream)
+                kernels.crf_blur(view(grid), view(tmp), view(lat.nb32[j]), stream)
                 grid, tmp = tmp, grid
         return grid
 
     def update(self, U: Tensor, q: Tensor, runs, extra: Optional[Tensor]) -> None:
-        P, C = U.shape
-        ptrs = []
+        view = backends.view
+        views = []
         for k in range(2):
-            if k < len(runs):
-                lat, slw, grid = runs[k]
-                ptrs += [lat.off32.data_ptr(), slw.data_ptr(), grid.data_ptr(), lat.d + 1]
-            else:
-                ptrs += [0, 0, 0, 1]
+            lat, slw, grid = runs[k] if k < len(runs) else (None, None, None)
+            views += [None if lat is None else view(lat.off32), view(slw), view(grid)]
         with backends.cuda_launch(self.device) as (kernels, stream):
-            kernels.crf_update_cuda(U.data_ptr(), q.data_ptr(), 0 if extra is None else extra.data_ptr(), *ptrs,
-                                    len(runs), P, C, stream)
+            kernels.crf_update(view(U), view(q), view(extra), *views, stream)
 
 
 def _slice(grid: Tensor, lat, w: Tensor) -> Tensor:

@@ -167,12 +167,9 @@ def _cpu_sort_weights(errors: Tensor, fg: Tensor, valid: Optional[Tensor], acc) 
     e4, f4 = _four(errors), _four(fg)
     v4 = None if valid is None else _four(valid)
     G = e4.shape[0] * e4.shape[1]
-    backends._C.lovasz_weights_cpu(
-        list(e4.shape), e4.data_ptr(), backends.dtype_code(e4), list(e4.stride()),
-        f4.data_ptr(), backends.dtype_code(f4), list(f4.stride()),
-        0 if v4 is None else v4.data_ptr(), backends.DTYPE_CODES[torch.bool], [0, 0, 0, 0] if v4 is None
-        else list(v4.stride()), w.data_ptr(), backends.DTYPE_CODES[acc],
-        backends.cpu_threads(errors.numel()) if G > 1 else 1)
+    view = backends.view
+    backends._C.cpu.lovasz_weights(view(e4), view(f4), view(v4), view(w),
+                                   backends.cpu_threads(errors.numel()) if G > 1 else 1)
     return w
 
 
@@ -196,11 +193,9 @@ def _gpu_inputs(errors: Tensor, fg: Tensor, valid: Optional[Tensor]):
 
 
 def _launch_cuda(G, L, perm, f, v, total, w):
+    view = backends.view
     with backends.cuda_launch(w.device) as (kernels, stream):
-        kernels.lovasz_weights_cuda(
-            G, L, perm.data_ptr(), f.data_ptr(), backends.dtype_code(f),
-            0 if v is None else v.data_ptr(), backends.DTYPE_CODES[torch.uint8], total.data_ptr(),
-            w.data_ptr(), backends.dtype_code(w), stream)
+        kernels.lovasz_weights_sorted(view(perm.view(G, L)), view(f), view(v), view(total), view(w), stream)
 
 
 def _gpu_sort_weights(errors: Tensor, fg: Tensor, valid: Optional[Tensor], acc, launch) -> Tensor:
@@ -433,14 +428,14 @@ def lovasz_softmax_rows_op(p: Tensor, labels: Tensor, cls: Tensor, ignore_value:
     pn, pk, ps = p.stride()
     ln, lsd = lab.stride()
     if per_image:  # segments [N, K] of pixels [1, S]
-        shape, pst, lst, wst = [N, K, 1, S], [pn, pk, 0, ps], [ln, 0, 0, lsd], [K * S, S, 0, 1]
+        shape, pst, lst, wst = (N, K, 1, S), (pn, pk, 0, ps), (ln, 0, 0, lsd), (K * S, S, 0, 1)
     else:  # segments [1, K] of pixels [N, S]
-        shape, pst, lst, wst = [1, K, N, S], [0, pk, pn, ps], [0, 0, ln, lsd], [0, S, K * S, 1]
-    backends._C.lovasz_softmax_rows_cpu(
-        shape, p.data_ptr(), backends.dtype_code(p), pst, lab.data_ptr(), backends.dtype_code(lab), lst,
-        cls.data_ptr(), int(ignore_value is not None), float(ignore_value or 0.0), ws.data_ptr(),
-        backends.DTYPE_CODES[acc], wst, seg.data_ptr(), total.data_ptr(),
-        backends.cpu_threads(p.numel()) if R1 * K > 1 else 1)
+        shape, pst, lst, wst = (1, K, N, S), (0, pk, pn, ps), (0, 0, ln, lsd), (0, S, K * S, 1)
+    view = backends.view
+    backends._C.cpu.lovasz_softmax_rows(
+        view(p.as_strided(shape, pst)), view(lab.as_strided(shape, lst)), view(cls),
+        None if ignore_value is None else float(ignore_value), view(ws.as_strided(shape, wst)), view(seg),
+        view(total), backends.cpu_threads(p.numel()) if R1 * K > 1 else 1)
     return seg, ws, total
 
 

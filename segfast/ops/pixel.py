@@ -86,10 +86,19 @@ def _opt(t: Optional[Tensor], dtype) -> Optional[Tensor]:
     return None if t is None else t.to(dtype).contiguous()
 
 
+def _kernel_args(x, t, is_label, kind, label_offset, ignore_value, w, pw, b, gamma, alpha, smoothing, scale0,
+                 scale1) -> tuple:
+    """The leading arguments of the C++ pixel entries (pixel_loss, pixel_reduced): the problem."""
+    view = backends.view
+    return (view(x), view(target_args(t, is_label)[0]), kind, label_offset,
+            None if ignore_value is None else float(ignore_value), view(w), view(pw), view(b), float(gamma),
+            float(alpha), float(smoothing), float(scale0), float(scale1))
+
+
 def _run(x, t, weight, pos_weight, beta, is_label, kind, label_offset, ignore_value, gamma, alpha,
-         smoothing, scale0, scale1, backend, *, want_loss=False, want_map=False, go=None, go_scalar=False,
-         want_dx=False):
-    """Launch the pixel kernel of ``backend``; -> (loss partials [N, P, 2] | None, map | None, dx | None)."""
+         smoothing, scale0, scale1, backend, *, want_loss=False, want_map=False, go=None, want_dx=False):
+    """Launch the pixel kernel of ``backend``; -> (loss partials [N, P, 2] | None, map | None, dx | None).
+    ``go``: grad_output of the map, or a 0-d one read on the device."""
     N, C, S = x.shape
     acc = acc_dtype(x) if backend != "triton" else torch.float32
     if backend == "triton":
@@ -108,25 +117,21 @@ def _run(x, t, weight, pos_weight, beta, is_label, kind, label_offset, ignore_va
             if out is not None:
                 out.zero_()
         return loss, lmap, dx
-    t, ts = target_args(t, is_label)
-    has_ignore = ignore_value is not None
-    ign = float(ignore_value) if has_ignore else 0.0
     if backend == "triton":
-        tk.launch_pixel(x, t, is_label, N, C, S, P, kind, label_offset, has_ignore, ign, w, pw, b,
-                        gamma, alpha, smoothing, scale0, scale1, loss, lmap, go, dx)
+        t, _ = target_args(t, is_label)
+        has_ignore = ignore_value is not None
+        tk.launch_pixel(x, t, is_label, N, C, S, P, kind, label_offset, has_ignore,
+                        float(ignore_value) if has_ignore else 0.0, w, pw, b, gamma, alpha, smoothing, scale0,
+                        scale1, loss, lmap, go, dx)
         return loss, lmap, dx
-    ptr = lambda a: 0 if a is None else a.data_ptr()  # noqa: E731
-    args = (x.data_ptr(), backends.dtype_code(x), *x.stride(),
-            t.data_ptr(), backends.dtype_code(t), int(is_label), *ts,
-            N, C, S, P, kind, label_offset, int(has_ignore), ign,
-            ptr(w), ptr(pw), ptr(b), float(gamma), float(alpha), float(smoothing), float(scale0), float(scale1),
-            ptr(loss), ptr(lmap), ptr(go), ptr(dx), *(dx.stride() if dx is not None else (0, 0, 0)),
-            int(go_scalar))
+    view = backends.view
+    args = (*_kernel_args(x, t, is_label, kind, label_offset, ignore_value, w, pw, b, gamma, alpha, smoothing,
+                          scale0, scale1), view(loss), view(lmap), view(go), view(dx))
     if backend == "cpu":
-        backends._C.pixel_loss_cpu(*args, backends.cpu_threads(x.numel()))
+        backends._C.cpu.pixel_loss(*args, backends.cpu_threads(x.numel()))
     else:
         with backends.cuda_launch(x.device) as (kernels, stream):
-            kernels.pixel_loss_cuda(*args, stream)
+            kernels.pixel_loss(*args, stream)
     return loss, lmap, dx
 
 
@@ -338,30 +343,25 @@ def _cuda_counter(device: torch.device) -> Tensor:
 
 def _run_reduced_cuda(x, target, weight, pos_weight, beta, is_label, kind, label_offset, ignore_value, gamma,
                       alpha, smoothing, scale0, scale1, norm, *, counter=None, go=None, den=None):
-    """One launch of pixel_reduced_cuda: -> (loss, den) with ``counter``, else dx
+    """One launch of the cuda backend's pixel_reduced: -> (loss, den) with ``counter``, else dx
     for the 0-d grad_output ``go`` and normaliser ``den``, read on the device."""
     N, C, S = x.shape
     acc = acc_dtype(x)
-    ptr = lambda a: 0 if a is None else a.data_ptr()  # noqa: E731
     w, pw, b = _opt(weight, acc), _opt(pos_weight, acc), _opt(beta, acc)
-    t, ts = target_args(target, is_label)
-    has_ignore = ignore_value is not None
     if counter is not None:
         P = num_chunks(N, S, x.device)
         ws = torch.empty((N, P, 4), dtype=acc, device=x.device)
         loss, d = torch.empty((), dtype=acc, device=x.device), torch.empty((), dtype=acc, device=x.device)
         dx = None
     else:
-        P, ws, loss, d = 1, None, None, den
+        ws, loss, d = None, None, den
         dx = backends.empty_output(x.shape, x.dtype, x.device, like=x)
         go = go.to(acc).contiguous()
-    args = (x.data_ptr(), backends.dtype_code(x), *x.stride(), t.data_ptr(), backends.dtype_code(t), int(is_label),
-            *ts, N, C, S, P, kind, label_offset, int(has_ignore), float(ignore_value) if has_ignore else 0.0,
-            ptr(w), ptr(pw), ptr(b), float(gamma), float(alpha), float(smoothing), float(scale0), float(scale1),
-            ptr(ws), 0, ptr(go), ptr(dx), *(dx.stride() if dx is not None else (0, 0, 0)), int(go is not None),
-            norm, ptr(loss), ptr(d), ptr(counter))
+    view = backends.view
     with backends.cuda_launch(x.device) as (kernels, stream):
-        kernels.pixel_reduced_cuda(*args, stream)
+        kernels.pixel_reduced(*_kernel_args(x, target, is_label, kind, label_offset, ignore_value, w, pw, b, gamma,
+                                            alpha, smoothing, scale0, scale1), norm,
+                              view(ws), view(loss), view(d), view(counter), view(go), view(dx), stream)
     return (loss, d) if counter is not None else dx
 
 

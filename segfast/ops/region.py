@@ -57,14 +57,8 @@ __all__ = ["region_stats", "dice_loss", "jaccard_loss", "tversky_loss", "general
 # ---------------------------------------------------------------- C++ / CUDA
 
 
-def _stats_ext_args(x, t, is_label, act, label_offset, ignore_value, xent, gamma, P, out) -> tuple:
-    """The leading arguments of region_stats_cpu / region_stats_cuda: partial sums of P chunks into ``out``."""
-    N, C, S = x.shape
-    t, ts = target_args(t, is_label)
-    return (x.data_ptr(), backends.dtype_code(x), *x.stride(),
-            t.data_ptr(), backends.dtype_code(t), int(is_label), *ts,
-            N, C, S, P, act, int(xent), float(gamma), label_offset, int(ignore_value is not None),
-            float(ignore_value if ignore_value is not None else 0.0), out.data_ptr())
+def _ignore(ignore_value: Optional[float]) -> Optional[float]:
+    return None if ignore_value is None else float(ignore_value)
 
 
 def _launch_stats_ext(x, t, is_label, act, label_offset, ignore_value, backend, xent, gamma, mr=None, q=None,
@@ -72,32 +66,26 @@ def _launch_stats_ext(x, t, is_label, act, label_offset, ignore_value, backend, 
     N, C, S = x.shape
     P = num_chunks(N, S, x.device)
     out = torch.empty((N, P, C, KX if xent else K), dtype=acc_dtype(x), device=x.device)
-    args = _stats_ext_args(x, t, is_label, act, label_offset, ignore_value, xent, gamma, P, out)
+    view = backends.view
+    args = (view(x), view(t), view(out), act, xent, float(gamma), label_offset, _ignore(ignore_value), view(conf))
     if backend == "cpu":
-        backends._C.region_stats_cpu(*args, backends.cpu_threads(x.numel()), 0 if mr is None else mr.data_ptr(),
-                                     *((0, 0, 0) if q is None else (q.data_ptr(), q.stride(0), q.stride(1))),
-                                     conf_ptr=0 if conf is None else conf.data_ptr())
+        backends._C.cpu.region_stats(*args, view(mr), view(q), backends.cpu_threads(x.numel()))
     else:
         with backends.cuda_launch(x.device) as (kernels, stream):
-            kernels.region_stats_cuda(*args, stream, confusion_ptr=0 if conf is None else conf.data_ptr())
+            kernels.region_stats(*args, None, stream)
     return out[:, 0] if P == 1 else out.sum(1)  # one chunk per image (N >= the workers): no sum op
 
 
 def _launch_grad_ext(x, t, g, is_label, act, label_offset, ignore_value, backend, xent, gamma, mr=None, go=None):
-    N, C, S = x.shape
     dx = backends.empty_output(x.shape, x.dtype, x.device, like=x)
     g = g.to(acc_dtype(x)).contiguous()
-    t, ts = target_args(t, is_label)
-    args = (x.data_ptr(), backends.dtype_code(x), *x.stride(),
-            t.data_ptr(), backends.dtype_code(t), int(is_label), *ts,
-            N, C, S, act, int(xent), float(gamma), label_offset, int(ignore_value is not None),
-            float(ignore_value if ignore_value is not None else 0.0),
-            g.data_ptr(), dx.data_ptr(), *dx.stride())
+    view = backends.view
+    args = (view(x), view(t), view(g), view(dx), act, xent, float(gamma), label_offset, _ignore(ignore_value))
     if backend == "cpu":
-        backends._C.region_grad_cpu(*args, backends.cpu_threads(x.numel()), 0 if mr is None else mr.data_ptr())
+        backends._C.cpu.region_grad(*args, view(mr), backends.cpu_threads(x.numel()))
     else:
         with backends.cuda_launch(x.device) as (kernels, stream):
-            kernels.region_grad_cuda(*args, stream, go_ptr=0 if go is None else go.data_ptr())
+            kernels.region_grad(*args, view(go), stream)
     return dx
 
 
@@ -130,7 +118,7 @@ KEEP_MAX_SUM, KEEP_PROBS = 1, 2
 @backends.constant_to_compile
 def _kernel_keeps(x_dtype: int, is_label: bool, act: int, xent: int, C: int, pixel_stride: int) -> int:
     """csrc/cpu/region.cpp region_keeps: a constant to torch.compile."""
-    return int(backends._C.region_keeps_cpu(x_dtype, is_label, act, xent, C, pixel_stride))
+    return int(backends._C.cpu.region_keeps(x_dtype, is_label, act, xent, C, pixel_stride))
 
 
 def _keeps(x: Tensor, is_label: bool, act: int, backend: str, xent: int) -> int:
@@ -171,14 +159,10 @@ def _stats_keep(x: Tensor, target: Tensor, is_label: bool, act: int, label_offse
 
 def _grad_probs(q: Tensor, target: Tensor, g: Tensor, label_offset: int, ignore_value: Optional[float]) -> None:
     """dLoss/dx written over q (the KEEP_PROBS buffer, see _keeps) from dLoss/dStats ``g`` [N, C, 7]."""
-    N, C, S = q.shape
     g = g.to(torch.float32).contiguous()
-    t, ts = target_args(target, True)
-    backends._C.region_grad_probs_cpu(q.data_ptr(), backends.dtype_code(q), *q.stride(), t.data_ptr(),
-                                      backends.dtype_code(t), 1, *ts, N, C, S, label_offset,
-                                      int(ignore_value is not None),
-                                      float(ignore_value if ignore_value is not None else 0.0),
-                                      g.data_ptr(), backends.cpu_threads(q.numel()))
+    view = backends.view
+    backends._C.cpu.region_grad_probs(view(q), view(target), view(g), label_offset, _ignore(ignore_value),
+                                      backends.cpu_threads(q.numel()))
 
 
 def _stats_op(x: Tensor, target: Tensor, is_label: bool, act: int, label_offset: int,
@@ -317,14 +301,12 @@ def _loss_cuda(x: Tensor, target: Tensor, w: Optional[Tensor], pw: Optional[Tens
     sums, coef, loss = torch.empty((N, C, KO), **acc), torch.empty((N, C, KO), **acc), torch.empty((), **acc)
     ok = torch.empty(1, dtype=torch.uint8, device=x.device)
     w, pw = (None if v is None else v.to(acc_dtype(x)).contiguous() for v in (w, pw))
-    ptr = lambda v: 0 if v is None else v.data_ptr()  # noqa: E731
+    view = backends.view
     with backends.cuda_launch(x.device) as (kernels, stream):
-        kernels.region_stats_cuda(*_stats_ext_args(x, target, is_label, act, label_offset, ignore_value, xent,
-                                                   gamma, P, part),
-                                  stream, flag_ptr=ptr(flag), confusion_ptr=ptr(counts if count else None))
-        kernels.region_finish_cuda(part.data_ptr(), sums.data_ptr(), coef.data_ptr(), loss.data_ptr(),
-                                   ok.data_ptr(), ptr(flag), ptr(w), ptr(pw), backends.dtype_code(part), N, C, P,
-                                   KO, *(float(v) for v in fparams), *(int(v) for v in iparams), int(xent), stream)
+        kernels.region_stats(view(x), view(target), view(part), act, xent, float(gamma), label_offset,
+                             _ignore(ignore_value), view(counts if count else None), view(flag), stream)
+        kernels.region_finish(view(part), view(sums), view(coef), view(loss), view(ok), view(flag), view(w), view(pw),
+                              [float(v) for v in fparams], [int(v) for v in iparams], xent, stream)
     if check:
         torch._assert_async(ok, check)
     return loss, coef, counts
