@@ -293,7 +293,7 @@ __global__ void stats_kernel(const Problem pr, const int64_t P, const int lg, co
               acc[q][kS7] += t > T(0) ? t * nl : T(0);
               acc[q][kS8] += v > T(0) ? v * nl : T(0);
             } else if (pr.xent == kXentFocal) {
-              if (t > T(0)) acc[q][kS7] += focal_value(p, nl, T(pr.gamma));
+              if (t > T(0)) acc[q][kS7] += focal_value(p, nl, make_focal<T>(pr.gamma, -1.0));
             } else {
               acc[q][kS7] += t > T(0) ? t * nl : T(0);
               if (c >= 1 && t > T(0)) acc[q][kS8] += t * h[i];
