@@ -816,7 +816,7 @@ def vector_counts(ptx: str, sass: str = "") -> dict:
         c[f"{op}_v2"] = count(rf"\b{op}\.global(?:\.\w+)*\.v2\b", ptx)
         c[f"{op}_v1"] = total - c[f"{op}_v4"] - c[f"{op}_v2"]
     c["bar_sync"] = count(r"\b(?:bar|barrier)\.sync\b", ptx)
-    c.update(perf_ptx.loop_facts(ptx))  # bar_loop, cp.async, loop loads of the streaming inputs
+    c.update(perf_ptx.loop_facts(ptx))  # bar_loop, cp.async, loads of the streaming inputs by width
     if sass:
         c["ldg128"] = count(r"\bLDG(?:\.\w+)*\.128\b", sass)
         c["stg128"] = count(r"\bSTG(?:\.\w+)*\.128\b", sass)
