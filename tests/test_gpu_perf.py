@@ -24,7 +24,8 @@ needs_run = triton_needs_run()
 H100 = perf.MODELS["h100"]
 SHAPE = (8, 21, 128, 128)
 # C > 32: the stats kernel's wide class tile (ADE20K's 150 classes, and 64)
-WIDE_SHAPES = ((8, 64, 128, 128), (8, 150, 128, 128))
+# and, above 256 classes, its class-chunk loop
+WIDE_SHAPES = ((8, 64, 128, 128), (8, 150, 128, 128), (8, 300, 128, 128))
 WORKERS = min(2, os.cpu_count() or 1)
 
 
@@ -58,9 +59,10 @@ def test_dice_grid_fills_h100(traces, wide_traces):
 @pytest.mark.slow
 def test_wide_class_tile_compiles_lean(wide_traces):
     """The streaming region kernels at C > 32 (the stats kernel's wide class
-    tile, the grad kernel's class loop), Dice and Dice + CE, on sm_80 and
-    sm_90: 128-bit loads, no spill, no block barrier inside a loop, and
-    registers that leave at least 2 programs per SM."""
+    tile and class-chunk loop, the grad kernel's class loop), Dice and Dice +
+    CE, on sm_80 and sm_90: 128-bit loads of logits and labels and none
+    narrower, no spill, no block barrier inside a loop, and registers that
+    leave at least 2 programs per SM."""
     jobs = {}
     for trace in wide_traces.values():
         for k in trace.launches:
@@ -72,7 +74,39 @@ def test_wide_class_tile_compiles_lean(wide_traces):
         assert row["error"] is None, row["error"]
         where = (job.arch, job.launch.constexprs, row)
         assert row["ldg128"] > 0 and row["local"] == 0 and row["bar_loop"] == 0, where
+        assert row["ld_stream_128"] > 0 and row["ld_stream_narrow"] == 0, where
         assert perf.occupancy(row, H100) >= 2, where
+
+
+def test_loop_facts():
+    """perf_ptx: barriers and cp.async copies inside a loop, and the loads whose
+    address comes from the first two parameters by width (not a gather
+    through a loaded value, not another parameter)."""
+    from segfast.gpucheck import perf_ptx
+    ptx = """
+        ld.param.b64 %rd1, [k_param_0];
+        ld.param.b64 %rd2, [k_param_1];
+        ld.param.b64 %rd3, [k_param_2];
+        add.s64 %rd4, %rd1, 16;
+    $L__BB0_1:
+        @%p1 ld.global.v4.b32 { %r1, %r2, %r3, %r4 }, [ %rd4 + 0 ];
+        mad.wide.s32 %rd5, %r7, 8, %rd2;
+        @%p1 ld.global.v2.b64 { %rd6, %rd7 }, [ %rd5 + 0 ];
+        @%p1 ld.global.b64 %rd8, [ %rd5 + 0 ];
+        add.s64 %rd9, %rd3, %rd6;
+        ld.global.b32 %r5, [ %rd9 + 0 ];
+        cp.async.cg.shared.global [ %r9 + 0 ], [ %rd4 + 0 ], 0x10, %r8;
+        cp.async.ca.shared.global [ %r9 + 16 ], [ %rd5 + 0 ], 0x8, %r8;
+        bar.sync 0;
+        @%p2 bra $L__BB0_1;
+        ld.global.b32 %r6, [ %rd1 + 0 ];
+        ret;
+    """
+    c = perf_ptx.loop_facts(ptx)
+    assert (c["bar_loop"], c["cp_async"], c["cp_async_loop"], c["cp_async_bytes"]) == (1, 2, 2, 16)
+    # v4.b32, v2.b64 and the 16-byte copy; the scalar b64, the 8-byte copy and the b32 after the loop
+    assert (c["ld_stream_128"], c["ld_stream_narrow"]) == (3, 3)
+    assert triton_aot.vector_counts(ptx)["bar_loop"] == 1
 
 
 def test_loop_barriers_counted():
@@ -140,9 +174,41 @@ def test_streaming_loads_are_128_bit(traces):
         assert row["error"] is None, row["error"]
         assert row["ldg128"] > 0, (job.launch.kernel, row)
         assert row["local"] == 0, (job.launch.kernel, row)
+        # logits and labels: 128 bits per thread and load, none narrower
+        assert row["ld_stream_128"] > 0 and row["ld_stream_narrow"] == 0, (job.launch.kernel, row)
+        # no block barrier in a loop, but the two of a software pipeline's waits
+        assert row["bar_loop"] == 0 or (row["cp_async_loop"] > 0 and row["bar_loop"] <= 2), (job.launch.kernel, row)
         if job.launch.kernel.startswith("_pixel_") and not _constexprs(job.launch)["WANT_LOSS"]:
             # the pixel backward: no block barrier anywhere, so none in its tile loop
             assert row["bar_sync"] == 0, (job.launch.kernel, row)
+
+
+@needs_run
+@pytest.mark.slow
+def test_pipelined_loops_copy_16_bytes(monkeypatch):
+    """With more than one stage (``tl.range(num_stages=)``) the tile loops of
+    the region stats kernel and the pixel forward kernels compile to 16-byte
+    cp.async copies into shared memory (sm_90) without spills: the knob works,
+    and the report shows it (cp_async_loop)."""
+    from segfast.triton_kernels import pixel as tpx
+    from segfast.triton_kernels import region as trg
+    for mod, name in ((trg, "STATS_STAGES"), (trg, "LOOP_STATS_STAGES"), (tpx, "SOFTMAX_STAGES"),
+                      (tpx, "SIGMOID_STAGES")):
+        monkeypatch.setattr(mod, name, 2)
+    jobs = {}
+    for name in ("dice", "ce", "bce"):
+        for k in perf.trace_call(perf._calls()[name], SHAPE, H100)[0].launches:
+            if k.kernel in ("_region_stats_kernel", "_pixel_softmax_kernel", "_pixel_sigmoid_kernel"):
+                if _constexprs(k.launch).get("WANT_DX"):
+                    continue  # the backward's loops are over classes
+                jobs.setdefault(triton_aot.Job(k.launch, "exact", 90), None)
+    assert {j.launch.kernel for j in jobs} == {"_region_stats_kernel", "_pixel_softmax_kernel",
+                                               "_pixel_sigmoid_kernel"}
+    for job, row in zip(jobs, triton_aot.compile_all(list(jobs), workers=WORKERS)):
+        assert row["error"] is None, row["error"]
+        assert row["local"] == 0, (job.launch.kernel, row)
+        if job.launch.kernel != "_pixel_sigmoid_kernel":  # its class loads sit in an inner loop
+            assert row["cp_async_loop"] > 0 and row["cp_async_bytes"] == 16, (job.launch.kernel, row)
 
 
 @needs_run

@@ -231,6 +231,51 @@ def test_stats_class_chunk_loop(C):
 
 
 @needs_run
+@pytest.mark.parametrize("C, dtype, act, P", [(300, torch.float16, 2, 4), (300, torch.bfloat16, 1, 2),
+                                             (1000, torch.float32, 2, 2)])
+def test_stats_class_chunk_loop_dtypes(C, dtype, act, P):
+    """The class-chunk loop's default tile (one-warp programs) at C = 300 and
+    1000, 16-bit logits, odd S, chunks of several tiles and an empty one."""
+    gen = torch.Generator().manual_seed(C + act)
+    x = make_x(N, C, S, act, dtype, gen=gen)
+    t = make_labels(N, C, S, torch.int64, 255, gen=gen)
+    assert not R._stats_blocks(C, None, None, x.element_size())[0]
+    run_and_check(x, t, True, act, P=P, ignore=255)
+    if act != 2:
+        td = make_dense(N, C, S, dtype, -1.0, gen=gen)
+        run_and_check(x, td, False, act, P=P, ignore=-1.0)
+
+
+@needs_run
+@pytest.mark.parametrize("xent", [1, 2, 3])
+def test_stats_class_chunk_loop_pixel_term(xent):
+    """The class-chunk loop with a pixel term (CE, focal, fused), the bad-label
+    flag and the confusion counts: the single class tile's sums, flag and
+    counts, and torch.bincount's counts."""
+    C = 40
+    gen = torch.Generator().manual_seed(xent)
+    x = make_x(N, C, S, 2, torch.float32, gen=gen)
+    t = make_labels(N, C, S, torch.int64, 255, gen=gen)
+    outs = {}
+    for block_c in (None, 16):  # the wide single tile, the class-chunk loop
+        conf = torch.zeros((C, C), dtype=torch.int64, device=DEVICE)
+        flag = torch.zeros(1, dtype=torch.int32, device=DEVICE)
+        out = torch.full((N, 3, C, 9), float("nan"), device=DEVICE)
+        R.launch_stats(x.to(DEVICE), t.to(DEVICE), True, out, N, C, S, 3, 2, 0, True, 255.0, xent, 1.5,
+                       block_c=block_c, flag=flag, confusion=conf)
+        outs[block_c] = (out.sum(1).cpu(), flag.item(), conf.cpu())
+    (a, fa, ca), (b, fb, cb) = outs[None], outs[16]
+    _close(b, a.double(), 1e-5, 1e-5, "loop vs tile")
+    assert fa == fb == 0
+    assert torch.equal(ca, cb) and torch.equal(cb, _want_confusion(x, t, C, 255))
+    tb = t.clone()
+    tb[1, 7] = C + 3
+    flag = torch.zeros(1, dtype=torch.int32, device=DEVICE)
+    _stats_with(x, tb, C, 3, flag=flag, xent=xent, block_c=16)
+    assert flag.item() != 0
+
+
+@needs_run
 @pytest.mark.parametrize("layout", ["slice", "channels_last", "sliced_c"])
 @pytest.mark.parametrize("act", [1, 2])
 def test_noncontiguous(layout, act):
@@ -289,11 +334,13 @@ def test_through_triton_op():
     _close(got.cpu(), ref.region_stats(x.double(), t, True, 2, 0, 255), 1e-5, 1e-6, "triton_op")
 
 
-def _stats_with(x, t, C, P, *, ignore=255, label_offset=0, flag=None, confusion=None, block_s=None, xent=0):
+def _stats_with(x, t, C, P, *, ignore=255, label_offset=0, flag=None, confusion=None, block_s=None, xent=0,
+                block_c=None):
     N, _, S = x.shape
     out = torch.full((N, P, C, 9 if xent else 7), float("nan"), device=DEVICE)
     R.launch_stats(x.to(DEVICE), t.to(DEVICE), True, out, N, C, S, P, 2, label_offset, ignore is not None,
-                   float(ignore if ignore is not None else 0), xent, block_s=block_s, flag=flag, confusion=confusion)
+                   float(ignore if ignore is not None else 0), xent, block_s=block_s, flag=flag, confusion=confusion,
+                   block_c=block_c)
     return out
 
 

@@ -65,7 +65,8 @@ Offsets are 64-bit (image, class, pixel indices cast to int64 before they
 multiply strides).
 
 GPU tuning left to do (correctness verified in the Triton interpreter only):
-WARPS and pixels per thread, MAX_UNROLL_C, exp vs exp2, and
+WARPS and pixels per thread, MAX_UNROLL_C, SOFTMAX_STAGES / SIGMOID_STAGES
+(software pipelining of the tile loop, off), exp vs exp2, and
 ``default_chunks`` (the loss grid is N * P programs, each streaming L pixels).
 """
 
@@ -94,6 +95,13 @@ MAX_UNROLL_C = 24
 # the most that compiles without spills for sm_80 and sm_90.
 SOFTMAX_UNROLL = 2
 SIGMOID_UNROLL = 4
+# Stages of the tile loop's software pipeline (``tl.range(num_stages=)``; 1:
+# none). More compiles to 16-byte cp.async copies into shared memory (the
+# softmax forward's unrolled class loads; the other loops over classes are
+# inner loops, not pipelined), each tile waited for behind two block barriers
+# in the loop, with more registers and shared memory (docs/design.md).
+SOFTMAX_STAGES = 1
+SIGMOID_STAGES = 1
 # The AOT workload's view of the class tiles (segfast.gpucheck.triton_workload):
 # C up to MAX_SINGLE_C is unrolled, each C its own compile.
 MAX_SINGLE_C = MAX_UNROLL_C
@@ -287,6 +295,7 @@ def _pixel_softmax_kernel(
     HAS_SMOOTH: tl.constexpr, WANT_LOSS: tl.constexpr, FINISH: tl.constexpr, NORM: tl.constexpr,
     WANT_MAP: tl.constexpr, GO: tl.constexpr, WANT_DX: tl.constexpr,
     CONST_C: tl.constexpr, UNROLL: tl.constexpr, BLOCK_S: tl.constexpr, FIN_BLOCK: tl.constexpr,
+    STAGES: tl.constexpr = 1,
 ):
     """Each thread owns pixels and loops over the classes (CONST_C > 0: the
     constexpr C, unrolled, for the forward; else, and for the dx pass, a loop
@@ -317,7 +326,7 @@ def _pixel_softmax_kernel(
     else:
         gs = 1.0
 
-    for s0 in range(start, end, BLOCK_S):
+    for s0 in tl.range(start, end, BLOCK_S, num_stages=STAGES):
         s64 = s0 + ar_s.to(tl.int64)
         smask = s64 < end
         lab, pv = load_labels(t_ptr, n64, s64, stn, sts, smask, True, HAS_IGNORE, ign_i)
@@ -575,6 +584,7 @@ def _pixel_sigmoid_kernel(
     HAS_ALPHA: tl.constexpr, WANT_LOSS: tl.constexpr, FINISH: tl.constexpr, NORM: tl.constexpr,
     WANT_MAP: tl.constexpr, GO: tl.constexpr, WANT_DX: tl.constexpr,
     UNROLL: tl.constexpr, BLOCK_S: tl.constexpr, FIN_BLOCK: tl.constexpr,
+    STAGES: tl.constexpr = 1,
 ):
     """Elementwise, as the softmax kernel is laid out: each thread owns pixels
     and loops over the classes (UNROLL classes per step: the classes are
@@ -602,7 +612,7 @@ def _pixel_sigmoid_kernel(
     else:
         gs = 1.0
 
-    for s0 in range(start, end, BLOCK_S):
+    for s0 in tl.range(start, end, BLOCK_S, num_stages=STAGES):
         s64 = s0 + ar_s.to(tl.int64)
         smask = s64 < end
         lab, pv = load_labels(t_ptr, n64, s64, stn, sts, smask, T_IS_LABEL, HAS_IGNORE, ign_i)
@@ -782,7 +792,8 @@ def launch_pixel(x, t, t_is_label: bool, N: int, C: int, S: int, P: int, kind: i
             float(gamma), float(smoothing), float(scale0), float(scale1),
             KIND=kind, HAS_IGNORE=bool(has_ignore), HAS_W=w is not None,
             HAS_SMOOTH=kind != FOCAL_SOFTMAX and float(smoothing) != 0.0,
-            CONST_C=C if C <= MAX_UNROLL_C and not want_dx else 0, UNROLL=SOFTMAX_UNROLL, **common,
+            CONST_C=C if C <= MAX_UNROLL_C and not want_dx else 0, UNROLL=SOFTMAX_UNROLL, STAGES=SOFTMAX_STAGES,
+            **common,
         )
     else:
         wrap(_pixel_sigmoid_kernel)[(N * P,)](
@@ -797,5 +808,5 @@ def launch_pixel(x, t, t_is_label: bool, N: int, C: int, S: int, P: int, kind: i
             KIND=kind, T_IS_LABEL=bool(t_is_label), HAS_IGNORE=bool(has_ignore),
             HAS_W=w is not None, HAS_PW=kind == BCE and pw is not None,
             HAS_BETA=kind == BCE and beta is not None, HAS_ALPHA=float(alpha) >= 0.0,
-            UNROLL=SIGMOID_UNROLL, **common,
+            UNROLL=SIGMOID_UNROLL, STAGES=SIGMOID_STAGES, **common,
         )

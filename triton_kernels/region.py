@@ -37,14 +37,20 @@ Two code paths per kernel, chosen by the constexpr SINGLE_C:
   tile is wide: all lanes of a warp over the classes (16 at BLOCK_C = 64),
   at most 8 class rows per thread, 4-pixel vectors. The grad kernel handles
   one [BLOCK_C, BLOCK_S] tile per program.
-* larger C: loop over class chunks of BLOCK_C. Softmax first runs an online
-  max / sum-of-exp pass over all classes of the pixel block. The stats kernel
-  (C > STATS_MAX_C) then adds each chunk's partial sums into its own
-  (L2-resident) out row, separated by barriers; the grad kernel with softmax
-  needs a third pass for sum_k p_k a_k, over chunks of classes held in
-  each thread (no barrier in its loops; see GRAD_LOOP_ELEMS). So large-C softmax
-  reads x 2x (stats) / 3x (grad); these re-reads hit L2 only if BLOCK_S * C
-  * itemsize per program is small.
+* larger C: loop over class chunks of BLOCK_C. The stats kernel (C >
+  STATS_MAX_C) runs one-warp programs over [16, 16] tiles: per pixel tile, one
+  online pass over the class chunks for what needs every class (softmax max
+  and sum, their foreground part for the fused term, the argmax of the
+  confusion option), then a pass that re-reads the tile's logits (16 * C *
+  itemsize bytes, from L1/L2) and adds each chunk's sums into the program's
+  own out row. The reductions over classes and pixels are registers and warp
+  shuffles, and a class's running sums are read and written by the one lane
+  that stores them, so its tile loop has no block barrier (the confusion
+  option adds one: its per-pixel atomics change layout). The grad kernel
+  with softmax needs a third pass for sum_k p_k a_k, over chunks of
+  classes held in each thread (no barrier in its loops; see GRAD_LOOP_ELEMS).
+  So large-C softmax reads x from DRAM once when the re-reads hit the cache,
+  which holds for small BLOCK_S * C * itemsize per resident program.
 
 With class-index targets the stats launcher also offers, from the same pass,
 a bad-label flag and confusion counts (``launch_stats(flag=, confusion=)``);
@@ -56,7 +62,8 @@ before multiplying by strides).
 GPU tuning left to do (untested on hardware; correctness verified in the
 Triton interpreter, registers / spills / load widths / barriers in the
 compiled code for sm_80 and sm_90): STATS_WARPS, STATS_CLASS_LANES,
-STATS_STAGES, TILE / num_warps of the grad kernel and the looped path,
+STATS_STAGES and LOOP_STATS_STAGES (software pipelining, off), TILE /
+num_warps of the grad kernel, the looped path's tile and LOOP_STATS_WAVES,
 MAX_SINGLE_C, exp vs exp2, and an autotune key on (C, dtype, stride-1 axis).
 """
 
@@ -108,11 +115,19 @@ STATS_STAGES = 1
 # 4-pixel vectors of the logits (one 16-byte load for float32).
 STATS_MAX_C = 256
 STATS_WIDE_VEC = 4
-# Stats kernel, looped class tile (C > STATS_MAX_C): warps and elements of a
-# class-chunk tile, 8 per thread (4 with a pixel term); larger tiles or 8 warps
-# make ptxas spill a few bytes in some configurations on sm_80 or sm_90.
-LOOP_STATS_WARPS = 4
-LOOP_STATS_TILE = 1024
+# Stats kernel, looped class tile (C > STATS_MAX_C): one-warp programs (no
+# block barrier in the tile loop, see the kernel) over [LOOP_STATS_BLOCK_C,
+# LOOP_STATS_BLOCK_S] tiles: in float32 the lanes 8 over classes x 4 over
+# 16-byte pixel vectors, 2 class rows per thread (16-bit logits: 16 x 2, one
+# row). With 32 classes, or 32 pixels of 16-bit logits, Triton moves the sums
+# reduced over pixels between lanes through shared memory, with barriers.
+# LOOP_STATS_WAVES times as many programs per SM as the 4-warp tiles, and the
+# stages of the tile loop's software pipeline (only the labels are loaded in
+# that loop itself; the logits in its class loops).
+LOOP_STATS_BLOCK_S = 16
+LOOP_STATS_BLOCK_C = 16
+LOOP_STATS_WAVES = 4
+LOOP_STATS_STAGES = 1
 
 
 # --------------------------------------------------------------------------
@@ -290,22 +305,22 @@ def _first_argmax5(x, c, cmask, BIG: tl.constexpr):
 
 
 @triton.jit
-def _argmax_pass(x_base, s64, smask, C, sxc, sxs, BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr):
-    """torch.argmax over the C classes of a pixel block, online over class chunks."""
-    ar_c = tl.arange(0, BLOCK_C)
-    best = tl.full([BLOCK_S], float("-inf"), tl.float32)
-    best_i = tl.zeros([BLOCK_S], tl.int64)
-    nan_i = tl.full([BLOCK_S], -1, tl.int64)
-    for c0 in range(0, C, BLOCK_C):
-        c64 = c0 + ar_c.to(tl.int64)
-        cmask = c64 < C
-        x = load_tile(x_base, c64, s64, sxc, sxs, cmask[:, None] & smask[None, :])
-        i, mx, isnan = _first_argmax(x, c64[:, None], cmask[:, None], 0, 2**62)
-        nan_i = tl.where((nan_i < 0) & isnan, i, nan_i)
-        upd = (mx > best) & ~isnan
-        best_i = tl.where(upd, i, best_i)
-        best = tl.where(upd, mx, best)
-    return tl.where(nan_i >= 0, nan_i, best_i)
+def _stats_targets(zero, mask, cmask, pvalid, lab, c, t_base, s, stc, sts, label_offset, ign_f,
+                   T_IS_LABEL: tl.constexpr, HAS_IGNORE: tl.constexpr):
+    """(t, v, valid) of a stats tile, selected from ``zero`` (0 in the logits'
+    register layout, so t and v are computed in that layout too, not in the
+    smaller label tile's, which would put a layout conversion through shared
+    memory into the loop); c, lab, pvalid broadcast to the tile's shape."""
+    if T_IS_LABEL:
+        vb = cmask & pvalid
+        t = tl.where((lab == c + label_offset) & vb, 1.0, zero)
+    else:
+        tv = tl.load(t_base + c * stc + s * sts, mask=mask, other=0).to(tl.float32)
+        vb = mask
+        if HAS_IGNORE:
+            vb = vb & (tv != ign_f)
+        t = tl.where(vb, tv, zero)
+    return t, tl.where(vb, 1.0, zero), vb
 
 
 @triton.jit
@@ -366,7 +381,7 @@ def _region_stats_kernel(
         aCE = tl.zeros([CR, NW, CL, PL], tl.float32)
         aLP = tl.zeros([CR, NW, CL, PL], tl.float32)
         aD = tl.zeros([CR, NW, CL, PL], tl.int32)  # confusion diagonal
-        nbad = tl.zeros([1, NW, 1, PL, VEC], tl.int32)
+        aBad = tl.zeros([NW, CL, PL], tl.float32)  # bad labels, in the tile's layout
         for s0 in tl.range(start, end, BLOCK_S, num_stages=STAGES):
             s3 = s0 + offs.to(tl.int64)
             sm3 = s3 < end
@@ -376,20 +391,9 @@ def _region_stats_kernel(
             x = tl.load(x_base + c5 * sxc + s5 * sxs, mask=mask, other=0).to(tl.float32)
             lab5, pvalid5 = load_labels(t_ptr, n64, s5, stn, sts, sm3[None, :, None, :, :], T_IS_LABEL, HAS_IGNORE,
                                         ign_i)
-            # zeros in x's register layout: t and v selected from them are computed
-            # in that layout too, not in the (smaller) label tile's, which would
-            # put a layout conversion through shared memory into the loop
-            zero = tl.where(mask, 0.0, x)
-            if T_IS_LABEL:
-                vb = cm5 & pvalid5
-                t = tl.where((lab5 == c5 + label_offset) & vb, 1.0, zero)
-            else:
-                tv = tl.load(t_ptr + n64 * stn + c5 * stc + s5 * sts, mask=mask, other=0).to(tl.float32)
-                vb = mask
-                if HAS_IGNORE:
-                    vb = vb & (tv != ign_f)
-                t = tl.where(vb, tv, zero)
-            v = tl.where(vb, 1.0, zero)
+            zero = tl.where(mask, 0.0, x)  # in x's register layout (see _stats_targets)
+            t, v, vb = _stats_targets(zero, mask, cm5, pvalid5, lab5, c5, t_ptr + n64 * stn, s5, stc, sts,
+                                      label_offset, ign_f, T_IS_LABEL, HAS_IGNORE)
             if ACT == 2:
                 xm = tl.where(cm5, x, float("-inf"))
                 m = _bcast_c(tl.max(tl.max(xm, axis=2), axis=0))
@@ -427,8 +431,8 @@ def _region_stats_kernel(
             if T_IS_LABEL:
                 if HAS_FLAG or HAS_CONF:
                     y, ok, bad = _label_flags(lab5, pvalid5, C, label_offset)
-                if HAS_FLAG:
-                    nbad |= bad.to(tl.int32)
+                if HAS_FLAG:  # from the tile's layout: no second load of the labels in another
+                    aBad = tl.maximum(aBad, tl.max(tl.max(tl.where(bad, 1.0, zero), axis=4), axis=0))
                 if HAS_CONF:
                     pred = _bcast_c(_first_argmax5(x, c5, cm5, BLOCK_C))
                     aD += tl.sum(((t != 0) & (c5 == pred)).to(tl.int32), axis=4)
@@ -447,76 +451,128 @@ def _region_stats_kernel(
             tl.store(o + 7, _sum_px(aCE), mask=cmask)
             tl.store(o + 8, _sum_px(aLP), mask=cmask)
         if HAS_FLAG:
-            tl.store(flag_ptr, 1, mask=tl.max(nbad) != 0)
+            tl.store(flag_ptr, 1, mask=tl.max(tl.max(tl.max(aBad, axis=2), axis=1), axis=0) != 0)
         if HAS_CONF:
             d = _sum_px(aD).to(tl.int64)
             tl.atomic_add(conf_ptr + c64 * (C + 1), d, mask=cmask & (d != 0), sem="relaxed")
     else:
-        # Zero this program's out row, then accumulate into it chunk by chunk.
-        zero = tl.zeros([BLOCK_C], tl.float32)
-        for c0 in range(0, C, BLOCK_C):
-            c64 = c0 + ar_c.to(tl.int64)
-            cmask = c64 < C
-            o = row + c64 * KO
-            for k in tl.static_range(KO):
-                tl.store(o + k, zero, mask=cmask)
-        tl.debug_barrier()
-        for s0 in range(start, end, BLOCK_S):
-            s64 = s0 + ar_s.to(tl.int64)
-            smask = s64 < end
-            lab, pvalid = load_labels(t_ptr, n64, s64, stn, sts, smask,
-                                      T_IS_LABEL, HAS_IGNORE, ign_i)
+        # Class chunks (C > STATS_MAX_C): one-warp programs over [BLOCK_C, BLOCK_S]
+        # tiles, VEC contiguous pixels per thread (one 16-byte load), the lanes over
+        # classes and pixel vectors. Per pixel tile, pass 1 reads the classes once
+        # for what needs all of them (softmax max and sum, their foreground part,
+        # the argmax); pass 2 re-reads them (L1/L2) and adds each class's sums into
+        # this program's out row. Reductions over classes and pixels are registers
+        # and warp shuffles. A class's running sums are read and written by the one
+        # lane that stores the reduced value (the same lane on every tile: its own
+        # writes, in program order), so the tile loop has no block barrier.
+        ar_c64 = ar_c.to(tl.int64)
+        if start >= end:  # an empty chunk: zero partial sums
+            for c0 in range(0, C, BLOCK_C):
+                c64 = c0 + ar_c64
+                for k in tl.static_range(KO):
+                    tl.store(row + c64 * KO + k, tl.zeros([BLOCK_C], tl.float32), mask=c64 < C)
+        nbad = 0.0
+        for s0 in tl.range(start, end, BLOCK_S, num_stages=STAGES):
+            s2 = (s0 + ar_s.to(tl.int64))[None, :]
+            sm2 = s2 < end
+            lab2, pvalid2 = load_labels(t_ptr, n64, s2, stn, sts, sm2, T_IS_LABEL, HAS_IGNORE, ign_i)
+            m = tl.full([1, BLOCK_S], float("-inf"), tl.float32)
+            lsum = tl.zeros([1, BLOCK_S], tl.float32)
+            mf = tl.full([1, BLOCK_S], float("-inf"), tl.float32)
+            lsf = tl.zeros([1, BLOCK_S], tl.float32)
+            best = tl.full([1, BLOCK_S], float("-inf"), tl.float32)
+            best_i = tl.zeros([1, BLOCK_S], tl.int64)
+            nan_i = tl.full([1, BLOCK_S], -1, tl.int64)
+            if ACT == 2 or HAS_CONF:
+                for c0 in range(0, C, BLOCK_C):
+                    c2 = (c0 + ar_c64)[:, None]
+                    cm2 = c2 < C
+                    x = tl.load(x_base + c2 * sxc + s2 * sxs, mask=cm2 & sm2, other=0).to(tl.float32)
+                    if ACT == 2:
+                        xm = tl.where(cm2, x, float("-inf"))
+                        m_new = tl.maximum(m, tl.max(xm, axis=0, keep_dims=True))
+                        mr = tl.where(m_new == float("-inf"), 0.0, m_new)  # all -inf so far: a sum of 0, not NaN
+                        lsum = lsum * tl.exp(m - mr) + tl.sum(tl.exp(xm - mr), axis=0, keep_dims=True)
+                        m = m_new
+                        if XK == 3:  # the same over the classes 1..C-1
+                            xf = tl.where(cm2 & (c2 >= 1), x, float("-inf"))
+                            f_new = tl.maximum(mf, tl.max(xf, axis=0, keep_dims=True))
+                            fr = tl.where(f_new == float("-inf"), 0.0, f_new)
+                            lsf = lsf * tl.exp(mf - fr) + tl.sum(tl.exp(xf - fr), axis=0, keep_dims=True)
+                            mf = f_new
+                    if HAS_CONF:
+                        i, mx, isnan = _first_argmax(x, c2, cm2, 0, 2**62)
+                        i = i[None, :]
+                        isnan = isnan[None, :]
+                        mx = mx[None, :]
+                        nan_i = tl.where((nan_i < 0) & isnan, i, nan_i)
+                        upd = (mx > best) & ~isnan
+                        best_i = tl.where(upd, i, best_i)
+                        best = tl.where(upd, mx, best)
+            rl = lsum
+            lls = lsum
+            h = lsum
+            if ACT == 2:
+                rl = 1.0 / lsum
+                lls = tl.log(lsum)
+                h = lls
+                if XK == 3:  # -log(1 - p_0) = (m - mf) + (lls - llsf)
+                    h = (m - mf) + (lls - tl.log(lsf))
             if T_IS_LABEL:
                 if HAS_FLAG or HAS_CONF:
-                    y, ok, bad = _label_flags(lab, pvalid, C, label_offset)
-                if HAS_FLAG:
-                    tl.store(flag_ptr + ar_s * 0, tl.full([BLOCK_S], 1, tl.int32), mask=bad)
-                if HAS_CONF:
-                    pred = _argmax_pass(x_base, s64, smask, C, sxc, sxs, BLOCK_C, BLOCK_S)
-                    tl.atomic_add(conf_ptr + y * C + pred, tl.full([BLOCK_S], 1, tl.int64), mask=ok, sem="relaxed")
-            if ACT == 2:
-                m, rl = _softmax_max_rsum(x_base, s64, smask, C, sxc, sxs, BLOCK_C, BLOCK_S)
-            if XK != 0:
-                lls = -tl.log(rl)
-                h = lls
-                if XK == 3:
-                    mf, llsf = _lse_fg(x_base, s64, smask, C, sxc, sxs, BLOCK_C, BLOCK_S)
-                    h = (m - mf) + (lls - llsf)
+                    y, ok, bad = _label_flags(lab2, pvalid2, C, label_offset)
+                if HAS_CONF:  # one relaxed add per valid pixel (a barrier per tile: a layout change)
+                    pred = tl.where(nan_i >= 0, nan_i, best_i)
+                    tl.atomic_add(conf_ptr + y * C + pred, tl.full([1, BLOCK_S], 1, tl.int64), mask=ok, sem="relaxed")
             for c0 in range(0, C, BLOCK_C):
-                c64 = c0 + ar_c.to(tl.int64)
+                c64 = c0 + ar_c64
                 cmask = c64 < C
-                mask = cmask[:, None] & smask[None, :]
-                x = load_tile(x_base, c64, s64, sxc, sxs, mask)
+                c2 = c64[:, None]
+                cm2 = cmask[:, None]
+                mask = cm2 & sm2
+                x = tl.load(x_base + c2 * sxc + s2 * sxs, mask=mask, other=0).to(tl.float32)
+                zero = tl.where(mask, 0.0, x)
+                t, v, vb = _stats_targets(zero, mask, cm2, pvalid2, lab2, c2, t_ptr + n64 * stn, s2, stc, sts,
+                                          label_offset, ign_f, T_IS_LABEL, HAS_IGNORE)
                 if ACT == 2:
-                    p = tl.exp(x - m[None, :]) * rl[None, :]
+                    p = tl.exp(x - m) * rl
                 elif ACT == 1:
                     p = tl.sigmoid(x)
                 else:
                     p = x
-                t, vb = load_target_tile(t_ptr, n64, c64, s64, stn, stc, sts,
-                                         cmask[:, None] & pvalid[None, :],
-                                         T_IS_LABEL, HAS_IGNORE, lab, label_offset, ign_f)
-                v = vb.to(tl.float32)
                 pv = p * v
+                if T_IS_LABEL and HAS_FLAG:  # in the tile's layout: no second read of the labels
+                    nbad = tl.maximum(nbad, tl.max(tl.max(tl.where(bad, 1.0, zero), axis=1), axis=0))
                 o = row + c64 * KO
-                tl.store(o + 0, tl.load(o + 0, mask=cmask, other=0) + tl.sum(pv * t, axis=1), mask=cmask)
-                tl.store(o + 1, tl.load(o + 1, mask=cmask, other=0) + tl.sum(pv, axis=1), mask=cmask)
-                tl.store(o + 2, tl.load(o + 2, mask=cmask, other=0) + tl.sum(t, axis=1), mask=cmask)
-                tl.store(o + 3, tl.load(o + 3, mask=cmask, other=0) + tl.sum(v, axis=1), mask=cmask)
-                tl.store(o + 4, tl.load(o + 4, mask=cmask, other=0) + tl.sum(pv * p, axis=1), mask=cmask)
-                tl.store(o + 5, tl.load(o + 5, mask=cmask, other=0) + tl.sum(t * t, axis=1), mask=cmask)
-                tl.store(o + 6, tl.load(o + 6, mask=cmask, other=0)
-                         + tl.sum(tl.minimum(p, t) * v, axis=1), mask=cmask)
+                om = cmask & (c64 * 0 + s0 > start)  # the sums so far: none before the first tile
+                tl.store(o + 0, tl.load(o + 0, mask=om, other=0) + tl.sum(pv * t, axis=1), mask=cmask)
+                tl.store(o + 1, tl.load(o + 1, mask=om, other=0) + tl.sum(pv, axis=1), mask=cmask)
+                tl.store(o + 2, tl.load(o + 2, mask=om, other=0) + tl.sum(t, axis=1), mask=cmask)
+                tl.store(o + 3, tl.load(o + 3, mask=om, other=0) + tl.sum(v, axis=1), mask=cmask)
+                tl.store(o + 4, tl.load(o + 4, mask=om, other=0) + tl.sum(pv * p, axis=1), mask=cmask)
+                # one-hot labels: TT = T and (softmax, sigmoid) M = I, copied after the loop
+                if not T_IS_LABEL:
+                    tl.store(o + 5, tl.load(o + 5, mask=om, other=0) + tl.sum(t * t, axis=1), mask=cmask)
+                if not (T_IS_LABEL and ACT != 0):
+                    tl.store(o + 6, tl.load(o + 6, mask=om, other=0) + tl.sum(tl.minimum(p, t) * v, axis=1),
+                             mask=cmask)
                 if XK != 0:
-                    s7, s8 = _pixel_term_sums(tl.where(mask, x, 0.0), p, t, v, c64[:, None], m[None, :], lls[None, :],
-                                             h[None, :], gamma, XK)
-                    s7 = tl.where(mask, s7, 0.0)
-                    s8 = tl.where(mask, s8, 0.0)
-                    tl.store(o + 7, tl.load(o + 7, mask=cmask, other=0) + tl.sum(s7, axis=1), mask=cmask)
-                    tl.store(o + 8, tl.load(o + 8, mask=cmask, other=0) + tl.sum(s8, axis=1), mask=cmask)
-            # The threads that load a row element next time need not be the
-            # ones that stored it: order the read-modify-writes.
+                    s7, s8 = _pixel_term_sums(x, p, t, v, c2, m, lls, h, gamma, XK)
+                    tl.store(o + 7, tl.load(o + 7, mask=om, other=0) + tl.sum(tl.where(mask, s7, 0.0), axis=1),
+                             mask=cmask)
+                    tl.store(o + 8, tl.load(o + 8, mask=om, other=0) + tl.sum(tl.where(mask, s8, 0.0), axis=1),
+                             mask=cmask)
+        if HAS_FLAG:
+            tl.store(flag_ptr, 1, mask=nbad != 0)
+        if T_IS_LABEL:
+            # TT = T and (softmax, sigmoid) M = I, from the row as every lane wrote it
             tl.debug_barrier()
+            for c0 in range(0, C, BLOCK_C):
+                c64 = c0 + ar_c64
+                o = row + c64 * KO
+                tl.store(o + 5, tl.load(o + 2, mask=c64 < C), mask=c64 < C)
+                if ACT != 0:
+                    tl.store(o + 6, tl.load(o + 0, mask=c64 < C), mask=c64 < C)
 
 
 # --------------------------------------------------------------------------
@@ -646,8 +702,10 @@ def _stats_blocks(C: int, block_s, block_c, itemsize: int = 4, xent: int = 0):
         single, BLOCK_C = True, triton.next_power_of_2(C)
     if not single:
         if block_s is None:
-            BLOCK_S = max((LOOP_STATS_TILE // 2 if xent else LOOP_STATS_TILE) // BLOCK_C, 16)
-        return single, BLOCK_C, BLOCK_S, LOOP_STATS_WARPS, 1, 1
+            BLOCK_S = LOOP_STATS_BLOCK_S
+        if block_c is None:
+            BLOCK_C = LOOP_STATS_BLOCK_C
+        return single, BLOCK_C, BLOCK_S, 1, 1, 1
     VEC = max(16 // itemsize, 1)
     if BLOCK_C <= MAX_SINGLE_C:
         CL = min(BLOCK_C, STATS_CLASS_LANES)
@@ -668,8 +726,8 @@ def default_chunks(N: int, C: int, S: int, sm_count: int = 132, waves: int = 4) 
     """P for a device of ``sm_count`` SMs: about ``waves`` programs per SM
     over the grid of N * P programs, each streaming a whole number of pixel
     blocks (see ``chunks``)."""
-    block_s = _stats_blocks(C, None, None)[2]
-    return chunks(N, S, block_s, sm_count, waves)
+    single, _, block_s, *_ = _stats_blocks(C, None, None)
+    return chunks(N, S, block_s, sm_count, waves if single else waves * LOOP_STATS_WAVES)
 
 
 def launch_stats(x, t, t_is_label: bool, out, N: int, C: int, S: int, P: int,
@@ -711,7 +769,7 @@ def launch_stats(x, t, t_is_label: bool, out, N: int, C: int, S: int, P: int,
         SINGLE_C=single, BLOCK_C=BLOCK_C, BLOCK_S=BLOCK_S,
         gamma=float(gamma), XK=int(xent), KO=9 if xent else 7,
         HAS_FLAG=has_flag, HAS_CONF=has_conf, NW=warps if single else 1, CL=CL, VEC=VEC,
-        STAGES=STATS_STAGES if single else 1,
+        STAGES=STATS_STAGES if single else LOOP_STATS_STAGES,
         num_warps=warps,
     )
 

@@ -12,9 +12,14 @@ hints of its own arguments (``triton_aot.exact``). It reports:
   host synchronisations (reads of a device value, with the value checks on
   their GPU path), the ideal bytes (one read of logits and labels, one write
   of the gradient) and the bytes the launches move;
-* per streaming kernel launch: programs against the SM count, registers,
-  theoretical programs per SM, global load / store vector widths and
-  barriers of the compiled kernel (in all, and inside a loop).
+* per streaming kernel launch: programs against the SM count (``per_sm``),
+  registers, theoretical resident programs per SM (``occ``) and waves, global
+  load / store vector widths, and of its loops (``perf_ptx``): the loads of
+  logits and targets inside a loop by width (``ld_stream_128``: 128 bits per
+  thread, ``ld_stream_narrow``: less), block barriers inside a loop
+  (``bar_loop``) and the software pipeline's asynchronous copies inside a
+  loop (``cp_async_loop``, the widest in bytes: ``cp_async_bytes``; 0 when the
+  loop is not pipelined).
 
 Bytes a launch moves are modelled, not measured: a Triton kernel reads or
 writes each of its tensor arguments once (the kernels' paths at C <= 32
@@ -42,7 +47,7 @@ MODELS = {
     "h100": dict(name="H100 SXM", arch=90, sms=132, regs=65536, warps=64, blocks=32, smem=228 * 1024),
     "a100": dict(name="A100", arch=80, sms=108, regs=65536, warps=64, blocks=32, smem=164 * 1024),
 }
-SHAPES = ((8, 21, 128, 128), (16, 21, 512, 512), (8, 64, 128, 128), (8, 150, 128, 128))
+SHAPES = ((8, 21, 128, 128), (16, 21, 512, 512), (8, 64, 128, 128), (8, 150, 128, 128), (8, 300, 128, 128))
 STREAMING = triton_aot.NO_SPILL  # the streaming loss kernels
 # Launches per forward + backward that a fused formula reaches.
 LAUNCH_TARGETS = {"dice": 10, "dice_ce": 12, "ce": 3, "bce": 3, "focal_sigmoid": 3}
@@ -238,7 +243,8 @@ def report(model_name: str = "h100", shapes=SHAPES, *, compile: bool = True, wor
             k["error"] = row["error"][:200]
             continue
         for key in ("registers", "num_warps", "local", "ld_v4", "ld_v2", "ld_v1", "st_v4", "st_v1",
-                    "ldg128", "stg128", "ldg", "stg", "bar_sync", "bar_loop"):
+                    "ldg128", "stg128", "ldg", "stg", "bar_sync", "bar_loop", "ld_stream_128", "ld_stream_narrow",
+                    "cp_async_loop", "cp_async_bytes"):
             if key in row:
                 k[key] = row[key]
         occ = occupancy(row, model) if row else None
@@ -274,8 +280,8 @@ def cuda_report(model_name: str = "h100", *, workers: int = 2) -> list:
 CALL_COLUMNS = ("call", "shape", "launches", "target", "triton", "torch_ops", "syncs", "ideal_MB", "moved_MB",
                 "moved_x")
 KERNEL_COLUMNS = ("call", "shape", "kernel", "programs", "per_sm", "MB", "num_warps", "registers", "occ", "waves",
-                  "local", "ld_v4", "ld_v1", "st_v4", "st_v1", "ldg128", "stg128", "bar_sync", "bar_loop",
-                  "error")
+                  "local", "ld_v4", "ld_v1", "st_v4", "st_v1", "ldg128", "stg128", "ld_stream_128",
+                  "ld_stream_narrow", "bar_sync", "bar_loop", "cp_async_loop", "cp_async_bytes", "error")
 
 
 def format_report(rep: dict, *, ops: bool = False) -> str:

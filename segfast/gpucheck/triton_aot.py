@@ -70,6 +70,8 @@ import tempfile
 import time
 from typing import Callable, Iterable, Optional
 
+from . import perf_ptx
+
 # Per-block shared memory a kernel may use (with the opt-in attribute, which
 # Triton's launcher sets), in bytes.
 SMEM_LIMIT = {80: 163 * 1024, 86: 99 * 1024, 89: 99 * 1024, 90: 227 * 1024}
@@ -800,17 +802,7 @@ def parse_ptxas_v(text: str) -> dict:
 def loop_barriers(ptx: str) -> int:
     """Barriers (bar.sync / barrier.sync) inside a loop of the PTX: between a
     label and a later branch back to it."""
-    lines = ptx.splitlines()
-    labels, spans = {}, []
-    for i, line in enumerate(lines):
-        m = re.match(r"\s*(\$?[\w$]+):", line)
-        if m:
-            labels[m.group(1)] = i
-        m = re.search(r"\bbra(?:\.uni)?\s+(\$?[\w$]+)\s*;", line)
-        if m and m.group(1) in labels:
-            spans.append((labels[m.group(1)], i))
-    bars = [i for i, line in enumerate(lines) if re.search(r"\b(?:bar|barrier)\.sync\b", line)]
-    return sum(any(a <= i <= b for a, b in spans) for i in bars)
+    return perf_ptx.loop_barriers(ptx)
 
 
 def vector_counts(ptx: str, sass: str = "") -> dict:
@@ -824,7 +816,7 @@ def vector_counts(ptx: str, sass: str = "") -> dict:
         c[f"{op}_v2"] = count(rf"\b{op}\.global(?:\.\w+)*\.v2\b", ptx)
         c[f"{op}_v1"] = total - c[f"{op}_v4"] - c[f"{op}_v2"]
     c["bar_sync"] = count(r"\b(?:bar|barrier)\.sync\b", ptx)
-    c["bar_loop"] = loop_barriers(ptx)
+    c.update(perf_ptx.loop_facts(ptx))  # bar_loop, cp.async, loads of the streaming inputs by width
     if sass:
         c["ldg128"] = count(r"\bLDG(?:\.\w+)*\.128\b", sass)
         c["stg128"] = count(r"\bSTG(?:\.\w+)*\.128\b", sass)
