@@ -15,7 +15,7 @@ view = backends.view
 def _stats_args(x, t, out=None, conf=None):
     if out is None:
         out = torch.empty(x.shape[0], 1, x.shape[1], 7, dtype=torch.float64 if x.dtype == torch.float64 else None)
-    return (view(x), view(t), view(out), 2, 0, 0.0, 0, None, view(conf), None, None, 1)
+    return (view(x), view(t), view(out), 2, 0, 0.0, 0, None, view(conf), None, 1)
 
 
 def test_view_is_a_dlpack_capsule_of_the_tensor():

@@ -256,7 +256,7 @@ def test_cpu_grad_with_kept_softmax(layout, grads):
     """In eager mode the cpu stats pass keeps the probabilities v·p, in the
     buffer that becomes the gradient, for float32 input with unit pixel
     stride on the fast path (ops/region.py _keeps: KEEP_PROBS; the AVX-512 build), and
-    nothing else (not each pixel's max and 1/sum: never KEEP_MAX_SUM). Either
+    nothing else (region_keeps answers KEEP_PROBS or 0). Either
     way the gradient is the op path's, which recomputes everything
     (torch.compile's), for full and partial pixel blocks, ignored pixels, and
     every kind of dLoss/dStats (plain I/P/T; with PP; with M)."""
@@ -273,7 +273,7 @@ def test_cpu_grad_with_kept_softmax(layout, grads):
     args = ops.prepare(x, t, "multiclass", True, ign, "cpu")
     x3, rest = args[0], args[1:]
     keep = ops._keeps(x3, rest[1], rest[2], "cpu", 0)
-    assert not keep & ops.KEEP_MAX_SUM
+    assert keep in (0, ops.KEEP_PROBS)
     fast = backends._C.region_isa() == "avx512"
     assert bool(keep & ops.KEEP_PROBS) == (fast and layout in ("contiguous", "tail", "ignore"))
     kept = ops.plane_stats(*args)  # eager: _EagerStats, keeps them

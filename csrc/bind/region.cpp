@@ -11,14 +11,14 @@
 
 namespace segfast {
 namespace region {
-void region_stats_cpu(const Problem& pr, int64_t P, void* out, int64_t num_threads, float* mr, float* p_out,
-                      int64_t p_sN, int64_t p_sC, int64_t* conf);
+void region_stats_cpu(const Problem& pr, int64_t P, void* out, int64_t num_threads, float* p_out, int64_t p_sN,
+                      int64_t p_sC, int64_t* conf);
 bool grad_probs_built();
 bool grad_probs_ok(const Problem& pr);
 int64_t region_keeps(int64_t x_dtype, bool t_is_label, int64_t act, int64_t xent, int64_t C, int64_t xsS);
 void region_grad_probs_cpu(const Problem& pr, const float* g, int64_t num_threads);
 void region_grad_cpu(const Problem& pr, const void* g, void* dx, int64_t dxsN, int64_t dxsC, int64_t dxsS,
-                     int64_t num_threads, const float* mr);
+                     int64_t num_threads);
 #ifdef SEGFAST_WITH_CUDA
 void region_stats_cuda(const Problem& pr, int64_t P, void* out, uintptr_t stream, int32_t* flag = nullptr,
                        int64_t* confusion = nullptr);
@@ -79,15 +79,6 @@ void check_conf(const Checker& c, const Problem& pr, const View& conf) {
   c.shape(conf, "conf", {pr.C, pr.C});
 }
 
-// mr: the float32 [2, N, S] of per-pixel softmax max and 1/sum (the cpu fast path).
-void check_mr(const Checker& c, const Problem& pr, const View& mr) {
-  if (!c.may(mr, "mr", 3, dtype_bit(kFloat32)).present()) return;
-  c.require(region::grad_probs_ok(pr) && !pr.xent,
-            "mr needs act=softmax, class-index targets, x not float64, no pixel term");
-  c.contiguous(mr, "mr");
-  c.shape(mr, "mr", {2, pr.N, pr.S});
-}
-
 }  // namespace
 
 void bind_region(Modules& m) {
@@ -102,23 +93,27 @@ void bind_region(Modules& m) {
       "dLoss/dx into dx (x's dtype and shape, any strides) from g = dLoss/dStats [N, C, K] contiguous "
       "(accumulation dtype).";
   namespace a = pybind11;
+#define SEGFAST_STATS_ARGS                                                                                 \
+  a::arg("x"), a::arg("t"), a::arg("out"), a::arg("act"), a::arg("xent"), a::arg("gamma"), a::arg("label_offset"), \
+      a::arg("ignore"), a::arg("conf")
+#define SEGFAST_GRAD_ARGS                                                                                  \
+  a::arg("x"), a::arg("t"), a::arg("g"), a::arg("dx"), a::arg("act"), a::arg("xent"), a::arg("gamma"),            \
+      a::arg("label_offset"), a::arg("ignore")
 
   m.cpu.attr("REGION_GRAD_PROBS") = py::bool_(region::grad_probs_built());
   m.cpu.def("region_keeps", &region::region_keeps,
-            "What region_stats keeps for the grad pass with these inputs, as bits: 1, each pixel's "
-            "softmax max and 1/sum (mr, [2, N, S] float32); 2, v*p in the gradient's buffer (q, then "
-            "region_grad_probs); 0, neither.",
+            "What region_stats keeps for the grad pass with these inputs, as bits: 2, v*p in the "
+            "gradient's buffer (q, then region_grad_probs); 0, nothing.",
             a::arg("x_dtype"), a::arg("t_is_label"), a::arg("act"), a::arg("xent"), a::arg("C"), a::arg("xsS"));
   m.cpu.def(
       "region_stats",
       [](const View& x, const View& t, const View& out, int64_t act, int64_t xent, double gamma,
-         int64_t label_offset, std::optional<double> ignore, const View& conf, const View& mr, const View& q,
+         int64_t label_offset, std::optional<double> ignore, const View& conf, const View& q,
          int64_t num_threads) {
         const Checker c("cpu.region_stats", kCpu);
         const Problem pr = make_problem(c, x, t, act, xent, gamma, label_offset, ignore);
         const int64_t P = check_stats_out(c, pr, out);
         check_conf(c, pr, conf);
-        check_mr(c, pr, mr);
         if (c.may(q, "q", 3, dtype_bit(kFloat32)).present()) {
           c.require(region::grad_probs_ok(pr) && !xent,
                     "q needs act=softmax, class-index targets, x not float64, no pixel term");
@@ -126,29 +121,23 @@ void bind_region(Modules& m) {
           c.require(q.stride[2] == 1 || pr.S == 1, "q must have unit pixel stride");
         }
         py::gil_scoped_release nogil;
-        region::region_stats_cpu(pr, P, out.data, num_threads, mr.ptr<float>(), q.ptr<float>(), q.stride[0],
-                                 q.stride[1], conf.ptr<int64_t>());
+        region::region_stats_cpu(pr, P, out.data, num_threads, q.ptr<float>(), q.stride[0], q.stride[1],
+                                 conf.ptr<int64_t>());
       },
-      (std::string(stats_doc) + " mr (float32 [2, N, S]) and q (float32, x's shape, unit pixel stride), when "
-                                "given, receive what region_keeps answers for the grad pass.").c_str(),
-      a::arg("x"), a::arg("t"), a::arg("out"), a::arg("act"), a::arg("xent"), a::arg("gamma"),
-      a::arg("label_offset"), a::arg("ignore"), a::arg("conf"), a::arg("mr"), a::arg("q"), a::arg("num_threads"));
+      (std::string(stats_doc) + " q (float32, x's shape, unit pixel stride), when given, receives v*p for the "
+                                "grad pass (region_keeps bit 2; then region_grad_probs).").c_str(),
+      SEGFAST_STATS_ARGS, a::arg("q"), a::arg("num_threads"));
   m.cpu.def(
       "region_grad",
       [](const View& x, const View& t, const View& g, const View& dx, int64_t act, int64_t xent, double gamma,
-         int64_t label_offset, std::optional<double> ignore, const View& mr, int64_t num_threads) {
+         int64_t label_offset, std::optional<double> ignore, int64_t num_threads) {
         const Checker c("cpu.region_grad", kCpu);
         const Problem pr = make_problem(c, x, t, act, xent, gamma, label_offset, ignore);
         check_grad_args(c, pr, x, g, &dx);
-        check_mr(c, pr, mr);
         py::gil_scoped_release nogil;
-        region::region_grad_cpu(pr, g.data, dx.data, dx.stride[0], dx.stride[1], dx.stride[2], num_threads,
-                                mr.ptr<const float>());
+        region::region_grad_cpu(pr, g.data, dx.data, dx.stride[0], dx.stride[1], dx.stride[2], num_threads);
       },
-      (std::string(grad_doc) + " mr, when given, is the float32 [2, N, S] of per-pixel max and 1/sum that "
-                               "region_stats wrote (softmax, class-index targets, x not float64).").c_str(),
-      a::arg("x"), a::arg("t"), a::arg("g"), a::arg("dx"), a::arg("act"), a::arg("xent"), a::arg("gamma"),
-      a::arg("label_offset"), a::arg("ignore"), a::arg("mr"), a::arg("num_threads"));
+      grad_doc, SEGFAST_GRAD_ARGS, a::arg("num_threads"));
   m.cpu.def(
       "region_grad_probs",
       [](const View& q, const View& t, const View& g, int64_t label_offset, std::optional<double> ignore,
@@ -181,8 +170,7 @@ void bind_region(Modules& m) {
       },
       (std::string(stats_doc) + " flag, when given (class-index targets), an int32 of one element set to 1 by a "
                                 "label outside [0, C + label_offset) that is not ignored.").c_str(),
-      a::arg("x"), a::arg("t"), a::arg("out"), a::arg("act"), a::arg("xent"), a::arg("gamma"),
-      a::arg("label_offset"), a::arg("ignore"), a::arg("conf"), a::arg("flag"), a::arg("stream"));
+      SEGFAST_STATS_ARGS, a::arg("flag"), a::arg("stream"));
   m.cuda.def(
       "region_grad",
       [](const View& x, const View& t, const View& g, const View& dx, int64_t act, int64_t xent, double gamma,
@@ -198,8 +186,7 @@ void bind_region(Modules& m) {
       },
       (std::string(grad_doc) + " go, when given, one value in g's dtype (a scalar loss's grad_output) that "
                                "scales dx, read on the device.").c_str(),
-      a::arg("x"), a::arg("t"), a::arg("g"), a::arg("dx"), a::arg("act"), a::arg("xent"), a::arg("gamma"),
-      a::arg("label_offset"), a::arg("ignore"), a::arg("go"), a::arg("stream"));
+      SEGFAST_GRAD_ARGS, a::arg("go"), a::arg("stream"));
   m.cuda.attr("REGION_FINISH_MAX_C") = py::int_(region::kFinishMaxC);
   m.cuda.def(
       "region_finish",
@@ -248,6 +235,8 @@ void bind_region(Modules& m) {
       a::arg("part"), a::arg("sums"), a::arg("coef"), a::arg("loss"), a::arg("ok"), a::arg("flag"), a::arg("w"),
       a::arg("pw"), a::arg("fparams"), a::arg("iparams"), a::arg("xent"), a::arg("stream"));
 #endif
+#undef SEGFAST_STATS_ARGS
+#undef SEGFAST_GRAD_ARGS
 }
 
 }  // namespace bind

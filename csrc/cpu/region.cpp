@@ -1323,9 +1323,9 @@ void run_grad(const Problem& pr, const G* g, void* dx, int64_t dxsN, int64_t dxs
 
 }  // namespace
 
-// Entry points (declared in csrc/bindings.cpp).
-void region_stats_cpu(const Problem& pr, int64_t P, void* out, int64_t num_threads, float* mr,
-                      float* p_out, int64_t p_sN, int64_t p_sC, int64_t* conf) {
+// Entry points (declared in csrc/bind/region.cpp).
+void region_stats_cpu(const Problem& pr, int64_t P, void* out, int64_t num_threads, float* p_out,
+                      int64_t p_sN, int64_t p_sC, int64_t* conf) {
   if (pr.N <= 0 || P <= 0 || pr.C <= 0) return;
   const int nt = resolve_threads(num_threads);
   if (pr.x_dtype == kFloat64) {
@@ -1357,7 +1357,7 @@ void region_stats_cpu(const Problem& pr, int64_t P, void* out, int64_t num_threa
 }
 
 void region_grad_cpu(const Problem& pr, const void* g, void* dx, int64_t dxsN, int64_t dxsC,
-                     int64_t dxsS, int64_t num_threads, const float* mr) {
+                     int64_t dxsS, int64_t num_threads) {
   if (pr.N <= 0 || pr.C <= 0 || pr.S <= 0) return;
   const int nt = resolve_threads(num_threads);
   if (pr.x_dtype == kFloat64) {
@@ -1407,11 +1407,10 @@ bool grad_probs_ok(const Problem& pr) {
 // What region_stats_cpu keeps for the grad pass, as bits: 2, v*p in the
 // buffer that becomes dLoss/dx (its p_out, then region_grad_probs_cpu:
 // float32 x with unit pixel stride, so that q and the gradient share dtype
-// and layout), on the fast path without a pixel term; else 0. (Bit 1, each
-// pixel's softmax max and 1/sum in the mr arguments, is never set: the grad
-// pass's own max pass costs as much, so region_stats_cpu and region_grad_cpu
-// ignore mr.) The caller allocates what this answers: these conditions are
-// written here only.
+// and layout), on the fast path without a pixel term; else 0, nothing (the
+// grad pass takes its own softmax: keeping each pixel's max and 1/sum would
+// save a max pass that costs as much as reading them back). The caller
+// allocates what this answers: these conditions are written here only.
 int64_t region_keeps(int64_t x_dtype, bool t_is_label, int64_t act, int64_t xent, int64_t C,
                      int64_t xsS) {
 #if defined(SEGFAST_VEC)

@@ -150,71 +150,37 @@ def _count(x: Tensor, t: Tensor, is_label: bool, kind: int) -> float:
     return float(t.numel() * (x.shape[1] if (is_label and kind not in SOFTMAX_KINDS) else 1))
 
 
-def _normalizer_on_host(device: torch.device) -> bool:
-    """Whether a data-dependent normalizer is read on the host (free off CUDA)."""
-    return device.type != "cuda"
-
-
-def _host_normalizer(x, target, is_label, kind, ignore_value, weight, norm) -> Optional[float]:
-    """The normalizer where the host knows it (see _onepass), else None."""
+def _host_normalizer(x, target, is_label, kind, ignore_value, weight, norm) -> float:
+    """The normalizer, read on the host: from the shapes (a sum, or a mean
+    without ignore_index and class weights), else from the data (free on the
+    CPU, the only device of the one-pass op)."""
     if norm == NORM_SUM:
         return 1.0
     if ignore_value is None and (norm == NORM_COUNT or weight is None):
         return _count(x, target, is_label, kind)
-    if _normalizer_on_host(x.device):
-        return float(normalizer(x, target, is_label, kind, ignore_value, weight, norm))
-    return None
-
-
-_UNSET = object()
-
-
-def _inverse_normalizer(x, target, is_label, kind, ignore_value, weight, norm, d=_UNSET) -> float:
-    """The factor the kernel scales by: 1/normalizer where the host knows it
-    (0 for a mean over nothing), else 1/count (s carries the rest)."""
-    if d is _UNSET:
-        d = _host_normalizer(x, target, is_label, kind, ignore_value, weight, norm)
-    if d is None:
-        return 1.0 / max(_count(x, target, is_label, kind), 1.0)
-    return 1.0 / d if d > 0 else 0.0
+    return float(normalizer(x, target, is_label, kind, ignore_value, weight, norm))
 
 
 def _onepass(x, target, weight, pos_weight, beta, is_label, kind, label_offset, ignore_value, gamma, alpha,
-             smoothing, scale0, scale1, norm, backend, want_dx=True):
-    """-> (loss, dx, s, inv) with dLoss/dx = s·dx (dx None without ``want_dx``)
-    and dx the gradient of inv·(scale0·Σl0 + scale1·Σl1).
-
-    The normalizer is folded into the kernel's scales where the host knows
-    it: from the shapes (a sum, or a mean without ignore_index and class
-    weights), or on the CPU, where reading it is free; then s = 1. On a GPU
-    a data-dependent normalizer stays on the device: the kernel scales by
-    1/count (count: every pixel or element, so that dx keeps the magnitude of
-    a plain mean, also in float16) and s = count/normalizer, applied by the
-    backward's scaling by grad_output: no extra pass, no synchronisation."""
-    acc = acc_dtype(x)
-    count = _count(x, target, is_label, kind)
+             smoothing, scale0, scale1, norm, backend):
+    """-> (loss, dLoss/dx) of inv·(scale0·Σl0 + scale1·Σl1), inv = 1/normalizer (0 for a mean over
+    nothing), folded into the kernel's scales."""
     d = _host_normalizer(x, target, is_label, kind, ignore_value, weight, norm)
-    inv = _inverse_normalizer(x, target, is_label, kind, ignore_value, weight, norm, d)
-    if d is not None:
-        s = torch.ones((), dtype=acc, device=x.device)
-    else:
-        den = normalizer(x, target, is_label, kind, ignore_value, weight, norm)
-        s = torch.where(den > 0, count / torch.where(den > 0, den, 1), 0).to(acc)
+    inv = 1.0 / d if d > 0 else 0.0
     loss, _, dx = _run(x, target, weight, pos_weight, beta, is_label, kind, label_offset, ignore_value,
                        gamma, alpha, smoothing, scale0 * inv, scale1 * inv, backend, want_loss=True,
-                       want_dx=want_dx)
-    total = _total(loss, scale0 * inv, scale1 * inv).to(acc)
-    return (total if d is not None else total * s), dx, s, inv
+                       want_dx=True)
+    return _total(loss, scale0 * inv, scale1 * inv).to(acc_dtype(x)), dx
 
 
 @torch.library.custom_op("segfast::pixel_loss", mutates_args=())
 def pixel_loss_op(x: Tensor, target: Tensor, weight: Optional[Tensor], pos_weight: Optional[Tensor],
                   beta: Optional[Tensor], is_label: bool, kind: int, label_offset: int,
                   ignore_value: Optional[float], gamma: float, alpha: float, smoothing: float,
-                  scale0: float, scale1: float, norm: int, backend: str) -> tuple[Tensor, Tensor, Tensor]:
-    """One pass: ((scale0·Σl0 + scale1·Σl1) / normalizer as a 0-d tensor, dx, s): dLoss/dx = s·dx."""
+                  scale0: float, scale1: float, norm: int, backend: str) -> tuple[Tensor, Tensor]:
+    """One pass: ((scale0·Σl0 + scale1·Σl1) / normalizer as a 0-d tensor, its dLoss/dx)."""
     return _onepass(x, target, weight, pos_weight, beta, is_label, kind, label_offset, ignore_value, gamma,
-                    alpha, smoothing, scale0, scale1, norm, backend)[:3]
+                    alpha, smoothing, scale0, scale1, norm, backend)
 
 
 @torch.library.custom_op("segfast::pixel_loss_map", mutates_args=())
@@ -239,7 +205,7 @@ def pixel_loss_grad_op(x: Tensor, target: Tensor, go: Tensor, weight: Optional[T
 
 @pixel_loss_op.register_fake
 def _(x, target, weight, pos_weight, beta, is_label, kind, *rest):
-    return x.new_empty((), dtype=acc_dtype(x)), torch.empty_like(x), x.new_empty((), dtype=acc_dtype(x))
+    return x.new_empty((), dtype=acc_dtype(x)), torch.empty_like(x)
 
 
 @pixel_loss_map_op.register_fake
@@ -266,11 +232,10 @@ class _WeakView:
         return None if base is None else base.detach().as_strided(*self.geom)
 
 
-def _scale_saved_grad(ctx, g_loss, g_dx, g_s):
+def _scale_saved_grad(ctx, g_loss, g_dx):
     if g_loss is None:  # gradients are not materialized: no gradient flows into the loss
         return (None,) * (ctx.n_rest + 1)
     if ctx.owned:
-        s = ctx.s
         if ctx.dx is not None:  # first backward: the only reference, x.grad becomes this very buffer
             dx, ctx.dx = ctx.dx, None
         else:  # a later backward through a retained graph: run the kernel again
@@ -278,20 +243,19 @@ def _scale_saved_grad(ctx, g_loss, g_dx, g_s):
             if x is None or t is None:
                 raise RuntimeError("segfast: a second backward through a one-pass pixel loss recomputes the "
                                    "gradient from the logits and targets, which no longer exist")
-            _, dx, s, _ = _onepass(x, t, *ctx.args)
+            _, dx = _onepass(x, t, *ctx.args)
     else:
-        dx, s = ctx.saved_tensors
+        (dx,) = ctx.saved_tensors
     # Eager on CPU, reading grad_output is free: when it is 1 (loss.backward())
-    # the gradient is returned as it is (s is 1 on the CPU). Traced tensors are
-    # subclasses; a CUDA grad_output is never read.
+    # the gradient is returned as it is. Traced tensors are subclasses.
     if _common.is_one_on_host(g_loss):
         return differentiable_once((dx,) + (None,) * ctx.n_rest, "pixel-loss")
-    g = (g_loss * s).to(dx.dtype)
+    g = g_loss.to(dx.dtype)
     return differentiable_once((dx.mul_(g) if ctx.owned else dx * g,) + (None,) * ctx.n_rest, "pixel-loss")
 
 
 def _setup_onepass(ctx, inputs, output):
-    ctx.mark_non_differentiable(output[1], output[2])
+    ctx.mark_non_differentiable(output[1])
     ctx.set_materialize_grads(False)  # no zeros for the unused gradient of the dx output
     ctx.n_rest = len(inputs) - 1
     # dLoss/dx is the only thing kept. Eagerly it is held as a plain attribute
@@ -301,11 +265,11 @@ def _setup_onepass(ctx, inputs, output):
     # usual way.
     ctx.owned = not torch.compiler.is_compiling() and type(output[1]) is torch.Tensor
     if ctx.owned:
-        ctx.dx, ctx.s = output[1], output[2]
+        ctx.dx = output[1]
         ctx.x, ctx.t = _WeakView(inputs[0]), _WeakView(inputs[1])
         ctx.args = tuple(inputs[2:])
     else:
-        ctx.save_for_backward(output[1], output[2])
+        ctx.save_for_backward(output[1])
 
 
 def _setup_map(ctx, inputs, output):

@@ -61,28 +61,27 @@ def _ignore(ignore_value: Optional[float]) -> Optional[float]:
     return None if ignore_value is None else float(ignore_value)
 
 
-def _launch_stats_ext(x, t, is_label, act, label_offset, ignore_value, backend, xent, gamma, mr=None, q=None,
-                      conf=None):
+def _launch_stats_ext(x, t, is_label, act, label_offset, ignore_value, backend, xent, gamma, q=None, conf=None):
     N, C, S = x.shape
     P = num_chunks(N, S, x.device)
     out = torch.empty((N, P, C, KX if xent else K), dtype=acc_dtype(x), device=x.device)
     view = backends.view
     args = (view(x), view(t), view(out), act, xent, float(gamma), label_offset, _ignore(ignore_value), view(conf))
     if backend == "cpu":
-        backends._C.cpu.region_stats(*args, view(mr), view(q), backends.cpu_threads(x.numel()))
+        backends._C.cpu.region_stats(*args, view(q), backends.cpu_threads(x.numel()))
     else:
         with backends.cuda_launch(x.device) as (kernels, stream):
             kernels.region_stats(*args, None, stream)
     return out[:, 0] if P == 1 else out.sum(1)  # one chunk per image (N >= the workers): no sum op
 
 
-def _launch_grad_ext(x, t, g, is_label, act, label_offset, ignore_value, backend, xent, gamma, mr=None, go=None):
+def _launch_grad_ext(x, t, g, is_label, act, label_offset, ignore_value, backend, xent, gamma, go=None):
     dx = backends.empty_output(x.shape, x.dtype, x.device, like=x)
     g = g.to(acc_dtype(x)).contiguous()
     view = backends.view
     args = (view(x), view(t), view(g), view(dx), act, xent, float(gamma), label_offset, _ignore(ignore_value))
     if backend == "cpu":
-        backends._C.cpu.region_grad(*args, view(mr), backends.cpu_threads(x.numel()))
+        backends._C.cpu.region_grad(*args, backends.cpu_threads(x.numel()))
     else:
         with backends.cuda_launch(x.device) as (kernels, stream):
             kernels.region_grad(*args, view(go), stream)
@@ -91,28 +90,26 @@ def _launch_grad_ext(x, t, g, is_label, act, label_offset, ignore_value, backend
 
 def _stats_impl(x: Tensor, target: Tensor, is_label: bool, act: int, label_offset: int,
                     ignore_value: Optional[float], backend: str, xent: int = 0, gamma: float = 0.0,
-                mr: Optional[Tensor] = None, q: Optional[Tensor] = None, conf: Optional[Tensor] = None) -> Tensor:
+                q: Optional[Tensor] = None, conf: Optional[Tensor] = None) -> Tensor:
     """Per-plane sums [N, C, 7] ([N, C, 9] with ``xent``) with the C++ (``cpu``) or CUDA (``cuda``) kernels.
-    ``mr`` (cpu, see _keeps): filled with each pixel's softmax max and 1/sum for the grad pass;
     ``q`` (cpu, see _keeps): filled with v·p for _grad_probs;
     ``conf`` (see _conf_kernel_supported): int64 [C, C] confusion counts, added to."""
     if x.numel() == 0:
         return x.new_zeros((x.shape[0], x.shape[1], KX if xent else K), dtype=acc_dtype(x))
-    return _launch_stats_ext(x, target, is_label, act, label_offset, ignore_value, backend, xent, gamma, mr, q,
-                             conf)
+    return _launch_stats_ext(x, target, is_label, act, label_offset, ignore_value, backend, xent, gamma, q, conf)
 
 
 def _grad_impl(x: Tensor, target: Tensor, g: Tensor, is_label: bool, act: int,
                    label_offset: int, ignore_value: Optional[float], backend: str, xent: int = 0,
-               gamma: float = 0.0, mr: Optional[Tensor] = None) -> Tensor:
+               gamma: float = 0.0) -> Tensor:
     """dLoss/dx [N, C, S] from dLoss/dStats ``g`` [N, C, 7] (or [N, C, 9] with ``xent``)."""
     if x.numel() == 0:
         return torch.zeros_like(x)
-    return _launch_grad_ext(x, target, g, is_label, act, label_offset, ignore_value, backend, xent, gamma, mr)
+    return _launch_grad_ext(x, target, g, is_label, act, label_offset, ignore_value, backend, xent, gamma)
 
 
-# What the cpu stats pass keeps for the grad pass (bits of csrc/cpu/region.cpp region_keeps).
-KEEP_MAX_SUM, KEEP_PROBS = 1, 2
+# What the cpu stats pass keeps for the grad pass (the bit of csrc/cpu/region.cpp region_keeps).
+KEEP_PROBS = 2
 
 
 @backends.constant_to_compile
@@ -128,21 +125,16 @@ def _keeps(x: Tensor, is_label: bool, act: int, backend: str, xent: int) -> int:
     probabilities it computes anyway, in the buffer that becomes dLoss/dx
     (the grad pass then writes dx over q without computing an exp; the
     gradient's memory is taken at the forward instead of the backward, and a
-    forward + backward peaks no higher); else KEEP_MAX_SUM, each pixel's
-    softmax max and 1/sum ([2, N, S] float32), so that the grad pass skips its
-    max pass; 0, neither."""
+    forward + backward peaks no higher); else 0, nothing."""
     if backend != "cpu" or x.numel() == 0:
         return 0
     return _kernel_keeps(backends.dtype_code(x), bool(is_label), act, xent, x.shape[1], x.stride(2))
 
 
 def _kept_buffer(x: Tensor, keep: int) -> Tensor:
-    """The buffer of what the stats pass keeps (see _keeps): q in x's layout, the
-    softmax max and 1/sum [2, N, S] float32, or an empty tensor."""
+    """The buffer of what the stats pass keeps (see _keeps): q in x's layout, or an empty tensor."""
     if keep & KEEP_PROBS:  # x's layout, so unit pixel stride too
         return backends.empty_output(x.shape, x.dtype, x.device, like=x)
-    if keep & KEEP_MAX_SUM:
-        return torch.empty((2, x.shape[0], x.shape[2]), dtype=torch.float32, device=x.device)
     return x.new_empty(0)
 
 
@@ -152,7 +144,6 @@ def _stats_keep(x: Tensor, target: Tensor, is_label: bool, act: int, label_offse
     """-> (the sums, what the pass kept for the grad pass: see _keeps)."""
     kept = _kept_buffer(x, keep)
     stats = _stats_impl(x, target, is_label, act, label_offset, ignore_value, backend, xent, gamma,
-                        kept if keep & KEEP_MAX_SUM and not keep & KEEP_PROBS else None,
                         kept if keep & KEEP_PROBS else None, conf)
     return stats, kept
 
@@ -173,10 +164,9 @@ def _stats_op(x: Tensor, target: Tensor, is_label: bool, act: int, label_offset:
 
 
 def _grad_op(x: Tensor, target: Tensor, g: Tensor, is_label: bool, act: int, label_offset: int,
-             ignore_value: Optional[float], backend: str, xent: int = 0, gamma: float = 0.0,
-             mr: Optional[Tensor] = None) -> Tensor:
-    """_grad_impl as a torch.library op (``mr``: the kept softmax max and 1/sum, or None)."""
-    return _grad_impl(x, target, g, is_label, act, label_offset, ignore_value, backend, xent, gamma, mr)
+             ignore_value: Optional[float], backend: str, xent: int = 0, gamma: float = 0.0) -> Tensor:
+    """_grad_impl as a torch.library op."""
+    return _grad_impl(x, target, g, is_label, act, label_offset, ignore_value, backend, xent, gamma)
 
 
 region_stats_op = torch.library.custom_op("segfast::region_stats", _stats_op, mutates_args=())
@@ -190,8 +180,6 @@ region_grad_probs_op = torch.library.custom_op("segfast::region_grad_probs", _gr
 def _fake_kept(x: Tensor, keep: int) -> Tensor:
     if keep & KEEP_PROBS:
         return torch.empty_strided(x.shape, x.stride(), dtype=x.dtype, device=x.device)
-    if keep & KEEP_MAX_SUM:
-        return x.new_empty((2, x.shape[0], x.shape[2]), dtype=torch.float32)
     return x.new_empty(0)
 
 
@@ -201,7 +189,7 @@ def _(x, target, is_label, act, label_offset, ignore_value, backend, xent=0, gam
 
 
 @region_grad_op.register_fake
-def _(x, target, g, is_label, act, label_offset, ignore_value, backend, xent=0, gamma=0.0, mr=None):
+def _(x, target, g, is_label, act, label_offset, ignore_value, backend, xent=0, gamma=0.0):
     return torch.empty_like(x)
 
 
@@ -227,17 +215,15 @@ def _setup_keep(ctx, inputs, output):
 
 def _kept_grad(ctx, grad, grad_probs, grad_ext) -> Tensor:
     """dLoss/dx from dLoss/dStats ``grad`` through what the stats pass kept
-    (ctx.keep, see _keeps): written over q (``grad_probs``), or by the grad
-    pass with the kept softmax max and 1/sum or without (``grad_ext``). q
-    becomes the first gradient: a second backward (retain_graph) recomputes
-    from x."""
+    (ctx.keep, see _keeps): written over q (``grad_probs``), else by the grad
+    pass (``grad_ext``). q becomes the first gradient: a second backward
+    (retain_graph) recomputes from x."""
     x, target, kept = ctx.saved_tensors
     if ctx.keep & KEEP_PROBS and not ctx.consumed:
         ctx.consumed = True
         grad_probs(kept, target, grad, ctx.args[2], ctx.args[3])
         return kept
-    mr = kept if ctx.keep & KEEP_MAX_SUM and not ctx.keep & KEEP_PROBS else None
-    return grad_ext(x, target, grad, *ctx.args, mr=mr)
+    return grad_ext(x, target, grad, *ctx.args)
 
 
 def _backward_ext(ctx, grad, *_unused):
