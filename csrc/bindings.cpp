@@ -127,8 +127,6 @@ py::capsule cpu_block(int64_t nbytes) {
 }
 }  // namespace dlpack
 
-namespace segfast { namespace metrics { void register_metrics(py::module_& m); } }  // csrc/cpu/metrics.cpp
-
 #ifdef SEGFAST_CUDA_EMU
 // segfast._C_emu: this file again, with the csrc/cuda kernels compiled as C++
 // against the CUDA emulation layer (csrc/emu) and run on the CPU.
@@ -139,7 +137,6 @@ void segfast_emu_register(py::module_& m);
 #endif
 
 PYBIND11_MODULE(SEGFAST_MODULE_NAME, m) {
-  segfast::metrics::register_metrics(m);  // metrics family
   m.doc() = "segfast compiled kernels (CPU/OpenMP and, when built, CUDA); no libtorch";
 #ifdef SEGFAST_CUDA_EMU
   segfast_emu_register(m);

@@ -206,3 +206,108 @@ def test_coco_match_entry_checks():
     assert cuda.coco_match_scratch_bytes(n, 1, 2, 1) > 0
     with pytest.raises(ValueError, match=r"cuda.coco_match: scratch must hold coco_match_scratch_bytes"):
         cuda.coco_match(*map(view, args), n, view(code), None, 0)
+
+
+def _coco_case():
+    """One category, one image: a gt and a detection on it (IoU 1), two IoU thresholds, one area range."""
+    f64, i64, u8 = torch.float64, torch.int64, torch.uint8
+    box = torch.tensor([[0.0, 0, 2, 2]], dtype=f64)
+    T, R, K, A, M = 2, 3, 1, 1, 1
+    groups = dict(gt_off=torch.tensor([0, 1]), dt_off=torch.tensor([0, 1]), gt_box=box,
+                  gt_area=torch.tensor([4.0], dtype=f64), gt_crowd=torch.zeros(1, dtype=u8),
+                  gt_idnz=torch.ones(1, dtype=u8), dt_box=box.clone())
+    eval_in = dict(dt_score=torch.tensor([0.9], dtype=f64), iou_thr=torch.tensor([0.5, 0.75], dtype=f64),
+                   area_rng=torch.tensor([[0.0, 1e10]], dtype=f64))
+    outs = dict(rec_thr=torch.tensor([0.0, 0.5, 1.0], dtype=f64), max_dets=torch.tensor([10]),
+                precision=torch.full((T, R, K, A, M), -1.0, dtype=f64),
+                recall=torch.full((T, K, A, M), -1.0, dtype=f64),
+                scores=torch.full((T, R, K, A, M), -1.0, dtype=f64),
+                ap_all=torch.full((T, K, A, M), -1.0, dtype=f64), npig=torch.zeros(K, A, dtype=i64))
+    curve = dict(curve_a=0, curve_m=0, curve_off=torch.tensor([0, 1]), curve_score=torch.zeros(1, dtype=f64),
+                 curve_code=torch.zeros(T, 1, dtype=u8))
+    return groups, eval_in, outs, curve
+
+
+def _coco_args(*parts):
+    return [view(v) if isinstance(v, torch.Tensor) or v is None else v for p in parts for v in p.values()] + [1]
+
+
+def test_coco_eval_entry():
+    """cpu.coco_eval: a detection on its gt is a true positive at every threshold; the curve keeps its code."""
+    groups, eval_in, outs, curve = _coco_case()
+    _C.cpu.coco_eval(*_coco_args(groups, eval_in, outs, curve))
+    one = 1 / (1 + torch.finfo(torch.float64).eps)  # tp / (tp + fp + eps), as pycocotools
+    assert (outs["precision"] == one).all() and (outs["recall"] == 1).all() and (outs["scores"] == 0.9).all()
+    assert outs["npig"].tolist() == [[1]] and (outs["ap_all"] == one).all()
+    assert curve["curve_code"].tolist() == [[1], [1]] and curve["curve_score"].tolist() == [0.9]
+    groups, eval_in, outs, _ = _coco_case()
+    none = dict(curve_a=-1, curve_m=-1, curve_off=None, curve_score=None, curve_code=None)
+    _C.cpu.coco_eval(*_coco_args(groups, eval_in, outs, none))
+    assert (outs["precision"] == one).all()
+
+
+def _bad(part, key, value):
+    def edit(parts):
+        parts = [dict(p) for p in parts]
+        parts[part][key] = value
+        return parts
+    return edit
+
+
+@pytest.mark.parametrize("edit, match", [
+    (_bad(0, "gt_box", torch.zeros(1, 5, dtype=torch.float64)), r"gt_box must have 4 columns, got \[1, 5\]"),
+    (_bad(0, "gt_area", torch.zeros(2, dtype=torch.float64)), r"gt_area \[2\] and gt_box \[1, 4\] differ in size"),
+    (_bad(0, "gt_crowd", torch.zeros(1)), r"gt_crowd must be uint8, got float32"),
+    (_bad(0, "dt_off", torch.tensor([0, 1, 1])), r"dt_off \[3\] and gt_off \[2\] differ in size"),
+    (_bad(0, "dt_off", torch.tensor([1, 1])), r"dt_off must rise from 0 to 1 \(dt_box's rows\)"),
+    (_bad(0, "gt_off", torch.tensor([0, 2])), r"gt_off must rise from 0 to 1 \(gt_box's rows\)"),
+    (_bad(0, "gt_off", torch.tensor([[0, 1], [0, 1]])[:, 1]), r"gt_off must be contiguous"),
+    (_bad(0, "gt_off", 12345), r"gt_off must be a tensor's DLPack capsule .* got int"),
+    (_bad(1, "dt_score", torch.zeros(2, dtype=torch.float64)), r"dt_score \[2\] and dt_box \[1, 4\] differ in size"),
+    (_bad(1, "iou_thr", torch.tensor([1, 2])), r"iou_thr must be float64, got int64"),
+    (_bad(1, "area_rng", torch.zeros(0, 2, dtype=torch.float64)), r"area_rng must not be empty"),
+    (_bad(2, "max_dets", torch.tensor([0])), r"max_dets must be >= 1"),
+    (_bad(2, "npig", torch.zeros(2, 1, dtype=torch.long)), r"gt_off must hold K \* I \+ 1 offsets .* K = 2"),
+    (_bad(2, "precision", torch.zeros(2, 3, 1, 1, 2, dtype=torch.float64)),
+     r"precision must have shape \[2, 3, 1, 1, 1\], got \[2, 3, 1, 1, 2\]"),
+    (_bad(2, "recall", torch.zeros(2, 1, 1, 1)), r"recall must be float64, got float32"),
+    (_bad(3, "curve_code", None), r"curve_off and curve_score come with curve_code"),
+    (_bad(3, "curve_code", torch.zeros(2, 3, dtype=torch.uint8)), r"curve_code must have shape \[2, 1\], got \[2, 3\]"),
+    (_bad(3, "curve_off", torch.tensor([0, 2])), r"curve_off must rise from 0 to 1"),
+    (_bad(3, "curve_a", 1), r"curve_a and curve_m must index an area range and a max_dets entry"),
+])
+def test_coco_eval_rejects_bad_arguments(edit, match):
+    with pytest.raises(ValueError, match=r"segfast._C cpu.coco_eval: " + match):
+        _C.cpu.coco_eval(*_coco_args(*edit(_coco_case())))
+
+
+def test_coco_accumulate_entry():
+    """cpu.coco_accumulate of the codes coco_eval finds gives coco_eval's outputs; each argument checked."""
+    groups, eval_in, want, _ = _coco_case()
+    _C.cpu.coco_eval(*_coco_args(groups, eval_in, want, dict(a=-1, m=-1, off=None, sc=None, code=None)))
+    codes = dict(cat_off=torch.tensor([0, 1]), sc=torch.tensor([0.9], dtype=torch.float64),
+                 rank=torch.zeros(1, dtype=torch.int32), code=torch.ones(1, 1, 2, dtype=torch.uint8))
+    _, _, outs, curve = _coco_case()
+    outs["npig"].copy_(want["npig"])
+    _C.cpu.coco_accumulate(*_coco_args(codes, outs, curve))
+    for k in ("precision", "recall", "scores", "ap_all"):
+        assert torch.equal(outs[k], want[k]), k
+    assert curve["curve_code"].tolist() == [[1], [1]]
+    for key, value, match in [
+        ("rank", torch.zeros(1, dtype=torch.long), r"rank must be int32, got int64"),
+        ("cat_off", torch.tensor([0, 0]), r"cat_off must rise from 0 to 1 \(code's rows\)"),
+        ("sc", torch.zeros(2, dtype=torch.float64), r"sc \[2\] and code \[1, 1, 2\] differ in size"),
+        ("code", torch.ones(1, 2, 2, dtype=torch.uint8),
+         r"precision must have shape \[2, 3, 1, 2, 1\], got \[2, 3, 1, 1, 1\]"),
+    ]:
+        bad = dict(codes, **{key: value})
+        with pytest.raises(ValueError, match=r"segfast._C cpu.coco_accumulate: " + match):
+            _C.cpu.coco_accumulate(*_coco_args(bad, outs, curve))
+
+
+def test_an_empty_view_is_contiguous():
+    """As torch's is_contiguous: an empty tensor is contiguous whatever its strides (a column slice of [0, 9])."""
+    x, t = torch.randn(2, 3, 10), torch.randint(0, 3, (2, 10))
+    assert torch.zeros(0, 9)[:, 0].is_contiguous()
+    with pytest.raises(ValueError, match=r"out must have shape \[10\], got \[0\]"):  # not "must be contiguous"
+        _C.cpu.confusion_logits(view(x), view(t), None, view(torch.zeros(0, 9, dtype=torch.long)[:, 0]), 1)

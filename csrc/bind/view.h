@@ -119,7 +119,8 @@ struct View {
     for (int i = 0; i < ndim; ++i) n *= size[i];
     return n;
   }
-  bool contiguous() const {  // row-major, as torch's is_contiguous (size-1 dims: any stride)
+  bool contiguous() const {  // row-major, as torch's is_contiguous (size-1 dims: any stride; empty: any)
+    if (numel() == 0) return true;
     int64_t expect = 1;
     for (int i = ndim - 1; i >= 0; --i) {
       if (size[i] != 1 && stride[i] != expect) return false;

@@ -15,17 +15,13 @@ namespace metrics {
 
 // ---- COCO box matching (pycocotools' evaluateImg) ---------------------------
 
-// The device matching (csrc/cuda/metrics.cu), the arrays of
-// segfast/metrics/detection.py: groups [n_groups] int64, the (category,
-// image) groups that have detections; gt_off / dt_off [G + 1] int64 row
-// offsets of every group; gt_box [Ng, 4] and dt_box [D, 4] float64 x, y, w,
-// h (a group's detections in score order, already cut to maxDets[-1]);
-// gt_area [Ng] float64; gt_crowd, gt_idnz [Ng] uint8 (crowd; id != 0); thr
-// [T] float64 min(t, 1 - 1e-10); area_rng [A, 2] float64; max_gts: the most
-// gts of one group. Out: code [D, A, T] uint8 (kCocoIgnored / TP / FP).
-struct CocoMatchProblem {
-  const int64_t* groups = nullptr;
-  int64_t n_groups = 0;
+// The (category, image) groups of ground truths and detections that both
+// matching passes read (segfast/metrics/detection.py lays them out): gt_off /
+// dt_off [G + 1] int64 row offsets of every group; gt_box [Ng, 4] and dt_box
+// [D, 4] float64 x, y, w, h; gt_area [Ng] float64; gt_crowd, gt_idnz [Ng]
+// uint8 (crowd; id != 0, as pycocotools tests matches by id); area_rng [A, 2]
+// float64.
+struct CocoGroups {
   const int64_t* gt_off = nullptr;
   const int64_t* dt_off = nullptr;
   const double* gt_box = nullptr;
@@ -33,10 +29,57 @@ struct CocoMatchProblem {
   const uint8_t* gt_crowd = nullptr;
   const uint8_t* gt_idnz = nullptr;
   const double* dt_box = nullptr;
-  const double* thr = nullptr;
   const double* area_rng = nullptr;
-  int64_t T = 0, A = 0, max_gts = 0;
+  int64_t A = 0;
+};
+
+// The device matching (csrc/cuda/metrics.cu): groups [n_groups] int64, the
+// groups that have detections (a group's detections in score order, already
+// cut to maxDets[-1]); thr [T] float64 min(t, 1 - 1e-10); max_gts: the most
+// gts of one group. Out: code [D, A, T] uint8 (kCocoIgnored / TP / FP).
+struct CocoMatchProblem : CocoGroups {
+  const int64_t* groups = nullptr;
+  int64_t n_groups = 0;
+  const double* thr = nullptr;
+  int64_t T = 0, max_gts = 0;
   uint8_t* code = nullptr;
+};
+
+// pycocotools' accumulate (the host pass, csrc/cpu/metrics.cpp) of K
+// categories, T IoU thresholds, R recall thresholds rec_thr [R], A area
+// ranges and M maxDets max_dets [M] (each >= 1). Outputs, float64 contiguous,
+// filled with -1 by the caller: precision and scores [T, R, K, A, M], recall
+// and ap_all [T, K, A, M] (ap_all: the sum of (R_n - R_{n-1}) P_n over the
+// detections); npig [K, A] int64, the regular gts (an output of the eval, an
+// input of accumulate alone). Optional (curve_code null: none): the codes of
+// the detections kept at (curve_a, curve_m), per category in score order,
+// category k at curve_off[k] ([K + 1]) of curve_score [curve_total] and of
+// each row of curve_code [T, curve_total] uint8.
+struct CocoAccumulateProblem {
+  int64_t K = 0, T = 0, R = 0, A = 0, M = 0;
+  const double* rec_thr = nullptr;
+  const int64_t* max_dets = nullptr;
+  double* precision = nullptr;
+  double* recall = nullptr;
+  double* scores = nullptr;
+  double* ap_all = nullptr;
+  int64_t* npig = nullptr;
+  int64_t curve_a = -1, curve_m = -1;
+  const int64_t* curve_off = nullptr;
+  int64_t curve_total = 0;
+  double* curve_score = nullptr;
+  uint8_t* curve_code = nullptr;
+};
+
+// The host pass (evaluateImg + accumulate): the groups of K * I (category k,
+// image i: group k * I + i), detections in input order inside a group with
+// scores dt_score [D], IoU thresholds iou_thr [T].
+struct CocoEvalProblem {
+  CocoGroups groups;
+  CocoAccumulateProblem acc;
+  int64_t I = 0;
+  const double* dt_score = nullptr;
+  const double* iou_thr = nullptr;
 };
 
 // What a block of the matching kernel keeps for its group, for groups of at

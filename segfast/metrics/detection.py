@@ -111,7 +111,7 @@ def _kernel():
         from .. import _C
     except ImportError:
         return None
-    return getattr(_C, "coco_eval", None)
+    return _C.cpu.coco_eval
 
 
 # ------------------------------------------------------------------ the evaluator
@@ -445,28 +445,26 @@ class COCOEvaluator:
         max_dets = torch.tensor(self.max_dets, dtype=torch.int64)
         dt_off_host = dt_off.cpu()
         curves = dict(self._cache.get("curves", {})) if self._cache else {}
-        c_off = torch.zeros(K + 1, dtype=torch.int64)
-        c_score = torch.zeros(0, dtype=torch.float64)
-        c_code = torch.zeros(T, 0, dtype=torch.uint8)
+        c_off = c_score = c_code = None
         if curve is not None:
+            c_off = torch.zeros(K + 1, dtype=torch.int64)
             per_group = (dt_off_host[1:] - dt_off_host[:-1]).clamp(max=self.max_dets[curve[1]])
             c_off[1:] = torch.cumsum(per_group.reshape(K, I).sum(1), 0) if K else c_off[1:]
             n = int(c_off[-1])
             c_score = torch.zeros(n, dtype=torch.float64)
             c_code = torch.zeros(T, n, dtype=torch.uint8)
+        from .. import backends
         fn = _kernel()
         outs = (precision, recall, scores, ap_all, npig)
-        curve_args = (-1 if curve is None else curve[0], -1 if curve is None else curve[1], c_off.data_ptr(),
-                      c_score.numel(), c_score.data_ptr(), c_code.data_ptr() if curve is not None else 0)
+        view = backends.view
+        curve_args = (-1 if curve is None else curve[0], -1 if curve is None else curve[1], view(c_off),
+                      view(c_score), view(c_code))
         if on_device:
             self._match_on_device(matching, K, I, dt, dkey, dt_off, gt, gkey, gt_off, rec_thr, max_dets, outs,
                                   curve_args)
         elif fn is not None:
-            from .. import backends
-            fn(K, I, T, R, A, M, gt_box.data_ptr(), gt_area.data_ptr(), gt_crowd.data_ptr(), gt_idnz.data_ptr(),
-               gt_off.data_ptr(), dt_box.data_ptr(), dt_score.data_ptr(), dt_off.data_ptr(), iou_thr.data_ptr(),
-               rec_thr.data_ptr(), area_rng.data_ptr(), max_dets.data_ptr(), precision.data_ptr(),
-               recall.data_ptr(), scores.data_ptr(), ap_all.data_ptr(), npig.data_ptr(), *curve_args,
+            fn(*map(view, (gt_off, dt_off, gt_box, gt_area, gt_crowd, gt_idnz, dt_box, dt_score, iou_thr, area_rng,
+                           rec_thr, max_dets, precision, recall, scores, ap_all, npig)), *curve_args,
                self.num_threads or backends.cpu_threads())
         else:  # no compiled extension: the eager reference
             if curve is not None:
@@ -499,11 +497,10 @@ class COCOEvaluator:
                          curve_args):
         """IoU and matching on the tensors' device (Triton or CUDA C++), accumulation in C++ on the host."""
         from .. import backends
-        acc = getattr(backends._C, "coco_accumulate", None)
-        if acc is None:
+        if backends._C is None:
             raise RuntimeError(f"COCOEvaluator(backend={backend!r}) needs the compiled extension (segfast._C)")
         dev = dt.device
-        T, R, A, M = len(self.iou_thrs), len(self.rec_thrs), len(self.area_rng), len(self.max_dets)
+        T, A = len(self.iou_thrs), len(self.area_rng)
         # per group: stable by decreasing score, cut to maxDets[-1]
         order = torch.sort(dt[:, 4], descending=True, stable=True).indices
         order = order[torch.sort(dkey[order], stable=True).indices]
@@ -533,9 +530,9 @@ class COCOEvaluator:
         sc = dt[:, 4].contiguous().cpu()
         rank = rank.to(torch.int32).cpu()
         code = code.cpu()
-        acc(K, T, R, A, M, cat_off.data_ptr(), sc.data_ptr(), rank.data_ptr(), code.data_ptr(),
-            rec_thr.data_ptr(), max_dets.data_ptr(), precision.data_ptr(), recall.data_ptr(), scores.data_ptr(),
-            ap_all.data_ptr(), npig_out.data_ptr(), *curve_args, self.num_threads or backends.cpu_threads())
+        backends._C.cpu.coco_accumulate(*map(backends.view, (cat_off, sc, rank, code, rec_thr, max_dets, precision,
+                                                             recall, scores, ap_all, npig_out)), *curve_args,
+                                        self.num_threads or backends.cpu_threads())
 
     def _summarize(self, p, r, ap_all):
         labels, md = self.area_labels, self.max_dets
