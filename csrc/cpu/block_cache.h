@@ -12,7 +12,7 @@
 // Blocks are page-aligned, on ordinary 4 KiB pages: a reused block faults no
 // more, and small pages scatter the C class rows of an [N, C, H, W] gradient
 // over L2 sets, where 2 MiB pages put rows 64 KiB apart in two sets (the
-// region grad pass ran up to 20% slower on huge pages in a C++ harness).
+// region grad pass runs up to 20% slower on huge pages).
 // A released block is kept (most recent last) while the cache holds at most
 // the smaller of `limit` (SEGFAST_CPU_CACHE_MB, default 256) and the most
 // bytes that were live at once after any of the last 32 acquisitions, the

@@ -665,7 +665,7 @@ SEGFAST_CLONES void meanfield_potts(const KernelRun* kr, const float* ut, float*
   const KernelRun& rb = kr[DB > 0 ? 1 : 0];
   const int64_t G = ra.G;  // both grids: grid_width(C)
   // three passes over the chunk (slice, softmax, scatter): each loop's pixels are
-  // independent, so the core overlaps them (one fused loop was latency-bound)
+  // independent, so the core overlaps them (one fused loop is latency-bound)
   for (int64_t i = i0; i < i1; ++i) {
     const float* u = ut + (i - i0) * Cp;  // may be qn: each block is read before it is written
     const int32_t* oa = ra.L->offset.data() + i * NA;
