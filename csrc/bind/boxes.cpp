@@ -8,28 +8,34 @@
 
 namespace segfast {
 namespace boxes {
-void box_pairwise_cpu(const BoxArg& a1, const BoxArg& a2, int64_t B, int64_t N, int64_t M, int kind, int fmt,
-                      double eps, void* out, int out_dtype, int64_t nt);
-void box_pairwise_grad_cpu(const BoxArg& a1, const BoxArg& a2, int64_t B, int64_t N, int64_t M, int kind, int fmt,
-                           double eps, const void* go, void* d1, void* d2, int d_dtype, int64_t nt);
-void box_aligned_cpu(const BoxArg& a1, const BoxArg& a2, int64_t K, int kind, int fmt, bool loss, double eps,
-                     double offset, double sign, double gscale, void* out, int out_dtype, void* d1, void* d2,
-                     int d_dtype, int64_t nt);
+// The kernels' types; the last argument is the launch: num_threads (cpu) or the stream (cuda).
+template <class Launch>
+using PairwiseKernel = void(const BoxArg& a1, const BoxArg& a2, int64_t B, int64_t N, int64_t M, int kind, int fmt,
+                            double eps, void* out, int out_dtype, Launch launch);
+template <class Launch>
+using PairwiseGradKernel = void(const BoxArg& a1, const BoxArg& a2, int64_t B, int64_t N, int64_t M, int kind,
+                                int fmt, double eps, const void* go, void* d1, void* d2, int d_dtype, Launch launch);
+template <class Launch>
+using AlignedKernel = void(const BoxArg& a1, const BoxArg& a2, int64_t K, int kind, int fmt, bool loss, double eps,
+                           double offset, double sign, double gscale, void* out, int out_dtype, void* d1, void* d2,
+                           int d_dtype, Launch launch);
+PairwiseKernel<int64_t> box_pairwise_cpu;
+PairwiseGradKernel<int64_t> box_pairwise_grad_cpu;
+AlignedKernel<int64_t> box_aligned_cpu;
 #ifdef SEGFAST_WITH_CUDA
-void box_pairwise_cuda(const BoxArg& a1, const BoxArg& a2, int64_t B, int64_t N, int64_t M, int kind, int fmt,
-                       double eps, void* out, int out_dtype, uintptr_t stream);
-void box_pairwise_grad_cuda(const BoxArg& a1, const BoxArg& a2, int64_t B, int64_t N, int64_t M, int kind, int fmt,
-                            double eps, const void* go, void* d1, void* d2, int d_dtype, uintptr_t stream);
-void box_aligned_cuda(const BoxArg& a1, const BoxArg& a2, int64_t K, int kind, int fmt, bool loss, double eps,
-                      double offset, double sign, double gscale, void* out, int out_dtype, void* d1, void* d2,
-                      int d_dtype, uintptr_t stream);
+PairwiseKernel<uintptr_t> box_pairwise_cuda;
+PairwiseGradKernel<uintptr_t> box_pairwise_grad_cuda;
+AlignedKernel<uintptr_t> box_aligned_cuda;
 #endif
 }  // namespace boxes
 
 namespace bind {
 namespace {
 
+using boxes::AlignedKernel;
 using boxes::BoxArg;
+using boxes::PairwiseGradKernel;
+using boxes::PairwiseKernel;
 
 // Two box sets of one float dtype: [B, N, 4] and [B, M, 4] (rank 3), or [K, 4] each (rank 2).
 std::pair<BoxArg, BoxArg> box_args(const Checker& c, const View& b1, const View& b2, int rank) {
@@ -39,8 +45,10 @@ std::pair<BoxArg, BoxArg> box_args(const Checker& c, const View& b1, const View&
             "boxes must have 4 coordinates, got " + shape_str(b1) + " and " + shape_str(b2));
   c.same(b1, "b1", 0, b2, "b2", 0);
   const int o = rank - 2;  // the box dimension
-  return {BoxArg{b1.data, b1.dtype, o ? b1.stride[0] : 0, b1.stride[o], b1.stride[o + 1]},
-          BoxArg{b2.data, b2.dtype, o ? b2.stride[0] : 0, b2.stride[o], b2.stride[o + 1]}};
+  const auto arg = [o](const View& b) {
+    return BoxArg{b.data, b.dtype, o ? b.stride[0] : 0, b.stride[o], b.stride[o + 1]};
+  };
+  return {arg(b1), arg(b2)};
 }
 
 void check_kind(const Checker& c, int64_t kind, int64_t fmt) {
@@ -58,17 +66,7 @@ void check_out(const Checker& c, const View& v, const char* name, std::initializ
 }
 
 template <class Launch>
-using PairwiseKernel = void (*)(const BoxArg&, const BoxArg&, int64_t, int64_t, int64_t, int, int, double, void*,
-                                int, Launch);
-template <class Launch>
-using PairwiseGradKernel = void (*)(const BoxArg&, const BoxArg&, int64_t, int64_t, int64_t, int, int, double,
-                                    const void*, void*, void*, int, Launch);
-template <class Launch>
-using AlignedKernel = void (*)(const BoxArg&, const BoxArg&, int64_t, int, int, bool, double, double, double,
-                               double, void*, int, void*, void*, int, Launch);
-
-template <class Launch>
-auto pairwise(const char* name, Device dev, PairwiseKernel<Launch> kernel) {
+auto pairwise(const char* name, Device dev, PairwiseKernel<Launch>* kernel) {
   return [=](const View& b1, const View& b2, int64_t kind, int64_t fmt, double eps, const View& out,
              Launch launch) {
     const Checker c(name, dev);
@@ -83,7 +81,7 @@ auto pairwise(const char* name, Device dev, PairwiseKernel<Launch> kernel) {
 }
 
 template <class Launch>
-auto pairwise_grad(const char* name, Device dev, PairwiseGradKernel<Launch> kernel) {
+auto pairwise_grad(const char* name, Device dev, PairwiseGradKernel<Launch>* kernel) {
   return [=](const View& b1, const View& b2, int64_t kind, int64_t fmt, double eps, const View& go, const View& d1,
              const View& d2, Launch launch) {
     const Checker c(name, dev);
@@ -101,7 +99,7 @@ auto pairwise_grad(const char* name, Device dev, PairwiseGradKernel<Launch> kern
 }
 
 template <class Launch>
-auto aligned(const char* name, Device dev, AlignedKernel<Launch> kernel) {
+auto aligned(const char* name, Device dev, AlignedKernel<Launch>* kernel) {
   return [=](const View& b1, const View& b2, int64_t kind, int64_t fmt, bool loss, double eps, double offset,
              double sign, double gscale, const View& out, const View& d1, const View& d2, Launch launch) {
     const Checker c(name, dev);

@@ -20,21 +20,13 @@ void lovasz_weights_cuda(int64_t G, int64_t L, const int64_t* perm, const void* 
 namespace bind {
 namespace {
 
-// v [R1, R2, B, S] of e's shape (any strides) -> its strides.
-void rows_like(const Checker& c, const View& v, const char* name, const View& e, const char* ename,
-               int64_t* strides) {
-  for (int i = 0; i < 4; ++i) {
-    c.same(v, name, i, e, ename, i);
-    strides[i] = v.stride[i];
-  }
-}
-
-// A contiguous output of n elements (any rank).
-void flat_out(const Checker& c, const View& v, const char* name, int64_t n, DTypes dtypes) {
+// A contiguous output of n elements (any rank) -> its data.
+void* flat_out(const Checker& c, const View& v, const char* name, int64_t n, DTypes dtypes) {
   c.need(v, name, -1, dtypes);
   c.contiguous(v, name);
   c.require(v.numel() == n, std::string(name) + " must have " + std::to_string(n) + " elements, got " +
                                 shape_str(v));
+  return v.data;
 }
 
 }  // namespace
@@ -49,20 +41,15 @@ void bind_lovasz(Modules& m) {
         const Checker c("cpu.lovasz_weights", kCpu);
         c.need(e, "errors", 4, kAcc);
         c.need(f, "fg", 4, fg_dtypes);
-        lovasz::Rows r;
+        lovasz::Rows r{};
         r.R1 = e.size[0]; r.R2 = e.size[1]; r.B = e.size[2]; r.S = e.size[3];
-        r.e = e.data; r.e_dtype = e.dtype;
-        for (int i = 0; i < 4; ++i) r.es[i] = e.stride[i];
-        r.f = f.data; r.f_dtype = f.dtype;
-        rows_like(c, f, "fg", e, "errors", r.fs);
-        r.v = nullptr; r.v_dtype = kBool;
-        for (int i = 0; i < 4; ++i) r.vs[i] = 0;
-        if (c.may(v, "valid", 4, valid_dtypes).present()) {
-          r.v = v.data; r.v_dtype = v.dtype;
-          rows_like(c, v, "valid", e, "errors", r.vs);
-        }
-        flat_out(c, w, "w", e.numel(), kAcc);
-        r.w = w.data; r.w_dtype = w.dtype;
+        strided_from(c, e, "errors", e, "errors", r.e, r.e_dtype, r.es);
+        strided_from(c, f, "fg", e, "errors", r.f, r.f_dtype, r.fs);
+        r.v_dtype = kBool;  // null v: every pixel valid
+        if (c.may(v, "valid", 4, valid_dtypes).present())
+          strided_from(c, v, "valid", e, "errors", r.v, r.v_dtype, r.vs);
+        r.w = flat_out(c, w, "w", e.numel(), kAcc);
+        r.w_dtype = w.dtype;
         py::gil_scoped_release nogil;
         lovasz::lovasz_weights_cpu(r, num_threads);
       },
@@ -78,23 +65,19 @@ void bind_lovasz(Modules& m) {
         c.need(p, "p", 4, kAcc);
         c.need(lab, "labels", 4, kLabels);
         c.need(ws, "ws", 4, kAcc);
-        lovasz::SoftmaxRows r;
+        lovasz::SoftmaxRows r{};
         r.R1 = p.size[0]; r.R2 = p.size[1]; r.B = p.size[2]; r.S = p.size[3];
-        r.p = p.data; r.p_dtype = p.dtype;
-        for (int i = 0; i < 4; ++i) r.ps[i] = p.stride[i];
-        r.lab = lab.data; r.lab_dtype = lab.dtype;
-        rows_like(c, lab, "labels", p, "p", r.ls);
+        strided_from(c, p, "p", p, "p", r.p, r.p_dtype, r.ps);
+        strided_from(c, lab, "labels", p, "p", r.lab, r.lab_dtype, r.ls);
         c.need(cls, "cls", 1, dtype_bit(kInt64));
         c.contiguous(cls, "cls");
         c.same(cls, "cls", 0, p, "p", 1);
         r.cls = cls.ptr<const int64_t>();
         r.has_ignore = ignore.has_value();
         r.ignore_value = ignore.value_or(0.0);
-        r.ws = ws.data; r.w_dtype = ws.dtype;
-        rows_like(c, ws, "ws", p, "p", r.wss);
-        flat_out(c, loss, "loss", r.R1 * r.R2, DTypes(dtype_bit(ws.dtype)));
-        flat_out(c, total, "total", r.R1 * r.R2, DTypes(dtype_bit(ws.dtype)));
-        r.loss = loss.data; r.total = total.data;
+        strided_from(c, ws, "ws", p, "p", r.ws, r.w_dtype, r.wss);
+        r.loss = flat_out(c, loss, "loss", r.R1 * r.R2, DTypes(dtype_bit(ws.dtype)));
+        r.total = flat_out(c, total, "total", r.R1 * r.R2, DTypes(dtype_bit(ws.dtype)));
         py::gil_scoped_release nogil;
         lovasz::lovasz_softmax_rows_cpu(r, num_threads);
       },

@@ -178,6 +178,20 @@ class Checker {
   Device device_;
 };
 
+// A tensor argument as a kernel's struct holds it: data pointer, dtype code and
+// its first R element strides; v's first R sizes are checked equal to `like`'s
+// (the view that sets the sizes; v itself skips the check).
+template <class P, size_t R>
+void strided_from(const Checker& c, const View& v, const char* name, const View& like, const char* like_name,
+                  P*& data, int& dtype, int64_t (&stride)[R]) {
+  for (size_t i = 0; i < R; ++i) {
+    if (&v != &like) c.same(v, name, int(i), like, like_name, int(i));
+    stride[i] = v.stride[i];
+  }
+  data = static_cast<P*>(v.data);
+  dtype = v.dtype;
+}
+
 // The modules the families register into: segfast._C.cpu and, when built
 // with CUDA (or as the emulator), segfast._C.cuda.
 struct Modules {
