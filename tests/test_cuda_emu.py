@@ -232,6 +232,24 @@ def test_pixel_reduced(schedule, kind, layout):
         agree(lambda a, t, b: REDUCED[kind](_pixel_layout(a, layout), t, dense, b), x, lab, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("C", [2, 21, 257])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+def test_pixel_dense_focal_dtypes(schedule, dtype, C):
+    """softmax_dense_kernel's runs of 4 pixels in 16-bit and float64 logits and
+    targets (S = 48: whole vector runs; S = 50: the last run cut short), with an
+    ignored pixel: the reduced loss and its gradient, the map, against the cpu
+    backend and the reference."""
+    gen = torch.Generator().manual_seed(C)
+    tol = dict(rtol=2e-2, atol=2e-3) if dtype != torch.float64 else dict(rtol=1e-6, atol=1e-8)
+    for S in (48, 50):
+        x = (torch.randn(2, C, 1, S, generator=gen) * 2).to(dtype)
+        d = torch.softmax(torch.randn(2, C, 1, S, generator=gen), 1).to(dtype)
+        d[1, :, 0, 3] = -1
+        for red in ("mean", "none"):
+            agree(lambda a, t, b: segfast.focal_loss(a, t, mode="multiclass", ignore_index=-1, reduction=red,
+                                                     backend=b), x, d, grad=True, **tol)
+
+
 @pytest.mark.parametrize("kind", ["ce", "bce"])
 def test_pixel_reduced_bad_label_and_counter(schedule, kind):
     """A non-ignored label outside the classes makes the loss and its normaliser
@@ -256,6 +274,34 @@ def test_pixel_reduced_bad_label_and_counter(schedule, kind):
     bad[1, 7] = 3
     loss, den = run(bad)
     assert loss.isnan() and den.isnan() and counter.item() == 0
+
+
+def test_pixel_reduced_counter_per_stream(monkeypatch):
+    """The reduced pixel losses' ticket counter is one per (device, stream):
+    two losses on two streams of a device at once take tickets from different
+    counters (a shared one would let the last block of either finish early);
+    calls on one stream reuse its counter, which each launch leaves at 0."""
+    from segfast.ops import pixel as P
+    stream = [11]
+    monkeypatch.setattr(P, "_counter_stream", lambda device: stream[0])
+    monkeypatch.setattr(P, "_COUNTERS", type(P._COUNTERS)())
+    dev = torch.device("cpu")
+    a = P._cuda_counter(dev)
+    assert P._cuda_counter(dev) is a
+    stream[0] = 12
+    b = P._cuda_counter(dev)
+    assert b is not a and b.data_ptr() != a.data_ptr()
+    gen = torch.Generator().manual_seed(4)
+    x, t = torch.randn(2, 3, 6, 7, generator=gen), torch.randint(0, 3, (2, 6, 7), generator=gen)
+    for s in (11, 12, 11):
+        stream[0] = s
+        got = segfast.cross_entropy(x, t, backend="cuda")
+        close(got, segfast.cross_entropy(x, t, backend="torch"), what=f"stream {s}")
+    assert a.item() == 0 and b.item() == 0 and len(P._COUNTERS) == 2
+    for s in range(P._MAX_COUNTERS + 5):  # a small cache: the least recently used go
+        stream[0] = 100 + s
+        P._cuda_counter(dev)
+    assert len(P._COUNTERS) == P._MAX_COUNTERS
 
 
 def test_lovasz_weights(schedule):

@@ -41,7 +41,7 @@ def _want(x, t, C, ignore):
     return torch.bincount((t.long() * C + x.argmax(1))[ok], minlength=C * C).view(C, C)
 
 
-@pytest.mark.parametrize("C", [3, 21, 40])  # 40: more bins than a block counts in shared memory
+@pytest.mark.parametrize("C", [3, 21, 40, 300])  # 40: more bins than a block counts in shared memory; 300: wide
 def test_confusion(schedule, C):
     gen = torch.Generator().manual_seed(C)
     N, S = 2, 300
@@ -144,3 +144,94 @@ def test_stats_runs_and_layouts(schedule, C, layout):
         xl = _layout(x, layout)
         got = _stats(xl, t, 3, 255).sum(1)
         torch.testing.assert_close(got.double(), _sums(xl.float(), t, C, 255), rtol=1e-4, atol=1e-4)
+
+
+def _dtype_layout(x, layout):
+    if layout in ("bfloat16", "float64"):
+        return x.to(getattr(torch, layout))
+    return _layout(x, layout)
+
+
+@pytest.mark.parametrize("C", [1, 2, 21, 257])
+@pytest.mark.parametrize("layout", ["contiguous", "offset", "strided", "half", "bfloat16", "float64"])
+def test_grad_runs_and_layouts(schedule, C, layout):
+    """The grad kernel's runs of 4 pixels: one vector load per class row and
+    one vector store of dx (contiguous and aligned, S = 48), the element path
+    (a misaligned base, a pixel stride, S = 50 cutting the last run), 16-bit and
+    float64 logits; softmax on labels with ignore, with a pixel term (Dice + CE:
+    the stats pass's sums too), sigmoid on dense targets. Against the cpu backend."""
+    gen = torch.Generator().manual_seed(C)
+    tol = dict(rtol=2e-2, atol=2e-3) if layout in ("half", "bfloat16") else dict(rtol=1e-4, atol=1e-6)
+    for S in (48, 50):
+        x = torch.randn(2, C, 1, S, generator=gen) * 2
+        t = torch.randint(0, C, (2, 1, S), generator=gen)
+        t[0, 0, :5] = 255
+        dense = (torch.rand(2, C, 1, S, generator=gen) > 0.5).float()
+        dense[1, 0, :3] = -1
+        cases = [lambda a, b: segfast.tversky_loss(a, dense, mode="multilabel", ignore_index=-1, backend=b)]
+        if C > 1:
+            cases += [lambda a, b: segfast.dice_loss(a, t, ignore_index=255, backend=b),
+                      lambda a, b: segfast.dice_ce_loss(a, t, ignore_index=255, backend=b)]
+        else:
+            cases += [lambda a, b: segfast.dice_loss(a, dense.clamp(min=0), mode="binary", backend=b)]
+        for fn in cases:
+            got = {}
+            for b in ("cuda", "cpu"):
+                xb = _dtype_layout(x.view(2, C, S), layout).view(2, C, 1, S).detach().requires_grad_(True)
+                loss = fn(xb, b)
+                loss.backward(torch.tensor(0.7, dtype=loss.dtype))
+                got[b] = (loss.detach().double(), xb.grad.double())
+            torch.testing.assert_close(got["cuda"][0], got["cpu"][0], **tol)
+            torch.testing.assert_close(got["cuda"][1], got["cpu"][1], **tol)
+
+
+WIDE_CASES = {  # stats_wide_kernel: C > 256, float64 from 129 classes; with the pixel terms
+    "dice": lambda x, t, d, b: segfast.dice_loss(x, t, ignore_index=255, reduction="none", backend=b),
+    "dice_ce": lambda x, t, d, b: segfast.dice_ce_loss(x, t, ignore_index=255, label_smoothing=0.1, backend=b),
+    "dice_focal": lambda x, t, d, b: segfast.dice_focal_loss(x, t, ignore_index=255, gamma=2.0, backend=b),
+    "dice_fused": lambda x, t, d, b: segfast.dice_fused_loss(x, t, ignore_index=255, backend=b),
+    "dense_sigmoid": lambda x, t, d, b: segfast.dice_loss(x, d, mode="multilabel", ignore_index=-1, backend=b),
+    "dense_softmax": lambda x, t, d, b: segfast.jaccard_loss(x, d, ignore_index=-1, backend=b),
+}
+
+
+@pytest.mark.parametrize("C, dtype", [(257, torch.float32), (300, torch.float32), (150, torch.float64)])
+@pytest.mark.parametrize("case", sorted(WIDE_CASES))
+def test_wide_stats_agrees_with_cpu(schedule, case, C, dtype):
+    """The wide stats kernel (each warp its own tiles and running sums, no block
+    barrier in the tile loop, the warps' sums reduced once per image), and the
+    grad kernel at those C, against the cpu backend: S = 300 gives blocks with
+    several warp tiles and a last run cut short."""
+    gen = torch.Generator().manual_seed(C)
+    x = (torch.randn(2, C, 300, generator=gen) * 2).to(dtype)
+    t = torch.randint(0, C, (2, 300), generator=gen)
+    t[0, :7] = 255
+    d = torch.softmax(torch.randn(2, C, 300, generator=gen), 1).to(dtype)
+    d[1, :, :3] = -1
+    if case == "dense_sigmoid":
+        d = (d > 1.0 / C).to(dtype)
+        d[1, 0, :3] = -1
+    got = {}
+    for b in ("cuda", "cpu"):
+        xb = x.clone().requires_grad_(True)
+        loss = WIDE_CASES[case](xb, t, d, b)
+        loss.backward(torch.linspace(0.5, 1.5, loss.numel(), dtype=loss.dtype).view_as(loss))
+        got[b] = (loss.detach(), xb.grad)
+    torch.testing.assert_close(got["cuda"][0], got["cpu"][0], rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(got["cuda"][1], got["cpu"][1], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("C, dtype", [(300, torch.float32), (900, torch.float64)])
+@pytest.mark.parametrize("layout", ["contiguous", "offset", "strided"])
+def test_wide_stats_layouts(schedule, C, dtype, layout):
+    """The wide stats kernel on vector and element loads; at C = 900 in float64
+    one warp's running sums [C, 7] pass the kernel's shared memory budget and
+    stay in the block's out slot (one warp per block). P = 3 chunks, S = 150
+    (chunks of whole runs, the last run cut short)."""
+    gen = torch.Generator().manual_seed(C)
+    x = (torch.randn(2, C, 150, generator=gen) * 2).to(dtype)
+    t = torch.randint(0, C, (2, 150), generator=gen, dtype=torch.int32)
+    t[1, :9] = 255
+    xl = _layout(x, layout)
+    got = _stats(xl, t, 3, 255).sum(1)
+    torch.testing.assert_close(got.double(), _sums(xl.double(), t, C, 255), rtol=1e-5, atol=1e-5)

@@ -105,14 +105,45 @@ def test_sass_counts():
                                                  "bar_loop": 0}
 
 
+DIVERGENT = """
+\t\tFunction : _Z4warpv
+        /*0000*/                   LDG.E.128 R4, [R2.64] ;             /* 0x0 */
+        /*0010*/                   BRA.DIV ~URZ, 0x90 ;                /* 0x0 */
+        /*0020*/                   SHFL.BFLY PT, R5, R4, 0x1, 0x1f ;   /* 0x0 */
+        /*0030*/               @P0 BRA 0x0 ;                           /* 0x0 */
+        /*0040*/                   BAR.SYNC.DEFER_BLOCKING 0x0 ;       /* 0x0 */
+        /*0050*/               @P1 BRA 0x0 ;                           /* 0x0 */
+        /*0060*/                   EXIT ;                              /* 0x0 */
+        /*0070*/                   BRA 0x70 ;                          /* 0x0 */
+        /*0090*/                   CALL.REL.NOINC 0xb0 ;               /* 0x0 */
+        /*00a0*/                   BRA 0x30 ;                          /* 0x0 */
+        /*00b0*/                   RET.REL.NODEC R20 0x0 ;             /* 0x0 */
+"""
+
+
+def test_sass_divergence_handler_is_not_a_loop():
+    """The out-of-line handler of a warp collective (BRA.DIV) jumps back into
+    the body after the collective: not a loop around the per-image barrier.
+    Counted as one, the barrier would sit in two loops (bar_loop 1)."""
+    got = cr.sass_counts(cr.sass_functions(DIVERGENT)["_Z4warpv"])
+    assert got["bar_sync"] == 1 and got["bar_loop"] == 0
+    # a predicated branch back is a loop (here around the barrier): counted
+    looped = DIVERGENT.replace("       BRA 0x30 ;", "   @P2 BRA 0x30 ;")
+    assert cr.sass_counts(cr.sass_functions(looped)["_Z4warpv"])["bar_loop"] == 1
+
+
 def test_streaming_rules():
     base = dict(file="region.cu", kernel="stats_kernel", template="float, float, 1", arch=80, block=256,
                 registers=71, local=0, stack=0, static_shared=13312, dynamic_shared=0, error=None, ldg128=18,
                 bar_loop=0)
     assert cr.failures([base]) == []
     assert "tile loop" in cr.failures([dict(base, bar_loop=2)])[0]
-    assert cr.failures([dict(base, kernel="stats_wide_kernel", bar_loop=2, ldg128=0)]) == []
-    assert "128-bit" in cr.failures([dict(base, kernel="softmax_kernel", file="pixel.cu", ldg128=0)])[0]
+    for kernel in ("stats_wide_kernel", "grad_kernel"):
+        assert "tile loop" in cr.failures([dict(base, kernel=kernel, bar_loop=2)])[0]
+        assert "128-bit" in cr.failures([dict(base, kernel=kernel, ldg128=0)])[0]
+    for kernel in ("softmax_kernel", "softmax_dense_kernel", "sigmoid_kernel"):
+        assert "128-bit" in cr.failures([dict(base, kernel=kernel, file="pixel.cu", ldg128=0)])[0]
+    assert cr.failures([dict(base, kernel="finish_kernel", bar_loop=2, ldg128=0)]) == []
 
 
 @needs_nvcc

@@ -10,7 +10,7 @@
 //   softmax kinds on labels: a thread per run, looping over the C classes (max,
 //     then exp sums and the target's logit, then the gradient), any C;
 //   sigmoid kinds: a thread per run of elements, classes outer, pixels inner;
-//   softmax focal on dense targets: a thread per pixel (element loads).
+//   softmax focal on dense targets: a thread per run, looping over the classes.
 // Each thread sums its l0 / l1 in the accumulation type, the block reduces in
 // shared memory in a fixed order, and thread 0 writes the block's own [n, j]
 // slot: one writer per slot, no atomics, deterministic.
@@ -248,11 +248,13 @@ __global__ void softmax_kernel(const Problem pr, const int64_t Pe, const VecRows
   if (pr.out) finish_reduced<T>(pr, sm, &sm_last);
 }
 
-// Softmax focal on dense targets: one thread per pixel, one term per element
-// (dense_focal_term); three loops over the classes (max, sum, terms) and one
-// more for dx. A pixel with any channel equal to the ignore value counts nowhere.
+// Softmax focal on dense targets: a thread per run of kVec pixels, one term
+// per element (dense_focal_term); three loops over the classes (max, sum,
+// terms) and one more for dx, each class row of logits, targets, map, a
+// per-element grad_output and dx one vector access where contiguous and
+// aligned. A pixel with any channel equal to the ignore value counts nowhere.
 template <typename T>
-__global__ void softmax_dense_kernel(const Problem pr, const int64_t Pe, const VecRows) {
+__global__ void softmax_dense_kernel(const Problem pr, const int64_t Pe, const VecRows vr) {
   __shared__ T sm[kThreads];
   __shared__ int sm_last;
   const int64_t C = pr.C;
@@ -262,53 +264,80 @@ __global__ void softmax_dense_kernel(const Problem pr, const int64_t Pe, const V
   const T sc0 = T(pr.scale0);
   const T ign = T(pr.ignore_value);
   const T gsc = pr.go && pr.go_scalar ? go_scale<T>(pr) : T(1);
+  const bool go_map = pr.go && !pr.go_scalar;
   for (int64_t n = blockIdx.y; n < pr.N; n += gridDim.y) {
     int64_t b, e;
-    chunk_range(pr.S, Pe, j, &b, &e);
+    vec::run_chunk(pr.S, Pe, j, &b, &e);
     T acc = T(0), ad = T(0);
-    for (int64_t s = b + threadIdx.x; s < e; s += blockDim.x) {
-      T m = load_x<T>(pr, n, 0, s);
+    for (int64_t s = b + int64_t(threadIdx.x) * kVec; s < e; s += int64_t(blockDim.x) * kVec) {
+      const int cnt = vec::run_count(s, e);
+      const int64_t xo = n * pr.xsN + s * pr.xsS, to = n * pr.tsN + s * pr.tsS;
+      T m[kVec], xc[kVec], tc[kVec], sum[kVec], lsum[kVec], lpix[kVec], bsum[kVec], g[kVec];
+      bool valid[kVec];
+      vec::load4<T>(pr.x, pr.x_dtype, xo, pr.xsS, vr.x, cnt, m);
       for (int64_t c = 1; c < C; ++c) {
-        const T v = load_x<T>(pr, n, c, s);
-        m = v > m ? v : m;
+        vec::load4<T>(pr.x, pr.x_dtype, xo + c * pr.xsC, pr.xsS, vr.x, cnt, xc);
+#pragma unroll
+        for (int i = 0; i < kVec; ++i) m[i] = xc[i] > m[i] ? xc[i] : m[i];
       }
-      T sum = T(0);
-      for (int64_t c = 0; c < C; ++c) sum += exp_t(load_x<T>(pr, n, c, s) - m);
-      const T lsum = log_t(sum);
-      T lpix = T(0), bsum = T(0);
-      bool valid = true;
+#pragma unroll
+      for (int i = 0; i < kVec; ++i) sum[i] = T(0);
       for (int64_t c = 0; c < C; ++c) {
-        const T xv = load_x<T>(pr, n, c, s);
-        T tc;
-        load_as(pr.t, pr.t_dtype, n * pr.tsN + c * pr.tsC + s * pr.tsS, tc);
-        const bool bad = pr.has_ignore && tc == ign;
-        valid = valid && !bad;
-        T l, aq, p;
-        dense_focal_term<T>(xv, exp_t(xv - m), m, sum, lsum, bad ? T(0) : tc, wt ? wt[c] : T(1),
-                            focal, &l, &aq, &p);
-        const int64_t moff = (n * C + c) * pr.S + s;
-        const T g = pr.go ? (pr.go_scalar ? gsc : static_cast<const T*>(pr.go)[moff]) : T(1);
-        lpix += l;
-        bsum += g * aq;
-        if (pr.map) static_cast<T*>(pr.map)[moff] = sc0 * l;
+        vec::load4<T>(pr.x, pr.x_dtype, xo + c * pr.xsC, pr.xsS, vr.x, cnt, xc);
+#pragma unroll
+        for (int i = 0; i < kVec; ++i) sum[i] += exp_t(xc[i] - m[i]);
       }
-      acc += valid ? lpix : T(0);
-      ad += valid ? T(1) : T(0);
-      if (pr.map && !valid)
-        for (int64_t c = 0; c < C; ++c) static_cast<T*>(pr.map)[(n * C + c) * pr.S + s] = T(0);
-      if (pr.dx) {
-        const T gv = valid ? sc0 : T(0);  // 0·d: NaN stays NaN, as the reference
-        for (int64_t c = 0; c < C; ++c) {
-          const T xv = load_x<T>(pr, n, c, s);
-          T tc;
-          load_as(pr.t, pr.t_dtype, n * pr.tsN + c * pr.tsC + s * pr.tsS, tc);
+#pragma unroll
+      for (int i = 0; i < kVec; ++i) {
+        lsum[i] = log_t(sum[i]);
+        lpix[i] = bsum[i] = T(0);
+        valid[i] = i < cnt;
+        g[i] = gsc;
+      }
+      for (int64_t c = 0; c < C; ++c) {
+        vec::load4<T>(pr.x, pr.x_dtype, xo + c * pr.xsC, pr.xsS, vr.x, cnt, xc);
+        vec::load4<T>(pr.t, pr.t_dtype, to + c * pr.tsC, pr.tsS, vr.t, cnt, tc);
+        const int64_t moff = (n * C + c) * pr.S + s;
+        if (go_map) vec::load4<T>(pr.go, acc_code<T>(), moff, 1, vr.map, cnt, g);
+        const T wc = wt ? wt[c] : T(1);
+        T lm[kVec];
+#pragma unroll
+        for (int i = 0; i < kVec; ++i) {
+          const bool bad = pr.has_ignore && tc[i] == ign;
+          valid[i] = valid[i] && !bad;
           T l, aq, p;
-          dense_focal_term<T>(xv, exp_t(xv - m), m, sum, lsum, valid ? tc : T(0),
-                              wt ? wt[c] : T(1), focal, &l, &aq, &p);
+          dense_focal_term<T>(xc[i], exp_t(xc[i] - m[i]), m[i], sum[i], lsum[i], bad ? T(0) : tc[i], wc, focal, &l,
+                              &aq, &p);
+          lpix[i] += l;
+          bsum[i] += g[i] * aq;
+          lm[i] = sc0 * l;
+        }
+        if (pr.map) vec::store4<T>(pr.map, acc_code<T>(), moff, 1, vr.map, cnt, lm);
+      }
+#pragma unroll
+      for (int i = 0; i < kVec; ++i) {
+        acc += valid[i] ? lpix[i] : T(0);
+        ad += valid[i] ? T(1) : T(0);
+        if (pr.map && !valid[i] && i < cnt)  // an ignored pixel: its map column is 0
+          for (int64_t c = 0; c < C; ++c) static_cast<T*>(pr.map)[(n * C + c) * pr.S + s + i] = T(0);
+      }
+      if (pr.dx) {
+        for (int64_t c = 0; c < C; ++c) {
+          vec::load4<T>(pr.x, pr.x_dtype, xo + c * pr.xsC, pr.xsS, vr.x, cnt, xc);
+          vec::load4<T>(pr.t, pr.t_dtype, to + c * pr.tsC, pr.tsS, vr.t, cnt, tc);
           const int64_t moff = (n * C + c) * pr.S + s;
-          const T g = pr.go ? (pr.go_scalar ? gsc : static_cast<const T*>(pr.go)[moff]) : T(1);
-          store_as(pr.dx, pr.x_dtype, n * pr.dxsN + c * pr.dxsC + s * pr.dxsS,
-                   gv * (p * bsum - g * aq));
+          if (go_map) vec::load4<T>(pr.go, acc_code<T>(), moff, 1, vr.map, cnt, g);
+          const T wc = wt ? wt[c] : T(1);
+          T d[kVec];
+#pragma unroll
+          for (int i = 0; i < kVec; ++i) {
+            T l, aq, p;
+            dense_focal_term<T>(xc[i], exp_t(xc[i] - m[i]), m[i], sum[i], lsum[i], valid[i] ? tc[i] : T(0), wc,
+                                focal, &l, &aq, &p);
+            const T gv = valid[i] ? sc0 : T(0);  // 0·d: NaN stays NaN, as the reference
+            d[i] = gv * (p * bsum[i] - g[i] * aq);
+          }
+          vec::store4<T>(pr.dx, pr.x_dtype, n * pr.dxsN + c * pr.dxsC + s * pr.dxsS, pr.dxsS, vr.dx, cnt, d);
         }
       }
     }

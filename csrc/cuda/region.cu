@@ -15,9 +15,17 @@
 //   slot of the [N, P, C, K] partial buffer (one writer, deterministic, no
 //   atomics). With a pixel term (xent) it also sums S7 / S8 (csrc/common/
 //   region.h; -log p = (max - x) + log(sum)): K = 9 sums.
-//   C > kRegMaxC (stats_wide_kernel): a block walks its chunk in tiles of
-//   kTile pixels: per-pixel softmax data into shared memory, then one warp per
-//   class; two block barriers per tile.
+//   C > kRegMaxC, float64 C > kRegMaxC / 2 (stats_wide_kernel): each warp of a
+//   block walks its own tiles of the chunk, 32 runs of kVec pixels (a run per
+//   lane): one pass over the classes for the softmax max (and the fused term's
+//   foreground max, the confusion argmax), one for the softmax sum, one for
+//   the sums, each class reduced over the lanes with shuffles and added to the
+//   warp's running sums by the lane c % 32 (no barrier in the tile loop). The
+//   running sums [C][KO] of the W warps live in dynamic shared memory (W = as
+//   many as kWideSmem holds, at most 8) and reduce into the block's slot once
+//   per image, in warp order; when not one warp's fit (C * KO * sizeof(A) >
+//   kWideSmem), one warp per block keeps them in its out slot. The re-reads of
+//   a tile's logits (32 * kVec * C elements) come from L1 / L2.
 //   Optional outputs (class-index targets): a flag set to 1 by a label
 //   outside [0, C) that is not ignore_index, and confusion counts [C, C] (row:
 //   label, column: torch.argmax of the logits), counted in shared memory per
@@ -28,9 +36,12 @@
 //   formulas of triton_kernels/region_finish.py (struct Finish in region.h).
 //   The sums over chunks, images and classes run in a fixed order (block
 //   reductions through shared memory): deterministic, no atomics.
-// grad: one thread per pixel; grid (pixel block, image). Loops over C: once
-//   for the softmax max/sum, once for sum_k p_k a_k (softmax), once to write;
-//   each value times grad_output, read on the device when given.
+// grad: one thread per run of kVec pixels (128-bit loads of each class row
+//   and stores of dx where the rows are contiguous and aligned); grid (pixel
+//   block, image). Loops over C: for the softmax max, for its sum (and the
+//   fused term's foreground logsumexp), for sum_k p_k a_k (softmax), and to
+//   write; each value times grad_output, read on the device when given. No
+//   barrier, no shared memory.
 #include <cuda_runtime.h>
 
 #include <cstdint>
@@ -47,26 +58,11 @@ namespace {
 constexpr int kStatsThreads = 256;  // threads per stats block
 constexpr int kStatsWarps = kStatsThreads / 32;
 constexpr int kRegMaxC = 256;      // largest C of stats_kernel: 32 class lanes x 8 classes
-constexpr int kTile = 1024;        // pixels per stats_wide_kernel tile (shared memory: ~12 KiB)
-constexpr int kGradThreads = 256;  // threads (pixels) per grad block
+constexpr int kWideSmem = 48 * 1024;  // stats_wide_kernel: dynamic shared memory per block at most
+constexpr int kGradThreads = 64;   // threads per grad block, kVec pixels each (a grid of 2+ blocks per SM at 128 x 128)
 constexpr int kMaxGridY = 65535;
 constexpr int kSharedConf = 1024;  // confusion bins a stats block counts in shared memory (C <= 32)
 constexpr int kFinishThreads = kFinishMaxC;
-
-// Max and 1/sum(exp(x - max)) over the classes first..C-1 of one pixel.
-template <typename T>
-__device__ __forceinline__ void softmax_stats(const Problem& pr, int64_t n, int64_t s, T* m_out,
-                                              T* inv_out, int64_t first = 0) {
-  T m = load_x<T>(pr, n, first, s);
-  for (int64_t c = first + 1; c < pr.C; ++c) {
-    const T v = load_x<T>(pr, n, c, s);
-    m = v > m ? v : m;
-  }
-  T sum = T(0);
-  for (int64_t c = first; c < pr.C; ++c) sum += exp_t(load_x<T>(pr, n, c, s) - m);
-  *m_out = m;
-  *inv_out = T(1) / sum;
-}
 
 template <typename T>
 __device__ __forceinline__ T activate(const Problem& pr, T x, T m, T inv) {
@@ -75,44 +71,11 @@ __device__ __forceinline__ T activate(const Problem& pr, T x, T m, T inv) {
   return x;
 }
 
-template <typename T>
-__device__ __forceinline__ void dense_tv(const Problem& pr, int64_t n, int64_t c, int64_t s,
-                                         T* t, T* v) {
-  T raw;
-  load_as(pr.t, pr.t_dtype, n * pr.tsN + c * pr.tsC + s * pr.tsS, raw);
-  decode_dense(raw, pr.has_ignore, pr.ignore_value, t, v);
-}
-
-// logsumexp of x over the classes 1..C-1 of one pixel (fused term), stable.
-template <typename T>
-__device__ __forceinline__ T lse_fg(const Problem& pr, int64_t n, int64_t s) {
-  T m = T(-INFINITY), sum = T(0);
-  for (int64_t c = 1; c < pr.C; ++c) m = fmax(m, load_x<T>(pr, n, c, s));
-  m = isinf(m) ? T(0) : m;  // torch's logsumexp: all -inf gives -inf, a +inf gives +inf
-  for (int64_t c = 1; c < pr.C; ++c) sum += exp_t(load_x<T>(pr, n, c, s) - m);
-  return m + log(sum);
-}
-
 template <typename A>
 __device__ __forceinline__ A warp_sum(A v) {
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
   return v;
-}
-
-// torch.argmax over the C classes of one pixel: the first NaN, else the first maximum.
-template <typename T>
-__device__ __forceinline__ int64_t argmax_class(const Problem& pr, int64_t n, int64_t s) {
-  T best = load_x<T>(pr, n, 0, s);
-  int64_t arg = 0;
-  for (int64_t c = 1; c < pr.C && best == best; ++c) {
-    const T v = load_x<T>(pr, n, c, s);
-    if (v != v || v > best) {
-      best = v;
-      arg = c;
-    }
-  }
-  return arg;
 }
 
 using vec::kVec;
@@ -153,6 +116,101 @@ __device__ __forceinline__ bool argmax_beats(T v, int i, T u, int k) {
   return v > u || (v == u && i < k);
 }
 
+// Logits of class c for the run of kVec pixels at s (one vector load where vx).
+template <typename T>
+__device__ __forceinline__ void run_x(const Problem& pr, int64_t n, int64_t c, int64_t s, bool vx, int cnt,
+                                      T out[kVec]) {
+  vec::load4<T>(pr.x, pr.x_dtype, n * pr.xsN + c * pr.xsC + s * pr.xsS, pr.xsS, vx, cnt, out);
+}
+
+// (t, v) of class c for the run at s: from its labels' classes and validity
+// (cls, vlab) or the dense targets (one vector load where vt); 0 past cnt.
+template <typename T>
+__device__ __forceinline__ void run_tv(const Problem& pr, int64_t n, int64_t c, int64_t s, bool vt, int cnt,
+                                       const int64_t cls[kVec], const T vlab[kVec], T t[kVec], T v[kVec]) {
+  if (pr.t_is_label) {
+#pragma unroll
+    for (int i = 0; i < kVec; ++i) t[i] = cls[i] == c ? T(1) : T(0), v[i] = vlab[i];
+    return;
+  }
+  T raw[kVec];
+  vec::load4<T>(pr.t, pr.t_dtype, n * pr.tsN + c * pr.tsC + s * pr.tsS, pr.tsS, vt, cnt, raw);
+#pragma unroll
+  for (int i = 0; i < kVec; ++i) {
+    decode_dense(raw[i], pr.has_ignore, pr.ignore_value, &t[i], &v[i]);
+    t[i] = i < cnt ? t[i] : T(0);
+    v[i] = i < cnt ? v[i] : T(0);
+  }
+}
+
+// The labels of the run at s: cls (the class, -1 for none and past cnt) and
+// vlab (1 for a pixel that is not ignored, 0 past cnt); *flag = 1 (flag given)
+// for a label outside [0, C) that is not the ignore value.
+template <typename T>
+__device__ __forceinline__ void run_labels(const Problem& pr, int64_t n, int64_t s, bool vt, int cnt, int32_t* flag,
+                                           int64_t cls[kVec], T vlab[kVec]) {
+  int64_t lab[kVec];
+  vec::load4<int64_t>(pr.t, pr.t_dtype, n * pr.tsN + s * pr.tsS, pr.tsS, vt, cnt, lab);
+#pragma unroll
+  for (int i = 0; i < kVec; ++i) {
+    bool valid;
+    const int64_t y = decode_label(lab[i], pr.C, pr.label_offset, pr.has_ignore, pr.ignore_value, &valid);
+    valid = valid && i < cnt;
+    cls[i] = i < cnt ? y : int64_t(-1);
+    vlab[i] = valid ? T(1) : T(0);
+    if (flag != nullptr && valid && y < 0) *flag = 1;  // out of range, not ignore_index
+  }
+}
+
+// Over the C classes of the run at s, per pixel: pass 1 the max (fused: also
+// over the classes 1..C-1; arg: torch.argmax, the first NaN, else the first
+// maximum, into am), pass 2 (softmax) inv = 1/sum(exp(x - max)) and the
+// foreground logsumexp lfg (fused). Elsewhere m = 0, inv = 1, lfg = 0, am = 0.
+template <typename T>
+__device__ __forceinline__ void run_softmax(const Problem& pr, int64_t n, int64_t s, bool vx, int cnt, bool softmax,
+                                            bool fused, bool arg, T m[kVec], T inv[kVec], T lfg[kVec],
+                                            int64_t am[kVec]) {
+  T xr[kVec], mfg[kVec], sfg[kVec], best[kVec];
+#pragma unroll
+  for (int i = 0; i < kVec; ++i) m[i] = T(0), inv[i] = T(1), lfg[i] = T(0), mfg[i] = T(-INFINITY), am[i] = 0;
+  if (!softmax && !arg) return;
+  run_x(pr, n, 0, s, vx, cnt, m);
+#pragma unroll
+  for (int i = 0; i < kVec; ++i) best[i] = m[i];
+  for (int64_t c = 1; c < pr.C; ++c) {
+    run_x(pr, n, c, s, vx, cnt, xr);
+#pragma unroll
+    for (int i = 0; i < kVec; ++i) {
+      m[i] = xr[i] > m[i] ? xr[i] : m[i];
+      if (fused) mfg[i] = fmax(mfg[i], xr[i]);
+      if (arg && best[i] == best[i] && (xr[i] != xr[i] || xr[i] > best[i])) best[i] = xr[i], am[i] = c;
+    }
+  }
+  if (!softmax) {
+#pragma unroll
+    for (int i = 0; i < kVec; ++i) m[i] = T(0);
+    return;
+  }
+#pragma unroll
+  for (int i = 0; i < kVec; ++i) {
+    inv[i] = T(0), sfg[i] = T(0);
+    mfg[i] = isinf(mfg[i]) ? T(0) : mfg[i];  // torch's logsumexp: all -inf gives -inf, a +inf gives +inf
+  }
+  for (int64_t c = 0; c < pr.C; ++c) {
+    run_x(pr, n, c, s, vx, cnt, xr);
+#pragma unroll
+    for (int i = 0; i < kVec; ++i) {
+      inv[i] += exp_t(xr[i] - m[i]);
+      if (fused && c >= 1) sfg[i] += exp_t(xr[i] - mfg[i]);
+    }
+  }
+#pragma unroll
+  for (int i = 0; i < kVec; ++i) {
+    inv[i] = T(1) / inv[i];
+    if (fused) lfg[i] = mfg[i] + log(sfg[i]);
+  }
+}
+
 // The stats pass for C <= G * CPT (see the top of the file). lg = log2(G).
 template <typename T, typename A, int CPT>
 __global__ void stats_kernel(const Problem pr, const int64_t P, const int lg, const bool vx, const bool vt,
@@ -184,19 +242,7 @@ __global__ void stats_kernel(const Problem pr, const int64_t P, const int lg, co
       const int cnt = vec::run_count(s, e);
       int64_t cls[kVec];
       T vlab[kVec];
-      if (pr.t_is_label) {
-        int64_t lab[kVec];
-        vec::load4<int64_t>(pr.t, pr.t_dtype, n * pr.tsN + s * pr.tsS, pr.tsS, vt, cnt, lab);
-#pragma unroll
-        for (int i = 0; i < kVec; ++i) {
-          bool valid;
-          cls[i] = decode_label(lab[i], C, pr.label_offset, pr.has_ignore, pr.ignore_value, &valid);
-          valid = valid && i < cnt;
-          cls[i] = i < cnt ? cls[i] : int64_t(-1);
-          vlab[i] = valid ? T(1) : T(0);
-          if (flag != nullptr && g == 0 && valid && cls[i] < 0) *flag = 1;  // out of range, not ignore_index
-        }
-      }
+      if (pr.t_is_label) run_labels(pr, n, s, vt, cnt, g == 0 ? flag : nullptr, cls, vlab);
       T x[CPT][kVec];
 #pragma unroll
       for (int q = 0; q < CPT; ++q) {
@@ -328,95 +374,100 @@ __global__ void stats_kernel(const Problem pr, const int64_t P, const int lg, co
   conf_end(sm_conf, conf, shared_conf, C);
 }
 
+// The stats pass for C > kRegMaxC (float64: C > kRegMaxC / 2); see the top of
+// the file. sh: the warps' running sums in dynamic shared memory ([W][C][KO],
+// blockDim.x = 32 W), else (W = 1) in the block's out slot.
+// At most 128 registers (2 blocks of 256 threads per SM): without the bound
+// ptxas gives the float64 instantiation 132 on sm_90.
 template <typename T, typename A>
-__global__ void stats_wide_kernel(const Problem pr, const int64_t P, A* __restrict__ out, int32_t* __restrict__ flag,
-                             unsigned long long* __restrict__ conf) {
-  __shared__ unsigned sm_conf[kSharedConf];  // this block's confusion counts when C * C fits
-  __shared__ T sm_m[kTile];
-  __shared__ T sm_inv[kTile];
-  __shared__ T sm_v[kTile];
-  __shared__ int32_t sm_lab[kTile];
-  __shared__ T sm_h[kTile];  // fused: h = lse - lse_fg
-
+__global__ void __launch_bounds__(kStatsThreads, 2) stats_wide_kernel(const Problem pr, const int64_t P, const bool vx, const bool vt, const bool sh,
+                                  A* __restrict__ out, int32_t* __restrict__ flag,
+                                  unsigned long long* __restrict__ conf) {
+  extern __shared__ double sm_wide[];  // the warps' running sums when sh
   const int64_t C = pr.C;
   const int64_t j = blockIdx.x;
-  const int lane = threadIdx.x & 31;
-  const int warp = threadIdx.x >> 5;
-  const int nwarps = blockDim.x >> 5;
-  const bool shared_conf = conf_begin(sm_conf, conf, C);
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, W = blockDim.x >> 5;
+  const int KO = num_stats(pr);
+  const int64_t row = C * KO;
+  const int64_t tile = 32 * kVec;  // pixels of a warp tile: a run per lane
+  const bool softmax = pr.act == kSoftmax, fused = pr.xent == kXentFused, arg = conf != nullptr;
 
   for (int64_t n = blockIdx.y; n < pr.N; n += gridDim.y) {
     int64_t b, e;
-    chunk_range(pr.S, P, j, &b, &e);
-    const int KO = num_stats(pr);
-    A* __restrict__ o = out + (n * P + j) * C * KO;
-    if (b >= e) {
-      for (int64_t i = threadIdx.x; i < C * KO; i += blockDim.x) o[i] = A(0);
-      continue;
-    }
-    for (int64_t s0 = b; s0 < e; s0 += kTile) {
-      const int len = int(e - s0 < kTile ? e - s0 : kTile);
-      // phase 1: per-pixel data shared by all classes
-      for (int i = threadIdx.x; i < len; i += blockDim.x) {
-        const int64_t s = s0 + i;
-        if (pr.t_is_label) {
-          bool valid;
-          const int64_t lab = load_i64(pr.t, pr.t_dtype, n * pr.tsN + s * pr.tsS);
-          const int64_t cls = decode_label(lab, C, pr.label_offset, pr.has_ignore, pr.ignore_value, &valid);
-          sm_lab[i] = int32_t(cls);
-          sm_v[i] = valid ? T(1) : T(0);
-          if (flag != nullptr && valid && cls < 0) *flag = 1;  // out of range, not ignore_index
-          if (conf != nullptr && cls >= 0) {
-            const int64_t bin = cls * C + argmax_class<T>(pr, n, s);
-            conf_add(sm_conf, conf, shared_conf, bin);
-          }
-        }
-        if (pr.act == kSoftmax) softmax_stats<T>(pr, n, s, &sm_m[i], &sm_inv[i]);
-        if (pr.xent == kXentFused) sm_h[i] = (sm_m[i] - lse_fg<T>(pr, n, s)) - log(sm_inv[i]);
-      }
-      __syncthreads();
-      // phase 2: one warp per class
-      for (int64_t c = warp; c < C; c += nwarps) {
-        A acc[KX];
+    vec::run_chunk(pr.S, P, j, &b, &e);
+    A* __restrict__ o = out + (n * P + j) * row;
+    A* acc = sh ? reinterpret_cast<A*>(sm_wide) + warp * row : o;
+    for (int64_t c = lane; c < C; c += 32)  // class c's sums: read and written by lane c % 32 only
+      for (int k = 0; k < KO; ++k) acc[c * KO + k] = A(0);
+
+    for (int64_t s0 = b + warp * tile; s0 < e; s0 += W * tile) {  // the same trip count in every lane: shuffles
+      const int64_t s = s0 + lane * kVec;
+      const int cnt = vec::run_count(s, e);
+      int64_t cls[kVec];
+      T vlab[kVec], xr[kVec];
 #pragma unroll
-        for (int k = 0; k < KX; ++k) acc[k] = A(0);
-        for (int i = lane; i < len; i += 32) {
-          const int64_t s = s0 + i;
-          const T x = load_x<T>(pr, n, c, s);
-          const T p = pr.act == kSoftmax ? exp_t(x - sm_m[i]) * sm_inv[i]
-                                         : activate<T>(pr, x, T(0), T(1));
-          T t, v;
-          if (pr.t_is_label) {
-            v = sm_v[i];
-            t = sm_lab[i] == int32_t(c) ? T(1) : T(0);
-          } else {
-            dense_tv<T>(pr, n, c, s, &t, &v);
-          }
-          accumulate<T, A>(acc, p, t, v);
-          if (pr.xent) {  // sm_inv holds 1/sum: -log p = (max - x) - log(1/sum), torch's order
-            const T nl = (sm_m[i] - x) - log(sm_inv[i]);
+      for (int i = 0; i < kVec; ++i) cls[i] = -1, vlab[i] = i < cnt ? T(1) : T(0);
+      if (pr.t_is_label) run_labels(pr, n, s, vt, cnt, flag, cls, vlab);
+      // passes 1 and 2 over the classes: the softmax max and sum, the fused
+      // term's h = lse - lse_fg, the confusion argmax
+      T m[kVec], inv[kVec], h[kVec];
+      int64_t am[kVec];
+      run_softmax(pr, n, s, vx, cnt, softmax, fused, arg, m, inv, h, am);
+      if (fused)
+#pragma unroll
+        for (int i = 0; i < kVec; ++i) h[i] = (m[i] - h[i]) - log(inv[i]);
+      if (arg) {
+#pragma unroll
+        for (int i = 0; i < kVec; ++i)
+          if (cls[i] >= 0) atomicAdd(&conf[cls[i] * C + am[i]], 1ull);
+      }
+      // pass 3: each class's sums over the tile, reduced over the lanes with shuffles
+      for (int64_t c = 0; c < C; ++c) {
+        run_x(pr, n, c, s, vx, cnt, xr);
+        T t[kVec], v[kVec];
+        run_tv(pr, n, c, s, vt, cnt, cls, vlab, t, v);
+        A a[KX];
+#pragma unroll
+        for (int k = 0; k < KX; ++k) a[k] = A(0);
+#pragma unroll
+        for (int i = 0; i < kVec; ++i) {
+          const T p = softmax ? exp_t(xr[i] - m[i]) * inv[i] : activate<T>(pr, xr[i], T(0), T(1));
+          accumulate<T, A>(a, p, t[i], v[i]);
+          if (pr.xent) {  // inv holds 1/sum: -log p = (max - x) - log(1/sum), torch's order
+            const T nl = (m[i] - xr[i]) - log(inv[i]);
             if (pr.xent == kXentCE) {  // selects, not products: nl is inf for a -inf logit
-              acc[kS7] += t > T(0) ? t * nl : T(0);
-              acc[kS8] += v > T(0) ? v * nl : T(0);
+              a[kS7] += t[i] > T(0) ? t[i] * nl : T(0);
+              a[kS8] += v[i] > T(0) ? v[i] * nl : T(0);
             } else if (pr.xent == kXentFocal) {
-              if (t > T(0)) acc[kS7] += focal_value(p, nl, make_focal<T>(pr.gamma, -1.0));
+              if (t[i] > T(0)) a[kS7] += focal_value(p, nl, make_focal<T>(pr.gamma, -1.0));
             } else {
-              acc[kS7] += t > T(0) ? t * nl : T(0);
-              if (c >= 1 && t > T(0)) acc[kS8] += t * sm_h[i];
+              a[kS7] += t[i] > T(0) ? t[i] * nl : T(0);
+              if (c >= 1 && t[i] > T(0)) a[kS8] += t[i] * h[i];
             }
           }
         }
 #pragma unroll
-        for (int k = 0; k < KX; ++k) acc[k] = warp_sum(acc[k]);
-        if (lane == 0) {
-          A* oc = o + c * KO;
-          for (int k = 0; k < KO; ++k) oc[k] = s0 == b ? acc[k] : oc[k] + acc[k];
+        for (int k = 0; k < KX; ++k)
+          if (k < KO) a[k] = warp_sum(a[k]);
+        if (lane == (c & 31)) {
+          A* ac = acc + c * KO;
+#pragma unroll
+          for (int k = 0; k < KX; ++k)
+            if (k < KO) ac[k] += a[k];
         }
       }
-      __syncthreads();  // shared memory is rewritten by the next tile
+    }
+    if (sh) {  // the warps' sums into the block's slot, in warp order
+      __syncthreads();
+      const A* sa = reinterpret_cast<const A*>(sm_wide);
+      for (int64_t i = threadIdx.x; i < row; i += blockDim.x) {
+        A r = sa[i];
+        for (int w = 1; w < W; ++w) r += sa[w * row + i];
+        o[i] = r;
+      }
+      __syncthreads();  // the next image zeroes the warps' sums
     }
   }
-  conf_end(sm_conf, conf, shared_conf, C);
 }
 
 // ---- finish ----------------------------------------------------------------------------
@@ -590,75 +641,98 @@ __global__ void __launch_bounds__(kFinishThreads)
   }
 }
 
+// grad: a thread per run of kVec pixels (vec.cuh): every class row of the run
+// one vector load (and dx one vector store) where the rows are contiguous and
+// aligned, element accesses elsewhere. Three passes over the classes (softmax
+// max, then its sum and the fused term's foreground logsumexp; sum_k p_k a_k;
+// dx), the same math per pixel as before, in registers for the kVec pixels.
 template <typename T, typename G>
 __global__ void grad_kernel(const Problem pr, const G* __restrict__ g, void* __restrict__ dx,
-                            const int64_t dxsN, const int64_t dxsC, const int64_t dxsS, const G* __restrict__ go) {
-  const int64_t s = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+                            const int64_t dxsN, const int64_t dxsC, const int64_t dxsS, const G* __restrict__ go,
+                            const bool vx, const bool vt, const bool vd) {
+  const int64_t s = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) * kVec;
   if (s >= pr.S) return;
+  const int cnt = vec::run_count(s, pr.S);
   const int64_t C = pr.C;
   const T gout = go != nullptr ? T(*go) : T(1);  // grad_output of a scalar loss: g is dLoss/dStats at 1
+  const bool ce = pr.xent == kXentCE, fused = pr.xent == kXentFused, softmax = pr.act == kSoftmax;
+  const int KO = num_stats(pr);
   for (int64_t n = blockIdx.y; n < pr.N; n += gridDim.y) {
-    int64_t cls = -1;
-    T vlab = T(1);
+    int64_t cls[kVec];
+    T vlab[kVec], xr[kVec];
     if (pr.t_is_label) {
-      bool valid;
-      const int64_t lab = load_i64(pr.t, pr.t_dtype, n * pr.tsN + s * pr.tsS);
-      cls = decode_label(lab, C, pr.label_offset, pr.has_ignore, pr.ignore_value, &valid);
-      vlab = valid ? T(1) : T(0);
+      run_labels(pr, n, s, vt, cnt, nullptr, cls, vlab);
+    } else {
+#pragma unroll
+      for (int i = 0; i < kVec; ++i) cls[i] = -1, vlab[i] = T(1);
     }
-    T m = T(0), inv = T(1);
-    if (pr.act == kSoftmax) softmax_stats<T>(pr, n, s, &m, &inv);
-    const int KO = num_stats(pr);
+    // softmax max and 1/sum; the fused term's logsumexp over the classes 1..C-1
+    T m[kVec], inv[kVec], lfg[kVec];
+    int64_t am[kVec];
+    run_softmax(pr, n, s, vx, cnt, softmax, fused, false, m, inv, lfg, am);
     const G* gn = g + n * C * KO;
     // pixel term: dx_c += v (p_c B - b_c), b_c = [c == y] g7 + g8c + k q_c (region.h)
-    T B = T(0), g7y = T(0), k = T(0), lfg = T(0);
-    const bool ce = pr.xent == kXentCE, fused = pr.xent == kXentFused;
-    if (pr.xent && cls >= 0) {
-      g7y = T(gn[cls * KO + kS7]);
-      if (ce) {
-        B = g7y;
-        for (int64_t c = 0; c < C; ++c) B += T(gn[c * KO + kS8]);
-      } else if (pr.xent == kXentFocal) {  // b = [c == y] u, u = g7_y q(p_y)
-        const T xy = load_x<T>(pr, n, cls, s);
-        g7y *= focal_dlogp(exp_t(xy - m) * inv, (m - xy) - log(inv), make_focal<T>(pr.gamma, -1.0));
-        B = g7y;
-      } else {  // q_c = exp(x_c - lse_fg), k = [y >= 1] g8_y
-        k = cls >= 1 ? T(gn[cls * KO + kS8]) : T(0);
-        B = g7y + k;
+    T B[kVec], g7y[kVec], k[kVec], dot[kVec];
+    T B8 = T(0);
+    if (ce)
+      for (int64_t c = 0; c < C; ++c) B8 += T(gn[c * KO + kS8]);
+#pragma unroll
+    for (int i = 0; i < kVec; ++i) {
+      B[i] = g7y[i] = k[i] = T(0);
+      const int64_t y = cls[i];
+      if (pr.xent && y >= 0) {
+        g7y[i] = T(gn[y * KO + kS7]);
+        if (ce) {
+          B[i] = g7y[i] + B8;
+        } else if (pr.xent == kXentFocal) {  // b = [c == y] u, u = g7_y q(p_y)
+          const T xy = load_x<T>(pr, n, y, s + i);
+          g7y[i] *= focal_dlogp(exp_t(xy - m[i]) * inv[i], (m[i] - xy) - log(inv[i]), make_focal<T>(pr.gamma, -1.0));
+          B[i] = g7y[i];
+        } else {  // q_c = exp(x_c - lse_fg), k = [y >= 1] g8_y
+          k[i] = y >= 1 ? T(gn[y * KO + kS8]) : T(0);
+          B[i] = g7y[i] + k[i];
+        }
       }
+      // fused, every pixel (an ignored one too): q_c = exp(x_c - lfg) <= 1; q = 0/0: NaN on every class
+      if (fused && !(lfg[i] > T(-INFINITY))) B[i] = T(NAN);
+      dot[i] = -vlab[i] * B[i];
     }
-    if (fused) {  // every pixel (an ignored one too): q_c = exp(x_c - lfg) <= 1
-      lfg = lse_fg<T>(pr, n, s);
-      if (!(lfg > T(-INFINITY))) B = T(NAN);  // q = 0/0: NaN on every class, as the reference
-    }
-    T dot = -vlab * B;
-    if (pr.act == kSoftmax) {
+    T t[kVec], v[kVec], p[kVec];
+    if (softmax) {
       for (int64_t c = 0; c < C; ++c) {
-        const T p = exp_t(load_x<T>(pr, n, c, s) - m) * inv;
-        T t, v;
-        if (pr.t_is_label) { t = cls == c ? T(1) : T(0); v = vlab; }
-        else dense_tv<T>(pr, n, c, s, &t, &v);
-        dot += p * dloss_dp<T, G>(p, t, v, gn + c * KO);
+        run_x(pr, n, c, s, vx, cnt, xr);
+        run_tv(pr, n, c, s, vt, cnt, cls, vlab, t, v);
+#pragma unroll
+        for (int i = 0; i < kVec; ++i) {
+          const T pc = exp_t(xr[i] - m[i]) * inv[i];
+          dot[i] += pc * dloss_dp<T, G>(pc, t[i], v[i], gn + c * KO);
+        }
       }
     }
     for (int64_t c = 0; c < C; ++c) {
-      const T p = activate<T>(pr, load_x<T>(pr, n, c, s), m, inv);
-      T t, v;
-      if (pr.t_is_label) { t = cls == c ? T(1) : T(0); v = vlab; }
-      else dense_tv<T>(pr, n, c, s, &t, &v);
-      const T a = dloss_dp<T, G>(p, t, v, gn + c * KO);
-      T d;
-      if (pr.xent) {
-        T b = cls == c ? (ce || fused ? T(gn[c * KO + kS7]) : g7y) : T(0);
-        if (ce) b += T(gn[c * KO + kS8]);
-        if (fused && c >= 1) b += k * exp_t(load_x<T>(pr, n, c, s) - lfg);
-        d = p * (a - dot) - v * b;
-      } else if (pr.act == kSoftmax) {
-        d = p * (a - dot);
+      run_x(pr, n, c, s, vx, cnt, xr);
+      run_tv(pr, n, c, s, vt, cnt, cls, vlab, t, v);
+      const G* gc = gn + c * KO;
+      T d[kVec];
+#pragma unroll
+      for (int i = 0; i < kVec; ++i) {
+        p[i] = activate<T>(pr, xr[i], m[i], inv[i]);
+        const T a = dloss_dp<T, G>(p[i], t[i], v[i], gc);
+        if (pr.xent) {
+          T b = cls[i] == c ? (ce || fused ? T(gc[kS7]) : g7y[i]) : T(0);
+          if (ce) b += T(gc[kS8]);
+          if (fused && c >= 1) b += k[i] * exp_t(xr[i] - lfg[i]);
+          d[i] = p[i] * (a - dot[i]) - v[i] * b;
+        } else if (softmax) {
+          d[i] = p[i] * (a - dot[i]);
+        } else if (pr.act == kSigmoid) {
+          d[i] = a * p[i] * (T(1) - p[i]);
+        } else {
+          d[i] = a;
+        }
+        d[i] *= gout;
       }
-      else if (pr.act == kSigmoid) d = a * p * (T(1) - p);
-      else d = a;
-      store_as(dx, pr.x_dtype, n * dxsN + c * dxsC + s * dxsS, d * gout);
+      vec::store4<T>(dx, pr.x_dtype, n * dxsN + c * dxsC + s * dxsS, dxsS, vd, cnt, d);
     }
   }
 }
@@ -672,21 +746,33 @@ void check_launch(const char* what) {
 
 unsigned grid_y(int64_t N) { return unsigned(N < kMaxGridY ? N : kMaxGridY); }
 
+// Warps of a stats_wide_kernel block: as many as kWideSmem holds running sums
+// [C][KO] for, at most kStatsWarps; 0 when not even one fits (one warp, its
+// sums in the block's out slot).
+template <typename A>
+int wide_warps(int64_t C, int KO) {
+  const int64_t w = kWideSmem / (C * KO * int64_t(sizeof(A)));
+  return int(w < kStatsWarps ? w : kStatsWarps);
+}
+
 template <typename T, typename A>
 void launch_stats(const Problem& pr, int64_t P, A* out, cudaStream_t st, int32_t* flag, unsigned long long* conf) {
   const dim3 grid(unsigned(P), grid_y(pr.N));
   const int64_t C = pr.C;
+  const bool vx = vec::vec_ok(pr.x, pr.x_dtype, pr.xsS, pr.xsN, pr.xsC);
+  const bool vt = vec::vec_ok(pr.t, pr.t_dtype, pr.tsS, pr.tsN, pr.t_is_label ? 0 : pr.tsC);
   // float64 at 8 classes per lane would spill (255 registers): the wide kernel from 129 classes
   if (C > kRegMaxC || (sizeof(T) == 8 && C > kRegMaxC / 2)) {
-    stats_wide_kernel<T, A><<<grid, kStatsThreads, 0, st>>>(pr, P, out, flag, conf);
+    const int KO = num_stats(pr);
+    const int w = wide_warps<A>(C, KO);
+    const size_t smem = size_t(w) * size_t(C) * size_t(KO) * sizeof(A);
+    stats_wide_kernel<T, A><<<grid, 32 * (w > 0 ? w : 1), smem, st>>>(pr, P, vx, vt, w > 0, out, flag, conf);
     return;
   }
   // CPT classes per lane, G = 2^lg class lanes: the fewest classes per thread
   const int cpt = C <= 32 ? 1 : C <= 64 ? 2 : C <= 128 ? 4 : 8;
   int lg = 0;
   while ((int64_t(1) << lg) * cpt < C) ++lg;
-  const bool vx = vec::vec_ok(pr.x, pr.x_dtype, pr.xsS, pr.xsN, pr.xsC);
-  const bool vt = vec::vec_ok(pr.t, pr.t_dtype, pr.tsS, pr.tsN, pr.t_is_label ? 0 : pr.tsC);
   switch (cpt) {
     case 1: stats_kernel<T, A, 1><<<grid, kStatsThreads, 0, st>>>(pr, P, lg, vx, vt, out, flag, conf); break;
     case 2: stats_kernel<T, A, 2><<<grid, kStatsThreads, 0, st>>>(pr, P, lg, vx, vt, out, flag, conf); break;
@@ -717,16 +803,19 @@ void region_stats_cuda(const Problem& pr, int64_t P, void* out, uintptr_t stream
 void region_grad_cuda(const Problem& pr, const void* g, void* dx, int64_t dxsN, int64_t dxsC,
                       int64_t dxsS, uintptr_t stream, const void* go) {
   if (pr.N <= 0 || pr.C <= 0 || pr.S <= 0) return;
-  const int64_t blocks = (pr.S + kGradThreads - 1) / kGradThreads;
+  const int64_t blocks = (pr.S + kGradThreads * kVec - 1) / (kGradThreads * kVec);
   if (blocks > int64_t(0x7fffffff)) throw std::invalid_argument("segfast: S too large");
   const dim3 grid(unsigned(blocks), grid_y(pr.N));
   cudaStream_t st = reinterpret_cast<cudaStream_t>(stream);
+  const bool vx = vec::vec_ok(pr.x, pr.x_dtype, pr.xsS, pr.xsN, pr.xsC);
+  const bool vt = vec::vec_ok(pr.t, pr.t_dtype, pr.tsS, pr.tsN, pr.t_is_label ? 0 : pr.tsC);
+  const bool vd = vec::vec_ok(dx, pr.x_dtype, dxsS, dxsN, dxsC);
   if (pr.x_dtype == kFloat64)
     grad_kernel<double, double><<<grid, kGradThreads, 0, st>>>(
-        pr, static_cast<const double*>(g), dx, dxsN, dxsC, dxsS, static_cast<const double*>(go));
+        pr, static_cast<const double*>(g), dx, dxsN, dxsC, dxsS, static_cast<const double*>(go), vx, vt, vd);
   else
     grad_kernel<float, float><<<grid, kGradThreads, 0, st>>>(
-        pr, static_cast<const float*>(g), dx, dxsN, dxsC, dxsS, static_cast<const float*>(go));
+        pr, static_cast<const float*>(g), dx, dxsN, dxsC, dxsS, static_cast<const float*>(go), vx, vt, vd);
   check_launch("region_grad_cuda");
 }
 

@@ -53,11 +53,12 @@ SM = {
 }
 
 LOSS_FILES = ("region.cu", "pixel.cu", "metrics.cu")  # streaming loss and metrics kernels: no spills
-# Streaming loss kernels whose tile loop has no block barrier (the C > 256
-# stats kernel keeps two per tile), and those that read their rows with
-# 128-bit loads where they are contiguous and aligned (csrc/cuda/vec.cuh).
-NO_LOOP_BARRIER = ("stats_kernel", "grad_kernel", "softmax_kernel", "softmax_dense_kernel", "sigmoid_kernel")
-VECTOR_LOADS = ("stats_kernel", "softmax_kernel", "sigmoid_kernel")
+# The streaming loss kernels: no block barrier in their tile loops, and 128-bit
+# loads of their rows where they are contiguous and aligned (csrc/cuda/vec.cuh).
+STREAMING = ("stats_kernel", "stats_wide_kernel", "grad_kernel", "softmax_kernel", "softmax_dense_kernel",
+             "sigmoid_kernel")
+NO_LOOP_BARRIER = STREAMING
+VECTOR_LOADS = STREAMING
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,7 +90,7 @@ LAUNCHES = {
     "softmax_dense_kernel": Launch("pixel.cu", ("kThreads",)),
     "sigmoid_kernel": Launch("pixel.cu", ("kThreads",)),
     "stats_kernel": Launch("region.cu", ("kStatsThreads",)),
-    "stats_wide_kernel": Launch("region.cu", ("kStatsThreads",)),
+    "stats_wide_kernel": Launch("region.cu", ("kStatsThreads",), "kWideSmem"),
     "grad_kernel": Launch("region.cu", ("kGradThreads",)),
     "finish_kernel": Launch("region.cu", ("kFinishThreads",)),
 }
@@ -120,11 +121,28 @@ def sass_counts(text: str) -> dict:
     LDG / STG, BAR.SYNC in all and ``bar_loop``, those inside a loop nested in
     another (a span from a branch target to a later branch back to it): the
     kernels loop over images outermost (n += gridDim.y), so a barrier inside
-    any loop within that one runs per tile, not once per image."""
+    any loop within that one runs per tile, not once per image. The jump
+    back from a ``BRA.DIV`` handler (the out-of-line code a warp collective
+    runs when the warp may have diverged, ended by its first unconditional
+    BRA) resumes the body after the collective: not a loop."""
     ins = [(int(a, 16), op) for a, op in _SASS_LINE.findall(text)]
+    target = re.compile(r"\bBRA(?:\.\w+)*\s+(?:~?U?RZ,\s*)?(?:`\(\.L_x_\d+\)|0x([0-9a-f]+))")
+    handlers = set()
+    for addr, op in ins:
+        m = target.search(op)
+        if "BRA.DIV" in op and m and m.group(1) is not None:
+            handlers.add(int(m.group(1), 16))
+    resumes = set()
+    for start in handlers:
+        for addr, op in ins:
+            if addr >= start and re.match(r"BRA\s", op):  # unpredicated
+                resumes.add(addr)
+                break
     spans = []
     for addr, op in ins:
-        m = re.search(r"\bBRA(?:\.\w+)*\s+(?:`\(\.L_x_\d+\)|0x([0-9a-f]+))", op)
+        m = target.search(op)
+        if "BRA.DIV" in op or addr in resumes:
+            continue
         if m and m.group(1) is not None and int(m.group(1), 16) <= addr:
             spans.append((int(m.group(1), 16), addr))
     bars = [addr for addr, op in ins if re.match(r"(?:@!?U?P\w+\s+)?BAR\.SYNC", op)]

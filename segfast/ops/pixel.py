@@ -21,6 +21,7 @@ to the ignore value counts nowhere, and the counts (NORM_COUNT) are pixels.
 # torch.library.custom_op infers the op schemas from annotations: they stay real
 # types (no `from __future__ import annotations`, whose strings torch 2.4 cannot
 # read; typing.List, as list[float] is unsupported before torch 2.7).
+import collections
 import weakref
 from typing import Optional
 
@@ -288,20 +289,36 @@ pixel_loss_op.register_autograd(_scale_saved_grad, setup_context=_setup_onepass)
 pixel_loss_map_op.register_autograd(_backward_map_ext, setup_context=_setup_map)
 
 
-_CUDA_COUNTERS: dict = {}
+# Ticket counters of the cuda backend's in-kernel reductions, by (device,
+# stream): two reduced losses running at once on two streams of a device must
+# not share one. A small LRU cache: a counter dropped from it is freed in its stream's
+# order (the caching allocator), and a new one starts at zero.
+_COUNTERS: collections.OrderedDict = collections.OrderedDict()
+_MAX_COUNTERS = 64
+
+
+def _counter_stream(device: torch.device) -> int:
+    """The stream a launch on ``device`` runs on (the current one; 0 on the CPU emulator)."""
+    return backends.cuda_stream(device) if device.type == "cuda" else 0
 
 
 def _cuda_counter(device: torch.device) -> Tensor:
-    """The ticket counter of the cuda backend's reduced pixel losses: one per
-    device, zero between launches (the kernel's last block resets it); a fresh
-    zero under torch.compile, whose graphs must not capture a lazily made global."""
+    """The ticket counter of the cuda backend's reduced pixel losses for
+    launches on ``device``'s current stream: int32 [1], zero between launches
+    (each launch's last block resets it); a fresh zero under torch.compile,
+    whose graphs must not capture a lazily made global."""
     if torch.compiler.is_compiling():
         return torch.zeros(1, dtype=torch.int32, device=device)
-    counter = _CUDA_COUNTERS.get(device)
-    if counter is None:
-        counter = torch.zeros(1, dtype=torch.int32, device=device)
-        if type(counter) is torch.Tensor:  # not a traced or fake tensor
-            _CUDA_COUNTERS[device] = counter
+    key = (device, _counter_stream(device))
+    counter = _COUNTERS.get(key)
+    if counter is not None:
+        _COUNTERS.move_to_end(key)
+        return counter
+    counter = torch.zeros(1, dtype=torch.int32, device=device)
+    if type(counter) is torch.Tensor:  # not a traced or fake tensor
+        _COUNTERS[key] = counter
+        while len(_COUNTERS) > _MAX_COUNTERS:
+            _COUNTERS.popitem(last=False)
     return counter
 
 
