@@ -832,7 +832,8 @@ def covering_set(launches: Iterable[Launch], tiles: Iterable = (), max_configs: 
                                           for la in ks.covering(cap, seed=launches)]))
 
 
-def full_jobs(launches: Iterable[Launch], archs=ARCHS, space: str = "cover", tiles: Iterable = ()) -> list:
+def full_jobs(launches: Iterable[Launch], archs=ARCHS, space: str = "cover", tiles: Iterable = (),
+              max_configs: Optional[int] = None) -> list:
     """The ``div16`` jobs of ``space``: "recorded" (the launches as given),
     "cover" (``covering_set``) or "space" (every launch of the configuration
     space, ``config_space``); and the generic ``plain`` variant of the first
@@ -841,7 +842,7 @@ def full_jobs(launches: Iterable[Launch], archs=ARCHS, space: str = "cover", til
     if space == "space":
         every = [la for ks in config_space(launches, tiles) for la in ks.launches]
     elif space == "cover":
-        every = covering_set(launches, tiles)
+        every = covering_set(launches, tiles, max_configs)
     elif space == "recorded":
         every = launches
     else:
