@@ -32,13 +32,17 @@ closes that gap in three steps:
    widths (PTX ``ld.global.v4`` ..., SASS ``LDG.E.128`` ...) and the barrier
    count (``bar.sync``).
 
-``config_space(launches)`` derives from the recorded launches every launch
+``record_tiles()`` runs the tile sweep (``triton_workload.run_tiles``: every
+class count that changes a launcher's tile function x every dtype, kernels
+not run) and ``tile_groups`` reads off it what each launcher derives
+together (its tile constexprs and num_warps, with the argument dtypes they
+follow). ``config_space(launches, tiles)`` derives from both every launch
 the dispatch code can make (``KernelSpace``: its size, its configurations),
-and ``covering_set(launches)`` the recorded launches plus a covering set of
-that space (every configuration, or every pair of configuration values for a
-kernel with more than 200 configurations, and every argument dtype / None
-tuple with every value of every other factor, within the pairs of values
-that the recorded launches showed together): what the slow tier compiles.
+and ``covering_set(launches, tiles)`` the recorded launches plus a covering
+set of that space (every configuration of every kernel, and every argument
+dtype / None tuple with every value of every other factor, within the pairs
+of values that the recorded launches showed together): what the slow tier
+compiles.
 
 ``failures(rows)`` lists what must not ship: a compile error, shared memory
 over the target's per-block limit, any spill (ptxas's spill stores, or local
@@ -207,6 +211,114 @@ def record_launches(run_fn: Callable[[], None]) -> list:
     return list(seen)
 
 
+def record_tiles(run_fn: Optional[Callable] = None) -> list:
+    """Run the tile sweep (``triton_workload.run_tiles``, or ``run_fn(tag)``)
+    with the kernels not run -> [(key, ordinal, Launch)]: the case key the
+    sweep tagged, and which launch of that kernel function within the case
+    it is (the forward and backward launches of one kernel differ in role,
+    not in tile)."""
+    from . import triton_workload
+    out, state = [], {"key": None, "n": {}}
+
+    def tag(key):
+        state.update(key=key, n={})
+
+    def record(fn, args, kwargs):
+        kwargs.pop("grid", None)
+        la = describe_launch(fn, args, kwargs)
+        n = state["n"][la.kernel] = state["n"].get(la.kernel, -1) + 1
+        out.append((state["key"], n, la))
+
+    import torch
+    assert_async = torch._assert_async
+    torch._assert_async = lambda *a, **k: None  # device-side checks read outputs no kernel wrote
+    try:
+        with _hook(record, run=False):
+            (run_fn or triton_workload.run_tiles)(tag)
+    finally:
+        torch._assert_async = assert_async
+    return out
+
+
+def tile_groups(tiles: Iterable, launches: Iterable = ()) -> dict:
+    """-> {(module, kernel): (keys, positions, roles)}: what each launcher derives
+    from the class count, the dtypes and the chunk count, read off the tile
+    sweep (``record_tiles``).
+
+    keys: the constexprs / launch options that change within one case
+    family (same family, form and launch ordinal), but for a key that only
+    changes where the case takes another path (other kernels launched) and
+    that ``launches`` (the workload) show changing at one tile too: a choice
+    of the op, not of the tile (a grad_output flag). positions: the tensor
+    arguments whose dtype alone (with the arguments whose dtype always
+    follows it) changes the tile at one class count. roles: {key: {value:
+    tiles}} for a key that changes between the launches of one case (forward
+    and backward) and changes the tiles launched with it: a value the sweep
+    showed keeps to its tiles."""
+    tiles = list(tiles)
+    seq = {}
+    for key, _, la in tiles:  # the kernels each case launched, in order
+        seq.setdefault(key, []).append(la.kernel)
+    by = {}
+    for key, n, la in tiles:
+        by.setdefault((la.module, la.kernel), []).append((key, n, la))
+    recorded = {}
+    for la in launches:
+        recorded.setdefault((la.module, la.kernel), []).append(la)
+    out = {}
+    for kern, entries in by.items():
+        las = [la for _, _, la in entries]
+
+        def varying(group_key):
+            cases = {}
+            for key, n, la in entries:
+                cases.setdefault(group_key(key, n), []).append(la)
+            return [k for k in _config_keys(las)
+                    if any(len({_key_value(la, k) for la in case}) > 1 for case in cases.values())]
+        tkeys = varying(lambda key, n: (key[:2], n))
+        if not tkeys:
+            continue
+        inner = varying(lambda key, n: (key[:2], tuple(seq[key]), n))
+        apos = [p for p in range(len(las[0].args)) if las[0].args[p][0] in ("T", "N")]
+        ties = {p: c for c in _components(apos, lambda p, q: _tied(las, p, q)) for p in c}
+        drivers = set()
+        by_c = {}
+        for key, n, la in entries:
+            by_c.setdefault((key[:2], n, key[2]), []).append(la)
+        for group in by_c.values():
+            for a, b in itertools.combinations(group, 2):
+                diff = {p for p in apos if a.args[p] != b.args[p]}
+                if diff and any(_key_value(a, k) != _key_value(b, k) for k in tkeys):
+                    tie = ties[next(iter(diff))]
+                    if diff <= set(tie):
+                        drivers.update(tie)
+        every = las + recorded.get(kern, [])
+        for k in [k for k in tkeys if k not in inner]:
+            rest = [q for q in tkeys if q != k] + [("A", p) for p in sorted(drivers)]
+            vals = {}
+            for la in every:
+                vals.setdefault(tuple(_key_value(la, q) for q in rest), set()).add(_key_value(la, k))
+            if any(len(v) > 1 for v in vals.values()):
+                tkeys.remove(k)
+        # a key that changes between the launches of one case (forward and
+        # backward: a role) and with it the tile: each value keeps the tiles
+        # the sweep launched with it (a class count unrolled only without dx)
+        roles = {}
+        for key, _, la in entries:
+            roles.setdefault(key, []).append(la)
+        restrict = {}
+        for k in _config_keys(las):
+            if k in tkeys or not any(len({_key_value(la, k) for la in case}) > 1 for case in roles.values()):
+                continue
+            seen = {}
+            for la in las:
+                seen.setdefault(_key_value(la, k), set()).add(tuple(_key_value(la, q) for q in tkeys))
+            if len({frozenset(v) for v in seen.values()}) > 1:
+                restrict[k] = seen
+        out[kern] = (tkeys, sorted(drivers), restrict)
+    return out
+
+
 def kernel_functions() -> list:
     """(module, name) of every Triton kernel of segfast.triton_kernels (jit
     objects whose name ends in ``_kernel``)."""
@@ -264,18 +376,41 @@ def _components(keys: list, linked) -> list:
     return list(comps.values())
 
 
+def _key_value(la: Launch, key):
+    """A launch's value of a configuration key: ("C", i) a constexpr, ("O",
+    name) a launch option (None when not given), ("A", i) an argument as
+    described (a tile group's dtype)."""
+    if key[0] == "C":
+        return la.args[key[1]][1]
+    if key[0] == "A":
+        return la.args[key[1]]
+    return dict(la.options).get(key[1], None)
+
+
+def _config_keys(las: list) -> list:
+    return ([("C", i) for i, a in enumerate(las[0].args) if a[0] == "C"]
+            + [("O", n) for n in sorted({o[0] for la in las for o in la.options})])
+
+
+def _tied(las: list, p: int, q: int) -> bool:
+    """Arguments p and q determine each other (the gradient has the input's dtype)."""
+    pairs = {(la.args[p], la.args[q]) for la in las}
+    return len({a for a, _ in pairs}) == len(pairs) == len({b for _, b in pairs}) and len(pairs) >= 2
+
+
 @dataclasses.dataclass
 class KernelSpace:
     """The configuration space of one kernel function, derived from its
-    recorded launches (see ``config_space``): the cross product of the
-    configuration groups' recorded tuples, and per configuration the cross
-    product of the argument groups' tuples that it allows. ``launches``
-    enumerates it, ``size`` counts it, ``covering`` picks the covering set."""
+    recorded launches (see ``config_space``): the configuration groups'
+    recorded tuples crossed, and per configuration the argument groups'
+    tuples that it allows, keeping to pairs of values a recorded launch
+    showed together (``consistent``). ``launches`` enumerates it, ``size``
+    counts it, ``covering`` picks the covering set."""
 
     module: str
     kernel: str
-    config_groups: list   # [[key, ...], ...]: keys ("C", index) constexpr / ("O", name) option
-    arg_groups: list      # [[position, ...], ...] of the non-constexpr arguments
+    config_groups: list   # [[key, ...], ...]: keys ("C", i) constexpr / ("O", name) option / ("A", i) argument
+    arg_groups: list      # [[position, ...], ...] of the non-constexpr arguments outside the tile group
     couplings: dict       # position -> [key, ...] whose value fixes the argument's class
     nargs: int = 0
     config_values: list = dataclasses.field(default_factory=list)  # per config group: recorded tuples
@@ -283,25 +418,85 @@ class KernelSpace:
     allowed: dict = dataclasses.field(default_factory=dict)        # (position, key, value) -> classes
     scalar_pos: list = dataclasses.field(default_factory=list)
     scalars: dict = dataclasses.field(default_factory=dict)        # config key -> scalar descriptions
-    recorded: list = dataclasses.field(default_factory=list)       # the recorded launches
+    recorded: list = dataclasses.field(default_factory=list)       # the launches it was derived from
+    tile: Optional[int] = None  # index of the tile group (``tile_groups``), if any
+    restrict: dict = dataclasses.field(default_factory=dict)  # role key -> value -> the tiles it takes
+
+    def _pinned_ok(self, cfg: dict) -> bool:
+        """The argument dtypes the tile group pins have classes that the
+        configuration's coupled keys allow (labels with T_IS_LABEL, ...)."""
+        for k, v in cfg.items():
+            if k[0] == "A":
+                for c in self.couplings.get(k[1], ()):
+                    if c in cfg and arg_class(v) not in self.allowed.get((k[1], c, cfg[c]), ()):
+                        return False
+        if self.restrict:
+            tkeys = [k for k in self.config_groups[self.tile] if k[0] != "A"]
+            if all(k in cfg for k in tkeys):
+                tile = tuple(cfg[k] for k in tkeys)
+                for k, by_value in self.restrict.items():
+                    if k in cfg and cfg[k] in by_value and tile not in by_value[cfg[k]]:
+                        return False
+        return True
+
+    def _cfg(self, combo) -> dict:
+        return {k: v for g, t in zip(self.config_groups, combo) for k, v in zip(g, t)}
+
+    def _gg_ok(self, k, w, m, x) -> bool:
+        """Values w, x of configuration groups k, m may combine: seen together
+        in a recorded launch, or (the tile group, derived from the launcher)
+        its pinned dtypes allowed by the other's coupled keys."""
+        if self.tile in (k, m):
+            return self._pinned_ok({**dict(zip(self.config_groups[k], w)), **dict(zip(self.config_groups[m], x))})
+        pair = (("G", k, w), ("G", m, x)) if k < m else (("G", m, x), ("G", k, w))
+        return pair in self.seen()
+
+    def combos(self):
+        """Every consistent configuration as a tuple of group values."""
+        ng = len(self.config_groups)
+        for combo in itertools.product(*self.config_values):
+            if all(self._gg_ok(k, combo[k], m, combo[m]) for k, m in itertools.combinations(range(ng), 2)) \
+                    and self._pinned_ok(self._cfg(combo)):
+                yield combo
 
     def configs(self):
         """Every configuration: {key: value}."""
-        for combo in itertools.product(*self.config_values):
-            yield {k: v for g, t in zip(self.config_groups, combo) for k, v in zip(g, t)}
+        for combo in self.combos():
+            yield self._cfg(combo)
 
-    def choices(self, cfg: dict) -> list:
-        """Per argument group, the recorded tuples that ``cfg`` allows."""
+    def _ga_ok(self, k, w, i, t) -> bool:
+        return k == self.tile or (("G", k, w), ("a", i, tuple(arg_class(d) for d in t))) in self.seen()
+
+    def _aa_ok(self, i, t, j, u) -> bool:
+        a, b = (("a", i, tuple(arg_class(d) for d in t)), ("a", j, tuple(arg_class(d) for d in u)))
+        return ((a, b) if i < j else (b, a)) in self.seen()
+
+    def choices(self, cfg: dict, combo=None) -> list:
+        """Per argument group, the recorded tuples that ``cfg`` allows (its
+        couplings; with ``combo``, its group values: the pairs seen)."""
         def ok(p, d):
             return all(arg_class(d) in self.allowed.get((p, k, cfg[k]), ()) for k in self.couplings.get(p, ()))
-        return [[t for t in vals if all(ok(p, d) for p, d in zip(g, t))]
-                for g, vals in zip(self.arg_groups, self.arg_values)]
+        out = [[t for t in vals if all(ok(p, d) for p, d in zip(g, t))]
+               for g, vals in zip(self.arg_groups, self.arg_values)]
+        if combo is not None:
+            out = [[t for t in c if all(self._ga_ok(k, w, i, t) for k, w in enumerate(combo))]
+                   for i, c in enumerate(out)]
+        return out
+
+    def _argcs(self, combo):
+        """The consistent argument tuples of one configuration."""
+        ch = self.choices(self._cfg(combo), combo)
+        for argc in itertools.product(*ch):
+            if all(self._aa_ok(i, argc[i], j, argc[j]) for i, j in itertools.combinations(range(len(argc)), 2)):
+                yield argc
 
     def make(self, cfg: dict, argc) -> Launch:
         args = [None] * self.nargs
         for k, v in cfg.items():
             if k[0] == "C":
                 args[k[1]] = ("C", v)
+            elif k[0] == "A":
+                args[k[1]] = v
         for g, t in zip(self.arg_groups, argc):
             for p, d in zip(g, t):
                 args[p] = d
@@ -314,14 +509,15 @@ class KernelSpace:
 
     @property
     def launches(self) -> list:
-        """Every launch of the space (can be large: see ``size``)."""
-        return [self.make(cfg, argc) for cfg in self.configs() for argc in itertools.product(*self.choices(cfg))]
+        """Every launch of the space (see ``size``)."""
+        return [self.make(self._cfg(combo), argc) for combo in self.combos() for argc in self._argcs(combo)]
 
     def size(self) -> int:
-        return sum(math.prod(len(c) for c in self.choices(cfg)) for cfg in self.configs())
+        return sum(1 for combo in self.combos() for _ in self._argcs(combo))
 
     def num_configs(self) -> int:
-        return math.prod(len(v) for v in self.config_values)
+        """Distinct launch configurations (constexpr values and options) of the space."""
+        return len({tuple((k, v) for k, v in self._cfg(c).items() if k[0] != "A") for c in self.combos()})
 
     def recorded_configs(self) -> int:
         return len({_config(la) for la in self.recorded})
@@ -330,9 +526,7 @@ class KernelSpace:
         """A launch's factor values: configuration groups' value tuples, and
         the argument groups' classes (``arg_class``: None, int / float / bool
         tensor, scalar kind), the level at which pairs must have been seen."""
-        opts = dict(la.options)
-        out = [("G", n, tuple(la.args[k[1]][1] if k[0] == "C" else opts.get(k[1]) for k in g))
-               for n, g in enumerate(self.config_groups)]
+        out = [("G", n, tuple(_key_value(la, k) for k in g)) for n, g in enumerate(self.config_groups)]
         return out + [("a", n, tuple(arg_class(la.args[p]) for p in g)) for n, g in enumerate(self.arg_groups)]
 
     def seen(self) -> set:
@@ -343,52 +537,52 @@ class KernelSpace:
 
     def consistent(self, la: Launch) -> bool:
         """Every pair of its factor values (configuration values, argument
-        classes) was seen together in a recorded launch."""
+        classes) was seen together in a recorded launch, but for the tile
+        group's (derived from the launcher, free of the other choices: its
+        dtypes need only be ones the coupled keys allow)."""
         seen = self.seen()
-        return all(pair in seen for pair in itertools.combinations(self._factors(la), 2))
+        pairs = [(a, b) for a, b in itertools.combinations(self._factors(la), 2)
+                 if self.tile is None or ("G", self.tile) not in (a[:2], b[:2])]
+        cfg = {k: _key_value(la, k) for g in self.config_groups for k in g}
+        return all(pair in seen for pair in pairs) and self._pinned_ok(cfg)
 
-    def covering(self, max_configs: int = 200) -> list:
+    def covering(self, max_configs: int = 200, seed: Iterable[Launch] = ()) -> list:
         """A covering subset of ``launches`` (greedy, AETG-like). The factors
         are the configuration groups (constexpr values and launch options
         that vary together) and the argument groups (dtypes, None).
 
-        * Every configuration (that is ``consistent``, below) once at least
-          when the kernel has at most ``max_configs``; beyond that every pair
-          of two configuration groups' values (the configurations' product
-          is then too large to compile: ``num_configs``).
+        * Every configuration once at least when the kernel has at most
+          ``max_configs`` (``covering_set``: always); beyond that every pair
+          of two configuration groups' values (the tile group's by its
+          dtypes).
+        * ``seed``: launches compiled anyway (the recorded ones), taken first;
+          what they cover is not asked again.
         * Every pair of factor values that some launch of the space combines
           (two argument groups' tuples, an argument group's tuple and a
-          configuration group's tuple), so every argument tuple (each dtype
-          class an argument takes, None) is compiled, with every value of
-          every other factor.
+          configuration group's tuple; the tile group's dtypes with every
+          other group's value), so every argument tuple (each dtype class an
+          argument takes, None) is compiled, with every value of every other
+          factor.
 
         Each launch takes, factor by factor, the value that covers the most
         pairs not yet covered; leftover pairs get launches of their own.
 
         Every launch is ``consistent``: two configuration values, or an
         argument class and a configuration value or another argument's class,
-        combine only if a recorded launch combined them (the derivation
+        combine only if a recorded launch combined them, but for the tile
+        group's, which come from the launcher (the derivation
         cannot tell a choice the workload did not reach from one the
         dispatch never makes: a compound loss term under a sigmoid, a
         normaliser left None where the kernel reads it). Dtypes within a
         class cross freely."""
         ng, na = len(self.config_groups), len(self.arg_groups)
         full = self.num_configs() <= max_configs
-        seen = self.seen()
-
-        def acls(i, t):
-            return ("a", i, tuple(arg_class(d) for d in t))
-
-        def ok_gg(k, w, m, x):
-            return ((("G", k, w), ("G", m, x)) if k < m else (("G", m, x), ("G", k, w))) in seen
-
-        def ok_aa(i, t, j, u):
-            return ((acls(i, t), acls(j, u)) if i < j else (acls(j, u), acls(i, t))) in seen
+        ok_gg, ok_aa = self._gg_ok, self._aa_ok
 
         def fits(k, w, fixed):
             """Value w of configuration group k allows the argument tuples ``fixed`` ({group: tuple})."""
             for i, t in fixed.items():
-                if (("G", k, w), acls(i, t)) not in seen:
+                if not self._ga_ok(k, w, i, t):
                     return False
                 for p, d in zip(self.arg_groups[i], t):
                     for key in self.couplings.get(p, ()):
@@ -398,8 +592,16 @@ class KernelSpace:
                                 return False
             return True
 
+        tile_a = [n for n, key in enumerate(self.config_groups[self.tile]) if key[0] == "A"] \
+            if self.tile is not None else []
+
+        def fac(k, w):
+            """The factor value that pairs must cover: the tile group's by its
+            dtypes (each of its configurations is compiled anyway)."""
+            return ("D", k, tuple(w[n] for n in tile_a)) if k == self.tile and tile_a else ("G", k, w)
+
         def gpair(k, w, m, x):
-            return (("G", k, w), ("G", m, x)) if k < m else (("G", m, x), ("G", k, w))
+            return (fac(k, w), fac(m, x)) if k < m else (fac(m, x), fac(k, w))
 
         def apair(i, v, j, u):
             return (("A", i, v), ("A", j, u)) if i < j else (("A", j, u), ("A", i, v))
@@ -408,7 +610,7 @@ class KernelSpace:
         need = set()
         for i in range(na):
             for v in self.arg_values[i]:
-                need.update((("A", i, v), ("G", k, w)) for k in range(ng) for w in cv_all[k] if fits(k, w, {i: v}))
+                need.update((("A", i, v), fac(k, w)) for k in range(ng) for w in cv_all[k] if fits(k, w, {i: v}))
                 for j in range(i + 1, na):
                     need.update((("A", i, v), ("A", j, u)) for u in self.arg_values[j]
                                 if ok_aa(i, v, j, u)
@@ -416,27 +618,34 @@ class KernelSpace:
         if not full:
             need.update(gpair(k, w, m, x) for k in range(ng) for m in range(k + 1, ng) for w in cv_all[k]
                         for x in cv_all[m] if ok_gg(k, w, m, x))
+        elif tile_a:  # the tile group's dtypes with every value of every other group
+            need.update(gpair(self.tile, w, m, x) for m in range(ng) if m != self.tile
+                        for w in cv_all[self.tile] for x in cv_all[m] if ok_gg(self.tile, w, m, x))
 
         def gain(new, chosen_g, chosen_a):
             kind, n, val = new
             g = sum(gpair(n, val, m, x) in need for m, x in chosen_g.items() if m != n) if kind == "G" else 0
             if kind == "G":
-                return g + sum((("A", i, v), ("G", n, val)) in need for i, v in chosen_a.items())
-            return (sum((("A", n, val), ("G", m, x)) in need for m, x in chosen_g.items())
+                return g + sum((("A", i, v), fac(n, val)) in need for i, v in chosen_a.items())
+            return (sum((("A", n, val), fac(m, x)) in need for m, x in chosen_g.items())
                     + sum(apair(n, val, i, v) in need for i, v in chosen_a.items() if i != n))
 
         out = []
 
-        def add(chosen_g, chosen_a):
-            """Complete a launch greedily: configuration groups, then argument groups."""
+        def add(chosen_g, chosen_a, dtypes=None):
+            """Complete a launch greedily: configuration groups (the tile
+            group's with ``dtypes``, if given), then argument groups."""
             for k in range(ng):
                 if k not in chosen_g:
                     cands = [w for w in cv_all[k] if fits(k, w, chosen_a)
+                             and (dtypes is None or fac(k, w) == dtypes or k != self.tile)
                              and all(ok_gg(k, w, m, x) for m, x in chosen_g.items())]
                     if not cands:
                         return False
                     chosen_g[k] = max(cands, key=lambda w: gain(("G", k, w), chosen_g, chosen_a))
             cfg = {key: v for k, t in chosen_g.items() for key, v in zip(self.config_groups[k], t)}
+            if not self._pinned_ok(cfg):
+                return False
             ch = [[t for t in c if all(fits(k, w, {i: t}) for k, w in chosen_g.items())]
                   for i, c in enumerate(self.choices(cfg))]
             for i in sorted(range(na), key=lambda i: len(ch[i])):
@@ -447,25 +656,35 @@ class KernelSpace:
                     chosen_a[i] = max(cands, key=lambda v: gain(("A", i, v), chosen_g, chosen_a))
                 elif chosen_a[i] not in ch[i]:
                     return False
-            cv = [chosen_g[k] for k in range(ng)]
-            argc = [chosen_a[i] for i in range(na)]
-            need.difference_update(gpair(k, cv[k], m, cv[m]) for k in range(ng) for m in range(k + 1, ng))
-            for i, v in enumerate(argc):
-                need.difference_update((("A", i, v), ("G", k, w)) for k, w in enumerate(cv))
-                need.difference_update(apair(i, v, j, u) for j, u in enumerate(argc) if j > i)
-            out.append(self.make(cfg, argc))
+            commit([chosen_g[k] for k in range(ng)], [chosen_a[i] for i in range(na)])
             return True
 
-        if full:
-            for combo in itertools.product(*cv_all):
-                if all(ok_gg(k, combo[k], m, combo[m]) for k in range(ng) for m in range(k + 1, ng)):
+        done = set()  # configurations taken
+
+        def commit(cv, argc, la=None):
+            need.difference_update(gpair(k, cv[k], m, cv[m]) for k in range(ng) for m in range(k + 1, ng))
+            for i, v in enumerate(argc):
+                need.difference_update((("A", i, v), fac(k, w)) for k, w in enumerate(cv))
+                need.difference_update(apair(i, v, j, u) for j, u in enumerate(argc) if j > i)
+            cfg = self._cfg(cv)
+            done.add(tuple((k, v) for k, v in cfg.items() if k[0] != "A"))
+            out.append(la or self.make(cfg, argc))
+
+        for la in seed:  # launches compiled anyway: what they cover is not asked again
+            if (la.module, la.kernel) == (self.module, self.kernel) and self.consistent(la):
+                commit([tuple(_key_value(la, k) for k in g) for g in self.config_groups],
+                       [tuple(la.args[p] for p in g) for g in self.arg_groups], la)
+        if full:  # every configuration once (the tile group's dtypes: by the pairs below)
+            for combo in self.combos():
+                if tuple((k, v) for k, v in self._cfg(combo).items() if k[0] != "A") not in done:
                     add(dict(enumerate(combo)), {})
         for a, b in sorted(need, key=repr):  # leftover pairs, in a fixed order
             if (a, b) not in need:
                 continue
             chosen_g = {t[1]: t[2] for t in (a, b) if t[0] == "G"}
             chosen_a = {t[1]: t[2] for t in (a, b) if t[0] == "A"}
-            if not add(chosen_g, chosen_a):
+            dtypes = next((t for t in (a, b) if t[0] == "D"), None)
+            if not add(chosen_g, chosen_a, dtypes):
                 need.discard((a, b))  # no launch of the space has it
         return list(dict.fromkeys(out))
 
@@ -474,55 +693,67 @@ def _config(la: Launch) -> tuple:
     return tuple(a for a in la.args if a[0] == "C") + la.options
 
 
-def config_space(launches: Iterable[Launch]) -> list:
+def config_space(launches: Iterable[Launch], tiles: Iterable = ()) -> list:
     """Every launch the dispatch code can make, per kernel function, from the
-    launches it was seen to make -> [KernelSpace].
+    launches it was seen to make and the tile sweep (``record_tiles``)
+    -> [KernelSpace].
 
     The launch configuration (constexpr values and launch options) and the
     non-constexpr arguments (tensor dtypes, None, scalar kinds) are taken
-    apart into independent parts whose cross product is the space:
+    apart into parts whose cross product, kept to consistent pairs, is the
+    space:
 
-    * two configuration keys are dependent when the values of one split the
-      values seen with the other into disjoint sets (``BLOCK_S`` follows
-      ``BLOCK_C``, a label flag follows the loss form); dependent keys form a
-      group whose recorded value tuples are kept as they are; the groups are
-      crossed. A key that was seen with overlapping values of another
-      (every loss form at some common class tile) is independent of it.
+    * the tile group (``tile_groups``): the keys a launcher derives from the
+      class count, the dtypes and the chunk count, with the dtypes of the
+      arguments it reads them from; its tuples are the ones the launcher made
+      in the sweep and the workload (every class count that changes a tile x
+      every dtype), so the tile keys are never crossed with each other;
+    * two other configuration keys are dependent when the values of one split
+      the values seen with the other into disjoint sets (a label flag follows
+      the loss form); dependent keys form a group whose recorded value
+      tuples are kept as they are; the groups are crossed. A key that was
+      seen with overlapping values of another (every loss form at some common
+      class tile) is independent of it.
     * an argument's class (``arg_class``) is coupled to a configuration key
-      when the key's values split the classes seen at that position into
-      disjoint sets (a label-or-dense flag, a has-weight flag against None);
-      a configuration then allows at that position the recorded values whose
-      class it was seen with.
+      (not a tile key) when the key's values split the classes seen at that
+      position into disjoint sets (a label-or-dense flag, a has-weight flag
+      against None); a configuration then allows at that position the
+      recorded values whose class it was seen with.
     * two arguments whose recorded values determine each other (the
       gradient has the input's dtype) form a group of recorded value tuples;
       the groups are crossed.
+    * two values of two groups other than the tile group (configuration
+      values, argument classes) combine only as some launch combined them
+      (``KernelSpace.consistent``).
     """
+    tiles = list(tiles)
+    launches = list(launches)
+    tgroups = tile_groups(tiles, launches)
+    swept = {}
+    for _, _, la in tiles:
+        swept.setdefault((la.module, la.kernel), []).append(la)
     by_kernel = {}
     for la in launches:
         by_kernel.setdefault((la.module, la.kernel), []).append(la)
     out = []
-    for (module, kernel), las in by_kernel.items():
+    for (module, kernel), recorded in by_kernel.items():
+        las = list(dict.fromkeys(recorded + swept.get((module, kernel), [])))
         nargs = len(las[0].args)
-        cpos = [i for i in range(nargs) if las[0].args[i][0] == "C"]
+        tkeys, drivers, restrict = tgroups.get((module, kernel), ([], [], {}))
+        keys = [k for k in _config_keys(las) if k not in tkeys]
         apos = [i for i in range(nargs) if las[0].args[i][0] != "C"]
-        keys = [("C", i) for i in cpos] + [("O", n) for n in sorted({o[0] for la in las for o in la.options})]
-
-        def val(la, key):
-            if key[0] == "C":
-                return la.args[key[1]][1]
-            return dict(la.options).get(key[1], None)
 
         def dep(a, b):
-            pairs = [(val(la, a), val(la, b)) for la in las]
+            pairs = [(_key_value(la, a), _key_value(la, b)) for la in las]
             return _partitions(pairs) or _partitions([(y, x) for x, y in pairs])
         cgroups = _components(keys, dep)
+        tile = None
+        if tkeys:
+            tile = len(cgroups)
+            cgroups.append(tkeys + [("A", p) for p in drivers])
         couplings = {}
         for p in apos:
-            couplings[p] = [k for k in keys if _partitions([(val(la, k), arg_class(la.args[p])) for la in las])]
-
-        def tied(p, q):
-            pairs = {(la.args[p], la.args[q]) for la in las}
-            return (len({a for a, _ in pairs}) == len(pairs) == len({b for _, b in pairs}) and len(pairs) >= 2)
+            couplings[p] = [k for k in keys if _partitions([(_key_value(la, k), arg_class(la.args[p])) for la in las])]
         # scalar arguments (int / float / bool) vary with shapes, not with the
         # dispatch's choices (divisibility is ``expand``'s variants): a launch
         # takes those of the first recorded launch of its configuration
@@ -530,16 +761,17 @@ def config_space(launches: Iterable[Launch]) -> list:
         scalars = {}
         for la in las:
             scalars.setdefault(_config(la), tuple(la.args[p] for p in scalar))
-        agroups = _components([p for p in apos if p not in scalar], tied)
-        cvals = [sorted({tuple(val(la, k) for k in g) for la in las}, key=repr) for g in cgroups]
-        allowed = {(p, k, val(la, k)): set() for la in las for p in apos for k in couplings[p]}
+        agroups = _components([p for p in apos if p not in scalar and p not in drivers],
+                              lambda p, q: _tied(las, p, q))
+        cvals = [sorted({tuple(_key_value(la, k) for k in g) for la in las}, key=repr) for g in cgroups]
+        allowed = {(p, k, _key_value(la, k)): set() for la in las for p in apos for k in couplings[p]}
         for la in las:
             for p in apos:
                 for k in couplings[p]:
-                    allowed[(p, k, val(la, k))].add(arg_class(la.args[p]))
+                    allowed[(p, k, _key_value(la, k))].add(arg_class(la.args[p]))
         avals = [sorted({tuple(la.args[p] for p in g) for la in las}, key=repr) for g in agroups]
         out.append(KernelSpace(module, kernel, cgroups, agroups, {p: ks for p, ks in couplings.items() if ks},
-                               nargs, cvals, avals, allowed, scalar, scalars, las))
+                               nargs, cvals, avals, allowed, scalar, scalars, las, tile, restrict))
     return out
 
 
@@ -590,23 +822,27 @@ def subset(launches: Iterable[Launch], by_dtypes: bool = False) -> list:
     return list(first.values())
 
 
-def covering_set(launches: Iterable[Launch]) -> list:
+def covering_set(launches: Iterable[Launch], tiles: Iterable = (), max_configs: Optional[int] = None) -> list:
     """The recorded launches and, per kernel function, ``KernelSpace.covering``
-    of their configuration space (duplicates dropped)."""
+    of their configuration space (with the tile sweep ``tiles``; every
+    configuration unless a kernel has more than ``max_configs``), duplicates dropped."""
     launches = list(launches)
-    return list(dict.fromkeys(launches + [la for ks in config_space(launches) for la in ks.covering()]))
+    cap = 10**9 if max_configs is None else max_configs
+    return list(dict.fromkeys(launches + [la for ks in config_space(launches, tiles)
+                                          for la in ks.covering(cap, seed=launches)]))
 
 
-def full_jobs(launches: Iterable[Launch], archs=ARCHS, space: str = "cover") -> list:
+def full_jobs(launches: Iterable[Launch], archs=ARCHS, space: str = "cover", tiles: Iterable = (),
+              max_configs: Optional[int] = None) -> list:
     """The ``div16`` jobs of ``space``: "recorded" (the launches as given),
     "cover" (``covering_set``) or "space" (every launch of the configuration
     space, ``config_space``); and the generic ``plain`` variant of the first
     recorded launch of each kernel function."""
     launches = list(launches)
     if space == "space":
-        every = [la for ks in config_space(launches) for la in ks.launches]
+        every = [la for ks in config_space(launches, tiles) for la in ks.launches]
     elif space == "cover":
-        every = covering_set(launches)
+        every = covering_set(launches, tiles, max_configs)
     elif space == "recorded":
         every = launches
     else:
@@ -1054,7 +1290,7 @@ def report(level: str = "full", *, archs=ARCHS, workers: int = 2, cache_dir: Opt
     if level == "quick":
         jobs = expand(subset(launches), archs, ("div16",))
     else:
-        jobs = full_jobs(launches, archs, space="space" if level == "space" else "cover")
+        jobs = full_jobs(launches, archs, space="space" if level == "space" else "cover", tiles=record_tiles())
     t0 = time.perf_counter()
     rows = compile_all(jobs, workers=workers, cache_dir=cache_dir)
     return rows, launches, time.perf_counter() - t0
@@ -1067,7 +1303,8 @@ def main(argv=None) -> int:
     ap.add_argument("--worker", nargs=2, metavar=("JOBS", "ROWS"), help=argparse.SUPPRESS)
     ap.add_argument("--level", choices=("quick", "full", "space"), default="quick",
                     help="quick: one launch per kernel; full: the recorded launches and the covering set of "
-                         "their configuration space; space: every launch of that space (hours on 2 cores)")
+                         "their configuration space (every configuration, dtypes pairwise); space: every launch "
+                         "of that space, every configuration x every dtype tuple (hours on 2 cores)")
     ap.add_argument("--arch", type=int, action="append", help="compute capability, e.g. 80 (repeatable)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--all-rows", action="store_true", help="one row per configuration, not per kernel")

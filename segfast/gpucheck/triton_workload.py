@@ -18,9 +18,10 @@ bits on the looped tile too: its tile follows them), channels_last; for the boxe
 every kind x gradients wanted, every format and dtype (CIoU); box matching
 every format and dtype; CRF each pairwise-kernel combination. It is not the
 full cross product: ``triton_aot.config_space`` derives that from these
-launches, and the slow tier compiles its covering set (every pair of choices,
-``KernelSpace.covering``). ``run("quick")``: float32, one or two launches
-per kernel function.
+launches and the tile sweep (``run_tiles``: every class count that changes
+a launcher's tile x every dtype), and the slow tier compiles its covering
+set (every configuration, every pair of choices, ``KernelSpace.covering``).
+``run("quick")``: float32, one or two launches per kernel function.
 """
 
 from __future__ import annotations
@@ -80,17 +81,23 @@ def class_counts(tiles, max_c: int, min_c: int = 1) -> tuple:
     return tuple(seen.values())
 
 
-def _launcher_tiles(family: str) -> tuple:
+def _launcher_tiles(family: str, itemsizes=(4,)) -> tuple:
     """Class counts reaching every class tile of a region / pixel launcher:
-    its ``_blocks(C, None, None)`` (and the region stats kernel's
-    ``_stats_blocks``) over C from 2 (softmax needs two classes; the
-    workload's binary and sigmoid cases take C = 1) up to twice its largest
-    single tile (the looped path's tile does not change beyond it)."""
+    its tile functions (``_blocks``, ``_dense_blocks``, ``_stats_blocks``,
+    ``_grad_blocks``, each at every element size in ``itemsizes`` where it
+    takes one) over C from 2 (softmax needs two classes; the workload's
+    binary and sigmoid cases take C = 1) up to twice its largest single tile
+    (the looped path's tile does not change beyond it)."""
     import importlib
+    import inspect
     mod = importlib.import_module(f"segfast.triton_kernels.{family}")
-    stats = getattr(mod, "_stats_blocks", lambda C, block_s, block_c: None)
-    return class_counts(lambda C: (mod._blocks(C, None, None), stats(C, None, None)),
-                        2 * max(mod.MAX_SINGLE_C, getattr(mod, "STATS_MAX_C", 0)) + 1, min_c=2)
+    fns = [getattr(mod, n) for n in ("_blocks", "_dense_blocks", "_stats_blocks", "_grad_blocks") if hasattr(mod, n)]
+
+    def tiles(C):
+        return tuple(fn(C, None, None, i) if "itemsize" in inspect.signature(fn).parameters else fn(C, None, None)
+                     for fn in fns for i in itemsizes)
+    return class_counts(tiles, 2 * max(mod.MAX_SINGLE_C, getattr(mod, "STATS_MAX_C", 0),
+                                       getattr(mod, "DENSE_MAX_SINGLE_C", 0)) + 1, min_c=2)
 
 
 def _crf_tiles() -> tuple:
@@ -331,6 +338,63 @@ def _crf(level):
     if level == "full":  # other label counts: the class tile follows C
         for c in _crf_tiles():
             sf.dense_crf(torch.randn(B, c, H, W, generator=g).to(_dev()), img, iterations=1, **_BE)
+
+
+ITEMSIZES = (1, 2, 4, 8)
+
+
+def run_tiles(tag=lambda key: None) -> None:
+    """The tile sweep: every class count that changes a launcher's tile
+    (``_launcher_tiles`` at every element size, ``_crf_tiles``) x every
+    input and target dtype, on one loss form per target kind, forward and
+    backward. Each case calls ``tag(key)`` first, key = ``(family, form, C,
+    ...)``: within one (family, form) only the class count, the dtypes (and
+    the finish kernel's chunk count) change, so whatever changes in a
+    kernel's launches there is what its launcher derives from them. Meant to
+    run with the kernels not run (``triton_aot.record_tiles``): only the
+    launches matter."""
+    f32, i64 = torch.float32, torch.int64
+    region = _launcher_tiles("region", ITEMSIZES)
+    for C in (1,) + region:
+        for dt, tt in itertools.product(LOSS_FLOATS, FLOATS + (torch.bool,)):
+            tag(("region", "dense", C, dt, tt))
+            _region_case(C, dt, i64, tt, None, "sigmoid")
+        for dt, lt in itertools.product(LOSS_FLOATS, LABELS):
+            tag(("region", "labels" if C > 1 else "binary", C, dt, lt))
+            _region_case(C, dt, lt, f32, None, "dice" if C > 1 else "binary")
+    for C in (1,) + _launcher_tiles("pixel", ITEMSIZES):
+        for dt, tt in itertools.product(LOSS_FLOATS, FLOATS + (torch.bool,)):
+            tag(("pixel", "sigmoid", C, dt, tt))
+            _pixel_case(C, dt, i64, tt, None, "bce", "mean")
+            if C > 1:
+                tag(("pixel", "dense_softmax", C, dt, tt))
+                _pixel_case(C, dt, i64, tt, None, "dfocal", "mean")
+        for dt, lt, red in itertools.product(LOSS_FLOATS, LABELS, ("mean", "none")):
+            if C > 1:  # the loss sums (mean) or the loss map (none), then the gradient
+                tag(("pixel", f"labels_{red}", C, dt, lt))
+                _pixel_case(C, dt, lt, f32, None, "ce", red)
+    _finish_cases(tag, region)
+    import segfast as sf
+    g = torch.Generator().manual_seed(0)
+    img = (torch.rand(1, 3, 5, 6, generator=g) * 255).to(torch.uint8).to(_dev())
+    for C in _crf_tiles():
+        tag(("crf", "dense_crf", C, torch.float32, torch.uint8))
+        sf.dense_crf(torch.randn(1, C, 5, 6, generator=g).to(_dev()), img, iterations=1, **_BE)
+
+
+def _finish_cases(tag, class_counts):
+    """The region finish kernel's launcher over what its tile follows: the
+    class count, the per-plane sums (7, or 9 with a pixel term) and the
+    number of chunks P of the stats pass (on a GPU up to a few per SM; one on
+    the CPU, so the launcher is called directly, P = 1 .. 1024)."""
+    from segfast.triton_kernels import region_finish as tf
+    f32 = dict(dtype=torch.float32, device=_dev())
+    for KO, C in itertools.product((7, 9), [c for c in class_counts if c <= tf.MAX_C]):
+        for P in (1 << i for i in range(11)):
+            tag(("region_finish", KO, C, P))
+            tf.launch_finish(torch.zeros((1, P, C, KO), **f32), torch.zeros((1, C, KO), **f32),
+                             torch.zeros((1, C, KO), **f32), torch.zeros((), **f32),
+                             torch.zeros(1, dtype=torch.uint8, device=_dev()), 1, C, P, KO, xent=int(KO == 9))
 
 
 FAMILY_RUNS = {"region": _region, "pixel": _pixel, "lovasz": _lovasz, "boxes": _box_ops,
