@@ -125,9 +125,9 @@ __device__ __forceinline__ void run_x(const Problem& pr, int64_t n, int64_t c, i
 
 // (t, v) of class c for the run at s: from its labels' classes and validity
 // (cls, vlab) or the dense targets (one vector load where vt); 0 past cnt.
-template <typename T>
+template <typename T, typename I>
 __device__ __forceinline__ void run_tv(const Problem& pr, int64_t n, int64_t c, int64_t s, bool vt, int cnt,
-                                       const int64_t cls[kVec], const T vlab[kVec], T t[kVec], T v[kVec]) {
+                                       const I cls[kVec], const T vlab[kVec], T t[kVec], T v[kVec]) {
   if (pr.t_is_label) {
 #pragma unroll
     for (int i = 0; i < kVec; ++i) t[i] = cls[i] == c ? T(1) : T(0), v[i] = vlab[i];
@@ -146,9 +146,9 @@ __device__ __forceinline__ void run_tv(const Problem& pr, int64_t n, int64_t c, 
 // The labels of the run at s: cls (the class, -1 for none and past cnt) and
 // vlab (1 for a pixel that is not ignored, 0 past cnt); *flag = 1 (flag given)
 // for a label outside [0, C) that is not the ignore value.
-template <typename T>
+template <typename T, typename I>
 __device__ __forceinline__ void run_labels(const Problem& pr, int64_t n, int64_t s, bool vt, int cnt, int32_t* flag,
-                                           int64_t cls[kVec], T vlab[kVec]) {
+                                           I cls[kVec], T vlab[kVec]) {
   int64_t lab[kVec];
   vec::load4<int64_t>(pr.t, pr.t_dtype, n * pr.tsN + s * pr.tsS, pr.tsS, vt, cnt, lab);
 #pragma unroll
@@ -156,7 +156,7 @@ __device__ __forceinline__ void run_labels(const Problem& pr, int64_t n, int64_t
     bool valid;
     const int64_t y = decode_label(lab[i], pr.C, pr.label_offset, pr.has_ignore, pr.ignore_value, &valid);
     valid = valid && i < cnt;
-    cls[i] = i < cnt ? y : int64_t(-1);
+    cls[i] = i < cnt ? I(y) : I(-1);
     vlab[i] = valid ? T(1) : T(0);
     if (flag != nullptr && valid && y < 0) *flag = 1;  // out of range, not ignore_index
   }
@@ -169,7 +169,7 @@ __device__ __forceinline__ void run_labels(const Problem& pr, int64_t n, int64_t
 template <typename T>
 __device__ __forceinline__ void run_softmax(const Problem& pr, int64_t n, int64_t s, bool vx, int cnt, bool softmax,
                                             bool fused, bool arg, T m[kVec], T inv[kVec], T lfg[kVec],
-                                            int64_t am[kVec]) {
+                                            int32_t am[kVec]) {
   T xr[kVec], mfg[kVec], sfg[kVec], best[kVec];
 #pragma unroll
   for (int i = 0; i < kVec; ++i) m[i] = T(0), inv[i] = T(1), lfg[i] = T(0), mfg[i] = T(-INFINITY), am[i] = 0;
@@ -183,7 +183,7 @@ __device__ __forceinline__ void run_softmax(const Problem& pr, int64_t n, int64_
     for (int i = 0; i < kVec; ++i) {
       m[i] = xr[i] > m[i] ? xr[i] : m[i];
       if (fused) mfg[i] = fmax(mfg[i], xr[i]);
-      if (arg && best[i] == best[i] && (xr[i] != xr[i] || xr[i] > best[i])) best[i] = xr[i], am[i] = c;
+      if (arg && best[i] == best[i] && (xr[i] != xr[i] || xr[i] > best[i])) best[i] = xr[i], am[i] = int32_t(c);
     }
   }
   if (!softmax) {
@@ -403,7 +403,7 @@ __global__ void __launch_bounds__(kStatsThreads, 2) stats_wide_kernel(const Prob
     for (int64_t s0 = b + warp * tile; s0 < e; s0 += W * tile) {  // the same trip count in every lane: shuffles
       const int64_t s = s0 + lane * kVec;
       const int cnt = vec::run_count(s, e);
-      int64_t cls[kVec];
+      int32_t cls[kVec];  // classes fit in 32 bits: fewer registers
       T vlab[kVec], xr[kVec];
 #pragma unroll
       for (int i = 0; i < kVec; ++i) cls[i] = -1, vlab[i] = i < cnt ? T(1) : T(0);
@@ -411,7 +411,7 @@ __global__ void __launch_bounds__(kStatsThreads, 2) stats_wide_kernel(const Prob
       // passes 1 and 2 over the classes: the softmax max and sum, the fused
       // term's h = lse - lse_fg, the confusion argmax
       T m[kVec], inv[kVec], h[kVec];
-      int64_t am[kVec];
+      int32_t am[kVec];
       run_softmax(pr, n, s, vx, cnt, softmax, fused, arg, m, inv, h, am);
       if (fused)
 #pragma unroll
@@ -419,7 +419,7 @@ __global__ void __launch_bounds__(kStatsThreads, 2) stats_wide_kernel(const Prob
       if (arg) {
 #pragma unroll
         for (int i = 0; i < kVec; ++i)
-          if (cls[i] >= 0) atomicAdd(&conf[cls[i] * C + am[i]], 1ull);
+          if (cls[i] >= 0) atomicAdd(&conf[int64_t(cls[i]) * C + am[i]], 1ull);
       }
       // pass 3: each class's sums over the tile, reduced over the lanes with shuffles
       for (int64_t c = 0; c < C; ++c) {
@@ -668,7 +668,7 @@ __global__ void grad_kernel(const Problem pr, const G* __restrict__ g, void* __r
     }
     // softmax max and 1/sum; the fused term's logsumexp over the classes 1..C-1
     T m[kVec], inv[kVec], lfg[kVec];
-    int64_t am[kVec];
+    int32_t am[kVec];
     run_softmax(pr, n, s, vx, cnt, softmax, fused, false, m, inv, lfg, am);
     const G* gn = g + n * C * KO;
     // pixel term: dx_c += v (p_c B - b_c), b_c = [c == y] g7 + g8c + k q_c (region.h)

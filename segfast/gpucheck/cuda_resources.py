@@ -126,7 +126,7 @@ def sass_counts(text: str) -> dict:
     runs when the warp may have diverged, ended by its first unconditional
     BRA) resumes the body after the collective: not a loop."""
     ins = [(int(a, 16), op) for a, op in _SASS_LINE.findall(text)]
-    target = re.compile(r"\bBRA(?:\.\w+)*\s+(?:~?U?RZ,\s*)?(?:`\(\.L_x_\d+\)|0x([0-9a-f]+))")
+    target = re.compile(r"\bBRA(?:\.\w+)*\s+(?:~?U?R\w+,\s*)?(?:`\(\.L_x_\d+\)|0x([0-9a-f]+))")
     handlers = set()
     for addr, op in ins:
         m = target.search(op)
