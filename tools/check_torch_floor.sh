@@ -12,8 +12,10 @@
 # SEGFAST_CHECK_TESTS (pytest arguments, test paths relative to the repository) also
 # runs that selection of the checkout's tests against the installed wheel, with
 # pytest, hypothesis and parameterized added to the environment, e.g. the parity
-# selection of docs/release-check.md:
-#   SEGFAST_CHECK_TESTS="-k 'not triton' tests/test_bindings.py tests/test_region.py"
+# selection of docs/release-check.md (without a GPU, TRITON_INTERPRET=0 leaves the
+# triton backend out: Triton 3.0's interpreter, torch 2.4's Triton, takes the
+# kernels' `tl.constexpr` string annotations for runtime arguments):
+#   TRITON_INTERPRET=0 SEGFAST_CHECK_TESTS="-k 'not triton' tests/test_bindings.py tests/test_region.py"
 # Prints one block per version and exits non-zero if any version fails.
 set -uo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
