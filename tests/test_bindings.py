@@ -50,6 +50,15 @@ def test_strided_and_broadcast_views():
     torch.testing.assert_close(out, ref)
 
 
+def test_size_one_dimensions_get_the_row_major_stride():
+    """Whatever stride torch exports for a dimension of size 1 (torch 2.4-2.6: 1; later: the tensor's own),
+    the view has the row-major one, as the error's strides show; other strides are the tensor's."""
+    x, t = torch.randn(2, 3, 10), torch.randint(0, 3, (2, 10))
+    out = torch.empty(2, 3, 7, 1).transpose(1, 3)  # [2, 1, 7, 3], strides (21, 1, 1, 7)
+    with pytest.raises(ValueError, match=r"out must be contiguous, got shape \[2, 1, 7, 3\] strides \(21, 21, 1, 7\)"):
+        _C.cpu.region_stats(*_stats_args(x, t, out))
+
+
 @pytest.mark.parametrize("bad, match", [
     (lambda x, t: _stats_args(x[0], t), r"cpu.region_stats: x must have 3 dimensions, got shape \[3, 10\]"),
     (lambda x, t: _stats_args(x.double(), t, torch.empty(2, 1, 3, 7)), r"out must be float64, got float32"),

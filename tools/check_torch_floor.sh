@@ -8,8 +8,15 @@
 # PyPI's Linux torch wheels are CUDA builds with nvidia-* dependencies (a few
 # GB each); the environments live under ${SEGFAST_CHECK_VENVS:-/tmp/segfast-torch-check}.
 # PYTHON picks the interpreter (default python3); SEGFAST_CHECK_REUSE=1 keeps an
-# environment that already has that torch and reinstalls only segfast. Prints one block per
-# version and exits non-zero if any version fails.
+# environment that already has that torch and reinstalls only segfast.
+# SEGFAST_CHECK_TESTS (pytest arguments, test paths relative to the repository) also
+# runs that selection of the checkout's tests against the installed wheel, with
+# pytest, hypothesis and parameterized added to the environment, e.g. the parity
+# selection of docs/release-check.md (without a GPU, TRITON_INTERPRET=0 leaves the
+# triton backend out: Triton 3.0's interpreter, torch 2.4's Triton, takes the
+# kernels' `tl.constexpr` string annotations for runtime arguments):
+#   TRITON_INTERPRET=0 SEGFAST_CHECK_TESTS="-k 'not triton' tests/test_bindings.py tests/test_region.py"
+# Prints one block per version and exits non-zero if any version fails.
 set -uo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 repo="$(dirname "$here")"
@@ -49,5 +56,19 @@ for tv in "$@"; do
   fi
   # from an empty directory: the installed package, never the checkout
   (cd "$env" && "$env/bin/python" "$here/smoke_test.py") || status=1
+  if [ -n "${SEGFAST_CHECK_TESTS:-}" ]; then
+    echo "--- pytest $SEGFAST_CHECK_TESTS"
+    if ! "$env/bin/pip" install -q --disable-pip-version-check pytest hypothesis parameterized \
+         >>"$env.pip.log" 2>&1; then
+      echo "FAIL pip install pytest (torch==$tv); see $env.pip.log"
+      status=1
+      continue
+    fi
+    # the repository's pytest settings (markers, the default tier) and conftest; run
+    # from the environment's folder, so that `import segfast` finds the wheel
+    (cd "$env" && eval "set -- $SEGFAST_CHECK_TESTS" &&
+     "$env/bin/python" -m pytest -c "$repo/pyproject.toml" --rootdir "$repo" -p no:cacheprovider -q -rfE \
+       "${@/#tests\//$repo/tests/}") || status=1
+  fi
 done
 exit $status

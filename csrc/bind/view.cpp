@@ -70,7 +70,10 @@ View view_of(PyObject* o) {
   int64_t compact = 1;
   for (int i = v.ndim - 1; i >= 0; --i) {
     v.size[i] = t->shape[i];
-    v.stride[i] = t->strides ? t->strides[i] : compact;
+    // a dimension of size 0 or 1 is never stepped: it gets the row-major stride whatever torch
+    // exports (2.4-2.6 export 1, later releases the tensor's own), so vector-load alignment checks
+    // (csrc/cuda/vec.cuh) see the same view of [1, C, S] or [N, 1, S] on every torch version
+    v.stride[i] = t->strides && t->shape[i] > 1 ? t->strides[i] : compact;
     compact *= t->shape[i];
   }
   v.state = View::kOk;
