@@ -286,10 +286,10 @@ def test_pixel_reduced_counter_per_stream(monkeypatch):
     monkeypatch.setattr(P, "_counter_stream", lambda device: stream[0])
     monkeypatch.setattr(P, "_COUNTERS", type(P._COUNTERS)())
     dev = torch.device("cpu")
-    a = P._cuda_counter(dev)
-    assert P._cuda_counter(dev) is a
+    a = P._ticket_counter(dev)
+    assert P._ticket_counter(dev) is a
     stream[0] = 12
-    b = P._cuda_counter(dev)
+    b = P._ticket_counter(dev)
     assert b is not a and b.data_ptr() != a.data_ptr()
     gen = torch.Generator().manual_seed(4)
     x, t = torch.randn(2, 3, 6, 7, generator=gen), torch.randint(0, 3, (2, 6, 7), generator=gen)
@@ -300,7 +300,7 @@ def test_pixel_reduced_counter_per_stream(monkeypatch):
     assert a.item() == 0 and b.item() == 0 and len(P._COUNTERS) == 2
     for s in range(P._MAX_COUNTERS + 5):  # a small cache: the least recently used go
         stream[0] = 100 + s
-        P._cuda_counter(dev)
+        P._ticket_counter(dev)
     assert len(P._COUNTERS) == P._MAX_COUNTERS
 
 

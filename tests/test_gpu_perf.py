@@ -286,7 +286,7 @@ def test_cuda_launch_target(gpu, monkeypatch, name):  # noqa: F811 (the imported
     monkeypatch.setattr(ns, "HostReads", Count)
     # the steady state of a training step: the pixel losses' ticket counter is
     # made (zeroed) once per device, by the first call (as perf.trace_call's warm-up)
-    monkeypatch.setattr(P, "_cuda_counter", lambda device: torch.empty(1, dtype=torch.int32, device=device))
+    monkeypatch.setattr(P, "_ticket_counter", lambda device: torch.empty(1, dtype=torch.int32, device=device))
     monkeypatch.setenv("SEGFAST_BACKEND", "cuda")
     N, C, H, W = SHAPE
     loss = {"dice": lambda x, t: F.dice_loss(x, t),

@@ -673,22 +673,6 @@ def default_chunks(N: int, C: int, S: int, sm_count: int = 132, waves: int = 4, 
     return chunks(N, S, block_pixels(kind, C), sm_count, waves, min_blocks=1)
 
 
-_counters: dict = {}
-
-
-def finish_counter(device):
-    """The ticket counter of the in-kernel reduction on ``device``: int32 [1],
-    zero between launches (the last program of each launch resets it). One
-    per device: launches that finish in-kernel on one device run in stream
-    order (one stream at a time)."""
-    import torch
-    key = str(device)
-    cnt = _counters.get(key)
-    if cnt is None:
-        cnt = _counters[key] = torch.zeros(1, dtype=torch.int32, device=device)
-    return cnt
-
-
 def launch_pixel(x, t, t_is_label: bool, N: int, C: int, S: int, P: int, kind: int,
                  label_offset: int, has_ignore: bool, ignore_value: float,
                  w, pw, beta,
@@ -714,7 +698,8 @@ def launch_pixel(x, t, t_is_label: bool, N: int, C: int, S: int, P: int, kind: i
     of the valid pixels, softmax kinds); both NaN if a non-ignored label is
     outside [0, label_offset + C) Without ``out``, ``den`` with a 0-d ``go`` scales dx
     by go / den (the backward of that loss). ``counter``: the int32 ticket
-    counter of the reduction (zero; default ``finish_counter(x.device)``).
+    counter of the reduction (zero between launches: each launch's last
+    program resets it; default a fresh zero).
     """
     kind = int(kind)
     if kind not in SOFTMAX_KINDS + SIGMOID_KINDS:
@@ -780,7 +765,10 @@ def launch_pixel(x, t, t_is_label: bool, N: int, C: int, S: int, P: int, kind: i
                   GO=(2 if den is not None and not finish else 1) if has_go else 0,
                   FIN_BLOCK=FIN_BLOCK, num_warps=WARPS)
     out_ = out if finish else None
-    cnt_ = (counter if counter is not None else finish_counter(x.device)) if finish else None
+    if finish and counter is None:
+        import torch
+        counter = torch.zeros(1, dtype=torch.int32, device=x.device)
+    cnt_ = counter if finish else None
     if softmax:
         wrap(_pixel_softmax_kernel)[(N * P,)](
             x, t, w, go_, den, loss_, out_, cnt_, map_, dx_,

@@ -289,8 +289,8 @@ pixel_loss_op.register_autograd(_scale_saved_grad, setup_context=_setup_onepass)
 pixel_loss_map_op.register_autograd(_backward_map_ext, setup_context=_setup_map)
 
 
-# Ticket counters of the cuda backend's in-kernel reductions, by (device,
-# stream): two reduced losses running at once on two streams of a device must
+# Ticket counters of the in-kernel reductions (cuda and triton backends), by
+# (device, stream): two reduced losses running at once on two streams of a device must
 # not share one. A small LRU cache: a counter dropped from it is freed in its stream's
 # order (the caching allocator), and a new one starts at zero.
 _COUNTERS: collections.OrderedDict = collections.OrderedDict()
@@ -302,8 +302,8 @@ def _counter_stream(device: torch.device) -> int:
     return backends.cuda_stream(device) if device.type == "cuda" else 0
 
 
-def _cuda_counter(device: torch.device) -> Tensor:
-    """The ticket counter of the cuda backend's reduced pixel losses for
+def _ticket_counter(device: torch.device) -> Tensor:
+    """The ticket counter of the reduced pixel losses (cuda, triton) for
     launches on ``device``'s current stream: int32 [1], zero between launches
     (each launch's last block resets it); a fresh zero under torch.compile,
     whose graphs must not capture a lazily made global."""
@@ -560,16 +560,6 @@ def _reduced_grad_triton(x, target, is_label, weight, pos_weight, beta, go, den,
 # ---------------------------------------------------------------- dispatch
 
 
-def _finish_counter(device: torch.device) -> Tensor:
-    """The ticket counter of the Triton in-kernel reduction: the device's
-    persistent one (zero between launches, no memset per call); a fresh zero
-    under torch.compile, whose graphs must not capture a lazily made global."""
-    if torch.compiler.is_compiling():
-        return torch.zeros(1, dtype=torch.int32, device=device)
-    from ..triton_kernels import pixel as tk
-    return tk.finish_counter(device)
-
-
 def pixel_loss(x: Tensor, t: Tensor, is_label: bool, kind: int, *, label_offset: int = 0,
                ignore_value: Optional[float] = None, weight: Optional[Tensor] = None,
                pos_weight: Optional[Tensor] = None, beta: Optional[Tensor] = None, gamma: float = 2.0,
@@ -606,16 +596,16 @@ def pixel_loss(x: Tensor, t: Tensor, is_label: bool, kind: int, *, label_offset:
             d = normalizer(x, t, is_label, kind, ignore_value, weight, norm)
             return torch.where(d > 0, m.sum() / torch.where(d > 0, d, 1), 0)
         if kind in SOFTMAX_KINDS:
-            return pixel_softmax_loss_triton_op(x, t, weight, _finish_counter(x.device), kind, label_offset,
+            return pixel_softmax_loss_triton_op(x, t, weight, _ticket_counter(x.device), kind, label_offset,
                                                 ignore_value, float(gamma), float(smoothing), float(scale0),
                                                 float(scale1), norm)[0]
-        return pixel_sigmoid_loss_triton_op(x, t, weight, pos_weight, beta, _finish_counter(x.device), is_label,
+        return pixel_sigmoid_loss_triton_op(x, t, weight, pos_weight, beta, _ticket_counter(x.device), is_label,
                                             kind, label_offset, ignore_value, float(gamma), float(alpha),
                                             float(scale0), norm)[0]
     if not reduce:
         return pixel_loss_map_op(*args, backend)
     if backend == "cuda":  # one launch; the backward recomputes dx with grad_output read on the device
-        return pixel_reduced_cuda_op(x, t, weight, pos_weight, beta, _cuda_counter(x.device), is_label, kind,
+        return pixel_reduced_cuda_op(x, t, weight, pos_weight, beta, _ticket_counter(x.device), is_label, kind,
                                      label_offset, ignore_value, float(gamma), float(alpha), float(smoothing),
                                      float(scale0), float(scale1), norm)[0]
     return pixel_loss_op(*args, norm, backend)[0]
