@@ -81,23 +81,25 @@ def class_counts(tiles, max_c: int, min_c: int = 1) -> tuple:
     return tuple(seen.values())
 
 
-def _launcher_tiles(family: str, itemsizes=(4,)) -> tuple:
+TILE_FUNCTIONS = ("_blocks", "_dense_blocks", "_stats_blocks", "_grad_blocks")
+
+
+def _launcher_tiles(family: str, itemsizes=(4,), names=("_blocks", "_stats_blocks")) -> tuple:
     """Class counts reaching every class tile of a region / pixel launcher:
-    its tile functions (``_blocks``, ``_dense_blocks``, ``_stats_blocks``,
-    ``_grad_blocks``, each at every element size in ``itemsizes`` where it
-    takes one) over C from 2 (softmax needs two classes; the workload's
+    its tile functions ``names`` (of ``TILE_FUNCTIONS``), each at every
+    element size in ``itemsizes`` where it takes one, over C from 2 (softmax needs two classes; the workload's
     binary and sigmoid cases take C = 1) up to twice its largest single tile
     (the looped path's tile does not change beyond it)."""
     import importlib
     import inspect
     mod = importlib.import_module(f"segfast.triton_kernels.{family}")
-    fns = [getattr(mod, n) for n in ("_blocks", "_dense_blocks", "_stats_blocks", "_grad_blocks") if hasattr(mod, n)]
+    fns = [getattr(mod, n) for n in names if hasattr(mod, n)]
 
     def tiles(C):
         return tuple(fn(C, None, None, i) if "itemsize" in inspect.signature(fn).parameters else fn(C, None, None)
                      for fn in fns for i in itemsizes)
-    return class_counts(tiles, 2 * max(mod.MAX_SINGLE_C, getattr(mod, "STATS_MAX_C", 0),
-                                       getattr(mod, "DENSE_MAX_SINGLE_C", 0)) + 1, min_c=2)
+    dense = getattr(mod, "DENSE_MAX_SINGLE_C", 0) if "_dense_blocks" in names else 0
+    return class_counts(tiles, 2 * max(mod.MAX_SINGLE_C, getattr(mod, "STATS_MAX_C", 0), dense) + 1, min_c=2)
 
 
 def _crf_tiles() -> tuple:
@@ -354,7 +356,7 @@ def run_tiles(tag=lambda key: None) -> None:
     run with the kernels not run (``triton_aot.record_tiles``): only the
     launches matter."""
     f32, i64 = torch.float32, torch.int64
-    region = _launcher_tiles("region", ITEMSIZES)
+    region = _launcher_tiles("region", ITEMSIZES, TILE_FUNCTIONS)
     for C in (1,) + region:
         for dt, tt in itertools.product(LOSS_FLOATS, FLOATS + (torch.bool,)):
             tag(("region", "dense", C, dt, tt))
@@ -362,7 +364,7 @@ def run_tiles(tag=lambda key: None) -> None:
         for dt, lt in itertools.product(LOSS_FLOATS, LABELS):
             tag(("region", "labels" if C > 1 else "binary", C, dt, lt))
             _region_case(C, dt, lt, f32, None, "dice" if C > 1 else "binary")
-    for C in (1,) + _launcher_tiles("pixel", ITEMSIZES):
+    for C in (1,) + _launcher_tiles("pixel", ITEMSIZES, TILE_FUNCTIONS):
         for dt, tt in itertools.product(LOSS_FLOATS, FLOATS + (torch.bool,)):
             tag(("pixel", "sigmoid", C, dt, tt))
             _pixel_case(C, dt, i64, tt, None, "bce", "mean")
