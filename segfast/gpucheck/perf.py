@@ -28,7 +28,8 @@ Timings need a GPU: ``segfast-bench`` on one.
 
 ``python -m segfast.gpucheck.perf --gpu-model h100`` (or ``segfast-bench
 --gpu-model h100``) prints the table; ``--cuda`` adds the cuda backend's
-streaming kernels, compiled with nvcc (``cuda_report``).
+streaming kernels: their grids at the shapes (``cuda_grids``) and their
+resources compiled with nvcc (``cuda_report``).
 """
 
 from __future__ import annotations
