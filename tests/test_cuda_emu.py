@@ -374,3 +374,30 @@ def test_launch_error_reaches_python():
     """A kernel fault is a RuntimeError from the op, not a crash (block over 1024 threads)."""
     with pytest.raises(RuntimeError, match="launch failed: invalid configuration argument"):
         emu.selftest("block_threads", 2048)
+
+
+@pytest.mark.parametrize("loss", ["dice_ce", "ce", "bce"])
+def test_cuda_grid_geometry(schedule, monkeypatch, loss):
+    """The grids the ops size on a GPU (ops/_common.py stats_chunks /
+    pixel_chunks), here for 8 SMs: C = 21 and S = 1200 give 5 chunks of 240
+    pixels per image (stats: under one 256-pixel chunk of 8 block steps; pixel:
+    under one step of the 64-thread block), 10 blocks that the reduced loss's
+    last block sums."""
+    from segfast.ops import _common as c
+    from segfast.ops import pixel as OP
+    from segfast.ops import region as OR
+    monkeypatch.setattr(OR, "stats_chunks", lambda N, C, S, device, f64: c.cuda_chunks(
+        N, S, 8, *c.cuda_stats_geometry(C, f64)))
+    monkeypatch.setattr(OP, "pixel_chunks", lambda N, S, device: c.cuda_chunks(
+        N, S, 8, c.CUDA_PIXEL_CHUNK, c.CUDA_PIXEL_PER_SM))
+    assert c.cuda_chunks(2, 1200, 8, *c.cuda_stats_geometry(21, False)) == 5
+    x, lab = _logits(2, 21, 30, 40), torch.randint(0, 21, (2, 30, 40))
+    lab[1, :3] = 255
+    if loss == "dice_ce":
+        fn = lambda a, t, b: segfast.dice_ce_loss(a, t, ignore_index=255, backend=b)  # noqa: E731
+    elif loss == "ce":
+        fn = lambda a, t, b: segfast.cross_entropy(a, t, ignore_index=255, backend=b)  # noqa: E731
+    else:
+        lab = (torch.rand(2, 21, 30, 40) > 0.5).float()
+        fn = lambda a, t, b: segfast.binary_cross_entropy_with_logits(a, t, backend=b)  # noqa: E731
+    agree(fn, x, lab, rtol=1e-4, atol=1e-5)

@@ -63,11 +63,75 @@ def test_chunks_no_empty_chunk(N, S):
 
 
 def test_cuda_extension_chunks(fake_sms):
-    """The CUDA C++ stats kernel: chunks of one shared-memory tile at least."""
-    P = _common.num_chunks(8, 128 * 128, CUDA)
-    assert P == 128 * 128 // _common.CUDA_MIN_CHUNK
-    assert _common.num_chunks(1, 512 * 512, CUDA) == 512 * 512 // _common.CUDA_MIN_CHUNK
-    assert 64 * _common.num_chunks(64, 512 * 512, CUDA) >= _common.PROGRAMS_PER_SM * H100_SMS
+    """The CUDA C++ stats kernel: at [8, 21, 128, 128] 8 blocks of 256 pixels
+    (one class per lane: 32 pixels per block step) fill 3 resident blocks per SM
+    in one wave; large images keep a wave of resident blocks."""
+    assert _common.cuda_stats_geometry(21, False) == (256, 3)
+    P = _common.stats_chunks(8, 21, 128 * 128, CUDA, False)
+    assert 8 * P >= 2 * H100_SMS and 8 * P <= 3 * H100_SMS and 128 * 128 / P >= 256
+    assert 16 * _common.stats_chunks(16, 21, 512 * 512, CUDA, False) == 3 * H100_SMS // 16 * 16
+    assert _common.stats_chunks(1, 21, 512 * 512, CUDA, False) == 3 * H100_SMS
+    # few classes: wider runs per step, chunks capped at CUDA_MIN_CHUNK; the wide kernel: 1024
+    assert _common.cuda_stats_geometry(2, False) == (_common.CUDA_MIN_CHUNK, 3)
+    assert _common.cuda_stats_geometry(150, True)[0] == _common.CUDA_MIN_CHUNK
+
+
+@pytest.mark.parametrize("C,f64", [(1, False), (2, False), (3, False), (21, False), (33, False), (64, False),
+                                   (100, True), (128, False), (129, False), (256, False), (257, False), (129, True)])
+def test_cuda_stats_chunk_is_whole_steps(C, f64):
+    """The shortest stats chunk is a whole number of block steps of region.cu's
+    launch_stats (G class lanes x CPT classes >= C) and at least 8 steps or 1024 pixels."""
+    min_chunk, per_sm = _common.cuda_stats_geometry(C, f64)
+    if C > 256 or (f64 and C > 128):
+        assert (min_chunk, per_sm) == (_common.CUDA_MIN_CHUNK, _common.CUDA_WIDE_PER_SM)
+        return
+    cpt = next(k for k in (1, 2, 4, 8) if 32 * k >= C)
+    G = next(g for g in (1, 2, 4, 8, 16, 32) if g * cpt >= C)
+    step = 8 * (32 // G) * 4
+    assert min_chunk % step == 0 and min_chunk >= min(8 * step, _common.CUDA_MIN_CHUNK)
+    assert 1 <= per_sm <= 3
+
+
+@pytest.mark.parametrize("N,S", [(8, 128 * 128), (16, 512 * 512), (1, 128 * 128), (64, 64 * 64), (70000, 16)])
+def test_cuda_pixel_chunks(fake_sms, N, S):
+    """The CUDA pixel kernels: chunks of one 256-pixel block step or more, at
+    most CUDA_PIXEL_PER_SM blocks per SM, and >= 2 blocks per SM at [8, C, 128, 128]."""
+    P = _common.pixel_chunks(N, S, CUDA)
+    assert P >= 1 and S / P >= min(S, _common.CUDA_PIXEL_CHUNK) - 1
+    assert N * P <= max(N, _common.CUDA_PIXEL_PER_SM * H100_SMS)
+    if (N, S) == (8, 128 * 128):
+        assert N * P >= 2 * H100_SMS
+
+
+def test_cuda_constants_match_sources():
+    """ops/_common.py's CUDA geometry is that of the kernels in csrc/cuda."""
+    from pathlib import Path
+
+    from segfast.gpucheck import cuda_resources as cr
+    src = Path(__file__).resolve().parents[1] / "csrc" / "cuda"
+    if not src.is_dir():
+        pytest.skip("no csrc/cuda sources (an installed package)")
+    region, pixel = (cr.source_constants(src / f, src.parent) for f in ("region.cu", "pixel.cu"))
+    assert region["kStatsThreads"] == _common.CUDA_STATS_THREADS
+    assert region["kGradThreads"] == _common.CUDA_GRAD_THREADS
+    assert region["kRegMaxC"] == _common.CUDA_REG_MAX_C
+    assert pixel["kThreads"] == _common.CUDA_PIXEL_THREADS
+    assert pixel["kVec"] == region["kVec"] == _common.CUDA_VEC
+
+
+def test_cuda_grids_benchmark_shape():
+    """The static report's CUDA grids: every streaming loss kernel has >= 2
+    blocks per SM of the H100 model at the benchmark shape [8, 21, 128, 128]."""
+    from segfast.gpucheck import perf
+    rows = perf.cuda_grids("h100", perf.SHAPES)
+    bench = [r for r in rows if r["shape"] == "8x21x128x128"]
+    assert {r["kernel"] for r in bench} >= {"stats_kernel", "grad_kernel"} and len(bench) == 4
+    for r in bench:
+        assert r["per_sm"] >= 2, r
+    for r in rows:  # never more than the resident wave the ops aim for (a full machine at 16 x 512 x 512)
+        assert r["blocks"] >= 1
+        if r["shape"] == "16x21x512x512":
+            assert r["per_sm"] >= 2.5, r
 
 
 def test_cpu_chunks_unchanged():

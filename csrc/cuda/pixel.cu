@@ -38,7 +38,11 @@ namespace segfast {
 namespace pixel {
 namespace {
 
-constexpr int kThreads = 256;
+// 64-thread blocks: a block step is 256 pixels, so the caller's chunks
+// (ops/_common.py pixel_chunks: at least one step, as many blocks per SM as
+// are resident) give 2+ blocks per SM at [8, C, 128, 128] and a full wave on
+// large images; the block reduce (block_sum) takes log2(kThreads) = 6 steps.
+constexpr int kThreads = 64;
 constexpr int64_t kPixelsPerBlock = vec::kVec * kThreads;
 constexpr int kMaxGridY = 65535;
 using vec::kVec;
@@ -140,8 +144,8 @@ struct VecRows {
   bool x, t, dx, map;
 };
 
-// No __launch_bounds__ on the loss kernels: given the 256-thread bound,
-// ptxas (CUDA 13) trims them for occupancy and spills; unbounded they keep
+// No __launch_bounds__ on the loss kernels: given a thread bound, ptxas
+// (CUDA 13) trims them for occupancy and spills; unbounded they keep
 // everything in registers. Launched with kThreads threads only.
 template <int KIND, typename T>
 __global__ void softmax_kernel(const Problem pr, const int64_t Pe, const VecRows vr) {

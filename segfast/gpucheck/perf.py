@@ -28,7 +28,8 @@ Timings need a GPU: ``segfast-bench`` on one.
 
 ``python -m segfast.gpucheck.perf --gpu-model h100`` (or ``segfast-bench
 --gpu-model h100``) prints the table; ``--cuda`` adds the cuda backend's
-streaming kernels, compiled with nvcc (``cuda_report``).
+streaming kernels: their grids at the shapes (``cuda_grids``) and their
+resources compiled with nvcc (``cuda_report``).
 """
 
 from __future__ import annotations
@@ -260,6 +261,33 @@ CUDA_COLUMNS = ("file", "kernel", "template", "block", "registers", "spill_store
                 "ldg128", "ldg", "stg128", "stg", "bar_sync", "bar_loop", "error")
 
 
+CUDA_GRID_COLUMNS = ("shape", "kernel", "block", "blocks", "per_sm")
+
+
+def cuda_grids(model_name: str = "h100", shapes=SHAPES) -> list:
+    """The cuda backend's streaming loss kernels' grids for float32 logits at
+    ``shapes`` on the model's SM count, sized by the functions the ops call
+    (ops/_common.py): blocks in the grid and blocks per SM. No GPU or nvcc."""
+    from ..ops import _common as c
+    sms = MODELS[model_name]["sms"]
+    rows = []
+    for shape in shapes:
+        N, C = shape[:2]
+        S = math.prod(shape[2:])
+        min_chunk, per_sm = c.cuda_stats_geometry(C, False)
+        wide = C > c.CUDA_REG_MAX_C
+        grids = (("stats_wide_kernel" if wide else "stats_kernel", None if wide else c.CUDA_STATS_THREADS,
+                  c.cuda_chunks(N, S, sms, min_chunk, per_sm)),
+                 ("grad_kernel", c.CUDA_GRAD_THREADS, -(-S // (c.CUDA_GRAD_THREADS * c.CUDA_VEC))),
+                 ("softmax_kernel / sigmoid_kernel (loss)", c.CUDA_PIXEL_THREADS,
+                  c.cuda_chunks(N, S, sms, c.CUDA_PIXEL_CHUNK, c.CUDA_PIXEL_PER_SM)),
+                 ("softmax_kernel / sigmoid_kernel (map, dx)", c.CUDA_PIXEL_THREADS, -(-S // c.CUDA_PIXEL_CHUNK)))
+        for kernel, block, P in grids:
+            rows.append(dict(shape="x".join(map(str, shape)), kernel=kernel, block=block or "32-256",
+                             blocks=N * P, per_sm=round(N * P / sms, 2)))
+    return rows
+
+
 def cuda_report(model_name: str = "h100", *, workers: int = 2) -> list:
     """The cuda backend's streaming loss kernels (csrc/cuda/region.cu,
     pixel.cu) compiled with nvcc for the model's architecture: registers and
@@ -314,7 +342,9 @@ def main(argv=None) -> int:
     print(format_report(rep, ops=args.ops))
     if args.cuda:
         from .triton_aot import format_table
-        print(f"\ncuda backend, sm_{rep['model']['arch']}: streaming loss kernels (nvcc, 256-thread blocks)")
+        print(f"\ncuda backend, {rep['model']['sms']} SMs: grids of the streaming loss kernels (float32)")
+        print(format_table(cuda_grids(args.gpu_model), CUDA_GRID_COLUMNS))
+        print(f"\ncuda backend, sm_{rep['model']['arch']}: streaming loss kernels (nvcc)")
         print(format_table(cuda_report(args.gpu_model, workers=args.workers), CUDA_COLUMNS))
     return 0
 

@@ -26,31 +26,84 @@ def acc_dtype(x: Tensor) -> torch.dtype:
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
-# Work items per SM that the reducing kernels' grids aim for on CUDA.
+# Work items per SM that the Triton reducing kernels' grids aim for on CUDA.
 PROGRAMS_PER_SM = 4
-# Shortest pixel chunk of the CUDA C++ reducing kernels: one loop step of a
-# 256-thread block over runs of 4 pixels (csrc/cuda/vec.cuh).
+# Shortest pixel chunk of the CUDA C++ reducing kernels where no finer one is
+# given: the wide stats kernel (csrc/cuda/region.cu stats_wide_kernel), one
+# loop step of 8 warps over runs of 4 pixels.
 CUDA_MIN_CHUNK = 1024
+
+# CUDA C++ launch geometry (csrc/cuda/region.cu, pixel.cu; the constants are
+# checked against the sources in tests/test_launch_geometry.py). Each kernel's
+# shortest chunk is a few of its block's loop steps, so every thread of a
+# block has work, and its blocks per SM are those resident at once (ptxas
+# registers, python -m segfast.gpucheck.perf --cuda): the grid is one wave.
+CUDA_VEC = 4  # pixels per run (csrc/cuda/vec.cuh kVec)
+CUDA_STATS_THREADS = 256  # region.cu kStatsThreads
+CUDA_STATS_STEPS = 8  # shortest stats chunk: 8 block steps (at most CUDA_MIN_CHUNK pixels)
+CUDA_REG_MAX_C = 256  # region.cu kRegMaxC: larger C (float64: C > 128) take the wide kernel
+# Resident 256-thread stats blocks per SM at 1 / 2 / 4 / 8 classes per lane
+# (79 / 88 / 127 / 202 registers); the wide kernel: 2 (its launch bound).
+CUDA_STATS_PER_SM = {1: 3, 2: 2, 4: 2, 8: 1}
+CUDA_WIDE_PER_SM = 2
+CUDA_GRAD_THREADS = 64  # region.cu kGradThreads: one run per thread, a block per 256 pixels
+CUDA_PIXEL_THREADS = 64  # pixel.cu kThreads
+CUDA_PIXEL_CHUNK = CUDA_PIXEL_THREADS * CUDA_VEC  # one block step: C runs per thread
+# Resident 64-thread pixel blocks per SM of the float32 softmax kernels (80 to
+# 96 registers: 10 to 12; the sigmoid ones 56 to 72: 14 to 18).
+CUDA_PIXEL_PER_SM = 10
 
 
 def sm_count(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
-def num_chunks(N: int, S: int, device: torch.device) -> int:
+def cuda_stats_geometry(C: int, float64: bool) -> tuple:
+    """-> (shortest pixel chunk, blocks per SM) of region.cu's stats pass for C
+    classes (launch_stats). stats_kernel's warps are G class lanes (a power
+    of 2, CPT classes each) x 32 / G runs of CUDA_VEC pixels, so a block step
+    covers 8 warps x 32 / G runs (32 pixels at C = 21); the chunk is
+    CUDA_STATS_STEPS steps, at most CUDA_MIN_CHUNK pixels. The wide kernel:
+    CUDA_MIN_CHUNK."""
+    if C > CUDA_REG_MAX_C or (float64 and C > CUDA_REG_MAX_C // 2):
+        return CUDA_MIN_CHUNK, CUDA_WIDE_PER_SM
+    cpt = 1 if C <= 32 else 2 if C <= 64 else 4 if C <= 128 else 8
+    G = 1
+    while G * cpt < C:
+        G *= 2
+    step = CUDA_STATS_THREADS // 32 * (32 // G) * CUDA_VEC
+    return min(CUDA_MIN_CHUNK, CUDA_STATS_STEPS * step), CUDA_STATS_PER_SM[cpt]
+
+
+def cuda_chunks(N: int, S: int, sms: int, min_chunk: int, per_sm: int) -> int:
+    """Chunks per image of a CUDA C++ reducing kernel: N x chunks blocks, at
+    most ``per_sm`` per SM (one wave), never chunks under ``min_chunk`` pixels."""
+    return max(1, min(per_sm * sms // max(N, 1), math.ceil(S / min_chunk)))
+
+
+def num_chunks(N: int, S: int, device: torch.device, *, min_chunk: int = CUDA_MIN_CHUNK,
+               per_sm: int = PROGRAMS_PER_SM) -> int:
     """How many pixel chunks per image the C++ / CUDA reducing kernels split S into.
 
-    Enough (image, chunk) work items to fill the machine (PROGRAMS_PER_SM
-    per SM on CUDA, 4 per thread on the CPU), never chunks smaller than one
-    tile of pixels. The Triton kernels size theirs with :func:`triton_chunks`.
+    On CUDA :func:`cuda_chunks` for the kernel's ``min_chunk`` and ``per_sm``
+    (:func:`stats_chunks`, :func:`pixel_chunks`); on the CPU enough work
+    items for 4 per thread, never chunks under 2048 pixels. The Triton
+    kernels size theirs with :func:`triton_chunks`.
     """
     if device.type == "cuda":
-        workers = PROGRAMS_PER_SM * sm_count(device)
-        min_chunk = CUDA_MIN_CHUNK
-    else:
-        workers = 4 * backends.cpu_threads()
-        min_chunk = 2048
-    return max(1, min(math.ceil(workers / max(N, 1)), math.ceil(S / min_chunk)))
+        return cuda_chunks(N, S, sm_count(device), min_chunk, per_sm)
+    return max(1, min(math.ceil(4 * backends.cpu_threads() / max(N, 1)), math.ceil(S / 2048)))
+
+
+def stats_chunks(N: int, C: int, S: int, device: torch.device, float64: bool) -> int:
+    """P of the C++ / CUDA region stats pass (:func:`num_chunks` at its geometry)."""
+    min_chunk, per_sm = cuda_stats_geometry(C, float64)
+    return num_chunks(N, S, device, min_chunk=min_chunk, per_sm=per_sm)
+
+
+def pixel_chunks(N: int, S: int, device: torch.device) -> int:
+    """P of the C++ / CUDA pixel loss kernels (:func:`num_chunks` for their 64-thread blocks)."""
+    return num_chunks(N, S, device, min_chunk=CUDA_PIXEL_CHUNK, per_sm=CUDA_PIXEL_PER_SM)
 
 
 def triton_chunks(tk, N: int, C: int, S: int, device: torch.device, **kw) -> int:

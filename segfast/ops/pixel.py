@@ -32,7 +32,7 @@ from .. import _doc, backends
 from ..reference import pixel as ref
 from . import _common
 from . import region as _region
-from ._common import acc_dtype, differentiable_once, num_chunks, target_args, triton_chunks, triton_op
+from ._common import acc_dtype, differentiable_once, pixel_chunks, target_args, triton_chunks, triton_op
 
 CE, FOCAL_SOFTMAX, FUSED, BCE, FOCAL_SIGMOID = ref.CE, ref.FOCAL_SOFTMAX, ref.FUSED, ref.BCE, ref.FOCAL_SIGMOID
 SOFTMAX_KINDS = ref.SOFTMAX_KINDS
@@ -107,7 +107,7 @@ def _run(x, t, weight, pos_weight, beta, is_label, kind, label_offset, ignore_va
 
         P = triton_chunks(tk, N, C, S, x.device, kind=kind)
     else:
-        P = num_chunks(N, S, x.device)
+        P = pixel_chunks(N, S, x.device)
     loss = torch.empty((N, P, 2), dtype=acc, device=x.device) if want_loss else None
     lmap = backends.empty_output(_map_shape(x, kind, is_label), acc, x.device) if want_map else None
     dx = backends.empty_output(x.shape, x.dtype, x.device, like=x) if want_dx else None
@@ -330,7 +330,7 @@ def _run_reduced_cuda(x, target, weight, pos_weight, beta, is_label, kind, label
     acc = acc_dtype(x)
     w, pw, b = _opt(weight, acc), _opt(pos_weight, acc), _opt(beta, acc)
     if counter is not None:
-        P = num_chunks(N, S, x.device)
+        P = pixel_chunks(N, S, x.device)
         ws = torch.empty((N, P, 4), dtype=acc, device=x.device)
         loss, d = torch.empty((), dtype=acc, device=x.device), torch.empty((), dtype=acc, device=x.device)
         dx = None

@@ -40,7 +40,7 @@ from .. import _doc, backends
 from ..reference import region as ref
 from . import _common
 from ._common import (acc_dtype, canonical, check_ignore_index, check_input, check_reduction,  # noqa: F401
-                      check_weight, differentiable_once, num_chunks, target_args, triton_chunks, triton_op)
+                      check_weight, differentiable_once, stats_chunks, target_args, triton_chunks, triton_op)
 
 K = ref.K
 KX = ref.KX
@@ -63,7 +63,7 @@ def _ignore(ignore_value: Optional[float]) -> Optional[float]:
 
 def _launch_stats_ext(x, t, is_label, act, label_offset, ignore_value, backend, xent, gamma, q=None, conf=None):
     N, C, S = x.shape
-    P = num_chunks(N, S, x.device)
+    P = stats_chunks(N, C, S, x.device, x.dtype == torch.float64)
     out = torch.empty((N, P, C, KX if xent else K), dtype=acc_dtype(x), device=x.device)
     view = backends.view
     args = (view(x), view(t), view(out), act, xent, float(gamma), label_offset, _ignore(ignore_value), view(conf))
@@ -279,7 +279,7 @@ def _loss_cuda(x: Tensor, target: Tensor, w: Optional[Tensor], pw: Optional[Tens
     kernels; the arguments as region_loss_triton's (see :func:`finish_loss`)."""
     N, C, S = x.shape
     KO = KX if xent else K
-    P = num_chunks(N, S, x.device)
+    P = stats_chunks(N, C, S, x.device, x.dtype == torch.float64)
     acc = dict(dtype=acc_dtype(x), device=x.device)
     part = torch.empty((N, P, C, KO), **acc)
     flag = torch.zeros(1, dtype=torch.int32, device=x.device) if check else None
