@@ -315,8 +315,12 @@ def _pixel_softmax_kernel(
     if HAS_SMOOTH:
         if HAS_W:
             W = tl.load(w_ptr).to(tl.float32)
-            for k in range(1, C):
-                W += tl.load(w_ptr + k).to(tl.float32)
+            if CONST_C > 0:
+                for k in tl.static_range(1, CONST_C):
+                    W += tl.load(w_ptr + k).to(tl.float32)
+            else:
+                for k in range(1, C):
+                    W += tl.load(w_ptr + k).to(tl.float32)
         else:
             W = C * 1.0
     else:
