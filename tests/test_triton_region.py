@@ -229,7 +229,8 @@ def test_stats_class_chunk_loop(C):
 
 
 @needs_run
-@pytest.mark.parametrize("C, dtype, act, P", [(300, torch.float16, 2, 4), (300, torch.bfloat16, 1, 2),
+@pytest.mark.parametrize("C, dtype, act, P", [pytest.param(300, torch.float16, 2, 4, marks=pytest.mark.slow),
+                                             (300, torch.bfloat16, 1, 2),
                                              pytest.param(1000, torch.float32, 2, 2, marks=pytest.mark.slow)])
 def test_stats_class_chunk_loop_dtypes(C, dtype, act, P):
     """The class-chunk loop's default tile (one-warp programs) at C = 300 and
