@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import socket
 
@@ -83,6 +84,41 @@ def with_layout(rnd, N, C, S, layout):
     if layout == "sliced_c":  # every other class, and an offset image
         return rnd(N + 1, 2 * C, S)[1:, ::2]
     raise ValueError(layout)
+
+
+def _param_id(v):
+    if isinstance(v, torch.dtype):
+        return str(v).removeprefix("torch.")
+    if isinstance(v, dict):
+        return ",".join(f"{k}={_param_id(x)}" for k, x in v.items()) or "default"
+    return str(v).replace(" ", "")
+
+
+def pairwise(*axes, valid=None):
+    """pytest params for the whole product of ``axes`` (lists of values; a tuple
+    value fills consecutive argnames), where the default tier runs a covering
+    set and the ``slow`` tier the rest: every value of each axis meets every
+    value of each other axis in at least one default case (chosen greedily, in
+    the order given). ``valid(*values)`` False: the combination is left to the
+    slow tier (where the test skips it) and covers no pair."""
+    def flat(combo):
+        return tuple(x for v in combo for x in (v if isinstance(v, tuple) else (v,)))
+
+    def covers(idx):  # the combination's values and pairs of values
+        return ({(i, idx[i]) for i in range(len(idx))}
+                | {(i, idx[i], j, idx[j]) for i in range(len(idx)) for j in range(i + 1, len(idx))})
+
+    every = list(itertools.product(*(range(len(a)) for a in axes)))
+    values = {idx: flat(tuple(a[i] for a, i in zip(axes, idx))) for idx in every}
+    ok = [idx for idx in every if valid is None or valid(*values[idx])]
+    todo = set().union(*map(covers, ok))
+    default = set()
+    while todo:
+        best = max(ok, key=lambda idx: len(covers(idx) & todo))
+        default.add(best)
+        todo -= covers(best)
+    return [pytest.param(*values[idx], marks=() if idx in default else pytest.mark.slow,
+                         id="-".join(map(_param_id, values[idx]))) for idx in every]
 
 
 def kernel_backends(device="cpu"):

@@ -48,6 +48,7 @@ def test_background_load_is_started_and_stopped():
     assert not (_children() & busy)  # stopped (and reaped) when the block ends
 
 
+@pytest.mark.slow
 def test_train_step_and_noise_crf_rows():
     """The rows a user feels (a training step with each loss, same net and data)
     come with the loss-alone rows beside them; the noise-image CRF row has the

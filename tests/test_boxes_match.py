@@ -19,7 +19,7 @@ import segfast
 from segfast.ops import boxes_match as ops
 from segfast.reference import boxes_match as ref
 
-from conftest import DEVICE, kernel_backends
+from conftest import DEVICE, kernel_backends, pairwise
 
 BACKENDS = kernel_backends(DEVICE) + ["torch"]
 DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
@@ -174,9 +174,8 @@ def test_reference_nms_against_python(classes):
 # ------------------------------------------------------------------ box_iou_max, every backend
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("layout", ["batched", "unbatched", "shared_anchors", "shared_gt"])
+@pytest.mark.parametrize("backend,dtype,layout", pairwise(
+    BACKENDS, DTYPES, ["batched", "unbatched", "shared_anchors", "shared_gt"]))
 def test_iou_max_matches_reference(backend, dtype, layout):
     B, N, M = (2, 150, 19) if small(backend) else (3, 2000, 77)
     a, g, v = make_match(B, N, M, dtype, integer=dtype in (torch.float16, torch.bfloat16))

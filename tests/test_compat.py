@@ -11,7 +11,7 @@ import torch
 from segfast.compat import monai as cm
 from segfast.compat import smp as cs
 
-from conftest import kernel_backends, tol
+from conftest import kernel_backends, pairwise, tol
 
 BACKENDS = kernel_backends() + ["torch"]
 
@@ -136,9 +136,7 @@ SMP_CASES = [
 ]
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("name", ["DiceLoss", "JaccardLoss", "TverskyLoss"])
-@pytest.mark.parametrize("kw", SMP_CASES, ids=str)
+@pytest.mark.parametrize("backend,name,kw", pairwise(BACKENDS, ["DiceLoss", "JaccardLoss", "TverskyLoss"], SMP_CASES))
 def test_smp(backend, name, kw, smp_losses):
     kw = dict(kw)
     if name == "TverskyLoss":

@@ -94,7 +94,8 @@ def test_default_isa_is_the_best_build():
     assert r.stdout.strip() in ("avx512", "avx2", "baseline")
 
 
-@pytest.mark.parametrize("value", ["sse9", "AVX2", "avx-512"])
+@pytest.mark.parametrize("value", ["AVX2", pytest.param("sse9", marks=pytest.mark.slow),
+                                   pytest.param("avx-512", marks=pytest.mark.slow)])
 def test_unknown_isa_is_a_clear_error(value):
     # the query and a kernel call both name the value
     code = textwrap.dedent("""

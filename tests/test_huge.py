@@ -28,6 +28,7 @@ def _mem_available_gib() -> float:
     return 0.0
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(_mem_available_gib() < 14, reason="needs ~10 GiB of free memory")
 @pytest.mark.parametrize("backend", [b for b in kernel_backends() if b == "cpu"])
 def test_more_than_2_31_elements(backend):

@@ -70,7 +70,7 @@ class _Step(torch.nn.Module):
 
 
 @pytest.mark.parametrize("backend", EXT)
-@pytest.mark.parametrize("compiler", ["aot_eager", "inductor"])
+@pytest.mark.parametrize("compiler", ["aot_eager", pytest.param("inductor", marks=pytest.mark.slow)])
 def test_compile_fullgraph_training_step(backend, compiler):
     torch._dynamo.reset()
     step = _Step(backend)

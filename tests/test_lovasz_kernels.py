@@ -13,7 +13,7 @@ import segfast
 from segfast.ops import lovasz as ops
 from segfast.reference import lovasz as ref
 
-from conftest import DEVICE, kernel_backends
+from conftest import DEVICE, kernel_backends, pairwise
 from test_lovasz import assert_compiles_alike, close, grads
 from test_lovasz import labels as _labels
 
@@ -162,11 +162,8 @@ def _confident(y, C):
     return 8 * oh + torch.randn(oh.shape, dtype=torch.float64, device=oh.device)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("per_image", [True, False])
-@pytest.mark.parametrize("ignore", [None, 255])
-@pytest.mark.parametrize("classes", ["present", "all", [2, 0, 0]])
-@pytest.mark.parametrize("logits", ["random", "confident", "ties"])
+@pytest.mark.parametrize("backend,per_image,ignore,classes,logits", pairwise(
+    BACKENDS, [True, False], [None, 255], ["present", "all", [2, 0, 0]], ["random", "confident", "ties"]))
 def test_softmax_backends(backend, per_image, ignore, classes, logits):
     N, C, sp = 3, 4, (5, 7)
     y = labels(N, C, sp, ignore)

@@ -19,6 +19,9 @@ from pathlib import Path
 import pytest
 import torch
 
+# three pytest subprocesses over the peers' whole suites: the slow tier
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

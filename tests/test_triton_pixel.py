@@ -18,7 +18,7 @@ import torch
 triton = pytest.importorskip("triton")
 
 from conftest import (DEVICE, TRITON_TOL as TOL, close_rel as _close,  # noqa: E402
-                      triton_needs_run, with_layout)
+                      pairwise, triton_needs_run, with_layout)
 
 from segfast.reference import pixel as ref  # noqa: E402
 from segfast.triton_kernels import pixel as TP  # noqa: E402
@@ -135,11 +135,13 @@ def _weights(C, gen, lo=0.5):
 # --------------------------------------------------------------------------
 
 @needs_run
-@pytest.mark.parametrize("C", [1, 2, 5, 70])
-@pytest.mark.parametrize("kind", [CE, FOCAL_SOFTMAX, FUSED, BCE, FOCAL_SIGMOID])
+@pytest.mark.parametrize("kind,C", [
+    pytest.param(kind, C, marks=pytest.mark.slow if C == 70 and kind in SOFTMAX else ())
+    for C in (1, 2, 5, 70) for kind in (CE, FOCAL_SOFTMAX, FUSED, BCE, FOCAL_SIGMOID)])
 def test_kinds_labels(kind, C):
     """uint8 labels with ignore 255, class weights, gamma 2, alpha 0.25,
-    smoothing 0.1; C = 70 takes the class loop (softmax) / several class chunks."""
+    smoothing 0.1; C = 70 takes the class loop (softmax) / several class chunks
+    (the softmax class loop of every kind: test_class_loop_small_chunks)."""
     if C == 1 and kind in SOFTMAX:
         pytest.skip("softmax over one class")
     gen = torch.Generator().manual_seed(10 * C + kind)
@@ -200,9 +202,7 @@ def test_binary_labels(kind):
 # --------------------------------------------------------------------------
 
 @needs_run
-@pytest.mark.parametrize("C", [1, 5, 70])
-@pytest.mark.parametrize("ignore", [None, -1.0])
-@pytest.mark.parametrize("kind", [BCE, FOCAL_SIGMOID])
+@pytest.mark.parametrize("kind,ignore,C", pairwise([BCE, FOCAL_SIGMOID], [None, -1.0], [1, 5, 70]))
 def test_dense_soft(kind, ignore, C):
     gen = torch.Generator().manual_seed(100 * C + kind)
     x = make_x(C, gen=gen)
@@ -238,11 +238,11 @@ def test_dense_target_dtypes(kind, tdtype):
 # --------------------------------------------------------------------------
 
 @needs_run
-@pytest.mark.parametrize("P", [1, 3, 97])
+@pytest.mark.parametrize("P", [1, 3, 12])
 @pytest.mark.parametrize("kind", [FUSED, FOCAL_SIGMOID])
 def test_chunks_multi_block(kind, P):
-    """block_s=16: several pixel blocks per chunk (P = 1, 3) and P > S with
-    empty chunks (P = 97: L = 16, chunks 6.. empty -> zeros)."""
+    """block_s=16: several pixel blocks per chunk (P = 1, 3) and more chunks
+    than pixel blocks, the empty ones zeros (P = 12: L = 16, chunks 6.. empty)."""
     gen = torch.Generator().manual_seed(P + kind)
     C = 5
     x = make_x(C, gen=gen)
@@ -294,8 +294,9 @@ def test_low_precision(kind, dtype):
 
 
 @needs_run
-@pytest.mark.parametrize("gamma", [0.0, 0.5, 2.0])
-@pytest.mark.parametrize("kind", [CE, FOCAL_SOFTMAX, FUSED, BCE, FOCAL_SIGMOID])
+@pytest.mark.parametrize("kind,gamma", [  # gamma is read by the focal kinds only
+    pytest.param(kind, gamma, marks=() if gamma == 2.0 or kind in (FOCAL_SOFTMAX, FOCAL_SIGMOID) else pytest.mark.slow)
+    for kind in (CE, FOCAL_SOFTMAX, FUSED, BCE, FOCAL_SIGMOID) for gamma in (0.0, 0.5, 2.0)])
 def test_extreme_logits(kind, gamma):
     """|x| up to ~100: p_y == 1 exactly, tiny 1 - p_t, softplus tails; finite
     everywhere and equal to the float64 reference. Where 1 - p == 0 exactly
