@@ -22,7 +22,7 @@ from segfast.metrics import detection as det_mod
 from segfast.metrics import segmentation as seg_mod
 
 from test_metrics import SETS, _check_against, _make, _pycoco, crafted_quirks
-from test_metrics_triton import _arrays, _same, _with_dup_gts, device_matching, options_and_curves
+from test_triton_metrics import _arrays, _same, _with_dup_gts, device_matching, options_and_curves
 
 emu = backends._C_emu
 pytestmark = pytest.mark.skipif(emu is None or not hasattr(emu.cuda, "confusion"),
