@@ -172,7 +172,8 @@ def _run_fatbinary_wrapper(tmp_path, args, extra_sass=""):
     log = tmp_path / "log"
     for tool in ("ptxas", "real_fatbinary"):
         p = bin_dir / tool
-        p.write_text(f"#!{sys.executable}\nimport sys\nopen({str(log)!r}, 'a').write({tool!r} + ' ' + ' '.join(sys.argv[1:]) + '\\n')\n")
+        body = f"open({str(log)!r}, 'a').write({tool!r} + ' ' + ' '.join(sys.argv[1:]) + '\\n')"
+        p.write_text(f"#!{sys.executable}\nimport sys\n{body}\n")
         p.chmod(0o755)
     env = dict(os.environ, SEGFAST_FATBINARY=str(bin_dir / "real_fatbinary"), SEGFAST_EXTRA_SASS=extra_sass)
     r = subprocess.run([sys.executable, str(bin_dir / "fatbinary"), *args], env=env, capture_output=True, text=True)

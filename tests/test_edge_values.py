@@ -402,11 +402,12 @@ def _grads_no_target(fn, x, t, backend, **kw):
 @pytest.mark.parametrize("backend", KERNELS)
 def test_sigmoid_focal_neg_inf_logit_of_a_negative(backend):
     """x = -inf with t = 0: p_t = 1 exactly, so the focal factor and its gradient are 0
-    (the fast exp once gave exp(-inf) = exp(-87), a factor of 1e-38 times an infinite
-    ce: a NaN gradient where the reference's is 0)."""
+    (a fast exp that clamps exp(-inf) to exp(-87) gives a factor of 1e-38 times an
+    infinite ce: a NaN gradient where the reference's is 0)."""
     x = torch.tensor([[[-INF, 0.5, 2.0]], [[1.0, -INF, -0.5]]])
     t = torch.tensor([[1, 1, 0], [0, 0, 1]], dtype=torch.float32).view(2, 1, 3)
-    fn = lambda x, t, **k: F.focal_loss(x, t, mode="multilabel", gamma=1.5, reduction="none", **k).sum()
+    def fn(x, t, **k):
+        return F.focal_loss(x, t, mode="multilabel", gamma=1.5, reduction="none", **k).sum()
     _match_reference(fn, x, t, backend)
     _, xg = _grads_no_target(fn, x, t, backend)
     assert xg[1, 0, 1] == 0

@@ -75,7 +75,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ._common import (blocks, chunk_bounds, chunk_len, chunks, focal_pow, load_labels, load_target_tile, load_tile,
+from ._common import (blocks, chunk_bounds, chunk_len, chunks, focal_pow, load_labels, load_tile,
                       log1p, sigmoid_parts, target_args, wrap)
 from .region import _softmax_max_rsum
 

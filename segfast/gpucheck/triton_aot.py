@@ -64,7 +64,6 @@ import inspect
 import io
 import itertools
 import json
-import math
 import os
 import re
 import shutil
