@@ -276,6 +276,19 @@ def test_quick_sweep(capsys):
     assert {(r["kernel"], r["arch"]) for r in rows} == {(k, a) for _, k in every for a in aot.ARCHS}
 
 
+def test_known_spills_are_narrow():
+    """A spill in a streaming loss kernel fails unless its kernel, logits dtype
+    and constexprs match an entry of KNOWN_SPILLS: the same configuration in
+    float32, or with another pixel term, still fails."""
+    row = dict(kernel="_region_stats_kernel", arch=90, variant="div16", types="bfloat16,int32,float32",
+               constexprs={"ACT": 2, "XK": 2, "BLOCK_C": 8, "SINGLE_C": True}, error=None, shared=0,
+               spill_stores=4, local=0, stack=8, registers=96)
+    assert aot.known_spill(row) and aot.failures([row]) == []
+    assert len(aot.failures([dict(row, types="float32,int32,float32")])) == 1
+    assert len(aot.failures([dict(row, constexprs=dict(row["constexprs"], XK=1))])) == 1
+    assert len(aot.failures([dict(row, kernel="_region_grad_kernel")])) == 1
+
+
 @triton_needs_run()
 @pytest.mark.slow
 def test_full_sweep(capsys):

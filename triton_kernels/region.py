@@ -108,6 +108,7 @@ GRAD_LOOP_WARPS = 2
 # 4-warp programs (128 registers) leave 4 resident per SM to hide the latency.
 STATS_WARPS = 4
 STATS_CLASS_LANES = 8
+STATS_THREAD_ELEMS = 16  # logits per thread in a single class tile (registers: 255 and spills at 32)
 STATS_STAGES = 1
 # Stats kernel, wide class tile (MAX_SINGLE_C < C <= STATS_MAX_C): the same
 # 5-d register tile with more lanes of a warp over the classes (CL = 16 for
@@ -692,7 +693,9 @@ def _stats_blocks(C: int, block_s, block_c, itemsize: int = 4, xent: int = 0):
 
     Single class tile (C <= STATS_MAX_C unless ``block_c`` asks for the class
     loop): CL = min(BLOCK_C, STATS_CLASS_LANES) lanes of a warp over the
-    classes (wide tile, BLOCK_C > MAX_SINGLE_C: min(32, BLOCK_C / 4)), 32 / CL
+    classes (more for 16-bit logits, so that a thread holds at most
+    STATS_THREAD_ELEMS logits; wide tile, BLOCK_C > MAX_SINGLE_C:
+    min(32, BLOCK_C / 4)), 32 / CL
     over pixel vectors of VEC = 16 / itemsize pixels (wide: at most
     STATS_WIDE_VEC), STATS_WARPS warps over pixels: BLOCK_S = STATS_WARPS *
     (32 / CL) * VEC. ``block_s`` overrides BLOCK_S (fewer warps, then shorter
@@ -708,7 +711,9 @@ def _stats_blocks(C: int, block_s, block_c, itemsize: int = 4, xent: int = 0):
         return single, BLOCK_C, BLOCK_S, 1, 1, 1
     VEC = max(16 // itemsize, 1)
     if BLOCK_C <= MAX_SINGLE_C:
-        CL = min(BLOCK_C, STATS_CLASS_LANES)
+        # at most STATS_THREAD_ELEMS logits per thread (class rows x VEC): 16-bit
+        # logits (VEC = 8) put more lanes over the classes, not more rows in a thread
+        CL = min(BLOCK_C, max(STATS_CLASS_LANES, BLOCK_C * VEC // STATS_THREAD_ELEMS), 32)
     else:  # wide tile
         CL = min(32, BLOCK_C // 4)
         VEC = min(VEC, STATS_WIDE_VEC)
