@@ -61,8 +61,10 @@ def test_wide_class_tile_compiles_lean(wide_traces):
     """The streaming region kernels at C > 32 (the stats kernel's wide class
     tile and class-chunk loop, the grad kernel's class loop), Dice and Dice +
     CE, on sm_80 and sm_90: 128-bit loads of logits and labels and none
-    narrower, no spill, no block barrier inside a loop, and registers that
-    leave at least 2 programs per SM."""
+    narrower (at 129-256 classes the stats tile reads 2-pixel vectors of the
+    logits, so that a thread holds 16: 128-bit loads of the int64 labels, 64-bit
+    of the float32 logits), no spill, no block barrier inside a loop, and
+    registers that leave at least 2 programs per SM."""
     jobs = {}
     for trace in wide_traces.values():
         for k in trace.launches:
@@ -72,9 +74,12 @@ def test_wide_class_tile_compiles_lean(wide_traces):
     assert len(jobs) == 2 * 2 * len(WIDE_SHAPES) * 2
     for job, row in zip(jobs, triton_aot.compile_all(list(jobs), workers=WORKERS)):
         assert row["error"] is None, row["error"]
-        where = (job.arch, job.launch.constexprs, row)
+        where = (job.arch, row)
         assert row["ldg128"] > 0 and row["local"] == 0 and row["bar_loop"] == 0, where
-        assert row["ld_stream_128"] > 0 and row["ld_stream_narrow"] == 0, where
+        assert row["ld_stream_128"] > 0, where
+        cx = row["constexprs"]
+        if not (row["kernel"] == "_region_stats_kernel" and cx.get("SINGLE_C") and cx.get("BLOCK_C") == 256):
+            assert row["ld_stream_narrow"] == 0, where
         assert perf.occupancy(row, H100) >= 2, where
 
 

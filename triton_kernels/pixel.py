@@ -314,11 +314,9 @@ def _pixel_softmax_kernel(
     accb = tl.zeros([BLOCK_S], tl.float32)
     if HAS_SMOOTH:
         if HAS_W:
-            W = tl.load(w_ptr).to(tl.float32)
-            if CONST_C > 0:
-                for k in tl.static_range(1, CONST_C):
-                    W += tl.load(w_ptr + k).to(tl.float32)
-            else:
+            W = 0.0  # CONST_C > 0: summed in each tile's class loop, from the weights it loads there
+            if CONST_C == 0:
+                W = tl.load(w_ptr).to(tl.float32)
                 for k in range(1, C):
                     W += tl.load(w_ptr + k).to(tl.float32)
         else:
@@ -352,7 +350,11 @@ def _pixel_softmax_kernel(
         swx = tl.zeros([BLOCK_S], tl.float32)
         lsf = tl.zeros([BLOCK_S], tl.float32)
         if CONST_C > 0:
+            if HAS_SMOOTH and HAS_W:
+                W = 0.0
             for c in tl.static_range(CONST_C):
+                if HAS_SMOOTH and HAS_W:
+                    W += tl.load(w_ptr + c).to(tl.float32)
                 xc = _load_class(x_base, c, s64, sxc, sxs, smask)
                 m, ls, lny, xy, wy, x0, swx, mf, lsf = _sm_step(
                     xc, c, y, w_ptr, m, ls, lny, xy, wy, x0, swx, mf, lsf, KIND, HAS_W, HAS_SMOOTH)

@@ -35,7 +35,8 @@ Two code paths per kernel, chosen by the constexpr SINGLE_C:
   accumulated per thread in registers and reduced across warps once after
   the loop, so the loop has no block barrier. Above MAX_SINGLE_C classes the
   tile is wide: all lanes of a warp over the classes (16 at BLOCK_C = 64),
-  at most 8 class rows per thread, 4-pixel vectors. The grad kernel handles
+  at most 8 class rows per thread, pixel vectors for at most 16 logits per
+  thread (4 pixels up to 128 classes, 2 at 256). The grad kernel handles
   one [BLOCK_C, BLOCK_S] tile per program.
 * larger C: loop over class chunks of BLOCK_C. The stats kernel (C >
   STATS_MAX_C) runs one-warp programs over [16, 16] tiles: per pixel tile, one
@@ -113,9 +114,10 @@ STATS_STAGES = 1
 # Stats kernel, wide class tile (MAX_SINGLE_C < C <= STATS_MAX_C): the same
 # 5-d register tile with more lanes of a warp over the classes (CL = 16 for
 # BLOCK_C = 64, 32 above, so a thread holds BLOCK_C / CL <= 8 class rows) and
-# 4-pixel vectors of the logits (one 16-byte load for float32).
+# pixel vectors short enough for STATS_THREAD_ELEMS logits per thread: 4 pixels
+# up to 128 classes (one 16-byte load for float32), 2 at 256 (8 rows x 4 took
+# 255 registers and spilled with the cross-entropy terms, float32 and 16-bit).
 STATS_MAX_C = 256
-STATS_WIDE_VEC = 4
 # Stats kernel, looped class tile (C > STATS_MAX_C): one-warp programs (no
 # block barrier in the tile loop, see the kernel) over [LOOP_STATS_BLOCK_C,
 # LOOP_STATS_BLOCK_S] tiles: in float32 the lanes 8 over classes x 4 over
@@ -217,9 +219,10 @@ def _pixel_term_sums(x, p, t, v, c, m, lls, h, gamma, XK: tl.constexpr):
     if XK == 1:
         s7 = nl_t * t * v
         s8 = tl.where(v != 0, nl, 0.0)
-    elif XK == 2:
+    elif XK == 2:  # no S8 term: the kernels leave it at 0 (a zeros tensor here would take
+        # the default register layout and put layout conversions into the tile loop)
         s7 = _focal_pow(1.0 - p, gamma) * nl_t * t * v
-        s8 = tl.zeros_like(p)
+        s8 = s7
     else:
         s7 = nl_t * t * v
         s8 = tl.where((c >= 1) & (t != 0), h * t * v, 0.0)
@@ -390,8 +393,15 @@ def _region_stats_kernel(
             mask = cm5 & sm3[None, :, None, :, :]
             # logits and labels are both loaded before any arithmetic
             x = tl.load(x_base + c5 * sxc + s5 * sxs, mask=mask, other=0).to(tl.float32)
-            lab5, pvalid5 = load_labels(t_ptr, n64, s5, stn, sts, sm3[None, :, None, :, :], T_IS_LABEL, HAS_IGNORE,
-                                        ign_i)
+            # the labels as a tile of the logits' shape (a class axis of stride 0:
+            # the same label in every class lane and row), so that Triton gives
+            # both loads one register layout. As the smaller [1, NW, 1, PL, VEC]
+            # tile they got a layout of their own (one label per thread, lanes
+            # over pixels), and the one-hot terms were converted through shared
+            # memory, with barriers, on every tile.
+            sl5 = s5 + c5 * 0
+            lab5, pvalid5 = load_labels(t_ptr, n64, sl5, stn, sts, sm3[None, :, None, :, :] & (sl5 >= 0), T_IS_LABEL,
+                                        HAS_IGNORE, ign_i)
             zero = tl.where(mask, 0.0, x)  # in x's register layout (see _stats_targets)
             t, v, vb = _stats_targets(zero, mask, cm5, pvalid5, lab5, c5, t_ptr + n64 * stn, s5, stc, sts,
                                       label_offset, ign_f, T_IS_LABEL, HAS_IGNORE)
@@ -428,7 +438,8 @@ def _region_stats_kernel(
                     h = (m - mf) + (lls - llsf)
                 s7, s8 = _pixel_term_sums(x, p, t, v, c5, m, lls, h, gamma, XK)
                 aCE += tl.sum(tl.where(mask, s7, 0.0), axis=4)
-                aLP += tl.sum(tl.where(mask, s8, 0.0), axis=4)
+                if XK != 2:
+                    aLP += tl.sum(tl.where(mask, s8, 0.0), axis=4)
             if T_IS_LABEL:
                 if HAS_FLAG or HAS_CONF:
                     y, ok, bad = _label_flags(lab5, pvalid5, C, label_offset)
@@ -561,8 +572,11 @@ def _region_stats_kernel(
                     s7, s8 = _pixel_term_sums(x, p, t, v, c2, m, lls, h, gamma, XK)
                     tl.store(o + 7, tl.load(o + 7, mask=om, other=0) + tl.sum(tl.where(mask, s7, 0.0), axis=1),
                              mask=cmask)
-                    tl.store(o + 8, tl.load(o + 8, mask=om, other=0) + tl.sum(tl.where(mask, s8, 0.0), axis=1),
-                             mask=cmask)
+                    if XK != 2:
+                        tl.store(o + 8, tl.load(o + 8, mask=om, other=0) + tl.sum(tl.where(mask, s8, 0.0), axis=1),
+                                 mask=cmask)
+                    else:
+                        tl.store(o + 8, tl.zeros([BLOCK_C], tl.float32), mask=cmask & ~om)
         if HAS_FLAG:
             tl.store(flag_ptr, 1, mask=nbad != 0)
         if T_IS_LABEL:
@@ -697,7 +711,7 @@ def _stats_blocks(C: int, block_s, block_c, itemsize: int = 4, xent: int = 0):
     STATS_THREAD_ELEMS logits; wide tile, BLOCK_C > MAX_SINGLE_C:
     min(32, BLOCK_C / 4)), 32 / CL
     over pixel vectors of VEC = 16 / itemsize pixels (wide: at most
-    STATS_WIDE_VEC), STATS_WARPS warps over pixels: BLOCK_S = STATS_WARPS *
+    STATS_THREAD_ELEMS / (BLOCK_C / CL)), STATS_WARPS warps over pixels: BLOCK_S = STATS_WARPS *
     (32 / CL) * VEC. ``block_s`` overrides BLOCK_S (fewer warps, then shorter
     vectors)."""
     single, BLOCK_C, BLOCK_S = _blocks(C, block_s, block_c)
@@ -714,9 +728,9 @@ def _stats_blocks(C: int, block_s, block_c, itemsize: int = 4, xent: int = 0):
         # at most STATS_THREAD_ELEMS logits per thread (class rows x VEC): 16-bit
         # logits (VEC = 8) put more lanes over the classes, not more rows in a thread
         CL = min(BLOCK_C, max(STATS_CLASS_LANES, BLOCK_C * VEC // STATS_THREAD_ELEMS), 32)
-    else:  # wide tile
+    else:  # wide tile: every lane of a warp over the classes from BLOCK_C = 128 on
         CL = min(32, BLOCK_C // 4)
-        VEC = min(VEC, STATS_WIDE_VEC)
+        VEC = min(VEC, STATS_THREAD_ELEMS // (BLOCK_C // CL))
     PL = 32 // CL
     warps = STATS_WARPS
     if block_s is not None:
