@@ -276,17 +276,39 @@ def test_quick_sweep(capsys):
     assert {(r["kernel"], r["arch"]) for r in rows} == {(k, a) for _, k in every for a in aot.ARCHS}
 
 
-def test_known_spills_are_narrow():
-    """A spill in a streaming loss kernel fails unless its kernel, logits dtype
-    and constexprs match an entry of KNOWN_SPILLS: the same configuration in
-    float32, or with another pixel term, still fails."""
+def test_spill_rule():
+    """A spill in a streaming loss kernel fails unless ptxas only parks a few
+    bytes outside every loop (read from the SASS): any spill access inside a
+    loop fails, so does one over SPILL_OUTSIDE_LOOPS bytes, or one whose SASS
+    was not read; a kernel outside NO_SPILL may spill."""
     row = dict(kernel="_region_stats_kernel", arch=90, variant="div16", types="bfloat16,int32,float32",
                constexprs={"ACT": 2, "XK": 2, "BLOCK_C": 8, "SINGLE_C": True}, error=None, shared=0,
-               spill_stores=4, local=0, stack=8, registers=96)
-    assert aot.known_spill(row) and aot.failures([row]) == []
-    assert len(aot.failures([dict(row, types="float32,int32,float32")])) == 1
-    assert len(aot.failures([dict(row, constexprs=dict(row["constexprs"], XK=1))])) == 1
-    assert len(aot.failures([dict(row, kernel="_region_grad_kernel")])) == 1
+               spill_stores=4, local=0, stack=8, registers=96, local_loop=0)
+    assert aot.per_program_spill(row) and aot.failures([row]) == []
+    assert len(aot.failures([dict(row, local_loop=2)])) == 1
+    assert len(aot.failures([dict(row, spill_stores=aot.SPILL_OUTSIDE_LOOPS + 4)])) == 1
+    assert len(aot.failures([dict(row, local_loop=None)])) == 1
+    assert len(aot.failures([dict(row, spill_stores=None, stack=64, local_loop=0)])) == 1
+    assert aot.failures([dict(row, kernel="_aligned_kernel", local_loop=2)]) == []
+    assert aot.failures([dict(row, local_loop=2)], spills=False) == []
+
+
+def test_local_in_loops():
+    """Spill loads and stores count where a backward branch encloses them."""
+    from segfast.gpucheck import perf_ptx
+    sass = """
+        /*0000*/                   STL [R1], R0 ;
+        /*0010*/                   LDG.E.128 R4, desc[UR4][R2.64] ;
+        /*0020*/                   STL [R1+0x4], R4 ;
+        /*0030*/                   LDL R5, [R1+0x4] ;
+        /*0040*/              @P0 BRA 0x10 ;
+        /*0050*/                   LDL.LU R6, [R1] ;
+        /*0060*/                   EXIT ;
+        /*0070*/                   BRA 0x70;
+    """
+    ins, spans = perf_ptx.sass_loops(sass)
+    assert (0x10, 0x40) in spans
+    assert perf_ptx.local_in_loops(sass) == 2
 
 
 @triton_needs_run()

@@ -38,6 +38,7 @@ import tempfile
 from pathlib import Path
 from typing import Optional
 
+from .perf_ptx import loop_depth, sass_loops
 from .triton_aot import parse_ptxas_v, parse_resource_usage, tool
 
 ARCHS = (80, 90)
@@ -107,7 +108,6 @@ def _run(cmd, **kw):
     return r
 
 
-_SASS_LINE = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(.*?);")
 
 
 def sass_functions(sass: str) -> dict:
@@ -119,42 +119,17 @@ def sass_functions(sass: str) -> dict:
 def sass_counts(text: str) -> dict:
     """Global access widths and barriers of one function's SASS: 128-bit and all
     LDG / STG, BAR.SYNC in all and ``bar_loop``, those inside a loop nested in
-    another (a span from a branch target to a later branch back to it): the
-    kernels loop over images outermost (n += gridDim.y), so a barrier inside
-    any loop within that one runs per tile, not once per image. The jump
-    back from a ``BRA.DIV`` handler (the out-of-line code a warp collective
-    runs when the warp may have diverged, ended by its first unconditional
-    BRA) resumes the body after the collective: not a loop."""
-    ins = [(int(a, 16), op) for a, op in _SASS_LINE.findall(text)]
-    target = re.compile(r"\bBRA(?:\.\w+)*\s+(?:~?U?R\w+,\s*)?(?:`\(\.L_x_\d+\)|0x([0-9a-f]+))")
-    handlers = set()
-    for addr, op in ins:
-        m = target.search(op)
-        if "BRA.DIV" in op and m and m.group(1) is not None:
-            handlers.add(int(m.group(1), 16))
-    resumes = set()
-    for start in handlers:
-        for addr, op in ins:
-            if addr >= start and re.match(r"BRA\s", op):  # unpredicated
-                resumes.add(addr)
-                break
-    spans = []
-    for addr, op in ins:
-        m = target.search(op)
-        if "BRA.DIV" in op or addr in resumes:
-            continue
-        if m and m.group(1) is not None and int(m.group(1), 16) <= addr:
-            spans.append((int(m.group(1), 16), addr))
+    another (``sass_loops``): the kernels loop over images outermost (n +=
+    gridDim.y), so a barrier inside any loop within that one runs per tile,
+    not once per image."""
+    ins, spans = sass_loops(text)
     bars = [addr for addr, op in ins if re.match(r"(?:@!?U?P\w+\s+)?BAR\.SYNC", op)]
-
-    def depth(a):
-        return sum(lo <= a <= hi for lo, hi in spans)
     ops = [op for _, op in ins]
     return {"ldg128": sum(bool(re.search(r"\bLDG(?:\.\w+)*\.128\b", o)) for o in ops),
             "ldg": sum(bool(re.search(r"\bLDG\b", o)) for o in ops),
             "stg128": sum(bool(re.search(r"\bSTG(?:\.\w+)*\.128\b", o)) for o in ops),
             "stg": sum(bool(re.search(r"\bSTG\b", o)) for o in ops),
-            "bar_sync": len(bars), "bar_loop": sum(depth(a) >= 2 for a in bars)}
+            "bar_sync": len(bars), "bar_loop": sum(loop_depth(spans, a) >= 2 for a in bars)}
 
 
 def compile_cubin(src: Path, arch: int, include: Path, out_dir: Path) -> dict:

@@ -14,6 +14,10 @@ static performance report, ``perf.py``):
   load counts as from an input when its address is computed from that
   parameter (register data flow in the PTX; a loaded value does not carry it,
   so a gather through a label is not one).
+
+And from the SASS of a function (``cuobjdump -sass``): its loops
+(``sass_loops``, also read by ``cuda_resources``) and ``local_loop``, the
+local-memory loads and stores (spill traffic) inside one of them.
 """
 
 from __future__ import annotations
@@ -116,3 +120,50 @@ def loop_facts(ptx: str, params=STREAM_PARAMS) -> dict:
             total = width * int(bits[-1]) if bits else 0
             c["ld_stream_128" if total >= 128 else "ld_stream_narrow"] += 1
     return c
+
+
+_SASS_LINE = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(.*?);")
+
+
+def sass_loops(text: str) -> tuple:
+    """(instructions as (address, text), loop spans as (first, last) address)
+    of one function's SASS: a span runs from a branch target to a later
+    branch back to it. The jump back from a ``BRA.DIV`` handler (the
+    out-of-line code a warp collective runs when the warp may have diverged,
+    ended by its first unconditional BRA) resumes the body after the
+    collective: not a loop."""
+    ins = [(int(a, 16), op) for a, op in _SASS_LINE.findall(text)]
+    target = re.compile(r"\bBRA(?:\.\w+)*\s+(?:~?U?R\w+,\s*)?(?:`\(\.L_x_\d+\)|0x([0-9a-f]+))")
+    handlers = set()
+    for addr, op in ins:
+        m = target.search(op)
+        if "BRA.DIV" in op and m and m.group(1) is not None:
+            handlers.add(int(m.group(1), 16))
+    resumes = set()
+    for start in handlers:
+        for addr, op in ins:
+            if addr >= start and re.match(r"BRA\s", op):  # unpredicated
+                resumes.add(addr)
+                break
+    spans = []
+    for addr, op in ins:
+        m = target.search(op)
+        if "BRA.DIV" in op or addr in resumes:
+            continue
+        if m and m.group(1) is not None and int(m.group(1), 16) <= addr:
+            spans.append((int(m.group(1), 16), addr))
+    return ins, spans
+
+
+def loop_depth(spans, addr: int) -> int:
+    return sum(lo <= addr <= hi for lo, hi in spans)
+
+
+_LOCAL = re.compile(r"(?:@!?U?P\w+\s+)?(?:LDL|STL)\b")
+
+
+def local_in_loops(text: str, depth: int = 1) -> int:
+    """Local-memory loads and stores (spill traffic) inside a loop of one
+    function's SASS, at least ``depth`` loops deep."""
+    ins, spans = sass_loops(text)
+    return sum(loop_depth(spans, a) >= depth for a, op in ins if _LOCAL.match(op))

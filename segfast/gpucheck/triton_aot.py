@@ -81,35 +81,30 @@ SMEM_LIMIT = {80: 163 * 1024, 86: 99 * 1024, 89: 99 * 1024, 90: 227 * 1024}
 ARCHS = (80, 90)
 VARIANTS = ("div16", "plain")
 
-# Streaming loss kernels: a spill (local memory) there costs bandwidth on
-# every pixel, so any is a failure.
+# Streaming loss kernels: a spill (local memory) inside their tile loop costs
+# bandwidth on every tile, so it is a failure.
 NO_SPILL = ("_region_stats_kernel", "_region_grad_kernel", "_pixel_softmax_kernel", "_pixel_sigmoid_kernel")
 
-# Open: configurations of those kernels that spill today, found by the
-# every-configuration sweep and not yet restructured (docs/design.md, "Known
-# spills"). Each entry: the kernel, the logits dtypes and the constexpr values
-# it matches. A spill outside these is a failure, and so is one of these once
-# its entry goes.
-_16BIT = ("bfloat16", "float16")
-KNOWN_SPILLS = (
-    # softmax Dice + CE / focal / fused at 129-256 classes with 16-bit logits:
-    # the wide tile (BLOCK_C = 256, 8-byte vectors) takes 252-255 registers
-    dict(kernel="_region_stats_kernel", dtypes=_16BIT, ACT=2, BLOCK_C=256),
-    # softmax Dice + focal with 16-bit logits at C <= 8 and in the class loop (sm_90, 4-8 B)
-    dict(kernel="_region_stats_kernel", dtypes=_16BIT, ACT=2, XK=2, BLOCK_C=8),
-    dict(kernel="_region_stats_kernel", dtypes=_16BIT, ACT=2, XK=2, SINGLE_C=False),
-    # the per-pixel CE map with class weights and label smoothing, 16-bit logits (sm_80, 8 B)
-    dict(kernel="_pixel_softmax_kernel", dtypes=_16BIT, KIND=0, HAS_W=True, HAS_SMOOTH=True, WANT_MAP=True,
-         WANT_DX=False),
-)
+# ptxas, left to choose a register count, sometimes keeps a value or two in
+# local memory to reach the next occupancy step: saved before the tile loop,
+# restored after it, once per program. Such a spill is reported, not failed,
+# when no spill access lies inside a loop (perf_ptx.sass_loops) and it stays
+# within SPILL_OUTSIDE_LOOPS bytes; any other spill in NO_SPILL fails.
+SPILL_OUTSIDE_LOOPS = 16
 
 
-def known_spill(row) -> bool:
-    """The row's configuration is one of KNOWN_SPILLS."""
-    dtype = row["types"].split(",", 1)[0]
-    cx = row.get("constexprs") or {}
-    return any(e["kernel"] == row["kernel"] and dtype in e["dtypes"]
-               and all(cx.get(k) == v for k, v in e.items() if k not in ("kernel", "dtypes")) for e in KNOWN_SPILLS)
+def spill_bytes(row) -> int:
+    """Spill stores in ptxas's log, else (no log) the local memory and stack."""
+    if row.get("spill_stores") is not None:
+        return max(row["spill_stores"], row["local"])
+    return max(row["local"], row["stack"])
+
+
+def per_program_spill(row) -> bool:
+    """The row spills only outside loops (its SASS read: ``local_loop`` is 0),
+    at most SPILL_OUTSIDE_LOOPS bytes."""
+    return row.get("local_loop") == 0 and spill_bytes(row) <= SPILL_OUTSIDE_LOOPS
+
 
 # The families whose kernels the workload must reach (segfast.triton_kernels.<family>).
 FAMILIES = ("region", "region_finish", "pixel", "lovasz", "boxes", "boxes_match", "crf")
@@ -1088,6 +1083,7 @@ def vector_counts(ptx: str, sass: str = "") -> dict:
         c["membar"] = count(r"\bMEMBAR\b", sass)
         c["atomg"] = count(r"\bATOMG\b", sass)
         c["redg"] = count(r"\bREDG\b", sass)
+        c["local_loop"] = perf_ptx.local_in_loops(sass)
     return c
 
 
@@ -1243,7 +1239,7 @@ def _worker(src: str, dst: str) -> int:
 def failures(rows: list, spills: bool = True) -> list:
     """-> human-readable failures: compile errors, shared memory over the
     target's per-block limit, spills in the streaming loss kernels (unless
-    ``spills`` is False) outside KNOWN_SPILLS."""
+    ``spills`` is False) but ptxas's per-program ones (``per_program_spill``)."""
     out = []
     for r in rows:
         what = f"{r['kernel']} sm_{r['arch']} {r['variant']} {r['constexprs']} [{r['types']}]"
@@ -1253,8 +1249,10 @@ def failures(rows: list, spills: bool = True) -> list:
         limit = SMEM_LIMIT.get(r["arch"])
         if limit is not None and r["shared"] > limit:
             out.append(f"{what}: {r['shared']} B shared memory > the {limit} B per-block limit")
-        if spills and r["kernel"] in NO_SPILL and spilled(r) and not known_spill(r):
-            out.append(f"{what}: spills ({spill_text(r)}, {r['registers']} registers)")
+        if spills and r["kernel"] in NO_SPILL and spilled(r) and not per_program_spill(r):
+            inside = r.get("local_loop")
+            where = "" if inside is None else f", {inside} spill accesses inside a loop"
+            out.append(f"{what}: spills ({spill_text(r)}{where}, {r['registers']} registers)")
     return out
 
 
@@ -1271,8 +1269,8 @@ def spill_text(row) -> str:
     return f"{row['local']} B local, {row['stack']} B stack"
 
 
-COLUMNS = ("kernel", "arch", "variant", "configs", "num_warps", "registers", "spill_stores", "local", "stack", "shared",
-           "ld_v4", "ld_v2", "ld_v1", "st_v4", "st_v1", "ldg128", "bar_sync", "compile_s")
+COLUMNS = ("kernel", "arch", "variant", "configs", "num_warps", "registers", "spill_stores", "local_loop", "local",
+           "stack", "shared", "ld_v4", "ld_v2", "ld_v1", "st_v4", "st_v1", "ldg128", "bar_sync", "compile_s")
 
 
 def summarise(rows: list) -> list:
@@ -1288,7 +1286,7 @@ def summarise(rows: list) -> list:
         worst = max(rs, key=lambda r: r["registers"])
         s = dict(worst)
         s["configs"] = len(rs)
-        for k in ("local", "stack", "shared", "spill_stores"):
+        for k in ("local", "stack", "shared", "spill_stores", "local_loop"):
             vals = [r.get(k) for r in rs if r.get(k) is not None]
             s[k] = max(vals) if vals else None
         s["compile_s"] = round(sum(r["compile_s"] for r in rs), 1)
