@@ -147,13 +147,14 @@ def blocks(C: int, block_s, block_c, *, tile: int, max_single_c: int, loop_block
 
 def chunk_len(S: int, P: int, block_s: int) -> int:
     """Pixels per chunk of an (image, chunk) grid of P chunks per image: the
-    ceil(S / P) a grid of P needs, rounded up to a multiple of ``block_s``.
-    A multiple of the block keeps every chunk start a multiple of 16 pixels
-    (BLOCK_S >= 16), which Triton's divisibility specialisation of L turns
-    into aligned 128-bit loads and stores; the last chunks may be short or
-    empty (an empty chunk writes zero partial sums)."""
+    ceil(S / P) a grid of P needs, rounded up to a multiple of ``block_s`` (a
+    power of two) and of 16. Every chunk start is then a multiple of 16
+    pixels, which Triton's divisibility specialisation of L turns into
+    aligned vector loads and stores; the last chunks may be short or empty
+    (an empty chunk writes zero partial sums)."""
+    unit = max(block_s, 16)
     L = -(-S // max(P, 1))
-    return max(block_s, -(-L // block_s) * block_s)
+    return max(unit, -(-L // unit) * unit)
 
 
 def chunks(N: int, S: int, block_s: int, sm_count: int, waves: int, min_blocks: int = 2) -> int:
