@@ -399,7 +399,7 @@ def _region_stats_kernel(
             # tile they got a layout of their own (one label per thread, lanes
             # over pixels), and the one-hot terms were converted through shared
             # memory, with barriers, on every tile.
-            sl5 = s5 + c5 * 0
+            sl5 = s5 + c5 * 0  # (sl5 >= 0 below: true, the pixel mask in the same shape)
             lab5, pvalid5 = load_labels(t_ptr, n64, sl5, stn, sts, sm3[None, :, None, :, :] & (sl5 >= 0), T_IS_LABEL,
                                         HAS_IGNORE, ign_i)
             zero = tl.where(mask, 0.0, x)  # in x's register layout (see _stats_targets)

@@ -1257,10 +1257,7 @@ def failures(rows: list, spills: bool = True) -> list:
 
 
 def spilled(row) -> bool:
-    """Spill stores in ptxas's log, else (no log) any local memory or stack."""
-    if row.get("spill_stores") is not None:
-        return row["spill_stores"] > 0 or row["local"] > 0
-    return row["local"] > 0 or row["stack"] > 0
+    return spill_bytes(row) > 0
 
 
 def spill_text(row) -> str:
